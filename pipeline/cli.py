@@ -1,0 +1,45 @@
+"""`tokenmill` command line: one subcommand per user task; each module owns its own arguments."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function taking argv, one-line help)
+COMMANDS = {
+    "sample": ("pipeline.sample", "main", "write the offline sample corpus in SlimPajama / StarCoderData layouts"),
+    "build": ("pipeline.build", "main", "build mixed token shards + manifest from a recipe (Ray)"),
+    "verify": ("pipeline.verify", "main", "check sizes, token counts and checksums of every shard of a manifest"),
+    "inspect": ("pipeline.verify", "inspect_main", "decode one document of a manifest back to text"),
+    "stats": ("pipeline.stats", "main", "dataset statistics report (report.html, stats.json, summary.md)"),
+    "submit": ("pipeline.jobs", "submit_main", "submit a build to a Ray cluster through the Jobs API"),
+    "jobs": ("pipeline.jobs", "jobs_main", "list / status / logs / stop Ray jobs"),
+    "stage-in": ("pipeline.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
+    "train": ("trainer.launch", "main", "train from a manifest (FSDP2, torchrun)"),
+    "export": ("trainer.export", "main", "export a checkpoint to Hugging Face safetensors"),
+    "bench": ("pipeline.bench", "main", "corpus build throughput against datatrove"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: tokenmill COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "`tokenmill COMMAND --help` shows a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"tokenmill: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

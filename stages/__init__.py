@@ -1,0 +1,1 @@
+"""Plain, Ray-independent stages over batches of documents: fetch, filter, dedupe, tokenize, mix."""

@@ -1,0 +1,84 @@
+"""The unit every stage works on: a batch of documents from one input file, as parallel lists."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class DocBatch:
+    """Documents of one input file. `ordinals` are 1-based line numbers (JSONL) or 0-based row numbers
+    (parquet); together with `file_index` they give every document a stable global id."""
+
+    source: str
+    file_index: int
+    path: str  # relative to the source root, as listed in the manifest
+    ordinals: list[int] = field(default_factory=list)
+    subsets: list[str] = field(default_factory=list)  # redpajama_set_name or language folder
+    texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def append(self, ordinal: int, subset: str, text: str) -> None:
+        self.ordinals.append(ordinal)
+        self.subsets.append(subset)
+        self.texts.append(text)
+
+    def select(self, keep: list[bool]) -> "DocBatch":
+        """The documents whose `keep` flag is true, in order."""
+        return DocBatch(
+            self.source,
+            self.file_index,
+            self.path,
+            [o for o, k in zip(self.ordinals, keep) if k],
+            [s for s, k in zip(self.subsets, keep) if k],
+            [t for t, k in zip(self.texts, keep) if k],
+        )
+
+    def doc_id(self, i: int) -> str:
+        return f"{self.source}/{self.path}#{self.ordinals[i]}"
+
+
+@dataclass(slots=True)
+class BadRecord:
+    """Input that could not become a document. Written to the quarantine file, counted by `reason`."""
+
+    source: str
+    path: str
+    location: str  # "line 17", "row 3", "byte 81920", "file"
+    reason: str  # one of BAD_INPUT_REASONS
+    error: str
+    raw: str = ""  # the first bytes of the offending record, for a person to look at
+
+    def as_json(self) -> dict:
+        return {
+            "source": self.source,
+            "path": self.path,
+            "location": self.location,
+            "reason": self.reason,
+            "error": self.error,
+            "raw": self.raw,
+        }
+
+
+BAD_INPUT_REASONS = (
+    "invalid_json",
+    "invalid_utf8",
+    "missing_text",
+    "non_string_text",
+    "empty_text",
+    "truncated_compressed",
+    "corrupt_compressed",
+    "missing_text_column",
+    "not_parquet",
+    "empty_file",
+    "unreadable_file",
+    "nul_bytes",
+    "oversized_document",
+)
+
+
+def global_doc_key(file_index: int, ordinal: int) -> int:
+    """One uint64 per document: input file in the high 32 bits, line/row in the low 32 bits. The order of
+    these keys is the build's canonical document order (deterministic survivor choice in dedupe)."""
+    return (file_index << 32) | ordinal

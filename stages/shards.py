@@ -1,0 +1,126 @@
+"""The token shard format shared by the pipeline (writer) and the trainer (reader).
+
+`NAME.bin`: headerless little-endian token ids, documents back to back (memmap-able at offset 0).
+`NAME.idx`: a 32-byte header, then three arrays of `documents` entries each:
+    uint64 document end offsets (in tokens, cumulative), uint16 source ids, uint64 origin keys
+    (input file index << 32 | line/row, see `stages.document.global_doc_key`).
+Header: magic b"TMILLIDX", uint32 version, uint8 dtype code, 3 pad bytes, uint64 documents, uint64 tokens
+(only the first 8+4+1+3+8 = 24 bytes carry fields; the last 8 bytes hold the token count).
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IDX_MAGIC = b"TMILLIDX"
+IDX_VERSION = 1
+_HEADER = struct.Struct("<8sIB3xQQ")  # magic, version, dtype code, pad, documents, tokens
+HEADER_BYTES = _HEADER.size  # 32
+DTYPE_CODES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
+DTYPE_NAMES = {"uint16": 1, "uint32": 2}
+
+
+class ShardFormatError(ValueError):
+    pass
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32."""
+    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    return "uint16" if np.dtype(dtype).itemsize == 2 else "uint32"
+
+
+def encode_index(dtype: np.dtype, doc_ends: np.ndarray, source_ids: np.ndarray, origins: np.ndarray) -> bytes:
+    n_docs = len(doc_ends)
+    if not (len(source_ids) == len(origins) == n_docs):
+        raise ValueError("doc_ends, source_ids and origins must have one entry per document")
+    n_tokens = int(doc_ends[-1]) if n_docs else 0
+    header = _HEADER.pack(IDX_MAGIC, IDX_VERSION, DTYPE_NAMES[dtype_name(dtype)], n_docs, n_tokens)
+    return b"".join(
+        (
+            header,
+            np.asarray(doc_ends, dtype="<u8").tobytes(),
+            np.asarray(source_ids, dtype="<u2").tobytes(),
+            np.asarray(origins, dtype="<u8").tobytes(),
+        )
+    )
+
+
+@dataclass(slots=True)
+class ShardIndex:
+    dtype: np.dtype
+    doc_ends: np.ndarray  # uint64, cumulative token offsets
+    source_ids: np.ndarray  # uint16
+    origins: np.ndarray  # uint64
+
+    @property
+    def documents(self) -> int:
+        return len(self.doc_ends)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.doc_ends[-1]) if len(self.doc_ends) else 0
+
+    def doc_span(self, i: int) -> tuple[int, int]:
+        start = int(self.doc_ends[i - 1]) if i else 0
+        return start, int(self.doc_ends[i])
+
+    def doc_lengths(self) -> np.ndarray:
+        return np.diff(self.doc_ends, prepend=np.uint64(0)).astype(np.int64)
+
+
+def decode_index(data: bytes, name: str = "<idx>") -> ShardIndex:
+    if len(data) < HEADER_BYTES:
+        raise ShardFormatError(f"{name}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header; rebuild the shard")
+    magic, version, code, n_docs, n_tokens = _HEADER.unpack_from(data)
+    if magic != IDX_MAGIC:
+        raise ShardFormatError(f"{name}: not a tokenmill index (magic {magic!r}, expected {IDX_MAGIC!r})")
+    if version != IDX_VERSION:
+        raise ShardFormatError(f"{name}: index version {version}, this tokenmill reads version {IDX_VERSION}; upgrade tokenmill or rebuild")
+    if code not in DTYPE_CODES:
+        raise ShardFormatError(f"{name}: unknown dtype code {code}")
+    expected = HEADER_BYTES + n_docs * (8 + 2 + 8)
+    if len(data) != expected:
+        raise ShardFormatError(f"{name}: {len(data)} bytes, header promises {expected} for {n_docs} documents; the file is truncated or corrupt")
+    off = HEADER_BYTES
+    doc_ends = np.frombuffer(data, dtype="<u8", count=n_docs, offset=off)
+    off += 8 * n_docs
+    source_ids = np.frombuffer(data, dtype="<u2", count=n_docs, offset=off)
+    off += 2 * n_docs
+    origins = np.frombuffer(data, dtype="<u8", count=n_docs, offset=off)
+    if n_docs and int(doc_ends[-1]) != n_tokens:
+        raise ShardFormatError(f"{name}: last document ends at {int(doc_ends[-1])}, header says {n_tokens} tokens; corrupt index")
+    if n_docs and np.any(np.diff(doc_ends.astype(np.int64)) < 0):
+        raise ShardFormatError(f"{name}: document offsets are not increasing; corrupt index")
+    return ShardIndex(DTYPE_CODES[code], doc_ends, source_ids, origins)
+
+
+def read_index(path: str | Path) -> ShardIndex:
+    return decode_index(Path(path).read_bytes(), str(path))
+
+
+def open_tokens(bin_path: str | Path, index: ShardIndex) -> np.ndarray:
+    """Memory-map a shard's tokens; checks the file size against the index."""
+    bin_path = Path(bin_path)
+    size = bin_path.stat().st_size
+    expected = index.tokens * index.dtype.itemsize
+    if size != expected:
+        raise ShardFormatError(f"{bin_path}: {size} bytes, its index promises {expected} ({index.tokens} tokens); the shard is truncated or was changed")
+    if index.tokens == 0:
+        return np.zeros(0, dtype=index.dtype)
+    return np.memmap(bin_path, dtype=index.dtype, mode="r")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
