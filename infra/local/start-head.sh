@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Start a local Ray head for `tokenmill submit` and `tokenmill jobs`: GCS, raylet and the dashboard with its
+# Jobs API. Whoever reaches the Jobs API can run any command as you, so the head and its dashboard bind to
+# 127.0.0.1 unless --host says otherwise.
+#
+#   infra/local/start-head.sh [--host IP] [--port N] [--dashboard-port N] [--num-cpus N] [--temp-dir DIR]
+#                             [--block] [--dry-run] [-- MORE RAY START OPTIONS...]
+#
+#   --host IP            the head's address and the dashboard's bind address (default 127.0.0.1: this machine
+#                        only); give this machine's network IP to let other machines join or submit
+#   --port N             the GCS port that workers join (default 6379)
+#   --dashboard-port N   the dashboard and Jobs API, `--address http://IP:N` (default 8265)
+#   --num-cpus N         CPUs the head offers to tasks (default: all)
+#   --temp-dir DIR       Ray's session, log and socket folder (default Ray's /tmp/ray); keep it short, the
+#                        unix socket paths inside it must fit in 107 bytes
+#   --block              stay in the foreground; Ctrl-C or `kill PID` stops the head and all it started
+#   --dry-run            print the `ray start` command instead of running it
+#
+# Without --block, `ray start` returns once the head is up and `ray stop` stops it (with every other Ray of
+# this user on the machine). Jobs run the `python` first on PATH; this script puts the project's .venv/bin
+# first when it exists. Ray's own gRPC ports (GCS, raylet) were seen listening on all interfaces whatever
+# --host says (ray 2.60): keep the machine behind a firewall.
+set -euo pipefail
+
+host=127.0.0.1 port=6379 dashboard_port=8265 num_cpus="" temp_dir="" block=0 dry_run=0
+more=()
+while (($#)); do
+  case $1 in
+    --host) host=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    --dashboard-port) dashboard_port=$2; shift 2 ;;
+    --num-cpus) num_cpus=$2; shift 2 ;;
+    --temp-dir) temp_dir=$2; shift 2 ;;
+    --block) block=1; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    --) shift; more=("$@"); break ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "start-head.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [[ $host == 0.0.0.0 || $host == "::" ]]; then
+  echo "start-head.sh: --host is the address others reach this head at; give this machine's IP, not $host" >&2
+  exit 2
+fi
+
+project=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [[ -x $project/.venv/bin/ray ]]; then
+  export PATH="$project/.venv/bin:$PATH"
+fi
+
+cmd=(ray start --head --node-ip-address "$host" --port "$port" --dashboard-host "$host" --dashboard-port "$dashboard_port" --disable-usage-stats)
+[[ -n $num_cpus ]] && cmd+=(--num-cpus "$num_cpus")
+[[ -n $temp_dir ]] && cmd+=(--temp-dir "$temp_dir")
+((block)) && cmd+=(--block)
+cmd+=(${more[@]+"${more[@]}"})
+
+if ((dry_run)); then
+  printf '%q ' "${cmd[@]}" | sed 's/ $//'
+  echo
+  exit 0
+fi
+echo "Jobs API and dashboard: http://$host:$dashboard_port  (tokenmill submit RECIPE --address http://$host:$dashboard_port --out DIR)"
+exec "${cmd[@]}"

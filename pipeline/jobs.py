@@ -1,0 +1,190 @@
+"""Corpus builds as Ray jobs: `tokenmill submit` and `tokenmill jobs list|status|logs|stop`.
+
+`submit` goes through Ray's Jobs API. The job's runtime env ships this project as its working dir (code,
+schema, recipes; not .venv/, runs/, data/, .git/ nor what .gitignore lists) and its entrypoint runs
+`python -m pipeline.cli build RECIPE --out URI --address auto`, whose driver joins the cluster and prints its
+progress to the job's logs. A recipe inside the project travels as it is; one from elsewhere is flattened
+(`extends:` merged, relative paths made absolute) into a temporary folder that travels inside the package.
+The recipe is not validated here: the build on the cluster does it, and a bad one fails the job with the
+recipe error in its logs.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from pipeline.recipe import RecipeError, _read_yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Top-level folders that never travel: the virtualenv, local build outputs, local corpora, git history.
+NOT_SHIPPED = (".venv", "runs", "data", ".git")
+# Ray reads these as gitignore patterns relative to the working dir; the leading "/" anchors them at its top.
+WORKING_DIR_EXCLUDES = [f"/{name}/" for name in NOT_SHIPPED]
+STAGING_PREFIX = ".tokenmill-submit-"
+ADDRESS_HELP = "the Ray dashboard of the cluster, e.g. http://127.0.0.1:8265 (infra/local/start-head.sh prints it)"
+
+
+def runtime_env() -> dict:
+    # Unbuffered so the build's progress lines reach the job's logs as they happen, not at exit.
+    return {"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES, "env_vars": {"PYTHONUNBUFFERED": "1"}}
+
+
+def build_entrypoint(recipe: str, out: str, workers: int | None) -> str:
+    argv = ["python", "-m", "pipeline.cli", "build", recipe, "--out", out, "--address", "auto"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    return shlex.join(argv)
+
+
+def job_output(out: str) -> str:
+    """URLs go as they are; a local path is made absolute, since the job runs in an unpacked copy of the
+    project (the cluster's nodes must see that path: a local head or a shared filesystem)."""
+    return out if "://" in out else str(Path(out).expanduser().resolve())
+
+
+def recipe_for_job(recipe: Path, staging: Path) -> str:
+    """The recipe argument of the job's `build`, relative to the working dir. `staging` is a folder inside
+    the project that travels with it."""
+    recipe = recipe.expanduser().resolve()
+    if not recipe.is_file():
+        raise RecipeError(f"recipe file {recipe} does not exist")
+    inside = recipe.is_relative_to(PROJECT_ROOT) and recipe.relative_to(PROJECT_ROOT).parts[0] not in NOT_SHIPPED
+    if inside:
+        return recipe.relative_to(PROJECT_ROOT).as_posix()
+    flat = staging / recipe.name
+    flat.write_text(f"# {recipe}, flattened by `tokenmill submit`\n" + yaml.safe_dump(_read_yaml(recipe), sort_keys=False))
+    return flat.relative_to(PROJECT_ROOT).as_posix()
+
+
+def submit_build(client: JobSubmissionClient, recipe: Path, out: str, workers: int | None = None) -> str:
+    """Submit `tokenmill build` of `recipe` writing to `out`; returns the job id."""
+    # The package is uploaded inside submit_job, so the staging folder may go as soon as it returns.
+    with tempfile.TemporaryDirectory(dir=PROJECT_ROOT, prefix=STAGING_PREFIX) as staging:
+        entrypoint = build_entrypoint(recipe_for_job(recipe, Path(staging)), job_output(out), workers)
+        return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env())
+
+
+def connect(address: str) -> JobSubmissionClient:
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError as e:
+        raise ConnectionError(f"cannot reach the Ray dashboard at {address} ({e}); start a head (infra/local/start-head.sh) or fix --address") from None
+
+
+def wait_until_done(client: JobSubmissionClient, job_id: str, poll_s: float = 0.5) -> JobStatus:
+    while not (status := client.get_job_status(job_id)).is_terminal():
+        time.sleep(poll_s)
+    return status
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of workers")
+    return value
+
+
+def submit_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tokenmill submit", description="Submit `tokenmill build` to a Ray cluster through the Jobs API; prints the job id.")
+    parser.add_argument("recipe", type=Path, help="recipe YAML, e.g. manifests/recipes/tinyllama.yaml")
+    parser.add_argument("--address", required=True, help=ADDRESS_HELP)
+    parser.add_argument("--out", required=True, help="output folder of the build: s3://..., gs://..., or a path every node sees")
+    parser.add_argument("--workers", type=_positive, default=None, help="build tasks at a time (default: all CPUs of the cluster)")
+    args = parser.parse_args(argv)
+    try:
+        job_id = submit_build(connect(args.address), args.recipe, args.out, args.workers)
+    except (RecipeError, ConnectionError, RuntimeError) as e:
+        print(f"tokenmill submit: {e}", file=sys.stderr)
+        return 2
+    print(job_id)
+    print(f"follow it with: tokenmill jobs logs --follow {job_id} --address {args.address}", file=sys.stderr)
+    return 0
+
+
+def _started(ms: int | None) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def list_jobs(client: JobSubmissionClient) -> int:
+    jobs = sorted(client.list_jobs(), key=lambda job: job.start_time or 0)
+    print(f"{'JOB_ID':<32} {'STATUS':<10} {'STARTED':<19} ENTRYPOINT")
+    for job in jobs:
+        print(f"{job.submission_id or job.job_id:<32} {job.status.value:<10} {_started(job.start_time):<19} {job.entrypoint}")
+    return 0
+
+
+def show_status(client: JobSubmissionClient, job_id: str) -> int:
+    info = client.get_job_info(job_id)
+    print(f"{job_id}: {info.status.value}")
+    if info.message:
+        print(info.message)
+    return 0
+
+
+async def _print_log_stream(client: JobSubmissionClient, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
+
+
+def show_logs(client: JobSubmissionClient, job_id: str, follow: bool) -> int:
+    """Without --follow: the logs so far. With it: stream until the job ends; exit 0 only if it SUCCEEDED."""
+    if not follow:
+        print(client.get_job_logs(job_id), end="")
+        return 0
+    client.get_job_status(job_id)  # an unknown id fails here with Ray's message, before the stream opens
+    asyncio.run(_print_log_stream(client, job_id))
+    status = wait_until_done(client, job_id)
+    print(f"job {job_id} {status.value}", file=sys.stderr)
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def stop_job(client: JobSubmissionClient, job_id: str) -> int:
+    """Ask Ray to stop the job (SIGTERM, then SIGKILL after Ray's grace period) and wait until it has."""
+    if not client.stop_job(job_id):
+        print(f"{job_id}: already ended, {client.get_job_status(job_id).value}")
+        return 0
+    print(f"{job_id}: {wait_until_done(client, job_id).value}")
+    return 0
+
+
+def _jobs_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenmill jobs", description="List, inspect, follow and stop jobs on a Ray cluster.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="list|status|logs|stop")
+    for name, help_ in (
+        ("list", "every job of the cluster, oldest first"),
+        ("status", "a job's status and Ray's message (the error, for a failed job)"),
+        ("logs", "a job's logs (the build's progress lines and errors)"),
+        ("stop", "stop a running job and wait until it has stopped"),
+    ):
+        action = actions.add_parser(name, help=help_, description=help_)
+        if name != "list":
+            action.add_argument("job_id", metavar="JOB_ID", help="as printed by `tokenmill submit` or `tokenmill jobs list`")
+        if name == "logs":
+            action.add_argument("--follow", action="store_true", help="stream until the job ends; exit status 0 only if it succeeded")
+        action.add_argument("--address", required=True, help=ADDRESS_HELP)
+    return parser
+
+
+def jobs_main(argv: list[str]) -> int:
+    args = _jobs_parser().parse_args(argv)
+    try:
+        client = connect(args.address)
+        if args.action == "list":
+            return list_jobs(client)
+        if args.action == "status":
+            return show_status(client, args.job_id)
+        if args.action == "logs":
+            return show_logs(client, args.job_id, args.follow)
+        return stop_job(client, args.job_id)
+    except (ConnectionError, RuntimeError) as e:  # Ray's client raises RuntimeError for HTTP errors, e.g. unknown job ids
+        print(f"tokenmill jobs {args.action}: {e}", file=sys.stderr)
+        return 2

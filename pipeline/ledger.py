@@ -1,0 +1,87 @@
+"""The build's ledger: where each task writes, atomic writes, and done records.
+
+Every task writes its outputs under `OUT/work/<recipe hash>/<stage>/<task>/` and then, last, a `_DONE.json`
+record. A relaunch skips every task whose done record exists, so a crash or Ctrl-C loses at most the tasks
+in flight. Writes go to a temporary name and are renamed into place (on object stores a single PUT is
+already atomic), so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+DONE = "_DONE.json"
+
+
+@dataclass(slots=True)
+class Store:
+    """A folder on any fsspec filesystem (local, s3://, gs://, memory://)."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+
+    @classmethod
+    def at(cls, url: str) -> "Store":
+        fs, root = fsspec.core.url_to_fs(url)
+        return cls(fs, root.rstrip("/"))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def child(self, *parts: str) -> "Store":
+        return Store(self.fs, self.path(*parts))
+
+    def url(self, *parts: str) -> str:
+        return self.fs.unstrip_protocol(self.path(*parts))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        if not self.is_local:
+            self.fs.pipe_file(target, data)
+            return
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def read_range(self, rel: str, start: int, end: int) -> bytes:
+        return self.fs.cat_file(self.path(rel), start=start, end=end) if end > start else b""
+
+    def read_json(self, rel: str):
+        return json.loads(self.read_bytes(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def done(self, task: str) -> dict | None:
+        """The done record of a task folder, or None when the task has not finished."""
+        try:
+            return self.read_json(f"{task}/{DONE}")
+        except FileNotFoundError:
+            return None
+
+    def mark_done(self, task: str, record: dict) -> None:
+        self.write_json(f"{task}/{DONE}", record)

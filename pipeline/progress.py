@@ -1,0 +1,85 @@
+"""Progress on the console (one line per update) and structured events in `build.log.jsonl`."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@dataclass(slots=True)
+class EventLog:
+    """JSON lines: one event per finished task and stage, for machines; the console gets short lines."""
+
+    path: str | None
+    console: bool = True
+    _file: object = None
+
+    def __post_init__(self) -> None:
+        if self.path:
+            self._file = open(self.path, "a", buffering=1)
+
+    def event(self, kind: str, **fields) -> None:
+        if self._file:
+            self._file.write(json.dumps({"time": round(time.time(), 3), "event": kind, **fields}, sort_keys=True) + "\n")
+
+    def say(self, line: str) -> None:
+        if self.console:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+
+@dataclass(slots=True)
+class StageProgress:
+    """Tasks done, documents and bytes per second, ETA; prints at most every `every` seconds."""
+
+    stage: str
+    total: int
+    log: EventLog
+    every: float = 2.0
+    done: int = 0
+    skipped: int = 0
+    documents: int = 0
+    bytes: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    _last: float = 0.0
+
+    def skip(self, n: int) -> None:
+        self.skipped += n
+        self.done += n
+        if n:
+            self.log.say(f"[{self.stage}] {n}/{self.total} tasks already done, skipped (resume)")
+
+    def advance(self, documents: int = 0, nbytes: int = 0, force: bool = False) -> None:
+        self.done += 1
+        self.documents += documents
+        self.bytes += nbytes
+        now = time.perf_counter()
+        if force or now - self._last >= self.every or self.done == self.total:
+            self._last = now
+            self.log.say(self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        ran = self.done - self.skipped
+        rate = ran / elapsed
+        eta = (self.total - self.done) / rate if rate else float("nan")
+        parts = [f"[{self.stage}] {self.done}/{self.total} tasks", f"{elapsed:6.1f}s"]
+        if self.documents:
+            parts.append(f"{self.documents / elapsed:,.0f} docs/s")
+        if self.bytes:
+            parts.append(f"{human_bytes(self.bytes)} at {human_bytes(self.bytes / elapsed)}/s")
+        if self.done < self.total:
+            parts.append(f"ETA {eta:.0f}s")
+        return "  ".join(parts)

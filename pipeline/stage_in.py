@@ -1,0 +1,185 @@
+"""`tokenmill stage-in MANIFEST_URI LOCAL_DIR`: copy a build's shards to local disk for memory-mapped training.
+
+Copies what training reads: every shard's `.bin` and `.idx`, the tokenizer copy (`tokenizer.path`) when the
+manifest has one, and the manifest itself, byte for byte (its paths are relative, so nothing in it changes).
+Files are copied in parallel threads, each to a temporary name, checked against the manifest's sha256 and
+only then renamed; the manifest is written last, so a local manifest means a complete, verified copy.
+Running it again resumes: files whose sha256 already matches are kept, the rest are copied.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import posixpath
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+
+from pipeline.manifest import ManifestError, check_relative, validate
+from stages.shards import sha256_file
+
+CHUNK_BYTES = 8 << 20
+
+
+class StageInError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFile:
+    """A file the manifest lists: its path relative to the manifest's folder and its checksum."""
+
+    path: str
+    sha256: str
+    size: int | None  # None where the manifest gives no size (the tokenizer copy)
+
+
+@dataclass(slots=True)
+class StageInResult:
+    manifest_path: Path
+    copied: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    bytes_copied: int = 0
+
+
+def listed_files(manifest: dict) -> list[ListedFile]:
+    """Shards of every split, then the tokenizer copy. The manifest has been validated: shard paths are
+    relative and stay inside its folder."""
+    files = []
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            files.append(ListedFile(shard["bin"], shard["bin_sha256"], shard["bin_bytes"]))
+            files.append(ListedFile(shard["idx"], shard["idx_sha256"], shard["idx_bytes"]))
+    tokenizer = manifest["tokenizer"]
+    if tokenizer.get("path"):
+        check_relative(tokenizer["path"], "tokenizer.path")
+        files.append(ListedFile(tokenizer["path"], tokenizer["sha256"], None))
+    return files
+
+
+def is_present(local: Path, listed: ListedFile) -> bool:
+    if not local.is_file() or (listed.size is not None and local.stat().st_size != listed.size):
+        return False
+    return sha256_file(local) == listed.sha256
+
+
+def copy_verified(fs: fsspec.AbstractFileSystem, source: str, local: Path, listed: ListedFile) -> int:
+    """Copy `source` to `local` through a temporary name, hashing on the way; refuse a checksum mismatch.
+    Returns the bytes copied."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(f".{local.name}.part")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with fs.open(source, "rb") as src, open(partial, "wb") as dst:
+            while block := src.read(CHUNK_BYTES):
+                digest.update(block)
+                dst.write(block)
+                size += len(block)
+    except FileNotFoundError:
+        partial.unlink(missing_ok=True)
+        raise StageInError(f"{fs.unstrip_protocol(source)}: listed in the manifest but missing; the build's output is incomplete, rebuild it") from None
+    if digest.hexdigest() != listed.sha256:
+        partial.unlink()
+        raise StageInError(
+            f"{fs.unstrip_protocol(source)}: sha256 {digest.hexdigest()} ({size} bytes) differs from the manifest's "
+            f"{listed.sha256}; the file is corrupt or was changed after the build: rebuild it (`tokenmill build` "
+            "redoes only what is missing) or restore it, then run stage-in again"
+        )
+    os.replace(partial, local)
+    return size
+
+
+def stage_file(fs: fsspec.AbstractFileSystem, source_dir: str, local_dir: Path, listed: ListedFile) -> int | None:
+    """Copies one listed file unless it is already here intact; returns the bytes copied, or None if kept."""
+    local = local_dir / listed.path
+    if is_present(local, listed):
+        return None
+    return copy_verified(fs, posixpath.join(source_dir, listed.path), local, listed)
+
+
+def read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, dict]:
+    url = fs.unstrip_protocol(path)
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        raise ManifestError(f"{url}: no such manifest; give the manifest.json that `tokenmill build --out` wrote") from None
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{url}: not valid JSON ({e})") from None
+    validate(manifest, url)
+    return raw, manifest
+
+
+def _record(done: Future, listed: ListedFile, result: StageInResult, failures: list[str], log: Callable[[str], None]) -> None:
+    try:
+        copied = done.result()
+    except (StageInError, OSError) as e:
+        failures.append(str(e))
+        return
+    if copied is None:
+        result.already_present.append(listed.path)
+        return
+    result.copied.append(listed.path)
+    result.bytes_copied += copied
+    log(f"copied {listed.path} ({copied / 1e6:.1f} MB)")
+
+
+def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable[[str], None] = print) -> StageInResult:
+    """Copy and verify everything training reads from the build at `manifest_url` (a path or fsspec URL)
+    into `local_dir`. Raises StageInError naming every file that could not be staged."""
+    try:
+        fs, manifest_path = fsspec.core.url_to_fs(manifest_url)
+    except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
+        raise StageInError(f"{manifest_url}: cannot open ({e}); s3:// needs `pip install tokenmill[s3]`, gs:// `tokenmill[gcs]`") from None
+    raw, manifest = read_manifest(fs, manifest_path)
+    files = listed_files(manifest)
+    source_dir = posixpath.dirname(manifest_path)
+    result = StageInResult(local_dir / posixpath.basename(manifest_path))
+    failures = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        running = {pool.submit(stage_file, fs, source_dir, local_dir, f): f for f in files}
+        try:
+            for done in as_completed(running):
+                _record(done, running[done], result, failures, log)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # Ctrl-C: let the copies in flight finish, start no more
+            raise
+    if failures:
+        raise StageInError(f"{len(failures)} of {len(files)} files not staged from {manifest_url}:\n  " + "\n  ".join(sorted(failures)))
+    partial = result.manifest_path.with_name(f".{result.manifest_path.name}.part")
+    partial.write_bytes(raw)
+    os.replace(partial, result.manifest_path)
+    return result
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of threads")
+    return value
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tokenmill stage-in", description="Copy and verify a build's shards to local disk for training (parallel, resumable).")
+    parser.add_argument("manifest", metavar="MANIFEST_URI", help="the build's manifest.json: a path or an fsspec URL (s3://, gs://, file://, ...)")
+    parser.add_argument("local_dir", metavar="LOCAL_DIR", type=Path, help="local folder, e.g. on NVMe; created if missing")
+    parser.add_argument("--threads", type=_positive, default=8, help="files copied at a time (default 8)")
+    args = parser.parse_args(argv)
+    try:
+        result = stage_in(args.manifest, args.local_dir, args.threads)
+    except (StageInError, ManifestError) as e:
+        print(f"tokenmill stage-in: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"staged {len(result.copied) + len(result.already_present)} files into {args.local_dir}: "
+        f"{len(result.copied)} copied ({result.bytes_copied / 1e6:.1f} MB), {len(result.already_present)} already there and intact"
+    )
+    print(f"train with: tokenmill train --manifest {result.manifest_path} ...")
+    return 0

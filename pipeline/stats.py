@@ -1,0 +1,383 @@
+"""`tokenmill stats`: the statistics of a built corpus, from its manifest, its shards' indexes and (when the
+build left one) `build_stats.json`; `pipeline.report` renders them as report.html and summary.md.
+
+Large corpora: the shards are read one index at a time (18 bytes a document) and folded into per-source
+counts and log2 length histograms, so memory stays flat however many documents there are; everything about
+the documents before the mix (characters, drops, duplicate clusters) comes from the build's merged per-task
+partial results in `build_stats.json`, never from the text itself.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.manifest import Manifest, ManifestError, ShardRef, load
+from pipeline.report import ReportError, render_html, render_summary, screenshot
+from stages.document import BAD_INPUT_REASONS
+from stages.shards import ShardFormatError, decode_index, sha256_file
+
+FORMAT = "tokenmill.stats"
+FORMAT_VERSION = 1
+BUILD_STATS_NAME = "build_stats.json"
+BUILD_STATS_FORMAT = "tokenmill.build_stats"
+# Bucket i holds lengths in [edges[i], edges[i+1]): the same log2 buckets as build_stats.json.
+LENGTH_EDGES = [0] + [1 << i for i in range(32)]
+# Where each kind of drop happens in the pipeline, in order: the funnel's steps.
+FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
+
+
+class StatsError(ValueError):
+    """Input the report cannot be made from; the message names the file and the fix."""
+
+
+def drop_step(reason: str) -> str:
+    """The funnel step a drop reason belongs to (filter reasons look like `gopher_quality:...`)."""
+    if reason in BAD_INPUT_REASONS:
+        return "bad input"
+    return {"exact_duplicate": "exact duplicates", "near_duplicate": "near duplicates"}.get(reason, "filters")
+
+
+def drop_reasons(sources: dict, subsets: dict) -> dict[str, str]:
+    """Every drop reason seen, with its funnel step, in pipeline order."""
+    seen = {reason for row in [*sources.values(), *subsets.values()] for reason in row["dropped"]}
+    ordered = sorted(seen, key=lambda r: (FUNNEL_STEPS.index(drop_step(r)), r))
+    return {reason: drop_step(reason) for reason in ordered}
+
+
+def length_buckets(lengths: np.ndarray) -> np.ndarray:
+    """LENGTH_EDGES bucket of each length: 0 for 0, else the length's bit length (frexp's exponent)."""
+    exponents = np.frexp(np.asarray(lengths, dtype=np.float64))[1]
+    return np.minimum(exponents, len(LENGTH_EDGES) - 2)
+
+
+def read_build_stats(path: Path) -> dict | None:
+    """The build's per-subset / per-stage records, or None when the build left none."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StatsError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}; delete it to report from the shards alone") from None
+    if data.get("format") != BUILD_STATS_FORMAT or data.get("version") != 1:
+        raise StatsError(f"{path}: format {data.get('format')!r} version {data.get('version')!r}, this tokenmill reads "
+                         f"{BUILD_STATS_FORMAT!r} version 1; rebuild, or delete it to report from the shards alone")
+    for kind in ("chars", "tokens"):
+        if data["histogram_edges"][kind] != LENGTH_EDGES:
+            raise StatsError(f"{path}: histogram_edges.{kind} are not the log2 edges [0, 1, 2, 4, ..., 2**31]; rebuild")
+    return data
+
+
+def _shard_error_row(ref: ShardRef, problem: str) -> dict:
+    return {"split": ref.split, "documents": 0, "tokens": 0, "bin_bytes": 0, "idx_bytes": 0,
+            "documents_by_source": {}, "tokens_by_source": {}, "idx_status": problem, "bin_status": "not checked"}
+
+
+def _bin_status(ref: ShardRef, expected_bytes: int, verify_bins: bool) -> str:
+    if not ref.bin_path.exists():
+        return "missing"
+    size = ref.bin_path.stat().st_size
+    if size != expected_bytes or size != ref.entry["bin_bytes"]:
+        return f"size {size}, index says {expected_bytes}, manifest {ref.entry['bin_bytes']}"
+    if not verify_bins:
+        return "size ok"
+    return "ok" if sha256_file(ref.bin_path) == ref.entry["bin_sha256"] else "sha256 mismatch"
+
+
+def scan_shard(ref: ShardRef, names: dict[int, str], verify_bins: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    """One shard's recount from its index: documents and tokens per source, the log2 histogram of document
+    lengths per source, and its checksum status. The index bytes are hashed as they are read."""
+    try:
+        data = ref.idx_path.read_bytes()
+        index = decode_index(data, str(ref.idx_path))
+    except FileNotFoundError:
+        return _shard_error_row(ref, "missing"), {}
+    except ShardFormatError as e:
+        return _shard_error_row(ref, f"corrupt: {e}"), {}
+    ids = index.source_ids.astype(np.int64)
+    lengths = index.doc_lengths()
+    width = int(ids.max()) + 1 if len(ids) else 0
+    docs = np.bincount(ids, minlength=width)
+    # float64 sums are exact below 2**53 tokens, far above any shard
+    tokens = np.bincount(ids, weights=lengths, minlength=width).round().astype(np.int64)
+    n_buckets = len(LENGTH_EDGES) - 1
+    hist = np.bincount(ids * n_buckets + length_buckets(lengths), minlength=width * n_buckets).reshape(width, n_buckets)
+    # every source of the manifest (zeros included, as the build writes them), plus any unknown id present
+    shown = sorted(set(names) | {i for i in range(width) if docs[i]})
+    docs, tokens = (np.pad(a, (0, max(shown, default=-1) + 1 - width)) for a in (docs, tokens))
+    row = {
+        "split": ref.split, "documents": index.documents, "tokens": index.tokens,
+        "bin_bytes": ref.entry["bin_bytes"], "idx_bytes": ref.entry["idx_bytes"],
+        "documents_by_source": {names.get(i, f"source#{i}"): int(docs[i]) for i in shown},
+        "tokens_by_source": {names.get(i, f"source#{i}"): int(tokens[i]) for i in shown},
+        "idx_status": "ok" if hashlib.sha256(data).hexdigest() == ref.entry["idx_sha256"] else "sha256 mismatch",
+        "bin_status": _bin_status(ref, index.tokens * index.dtype.itemsize, verify_bins),
+    }
+    return row, {names.get(i, f"source#{i}"): hist[i] for i in range(width) if docs[i]}
+
+
+def _add_counts(total: dict[str, int], part: dict[str, int]) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0) + value
+
+
+def scan_shards(manifest: Manifest, verify_bins: bool) -> tuple[dict, dict, dict[str, np.ndarray]]:
+    """Every shard's recount (by its .bin path), the per-split totals of those recounts, and the token-length
+    histogram per source."""
+    names = {s["id"]: s["name"] for s in manifest.data["sources"]}
+    rows, splits, hists = {}, {}, {}
+    for split in manifest.splits():
+        total = {"documents": 0, "tokens": 0, "documents_by_source": {}, "tokens_by_source": {}, "shards": 0}
+        for ref in manifest.shards(split):
+            row, shard_hists = scan_shard(ref, names, verify_bins)
+            rows[ref.entry["bin"]] = row
+            total["shards"] += 1
+            total["documents"] += row["documents"]
+            total["tokens"] += row["tokens"]
+            _add_counts(total["documents_by_source"], row["documents_by_source"])
+            _add_counts(total["tokens_by_source"], row["tokens_by_source"])
+            for name, hist in shard_hists.items():
+                hists[name] = hists.get(name, 0) + hist
+        splits[split] = total
+    return rows, splits, hists
+
+
+def subset_rows(manifest: dict, build: dict | None) -> dict[str, dict]:
+    """The funnel per subset (redpajama_set_name / language folder): from build_stats.json when the build left
+    it, else from whatever counts the manifest's `sources[].subsets` carry."""
+    if build is not None:
+        records = build["subsets"].values()
+    else:
+        records = [{"source": s["name"], "subset": name, **counts}
+                   for s in manifest["sources"] for name, counts in s["subsets"].items()]
+    fields = ("documents_read", "bytes_read", "chars_read", "documents_kept", "chars_kept", "tokens_kept")
+    rows = {}
+    for r in sorted(records, key=lambda r: (r["source"], r["subset"])):
+        row = {"source": r["source"], "subset": r["subset"], "dropped": dict(r.get("dropped", {})), **{f: int(r.get(f, 0)) for f in fields}}
+        row["fertility"] = row["tokens_kept"] / row["chars_kept"] if row["chars_kept"] else None
+        row["kept_share"] = row["documents_kept"] / row["documents_read"] if row["documents_read"] else None
+        rows[f"{r['source']}/{r['subset']}"] = row
+    return rows
+
+
+def funnel(documents_read: int, dropped: dict[str, int]) -> dict[str, dict]:
+    """Documents left after each step of the pipeline, and what each step removed."""
+    steps, left = {"read": {"removed": 0, "left": documents_read}}, documents_read
+    for step in FUNNEL_STEPS:
+        removed = sum(n for reason, n in dropped.items() if drop_step(reason) == step)
+        left -= removed
+        steps[step] = {"removed": removed, "left": left}
+    return steps
+
+
+def source_rows(manifest: dict, splits: dict, subsets: dict[str, dict]) -> dict[str, dict]:
+    """Per source: the manifest's funnel counts, what its shards hold per split, and its tokenizer fertility."""
+    rows = {}
+    for s in sorted(manifest["sources"], key=lambda s: s["id"]):
+        name = s["name"]
+        mine = [r for r in subsets.values() if r["source"] == name]
+        chars_kept = sum(r["chars_kept"] for r in mine)
+        tokens_by_split = {split: t["tokens_by_source"].get(name, 0) for split, t in splits.items()}
+        rows[name] = {
+            "id": s["id"], "weight": s["weight"], "uris": s["uris"], "files": s["files"], "epochs": s["epochs"],
+            "documents_read": s["documents_read"], "bytes_read": s["bytes_read"], "dropped": dict(s["dropped"]),
+            "documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"],
+            "kept_share": s["documents_kept"] / s["documents_read"] if s["documents_read"] else None,
+            "chars_read": sum(r["chars_read"] for r in mine), "chars_kept": chars_kept,
+            # fertility from the build's own kept counts, so both sides of the ratio describe the same documents
+            "fertility": sum(r["tokens_kept"] for r in mine) / chars_kept if chars_kept else None,
+            "documents_in_shards": sum(t["documents_by_source"].get(name, 0) for t in splits.values()),
+            "tokens_in_shards": sum(tokens_by_split.values()),
+            "tokens_by_split": tokens_by_split,
+            "funnel": funnel(s["documents_read"], s["dropped"]),
+        }
+    return rows
+
+
+def mix_stats(manifest: dict, splits: dict) -> dict:
+    """The recipe's target token shares (weights normalized) and each split's achieved shares, from the recount."""
+    target = manifest["mix"]["target"]
+    total = sum(target.values())
+    return {
+        "policy": manifest["mix"]["policy"],
+        "target": {name: w / total for name, w in target.items()} if total else {},
+        "achieved": {split: {name: n / t["tokens"] for name, n in t["tokens_by_source"].items()} if t["tokens"] else {}
+                     for split, t in splits.items()},
+    }
+
+
+def build_record(manifest: dict, build: dict | None) -> dict:
+    """Wall time and throughput per stage: the build's stage records, else the manifest's `stages`."""
+    stages = build["stages"] if build is not None else manifest["stages"]
+    rows = {}
+    for name, st in stages.items():
+        seconds = float(st.get("seconds", 0.0))
+        rows[name] = {
+            "seconds": seconds, "tasks": int(st.get("tasks", 0)),
+            "input_bytes": int(st.get("input_bytes", 0)), "documents": int(st.get("documents", 0)),
+            "mb_per_s": st.get("input_bytes", 0) / seconds / 1e6 if seconds else None,
+            "documents_per_s": st.get("documents", 0) / seconds if seconds else None,
+        }
+    return {
+        "workers": build.get("workers") if build else None,
+        "wall_seconds": build.get("wall_seconds") if build else None,
+        "stages": rows,
+    }
+
+
+def provenance(manifest: Manifest) -> dict:
+    data = manifest.data
+    return {
+        "manifest": str(manifest.path),
+        "recipe": data["recipe"].get("name", ""),
+        "recipe_sha256": data["recipe_sha256"],
+        "tool_version": data["tool_version"],
+        "created_at": data["created_at"],
+        "dtype": data["dtype"],
+        "tokenizer": {k: data["tokenizer"][k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id", "add_bos", "add_eos")},
+        "input_uris": {s["name"]: s["uris"] for s in sorted(data["sources"], key=lambda s: s["id"])},
+        "input_files": len(data["inputs"]),
+        "quarantine": data["quarantine"],
+    }
+
+
+def distributions(hists: dict[str, np.ndarray], build: dict | None) -> dict:
+    """Log2 histograms of document length: tokens as the shards hold them (after the mix), characters of the
+    kept documents per source (from the build), and the sizes of near-duplicate clusters."""
+    chars: dict[str, np.ndarray] = {}
+    for record in (build["subsets"].values() if build else ()):
+        if record["documents_kept"]:
+            chars[record["source"]] = chars.get(record["source"], 0) + np.asarray(record["char_hist"], dtype=np.int64)
+    clusters = build["duplicates"]["cluster_sizes"] if build else {}
+    return {
+        "length_edges": LENGTH_EDGES,
+        "tokens_in_shards": {name: h.tolist() for name, h in sorted(hists.items())},
+        "chars_kept": {name: h.tolist() for name, h in sorted(chars.items())},
+        "duplicate_clusters": {k: clusters[k] for k in sorted(clusters, key=int)},
+        "exact_removed": build["duplicates"]["exact_removed"] if build else None,
+        "near_removed": build["duplicates"]["near_removed"] if build else None,
+    }
+
+
+def _check(problems: list[str], passed: str) -> dict:
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return {"ok": not problems, "detail": shown if problems else passed}
+
+
+def _nonzero(value: object) -> object:
+    """Per-source counts compare without their zero entries (a build may list an empty source or leave it out)."""
+    return {k: v for k, v in value.items() if v} if isinstance(value, dict) else value
+
+
+def _differences(what: str, recount: dict, recorded: dict, keys: tuple[str, ...]) -> list[str]:
+    return [f"{what}: {key} {recount[key]} recounted, {recorded[key]} in the manifest"
+            for key in keys if _nonzero(recount[key]) != _nonzero(recorded[key])]
+
+
+def checks(manifest: Manifest, shards: dict, splits: dict, sources: dict, subsets: dict, build: dict | None) -> dict[str, dict]:
+    """What a person should be able to trust before reading the numbers: checksums, and recounts that agree."""
+    counted = ("documents", "tokens", "tokens_by_source")
+    hashed = sum(r["bin_status"] == "ok" for r in shards.values())
+    entries = {ref.entry["bin"]: ref.entry for split in manifest.splits() for ref in manifest.shards(split)}
+    unaccounted = {name: s["funnel"][FUNNEL_STEPS[-1]]["left"] - s["documents_kept"] for name, s in sources.items()}
+    result = {
+        "shard indexes match their sha256": _check(
+            [f"{b}: index {r['idx_status']}" for b, r in shards.items() if r["idx_status"] != "ok"], f"{len(shards)} of {len(shards)}"),
+        "shard token files match the manifest": _check(
+            [f"{b}: {r['bin_status']}" for b, r in shards.items() if r["bin_status"] not in ("ok", "size ok")],
+            f"{hashed} of {len(shards)} by sha256" + ("" if hashed == len(shards) else ", the rest by size")),
+        "shard recounts equal the manifest": _check(
+            [p for b, r in shards.items() for p in _differences(b, r, entries[b], counted)],
+            f"documents, tokens and tokens per source of {len(shards)} shards"),
+        "split totals equal the manifest": _check(
+            [p for split, t in splits.items() for p in _differences(f"split {split}", t, manifest.data["splits"][split], counted)], ", ".join(splits)),
+        "shards hold only the manifest's sources": _check(
+            sorted({n for t in splits.values() for n, docs in t["documents_by_source"].items() if docs and n not in sources}), ", ".join(sources)),
+        "documents read = dropped + kept": _check(
+            [f"{name}: {n:+} documents read but neither dropped nor kept" for name, n in unaccounted.items() if n], ", ".join(sources)),
+    }
+    if build is not None:
+        kept = {name: {k: sum(r[k] for r in subsets.values() if r["source"] == name) for k in ("documents_kept", "tokens_kept")} for name in sources}
+        result["build_stats.json agrees with the manifest"] = _check(
+            [p for name, s in sources.items() for p in _differences(name, kept[name], s, ("documents_kept", "tokens_kept"))],
+            "kept documents and tokens per source")
+    return result
+
+
+def headline(sources: dict, splits: dict, shards: dict, build: dict, check_rows: dict) -> dict:
+    read = sum(s["documents_read"] for s in sources.values())
+    bytes_read = sum(s["bytes_read"] for s in sources.values())
+    wall = build["wall_seconds"]
+    return {
+        "tokens": sum(t["tokens"] for t in splits.values()),
+        "documents": sum(t["documents"] for t in splits.values()),
+        "tokens_by_split": {split: t["tokens"] for split, t in splits.items()},
+        "documents_read": read, "bytes_read": bytes_read,
+        "documents_kept": sum(s["documents_kept"] for s in sources.values()),
+        "kept_share": sum(s["documents_kept"] for s in sources.values()) / read if read else None,
+        "shards": len(shards), "bytes_on_disk": sum(r["bin_bytes"] + r["idx_bytes"] for r in shards.values()),
+        "wall_seconds": wall, "workers": build["workers"], "mb_per_s": bytes_read / wall / 1e6 if wall else None,
+        "checks_passed": sum(c["ok"] for c in check_rows.values()), "checks": len(check_rows),
+    }
+
+
+def compute_stats(manifest_path: Path, *, verify_bins: bool = True) -> dict:
+    """Everything the report shows, as one JSON-able dict (written as stats.json)."""
+    manifest = load(manifest_path)
+    build = read_build_stats(manifest.root / BUILD_STATS_NAME)
+    shard_rows, splits, hists = scan_shards(manifest, verify_bins)
+    subsets = subset_rows(manifest.data, build)
+    sources = source_rows(manifest.data, splits, subsets)
+    build_rec = build_record(manifest.data, build)
+    check_rows = checks(manifest, shard_rows, splits, sources, subsets, build)
+    return {
+        "format": FORMAT, "version": FORMAT_VERSION, "has_build_stats": build is not None,
+        "headline": headline(sources, splits, shard_rows, build_rec, check_rows),
+        "sources": sources, "subsets": subsets, "drop_reasons": drop_reasons(sources, subsets), "splits": splits,
+        "mix": mix_stats(manifest.data, splits),
+        "distributions": distributions(hists, build),
+        "quarantine": manifest.data["quarantine"],
+        "shards": shard_rows, "build": build_rec, "provenance": provenance(manifest), "checks": check_rows,
+    }
+
+
+def write_report(manifest_path: Path, out_dir: Path, compare: Path | None = None, *, verify_bins: bool = True) -> Path:
+    """Write report.html, stats.json and summary.md into `out_dir`; returns the report.html path.
+    `compare`: a second manifest shown side by side. `verify_bins=False` checks token files by size only
+    (the build passes it: it hashed them a moment ago)."""
+    stats = compute_stats(Path(manifest_path), verify_bins=verify_bins)
+    other = compute_stats(Path(compare), verify_bins=verify_bins) if compare else None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "stats.json").write_text(json.dumps({**stats, "compare": other}, indent=2) + "\n")
+    (out_dir / "summary.md").write_text(render_summary(stats, other))
+    html_path = out_dir / "report.html"
+    html_path.write_text(render_html(stats, other))
+    return html_path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tokenmill stats", description="Dataset statistics report of a built corpus: report.html, stats.json, summary.md.")
+    parser.add_argument("manifest", type=Path, help="manifest.json of a build")
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.html, stats.json and summary.md")
+    parser.add_argument("--compare", type=Path, metavar="MANIFEST2", help="a second build's manifest, shown side by side")
+    parser.add_argument("--sizes-only", action="store_true", help="check shard token files by size, skip their sha256 (reading every byte of a large corpus takes a while)")
+    parser.add_argument("--screenshot", type=Path, metavar="PNG", help="also save a picture of the report (needs chromium)")
+    args = parser.parse_args(argv)
+    try:
+        html_path = write_report(args.manifest, args.out, args.compare, verify_bins=not args.sizes_only)
+        if args.screenshot:
+            screenshot(html_path, args.screenshot)
+    except (ManifestError, StatsError, ReportError, OSError) as e:
+        print(f"tokenmill stats: {e}", file=sys.stderr)
+        return 2
+    checks_run = json.loads((args.out / "stats.json").read_text())["checks"]
+    failed = {name: c for name, c in checks_run.items() if not c["ok"]}
+    for name, c in failed.items():
+        print(f"check failed: {name}: {c['detail']}", file=sys.stderr)
+    print(html_path)
+    return 1 if failed else 0

@@ -1,0 +1,337 @@
+"""One function per kind of task: read inputs from the ledger, call the stages, write outputs + done record.
+
+Nothing here knows Ray: `pipeline.build` decides where these run. Each task is idempotent: it rewrites all of
+its outputs and marks itself done last, so a retried or relaunched task gives the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import xxhash
+
+from pipeline.ledger import Store
+from pipeline.recipe import DedupeConfig, SourceConfig
+from stages import dedupe as dedupe_stage
+from stages.document import BadRecord, DocBatch, global_doc_key
+from stages.fetch import read_documents
+from stages.filter import apply_filters, build_filters
+from stages.tokenize import Tokenizer
+
+SPLITS = ("train", "validation")
+FILE_SUBSET = "(file)"  # bad input that belongs to no document, e.g. a file that is not parquet
+HIST_EDGES = np.array([0] + [2**i for i in range(32)], dtype=np.float64)
+
+
+def histogram(values: np.ndarray) -> np.ndarray:
+    buckets = np.searchsorted(HIST_EDGES, values, side="right") - 1
+    return np.bincount(np.clip(buckets, 0, len(HIST_EDGES) - 2), minlength=len(HIST_EDGES) - 1)
+
+
+@dataclass(kw_only=True, slots=True)
+class InputFile:
+    file_index: int
+    source: SourceConfig
+    url: str  # fsspec URL of the file
+    rel_path: str  # relative to the source root
+    split: str  # "train", "validation", or "train" with validation_fraction applied per document
+
+
+@dataclass(slots=True)
+class SubsetFunnel:
+    documents_read: int = 0
+    bytes_read: int = 0
+    chars_read: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    documents_passed: int = 0  # after filters, before dedupe
+
+
+def _split_of(batch: DocBatch, source: SourceConfig, file_split: str) -> np.ndarray:
+    """0 = train, 1 = validation. With validation_fraction, a stable hash of the document id decides."""
+    if not source.validation_fraction:
+        return np.full(len(batch), SPLITS.index(file_split), np.uint8)
+    cut = int(source.validation_fraction * 2**64)
+    return np.fromiter((xxhash.xxh3_64_intdigest(batch.doc_id(i)) < cut for i in range(len(batch))), np.uint8, len(batch))
+
+
+@dataclass(slots=True)
+class _FileOutputs:
+    """What one input file contributes, accumulated batch by batch."""
+
+    tokens: list[np.ndarray] = field(default_factory=list)
+    columns: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+    keys: list[np.ndarray] = field(default_factory=list)
+    quarantine: list[str] = field(default_factory=list)
+    funnels: dict[str, SubsetFunnel] = field(default_factory=lambda: defaultdict(SubsetFunnel))
+    subsets: dict[str, int] = field(default_factory=dict)
+
+    def subset_id(self, name: str) -> int:
+        return self.subsets.setdefault(name, len(self.subsets))
+
+    def add_bad(self, bad: BadRecord, subset: str) -> None:
+        self.quarantine.append(json.dumps(bad.as_json(), sort_keys=True))
+        self.funnels[subset].dropped[bad.reason] += 1
+
+
+def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokenizer, dedupe: DedupeConfig, out: _FileOutputs) -> None:
+    chars = np.fromiter(map(len, batch.texts), np.int64, len(batch))
+    for i, subset in enumerate(batch.subsets):
+        funnel = out.funnels[subset]
+        funnel.documents_read += 1
+        funnel.chars_read += int(chars[i])
+        funnel.bytes_read += len(batch.texts[i].encode("utf-8", "surrogatepass"))
+    kept, dropped = apply_filters(batch, filters)
+    for index, reason in dropped:
+        out.funnels[batch.subsets[index]].dropped[reason] += 1
+    if not len(kept):
+        return
+    for subset in kept.subsets:
+        out.funnels[subset].documents_passed += 1
+    tokens, lengths = tokenizer.encode(kept.texts)
+    ordinals = np.asarray(kept.ordinals, np.uint64)
+    out.tokens.append(tokens)
+    out.columns["ordinal"].append(ordinals)
+    out.columns["doc_key"].append((np.uint64(task.file_index) << np.uint64(32)) | ordinals)
+    out.columns["subset"].append(np.fromiter((out.subset_id(s) for s in kept.subsets), np.uint16, len(kept)))
+    out.columns["split"].append(_split_of(kept, task.source, task.split))
+    out.columns["chars"].append(np.fromiter(map(len, kept.texts), np.int64, len(kept)))
+    out.columns["length"].append(lengths)
+    out.keys.append(dedupe_stage.document_keys(kept.texts, dedupe))
+
+
+def process_file(task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig, batch_documents: int) -> dict:
+    """fetch -> filter -> dedupe keys -> tokenize for one input file, fused: the text is parsed once."""
+    started = time.perf_counter()
+    name = f"process/{task.file_index:07d}"
+    filters = build_filters(task.source)
+    out = _FileOutputs()
+    fs, path = fsspec.core.url_to_fs(task.url)
+    # A bad JSONL line has no readable subset; a bad parquet row still has its language folder.
+    bad_subset = task.rel_path.split("/")[0] if task.source.kind == "parquet" and not task.source.subset_field else FILE_SUBSET
+    for item in read_documents(fs, path, task.rel_path, task.source, task.file_index, batch_documents):
+        if isinstance(item, BadRecord):
+            out.add_bad(item, bad_subset)
+        else:
+            _process_batch(item, task, filters, tokenizer, dedupe, out)
+    return _write_file_outputs(task, work, name, out, dedupe, tokenizer.dtype, time.perf_counter() - started)
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
+def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutputs, dedupe: DedupeConfig, dtype, seconds: float) -> dict:
+    tokens = _concat(out.tokens, dtype)
+    columns = {k: np.concatenate(v) for k, v in out.columns.items()}
+    n_slots = len(dedupe_stage.key_slots(dedupe))
+    keys = _concat(out.keys, np.uint64).reshape(-1, n_slots) if n_slots else np.zeros((0, 0), np.uint64)
+    doc_keys = columns.get("doc_key", np.zeros(0, np.uint64))
+    partitions = dedupe_stage.partition_rows(keys, doc_keys, dedupe.partitions) if n_slots else []
+    offsets = np.cumsum([0] + [len(p) for p in partitions]).tolist()
+    buffer = io.BytesIO()
+    np.savez(buffer, **columns) if columns else np.savez(buffer, doc_key=doc_keys)
+    work.write_bytes(f"{name}/tokens.bin", tokens.tobytes())
+    work.write_bytes(f"{name}/docs.npz", buffer.getvalue())
+    work.write_bytes(f"{name}/keys.bin", b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions))
+    work.write_bytes(f"{name}/quarantine.jsonl", "".join(line + "\n" for line in out.quarantine).encode())
+    record = {
+        "file_index": task.file_index,
+        "source": task.source.name,
+        "path": task.rel_path,
+        "dtype": str(tokens.dtype),
+        "documents": int(len(doc_keys)),
+        "tokens": int(len(tokens)),
+        "key_offsets": offsets,
+        "subsets": list(out.subsets),
+        "funnels": {s: {**vars(f), "dropped": dict(f.dropped)} for s, f in sorted(out.funnels.items())},
+        "quarantined": len(out.quarantine),
+        "seconds": seconds,
+    }
+    work.mark_done(name, record)
+    return record
+
+
+def dedupe_partition(partition: int, work: Store, records: list[dict]) -> dict:
+    """Gather one partition's (slot, key, doc_key) rows from every file and find duplicate groups."""
+    started = time.perf_counter()
+    rows = []
+    for r in records:
+        start, end = r["key_offsets"][partition], r["key_offsets"][partition + 1]
+        raw = work.read_range(f"process/{r['file_index']:07d}/keys.bin", start * 24, end * 24)
+        rows.append(np.frombuffer(raw, np.uint64).reshape(-1, 3))
+    gathered = np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
+    edges = dedupe_stage.duplicate_edges(gathered)
+    name = f"dedupe/partition-{partition:05d}"
+    work.write_bytes(f"{name}/edges.npy", _npy(edges))
+    record = {"partition": partition, "rows": int(len(gathered)), "edges": int(len(edges)), "seconds": time.perf_counter() - started}
+    work.mark_done(name, record)
+    return record
+
+
+def resolve_duplicates(work: Store, partitions: int) -> dict:
+    started = time.perf_counter()
+    edges = [np.load(io.BytesIO(work.read_bytes(f"dedupe/partition-{p:05d}/edges.npy"))) for p in range(partitions)]
+    edges = [e for e in edges if len(e)]
+    result = dedupe_stage.resolve_clusters(np.concatenate(edges) if edges else np.zeros((0, 3), np.uint64))
+    work.write_bytes("dedupe/resolved/removed.npy", _npy(result.removed))
+    work.write_bytes("dedupe/resolved/removed_exact.npy", _npy(result.removed_exact))
+    work.write_bytes("dedupe/resolved/cluster_sizes.npy", _npy(result.cluster_sizes))
+    record = {
+        "removed": int(len(result.removed)),
+        "exact_removed": int(result.removed_exact.sum()),
+        "near_removed": int(len(result.removed) - result.removed_exact.sum()),
+        "clusters": int(len(result.cluster_sizes)),
+        "seconds": time.perf_counter() - started,
+    }
+    work.mark_done("dedupe/resolved", record)
+    return record
+
+
+def load_npy(work: Store, rel: str) -> np.ndarray:
+    return np.load(io.BytesIO(work.read_bytes(rel)))
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _kept_documents(work: Store, records: list[dict], removed: np.ndarray):
+    """Per file: the documents that survived dedupe, with where their tokens are in the file's tokens.bin."""
+    for r in records:
+        docs = np.load(io.BytesIO(work.read_bytes(f"process/{r['file_index']:07d}/docs.npz")))
+        if not len(docs["doc_key"]):
+            continue
+        lengths = docs["length"].astype(np.int64)
+        starts = np.cumsum(lengths) - lengths
+        keep = ~np.isin(docs["doc_key"], removed, assume_unique=True)
+        yield r, docs, keep, starts, lengths
+
+
+def plan_mix(work: Store, records: list[dict], source_ids: dict[str, int], weights: dict[int, float], mix) -> dict:
+    """Choose and order every split's documents (stages.mix) and write the plan the shard tasks read."""
+    from stages import mix as mix_stage
+
+    started = time.perf_counter()
+    removed = load_npy(work, "dedupe/resolved/removed.npy")
+    per_split = {split: defaultdict(lambda: defaultdict(list)) for split in SPLITS}
+    for r, docs, keep, starts, lengths in _kept_documents(work, records, removed):
+        sid = source_ids[r["source"]]
+        for split_no, split in enumerate(SPLITS):
+            mask = keep & (docs["split"] == split_no)
+            columns = per_split[split][sid]
+            columns["doc_key"].append(docs["doc_key"][mask])
+            columns["length"].append(lengths[mask])
+            columns["file"].append(np.full(int(mask.sum()), r["file_index"], np.int64))
+            columns["start"].append(starts[mask])
+    summary = {}
+    for split, by_source in per_split.items():
+        sources, located = [], {}
+        for sid in sorted(by_source):
+            cols = {k: np.concatenate(v) for k, v in by_source[sid].items()}
+            sources.append(mix_stage.SourceDocs(sid, cols["doc_key"], cols["length"]))
+            located[sid] = cols
+        if not sources or not any(len(s.lengths) for s in sources):
+            continue
+        plan = mix_stage.plan_split(sources, weights, mix.policy, mix.seed, mix.shard_tokens)
+        file_of = np.empty(len(plan.positions), np.int64)
+        start_of = np.empty(len(plan.positions), np.int64)
+        origin = np.empty(len(plan.positions), np.uint64)
+        for sid, cols in located.items():
+            at = plan.source_ids == sid
+            file_of[at] = cols["file"][plan.positions[at]]
+            start_of[at] = cols["start"][plan.positions[at]]
+            origin[at] = cols["doc_key"][plan.positions[at]]
+        buffer = io.BytesIO()
+        np.savez(buffer, file=file_of, start=start_of, length=plan.lengths, source_id=plan.source_ids, origin=origin, shard_starts=plan.shard_starts)
+        work.write_bytes(f"mix/{split}.npz", buffer.getvalue())
+        summary[split] = {"documents": int(len(plan.lengths)), "shards": int(len(plan.shard_starts)), "epochs": {str(k): v for k, v in plan.epochs.items()}}
+    record = {"splits": summary, "seconds": time.perf_counter() - started}
+    work.mark_done("mix", record)
+    return record
+
+
+def _gather_tokens(work: Store, files: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The shard's documents' tokens in plan order, read straight from each input file's tokens.bin."""
+    out = np.empty(int(lengths.sum()), dtype)
+    at = np.cumsum(lengths) - lengths
+    for file_index in np.unique(files):
+        rel = f"process/{int(file_index):07d}/tokens.bin"
+        mine = np.flatnonzero(files == file_index)
+        if work.is_local:
+            source = np.memmap(work.path(rel), dtype=dtype, mode="r")
+            for i in mine:
+                out[at[i] : at[i] + lengths[i]] = source[starts[i] : starts[i] + lengths[i]]
+            continue
+        size = dtype.itemsize
+        path = work.path(rel)
+        blobs = work.fs.cat_ranges([path] * len(mine), [int(starts[i]) * size for i in mine], [int(starts[i] + lengths[i]) * size for i in mine])
+        for i, blob in zip(mine, blobs):
+            out[at[i] : at[i] + lengths[i]] = np.frombuffer(blob, dtype)
+    return out
+
+
+def write_shard(split: str, number: int, work: Store, out: Store, dtype_name: str, source_names: list[str]) -> dict:
+    """Write one shard (.bin + .idx) of the mixed stream and return its manifest entry."""
+    from stages.shards import encode_index
+
+    started = time.perf_counter()
+    plan = np.load(io.BytesIO(work.read_bytes(f"mix/{split}.npz")))
+    bounds = list(plan["shard_starts"]) + [len(plan["length"])]
+    part = slice(int(bounds[number]), int(bounds[number + 1]))
+    lengths = plan["length"][part]
+    dtype = np.dtype("<u2" if dtype_name == "uint16" else "<u4")
+    tokens = _gather_tokens(work, plan["file"][part], plan["start"][part], lengths, dtype)
+    index = encode_index(dtype, np.cumsum(lengths).astype(np.uint64), plan["source_id"][part], plan["origin"][part])
+    data = tokens.tobytes()
+    stem = f"{split}/{split}-{number:05d}"
+    out.write_bytes(f"{stem}.bin", data)
+    out.write_bytes(f"{stem}.idx", index)
+    by_source = np.bincount(plan["source_id"][part], weights=lengths, minlength=len(source_names))
+    entry = {
+        "bin": f"{stem}.bin",
+        "idx": f"{stem}.idx",
+        "bin_sha256": hashlib.sha256(data).hexdigest(),
+        "idx_sha256": hashlib.sha256(index).hexdigest(),
+        "bin_bytes": len(data),
+        "idx_bytes": len(index),
+        "documents": int(len(lengths)),
+        "tokens": int(lengths.sum()),
+        "tokens_by_source": {name: int(by_source[i]) for i, name in enumerate(source_names)},
+    }
+    work.mark_done(f"shards/{split}-{number:05d}", {"entry": entry, "seconds": time.perf_counter() - started})
+    return entry
+
+
+def summarize_kept(work: Store, records: list[dict], removed: np.ndarray, removed_exact: np.ndarray) -> dict[str, dict]:
+    """Per "source/subset": duplicates removed, documents/chars/tokens kept and their histograms. Streams over
+    the per-file document tables, one file at a time."""
+    exact_keys = removed[removed_exact]
+    out: dict[str, dict] = {}
+    for r, docs, keep, _, lengths in _kept_documents(work, records, removed):
+        subsets = docs["subset"]
+        is_exact = np.isin(docs["doc_key"], exact_keys, assume_unique=True)
+        for sid, name in enumerate(r["subsets"]):
+            here = subsets == sid
+            s = out.setdefault(f"{r['source']}/{name}", {"exact_duplicate": 0, "near_duplicate": 0, "documents_kept": 0, "chars_kept": 0, "tokens_kept": 0,
+                                                           "char_hist": np.zeros(len(HIST_EDGES) - 1, np.int64), "token_hist": np.zeros(len(HIST_EDGES) - 1, np.int64)})
+            gone = here & ~keep
+            s["exact_duplicate"] += int((gone & is_exact).sum())
+            s["near_duplicate"] += int((gone & ~is_exact).sum())
+            kept = here & keep
+            s["documents_kept"] += int(kept.sum())
+            s["chars_kept"] += int(docs["chars"][kept].sum())
+            s["tokens_kept"] += int(lengths[kept].sum())
+            s["char_hist"] += histogram(docs["chars"][kept])
+            s["token_hist"] += histogram(lengths[kept])
+    for s in out.values():
+        s["char_hist"] = s["char_hist"].tolist()
+        s["token_hist"] = s["token_hist"].tolist()
+    return out

@@ -1,0 +1,111 @@
+"""Tokenize: sentencepiece batch encoding into one flat token array per batch, BOS/EOS as the recipe says."""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import io
+import itertools
+from dataclasses import dataclass
+from typing import Iterable
+
+import fsspec
+import numpy as np
+import sentencepiece as spm
+
+from stages.shards import token_dtype
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+def read_model_bytes(uri: str) -> bytes:
+    """A sentencepiece model from a local path, an fsspec URL, or `pkg://package/path/inside/package`
+    (how the demo reaches the model shipped in mistral-common without a network)."""
+    try:
+        if uri.startswith("pkg://"):
+            package, _, inner = uri[len("pkg://"):].partition("/")
+            return (importlib.resources.files(package) / inner).read_bytes()
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    except (OSError, ModuleNotFoundError) as e:
+        raise TokenizerError(f"tokenizer.model {uri!r} cannot be read ({e}); point the recipe at a sentencepiece .model file") from None
+
+
+@dataclass(slots=True)
+class Tokenizer:
+    model_bytes: bytes
+    add_bos: bool
+    add_eos: bool
+    processor: spm.SentencePieceProcessor
+
+    @classmethod
+    def from_bytes(cls, model_bytes: bytes, add_bos: bool, add_eos: bool) -> "Tokenizer":
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(model_bytes)
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"not a sentencepiece model ({e})") from None
+        return cls(model_bytes, add_bos, add_eos, processor)
+
+    def __reduce__(self):
+        # The processor itself does not pickle; Ray ships the model bytes and each task reloads them.
+        return (Tokenizer.from_bytes, (self.model_bytes, self.add_bos, self.add_eos))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.processor.vocab_size()
+
+    @property
+    def bos_id(self) -> int:
+        return self.processor.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self.processor.eos_id()
+
+    @property
+    def dtype(self) -> np.dtype:
+        return token_dtype(self.vocab_size)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.model_bytes).hexdigest()
+
+    def encode(self, texts: list[str], num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens of all documents back to back, tokens per document), specials included."""
+        ids = self.processor.encode(texts, num_threads=num_threads)
+        body_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        lengths = body_lengths + int(self.add_bos) + int(self.add_eos)
+        ends = np.cumsum(lengths)
+        tokens = np.empty(int(ends[-1]) if len(ends) else 0, dtype=self.dtype)
+        is_body = np.ones(len(tokens), dtype=bool)
+        if self.add_bos:
+            is_body[ends - lengths] = False
+        if self.add_eos:
+            is_body[ends - 1] = False
+        tokens[is_body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(body_lengths.sum()))
+        if self.add_bos:
+            tokens[ends - lengths] = self.bos_id
+        if self.add_eos:
+            tokens[ends - 1] = self.eos_id
+        return tokens, lengths
+
+    def decode(self, tokens: np.ndarray) -> str:
+        return self.processor.decode([int(t) for t in tokens])
+
+
+def train_model(texts: Iterable[str], vocab_size: int, model_type: str, seed_sentences: int) -> bytes:
+    """Train a sentencepiece model from the build's own text; deterministic for the same texts."""
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        input_sentence_size=seed_sentences,
+        shuffle_input_sentence=False,
+        byte_fallback=True,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return buffer.getvalue()

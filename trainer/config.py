@@ -1,0 +1,134 @@
+"""Model presets and the training configuration: two small dataclasses, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A training setting that cannot work; the message names the setting and the fix."""
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class ModelConfig:
+    """A Llama-2 architecture: RMSNorm pre-norm, RoPE, SwiGLU, grouped-query attention, untied output."""
+
+    name: str
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    vocab_size: int
+    context: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ConfigError(f"preset {self.name}: dim {self.dim} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"preset {self.name}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"preset {self.name}: head_dim {self.head_dim} must be even for RoPE")
+        for field_name in ("n_layers", "ffn_dim", "vocab_size", "context"):
+            if getattr(self, field_name) < 1:
+                raise ConfigError(f"preset {self.name}: {field_name} must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def matmul_params(self) -> int:
+        """Parameters that take part in a matrix product: every weight but the embedding table (a lookup)."""
+        kv_dim = self.n_kv_heads * self.head_dim
+        attention = 2 * self.dim * self.dim + 2 * self.dim * kv_dim
+        mlp = 3 * self.dim * self.ffn_dim
+        norms = 2 * self.dim
+        return self.n_layers * (attention + mlp + norms) + self.dim + self.vocab_size * self.dim
+
+    def num_params(self) -> int:
+        return self.matmul_params() + self.vocab_size * self.dim
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6·N for the weights (forward 2, backward 4) plus 12·L·d·T for attention
+        scores and values (PaLM's count, which ignores the causal mask's saving). N = `matmul_params()`."""
+        return 6 * self.matmul_params() + 12 * self.n_layers * self.dim * self.context
+
+
+PRESETS: dict[str, ModelConfig] = {
+    preset.name: preset
+    for preset in (
+        # TinyLlama-1.1B (Zhang et al. 2024): Llama-2's architecture and tokenizer at 1.1B parameters.
+        ModelConfig(name="tinyllama-1.1b", dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632, vocab_size=32000, context=2048),
+        # For CPU tests: every feature of the big one (GQA, SwiGLU, RoPE) at a size that trains in seconds.
+        ModelConfig(name="tiny", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=32000, context=64),
+    )
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r}: unknown; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """Everything `trainer.train` needs besides the model preset. Defaults are TinyLlama's."""
+
+    manifest: Path
+    preset: str
+    out: Path
+    resume: Path | None = None
+    steps: int = 1000
+    batch_tokens: int = 2048 * 1024  # global batch per optimizer step, in tokens (TinyLlama: 1024 x 2048)
+    micro_batch: int = 8  # windows per rank per forward/backward
+    lr: float = 4e-4
+    min_lr: float = 4e-5
+    warmup_steps: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 1234
+    train_split: str = "train"
+    val_split: str = "validation"
+    eval_every: int = 0  # 0: no periodic validation
+    eval_windows: int = 64  # validation windows per evaluation, over all ranks
+    save_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+    compile: bool = True  # torch.compile each block (CUDA only; CPU runs stay eager)
+    ac_every: int = 0  # activation checkpointing of every k-th block; 0: none, 1: all
+    reshard_after_forward: bool = True  # FSDP: free gathered block weights after forward (ZeRO-3) or keep them (ZeRO-2)
+    verify_checksums: bool = False
+    prefetch: int = 4  # batches the background reader keeps ready
+
+    def __post_init__(self) -> None:
+        self.manifest, self.out = Path(self.manifest), Path(self.out)
+        self.resume = Path(self.resume) if self.resume is not None else None
+        preset(self.preset)
+        positive = ("steps", "batch_tokens", "micro_batch", "save_every", "keep_last", "log_every", "prefetch", "eval_windows")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        for name in ("warmup_steps", "eval_every", "ac_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+        if not 0 < self.min_lr <= self.lr:
+            raise ConfigError(f"--min-lr {self.min_lr}: must be in (0, --lr {self.lr}]")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"--beta1 {self.beta1} / --beta2 {self.beta2}: must be in [0, 1)")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-steps per optimizer step so that one step sees exactly `batch_tokens` tokens."""
+        context = preset(self.preset).context
+        per_micro_step = self.micro_batch * context * world_size
+        if self.batch_tokens % per_micro_step:
+            lower = max(per_micro_step, self.batch_tokens // per_micro_step * per_micro_step)
+            raise ConfigError(
+                f"--batch-tokens {self.batch_tokens} is not a multiple of micro-batch {self.micro_batch} x context {context} "
+                f"x {world_size} ranks = {per_micro_step} tokens; use {lower} or {lower + per_micro_step}"
+            )
+        return self.batch_tokens // per_micro_step

@@ -1,0 +1,185 @@
+"""The Llama-2 architecture in one file (in the spirit of nanoGPT): RMSNorm pre-norm, rotary position
+embeddings, SwiGLU feed-forward, grouped-query attention through `F.scaled_dot_product_attention`.
+
+RoPE uses the "rotate half" layout (the first and second halves of each head are the pairs), the layout of
+Hugging Face's Llama, so `trainer.export` is a renaming of weights with no permutation.
+
+`Llama.forward(tokens)` returns logits; `Llama.forward(tokens, targets)` returns the mean cross-entropy through
+`linear_cross_entropy`, which never materialises the logits of the whole batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.config import ModelConfig
+
+INIT_STD = 0.02  # Llama / TinyLlama / Hugging Face `initializer_range`
+LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once in the loss: 4096 x 32000 fp32 = 0.5 GB
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 whatever the compute dtype: bf16 sums of squares lose the small components.
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every (position, rotary frequency), shape (context, head_dim), fp32."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+    angles = torch.outer(torch.arange(cfg.context, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (batch, heads, time, head_dim); rotates in fp32 and returns x's dtype."""
+    xf = x.float()
+    first, second = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-second, first), dim=-1)
+    return (xf * cos + rotated * sin).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, time, _ = x.shape
+        q = self.q(x).view(batch, time, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, time, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, time, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Repeat the shared K/V heads explicitly: every SDPA backend (flash included) takes equal head counts.
+        repeats = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(batch, time, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # Derived from the config, so not saved in checkpoints (persistent=False).
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Every matrix ~ N(0, 0.02), norms 1. Drawn from `generator` in a fixed order, so a seed gives the
+        same model on any device and any number of ranks."""
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, INIT_STD, generator=generator)
+        self.rope_cos, self.rope_sin = rope_tables(self.cfg)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        time = tokens.shape[1]
+        if time > self.cfg.context:
+            raise ValueError(f"{time} tokens per row, but preset {self.cfg.name} has context {self.cfg.context}")
+        cos, sin = self.rope_cos[:time], self.rope_sin[:time]
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        h = self.norm(h)
+        if targets is None:
+            return self.output(h)
+        return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
+
+
+def build(cfg: ModelConfig, seed: int) -> Llama:
+    """The initialised model on the CPU, in fp32 (see `Llama.init_weights`)."""
+    with torch.device("meta"):
+        model = Llama(cfg)
+    model.to_empty(device="cpu")
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean(cross_entropy(h @ weight.T, targets)), LOSS_CHUNK_ROWS rows of logits at a time, logits in fp32.
+
+    With gradients enabled, the gradients of h and weight are computed in the same pass over the chunks (the
+    approach of Liger-Kernel's fused linear cross-entropy), so neither the (rows x vocab) logits nor their
+    gradient is ever stored: at 8 x 2048 tokens and a 32k vocabulary that is 2 GB of fp32 logits saved."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets)
+    return _chunked_loss_and_grads(h, weight, targets, with_grads=False)[0]
+
+
+def _chunked_loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, with_grads: bool):
+    rows = h.shape[0]
+    loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+    grad_h = torch.empty_like(h) if with_grads else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grads else None
+    for start in range(0, rows, LOSS_CHUNK_ROWS):
+        h_chunk, t_chunk = h[start : start + LOSS_CHUNK_ROWS], targets[start : start + LOSS_CHUNK_ROWS]
+        logits = (h_chunk @ weight.t()).float()
+        logsumexp = torch.logsumexp(logits, dim=-1)
+        loss_sum += (logsumexp - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
+        if with_grads:
+            # d(mean loss)/d(logits) = (softmax - one_hot(target)) / rows, built in place in the logits buffer.
+            grad_logits = logits.sub_(logsumexp[:, None]).exp_()
+            grad_logits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
+            grad_logits = grad_logits.div_(rows).to(h.dtype)
+            grad_h[start : start + LOSS_CHUNK_ROWS] = grad_logits @ weight
+            grad_w += (grad_logits.t() @ h_chunk).float()
+    return loss_sum / rows, grad_h, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss, grad_h, grad_w = _chunked_loss_and_grads(h, weight, targets, with_grads=True)
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), None

@@ -1,0 +1,43 @@
+"""How the model runs on many devices, as torchtitan orders it: activation checkpointing, then torch.compile
+per block, then FSDP2 `fully_shard` per block and finally the root. Each step is one function."""
+from __future__ import annotations
+
+import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from trainer.model import Llama
+
+
+def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool) -> Llama:
+    if ac_every:
+        apply_activation_checkpointing(model, every=ac_every)
+    if compile:
+        apply_compile(model)
+    apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def apply_activation_checkpointing(model: Llama, *, every: int) -> None:
+    """Recompute every `every`-th block's activations in backward instead of storing them (1: all blocks)."""
+    for i, block in enumerate(model.layers):
+        if i % every == 0:
+            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)  # no dropout: no RNG to replay
+
+
+def apply_compile(model: Llama) -> None:
+    """Compile each block in place: the blocks are identical, so one graph serves all of them, and FSDP's
+    hooks stay outside the compiled code."""
+    for block in model.layers:
+        block.compile(fullgraph=True)
+
+
+def apply_fsdp(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, reshard_after_forward: bool) -> None:
+    """One FSDP unit per block (its all-gather overlaps the previous block's compute), then the root for the
+    embedding, final norm and output. Parameters are gathered in `param_dtype`, gradients reduced in fp32."""
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.layers:
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    # The root's weights (embedding, norm, output) are the first needed in backward: keep them gathered.
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
