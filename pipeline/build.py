@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
+import numpy as np
 
 from pipeline import __version__, manifest as manifest_io
 from pipeline import tasks
@@ -134,11 +135,12 @@ def _training_texts(inputs: list[tasks.InputFile], recipe: Recipe):
     from stages.filter import apply_filters
 
     left = recipe.tokenizer.train.sample_documents
+    filters = {s.name: build_filters(s) for s in recipe.sources}
     for task in inputs:
         fs, path = fsspec.core.url_to_fs(task.url)
         for item in read_documents(fs, path, task.rel_path, task.source, task.file_index, recipe.batch_documents):
             if isinstance(item, DocBatch):
-                kept, _ = apply_filters(item, build_filters(task.source))
+                kept, _ = apply_filters(item, filters[task.source.name])
                 for text in kept.texts[:left]:
                     yield text
                 left -= min(left, len(kept))
@@ -265,7 +267,7 @@ def _run_stages(recipe: Recipe, inputs, tokenizer: Tokenizer, runner: Runner, wo
     ])
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
     runner.run("dedupe", [(f"dedupe/partition-{p:05d}", tasks.dedupe_partition, (p, work, processed), 0) for p in range(partitions)])
-    resolved = runner.run("resolve", [("dedupe/resolved", tasks.resolve_duplicates, (work, partitions), 0)])[0]
+    resolved = runner.run("resolve", [("dedupe/resolved", tasks.resolve_duplicates, (work, partitions, recipe.dedupe), 0)])[0]
     source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
     weights = {i: s.weight for i, s in enumerate(recipe.sources)}
     mixed = runner.run("mix", [("mix", tasks.plan_mix, (work, processed, source_ids, weights, recipe.mix), 0)])[0]
@@ -324,7 +326,7 @@ def _finalize(recipe: Recipe, inputs, tokenizer: Tokenizer, out: Store, work: St
     }
     resolved = records["resolved"]
     sizes = tasks.load_npy(work, "dedupe/resolved/cluster_sizes.npy")
-    values, counts = (list(x) for x in (__import__("numpy").unique(sizes, return_counts=True))) if len(sizes) else ([], [])
+    values, counts = np.unique(sizes, return_counts=True)
     out.write_json("build_stats.json", {
         "format": "tokenmill.build_stats",
         "version": 1,

@@ -345,11 +345,14 @@ def mix_section(page: Page) -> str:
     return figure("mix", f"Token share per source: the recipe's target against what each split holds (policy: {policy}).", chart) + table("mix", header, rows)
 
 
-def length_figure(page: Page, name: str, kind: str, caption: str) -> str:
+NO_BUILD_STATS = '<p class="missing">Not available: the build left no build_stats.json beside the manifest.</p>'
+
+
+def length_figure(page: Page, name: str, kind: str, caption: str, missing: str) -> str:
     dist = page.stats["distributions"]
     hists = dist[kind]
     if not hists:
-        return figure(name, caption, '<p class="missing">Not available: the build left no build_stats.json beside the manifest.</p>')
+        return figure(name, caption, missing)
     series = [Series(src, counts, page.colors[src]) for src, counts in hists.items()]
     return figure(name, caption, step_chart(dist["length_edges"], series, width=560))
 
@@ -366,7 +369,7 @@ def fertility_figure(page: Page) -> str:
             values += [f for _, f in mine]
     caption = "Tokenizer fertility: tokens per character of the kept documents, per source and per subset / language."
     if not labels:
-        return figure("fertility", caption, '<p class="missing">Not available: the build left no build_stats.json beside the manifest.</p>')
+        return figure("fertility", caption, NO_BUILD_STATS)
     return figure("fertility", caption, hbar_chart(labels, [Series("tokens per character", values, PALETTE[0])], fmt=fmt_float, width=560))
 
 
@@ -384,7 +387,7 @@ def duplicates_figure(page: Page) -> str:
     dist = page.stats["distributions"]
     caption = "Near-duplicate clusters by size (documents per cluster; log scale)."
     if dist["exact_removed"] is None:
-        return figure("duplicates", caption, '<p class="missing">Not available: the build left no build_stats.json beside the manifest.</p>')
+        return figure("duplicates", caption, NO_BUILD_STATS)
     labels, counts = cluster_groups(dist["duplicate_clusters"])
     removed = (f'<p>Removed: {page.value(("distributions", "exact_removed"), tag="span", cls="inline")} exact duplicates, '
                f'{page.value(("distributions", "near_removed"), tag="span", cls="inline")} near duplicates.</p>')
@@ -394,8 +397,10 @@ def duplicates_figure(page: Page) -> str:
 
 def distributions_section(page: Page) -> str:
     return ('<div class="multiples">'
-            + length_figure(page, "token-length", "tokens_in_shards", "Document length in tokens as the shards hold them, per source (log2 buckets; share of the source's documents).")
-            + length_figure(page, "char-length", "chars_kept", "Document length in characters of the kept documents, per source (log2 buckets; share of the source's documents).")
+            + length_figure(page, "token-length", "tokens_in_shards", "Document length in tokens as the shards hold them, per source (log2 buckets; share of the source's documents).",
+                            '<p class="missing">The shards hold no documents.</p>')
+            + length_figure(page, "char-length", "chars_kept", "Document length in characters of the kept documents, per source (log2 buckets; share of the source's documents).",
+                            NO_BUILD_STATS)
             + fertility_figure(page) + duplicates_figure(page) + "</div>")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import importlib.util
 import json
 import math
@@ -29,7 +30,7 @@ import sysconfig
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import groupby, islice
 from pathlib import Path
 
 import orjson
@@ -48,6 +49,9 @@ MAX_PASSAGE_BYTES = 4_000
 CODE_FILE_BYTES = (1_000, 128_000)  # smaller: package markers that duplicate each other; larger: data tables
 CODE_SKIP_DIRS = {"site-packages", "__pycache__", "test", "tests", "idle_test", "encodings"}  # fixtures and
 # generated codec tables: families of (near-)identical files that would be duplicates nobody planted
+DOCSTRING_SKIP_DIRS = {"site-packages", "__pycache__", "lib2to3", "distutils"}  # the last two carry near copies
+# of other stdlib modules (tokenize, msvccompiler), duplicates nobody planted
+PARALLEL_CHAPTERS = {("Isaiah", c) for c in range(36, 40)}  # retell 2 Kings 18-20 almost word for word
 PLANT_SHARE = 0.01  # of each source's documents: exact duplicates, near duplicates, short documents
 NEAR_COPY_WORDS = 2
 NEAR_COPY_MIN_CHARS = 3_000  # with 2 changed words this keeps character 13-gram Jaccard near 0.98
@@ -94,6 +98,9 @@ class _Plan:
     planted: Counter = field(default_factory=Counter)
     bad: Counter = field(default_factory=Counter)
     pairs: dict[str, list[tuple[_Doc, _Doc]]] = field(default_factory=lambda: {"exact_duplicates": [], "near_duplicates": []})
+    truncate: dict[str, int] = field(default_factory=dict)  # path -> documents that stay readable before the cut
+    raw_files: dict[str, bytes] = field(default_factory=dict)  # written as they are (empty, not parquet)
+    drop_text_column: set[str] = field(default_factory=set)
 
 
 def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict:
@@ -105,11 +112,16 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     _clear_previous_sample(out)
     rng = random.Random(seed)
     total = int(size_mb * 1_000_000)
+    natural_budget = int(total * NATURAL_SHARE)
     code_files = _stdlib_code_files()
-    natural = _natural_documents(int(total * NATURAL_SHARE), _stdlib_root(), rng)
-    code = _take_bytes(code_files, total - int(total * NATURAL_SHARE))
-    github = [_Doc(text=text, subset="RedPajamaGithub") for _, text in _take_count(code_files, max(2, round(0.005 * len(natural))))]
-    slimpajama = _plan_slimpajama(natural, github, rng)
+    code = _take_bytes(code_files, total - natural_budget)
+    # SlimPajama's GitHub documents are code the recipe must drop: files the StarCoderData side did not take
+    github = list(islice(code_files, max(2, round(natural_budget / 1e6))))
+    verses = _kjv_verses()
+    # a module's docstrings are inside its source: taking both would plant cross-source near duplicates
+    natural = _natural_documents(natural_budget, verses, skip_modules={path for path, _ in code + github})
+    github_docs = [_Doc(text=text, subset="RedPajamaGithub") for _, text in github]
+    slimpajama = _plan_slimpajama(natural, github_docs, verses, rng)
     starcoder = _plan_starcoder(code, rng)
     _write_slimpajama(out / SLIMPAJAMA_DIR, slimpajama)
     _write_starcoder(out / STARCODER_DIR, starcoder)
@@ -149,14 +161,14 @@ def _stdlib_sources(skip_dirs: set[str]) -> list[tuple[str, Path]]:
 
 
 def _stdlib_code_files() -> Iterator[tuple[str, str]]:
-    """("Lib/json/decoder.py", source) of stdlib modules, as they would appear in python/cpython."""
+    """("json/decoder.py", source) of stdlib modules, sorted by path."""
     low, high = CODE_FILE_BYTES
     for rel, path in _stdlib_sources(CODE_SKIP_DIRS):
         if not low <= path.stat().st_size <= high:
             continue
         text = path.read_bytes().decode("utf-8", "replace")
         if _usable(text):
-            yield f"Lib/{rel}", text
+            yield rel, text
 
 
 def _usable(text: str) -> bool:
@@ -180,6 +192,8 @@ def _bible_passages(verses: list[dict]) -> Iterator[str]:
     to stand alone (Psalm 117) is joined with the next so no natural document is a short document."""
     passage = ""
     for (book, chapter), chapter_verses in groupby(verses, key=lambda v: (v["book"], v["chapter"])):
+        if (book, chapter) in PARALLEL_CHAPTERS:
+            continue
         lines = "\n".join(f"{chapter}:{v['verse']} {v['text']}" for v in chapter_verses)
         passage += ("\n\n" if passage else "") + f"{book} {chapter}\n\n{lines}"
         if len(passage.encode()) >= MIN_PASSAGE_BYTES:
@@ -204,13 +218,26 @@ def _module_name(rel: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
-def _docstring_passages() -> Iterator[str]:
+def _parse(source: bytes) -> ast.Module:
+    # ast.parse allocates a node per token and the cyclic GC keeps rescanning them: pausing it saves ~20%
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(source)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _docstring_passages(skip_modules: set[str]) -> Iterator[str]:
     """Per stdlib module, its docstrings as "json.decoder.JSONDecoder.decode" headed sections, grouped into
     passages of about MAX_PASSAGE_BYTES; a remainder too short to stand alone joins the module's last passage
     (or is left out), so no natural document is a short document."""
-    for rel, path in _stdlib_sources({"site-packages", "__pycache__"}):
+    for rel, path in _stdlib_sources(DOCSTRING_SKIP_DIRS):
+        if rel in skip_modules:
+            continue
         try:
-            tree = ast.parse(path.read_bytes())
+            tree = _parse(path.read_bytes())
         except (SyntaxError, ValueError):  # test fixtures: deliberately broken or Python 2 code
             continue
         passages, sections, size = [], [], 0
@@ -227,12 +254,12 @@ def _docstring_passages() -> Iterator[str]:
         yield from passages
 
 
-def _natural_documents(budget: int, verses: list[dict]) -> list[_Doc]:
+def _natural_documents(budget: int, verses: list[dict], skip_modules: set[str]) -> list[_Doc]:
     """Bible and docstring passages, each time from the one with fewer bytes so far so both are present at any
-    size, until `budget` bytes of text (or both run out: about 6.9 MB with Python 3.11's stdlib)."""
+    size, until `budget` bytes of text (or both run out: about 6.3 MB with Python 3.11's stdlib)."""
     streams = [
         (_Doc(text=t, subset="RedPajamaBook") for t in _bible_passages(verses)),
-        (_Doc(text=t, subset=DOCSTRING_SUBSETS[i % len(DOCSTRING_SUBSETS)]) for i, t in enumerate(_docstring_passages())),
+        (_Doc(text=t, subset=DOCSTRING_SUBSETS[i % len(DOCSTRING_SUBSETS)]) for i, t in enumerate(_docstring_passages(skip_modules))),
     ]
     taken, docs = [0] * len(streams), []
     while sum(taken) < budget and streams:
@@ -254,8 +281,208 @@ def _short_documents(verses: list[dict], count: int, rng: random.Random) -> list
 def _take_bytes(items: Iterator[tuple[str, str]], budget: int) -> list[tuple[str, str]]:
     taken, size = [], 0
     for item in items:
-        if size >= budget:
-            break
         taken.append(item)
         size += len(item[1].encode())
+        if size >= budget:
+            break
     return taken
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+def _split_evenly(docs: list[_Doc], names: list[str]) -> dict[str, list[_Doc]]:
+    per_file = math.ceil(len(docs) / len(names))
+    return {name: docs[k * per_file:(k + 1) * per_file] for k, name in enumerate(names)}
+
+
+def _insert(plan: _Plan, name: str, doc: _Doc, rng: random.Random) -> None:
+    entries = plan.files[name]
+    entries.insert(rng.randint(0, len(entries)), doc)
+
+
+def _shingles(text: str, n: int = 13) -> set[str]:
+    """Character n-grams of the text lowercased, without punctuation, whitespace collapsed (SlimPajama's)."""
+    normal = " ".join(text.lower().translate(_NO_PUNCTUATION).split())
+    return {normal[i:i + n] for i in range(len(normal) - n + 1)}
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def _near_copy(doc: _Doc, rng: random.Random) -> _Doc | None:
+    """`doc` with NEAR_COPY_WORDS words replaced, or None when it is too short to stay a near duplicate."""
+    words = doc.text.split(" ")
+    candidates = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3]
+    if len(doc.text) < NEAR_COPY_MIN_CHARS or len(candidates) < NEAR_COPY_WORDS:
+        return None
+    for i in rng.sample(candidates, NEAR_COPY_WORDS):
+        words[i] = rng.choice([w for w in REPLACEMENT_WORDS if w != words[i].lower()])
+    copy = _Doc(text=" ".join(words), subset=doc.subset, repo_path=doc.repo_path, repo_name="python-fork/cpython")
+    original, changed = _shingles(doc.text), _shingles(copy.text)
+    return copy if len(original & changed) / len(original | changed) >= NEAR_COPY_MIN_JACCARD else None
+
+
+def _plant_duplicates(plan: _Plan, names: list[str], rng: random.Random) -> None:
+    """PLANT_SHARE exact copies and as many near copies of distinct documents of `names`, each copy placed in
+    another file than its original."""
+    home = {doc: name for name in names for doc in plan.files[name]}
+    docs = list(home)
+    wanted = max(2, round(PLANT_SHARE * len(docs)))
+    candidates = iter(rng.sample(docs, len(docs)))
+    for kind in ("exact_duplicates", "near_duplicates"):
+        while len(plan.pairs[kind]) < wanted:
+            original = next(candidates, None)
+            if original is None:
+                raise ValueError(f"too few long documents to plant {wanted} {kind}; ask for a larger --size-mb")
+            copy = _Doc(text=original.text, subset=original.subset, repo_path=original.repo_path,
+                        repo_name="python-mirror/cpython") if kind == "exact_duplicates" else _near_copy(original, rng)
+            if copy is None:
+                continue
+            _insert(plan, rng.choice([n for n in names if n != home[original]]), copy, rng)
+            plan.pairs[kind].append((original, copy))
+        plan.planted[kind] = wanted
+
+
+def _plan_slimpajama(natural: list[_Doc], github: list[_Doc], verses: list[dict], rng: random.Random) -> _Plan:
+    rng.shuffle(natural)
+    validation_count = max(2, round(VALIDATION_SHARE * len(natural)))
+    validation, train = natural[:validation_count], natural[validation_count:]
+    truncated = [train.pop() for _ in range(TRUNCATED_KEPT + TRUNCATED_LOST)]
+    per_chunk = max(2, math.ceil(sum(len(d.text.encode()) for d in train) / 2 / FILE_TEXT_BYTES))
+    names = [f"train/chunk{c}/example_train_{k}.jsonl.zst" for c in (1, 2) for k in range(per_chunk)]
+    plan = _Plan(files=_split_evenly(train, names))
+    plan.files.update(_split_evenly(validation, [f"validation/chunk{c}/example_validation_0.jsonl.zst" for c in (1, 2)]))
+    _plant_duplicates(plan, names, rng)
+    shorts = _short_documents(verses, max(2, round(PLANT_SHARE * len(train))), rng)
+    bad_lines = [_Doc(raw=raw) for _, raw in BAD_LINES]
+    for doc in shorts + github + bad_lines:
+        _insert(plan, rng.choice(names), doc, rng)
+    plan.planted.update(short_documents=len(shorts), excluded_subset=len(github))
+    plan.bad.update(reason for reason, _ in BAD_LINES)
+    plan.files[f"train/chunk2/example_train_{per_chunk}.jsonl.zst"] = truncated
+    plan.truncate[f"train/chunk2/example_train_{per_chunk}.jsonl.zst"] = TRUNCATED_KEPT
+    plan.raw_files[f"train/chunk1/example_train_{per_chunk}.jsonl.zst"] = b""
+    plan.bad.update(["truncated_compressed", "empty_file"])
+    return plan
+
+
+def _plan_starcoder(code: list[tuple[str, str]], rng: random.Random) -> _Plan:
+    docs = [_Doc(text=text, repo_path=f"Lib/{path}") for path, text in code]  # as in the python/cpython repository
+    without_content = [docs.pop() for _ in range(MISSING_COLUMN_ROWS)]
+    count = max(2, math.ceil(sum(len(d.text.encode()) for d in docs) / FILE_TEXT_BYTES))
+    names = [f"python/train-{k:05d}-of-{count:05d}.parquet" for k in range(count)]
+    plan = _Plan(files=_split_evenly(docs, names))
+    _plant_duplicates(plan, names, rng)
+    plan.files["python/missing-content-0000.parquet"] = without_content
+    plan.drop_text_column.add("python/missing-content-0000.parquet")
+    plan.raw_files["python/broken-0000.parquet"] = BROKEN_PARQUET
+    plan.bad.update(["missing_text_column", "not_parquet"])
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def _zstd_lines(lines: list[bytes], cut_after: int | None) -> bytes:
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    if cut_after is None:
+        return compressor.compress(b"".join(line + b"\n" for line in lines))
+    # a flushed block ends right after the kept lines, so they decode; the cut falls inside the next block
+    stream = compressor.compressobj()
+    head = stream.compress(b"".join(line + b"\n" for line in lines[:cut_after]))
+    head += stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    tail = stream.compress(b"".join(line + b"\n" for line in lines[cut_after:])) + stream.flush()
+    return head + tail[:len(tail) // 2]
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _write_slimpajama(root: Path, plan: _Plan) -> None:
+    for rel, entries in plan.files.items():
+        for line_no, doc in enumerate(entries, 1):
+            doc.where = f"{SLIMPAJAMA}/{rel}#{line_no}"
+        lines = [doc.raw or orjson.dumps({"text": doc.text, "meta": {"redpajama_set_name": doc.subset}}) for doc in entries]
+        _write_file(root / rel, _zstd_lines(lines, plan.truncate.get(rel)))
+    for rel, data in plan.raw_files.items():
+        _write_file(root / rel, data)
+
+
+def _write_starcoder(root: Path, plan: _Plan) -> None:
+    next_id = 0
+    for rel, entries in plan.files.items():
+        for row, doc in enumerate(entries):
+            doc.where = f"{STARCODER}/{rel}#{row}"
+        columns = {
+            "max_stars_repo_path": pa.array([d.repo_path for d in entries], pa.string()),
+            "max_stars_repo_name": pa.array([d.repo_name for d in entries], pa.string()),
+            "max_stars_count": pa.array([CPYTHON_STARS] * len(entries), pa.int64()),
+            "id": pa.array([str(next_id + i) for i in range(len(entries))], pa.string()),
+            "content": pa.array([d.text for d in entries], pa.string()),
+        }
+        if rel in plan.drop_text_column:
+            del columns["content"]
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(columns), root / rel, compression="zstd", compression_level=ZSTD_LEVEL)
+        next_id += len(entries)
+    for rel, data in plan.raw_files.items():
+        _write_file(root / rel, data)
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def _readable(plan: _Plan, prefix: str) -> list[_Doc]:
+    """The documents fetch will read back from the files under `prefix`."""
+    docs = []
+    for rel, entries in plan.files.items():
+        if rel.startswith(prefix) and rel not in plan.drop_text_column:
+            docs += [d for d in entries[:plan.truncate.get(rel)] if not d.raw]
+    return docs
+
+
+def _summary(size_mb: float, seed: int, slimpajama: _Plan, starcoder: _Plan) -> dict:
+    plans = {SLIMPAJAMA: slimpajama, STARCODER: starcoder}
+    # StarCoderData has no validation files: the recipe's validation_fraction picks those documents at build time
+    splits = {SLIMPAJAMA: {"train": "train/", "validation": "validation/"}, STARCODER: {"train": "python/"}}
+    documents = {name: {split: len(_readable(plan, prefix)) for split, prefix in splits[name].items()} for name, plan in plans.items()}
+    kinds = ("exact_duplicates", "near_duplicates", "short_documents", "excluded_subset")
+    return {
+        "size_mb": size_mb,
+        "seed": seed,
+        "files": {name: sorted([*plan.files, *plan.raw_files]) for name, plan in plans.items()},
+        "documents": documents,
+        "text_bytes": {name: sum(len(d.text.encode()) for d in _readable(plan, "")) for name, plan in plans.items()},
+        "planted": {kind: {name: plan.planted[kind] for name, plan in plans.items() if plan.planted[kind]} for kind in kinds},
+        "bad_records": {name: dict(sorted(plan.bad.items())) for name, plan in plans.items()},
+        "pairs": {kind: [[a.where, b.where] for plan in plans.values() for a, b in plan.pairs[kind]]
+                  for kind in ("exact_duplicates", "near_duplicates")},
+    }
+
+
+def _describe(out: Path, summary: dict) -> str:
+    files = sum(map(len, summary["files"].values()))
+    lines = [f"wrote {files} files under {out}"]
+    for name, splits in summary["documents"].items():
+        counts = ", ".join(f"{n} {split}" for split, n in splits.items())
+        lines.append(f"  {name}: {counts} documents, {summary['text_bytes'][name] / 1e6:.2f} MB of text")
+    for kind, per_source in summary["planted"].items():
+        lines.append(f"  planted {kind}: " + ", ".join(f"{name} {n}" for name, n in per_source.items()))
+    for name, reasons in summary["bad_records"].items():
+        lines.append(f"  planted bad records in {name}: " + ", ".join(f"{reason} {n}" for reason, n in reasons.items()))
+    lines.append(f"  (the list is in {out / 'PLANTED.json'})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tokenmill sample", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
+    parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    args = parser.parse_args(argv)
+    summary = write_sample_corpus(args.out, args.size_mb, args.seed)
+    print(_describe(args.out, summary))
+    return 0

@@ -51,13 +51,22 @@ class SubsetFunnel:
     dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     documents_passed: int = 0  # after filters, before dedupe
 
+    def as_json(self) -> dict:
+        return {
+            "documents_read": self.documents_read,
+            "bytes_read": self.bytes_read,
+            "chars_read": self.chars_read,
+            "documents_passed": self.documents_passed,
+            "dropped": dict(sorted(self.dropped.items())),
+        }
+
 
 def _split_of(batch: DocBatch, source: SourceConfig, file_split: str) -> np.ndarray:
     """0 = train, 1 = validation. With validation_fraction, a stable hash of the document id decides."""
     if not source.validation_fraction:
         return np.full(len(batch), SPLITS.index(file_split), np.uint8)
     cut = int(source.validation_fraction * 2**64)
-    return np.fromiter((xxhash.xxh3_64_intdigest(batch.doc_id(i)) < cut for i in range(len(batch))), np.uint8, len(batch))
+    return np.fromiter((xxhash.xxh3_64_intdigest(batch.doc_id(i).encode()) < cut for i in range(len(batch))), np.uint8, len(batch))
 
 
 @dataclass(slots=True)
@@ -149,7 +158,7 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
         "tokens": int(len(tokens)),
         "key_offsets": offsets,
         "subsets": list(out.subsets),
-        "funnels": {s: {**vars(f), "dropped": dict(f.dropped)} for s, f in sorted(out.funnels.items())},
+        "funnels": {s: f.as_json() for s, f in sorted(out.funnels.items())},
         "quarantined": len(out.quarantine),
         "seconds": seconds,
     }
@@ -166,6 +175,7 @@ def dedupe_partition(partition: int, work: Store, records: list[dict]) -> dict:
         raw = work.read_range(f"process/{r['file_index']:07d}/keys.bin", start * 24, end * 24)
         rows.append(np.frombuffer(raw, np.uint64).reshape(-1, 3))
     gathered = np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
+    del rows  # the gathered copy is all duplicate_edges needs; keep peak memory at one copy
     edges = dedupe_stage.duplicate_edges(gathered)
     name = f"dedupe/partition-{partition:05d}"
     work.write_bytes(f"{name}/edges.npy", _npy(edges))
@@ -174,11 +184,12 @@ def dedupe_partition(partition: int, work: Store, records: list[dict]) -> dict:
     return record
 
 
-def resolve_duplicates(work: Store, partitions: int) -> dict:
+def resolve_duplicates(work: Store, partitions: int, dedupe: DedupeConfig) -> dict:
     started = time.perf_counter()
     edges = [np.load(io.BytesIO(work.read_bytes(f"dedupe/partition-{p:05d}/edges.npy"))) for p in range(partitions)]
     edges = [e for e in edges if len(e)]
-    result = dedupe_stage.resolve_clusters(np.concatenate(edges) if edges else np.zeros((0, 3), np.uint64))
+    all_edges = np.concatenate(edges) if edges else np.zeros((0, 3), np.uint64)
+    result = dedupe_stage.resolve_clusters(all_edges, exact_slot=0 if dedupe.exact else None)
     work.write_bytes("dedupe/resolved/removed.npy", _npy(result.removed))
     work.write_bytes("dedupe/resolved/removed_exact.npy", _npy(result.removed_exact))
     work.write_bytes("dedupe/resolved/cluster_sizes.npy", _npy(result.cluster_sizes))
@@ -250,7 +261,7 @@ def plan_mix(work: Store, records: list[dict], source_ids: dict[str, int], weigh
             start_of[at] = cols["start"][plan.positions[at]]
             origin[at] = cols["doc_key"][plan.positions[at]]
         buffer = io.BytesIO()
-        np.savez(buffer, file=file_of, start=start_of, length=plan.lengths, source_id=plan.source_ids, origin=origin, shard_starts=plan.shard_starts)
+        np.savez(buffer, file_index=file_of, start=start_of, length=plan.lengths, source_id=plan.source_ids, origin=origin, shard_starts=plan.shard_starts)
         work.write_bytes(f"mix/{split}.npz", buffer.getvalue())
         summary[split] = {"documents": int(len(plan.lengths)), "shards": int(len(plan.shard_starts)), "epochs": {str(k): v for k, v in plan.epochs.items()}}
     record = {"splits": summary, "seconds": time.perf_counter() - started}
@@ -288,7 +299,7 @@ def write_shard(split: str, number: int, work: Store, out: Store, dtype_name: st
     part = slice(int(bounds[number]), int(bounds[number + 1]))
     lengths = plan["length"][part]
     dtype = np.dtype("<u2" if dtype_name == "uint16" else "<u4")
-    tokens = _gather_tokens(work, plan["file"][part], plan["start"][part], lengths, dtype)
+    tokens = _gather_tokens(work, plan["file_index"][part], plan["start"][part], lengths, dtype)
     index = encode_index(dtype, np.cumsum(lengths).astype(np.uint64), plan["source_id"][part], plan["origin"][part])
     data = tokens.tobytes()
     stem = f"{split}/{split}-{number:05d}"

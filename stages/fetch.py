@@ -147,7 +147,7 @@ def _gzip_chunks(f) -> Iterator[bytes]:
     stream, offset = gzip.GzipFile(fileobj=f, mode="rb"), 0
     while True:
         try:
-            out = stream.read(READ_BYTES)
+            out = stream.read1(READ_BYTES)  # read() would drop what it decoded before a truncation
         except EOFError as e:
             raise _StreamBroken("truncated_compressed", f"gzip: {e}", offset) from None
         except (gzip.BadGzipFile, zlib.error) as e:
@@ -316,22 +316,28 @@ def _is_corrupt_data(error: Exception) -> bool:
 
 
 def _parquet_rows(parquet: pq.ParquetFile, source: SourceConfig, rel_path: str, bad: partial) -> Iterator[_Item]:
+    """Row group by row group, so that a corrupt page costs only the rest of its row group."""
     subset_column = source.subset_field if source.subset_field in parquet.schema_arrow.names else ""
     columns = [source.text_field] + ([subset_column] if subset_column else [])
     folder_subset = _first_folder(rel_path) if not source.subset_field else UNKNOWN_SUBSET
-    row = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS, columns=columns):
-            # read as bytes and decode per row: one invalid UTF-8 value must not fail the whole batch
-            values = batch.column(0).cast(pa.large_binary()).to_pylist()
-            subsets = _subset_values(batch, subset_column, folder_subset)
-            for i, raw in enumerate(values):
-                yield _parquet_item(row + i, raw, subsets[i], source, bad)
-            row += len(values)
-    except Exception as e:
-        if not _is_corrupt_data(e):
-            raise
-        yield bad(f"row {row}", "unreadable_file", f"{e}; rows from {row} on could not be read, fetch the file again")
+    group_start = 0
+    for group in range(parquet.num_row_groups):
+        group_end = group_start + parquet.metadata.row_group(group).num_rows
+        row = group_start
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS, row_groups=[group], columns=columns):
+                # read as bytes and decode per row: one invalid UTF-8 value must not fail the whole batch
+                values = batch.column(0).cast(pa.large_binary()).to_pylist()
+                subsets = _subset_values(batch, subset_column, folder_subset)
+                for i, raw in enumerate(values):
+                    yield _parquet_item(row + i, raw, subsets[i], source, bad)
+                row += len(values)
+        except Exception as e:
+            if not _is_corrupt_data(e):
+                raise
+            yield bad(f"row {row}", "unreadable_file", f"{e}; rows {row} to {group_end - 1} (row group {group}) could not "
+                      "be read, the other row groups were; fetch the file again")
+        group_start = group_end
 
 
 def _subset_values(batch: pa.RecordBatch, subset_column: str, folder_subset: str) -> list[str]:

@@ -34,7 +34,7 @@ from trainer.parallelize import parallelize
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, field in fields.items():
         flag = "--" + name.replace("_", "-")
@@ -214,12 +214,17 @@ def resume(cfg: TrainConfig, model_cfg: ModelConfig, model: Llama, optimizer: to
     return int(meta["step"])
 
 
-def save(cfg: TrainConfig, model_cfg: ModelConfig, step: int, model: Llama, optimizer, loader: WindowLoader, rt: Runtime, reason: str) -> Path:
-    meta = {
-        "reason": reason, "world_size": rt.world_size, "data": loader.state_dict(), "model": dataclasses.asdict(model_cfg),
+def run_metadata(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, rt: Runtime) -> dict:
+    """What every checkpoint of this run records besides its step and data position."""
+    tokenizer = {k: manifest.data["tokenizer"][k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id")}
+    return {
+        "world_size": rt.world_size, "model": dataclasses.asdict(model_cfg), "manifest": str(cfg.manifest.resolve()), "tokenizer": tokenizer,
         "train": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
-        "manifest": str(cfg.manifest.resolve()),
     }
+
+
+def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, reason: str) -> Path:
+    meta = {**run_meta, "reason": reason, "data": loader.state_dict()}
     return checkpoint.save(cfg.out, step, model, optimizer, meta=meta, keep_last=cfg.keep_last)
 
 
@@ -243,6 +248,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     loader = open_loader(manifest, cfg.train_split, context=model_cfg.context, batch=cfg.micro_batch, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device, prefetch=cfg.prefetch)
     val_windows = TokenWindows(manifest, cfg.val_split, model_cfg.context) if cfg.eval_every else None
     start = resume(cfg, model_cfg, model, optimizer, loader) if cfg.resume else 0
+    run_meta = run_metadata(cfg, model_cfg, manifest, rt)
     logger, preemption, interval = MetricsLogger(cfg.out, enabled=rt.rank == 0), Preemption(rt), Interval()
     try:
         for step in range(start + 1, cfg.steps + 1):
@@ -255,12 +261,12 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
                 with interval.paused():
                     logger.log({"kind": "eval", "step": step, "val_loss": evaluate(model, val_windows, cfg, rt), "val_windows": cfg.eval_windows})
             if preemption.requested():
-                path = save(cfg, model_cfg, step, model, optimizer, loader, rt, "preempted")
+                path = save(cfg, step, model, optimizer, loader, run_meta, "preempted")
                 print(f"rank {rt.rank}: SIGTERM: saved {path}, exiting", file=sys.stderr, flush=True)
                 return 0
             if step % cfg.save_every == 0 or step == cfg.steps:
                 with interval.paused():
-                    save(cfg, model_cfg, step, model, optimizer, loader, rt, "final" if step == cfg.steps else "periodic")
+                    save(cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic")
     finally:
         loader.close()
         logger.close()

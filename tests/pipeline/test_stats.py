@@ -372,3 +372,9 @@ def test_cli_writes_the_three_files_and_names_a_missing_manifest(corpus, tmp_pat
     assert f"| tokens in shards | {sum(s['tokens'] for s in manifest['splits'].values()):,} (" in summary
     assert main([str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")]) == 2
     assert "nope.json: no such manifest" in capsys.readouterr().err
+
+
+def test_duplicate_cluster_sizes_group_in_powers_of_two():
+    from pipeline.report import cluster_groups
+
+    assert cluster_groups({"2": 5, "3": 1, "5": 2, "7": 1, "9": 1}) == (["2", "3", "4–7", "8–15"], [5, 1, 3, 1])

@@ -1,0 +1,28 @@
+"""Fixtures shared by every test: the offline sample corpus and the real sentencepiece model."""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import pytest
+
+from pipeline.sample import write_sample_corpus
+
+SAMPLE_SIZE_MB = 1.5  # big enough for every planted kind, small enough to write in about a second
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small sample corpus (SlimPajama-627B/, starcoderdata/ and PLANTED.json), written once per session.
+    Shared by all tests: copy it before changing anything in it."""
+    out = tmp_path_factory.mktemp("sample")
+    write_sample_corpus(out, size_mb=SAMPLE_SIZE_MB, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_model() -> Path:
+    """The 32k sentencepiece BPE model shipped inside mistral-common (no download needed)."""
+    path = Path(str(importlib.resources.files("mistral_common") / "data/tokenizer.model.v1"))
+    assert path.is_file(), f"{path} is missing; install the test extras: pip install -e '.[test]'"
+    return path

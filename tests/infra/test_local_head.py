@@ -1,0 +1,51 @@
+"""infra/local/start-head.sh: syntax, its `ray start` command (--dry-run), and its refusals. The script also
+runs for real: tests/pipeline/test_jobs.py starts the head of its job-submission test with it."""
+from __future__ import annotations
+
+import subprocess
+
+from tests.infra.infra_checks import ROOT
+
+SCRIPT = "infra/local/start-head.sh"
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_script_parses():
+    assert subprocess.run(["bash", "-n", SCRIPT], cwd=ROOT).returncode == 0
+
+
+def test_dry_run_binds_head_and_dashboard_to_localhost_by_default():
+    done = run_script("--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "ray start --head --node-ip-address 127.0.0.1 --port 6379 --dashboard-host 127.0.0.1 "
+        "--dashboard-port 8265 --disable-usage-stats\n"
+    )
+
+
+def test_dry_run_with_every_option_and_passed_through_ray_options():
+    done = run_script("--host", "10.0.0.5", "--port", "7000", "--dashboard-port", "9000", "--num-cpus", "4",
+                      "--temp-dir", "/tmp/ray head", "--block", "--dry-run", "--", "--object-store-memory", "1000000000")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "ray start --head --node-ip-address 10.0.0.5 --port 7000 --dashboard-host 10.0.0.5 --dashboard-port 9000 "
+        "--disable-usage-stats --num-cpus 4 --temp-dir /tmp/ray\\ head --block --object-store-memory 1000000000\n"
+    )
+
+
+def test_wildcard_host_and_unknown_options_are_refused():
+    wildcard = run_script("--host", "0.0.0.0", "--dry-run")
+    assert wildcard.returncode == 2 and "give this machine's IP" in wildcard.stderr
+    unknown = run_script("--dashboard", "--dry-run")
+    assert unknown.returncode == 2 and "unknown option --dashboard" in unknown.stderr
+
+
+def test_help_describes_the_options():
+    done = run_script("--help")
+    assert done.returncode == 0
+    for option in ("--host IP", "--port N", "--dashboard-port N", "--num-cpus N", "--temp-dir DIR", "--block", "--dry-run"):
+        assert option in done.stdout
+    assert "set -euo" not in done.stdout

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.manifest import load
+from trainer.config import PRESETS, ConfigError, ModelConfig, TrainConfig
+from trainer.model import LOSS_CHUNK_ROWS, build, linear_cross_entropy
+from trainer.train import Runtime, check_data
+
+
+def test_linear_cross_entropy_matches_full_logits_value_and_gradients():
+    torch.manual_seed(0)
+    rows = 2 * LOSS_CHUNK_ROWS + 77  # three chunks, the last one partial
+    h = torch.randn(rows, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (rows,))
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    expected = F.cross_entropy(h64 @ w64.t(), targets)  # float64 reference over the full logits
+    expected_grads = torch.autograd.grad(expected * 3.0, (h64, w64))
+    loss = linear_cross_entropy(h, w, targets)
+    grads = torch.autograd.grad(loss * 3.0, (h, w))
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-7)
+
+
+def test_model_loss_is_the_cross_entropy_of_its_logits():
+    model = build(PRESETS["tiny"], seed=3)
+    tokens = torch.randint(0, 32000, (2, 65))
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+        loss = model(tokens[:, :-1], tokens[:, 1:])
+    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()), rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_same_weights_and_different_seed_different_weights():
+    a, b, c = build(PRESETS["tiny"], seed=1), build(PRESETS["tiny"], seed=1), build(PRESETS["tiny"], seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+
+
+def test_tinyllama_parameter_and_flop_counts():
+    cfg = PRESETS["tinyllama-1.1b"]
+    assert cfg.num_params() == 1_100_048_384  # TinyLlama-1.1B's published count
+    tiny = build(PRESETS["tiny"], 0)
+    assert PRESETS["tiny"].num_params() == sum(p.numel() for p in tiny.parameters())
+    assert cfg.flops_per_token() == 6 * (cfg.num_params() - 32000 * 2048) + 12 * 22 * 2048 * 2048
+
+
+def test_preset_vocabulary_smaller_than_the_tokenizer_is_refused(text_manifest, tmp_path):
+    small = ModelConfig(name="small-vocab", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=1000, context=64)
+    cfg = TrainConfig(manifest=text_manifest, preset="tiny", out=tmp_path)
+    with pytest.raises(ConfigError, match="vocabulary of 1000, smaller than the tokenizer's 32000"):
+        check_data(cfg, small, load(text_manifest), Runtime(0, 1, torch.device("cpu"), None))
+
+
+def test_batch_tokens_must_split_into_micro_batches():
+    cfg = TrainConfig(manifest="m.json", preset="tinyllama-1.1b", out="o", batch_tokens=2048 * 8 * 3, micro_batch=8)
+    assert cfg.accumulation(world_size=1) == 3
+    with pytest.raises(ConfigError, match="use 32768 or 65536"):
+        cfg.accumulation(world_size=2)

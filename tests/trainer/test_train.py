@@ -1,0 +1,109 @@
+"""End to end on the CPU: real torchrun, 2 processes, gloo, the tiny preset, a real manifest."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import checkpoint
+from trainer.export import load_checkpoint_model
+from trainer.export import main as export_main
+
+HERE = Path(__file__).parent
+STEPS = 40
+# 2 ranks x micro-batch 2 x 64 tokens = 256 tokens per micro-step: 2 micro-steps of gradient accumulation.
+TRAIN_ARGS = [
+    "--preset", "tiny", "--steps", str(STEPS), "--batch-tokens", "512", "--micro-batch", "2",
+    "--lr", "1e-2", "--min-lr", "1e-3", "--warmup-steps", "5", "--log-every", "1",
+    "--save-every", "20", "--keep-last", "2", "--eval-every", "20", "--eval-windows", "8",
+]
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+
+
+def tokenmill(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def records(out: Path, kind: str = "train") -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records(out)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(text_manifest, tmp_path_factory) -> Path:
+    """One run of all STEPS, started the by-hand way: torchrun -m trainer.train."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = subprocess.run(torchrun("-m", "trainer.train", "--manifest", str(text_manifest), "--out", str(out), *TRAIN_ARGS), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_loss_falls_and_metrics_are_recorded(uninterrupted):
+    train = records(uninterrupted)
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    first, last = np.mean([r["loss"] for r in train[:5]]), np.mean([r["loss"] for r in train[-5:]])
+    assert first > math.log(32000) - 0.5  # starts near uniform over the vocabulary
+    assert last < first - 2.0
+    assert all(r["tokens_per_s_per_gpu"] > 0 and 0 <= r["data_wait"] <= 1 and r["grad_norm"] > 0 for r in train)
+    evals = records(uninterrupted, "eval")
+    assert [r["step"] for r in evals] == [20, 40]
+    assert evals[-1]["val_loss"] < math.log(32000) - 2.0
+    assert [p.name for p in checkpoint.all_checkpoints(uninterrupted)] == ["step-000020", "step-000040"]
+
+
+def test_ranks_read_disjoint_windows(text_manifest, tmp_path):
+    done = subprocess.run(torchrun(str(HERE / "rank_windows.py"), str(text_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
+    assert len(rank0) == len(rank1) > 100
+    assert not set(rank0.tolist()) & set(rank1.tolist())
+    assert len(set(rank0.tolist()) | set(rank1.tolist())) == len(rank0) + len(rank1)
+
+
+def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(text_manifest, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    command = tokenmill("train", "--nproc", "2", "--manifest", str(text_manifest), "--out", str(out), *TRAIN_ARGS)
+    with open(tmp_path / "log", "w") as log:
+        launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while len(records(out)) < 2 and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+    saved = checkpoint.all_checkpoints(out)[-1]
+    meta = checkpoint.read_meta(saved)
+    assert meta["reason"] == "preempted" and 2 <= meta["step"] < STEPS
+    stopped_at = meta["step"]
+    expected = losses(uninterrupted)
+    assert losses(out) == {step: expected[step] for step in range(1, stopped_at + 1)}
+
+    resumed = subprocess.run(command + ["--resume", str(out)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(out) == expected  # every step, bit for bit
+
+
+def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    assert export_main([str(uninterrupted), "--hf", str(tmp_path / "hf")]) == 0
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ours = load_checkpoint_model(checkpoint.all_checkpoints(uninterrupted)[-1]).eval()
+    tokens = torch.randint(0, 32000, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = ours(tokens), hf(tokens).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert hf.num_parameters() == ours.cfg.num_params()
