@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import string
 import sysconfig
@@ -40,6 +39,7 @@ import zstandard
 
 SLIMPAJAMA, STARCODER = "slimpajama", "starcoderdata"  # the source names of manifests/recipes/sample.yaml
 SLIMPAJAMA_DIR, STARCODER_DIR = "SlimPajama-627B", "starcoderdata"
+MIN_SIZE_MB = 0.5  # below that, too few long documents to plant two near duplicates per source
 NATURAL_SHARE = 0.7
 VALIDATION_SHARE = 0.02
 DOCSTRING_SUBSETS = ("RedPajamaWikipedia", "RedPajamaArXiv", "RedPajamaStackExchange", "RedPajamaCommonCrawl", "RedPajamaC4")
@@ -105,9 +105,12 @@ class _Plan:
 
 def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict:
     """Write the sample under `out` (about `size_mb` MB of text in all) and return the summary that is also
-    written to out/PLANTED.json: files, documents per split, and what was planted, per kind and source."""
-    if not size_mb > 0:
-        raise ValueError(f"size_mb must be positive, got {size_mb}")
+    written to out/PLANTED.json: `files` per source, `documents` (what fetch reads back per split, planted
+    copies, short and GitHub documents included), `text_bytes`, `planted` (per kind, per source),
+    `bad_records` (per source, per fetch reason) and `pairs` (doc ids "source/path#line-or-row" of every
+    planted [original, copy])."""
+    if not size_mb >= MIN_SIZE_MB:
+        raise ValueError(f"size_mb {size_mb} is too small to plant every kind; use at least {MIN_SIZE_MB}")
     out = Path(out)
     _clear_previous_sample(out)
     rng = random.Random(seed)
@@ -115,7 +118,8 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     natural_budget = int(total * NATURAL_SHARE)
     code_files = _stdlib_code_files()
     code = _take_bytes(code_files, total - natural_budget)
-    # SlimPajama's GitHub documents are code the recipe must drop: files the StarCoderData side did not take
+    # SlimPajama's GitHub documents (about one per MB of natural text) are code the recipe must drop: files
+    # the StarCoderData side did not take
     github = list(islice(code_files, max(2, round(natural_budget / 1e6))))
     verses = _kjv_verses()
     # a module's docstrings are inside its source: taking both would plant cross-source near duplicates
@@ -292,8 +296,8 @@ def _take_bytes(items: Iterator[tuple[str, str]], budget: int) -> list[tuple[str
 
 
 def _split_evenly(docs: list[_Doc], names: list[str]) -> dict[str, list[_Doc]]:
-    per_file = math.ceil(len(docs) / len(names))
-    return {name: docs[k * per_file:(k + 1) * per_file] for k, name in enumerate(names)}
+    n, m = len(docs), len(names)
+    return {name: docs[k * n // m:(k + 1) * n // m] for k, name in enumerate(names)}
 
 
 def _insert(plan: _Plan, name: str, doc: _Doc, rng: random.Random) -> None:
@@ -426,7 +430,7 @@ def _write_starcoder(root: Path, plan: _Plan) -> None:
         if rel in plan.drop_text_column:
             del columns["content"]
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(columns), root / rel, compression="zstd", compression_level=ZSTD_LEVEL)
+        pq.write_table(pa.table(columns), root / rel)
         next_id += len(entries)
     for rel, data in plan.raw_files.items():
         _write_file(root / rel, data)
@@ -483,6 +487,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     args = parser.parse_args(argv)
-    summary = write_sample_corpus(args.out, args.size_mb, args.seed)
+    try:
+        summary = write_sample_corpus(args.out, args.size_mb, args.seed)
+    except (ValueError, FileExistsError) as e:
+        parser.error(str(e))
     print(_describe(args.out, summary))
     return 0

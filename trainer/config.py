@@ -96,7 +96,7 @@ class TrainConfig:
     val_split: str = "validation"
     eval_every: int = 0  # 0: no periodic validation
     eval_windows: int = 64  # validation windows per evaluation, over all ranks
-    save_every: int = 1000
+    save_every: int = 1000  # and at the last step; 0: only on SIGTERM (benchmarks)
     keep_last: int = 3
     log_every: int = 10
     compile: bool = True  # torch.compile each block (CUDA only; CPU runs stay eager)
@@ -109,11 +109,11 @@ class TrainConfig:
         self.manifest, self.out = Path(self.manifest), Path(self.out)
         self.resume = Path(self.resume) if self.resume is not None else None
         preset(self.preset)
-        positive = ("steps", "batch_tokens", "micro_batch", "save_every", "keep_last", "log_every", "prefetch", "eval_windows")
+        positive = ("steps", "batch_tokens", "micro_batch", "keep_last", "log_every", "prefetch", "eval_windows")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        for name in ("warmup_steps", "eval_every", "ac_every", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "eval_every", "save_every", "ac_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
         if not 0 < self.min_lr <= self.lr:

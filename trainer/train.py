@@ -264,7 +264,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
                 path = save(cfg, step, model, optimizer, loader, run_meta, "preempted")
                 print(f"rank {rt.rank}: SIGTERM: saved {path}, exiting", file=sys.stderr, flush=True)
                 return 0
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
                 with interval.paused():
                     save(cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic")
     finally:
