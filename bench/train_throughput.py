@@ -1,0 +1,280 @@
+"""Trainer throughput: tokenmill's FSDP2 trainer against Hugging Face transformers + torch.compile, on the same
+real shards, the same initial weights and the same windows, back to back in one call.
+
+    python bench/train_throughput.py gpu --work /tmp/tm-bench [--variants default,zero2] [--steps 60]
+    python bench/train_throughput.py reader --work /tmp/tm-reader        # CPU: the mmap reader alone
+
+`gpu` tokenizes Python sources found on the machine (standard library, then site-packages) with the mistral
+sentencepiece model into a multi-shard manifest (trainer.corpus; the GPU machine has no Ray for `tokenmill
+build`), measures a bf16 matmul peak, runs each tokenmill variant through `torchrun -m trainer.train` and the
+baseline in its own process, and prints one table: tokens/s/GPU sustained after warm-up, MFU against the 989
+TFLOP/s datasheet peak and against the measured matmul peak, peak memory, share of time waiting for data, and
+the mean loss of the last logged steps. TinyLlama-1.1B, context 2048, bf16 compute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trainer.config import PRESETS  # noqa: E402
+
+PRESET = "tinyllama-1.1b"
+DATASHEET_PEAK = 989e12  # H100 SXM / H200 dense bf16
+LOG_EVERY = 10
+# tokenmill variants: extra trainer.train arguments. The defaults are the trainer's own.
+VARIANTS = {
+    "default": [],
+    "zero2": ["--no-reshard-after-forward"],
+    "ac2": ["--ac-every", "2"],
+    "nocompile": ["--no-compile"],
+}
+
+
+def corpus(work: Path, tokens: int) -> Path:
+    """A manifest of about `tokens` tokens of Python source in 4+ shards (built once per work folder)."""
+    from trainer.corpus import python_sources, write_text_manifest
+
+    manifest = work / "corpus" / "manifest.json"
+    if manifest.exists():
+        return manifest
+    started, docs = time.perf_counter(), []
+    for root in dict.fromkeys([sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]):
+        docs += python_sources(Path(root), int(3.3 * tokens) - sum(len(t) for _, t in docs))  # ~3.3 bytes per token
+    manifest = write_text_manifest(work / "corpus", {"train": docs}, shard_tokens=tokens // 4)
+    info = json.loads(manifest.read_text())["splits"]["train"]
+    print(f"corpus: {info['tokens']:,} tokens, {info['documents']:,} files, {len(info['shards'])} shards in {time.perf_counter() - started:.0f} s", flush=True)
+    return manifest
+
+
+def matmul_peak(size: int = 8192, repeats: int = 20) -> dict:
+    """Median bf16 FLOP/s of a size^3 matrix product on random data (after 3 warm-ups)."""
+    import torch
+
+    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return {"matmul_flops": 2 * size**3 / times[len(times) // 2], "device": torch.cuda.get_device_name()}
+
+
+def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int) -> dict:
+    """Sustained figures over the logged intervals after `warmup` steps."""
+    after = [r for r in records if r["step"] > warmup]
+    seconds = sum(r["interval_s"] for r in after)
+    steps = sum(r["interval_steps"] for r in after)
+    return {
+        "steps_measured": steps,
+        "tokens_per_s_per_gpu": steps * tokens_per_step / nproc / seconds,
+        "data_wait": sum(r["data_wait"] * r["interval_s"] for r in after) / seconds,
+        "mem_gib": max(r["mem_gib"] for r in records),
+        "losses": [round(r["loss"], 4) for r in records],
+        "final_loss": records[-1]["loss"],
+    }
+
+
+def run_tokenmill(name: str, extra: list[str], manifest: Path, work: Path, args) -> dict:
+    out = work / f"run-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "trainer.train",
+        "--manifest", str(manifest), "--preset", PRESET, "--out", str(out), "--steps", str(args.steps),
+        "--micro-batch", str(args.micro_batch), "--batch-tokens", str(args.micro_batch * 2048 * args.nproc),
+        "--warmup-steps", str(args.lr_warmup), "--log-every", str(LOG_EVERY), "--save-every", "0", "--seed", str(args.seed), *extra,
+    ]
+    _run_logged(command, work / f"run-{name}.log", args.timeout)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return summarize([r for r in records if r["kind"] == "train"], args.warmup, args.micro_batch * 2048 * args.nproc, args.nproc)
+
+
+def _run_logged(command: list[str], log: Path, timeout: int) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=timeout)
+    print(f"  {log.name}: exit {done.returncode} after {time.perf_counter() - started:.0f} s", flush=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[:8])} ... exited {done.returncode}; last lines of {log}:\n" + "".join(log.read_text().splitlines(True)[-25:]))
+
+
+def hf_baseline(args) -> dict:
+    """LlamaForCausalLM (SDPA attention), fp32 weights + bf16 autocast, the loss compiled with the model
+    (torch.compile), fused AdamW with tokenmill's parameter groups, schedule and clipping; the initial weights
+    and the windows are tokenmill's for the same seed."""
+    import torch
+    import torch.nn.functional as F
+    import transformers
+
+    from pipeline.manifest import load
+    from trainer.config import TrainConfig
+    from trainer.data import open_loader
+    from trainer.export import hf_config, hf_state_dict
+    from trainer.model import build
+    from trainer.optim import build_optimizer, lr_at, set_lr
+
+    cfg = PRESETS[PRESET]
+    config = transformers.LlamaConfig(**hf_config(cfg, bos_id=1, eos_id=2, dtype="float32"))
+    config._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = transformers.LlamaForCausalLM(config)
+    model.load_state_dict(hf_state_dict(build(cfg, args.seed), torch.float32))
+    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=args.micro_batch * 2048)
+    optimizer = build_optimizer(model, train_cfg, fused=True)
+    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cuda"))
+
+    @torch.compile
+    def loss_of(inputs, targets):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(input_ids=inputs).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr)
+    loader.close()
+    return summarize(records, args.warmup, args.micro_batch * 2048, 1)
+
+
+def _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr) -> list[dict]:
+    import torch
+
+    records, loss_sum, waited, started = [], None, 0.0, time.perf_counter()
+    for step in range(1, train_cfg.steps + 1):
+        set_lr(optimizer, lr_at(step, train_cfg))
+        before = time.perf_counter()
+        inputs, targets = next(loader)
+        waited += time.perf_counter() - before
+        loss = loss_of(inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        if step % LOG_EVERY == 0:
+            loss_value, elapsed = (loss_sum / LOG_EVERY).item(), time.perf_counter() - started
+            records.append({"step": step, "loss": loss_value, "interval_s": elapsed, "interval_steps": LOG_EVERY, "data_wait": waited / elapsed, "mem_gib": torch.cuda.max_memory_allocated() / 2**30})
+            print(f"  hf step {step}: loss {loss_value:.4f}, {LOG_EVERY * train_cfg.batch_tokens / elapsed:,.0f} tok/s", flush=True)
+            loss_sum, waited, started = None, 0.0, time.perf_counter()
+    return records
+
+
+def in_subprocess(mode: str, args, extra: list[str]) -> dict:
+    """Run one measurement in a fresh process (its own GPU memory and compile state); it writes JSON."""
+    result = args.work / f"{mode}.json"
+    result.unlink(missing_ok=True)
+    _run_logged([sys.executable, __file__, mode, "--json", str(result), *extra], args.work / f"{mode}.log", args.timeout)
+    return json.loads(result.read_text())
+
+
+def table(rows: dict[str, dict], peak: float) -> str:
+    flops = PRESETS[PRESET].flops_per_token()
+    lines = [
+        f"{'run':<18} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} {'peak mem GiB':>13} {'data wait':>10} {'loss (last 10)':>15}",
+    ]
+    for name, r in rows.items():
+        if "error" in r:
+            lines.append(f"{name:<18} failed: {r['error'].splitlines()[0][:90]}")
+            continue
+        tps = r["tokens_per_s_per_gpu"]
+        lines.append(
+            f"{name:<18} {tps:>13,.0f} {100 * tps * flops / DATASHEET_PEAK:>13.1f}% {100 * tps * flops / peak:>13.1f}% "
+            f"{r['mem_gib']:>13.1f} {100 * r['data_wait']:>9.2f}% {r['final_loss']:>15.4f}"
+        )
+    return "\n".join(lines)
+
+
+def gpu(args) -> None:
+    args.work.mkdir(parents=True, exist_ok=True)
+    manifest = corpus(args.work, args.tokens)
+    peak = in_subprocess("matmul", args, [])
+    print(f"matmul peak: {peak['matmul_flops'] / 1e12:.0f} TFLOP/s bf16 on {peak['device']}", flush=True)
+    common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch), "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup)]
+    rows = {}
+    for name in args.variants.split(","):
+        rows[f"tokenmill:{name}"] = _attempt(lambda: run_tokenmill(name, VARIANTS[name], manifest, args.work, args))
+        print(json.dumps({f"tokenmill:{name}": rows[f"tokenmill:{name}"]}), flush=True)
+    if args.baseline:
+        rows["hf+compile"] = _attempt(lambda: in_subprocess("hf", args, common))
+        print(json.dumps({"hf+compile": rows["hf+compile"]}), flush=True)
+    (args.work / "results.json").write_text(json.dumps({"matmul": peak, "runs": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    print(f"\nTinyLlama-1.1B, context 2048, micro-batch {args.micro_batch} x {args.nproc} GPU, {args.steps} steps, sustained over steps {args.warmup + 1}-{args.steps}; matmul peak {peak['matmul_flops'] / 1e12:.0f} TFLOP/s")
+    print(table(rows, peak["matmul_flops"]))
+    if "hf+compile" in rows and "error" not in rows["hf+compile"]:
+        base = rows["hf+compile"]["tokens_per_s_per_gpu"]
+        for name, r in rows.items():
+            if name != "hf+compile" and "error" not in r:
+                print(f"{name}: {r['tokens_per_s_per_gpu'] / base:.2f}x hf+compile; loss last 10 steps {r['final_loss']:.4f} vs {rows['hf+compile']['final_loss']:.4f}")
+
+
+def _attempt(measure) -> dict:
+    try:
+        return measure()
+    except Exception as e:  # one failed variant must not cost the others their device time
+        return {"error": str(e)}
+
+
+def reader(args) -> None:
+    """CPU: windows/s and tokens/s through the prefetching mmap reader, one process, page cache warm."""
+    import torch
+
+    from pipeline.manifest import load
+    from trainer.data import open_loader
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    manifest = load(corpus(args.work, args.tokens))
+    loader = open_loader(manifest, "train", context=2048, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cpu"))
+    next(loader)
+    started, batches = time.perf_counter(), 0
+    while time.perf_counter() - started < args.seconds:
+        next(loader)
+        batches += 1
+    elapsed = time.perf_counter() - started
+    loader.close()
+    windows = batches * args.micro_batch
+    print(f"reader: {len(manifest.shards('train'))} shards, {len(loader.windows):,} windows of 2049 tokens, batch {args.micro_batch}: "
+          f"{windows / elapsed:,.0f} windows/s, {windows * 2048 / elapsed / 1e6:,.1f} M tokens/s over {elapsed:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["gpu", "reader", "matmul", "hf"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tm-bench"))
+    parser.add_argument("--tokens", type=int, default=20_000_000, help="corpus size to build")
+    parser.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True, help="also run Hugging Face + torch.compile")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the sustained figures (compilation, allocator)")
+    parser.add_argument("--lr-warmup", type=int, default=10, help="LR warm-up steps, so the loss moves within a short run")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--seconds", type=float, default=10.0, help="reader: how long to read")
+    parser.add_argument("--timeout", type=int, default=420, help="seconds allowed to each run")
+    parser.add_argument("--manifest", type=Path, help="hf: the corpus manifest")
+    parser.add_argument("--json", type=Path, help="matmul / hf: where to write the result")
+    args = parser.parse_args(argv)
+    if args.mode == "gpu":
+        gpu(args)
+    elif args.mode == "reader":
+        reader(args)
+    else:
+        args.json.write_text(json.dumps(matmul_peak() if args.mode == "matmul" else hf_baseline(args)))
+
+
+if __name__ == "__main__":
+    main()
