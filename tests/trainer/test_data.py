@@ -28,8 +28,8 @@ def test_permute_depends_on_the_keys_and_shuffles():
     assert abs(np.corrcoef(np.arange(n), a)[0, 1]) < 0.05  # no trace of the input order
 
 
-def test_windows_are_slices_of_one_shard_each(text_manifest):
-    manifest = load(text_manifest)
+def test_windows_are_slices_of_one_shard_each(sample_manifest):
+    manifest = load(sample_manifest)
     windows = TokenWindows(manifest, "train", context=64)
     shards = [open_tokens(s.bin_path, read_index(s.idx_path)) for s in manifest.shards("train")]
     assert len(shards) >= 3
@@ -45,8 +45,8 @@ def _loader(manifest, *, rank=0, world_size=1, seed=7, batch=4):
     return WindowLoader(TokenWindows(manifest, "train", context=64), batch=batch, seed=seed, rank=rank, world_size=world_size, device=CPU)
 
 
-def test_state_dict_resumes_at_the_exact_next_window_across_epochs(text_manifest):
-    manifest = load(text_manifest)
+def test_state_dict_resumes_at_the_exact_next_window_across_epochs(sample_manifest):
+    manifest = load(sample_manifest)
     first = _loader(manifest, batch=32)
     steps = first.per_rank // 32 + 3  # runs into the second epoch
     reference = [next(first) for _ in range(steps + 5)]
@@ -65,42 +65,42 @@ def test_state_dict_resumes_at_the_exact_next_window_across_epochs(text_manifest
     resumed.close()
 
 
-def test_epochs_reshuffle_and_cover_every_window(text_manifest):
-    loader = _loader(load(text_manifest))
+def test_epochs_reshuffle_and_cover_every_window(sample_manifest):
+    loader = _loader(load(sample_manifest))
     epoch0 = loader.indices(Cursor(epoch=0), loader.per_rank)
     epoch1 = loader.indices(Cursor(epoch=1), loader.per_rank)
     assert np.array_equal(np.sort(epoch0), np.arange(len(loader.windows)))
     assert not np.array_equal(epoch0, epoch1)
 
 
-def test_refuses_a_state_from_another_world_size(text_manifest):
-    two_ranks = _loader(load(text_manifest), rank=1, world_size=2)
+def test_refuses_a_state_from_another_world_size(sample_manifest):
+    two_ranks = _loader(load(sample_manifest), rank=1, world_size=2)
     state = two_ranks.state_dict()
-    one_rank = _loader(load(text_manifest))
+    one_rank = _loader(load(sample_manifest))
     with pytest.raises(DataError, match="written by 2 ranks and this run has 1.*--nproc 2"):
         one_rank.load_state_dict(state)
 
 
-def test_inputs_and_targets_are_shifted_by_one(text_manifest):
-    loader = _loader(load(text_manifest))
+def test_inputs_and_targets_are_shifted_by_one(sample_manifest):
+    loader = _loader(load(sample_manifest))
     inputs, targets = next(loader)
     loader.close()
     assert inputs.dtype == torch.int64 and inputs.shape == (4, 64)
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
 
 
-def test_check_shards_names_a_truncated_shard(text_manifest, tmp_path):
+def test_check_shards_names_a_truncated_shard(sample_manifest, tmp_path):
     copy = tmp_path / "m"
-    shutil.copytree(text_manifest.parent, copy)
+    shutil.copytree(sample_manifest.parent, copy)
     shard = load(copy / "manifest.json").shards("train")[1]
     shard.bin_path.write_bytes(shard.bin_path.read_bytes()[:-2])
     with pytest.raises(DataError, match=rf"{shard.bin_path.name}: .* bytes, manifest .* says"):
         check_shards(load(copy / "manifest.json"), "train", checksums=False)
 
 
-def test_check_shards_finds_a_changed_byte_only_with_checksums(text_manifest, tmp_path):
+def test_check_shards_finds_a_changed_byte_only_with_checksums(sample_manifest, tmp_path):
     copy = tmp_path / "m"
-    shutil.copytree(text_manifest.parent, copy)
+    shutil.copytree(sample_manifest.parent, copy)
     shard = load(copy / "manifest.json").shards("train")[2]
     data = bytearray(shard.bin_path.read_bytes())
     data[100] ^= 1

@@ -49,11 +49,11 @@ def test_tinyllama_parameter_and_flop_counts():
     assert cfg.flops_per_token() == 6 * (cfg.num_params() - 32000 * 2048) + 12 * 22 * 2048 * 2048
 
 
-def test_preset_vocabulary_smaller_than_the_tokenizer_is_refused(text_manifest, tmp_path):
+def test_preset_vocabulary_smaller_than_the_tokenizer_is_refused(sample_manifest, tmp_path):
     small = ModelConfig(name="small-vocab", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=1000, context=64)
-    cfg = TrainConfig(manifest=text_manifest, preset="tiny", out=tmp_path)
+    cfg = TrainConfig(manifest=sample_manifest, preset="tiny", out=tmp_path)
     with pytest.raises(ConfigError, match="vocabulary of 1000, smaller than the tokenizer's 32000"):
-        check_data(cfg, small, load(text_manifest), Runtime(0, 1, torch.device("cpu"), None))
+        check_data(cfg, small, load(sample_manifest), Runtime(0, 1, torch.device("cpu"), None))
 
 
 def test_batch_tokens_must_split_into_micro_batches():

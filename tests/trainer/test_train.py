@@ -45,10 +45,10 @@ def losses(out: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(text_manifest, tmp_path_factory) -> Path:
+def uninterrupted(sample_manifest, tmp_path_factory) -> Path:
     """One run of all STEPS, started the by-hand way: torchrun -m trainer.train."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    done = subprocess.run(torchrun("-m", "trainer.train", "--manifest", str(text_manifest), "--out", str(out), *TRAIN_ARGS), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(torchrun("-m", "trainer.train", "--manifest", str(sample_manifest), "--out", str(out), *TRAIN_ARGS), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -66,8 +66,8 @@ def test_loss_falls_and_metrics_are_recorded(uninterrupted):
     assert [p.name for p in checkpoint.all_checkpoints(uninterrupted)] == ["step-000020", "step-000040"]
 
 
-def test_ranks_read_disjoint_windows(text_manifest, tmp_path):
-    done = subprocess.run(torchrun(str(HERE / "rank_windows.py"), str(text_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
+def test_ranks_read_disjoint_windows(sample_manifest, tmp_path):
+    done = subprocess.run(torchrun(str(HERE / "rank_windows.py"), str(sample_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
     assert len(rank0) == len(rank1) > 100
@@ -75,9 +75,9 @@ def test_ranks_read_disjoint_windows(text_manifest, tmp_path):
     assert len(set(rank0.tolist()) | set(rank1.tolist())) == len(rank0) + len(rank1)
 
 
-def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(text_manifest, uninterrupted, tmp_path):
+def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(sample_manifest, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    command = tokenmill("train", "--nproc", "2", "--manifest", str(text_manifest), "--out", str(out), *TRAIN_ARGS)
+    command = tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(out), *TRAIN_ARGS)
     with open(tmp_path / "log", "w") as log:
         launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
