@@ -14,6 +14,7 @@ the mean loss of the last logged steps. TinyLlama-1.1B, context 2048, bf16 compu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ VARIANTS = {
 }
 
 
-def corpus(work: Path, tokens: int) -> Path:
+def corpus(work: Path, tokens: int, tokenizer: Path | None) -> Path:
     """A manifest of about `tokens` tokens of Python source in 4+ shards (built once per work folder)."""
     from trainer.corpus import python_sources, write_text_manifest
 
@@ -51,7 +52,7 @@ def corpus(work: Path, tokens: int) -> Path:
     started, docs = time.perf_counter(), []
     for root in dict.fromkeys([sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]):
         docs += python_sources(Path(root), int(3.3 * tokens) - sum(len(t) for _, t in docs))  # ~3.3 bytes per token
-    manifest = write_text_manifest(work / "corpus", {"train": docs}, shard_tokens=tokens // 4)
+    manifest = write_text_manifest(work / "corpus", {"train": docs}, shard_tokens=tokens // 4, tokenizer=tokenizer)
     info = json.loads(manifest.read_text())["splits"]["train"]
     print(f"corpus: {info['tokens']:,} tokens, {info['documents']:,} files, {len(info['shards'])} shards in {time.perf_counter() - started:.0f} s", flush=True)
     return manifest
@@ -90,12 +91,12 @@ def kernels() -> dict:
         keys, values = (k, v) if gqa else (k.repeat_interleave(8, 1), v.repeat_interleave(8, 1))
         torch.nn.functional.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa).sum().backward()
 
-    backends = {"default": list(SDPBackend), "flash": [SDPBackend.FLASH_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION], "efficient": [SDPBackend.EFFICIENT_ATTENTION]}
-    for name, allowed in backends.items():
+    backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    for name, backend in backends.items():
         for gqa in (False, True):
             key = f"{name}{'+enable_gqa' if gqa else '+repeat'}"
             try:
-                with sdpa_kernel(allowed):
+                with sdpa_kernel(backend) if backend else contextlib.nullcontext():
                     result["attention_ms"][key] = 1e3 * _median_seconds(lambda: step(gqa))
             except RuntimeError as e:  # a backend that refuses these shapes
                 result["attention_ms"][key] = str(e).splitlines()[0][:100]
@@ -225,9 +226,24 @@ def table(rows: dict[str, dict], peak: float) -> str:
     return "\n".join(lines)
 
 
+def versions() -> str:
+    import importlib.metadata
+
+    import torch
+
+    found = [f"python {sys.version.split()[0]}", f"torch {torch.__version__} (CUDA {torch.version.cuda})"]
+    for package in ("triton", "transformers", "numpy"):
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} absent")
+    return ", ".join(found)
+
+
 def gpu(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
-    manifest = corpus(args.work, args.tokens)
+    print(versions(), flush=True)
+    manifest = corpus(args.work, args.tokens, args.tokenizer)
     peak = in_subprocess("kernels", args, [])
     print(f"matmul peak: {peak['matmul_flops'] / 1e12:.0f} TFLOP/s bf16 on {peak['device']}", flush=True)
     for key, value in peak["attention_ms"].items():
@@ -265,7 +281,7 @@ def reader(args) -> None:
     from trainer.data import open_loader
 
     args.work.mkdir(parents=True, exist_ok=True)
-    manifest = load(corpus(args.work, args.tokens))
+    manifest = load(corpus(args.work, args.tokens, args.tokenizer))
     loader = open_loader(manifest, "train", context=CONTEXT, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cpu"))
     next(loader)
     started, batches = time.perf_counter(), 0
@@ -294,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--seconds", type=float, default=10.0, help="reader: how long to read")
     parser.add_argument("--timeout", type=int, default=420, help="seconds allowed to each run")
+    parser.add_argument("--tokenizer", type=Path, help="sentencepiece model (default: mistral-common's, where installed)")
     parser.add_argument("--manifest", type=Path, help="hf: the corpus manifest")
     parser.add_argument("--json", type=Path, help="kernels / hf: where to write the result")
     args = parser.parse_args(argv)

@@ -48,7 +48,10 @@ def list_inputs(recipe: Recipe) -> list[tasks.InputFile]:
             raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be opened ({e})") from None
         root = root.rstrip("/")
         for split, patterns in (("validation", source.validation), ("train", source.train)):
-            paths = sorted({p for pattern in patterns for p in fs.glob(f"{root}/{pattern}") if fs.isfile(p)})
+            try:
+                paths = sorted({p for pattern in patterns for p in fs.glob(f"{root}/{pattern}") if fs.isfile(p)})
+            except OSError as e:  # host unreachable, access denied: nothing can be built from this source
+                raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be listed ({e}); check the address, the network and the credentials") from None
             if patterns and not paths:
                 raise RecipeError(f"recipe field `sources[{source.name}].{split}`: no file under {source.root!r} matches {patterns}; check the root and the patterns")
             found[split] += [(source.name, fs.unstrip_protocol(p), p[len(root) + 1 :]) for p in paths]
@@ -88,14 +91,18 @@ class Runner:
         while pending or in_flight:
             while pending and len(in_flight) < self.workers:
                 i = pending.pop(0)
-                _, fn, args, _ = items[i]
-                in_flight[remote.remote(fn, *args)] = i
+                name, fn, args, _ = items[i]
+                # named after its task folder: workers show up as `ray::process/0000042` in ps and the dashboard
+                in_flight[remote.options(name=name).remote(fn, *args)] = i
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             i = in_flight.pop(ready[0])
             try:
                 records[i] = ray.get(ready[0])
             except Exception as e:  # a task that failed after its retries: name it and stop
-                raise BuildError(f"[{stage}] task {items[i][0]} failed: {e}") from e
+                # an OSError (disk full, store unreachable) names its path, which is all a person needs; anything
+                # else is a bug and keeps Ray's remote traceback
+                cause = getattr(e, "cause", None)
+                raise BuildError(f"[{stage}] task {items[i][0]} failed: {cause if isinstance(cause, OSError) else e}") from e
             self.log.event("task_done", stage=stage, task=items[i][0], seconds=round(records[i].get("seconds", 0), 3))
             progress.advance(records[i].get("documents", 0), items[i][3])
         self.timings[stage] = {
@@ -225,13 +232,19 @@ def _split_entries(shards: dict[str, list[dict]], source_names: list[str]) -> di
 
 
 def _start_ray(address: str | None, workers: int | None) -> int:
+    if not address:
+        # On Linux a local Ray takes the machine's network address (ray.init turns 127.0.0.1 into it) and its
+        # GCS, raylet, workers and agents listen on every interface. With this flag off, read when Ray is first
+        # imported, the embedded Ray is private to this machine: every server binds to 127.0.0.1. A user who sets
+        # the variable keeps their choice.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if not ray.is_initialized():
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         else:
-            # Embedded, private to this process: no dashboard, nothing listens beyond localhost.
+            # Embedded, private to this process: no dashboard.
             ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -374,14 +387,17 @@ def main(argv: list[str]) -> int:
     try:
         recipe = load_recipe(args.recipe)
         manifest_url = build(recipe, args.out, args.workers, args.address)
-    except (RecipeError, BuildError, manifest_io.ManifestError) as e:
+    except (RecipeError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except (BuildError, OSError) as e:  # a task that kept failing, a full disk, a store that went away
+        print(f"tokenmill build: {type(e).__name__}: {e}\n  finished tasks are kept: fix the cause and run the same command again to resume", file=sys.stderr)
         return 2
     report = None
     if not args.no_report and "://" not in manifest_url.replace("file://", ""):
         from pipeline.stats import write_report
 
         local = Path(manifest_url.replace("file://", ""))
-        report = str(write_report(local, local.parent / "report"))
+        report = str(write_report(local, local.parent / "report", verify_bins=False))  # just checksummed
     _print_summary(manifest_url, report, time.perf_counter() - started)
     return 0

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
+from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipeline.recipe import RecipeError, _read_yaml
@@ -76,6 +77,12 @@ def submit_build(client: JobSubmissionClient, recipe: Path, out: str, workers: i
 def connect(address: str) -> JobSubmissionClient:
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as e:
+        # Ray sends its token only when told to (RAY_AUTH_MODE=token), never by default to an explicit address.
+        raise ConnectionError(
+            f"the Ray cluster at {address} requires its authentication token: `export RAY_AUTH_MODE=token` and provide "
+            f"the token in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (Ray: {str(e).splitlines()[0]})"
+        ) from None
     except ConnectionError as e:
         raise ConnectionError(f"cannot reach the Ray dashboard at {address} ({e}); start a head (infra/local/start-head.sh) or fix --address") from None
 

@@ -56,9 +56,12 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if isinstance(e, OSError) and e.filename is None:
+                # a failed write() or fsync() (disk full, I/O error) does not say which file: name it
+                raise OSError(e.errno, e.strerror or str(e), target) from e
             raise
 
     def write_json(self, rel: str, obj) -> None:

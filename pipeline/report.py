@@ -44,11 +44,21 @@ def fmt_float(x: float) -> str:
     return f"{x:.3g}"
 
 
+COMPACT_UNITS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1, ""))
+BYTE_UNITS = ((1e12, " TB"), (1e9, " GB"), (1e6, " MB"), (1e3, " kB"), (1, " B"))
+
+
+def _scaled(x: float, units: tuple) -> str:
+    base, suffix = next(((b, s) for b, s in units if abs(x) >= b), units[-1])
+    return f"{x / base:.3g}{suffix}"
+
+
 def fmt_compact(x: float) -> str:
-    for base, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= base:
-            return f"{x / base:.3g}{suffix}"
-    return f"{x:.3g}"
+    return _scaled(x, COMPACT_UNITS)
+
+
+def fmt_bytes(n: float) -> str:
+    return _scaled(n, BYTE_UNITS)
 
 
 def fmt_pow2(n: int) -> str:
@@ -57,10 +67,6 @@ def fmt_pow2(n: int) -> str:
         if n >= 1 << shift:
             return f"{n >> shift}{suffix}"
     return str(n)
-
-
-def fmt_bytes(n: float) -> str:
-    return fmt_compact(n).replace("K", " k").replace("M", " M").replace("B", " G").replace("T", " T") + "B"
 
 
 def fmt_seconds(s: float) -> str:
@@ -171,6 +177,15 @@ def _scale(vmax: float, length: float, log: bool) -> tuple:
     return (lambda v: length * v / ticks[-1]), ticks
 
 
+def _y_grid(ticks: list[float], scale, left: float, right: float, baseline: float, fmt) -> list[str]:
+    """Horizontal grid lines with their values on the left, for the vertical charts."""
+    parts = []
+    for t in ticks:
+        y = baseline - scale(t)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" class="grid"/>' + _text(left - 4, y + 4, fmt(t), "end", "tick"))
+    return parts
+
+
 def hbar_chart(labels: list[str], series: list[Series], *, fmt=fmt_compact, stacked: bool = False, log: bool = False,
                notes: list[str] | None = None, width: int = 720) -> str:
     """Horizontal bars, one band per label: the series side by side, or stacked. `notes` replace the values
@@ -214,10 +229,7 @@ def columns_chart(labels: list[str], series: list[Series], *, fmt=fmt_compact, w
     scale, ticks = _scale(max(totals, default=0), plot_h, False)
     step = plot_w / max(len(labels), 1)
     gap = step * 0.15 if len(labels) < 100 else 0
-    parts = [_legend(series, left, 14)]
-    for t in ticks:
-        y = top + plot_h - scale(t)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" class="grid"/>' + _text(left - 4, y + 4, fmt(t), "end", "tick"))
+    parts = [_legend(series, left, 14)] + _y_grid(ticks, scale, left, width - 10, top + plot_h, fmt)
     every = max(1, math.ceil(len(labels) / 12))
     for i, label in enumerate(labels):
         y = top + plot_h
@@ -240,10 +252,7 @@ def step_chart(edges: list[int], series: list[Series], *, width: int = 720, heig
     plot_w, plot_h = width - left - 24, height - top - bottom
     scale, ticks = _scale(max((max(sh[first:last + 1]) for sh in shares), default=0), plot_h, False)
     step = plot_w / (last - first + 1)
-    parts = [_legend(series, left, 14)]
-    for t in ticks:
-        y = top + plot_h - scale(t)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" class="grid"/>' + _text(left - 4, y + 4, f"{100 * t:.0f}%", "end", "tick"))
+    parts = [_legend(series, left, 14)] + _y_grid(ticks, scale, left, width - 10, top + plot_h, lambda t: f"{100 * t:.0f}%")
     every = max(1, math.ceil((last - first + 2) / 14))
     for i in range(first, last + 2, every):
         parts.append(_text(left + (i - first) * step, top + plot_h + 14, fmt_pow2(edges[i]), "middle", "tick"))
@@ -300,10 +309,13 @@ def funnel_chart(page: Page, name: str) -> str:
 
 def funnel_table(page: Page) -> str:
     stats = page.stats
-    reasons = list(stats["drop_reasons"])
+    # bad input gets one column (its reasons are in the quarantine table), every other reason its own
+    reasons = [r for r, step in stats["drop_reasons"].items() if step != "bad input"]
     chars = stats["has_build_stats"]
-    header = ["source / subset", "documents read", "bytes read"] + (["chars read"] if chars else [])
-    header += [f'{html.escape(r)}<br><span class="step">{html.escape(step)}</span>' for r, step in stats["drop_reasons"].items()] + ["kept", "kept %", "tokens kept"] + (["tokens / char"] if chars else [])
+    header = ["source / subset", "documents read", "bytes read"] + (["chars read"] if chars else []) + ['bad input<br><span class="step">records</span>']
+    # <wbr>: long reason names may wrap after their underscores and colons, never inside a word
+    header += [f'{html.escape(r).replace("_", "_<wbr>").replace(":", ":<wbr>")}<br><span class="step">{html.escape(stats["drop_reasons"][r])}</span>' for r in reasons]
+    header += ["kept", "kept %", "tokens kept"] + (["tokens / char"] if chars else [])
     rows = []
     for name, source in stats["sources"].items():
         groups = [("sources", name, f"<th>{html.escape(name)}</th>")]
@@ -311,7 +323,7 @@ def funnel_table(page: Page) -> str:
         for kind, key, first in groups:
             cells = [first, page.value((kind, key, "documents_read")), page.value((kind, key, "bytes_read"))]
             cells += [page.value((kind, key, "chars_read"))] if chars else []
-            cells += [page.value((kind, key, "dropped", r)) for r in reasons]
+            cells += [page.value((kind, key, "dropped_by_step", "bad input"))] + [page.value((kind, key, "dropped", r)) for r in reasons]
             cells += [page.value((kind, key, "documents_kept")), page.value((kind, key, "kept_share"), "share"), page.value((kind, key, "tokens_kept"))]
             cells += [page.value((kind, key, "fertility"), "float")] if chars else []
             rows.append("".join(cells))
@@ -319,11 +331,13 @@ def funnel_table(page: Page) -> str:
 
 
 def funnel_section(page: Page) -> str:
-    q = page.stats["quarantine"]
-    charts = "".join(funnel_chart(page, name) for name in page.stats["sources"])
-    quarantine = table("quarantine", ["bad-input reason", "records"],
-                       [f"<td>{html.escape(r)}</td>{page.value(('quarantine', 'by_reason', r))}" for r in q["by_reason"]]
-                       + [f"<th>all, in {html.escape(q['path'])}</th>{page.value(('quarantine', 'records'))}"])
+    q, names = page.stats["quarantine"], list(page.stats["sources"])
+    charts = "".join(funnel_chart(page, name) for name in names)
+    quarantine = table("quarantine", ["bad-input reason"] + [html.escape(n) for n in names] + ["all"],
+                       [f"<td>{html.escape(r)}</td>" + "".join(page.value(("sources", n, "dropped", r)) for n in names) + page.value(("quarantine", "by_reason", r))
+                        for r in q["by_reason"]]
+                       + [f"<th>all, in {html.escape(q['path'])}</th>" + "".join(page.value(("sources", n, "dropped_by_step", "bad input")) for n in names)
+                          + page.value(("quarantine", "records"))])
     return (figure("funnel", "Documents left after each step, per source; red: what the step removed.", f'<div class="multiples">{charts}</div>')
             + funnel_table(page) + "<h3>Quarantined input</h3>" + quarantine)
 
@@ -473,28 +487,29 @@ SECTIONS = (
     ("checks", "Checks", checks_section),
 )
 # What the differences table of --compare lists (the other paths are highlighted in place).
-DIFFERENCE_PREFIXES = ("headline", "splits", "mix", "sources", "build", "provenance")
+DIFFERENCE_PREFIXES = ("headline", "sources", "mix", "splits", "build", "provenance")
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _diff_value(value: object) -> str:
-    if isinstance(value, float):
-        return fmt_float(value)
-    return fmt_int(value) if _is_number(value) else fmt_text(value)
+def _diff_value(value: object, sign: str = "") -> str:
+    """A value of the differences table: whole numbers with separators, small fractions to 3 digits."""
+    if value is None:
+        return "–"
+    if not _is_number(value):
+        return fmt_text(value)
+    return f"{value:{sign},.0f}" if isinstance(value, int) or abs(value) >= 1000 else f"{value:{sign}.3g}"
 
 
 def difference_rows(stats: dict, other: dict) -> list[tuple[str, object, object, str]]:
-    """(what, A, B, change) for each differing value under DIFFERENCE_PREFIXES."""
+    """(what, A, B, B - A) for each differing value under DIFFERENCE_PREFIXES, in their order."""
+    keys = [k for k in changed_keys(stats, other) if k[0] in DIFFERENCE_PREFIXES and k != ("provenance", "manifest") and "funnel" not in k]
     rows = []
-    for key in sorted(changed_keys(stats, other)):
-        if key[0] not in DIFFERENCE_PREFIXES or key == ("provenance", "manifest") or "funnel" in key:
-            continue
+    for key in sorted(keys, key=lambda k: (DIFFERENCE_PREFIXES.index(k[0]), k)):
         a, b = lookup(stats, key), lookup(other, key)
-        numbers = _is_number(a) and _is_number(b)
-        change = f"{b - a:+,.4g}" + (f" ({(b - a) / a:+.1%})" if a else "") if numbers else ""
+        change = _diff_value(b - a, "+") + (f" ({(b - a) / a:+.1%})" if a else "") if _is_number(a) and _is_number(b) else ""
         rows.append((" › ".join(key), a, b, change))
     return rows
 
@@ -502,7 +517,7 @@ def difference_rows(stats: dict, other: dict) -> list[tuple[str, object, object,
 def differences_section(stats: dict, other: dict) -> str:
     rows = difference_rows(stats, other)
     def cell(value: object) -> str:
-        return f'<td class="{"num" if _is_number(value) else "text"} changed">{_diff_value(value)}</td>'
+        return f'<td class="{"num" if value is None or _is_number(value) else "text"} changed">{_diff_value(value)}</td>'
 
     body = [f"<td>{html.escape(what)}</td>{cell(a)}{cell(b)}<td class=\"num\">{html.escape(change)}</td>" for what, a, b, change in rows]
     return table("differences", ["what", "A", "B", "B − A"], body) if body else "<p>The two builds agree on every figure.</p>"
@@ -586,10 +601,10 @@ def _summary_lines(stats: dict) -> list[str]:
              f"| shards | {h['shards']} ({p['dtype']}, {fmt_bytes(h['bytes_on_disk'])}) |",
              f"| build | {fmt_seconds(h['wall_seconds']) + ', ' + str(h['workers']) + ' workers' if h['wall_seconds'] else 'no build_stats.json'} |",
              f"| checks | {h['checks_passed']} of {h['checks']} passed |", "",
-             "## Funnel (documents)", "", "| source | read | bad input | filters | exact duplicates | near duplicates | kept | tokens kept | tokens in shards |",
+             "## Funnel (documents)", "", "| source | documents read | bad input records | filters | exact duplicates | near duplicates | kept | tokens kept | tokens in shards |",
              "|---|" + "---:|" * 8]
     for name, s in stats["sources"].items():
-        removed = [fmt_int(st["removed"]) for step, st in s["funnel"].items() if step != "read"]
+        removed = [fmt_int(st["removed"]) for st in list(s["funnel"].values())[1:]]
         lines.append(f"| {name} | {fmt_int(s['documents_read'])} | {' | '.join(removed)} | {fmt_int(s['documents_kept'])} | {fmt_int(s['tokens_kept'])} | {fmt_int(s['tokens_in_shards'])} |")
     lines += ["", "## Mix (token share)", "", "| source | target | " + " | ".join(stats["splits"]) + " |", "|---|" + "---:|" * (1 + len(stats["splits"]))]
     for name in stats["sources"]:
@@ -618,8 +633,9 @@ def chromium_command(user_data_dir: Path) -> list[str]:
     return [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}"]
 
 
-def screenshot(html_path: Path, png_path: Path, *, width: int = 1280, height: int = 2200) -> None:
-    """A PNG of the top `height` pixels of the report, as a browser shows it."""
+def screenshot(html_path: Path, png_path: Path, *, width: int = 1280, height: int = 1850) -> None:
+    """A PNG of the top `height` pixels of the report, as a browser shows it (by default: the headline
+    numbers, the funnel and the mix)."""
     png_path = Path(png_path).resolve()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tokenmill-chromium-") as profile:

@@ -42,6 +42,10 @@ def drop_step(reason: str) -> str:
     return {"exact_duplicate": "exact duplicates", "near_duplicate": "near duplicates"}.get(reason, "filters")
 
 
+def dropped_by_step(dropped: dict[str, int]) -> dict[str, int]:
+    return {step: sum(n for reason, n in dropped.items() if drop_step(reason) == step) for step in FUNNEL_STEPS}
+
+
 def drop_reasons(sources: dict, subsets: dict) -> dict[str, str]:
     """Every drop reason seen, with its funnel step, in pipeline order."""
     seen = {reason for row in [*sources.values(), *subsets.values()] for reason in row["dropped"]}
@@ -157,7 +161,8 @@ def subset_rows(manifest: dict, build: dict | None) -> dict[str, dict]:
     fields = ("documents_read", "bytes_read", "chars_read", "documents_kept", "chars_kept", "tokens_kept")
     rows = {}
     for r in sorted(records, key=lambda r: (r["source"], r["subset"])):
-        row = {"source": r["source"], "subset": r["subset"], "dropped": dict(r.get("dropped", {})), **{f: int(r.get(f, 0)) for f in fields}}
+        dropped = dict(r.get("dropped", {}))
+        row = {"source": r["source"], "subset": r["subset"], "dropped": dropped, "dropped_by_step": dropped_by_step(dropped), **{f: int(r.get(f, 0)) for f in fields}}
         row["fertility"] = row["tokens_kept"] / row["chars_kept"] if row["chars_kept"] else None
         row["kept_share"] = row["documents_kept"] / row["documents_read"] if row["documents_read"] else None
         rows[f"{r['source']}/{r['subset']}"] = row
@@ -165,10 +170,12 @@ def subset_rows(manifest: dict, build: dict | None) -> dict[str, dict]:
 
 
 def funnel(documents_read: int, dropped: dict[str, int]) -> dict[str, dict]:
-    """Documents left after each step of the pipeline, and what each step removed."""
-    steps, left = {"read": {"removed": 0, "left": documents_read}}, documents_read
-    for step in FUNNEL_STEPS:
-        removed = sum(n for reason, n in dropped.items() if drop_step(reason) == step)
+    """Records left after each step of the pipeline, and what each step removed. Bad input never became a
+    document, so `documents_read` does not count it: the funnel starts from both."""
+    by_step = dropped_by_step(dropped)
+    left = documents_read + by_step["bad input"]
+    steps = {"records read": {"removed": 0, "left": left}}
+    for step, removed in by_step.items():
         left -= removed
         steps[step] = {"removed": removed, "left": left}
     return steps
@@ -184,7 +191,8 @@ def source_rows(manifest: dict, splits: dict, subsets: dict[str, dict]) -> dict[
         tokens_by_split = {split: t["tokens_by_source"].get(name, 0) for split, t in splits.items()}
         rows[name] = {
             "id": s["id"], "weight": s["weight"], "uris": s["uris"], "files": s["files"], "epochs": s["epochs"],
-            "documents_read": s["documents_read"], "bytes_read": s["bytes_read"], "dropped": dict(s["dropped"]),
+            "documents_read": s["documents_read"], "bytes_read": s["bytes_read"],
+            "dropped": dict(s["dropped"]), "dropped_by_step": dropped_by_step(s["dropped"]),
             "documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"],
             "kept_share": s["documents_kept"] / s["documents_read"] if s["documents_read"] else None,
             "chars_read": sum(r["chars_read"] for r in mine), "chars_kept": chars_kept,
@@ -219,8 +227,9 @@ def build_record(manifest: dict, build: dict | None) -> dict:
         rows[name] = {
             "seconds": seconds, "tasks": int(st.get("tasks", 0)),
             "input_bytes": int(st.get("input_bytes", 0)), "documents": int(st.get("documents", 0)),
-            "mb_per_s": st.get("input_bytes", 0) / seconds / 1e6 if seconds else None,
-            "documents_per_s": st.get("documents", 0) / seconds if seconds else None,
+            # a stage that reads no input (dedupe, mix) has no throughput, rather than a throughput of 0
+            "mb_per_s": st.get("input_bytes", 0) / seconds / 1e6 if seconds and st.get("input_bytes") else None,
+            "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
         }
     return {
         "workers": build.get("workers") if build else None,
@@ -297,7 +306,7 @@ def checks(manifest: Manifest, shards: dict, splits: dict, sources: dict, subset
             [p for split, t in splits.items() for p in _differences(f"split {split}", t, manifest.data["splits"][split], counted)], ", ".join(splits)),
         "shards hold only the manifest's sources": _check(
             sorted({n for t in splits.values() for n, docs in t["documents_by_source"].items() if docs and n not in sources}), ", ".join(sources)),
-        "documents read = dropped + kept": _check(
+        "documents read = filtered + duplicates + kept": _check(
             [f"{name}: {n:+} documents read but neither dropped nor kept" for name, n in unaccounted.items() if n], ", ".join(sources)),
     }
     if build is not None:

@@ -101,6 +101,7 @@ class TrainConfig:
     log_every: int = 10
     compile: bool = True  # torch.compile each block (CUDA only; CPU runs stay eager)
     ac_every: int = 0  # activation checkpointing of every k-th block; 0: none, 1: all
+    fp8: bool = False  # FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first
     reshard_after_forward: bool = True  # FSDP: free gathered block weights after forward (ZeRO-3) or keep them (ZeRO-2)
     verify_checksums: bool = False
     prefetch: int = 4  # batches the background reader keeps ready

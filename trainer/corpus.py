@@ -44,11 +44,11 @@ def python_sources(root: Path, max_bytes: int) -> list[tuple[str, str]]:
     return texts
 
 
-def write_text_manifest(out_dir: Path, splits: dict[str, list[tuple[str, str]]], *, shard_tokens: int, source: str = "text", threads: int | None = None) -> Path:
-    """Tokenize `splits` (split name -> [(path, text)]) with the mistral tokenizer into shards under out_dir,
-    and write out_dir/manifest.json. Returns the manifest's path."""
+def write_text_manifest(out_dir: Path, splits: dict[str, list[tuple[str, str]]], *, shard_tokens: int, source: str = "text", threads: int | None = None, tokenizer: Path | None = None) -> Path:
+    """Tokenize `splits` (split name -> [(path, text)]) with a sentencepiece model (default: the mistral one)
+    into shards under out_dir, and write out_dir/manifest.json. Returns the manifest's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = mistral_tokenizer()
+    model_path = tokenizer or mistral_tokenizer()
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
     dtype = token_dtype(sp.get_piece_size())
     inputs, split_entries = [], {}
@@ -63,7 +63,8 @@ def write_text_manifest(out_dir: Path, splits: dict[str, list[tuple[str, str]]],
             "tokens_by_source": {source: sum(s["tokens"] for s in shards)},
             "shards": shards,
         }
-    manifest = _manifest(sp, model_path, dtype, inputs, split_entries, source, sum(len(t) for docs in splits.values() for _, t in docs))
+    uri = str(model_path) if tokenizer else MISTRAL_TOKENIZER_URI
+    manifest = _manifest(sp, model_path, uri, dtype, inputs, split_entries, source, sum(len(t) for docs in splits.values() for _, t in docs))
     path = out_dir / "manifest.json"
     write_local(manifest, path)
     return path
@@ -99,8 +100,8 @@ def _write_shard(out_dir: Path, name: str, docs: list[list[int]], keys: list[int
     }
 
 
-def _manifest(sp, model_path: Path, dtype: np.dtype, inputs: list[dict], splits: dict, source: str, text_bytes: int) -> dict:
-    recipe = {"name": "text-manifest", "sources": [{"name": source, "kind": "text"}], "tokenizer": {"model": MISTRAL_TOKENIZER_URI, "add_bos": False, "add_eos": True}}
+def _manifest(sp, model_path: Path, uri: str, dtype: np.dtype, inputs: list[dict], splits: dict, source: str, text_bytes: int) -> dict:
+    recipe = {"name": "text-manifest", "sources": [{"name": source, "kind": "text"}], "tokenizer": {"model": uri, "add_bos": False, "add_eos": True}}
     documents = sum(s["documents"] for s in splits.values())
     tokens = sum(s["tokens"] for s in splits.values())
     return {
@@ -111,7 +112,7 @@ def _manifest(sp, model_path: Path, dtype: np.dtype, inputs: list[dict], splits:
         "recipe": recipe,
         "recipe_sha256": hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(),
         "tokenizer": {
-            "uri": MISTRAL_TOKENIZER_URI,
+            "uri": uri,
             "sha256": sha256_file(model_path),
             "vocab_size": sp.get_piece_size(),
             "bos_id": sp.bos_id(),

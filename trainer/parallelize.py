@@ -1,5 +1,6 @@
-"""How the model runs on many devices, as torchtitan orders it: activation checkpointing, then torch.compile
-per block, then FSDP2 `fully_shard` per block and finally the root. Each step is one function."""
+"""How the model runs on many devices, as torchtitan orders it: FP8 matmuls (opt-in), activation
+checkpointing, torch.compile per block, then FSDP2 `fully_shard` per block and finally the root. Each step is
+one function."""
 from __future__ import annotations
 
 import torch
@@ -7,10 +8,13 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from trainer.model import Llama
+from trainer.float8 import convert_to_float8
+from trainer.model import Llama, cross_entropy_chunk
 
 
-def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool) -> Llama:
+def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool, fp8: bool) -> Llama:
+    if fp8:
+        convert_to_float8(model.layers)
     if ac_every:
         apply_activation_checkpointing(model, every=ac_every)
     if compile:
@@ -27,10 +31,11 @@ def apply_activation_checkpointing(model: Llama, *, every: int) -> None:
 
 
 def apply_compile(model: Llama) -> None:
-    """Compile each block in place: the blocks are identical, so one graph serves all of them, and FSDP's
-    hooks stay outside the compiled code."""
+    """Compile each block in place (the blocks are identical, so one graph serves all of them, and FSDP's
+    hooks stay outside the compiled code), and the loss's per-chunk softmax arithmetic (one fused pass)."""
     for block in model.layers:
         block.compile(fullgraph=True)
+    model.cross_entropy_chunk = torch.compile(cross_entropy_chunk, fullgraph=True)
 
 
 def apply_fsdp(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, reshard_after_forward: bool) -> None:

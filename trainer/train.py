@@ -100,6 +100,7 @@ def build_model(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> Llama:
         compile=cfg.compile and cuda,
         ac_every=cfg.ac_every,
         reshard_after_forward=cfg.reshard_after_forward,
+        fp8=cfg.fp8,
     )
 
 

@@ -16,6 +16,11 @@
 #   --block              stay in the foreground; Ctrl-C or `kill PID` stops the head and all it started
 #   --dry-run            print the `ray start` command instead of running it
 #
+# Token authentication is on (RAY_AUTH_MODE=token) unless RAY_AUTH_MODE says otherwise: every request to the
+# dashboard and the cluster must carry the token. When there is none yet (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
+# or ~/.ray/auth_token), Ray generates one into ~/.ray/auth_token. Clients on this machine use it after
+# `export RAY_AUTH_MODE=token`; others need the token too, e.g. in RAY_AUTH_TOKEN.
+#
 # Without --block, `ray start` returns once the head is up and `ray stop` stops it (with every other Ray of
 # this user on the machine). Jobs run the `python` first on PATH; this script puts the project's .venv/bin
 # first when it exists. Ray's own gRPC ports (GCS, raylet) were seen listening on all interfaces whatever
@@ -43,6 +48,7 @@ if [[ $host == 0.0.0.0 || $host == "::" ]]; then
   exit 2
 fi
 
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 project=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 if [[ -x $project/.venv/bin/ray ]]; then
   export PATH="$project/.venv/bin:$PATH"
@@ -55,9 +61,12 @@ cmd=(ray start --head --node-ip-address "$host" --port "$port" --dashboard-host 
 cmd+=(${more[@]+"${more[@]}"})
 
 if ((dry_run)); then
-  printf '%q ' "${cmd[@]}" | sed 's/ $//'
+  printf '%q ' "RAY_AUTH_MODE=$RAY_AUTH_MODE" "${cmd[@]}" | sed 's/ $//'
   echo
   exit 0
 fi
-echo "Jobs API and dashboard: http://$host:$dashboard_port  (tokenmill submit RECIPE --address http://$host:$dashboard_port --out DIR)"
+if [[ $RAY_AUTH_MODE == token ]] && ! ray get-auth-token >/dev/null 2>&1; then
+  ray get-auth-token --generate >/dev/null  # prints the token: keep it off the terminal and the logs
+fi
+echo "Jobs API and dashboard: http://$host:$dashboard_port  (RAY_AUTH_MODE=$RAY_AUTH_MODE; submit with RAY_AUTH_MODE=$RAY_AUTH_MODE tokenmill submit RECIPE --address http://$host:$dashboard_port --out DIR)"
 exec "${cmd[@]}"

@@ -2,6 +2,7 @@
 runs for real: tests/pipeline/test_jobs.py starts the head of its job-submission test with it."""
 from __future__ import annotations
 
+import os
 import subprocess
 
 from tests.infra.infra_checks import ROOT
@@ -9,29 +10,31 @@ from tests.infra.infra_checks import ROOT
 SCRIPT = "infra/local/start-head.sh"
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60)
 
 
 def test_script_parses():
     assert subprocess.run(["bash", "-n", SCRIPT], cwd=ROOT).returncode == 0
 
 
-def test_dry_run_binds_head_and_dashboard_to_localhost_by_default():
+def test_dry_run_binds_head_and_dashboard_to_localhost_and_requires_a_token_by_default():
     done = run_script("--dry-run")
     assert done.returncode == 0, done.stderr
     assert done.stdout == (
-        "ray start --head --node-ip-address 127.0.0.1 --port 6379 --dashboard-host 127.0.0.1 "
+        "RAY_AUTH_MODE=token ray start --head --node-ip-address 127.0.0.1 --port 6379 --dashboard-host 127.0.0.1 "
         "--dashboard-port 8265 --disable-usage-stats\n"
     )
 
 
 def test_dry_run_with_every_option_and_passed_through_ray_options():
     done = run_script("--host", "10.0.0.5", "--port", "7000", "--dashboard-port", "9000", "--num-cpus", "4",
-                      "--temp-dir", "/tmp/ray head", "--block", "--dry-run", "--", "--object-store-memory", "1000000000")
+                      "--temp-dir", "/tmp/ray head", "--block", "--dry-run", "--", "--object-store-memory", "1000000000",
+                      env={"RAY_AUTH_MODE": "disabled"})  # the user's say overrides the default
     assert done.returncode == 0, done.stderr
     assert done.stdout == (
-        "ray start --head --node-ip-address 10.0.0.5 --port 7000 --dashboard-host 10.0.0.5 --dashboard-port 9000 "
+        "RAY_AUTH_MODE=disabled ray start --head --node-ip-address 10.0.0.5 --port 7000 --dashboard-host 10.0.0.5 --dashboard-port 9000 "
         "--disable-usage-stats --num-cpus 4 --temp-dir /tmp/ray\\ head --block --object-store-memory 1000000000\n"
     )
 

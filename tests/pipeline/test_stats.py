@@ -1,145 +1,61 @@
-"""`tokenmill stats`: stats.json against a recount of the shards, report.html read back from headless Chromium."""
+"""`tokenmill stats`: stats.json against a recount of the shards, report.html read back from headless Chromium.
+Everything runs on real builds of the offline sample corpus (`sample.yaml`, and `web-quality.yaml` to compare)."""
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.resources
 import json
 import shutil
 import subprocess
-import sysconfig
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sentencepiece as spm
+import ray
 
 from pipeline import manifest as manifest_io
-from pipeline.report import chromium_command, lookup
+from pipeline.build import build
+from pipeline.recipe import load_recipe
+from pipeline.report import FORMATS, chromium_command, cluster_groups, lookup, screenshot
 from pipeline.stats import LENGTH_EDGES, length_buckets, main, write_report
-from stages.document import global_doc_key
-from stages.shards import encode_index, open_tokens, read_index, sha256_file
+from stages.shards import open_tokens, read_index
 
-TOKENIZER = Path(str(importlib.resources.files("mistral_common") / "data/tokenizer.model.v1"))
-PROSE_SUBSETS = ("RedPajamaWikipedia", "RedPajamaArXiv", "RedPajamaBook")
-CODE_MODULES = ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "bisect.py", "heapq.py", "colorsys.py",
-                "keyword.py", "fnmatch.py", "glob.py", "shlex.py", "copy.py", "base64.py", "calendar.py")
+RECIPES = Path(__file__).resolve().parents[2] / "manifests" / "recipes"
 
 
-def stdlib_documents() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(subset, text) documents: docstrings of stdlib modules as prose, the modules themselves as code."""
-    lib = Path(sysconfig.get_paths()["stdlib"])
-    prose, code = [], []
-    for name in CODE_MODULES:
-        source = (lib / name).read_text()
-        code.append(("python", source))
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)) and ast.get_docstring(node):
-                prose.append((PROSE_SUBSETS[len(prose) % 3], ast.get_docstring(node)))
-    return prose, code
-
-
-def write_shard(root: Path, name: str, docs: list[tuple[int, int, list[int]]]) -> dict:
-    """docs: (source id, origin key, token ids). Returns the manifest's shard entry."""
-    tokens = np.concatenate([np.asarray(t, dtype="<u2") for _, _, t in docs])
-    ends = np.cumsum([len(t) for _, _, t in docs], dtype=np.uint64)
-    (root / f"{name}.bin").write_bytes(tokens.tobytes())
-    (root / f"{name}.idx").write_bytes(encode_index(np.dtype("<u2"), ends, np.array([s for s, _, _ in docs]), np.array([o for _, o, _ in docs])))
-    by_source: dict[str, int] = {}
-    for source, _, t in docs:
-        key = ("prose", "code")[source]
-        by_source[key] = by_source.get(key, 0) + len(t)
-    return {"bin": f"{name}.bin", "idx": f"{name}.idx", "bin_sha256": sha256_file(root / f"{name}.bin"), "idx_sha256": sha256_file(root / f"{name}.idx"),
-            "bin_bytes": tokens.nbytes, "idx_bytes": (root / f"{name}.idx").stat().st_size, "documents": len(docs), "tokens": int(ends[-1]), "tokens_by_source": by_source}
-
-
-def build_fixture_corpus(root: Path, code_weight: float = 3.0) -> Path:
-    """A small real build: stdlib text tokenized by the real mistral sentencepiece model, dropped and kept the
-    way the build does (short documents, exact duplicates), written as shards + manifest + build_stats.json."""
-    root.mkdir(parents=True, exist_ok=True)
-    sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
-    prose, code = stdlib_documents()
-    sources = {"prose": prose + prose[:5], "code": code}  # five exact duplicates planted in prose
-    subsets, docs, seen = {}, {"train": [], "validation": []}, set()
-    for source_id, (name, documents) in enumerate(sources.items()):
-        for ordinal, (subset, text) in enumerate(documents, start=1):
-            rec = subsets.setdefault(f"{name}/{subset}", {"source": name, "subset": subset, "documents_read": 0, "bytes_read": 0, "chars_read": 0, "dropped": {},
-                                                            "documents_kept": 0, "chars_kept": 0, "tokens_kept": 0, "char_hist": [0] * 32, "token_hist": [0] * 32})
-            rec["documents_read"] += 1
-            rec["bytes_read"] += len(text.encode())
-            rec["chars_read"] += len(text)
-            reason = "short_document" if len(text) < 200 and name == "prose" else "exact_duplicate" if text in seen else None
-            seen.add(text)
-            if reason:
-                rec["dropped"][reason] = rec["dropped"].get(reason, 0) + 1
-                continue
-            ids = sp.encode(text) + [sp.eos_id()]
-            rec["documents_kept"] += 1
-            rec["chars_kept"] += len(text)
-            rec["tokens_kept"] += len(ids)
-            rec["char_hist"][len(text).bit_length()] += 1
-            rec["token_hist"][len(ids).bit_length()] += 1
-            split = "validation" if ordinal % 10 == 0 else "train"
-            docs[split].append((source_id, global_doc_key(source_id * 2 + (split == "validation"), ordinal), ids))
-    half = len(docs["train"]) // 2
-    shards = {"train": [write_shard(root, "train-00000", docs["train"][:half]), write_shard(root, "train-00001", docs["train"][half:])],
-              "validation": [write_shard(root, "validation-00000", docs["validation"])]}
-    write_manifest(root, subsets, shards, code_weight)
-    stats = {"format": "tokenmill.build_stats", "version": 1, "histogram_edges": {"chars": LENGTH_EDGES, "tokens": LENGTH_EDGES}, "subsets": subsets,
-             "duplicates": {"exact_removed": 5, "near_removed": 0, "cluster_sizes": {"2": 5}},
-             "stages": {"fetch": {"seconds": 0.8, "tasks": 4, "input_bytes": sum(r["bytes_read"] for r in subsets.values()), "documents": sum(r["documents_read"] for r in subsets.values())},
-                        "tokenize": {"seconds": 0.5, "tasks": 4, "input_bytes": 0, "documents": sum(r["documents_kept"] for r in subsets.values())}},
-             "workers": 2, "wall_seconds": 1.9}
-    (root / "build_stats.json").write_text(json.dumps(stats))
-    return root / "manifest.json"
-
-
-def write_manifest(root: Path, subsets: dict, shards: dict, code_weight: float) -> None:
-    def total(name: str, key: str) -> int:
-        return sum(r[key] for r in subsets.values() if r["source"] == name)
-
-    def dropped(name: str) -> dict:
-        out: dict[str, int] = {}
-        for r in subsets.values():
-            if r["source"] == name:
-                for reason, n in r["dropped"].items():
-                    out[reason] = out.get(reason, 0) + n
-        return out
-
-    splits = {}
-    for split, entries in shards.items():
-        by_source: dict[str, int] = {}
-        for e in entries:
-            for k, v in e["tokens_by_source"].items():
-                by_source[k] = by_source.get(k, 0) + v
-        splits[split] = {"documents": sum(e["documents"] for e in entries), "tokens": sum(e["tokens"] for e in entries), "tokens_by_source": by_source, "shards": entries}
-    weights = {"prose": 7.0, "code": code_weight}
-    data = {
-        "format": "tokenmill.manifest", "format_version": 1, "tool_version": "0.1.0", "created_at": "2026-11-22T05:00:00Z",
-        "recipe": {"name": "stats-fixture"}, "recipe_sha256": hashlib.sha256(repr(weights).encode()).hexdigest(),
-        "tokenizer": {"uri": "pkg://mistral_common/data/tokenizer.model.v1", "sha256": sha256_file(TOKENIZER), "vocab_size": 32000, "bos_id": 1, "eos_id": 2, "add_bos": False, "add_eos": True},
-        "dtype": "uint16",
-        "inputs": [{"source": s, "split": sp, "path": f"{s}/{sp}.jsonl"} for s in weights for sp in ("train", "validation")],
-        "sources": [{"name": name, "id": i, "uris": [f"file:///stdlib/{name}"], "weight": w, "files": 2,
-                     "documents_read": total(name, "documents_read"), "bytes_read": total(name, "bytes_read"), "dropped": dropped(name),
-                     "documents_kept": total(name, "documents_kept"), "tokens_kept": total(name, "tokens_kept"), "epochs": 1.0, "subsets": {}}
-                    for i, (name, w) in enumerate(weights.items())],
-        "splits": splits,
-        "mix": {"policy": "natural", "target": weights, "achieved": {s: {k: v / t["tokens"] for k, v in t["tokens_by_source"].items()} for s, t in splits.items()}},
-        "stages": {}, "quarantine": {"path": "quarantine.jsonl", "records": 0, "by_reason": {}},
-    }
-    manifest_io.write_local(data, root / "manifest.json")
+def build_sample(corpus: Path, recipe: str, out: Path) -> Path:
+    """A real build of the sample corpus with one of the repository's recipes; returns its manifest."""
+    out.mkdir(parents=True)
+    local = out / "recipe.yaml"
+    # smaller shards than the recipe's, so that the train split has several
+    local.write_text(f"extends: {RECIPES / recipe}\nmix: {{shard_tokens: 100000}}\nsources:\n"
+                     f"  - {{name: slimpajama, root: {corpus / 'SlimPajama-627B'}}}\n"
+                     f"  - {{name: starcoderdata, root: {corpus / 'starcoderdata'}}}\n")
+    return Path(build(load_recipe(local), str(out / "build"), workers=2, console=False).removeprefix("file://"))
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return build_fixture_corpus(tmp_path_factory.mktemp("corpus"))
+def builds(sample_corpus, tmp_path_factory) -> dict[str, Path]:
+    started_here = not ray.is_initialized()
+    root = tmp_path_factory.mktemp("builds")
+    yield {name: build_sample(sample_corpus, f"{name}.yaml", root / name) for name in ("sample", "web-quality")}
+    if started_here:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(builds) -> Path:
+    return builds["sample"]
 
 
 @pytest.fixture(scope="module")
 def report(corpus, tmp_path_factory) -> Path:
     return write_report(corpus, tmp_path_factory.mktemp("report"))
+
+
+def copy_build(manifest_path: Path, to: Path) -> Path:
+    """A copy of a build to damage (the module's builds are shared)."""
+    shutil.copytree(manifest_path.parent, to, ignore=shutil.ignore_patterns("work"))
+    return to / manifest_path.name
 
 
 def recount_shards(manifest_path: Path) -> dict:
@@ -188,7 +104,8 @@ def test_stats_json_equals_what_the_shards_hold(corpus, report):
     assert {n: s["tokens_in_shards"] for n, s in stats["sources"].items()} == tokens_by_source
     assert stats["headline"]["tokens"] == sum(tokens_by_source.values())
     assert all(c["ok"] for c in stats["checks"].values()), stats["checks"]
-    assert stats["checks"]["shard token files match the manifest"]["detail"] == "3 of 3 by sha256"
+    assert len(recount["shards"]) > 2
+    assert stats["checks"]["shard token files match the manifest"]["detail"] == f"{len(recount['shards'])} of {len(recount['shards'])} by sha256"
 
 
 class DomReader(HTMLParser):
@@ -264,8 +181,6 @@ def manifest_value(manifest: dict, key: tuple) -> object:
 
 
 def shown_text_matches(text: str, value: object) -> bool:
-    from pipeline.report import FORMATS
-
     if value is None:
         return text == "–"
     if isinstance(value, list):
@@ -310,57 +225,56 @@ def test_screenshot_is_a_png(report, tmp_path):
         print("SKIP: chromium is not installed (apt-get install -y chromium)")
         pytest.skip("chromium is not installed: apt-get install -y chromium")
     png = tmp_path / "report.png"
-    from pipeline.report import screenshot
-
     screenshot(report, png, height=900)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000  # a blank page compresses to a few kB
 
 
-def test_compare_shows_both_builds_and_highlights_what_differs(corpus, tmp_path):
-    other = build_fixture_corpus(tmp_path / "other", code_weight=5.0)
-    html_path = write_report(corpus, tmp_path / "diff", compare=other)
+def test_compare_shows_both_builds_and_highlights_what_differs(builds, tmp_path):
+    html_path = write_report(builds["sample"], tmp_path / "diff", compare=builds["web-quality"])
     dom = read_dom(html_path, tmp_path)
     assert dom.sections == ["differences"] + SECTIONS
-    weight = [v for v in dom.values if v["key"] == ("sources", "code", "weight")]
-    assert [v["value"] for v in weight] == [3.0, 5.0] and all("changed" in v["classes"] for v in weight)
-    tokens = [v for v in dom.values if v["key"] == ("splits", "train", "tokens")]
-    assert len(tokens) == 2 and not any("changed" in v["classes"] for v in tokens)
+    kept = [v for v in dom.values if v["key"] == ("sources", "slimpajama", "documents_kept")]
+    assert len(kept) == 2 and kept[0]["value"] > kept[1]["value"]  # web-quality's filters drop more
+    assert all("changed" in v["classes"] for v in kept)
+    read = [v for v in dom.values if v["key"] == ("sources", "starcoderdata", "documents_read")]
+    assert len(read) == 2 and read[0]["value"] == read[1]["value"] and not any("changed" in v["classes"] for v in read)
     stats = json.loads((tmp_path / "diff" / "stats.json").read_text())
-    assert stats["compare"]["sources"]["code"]["weight"] == 5.0
+    assert stats["compare"]["provenance"]["recipe"] == "web-quality"
     summary = (tmp_path / "diff" / "summary.md").read_text()
-    assert "| sources › code › weight | 3 | 5 | +2 (+66.7%) |" in summary
+    assert f"| sources › slimpajama › documents_kept | {kept[0]['value']:,} | {kept[1]['value']:,} | " in summary
 
 
-def test_without_build_stats_the_report_comes_from_the_shards_alone(tmp_path):
-    manifest_path = build_fixture_corpus(tmp_path / "corpus")
+def test_without_build_stats_the_report_comes_from_the_manifest_and_shards(corpus, tmp_path):
+    manifest_path = copy_build(corpus, tmp_path / "build")
     (manifest_path.parent / "build_stats.json").unlink()
     html_path = write_report(manifest_path, tmp_path / "report")
     stats = json.loads((html_path.parent / "stats.json").read_text())
-    assert stats["has_build_stats"] is False and stats["subsets"] == {}
+    manifest = json.loads(manifest_path.read_text())
+    assert stats["has_build_stats"] is False
+    assert sorted(stats["subsets"]) == sorted(f"{s['name']}/{sub}" for s in manifest["sources"] for sub in s["subsets"])
     assert all(c["ok"] for c in stats["checks"].values()) and len(stats["checks"]) == 6
     assert stats["distributions"]["tokens_in_shards"] == recount_shards(manifest_path)["hist"]
-    page = html_path.read_text()
-    assert page.count("Not available: the build left no build_stats.json") == 3  # characters, fertility, duplicates
+    assert html_path.read_text().count("Not available: the build left no build_stats.json") == 3  # characters, fertility, duplicates
 
 
-def test_damaged_shards_fail_their_checks(tmp_path, capsys):
-    manifest_path = build_fixture_corpus(tmp_path / "corpus")
+def test_damaged_shards_fail_their_checks(corpus, tmp_path, capsys):
+    manifest_path = copy_build(corpus, tmp_path / "build")
     root = manifest_path.parent
-    data = bytearray((root / "train-00000.bin").read_bytes())
+    data = bytearray((root / "train/train-00000.bin").read_bytes())
     data[10] ^= 0xFF  # same size, different bytes: only the sha256 can tell
-    (root / "train-00000.bin").write_bytes(bytes(data))
-    (root / "validation-00000.idx").write_bytes((root / "validation-00000.idx").read_bytes()[:-3])
+    (root / "train/train-00000.bin").write_bytes(bytes(data))
+    (root / "validation/validation-00000.idx").write_bytes((root / "validation/validation-00000.idx").read_bytes()[:-3])
     assert main([str(manifest_path), "--out", str(tmp_path / "report")]) == 1
     err = capsys.readouterr().err
-    assert "train-00000.bin: sha256 mismatch" in err
-    assert "validation-00000.bin: index corrupt" in err and "truncated or corrupt" in err
+    assert "train/train-00000.bin: sha256 mismatch" in err
+    assert "validation/validation-00000.bin: index corrupt" in err and "truncated or corrupt" in err
     stats = json.loads((tmp_path / "report" / "stats.json").read_text())
-    assert stats["shards"]["train-00000.bin"]["bin_status"] == "sha256 mismatch"
+    assert stats["shards"]["train/train-00000.bin"]["bin_status"] == "sha256 mismatch"
     assert not stats["checks"]["shard recounts equal the manifest"]["ok"]  # the unreadable index counts nothing
     assert main([str(manifest_path), "--out", str(tmp_path / "sizes"), "--sizes-only"]) == 1
     stats = json.loads((tmp_path / "sizes" / "stats.json").read_text())
-    assert stats["shards"]["train-00000.bin"]["bin_status"] == "size ok"
+    assert stats["shards"]["train/train-00000.bin"]["bin_status"] == "size ok"
 
 
 def test_cli_writes_the_three_files_and_names_a_missing_manifest(corpus, tmp_path, capsys):
@@ -375,6 +289,4 @@ def test_cli_writes_the_three_files_and_names_a_missing_manifest(corpus, tmp_pat
 
 
 def test_duplicate_cluster_sizes_group_in_powers_of_two():
-    from pipeline.report import cluster_groups
-
     assert cluster_groups({"2": 5, "3": 1, "5": 2, "7": 1, "9": 1}) == (["2", "3", "4–7", "8–15"], [5, 1, 3, 1])
