@@ -33,13 +33,24 @@ PRESET = "tinyllama-1.1b"
 CONTEXT = PRESETS[PRESET].context
 DATASHEET_PEAK = 989e12  # H100 SXM / H200 dense bf16
 LOG_EVERY = 10
-# tokenmill variants: extra trainer.train arguments. The defaults are the trainer's own.
+# tokenmill variants: (micro-batch, extra trainer.train arguments); everything else is the trainer's default.
 VARIANTS = {
-    "default": [],
-    "zero2": ["--no-reshard-after-forward"],
-    "ac2": ["--ac-every", "2"],
-    "nocompile": ["--no-compile"],
+    "default": (8, []),
+    "zero3": (8, ["--reshard-after-forward"]),
+    "mb16": (16, []),
+    "mb16-ac4": (16, ["--ac-every", "4"]),
+    "fp8": (8, ["--fp8"]),
+    "fp8-mb16": (16, ["--fp8"]),
+    "nocompile": (8, ["--no-compile"]),
 }
+# Kernel families in a profile, by name fragment (first match wins: inductor's names contain "copy" too).
+KERNEL_FAMILIES = (
+    ("attention", ("flash", "fmha", "cudnn", "attn")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "sm90", "scaled_mm")),
+    ("fused elementwise (inductor)", ("triton",)),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("copies", ("nccl", "memcpy", "memset", "copy", "chunk_cat")),
+)
 
 
 def corpus(work: Path, tokens: int, tokenizer: Path | None) -> Path:
@@ -118,18 +129,58 @@ def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int
     }
 
 
-def run_tokenmill(name: str, extra: list[str], manifest: Path, work: Path, args) -> dict:
-    out = work / f"run-{name}"
-    shutil.rmtree(out, ignore_errors=True)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "trainer.train",
+def trainer_args(name: str, manifest: Path, out: Path, args) -> list[str]:
+    micro_batch, extra = VARIANTS[name]
+    return [
         "--manifest", str(manifest), "--preset", PRESET, "--out", str(out), "--steps", str(args.steps),
-        "--micro-batch", str(args.micro_batch), "--batch-tokens", str(args.micro_batch * CONTEXT * args.nproc),
+        "--micro-batch", str(micro_batch), "--batch-tokens", str(micro_batch * CONTEXT * args.nproc * args.accumulation),
         "--warmup-steps", str(args.lr_warmup), "--log-every", str(LOG_EVERY), "--save-every", "0", "--seed", str(args.seed), *extra,
     ]
-    _run_logged(command, work / f"run-{name}.log", args.timeout)
+
+
+def run_tokenmill(name: str, manifest: Path, work: Path, args) -> dict:
+    out = work / f"run-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "trainer.train"]
+    _run_logged(torchrun + trainer_args(name, manifest, out, args), work / f"run-{name}.log", args.timeout)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return summarize([r for r in records if r["kind"] == "train"], args.warmup, args.micro_batch * CONTEXT * args.nproc, args.nproc)
+    tokens_per_step = VARIANTS[name][0] * CONTEXT * args.nproc * args.accumulation
+    return summarize([r for r in records if r["kind"] == "train"], args.warmup, tokens_per_step, args.nproc)
+
+
+def profile(args) -> dict:
+    """trainer.train's own model, optimizer and step function in this process (one rank): 8 steps to warm
+    up, then 3 under torch.profiler. Returns GPU time by kernel family and the top kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from pipeline.manifest import load
+    from trainer import train
+    from trainer.data import open_loader
+    from trainer.optim import build_optimizer
+
+    cfg = train.parse_config(trainer_args(args.variant, args.manifest, args.work / "profile", args))
+    rt = train.init_distributed()
+    model = train.build_model(PRESETS[PRESET], cfg, rt)
+    optimizer = build_optimizer(model, cfg, fused=True)
+    loader = open_loader(load(args.manifest), "train", context=CONTEXT, batch=cfg.micro_batch, seed=cfg.seed, rank=0, world_size=1, device=rt.device)
+    accumulation = cfg.accumulation(1)
+    for _ in range(8):
+        train.train_step(model, optimizer, loader, accumulation, cfg.grad_clip)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            train.train_step(model, optimizer, loader, accumulation, cfg.grad_clip)
+        torch.cuda.synchronize()
+    loader.close()
+    kernels = [(e.key, e.self_device_time_total / 3e3) for e in prof.key_averages() 
+               if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0 and not getattr(e, "is_user_annotation", False)]
+    families: dict[str, float] = {}
+    for kernel, ms in kernels:
+        family = next((f for f, fragments in KERNEL_FAMILIES if any(x in kernel.lower() for x in fragments)), "other")
+        families[family] = families.get(family, 0.0) + ms
+    return {"variant": args.variant, "ms_per_step_by_family": families, "top_kernels_ms_per_step": sorted(kernels, key=lambda k: -k[1])[:40]}
 
 
 def _run_logged(command: list[str], log: Path, timeout: int) -> None:
@@ -163,7 +214,7 @@ def hf_baseline(args) -> dict:
     with torch.device("cuda"):
         model = transformers.LlamaForCausalLM(config)
     model.load_state_dict(hf_state_dict(build(cfg, args.seed), torch.float32))
-    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=args.micro_batch * CONTEXT)
+    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=args.micro_batch * CONTEXT * args.accumulation)
     optimizer = build_optimizer(model, train_cfg, fused=True)
     loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cuda"))
 
@@ -175,7 +226,7 @@ def hf_baseline(args) -> dict:
 
     records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr)
     loader.close()
-    return summarize(records, args.warmup, args.micro_batch * CONTEXT, 1)
+    return summarize(records, args.warmup, train_cfg.batch_tokens, 1)
 
 
 def _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr) -> list[dict]:
@@ -184,15 +235,17 @@ def _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr) -> lis
     records, loss_sum, waited, started = [], None, 0.0, time.perf_counter()
     for step in range(1, train_cfg.steps + 1):
         set_lr(optimizer, lr_at(step, train_cfg))
-        before = time.perf_counter()
-        inputs, targets = next(loader)
-        waited += time.perf_counter() - before
-        loss = loss_of(inputs, targets)
-        loss.backward()
+        accumulation = train_cfg.accumulation(1)
+        for _ in range(accumulation):
+            before = time.perf_counter()
+            inputs, targets = next(loader)
+            waited += time.perf_counter() - before
+            loss = loss_of(inputs, targets) / accumulation
+            loss.backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         if step % LOG_EVERY == 0:
             loss_value, elapsed = (loss_sum / LOG_EVERY).item(), time.perf_counter() - started
             records.append({"step": step, "loss": loss_value, "interval_s": elapsed, "interval_steps": LOG_EVERY, "data_wait": waited / elapsed, "mem_gib": torch.cuda.max_memory_allocated() / 2**30})
@@ -248,16 +301,21 @@ def gpu(args) -> None:
     print(f"matmul peak: {peak['matmul_flops'] / 1e12:.0f} TFLOP/s bf16 on {peak['device']}", flush=True)
     for key, value in peak["attention_ms"].items():
         print(f"  attention fwd+bwd {key:<24} {value if isinstance(value, str) else f'{value:.2f} ms'}", flush=True)
-    common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch), "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup)]
+    common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
+              "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup), "--accumulation", str(args.accumulation)]
+    for name in filter(None, args.profile.split(",")):
+        found = _attempt(lambda: in_subprocess("profile", args, common + ["--variant", name]))
+        print(json.dumps({f"profile:{name}": found}), flush=True)
     rows = {}
-    for name in args.variants.split(","):
-        rows[f"tokenmill:{name}"] = _attempt(lambda: run_tokenmill(name, VARIANTS[name], manifest, args.work, args))
+    for name in filter(None, args.variants.split(",")):
+        rows[f"tokenmill:{name}"] = _attempt(lambda: run_tokenmill(name, manifest, args.work, args))
         print(json.dumps({f"tokenmill:{name}": rows[f"tokenmill:{name}"]}), flush=True)
     if args.baseline:
         rows["hf+compile"] = _attempt(lambda: in_subprocess("hf", args, common))
         print(json.dumps({"hf+compile": rows["hf+compile"]}), flush=True)
     (args.work / "results.json").write_text(json.dumps({"matmul": peak, "runs": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
-    print(f"\nTinyLlama-1.1B, context 2048, micro-batch {args.micro_batch} x {args.nproc} GPU, {args.steps} steps, sustained over steps {args.warmup + 1}-{args.steps}; matmul peak {peak['matmul_flops'] / 1e12:.0f} TFLOP/s")
+    print(f"\nTinyLlama-1.1B, context 2048, {args.nproc} GPU, {args.accumulation} micro-batch(es) per optimizer step, {args.steps} steps, "
+          f"sustained over steps {args.warmup + 1}-{args.steps}; hf micro-batch {args.micro_batch}; matmul peak {peak['matmul_flops'] / 1e12:.0f} TFLOP/s")
     print(table(rows, peak["matmul_flops"]))
     if "hf+compile" in rows and "error" not in rows["hf+compile"]:
         base = rows["hf+compile"]["tokens_per_s_per_gpu"]
@@ -297,7 +355,7 @@ def reader(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["gpu", "reader", "kernels", "hf"])
+    parser.add_argument("mode", choices=["gpu", "reader", "kernels", "hf", "profile"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/tm-bench"))
     parser.add_argument("--tokens", type=int, default=20_000_000, help="corpus size to build")
     parser.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
@@ -305,7 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the sustained figures (compilation, allocator)")
     parser.add_argument("--lr-warmup", type=int, default=10, help="LR warm-up steps, so the loss moves within a short run")
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=8, help="hf baseline and reader (tokenmill variants set their own)")
+    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step, every run")
+    parser.add_argument("--profile", default="", help="variants to profile first (comma-separated)")
+    parser.add_argument("--variant", default="default", help="profile: the variant")
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--seconds", type=float, default=10.0, help="reader: how long to read")
@@ -319,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.mode == "reader":
         reader(args)
     else:
-        args.json.write_text(json.dumps(kernels() if args.mode == "kernels" else hf_baseline(args)))
+        measure = {"kernels": kernels, "hf": hf_baseline, "profile": profile}[args.mode]
+        args.json.write_text(json.dumps(measure(args) if args.mode != "kernels" else measure()))
 
 
 if __name__ == "__main__":

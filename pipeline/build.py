@@ -241,6 +241,7 @@ def _start_ray(address: str | None, workers: int | None) -> int:
     import ray
 
     if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: join that cluster
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         else:

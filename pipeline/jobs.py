@@ -3,16 +3,18 @@
 `submit` goes through Ray's Jobs API. The job's runtime env ships this project as its working dir (code,
 schema, recipes; not .venv/, runs/, data/, .git/ nor what .gitignore lists) and its entrypoint runs
 `python -m pipeline.cli build RECIPE --out URI --address auto`, whose driver joins the cluster and prints its
-progress to the job's logs. A recipe inside the project travels as it is; one from elsewhere is flattened
-(`extends:` merged, relative paths made absolute) into a temporary folder that travels inside the package.
-The recipe is not validated here: the build on the cluster does it, and a bad one fails the job with the
-recipe error in its logs.
+progress to the job's logs. The recipe travels flattened (`extends:` merged) in a temporary folder inside the
+package, its paths rewritten to resolve in the job as they do here: relative where they point into the
+shipped project (a tokenizer model beside the recipes), absolute elsewhere (data/ and local corpora do not
+ship: the nodes must see them, as a local head or a shared filesystem does). The recipe is not validated
+here: the build on the cluster does it, and a bad one fails the job with the recipe error in its logs.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime
+import os
 import shlex
 import sys
 import tempfile
@@ -23,7 +25,7 @@ import yaml
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from pipeline.recipe import RecipeError, _read_yaml
+from pipeline.recipe import RecipeError, read_recipe_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Top-level folders that never travel: the virtualenv, local build outputs, local corpora, git history.
@@ -52,17 +54,30 @@ def job_output(out: str) -> str:
     return out if "://" in out else str(Path(out).expanduser().resolve())
 
 
+def shipped_path(value: str, staging: Path) -> str:
+    """A recipe path as the job must see it: inside the shipped project, relative to the staging folder (so
+    it resolves in the job's unpacked copy); a URL, or a local path outside what ships, as it is."""
+    path = Path(value)
+    if "://" in value or not path.is_relative_to(PROJECT_ROOT) or path.relative_to(PROJECT_ROOT).parts[0] in NOT_SHIPPED:
+        return value
+    return os.path.relpath(path, staging)
+
+
 def recipe_for_job(recipe: Path, staging: Path) -> str:
-    """The recipe argument of the job's `build`, relative to the working dir. `staging` is a folder inside
-    the project that travels with it."""
+    """Write the recipe the job builds into `staging` (a folder inside the project that travels with it) and
+    return its path relative to the working dir. `extends:` is merged in; relative paths, which resolve
+    against the file that holds them, become absolute (`_read_yaml`), then relative again where they point
+    inside the shipped project."""
     recipe = recipe.expanduser().resolve()
-    if not recipe.is_file():
-        raise RecipeError(f"recipe file {recipe} does not exist")
-    inside = recipe.is_relative_to(PROJECT_ROOT) and recipe.relative_to(PROJECT_ROOT).parts[0] not in NOT_SHIPPED
-    if inside:
-        return recipe.relative_to(PROJECT_ROOT).as_posix()
+    data = read_recipe_yaml(recipe)
+    for source in data.get("sources") or []:
+        if isinstance(source.get("root"), str):
+            source["root"] = shipped_path(source["root"], staging)
+    tokenizer = data.get("tokenizer") or {}
+    if isinstance(tokenizer.get("model"), str) and tokenizer["model"]:
+        tokenizer["model"] = shipped_path(tokenizer["model"], staging)
     flat = staging / recipe.name
-    flat.write_text(f"# {recipe}, flattened by `tokenmill submit`\n" + yaml.safe_dump(_read_yaml(recipe), sort_keys=False))
+    flat.write_text(f"# {recipe}, flattened by `tokenmill submit`\n" + yaml.safe_dump(data, sort_keys=False))
     return flat.relative_to(PROJECT_ROOT).as_posix()
 
 
@@ -93,20 +108,15 @@ def wait_until_done(client: JobSubmissionClient, job_id: str, poll_s: float = 0.
     return status
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of workers")
-    return value
-
-
 def submit_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill submit", description="Submit `tokenmill build` to a Ray cluster through the Jobs API; prints the job id.")
     parser.add_argument("recipe", type=Path, help="recipe YAML, e.g. manifests/recipes/tinyllama.yaml")
     parser.add_argument("--address", required=True, help=ADDRESS_HELP)
     parser.add_argument("--out", required=True, help="output folder of the build: s3://..., gs://..., or a path every node sees")
-    parser.add_argument("--workers", type=_positive, default=None, help="build tasks at a time (default: all CPUs of the cluster)")
+    parser.add_argument("--workers", type=int, default=None, help="build tasks at a time (default: all CPUs of the cluster)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers {args.workers}: give at least 1")
     try:
         job_id = submit_build(connect(args.address), args.recipe, args.out, args.workers)
     except (RecipeError, ConnectionError, RuntimeError) as e:

@@ -173,7 +173,7 @@ def _merge(base: Any, over: Any) -> Any:
     return over
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise RecipeError(f"{path}: `extends` loops back to itself")
     try:
@@ -186,7 +186,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     parent = data.pop("extends", None)
     if parent:
-        base = _read_yaml((path.parent / parent).resolve(), seen + (path,))
+        base = read_recipe_yaml((path.parent / parent).resolve(), seen + (path,))
         data = _merge(base, data)
     for src in data.get("sources", []) or []:
         root = src.get("root", "")
@@ -237,7 +237,7 @@ def recipe_from_dict(data: dict) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
-    data = _read_yaml(Path(path).resolve())
+    data = read_recipe_yaml(Path(path).resolve())
     if overrides:
         data = _merge(data, overrides)
     return recipe_from_dict(data)

@@ -88,8 +88,8 @@ def copy_verified(fs: fsspec.AbstractFileSystem, source: str, local: Path, liste
         partial.unlink()
         raise StageInError(
             f"{fs.unstrip_protocol(source)}: sha256 {digest.hexdigest()} ({size} bytes) differs from the manifest's "
-            f"{listed.sha256}; the file is corrupt or was changed after the build: rebuild it (`tokenmill build` "
-            "redoes only what is missing) or restore it, then run stage-in again"
+            f"{listed.sha256}; the file is corrupt or was changed after the build: restore it or rebuild, then run "
+            "stage-in again"
         )
     os.replace(partial, local)
     return size
@@ -142,6 +142,8 @@ def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable
     files = listed_files(manifest)
     source_dir = posixpath.dirname(manifest_path)
     result = StageInResult(local_dir / posixpath.basename(manifest_path))
+    if result.manifest_path.is_file() and result.manifest_path.read_bytes() != raw:
+        result.manifest_path.unlink()  # another build's: no manifest here until this one's files are all in
     failures = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
         running = {pool.submit(stage_file, fs, source_dir, local_dir, f): f for f in files}
@@ -159,19 +161,14 @@ def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable
     return result
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of threads")
-    return value
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill stage-in", description="Copy and verify a build's shards to local disk for training (parallel, resumable).")
     parser.add_argument("manifest", metavar="MANIFEST_URI", help="the build's manifest.json: a path or an fsspec URL (s3://, gs://, file://, ...)")
     parser.add_argument("local_dir", metavar="LOCAL_DIR", type=Path, help="local folder, e.g. on NVMe; created if missing")
-    parser.add_argument("--threads", type=_positive, default=8, help="files copied at a time (default 8)")
+    parser.add_argument("--threads", type=int, default=8, help="files copied at a time (default 8)")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: give at least 1")
     try:
         result = stage_in(args.manifest, args.local_dir, args.threads)
     except (StageInError, ManifestError) as e:

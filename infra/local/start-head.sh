@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Start a local Ray head for `tokenmill submit` and `tokenmill jobs`: GCS, raylet and the dashboard with its
 # Jobs API. Whoever reaches the Jobs API can run any command as you, so the head and its dashboard bind to
-# 127.0.0.1 unless --host says otherwise.
+# 127.0.0.1 unless --host says otherwise. On a loopback --host every server of the head (GCS, raylet,
+# dashboard, agents, workers) binds to it: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's single-machine mode,
+# which takes the given address as it is (Ray otherwise swaps 127.0.0.1 for the machine's network address)
+# and lets no other machine join.
 #
 #   infra/local/start-head.sh [--host IP] [--port N] [--dashboard-port N] [--num-cpus N] [--temp-dir DIR]
 #                             [--block] [--dry-run] [-- MORE RAY START OPTIONS...]
@@ -23,8 +26,8 @@
 #
 # Without --block, `ray start` returns once the head is up and `ray stop` stops it (with every other Ray of
 # this user on the machine). Jobs run the `python` first on PATH; this script puts the project's .venv/bin
-# first when it exists. Ray's own gRPC ports (GCS, raylet) were seen listening on all interfaces whatever
-# --host says (ray 2.60): keep the machine behind a firewall.
+# first when it exists. With a network --host, Ray's gRPC servers listen on every interface (seen with ray
+# 2.60): keep such a machine behind a firewall.
 set -euo pipefail
 
 host=127.0.0.1 port=6379 dashboard_port=8265 num_cpus="" temp_dir="" block=0 dry_run=0
@@ -49,6 +52,11 @@ if [[ $host == 0.0.0.0 || $host == "::" ]]; then
 fi
 
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+settings=("RAY_AUTH_MODE=$RAY_AUTH_MODE")
+if [[ $host == 127.* || $host == localhost || $host == ::1 ]]; then
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}
+  settings+=("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=$RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+fi
 project=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 if [[ -x $project/.venv/bin/ray ]]; then
   export PATH="$project/.venv/bin:$PATH"
@@ -61,7 +69,7 @@ cmd=(ray start --head --node-ip-address "$host" --port "$port" --dashboard-host 
 cmd+=(${more[@]+"${more[@]}"})
 
 if ((dry_run)); then
-  printf '%q ' "RAY_AUTH_MODE=$RAY_AUTH_MODE" "${cmd[@]}" | sed 's/ $//'
+  printf '%q ' "${settings[@]}" "${cmd[@]}" | sed 's/ $//'
   echo
   exit 0
 fi

@@ -19,11 +19,11 @@ def test_script_parses():
     assert subprocess.run(["bash", "-n", SCRIPT], cwd=ROOT).returncode == 0
 
 
-def test_dry_run_binds_head_and_dashboard_to_localhost_and_requires_a_token_by_default():
+def test_dry_run_binds_every_server_to_localhost_and_requires_a_token_by_default():
     done = run_script("--dry-run")
     assert done.returncode == 0, done.stderr
     assert done.stdout == (
-        "RAY_AUTH_MODE=token ray start --head --node-ip-address 127.0.0.1 --port 6379 --dashboard-host 127.0.0.1 "
+        "RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address 127.0.0.1 --port 6379 --dashboard-host 127.0.0.1 "
         "--dashboard-port 8265 --disable-usage-stats\n"
     )
 

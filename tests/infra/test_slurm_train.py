@@ -2,11 +2,18 @@
 manifest from object storage, torchrun across the allocation's nodes, resuming from a checkpoint."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import socket
 import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from tests.infra.infra_checks import ROOT, cli_options, long_options
+from tests.pipeline.test_stage_in import write_small_build
 
 SCRIPT = "infra/slurm/train.sbatch"
 IN_SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURMD_NODENAME": "gpu-a01", "SLURM_GPUS_ON_NODE": "8", "TMPDIR": "/local/nvme"}
@@ -15,6 +22,12 @@ IN_SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURMD_NODENAME": "gpu
 def dry_run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PRESET", "STAGE_DIR", "GPUS_PER_NODE", "RDZV_PORT"))}
     return subprocess.run(["bash", SCRIPT, "--dry-run", *args], cwd=ROOT, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_script_parses():
@@ -73,3 +86,29 @@ def test_the_commands_pass_only_options_the_programs_know(trainer_options):
     stage, train = (shlex.split(line) for line in dry_run("s3://bucket/tl/manifest.json", "ckpt/tl", env=IN_SLURM).stdout.splitlines())
     assert long_options(stage[stage.index("stage-in") :]) <= cli_options("pipeline.cli", "stage-in")
     assert long_options(train[train.index("trainer.train") :]) <= trainer_options
+
+
+def run_training_line(env: dict, ckpt: Path, manifest: Path, *trainer_args: str) -> subprocess.CompletedProcess:
+    """The script's torchrun line, as srun starts it on every node, run here: `torchrun` is this Python's."""
+    [line] = dry_run(str(manifest), str(ckpt), *trainer_args, env=env).stdout.splitlines()
+    argv = shlex.split(line)
+    argv = [sys.executable, "-m", "torch.distributed.run", *argv[argv.index("torchrun") + 1 :]]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_training_line_trains_and_a_requeued_job_resumes(tmp_path):
+    """One node with 2 CPU processes (gloo), the tiny preset, a small real manifest: the c10d rendezvous on the
+    batch host works, and a second run of the script finds the checkpoint and continues from it."""
+    manifest = write_small_build(tmp_path / "build")
+    ckpt = tmp_path / "ckpt"
+    env = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "SLURMD_NODENAME": "127.0.0.1", "GPUS_PER_NODE": "2", "PRESET": "tiny", "RDZV_PORT": str(free_port())}
+    small = ["--batch-tokens", "256", "--micro-batch", "2", "--save-every", "2", "--log-every", "1", "--eval-every", "1000"]
+
+    first = run_training_line(env, ckpt, manifest, "--steps", "2", *small)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (ckpt / "step-000002" / "meta.json").is_file()
+    second = run_training_line({**env, "RDZV_PORT": str(free_port())}, ckpt, manifest, "--steps", "4", *small)
+    assert second.returncode == 0, second.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (ckpt / "metrics.jsonl").read_text().splitlines() if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]  # 3 and 4 by the resumed run, nothing done twice

@@ -1,5 +1,6 @@
-"""`tokenmill submit` and `tokenmill jobs`: what a job carries (fast tests), and a real Ray head that runs a
-real build of the sample corpus, fails a broken recipe and stops a running job (slow test).
+"""`tokenmill submit` and `tokenmill jobs`: what a job carries (fast tests), and a real Ray head (slow tests)
+that listens on 127.0.0.1 only, runs a real build of the sample corpus submitted by `tokenmill submit` and by
+Ray's own `ray job submit`, fails a broken recipe with the recipe error in its logs, and stops a running job.
 
 The head is started with infra/local/start-head.sh on 127.0.0.1 with free ports, its own short temp dir and
 its own authentication token, and stopped by PID at the end (never `ray stop`: other Ray instances on the
@@ -72,19 +73,31 @@ def test_the_job_ships_the_project_without_local_bulk():
     assert env["env_vars"] == {"PYTHONUNBUFFERED": "1"}
 
 
-def test_a_recipe_inside_the_project_travels_as_it_is(staging):
-    assert recipe_for_job(SAMPLE_RECIPE, staging) == "manifests/recipes/sample.yaml"
-    assert list(staging.iterdir()) == []
+@pytest.mark.parametrize("name", ["tinyllama.yaml", "sample.yaml", "web-quality.yaml"])
+def test_a_project_recipe_travels_flattened_and_means_the_same(staging, name):
+    original = PROJECT_ROOT / "manifests" / "recipes" / name
+    shipped = recipe_for_job(original, staging)
+
+    assert shipped == f"{staging.name}/{name}"
+    assert "extends" not in yaml.safe_load((PROJECT_ROOT / shipped).read_text())
+    assert load_recipe(PROJECT_ROOT / shipped).to_dict() == load_recipe(original).to_dict()
 
 
-def test_a_recipe_from_elsewhere_is_flattened_into_the_package(tmp_path, staging):
+def test_paths_into_the_shipped_project_stay_relative_and_others_become_absolute(staging):
+    flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(SAMPLE_RECIPE, staging)).read_text())
+    assert [s["root"] for s in flat["sources"]] == [str(PROJECT_ROOT / "data/sample/SlimPajama-627B"), str(PROJECT_ROOT / "data/sample/starcoderdata")]
+    assert flat["tokenizer"]["model"] == "pkg://mistral_common/data/tokenizer.model.v1"
+    flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(PROJECT_ROOT / "manifests/recipes/tinyllama.yaml", staging)).read_text())
+    assert flat["tokenizer"]["model"] == "../manifests/recipes/llama-2/tokenizer.model"  # resolves in the job's copy
+    assert flat["sources"][0]["root"] == "hf://datasets/cerebras/SlimPajama-627B"
+
+
+def test_a_recipe_from_elsewhere_travels_too(tmp_path, staging):
     corpus = tmp_path / "corpus"
     original = write_sample_recipe(tmp_path / "recipes" / "mine.yaml", corpus, mix={"shard_tokens": 1000})
     shipped = recipe_for_job(original, staging)
 
-    assert shipped == f"{staging.name}/mine.yaml"
     flat = yaml.safe_load((PROJECT_ROOT / shipped).read_text())
-    assert "extends" not in flat
     assert [s["root"] for s in flat["sources"]] == [str(corpus / "SlimPajama-627B"), str(corpus / "starcoderdata")]
     assert load_recipe(PROJECT_ROOT / shipped).to_dict() == load_recipe(original).to_dict()
 
@@ -108,12 +121,14 @@ def test_an_unreachable_cluster_is_named(capsys):
     assert "tokenmill jobs status: cannot reach" in capsys.readouterr().err
 
 
-def test_jobs_needs_an_action_and_an_address():
-    with pytest.raises(SystemExit) as no_action:
-        jobs_main([])
-    with pytest.raises(SystemExit) as no_address:
-        jobs_main(["logs", "raysubmit_x", "--follow"])
-    assert no_action.value.code == no_address.value.code == 2
+def test_arguments_are_checked_before_anything_is_sent(capsys):
+    for argv in ([], ["logs", "raysubmit_x", "--follow"]):
+        with pytest.raises(SystemExit) as refused:
+            jobs_main(argv)
+        assert refused.value.code == 2
+    with pytest.raises(SystemExit):
+        submit_main([str(SAMPLE_RECIPE), "--address", "http://127.0.0.1:8265", "--out", "runs/x", "--workers", "0"])
+    assert "--workers 0: give at least 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- a real head
@@ -165,20 +180,21 @@ class Head:
         self.log.close()
         if self.all_gone_within(10):
             return
-        for pid in self.leftover_pids():
+        for pid in self.our_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.all_gone_within(10)
 
     def all_gone_within(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
-        while self.leftover_pids():
+        while self.our_pids():
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.2)
         return True
 
-    def leftover_pids(self) -> list[int]:
+    def our_pids(self) -> list[int]:
+        """Our processes: every one the head started carries the marker in its environment."""
         pids = []
         for proc in Path("/proc").iterdir():
             try:
@@ -198,8 +214,36 @@ def head():
         yield head
     finally:
         head.stop()
-        assert head.leftover_pids() == []
+        assert head.our_pids() == []
         shutil.rmtree(root, ignore_errors=True)
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """The local addresses that these processes accept TCP connections on (from /proc: sockets by inode)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if (target := os.readlink(fd)).startswith("socket:["):
+                        inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address_hex, state, inode = fields[1].split(":")[0], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                # the kernel prints each 32-bit word of the address in host (little-endian) order
+                words = [bytes.fromhex(address_hex[i : i + 8])[::-1] for i in range(0, len(address_hex), 8)]
+                found.add(socket.inet_ntop(family, b"".join(words)))
+    return found
+
+
+@pytest.mark.slow
+def test_the_local_head_listens_on_localhost_only(head):
+    addresses = listening_addresses(head.our_pids())
+    assert addresses  # GCS, raylet, dashboard, agents
+    assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
 
 
 def submit(head: Head, recipe: Path, out: Path) -> str:

@@ -228,3 +228,19 @@ def test_cli_stages_and_reports(memory_build, tmp_path, capsys):
 def test_cli_names_a_missing_manifest(tmp_path, capsys):
     assert main([f"file://{tmp_path}/nowhere/manifest.json", str(tmp_path / "nvme")]) == 1
     assert "no such manifest" in capsys.readouterr().err
+
+
+def test_the_manifest_of_an_earlier_copy_goes_until_the_new_build_is_complete(small_build, tmp_path):
+    local = tmp_path / "nvme"
+    stage_in(str(small_build), local, log=lambda line: None)
+    newer = tmp_path / "newer"
+    fsspec.filesystem("file").put(str(small_build.parent), str(newer), recursive=True)
+    data = json.loads((newer / "manifest.json").read_text())
+    data["created_at"] = "2030-01-01T00:00:00+00:00"
+    manifest_io.write_local(data, newer / "manifest.json")
+    (newer / "train" / "train-00000.idx").write_bytes(b"not the index the manifest lists")
+    (local / "train" / "train-00000.idx").unlink()  # so it must come from the newer build's damaged copy
+
+    with pytest.raises(StageInError, match=r"train/train-00000\.idx: sha256"):
+        stage_in(str(newer / "manifest.json"), local, log=lambda line: None)
+    assert not (local / "manifest.json").exists()  # neither build's manifest: the copy is not whole
