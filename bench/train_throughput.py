@@ -1,12 +1,12 @@
 """Trainer throughput: tokenmill's FSDP2 trainer against Hugging Face transformers + torch.compile, on the same
 real shards, the same initial weights and the same windows, back to back in one call.
 
-    python bench/train_throughput.py gpu --work /tmp/tm-bench [--variants default,zero2] [--steps 60]
+    python bench/train_throughput.py gpu --work /tmp/tm-bench [--variants default,mb16,fp8,fp8-mb16] [--profile default]
     python bench/train_throughput.py reader --work /tmp/tm-reader        # CPU: the mmap reader alone
 
 `gpu` tokenizes Python sources found on the machine (standard library, then site-packages) with the mistral
 sentencepiece model into a multi-shard manifest (trainer.corpus; the GPU machine has no Ray for `tokenmill
-build`), measures a bf16 matmul peak, runs each tokenmill variant through `torchrun -m trainer.train` and the
+build`), measures a bf16 matmul peak and the attention kernels, runs each tokenmill variant through `torchrun -m trainer.train` and the
 baseline in its own process, and prints one table: tokens/s/GPU sustained after warm-up, MFU against the 989
 TFLOP/s datasheet peak and against the measured matmul peak, peak memory, share of time waiting for data, and
 the mean loss of the last logged steps. TinyLlama-1.1B, context 2048, bf16 compute.
@@ -38,10 +38,8 @@ VARIANTS = {
     "default": (8, []),
     "zero3": (8, ["--reshard-after-forward"]),
     "mb16": (16, []),
-    "mb16-ac4": (16, ["--ac-every", "4"]),
     "fp8": (8, ["--fp8"]),
     "fp8-mb16": (16, ["--fp8"]),
-    "nocompile": (8, ["--no-compile"]),
 }
 # Kernel families in a profile, by name fragment (first match wins: inductor's names contain "copy" too).
 KERNEL_FAMILIES = (
@@ -373,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=420, help="seconds allowed to each run")
     parser.add_argument("--tokenizer", type=Path, help="sentencepiece model (default: mistral-common's, where installed)")
     parser.add_argument("--manifest", type=Path, help="hf: the corpus manifest")
-    parser.add_argument("--json", type=Path, help="kernels / hf: where to write the result")
+    parser.add_argument("--json", type=Path, help="kernels / hf / profile: where to write the result")
     args = parser.parse_args(argv)
     if args.mode == "gpu":
         gpu(args)

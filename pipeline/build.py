@@ -232,16 +232,16 @@ def _split_entries(shards: dict[str, list[dict]], source_names: list[str]) -> di
 
 
 def _start_ray(address: str | None, workers: int | None) -> int:
-    if not address:
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: join that cluster
+    if not address and "ray" not in sys.modules:
         # On Linux a local Ray takes the machine's network address (ray.init turns 127.0.0.1 into it) and its
         # GCS, raylet, workers and agents listen on every interface. With this flag off, read when Ray is first
-        # imported, the embedded Ray is private to this machine: every server binds to 127.0.0.1. A user who sets
-        # the variable keeps their choice.
+        # imported (so only before that), the embedded Ray is private to this machine: every server binds to
+        # 127.0.0.1. A user who sets the variable keeps their choice; a build that joins a cluster never sets it.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: join that cluster
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         else:

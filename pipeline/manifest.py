@@ -1,7 +1,7 @@
 """Read, write and validate `manifest.json`, the contract between `tokenmill build` and the trainer.
 
-The manifest is validated against `manifests/manifest.schema.json` on write and on read. Shard paths are
-relative to the manifest's folder and may not leave it.
+The manifest is validated against `manifests/manifest.schema.json` on write and on read. Shard, tokenizer and
+quarantine paths are relative to the manifest's folder and may not leave it.
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def validate(manifest: dict, name: str = "manifest") -> None:
         for shard in info["shards"]:
             for key in ("bin", "idx"):
                 check_relative(shard[key], f"{name}: splits.{split} shard {key}")
+    for field_name, path in (("tokenizer.path", manifest["tokenizer"].get("path")), ("quarantine.path", manifest["quarantine"]["path"])):
+        if path:  # optional: a manifest written without a tokenizer copy or quarantine file leaves them empty
+            check_relative(path, f"{name}: {field_name}")
 
 
 def check_relative(path: str, what: str) -> None:

@@ -165,7 +165,7 @@ def _code(params: dict) -> Callable[[str, str], KeepResult]:
 
 # --- datatrove quality filters ---------------------------------------------------------------------------
 
-_DATATROVE_CLASSES = {
+DATATROVE_CLASSES = {
     "gopher_repetition": "GopherRepetitionFilter",
     "gopher_quality": "GopherQualityFilter",
     "c4": "C4QualityFilter",
@@ -226,8 +226,8 @@ def word_tokenizer(language: str):
             if "IS_ALPHA" in text:  # a string that breaks spaCy in a memory zone: datatrove's workaround decides
                 return own.word_tokenize(text)
             if text is not self._last[0]:
-                spans = self.pipeline.tokenizer(text).to_array([IDX, LENGTH]).tolist()  # no sentencizer: same words
-                words = [text[start : start + length].strip() for start, length in spans]
+                starts, lengths = self.pipeline.tokenizer(text).to_array([IDX, LENGTH]).T  # no sentencizer: same words
+                words = [text[a:b].strip() for a, b in zip(starts.tolist(), (starts + lengths).tolist())]
                 self._last = (text, [w for w in words if w])  # as datatrove's strip_strings
             return self._last[1]
 
@@ -249,7 +249,7 @@ def word_tokenizer(language: str):
 
 def _datatrove_filter(name: str, params: dict) -> Callable[[str, str], KeepResult]:
     # Imported on use: datatrove (and spaCy behind it) cost seconds, wasted on recipes that do not use them.
-    cls = getattr(importlib.import_module("datatrove.pipeline.filters"), _DATATROVE_CLASSES[name])
+    cls = getattr(importlib.import_module("datatrove.pipeline.filters"), DATATROVE_CLASSES[name])
     accepted = [p for p in inspect.signature(cls).parameters if p != "exclusion_writer"]
     _refuse_unknown(params, accepted)
     language = params.get("language", inspect.signature(cls).parameters["language"].default if "language" in accepted else None)
@@ -270,7 +270,7 @@ def _datatrove_filter(name: str, params: dict) -> Callable[[str, str], KeepResul
 _BUILDERS: dict[str, Callable[[dict], Callable[[str, str], KeepResult]]] = {
     "short_document": _short_document,
     "code": _code,
-    **{name: functools.partial(_datatrove_filter, name) for name in _DATATROVE_CLASSES},
+    **{name: functools.partial(_datatrove_filter, name) for name in DATATROVE_CLASSES},
 }
 KNOWN_FILTERS = tuple(_BUILDERS)
 

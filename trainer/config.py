@@ -79,8 +79,8 @@ class TrainConfig:
 
     manifest: Path
     preset: str
-    out: Path
-    resume: Path | None = None
+    out: Path | None = None  # checkpoints and metrics; default: the run folder that --resume continues
+    resume: Path | None = None  # a step-* checkpoint, or a run folder (its newest checkpoint)
     steps: int = 1000
     batch_tokens: int = 2048 * 1024  # global batch per optimizer step, in tokens (TinyLlama: 1024 x 2048)
     micro_batch: int = 8  # windows per rank per forward/backward
@@ -110,8 +110,13 @@ class TrainConfig:
     prefetch: int = 4  # batches the background reader keeps ready
 
     def __post_init__(self) -> None:
-        self.manifest, self.out = Path(self.manifest), Path(self.out)
+        self.manifest = Path(self.manifest)
         self.resume = Path(self.resume) if self.resume is not None else None
+        if self.out is None and self.resume is None:
+            raise ConfigError("--out: required (where checkpoints and metrics go), unless --resume names the run to continue")
+        if self.out is None:
+            self.out = self.resume.parent if (self.resume / "meta.json").exists() else self.resume
+        self.out = Path(self.out)
         preset(self.preset)
         positive = ("steps", "batch_tokens", "micro_batch", "keep_last", "log_every", "prefetch", "eval_windows")
         for name in positive:

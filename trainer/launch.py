@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 
+from pipeline.manifest import load as load_manifest
 from trainer import checkpoint
-from trainer.train import build_parser, parse_config
+from trainer.config import preset
+from trainer.train import USER_ERRORS, build_parser, check_data, parse_config
 
 # torchrun's grace period between forwarding SIGTERM and SIGKILL: long enough for a checkpoint of a big model.
 SHUTDOWN_TIMEOUT_S = "600"
@@ -38,20 +40,30 @@ def main(argv: list[str]) -> int:
     known, train_argv = _add_nproc(argparse.ArgumentParser(add_help=False, allow_abbrev=False)).parse_known_args(argv)
     if known.nproc < 1:
         full.error(f"--nproc {known.nproc}: must be at least 1")
-    cfg = parse_config(train_argv)
+    try:  # the common mistakes, reported once before any process starts (checksums are the ranks' job)
+        cfg = parse_config(train_argv)
+        cfg.accumulation(known.nproc)
+        check_data(cfg, preset(cfg.preset), load_manifest(cfg.manifest), checksums=False)
+    except USER_ERRORS as e:
+        print(f"tokenmill train: {e}", file=sys.stderr)
+        return 2
     started = time.time()
     env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_S)}
-    # A session of its own: a terminal's Ctrl-C or a group kill reaches torchrun once, through us.
-    child = subprocess.Popen(torchrun_command(known.nproc, train_argv), env=env, start_new_session=True)
     forwarded: list[int] = []
+    children: list[subprocess.Popen] = []
 
     def forward(signum, frame) -> None:
         forwarded.append(signum)
-        child.send_signal(signum)
+        for child in children:
+            child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    code = child.wait()
+    # A session of its own: a terminal's Ctrl-C or a group kill reaches torchrun once, through us.
+    children.append(subprocess.Popen(torchrun_command(known.nproc, train_argv), env=env, start_new_session=True))
+    if forwarded:  # a signal that came while torchrun was starting
+        children[0].send_signal(forwarded[-1])
+    code = children[0].wait()
     if forwarded and _preempted_since(cfg, started):
         return 0
     return code

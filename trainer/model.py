@@ -141,22 +141,6 @@ def build(cfg: ModelConfig, seed: int) -> Llama:
     return model
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_math=None) -> torch.Tensor:
-    """mean(cross_entropy(h @ weight.T, targets)), LOSS_CHUNK_ROWS rows of logits at a time, softmax in fp32.
-
-    With gradients enabled, the gradients of h and weight are computed in the same pass over the chunks (the
-    approach of Liger-Kernel's fused linear cross-entropy), so neither the (rows x vocab) logits nor their
-    gradient is ever stored: at 8 x 2048 tokens and a 32k vocabulary that is 2 GB of fp32 logits saved.
-    `chunk_math` (default `cross_entropy_chunk`) is where a compiled version goes."""
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(h, weight, targets, chunk_math or cross_entropy_chunk)
-    loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-    for start in range(0, h.shape[0], LOSS_CHUNK_ROWS):
-        logits = (h[start : start + LOSS_CHUNK_ROWS] @ weight.t()).float()
-        loss_sum += F.cross_entropy(logits, targets[start : start + LOSS_CHUNK_ROWS], reduction="sum")
-    return loss_sum / h.shape[0]
-
-
 def cross_entropy_chunk(logits: torch.Tensor, targets: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """For one chunk of logits: the summed cross-entropy, and scale x its gradient with respect to the logits
     (softmax - one_hot(target)) in the logits' dtype. Elementwise work only: compiled, it is one pass."""
@@ -166,6 +150,22 @@ def cross_entropy_chunk(logits: torch.Tensor, targets: torch.Tensor, scale: floa
     one_hot = torch.arange(logits.shape[1], device=logits.device)[None, :] == targets[:, None]
     grad = (torch.exp(logits32 - logsumexp) - one_hot.float()) * scale
     return loss_sum, grad.to(logits.dtype)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_math=cross_entropy_chunk) -> torch.Tensor:
+    """mean(cross_entropy(h @ weight.T, targets)), LOSS_CHUNK_ROWS rows of logits at a time, softmax in fp32.
+
+    With gradients enabled, the gradients of h and weight are computed in the same pass over the chunks (the
+    approach of Liger-Kernel's fused linear cross-entropy), so neither the (rows x vocab) logits nor their
+    gradient is ever stored: at 8 x 2048 tokens and a 32k vocabulary that is 2 GB of fp32 logits saved.
+    `chunk_math` is where a compiled `cross_entropy_chunk` goes."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets, chunk_math)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+    for start in range(0, h.shape[0], LOSS_CHUNK_ROWS):
+        logits = (h[start : start + LOSS_CHUNK_ROWS] @ weight.t()).float()
+        loss_sum += F.cross_entropy(logits, targets[start : start + LOSS_CHUNK_ROWS], reduction="sum")
+    return loss_sum / h.shape[0]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

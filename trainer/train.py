@@ -23,14 +23,19 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
-from pipeline.manifest import Manifest, load as load_manifest
+from pipeline.manifest import Manifest, ManifestError, load as load_manifest
+from stages.shards import ShardFormatError
 from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
-from trainer.data import WindowLoader, TokenWindows, check_shards, open_loader
+from trainer.data import DataError, TokenWindows, WindowLoader, check_shards, open_loader
 from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
 from trainer.optim import build_optimizer, lr_at, set_lr
 from trainer.parallelize import parallelize
+
+
+# Mistakes a user can fix from the message alone: reported in one line, exit 2, no traceback.
+USER_ERRORS = (ConfigError, ManifestError, DataError, ShardFormatError, checkpoint.CheckpointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +81,8 @@ def init_distributed() -> Runtime:
     return Runtime(dist.get_rank(), dist.get_world_size(), device, stop_group)
 
 
-def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, rt: Runtime) -> None:
+def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, *, checksums: bool, rank: int = 0, world_size: int = 1) -> None:
+    """The preset's vocabulary covers the tokenizer's; the shards are the manifest's (sizes; sha256 with `checksums`)."""
     if model_cfg.vocab_size < manifest.vocab_size:
         raise ConfigError(
             f"preset {model_cfg.name} has a vocabulary of {model_cfg.vocab_size}, smaller than the tokenizer's "
@@ -84,7 +90,7 @@ def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, rt:
         )
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.eval_every else [])
     for split in splits:
-        check_shards(manifest, split, checksums=cfg.verify_checksums, rank=rt.rank, world_size=rt.world_size)
+        check_shards(manifest, split, checksums=checksums, rank=rank, world_size=world_size)
 
 
 def build_model(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> Llama:
@@ -230,17 +236,24 @@ def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoa
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    try:
+        cfg = parse_config(argv)
+    except ConfigError as e:
+        print(f"trainer.train: {e}", file=sys.stderr)
+        return 2
     rt = init_distributed()
     try:
         return train(cfg, rt)
+    except USER_ERRORS as e:
+        print(f"trainer.train: rank {rt.rank}: {e}", file=sys.stderr)
+        return 2
     finally:
         dist.destroy_process_group()
 
 
 def train(cfg: TrainConfig, rt: Runtime) -> int:
     model_cfg, manifest = preset(cfg.preset), load_manifest(cfg.manifest)
-    check_data(cfg, model_cfg, manifest, rt)
+    check_data(cfg, model_cfg, manifest, checksums=cfg.verify_checksums, rank=rt.rank, world_size=rt.world_size)
     accumulation = cfg.accumulation(rt.world_size)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -255,3 +255,36 @@ def tasks_run(out: Path, since_line: int = 0) -> list[str]:
     """Tasks that ran (not skipped) according to build.log.jsonl, from line `since_line` on."""
     lines = (out / "build.log.jsonl").read_text().splitlines()[since_line:]
     return [event["task"] for event in map(json.loads, lines) if event["event"] == "task_done"]
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+TRAIN_STEPS = 10
+# 2 ranks x micro-batch 2 x 64 tokens = one 256-token step; a checkpoint every 3 steps and at the end
+TRAIN_ARGS = [
+    "--preset", "tiny", "--steps", str(TRAIN_STEPS), "--batch-tokens", "256", "--micro-batch", "2", "--lr", "1e-2",
+    "--min-lr", "1e-3", "--warmup-steps", "2", "--log-every", "1", "--save-every", "3", "--keep-last", "3",
+]
+
+
+def train_command(manifest: Path, out: Path, *extra: str, nproc: int = 2) -> list[str]:
+    return tokenmill("train", "--nproc", str(nproc), "--manifest", str(manifest), "--out", str(out), *TRAIN_ARGS, *extra)
+
+
+def losses(out: Path) -> dict[int, float]:
+    """Training loss by step from metrics.jsonl; a step logged again after a resume keeps its last value."""
+    path = out / "metrics.jsonl"
+    records = map(json.loads, path.read_text().splitlines()) if path.exists() else []
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def rank_process(run: Run, rank: int) -> int:
+    """The pid of the trainer process of `rank` (torchrun puts RANK in each worker's environment)."""
+    for pid in run.tree():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer.train" in Path(f"/proc/{pid}/cmdline").read_bytes() and f"RANK={rank}".encode() in environ:
+            return pid
+    raise AssertionError(f"no trainer process of rank {rank} in the run's process tree")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pipeline.manifest import load
 from trainer.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from trainer.model import LOSS_CHUNK_ROWS, build, linear_cross_entropy
-from trainer.train import Runtime, check_data
+from trainer.train import check_data
 
 
 def test_linear_cross_entropy_matches_full_logits_value_and_gradients():
@@ -53,7 +53,16 @@ def test_preset_vocabulary_smaller_than_the_tokenizer_is_refused(sample_manifest
     small = ModelConfig(name="small-vocab", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=1000, context=64)
     cfg = TrainConfig(manifest=sample_manifest, preset="tiny", out=tmp_path)
     with pytest.raises(ConfigError, match="vocabulary of 1000, smaller than the tokenizer's 32000"):
-        check_data(cfg, small, load(sample_manifest), Runtime(0, 1, torch.device("cpu"), None))
+        check_data(cfg, small, load(sample_manifest), checksums=False)
+
+
+def test_out_defaults_to_the_run_being_resumed_and_is_otherwise_required(tmp_path):
+    (tmp_path / "step-000010").mkdir()
+    (tmp_path / "step-000010" / "meta.json").write_text("{}")
+    assert TrainConfig(manifest="m.json", preset="tiny", resume=tmp_path).out == tmp_path
+    assert TrainConfig(manifest="m.json", preset="tiny", resume=tmp_path / "step-000010").out == tmp_path
+    with pytest.raises(ConfigError, match="--out: required"):
+        TrainConfig(manifest="m.json", preset="tiny")
 
 
 def test_batch_tokens_must_split_into_micro_batches():

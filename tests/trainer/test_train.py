@@ -92,7 +92,9 @@ def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(sam
     expected = losses(uninterrupted)
     assert losses(out) == {step: expected[step] for step in range(1, stopped_at + 1)}
 
-    resumed = subprocess.run(command + ["--resume", str(out)], capture_output=True, text=True, timeout=600)
+    # As a user continues a run: the run folder, no --out (it defaults to the folder resumed).
+    resume = tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--resume", str(out), *TRAIN_ARGS)
+    resumed = subprocess.run(resume, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert losses(out) == expected  # every step, bit for bit
 
