@@ -363,9 +363,12 @@ def _print_summary(manifest_url: str, report: str | None, seconds: float) -> Non
     manifest_url = manifest_url.removeprefix("file://")
     base = manifest_url.rsplit("/", 1)[0]
     text_mb = data["stages"]["process"].get("text_bytes", 0) / 1e6
-    process_seconds = max(data["stages"]["process"]["seconds"], 1e-9)
-    print(f"\nbuilt {data['recipe']['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, "
-          f"{text_mb / seconds:.2f} MB/s including start-up, {text_mb / process_seconds:.2f} MB/s in the process stage")
+    process = data["stages"]["process"]
+    if process["skipped"]:  # a resumed build: rates over work done earlier would mean nothing
+        rate = f"{process['skipped']} of {process['tasks']} input files were already processed (resumed)"
+    else:
+        rate = f"{text_mb / seconds:.2f} MB/s including start-up, {text_mb / max(process['seconds'], 1e-9):.2f} MB/s in the process stage"
+    print(f"\nbuilt {data['recipe']['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")
     for split, info in data["splits"].items():
         mix = ", ".join(f"{k} {v:.1%}" for k, v in data["mix"]["achieved"][split].items())
         print(f"  {split:<10} {len(info['shards'])} shards  {info['documents']:>8,} docs  {info['tokens']:>12,} tokens  ({mix})")

@@ -50,8 +50,8 @@ class SourceConfig:
             _fail(f"{where}.root", "give the folder or URL that holds the source's files")
         if not self.train:
             _fail(f"{where}.train", "give at least one glob pattern of training files")
-        if not (self.weight > 0):
-            _fail(f"{where}.weight", f"{self.weight} is not positive; weights are the target token ratio, e.g. 7 and 3")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight > 0:
+            _fail(f"{where}.weight", f"{self.weight!r} is not a positive number; weights are the target token ratio, e.g. 7 and 3")
         if not 0.0 <= self.validation_fraction < 1.0:
             _fail(f"{where}.validation_fraction", f"{self.validation_fraction} is outside [0, 1)")
         if self.validation and self.validation_fraction:

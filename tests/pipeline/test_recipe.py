@@ -40,6 +40,7 @@ BASE = {
     [
         ({"sources": [{**BASE["sources"][0], "weight": -1}]}, "sources[a].weight"),
         ({"sources": [{**BASE["sources"][0], "weight": 0}]}, "sources[a].weight"),
+        ({"sources": [{**BASE["sources"][0], "weight": "seven"}]}, "sources[a].weight"),
         ({"sources": [{**BASE["sources"][0], "kind": "csv"}]}, "sources[a].kind"),
         ({"sources": [{**BASE["sources"][0], "colour": "red"}]}, "sources[0].colour"),
         ({"sources": []}, "sources"),

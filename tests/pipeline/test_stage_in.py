@@ -195,7 +195,7 @@ def test_a_missing_shard_is_named(small_build, tmp_path):
 
 
 @pytest.mark.parametrize(("where", "message"), [
-    ("shard", "field `splits/train/shards/0/bin`: 'train/../../../etc/passwd'"),
+    ("shard", "splits.train shard bin: path 'train/../../../etc/passwd' leaves the manifest's folder"),
     ("tokenizer", "tokenizer.path: path '/etc/passwd' leaves the manifest's folder"),
 ])
 def test_paths_that_leave_the_manifest_folder_are_refused(small_build, tmp_path, where, message):
