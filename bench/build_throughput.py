@@ -43,8 +43,7 @@ from pipeline import sample  # noqa: E402
 
 RECIPES = REPO / "manifests" / "recipes"
 DOCSTRING_SUBSETS = sample.DOCSTRING_SUBSETS
-MAX_UNIT_CHARS = 1_500  # no unit may dominate a document: two documents sharing one unit stay far from duplicates
-MIN_UNITS = 3
+MIN_UNITS = 3  # no unit may dominate a document: two documents sharing one unit stay far from duplicates
 PLANT_SHARE = 0.01  # of each kind: exact copies, near copies, short documents, RedPajamaGithub documents
 VALIDATION_SHARE = 0.02
 REPLACEMENT_WORDS = sample.REPLACEMENT_WORDS
@@ -68,7 +67,8 @@ class TextPools:
     short_verses: list[str]  # verses far below the 200-character short-document cut
 
     @classmethod
-    def load(cls) -> "TextPools":
+    def load(cls, unit_chars: int) -> "TextPools":
+        """Units of 40 to `unit_chars` characters."""
         docstrings = []
         for rel, path in sample._stdlib_sources(sample.DOCSTRING_SKIP_DIRS):
             try:
@@ -82,7 +82,7 @@ class TextPools:
             if cuts:
                 headers.append(text[: cuts[0]].rstrip())
                 blocks += [text[a:b].rstrip() for a, b in zip(cuts, cuts[1:] + [len(text)])]
-        small = lambda units: [u for u in units if 40 <= len(u) <= MAX_UNIT_CHARS]  # noqa: E731
+        small = lambda units: [u for u in units if 40 <= len(u) <= unit_chars]  # noqa: E731
         verses = sample._kjv_verses()
         short = [v["text"] for v in verses if len(v["text"]) <= sample.SHORT_MAX_CHARS]
         return cls(verses, small(docstrings), small(headers), small(blocks), short)
@@ -94,6 +94,7 @@ class CorpusShape:
     natural_chars: int = 2_500  # median document length (log-normal)
     code_chars: int = 4_000
     file_mb: float = 2.0  # text per data file: enough files that 2 workers end together
+    unit_chars: int = 1_500  # longest unit (verse run, docstring, definition) a document is drawn from
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -115,19 +116,23 @@ def _draw(target: int, unit, separator: str = "\n\n") -> str:
     return separator.join(parts)
 
 
-def _verse_run(pools: TextPools, rng: random.Random) -> str:
-    """1 to 4 consecutive verses of one chapter, headed like "Genesis 1:3-5"."""
+def _verse_run(pools: TextPools, rng: random.Random, max_chars: int) -> str:
+    """1 to 4 consecutive verses of one chapter (fewer when they would pass `max_chars`), headed "Genesis 1:3-5"."""
     start = rng.randrange(len(pools.verses))
-    run = [v for v in pools.verses[start : start + rng.randint(1, 4)] if v["chapter"] == pools.verses[start]["chapter"]]
+    run = [pools.verses[start]]
+    for verse in pools.verses[start + 1 : start + rng.randint(1, 4)]:
+        if verse["chapter"] != run[0]["chapter"] or sum(len(v["text"]) for v in run) + len(verse["text"]) > max_chars:
+            break
+        run.append(verse)
     head = f"{run[0]['book']} {run[0]['chapter']}:{run[0]['verse']}" + (f"-{run[-1]['verse']}" if len(run) > 1 else "")
     return head + "\n" + "\n".join(f"{v['verse']} {v['text']}" for v in run)
 
 
-def natural_document(pools: TextPools, rng: random.Random, median: int) -> tuple[str, str]:
+def natural_document(pools: TextPools, rng: random.Random, shape: CorpusShape) -> tuple[str, str]:
     """(subset, text): Bible passages as RedPajamaBook, docstrings spread over the other subsets."""
-    target = _length(rng, median)
+    target = _length(rng, shape.natural_chars)
     if rng.random() < 0.5:
-        return "RedPajamaBook", _draw(target, lambda: _verse_run(pools, rng))
+        return "RedPajamaBook", _draw(target, lambda: _verse_run(pools, rng, shape.unit_chars))
     return rng.choice(DOCSTRING_SUBSETS), _draw(target, lambda: rng.choice(pools.docstrings))
 
 
@@ -183,7 +188,7 @@ def _slimpajama_lines(pools: TextPools, shape: CorpusShape, planter: _Planter, b
             subset, text = "RedPajamaGithub", code_document(pools, rng, shape.code_chars)
             counts["excluded_subset"] += 1
         else:
-            subset, text = natural_document(pools, rng, shape.natural_chars)
+            subset, text = natural_document(pools, rng, shape)
             text = planter.document(lambda: text)
         lines.append(orjson.dumps({"text": text, "meta": {"redpajama_set_name": subset}}))
         size += len(text.encode())
@@ -243,7 +248,7 @@ def write_corpus(out: Path, shape: CorpusShape, pools: TextPools | None = None) 
     if marker.exists() and json.loads(marker.read_text())["shape"] == wanted["shape"]:
         return json.loads(marker.read_text())
     started = time.perf_counter()
-    pools = pools or TextPools.load()
+    pools = pools or TextPools.load(shape.unit_chars)
     summary = {**wanted, "files": {"slimpajama": [], "starcoderdata": []}, "documents": {"slimpajama": 0, "starcoderdata": 0},
                "planted": {"slimpajama": {}, "starcoderdata": {}}}
     total = int(shape.size_mb * 1e6)
@@ -477,6 +482,103 @@ def datatrove_run(recipe, work: Path, workers: int, hf_json: Path) -> dict:
             "documents": sum(p.with_name(p.name + ".index").stat().st_size // 8 for p in merged)}
 
 
+# ------------------------------------------------------------------------------------------------ dedupe memory
+
+MEMORY_SHAPE = {"natural_chars": 300, "code_chars": 300, "unit_chars": 300, "file_mb": 8.0}  # ~500-byte documents
+DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as a recipe for a larger corpus would
+
+
+def run_task_child(argv: list[str]) -> None:
+    """In a fresh process (so its peak RSS is the task's): one of the build's own task functions, as a Ray worker
+    would run it. argv: kind (process, dedupe, resolve, mix), recipe YAML, work folder, task number."""
+    from pipeline import tasks
+    from pipeline.build import list_inputs, open_tokenizer
+    from pipeline.ledger import Store
+    from pipeline.recipe import load_recipe
+
+    kind, recipe_path, work_dir, number = argv[0], argv[1], argv[2], int(argv[3])
+    recipe, work = load_recipe(recipe_path), Store.at(work_dir)
+    inputs = list_inputs(recipe)
+    records = [work.done(f"process/{i.file_index:07d}") for i in inputs] if kind != "process" else []
+    if kind == "process":
+        tokenizer = open_tokenizer(recipe, inputs, Store.at(work_dir + "-out"))
+        tasks.process_file(inputs[number], work, tokenizer, recipe.dedupe, recipe.batch_documents)
+    elif kind == "dedupe":
+        tasks.dedupe_partition(number, work, records)
+    elif kind == "resolve":
+        tasks.resolve_duplicates(work, recipe.dedupe.partitions, recipe.dedupe)
+    else:
+        ids, weights = {s.name: i for i, s in enumerate(recipe.sources)}, {i: s.weight for i, s in enumerate(recipe.sources)}
+        tasks.plan_mix(work, records, ids, weights, recipe.mix)
+    print(_peak_rss_mb())
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set since it started (VmHWM: exec gives a process a fresh one, whereas
+    getrusage's ru_maxrss of a child also counts the parent it was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
+
+
+def _run_tasks(kind: str, count: int, recipe_path: Path, work: Path, workers: int) -> dict:
+    """`count` tasks of one kind in fresh processes, `workers` at a time: wall seconds and the largest peak RSS."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_throughput import run_task_child; "
+            "run_task_child(sys.argv[1:])")
+
+    def one(number: int) -> float:
+        done = subprocess.run([sys.executable, "-c", code, kind, str(recipe_path), str(work), str(number)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{kind} task {number} failed:\n{done.stderr[-3000:]}")
+        return float(done.stdout.split()[-1])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        peaks = list(pool.map(one, range(count)))
+    return {"tasks": count, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(max(peaks), 1)}
+
+
+def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
+    """Per-task peak RSS and wall time of the build's tasks on corpora of 0.1x, 0.3x and 1x `documents` short
+    documents (the count that dedupe memory scales with), 8 MB of text per input file."""
+    pilot = write_corpus(work / "memory-pilot", CorpusShape(size_mb=2, **MEMORY_SHAPE))
+    bytes_per_document = 2e6 / sum(pilot["documents"].values())
+    rows = []
+    for fraction in (0.1, 0.3, 1.0):
+        size_mb = round(fraction * documents * bytes_per_document / 1e6, 1)
+        corpus_dir = work / f"memory-{size_mb:g}mb"
+        corpus = write_corpus(corpus_dir, CorpusShape(size_mb=size_mb, **MEMORY_SHAPE))
+        count = sum(corpus["documents"].values())
+        partitions = max(1, round(count / DOCUMENTS_PER_PARTITION))
+        recipe = bench_recipe(work, corpus_dir, "sample", partitions)
+        recipe_path = corpus_dir / "recipe.yaml"
+        recipe_path.write_text(json.dumps(recipe.to_dict()))  # YAML is a superset of JSON
+        run = corpus_dir / "work"
+        shutil.rmtree(run, ignore_errors=True)
+        files = sum(map(len, corpus["files"].values()))
+        row = {"documents": count, "text_mb": size_mb, "files": files, "partitions": partitions}
+        for kind, tasks_of_kind in (("process", files), ("dedupe", partitions), ("resolve", 1), ("mix", 1)):
+            row[kind] = _run_tasks(kind, tasks_of_kind, recipe_path, run, workers)
+        print(f"  memory: {row}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def memory_table(rows: list[dict]) -> str:
+    kinds = ("process", "dedupe", "resolve", "mix")
+    lines = ["| documents | text MB | files | partitions | " + " | ".join(f"{k}: s, peak RSS MB" for k in kinds) + " |",
+             "|---:|---:|---:|---:|" + "---|" * len(kinds)]
+    for row in rows:
+        cells = " | ".join(f"{row[k]['seconds']:.1f} s, {row[k]['peak_rss_mb']:.0f}" for k in kinds)
+        lines.append(f"| {row['documents']:,} | {row['text_mb']:g} | {row['files']} | {row['partitions']} | {cells} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ the run
 
 
@@ -542,16 +644,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="builds to run besides the tokenizer rows (default all: tokenmill,datatrove,tokenmill_quality,datatrove_quality)")
     parser.add_argument("--partitions", type=int, default=8, help="dedupe.partitions of the tokenmill builds (default 8)")
     parser.add_argument("--memory-docs", type=int, default=0, help="also measure dedupe memory at 0.1x/0.3x/1x of this many documents")
+    parser.add_argument("--memory-only", action="store_true", help="only the dedupe memory measurement")
     args = parser.parse_args(argv)
     args.rows = set(args.rows.split(",")) if args.rows else set()
+    args.work = args.work.resolve()  # recipes resolve relative roots against their own folder
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.tokenize import Tokenizer, read_model_bytes
-
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    results = {} if args.memory_only else throughput(args)
+    if args.memory_docs:
+        results["memory"] = dedupe_memory(args.work, args.memory_docs, args.workers)
+    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if "memory" in results:
+        print(memory_table(results["memory"]))
+    if "attempts" in results:
+        print(table(results["attempts"], results["text_bytes"]))
+    return 0
+
+
+def throughput(args) -> dict:
+    from stages.tokenize import Tokenizer, read_model_bytes
+
     corpus_dir = args.work / f"corpus-{args.size_mb:g}mb"
     corpus = write_corpus(corpus_dir, CorpusShape(size_mb=args.size_mb))
     recipes = {"tinyllama": bench_recipe(args.work, corpus_dir, "sample", args.partitions),
@@ -563,14 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus {corpus_dir}: {text_bytes / 1e6:.1f} MB of text, {len(texts):,} documents, "
           f"{sum(map(len, corpus['files'].values()))} files; {args.workers} workers", flush=True)
     attempts = [measure_once(args.work, recipes, texts, tokenizer, args, attempt) for attempt in range(args.repeat)]
-    results = {"corpus": corpus, "text_bytes": text_bytes, "workers": args.workers, "attempts": attempts,
-               "hf_vs_sentencepiece": compare_tokenizers(texts[::10], tokenizer, args.work / "hf-tokenizer.json")}
-    if args.memory_docs:
-        results["memory"] = dedupe_memory(args.work, args.memory_docs, args.workers)
-        print(memory_table(results["memory"]))
-    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print(table(attempts, text_bytes))
-    return 0
+    return {"corpus": corpus, "text_bytes": text_bytes, "workers": args.workers, "attempts": attempts,
+            "hf_vs_sentencepiece": compare_tokenizers(texts[::10], tokenizer, args.work / "hf-tokenizer.json")}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 real shards, the same initial weights and the same windows, back to back in one call.
 
     python bench/train_throughput.py gpu --work /tmp/tm-bench [--variants default,mb16,fp8,fp8-mb16] [--profile default]
+    python bench/train_throughput.py gpu --work /tmp/tm-bench --batch-tokens 131072 --steps 14 --warmup 2 --log-every 2
     python bench/train_throughput.py reader --work /tmp/tm-reader        # CPU: the mmap reader alone
 
 `gpu` tokenizes Python sources found on the machine (standard library, then site-packages) with the mistral
@@ -9,7 +10,9 @@ sentencepiece model into a multi-shard manifest (trainer.corpus; the GPU machine
 build`), measures a bf16 matmul peak and the attention kernels, runs each tokenmill variant through `torchrun -m trainer.train` and the
 baseline in its own process, and prints one table: tokens/s/GPU sustained after warm-up, MFU against the 989
 TFLOP/s datasheet peak and against the measured matmul peak, peak memory, share of time waiting for data, and
-the mean loss of the last logged steps. TinyLlama-1.1B, context 2048, bf16 compute.
+the mean loss of the last logged steps. TinyLlama-1.1B, context 2048, bf16 compute. With `--batch-tokens`
+every run (the baseline too) takes optimizer steps of that many tokens, accumulating over micro-batches; the
+same windows then make up each step whatever the micro-batch, so all runs' losses are comparable.
 """
 from __future__ import annotations
 
@@ -32,7 +35,6 @@ from trainer.config import PRESETS  # noqa: E402
 PRESET = "tinyllama-1.1b"
 CONTEXT = PRESETS[PRESET].context
 DATASHEET_PEAK = 989e12  # H100 SXM / H200 dense bf16
-LOG_EVERY = 10
 # tokenmill variants: (micro-batch, extra trainer.train arguments); everything else is the trainer's default.
 VARIANTS = {
     "default": (8, []),
@@ -112,6 +114,11 @@ def kernels() -> dict:
     return result
 
 
+def batch_tokens(micro_batch: int, args) -> int:
+    """Tokens per optimizer step: --batch-tokens, or one micro-batch on every GPU (no accumulation)."""
+    return args.batch_tokens or micro_batch * CONTEXT * args.nproc
+
+
 def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int) -> dict:
     """Sustained figures over the logged intervals after `warmup` steps."""
     after = [r for r in records if r["step"] > warmup]
@@ -131,8 +138,8 @@ def trainer_args(name: str, manifest: Path, out: Path, args) -> list[str]:
     micro_batch, extra = VARIANTS[name]
     return [
         "--manifest", str(manifest), "--preset", PRESET, "--out", str(out), "--steps", str(args.steps),
-        "--micro-batch", str(micro_batch), "--batch-tokens", str(micro_batch * CONTEXT * args.nproc * args.accumulation),
-        "--warmup-steps", str(args.lr_warmup), "--log-every", str(LOG_EVERY), "--save-every", "0", "--seed", str(args.seed), *extra,
+        "--micro-batch", str(micro_batch), "--batch-tokens", str(batch_tokens(micro_batch, args)),
+        "--warmup-steps", str(args.lr_warmup), "--log-every", str(args.log_every), "--save-every", "0", "--seed", str(args.seed), *extra,
     ]
 
 
@@ -142,14 +149,16 @@ def run_tokenmill(name: str, manifest: Path, work: Path, args) -> dict:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "trainer.train"]
     _run_logged(torchrun + trainer_args(name, manifest, out, args), work / f"run-{name}.log", args.timeout)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    tokens_per_step = VARIANTS[name][0] * CONTEXT * args.nproc * args.accumulation
-    return summarize([r for r in records if r["kind"] == "train"], args.warmup, tokens_per_step, args.nproc)
+    micro_batch, tokens = VARIANTS[name][0], batch_tokens(VARIANTS[name][0], args)
+    return {"micro_batch": micro_batch, "accumulation": tokens // (micro_batch * CONTEXT * args.nproc), **summarize([r for r in records if r["kind"] == "train"], args.warmup, tokens, args.nproc)}
 
 
 def profile(args) -> dict:
-    """trainer.train's own model, optimizer and step function in this process (one rank): 8 steps to warm
-    up, then 3 under torch.profiler. Returns GPU time by kernel family and the top kernels."""
+    """trainer.train's own model, optimizer and step function in this process (one rank): a few steps to warm
+    up, then at least 3 micro-batches under torch.profiler. Returns the wall time per optimizer step, GPU time
+    by kernel family and the top kernels (kernels, memcpys and memsets only: no annotations)."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -164,21 +173,29 @@ def profile(args) -> dict:
     optimizer = build_optimizer(model, cfg, fused=True)
     loader = open_loader(load(args.manifest), "train", context=CONTEXT, batch=cfg.micro_batch, seed=cfg.seed, rank=0, world_size=1, device=rt.device)
     accumulation = cfg.accumulation(1)
-    for _ in range(8):
+    steps = -(-3 // accumulation)
+    for _ in range(max(2, 8 // accumulation)):
         train.train_step(model, optimizer, loader, accumulation, cfg.grad_clip)
     torch.cuda.synchronize()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(steps):
             train.train_step(model, optimizer, loader, accumulation, cfg.grad_clip)
         torch.cuda.synchronize()
+        wall = time.perf_counter() - started
     loader.close()
-    kernels = [(e.key, e.self_device_time_total / 3e3) for e in prof.key_averages() 
-               if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0 and not getattr(e, "is_user_annotation", False)]
+    kernels: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA and not e.is_user_annotation:
+            kernels[e.name] = kernels.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3 / steps
     families: dict[str, float] = {}
-    for kernel, ms in kernels:
+    for kernel, ms in kernels.items():
         family = next((f for f, fragments in KERNEL_FAMILIES if any(x in kernel.lower() for x in fragments)), "other")
         families[family] = families.get(family, 0.0) + ms
-    return {"variant": args.variant, "ms_per_step_by_family": families, "top_kernels_ms_per_step": sorted(kernels, key=lambda k: -k[1])[:40]}
+    return {
+        "variant": args.variant, "accumulation": accumulation, "wall_ms_per_step": 1e3 * wall / steps, "gpu_ms_per_step": sum(kernels.values()),
+        "ms_per_step_by_family": families, "top_kernels_ms_per_step": sorted(kernels.items(), key=lambda k: -k[1])[:40],
+    }
 
 
 def _run_logged(command: list[str], log: Path, timeout: int) -> None:
@@ -204,7 +221,7 @@ def hf_baseline(args) -> dict:
     from trainer.data import open_loader
     from trainer.export import hf_config, hf_state_dict
     from trainer.model import build
-    from trainer.optim import build_optimizer, lr_at, set_lr
+    from trainer.optim import build_optimizer
 
     cfg = PRESETS[PRESET]
     config = transformers.LlamaConfig(**hf_config(cfg, bos_id=1, eos_id=2, dtype="float32"))
@@ -212,7 +229,7 @@ def hf_baseline(args) -> dict:
     with torch.device("cuda"):
         model = transformers.LlamaForCausalLM(config)
     model.load_state_dict(hf_state_dict(build(cfg, args.seed), torch.float32))
-    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=args.micro_batch * CONTEXT * args.accumulation)
+    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=batch_tokens(args.micro_batch, args))
     optimizer = build_optimizer(model, train_cfg, fused=True)
     loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cuda"))
 
@@ -222,13 +239,16 @@ def hf_baseline(args) -> dict:
             logits = model(input_ids=inputs).logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
-    records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr)
+    records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, args.log_every)
     loader.close()
-    return summarize(records, args.warmup, train_cfg.batch_tokens, 1)
+    return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summarize(records, args.warmup, train_cfg.batch_tokens, 1)}
 
 
-def _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr) -> list[dict]:
+def _hf_loop(model, optimizer, loader, loss_of, train_cfg, log_every: int) -> list[dict]:
+    """trainer.train's step and logging for a plain (unsharded) module: accumulate, clip, AdamW, log."""
     import torch
+
+    from trainer.optim import lr_at, set_lr
 
     records, loss_sum, waited, started = [], None, 0.0, time.perf_counter()
     for step in range(1, train_cfg.steps + 1):
@@ -244,10 +264,10 @@ def _hf_loop(model, optimizer, loader, loss_of, train_cfg, lr_at, set_lr) -> lis
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % LOG_EVERY == 0:
-            loss_value, elapsed = (loss_sum / LOG_EVERY).item(), time.perf_counter() - started
-            records.append({"step": step, "loss": loss_value, "interval_s": elapsed, "interval_steps": LOG_EVERY, "data_wait": waited / elapsed, "mem_gib": torch.cuda.max_memory_allocated() / 2**30})
-            print(f"  hf step {step}: loss {loss_value:.4f}, {LOG_EVERY * train_cfg.batch_tokens / elapsed:,.0f} tok/s", flush=True)
+        if step % log_every == 0:
+            loss_value, elapsed = (loss_sum / log_every).item(), time.perf_counter() - started
+            records.append({"step": step, "loss": loss_value, "interval_s": elapsed, "interval_steps": log_every, "data_wait": waited / elapsed, "mem_gib": torch.cuda.max_memory_allocated() / 2**30})
+            print(f"  hf step {step}: loss {loss_value:.4f}, {log_every * train_cfg.batch_tokens / elapsed:,.0f} tok/s", flush=True)
             loss_sum, waited, started = None, 0.0, time.perf_counter()
     return records
 
@@ -263,7 +283,7 @@ def in_subprocess(mode: str, args, extra: list[str]) -> dict:
 def table(rows: dict[str, dict], peak: float) -> str:
     flops = PRESETS[PRESET].flops_per_token()
     lines = [
-        f"{'run':<18} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} {'peak mem GiB':>13} {'data wait':>10} {'loss (last 10)':>15}",
+        f"{'run':<18} {'mb x acc':>8} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} {'peak mem GiB':>13} {'data wait':>10} {'loss (last log)':>15}",
     ]
     for name, r in rows.items():
         if "error" in r:
@@ -271,7 +291,7 @@ def table(rows: dict[str, dict], peak: float) -> str:
             continue
         tps = r["tokens_per_s_per_gpu"]
         lines.append(
-            f"{name:<18} {tps:>13,.0f} {100 * tps * flops / DATASHEET_PEAK:>13.1f}% {100 * tps * flops / peak:>13.1f}% "
+            f"{name:<18} {str(r['micro_batch']) + ' x ' + str(r['accumulation']):>8} {tps:>13,.0f} {100 * tps * flops / DATASHEET_PEAK:>13.1f}% {100 * tps * flops / peak:>13.1f}% "
             f"{r['mem_gib']:>13.1f} {100 * r['data_wait']:>9.2f}% {r['final_loss']:>15.4f}"
         )
     return "\n".join(lines)
@@ -300,10 +320,7 @@ def gpu(args) -> None:
     for key, value in peak["attention_ms"].items():
         print(f"  attention fwd+bwd {key:<24} {value if isinstance(value, str) else f'{value:.2f} ms'}", flush=True)
     common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
-              "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup), "--accumulation", str(args.accumulation)]
-    for name in filter(None, args.profile.split(",")):
-        found = _attempt(lambda: in_subprocess("profile", args, common + ["--variant", name]))
-        print(json.dumps({f"profile:{name}": found}), flush=True)
+              "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup), "--batch-tokens", str(args.batch_tokens), "--log-every", str(args.log_every)]
     rows = {}
     for name in filter(None, args.variants.split(",")):
         rows[f"tokenmill:{name}"] = _attempt(lambda: run_tokenmill(name, manifest, args.work, args))
@@ -311,15 +328,26 @@ def gpu(args) -> None:
     if args.baseline:
         rows["hf+compile"] = _attempt(lambda: in_subprocess("hf", args, common))
         print(json.dumps({"hf+compile": rows["hf+compile"]}), flush=True)
-    (args.work / "results.json").write_text(json.dumps({"matmul": peak, "runs": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
-    print(f"\nTinyLlama-1.1B, context 2048, {args.nproc} GPU, {args.accumulation} micro-batch(es) per optimizer step, {args.steps} steps, "
-          f"sustained over steps {args.warmup + 1}-{args.steps}; hf micro-batch {args.micro_batch}; matmul peak {peak['matmul_flops'] / 1e12:.0f} TFLOP/s")
-    print(table(rows, peak["matmul_flops"]))
+    results = {"matmul": peak, "runs": rows, "args": {k: str(v) for k, v in vars(args).items()}}
+    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    report(rows, peak["matmul_flops"], args)
+    for name in filter(None, args.profile.split(",")):  # last: a profile cut short by the time limit costs no row
+        results.setdefault("profiles", {})[name] = _attempt(lambda: in_subprocess("profile", args, common + ["--variant", name]))
+        print(json.dumps({f"profile:{name}": results["profiles"][name]}), flush=True)
+        (args.work / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def report(rows: dict[str, dict], peak: float, args) -> None:
+    step_tokens = f"{args.batch_tokens:,} tokens per optimizer step" if args.batch_tokens else "one micro-batch per optimizer step"
+    print(f"\nTinyLlama-1.1B, context 2048, {args.nproc} GPU, {step_tokens}, {args.steps} steps, "
+          f"sustained over steps {args.warmup + 1}-{args.steps}; hf micro-batch {args.micro_batch}; matmul peak {peak / 1e12:.0f} TFLOP/s")
+    print(table(rows, peak), flush=True)
     if "hf+compile" in rows and "error" not in rows["hf+compile"]:
-        base = rows["hf+compile"]["tokens_per_s_per_gpu"]
+        base = rows["hf+compile"]
         for name, r in rows.items():
             if name != "hf+compile" and "error" not in r:
-                print(f"{name}: {r['tokens_per_s_per_gpu'] / base:.2f}x hf+compile; loss last 10 steps {r['final_loss']:.4f} vs {rows['hf+compile']['final_loss']:.4f}")
+                print(f"{name}: {r['tokens_per_s_per_gpu'] / base['tokens_per_s_per_gpu']:.2f}x hf+compile; loss over the last {args.log_every} steps "
+                      f"{r['final_loss']:.4f} vs {base['final_loss']:.4f}", flush=True)
 
 
 def _attempt(measure) -> dict:
@@ -362,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the sustained figures (compilation, allocator)")
     parser.add_argument("--lr-warmup", type=int, default=10, help="LR warm-up steps, so the loss moves within a short run")
     parser.add_argument("--micro-batch", type=int, default=8, help="hf baseline and reader (tokenmill variants set their own)")
-    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step, every run")
+    parser.add_argument("--batch-tokens", type=int, default=0, help="tokens per optimizer step, every run (0: one micro-batch, no accumulation)")
+    parser.add_argument("--log-every", type=int, default=10, help="optimizer steps per logged interval")
     parser.add_argument("--profile", default="", help="variants to profile first (comma-separated)")
     parser.add_argument("--variant", default="default", help="profile: the variant")
     parser.add_argument("--nproc", type=int, default=1)

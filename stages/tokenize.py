@@ -73,21 +73,10 @@ class Tokenizer:
 
     def encode(self, texts: list[str], num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(tokens of all documents back to back, tokens per document), specials included."""
-        ids = self.processor.encode(texts, num_threads=num_threads)
-        body_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        lengths = body_lengths + int(self.add_bos) + int(self.add_eos)
-        ends = np.cumsum(lengths)
-        tokens = np.empty(int(ends[-1]) if len(ends) else 0, dtype=self.dtype)
-        is_body = np.ones(len(tokens), dtype=bool)
-        if self.add_bos:
-            is_body[ends - lengths] = False
-        if self.add_eos:
-            is_body[ends - 1] = False
-        tokens[is_body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(body_lengths.sum()))
-        if self.add_bos:
-            tokens[ends - lengths] = self.bos_id
-        if self.add_eos:
-            tokens[ends - 1] = self.eos_id
+        # sentencepiece places BOS/EOS itself: no second pass over the tokens to make room for them
+        ids = self.processor.encode(texts, add_bos=self.add_bos, add_eos=self.add_eos, num_threads=num_threads)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
         return tokens, lengths
 
     def decode(self, tokens: np.ndarray) -> str:

@@ -2,23 +2,42 @@
 count can read the weights), one RNG file per rank, and meta.json (step, data position, configs, why it was
 written). A checkpoint is written under a temporary name and renamed when complete, so a folder named
 step-* is always whole; only the last `keep_last` are kept. The LR schedule is a function of the step, so the
-step is its whole state."""
+step is its whole state.
+
+Loading never unpickles an arbitrary object, so a checkpoint from elsewhere cannot run code: torch's reader
+unpickles `.metadata` with plain pickle and the planner loads byte items with `weights_only=False`, so here
+`.metadata` is unpickled with an allow-list of DCP's own metadata classes, and tensors, byte items (the
+optimizer's hyperparameters) and RNG files with `torch.load(weights_only=True)`."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 _NAME = re.compile(r"^step-(\d{6,})$")
+# Every global a `.metadata` written by dcp.save refers to (plus the dtypes, checked apart): constructors of
+# plain records, a tuple subclass, a path, and a lookup of a layout by name. Nothing here runs code of the file.
+_METADATA_GLOBALS = {("torch.distributed.checkpoint.metadata", name) for name in (
+    "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata", "ChunkStorageMetadata",
+    "BytesStorageMetadata", "_MEM_FORMAT_ENCODING",
+)} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
 
 
 class CheckpointError(ValueError):
@@ -74,11 +93,29 @@ def read_meta(path: Path) -> dict:
     return json.loads((path / "meta.json").read_text())
 
 
+def read_metadata(path: Path) -> Metadata:
+    """The checkpoint's DCP index, unpickled with the allow-list; CheckpointError naming the file otherwise."""
+    file = path / ".metadata"
+    try:
+        with open(file, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot be read ({e}); is {path} a whole checkpoint?") from e
+    except Exception as e:  # the file is untrusted: whatever it makes the unpickler do wrong, it is refused
+        raise CheckpointError(f"{file}: {e}; refusing to load this checkpoint (damaged, or not written by dcp.save)") from e
+    if not isinstance(metadata, Metadata):
+        raise CheckpointError(f"{file}: holds a {type(metadata).__name__}, not DCP metadata; refusing to load this checkpoint")
+    for info in (metadata.storage_data or {}).values():
+        if Path(info.relative_path).name != info.relative_path:  # data files sit beside .metadata, nowhere else
+            raise CheckpointError(f"{file}: names data file {info.relative_path!r} outside the checkpoint's folder; refusing to load it")
+    return metadata
+
+
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Collective: restore model, optimizer and this rank's RNG state in place."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=path)
+    _safe_load(state, path, no_dist=False)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng_file = path / f"rng-rank{dist.get_rank():05d}.pt"
     if not rng_file.exists():
@@ -89,8 +126,61 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None
 def load_model_weights(path: Path, model: nn.Module) -> None:
     """Weights only, into an ordinary (not sharded) model in this process: no process group needed."""
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    _safe_load(state, path, no_dist=True)
     model.load_state_dict(state["model"])
+
+
+def _safe_load(state: dict, path: Path, *, no_dist: bool) -> None:
+    reader = _Reader(path, read_metadata(path))  # read here, so that a bad file fails with its name on every rank
+    with _own_errors_alone():
+        dcp.load(state, storage_reader=reader, planner=_Planner(), no_dist=no_dist)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refers to {module}.{name}, which is not part of a checkpoint's metadata")
+
+
+class _Reader(dcp.FileSystemReader):
+    """torch's reader (it loads tensors with weights_only=True already) with the metadata read by read_metadata.
+    No **kwargs: with them DCP would fall back to unpickling per-rank `__N.metadata` files."""
+
+    def __init__(self, path: Path, metadata: Metadata) -> None:
+        super().__init__(path)
+        self.metadata = metadata
+
+    def read_metadata(self) -> Metadata:
+        if self.metadata.storage_meta is None:
+            self.metadata.storage_meta = StorageMeta()
+        self.metadata.storage_meta.load_id = self.load_id
+        return self.metadata
+
+
+class _Planner(DefaultLoadPlanner):
+    """Byte items (the optimizer's param_groups: floats, tuples, bools, names) with weights_only=True."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            file = self.metadata.storage_data[read_item.storage_index].relative_path
+            raise CheckpointError(f"{file}: item {read_item.dest_index.fqn} is not plain data ({e}); refusing to load this checkpoint") from e
+        set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+
+
+@contextmanager
+def _own_errors_alone():
+    """DCP reports a failure on any rank as one CheckpointException holding every rank's traceback; a
+    CheckpointError among them is raised alone, so that the user reads one line."""
+    try:
+        yield
+    except CheckpointException as e:
+        ours = [error for error, _ in e.failures.values() if isinstance(error, CheckpointError)]
+        if ours:
+            raise ours[0] from None
+        raise
 
 
 def _rng_state() -> dict:

@@ -104,7 +104,8 @@ class TrainConfig:
     fp8: bool = False  # FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first
     # FSDP: keep each block's gathered bf16 weights from forward to backward (one all-gather per block per step
     # instead of two; costs the bf16 model in memory, 2.2 GB at 1.1B): +1.7% on one H100 (BENCHMARKS.md).
-    # Turn on for models whose gathered weights do not fit beside the activations.
+    # Turn on for models whose gathered weights do not fit beside the activations (weights are then also
+    # re-gathered for every micro-batch of a step, instead of once per step).
     reshard_after_forward: bool = False
     verify_checksums: bool = False
     prefetch: int = 4  # batches the background reader keeps ready

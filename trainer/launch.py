@@ -1,27 +1,41 @@
-"""`tokenmill train --nproc N [trainer.train arguments]`: runs `torchrun --standalone --nproc-per-node N -m
-trainer.train ...` on this machine and supervises it.
+"""`tokenmill train --nproc N [trainer.train arguments]`: starts N `python -m trainer.train` processes on this
+machine and supervises them as torchrun would, with nothing listening beyond 127.0.0.1.
 
-Why supervise rather than exec: torchrun answers SIGTERM by forwarding it to the workers (which save a
-checkpoint and exit 0) and then exits 1 itself, whatever the workers did. This launcher forwards SIGTERM and
-SIGINT to torchrun and exits 0 when the workers completed a preemption checkpoint during this run. For several
-machines, run torchrun yourself with `-m trainer.train` (same arguments but --nproc).
+Why not torchrun: its rendezvous TCPStore listens on every interface whatever address it is given (seen on `::`
+with --standalone, with --rdzv-endpoint 127.0.0.1:PORT --local-addr 127.0.0.1, and with --master-addr
+127.0.0.1), so a one-machine run would take connections from the network. Here the launcher serves the store
+from a socket it bound to 127.0.0.1 and the ranks join it as torchrun's workers join torchrun's
+(TORCHELASTIC_USE_AGENT_STORE); gloo and NCCL are told to use the loopback interface.
+
+Supervision: SIGTERM and SIGINT are forwarded to every rank (on SIGTERM they save a checkpoint and exit 0), and
+when a rank fails the others get SIGTERM; ranks still running SHUTDOWN_TIMEOUT_S later are killed. The exit
+status is 0 when every rank exited 0, or when a forwarded signal ended the run with a preemption checkpoint;
+otherwise the first failed rank's. For several machines, run torchrun yourself with `-m trainer.train` (same
+arguments but --nproc), as infra/slurm/train.sbatch and infra/k8s/train.yaml do: there the store has to be
+reachable from the other machines.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+
+import torch.distributed as dist
 
 from pipeline.manifest import load as load_manifest
 from trainer import checkpoint
 from trainer.config import preset
 from trainer.train import USER_ERRORS, build_parser, check_data, parse_config
 
-# torchrun's grace period between forwarding SIGTERM and SIGKILL: long enough for a checkpoint of a big model.
-SHUTDOWN_TIMEOUT_S = "600"
+# Grace between asking ranks to stop and SIGKILL: long enough for a checkpoint of a big model. The variable is
+# torchrun's, so a setting made for torchrun keeps its meaning.
+SHUTDOWN_TIMEOUT_S = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600"))
+LOOPBACK_INTERFACE = "lo"  # Linux's name for it
+_POLL_S = 0.1
 
 
 def _add_nproc(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -29,8 +43,33 @@ def _add_nproc(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def torchrun_command(nproc: int, train_argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "trainer.train", *train_argv]
+def loopback_store() -> tuple[dist.TCPStore, int]:
+    """A TCPStore served from a socket bound to 127.0.0.1 (given a port alone, TCPStore binds every interface),
+    and its port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    # detach: the store owns the socket from here on
+    return dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach()), port
+
+
+def rank_environment(rank: int, nproc: int, port: int, base: dict[str, str]) -> dict[str, str]:
+    """What torchrun gives its workers on one machine, pointed at the loopback store. The interface and thread
+    settings are defaults: a user's own value wins (OMP_NUM_THREADS=1 is torchrun's default for several ranks,
+    so that a run started either way computes the same)."""
+    defaults = {"GLOO_SOCKET_IFNAME": LOOPBACK_INTERFACE, "NCCL_SOCKET_IFNAME": LOOPBACK_INTERFACE, "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    if nproc > 1:
+        defaults["OMP_NUM_THREADS"] = "1"
+    return {
+        **defaults, **base,
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }
+
+
+def rank_command(train_argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "trainer.train", *train_argv]
 
 
 def main(argv: list[str]) -> int:
@@ -48,25 +87,57 @@ def main(argv: list[str]) -> int:
         print(f"tokenmill train: {e}", file=sys.stderr)
         return 2
     started = time.time()
-    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_S)}
-    forwarded: list[int] = []
-    children: list[subprocess.Popen] = []
-
-    def forward(signum, frame) -> None:
-        forwarded.append(signum)
-        for child in children:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    # A session of its own: a terminal's Ctrl-C or a group kill reaches torchrun once, through us.
-    children.append(subprocess.Popen(torchrun_command(known.nproc, train_argv), env=env, start_new_session=True))
-    if forwarded:  # a signal that came while torchrun was starting
-        children[0].send_signal(forwarded[-1])
-    code = children[0].wait()
-    if forwarded and _preempted_since(cfg, started):
+    signals: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: signals.append(signum))
+    store, port = loopback_store()
+    # A session of each rank's own: a terminal's Ctrl-C or a group kill reaches the ranks once, through us.
+    ranks = [
+        subprocess.Popen(rank_command(train_argv), env=rank_environment(rank, known.nproc, port, dict(os.environ)), start_new_session=True)
+        for rank in range(known.nproc)
+    ]
+    code = supervise(ranks, signals)
+    del store  # held until the ranks are gone: they meet in it to set up their process groups
+    if signals and _preempted_since(cfg, started):
         return 0
     return code
+
+
+def supervise(ranks: list[subprocess.Popen], signals: list[int]) -> int:
+    """Waits for every rank; forwards each signal appended to `signals`, stops the others when one fails, kills
+    what still runs SHUTDOWN_TIMEOUT_S after either. Returns 0 or the first failed rank's exit status."""
+    forwarded, deadline, failed = 0, None, None
+    while any(rank.poll() is None for rank in ranks):
+        if len(signals) > forwarded:
+            for signum in signals[forwarded:]:
+                _signal_running(ranks, signum)
+            forwarded = len(signals)
+            deadline = deadline or time.monotonic() + SHUTDOWN_TIMEOUT_S
+        if failed is None and (failed := _first_failed(ranks)) is not None:
+            others = "; stopping the other ranks" if any(rank.poll() is None for rank in ranks) else ""
+            print(f"tokenmill train: rank {failed} exited with {_exit_status(ranks[failed].returncode)}{others}", file=sys.stderr, flush=True)
+            _signal_running(ranks, signal.SIGTERM)
+            deadline = deadline or time.monotonic() + SHUTDOWN_TIMEOUT_S
+        if deadline is not None and time.monotonic() > deadline:
+            _signal_running(ranks, signal.SIGKILL)
+        time.sleep(_POLL_S)
+    failed = _first_failed(ranks) if failed is None else failed
+    return 0 if failed is None else _exit_status(ranks[failed].returncode)
+
+
+def _first_failed(ranks: list[subprocess.Popen]) -> int | None:
+    return next((i for i, rank in enumerate(ranks) if rank.poll() not in (None, 0)), None)
+
+
+def _signal_running(ranks: list[subprocess.Popen], signum: int) -> None:
+    for rank in ranks:
+        if rank.poll() is None:
+            rank.send_signal(signum)
+
+
+def _exit_status(returncode: int) -> int:
+    """A shell's convention: a process killed by signal N exits with 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _preempted_since(cfg, started: float) -> bool:

@@ -137,15 +137,22 @@ def clip_grad_norm(model: Llama, max_norm: float) -> torch.Tensor:
     return norm
 
 
-def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float):
+def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True):
     """One optimizer step over `accumulation` micro-batches. Returns (mean loss, grad norm) as device tensors
-    (no host sync) and the seconds spent waiting for data."""
+    (no host sync) and the seconds spent waiting for data.
+
+    Gradients are reduce-scattered once, after the last micro-batch; until then FSDP accumulates them unsharded
+    in fp32. With `keep_gathered` the gathered bf16 weights also stay between micro-batches (nothing changes
+    them before the optimizer step), so only the first micro-batch all-gathers: the per-step copies and casts
+    are paid once per optimizer step, not once per micro-batch."""
     loss_sum, waited = None, 0.0
     for micro in range(accumulation):
+        last = micro == accumulation - 1
         started = time.perf_counter()
         inputs, targets = next(batches)
         waited += time.perf_counter() - started
-        model.set_requires_gradient_sync(micro == accumulation - 1)  # reduce-scatter once per step
+        model.set_requires_gradient_sync(last)
+        model.set_reshard_after_backward(last or not keep_gathered)
         loss = model(inputs, targets) / accumulation
         loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
@@ -268,7 +275,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
         for step in range(start + 1, cfg.steps + 1):
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
-            interval.add(*train_step(model, optimizer, loader, accumulation, cfg.grad_clip))
+            interval.add(*train_step(model, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 logger.log(interval.record(step, lr, cfg, model_cfg, rt))
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):

@@ -140,7 +140,8 @@ def test_stage_in_resumes_after_an_interruption(small_build, tmp_path):
         stage_in(source, local, threads=1, log=interrupt_after_two)
     assert not (local / "manifest.json").exists()
     done = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
-    assert 2 <= len(done) <= 3  # the two logged, and maybe the one the thread had already started
+    # the two logged, plus any the copier thread finished before the main thread got to log them
+    assert 2 <= len(done) < len(staged_files(small_build))
     # A copier killed mid-file leaves its temporary name behind; the next run must not trust it.
     (local / "train" / ".train-00002.bin.part").write_bytes(b"half a shard")
 

@@ -19,8 +19,6 @@ def test_the_embedded_ray_of_a_build_listens_on_loopback_only(reference_build):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="torchrun's rendezvous TCPStore listens on all interfaces (torch has no bind option); "
-                   "the fix belongs in trainer/launch.py: see RELIABILITY.md")
 def test_training_on_one_machine_listens_on_loopback_only(reference_training):
     assert reference_training.listening, "no listening socket was seen"
     assert exposed(reference_training.listening) == []

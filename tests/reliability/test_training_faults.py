@@ -94,8 +94,6 @@ class _Payload:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="torch.distributed.checkpoint reads .metadata with pickle.load (and byte items with "
-                   "torch.load(weights_only=False)); trainer/checkpoint.py needs a restricted reader: see RELIABILITY.md")
 @pytest.mark.parametrize("loader", ["resume", "export"])
 def test_loading_a_checkpoint_never_unpickles_arbitrary_objects(loader, reference_build, reference_training, tmp_path):
     ckpt = tmp_path / "ckpt" / checkpoint.name(TRAIN_STEPS)

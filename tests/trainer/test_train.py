@@ -12,10 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
 from trainer import checkpoint
+from trainer.config import PRESETS, TrainConfig
 from trainer.export import load_checkpoint_model
 from trainer.export import main as export_main
+from trainer.model import build
+from trainer.optim import build_optimizer
+from trainer.parallelize import parallelize
+from trainer.train import train_step
 
 HERE = Path(__file__).parent
 STEPS = 40
@@ -109,3 +117,40 @@ def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_pa
         expected, got = ours(tokens), hf(tokens).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert hf.num_parameters() == ours.cfg.num_params()
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    """A real gloo process group of one rank in this process, and its device mesh."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    yield init_device_mesh("cpu", (1,))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])  # bf16: the GPU's fp32 gradient accumulation
+@pytest.mark.parametrize("keep_gathered", [True, False])
+def test_accumulated_step_equals_one_big_batch_and_reduces_once(one_rank, tmp_path, param_dtype, keep_gathered):
+    cfg = TrainConfig(manifest="m.json", preset="tiny", out=tmp_path, lr=1e-2, warmup_steps=0)
+    tokens = torch.randint(0, 32000, (4, 65), generator=torch.Generator().manual_seed(0))
+
+    def one_step(accumulation: int):
+        model = parallelize(build(PRESETS["tiny"], seed=1), one_rank, param_dtype=param_dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=False)
+        between = []  # (weights still gathered, some gradient already reduced) before each later micro-batch
+
+        def batches():
+            rows = len(tokens) // accumulation
+            for i in range(accumulation):
+                if i:
+                    between.append((not any(isinstance(p, DTensor) for p in model.parameters()), any(isinstance(p.grad, DTensor) for p in model.parameters())))
+                yield tokens[i * rows : (i + 1) * rows, :-1], tokens[i * rows : (i + 1) * rows, 1:]
+
+        loss, grad_norm, _ = train_step(model, build_optimizer(model, cfg, fused=False), batches(), accumulation, cfg.grad_clip, keep_gathered=keep_gathered)
+        return loss, grad_norm, [p.full_tensor() for p in model.parameters()], between
+
+    big_loss, big_norm, big_params, _ = one_step(1)
+    loss, grad_norm, params, between = one_step(4)
+    assert between == [(keep_gathered, False)] * 3  # no reduce-scatter before the last micro-batch
+    torch.testing.assert_close(loss, big_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_norm, big_norm, rtol=1e-4, atol=0)
+    if param_dtype == torch.float32:  # bf16 rounds each micro-batch's gradient, which Adam's first step magnifies
+        torch.testing.assert_close(params, big_params, rtol=0, atol=1e-4)
