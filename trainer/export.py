@@ -7,6 +7,7 @@ nothing. Runs in one process on the CPU; the checkpoint may come from any number
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hf", type=Path, required=True, help="output folder for the Hugging Face model")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype in the export (default float32: the trained values exactly)")
     args = parser.parse_args(argv)
-    out = export(args.checkpoint, args.hf, args.dtype)
+    try:
+        out = export(args.checkpoint, args.hf, args.dtype)
+    except checkpoint.CheckpointError as e:
+        print(f"tokenmill export: {e}", file=sys.stderr)
+        return 2
     print(f"exported {checkpoint.resolve(args.checkpoint)} to {out}")
     return 0

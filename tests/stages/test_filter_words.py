@@ -46,10 +46,13 @@ def test_same_words_and_sentence_spans_as_datatrove(texts):
 
 
 def test_text_that_breaks_spacy_goes_to_datatrove_own_tokenizer():
-    # datatrove's answer for such a text depends on what its shared instance has seen before, so it must answer
+    # In a memory zone spaCy fails on this string from the second time a process sees it, and datatrove then
+    # tokenizes the text without it; the answer depends on the process's history, so datatrove's shared
+    # instance (the one the filters used before) gives it.
     text = "IS_ALPHA is a string spaCy chokes on inside a memory zone"
     shared = load_word_tokenizer("en")
-    assert word_tokenizer("en").word_tokenize(text) == shared.word_tokenize(text)
+    shared.word_tokenize(text)
+    assert word_tokenizer("en").word_tokenize(text) == shared.word_tokenize(text) == shared.word_tokenize(text.replace("IS_ALPHA", ""))
     assert word_tokenizer("en").span_tokenize(text) == shared.span_tokenize(text)
 
 
