@@ -1,7 +1,7 @@
 """Corpus build throughput: tokenmill against datatrove 0.10.1 on the same generated corpus, in one invocation.
 
-    python bench/build_throughput.py --work /tmp/tm-build-bench [--size-mb 100] [--workers 2]
-    tokenmill bench --work /tmp/tm-build-bench --size-mb 30 --memory-docs 1000000
+    python bench/build_throughput.py --work /tmp/tm-build-bench [--size-mb 100] [--workers 2] [--repeat 2]
+    tokenmill bench --work /tmp/tm-build-bench --memory-docs 1000000 --memory-only
 
 1. Writes a corpus of `--size-mb` MB of real text in the SlimPajama (JSONL.zst, `meta.redpajama_set_name`) and
    StarCoderData (parquet, `content`) layouts, about 7:3 natural:code, with 1% planted exact duplicates, 1% near
@@ -13,8 +13,9 @@
    code rules); datatrove's own pipeline doing the same work (readers -> the same filters -> MinHash stages ->
    DocumentTokenizer -> merger) with the same sentencepiece model converted to HF tokenizers.
 3. With `--memory-docs N`: per-task peak RSS and time of the build's own task functions (process, dedupe
-   partition, resolve, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents.
-4. Prints one table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
+   partition, resolve, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one process
+   task against the size of its input file (8, 32, 128 MB of text).
+4. Prints the throughput table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
 
 The machine is shared and noisy: compare rows of the same run, and repeat (`--repeat`) when a ratio matters.
 """
@@ -42,11 +43,9 @@ import zstandard  # noqa: E402
 from pipeline import sample  # noqa: E402
 
 RECIPES = REPO / "manifests" / "recipes"
-DOCSTRING_SUBSETS = sample.DOCSTRING_SUBSETS
 MIN_UNITS = 3  # no unit may dominate a document: two documents sharing one unit stay far from duplicates
 PLANT_SHARE = 0.01  # of each kind: exact copies, near copies, short documents, RedPajamaGithub documents
 VALIDATION_SHARE = 0.02
-REPLACEMENT_WORDS = sample.REPLACEMENT_WORDS
 # A new definition starts at a line that opens a def/class/decorator at the top level or one indent in
 _DEFINITION = re.compile(r"^(?:    )?(?:def |class |async def |@)", re.M)
 
@@ -82,10 +81,13 @@ class TextPools:
             if cuts:
                 headers.append(text[: cuts[0]].rstrip())
                 blocks += [text[a:b].rstrip() for a, b in zip(cuts, cuts[1:] + [len(text)])]
-        small = lambda units: [u for u in units if 40 <= len(u) <= unit_chars]  # noqa: E731
         verses = sample._kjv_verses()
         short = [v["text"] for v in verses if len(v["text"]) <= sample.SHORT_MAX_CHARS]
-        return cls(verses, small(docstrings), small(headers), small(blocks), short)
+        return cls(verses, _sized(docstrings, unit_chars), _sized(headers, unit_chars), _sized(blocks, unit_chars), short)
+
+
+def _sized(units: list[str], most: int) -> list[str]:
+    return [u for u in units if 40 <= len(u) <= most]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -133,7 +135,7 @@ def natural_document(pools: TextPools, rng: random.Random, shape: CorpusShape) -
     target = _length(rng, shape.natural_chars)
     if rng.random() < 0.5:
         return "RedPajamaBook", _draw(target, lambda: _verse_run(pools, rng, shape.unit_chars))
-    return rng.choice(DOCSTRING_SUBSETS), _draw(target, lambda: rng.choice(pools.docstrings))
+    return rng.choice(sample.DOCSTRING_SUBSETS), _draw(target, lambda: rng.choice(pools.docstrings))
 
 
 def code_document(pools: TextPools, rng: random.Random, median: int) -> str:
@@ -147,7 +149,7 @@ def near_copy(text: str, rng: random.Random) -> str:
     words = text.split(" ")
     candidates = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3]
     for i in rng.sample(candidates, min(len(candidates), max(1, len(text) // 1_000))):
-        words[i] = rng.choice([w for w in REPLACEMENT_WORDS if w != words[i].lower()])
+        words[i] = rng.choice([w for w in sample.REPLACEMENT_WORDS if w != words[i].lower()])
     return " ".join(words)
 
 
@@ -240,7 +242,7 @@ def _count(summary: dict, source: str, rel: str, documents: int, planted: dict) 
         summary["planted"][source][kind] = summary["planted"][source].get(kind, 0) + n
 
 
-def write_corpus(out: Path, shape: CorpusShape, pools: TextPools | None = None) -> dict:
+def write_corpus(out: Path, shape: CorpusShape) -> dict:
     """Write the corpus under `out` (SlimPajama-627B/, starcoderdata/, CORPUS.json) unless CORPUS.json says the
     same shape is already there; returns that summary."""
     marker = out / "CORPUS.json"
@@ -248,7 +250,7 @@ def write_corpus(out: Path, shape: CorpusShape, pools: TextPools | None = None) 
     if marker.exists() and json.loads(marker.read_text())["shape"] == wanted["shape"]:
         return json.loads(marker.read_text())
     started = time.perf_counter()
-    pools = pools or TextPools.load(shape.unit_chars)
+    pools = TextPools.load(shape.unit_chars)
     summary = {**wanted, "files": {"slimpajama": [], "starcoderdata": []}, "documents": {"slimpajama": 0, "starcoderdata": 0},
                "planted": {"slimpajama": {}, "starcoderdata": {}}}
     total = int(shape.size_mb * 1e6)
@@ -260,11 +262,10 @@ def write_corpus(out: Path, shape: CorpusShape, pools: TextPools | None = None) 
     return summary
 
 
-
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def bench_recipe(work: Path, corpus: Path, base: str, partitions: int):
+def bench_recipe(corpus: Path, base: str, partitions: int):
     """The shipped recipe `base` (sample = TinyLlama's rules with the offline tokenizer; web-quality = the same plus
     the quality filters) over the generated corpus."""
     from pipeline.recipe import load_recipe
@@ -334,28 +335,26 @@ def bare_sentencepiece(texts: list[str], tokenizer, threads: int) -> dict:
     return {"seconds": time.perf_counter() - started, "tokens": sum(map(len, ids))}
 
 
-_WORKER: dict = {}  # per tokenize-stage worker process: the texts (inherited through fork) and its Tokenizer
+_WORKER: dict = {}  # per tokenize-stage worker process: the texts (inherited through fork), batch size, Tokenizer
 
 
-def _start_worker(texts: list[str], tokenizer) -> None:
-    _WORKER.update(texts=texts, tokenizer=tokenizer)
+def _start_worker(texts: list[str], batch_documents: int, tokenizer) -> None:
+    _WORKER.update(texts=texts, size=batch_documents, tokenizer=tokenizer)
 
 
-def _encode_batches(starts: list[int], size: int) -> int:
-    texts, tokenizer = _WORKER["texts"], _WORKER["tokenizer"]
-    return sum(int(tokenizer.encode(texts[s : s + size])[1].sum()) for s in starts)
+def _encode_batch(start: int) -> int:
+    return int(_WORKER["tokenizer"].encode(_WORKER["texts"][start : start + _WORKER["size"]])[1].sum())
 
 
 def tokenize_stage(texts: list[str], tokenizer, workers: int, batch_documents: int) -> dict:
     """`Tokenizer.encode` as the build calls it: one thread per worker process, a batch of documents at a time,
-    the batches dealt round-robin over `workers` forked processes that hold their tokenizer before the clock."""
+    batches handed to whichever of `workers` forked processes is free (as Ray hands out files)."""
     import multiprocessing
 
-    starts = list(range(0, len(texts), batch_documents))
-    with multiprocessing.get_context("fork").Pool(workers, _start_worker, (texts, tokenizer)) as pool:
-        pool.starmap(_encode_batches, [([], 1)] * workers)  # every worker up and loaded
+    with multiprocessing.get_context("fork").Pool(workers, _start_worker, (texts, batch_documents, tokenizer)) as pool:
+        pool.map(_encode_batch, [len(texts)] * workers)  # every worker up and loaded before the clock
         started = time.perf_counter()
-        tokens = sum(pool.starmap(_encode_batches, [(starts[w::workers], batch_documents) for w in range(workers)]))
+        tokens = sum(pool.imap_unordered(_encode_batch, range(0, len(texts), batch_documents)))
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "tokens": tokens}
 
@@ -484,7 +483,7 @@ def datatrove_run(recipe, work: Path, workers: int, hf_json: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------ dedupe memory
 
-MEMORY_SHAPE = {"natural_chars": 300, "code_chars": 300, "unit_chars": 300, "file_mb": 8.0}  # ~500-byte documents
+MEMORY_SHAPE = {"natural_chars": 300, "code_chars": 300, "unit_chars": 300, "file_mb": 10.0}  # ~650-byte documents
 DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as a recipe for a larger corpus would
 
 
@@ -510,10 +509,10 @@ def run_task_child(argv: list[str]) -> None:
     else:
         ids, weights = {s.name: i for i, s in enumerate(recipe.sources)}, {i: s.weight for i, s in enumerate(recipe.sources)}
         tasks.plan_mix(work, records, ids, weights, recipe.mix)
-    print(_peak_rss_mb())
+    print(_peak_rss_mib())
 
 
-def _peak_rss_mb() -> float:
+def _peak_rss_mib() -> float:
     """This process's peak resident set since it started (VmHWM: exec gives a process a fresh one, whereas
     getrusage's ru_maxrss of a child also counts the parent it was forked from)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -522,8 +521,8 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
-def _run_tasks(kind: str, count: int, recipe_path: Path, work: Path, workers: int) -> dict:
-    """`count` tasks of one kind in fresh processes, `workers` at a time: wall seconds and the largest peak RSS."""
+def _run_tasks(kind: str, numbers: range | list[int], recipe_path: Path, work: Path, workers: int) -> dict:
+    """Tasks of one kind in fresh processes, `workers` at a time: wall seconds and the largest peak RSS."""
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
@@ -539,13 +538,13 @@ def _run_tasks(kind: str, count: int, recipe_path: Path, work: Path, workers: in
 
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        peaks = list(pool.map(one, range(count)))
-    return {"tasks": count, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(max(peaks), 1)}
+        peaks = list(pool.map(one, numbers))
+    return {"tasks": len(numbers), "seconds": round(time.perf_counter() - started, 2), "peak_rss_mib": round(max(peaks), 1)}
 
 
 def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
     """Per-task peak RSS and wall time of the build's tasks on corpora of 0.1x, 0.3x and 1x `documents` short
-    documents (the count that dedupe memory scales with), 8 MB of text per input file."""
+    documents (the count that dedupe memory scales with), 10 MB of text per input file."""
     pilot = write_corpus(work / "memory-pilot", CorpusShape(size_mb=2, **MEMORY_SHAPE))
     bytes_per_document = 2e6 / sum(pilot["documents"].values())
     rows = []
@@ -555,7 +554,7 @@ def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
         corpus = write_corpus(corpus_dir, CorpusShape(size_mb=size_mb, **MEMORY_SHAPE))
         count = sum(corpus["documents"].values())
         partitions = max(1, round(count / DOCUMENTS_PER_PARTITION))
-        recipe = bench_recipe(work, corpus_dir, "sample", partitions)
+        recipe = bench_recipe(corpus_dir, "sample", partitions)
         recipe_path = corpus_dir / "recipe.yaml"
         recipe_path.write_text(json.dumps(recipe.to_dict()))  # YAML is a superset of JSON
         run = corpus_dir / "work"
@@ -563,20 +562,47 @@ def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
         files = sum(map(len, corpus["files"].values()))
         row = {"documents": count, "text_mb": size_mb, "files": files, "partitions": partitions}
         for kind, tasks_of_kind in (("process", files), ("dedupe", partitions), ("resolve", 1), ("mix", 1)):
-            row[kind] = _run_tasks(kind, tasks_of_kind, recipe_path, run, workers)
+            row[kind] = _run_tasks(kind, range(tasks_of_kind), recipe_path, run, workers)
+        done = [json.loads(p.read_text()) for p in run.glob("process/*/_DONE.json")]
+        row["largest_file_mb"] = round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)
         print(f"  memory: {row}", flush=True)
         rows.append(row)
     return rows
 
 
+def process_memory(work: Path, file_mbs: tuple[int, ...] = (8, 32, 128)) -> list[dict]:
+    """Peak RSS of one process task against the size of its input file (SlimPajama-like documents): what sets a
+    worker's memory in the process stage, where the corpus size does not enter."""
+    rows = []
+    for file_mb in file_mbs:
+        corpus_dir = work / f"file-{file_mb}mb"
+        # 2 validation files first (file indexes 0, 1), then 2 training files of `file_mb` MB each
+        write_corpus(corpus_dir, CorpusShape(size_mb=round(2 * file_mb / sample.NATURAL_SHARE / (1 - VALIDATION_SHARE), 1), file_mb=file_mb))
+        recipe_path = corpus_dir / "recipe.yaml"
+        recipe_path.write_text(json.dumps(bench_recipe(corpus_dir, "sample", 8).to_dict()))
+        shutil.rmtree(corpus_dir / "work", ignore_errors=True)
+        measured = _run_tasks("process", [2], recipe_path, corpus_dir / "work", 1)
+        done = json.loads((corpus_dir / "work" / "process" / f"{2:07d}" / "_DONE.json").read_text())
+        text_mb = sum(f["bytes_read"] for f in done["funnels"].values()) / 1e6
+        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **measured})
+        print(f"  process memory: {rows[-1]}", flush=True)
+    return rows
+
+
 def memory_table(rows: list[dict]) -> str:
     kinds = ("process", "dedupe", "resolve", "mix")
-    lines = ["| documents | text MB | files | partitions | " + " | ".join(f"{k}: s, peak RSS MB" for k in kinds) + " |",
-             "|---:|---:|---:|---:|" + "---|" * len(kinds)]
+    lines = ["| documents | text MB | files (largest, MB of text) | partitions | "
+             + " | ".join(f"{k}: s, peak RSS MiB" for k in kinds) + " |", "|---:|---:|---:|---:|" + "---|" * len(kinds)]
     for row in rows:
-        cells = " | ".join(f"{row[k]['seconds']:.1f} s, {row[k]['peak_rss_mb']:.0f}" for k in kinds)
-        lines.append(f"| {row['documents']:,} | {row['text_mb']:g} | {row['files']} | {row['partitions']} | {cells} |")
+        cells = " | ".join(f"{row[k]['seconds']:.1f} s, {row[k]['peak_rss_mib']:.0f}" for k in kinds)
+        lines.append(f"| {row['documents']:,} | {row['text_mb']:g} | {row['files']} ({row['largest_file_mb']:g}) | "
+                     f"{row['partitions']} | {cells} |")
     return "\n".join(lines)
+
+
+def process_memory_table(rows: list[dict]) -> str:
+    lines = ["| input file, MB of text | documents | process task: s, peak RSS MiB |", "|---:|---:|---|"]
+    return "\n".join(lines + [f"| {r['file_text_mb']:g} | {r['documents']:,} | {r['seconds']:.1f} s, {r['peak_rss_mib']:.0f} |" for r in rows])
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -651,27 +677,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    results = {} if args.memory_only else throughput(args)
-    if args.memory_docs:
-        results["memory"] = dedupe_memory(args.work, args.memory_docs, args.workers)
-    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    if "memory" in results:
-        print(memory_table(results["memory"]))
-    if "attempts" in results:
-        print(table(results["attempts"], results["text_bytes"]))
-    return 0
-
-
 def throughput(args) -> dict:
     from stages.tokenize import Tokenizer, read_model_bytes
 
     corpus_dir = args.work / f"corpus-{args.size_mb:g}mb"
     corpus = write_corpus(corpus_dir, CorpusShape(size_mb=args.size_mb))
-    recipes = {"tinyllama": bench_recipe(args.work, corpus_dir, "sample", args.partitions),
-               "quality": bench_recipe(args.work, corpus_dir, "web-quality", args.partitions)}
+    recipes = {"tinyllama": bench_recipe(corpus_dir, "sample", args.partitions),
+               "quality": bench_recipe(corpus_dir, "web-quality", args.partitions)}
     cfg = recipes["tinyllama"].tokenizer
     tokenizer = Tokenizer.from_bytes(read_model_bytes(cfg.model), cfg.add_bos, cfg.add_eos)
     texts = read_texts(recipes["tinyllama"])
@@ -681,6 +693,22 @@ def throughput(args) -> dict:
     attempts = [measure_once(args.work, recipes, texts, tokenizer, args, attempt) for attempt in range(args.repeat)]
     return {"corpus": corpus, "text_bytes": text_bytes, "workers": args.workers, "attempts": attempts,
             "hf_vs_sentencepiece": compare_tokenizers(texts[::10], tokenizer, args.work / "hf-tokenizer.json")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = {} if args.memory_only else throughput(args)
+    if args.memory_docs:
+        results["memory"] = dedupe_memory(args.work, args.memory_docs, args.workers)
+        results["process_memory"] = process_memory(args.work)
+    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if "memory" in results:
+        print(memory_table(results["memory"]))
+        print(process_memory_table(results["process_memory"]))
+    if "attempts" in results:
+        print(table(results["attempts"], results["text_bytes"]))
+    return 0
 
 
 if __name__ == "__main__":

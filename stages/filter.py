@@ -204,7 +204,10 @@ def word_tokenizer(language: str):
     here spaCy caches as designed, and the pipeline is rebuilt once it holds SPACY_MAX_STRINGS strings, which
     bounds memory as well. One instance per language and process: its spaCy pipeline loads once, and the
     filters of a document share the words of its text (datatrove's own cache of them holds 5 texts, which
-    the C4 filter's per-line sentence splits push out before FineWeb asks again)."""
+    the C4 filter's per-line sentence splits push out before FineWeb asks again). Without memory zones the
+    words of a text also stop depending on the process's history: inside one, spaCy mis-tokenizes a text
+    holding "IS_ALPHA" from the second time a process meets it, so datatrove's decision on such a text
+    depended on which files a worker had processed before."""
     import numpy as np
     from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer
     from spacy.attrs import IDX, LENGTH, SENT_START
@@ -223,8 +226,6 @@ def word_tokenizer(language: str):
             return self.tokenizer
 
         def word_tokenize(self, text: str) -> list[str]:
-            if "IS_ALPHA" in text:  # a string that breaks spaCy in a memory zone: datatrove's workaround decides
-                return own.word_tokenize(text)
             if text is not self._last[0]:
                 starts, lengths = self.pipeline.tokenizer(text).to_array([IDX, LENGTH]).T  # no sentencizer: same words
                 words = [text[a:b].strip() for a, b in zip(starts.tolist(), (starts + lengths).tolist())]
@@ -232,8 +233,6 @@ def word_tokenizer(language: str):
             return self._last[1]
 
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            if "IS_ALPHA" in text:
-                return own.span_tokenize(text)
             nlp = self.pipeline
             nlp.max_length = len(text) + 10
             doc = nlp(text)
