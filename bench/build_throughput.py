@@ -650,13 +650,12 @@ def table(attempts: list[dict], text_bytes: int) -> str:
         if key not in attempts[0]:
             continue
         seconds = _median([a[key]["seconds"] for a in attempts])
-        ratio = ""
-        if against in attempts[0]:
-            value = _median([a[against]["seconds"] / a[key]["seconds"] for a in attempts])
-            ratio = f"{value:.2f} of bare sentencepiece" if against == "sentencepiece" else f"{value:.2f}x datatrove"
-        if key == "tokenmill" and "sentencepiece" in attempts[0]:
-            ratio += f"; {_median([a['sentencepiece']['seconds'] / a[key]['seconds'] for a in attempts]):.2f} of bare sentencepiece"
-        lines.append(f"| {label} | {seconds:.1f} | {text_bytes / 1e6 / seconds:.2f} | {ratio} |")
+        ratios = []
+        for other in [against] + (["sentencepiece"] if key == "tokenmill" else []):
+            if other in attempts[0]:
+                value = _median([a[other]["seconds"] / a[key]["seconds"] for a in attempts])
+                ratios.append(f"{value:.2f} of bare sentencepiece" if other == "sentencepiece" else f"{value:.2f}x datatrove")
+        lines.append(f"| {label} | {seconds:.1f} | {text_bytes / 1e6 / seconds:.2f} | {'; '.join(ratios)} |")
     return "\n".join(lines)
 
 
