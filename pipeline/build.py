@@ -274,7 +274,7 @@ def _run_stages(recipe: Recipe, inputs, tokenizer: Tokenizer, runner: Runner, wo
     import ray
 
     tokenizer_ref = ray.put(tokenizer)
-    sizes = [fsspec.core.url_to_fs(i.url)[0].size(fsspec.core.url_to_fs(i.url)[1]) for i in inputs]
+    sizes = [fsspec.core.url_to_fs(i.url)[0].size(i.url) for i in inputs]
     processed = runner.run("process", [
         (f"process/{i.file_index:07d}", tasks.process_file, (i, work, tokenizer_ref, recipe.dedupe, recipe.batch_documents), size)
         for i, size in zip(inputs, sizes)

@@ -19,7 +19,7 @@ import xxhash
 from pipeline.ledger import Store
 from pipeline.recipe import DedupeConfig, SourceConfig
 from stages import dedupe as dedupe_stage
-from stages.document import BadRecord, DocBatch, global_doc_key
+from stages.document import BadRecord, DocBatch
 from stages.fetch import read_documents
 from stages.filter import apply_filters, build_filters
 from stages.tokenize import Tokenizer

