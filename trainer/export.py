@@ -21,28 +21,44 @@ from trainer.model import Llama, build
 _TOP_LEVEL = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 _IN_BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",
-    "attn.q.weight": "self_attn.q_proj.weight",
-    "attn.k.weight": "self_attn.k_proj.weight",
-    "attn.v.weight": "self_attn.v_proj.weight",
     "attn.o.weight": "self_attn.o_proj.weight",
     "mlp_norm.weight": "post_attention_layernorm.weight",
-    "mlp.gate.weight": "mlp.gate_proj.weight",
-    "mlp.up.weight": "mlp.up_proj.weight",
     "mlp.down.weight": "mlp.down_proj.weight",
+}
+# Fused matrices, split by rows into Hugging Face's separate projections (see trainer.model).
+_FUSED_IN_BLOCK = {
+    "attn.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "mlp.gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def hf_name(name: str) -> str:
-    """tokenmill parameter name -> Hugging Face Llama name ("layers.3.attn.q.weight" -> "model.layers.3.self_attn.q_proj.weight")."""
+def hf_names(name: str) -> tuple[str, ...]:
+    """tokenmill parameter name -> its Hugging Face Llama names, one per row block of a fused matrix
+    ("layers.3.attn.o.weight" -> ("model.layers.3.self_attn.o_proj.weight",), "layers.3.attn.qkv.weight" ->
+    the layer's q_proj, k_proj and v_proj)."""
     if name in _TOP_LEVEL:
-        return _TOP_LEVEL[name]
+        return (_TOP_LEVEL[name],)
     _, layer, rest = name.split(".", 2)
-    return f"model.layers.{layer}.{_IN_BLOCK[rest]}"
+    parts = _FUSED_IN_BLOCK[rest] if rest in _FUSED_IN_BLOCK else (_IN_BLOCK[rest],)
+    return tuple(f"model.layers.{layer}.{part}" for part in parts)
 
 
 def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {hf_name(name): tensor.detach().to(dtype).contiguous() for name, tensor in model.state_dict().items()}
+    cfg = model.cfg
+    rows = {  # rows of each part of a fused matrix, in order
+        "self_attn.q_proj.weight": cfg.n_heads * cfg.head_dim,
+        "self_attn.k_proj.weight": cfg.n_kv_heads * cfg.head_dim,
+        "self_attn.v_proj.weight": cfg.n_kv_heads * cfg.head_dim,
+        "mlp.gate_proj.weight": cfg.ffn_dim,
+        "mlp.up_proj.weight": cfg.ffn_dim,
+    }
+    out = {}
+    for name, tensor in model.state_dict().items():
+        names = hf_names(name)
+        parts = tensor.split([rows[n.split(".", 3)[3]] for n in names]) if len(names) > 1 else (tensor,)
+        out.update((hf, part.detach().to(dtype).contiguous()) for hf, part in zip(names, parts, strict=True))
+    return out
 
 
 def hf_config(cfg: ModelConfig, *, bos_id: int, eos_id: int, dtype: str) -> dict:

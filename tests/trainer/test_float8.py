@@ -42,5 +42,5 @@ def test_conversion_keeps_the_parameters_and_checkpoint_names():
     convert_to_float8(model.layers)
     after = dict(model.named_parameters())
     assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
-    assert isinstance(model.layers[0].attn.q, Float8Linear) and isinstance(model.layers[1].mlp.down, Float8Linear)
+    assert isinstance(model.layers[0].attn.qkv, Float8Linear) and isinstance(model.layers[1].mlp.down, Float8Linear)
     assert type(model.output) is torch.nn.Linear  # the output projection stays bf16
