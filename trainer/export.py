@@ -25,7 +25,7 @@ _IN_BLOCK = {
     "mlp_norm.weight": "post_attention_layernorm.weight",
     "mlp.down.weight": "mlp.down_proj.weight",
 }
-# Fused matrices, split by rows into Hugging Face's separate projections (see trainer.model).
+# Fused matrices and the Hugging Face matrices they hold (see trainer.model for their row layouts).
 _FUSED_IN_BLOCK = {
     "attn.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
     "mlp.gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
@@ -44,20 +44,20 @@ def hf_names(name: str) -> tuple[str, ...]:
     return tuple(f"model.layers.{layer}.{part}" for part in parts)
 
 
+def split_fused(name: str, tensor: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
+    """A fused matrix's parts, in `hf_names` order: QKV by row blocks, gate/up by alternate rows."""
+    if name.endswith("attn.qkv.weight"):
+        return tensor.split([cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim])
+    if name.endswith("mlp.gate_up.weight"):
+        return tensor[0::2], tensor[1::2]
+    return (tensor,)
+
+
 def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    cfg = model.cfg
-    rows = {  # rows of each part of a fused matrix, in order
-        "self_attn.q_proj.weight": cfg.n_heads * cfg.head_dim,
-        "self_attn.k_proj.weight": cfg.n_kv_heads * cfg.head_dim,
-        "self_attn.v_proj.weight": cfg.n_kv_heads * cfg.head_dim,
-        "mlp.gate_proj.weight": cfg.ffn_dim,
-        "mlp.up_proj.weight": cfg.ffn_dim,
-    }
     out = {}
     for name, tensor in model.state_dict().items():
-        names = hf_names(name)
-        parts = tensor.split([rows[n.split(".", 3)[3]] for n in names]) if len(names) > 1 else (tensor,)
-        out.update((hf, part.detach().to(dtype).contiguous()) for hf, part in zip(names, parts, strict=True))
+        parts = zip(hf_names(name), split_fused(name, tensor, model.cfg), strict=True)
+        out.update((hf, part.detach().to(dtype).contiguous()) for hf, part in parts)
     return out
 
 
