@@ -1,8 +1,9 @@
 """`tokenmill export CKPT --hf OUT`: a checkpoint's weights as a Hugging Face Llama (model.safetensors +
 config.json), loadable by `transformers.LlamaForCausalLM.from_pretrained(OUT)`.
 
-The model's RoPE already uses Hugging Face's "rotate half" layout, so export renames weights and permutes
-nothing. Runs in one process on the CPU; the checkpoint may come from any number of ranks.
+The model's RoPE already uses Hugging Face's "rotate half" layout, so export renames weights and splits the
+fused QKV and gate/up matrices into their rows; nothing is permuted within a head. Runs in one process on the
+CPU; the checkpoint may come from any number of ranks.
 """
 from __future__ import annotations
 

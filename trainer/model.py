@@ -2,7 +2,8 @@
 embeddings, SwiGLU feed-forward, grouped-query attention through `F.scaled_dot_product_attention`.
 
 RoPE uses the "rotate half" layout (the first and second halves of each head are the pairs), the layout of
-Hugging Face's Llama, so `trainer.export` is a renaming of weights with no permutation.
+Hugging Face's Llama, so `trainer.export` permutes no head dimension: it renames weights and splits the two
+fused matrices (`attn.qkv`, `mlp.gate_up`) into Hugging Face's separate projections.
 
 `Llama.forward(tokens)` returns logits; `Llama.forward(tokens, targets)` returns the mean cross-entropy through
 `linear_cross_entropy`, which never materialises the logits of the whole batch.
