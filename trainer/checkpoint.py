@@ -131,9 +131,24 @@ def load_model_weights(path: Path, model: nn.Module) -> None:
 
 
 def _safe_load(state: dict, path: Path, *, no_dist: bool) -> None:
-    reader = _Reader(path, read_metadata(path))  # read here, so that a bad file fails with its name on every rank
+    metadata = read_metadata(path)  # read here, so that a bad file fails with its name on every rank
+    _check_weight_names(path, state["model"], metadata)
+    reader = _Reader(path, metadata)
     with _own_errors_alone():
         dcp.load(state, storage_reader=reader, planner=_Planner(), no_dist=no_dist)
+
+
+def _check_weight_names(path: Path, model_state: dict, metadata: Metadata) -> None:
+    """Every weight the model has is in the checkpoint, or a CheckpointError says which are not."""
+    held = {key.removeprefix("model.") for key in metadata.state_dict_metadata if key.startswith("model.")}
+    missing, foreign = sorted(set(model_state) - held), sorted(held - set(model_state))
+    if missing:
+        raise CheckpointError(
+            f"{path}: has no weights named {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} but holds "
+            f"{', '.join(foreign[:3]) or 'no others'}{' ...' if len(foreign) > 3 else ''}: it was written for another "
+            "layout of the model (a tokenmill from before the fused QKV and gate/up weights, for instance); resume or "
+            "export it with the tokenmill that wrote it"
+        )
 
 
 class _MetadataUnpickler(pickle.Unpickler):

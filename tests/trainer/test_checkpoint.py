@@ -115,3 +115,17 @@ def test_a_damaged_or_missing_metadata_is_named(damage, tmp_path):
         (path / ".metadata").write_bytes(pickle.dumps({"storage_data": {}})[:-3])
     with pytest.raises(CheckpointError, match=rf"^{path / '.metadata'}: "):
         checkpoint.load_model_weights(path, build(PRESETS["tiny"], seed=3))
+
+
+def test_a_checkpoint_of_another_weight_layout_is_refused_naming_the_weights(one_rank, tmp_path):
+    """A checkpoint with the unfused q/k/v weights of earlier versions: refused by name, before any read."""
+    model, optimizer = trained(1, 0.0123, tmp_path)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    unfused = {name.replace("attn.qkv", "attn.q"): tensor for name, tensor in model_state.items()}
+    path = tmp_path / "unfused"
+    dcp.save({"model": unfused, "optim": optim_state}, checkpoint_id=path)
+    expected = r"has no weights named layers\.0\.attn\.qkv\.weight, layers\.1\.attn\.qkv\.weight but holds layers\.0\.attn\.q\.weight"
+    with pytest.raises(CheckpointError, match=rf"^{path}: {expected}.*resume or export it with the tokenmill that wrote it"):
+        checkpoint.load_model_weights(path, build(PRESETS["tiny"], seed=3))
+    with pytest.raises(CheckpointError, match=expected):
+        checkpoint.load(path, *trained(2, 0.5, tmp_path))
