@@ -13,7 +13,6 @@ import fsspec
 import numpy as np
 import pytest
 import ray
-import yaml
 
 from pipeline.build import build
 from pipeline.recipe import load_recipe
@@ -22,25 +21,7 @@ from stages.document import DocBatch
 from stages.fetch import read_documents
 from stages.shards import open_tokens, read_index
 from stages.tokenize import Tokenizer
-from tests.reliability.faults import shard_bytes, stable_manifest
-
-SAMPLE_RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
-
-
-def recipe_file(corpus: Path, folder: Path, **sections) -> Path:
-    data = {
-        "extends": str(SAMPLE_RECIPE),
-        "sources": [
-            {"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")},
-            {"name": "starcoderdata", "root": str(corpus / "starcoderdata")},
-        ],
-        **sections,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
+from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -53,7 +34,7 @@ def local_ray():
 def downsampled(local_ray, sample_corpus, tmp_path_factory):
     """The sample recipe as shipped (downsample to 7:3), 2 workers."""
     folder = tmp_path_factory.mktemp("downsampled")
-    recipe = load_recipe(recipe_file(sample_corpus, folder, mix={"shard_tokens": 60_000}))
+    recipe = load_recipe(sample_recipe(sample_corpus, folder, mix={"shard_tokens": 60_000}))
     build(recipe, str(folder / "out"), workers=2, console=False)
     return folder / "out"
 
@@ -62,7 +43,7 @@ def downsampled(local_ray, sample_corpus, tmp_path_factory):
 def natural(local_ray, sample_corpus, tmp_path_factory):
     """Every kept document once (natural mix), so the round trip can account for all of them."""
     folder = tmp_path_factory.mktemp("natural")
-    path = recipe_file(sample_corpus, folder, mix={"policy": "natural", "shard_tokens": 150_000})
+    path = sample_recipe(sample_corpus, folder, mix={"policy": "natural", "shard_tokens": 150_000})
     build(load_recipe(path), str(folder / "out"), workers=2, console=False)
     return folder / "out"
 
@@ -197,7 +178,7 @@ def test_a_build_killed_mid_stage_resumes_to_identical_bytes(downsampled, tmp_pa
 
 
 def test_a_recipe_that_matches_no_input_is_refused_before_any_work(local_ray, sample_corpus, tmp_path):
-    path = recipe_file(sample_corpus, tmp_path, sources=[
+    path = sample_recipe(sample_corpus, tmp_path, sources=[
         {"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")},
         {"name": "starcoderdata", "root": str(tmp_path / "nowhere")},
     ])
