@@ -249,9 +249,9 @@ def word_tokenizer(language: str):
 def _datatrove_filter(name: str, params: dict) -> Callable[[str, str], KeepResult]:
     # Imported on use: datatrove (and spaCy behind it) cost seconds, wasted on recipes that do not use them.
     cls = getattr(importlib.import_module("datatrove.pipeline.filters"), DATATROVE_CLASSES[name])
-    accepted = [p for p in inspect.signature(cls).parameters if p != "exclusion_writer"]
-    _refuse_unknown(params, accepted)
-    language = params.get("language", inspect.signature(cls).parameters["language"].default if "language" in accepted else None)
+    parameters = inspect.signature(cls).parameters
+    _refuse_unknown(params, [p for p in parameters if p != "exclusion_writer"])
+    language = params.get("language", parameters["language"].default if "language" in parameters else None)
     if isinstance(language, str):
         params = {**params, "language": word_tokenizer(language)}
     keep = functools.partial(_keep_datatrove, step=cls(**params))  # no exclusion writer: the build counts drops
