@@ -66,7 +66,7 @@ class Attention(nn.Module):
         batch, time, _ = x.shape
         heads = self.qkv(x).view(batch, time, -1, self.head_dim)
         q, k, v = heads.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
-        q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # SDPA takes (batch, heads, time, head_dim) views of these (batch, time, heads, head_dim) tensors, and
         # cuDNN attention writes its output in the query's memory layout: the reshape for the output
         # projection below is then a view, and its gradient needs no transposing copy either.
@@ -172,7 +172,7 @@ class Llama(nn.Module):
         time = tokens.shape[1]
         if time > self.cfg.context:
             raise ValueError(f"{time} tokens per row, but preset {self.cfg.name} has context {self.cfg.context}")
-        cos, sin = self.rope_cos[:time], self.rope_sin[:time]
+        cos, sin = self.rope_cos[:time, None], self.rope_sin[:time, None]  # (time, 1, head_dim): over the heads
         h = self.embed(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin)
