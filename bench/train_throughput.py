@@ -130,6 +130,7 @@ def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int
         "data_wait": sum(r["data_wait"] * r["interval_s"] for r in after) / seconds,
         "mem_gib": max(r["mem_gib"] for r in records),
         "losses": [round(r["loss"], 4) for r in records],
+        "grad_norms": [round(r["grad_norm"], 3) for r in records],
         "final_loss": records[-1]["loss"],
     }
 
@@ -173,7 +174,7 @@ def profile(args) -> dict:
     optimizer = build_optimizer(model, cfg, fused=True)
     loader = open_loader(load(args.manifest), "train", context=CONTEXT, batch=cfg.micro_batch, seed=cfg.seed, rank=0, world_size=1, device=rt.device)
     accumulation = cfg.accumulation(1)
-    steps = -(-3 // accumulation)
+    steps = max(2, -(-3 // accumulation))  # at least one step boundary inside the trace
     for _ in range(max(2, 8 // accumulation)):
         train.train_step(model, optimizer, loader, accumulation, cfg.grad_clip)
     torch.cuda.synchronize()
@@ -185,9 +186,11 @@ def profile(args) -> dict:
         wall = time.perf_counter() - started
     loader.close()
     kernels: dict[str, float] = {}
+    intervals = []
     for e in prof.events():
         if e.device_type == DeviceType.CUDA and not e.is_user_annotation:
             kernels[e.name] = kernels.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3 / steps
+            intervals.append((e.time_range.start, e.time_range.end, e.name))
     families: dict[str, float] = {}
     for kernel, ms in kernels.items():
         family = next((f for f, fragments in KERNEL_FAMILIES if any(x in kernel.lower() for x in fragments)), "other")
@@ -195,6 +198,24 @@ def profile(args) -> dict:
     return {
         "variant": args.variant, "accumulation": accumulation, "wall_ms_per_step": 1e3 * wall / steps, "gpu_ms_per_step": sum(kernels.values()),
         "ms_per_step_by_family": families, "top_kernels_ms_per_step": sorted(kernels.items(), key=lambda k: -k[1])[:40],
+        **idle_gaps(intervals, steps),
+    }
+
+
+def idle_gaps(intervals: list[tuple[float, float, str]], steps: int, shown: int = 12) -> dict:
+    """Where the GPU ran nothing (on any stream) between the first and last kernel: total per step, and the
+    largest gaps with their offset into the trace and the kernels on either side."""
+    intervals.sort()
+    gaps, end, before = [], intervals[0][1], intervals[0][2]
+    first = intervals[0][0]
+    for start, stop, name in intervals[1:]:
+        if start > end:
+            gaps.append({"at_ms": round((end - first) / 1e3, 2), "idle_ms": round((start - end) / 1e3, 3), "after": before[:70], "before": name[:70]})
+        if stop > end:
+            end, before = stop, name
+    return {
+        "gpu_idle_ms_per_step": sum(g["idle_ms"] for g in gaps) / steps,
+        "largest_idle_gaps": sorted(gaps, key=lambda g: -g["idle_ms"])[:shown],
     }
 
 
@@ -250,7 +271,7 @@ def _hf_loop(model, optimizer, loader, loss_of, train_cfg, log_every: int) -> li
 
     from trainer.optim import lr_at, set_lr
 
-    records, loss_sum, waited, started = [], None, 0.0, time.perf_counter()
+    records, loss_sum, norm_sum, waited, started = [], None, None, 0.0, time.perf_counter()
     for step in range(1, train_cfg.steps + 1):
         set_lr(optimizer, lr_at(step, train_cfg))
         accumulation = train_cfg.accumulation(1)
@@ -261,14 +282,16 @@ def _hf_loop(model, optimizer, loader, loss_of, train_cfg, log_every: int) -> li
             loss = loss_of(inputs, targets) / accumulation
             loss.backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip, foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip, foreach=True)
+        norm_sum = norm if norm_sum is None else norm_sum + norm
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % log_every == 0:
             loss_value, elapsed = (loss_sum / log_every).item(), time.perf_counter() - started
-            records.append({"step": step, "loss": loss_value, "interval_s": elapsed, "interval_steps": log_every, "data_wait": waited / elapsed, "mem_gib": torch.cuda.max_memory_allocated() / 2**30})
-            print(f"  hf step {step}: loss {loss_value:.4f}, {log_every * train_cfg.batch_tokens / elapsed:,.0f} tok/s", flush=True)
-            loss_sum, waited, started = None, 0.0, time.perf_counter()
+            grad_norm = (norm_sum / log_every).item()
+            records.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "interval_s": elapsed, "interval_steps": log_every, "data_wait": waited / elapsed, "mem_gib": torch.cuda.max_memory_allocated() / 2**30})
+            print(f"  hf step {step}: loss {loss_value:.4f}, gnorm {grad_norm:.3f}, {log_every * train_cfg.batch_tokens / elapsed:,.0f} tok/s", flush=True)
+            loss_sum, norm_sum, waited, started = None, None, 0.0, time.perf_counter()
     return records
 
 

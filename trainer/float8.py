@@ -20,9 +20,11 @@ def to_float8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
     return (x.float() * scale).clamp(-largest, largest).to(dtype), scale.reciprocal()
 
 
-def _scaled_mm(a: torch.Tensor, a_inverse: torch.Tensor, b: torch.Tensor, b_inverse: torch.Tensor, fast_accum: bool) -> torch.Tensor:
-    """a @ b in bf16; `_scaled_mm` wants a row-major and b column-major."""
-    return torch._scaled_mm(a, b, scale_a=a_inverse, scale_b=b_inverse, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+def _scaled_mm(a: torch.Tensor, a_inverse: torch.Tensor, b: torch.Tensor, b_inverse: torch.Tensor) -> torch.Tensor:
+    """a @ b in bf16; `_scaled_mm` wants a row-major and b column-major. Precise accumulation in all three
+    matmuls: the H100's fast FP8 accumulation (torchao's default for the forward) measured no faster in a
+    TinyLlama step (BENCHMARKS.md), and it is the one part of FP8 a CPU run cannot reproduce."""
+    return torch._scaled_mm(a, b, scale_a=a_inverse, scale_b=b_inverse, out_dtype=torch.bfloat16, use_fast_accum=False)
 
 
 class _Float8Matmul(torch.autograd.Function):
@@ -34,15 +36,14 @@ class _Float8Matmul(torch.autograd.Function):
         w8, w_inverse = to_float8(weight, E4M3)
         ctx.save_for_backward(x8, x_inverse, w8, w_inverse)  # saved in FP8: half the activation memory
         ctx.weight_dtype = weight.dtype
-        return _scaled_mm(x8, x_inverse, w8.t(), w_inverse, fast_accum=True)
+        return _scaled_mm(x8, x_inverse, w8.t(), w_inverse)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x8, x_inverse, w8, w_inverse = ctx.saved_tensors
         g8, g_inverse = to_float8(grad_out, E5M2)
-        # Precise accumulation in backward, as torchao: gradients are summed over many rows.
-        grad_x = _scaled_mm(g8, g_inverse, w8.t().contiguous().t(), w_inverse, fast_accum=False)
-        grad_w = _scaled_mm(g8.t().contiguous(), g_inverse, x8.t().contiguous().t(), x_inverse, fast_accum=False)
+        grad_x = _scaled_mm(g8, g_inverse, w8.t().contiguous().t(), w_inverse)
+        grad_w = _scaled_mm(g8.t().contiguous(), g_inverse, x8.t().contiguous().t(), x_inverse)
         return grad_x, grad_w.to(ctx.weight_dtype)
 
 

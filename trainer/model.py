@@ -67,6 +67,9 @@ class Attention(nn.Module):
         heads = self.qkv(x).view(batch, time, -1, self.head_dim)
         q, k, v = heads.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # A dense copy of v (1/10 of the qkv output): saved for backward as the view it was, v kept the whole qkv
+        # output alive until then (3 GiB at micro-batch 16 for TinyLlama, BENCHMARKS.md).
+        v = v.contiguous()
         # SDPA takes (batch, heads, time, head_dim) views of these (batch, time, heads, head_dim) tensors, and
         # cuDNN attention writes its output in the query's memory layout: the reshape for the output
         # projection below is then a view, and its gradient needs no transposing copy either.
