@@ -86,15 +86,17 @@ def _median_seconds(fn, repeats: int = 10) -> float:
 
 
 def kernels() -> dict:
-    """The bf16 matmul peak (8192^3 on random data, median of 20) and the forward + backward time of TinyLlama's
-    attention (micro-batch 8, 32 query / 4 KV heads, 2048 x 64, causal) per SDPA backend, K/V heads either
-    repeated (what the model does) or shared through `enable_gqa`."""
+    """The bf16 matmul peak (8192^3 on random data, median of 20); the rate of each of TinyLlama's matmuls at
+    micro-batch 16 (forward, input gradient, weight gradient; the output layer per 16,384-row loss chunk); and
+    the forward + backward time of its attention (micro-batch 8, 32 query / 4 KV heads, 2048 x 64, causal) per
+    SDPA backend, K/V heads either repeated or shared through `enable_gqa`, and through FlexAttention."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     result = {"matmul_flops": 2 * 8192**3 / _median_seconds(lambda: a @ b, 20), "device": torch.cuda.get_device_name(), "attention_ms": {}}
     del a, b
+    result["linear_tflops"] = linear_rates()
     q = torch.randn(8, 32, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(8, 4, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
 
@@ -111,7 +113,38 @@ def kernels() -> dict:
                     result["attention_ms"][key] = 1e3 * _median_seconds(lambda: step(gqa))
             except RuntimeError as e:  # a backend that refuses these shapes
                 result["attention_ms"][key] = str(e).splitlines()[0][:100]
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        causal = create_block_mask(lambda b, h, q_index, k_index: q_index >= k_index, None, None, 2048, 2048, device="cuda")
+        flex = torch.compile(flex_attention, fullgraph=True)
+        result["attention_ms"]["flex+enable_gqa"] = 1e3 * _median_seconds(lambda: flex(q, k, v, block_mask=causal, enable_gqa=True).sum().backward())
+    except Exception as e:  # noqa: BLE001 - an image without a working Triton still gets the other figures
+        result["attention_ms"]["flex+enable_gqa"] = str(e).splitlines()[0][:100]
     return result
+
+
+def linear_rates(micro_batch: int = 16) -> dict:
+    """TFLOP/s of each linear's three matmuls as the model runs them (x @ W.T, grad @ W, grad.T @ x)."""
+    import torch
+
+    from trainer.model import LOSS_CHUNK_ROWS
+
+    cfg = PRESETS[PRESET]
+    shapes = {
+        "qkv": (cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim), "o": (cfg.n_heads * cfg.head_dim, cfg.dim),
+        "gate_up": (cfg.dim, 2 * cfg.ffn_dim), "down": (cfg.ffn_dim, cfg.dim), "output": (cfg.dim, cfg.vocab_size),
+    }
+    rates = {}
+    for name, (fan_in, fan_out) in shapes.items():
+        rows = LOSS_CHUNK_ROWS if name == "output" else micro_batch * CONTEXT
+        x, grad = torch.randn(rows, fan_in, device="cuda", dtype=torch.bfloat16), torch.randn(rows, fan_out, device="cuda", dtype=torch.bfloat16)
+        weight = torch.randn(fan_out, fan_in, device="cuda", dtype=torch.bfloat16)
+        flops = 2 * rows * fan_in * fan_out
+        matmuls = {"forward": lambda: x @ weight.t(), "input grad": lambda: grad @ weight, "weight grad": lambda: grad.t() @ x}
+        rates[name] = {kind: round(flops / _median_seconds(fn, 20) / 1e12) for kind, fn in matmuls.items()}
+        del x, grad, weight
+    return rates
 
 
 def batch_tokens(micro_batch: int, args) -> int:
@@ -340,6 +373,8 @@ def gpu(args) -> None:
     manifest = corpus(args.work, args.tokens, args.tokenizer)
     peak = in_subprocess("kernels", args, [])
     print(f"matmul peak: {peak['matmul_flops'] / 1e12:.0f} TFLOP/s bf16 on {peak['device']}", flush=True)
+    for name, rates in peak["linear_tflops"].items():
+        print(f"  {name:<8} matmuls, TFLOP/s: " + ", ".join(f"{kind} {rate}" for kind, rate in rates.items()), flush=True)
     for key, value in peak["attention_ms"].items():
         print(f"  attention fwd+bwd {key:<24} {value if isinstance(value, str) else f'{value:.2f} ms'}", flush=True)
     common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
