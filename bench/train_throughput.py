@@ -238,9 +238,9 @@ def profile(args) -> dict:
 def idle_gaps(intervals: list[tuple[float, float, str]], steps: int, shown: int = 12) -> dict:
     """Where the GPU ran nothing (on any stream) between the first and last kernel: total per step, and the
     largest gaps with their offset into the trace and the kernels on either side."""
-    intervals.sort()
-    gaps, end, before = [], intervals[0][1], intervals[0][2]
-    first = intervals[0][0]
+    intervals = sorted(intervals)
+    first, end, before = intervals[0]
+    gaps = []
     for start, stop, name in intervals[1:]:
         if start > end:
             gaps.append({"at_ms": round((end - first) / 1e3, 2), "idle_ms": round((start - end) / 1e3, 3), "after": before[:70], "before": name[:70]})
