@@ -125,18 +125,19 @@ def kernels() -> dict:
 
 
 def linear_rates(micro_batch: int = 16) -> dict:
-    """TFLOP/s of each linear's three matmuls as the model runs them (x @ W.T, grad @ W, grad.T @ x)."""
+    """TFLOP/s of each linear's three matmuls as the model runs them (x @ W.T, grad @ W, grad.T @ x), with the
+    weight shapes of the model itself (built on the meta device: no memory, no initialisation)."""
     import torch
 
-    from trainer.model import LOSS_CHUNK_ROWS
+    from trainer.model import LOSS_CHUNK_ROWS, Llama
 
-    cfg = PRESETS[PRESET]
-    shapes = {
-        "qkv": (cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim), "o": (cfg.n_heads * cfg.head_dim, cfg.dim),
-        "gate_up": (cfg.dim, 2 * cfg.ffn_dim), "down": (cfg.ffn_dim, cfg.dim), "output": (cfg.dim, cfg.vocab_size),
-    }
+    with torch.device("meta"):
+        model = Llama(PRESETS[PRESET])
+    block = model.layers[0]
+    linears = {"qkv": block.attn.qkv, "o": block.attn.o, "gate_up": block.mlp.gate_up, "down": block.mlp.down, "output": model.output}
     rates = {}
-    for name, (fan_in, fan_out) in shapes.items():
+    for name, linear in linears.items():
+        fan_out, fan_in = linear.weight.shape
         rows = LOSS_CHUNK_ROWS if name == "output" else micro_batch * CONTEXT
         x, grad = torch.randn(rows, fan_in, device="cuda", dtype=torch.bfloat16), torch.randn(rows, fan_out, device="cuda", dtype=torch.bfloat16)
         weight = torch.randn(fan_out, fan_in, device="cuda", dtype=torch.bfloat16)
