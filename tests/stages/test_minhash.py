@@ -50,7 +50,6 @@ def datasketch_signature(text: str, cfg: MinHashConfig) -> np.ndarray:
     return m.hashvalues
 
 
-
 @pytest.fixture(scope="module")
 def stdlib_docstrings() -> list[str]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
