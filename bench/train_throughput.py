@@ -200,22 +200,20 @@ def profile(args) -> dict:
     from pipeline.manifest import load
     from trainer import train
     from trainer.data import open_loader
-    from trainer.optim import build_optimizer
 
     cfg = train.parse_config(trainer_args(args.variant, args.manifest, args.work / "profile", args))
     rt = train.init_distributed()
-    model = train.build_model(PRESETS[PRESET], cfg, rt)
-    optimizer = build_optimizer(model, cfg, fused=True)
+    _, runner, optimizer = train.build_model(PRESETS[PRESET], cfg, rt)
     loader = open_loader(load(args.manifest), "train", context=CONTEXT, batch=cfg.micro_batch, seed=cfg.seed, rank=0, world_size=1, device=rt.device)
     accumulation = cfg.accumulation(1)
     steps = max(2, -(-3 // accumulation))  # at least one step boundary inside the trace
     for _ in range(max(2, 8 // accumulation)):
-        train.train_step(model, optimizer, loader, accumulation, cfg.grad_clip)
+        train.train_step(runner, optimizer, loader, accumulation, cfg.grad_clip)
     torch.cuda.synchronize()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
         for _ in range(steps):
-            train.train_step(model, optimizer, loader, accumulation, cfg.grad_clip)
+            train.train_step(runner, optimizer, loader, accumulation, cfg.grad_clip)
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
     loader.close()

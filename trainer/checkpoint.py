@@ -113,6 +113,7 @@ def read_metadata(path: Path) -> Metadata:
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Collective: restore model, optimizer and this rank's RNG state in place."""
+    _create_optimizer_state(optimizer)
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
     _safe_load(state, path, no_dist=False)
@@ -121,6 +122,27 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None
     if not rng_file.exists():
         raise CheckpointError(f"{rng_file}: missing; the checkpoint was written by fewer ranks, resume with its rank count")
     _set_rng_state(torch.load(rng_file, weights_only=True))
+
+
+@torch.no_grad()
+def _create_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """DCP loads into the optimizer state that exists, and a fresh optimizer has none before its first step.
+    DCP creates it with a zero-gradient step, but only when no gradient is allocated, and a replica's are
+    (`trainer.replica`). So create it here: a step at learning rate 0 leaves the parameters as they are, and
+    the load then replaces all the state it wrote."""
+    if optimizer.state:
+        return
+    freed = [p for group in optimizer.param_groups for p in group["params"] if p.grad is None]
+    for p in freed:
+        p.grad = torch.zeros_like(p)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    for p in freed:
+        p.grad = None
 
 
 def load_model_weights(path: Path, model: nn.Module) -> None:

@@ -1,6 +1,7 @@
-"""How the model runs on many devices, as torchtitan orders it: FP8 matmuls (opt-in), activation
-checkpointing, torch.compile per block, then FSDP2 `fully_shard` per block and finally the root. Each step is
-one function."""
+"""How the model runs, as torchtitan orders it: FP8 matmuls (opt-in), activation checkpointing, then on one
+device a replica in the compute dtype (`trainer.replica`) and on several FSDP2 (`fully_shard` per block and
+finally the root), torch.compile per block of whichever module runs the micro-batches. Each step is one
+function."""
 from __future__ import annotations
 
 import torch
@@ -10,17 +11,26 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from trainer.float8 import convert_to_float8
 from trainer.model import Llama, cross_entropy_chunk
+from trainer.replica import Replica
 
 
-def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool, fp8: bool) -> Llama:
+def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool, fp8: bool) -> tuple[Llama, Replica | None]:
+    """Returns (the model, its replica): the model holds the parameters (optimizer, checkpoints); micro-batches
+    run on the replica's module on one device, on the FSDP-sharded model itself on several (replica None)."""
     if fp8:
         convert_to_float8(model.layers)
     if ac_every:
         apply_activation_checkpointing(model, every=ac_every)
+    if mesh.size() == 1:
+        # FSDP on one device only casts and copies (BENCHMARKS.md): a replica does the casting in one pass per step.
+        replica = Replica(model.to(mesh.device_type), param_dtype)
+        if compile:
+            apply_compile(replica.module)
+        return model, replica
     if compile:
         apply_compile(model)
     apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward)
-    return model
+    return model, None
 
 
 def apply_activation_checkpointing(model: Llama, *, every: int) -> None:

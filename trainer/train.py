@@ -1,4 +1,5 @@
-"""Train a Llama from a manifest's shards with FSDP2. Run under torchrun, one process per GPU (or CPU process):
+"""Train a Llama from a manifest's shards: FSDP2 over several devices, a replica in the compute dtype on one
+(`trainer.parallelize`). Run under torchrun, one process per GPU (or CPU process):
 
     torchrun --nproc-per-node 8 -m trainer.train --manifest runs/tl/manifest.json --preset tinyllama-1.1b --out ckpt/tl
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from pipeline.manifest import Manifest, ManifestError, load as load_manifest
@@ -93,13 +95,15 @@ def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, *, 
         check_shards(manifest, split, checksums=checksums, rank=rank, world_size=world_size)
 
 
-def build_model(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> Llama:
-    """Initialised on the CPU from the seed (the same weights for any device and rank count), then sharded
-    onto the device by FSDP."""
+def build_model(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> tuple[Llama, Llama, torch.optim.Optimizer]:
+    """(model, runner, optimizer). The model holds the parameters (the optimizer's, the checkpoints'); the
+    runner runs the micro-batches: on several devices the FSDP-sharded model itself, on one a replica in the
+    compute dtype that follows the model's steps and loads (`trainer.parallelize`). Initialised on the CPU from
+    the seed: the same weights for any device and rank count."""
     model = build(model_cfg, cfg.seed)
     mesh = init_device_mesh(rt.device.type, (rt.world_size,))
     cuda = rt.device.type == "cuda"
-    return parallelize(
+    model, replica = parallelize(
         model,
         mesh,
         param_dtype=torch.bfloat16 if cuda else torch.float32,
@@ -108,6 +112,11 @@ def build_model(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> Llama:
         reshard_after_forward=cfg.reshard_after_forward,
         fp8=cfg.fp8,
     )
+    optimizer = build_optimizer(model, cfg, fused=cuda)
+    if replica is None:
+        return model, model, optimizer
+    replica.follow(optimizer)
+    return model, replica.module, optimizer
 
 
 class Preemption:
@@ -126,9 +135,10 @@ class Preemption:
         return bool(flag.item())
 
 
-def clip_grad_norm(model: Llama, max_norm: float) -> torch.Tensor:
-    """Global gradient norm over all shards (a tensor, left on the device); clips when max_norm > 0."""
-    params = [p for p in model.parameters() if p.grad is not None]
+def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Global gradient norm of the optimizer's parameters over all shards (a tensor, left on the device);
+    clips when max_norm > 0."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
@@ -138,27 +148,29 @@ def clip_grad_norm(model: Llama, max_norm: float) -> torch.Tensor:
 
 
 def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True):
-    """One optimizer step over `accumulation` micro-batches. Returns (mean loss, grad norm) as device tensors
-    (no host sync) and the seconds spent waiting for data.
+    """One optimizer step over `accumulation` micro-batches of `model` (the FSDP model, or a replica's module).
+    Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data.
 
-    Gradients are reduce-scattered once, after the last micro-batch; until then FSDP accumulates them unsharded
-    in fp32. With `keep_gathered` the gathered bf16 weights also stay between micro-batches (nothing changes
-    them before the optimizer step), so only the first micro-batch all-gathers: the per-step copies and casts
-    are paid once per optimizer step, not once per micro-batch."""
+    Under FSDP, gradients are reduce-scattered once, after the last micro-batch; until then FSDP accumulates
+    them unsharded in fp32. With `keep_gathered` the gathered bf16 weights also stay between micro-batches
+    (nothing changes them before the optimizer step), so only the first micro-batch all-gathers: the per-step
+    copies and casts are paid once per optimizer step, not once per micro-batch."""
+    fsdp = isinstance(model, FSDPModule)
     loss_sum, waited = None, 0.0
     for micro in range(accumulation):
         last = micro == accumulation - 1
         started = time.perf_counter()
         inputs, targets = next(batches)
         waited += time.perf_counter() - started
-        model.set_requires_gradient_sync(last)
-        model.set_reshard_after_backward(last or not keep_gathered)
+        if fsdp:
+            model.set_requires_gradient_sync(last)
+            model.set_reshard_after_backward(last or not keep_gathered)
         loss = model(inputs, targets) / accumulation
         loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-    grad_norm = clip_grad_norm(model, grad_clip)
+    grad_norm = clip_grad_norm(optimizer, grad_clip)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=fsdp)  # a replica's matmuls write into the fp32 gradients: kept allocated
     return loss_sum, grad_norm, waited
 
 
@@ -264,8 +276,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     accumulation = cfg.accumulation(rt.world_size)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg, cfg, rt)
-    optimizer = build_optimizer(model, cfg, fused=rt.device.type == "cuda")
+    model, runner, optimizer = build_model(model_cfg, cfg, rt)
     loader = open_loader(manifest, cfg.train_split, context=model_cfg.context, batch=cfg.micro_batch, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device, prefetch=cfg.prefetch)
     val_windows = TokenWindows(manifest, cfg.val_split, model_cfg.context) if cfg.eval_every else None
     start = resume(cfg, model_cfg, model, optimizer, loader) if cfg.resume else 0
@@ -275,12 +286,12 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
         for step in range(start + 1, cfg.steps + 1):
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
-            interval.add(*train_step(model, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward))
+            interval.add(*train_step(runner, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 logger.log(interval.record(step, lr, cfg, model_cfg, rt))
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(model, val_windows, cfg, rt), "val_windows": cfg.eval_windows})
+                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_windows, cfg, rt), "val_windows": cfg.eval_windows})
             if preemption.requested():
                 path = save(cfg, step, model, optimizer, loader, run_meta, "preempted")
                 print(f"rank {rt.rank}: SIGTERM: saved {path}, exiting", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ from trainer.export import load_checkpoint_model
 from trainer.export import main as export_main
 from trainer.model import build
 from trainer.optim import build_optimizer
-from trainer.parallelize import parallelize
+from trainer.parallelize import apply_fsdp, parallelize
 from trainer.train import train_step
 
 HERE = Path(__file__).parent
@@ -107,6 +107,20 @@ def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(sam
     assert losses(out) == expected  # every step, bit for bit
 
 
+def test_one_process_trains_on_a_replica_and_resumes_bit_for_bit(sample_manifest, tmp_path):
+    args = ["--preset", "tiny", "--steps", "6", "--batch-tokens", "256", "--micro-batch", "1", "--lr", "1e-2", "--warmup-steps", "2", "--log-every", "1", "--save-every", "3"]
+
+    def train(out: Path, *extra: str) -> dict[int, float]:
+        done = subprocess.run(tokenmill("train", "--nproc", "1", "--manifest", str(sample_manifest), "--out", str(out), *args, *extra), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return losses(out)
+
+    uninterrupted = train(tmp_path / "full")
+    assert uninterrupted[6] < uninterrupted[1]
+    resumed = train(tmp_path / "resumed", "--resume", str(tmp_path / "full" / "step-000003"))
+    assert resumed == {step: uninterrupted[step] for step in (4, 5, 6)}  # the replica took the loaded weights
+
+
 def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_path):
     transformers = pytest.importorskip("transformers")
     assert export_main([str(uninterrupted), "--hf", str(tmp_path / "hf")]) == 0
@@ -127,25 +141,49 @@ def one_rank(tmp_path):
     dist.destroy_process_group()
 
 
+def fsdp_on_one_rank(mesh, param_dtype):
+    """What the trainer runs on several devices, here on one rank: (model, runner, optimizer)."""
+    model = build(PRESETS["tiny"], seed=1)
+    apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=False)
+    return model, model, build_optimizer(model, CFG, fused=False)
+
+
+def replica_on_one_rank(mesh, param_dtype):
+    """What the trainer runs on one device: (model, the replica's module, optimizer)."""
+    model, replica = parallelize(build(PRESETS["tiny"], seed=1), mesh, param_dtype=param_dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=False)
+    optimizer = build_optimizer(model, CFG, fused=False)
+    replica.follow(optimizer)
+    return model, replica.module, optimizer
+
+
+CFG = TrainConfig(manifest="m.json", preset="tiny", out=Path("unused"), lr=1e-2, warmup_steps=0)
+TOKENS = torch.randint(0, 32000, (4, 65), generator=torch.Generator().manual_seed(0))
+
+
+def micro_batches(accumulation: int, before_later=lambda: None):
+    rows = len(TOKENS) // accumulation
+    for i in range(accumulation):
+        if i:
+            before_later()
+        yield TOKENS[i * rows : (i + 1) * rows, :-1], TOKENS[i * rows : (i + 1) * rows, 1:]
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
+
+
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])  # bf16: the GPU's fp32 gradient accumulation
 @pytest.mark.parametrize("keep_gathered", [True, False])
-def test_accumulated_step_equals_one_big_batch_and_reduces_once(one_rank, tmp_path, param_dtype, keep_gathered):
-    cfg = TrainConfig(manifest="m.json", preset="tiny", out=tmp_path, lr=1e-2, warmup_steps=0)
-    tokens = torch.randint(0, 32000, (4, 65), generator=torch.Generator().manual_seed(0))
-
+def test_fsdp_accumulated_step_equals_one_big_batch_and_reduces_once(one_rank, param_dtype, keep_gathered):
     def one_step(accumulation: int):
-        model = parallelize(build(PRESETS["tiny"], seed=1), one_rank, param_dtype=param_dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=False)
+        model, runner, optimizer = fsdp_on_one_rank(one_rank, param_dtype)
         between = []  # (weights still gathered, some gradient already reduced) before each later micro-batch
 
-        def batches():
-            rows = len(tokens) // accumulation
-            for i in range(accumulation):
-                if i:
-                    between.append((not any(isinstance(p, DTensor) for p in model.parameters()), any(isinstance(p.grad, DTensor) for p in model.parameters())))
-                yield tokens[i * rows : (i + 1) * rows, :-1], tokens[i * rows : (i + 1) * rows, 1:]
+        def record():
+            between.append((not any(isinstance(p, DTensor) for p in model.parameters()), any(isinstance(p.grad, DTensor) for p in model.parameters())))
 
-        loss, grad_norm, _ = train_step(model, build_optimizer(model, cfg, fused=False), batches(), accumulation, cfg.grad_clip, keep_gathered=keep_gathered)
-        return loss, grad_norm, [p.full_tensor() for p in model.parameters()], between
+        loss, grad_norm, _ = train_step(runner, optimizer, micro_batches(accumulation, record), accumulation, CFG.grad_clip, keep_gathered=keep_gathered)
+        return loss, grad_norm, [full(p) for p in model.parameters()], between
 
     big_loss, big_norm, big_params, _ = one_step(1)
     loss, grad_norm, params, between = one_step(4)
@@ -154,3 +192,36 @@ def test_accumulated_step_equals_one_big_batch_and_reduces_once(one_rank, tmp_pa
     torch.testing.assert_close(grad_norm, big_norm, rtol=1e-4, atol=0)
     if param_dtype == torch.float32:  # bf16 rounds each micro-batch's gradient, which Adam's first step magnifies
         torch.testing.assert_close(params, big_params, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_replica_step_matches_fsdp_and_accumulates_into_the_fp32_gradients(one_rank, param_dtype):
+    def one_step(build_runner, accumulation: int):
+        model, runner, optimizer = build_runner(one_rank, param_dtype)
+        loss, grad_norm, _ = train_step(runner, optimizer, micro_batches(accumulation), accumulation, CFG.grad_clip)
+        return model, runner, optimizer, loss, grad_norm
+
+    _, _, _, fsdp_loss, fsdp_norm = one_step(fsdp_on_one_rank, 4)
+    model, runner, optimizer, loss, grad_norm = one_step(replica_on_one_rank, 4)
+    bf16 = param_dtype == torch.bfloat16  # bf16 matmuls through another CPU kernel (matmul, not linear) round differently
+    torch.testing.assert_close(loss, fsdp_loss, rtol=2e-5 if bf16 else 1e-6, atol=0)
+    # The replica's block matrices sum the micro-batches in fp32 inside the matmul: no bf16 rounding per micro-batch.
+    torch.testing.assert_close(grad_norm, fsdp_norm, rtol=1e-3 if bf16 else 1e-6, atol=0)
+    _, _, _, big_loss, big_norm = one_step(replica_on_one_rank, 1)
+    torch.testing.assert_close(loss, big_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_norm, big_norm, rtol=1e-3 if bf16 else 1e-4, atol=0)
+
+    # After the step: fp32 parameters updated, the replica holds them in the compute dtype, gradients zeroed in place.
+    replica_tensors = dict(runner.named_parameters()) | dict(runner.named_buffers())
+    for name, param in model.named_parameters():
+        assert param.dtype == torch.float32 and torch.count_nonzero(param.grad) == 0
+        assert torch.equal(replica_tensors[name], param.detach().to(param_dtype)), name
+    assert all(p.grad is None for p in runner.parameters())
+
+    # A load into the model (a resume) reaches the replica; freed gradients are refused, not silently skipped.
+    fresh = build(PRESETS["tiny"], seed=2)
+    model.load_state_dict(fresh.state_dict())
+    assert torch.equal(replica_tensors["layers.0.attn.qkv.weight"], fresh.layers[0].attn.qkv.weight.to(param_dtype))
+    optimizer.zero_grad(set_to_none=True)
+    with pytest.raises(RuntimeError, match="set_to_none=False"):
+        train_step(runner, optimizer, micro_batches(1), 1, CFG.grad_clip)
