@@ -75,6 +75,9 @@ class Replica:
 
     def __init__(self, model: Llama, dtype: torch.dtype) -> None:
         self.module = copy.deepcopy(model)
+        # FSDP2 casts each block's floating-point inputs to the compute dtype, the RoPE tables among them (and Hugging
+        # Face's Llama rounds them too): cast here as well, so that one device and several compute the same function.
+        self.module.rope_cos, self.module.rope_sin = self.module.rope_cos.to(dtype), self.module.rope_sin.to(dtype)
         self.pairs: list[tuple[torch.Tensor, nn.Parameter]] = []  # (replica tensor, model parameter)
         for name, param in model.named_parameters():
             param.grad = torch.zeros_like(param)
