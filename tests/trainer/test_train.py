@@ -225,3 +225,14 @@ def test_replica_step_matches_fsdp_and_accumulates_into_the_fp32_gradients(one_r
     optimizer.zero_grad(set_to_none=True)
     with pytest.raises(RuntimeError, match="set_to_none=False"):
         train_step(runner, optimizer, micro_batches(1), 1, CFG.grad_clip)
+
+
+def test_fp8_layers_train_on_the_replica(one_rank):
+    model, replica = parallelize(build(PRESETS["tiny"], seed=1), one_rank, param_dtype=torch.bfloat16, compile=False, ac_every=0, reshard_after_forward=False, fp8=True)
+    optimizer = build_optimizer(model, CFG, fused=False)
+    replica.follow(optimizer)
+    before = model.layers[0].mlp.down.weight.detach().clone()
+    losses = [train_step(replica.module, optimizer, micro_batches(2), 2, CFG.grad_clip)[0].item() for _ in range(3)]
+    assert type(replica.module.layers[0].mlp.down).__name__ == "Float8Linear"  # its bf16 gradient reaches fp32 by the hook
+    assert not torch.equal(model.layers[0].mlp.down.weight, before)
+    assert losses[2] < losses[0]
