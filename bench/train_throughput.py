@@ -203,7 +203,7 @@ def profile(args) -> dict:
 
     cfg = train.parse_config(trainer_args(args.variant, args.manifest, args.work / "profile", args))
     rt = train.init_distributed()
-    _, runner, optimizer = train.build_model(PRESETS[PRESET], cfg, rt)
+    _, runner, optimizer = train.build_model_and_optimizer(PRESETS[PRESET], cfg, rt)
     loader = open_loader(load(args.manifest), "train", context=CONTEXT, batch=cfg.micro_batch, seed=cfg.seed, rank=0, world_size=1, device=rt.device)
     accumulation = cfg.accumulation(1)
     steps = max(2, -(-3 // accumulation))  # at least one step boundary inside the trace

@@ -1,7 +1,7 @@
 """Mixed precision on one device, without FSDP. The model keeps its fp32 parameters (what the optimizer updates
 and checkpoints hold); the micro-batches run on a replica of it in the compute dtype, refreshed after every
 optimizer step. FSDP2 on a single GPU does the same job at ~34 ms per TinyLlama step (2%, BENCHMARKS.md),
-most of it passes over memory to accumulate bf16 gradients into fp32 ones between micro-batches.
+most of it in passes over memory that add each micro-batch's bf16 gradients to fp32 ones.
 
 Here the block matrices' weight gradients (88% of TinyLlama's parameters) never exist in bf16: the
 weight-gradient matmul adds its product to the fp32 gradient in place (cuBLAS with beta = 1; Megatron calls

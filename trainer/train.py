@@ -3,8 +3,8 @@
 
     torchrun --nproc-per-node 8 -m trainer.train --manifest runs/tl/manifest.json --preset tinyllama-1.1b --out ckpt/tl
 
-(`tokenmill train ... --nproc 8` does the same.) CUDA runs use NCCL, bf16 parameters and fp32 gradient
-reduction; CPU runs use gloo and fp32. SIGTERM saves a checkpoint at the end of the current step and exits 0.
+(`tokenmill train ... --nproc 8` does the same.) CUDA runs use NCCL, bf16 compute, fp32 weights and fp32
+gradients; CPU runs use gloo and fp32. SIGTERM saves a checkpoint at the end of the current step and exits 0.
 The file reads top to bottom: arguments, process group, checks, model, optimizer, data, resume, loop.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, *, 
         check_shards(manifest, split, checksums=checksums, rank=rank, world_size=world_size)
 
 
-def build_model(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> tuple[Llama, Llama, torch.optim.Optimizer]:
+def build_model_and_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> tuple[Llama, Llama, torch.optim.Optimizer]:
     """(model, runner, optimizer). The model holds the parameters (the optimizer's, the checkpoints'); the
     runner runs the micro-batches: on several devices the FSDP-sharded model itself, on one a replica in the
     compute dtype that follows the model's steps and loads (`trainer.parallelize`). Initialised on the CPU from
@@ -276,7 +276,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     accumulation = cfg.accumulation(rt.world_size)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model, runner, optimizer = build_model(model_cfg, cfg, rt)
+    model, runner, optimizer = build_model_and_optimizer(model_cfg, cfg, rt)
     loader = open_loader(manifest, cfg.train_split, context=model_cfg.context, batch=cfg.micro_batch, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device, prefetch=cfg.prefetch)
     val_windows = TokenWindows(manifest, cfg.val_split, model_cfg.context) if cfg.eval_every else None
     start = resume(cfg, model_cfg, model, optimizer, loader) if cfg.resume else 0
