@@ -102,10 +102,11 @@ class TrainConfig:
     compile: bool = True  # torch.compile each block (CUDA only; CPU runs stay eager)
     ac_every: int = 0  # activation checkpointing of every k-th block; 0: none, 1: all
     fp8: bool = False  # FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first
-    # FSDP: keep each block's gathered bf16 weights from forward to backward (one all-gather per block per step
-    # instead of two; costs the bf16 model in memory, 2.2 GB at 1.1B): +1.7% on one H100 (BENCHMARKS.md).
-    # Turn on for models whose gathered weights do not fit beside the activations (weights are then also
-    # re-gathered for every micro-batch of a step, instead of once per step).
+    # FSDP (several devices; one device runs a replica and gathers nothing): keep each block's gathered bf16
+    # weights from forward to backward (one all-gather per block per step instead of two; costs the bf16 model
+    # in memory, 2.2 GB at 1.1B): +1.7% on one H100 (BENCHMARKS.md). Turn on for models whose gathered weights
+    # do not fit beside the activations (weights are then also re-gathered for every micro-batch of a step,
+    # instead of once per step).
     reshard_after_forward: bool = False
     verify_checksums: bool = False
     prefetch: int = 4  # batches the background reader keeps ready
