@@ -148,9 +148,9 @@ def fsdp_on_one_rank(mesh, param_dtype):
     return model, model, build_optimizer(model, CFG, fused=False)
 
 
-def replica_on_one_rank(mesh, param_dtype):
+def replica_on_one_rank(mesh, param_dtype, *, fp8=False):
     """What the trainer runs on one device: (model, the replica's module, optimizer)."""
-    model, replica = parallelize(build(PRESETS["tiny"], seed=1), mesh, param_dtype=param_dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=False)
+    model, replica = parallelize(build(PRESETS["tiny"], seed=1), mesh, param_dtype=param_dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=fp8)
     optimizer = build_optimizer(model, CFG, fused=False)
     replica.follow(optimizer)
     return model, replica.module, optimizer
@@ -228,11 +228,9 @@ def test_replica_step_matches_fsdp_and_accumulates_into_the_fp32_gradients(one_r
 
 
 def test_fp8_layers_train_on_the_replica(one_rank):
-    model, replica = parallelize(build(PRESETS["tiny"], seed=1), one_rank, param_dtype=torch.bfloat16, compile=False, ac_every=0, reshard_after_forward=False, fp8=True)
-    optimizer = build_optimizer(model, CFG, fused=False)
-    replica.follow(optimizer)
+    model, runner, optimizer = replica_on_one_rank(one_rank, torch.bfloat16, fp8=True)
     before = model.layers[0].mlp.down.weight.detach().clone()
-    losses = [train_step(replica.module, optimizer, micro_batches(2), 2, CFG.grad_clip)[0].item() for _ in range(3)]
-    assert type(replica.module.layers[0].mlp.down).__name__ == "Float8Linear"  # its bf16 gradient reaches fp32 by the hook
+    losses = [train_step(runner, optimizer, micro_batches(2), 2, CFG.grad_clip)[0].item() for _ in range(3)]
+    assert type(runner.layers[0].mlp.down).__name__ == "Float8Linear"  # its bf16 gradient reaches fp32 by the hook
     assert not torch.equal(model.layers[0].mlp.down.weight, before)
     assert losses[2] < losses[0]
