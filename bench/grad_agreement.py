@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 from trainer.model import build  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.parallelize import apply_compile, apply_fsdp, parallelize  # noqa: E402
-from trainer.train import clip_grad_norm  # noqa: E402
+from trainer.train import accumulate_gradients, clip_grad_norm  # noqa: E402
 
 FAMILIES = ("block matrices", "norms", "embed", "output")
 
@@ -44,11 +43,8 @@ def micro_batches(tokens: torch.Tensor, step: int, micro_batch: int, accumulatio
 
 
 def gradients(model, runner, batches, accumulation: int) -> dict[str, torch.Tensor]:
-    """The step's accumulated gradients by parameter name (full tensors, fp32), left in place."""
-    for i, (inputs, targets) in enumerate(batches):
-        if isinstance(model, FSDPModule):
-            model.set_requires_gradient_sync(i == accumulation - 1)
-        (runner(inputs, targets) / accumulation).backward()
+    """The step's accumulated gradients by parameter name (full tensors, fp32, on the CPU), left in place."""
+    accumulate_gradients(runner, batches, accumulation)
     grads = {}
     for name, param in model.named_parameters():
         grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad

@@ -149,7 +149,18 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.T
 
 def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True):
     """One optimizer step over `accumulation` micro-batches of `model` (the FSDP model, or a replica's module).
-    Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data.
+    Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data."""
+    loss_sum, waited = accumulate_gradients(model, batches, accumulation, keep_gathered=keep_gathered)
+    grad_norm = clip_grad_norm(optimizer, grad_clip)
+    optimizer.step()
+    # A replica's matmuls write into the fp32 gradients: they stay allocated (trainer.replica).
+    optimizer.zero_grad(set_to_none=isinstance(model, FSDPModule))
+    return loss_sum, grad_norm, waited
+
+
+def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathered: bool = True) -> tuple[torch.Tensor, float]:
+    """Forward and backward over `accumulation` micro-batches, gradients summed. Returns the mean loss (a device
+    tensor) and the seconds spent waiting for data.
 
     Under FSDP, gradients are reduce-scattered once, after the last micro-batch; until then FSDP accumulates
     them unsharded in fp32. With `keep_gathered` the gathered bf16 weights also stay between micro-batches
@@ -168,10 +179,7 @@ def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLo
         loss = model(inputs, targets) / accumulation
         loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-    grad_norm = clip_grad_norm(optimizer, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=fsdp)  # a replica's matmuls write into the fp32 gradients: kept allocated
-    return loss_sum, grad_norm, waited
+    return loss_sum, waited
 
 
 @torch.no_grad()

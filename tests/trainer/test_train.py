@@ -168,10 +168,6 @@ def micro_batches(accumulation: int, before_later=lambda: None):
         yield TOKENS[i * rows : (i + 1) * rows, :-1], TOKENS[i * rows : (i + 1) * rows, 1:]
 
 
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach().clone()
-
-
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])  # bf16: the GPU's fp32 gradient accumulation
 @pytest.mark.parametrize("keep_gathered", [True, False])
 def test_fsdp_accumulated_step_equals_one_big_batch_and_reduces_once(one_rank, param_dtype, keep_gathered):
@@ -183,7 +179,7 @@ def test_fsdp_accumulated_step_equals_one_big_batch_and_reduces_once(one_rank, p
             between.append((not any(isinstance(p, DTensor) for p in model.parameters()), any(isinstance(p.grad, DTensor) for p in model.parameters())))
 
         loss, grad_norm, _ = train_step(runner, optimizer, micro_batches(accumulation, record), accumulation, CFG.grad_clip, keep_gathered=keep_gathered)
-        return loss, grad_norm, [full(p) for p in model.parameters()], between
+        return loss, grad_norm, [p.full_tensor() for p in model.parameters()], between
 
     big_loss, big_norm, big_params, _ = one_step(1)
     loss, grad_norm, params, between = one_step(4)
