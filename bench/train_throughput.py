@@ -6,7 +6,7 @@ real shards, the same initial weights and the same windows, back to back in one 
     python bench/train_throughput.py reader --work /tmp/tm-reader        # CPU: the mmap reader alone
 
 `gpu` tokenizes Python sources found on the machine (standard library, then site-packages) with the mistral
-sentencepiece model into a multi-shard manifest (trainer.corpus; the GPU machine has no Ray for `tokenmill
+sentencepiece model into a multi-shard manifest (tests/text_manifest.py; the GPU machine has no Ray for `tokenmill
 build`), measures a bf16 matmul peak and the attention kernels, runs each tokenmill variant through `torchrun -m trainer.train` and the
 baseline in its own process, and prints one table: tokens/s/GPU sustained after warm-up, MFU against the 989
 TFLOP/s datasheet peak and against the measured matmul peak, peak memory, share of time waiting for data, and
@@ -55,7 +55,7 @@ KERNEL_FAMILIES = (
 
 def corpus(work: Path, tokens: int, tokenizer: Path | None) -> Path:
     """A manifest of about `tokens` tokens of Python source in 4+ shards (built once per work folder)."""
-    from trainer.corpus import python_sources, write_text_manifest
+    from tests.text_manifest import python_sources, write_text_manifest
 
     manifest = work / "corpus" / "manifest.json"
     if manifest.exists():
@@ -197,7 +197,7 @@ def profile(args) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from pipeline.manifest import load
+    from manifests.manifest import load
     from trainer import train
     from trainer.data import open_loader
 
@@ -269,7 +269,7 @@ def hf_baseline(args) -> dict:
     import torch.nn.functional as F
     import transformers
 
-    from pipeline.manifest import load
+    from manifests.manifest import load
     from trainer.config import TrainConfig
     from trainer.data import open_loader
     from trainer.export import hf_config, hf_state_dict
@@ -418,7 +418,7 @@ def reader(args) -> None:
     """CPU: windows/s and tokens/s through the prefetching mmap reader, one process, page cache warm."""
     import torch
 
-    from pipeline.manifest import load
+    from manifests.manifest import load
     from trainer.data import open_loader
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -22,14 +22,15 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from pipeline import __version__, manifest as manifest_io
+from manifests import manifest as manifest_io
+from pipeline import __version__
 from pipeline import tasks
 from pipeline.ledger import Store
 from pipeline.progress import EventLog, StageProgress
 from pipeline.recipe import Recipe, RecipeError, load_recipe
 from stages import dedupe as dedupe_stage
 from stages.filter import build_filters
-from stages.shards import dtype_name
+from manifests.shards import dtype_name
 from stages.tokenize import Tokenizer, TokenizerError, read_model_bytes, train_model
 
 
@@ -218,19 +219,6 @@ def _source_entries(recipe: Recipe, inputs, subsets: dict[str, dict], mix_record
     return entries
 
 
-def _split_entries(shards: dict[str, list[dict]], source_names: list[str]) -> dict[str, dict]:
-    splits = {}
-    for split, entries in shards.items():
-        by_source = {name: sum(e["tokens_by_source"][name] for e in entries) for name in source_names}
-        splits[split] = {
-            "documents": sum(e["documents"] for e in entries),
-            "tokens": sum(e["tokens"] for e in entries),
-            "tokens_by_source": by_source,
-            "shards": entries,
-        }
-    return splits
-
-
 def _start_ray(address: str | None, workers: int | None) -> int:
     address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: join that cluster
     if not address and "ray" not in sys.modules:
@@ -303,7 +291,7 @@ def _finalize(recipe: Recipe, inputs, tokenizer: Tokenizer, out: Store, work: St
     removed_exact = tasks.load_npy(work, "dedupe/resolved/removed_exact.npy")
     subsets = _subset_table(processed, tasks.summarize_kept(work, processed, removed, removed_exact))
     names = [s.name for s in recipe.sources]
-    splits = _split_entries(records["shards"], names)
+    splits = manifest_io.split_entries(records["shards"], names)
     total_weight = sum(s.weight for s in recipe.sources)
     out.write_bytes("tokenizer.model", tokenizer.model_bytes)
     stages_timing = dict(runner.timings)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import fsspec
 
-from pipeline.manifest import ManifestError, check_relative, validate
-from stages.shards import sha256_file
+from manifests.manifest import ManifestError, check_relative, validate
+from manifests.check import check_file
 
 CHUNK_BYTES = 8 << 20
 
@@ -64,9 +64,7 @@ def listed_files(manifest: dict) -> list[ListedFile]:
 
 
 def is_present(local: Path, listed: ListedFile) -> bool:
-    if not local.is_file() or (listed.size is not None and local.stat().st_size != listed.size):
-        return False
-    return sha256_file(local) == listed.sha256
+    return check_file(local, size=listed.size, sha256=listed.sha256) is None
 
 
 def copy_verified(fs: fsspec.AbstractFileSystem, source: str, local: Path, listed: ListedFile) -> int:

@@ -5,7 +5,6 @@ its outputs and marks itself done last, so a retried or relaunched task gives th
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -16,6 +15,9 @@ import fsspec
 import numpy as np
 import xxhash
 
+from manifests.keys import doc_keys
+from manifests.manifest import shard_entry
+from manifests.shards import encode_index
 from pipeline.ledger import Store
 from pipeline.recipe import DedupeConfig, SourceConfig
 from stages import dedupe as dedupe_stage
@@ -115,7 +117,7 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
     ordinals = np.asarray(kept.ordinals, np.uint64)
     out.tokens.append(tokens)
     out.columns["ordinal"].append(ordinals)
-    out.columns["doc_key"].append((np.uint64(task.file_index) << np.uint64(32)) | ordinals)
+    out.columns["doc_key"].append(doc_keys(task.file_index, ordinals))
     out.columns["subset"].append(np.fromiter((out.subset_id(s) for s in kept.subsets), np.uint16, len(kept)))
     out.columns["split"].append(_split_of(kept, task.source, task.split))
     out.columns["chars"].append(np.fromiter(map(len, kept.texts), np.int64, len(kept)))
@@ -300,8 +302,6 @@ def _gather_tokens(work: Store, files: np.ndarray, starts: np.ndarray, lengths: 
 
 def write_shard(split: str, number: int, work: Store, out: Store, dtype_name: str, source_names: list[str]) -> dict:
     """Write one shard (.bin + .idx) of the mixed stream and return its manifest entry."""
-    from stages.shards import encode_index
-
     started = time.perf_counter()
     plan = np.load(io.BytesIO(work.read_bytes(f"mix/{split}.npz")))
     bounds = list(plan["shard_starts"]) + [len(plan["length"])]
@@ -315,17 +315,8 @@ def write_shard(split: str, number: int, work: Store, out: Store, dtype_name: st
     out.write_bytes(f"{stem}.bin", data)
     out.write_bytes(f"{stem}.idx", index)
     by_source = np.bincount(plan["source_id"][part], weights=lengths, minlength=len(source_names))
-    entry = {
-        "bin": f"{stem}.bin",
-        "idx": f"{stem}.idx",
-        "bin_sha256": hashlib.sha256(data).hexdigest(),
-        "idx_sha256": hashlib.sha256(index).hexdigest(),
-        "bin_bytes": len(data),
-        "idx_bytes": len(index),
-        "documents": int(len(lengths)),
-        "tokens": int(lengths.sum()),
-        "tokens_by_source": {name: int(by_source[i]) for i, name in enumerate(source_names)},
-    }
+    entry = shard_entry(stem, data, index, documents=int(len(lengths)), tokens=int(lengths.sum()),
+                        tokens_by_source={name: int(by_source[i]) for i, name in enumerate(source_names)})
     work.mark_done(f"shards/{split}-{number:05d}", {"entry": entry, "seconds": time.perf_counter() - started})
     return entry
 

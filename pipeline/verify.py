@@ -3,44 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import manifest as manifest_io
-from stages.shards import ShardFormatError, decode_index, sha256_file
-
-
-@dataclass(slots=True)
-class ShardProblem:
-    path: str
-    problem: str
-
-
-def verify_shard(root: Path, entry: dict, checksums: bool = True) -> list[ShardProblem]:
-    problems = []
-    bin_path, idx_path = root / entry["bin"], root / entry["idx"]
-    for path, key in ((bin_path, "bin"), (idx_path, "idx")):
-        if not path.is_file():
-            problems.append(ShardProblem(str(path), "missing"))
-            continue
-        size = path.stat().st_size
-        if size != entry[f"{key}_bytes"]:
-            problems.append(ShardProblem(str(path), f"{size} bytes, manifest says {entry[f'{key}_bytes']} (truncated or changed)"))
-        elif checksums and sha256_file(path) != entry[f"{key}_sha256"]:
-            problems.append(ShardProblem(str(path), "sha256 differs from the manifest (corrupted or changed)"))
-    if problems:
-        return problems
-    try:
-        index = decode_index(idx_path.read_bytes(), str(idx_path))
-    except ShardFormatError as e:
-        return [ShardProblem(str(idx_path), str(e))]
-    if index.documents != entry["documents"] or index.tokens != entry["tokens"]:
-        problems.append(ShardProblem(str(idx_path), f"{index.documents} documents / {index.tokens} tokens, manifest says {entry['documents']} / {entry['tokens']}"))
-    if index.tokens * index.dtype.itemsize != bin_path.stat().st_size:
-        problems.append(ShardProblem(str(bin_path), f"size does not match the index's {index.tokens} tokens"))
-    return problems
+from manifests import ShardProblem, origin_of
+from manifests import manifest as manifest_io
+from manifests.shards import ShardFormatError, open_tokens, read_index
 
 
 def verify(manifest_path: Path, checksums: bool = True) -> tuple[manifest_io.Manifest, list[ShardProblem]]:
@@ -48,7 +17,7 @@ def verify(manifest_path: Path, checksums: bool = True) -> tuple[manifest_io.Man
     problems = []
     for split in manifest.splits():
         for ref in manifest.shards(split):
-            problems += verify_shard(manifest.root, ref.entry, checksums)
+            problems += ref.check(checksums=checksums)
     return manifest, problems
 
 
@@ -91,7 +60,6 @@ def inspect_main(argv: list[str]) -> int:
     parser.add_argument("--doc", type=int, default=0, help="document number within the split (0-based)")
     parser.add_argument("--tokens", action="store_true", help="also print the token ids")
     args = parser.parse_args(argv)
-    from stages.shards import open_tokens, read_index
     from stages.tokenize import Tokenizer
 
     try:
@@ -105,13 +73,9 @@ def inspect_main(argv: list[str]) -> int:
     tokens = np.asarray(open_tokens(ref.bin_path, index)[start:end])
     tok = manifest.data["tokenizer"]
     tokenizer = Tokenizer.from_bytes(manifest.tokenizer_path().read_bytes(), tok["add_bos"], tok["add_eos"])
-    origin = int(index.origins[i])
-    source = manifest.source_names[int(index.source_ids[i])]
-    inp = manifest.data["inputs"][origin >> 32]
-    line = origin & 0xFFFFFFFF
-    where = f"line {line}" if inp["path"].endswith((".jsonl", ".zst", ".gz")) else f"row {line}"
+    origin = origin_of(manifest.data, int(index.origins[i]))
     print(f"# {args.split} document {args.doc}: {ref.entry['bin']} document {i}, {end - start} tokens")
-    print(f"# from {source}: {inp['path']} {where}")
+    print(f"# from {origin}")
     if args.tokens:
         print("# tokens:", " ".join(map(str, tokens.tolist())))
     print(tokenizer.decode(tokens))

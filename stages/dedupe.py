@@ -1,6 +1,6 @@
 """Exact and MinHash-LSH deduplication as plain functions over uint64 arrays; the build wraps them in tasks.
 
-Every document has a `doc_key` (`stages.document.global_doc_key`: smaller = earlier in the build's canonical
+Every document has a `doc_key` (`manifests.keys.doc_key`: smaller = earlier in the build's canonical
 order), and a few uint64 keys, one per slot: slot 0 the xxh3_64 of its UTF-8 text when `dedupe.exact`, then
 one LSH band key per MinHash band. Two documents are duplicates when they share a key in the same slot; the
 earliest document of a group survives, and duplicates chain (A~B, B~C puts A, B, C in one cluster that keeps A).

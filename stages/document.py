@@ -77,8 +77,3 @@ BAD_INPUT_REASONS = (
     "oversized_document",
 )
 
-
-def global_doc_key(file_index: int, ordinal: int) -> int:
-    """One uint64 per document: input file in the high 32 bits, line/row in the low 32 bits. The order of
-    these keys is the build's canonical document order (deterministic survivor choice in dedupe)."""
-    return (file_index << 32) | ordinal

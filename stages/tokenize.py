@@ -12,7 +12,7 @@ import fsspec
 import numpy as np
 import sentencepiece as spm
 
-from stages.shards import token_dtype
+from manifests.shards import token_dtype
 
 
 class TokenizerError(ValueError):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.manifest import Manifest, ManifestError
-from stages.shards import open_tokens, read_index, sha256_file
+from manifests import Manifest, ManifestError
+from manifests.shards import open_tokens, read_index
 
 STATE_VERSION = 1
 _FEISTEL_ROUNDS = 4
@@ -37,14 +37,9 @@ def check_shards(manifest: Manifest, split: str, *, checksums: bool, rank: int =
     """Sizes (and with `checksums` the sha256) of a split's shards against the manifest. Ranks share the hashing:
     rank r hashes shards r, r + W, ... ."""
     for i, shard in enumerate(manifest.shards(split)):
-        for path, key in ((shard.bin_path, "bin"), (shard.idx_path, "idx")):
-            expected = shard.entry[f"{key}_bytes"]
-            size = path.stat().st_size if path.exists() else None
-            if size != expected:
-                found = "missing" if size is None else f"{size} bytes"
-                raise DataError(f"{path}: {found}, manifest {manifest.path} says {expected} bytes; re-copy the shard (`tokenmill stage-in`) or rebuild")
-            if checksums and i % world_size == rank and sha256_file(path) != shard.entry[f"{key}_sha256"]:
-                raise DataError(f"{path}: sha256 differs from manifest {manifest.path}; the shard is corrupt: re-copy it or rebuild")
+        problems = shard.check(checksums=checksums and i % world_size == rank)
+        if problems:
+            raise DataError(f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild")
 
 
 @dataclass(kw_only=True, slots=True)

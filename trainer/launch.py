@@ -26,7 +26,7 @@ import time
 
 import torch.distributed as dist
 
-from pipeline.manifest import load as load_manifest
+from manifests.manifest import load as load_manifest
 from trainer import checkpoint
 from trainer.config import preset
 from trainer.train import USER_ERRORS, build_parser, check_data, parse_config

@@ -25,8 +25,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from pipeline.manifest import Manifest, ManifestError, load as load_manifest
-from stages.shards import ShardFormatError
+from manifests.manifest import Manifest, ManifestError, load as load_manifest
+from manifests.shards import ShardFormatError
 from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
 from trainer.data import DataError, TokenWindows, WindowLoader, check_shards, open_loader

@@ -19,7 +19,7 @@ from pipeline.recipe import load_recipe
 from pipeline.verify import verify
 from stages.document import DocBatch
 from stages.fetch import read_documents
-from stages.shards import open_tokens, read_index
+from manifests.shards import open_tokens, read_index
 from stages.tokenize import Tokenizer
 from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 

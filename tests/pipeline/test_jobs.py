@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import manifest as manifest_io
+from manifests import manifest as manifest_io
 from pipeline.jobs import PROJECT_ROOT, STAGING_PREFIX, build_entrypoint, job_output, jobs_main, recipe_for_job, runtime_env, submit_main
 from pipeline.recipe import RecipeError, load_recipe
-from stages.shards import sha256_file
+from manifests.shards import sha256_file
 
 SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 

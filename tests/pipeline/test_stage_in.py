@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from pipeline import manifest as manifest_io
-from pipeline.manifest import ManifestError
+from manifests import manifest as manifest_io
+from manifests.manifest import ManifestError
 from pipeline.stage_in import StageInError, main, stage_in
-from stages.shards import encode_index, open_tokens, read_index, sha256_file
+from manifests.shards import encode_index, open_tokens, read_index, sha256_file
 
 SHARDS = {"train": 3, "validation": 1}
 

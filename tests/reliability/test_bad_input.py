@@ -13,7 +13,7 @@ import pytest
 import yaml
 import zstandard
 
-from stages.shards import read_index
+from manifests.shards import read_index
 from tests.reliability.faults import start_build
 
 HUGE_DOCUMENT_BYTES = 50_000_000  # over the default max_document_bytes of 10 MB

@@ -43,7 +43,7 @@ def test_a_flipped_byte_in_any_shard_or_index_is_found_and_named(build_copy, cap
         code, err = verify(build_copy / "manifest.json", capsys)
         assert code == 1
         assert [line.split(": ", 1)[0] for line in err.splitlines() if line.startswith("BAD")] == [f"BAD  {path}"]
-        assert "sha256 differs" in err
+        assert "sha256 mismatch" in err
         path.write_bytes(original)
 
 

@@ -8,7 +8,7 @@ import xxhash
 
 from pipeline.recipe import DedupeConfig, MinHashConfig
 from stages.dedupe import DedupeResult, document_keys, duplicate_edges, key_slots, partition_rows, resolve_clusters
-from stages.document import global_doc_key
+from manifests.keys import doc_key as global_doc_key
 
 
 def doc_keys_of(file_index: int, n_docs: int) -> np.ndarray:

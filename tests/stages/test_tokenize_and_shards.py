@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from stages.shards import ShardFormatError, decode_index, encode_index, open_tokens, read_index, token_dtype
+from manifests.shards import ShardFormatError, decode_index, encode_index, open_tokens, read_index, token_dtype
 from stages.tokenize import Tokenizer, TokenizerError, read_model_bytes
 
 MODEL = "pkg://mistral_common/data/tokenizer.model.v1"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.manifest import load
+from manifests.manifest import load
 from trainer.data import Cursor, open_loader
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.manifest import load
-from stages.shards import open_tokens, read_index
+from manifests.manifest import load
+from manifests.shards import open_tokens, read_index
 from trainer.data import Cursor, DataError, TokenWindows, WindowLoader, check_shards, permute
 
 CPU = torch.device("cpu")
@@ -94,7 +94,7 @@ def test_check_shards_names_a_truncated_shard(sample_manifest, tmp_path):
     shutil.copytree(sample_manifest.parent, copy)
     shard = load(copy / "manifest.json").shards("train")[1]
     shard.bin_path.write_bytes(shard.bin_path.read_bytes()[:-2])
-    with pytest.raises(DataError, match=rf"{shard.bin_path.name}: .* bytes, manifest .* says"):
+    with pytest.raises(DataError, match=rf"{shard.bin_path.name}: .* bytes, manifest says"):
         check_shards(load(copy / "manifest.json"), "train", checksums=False)
 
 
@@ -106,5 +106,5 @@ def test_check_shards_finds_a_changed_byte_only_with_checksums(sample_manifest, 
     data[100] ^= 1
     shard.bin_path.write_bytes(bytes(data))
     check_shards(load(copy / "manifest.json"), "train", checksums=False)
-    with pytest.raises(DataError, match=rf"{shard.bin_path.name}: sha256 differs"):
+    with pytest.raises(DataError, match=rf"{shard.bin_path.name}: sha256 mismatch"):
         check_shards(load(copy / "manifest.json"), "train", checksums=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.manifest import load
+from manifests.manifest import load
 from trainer.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from trainer.model import LOSS_CHUNK_ROWS, build, linear_cross_entropy, swiglu
 from trainer.train import check_data

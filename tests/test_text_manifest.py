@@ -1,4 +1,4 @@
-"""trainer.corpus: the Ray-free manifest writer the GPU benchmark uses (its machine has no Ray)."""
+"""tests/text_manifest.py: the Ray-free manifest writer the GPU benchmark uses (its machine has no Ray)."""
 from __future__ import annotations
 
 import sysconfig
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from pipeline.manifest import load
-from stages.shards import open_tokens, read_index
-from trainer.corpus import mistral_tokenizer, python_sources, write_text_manifest
+from manifests.manifest import load
+from manifests.shards import open_tokens, read_index
+from tests.text_manifest import mistral_tokenizer, python_sources, write_text_manifest
 from trainer.data import TokenWindows, check_shards
 
 

@@ -1,10 +1,12 @@
-"""Read, write and validate `manifest.json`, the contract between `tokenmill build` and the trainer.
+"""Read, write, build and validate `manifest.json`, the contract between `tokenmill build` and its readers.
 
-The manifest is validated against `manifests/manifest.schema.json` on write and on read. Shard, tokenizer and
-quarantine paths are relative to the manifest's folder and may not leave it.
+The manifest is validated against `manifest.schema.json` (package data of this package) on write and on read.
+Shard, tokenizer and quarantine paths are relative to the manifest's folder and may not leave it.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.resources
 import json
 import os
 from dataclasses import dataclass
@@ -13,7 +15,8 @@ from typing import Any
 
 import jsonschema
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "manifests" / "manifest.schema.json"
+from manifests.check import ShardProblem, check_shard
+
 FORMAT = "tokenmill.manifest"
 FORMAT_VERSION = 1
 
@@ -23,7 +26,7 @@ class ManifestError(ValueError):
 
 
 def _schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
+    return json.loads(importlib.resources.files("manifests").joinpath("manifest.schema.json").read_text())
 
 
 def validate(manifest: dict, name: str = "manifest") -> None:
@@ -61,12 +64,50 @@ def write_local(manifest: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def shard_entry(stem: str, data: bytes, index: bytes, *, documents: int, tokens: int, tokens_by_source: dict[str, int]) -> dict:
+    """The manifest entry of shard `stem` (e.g. "train/train-00000") whose files hold `data` and `index`."""
+    return {
+        "bin": f"{stem}.bin",
+        "idx": f"{stem}.idx",
+        "bin_sha256": hashlib.sha256(data).hexdigest(),
+        "idx_sha256": hashlib.sha256(index).hexdigest(),
+        "bin_bytes": len(data),
+        "idx_bytes": len(index),
+        "documents": documents,
+        "tokens": tokens,
+        "tokens_by_source": tokens_by_source,
+    }
+
+
+def split_entries(shards: dict[str, list[dict]], source_names: list[str]) -> dict[str, dict]:
+    """`splits` of a manifest from each split's shard entries: the totals are sums over the shards."""
+    return {
+        split: {
+            "documents": sum(e["documents"] for e in entries),
+            "tokens": sum(e["tokens"] for e in entries),
+            "tokens_by_source": {name: sum(e["tokens_by_source"][name] for e in entries) for name in source_names},
+            "shards": entries,
+        }
+        for split, entries in shards.items()
+    }
+
+
 @dataclass(slots=True)
 class ShardRef:
     split: str
-    bin_path: Path
-    idx_path: Path
+    root: Path  # the manifest's folder: the entry's paths are relative to it
     entry: dict[str, Any]
+
+    @property
+    def bin_path(self) -> Path:
+        return self.root / self.entry["bin"]
+
+    @property
+    def idx_path(self) -> Path:
+        return self.root / self.entry["idx"]
+
+    def check(self, *, checksums: bool = True) -> list[ShardProblem]:
+        return check_shard(self.entry, self.root, checksums=checksums)
 
 
 @dataclass(slots=True)
@@ -97,7 +138,7 @@ class Manifest:
         if split not in self.data["splits"]:
             raise ManifestError(f"{self.path}: no split {split!r}; it has {', '.join(self.data['splits']) or 'none'}")
         return [
-            ShardRef(split, self.root / s["bin"], self.root / s["idx"], s)
+            ShardRef(split, self.root, s)
             for s in self.data["splits"][split]["shards"]
         ]
 

@@ -3,7 +3,7 @@
 `NAME.bin`: headerless little-endian token ids, documents back to back (memmap-able at offset 0).
 `NAME.idx`: a 32-byte header, then three arrays of `documents` entries each:
     uint64 document end offsets (in tokens, cumulative), uint16 source ids, uint64 origin keys
-    (input file index << 32 | line/row, see `stages.document.global_doc_key`).
+    (input file index << 32 | line/row, see `manifests.keys`).
 Header: magic b"TMILLIDX", uint32 version, uint8 dtype code, 3 pad bytes, uint64 documents, uint64 tokens
 (only the first 8+4+1+3+8 = 24 bytes carry fields; the last 8 bytes hold the token count).
 """

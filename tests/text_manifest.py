@@ -1,9 +1,10 @@
-"""A real, schema-valid manifest from text in memory, without Ray: for the trainer's tests and its GPU benchmark
-(the GPU machine has no Ray, so `tokenmill build` cannot run there).
+"""A real, schema-valid manifest from text in memory, without Ray: a fixture for the trainer's tests and its GPU
+benchmark (the GPU machine has no Ray, so `tokenmill build` cannot run there). Not part of the product: every
+format detail comes from the contract package `manifests`.
 
 Each text is one input file holding one document; documents are tokenized with a real sentencepiece model,
 EOS appended (as `tokenmill build` does), and packed in order into shards of at least `shard_tokens` tokens
-(the last shard of a split holds the rest), in the shard format of `stages.shards`.
+(the last shard of a split holds the rest), in the shard format of `manifests.shards`.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from pipeline.manifest import write_local
-from stages.document import global_doc_key
-from stages.shards import dtype_name, encode_index, sha256_file, token_dtype
+from manifests.keys import doc_key
+from manifests.manifest import FORMAT, FORMAT_VERSION, shard_entry, split_entries, write_local
+from manifests.shards import dtype_name, encode_index, sha256_file, token_dtype
 
 MISTRAL_TOKENIZER_URI = "pkg://mistral_common/data/tokenizer.model.v1"
 
@@ -51,20 +52,14 @@ def write_text_manifest(out_dir: Path, splits: dict[str, list[tuple[str, str]]],
     model_path = tokenizer or mistral_tokenizer()
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
     dtype = token_dtype(sp.get_piece_size())
-    inputs, split_entries = [], {}
+    inputs, shards = [], {}
     for split, docs in splits.items():
         ids = sp.encode([text for _, text in docs], add_eos=True, num_threads=threads or os.cpu_count())
-        keys = [global_doc_key(len(inputs) + i, 0) for i in range(len(docs))]
+        keys = [doc_key(len(inputs) + i, 0) for i in range(len(docs))]
         inputs += [{"source": source, "split": split, "path": path} for path, _ in docs]
-        shards = _write_shards(out_dir, split, ids, keys, dtype, shard_tokens, source)
-        split_entries[split] = {
-            "documents": len(docs),
-            "tokens": sum(s["tokens"] for s in shards),
-            "tokens_by_source": {source: sum(s["tokens"] for s in shards)},
-            "shards": shards,
-        }
+        shards[split] = _write_shards(out_dir, split, ids, keys, dtype, shard_tokens, source)
     uri = str(model_path) if tokenizer else MISTRAL_TOKENIZER_URI
-    manifest = _manifest(sp, model_path, uri, dtype, inputs, split_entries, source, sum(len(t) for docs in splits.values() for _, t in docs))
+    manifest = _manifest(sp, model_path, uri, dtype, inputs, split_entries(shards, [source]), source, sum(len(t) for docs in splits.values() for _, t in docs))
     path = out_dir / "manifest.json"
     write_local(manifest, path)
     return path
@@ -83,21 +78,13 @@ def _write_shards(out_dir: Path, split: str, ids: list[list[int]], keys: list[in
 
 
 def _write_shard(out_dir: Path, name: str, docs: list[list[int]], keys: list[int], dtype: np.dtype, source: str) -> dict:
-    bin_path, idx_path = out_dir / f"{name}.bin", out_dir / f"{name}.idx"
-    np.concatenate([np.asarray(d, dtype=dtype) for d in docs]).tofile(bin_path)
+    data = np.concatenate([np.asarray(d, dtype=dtype) for d in docs]).tobytes()
     ends = np.cumsum([len(d) for d in docs], dtype=np.uint64)
-    idx_path.write_bytes(encode_index(dtype, ends, np.zeros(len(docs), dtype=np.uint16), np.asarray(keys, dtype=np.uint64)))
-    return {
-        "bin": bin_path.name,
-        "idx": idx_path.name,
-        "bin_sha256": sha256_file(bin_path),
-        "idx_sha256": sha256_file(idx_path),
-        "bin_bytes": bin_path.stat().st_size,
-        "idx_bytes": idx_path.stat().st_size,
-        "documents": len(docs),
-        "tokens": int(ends[-1]),
-        "tokens_by_source": {source: int(ends[-1])},
-    }
+    index = encode_index(dtype, ends, np.zeros(len(docs), dtype=np.uint16), np.asarray(keys, dtype=np.uint64))
+    (out_dir / f"{name}.bin").write_bytes(data)
+    (out_dir / f"{name}.idx").write_bytes(index)
+    tokens = int(ends[-1])
+    return shard_entry(name, data, index, documents=len(docs), tokens=tokens, tokens_by_source={source: tokens})
 
 
 def _manifest(sp, model_path: Path, uri: str, dtype: np.dtype, inputs: list[dict], splits: dict, source: str, text_bytes: int) -> dict:
@@ -105,8 +92,8 @@ def _manifest(sp, model_path: Path, uri: str, dtype: np.dtype, inputs: list[dict
     documents = sum(s["documents"] for s in splits.values())
     tokens = sum(s["tokens"] for s in splits.values())
     return {
-        "format": "tokenmill.manifest",
-        "format_version": 1,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "tool_version": _tool_version(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "recipe": recipe,

@@ -1,0 +1,20 @@
+"""The contract between `tokenmill build` and every reader of its output (trainer, verify, stats, stage-in).
+
+One module per part of it, each the only owner of its fact:
+
+- `manifests.shards`   the `.bin` / `.idx` shard format: encode, decode, memory-map, the token dtype
+- `manifests.keys`     a document's origin key (input file << 32 | line or row) and what it points to
+- `manifests.manifest` `manifest.json`: the schema (package data), load + validate, the typed builder
+- `manifests.check`    one check of a shard (or any listed file) against its manifest entry
+
+`manifests/recipes/` holds the shipped recipes, found by name from an installed wheel.
+"""
+from manifests.check import ShardProblem, check_file, check_shard
+from manifests.keys import Origin, doc_key, origin_of, split_key
+from manifests.manifest import FORMAT, FORMAT_VERSION, Manifest, ManifestError, ShardRef, load
+from manifests.shards import ShardFormatError, ShardIndex, open_tokens, read_index
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "Manifest", "ManifestError", "Origin", "ShardFormatError", "ShardIndex", "ShardProblem",
+    "ShardRef", "check_file", "check_shard", "doc_key", "load", "open_tokens", "origin_of", "read_index", "split_key",
+]

@@ -1,0 +1,54 @@
+"""The one check of a shard against its manifest entry (sizes, counts, checksums), used by `verify`, the
+statistics report, `stage-in` and the trainer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from manifests.shards import ShardFormatError, read_index, sha256_file
+
+
+@dataclass(frozen=True, slots=True)
+class ShardProblem:
+    path: str
+    part: str  # "bin" or "idx": which file of the shard
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+def check_file(path: Path, *, size: int | None, sha256: str | None) -> str | None:
+    """None when `path` is a file of `size` bytes (and, when given, of that sha256); else what is wrong."""
+    if not path.is_file():
+        return "missing"
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"{actual} bytes, manifest says {size} (truncated or changed)"
+    if sha256 is not None and sha256_file(path) != sha256:
+        return "sha256 mismatch (corrupted or changed after the build)"
+    return None
+
+
+def check_shard(entry: dict, root: Path, *, checksums: bool = True) -> list[ShardProblem]:
+    """Problems of one shard (`entry` from a manifest's `splits.*.shards`, paths relative to `root`).
+
+    Always: both files present with the manifest's sizes, the index's own consistency, its document and token
+    counts, and the index's sha256 (small: 18 bytes a document). With `checksums`, also the `.bin`'s sha256."""
+    bin_path, idx_path = root / entry["bin"], root / entry["idx"]
+    problems = []
+    for path, part, hashed in ((idx_path, "idx", True), (bin_path, "bin", checksums)):
+        problem = check_file(path, size=entry[f"{part}_bytes"], sha256=entry[f"{part}_sha256"] if hashed else None)
+        if problem:
+            problems.append(ShardProblem(str(path), part, problem))
+    if problems:
+        return problems
+    try:
+        index = read_index(idx_path)
+    except ShardFormatError as e:
+        return [ShardProblem(str(idx_path), "idx", str(e))]
+    if index.documents != entry["documents"] or index.tokens != entry["tokens"]:
+        problems.append(ShardProblem(str(idx_path), "idx", f"{index.documents} documents / {index.tokens} tokens, manifest says {entry['documents']} / {entry['tokens']}"))
+    if index.tokens * index.dtype.itemsize != entry["bin_bytes"]:
+        problems.append(ShardProblem(str(bin_path), "bin", f"{entry['bin_bytes']} bytes do not hold the index's {index.tokens} tokens"))
+    return problems
