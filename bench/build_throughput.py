@@ -287,7 +287,7 @@ def read_texts(recipe) -> list[str]:
     texts = []
     for task in list_inputs(recipe):
         fs, path = fsspec.core.url_to_fs(task.url)
-        for item in read_documents(fs, path, task.rel_path, task.source, task.file_index, recipe.batch_documents):
+        for item in read_documents(fs, path, task.rel_path, task.source, recipe.batch_documents):
             if isinstance(item, DocBatch):
                 texts += item.texts
     return texts

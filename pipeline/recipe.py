@@ -1,19 +1,31 @@
-"""The recipe: one typed object, loaded from YAML, that flows from the CLI to every stage.
+"""The recipe: the stages' own configs composed into one object, loaded from YAML.
 
-Each component owns its section (`SourceConfig`, `DedupeConfig`, `TokenizerConfig`, `MixConfig`) and
-validates it in `__post_init__`, naming the field and the fix. A recipe may `extends:` another file; the
-child's keys are merged over the parent's (lists replace, mappings merge; `sources` merge by `name`).
+Each stage owns its section's config next to its code (`stages.fetch.SourceConfig`, `stages.dedupe.DedupeConfig`,
+`stages.tokenize.TokenizerConfig`, `stages.mix.MixConfig`) and validates it in `__post_init__`; this module
+checks every value's type against the field's declaration first, and turns a stage's `ConfigError` into
+"recipe field `section.field`: ...; fix". A recipe may `extends:` another file; the child's keys are merged
+over the parent's (lists replace, mappings merge; `sources` merge by `name`).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from stages.config import ConfigError
+from stages.dedupe import DedupeConfig
+from stages.fetch import SourceConfig
+from stages.filter import build_filters
+from stages.minhash import MinHashConfig
+from stages.mix import MixConfig
+from stages.tokenize import TokenizerConfig, TokenizerTrainConfig
 
 
 class RecipeError(ValueError):
@@ -22,110 +34,6 @@ class RecipeError(ValueError):
 
 def _fail(where: str, message: str) -> None:
     raise RecipeError(f"recipe field `{where}`: {message}")
-
-
-@dataclass(kw_only=True, slots=True)
-class SourceConfig:
-    name: str
-    kind: str  # "jsonl" (SlimPajama layout) or "parquet" (StarCoderData layout)
-    root: str  # fsspec URL or local path; relative paths resolve against the recipe file's folder
-    train: list[str]  # glob patterns under root
-    validation: list[str] = field(default_factory=list)
-    validation_fraction: float = 0.0  # used when `validation` is empty: a hash-chosen share of documents
-    text_field: str = "text"  # JSONL key or parquet column
-    subset_field: str = ""  # dotted JSONL key (e.g. meta.redpajama_set_name); empty: first folder of the path
-    include_subsets: list[str] = field(default_factory=list)  # empty: all
-    exclude_subsets: list[str] = field(default_factory=list)
-    weight: float = 1.0
-    filters: dict[str, dict[str, Any]] = field(default_factory=dict)
-    max_document_bytes: int = 10_000_000  # larger documents are quarantined as oversized_document
-
-    def __post_init__(self) -> None:
-        where = f"sources[{self.name}]"
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            _fail(f"{where}.name", "use letters, digits, '-' and '_'")
-        if self.kind not in ("jsonl", "parquet"):
-            _fail(f"{where}.kind", f"{self.kind!r} is not a source kind; use 'jsonl' (SlimPajama layout) or 'parquet' (StarCoderData layout)")
-        if not self.root:
-            _fail(f"{where}.root", "give the folder or URL that holds the source's files")
-        if not self.train:
-            _fail(f"{where}.train", "give at least one glob pattern of training files")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight > 0:
-            _fail(f"{where}.weight", f"{self.weight!r} is not a positive number; weights are the target token ratio, e.g. 7 and 3")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            _fail(f"{where}.validation_fraction", f"{self.validation_fraction} is outside [0, 1)")
-        if self.validation and self.validation_fraction:
-            _fail(f"{where}.validation_fraction", "set either `validation` patterns or `validation_fraction`, not both")
-        if self.max_document_bytes <= 0:
-            _fail(f"{where}.max_document_bytes", "must be positive")
-
-
-@dataclass(kw_only=True, slots=True)
-class MinHashConfig:
-    enabled: bool = True
-    ngram: int = 13  # character n-grams of the normalized text (SlimPajama)
-    bands: int = 9
-    rows: int = 13
-    seed: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("ngram", "bands", "rows"):
-            if getattr(self, name) < 1:
-                _fail(f"dedupe.minhash.{name}", "must be at least 1")
-
-    @property
-    def permutations(self) -> int:
-        return self.bands * self.rows
-
-
-@dataclass(kw_only=True, slots=True)
-class DedupeConfig:
-    exact: bool = True
-    minhash: MinHashConfig = field(default_factory=MinHashConfig)
-    partitions: int = 8  # band keys are split into this many partitions, one task each
-
-    def __post_init__(self) -> None:
-        if self.partitions < 1:
-            _fail("dedupe.partitions", "must be at least 1")
-
-
-@dataclass(kw_only=True, slots=True)
-class TokenizerTrainConfig:
-    vocab_size: int = 32000
-    model_type: str = "bpe"
-    sample_documents: int = 200_000
-
-    def __post_init__(self) -> None:
-        if self.vocab_size < 100:
-            _fail("tokenizer.train.vocab_size", "must be at least 100")
-
-
-@dataclass(kw_only=True, slots=True)
-class TokenizerConfig:
-    model: str = ""  # path / fsspec URL of a sentencepiece .model, or pkg://package/path/in/package
-    add_bos: bool = False
-    add_eos: bool = True
-    train: TokenizerTrainConfig | None = None  # train a model from the build's own text instead
-
-    def __post_init__(self) -> None:
-        if not self.model and self.train is None:
-            _fail("tokenizer.model", "give a sentencepiece .model path (e.g. Llama-2's tokenizer.model) or a `train:` section")
-
-
-MIX_POLICIES = ("natural", "downsample", "upsample")
-
-
-@dataclass(kw_only=True, slots=True)
-class MixConfig:
-    policy: str = "natural"
-    shard_tokens: int = 50_000_000  # tokens per shard (the last shard of a split holds the rest)
-    seed: int = 1234
-
-    def __post_init__(self) -> None:
-        if self.policy not in MIX_POLICIES:
-            _fail("mix.policy", f"{self.policy!r} is not one of {', '.join(MIX_POLICIES)}")
-        if self.shard_tokens < 1:
-            _fail("mix.shard_tokens", "must be positive")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -188,34 +96,94 @@ def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if parent:
         base = read_recipe_yaml((path.parent / parent).resolve(), seen + (path,))
         data = _merge(base, data)
-    for src in data.get("sources", []) or []:
-        root = src.get("root", "")
+    sources = data.get("sources")
+    for src in sources if isinstance(sources, list) else []:  # anything else is refused, naming the field, later
+        root = src.get("root", "") if isinstance(src, dict) else None
         if isinstance(root, str) and root and "://" not in root and not Path(root).is_absolute():
             src["root"] = str((path.parent / root).resolve())
     tok = data.get("tokenizer") or {}
-    model = tok.get("model", "")
+    model = tok.get("model", "") if isinstance(tok, dict) else None
     if isinstance(model, str) and model and "://" not in model and not Path(model).is_absolute():
         tok["model"] = str((path.parent / model).resolve())
     return data
 
 
+_NESTED = {MinHashConfig, TokenizerTrainConfig}
+
+
+def _type_problem(value: Any, declared: Any) -> str | None:
+    """What is wrong with `value` for a field declared as `declared`, or None. YAML gives str, int, float, bool,
+    list, dict and None; a bool is not a number here, and a number must be finite."""
+    origin, args = typing.get_origin(declared), typing.get_args(declared)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return None if any(_type_problem(value, a) is None for a in args) else f"{value!r} is not {_describe(declared)}"
+    if declared is type(None):
+        return None if value is None else "not empty"
+    if declared in _NESTED:
+        return None if isinstance(value, dict) else f"give a mapping of settings, got {value!r}"
+    if declared is bool:
+        return None if isinstance(value, bool) else f"{value!r} is not true or false"
+    if declared in (int, float):
+        ok = isinstance(value, int) or (declared is float and isinstance(value, float))
+        if isinstance(value, bool) or not ok:
+            return f"{value!r} is not {_describe(declared)}"
+        return None if math.isfinite(value) else f"{value!r} is not a finite number"
+    if declared is str:
+        return None if isinstance(value, str) else f"{value!r} is not a string; quote it"
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{value!r} is not a list; write it as [{value!r}]" if isinstance(value, str) else f"{value!r} is not a list"
+        return next((p for p in (_type_problem(v, args[0]) for v in value) if p), None) if args else None
+    if origin is dict:
+        return None if isinstance(value, dict) else f"{value!r} is not a mapping"
+    return None
+
+
+def _describe(declared: Any) -> str:
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "empty"}
+    args = typing.get_args(declared)
+    return " or ".join(_describe(a) for a in args) if args else names.get(declared, getattr(declared, "__name__", str(declared)))
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
+    """A stage config from its recipe section: unknown keys and wrong types refused by the field's declaration,
+    then the config's own checks, each naming `where.field`."""
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe field `{where}`: expected a mapping, got {data!r}")
+        raise RecipeError(f"recipe field `{where}`: expected a mapping of settings, got {data!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise RecipeError(f"recipe field `{where}.{unknown[0]}` is not a known setting; known: {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
-        nested = {"minhash": MinHashConfig, "train": TokenizerTrainConfig if cls is TokenizerConfig else None}.get(key)
-        if nested is not None and value is not None:
-            value = _build(nested, value, f"{where}.{key}")
-        kwargs[key] = value
+        problem = _type_problem(value, hints[key])
+        if problem:
+            raise RecipeError(f"recipe field `{where}.{key}`: {problem}")
+        nested = hints[key] if hints[key] in _NESTED else next((a for a in typing.get_args(hints[key]) if a in _NESTED), None)
+        kwargs[key] = _build(nested, value, f"{where}.{key}") if nested is not None and value is not None else value
+    missing = [f.name for f in known.values() if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise RecipeError(f"recipe field `{where}.{missing[0]}` is missing; give it")
     try:
         return cls(**kwargs)
-    except TypeError as e:
-        raise RecipeError(f"recipe section `{where}`: {e}") from None
+    except ConfigError as e:
+        raise RecipeError(f"recipe field `{where}.{e.field}`: {e.message}") from None
+
+
+def validate_filters(recipe: Recipe) -> None:
+    """Builds every source's filters once (datatrove's need seconds to import), so a bad filter setting is
+    refused before any work starts."""
+    for source in recipe.sources:
+        try:
+            build_filters(source)
+        except ConfigError as e:
+            raise RecipeError(f"recipe field `sources[{source.name}].{e.field}`: {e.message}") from None
+
+
+def _source_label(data: Any, position: int) -> str:
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else str(position)
 
 
 def recipe_from_dict(data: dict) -> Recipe:
@@ -224,8 +192,8 @@ def recipe_from_dict(data: dict) -> Recipe:
     if unknown:
         raise RecipeError(f"recipe field `{unknown[0]}` is not a known setting")
     if not isinstance(data.get("sources"), list):
-        raise RecipeError("recipe field `sources`: give a list of sources")
-    sources = [_build(SourceConfig, s, f"sources[{i}]") for i, s in enumerate(data["sources"])]
+        raise RecipeError("recipe field `sources`: give a list of sources (`- name: ...` entries), not a mapping")
+    sources = [_build(SourceConfig, s, f"sources[{_source_label(s, i)}]") for i, s in enumerate(data["sources"])]
     return Recipe(
         name=data.get("name") or "unnamed",
         sources=sources,

@@ -19,7 +19,8 @@ from manifests.keys import doc_keys
 from manifests.manifest import shard_entry
 from manifests.shards import encode_index
 from pipeline.ledger import Store
-from pipeline.recipe import DedupeConfig, SourceConfig
+from stages.dedupe import DedupeConfig
+from stages.fetch import SourceConfig
 from stages import dedupe as dedupe_stage
 from stages.document import BadRecord, DocBatch
 from stages.fetch import read_documents

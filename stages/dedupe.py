@@ -22,16 +22,27 @@ one edge per (duplicate document, slot it matched in).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
 from numba import njit
 
-from pipeline.recipe import DedupeConfig
-from stages.minhash import band_keys, signatures
+from stages.config import ConfigError
+from stages.minhash import MinHashConfig, band_keys, signatures
 
 EXACT_SLOT = "exact"
+
+
+@dataclass(kw_only=True, slots=True)
+class DedupeConfig:
+    exact: bool = True
+    minhash: MinHashConfig = field(default_factory=MinHashConfig)
+    partitions: int = 8  # band keys are split into this many partitions, one task each
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ConfigError("partitions", "must be at least 1")
 
 
 @dataclass(kw_only=True, slots=True)

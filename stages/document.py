@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class DocBatch:
     """Documents of one input file. `ordinals` are 1-based line numbers (JSONL) or 0-based row numbers
-    (parquet); together with `file_index` they give every document a stable global id."""
+    (parquet); with the file's path they name every document (`doc_id`)."""
 
     source: str
-    file_index: int
     path: str  # relative to the source root, as listed in the manifest
     ordinals: list[int] = field(default_factory=list)
     subsets: list[str] = field(default_factory=list)  # redpajama_set_name or language folder
@@ -28,7 +27,6 @@ class DocBatch:
         """The documents whose `keep` flag is true, in order."""
         return DocBatch(
             self.source,
-            self.file_index,
             self.path,
             [o for o, k in zip(self.ordinals, keep) if k],
             [s for s, k in zip(self.subsets, keep) if k],

@@ -15,8 +15,9 @@ import os
 import unicodedata
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import fsspec
 import fsspec.implementations.local
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from pipeline.recipe import SourceConfig
+from stages.config import ConfigError
 from stages.document import BadRecord, DocBatch
 
 READ_BYTES = 1 << 20  # compressed bytes per read: large enough to amortize per-call costs, small for memory
@@ -40,15 +41,50 @@ _JSON_TYPE_NAMES = {int: "a number", float: "a number", bool: "a boolean", list:
 _Item = tuple[int, str, str] | BadRecord
 
 
+@dataclass(kw_only=True, slots=True)
+class SourceConfig:
+    name: str
+    kind: str  # "jsonl" (SlimPajama layout) or "parquet" (StarCoderData layout)
+    root: str  # fsspec URL or local path; relative paths resolve against the recipe file's folder
+    train: list[str]  # glob patterns under root
+    validation: list[str] = field(default_factory=list)
+    validation_fraction: float = 0.0  # used when `validation` is empty: a hash-chosen share of documents
+    text_field: str = "text"  # JSONL key or parquet column
+    subset_field: str = ""  # dotted JSONL key (e.g. meta.redpajama_set_name); empty: first folder of the path
+    include_subsets: list[str] = field(default_factory=list)  # empty: all
+    exclude_subsets: list[str] = field(default_factory=list)
+    weight: float = 1.0
+    filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_document_bytes: int = 10_000_000  # larger documents are quarantined as oversized_document
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError("name", "use letters, digits, '-' and '_'")
+        if self.kind not in ("jsonl", "parquet"):
+            raise ConfigError("kind", f"{self.kind!r} is not a source kind; use 'jsonl' (SlimPajama layout) or 'parquet' (StarCoderData layout)")
+        if not self.root:
+            raise ConfigError("root", "give the folder or URL that holds the source's files")
+        if not self.train:
+            raise ConfigError("train", "give at least one glob pattern of training files")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight > 0:
+            raise ConfigError("weight", f"{self.weight!r} is not a positive number; weights are the target token ratio, e.g. 7 and 3")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError("validation_fraction", f"{self.validation_fraction} is outside [0, 1)")
+        if self.validation and self.validation_fraction:
+            raise ConfigError("validation_fraction", "set either `validation` patterns or `validation_fraction`, not both")
+        if self.max_document_bytes <= 0:
+            raise ConfigError("max_document_bytes", "must be positive")
+
+
 def read_documents(fs: fsspec.AbstractFileSystem, path: str, rel_path: str, source: SourceConfig,
-                   file_index: int, batch_documents: int) -> Iterator[DocBatch | BadRecord]:
+                   batch_documents: int) -> Iterator[DocBatch | BadRecord]:
     """The documents of one input file in batches of `batch_documents`, with a BadRecord for every record
     that cannot be a document. `path` is what `fs` opens; `rel_path` (relative to the source root) is what
     batches and bad records are labelled with."""
     if batch_documents < 1:
         raise ValueError(f"batch_documents must be positive, got {batch_documents}")
     read_items = _parquet_items if source.kind == "parquet" else _jsonl_items
-    batch = DocBatch(source.name, file_index, rel_path)
+    batch = DocBatch(source.name, rel_path)
     for item in read_items(fs, path, rel_path, source):
         if isinstance(item, BadRecord):
             yield item
@@ -56,7 +92,7 @@ def read_documents(fs: fsspec.AbstractFileSystem, path: str, rel_path: str, sour
         batch.append(*item)
         if len(batch) >= batch_documents:
             yield batch
-            batch = DocBatch(source.name, file_index, rel_path)
+            batch = DocBatch(source.name, rel_path)
     if batch:
         yield batch
 

@@ -26,7 +26,8 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.recipe import RecipeError, SourceConfig
+from stages.config import ConfigError
+from stages.fetch import SourceConfig
 from stages.document import DocBatch
 
 KeepResult = bool | tuple[bool, str]
@@ -276,21 +277,21 @@ KNOWN_FILTERS = tuple(_BUILDERS)
 
 def build_filters(source: SourceConfig) -> list[Filter]:
     """The source's filters: the subset rule (when the source has one), then `source.filters` in order.
-    Raises RecipeError naming `sources[NAME].filters.FILTER` for an unknown filter or a bad setting."""
+    Raises ConfigError naming `filters.FILTER` for an unknown filter or a bad setting."""
     filters = []
     if source.include_subsets or source.exclude_subsets:
         include, exclude = frozenset(source.include_subsets), frozenset(source.exclude_subsets)
         rule = functools.partial(_keep_subset, include=include, exclude=exclude)
         filters.append(Filter(name="excluded_subset", keep=rule))
     for name, params in source.filters.items():
-        where = f"sources[{source.name}].filters.{name}"
+        where = f"filters.{name}"
         if name not in _BUILDERS:
-            raise RecipeError(f"recipe field `{where}`: {name!r} is not a filter; known filters: {', '.join(KNOWN_FILTERS)}")
+            raise ConfigError(where, f"{name!r} is not a filter; known filters: {', '.join(KNOWN_FILTERS)}")
         params = {} if params is None else params  # `short_document:` with no settings
         if not isinstance(params, dict):
-            raise RecipeError(f"recipe field `{where}`: give a mapping of settings (or {{}} for the defaults), got {params!r}")
+            raise ConfigError(where, f"give a mapping of settings (or {{}} for the defaults), got {params!r}")
         try:
             filters.append(Filter(name=name, keep=_BUILDERS[name](params)))
         except (TypeError, ValueError) as e:
-            raise RecipeError(f"recipe field `{where}`: {e}") from None
+            raise ConfigError(where, str(e)) from None
     return filters

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import functools
 import string
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
-from pipeline.recipe import MinHashConfig
+from stages.config import ConfigError
+
 
 # Lookup tables of the kernel: ASCII punctuation, and every code point `str.isspace` (and so `re`'s `\s`) accepts.
 _IS_PUNCTUATION = np.array([chr(c) in string.punctuation for c in range(128)])
@@ -41,6 +43,24 @@ _U61 = np.uint64(61)
 
 # Shingles are hashed and permuted a block at a time so the block's hashes stay in L1 across the permutations.
 _BLOCK = 2048
+
+
+@dataclass(kw_only=True, slots=True)
+class MinHashConfig:
+    enabled: bool = True
+    ngram: int = 13  # character n-grams of the normalized text (SlimPajama)
+    bands: int = 9
+    rows: int = 13
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("ngram", "bands", "rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+
+    @property
+    def permutations(self) -> int:
+        return self.bands * self.rows
 
 
 @functools.lru_cache(maxsize=8)

@@ -12,6 +12,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.config import ConfigError
+
+
+MIX_POLICIES = ("natural", "downsample", "upsample")
+
+
+
+@dataclass(kw_only=True, slots=True)
+class MixConfig:
+    policy: str = "natural"
+    shard_tokens: int = 50_000_000  # tokens per shard (the last shard of a split holds the rest)
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.policy not in MIX_POLICIES:
+            raise ConfigError("policy", f"{self.policy!r} is not one of {', '.join(MIX_POLICIES)}")
+        if self.shard_tokens < 1:
+            raise ConfigError("shard_tokens", "must be positive")
+
 
 @dataclass(slots=True)
 class SourceDocs:

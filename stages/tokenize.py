@@ -13,6 +13,31 @@ import numpy as np
 import sentencepiece as spm
 
 from manifests.shards import token_dtype
+from stages.config import ConfigError
+
+
+@dataclass(kw_only=True, slots=True)
+class TokenizerTrainConfig:
+    vocab_size: int = 32000
+    model_type: str = "bpe"
+    sample_documents: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 100:
+            raise ConfigError("vocab_size", "must be at least 100")
+
+
+
+@dataclass(kw_only=True, slots=True)
+class TokenizerConfig:
+    model: str = ""  # path / fsspec URL of a sentencepiece .model, or pkg://package/path/in/package
+    add_bos: bool = False
+    add_eos: bool = True
+    train: TokenizerTrainConfig | None = None  # train a model from the build's own text instead
+
+    def __post_init__(self) -> None:
+        if not self.model and self.train is None:
+            raise ConfigError("model", "give a sentencepiece .model path (e.g. Llama-2's tokenizer.model) or a `train:` section")
 
 
 class TokenizerError(ValueError):

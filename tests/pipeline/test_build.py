@@ -69,7 +69,7 @@ def input_texts(out: Path) -> dict[int, str]:
     for file_index, entry in enumerate(manifest["inputs"]):
         source = recipe.source(entry["source"])
         fs, root = fsspec.core.url_to_fs(source.root)
-        for item in read_documents(fs, f"{root}/{entry['path']}", entry["path"], source, file_index, 256):
+        for item in read_documents(fs, f"{root}/{entry['path']}", entry["path"], source, 256):
             if isinstance(item, DocBatch):
                 for ordinal, text in zip(item.ordinals, item.texts):
                     texts[(file_index << 32) | ordinal] = text

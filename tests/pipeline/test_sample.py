@@ -39,8 +39,8 @@ def read_back(corpus: Path) -> dict:
     out = {}
     for source in sample_recipe(corpus).sources:
         docs, bad = {}, []
-        for file_index, rel in enumerate(planted["files"][source.name]):
-            for item in read_documents(fs, f"{source.root}/{rel}", rel, source, file_index, 64):
+        for rel in planted["files"][source.name]:
+            for item in read_documents(fs, f"{source.root}/{rel}", rel, source, 64):
                 if isinstance(item, BadRecord):
                     bad.append(item)
                     continue

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xxhash
 
-from pipeline.recipe import DedupeConfig, MinHashConfig
+from stages.dedupe import DedupeConfig
+from stages.minhash import MinHashConfig
 from stages.dedupe import DedupeResult, document_keys, duplicate_edges, key_slots, partition_rows, resolve_clusters
 from manifests.keys import doc_key as global_doc_key
 

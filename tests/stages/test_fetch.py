@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline.recipe import SourceConfig
+from stages.fetch import SourceConfig
 from stages.document import BAD_INPUT_REASONS, BadRecord, DocBatch
 from stages.fetch import read_documents
 
@@ -88,7 +88,7 @@ def compress(data: bytes, suffix: str) -> bytes:
 def read_all(path, rel_path: str, source: SourceConfig, fs=LOCAL, batch_documents: int = 4):
     """(good documents as (ordinal, subset, text), bad records, batches)."""
     docs, bad, batches = [], [], []
-    for item in read_documents(fs, str(path), rel_path, source, 7, batch_documents):
+    for item in read_documents(fs, str(path), rel_path, source, batch_documents):
         if isinstance(item, BadRecord):
             bad.append(item)
             continue
@@ -115,7 +115,7 @@ def test_every_bad_line_is_quarantined_once_and_every_good_document_kept(tmp_pat
         assert (r.source, r.path) == ("slimpajama", f"train/chunk1/{path.name}")
         assert r.error and r.raw and len(r.raw.encode("utf-8", "surrogatepass")) <= 4 * 200
     assert [len(b) for b in batches[:-1]] == [4] * (len(batches) - 1) and 1 <= len(batches[-1]) <= 4
-    assert {(b.source, b.file_index, b.path) for b in batches} == {("slimpajama", 7, f"train/chunk1/{path.name}")}
+    assert {(b.source, b.path) for b in batches} == {("slimpajama", f"train/chunk1/{path.name}")}
 
 
 def test_text_is_nfc_normalized_and_subsets_come_from_the_dotted_key(tmp_path):
@@ -318,4 +318,4 @@ def test_memory_filesystem_reads_like_local(tmp_path):
 
 def test_batch_documents_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="batch_documents"):
-        next(read_documents(LOCAL, str(tmp_path / "x.jsonl"), "x.jsonl", jsonl_source(), 0, 0))
+        next(read_documents(LOCAL, str(tmp_path / "x.jsonl"), "x.jsonl", jsonl_source(), 0))

@@ -12,7 +12,7 @@ import datasketch
 import numpy as np
 import pytest
 
-from pipeline.recipe import MinHashConfig
+from stages.minhash import MinHashConfig
 from stages.minhash import band_keys, signatures
 
 _MASK64 = (1 << 64) - 1
