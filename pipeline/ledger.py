@@ -1,12 +1,14 @@
-"""The build's ledger: where each task writes, atomic writes, and done records.
+"""The build's ledger: the work layout (where each task writes), atomic writes, and done records.
 
-Every task writes its outputs under `OUT/work/<recipe hash>/<stage>/<task>/` and then, last, a `_DONE.json`
-record. A relaunch skips every task whose done record exists, so a crash or Ctrl-C loses at most the tasks
-in flight. Writes go to a temporary name and are renamed into place (on object stores a single PUT is
-already atomic), so a reader never sees half a file.
+Every task writes its outputs into its own folder of the work dir and then, last, a `_DONE.json` record. A
+folder is named by the fingerprint of everything its output was made from (`WorkLayout`), so a relaunch skips
+exactly the tasks whose inputs and settings are unchanged, and a changed input set can never reuse an output
+made from other inputs. A crash or Ctrl-C loses at most the tasks in flight. Writes go to a temporary name
+and are renamed into place (on object stores a single PUT is already atomic), so a reader never sees half a file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -88,3 +90,31 @@ class Store:
 
     def mark_done(self, task: str, record: dict) -> None:
         self.write_json(f"{task}/{DONE}", record)
+
+
+def fingerprint(made_from) -> str:
+    """A short stable name for what an output was made from (any JSON-able value)."""
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkLayout:
+    """Every task folder of the work dir: the one place that formats a work path. Each key is a `fingerprint`
+    of what the output was made from (see `pipeline.build` for what goes into each)."""
+
+    store: Store
+
+    def process(self, key: str) -> str:
+        return f"process/{key}"
+
+    def dedupe_partition(self, key: str, partition: int) -> str:
+        return f"dedupe/{key}/partition-{partition:05d}"
+
+    def resolved(self, key: str) -> str:
+        return f"dedupe/{key}/resolved"
+
+    def mix(self, key: str) -> str:
+        return f"mix/{key}"
+
+    def shard(self, key: str, split: str, number: int) -> str:
+        return f"shards/{key}/{split}-{number:05d}"

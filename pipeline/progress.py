@@ -56,10 +56,13 @@ class StageProgress:
     _last: float = 0.0
 
     def skip(self, n: int) -> None:
+        """`n` tasks whose output exists (same inputs, same settings): re-used, not run again."""
         self.skipped += n
         self.done += n
-        if n:
-            self.log.say(f"[{self.stage}] {n}/{self.total} tasks already done, skipped (resume)")
+        if n == self.total:
+            self.log.say(f"[{self.stage}] re-used all {n} task outputs: inputs and settings unchanged")
+        elif n:
+            self.log.say(f"[{self.stage}] re-used {n} of {self.total} task outputs; running the {self.total - n} whose inputs or settings are new")
 
     def advance(self, documents: int = 0, nbytes: int = 0, force: bool = False) -> None:
         self.done += 1

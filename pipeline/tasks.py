@@ -1,7 +1,12 @@
-"""One function per kind of task: read inputs from the ledger, call the stages, write outputs + done record.
+"""One function per kind of task: read inputs from the work dir, call the stages, write outputs + done record.
 
-Nothing here knows Ray: `pipeline.build` decides where these run. Each task is idempotent: it rewrites all of
-its outputs and marks itself done last, so a retried or relaunched task gives the same bytes.
+Nothing here knows Ray: `pipeline.runner` decides where these run. Each task writes into the folder it is given
+(named by `pipeline.ledger.WorkLayout`), rewrites all of its outputs, marks itself done last and returns exactly
+that done record, so a retried, relaunched or re-used task gives the same bytes and the same record.
+
+A process output holds nothing that depends on its file's position in the listing (documents are named by
+their line or row): it stays valid when other input files come or go. Later stages add the file's position
+(`manifests.keys.doc_keys`) when they read it.
 """
 from __future__ import annotations
 
@@ -18,8 +23,11 @@ import xxhash
 from manifests.keys import doc_keys
 from manifests.manifest import shard_entry
 from manifests.shards import encode_index
+from pipeline.inputs import SPLITS, InputFile
 from pipeline.ledger import Store
 from stages.dedupe import DedupeConfig
+from stages import mix as mix_stage
+from stages.mix import MixConfig
 from stages.fetch import SourceConfig
 from stages import dedupe as dedupe_stage
 from stages.document import BadRecord, DocBatch
@@ -27,7 +35,6 @@ from stages.fetch import read_documents
 from stages.filter import apply_filters, build_filters
 from stages.tokenize import Tokenizer
 
-SPLITS = ("train", "validation")
 FILE_SUBSET = "(file)"  # bad input that belongs to no document, e.g. a file that is not parquet
 HIST_EDGES = np.array([0] + [2**i for i in range(32)], dtype=np.float64)
 
@@ -37,13 +44,22 @@ def histogram(values: np.ndarray) -> np.ndarray:
     return np.bincount(np.clip(buckets, 0, len(HIST_EDGES) - 2), minlength=len(HIST_EDGES) - 1)
 
 
-@dataclass(kw_only=True, slots=True)
-class InputFile:
+# the files of a process task's folder
+TOKENS, DOCS, KEYS, QUARANTINE = "tokens.bin", "docs.npz", "keys.bin", "quarantine.jsonl"
+RESOLVED_FILES = ("removed.npy", "removed_exact.npy", "cluster_sizes.npy")
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """One input file's process output as the later stages see it: its position in this build's listing, its
+    folder, and its done record."""
+
     file_index: int
-    source: SourceConfig
-    url: str  # fsspec URL of the file
-    rel_path: str  # relative to the source root
-    split: str  # "train", "validation", or "train" with validation_fraction applied per document
+    folder: str
+    record: dict
+
+    def doc_keys(self, ordinals: np.ndarray) -> np.ndarray:
+        return doc_keys(self.file_index, ordinals)
 
 
 @dataclass(slots=True)
@@ -118,7 +134,6 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
     ordinals = np.asarray(kept.ordinals, np.uint64)
     out.tokens.append(tokens)
     out.columns["ordinal"].append(ordinals)
-    out.columns["doc_key"].append(doc_keys(task.file_index, ordinals))
     out.columns["subset"].append(np.fromiter((out.subset_id(s) for s in kept.subsets), np.uint16, len(kept)))
     out.columns["split"].append(_split_of(kept, task.source, task.split))
     out.columns["chars"].append(np.fromiter(map(len, kept.texts), np.int64, len(kept)))
@@ -126,21 +141,20 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
     out.keys.append(dedupe_stage.document_keys(kept.texts, dedupe))
 
 
-def process_file(task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig, batch_documents: int) -> dict:
+def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig, batch_documents: int) -> dict:
     """fetch -> filter -> dedupe keys -> tokenize for one input file, fused: the text is parsed once."""
     started = time.perf_counter()
-    name = f"process/{task.file_index:07d}"
     filters = build_filters(task.source)
     out = _FileOutputs()
     fs, path = fsspec.core.url_to_fs(task.url)
     # A bad JSONL line has no readable subset; a bad parquet row still has its language folder.
     bad_subset = task.rel_path.split("/")[0] if task.source.kind == "parquet" and not task.source.subset_field else FILE_SUBSET
-    for item in read_documents(fs, path, task.rel_path, task.source, task.file_index, batch_documents):
+    for item in read_documents(fs, path, task.rel_path, task.source, batch_documents):
         if isinstance(item, BadRecord):
             out.add_bad(item, bad_subset)
         else:
             _process_batch(item, task, filters, tokenizer, dedupe, out)
-    return _write_file_outputs(task, work, name, out, dedupe, tokenizer.dtype, time.perf_counter() - started)
+    return _write_file_outputs(task, work, folder, out, dedupe, tokenizer.dtype, time.perf_counter() - started)
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -152,21 +166,21 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
     columns = {k: np.concatenate(v) for k, v in out.columns.items()}
     n_slots = len(dedupe_stage.key_slots(dedupe))
     keys = _concat(out.keys, np.uint64).reshape(-1, n_slots) if n_slots else np.zeros((0, 0), np.uint64)
-    doc_keys = columns.get("doc_key", np.zeros(0, np.uint64))
-    partitions = dedupe_stage.partition_rows(keys, doc_keys, dedupe.partitions) if n_slots else []
+    ordinals = columns.get("ordinal", np.zeros(0, np.uint64))
+    # rows (slot, key, ordinal): the dedupe task puts the file's position into the ordinal's high half
+    partitions = dedupe_stage.partition_rows(keys, ordinals, dedupe.partitions) if n_slots else []
     offsets = np.cumsum([0] + [len(p) for p in partitions]).tolist()
     buffer = io.BytesIO()
-    np.savez(buffer, **columns) if columns else np.savez(buffer, doc_key=doc_keys)
-    work.write_bytes(f"{name}/tokens.bin", tokens.tobytes())
-    work.write_bytes(f"{name}/docs.npz", buffer.getvalue())
-    work.write_bytes(f"{name}/keys.bin", b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions))
-    work.write_bytes(f"{name}/quarantine.jsonl", "".join(line + "\n" for line in out.quarantine).encode())
+    np.savez(buffer, **columns) if columns else np.savez(buffer, ordinal=ordinals)
+    work.write_bytes(f"{name}/{TOKENS}", tokens.tobytes())
+    work.write_bytes(f"{name}/{DOCS}", buffer.getvalue())
+    work.write_bytes(f"{name}/{KEYS}", b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions))
+    work.write_bytes(f"{name}/{QUARANTINE}", "".join(line + "\n" for line in out.quarantine).encode())
     record = {
-        "file_index": task.file_index,
         "source": task.source.name,
         "path": task.rel_path,
         "dtype": str(tokens.dtype),
-        "documents": int(len(doc_keys)),
+        "documents": int(len(ordinals)),
         "tokens": int(len(tokens)),
         "key_offsets": offsets,
         "subsets": list(out.subsets),
@@ -178,33 +192,32 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
     return record
 
 
-def dedupe_partition(partition: int, work: Store, records: list[dict]) -> dict:
+def dedupe_partition(folder: str, partition: int, files: list[Processed], work: Store) -> dict:
     """Gather one partition's (slot, key, doc_key) rows from every file and find duplicate groups."""
     started = time.perf_counter()
     rows = []
-    for r in records:
-        start, end = r["key_offsets"][partition], r["key_offsets"][partition + 1]
-        raw = work.read_range(f"process/{r['file_index']:07d}/keys.bin", start * 24, end * 24)
-        rows.append(np.frombuffer(raw, np.uint64).reshape(-1, 3))
+    for f in files:
+        start, end = f.record["key_offsets"][partition], f.record["key_offsets"][partition + 1]
+        part = np.frombuffer(work.read_range(f"{f.folder}/{KEYS}", start * 24, end * 24), np.uint64).reshape(-1, 3).copy()
+        part[:, 2] = f.doc_keys(part[:, 2])
+        rows.append(part)
     gathered = np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
     del rows  # the gathered copy is all duplicate_edges needs; keep peak memory at one copy
     edges = dedupe_stage.duplicate_edges(gathered)
-    name = f"dedupe/partition-{partition:05d}"
-    work.write_bytes(f"{name}/edges.npy", _npy(edges))
+    work.write_bytes(f"{folder}/edges.npy", _npy(edges))
     record = {"partition": partition, "rows": int(len(gathered)), "edges": int(len(edges)), "seconds": time.perf_counter() - started}
-    work.mark_done(name, record)
+    work.mark_done(folder, record)
     return record
 
 
-def resolve_duplicates(work: Store, partitions: int, dedupe: DedupeConfig) -> dict:
+def resolve_duplicates(folder: str, partition_folders: list[str], work: Store, dedupe: DedupeConfig) -> dict:
     started = time.perf_counter()
-    edges = [np.load(io.BytesIO(work.read_bytes(f"dedupe/partition-{p:05d}/edges.npy"))) for p in range(partitions)]
+    edges = [load_npy(work, f"{p}/edges.npy") for p in partition_folders]
     edges = [e for e in edges if len(e)]
     all_edges = np.concatenate(edges) if edges else np.zeros((0, 3), np.uint64)
     result = dedupe_stage.resolve_clusters(all_edges, exact_slot=0 if dedupe.exact else None)
-    work.write_bytes("dedupe/resolved/removed.npy", _npy(result.removed))
-    work.write_bytes("dedupe/resolved/removed_exact.npy", _npy(result.removed_exact))
-    work.write_bytes("dedupe/resolved/cluster_sizes.npy", _npy(result.cluster_sizes))
+    for name, array in zip(RESOLVED_FILES, (result.removed, result.removed_exact, result.cluster_sizes)):
+        work.write_bytes(f"{folder}/{name}", _npy(array))
     record = {
         "removed": int(len(result.removed)),
         "exact_removed": int(result.removed_exact.sum()),
@@ -212,7 +225,7 @@ def resolve_duplicates(work: Store, partitions: int, dedupe: DedupeConfig) -> di
         "clusters": int(len(result.cluster_sizes)),
         "seconds": time.perf_counter() - started,
     }
-    work.mark_done("dedupe/resolved", record)
+    work.mark_done(folder, record)
     return record
 
 
@@ -226,34 +239,43 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _kept_documents(work: Store, records: list[dict], removed: np.ndarray):
-    """Per file: the documents that survived dedupe, with where their tokens are in the file's tokens.bin."""
-    for r in records:
-        docs = np.load(io.BytesIO(work.read_bytes(f"process/{r['file_index']:07d}/docs.npz")))
-        if not len(docs["doc_key"]):
+@dataclass(slots=True)
+class _FileDocs:
+    """One file's document table (docs.npz) with its documents' keys, token offsets and dedupe verdict."""
+
+    processed: Processed
+    columns: dict[str, np.ndarray]
+    keys: np.ndarray  # uint64 doc keys
+    starts: np.ndarray  # int64 first token in the file's tokens.bin
+    lengths: np.ndarray  # int64 tokens
+    keep: np.ndarray  # bool: survived dedupe
+
+
+def _kept_documents(work: Store, files: list[Processed], removed: np.ndarray):
+    """Per file with documents: its table, where its tokens are, and which documents survived dedupe."""
+    for f in files:
+        columns = dict(np.load(io.BytesIO(work.read_bytes(f"{f.folder}/{DOCS}"))))
+        if not len(columns["ordinal"]):
             continue
-        lengths = docs["length"].astype(np.int64)
-        starts = np.cumsum(lengths) - lengths
-        keep = ~np.isin(docs["doc_key"], removed, assume_unique=True)
-        yield r, docs, keep, starts, lengths
+        keys = f.doc_keys(columns["ordinal"])
+        lengths = columns["length"].astype(np.int64)
+        yield _FileDocs(f, columns, keys, np.cumsum(lengths) - lengths, lengths, ~np.isin(keys, removed, assume_unique=True))
 
 
-def plan_mix(work: Store, records: list[dict], source_ids: dict[str, int], weights: dict[int, float], mix) -> dict:
+def plan_mix(folder: str, resolved: str, files: list[Processed], work: Store, source_ids: dict[str, int], weights: dict[int, float], mix: MixConfig) -> dict:
     """Choose and order every split's documents (stages.mix) and write the plan the shard tasks read."""
-    from stages import mix as mix_stage
-
     started = time.perf_counter()
-    removed = load_npy(work, "dedupe/resolved/removed.npy")
+    removed = load_npy(work, f"{resolved}/removed.npy")
     per_split = {split: defaultdict(lambda: defaultdict(list)) for split in SPLITS}
-    for r, docs, keep, starts, lengths in _kept_documents(work, records, removed):
-        sid = source_ids[r["source"]]
+    for d in _kept_documents(work, files, removed):
+        sid = source_ids[d.processed.record["source"]]
         for split_no, split in enumerate(SPLITS):
-            mask = keep & (docs["split"] == split_no)
+            mask = d.keep & (d.columns["split"] == split_no)
             columns = per_split[split][sid]
-            columns["doc_key"].append(docs["doc_key"][mask])
-            columns["length"].append(lengths[mask])
-            columns["file"].append(np.full(int(mask.sum()), r["file_index"], np.int64))
-            columns["start"].append(starts[mask])
+            columns["doc_key"].append(d.keys[mask])
+            columns["length"].append(d.lengths[mask])
+            columns["file_index"].append(np.full(int(mask.sum()), d.processed.file_index, np.int64))
+            columns["start"].append(d.starts[mask])
     summary = {}
     for split, by_source in per_split.items():
         sources, located = [], {}
@@ -269,25 +291,25 @@ def plan_mix(work: Store, records: list[dict], source_ids: dict[str, int], weigh
         origin = np.empty(len(plan.positions), np.uint64)
         for sid, cols in located.items():
             at = plan.source_ids == sid
-            file_of[at] = cols["file"][plan.positions[at]]
+            file_of[at] = cols["file_index"][plan.positions[at]]
             start_of[at] = cols["start"][plan.positions[at]]
             origin[at] = cols["doc_key"][plan.positions[at]]
         buffer = io.BytesIO()
         np.savez(buffer, file_index=file_of, start=start_of, length=plan.lengths, source_id=plan.source_ids, origin=origin, shard_starts=plan.shard_starts)
-        work.write_bytes(f"mix/{split}.npz", buffer.getvalue())
+        work.write_bytes(f"{folder}/{split}.npz", buffer.getvalue())
         summary[split] = {"documents": int(len(plan.lengths)), "shards": int(len(plan.shard_starts)), "epochs": {str(k): v for k, v in plan.epochs.items()}}
     record = {"splits": summary, "seconds": time.perf_counter() - started}
-    work.mark_done("mix", record)
+    work.mark_done(folder, record)
     return record
 
 
-def _gather_tokens(work: Store, files: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _gather_tokens(work: Store, folders: list[str], files: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The shard's documents' tokens in plan order, read straight from each input file's tokens.bin."""
     out = np.empty(int(lengths.sum()), dtype)
     at = np.cumsum(lengths) - lengths
-    for file_index in np.unique(files):
-        rel = f"process/{int(file_index):07d}/tokens.bin"
-        mine = np.flatnonzero(files == file_index)
+    for file in np.unique(files):
+        rel = f"{folders[int(file)]}/{TOKENS}"
+        mine = np.flatnonzero(files == file)
         if work.is_local:
             source = np.memmap(work.path(rel), dtype=dtype, mode="r")
             for i in mine:
@@ -301,15 +323,15 @@ def _gather_tokens(work: Store, files: np.ndarray, starts: np.ndarray, lengths: 
     return out
 
 
-def write_shard(split: str, number: int, work: Store, out: Store, dtype_name: str, source_names: list[str]) -> dict:
-    """Write one shard (.bin + .idx) of the mixed stream and return its manifest entry."""
+def write_shard(folder: str, mix_folder: str, split: str, number: int, process_folders: list[str], work: Store, out: Store, dtype_name: str, source_names: list[str]) -> dict:
+    """Write one shard (.bin + .idx) of the mixed stream; its done record holds its manifest entry."""
     started = time.perf_counter()
-    plan = np.load(io.BytesIO(work.read_bytes(f"mix/{split}.npz")))
+    plan = np.load(io.BytesIO(work.read_bytes(f"{mix_folder}/{split}.npz")))
     bounds = list(plan["shard_starts"]) + [len(plan["length"])]
     part = slice(int(bounds[number]), int(bounds[number + 1]))
     lengths = plan["length"][part]
     dtype = np.dtype("<u2" if dtype_name == "uint16" else "<u4")
-    tokens = _gather_tokens(work, plan["file_index"][part], plan["start"][part], lengths, dtype)
+    tokens = _gather_tokens(work, process_folders, plan["file_index"][part], plan["start"][part], lengths, dtype)
     index = encode_index(dtype, np.cumsum(lengths).astype(np.uint64), plan["source_id"][part], plan["origin"][part])
     data = tokens.tobytes()
     stem = f"{split}/{split}-{number:05d}"
@@ -318,18 +340,21 @@ def write_shard(split: str, number: int, work: Store, out: Store, dtype_name: st
     by_source = np.bincount(plan["source_id"][part], weights=lengths, minlength=len(source_names))
     entry = shard_entry(stem, data, index, documents=int(len(lengths)), tokens=int(lengths.sum()),
                         tokens_by_source={name: int(by_source[i]) for i, name in enumerate(source_names)})
-    work.mark_done(f"shards/{split}-{number:05d}", {"entry": entry, "seconds": time.perf_counter() - started})
-    return entry
+    record = {"entry": entry, "documents": entry["documents"], "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
 
 
-def summarize_kept(work: Store, records: list[dict], removed: np.ndarray, removed_exact: np.ndarray) -> dict[str, dict]:
+def summarize_kept(work: Store, resolved: str, files: list[Processed]) -> dict[str, dict]:
     """Per "source/subset": duplicates removed, documents/chars/tokens kept and their histograms. Streams over
     the per-file document tables, one file at a time."""
+    removed, removed_exact = load_npy(work, f"{resolved}/removed.npy"), load_npy(work, f"{resolved}/removed_exact.npy")
     exact_keys = removed[removed_exact]
     out: dict[str, dict] = {}
-    for r, docs, keep, _, lengths in _kept_documents(work, records, removed):
+    for d in _kept_documents(work, files, removed):
+        r, docs, keep, lengths = d.processed.record, d.columns, d.keep, d.lengths
         subsets = docs["subset"]
-        is_exact = np.isin(docs["doc_key"], exact_keys, assume_unique=True)
+        is_exact = np.isin(d.keys, exact_keys, assume_unique=True)
         for sid, name in enumerate(r["subsets"]):
             here = subsets == sid
             s = out.setdefault(f"{r['source']}/{name}", {"exact_duplicate": 0, "near_duplicate": 0, "documents_kept": 0, "chars_kept": 0, "tokens_kept": 0,
