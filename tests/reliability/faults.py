@@ -247,8 +247,8 @@ def stable_manifest(out: Path) -> dict:
 
 
 def done_tasks(out: Path) -> set[str]:
-    """Task folders (`process/0000003`, `dedupe/partition-00001`, ...) with a done record."""
-    return {str(p.parent.relative_to(work)) for work in out.glob("work/*") for p in work.glob("**/_DONE.json")}
+    """Task folders (`process/<key>`, `dedupe/<key>/partition-00001`, ...) with a done record."""
+    return {str(p.parent.relative_to(out / "work")) for p in (out / "work").glob("**/_DONE.json")}
 
 
 def tasks_run(out: Path, since_line: int = 0) -> list[str]:
