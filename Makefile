@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE_MB ?= 10
 
-.PHONY: demo test install sample build clean
+.PHONY: demo test install sample clean
 
 $(BIN)/tokenmill: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,12 +20,13 @@ sample: install
 demo: install
 	@start=$$(date +%s); \
 	$(BIN)/tokenmill sample data/sample --size-mb $(SAMPLE_MB) && \
-	$(BIN)/tokenmill build manifests/recipes/sample.yaml --out runs/demo && \
+	$(BIN)/tokenmill build sample --out runs/demo && \
 	$(BIN)/tokenmill verify runs/demo/manifest.json && \
 	$(BIN)/tokenmill inspect runs/demo/manifest.json --split train --doc 0 | head -12 && \
 	echo "demo finished in $$(( $$(date +%s) - start ))s"
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 clean:

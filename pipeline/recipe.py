@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import math
 import typing
@@ -81,7 +82,39 @@ def _merge(base: Any, over: Any) -> Any:
     return over
 
 
-def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package (`manifests/recipes/NAME.yaml`)."""
+    return sorted(p.name.removesuffix(".yaml") for p in _packaged_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _packaged_dir() -> Path:
+    return Path(str(importlib.resources.files("manifests") / "recipes"))
+
+
+def locate_recipe(arg: str | Path) -> tuple[Path, Path | None]:
+    """(recipe file, folder its relative paths resolve against). A path names a file, whose relative paths
+    resolve against its own folder (None: each file's own). A bare name such as `sample` names a recipe shipped
+    in the package, found from any installed copy (a wheel too); it reads as if it sat in `manifests/recipes/`
+    of the working directory, as it does in a checkout: `sample`'s `../../data/sample` is `./data/sample`, where
+    `tokenmill sample data/sample` writes the demo corpus."""
+    text = str(arg)
+    if "/" in text or text.endswith((".yaml", ".yml")) or Path(text).exists():
+        return Path(text).resolve(), None
+    packaged = _packaged_dir() / f"{text}.yaml"
+    if not packaged.is_file():
+        raise RecipeError(f"recipe {text!r}: no such file, and no packaged recipe of that name; packaged: {', '.join(packaged_recipes())}")
+    return packaged, Path.cwd() / "manifests" / "recipes"
+
+
+def _resolved(value: Any, folder: Path) -> Any:
+    if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+        return str((folder / value).resolve())
+    return value
+
+
+def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to: Path | None = None) -> dict:
+    """The recipe at `path` with its `extends` chain merged in and relative roots and tokenizer paths made
+    absolute against `relative_to` (default: the folder of the file that names them)."""
     if path in seen:
         raise RecipeError(f"{path}: `extends` loops back to itself")
     try:
@@ -94,17 +127,16 @@ def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     parent = data.pop("extends", None)
     if parent:
-        base = read_recipe_yaml((path.parent / parent).resolve(), seen + (path,))
+        base = read_recipe_yaml((path.parent / parent).resolve(), seen + (path,), relative_to)
         data = _merge(base, data)
+    folder = relative_to or path.parent
     sources = data.get("sources")
     for src in sources if isinstance(sources, list) else []:  # anything else is refused, naming the field, later
-        root = src.get("root", "") if isinstance(src, dict) else None
-        if isinstance(root, str) and root and "://" not in root and not Path(root).is_absolute():
-            src["root"] = str((path.parent / root).resolve())
-    tok = data.get("tokenizer") or {}
-    model = tok.get("model", "") if isinstance(tok, dict) else None
-    if isinstance(model, str) and model and "://" not in model and not Path(model).is_absolute():
-        tok["model"] = str((path.parent / model).resolve())
+        if isinstance(src, dict) and "root" in src:
+            src["root"] = _resolved(src["root"], folder)
+    tok = data.get("tokenizer")
+    if isinstance(tok, dict) and "model" in tok:
+        tok["model"] = _resolved(tok["model"], folder)
     return data
 
 
@@ -205,7 +237,9 @@ def recipe_from_dict(data: dict) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
-    data = read_recipe_yaml(Path(path).resolve())
+    """A recipe from a YAML file or a packaged recipe's name (`locate_recipe`), with `overrides` merged over it."""
+    file, relative_to = locate_recipe(path)
+    data = read_recipe_yaml(file, relative_to=relative_to)
     if overrides:
         data = _merge(data, overrides)
     return recipe_from_dict(data)

@@ -302,7 +302,7 @@ def funnel_chart(page: Page, name: str) -> str:
     labels = list(steps) + ["in shards (after the mix)"]
     left = [st["left"] for st in steps.values()] + [source["documents_in_shards"]]
     removed = [st["removed"] for st in steps.values()] + [0]
-    notes = [f"−{fmt_compact(r)} → {fmt_compact(l)}" if r else fmt_compact(l) for r, l in zip(removed, left)]
+    notes = [f"−{fmt_compact(r)} → {fmt_compact(n)}" if r else fmt_compact(n) for r, n in zip(removed, left)]
     series = [Series("documents left", left, page.colors[name]), Series("removed here", removed, REMOVED_COLOR)]
     return f'<div><h4>{html.escape(name)}</h4>{hbar_chart(labels, series, stacked=True, notes=notes, width=560)}</div>'
 

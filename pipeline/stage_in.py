@@ -21,8 +21,8 @@ from pathlib import Path
 
 import fsspec
 
-from manifests.manifest import ManifestError, check_relative, validate
 from manifests.check import check_file
+from manifests.manifest import ManifestError, check_relative, validate
 
 CHUNK_BYTES = 8 << 20
 

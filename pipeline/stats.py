@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from manifests import read_index
 from manifests.manifest import Manifest, ManifestError, ShardRef, load
 from pipeline.report import ReportError, render_html, render_summary, screenshot
 from stages.document import BAD_INPUT_REASONS
-from manifests import read_index
 
 FORMAT = "tokenmill.stats"
 FORMAT_VERSION = 1

@@ -25,14 +25,13 @@ from manifests.manifest import shard_entry
 from manifests.shards import encode_index
 from pipeline.inputs import SPLITS, InputFile
 from pipeline.ledger import Store
-from stages.dedupe import DedupeConfig
-from stages import mix as mix_stage
-from stages.mix import MixConfig
-from stages.fetch import SourceConfig
 from stages import dedupe as dedupe_stage
+from stages import mix as mix_stage
+from stages.dedupe import DedupeConfig
 from stages.document import BadRecord, DocBatch
-from stages.fetch import read_documents
+from stages.fetch import SourceConfig, read_documents
 from stages.filter import apply_filters, build_filters
+from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
 FILE_SUBSET = "(file)"  # bad input that belongs to no document, e.g. a file that is not parquet

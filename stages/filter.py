@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stages.config import ConfigError
-from stages.fetch import SourceConfig
 from stages.document import DocBatch
+from stages.fetch import SourceConfig
 
 KeepResult = bool | tuple[bool, str]
 

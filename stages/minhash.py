@@ -24,7 +24,6 @@ from numba import njit
 
 from stages.config import ConfigError
 
-
 # Lookup tables of the kernel: ASCII punctuation, and every code point `str.isspace` (and so `re`'s `\s`) accepts.
 _IS_PUNCTUATION = np.array([chr(c) in string.punctuation for c in range(128)])
 _IS_SPACE = np.array([chr(c).isspace() for c in range(0x3001)])  # U+3000 is the last whitespace code point

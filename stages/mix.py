@@ -14,7 +14,6 @@ import numpy as np
 
 from stages.config import ConfigError
 
-
 MIX_POLICIES = ("natural", "downsample", "upsample")
 
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import ray
 
+from manifests.shards import open_tokens, read_index
 from pipeline.build import build
 from pipeline.recipe import load_recipe
 from pipeline.verify import verify
 from stages.document import DocBatch
 from stages.fetch import read_documents
-from manifests.shards import open_tokens, read_index
 from stages.tokenize import Tokenizer
 from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 
@@ -187,3 +187,50 @@ def test_a_recipe_that_matches_no_input_is_refused_before_any_work(local_ray, sa
     assert result.returncode == 2
     assert "sources[starcoderdata].train" in result.stderr and "no file" in result.stderr
     assert not (tmp_path / "out" / "work").exists()
+
+
+def _new_dump(kjv_chapters, path: Path) -> None:
+    """A new SlimPajama-layout file of KJV chapters that are in no other file."""
+    lines = [json.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) for text in list(kjv_chapters.values())[-40:]]
+    with fsspec.open(str(path), "wt", compression="zstd") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _halve(path: Path) -> None:
+    """The same file name with other content: its first half of lines."""
+    with fsspec.open(str(path), "rt", compression="zstd") as f:
+        lines = f.read().splitlines()
+    with fsspec.open(str(path), "wt", compression="zstd") as f:
+        f.write("\n".join(lines[: len(lines) // 2]) + "\n")
+
+
+@pytest.mark.slow
+def test_an_added_removed_or_replaced_input_gives_exactly_a_fresh_builds_output(local_ray, sample_corpus, kjv_chapters, tmp_path, capsys):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(sample_corpus, corpus)
+    recipe_path = sample_recipe(corpus, tmp_path / "recipe")
+    train = corpus / "SlimPajama-627B/train/chunk1"
+    out = tmp_path / "out"
+    build(load_recipe(recipe_path), str(out), workers=2)
+    changes = {
+        "added": (lambda: _new_dump(kjv_chapters, train / "example_train_9.jsonl.zst"), 1),
+        "replaced": (lambda: _halve(train / "example_train_0.jsonl.zst"), 1),
+        "removed": (lambda: (corpus / "starcoderdata/python/train-00001-of-00002.parquet").unlink(), 0),
+    }
+    for name, (change, new_files) in changes.items():
+        change()
+        capsys.readouterr()
+        build(load_recipe(recipe_path), str(out), workers=2)  # the same command again, on the changed inputs
+        console = capsys.readouterr().err
+        fresh = tmp_path / f"fresh-{name}"
+        build(load_recipe(recipe_path), str(fresh), workers=2, console=False)
+        manifest = json.loads((out / "manifest.json").read_text())
+        process = manifest["stages"]["process"]
+        assert process["tasks"] - process["skipped"] == new_files, name  # only the new or changed file was processed
+        said = next(line for line in console.splitlines() if line.startswith("[process] re-used"))
+        assert f" {process['skipped']} " in said and (new_files == 0 or f"running the {new_files} whose inputs or settings are new" in said), said
+        assert manifest["stages"]["mix"]["skipped"] == 0 and manifest["stages"]["resolve"]["skipped"] == 0, name
+        assert shard_bytes(out) == shard_bytes(fresh), name
+        assert stable_manifest(out) == stable_manifest(fresh), name

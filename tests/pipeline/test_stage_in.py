@@ -21,8 +21,8 @@ import sentencepiece as spm
 
 from manifests import manifest as manifest_io
 from manifests.manifest import ManifestError
-from pipeline.stage_in import StageInError, main, stage_in
 from manifests.shards import encode_index, open_tokens, read_index, sha256_file
+from pipeline.stage_in import StageInError, main, stage_in
 
 SHARDS = {"train": 3, "validation": 1}
 

@@ -13,11 +13,11 @@ import pytest
 import ray
 
 from manifests import manifest as manifest_io
+from manifests.shards import open_tokens, read_index
 from pipeline.build import build
 from pipeline.recipe import load_recipe
 from pipeline.report import FORMATS, chromium_command, cluster_groups, lookup, screenshot
 from pipeline.stats import LENGTH_EDGES, length_buckets, main, write_report
-from manifests.shards import open_tokens, read_index
 
 RECIPES = Path(__file__).resolve().parents[2] / "manifests" / "recipes"
 

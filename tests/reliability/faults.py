@@ -235,14 +235,22 @@ def wait_for(condition, what: str, run: Run, timeout: float = 120, every: float 
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/*-*.*")) if p.suffix in (".bin", ".idx")}
+    """Every shard file that out/manifest.json lists, by its path there."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    listed = [s[part] for split in manifest["splits"].values() for s in split["shards"] for part in ("bin", "idx")]
+    return {path: (out / path).read_bytes() for path in listed}
+
+
+# what legitimately differs between two runs of one build: when, how fast, and how much an earlier run had done
+RUN_DEPENDENT = ("seconds", "task_seconds", "skipped")
 
 
 def stable_manifest(out: Path) -> dict:
-    """The manifest without what legitimately differs between runs: the creation time and the stage timings."""
+    """The manifest without what legitimately differs between runs: the creation time, the stage timings and
+    resume counts (tasks, documents and bytes per stage stay)."""
     data = json.loads((out / "manifest.json").read_text())
     data.pop("created_at")
-    data.pop("stages")
+    data["stages"] = {name: {k: v for k, v in stage.items() if k not in RUN_DEPENDENT} for name, stage in data["stages"].items()}
     return data
 
 

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.faults import (
-    alive, done_tasks, shard_bytes, stable_manifest, start_build, tasks_run, title, wait_for,
+    alive,
+    done_tasks,
+    shard_bytes,
+    stable_manifest,
+    start_build,
+    tasks_run,
+    title,
+    wait_for,
 )
 
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")

@@ -13,10 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from trainer import checkpoint
 from tests.reliability.faults import (
-    ROOT, TRAIN_STEPS, Run, kill_all, losses, rank_process, start_time, tokenmill, train_command, wait_for,
+    ROOT,
+    TRAIN_STEPS,
+    Run,
+    kill_all,
+    losses,
+    rank_process,
+    start_time,
+    tokenmill,
+    train_command,
+    wait_for,
 )
+from trainer import checkpoint
 
 
 @pytest.mark.slow

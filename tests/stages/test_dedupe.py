@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import xxhash
 
-from stages.dedupe import DedupeConfig
-from stages.minhash import MinHashConfig
-from stages.dedupe import DedupeResult, document_keys, duplicate_edges, key_slots, partition_rows, resolve_clusters
 from manifests.keys import doc_key as global_doc_key
+from stages.dedupe import (
+    DedupeConfig,
+    DedupeResult,
+    document_keys,
+    duplicate_edges,
+    key_slots,
+    partition_rows,
+    resolve_clusters,
+)
+from stages.minhash import MinHashConfig
 
 
 def doc_keys_of(file_index: int, n_docs: int) -> np.ndarray:

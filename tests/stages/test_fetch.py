@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from stages.fetch import SourceConfig
 from stages.document import BAD_INPUT_REASONS, BadRecord, DocBatch
-from stages.fetch import read_documents
+from stages.fetch import SourceConfig, read_documents
 
 LOCAL = fsspec.filesystem("file")
 MAX_DOCUMENT_BYTES = 5_000

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.recipe import load_recipe
 from stages.config import ConfigError
-from stages.fetch import SourceConfig
 from stages.document import DocBatch
+from stages.fetch import SourceConfig
 from stages.filter import KNOWN_FILTERS, Filter, apply_filters, build_filters
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

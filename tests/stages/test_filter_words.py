@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 from datatrove.data import Document
-from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
-from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
 from stages import filter as filter_stage
 from stages.filter import build_filters, word_tokenizer

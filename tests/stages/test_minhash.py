@@ -12,8 +12,7 @@ import datasketch
 import numpy as np
 import pytest
 
-from stages.minhash import MinHashConfig
-from stages.minhash import band_keys, signatures
+from stages.minhash import MinHashConfig, band_keys, signatures
 
 _MASK64 = (1 << 64) - 1
 _DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)

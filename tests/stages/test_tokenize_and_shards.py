@@ -1,4 +1,3 @@
-import importlib.resources
 import pickle
 
 import numpy as np
