@@ -1,5 +1,5 @@
 """infra/docker/Dockerfile and its .dockerignore: well-formed instructions, the Ray the project runs, the
-project installed editable with extras that exist, and a build context without the virtualenv or data."""
+project installed (not editable: package data from site-packages) with extras that exist, and a build context without the virtualenv or data."""
 from __future__ import annotations
 
 import re
@@ -33,11 +33,12 @@ def test_builds_on_the_ray_this_project_runs():
     assert ("FROM", "${RAY_IMAGE}") in instructions()
 
 
-def test_installs_the_project_editable_with_existing_extras():
+def test_installs_the_project_not_editable_with_existing_extras():
     steps = instructions()
     assert ("COPY", "--chown=ray:users . /app") in steps
     [install] = [value for name, value in steps if name == "RUN" and "pip install" in value]
-    extras = re.search(r'-e "/app\[([a-z0-9,]+)\]"', install)
+    assert " -e " not in install  # an editable install would hide package data missing from the wheel
+    extras = re.search(r'"/app\[([a-z0-9,]+)\]"', install)
     assert extras and set(extras.group(1).split(",")) <= project_extras()
     assert "--extra-index-url ${TORCH_INDEX}" in install
 
