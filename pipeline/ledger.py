@@ -102,10 +102,11 @@ class WorkLayout:
     """Every task folder of the work dir: the one place that formats a work path. Each key is a `fingerprint`
     of what the output was made from (see `pipeline.build` for what goes into each)."""
 
-    store: Store
-
     def process(self, key: str) -> str:
         return f"process/{key}"
+
+    def key_group(self, key: str) -> str:
+        return f"keys/{key}"
 
     def dedupe_partition(self, key: str, partition: int) -> str:
         return f"dedupe/{key}/partition-{partition:05d}"
@@ -113,8 +114,8 @@ class WorkLayout:
     def resolved(self, key: str) -> str:
         return f"dedupe/{key}/resolved"
 
-    def mix(self, key: str) -> str:
-        return f"mix/{key}"
+    def count(self, key: str) -> str:
+        return f"count/{key}"
 
-    def shard(self, key: str, split: str, number: int) -> str:
-        return f"shards/{key}/{split}-{number:05d}"
+    def mix_group(self, key: str, split: str, group: int) -> str:
+        return f"mix/{key}/{split}-{group:05d}"
