@@ -127,22 +127,27 @@ def _count(groups: list[list[tasks.Processed]], group_folders: list[str], resolv
     return runner.run("count", [Task(folder, mix_tasks.count_kept, (folder, g, resolved_folder, runner.work)) for folder, g in zip(folders, groups)])
 
 
-def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
-         runner: Runner, layout: WorkLayout, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
-    """Plan the mix groups of each split from the per-file counts, run them; returns each split's shard entries
-    and each split's repeat factor per source."""
+def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict]) -> list[mix_tasks.MixGroup]:
+    """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables)."""
     kept = {int(f): c for record in counts for f, c in record["files"].items()}
     source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
     weights = {i: s.weight for i, s in enumerate(recipe.sources)}
-    groups, factors = [], {}
+    folders = {p.file_index: p.folder for p in processed}
+    groups = []
     for split_no, split in enumerate(SPLITS):
-        streams = {sid: ([p.file_index for p in processed if source_ids[p.source] == sid],
-                         [kept[p.file_index][split_no][1] for p in processed if source_ids[p.source] == sid]) for sid in weights}
-        streams = {sid: (np.asarray(files, np.int64), np.asarray(tokens, np.int64)) for sid, (files, tokens) in streams.items()}
-        planned = _plan_split(split, streams, weights, recipe.mix, {p.file_index: p.folder for p in processed}, first_shard=0)
-        if planned:
-            factors[split] = planned[0].factors
-            groups += planned
+        streams = {}
+        for sid in weights:
+            mine = [p.file_index for p in processed if source_ids[p.source] == sid]
+            streams[sid] = (np.asarray(mine, np.int64), np.asarray([kept[f][split_no][1] for f in mine], np.int64))
+        groups += _plan_split(split, streams, weights, recipe.mix, folders, first_shard=0)
+    return groups
+
+
+def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
+         runner: Runner, layout: WorkLayout, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
+    """Run the mix groups; returns each split's shard entries and each split's repeat factor per source."""
+    groups = plan_mix(recipe, processed, counts)
+    factors = {g.split: g.factors for g in groups}
     records = runner.run("mix", [
         Task(folder, mix_tasks.mix_group, (folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), [s.name for s in recipe.sources], recipe.mix.seed))
         for g in groups for folder in [layout.mix_group(key, g.split, g.number)]
