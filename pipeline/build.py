@@ -24,7 +24,7 @@ from manifests.shards import dtype_name
 from pipeline import dedupe_tasks, mix_tasks, tasks
 from pipeline.finalize import StageResults, finalize, print_summary
 from pipeline.inputs import SPLITS, InputFile, list_inputs
-from pipeline.ledger import Store, WorkLayout, fingerprint
+from pipeline.ledger import Store, WorkLayout, fingerprint, shards_folder
 from pipeline.progress import EventLog
 from pipeline.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.runner import BuildError, Runner, Task, start_ray
@@ -55,15 +55,17 @@ def mix_key(dedupe: str, recipe: Recipe) -> str:
     return fingerprint({"dedupe": dedupe, "mix": dataclasses.asdict(recipe.mix), "weights": [[s.name, s.weight] for s in recipe.sources]})
 
 
-def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True) -> str:
-    """Run (or resume) a build; returns the manifest's URL."""
+def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True,
+          work_url: str | None = None) -> str:
+    """Run (or resume) a build; returns the manifest's URL. `work_url` (default OUT/work) may be shared by
+    several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
     started = time.perf_counter()
     validate_filters(recipe)
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
     out.fs.makedirs(out.root, exist_ok=True)
     tokenizer = open_tokenizer(recipe, inputs, out)
-    work = out.child("work")
+    work = Store.at(work_url) if work_url else out.child("work")
     log = EventLog(out.path("build.log.jsonl") if out.is_local else None, console)
     workers = start_ray(address, workers)
     log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
@@ -86,7 +88,7 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     mix = mix_key(dedupe, recipe)
     shards, factors = _mix(recipe, processed, counts, resolved_folder, mix, tokenizer, runner, layout, out)
     return StageResults(funnels, mix_tasks.merge_subset_stats(counts), resolved_folder, resolved, group_folders, group_records,
-                        factors, shards, runner.timings, runner.workers)
+                        factors, shards, shards_folder(mix), {"dedupe": dedupe, "mix": mix}, runner.used, runner.timings, runner.workers)
 
 
 def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, layout: WorkLayout) -> tuple[list[tasks.Processed], list[dict]]:
@@ -127,7 +129,7 @@ def _count(groups: list[list[tasks.Processed]], group_folders: list[str], resolv
     return runner.run("count", [Task(folder, mix_tasks.count_kept, (folder, g, resolved_folder, runner.work)) for folder, g in zip(folders, groups)])
 
 
-def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict]) -> list[mix_tasks.MixGroup]:
+def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], shards_folder: str) -> list[mix_tasks.MixGroup]:
     """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables)."""
     kept = {int(f): c for record in counts for f, c in record["files"].items()}
     source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
@@ -139,18 +141,19 @@ def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict
         for sid in weights:
             mine = [p.file_index for p in processed if source_ids[p.source] == sid]
             streams[sid] = (np.asarray(mine, np.int64), np.asarray([kept[f][split_no][1] for f in mine], np.int64))
-        groups += _plan_split(split, streams, weights, recipe.mix, folders, first_shard=0)
+        groups += _plan_split(split, streams, weights, recipe.mix, folders, shards_folder)
     return groups
 
 
 def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
          runner: Runner, layout: WorkLayout, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
     """Run the mix groups; returns each split's shard entries and each split's repeat factor per source."""
-    groups = plan_mix(recipe, processed, counts)
+    groups = plan_mix(recipe, processed, counts, shards_folder(key))
     factors = {g.split: g.factors for g in groups}
+    written_to = fingerprint({"mix": key, "out": out.url()})  # another output sharing the work store writes its own copy
     records = runner.run("mix", [
         Task(folder, mix_tasks.mix_group, (folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), [s.name for s in recipe.sources], recipe.mix.seed))
-        for g in groups for folder in [layout.mix_group(key, g.split, g.number)]
+        for g in groups for folder in [layout.mix_group(written_to, g.split, g.number)]
     ])
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
@@ -159,7 +162,7 @@ def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], r
 
 
 def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], weights: dict[int, float], mix: MixConfig,
-                folders: dict[int, str], first_shard: int) -> list[mix_tasks.MixGroup]:
+                folders: dict[int, str], shards_folder: str) -> list[mix_tasks.MixGroup]:
     """The split's mix groups: each source's stream cut into the same number of token ranges, the policy's
     repeat factors, and each group's shards numbered after the previous groups'."""
     totals = {sid: int(tokens.sum()) for sid, (_, tokens) in streams.items()}
@@ -167,11 +170,12 @@ def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], w
         return []
     factors = mix_stage.repeat_factors(totals, weights, mix.policy)
     planned = sum(factors[sid] * t for sid, t in totals.items())
-    groups = []
+    groups, first_shard = [], 0
     for number, slices in enumerate(mix_stage.slice_streams(streams, mix_stage.group_count(planned, mix.shard_tokens, mix.shards_per_group))):
         shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
         files = {f: folders[f] for s in slices for f, _ in s.files}
-        groups.append(mix_tasks.MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards, folders=files))
+        groups.append(mix_tasks.MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards,
+                                          folders=files, shards_folder=shards_folder))
         first_shard += shards
     return groups
 
@@ -180,6 +184,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill build", description="Build mixed token shards + manifest from a recipe on Ray.")
     parser.add_argument("recipe", help="recipe YAML, e.g. manifests/recipes/tinyllama.yaml")
     parser.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://, ...)")
+    parser.add_argument("--work", default=None, help="work store for task outputs, shareable by several outputs (e.g. one per mix); default OUT/work")
     parser.add_argument("--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)")
     parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
     parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
@@ -187,7 +192,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         recipe = load_recipe(args.recipe)
-        manifest_url = build(recipe, args.out, args.workers, args.address)
+        manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
     except (RecipeError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

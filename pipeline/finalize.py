@@ -15,7 +15,7 @@ from manifests.shards import dtype_name
 from pipeline import __version__, tasks
 from pipeline.dedupe_tasks import CLUSTER_SIZES
 from pipeline.inputs import InputFile
-from pipeline.ledger import Store
+from pipeline.ledger import SHARDS_PREFIX, Store, WorkLayout
 from pipeline.recipe import Recipe
 from pipeline.tokenizer import TRAINED_MODEL
 from stages.tokenize import Tokenizer
@@ -34,6 +34,9 @@ class StageResults:
     key_group_records: list[dict]
     factors: dict[str, dict[int, float]]  # per split and source id: tokens taken / tokens kept
     shards: dict[str, list[dict]]  # split -> manifest entries of its shards, in order
+    shards_folder: str  # the output folder holding this mix's shards
+    keys: dict[str, str]  # the dedupe and mix work keys: what the shards were made from
+    used: list[str]  # every work folder the build used (recorded for `tokenmill work`)
     timings: dict[str, dict]
     workers: int
 
@@ -47,9 +50,20 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     quarantine = _merge_quarantine(work, out, results)
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
+    manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}
     manifest_io.validate(manifest, out.url("manifest.json"))
     out.write_bytes("manifest.json", manifest_io.dumps(manifest).encode())
+    _remove_earlier_shards(out, results.shards_folder)
+    work.write_json(WorkLayout().uses(out.url("manifest.json")), {"manifest": out.url("manifest.json"), "created_at": manifest["created_at"], "folders": results.used})
     return manifest
+
+
+def _remove_earlier_shards(out: Store, current: str) -> None:
+    """Shard folders of earlier builds into this output: listed by no manifest now that this one replaced theirs."""
+    for path in out.fs.ls(out.root, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(SHARDS_PREFIX) and name != current:
+            out.fs.rm(path, recursive=True)
 
 
 def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, results: StageResults, subsets: dict, timings: dict, quarantine: dict) -> dict:
@@ -181,7 +195,8 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     for split, info in data["splits"].items():
         mix = ", ".join(f"{k} {v:.1%}" for k, v in data["mix"]["achieved"][split].items())
         print(f"  {split:<10} {len(info['shards'])} shards  {info['documents']:>8,} docs  {info['tokens']:>12,} tokens  ({mix})")
-    print(f"  shards     {base}/train/, {base}/validation/")
+    folders = sorted({f"{base}/{shard['bin'].rsplit('/', 1)[0]}/" for info in data["splits"].values() for shard in info["shards"]})
+    print(f"  shards     {', '.join(folders)}")
     print(f"  manifest   {manifest_url}")
     print(f"  quarantine {base}/{data['quarantine']['path']}  ({data['quarantine']['records']} bad records)")
     if report:

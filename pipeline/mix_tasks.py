@@ -107,6 +107,7 @@ class MixGroup:
     first_shard: int
     shards: int
     folders: dict[int, str]  # process folder of each file the slices name
+    shards_folder: str  # in the output: `pipeline.ledger.shards_folder`
 
 
 def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Store, dtype_name: str, source_names: list[str], seed: int) -> dict:
@@ -130,7 +131,7 @@ def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Sto
             tokens[f] = _open_span(work, group.folders[f], dtype, lo, hi, stack)
             start_of[mine] -= lo
         for k, part in enumerate(plan.shard_slices()):
-            stem = f"{group.split}/{group.split}-{group.first_shard + k:05d}"
+            stem = f"{group.shards_folder}/{group.split}/{group.split}-{group.first_shard + k:05d}"
             entries.append(_write_shard(out, stem, tokens, file_of[part], start_of[part], plan.lengths[part], plan.source_ids[part], origin[part], dtype, source_names))
     record = {"entries": entries, "documents": int(len(plan.lengths)), "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
