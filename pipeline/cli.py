@@ -14,6 +14,7 @@ COMMANDS = {
     "submit": ("pipeline.jobs", "submit_main", "submit a build to a Ray cluster through the Jobs API"),
     "jobs": ("pipeline.jobs", "jobs_main", "list / status / logs / stop Ray jobs"),
     "stage-in": ("pipeline.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
+    "work": ("pipeline.work", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
     "export": ("trainer.export", "main", "export a checkpoint to Hugging Face safetensors"),
     "bench": ("pipeline.bench", "main", "corpus build throughput against datatrove"),

@@ -9,6 +9,8 @@ import pytest
 import ray
 
 from pipeline.build import build
+from pipeline.ledger import Store
+from pipeline.work import entries, main
 from pipeline.recipe import load_recipe
 from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 
@@ -80,3 +82,13 @@ def test_two_outputs_share_one_work_store(local_ray, sample_corpus, tmp_path):
     _same_as_fresh(recipe, tmp_path / "mix64", tmp_path / "fresh")
     assert (tmp_path / "mix73/manifest.json").exists() and not (tmp_path / "mix73/work").exists()
     assert len(list((work / "uses").glob("*.json"))) == 2
+    # `tokenmill work`: both outputs use the shared stages; removing one output's manifest frees its mix outputs
+    both = {f"file://{tmp_path / name / 'manifest.json'}" for name in ("mix73", "mix64")}
+    listed = entries(Store.at(str(work)))
+    assert all(set(e.used_by) == both for e in listed if not e.folder.startswith("mix/"))
+    mix73_only = [e.folder for e in listed if e.used_by == [f"file://{tmp_path / 'mix73/manifest.json'}"]]
+    assert mix73_only and all(f.startswith("mix/") for f in mix73_only)
+    (tmp_path / "mix73/manifest.json").unlink()
+    assert main(["prune", str(work)]) == 0
+    assert sorted(e.folder for e in entries(Store.at(str(work)))) == sorted(e.folder for e in listed if e.folder not in mix73_only)
+    assert main(["ls", str(tmp_path / "nowhere")]) == 2
