@@ -28,7 +28,7 @@ from pipeline.ledger import Store, WorkLayout, fingerprint, shards_folder
 from pipeline.progress import EventLog
 from pipeline.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.runner import BuildError, Runner, Task, start_ray
-from pipeline.tokenizer import open_tokenizer
+from pipeline.tokenizer import open_tokenizer, recipe_tokenizer
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
 from stages.mix import MixConfig
@@ -61,10 +61,11 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
     started = time.perf_counter()
     validate_filters(recipe)
+    given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
     out.fs.makedirs(out.root, exist_ok=True)
-    tokenizer = open_tokenizer(recipe, inputs, out)
+    tokenizer = given or open_tokenizer(recipe, inputs, out)
     work = Store.at(work_url) if work_url else out.child("work")
     log = EventLog(out.path("build.log.jsonl") if out.is_local else None, console)
     workers = start_ray(address, workers)

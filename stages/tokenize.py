@@ -53,8 +53,10 @@ def read_model_bytes(uri: str) -> bytes:
             return (importlib.resources.files(package) / inner).read_bytes()
         with fsspec.open(uri, "rb") as f:
             return f.read()
-    except (OSError, ModuleNotFoundError) as e:
-        raise TokenizerError(f"tokenizer.model {uri!r} cannot be read ({e}); point the recipe at a sentencepiece .model file") from None
+    except ImportError as e:  # an fsspec protocol whose package is missing (hf:// needs huggingface_hub)
+        raise TokenizerError(f"tokenizer.model {uri!r} cannot be opened ({e}); install the extra it names (e.g. pip install 'tokenmill[hf]')") from None
+    except Exception as e:  # any failure to fetch a user-given URI (no network, no such file, access denied)
+        raise TokenizerError(f"tokenizer.model {uri!r} cannot be read ({type(e).__name__}: {e}); check the path or URL and the network, or point the recipe at a local copy") from None
 
 
 @dataclass(slots=True)

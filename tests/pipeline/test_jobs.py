@@ -88,7 +88,7 @@ def test_paths_into_the_shipped_project_stay_relative_and_others_become_absolute
     assert [s["root"] for s in flat["sources"]] == [str(PROJECT_ROOT / "data/sample/SlimPajama-627B"), str(PROJECT_ROOT / "data/sample/starcoderdata")]
     assert flat["tokenizer"]["model"] == "pkg://mistral_common/data/tokenizer.model.v1"
     flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(PROJECT_ROOT / "manifests/recipes/tinyllama.yaml", staging)).read_text())
-    assert flat["tokenizer"]["model"] == "../manifests/recipes/llama-2/tokenizer.model"  # resolves in the job's copy
+    assert flat["tokenizer"]["model"] == "hf://TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/tokenizer.model"  # a URL travels as it is
     assert flat["sources"][0]["root"] == "hf://datasets/cerebras/SlimPajama-627B"
 
 
