@@ -4,19 +4,24 @@ after ~10% more input files, each against a fresh build of the changed recipe (t
     .venv/bin/python bench/remix.py --work runs/perf/remix --size-mb 100
 
 Every build runs on a fresh embedded Ray started before its clock (a cluster is up before a build starts), with
-the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the offline sample corpus.
+the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the corpus of bench/build_throughput.py
+(real text recombined, SlimPajama / StarCoderData layouts, 2 MB files). The new files are a second such corpus
+(another seed) of a tenth of the size, added under new names where the recipe's patterns match them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from pipeline.sample import write_sample_corpus
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.build_throughput import CorpusShape, write_corpus  # noqa: E402
 
 SOURCES = {"slimpajama": "SlimPajama-627B", "starcoderdata": "starcoderdata"}
 
@@ -48,22 +53,17 @@ def shard_bytes(out: Path, manifest: dict) -> dict[str, bytes]:
     return {s[k].split("/", 1)[1]: (out / s[k]).read_bytes() for info in manifest["splits"].values() for s in info["shards"] for k in ("bin", "idx")}
 
 
-def add_new_dumps(corpus: Path, scratch: Path, share: float, size_mb: float) -> int:
-    """Copies `share` of each source's count of training files, taken from a second corpus (another seed, files
-    of the same size), into `corpus` under new names: a new dump that the recipe's patterns match."""
-    write_sample_corpus(scratch, size_mb=size_mb, seed=1)
+def add_new_dumps(corpus: Path, scratch: Path, size_mb: float) -> int:
+    """A second corpus (another seed) of `size_mb`: its training files copied into `corpus` under new names."""
+    write_corpus(scratch, CorpusShape(size_mb=size_mb, seed=1))
     added = 0
-    for sub, pattern in (("SlimPajama-627B", "train/chunk*/*.jsonl.zst"), ("starcoderdata", "python/train-*.parquet")):
-        count = max(1, round(share * len(list((corpus / sub).glob(pattern)))))
-        for path in sorted((scratch / sub).glob(pattern))[:count]:
+    for sub, pattern in (("SlimPajama-627B", "train/chunk*/*.jsonl.zst"), ("starcoderdata", "python/*.parquet")):
+        for path in sorted((scratch / sub).glob(pattern)):
             target = corpus / sub / path.relative_to(scratch / sub)
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target.with_name(f"new-{target.name}"))
             added += 1
     return added
-
-
-def corpus_mb(corpus: Path) -> float:
-    return sum(json.loads((corpus / "PLANTED.json").read_text())["text_bytes"].values()) / 1e6
 
 
 def main() -> None:
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     corpus = args.work / "corpus"
-    write_sample_corpus(corpus, size_mb=args.size_mb, seed=0)
+    write_corpus(corpus, CorpusShape(size_mb=args.size_mb))
     r73, r64 = recipe(args.work, corpus, (7, 3)), recipe(args.work, corpus, (6, 4))
     rows = []
     fresh73, m = timed_build(r73, args.work / "out", args.workers)
@@ -84,12 +84,12 @@ def main() -> None:
     rows.append(("weights 6:4, same output", remix, m, shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh64", f)))
     rows.append(("fresh build 6:4", fresh64, f, None))
     files_before = len(m["inputs"])
-    added = add_new_dumps(corpus, args.work / "new", 0.10, args.size_mb)
+    added = add_new_dumps(corpus, args.work / "new", args.size_mb / 10)
     grown, m = timed_build(r64, args.work / "out", args.workers)
     fresh_all, f = timed_build(r64, args.work / "fresh-all", args.workers)
     rows.append((f"+{added} input files ({added / files_before:.0%}), same output", grown, m, shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh-all", f)))
     rows.append(("fresh build over all files", fresh_all, f, None))
-    print(f"\n{corpus_mb(corpus):.0f} MB corpus, {files_before} input files, {args.workers} workers")
+    print(f"\n{args.size_mb:.0f} MB corpus (+{args.size_mb / 10:.0f} MB added), {files_before} input files, {args.workers} workers")
     print(f"{'build':<42} {'seconds':>8} {'of fresh':>9} {'stages that ran':<40} equal to fresh")
     fresh = {"weights": fresh64, "+": fresh_all}
     for name, seconds, manifest, equal in rows:

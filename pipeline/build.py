@@ -190,6 +190,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
     parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
     args = parser.parse_args(argv)
+    refused = None
+    if args.workers is not None and args.workers < 1:
+        refused = f"--workers {args.workers}: give at least 1 (or leave it out to use every CPU of the cluster)"
+    elif "://" not in args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        refused = f"--out {args.out}: is a file; give a folder (new, or holding an earlier build)"
+    if refused:
+        print(f"tokenmill build: {refused}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     try:
         recipe = load_recipe(args.recipe)
