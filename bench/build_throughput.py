@@ -68,20 +68,14 @@ class TextPools:
     @classmethod
     def load(cls, unit_chars: int) -> "TextPools":
         """Units of 40 to `unit_chars` characters."""
-        docstrings = []
-        for rel, path in sample._stdlib_sources(sample.DOCSTRING_SKIP_DIRS):
-            try:
-                tree = sample._parse(path.read_bytes())
-            except (SyntaxError, ValueError):  # test fixtures: deliberately broken or Python 2 code
-                continue
-            docstrings += [f"{name}\n\n{doc}" for name, doc in sample._docstrings(tree, sample._module_name(rel))]
+        docstrings = [f"{name}\n\n{doc}" for _, module in sample.stdlib_docstrings() for name, doc in module]
         headers, blocks = [], []
-        for _, text in sample._stdlib_code_files():
+        for _, text in sample.stdlib_code_files():
             cuts = [m.start() for m in _DEFINITION.finditer(text)]
             if cuts:
                 headers.append(text[: cuts[0]].rstrip())
                 blocks += [text[a:b].rstrip() for a, b in zip(cuts, cuts[1:] + [len(text)])]
-        verses = sample._kjv_verses()
+        verses = sample.kjv_verses()
         short = [v["text"] for v in verses if len(v["text"]) <= sample.SHORT_MAX_CHARS]
         return cls(verses, _sized(docstrings, unit_chars), _sized(headers, unit_chars), _sized(blocks, unit_chars), short)
 
