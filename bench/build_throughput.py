@@ -14,7 +14,9 @@
    DocumentTokenizer -> merger) with the same sentencepiece model converted to HF tokenizers.
 3. With `--memory-docs N`: per-task peak RSS and time of the build's own task functions (process, dedupe
    partition, resolve, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one process
-   task against the size of its input file (8, 32, 128 MB of text).
+   task against the size of its input file (`--memory-file-mb`, default 8, 32, 128 MB of text). Each task runs
+   in its own process into the work folder the build would give it (`work_plan`: the build's own keys and
+   `WorkLayout`), so `tokenmill build` over the same recipe and work dir afterwards re-uses every one of them.
 4. Prints the throughput table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
 
 The machine is shared and noisy: compare rows of the same run, and repeat (`--repeat`) when a ratio matters.
@@ -274,7 +276,7 @@ def read_texts(recipe) -> list[str]:
     """Every readable document's text, in the build's canonical file order."""
     import fsspec
 
-    from pipeline.build import list_inputs
+    from pipeline.inputs import list_inputs
     from stages.document import DocBatch
     from stages.fetch import read_documents
 
@@ -481,28 +483,53 @@ MEMORY_SHAPE = {"natural_chars": 300, "code_chars": 300, "unit_chars": 300, "fil
 DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as a recipe for a larger corpus would
 
 
+def work_plan(recipe, work: Path) -> dict:
+    """The folder of every task `pipeline.build.run_stages` would run for `recipe` in the work dir `work`, from
+    the build's own key functions and `WorkLayout`: {"file_index": [...], "process": [...] (one per input file,
+    in the canonical order), "dedupe": [...] (one per partition), "resolved": ..., "mix": ...}."""
+    from pipeline.build import dedupe_key, mix_key, process_key
+    from pipeline.inputs import list_inputs
+    from pipeline.ledger import Store, WorkLayout
+    from pipeline.tokenizer import open_tokenizer
+    from stages import dedupe as dedupe_stage
+
+    inputs = list_inputs(recipe)
+    tokenizer = open_tokenizer(recipe, inputs, Store.at(f"{work}-out"))
+    layout = WorkLayout(Store.at(str(work)))
+    process_keys = [process_key(i, tokenizer, recipe) for i in inputs]
+    dedupe = dedupe_key(process_keys, recipe)
+    partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
+    return {"file_index": [i.file_index for i in inputs], "process": [layout.process(k) for k in process_keys],
+            "dedupe": [layout.dedupe_partition(dedupe, p) for p in range(partitions)],
+            "resolved": layout.resolved(dedupe), "mix": layout.mix(mix_key(dedupe, recipe))}
+
+
 def run_task_child(argv: list[str]) -> None:
     """In a fresh process (so its peak RSS is the task's): one of the build's own task functions, as a Ray worker
-    would run it. argv: kind (process, dedupe, resolve, mix), recipe YAML, work folder, task number."""
+    would run it, into the folder `work_plan` names. argv: kind (process, dedupe, resolve, mix), recipe YAML,
+    work folder, the `work_plan` JSON file, task number (an input file's or a partition's; 0 otherwise)."""
     from pipeline import tasks
-    from pipeline.build import list_inputs, open_tokenizer
+    from pipeline.inputs import list_inputs
     from pipeline.ledger import Store
     from pipeline.recipe import load_recipe
+    from pipeline.tokenizer import open_tokenizer
 
-    kind, recipe_path, work_dir, number = argv[0], argv[1], argv[2], int(argv[3])
-    recipe, work = load_recipe(recipe_path), Store.at(work_dir)
-    inputs = list_inputs(recipe)
-    records = [work.done(f"process/{i.file_index:07d}") for i in inputs] if kind != "process" else []
+    kind, recipe_path, work_dir, plan_path, number = argv[0], argv[1], argv[2], argv[3], int(argv[4])
+    recipe, work, plan = load_recipe(recipe_path), Store.at(work_dir), json.loads(Path(plan_path).read_text())
     if kind == "process":
-        tokenizer = open_tokenizer(recipe, inputs, Store.at(work_dir + "-out"))
-        tasks.process_file(inputs[number], work, tokenizer, recipe.dedupe, recipe.batch_documents)
-    elif kind == "dedupe":
-        tasks.dedupe_partition(number, work, records)
+        inputs = list_inputs(recipe)
+        tokenizer = open_tokenizer(recipe, inputs, Store.at(f"{work_dir}-out"))
+        tasks.process_file(plan["process"][number], inputs[number], work, tokenizer, recipe.dedupe, recipe.batch_documents)
+        print(_peak_rss_mib())
+        return
+    processed = [tasks.Processed(i, folder, work.done(folder)) for i, folder in zip(plan["file_index"], plan["process"])]
+    if kind == "dedupe":
+        tasks.dedupe_partition(plan["dedupe"][number], number, processed, work)
     elif kind == "resolve":
-        tasks.resolve_duplicates(work, recipe.dedupe.partitions, recipe.dedupe)
+        tasks.resolve_duplicates(plan["resolved"], plan["dedupe"], work, recipe.dedupe)
     else:
         ids, weights = {s.name: i for i, s in enumerate(recipe.sources)}, {i: s.weight for i, s in enumerate(recipe.sources)}
-        tasks.plan_mix(work, records, ids, weights, recipe.mix)
+        tasks.plan_mix(plan["mix"], plan["resolved"], processed, work, ids, weights, recipe.mix)
     print(_peak_rss_mib())
 
 
@@ -515,7 +542,7 @@ def _peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
-def _run_tasks(kind: str, numbers: range | list[int], recipe_path: Path, work: Path, workers: int) -> dict:
+def _run_tasks(kind: str, numbers: range | list[int], recipe_path: Path, work: Path, plan_path: Path, workers: int) -> dict:
     """Tasks of one kind in fresh processes, `workers` at a time: wall seconds and the largest peak RSS."""
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
@@ -524,7 +551,7 @@ def _run_tasks(kind: str, numbers: range | list[int], recipe_path: Path, work: P
             "run_task_child(sys.argv[1:])")
 
     def one(number: int) -> float:
-        done = subprocess.run([sys.executable, "-c", code, kind, str(recipe_path), str(work), str(number)],
+        done = subprocess.run([sys.executable, "-c", code, kind, str(recipe_path), str(work), str(plan_path), str(number)],
                               capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{kind} task {number} failed:\n{done.stderr[-3000:]}")
@@ -553,30 +580,35 @@ def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
         recipe_path.write_text(json.dumps(recipe.to_dict()))  # YAML is a superset of JSON
         run = corpus_dir / "work"
         shutil.rmtree(run, ignore_errors=True)
-        files = sum(map(len, corpus["files"].values()))
-        row = {"documents": count, "text_mb": size_mb, "files": files, "partitions": partitions}
-        for kind, tasks_of_kind in (("process", files), ("dedupe", partitions), ("resolve", 1), ("mix", 1)):
-            row[kind] = _run_tasks(kind, range(tasks_of_kind), recipe_path, run, workers)
-        done = [json.loads(p.read_text()) for p in run.glob("process/*/_DONE.json")]
+        plan = work_plan(recipe, run)
+        plan_path = corpus_dir / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        row = {"documents": count, "text_mb": size_mb, "files": len(plan["process"]), "partitions": len(plan["dedupe"])}
+        for kind, tasks_of_kind in (("process", len(plan["process"])), ("dedupe", len(plan["dedupe"])), ("resolve", 1), ("mix", 1)):
+            row[kind] = _run_tasks(kind, range(tasks_of_kind), recipe_path, run, plan_path, workers)
+        done = [json.loads((run / folder / "_DONE.json").read_text()) for folder in plan["process"]]
         row["largest_file_mb"] = round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)
         print(f"  memory: {row}", flush=True)
         rows.append(row)
     return rows
 
 
-def process_memory(work: Path, file_mbs: tuple[int, ...] = (8, 32, 128)) -> list[dict]:
+def process_memory(work: Path, file_mbs: tuple[float, ...] = (8, 32, 128)) -> list[dict]:
     """Peak RSS of one process task against the size of its input file (SlimPajama-like documents): what sets a
     worker's memory in the process stage, where the corpus size does not enter."""
     rows = []
     for file_mb in file_mbs:
-        corpus_dir = work / f"file-{file_mb}mb"
+        corpus_dir = work / f"file-{file_mb:g}mb"
         # 2 validation files first (file indexes 0, 1), then 2 training files of `file_mb` MB each
         write_corpus(corpus_dir, CorpusShape(size_mb=round(2 * file_mb / sample.NATURAL_SHARE / (1 - VALIDATION_SHARE), 1), file_mb=file_mb))
-        recipe_path = corpus_dir / "recipe.yaml"
-        recipe_path.write_text(json.dumps(bench_recipe(corpus_dir, "sample", 8).to_dict()))
-        shutil.rmtree(corpus_dir / "work", ignore_errors=True)
-        measured = _run_tasks("process", [2], recipe_path, corpus_dir / "work", 1)
-        done = json.loads((corpus_dir / "work" / "process" / f"{2:07d}" / "_DONE.json").read_text())
+        recipe = bench_recipe(corpus_dir, "sample", 8)
+        recipe_path, plan_path, run = corpus_dir / "recipe.yaml", corpus_dir / "plan.json", corpus_dir / "work"
+        recipe_path.write_text(json.dumps(recipe.to_dict()))
+        shutil.rmtree(run, ignore_errors=True)
+        plan = work_plan(recipe, run)
+        plan_path.write_text(json.dumps(plan))
+        measured = _run_tasks("process", [2], recipe_path, run, plan_path, 1)
+        done = json.loads((run / plan["process"][2] / "_DONE.json").read_text())
         text_mb = sum(f["bytes_read"] for f in done["funnels"].values()) / 1e6
         rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **measured})
         print(f"  process memory: {rows[-1]}", flush=True)
@@ -664,8 +696,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=8, help="dedupe.partitions of the tokenmill builds (default 8)")
     parser.add_argument("--memory-docs", type=int, default=0, help="also measure dedupe memory at 0.1x/0.3x/1x of this many documents")
     parser.add_argument("--memory-only", action="store_true", help="only the dedupe memory measurement")
+    parser.add_argument("--memory-file-mb", default="8,32,128",
+                        help="with --memory-docs: MB of text of the input files whose process task is measured alone (default 8,32,128)")
     args = parser.parse_args(argv)
     args.rows = set(args.rows.split(",")) if args.rows else set()
+    args.memory_file_mb = tuple(float(x) for x in args.memory_file_mb.split(",") if x)
     args.work = args.work.resolve()  # recipes resolve relative roots against their own folder
     return args
 
@@ -694,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {} if args.memory_only else throughput(args)
     if args.memory_docs:
         results["memory"] = dedupe_memory(args.work, args.memory_docs, args.workers)
-        results["process_memory"] = process_memory(args.work)
+        results["process_memory"] = process_memory(args.work, args.memory_file_mb)
     (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     if "memory" in results:
         print(memory_table(results["memory"]))
