@@ -12,11 +12,12 @@
    dedupe, tokenize, mix) and with the web-quality recipe (datatrove's Gopher, C4 and FineWeb filters, StarCoder
    code rules); datatrove's own pipeline doing the same work (readers -> the same filters -> MinHash stages ->
    DocumentTokenizer -> merger) with the same sentencepiece model converted to HF tokenizers.
-3. With `--memory-docs N`: per-task peak RSS and time of the build's own task functions (process, dedupe
-   partition, resolve, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one process
-   task against the size of its input file (`--memory-file-mb`, default 8, 32, 128 MB of text). Each task runs
-   in its own process into the work folder the build would give it (`work_plan`: the build's own keys and
-   `WorkLayout`), so `tokenmill build` over the same recipe and work dir afterwards re-uses every one of them.
+3. With `--memory-docs N`: per-task peak RSS and time of every kind of build task (process, keys, dedupe
+   partition, resolve, count, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one
+   process task against the size of its input file (`--memory-file-mb`, default 8, 32, 128 MB of text). The
+   build plans and names its tasks itself (`pipeline.build.run_stages`); a `MeasuringRunner` in place of the Ray
+   runner runs each task in a fresh process of its own, so `tokenmill build` over the same recipe and work dir
+   afterwards re-uses every one of them.
 4. Prints the throughput table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
 
 The machine is shared and noisy: compare rows of the same run, and repeat (`--repeat`) when a ratio matters.
@@ -295,7 +296,6 @@ def hf_tokenizer_json(model_bytes: bytes, out: Path) -> Path:
     split differently now and then, which `compare_tokenizers` measures."""
     if out.exists():
         return out
-    from tokenizers.models import BPE
     from transformers import LlamaTokenizer
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
@@ -432,8 +432,13 @@ def _xxhash64(shingle: str) -> int:
 def _datatrove_stages(source, work: Path, hf_json: Path) -> list[tuple[str, list, int]]:
     """(name, pipeline, tasks) of datatrove's documented MinHash recipe with filtering before and tokenization
     after: the kept documents are written once and read back after the duplicate clusters are known."""
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader, ParquetReader
     from datatrove.pipeline.tokens import DocumentTokenizer, DocumentTokenizerMerger
     from datatrove.pipeline.writers import JsonlWriter
@@ -483,53 +488,72 @@ MEMORY_SHAPE = {"natural_chars": 300, "code_chars": 300, "unit_chars": 300, "fil
 DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as a recipe for a larger corpus would
 
 
-def work_plan(recipe, work: Path) -> dict:
-    """The folder of every task `pipeline.build.run_stages` would run for `recipe` in the work dir `work`, from
-    the build's own key functions and `WorkLayout`: {"file_index": [...], "process": [...] (one per input file,
-    in the canonical order), "dedupe": [...] (one per partition), "resolved": ..., "mix": ...}."""
-    from pipeline.build import dedupe_key, mix_key, process_key
-    from pipeline.inputs import list_inputs
-    from pipeline.ledger import Store, WorkLayout
-    from pipeline.tokenizer import open_tokenizer
-    from stages import dedupe as dedupe_stage
-
-    inputs = list_inputs(recipe)
-    tokenizer = open_tokenizer(recipe, inputs, Store.at(f"{work}-out"))
-    layout = WorkLayout(Store.at(str(work)))
-    process_keys = [process_key(i, tokenizer, recipe) for i in inputs]
-    dedupe = dedupe_key(process_keys, recipe)
-    partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
-    return {"file_index": [i.file_index for i in inputs], "process": [layout.process(k) for k in process_keys],
-            "dedupe": [layout.dedupe_partition(dedupe, p) for p in range(partitions)],
-            "resolved": layout.resolved(dedupe), "mix": layout.mix(mix_key(dedupe, recipe))}
+TASK_KINDS = ("process", "keys", "dedupe", "resolve", "count", "mix")  # the build's stages, in order
 
 
-def run_task_child(argv: list[str]) -> None:
-    """In a fresh process (so its peak RSS is the task's): one of the build's own task functions, as a Ray worker
-    would run it, into the folder `work_plan` names. argv: kind (process, dedupe, resolve, mix), recipe YAML,
-    work folder, the `work_plan` JSON file, task number (an input file's or a partition's; 0 otherwise)."""
-    from pipeline import tasks
-    from pipeline.inputs import list_inputs
-    from pipeline.ledger import Store
-    from pipeline.recipe import load_recipe
-    from pipeline.tokenizer import open_tokenizer
+class _Enough(Exception):
+    """Raised by MeasuringRunner after `stop_after`: the measurement needs no more of the build."""
 
-    kind, recipe_path, work_dir, plan_path, number = argv[0], argv[1], argv[2], argv[3], int(argv[4])
-    recipe, work, plan = load_recipe(recipe_path), Store.at(work_dir), json.loads(Path(plan_path).read_text())
-    if kind == "process":
-        inputs = list_inputs(recipe)
-        tokenizer = open_tokenizer(recipe, inputs, Store.at(f"{work_dir}-out"))
-        tasks.process_file(plan["process"][number], inputs[number], work, tokenizer, recipe.dedupe, recipe.batch_documents)
-        print(_peak_rss_mib())
-        return
-    processed = [tasks.Processed(i, folder, work.done(folder)) for i, folder in zip(plan["file_index"], plan["process"])]
-    if kind == "dedupe":
-        tasks.dedupe_partition(plan["dedupe"][number], number, processed, work)
-    elif kind == "resolve":
-        tasks.resolve_duplicates(plan["resolved"], plan["dedupe"], work, recipe.dedupe)
-    else:
-        ids, weights = {s.name: i for i, s in enumerate(recipe.sources)}, {i: s.weight for i, s in enumerate(recipe.sources)}
-        tasks.plan_mix(plan["mix"], plan["resolved"], processed, work, ids, weights, recipe.mix)
+
+@dataclass
+class MeasuringRunner:
+    """`pipeline.runner.Runner`'s part that `pipeline.build.run_stages` uses, so the build plans its stages, names
+    its work folders and makes its tasks exactly as in a real build; but each task runs in a fresh process of its
+    own (its peak RSS, VmHWM, is then the task's), `workers` at a time, instead of on Ray. `measured[stage]`:
+    tasks run, wall seconds, the largest peak RSS in MiB. `only` limits a stage to some task numbers (the
+    rest are not run), and `stop_after` ends the build after that stage (by raising `_Enough`)."""
+
+    work: object  # pipeline.ledger.Store: the build's work dir
+    workers: int
+    only: dict[str, set[int]] = field(default_factory=dict)
+    stop_after: str = ""
+    timings: dict[str, dict] = field(default_factory=dict)
+    measured: dict[str, dict] = field(default_factory=dict)
+    folders: dict[str, list[str]] = field(default_factory=dict)
+
+    def run(self, stage: str, tasks: list) -> list[dict | None]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        numbers = sorted(self.only[stage]) if stage in self.only else range(len(tasks))
+        started = time.perf_counter()
+        with ThreadPoolExecutor(self.workers) as pool:
+            peaks = list(pool.map(lambda n: _run_in_own_process(tasks[n]), numbers))
+        self.measured[stage] = {"tasks": len(peaks), "seconds": round(time.perf_counter() - started, 2), "peak_rss_mib": round(max(peaks, default=0), 1)}
+        self.timings[stage] = {"seconds": self.measured[stage]["seconds"], "tasks": len(tasks), "skipped": 0}
+        self.folders[stage] = [task.folder for task in tasks]
+        if stage == self.stop_after:
+            raise _Enough
+        return [self.work.done(task.folder) for task in tasks]
+
+
+def _run_in_own_process(task) -> float:
+    """Run `task.fn(*task.args)` in a fresh Python process (Ray object refs among the arguments replaced by their
+    values, as Ray does); its peak RSS in MiB."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    import ray
+
+    args = tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in task.args)
+    with tempfile.NamedTemporaryFile(suffix=".pickle") as call:
+        pickle.dump((task.fn, args), call)
+        call.flush()
+        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_throughput import run_task_child; run_task_child(sys.argv[1])"
+        done = subprocess.run([sys.executable, "-c", code, call.name], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"task {task.folder} failed:\n{done.stderr[-3000:]}")
+    return float(done.stdout.split()[-1])
+
+
+def run_task_child(call_path: str) -> None:
+    """In a fresh process: one of the build's task functions with its arguments, pickled by `_run_in_own_process`;
+    prints this process's peak RSS."""
+    import pickle
+
+    with open(call_path, "rb") as f:
+        fn, args = pickle.load(f)
+    fn(*args)
     print(_peak_rss_mib())
 
 
@@ -542,25 +566,32 @@ def _peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
-def _run_tasks(kind: str, numbers: range | list[int], recipe_path: Path, work: Path, plan_path: Path, workers: int) -> dict:
-    """Tasks of one kind in fresh processes, `workers` at a time: wall seconds and the largest peak RSS."""
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = "") -> MeasuringRunner:
+    """`pipeline.build.run_stages` over `recipe` with its output (and its work dir, run/work) under `run`, every
+    task measured in its own process. Needs Ray only for the object store the build puts its tokenizer in."""
+    import ray
 
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_throughput import run_task_child; "
-            "run_task_child(sys.argv[1:])")
+    from pipeline.build import run_stages
+    from pipeline.inputs import list_inputs
+    from pipeline.ledger import Store
+    from pipeline.tokenizer import open_tokenizer
 
-    def one(number: int) -> float:
-        done = subprocess.run([sys.executable, "-c", code, kind, str(recipe_path), str(work), str(plan_path), str(number)],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"{kind} task {number} failed:\n{done.stderr[-3000:]}")
-        return float(done.stdout.split()[-1])
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        peaks = list(pool.map(one, numbers))
-    return {"tasks": len(numbers), "seconds": round(time.perf_counter() - started, 2), "peak_rss_mib": round(max(peaks), 1)}
+    shutil.rmtree(run, ignore_errors=True)
+    out = Store.at(str(run))
+    inputs = list_inputs(recipe)
+    tokenizer = open_tokenizer(recipe, inputs, out)
+    runner = MeasuringRunner(out.child("work"), workers, only or {}, stop_after)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        run_stages(recipe, inputs, tokenizer, runner, out)
+    except _Enough:
+        pass
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return runner
 
 
 def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
@@ -575,19 +606,10 @@ def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
         corpus = write_corpus(corpus_dir, CorpusShape(size_mb=size_mb, **MEMORY_SHAPE))
         count = sum(corpus["documents"].values())
         partitions = max(1, round(count / DOCUMENTS_PER_PARTITION))
-        recipe = bench_recipe(corpus_dir, "sample", partitions)
-        recipe_path = corpus_dir / "recipe.yaml"
-        recipe_path.write_text(json.dumps(recipe.to_dict()))  # YAML is a superset of JSON
-        run = corpus_dir / "work"
-        shutil.rmtree(run, ignore_errors=True)
-        plan = work_plan(recipe, run)
-        plan_path = corpus_dir / "plan.json"
-        plan_path.write_text(json.dumps(plan))
-        row = {"documents": count, "text_mb": size_mb, "files": len(plan["process"]), "partitions": len(plan["dedupe"])}
-        for kind, tasks_of_kind in (("process", len(plan["process"])), ("dedupe", len(plan["dedupe"])), ("resolve", 1), ("mix", 1)):
-            row[kind] = _run_tasks(kind, range(tasks_of_kind), recipe_path, run, plan_path, workers)
-        done = [json.loads((run / folder / "_DONE.json").read_text()) for folder in plan["process"]]
-        row["largest_file_mb"] = round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)
+        runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", partitions), corpus_dir / "run", workers)
+        done = [runner.work.done(folder) for folder in runner.folders["process"]]
+        row = {"documents": count, "text_mb": size_mb, "files": len(done), "partitions": partitions, **runner.measured,
+               "largest_file_mb": round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)}
         print(f"  memory: {row}", flush=True)
         rows.append(row)
     return rows
@@ -601,22 +623,16 @@ def process_memory(work: Path, file_mbs: tuple[float, ...] = (8, 32, 128)) -> li
         corpus_dir = work / f"file-{file_mb:g}mb"
         # 2 validation files first (file indexes 0, 1), then 2 training files of `file_mb` MB each
         write_corpus(corpus_dir, CorpusShape(size_mb=round(2 * file_mb / sample.NATURAL_SHARE / (1 - VALIDATION_SHARE), 1), file_mb=file_mb))
-        recipe = bench_recipe(corpus_dir, "sample", 8)
-        recipe_path, plan_path, run = corpus_dir / "recipe.yaml", corpus_dir / "plan.json", corpus_dir / "work"
-        recipe_path.write_text(json.dumps(recipe.to_dict()))
-        shutil.rmtree(run, ignore_errors=True)
-        plan = work_plan(recipe, run)
-        plan_path.write_text(json.dumps(plan))
-        measured = _run_tasks("process", [2], recipe_path, run, plan_path, 1)
-        done = json.loads((run / plan["process"][2] / "_DONE.json").read_text())
+        runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", 8), corpus_dir / "run", 1, only={"process": {2}}, stop_after="process")
+        done = runner.work.done(runner.folders["process"][2])
         text_mb = sum(f["bytes_read"] for f in done["funnels"].values()) / 1e6
-        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **measured})
+        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **runner.measured["process"]})
         print(f"  process memory: {rows[-1]}", flush=True)
     return rows
 
 
 def memory_table(rows: list[dict]) -> str:
-    kinds = ("process", "dedupe", "resolve", "mix")
+    kinds = [k for k in TASK_KINDS if k in rows[0]]
     lines = ["| documents | text MB | files (largest, MB of text) | partitions | "
              + " | ".join(f"{k}: s, peak RSS MiB" for k in kinds) + " |", "|---:|---:|---:|---:|" + "---|" * len(kinds)]
     for row in rows:

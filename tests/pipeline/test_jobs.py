@@ -25,9 +25,18 @@ import pytest
 import yaml
 
 from manifests import manifest as manifest_io
-from pipeline.jobs import PROJECT_ROOT, STAGING_PREFIX, build_entrypoint, job_output, jobs_main, recipe_for_job, runtime_env, submit_main
-from pipeline.recipe import RecipeError, load_recipe
 from manifests.shards import sha256_file
+from pipeline.jobs import (
+    PROJECT_ROOT,
+    STAGING_PREFIX,
+    build_entrypoint,
+    job_output,
+    jobs_main,
+    recipe_for_job,
+    runtime_env,
+    submit_main,
+)
+from pipeline.recipe import RecipeError, load_recipe
 
 SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 
