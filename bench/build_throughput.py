@@ -44,6 +44,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import zstandard  # noqa: E402
 
 from pipeline import sample  # noqa: E402
+from pipeline.progress import EventLog  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
 
 RECIPES = REPO / "manifests" / "recipes"
 MIN_UNITS = 3  # no unit may dominate a document: two documents sharing one unit stay far from duplicates
@@ -495,35 +497,34 @@ class _Enough(Exception):
     """Raised by MeasuringRunner after `stop_after`: the measurement needs no more of the build."""
 
 
-@dataclass
-class MeasuringRunner:
-    """`pipeline.runner.Runner`'s part that `pipeline.build.run_stages` uses, so the build plans its stages, names
-    its work folders and makes its tasks exactly as in a real build; but each task runs in a fresh process of its
-    own (its peak RSS, VmHWM, is then the task's), `workers` at a time, instead of on Ray. `measured[stage]`:
-    tasks run, wall seconds, the largest peak RSS in MiB. `only` limits a stage to some task numbers (the
-    rest are not run), and `stop_after` ends the build after that stage (by raising `_Enough`)."""
+@dataclass(slots=True)
+class MeasuringRunner(Runner):
+    """The build's runner with another placement: `pipeline.build.run_stages` plans its stages, names its work
+    folders and makes its tasks exactly as in a real build, and `Runner.run` keeps its books, but each task runs
+    in a fresh process of its own (its peak RSS, VmHWM, is then the task's), `workers` at a time, instead of on
+    Ray. `measured[stage]`: tasks run, wall seconds, the largest peak RSS in MiB; `folders[stage]`: every task's
+    folder. With `stop_after`, the build ends after that stage (`_Enough`), and `only` may limit that stage's
+    tasks to some task numbers."""
 
-    work: object  # pipeline.ledger.Store: the build's work dir
-    workers: int
     only: dict[str, set[int]] = field(default_factory=dict)
     stop_after: str = ""
-    timings: dict[str, dict] = field(default_factory=dict)
     measured: dict[str, dict] = field(default_factory=dict)
     folders: dict[str, list[str]] = field(default_factory=dict)
 
-    def run(self, stage: str, tasks: list) -> list[dict | None]:
+    def _run_pending(self, stage: str, tasks: list, pending: list[int]):
         from concurrent.futures import ThreadPoolExecutor
 
-        numbers = sorted(self.only[stage]) if stage in self.only else range(len(tasks))
+        chosen = [i for i in pending if stage not in self.only or i in self.only[stage]]
         started = time.perf_counter()
         with ThreadPoolExecutor(self.workers) as pool:
-            peaks = list(pool.map(lambda n: _run_in_own_process(tasks[n]), numbers))
-        self.measured[stage] = {"tasks": len(peaks), "seconds": round(time.perf_counter() - started, 2), "peak_rss_mib": round(max(peaks, default=0), 1)}
-        self.timings[stage] = {"seconds": self.measured[stage]["seconds"], "tasks": len(tasks), "skipped": 0}
+            peaks = list(pool.map(lambda i: _run_in_own_process(tasks[i]), chosen))
+        seconds = round(time.perf_counter() - started, 2)
+        self.measured[stage] = {"tasks": len(peaks), "seconds": seconds, "peak_rss_mib": round(max(peaks, default=0), 1)}
         self.folders[stage] = [task.folder for task in tasks]
         if stage == self.stop_after:
             raise _Enough
-        return [self.work.done(task.folder) for task in tasks]
+        for i in pending:
+            yield i, self.work.done(tasks[i].folder)
 
 
 def _run_in_own_process(task) -> float:
@@ -580,7 +581,7 @@ def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int
     out = Store.at(str(run))
     inputs = list_inputs(recipe)
     tokenizer = open_tokenizer(recipe, inputs, out)
-    runner = MeasuringRunner(out.child("work"), workers, only or {}, stop_after)
+    runner = MeasuringRunner(out.child("work"), workers, EventLog(None, console=False), only=only or {}, stop_after=stop_after)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
