@@ -10,8 +10,8 @@ import ray
 
 from pipeline.build import build
 from pipeline.ledger import Store
-from pipeline.work import entries, main
 from pipeline.recipe import load_recipe
+from pipeline.work import entries, main
 from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 
 ALL = ("process", "keys", "dedupe", "resolve", "count", "mix")

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from stages.mix import SourceDocs, even_cuts, hash_order, in_slice, plan_group, repeat_factors, slice_streams, take_tokens
+from stages.mix import (
+    SourceDocs,
+    even_cuts,
+    hash_order,
+    in_slice,
+    plan_group,
+    repeat_factors,
+    slice_streams,
+)
 
 
 def _sources(seed=0):
