@@ -44,12 +44,10 @@ VARIANTS = {
     "zero3": (8, ["--reshard-after-forward"]),
     "mb16": (16, []),
     "mb32": (32, []),
-    "mb32-ac4": (32, ["--ac-every", "4"]),
     "fp8": (8, ["--fp8"]),
     "fp8-mb16": (16, ["--fp8"]),
     "fa4-mb16": (16, [], FA4),
     "fa4-mb32": (32, [], FA4),
-    "fa4-fp8-mb16": (16, ["--fp8"], FA4),
 }
 # Kernel families in a profile, by name fragment (first match wins: inductor's names contain "copy" too).
 KERNEL_FAMILIES = (
