@@ -91,6 +91,14 @@ def _median_seconds(fn, repeats: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _matmul_peak() -> float:
+    """bf16 FLOP/s of an 8192^3 matrix product on random data (median of 20)."""
+    import torch
+
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return 2 * 8192**3 / _median_seconds(lambda: a @ b, 20)
+
+
 def kernels() -> dict:
     """The bf16 matmul peak (8192^3 on random data, median of 20); the rate of each of TinyLlama's matmuls at
     micro-batch 16 (forward, input gradient, weight gradient; the output layer per 16,384-row loss chunk); and
@@ -99,9 +107,7 @@ def kernels() -> dict:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    result = {"matmul_flops": 2 * 8192**3 / _median_seconds(lambda: a @ b, 20), "device": torch.cuda.get_device_name(), "attention_ms": {}}
-    del a, b
+    result = {"matmul_flops": _matmul_peak(), "device": torch.cuda.get_device_name(), "attention_ms": {}}
     result["linear_tflops"] = linear_rates()
     q = torch.randn(8, 32, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(8, 4, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
@@ -181,7 +187,6 @@ def linear_rates(micro_batch: int = 16) -> dict:
         flops = 2 * rows * fan_in * fan_out
         matmuls = {"forward": lambda: x @ weight.t(), "input grad": lambda: grad @ weight, "weight grad": lambda: grad.t() @ x}
         rates[name] = {kind: round(flops / _median_seconds(fn, 20) / 1e12) for kind, fn in matmuls.items()}
-        del x, grad, weight
     return rates
 
 
