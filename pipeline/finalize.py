@@ -16,6 +16,7 @@ from pipeline import __version__, tasks
 from pipeline.dedupe_tasks import CLUSTER_SIZES
 from pipeline.inputs import InputFile
 from pipeline.ledger import SHARDS_PREFIX, Store, WorkLayout
+from pipeline.progress import text_speed
 from pipeline.recipe import Recipe
 from pipeline.tokenizer import TRAINED_MODEL
 from stages.tokenize import Tokenizer
@@ -190,7 +191,7 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     if process["skipped"]:  # outputs re-used from an earlier run: rates over work done earlier would mean nothing
         rate = f"{process['skipped']} of {process['tasks']} input files' process outputs re-used"
     else:
-        rate = f"{text_mb / seconds:.2f} MB/s including start-up, {text_mb / max(process['seconds'], 1e-9):.2f} MB/s in the process stage"
+        rate = f"process stage {text_speed(text_mb * 1e6, process['seconds'])} ({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
     print(f"\nbuilt {data['recipe']['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")
     for split, info in data["splits"].items():
         mix = ", ".join(f"{k} {v:.1%}" for k, v in data["mix"]["achieved"][split].items())
