@@ -49,6 +49,7 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
+    out.write_bytes("dropped_samples.jsonl", _dropped_samples(results.funnels))
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
     manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}
@@ -142,6 +143,19 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
         row["char_hist"] = k.get("char_hist", empty_hist)
         row["token_hist"] = k.get("token_hist", empty_hist)
     return dict(sorted(table.items()))
+
+
+def _dropped_samples(funnels: list[dict], per_reason: int = 5) -> bytes:
+    """dropped_samples.jsonl: per source and filter reason, the first documents it removed (each process task
+    keeps the first of its file), in input order: {"source", "subset", "reason", "doc", "text" (its start)}."""
+    lines, taken = [], {}
+    for r in funnels:
+        for subset, f in r["funnels"].items():
+            for reason, sample in f.get("dropped_samples", {}).items():
+                if taken.setdefault((r["source"], reason), 0) < per_reason:
+                    taken[r["source"], reason] += 1
+                    lines.append(json.dumps({"source": r["source"], "subset": subset, "reason": reason, **sample}, sort_keys=True) + "\n")
+    return "".join(lines).encode()
 
 
 def _merge_quarantine(work: Store, out: Store, results: StageResults) -> dict:
