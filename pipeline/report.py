@@ -365,7 +365,7 @@ def dropped_examples(page: Page) -> str:
     if not samples:
         return intro + '<p class="missing">No examples: no filter removed a document, or the build left no dropped_samples.jsonl.</p>'
     rows = [f'<td>{html.escape(s["reason"])}<br><span class="step">{html.escape(s["step"])}</span></td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
-            f'<td class="text">{html.escape(s["doc"])}</td><td class="sample">{html.escape(s["text"])}</td>' for s in samples]
+            f'<td class="text">{html.escape(s["doc"])}</td><td class="sample">{html.escape(s["text"].replace(chr(10), " ↵ "))}</td>' for s in samples]
     return intro + table("dropped-samples", ["reason", "source / subset", "document", "text (start)"], rows)
 
 
@@ -657,7 +657,7 @@ td.text{white-space:normal;word-break:break-all;font-family:ui-monospace,monospa
 .run-label{font-weight:600;color:#59636e;margin-bottom:6px;word-break:break-all}
 th .step{font-weight:400;color:#59636e;font-size:11px}
 .missing{color:#59636e;font-style:italic}
-td.sample{white-space:pre-wrap;word-break:break-word;max-width:560px;font-family:ui-monospace,monospace;font-size:11.5px}
+td.sample{white-space:normal;word-break:break-word;min-width:360px;max-width:640px;font-family:ui-monospace,monospace;font-size:11.5px}
 .warning{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:6px 10px;margin:0 0 10px}
 ul.checks{list-style:none;padding:0;margin:0}ul.checks li{padding:3px 0}.mark{font-weight:700}
 """
