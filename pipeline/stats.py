@@ -468,6 +468,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--budget", type=parse_tokens, default=DEFAULT_BUDGET_TOKENS, metavar="TOKENS",
                         help="training tokens of the token-budget view, e.g. 3T, 500B, 2e9 (default 3T, TinyLlama's)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: is a file; give a folder for report.html, stats.json and summary.md")
     try:
         html_path = write_report(args.manifest, args.out, args.compare, verify_bins=not args.sizes_only, budget=args.budget)
         if args.screenshot:

@@ -72,6 +72,8 @@ def inspect_main(argv: list[str]) -> int:
     parser.add_argument("--doc", type=int, default=0, help="document number within the split, 0-based, in shard order (default 0)")
     parser.add_argument("--tokens", action="store_true", help="also print the document's token ids")
     args = parser.parse_args(argv)
+    if args.doc < 0:
+        parser.error(f"--doc {args.doc}: documents are numbered from 0")
     from stages.tokenize import Tokenizer
 
     try:

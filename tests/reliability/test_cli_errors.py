@@ -18,7 +18,8 @@ def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
 def one_line_error(done: subprocess.CompletedProcess, code: int, *words: str) -> None:
     assert done.returncode == code, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr + done.stdout
-    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("usage:")]
+    # argparse's usage (its first line, and its continuation lines, indented) comes before the one line
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
     assert len(lines) == 1, done.stderr
     assert all(w in lines[0] for w in words), lines[0]
 
@@ -89,3 +90,13 @@ def test_version_and_every_option_explained():
 def test_the_output_folder_is_given_once(argv):
     done = run(*argv)
     assert done.returncode == 2 and "--out" in done.stderr.splitlines()[-1]
+
+
+def test_inspect_refuses_a_negative_document_number(tmp_path):
+    one_line_error(run("inspect", str(tmp_path / "manifest.json"), "--doc", "-1"), 2, "--doc -1", "from 0")
+
+
+def test_stats_refuses_an_out_that_is_a_file_and_a_budget_it_cannot_read(tmp_path):
+    (tmp_path / "file").write_text("x")
+    one_line_error(run("stats", str(tmp_path / "manifest.json"), "--out", str(tmp_path / "file")), 2, "--out", "is a file")
+    one_line_error(run("stats", str(tmp_path / "manifest.json"), "--out", str(tmp_path / "r"), "--budget", "lots"), 2, "--budget", "3T")
