@@ -15,11 +15,11 @@ $(BIN)/tokenmill: pyproject.toml
 install: $(BIN)/tokenmill
 
 sample: install
-	$(BIN)/tokenmill sample data/sample --size-mb $(SAMPLE_MB)
+	$(BIN)/tokenmill sample --out data/sample --size-mb $(SAMPLE_MB)
 
 demo: install
 	@start=$$(date +%s); \
-	$(BIN)/tokenmill sample data/sample --size-mb $(SAMPLE_MB) && \
+	$(BIN)/tokenmill sample --out data/sample --size-mb $(SAMPLE_MB) && \
 	$(BIN)/tokenmill build sample --out runs/demo && \
 	$(BIN)/tokenmill verify runs/demo/manifest.json && \
 	$(BIN)/tokenmill inspect runs/demo/manifest.json --split train --doc 0 | head -12 && \

@@ -1,7 +1,7 @@
 """Corpus build throughput: tokenmill against datatrove 0.10.1 on the same generated corpus, in one invocation.
 
-    python bench/build_throughput.py --work /tmp/tm-build-bench [--size-mb 100] [--workers 2] [--repeat 2]
-    tokenmill bench --work /tmp/tm-build-bench --memory-docs 1000000 --memory-only
+    python bench/build_throughput.py --out /tmp/tm-build-bench [--size-mb 100] [--workers 2] [--repeat 2]
+    tokenmill bench --out /tmp/tm-build-bench --memory-docs 1000000 --memory-only
 
 1. Writes a corpus of `--size-mb` MB of real text in the SlimPajama (JSONL.zst, `meta.redpajama_set_name`) and
    StarCoderData (parquet, `content`) layouts, about 7:3 natural:code, with 1% planted exact duplicates, 1% near
@@ -704,8 +704,8 @@ def table(attempts: list[dict], text_bytes: int) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tokenmill bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the corpus, the runs and results.json")
-    parser.add_argument("--size-mb", type=float, default=100.0, help="MB of text in the corpus (default 100, the issue's size)")
+    parser.add_argument("--out", "--work", dest="work", type=Path, required=True, help="folder for the corpus, the runs and results.json")
+    parser.add_argument("--size-mb", type=float, default=100.0, help="MB of text in the generated corpus (default 100, the size BENCHMARKS.md reports)")
     parser.add_argument("--workers", type=int, default=2, help="processes / threads of every row (default 2)")
     parser.add_argument("--repeat", type=int, default=1, help="measure every row this many times (default 1)")
     parser.add_argument("--rows", default=",".join(k for k, _, _ in ROWS[2:]),

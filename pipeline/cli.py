@@ -24,7 +24,7 @@ COMMANDS = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: tokenmill COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: tokenmill [--version] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`tokenmill COMMAND --help` shows a command's arguments."]
     return "\n".join(lines)
@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version", "version"):
+        from pipeline import __version__
+
+        print(f"tokenmill {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

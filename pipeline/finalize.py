@@ -16,6 +16,7 @@ from pipeline import __version__, tasks
 from pipeline.dedupe_tasks import CLUSTER_SIZES
 from pipeline.inputs import InputFile
 from pipeline.ledger import SHARDS_PREFIX, Store, WorkLayout
+from pipeline.progress import text_speed
 from pipeline.recipe import Recipe
 from pipeline.tokenizer import TRAINED_MODEL
 from stages.tokenize import Tokenizer
@@ -48,6 +49,7 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
+    out.write_bytes("dropped_samples.jsonl", _dropped_samples(results.funnels))
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
     manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}
@@ -143,6 +145,19 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
     return dict(sorted(table.items()))
 
 
+def _dropped_samples(funnels: list[dict], per_reason: int = 5) -> bytes:
+    """dropped_samples.jsonl: per source and filter reason, the first documents it removed (each process task
+    keeps the first of its file), in input order: {"source", "subset", "reason", "doc", "text" (its start)}."""
+    lines, taken = [], {}
+    for r in funnels:
+        for subset, f in r["funnels"].items():
+            for reason, sample in f.get("dropped_samples", {}).items():
+                if taken.setdefault((r["source"], reason), 0) < per_reason:
+                    taken[r["source"], reason] += 1
+                    lines.append(json.dumps({"source": r["source"], "subset": subset, "reason": reason, **sample}, sort_keys=True) + "\n")
+    return "".join(lines).encode()
+
+
 def _merge_quarantine(work: Store, out: Store, results: StageResults) -> dict:
     """The key groups' quarantine files, concatenated in input order: one read per key group. Its size grows
     with the bad records, which the build keeps whole."""
@@ -190,7 +205,7 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     if process["skipped"]:  # outputs re-used from an earlier run: rates over work done earlier would mean nothing
         rate = f"{process['skipped']} of {process['tasks']} input files' process outputs re-used"
     else:
-        rate = f"{text_mb / seconds:.2f} MB/s including start-up, {text_mb / max(process['seconds'], 1e-9):.2f} MB/s in the process stage"
+        rate = f"process stage {text_speed(text_mb * 1e6, process['seconds'])} ({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
     print(f"\nbuilt {data['recipe']['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")
     for split, info in data["splits"].items():
         mix = ", ".join(f"{k} {v:.1%}" for k, v in data["mix"]["achieved"][split].items())

@@ -6,14 +6,19 @@ schema, recipes; not .venv/, runs/, data/, .git/ nor what .gitignore lists) and 
 progress to the job's logs. The recipe travels flattened (`extends:` merged) in a temporary folder inside the
 package, its paths rewritten to resolve in the job as they do here: relative where they point into the
 shipped project (a tokenizer model beside the recipes), absolute elsewhere (data/ and local corpora do not
-ship: the nodes must see them, as a local head or a shared filesystem does). The recipe is not validated
-here: the build on the cluster does it, and a bad one fails the job with the recipe error in its logs.
+ship: the nodes must see them, as a local head or a shared filesystem does). The recipe is loaded and validated
+here first (types, ranges, filters), so a bad one is refused before anything is sent; what only the cluster
+can check (its inputs, its tokenizer file) fails the job with the error in its logs.
+
+The cluster is `--address`, else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else http://127.0.0.1:8265, as
+`ray job` finds it (Ray's client lets the two variables win over an explicit address, as `ray job` does).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime
+import logging
 import os
 import shlex
 import sys
@@ -25,7 +30,7 @@ import yaml
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from pipeline.recipe import RecipeError, read_recipe_yaml
+from pipeline.recipe import RecipeError, locate_recipe, read_recipe_yaml, recipe_from_dict, validate_filters
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Top-level folders that never travel: the virtualenv, local build outputs, local corpora, git history.
@@ -33,7 +38,9 @@ NOT_SHIPPED = (".venv", "runs", "data", ".git")
 # Ray reads these as gitignore patterns relative to the working dir; the leading "/" anchors them at its top.
 WORKING_DIR_EXCLUDES = [f"/{name}/" for name in NOT_SHIPPED]
 STAGING_PREFIX = ".tokenmill-submit-"
-ADDRESS_HELP = "the Ray dashboard of the cluster, e.g. http://127.0.0.1:8265 (infra/local/start-head.sh prints it)"
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray job`'s default too: the dashboard of a head on this machine
+ADDRESS_HELP = ("the Ray dashboard of the cluster, e.g. http://head:8265 (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
+                f"else {DEFAULT_ADDRESS}, the head infra/local/start-head.sh starts; as with `ray job`, those variables win when set)")
 
 
 def runtime_env() -> dict:
@@ -68,17 +75,24 @@ def recipe_for_job(recipe: Path, staging: Path) -> str:
     return its path relative to the working dir. `extends:` is merged in; relative paths, which resolve
     against the file that holds them, become absolute (`_read_yaml`), then relative again where they point
     inside the shipped project."""
-    recipe = recipe.expanduser().resolve()
-    data = read_recipe_yaml(recipe)
+    file, relative_to = locate_recipe(Path(str(recipe)).expanduser())  # a file, or a packaged recipe's name
+    data = read_recipe_yaml(file, relative_to=relative_to)
     for source in data.get("sources") or []:
         if isinstance(source.get("root"), str):
             source["root"] = shipped_path(source["root"], staging)
     tokenizer = data.get("tokenizer") or {}
     if isinstance(tokenizer.get("model"), str) and tokenizer["model"]:
         tokenizer["model"] = shipped_path(tokenizer["model"], staging)
-    flat = staging / recipe.name
-    flat.write_text(f"# {recipe}, flattened by `tokenmill submit`\n" + yaml.safe_dump(data, sort_keys=False))
+    flat = staging / file.name
+    flat.write_text(f"# {file}, flattened by `tokenmill submit`\n" + yaml.safe_dump(data, sort_keys=False))
     return flat.relative_to(PROJECT_ROOT).as_posix()
+
+
+def check_recipe(recipe: Path) -> None:
+    """What a build would refuse before any work, refused here instead of by a failed job: every field's type
+    and range, and every filter's settings (not the inputs nor the tokenizer file, which the cluster reads)."""
+    file, relative_to = locate_recipe(recipe)
+    validate_filters(recipe_from_dict(read_recipe_yaml(file, relative_to=relative_to)))
 
 
 def submit_build(client: JobSubmissionClient, recipe: Path, out: str, workers: int | None = None) -> str:
@@ -89,7 +103,15 @@ def submit_build(client: JobSubmissionClient, recipe: Path, out: str, workers: i
         return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env())
 
 
+def cluster_address(address: str | None) -> str:
+    """--address, else the variables `ray job` reads, else a head on this machine."""
+    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+
+
 def connect(address: str) -> JobSubmissionClient:
+    # Ray's job client logs INFO ("Uploading package ...") and WARNING lines of its own; the commands print
+    # what the user needs, and errors come as exceptions
+    logging.disable(logging.WARNING)
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as e:
@@ -99,7 +121,8 @@ def connect(address: str) -> JobSubmissionClient:
             f"the token in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (Ray: {str(e).splitlines()[0]})"
         ) from None
     except ConnectionError as e:
-        raise ConnectionError(f"cannot reach the Ray dashboard at {address} ({e}); start a head (infra/local/start-head.sh) or fix --address") from None
+        raise ConnectionError(f"cannot reach the Ray dashboard at {address} ({e}); start a head (infra/local/start-head.sh), "
+                              "or give --address (or RAY_ADDRESS) of a running one") from None
 
 
 def wait_until_done(client: JobSubmissionClient, job_id: str, poll_s: float = 0.5) -> JobStatus:
@@ -110,20 +133,22 @@ def wait_until_done(client: JobSubmissionClient, job_id: str, poll_s: float = 0.
 
 def submit_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill submit", description="Submit `tokenmill build` to a Ray cluster through the Jobs API; prints the job id.")
-    parser.add_argument("recipe", type=Path, help="recipe YAML, e.g. manifests/recipes/tinyllama.yaml")
-    parser.add_argument("--address", required=True, help=ADDRESS_HELP)
+    parser.add_argument("recipe", type=Path, help="recipe YAML file, or a packaged recipe's name (sample, tinyllama, web-quality)")
+    parser.add_argument("--address", default=None, help=ADDRESS_HELP)
     parser.add_argument("--out", required=True, help="output folder of the build: s3://..., gs://..., or a path every node sees")
     parser.add_argument("--workers", type=int, default=None, help="build tasks at a time (default: all CPUs of the cluster)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers {args.workers}: give at least 1")
     try:
-        job_id = submit_build(connect(args.address), args.recipe, args.out, args.workers)
+        check_recipe(args.recipe)
+        job_id = submit_build(connect(cluster_address(args.address)), args.recipe, args.out, args.workers)
     except (RecipeError, ConnectionError, RuntimeError) as e:
         print(f"tokenmill submit: {e}", file=sys.stderr)
         return 2
     print(job_id)
-    print(f"follow it with: tokenmill jobs logs --follow {job_id} --address {args.address}", file=sys.stderr)
+    address = f" --address {args.address}" if args.address else ""
+    print(f"follow it with: tokenmill jobs logs --follow {job_id}{address}", file=sys.stderr)
     return 0
 
 
@@ -140,11 +165,12 @@ def list_jobs(client: JobSubmissionClient) -> int:
 
 
 def show_status(client: JobSubmissionClient, job_id: str) -> int:
+    """Exit status 0 while the job is pending or running and when it succeeded, 1 when it failed or was stopped."""
     info = client.get_job_info(job_id)
     print(f"{job_id}: {info.status.value}")
     if info.message:
         print(info.message)
-    return 0
+    return 1 if info.status in (JobStatus.FAILED, JobStatus.STOPPED) else 0
 
 
 async def _print_log_stream(client: JobSubmissionClient, job_id: str) -> None:
@@ -178,7 +204,7 @@ def _jobs_parser() -> argparse.ArgumentParser:
     actions = parser.add_subparsers(dest="action", required=True, metavar="list|status|logs|stop")
     for name, help_ in (
         ("list", "every job of the cluster, oldest first"),
-        ("status", "a job's status and Ray's message (the error, for a failed job)"),
+        ("status", "a job's status and Ray's message (the error, for a failed job); exit status 1 if it failed or was stopped"),
         ("logs", "a job's logs (the build's progress lines and errors)"),
         ("stop", "stop a running job and wait until it has stopped"),
     ):
@@ -187,14 +213,14 @@ def _jobs_parser() -> argparse.ArgumentParser:
             action.add_argument("job_id", metavar="JOB_ID", help="as printed by `tokenmill submit` or `tokenmill jobs list`")
         if name == "logs":
             action.add_argument("--follow", action="store_true", help="stream until the job ends; exit status 0 only if it succeeded")
-        action.add_argument("--address", required=True, help=ADDRESS_HELP)
+        action.add_argument("--address", default=None, help=ADDRESS_HELP)
     return parser
 
 
 def jobs_main(argv: list[str]) -> int:
     args = _jobs_parser().parse_args(argv)
     try:
-        client = connect(args.address)
+        client = connect(cluster_address(args.address))
         if args.action == "list":
             return list_jobs(client)
         if args.action == "status":

@@ -40,9 +40,22 @@ class EventLog:
             self._file.close()
 
 
+# No ETA before this many tasks of the stage have finished: the first ones also carry the workers' start-up
+# (processes, imports), and a rate from them alone overestimates the rest several times over.
+ETA_AFTER_TASKS = 3
+
+
+def text_speed(text_bytes: float, seconds: float) -> str:
+    """The process stage's speed, as the progress line, the build summary and the report all give it: MB of
+    input text (decoded, before filters) per second of the stage's wall time."""
+    return f"{text_bytes / 1e6 / seconds:.2f} MB/s of input text" if seconds > 0 else "-"
+
+
 @dataclass(slots=True)
 class StageProgress:
-    """Tasks done, documents and bytes per second, ETA; prints at most every `every` seconds."""
+    """Tasks done, documents per second, the speed in MB/s of input text (when the tasks report their text
+    bytes, `advance(text_bytes=)`; else the bytes of input files read, without a rate: compressed bytes per
+    second would be a second, different speed), ETA; prints at most every `every` seconds."""
 
     stage: str
     total: int
@@ -52,8 +65,10 @@ class StageProgress:
     skipped: int = 0
     documents: int = 0
     bytes: int = 0
+    text_bytes: int = 0
     started: float = field(default_factory=time.perf_counter)
     _last: float = 0.0
+    _first: tuple[float, int] | None = None  # (time, tasks run) when the first task finished
 
     def skip(self, n: int) -> None:
         """`n` tasks whose output exists (same inputs, same settings): re-used, not run again."""
@@ -64,25 +79,38 @@ class StageProgress:
         elif n:
             self.log.say(f"[{self.stage}] re-used {n} of {self.total} task outputs; running the {self.total - n} whose inputs or settings are new")
 
-    def advance(self, documents: int = 0, nbytes: int = 0, force: bool = False) -> None:
+    def advance(self, documents: int = 0, nbytes: int = 0, force: bool = False, text_bytes: int = 0) -> None:
         self.done += 1
         self.documents += documents
         self.bytes += nbytes
+        self.text_bytes += text_bytes
         now = time.perf_counter()
+        if self._first is None:
+            self._first = (now, self.done - self.skipped)
         if force or now - self._last >= self.every or self.done == self.total:
             self._last = now
             self.log.say(self.line())
 
+    def eta(self) -> float | None:
+        """Seconds left, at the pace since the first task finished (the workers' start-up excluded); None until
+        ETA_AFTER_TASKS tasks have run."""
+        ran = self.done - self.skipped
+        if self._first is None or ran < ETA_AFTER_TASKS or self.done >= self.total:
+            return None
+        since, first_ran = self._first
+        pace = (ran - first_ran) / max(time.perf_counter() - since, 1e-9)
+        return (self.total - self.done) / pace if pace else None
+
     def line(self) -> str:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        ran = self.done - self.skipped
-        rate = ran / elapsed
-        eta = (self.total - self.done) / rate if rate else float("nan")
         parts = [f"[{self.stage}] {self.done}/{self.total} tasks", f"{elapsed:6.1f}s"]
         if self.documents:
             parts.append(f"{self.documents / elapsed:,.0f} docs/s")
-        if self.bytes:
-            parts.append(f"{human_bytes(self.bytes)} at {human_bytes(self.bytes / elapsed)}/s")
-        if self.done < self.total:
+        if self.text_bytes:
+            parts.append(f"{text_speed(self.text_bytes, elapsed)} ({human_bytes(self.text_bytes)} so far)")
+        elif self.bytes:
+            parts.append(f"{human_bytes(self.bytes)} of input files read")
+        eta = self.eta()
+        if eta is not None:
             parts.append(f"ETA {eta:.0f}s")
         return "  ".join(parts)

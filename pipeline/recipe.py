@@ -220,9 +220,17 @@ def _source_label(data: Any, position: int) -> str:
 
 def recipe_from_dict(data: dict) -> Recipe:
     data = dict(data)
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(Recipe)})
+    known = [f.name for f in dataclasses.fields(Recipe)] + ["extends"]
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise RecipeError(f"recipe field `{unknown[0]}` is not a known setting")
+        raise RecipeError(f"recipe field `{unknown[0]}` is not a known setting; known: {', '.join(known)}")
+    if data.get("name") is None:  # `name:` left empty reads as the default
+        data.pop("name", None)
+    hints = typing.get_type_hints(Recipe)
+    for key in ("name", "batch_documents"):
+        problem = _type_problem(data[key], hints[key]) if key in data else None
+        if problem:
+            raise RecipeError(f"recipe field `{key}`: {problem}")
     if not isinstance(data.get("sources"), list):
         raise RecipeError("recipe field `sources`: give a list of sources (`- name: ...` entries), not a mapping")
     sources = [_build(SourceConfig, s, f"sources[{_source_label(s, i)}]") for i, s in enumerate(data["sources"])]

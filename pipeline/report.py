@@ -10,11 +10,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.tasks import FILE_SUBSET
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#bab0ac", "#e15759")
 REMOVED_COLOR = "#e8a3a3"
@@ -168,11 +171,11 @@ def _legend(series: list[Series], x: float, y: float) -> str:
 
 
 def _scale(vmax: float, length: float, log: bool) -> tuple:
-    """The value -> pixels function and its axis ticks, linear or log10(1 + v)."""
+    """The value -> pixels function and its axis ticks, linear or log10 (from 1: counts below 1 are not drawn;
+    a log axis has no 0)."""
     if log:
-        top = math.log10(1 + max(vmax, 1))
-        ticks = [10 ** i for i in range(int(top) + 1)]
-        return (lambda v: length * math.log10(1 + v) / top), [0] + ticks
+        top = max(math.ceil(math.log10(max(vmax, 1)) + 1e-9), 1)
+        return (lambda v: length * math.log10(v) / top if v >= 1 else 0.0), [10 ** i for i in range(top + 1)]
     ticks = nice_ticks(vmax)
     return (lambda v: length * v / ticks[-1]), ticks
 
@@ -282,7 +285,8 @@ def table(name: str, header: list[str], rows: list[str]) -> str:
 def headline_section(page: Page) -> str:
     h = page.stats["headline"]
     split_parts = " · ".join(f"{html.escape(split)} {fmt_compact(n)}" for split, n in h["tokens_by_split"].items())
-    build = f"{h['workers']} workers · {fmt_float(h['mb_per_s'])} MB/s read" if h["wall_seconds"] else "no build_stats.json"
+    speed = f"process stage {fmt_float(h['text_mb_per_s'])} MB/s of input text" if h["text_mb_per_s"] else "no process timing"
+    build = f"{h['workers']} workers · {speed}" if h["wall_seconds"] else "no build_stats.json"
     ok = h["checks_passed"] == h["checks"]
     cards = [
         ("tokens in shards", page.value(("headline", "tokens"), "compact", "div", "value"), split_parts),
@@ -293,7 +297,8 @@ def headline_section(page: Page) -> str:
         ("build wall time", page.value(("headline", "wall_seconds"), "seconds", "div", "value"), build),
         ("checks passed", f'<div class="value {"ok" if ok else "fail"}">{h["checks_passed"]} / {h["checks"]}</div>', "see Checks below"),
     ]
-    return '<div class="cards">' + "".join(f'<div class="card"><div class="what">{w}</div>{v}<div class="sub">{s}</div></div>' for w, v, s in cards) + "</div>"
+    warnings = "".join(f'<p class="warning">⚠ {html.escape(w)}</p>' for w in page.stats["warnings"])
+    return warnings + '<div class="cards">' + "".join(f'<div class="card"><div class="what">{w}</div>{v}<div class="sub">{s}</div></div>' for w, v, s in cards) + "</div>"
 
 
 def funnel_chart(page: Page, name: str) -> str:
@@ -303,8 +308,15 @@ def funnel_chart(page: Page, name: str) -> str:
     left = [st["left"] for st in steps.values()] + [source["documents_in_shards"]]
     removed = [st["removed"] for st in steps.values()] + [0]
     notes = [f"−{fmt_compact(r)} → {fmt_compact(n)}" if r else fmt_compact(n) for r, n in zip(removed, left)]
-    series = [Series("documents left", left, page.colors[name]), Series("removed here", removed, REMOVED_COLOR)]
+    series = [Series("records left", left, page.colors[name]), Series("removed here", removed, REMOVED_COLOR)]
     return f'<div><h4>{html.escape(name)}</h4>{hbar_chart(labels, series, stacked=True, notes=notes, width=560)}</div>'
+
+
+def subset_label(subset: str) -> str:
+    """A subset's name; the bad records that belong to no readable subset get a label that says so."""
+    if subset == FILE_SUBSET:
+        return f'{html.escape(subset)} <span class="step">bad records in no subset</span>'
+    return html.escape(subset)
 
 
 def funnel_table(page: Page) -> str:
@@ -312,18 +324,19 @@ def funnel_table(page: Page) -> str:
     # bad input gets one column (its reasons are in the quarantine table), every other reason its own
     reasons = [r for r, step in stats["drop_reasons"].items() if step != "bad input"]
     chars = stats["has_build_stats"]
-    header = ["source / subset", "documents read", "bytes read"] + (["chars read"] if chars else []) + ['bad input<br><span class="step">records</span>']
+    header = ["source / subset", "records read", 'bad input<br><span class="step">records</span>', "documents read", "bytes read"] + (["chars read"] if chars else [])
     # <wbr>: long reason names may wrap after their underscores and colons, never inside a word
     header += [f'{html.escape(r).replace("_", "_<wbr>").replace(":", ":<wbr>")}<br><span class="step">{html.escape(stats["drop_reasons"][r])}</span>' for r in reasons]
     header += ["kept", "kept %", "tokens kept"] + (["tokens / char"] if chars else [])
     rows = []
     for name, source in stats["sources"].items():
         groups = [("sources", name, f"<th>{html.escape(name)}</th>")]
-        groups += [("subsets", key, f'<td class="sub">{html.escape(row["subset"])}</td>') for key, row in stats["subsets"].items() if row["source"] == name]
+        groups += [("subsets", key, f'<td class="sub">{subset_label(row["subset"])}</td>') for key, row in stats["subsets"].items() if row["source"] == name]
         for kind, key, first in groups:
-            cells = [first, page.value((kind, key, "documents_read")), page.value((kind, key, "bytes_read"))]
+            cells = [first, page.value((kind, key, "records_read")), page.value((kind, key, "dropped_by_step", "bad input")),
+                     page.value((kind, key, "documents_read")), page.value((kind, key, "bytes_read"))]
             cells += [page.value((kind, key, "chars_read"))] if chars else []
-            cells += [page.value((kind, key, "dropped_by_step", "bad input"))] + [page.value((kind, key, "dropped", r)) for r in reasons]
+            cells += [page.value((kind, key, "dropped", r)) for r in reasons]
             cells += [page.value((kind, key, "documents_kept")), page.value((kind, key, "kept_share"), "share"), page.value((kind, key, "tokens_kept"))]
             cells += [page.value((kind, key, "fertility"), "float")] if chars else []
             rows.append("".join(cells))
@@ -338,8 +351,22 @@ def funnel_section(page: Page) -> str:
                         for r in q["by_reason"]]
                        + [f"<th>all, in {html.escape(q['path'])}</th>" + "".join(page.value(("sources", n, "dropped_by_step", "bad input")) for n in names)
                           + page.value(("quarantine", "records"))])
-    return (figure("funnel", "Documents left after each step, per source; red: what the step removed.", f'<div class="multiples">{charts}</div>')
-            + funnel_table(page) + "<h3>Quarantined input</h3>" + quarantine)
+    caption = ("Records left after each step, per source; red: what the step removed. Records read = documents read + bad input "
+               "records, as in the table.")
+    return (figure("funnel", caption, f'<div class="multiples">{charts}</div>')
+            + funnel_table(page) + "<h3>Quarantined input</h3>" + quarantine + dropped_examples(page))
+
+
+def dropped_examples(page: Page) -> str:
+    """A few documents each filter removed, their start escaped (dropped_samples.jsonl holds them)."""
+    samples = page.stats.get("dropped_samples") or []
+    intro = ("<h3>Examples of removed documents</h3><p>The first documents each filter removed, per source (the start of each; "
+             "<code>dropped_samples.jsonl</code> beside the manifest holds them). Duplicates are not sampled: each has a kept twin.</p>")
+    if not samples:
+        return intro + '<p class="missing">No examples: no filter removed a document, or the build left no dropped_samples.jsonl.</p>'
+    rows = [f'<td>{html.escape(s["reason"])}<br><span class="step">{html.escape(s["step"])}</span></td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
+            f'<td class="text">{html.escape(s["doc"])}</td><td class="sample">{html.escape(s["text"].replace(chr(10), " ↵ "))}</td>' for s in samples]
+    return intro + table("dropped-samples", ["reason", "source / subset", "document", "text (start)"], rows)
 
 
 def mix_section(page: Page) -> str:
@@ -356,7 +383,30 @@ def mix_section(page: Page) -> str:
     rows.append("<th>all</th><td></td><td></td>" + "".join(page.value(("splits", s, "tokens")) + "<td></td>" for s in splits) + "<td></td><td></td>")
     chart = hbar_chart(names, series, fmt=fmt_share)
     policy = html.escape(stats["mix"]["policy"])
-    return figure("mix", f"Token share per source: the recipe's target against what each split holds (policy: {policy}).", chart) + table("mix", header, rows)
+    subset_rows = [f'<th>{html.escape(row["source"])}</th><td>{subset_label(row["subset"])}</td>'
+                   + page.value(("subsets", key, "tokens_kept")) + page.value(("subsets", key, "train_tokens")) + page.value(("subsets", key, "train_share"), "share")
+                   for key, row in stats["subsets"].items() if row["tokens_kept"]]
+    subsets = ("<h3>Subsets in the training tokens</h3><p>Each subset's tokens in the train split, estimated from its share of its "
+               "source's kept tokens: the mix samples a source's documents uniformly (the shards record sources, not subsets).</p>"
+               + table("subset-shares", ["source", "subset", "tokens kept", "train tokens (est.)", "share of train tokens"], subset_rows))
+    return figure("mix", f"Token share per source: the recipe's target against what each split holds (policy: {policy}).", chart) + table("mix", header, rows) + subsets
+
+
+def budget_section(page: Page) -> str:
+    b = page.stats["budget"]
+    intro = (f"<p>Training on {page.value(('budget', 'tokens'), 'compact', 'span', 'inline')} tokens (<code>--budget</code>) at the achieved "
+             f"mix passes {page.value(('budget', 'passes'), 'float', 'span', 'inline')} times over the train split's "
+             f"{page.value(('budget', 'train_tokens'), 'compact', 'span', 'inline')} tokens. Epochs: how many times each source's and subset's unique "
+             "kept training tokens (after filters and dedupe, validation left out) would be seen; above about 4, repeated data starts "
+             "to cost quality.</p>")
+    rows = []
+    for name in b["sources"]:
+        rows.append(f"<th>{html.escape(name)}</th><td></td>" + "".join(page.value(("budget", "sources", name, k), f) for k, f in
+                    (("unique_tokens", "compact"), ("tokens", "compact"), ("epochs", "float"))))
+        rows += [f'<td></td><td class="sub">{subset_label(page.stats["subsets"][key]["subset"])}</td>'
+                 + "".join(page.value(("budget", "subsets", key, k), f) for k, f in (("unique_tokens", "compact"), ("tokens", "compact"), ("epochs", "float")))
+                 for key, row in page.stats["subsets"].items() if row["source"] == name and row["tokens_kept"]]
+    return intro + table("budget", ["source", "subset", "unique training tokens", "tokens in the budget", "epochs"], rows)
 
 
 NO_BUILD_STATS = '<p class="missing">Not available: the build left no build_stats.json beside the manifest.</p>'
@@ -397,15 +447,28 @@ def cluster_groups(cluster_sizes: dict[str, int]) -> tuple[list[str], list[int]]
     return labels, [groups[low] for low in sorted(groups)]
 
 
+def cluster_documents(cluster_sizes: dict[str, int]) -> list[int]:
+    """Documents in the clusters of each group of `cluster_groups`."""
+    groups: dict[int, int] = {}
+    for size, count in cluster_sizes.items():
+        low = int(size) if int(size) < 4 else 1 << (int(size).bit_length() - 1)
+        groups[low] = groups.get(low, 0) + int(size) * count
+    return [groups[low] for low in sorted(groups)]
+
+
 def duplicates_figure(page: Page) -> str:
     dist = page.stats["distributions"]
-    caption = "Near-duplicate clusters by size (documents per cluster; log scale)."
+    caption = ("Duplicate clusters by size: each bar counts the clusters of that many documents (log scale); all but one "
+               "document of a cluster is removed.")
     if dist["exact_removed"] is None:
         return figure("duplicates", caption, NO_BUILD_STATS)
     labels, counts = cluster_groups(dist["duplicate_clusters"])
     removed = (f'<p>Removed: {page.value(("distributions", "exact_removed"), tag="span", cls="inline")} exact duplicates, '
                f'{page.value(("distributions", "near_removed"), tag="span", cls="inline")} near duplicates.</p>')
-    chart = hbar_chart(labels, [Series("clusters", counts, PALETTE[3])], fmt=fmt_compact, log=True, width=560) if labels else "<p>No clusters.</p>"
+    documents = cluster_documents(dist["duplicate_clusters"])
+    notes = [f"{fmt_compact(n)} clusters · {fmt_compact(d)} documents" for n, d in zip(counts, documents)]
+    chart = (hbar_chart([f"{label} documents" for label in labels], [Series("clusters", counts, PALETTE[3])], fmt=fmt_compact, log=True,
+                        notes=notes, width=560) if labels else "<p>No clusters.</p>")
     return figure("duplicates", caption, removed + chart)
 
 
@@ -451,13 +514,15 @@ def build_section(page: Page) -> str:
     if not stages:
         return '<p class="missing">The manifest records no stages.</p>'
     chart = hbar_chart(list(stages), [Series("seconds", [s["seconds"] for s in stages.values()], PALETTE[4])], fmt=fmt_seconds)
-    header = ["stage", "seconds", "tasks", "input bytes", "documents", "MB/s", "documents/s"]
+    header = ["stage", "seconds", "tasks", "bytes read", "documents", "MB/s of input text", "documents/s"]
     rows = [f"<th>{html.escape(name)}</th>" + "".join(page.value(("build", "stages", name, k), fmt) for k, fmt in
-            (("seconds", "float"), ("tasks", "int"), ("input_bytes", "bytes"), ("documents", "int"), ("mb_per_s", "float"), ("documents_per_s", "compact")))
+            (("seconds", "float"), ("tasks", "int"), ("input_bytes", "bytes"), ("documents", "int"), ("text_mb_per_s", "float"), ("documents_per_s", "compact")))
             for name in stages]
     workers = (f"<p>{page.value(('build', 'workers'), tag='span', cls='inline')} workers, "
                f"{page.value(('build', 'wall_seconds'), 'seconds', 'span', 'inline')} wall time.</p>")
-    return workers + figure("stages", "Wall time per stage.", chart) + table("stages", header, rows)
+    note = ("<p>Stages in the order they run. The speed is the one the build prints: MB of input text (decoded, before filters) per "
+            "second of the process stage, the only stage that reads text.</p>")
+    return workers + figure("stages", "Wall time per stage.", chart) + note + table("stages", header, rows)
 
 
 def provenance_section(page: Page) -> str:
@@ -478,16 +543,51 @@ def checks_section(page: Page) -> str:
 
 SECTIONS = (
     ("headline", "At a glance", headline_section),
-    ("funnel", "The funnel: from documents read to documents kept", funnel_section),
+    ("funnel", "The funnel: from records read to documents kept", funnel_section),
     ("mix", "The mix: achieved against target", mix_section),
+    ("budget", "Token budget: epochs per source at the achieved mix", budget_section),
     ("distributions", "Distributions", distributions_section),
     ("shards", "Shards: size, balance and checksums", shards_section),
     ("build", "The build: time and throughput per stage", build_section),
     ("provenance", "Provenance", provenance_section),
     ("checks", "Checks", checks_section),
 )
-# What the differences table of --compare lists (the other paths are highlighted in place).
-DIFFERENCE_PREFIXES = ("headline", "sources", "mix", "splits", "build", "provenance")
+# What the differences tables of --compare list (the other paths are highlighted in place).
+DIFFERENCE_PREFIXES = ("headline", "sources", "subsets", "mix", "splits", "budget", "build", "provenance")
+# Figures that change from run to run on the same data: listed apart from the data's differences.
+TIMING_HEADLINE = frozenset({"wall_seconds", "workers", "text_mb_per_s"})
+# Words for the field names of stats.json; a name not here reads with its underscores as spaces.
+FIELD_WORDS = {"text_mb_per_s": "MB/s of input text", "documents_per_s": "documents/s", "kept_share": "share of documents kept",
+               "dropped_by_step": "removed by", "dropped": "removed by", "train_share": "share of train tokens",
+               "train_tokens": "train tokens", "tokens_by_source": "tokens of", "documents_by_source": "documents of",
+               "wall_seconds": "build wall time (s)", "bytes_read": "bytes of text read", "input_bytes": "bytes read"}
+
+
+def is_timing(key: Key) -> bool:
+    return key[0] == "build" or (key[0] == "headline" and key[-1] in TIMING_HEADLINE)
+
+
+def readable(key: Key) -> str:
+    """A stats.json path in words: ("sources", "slimpajama", "documents_kept") -> "slimpajama: documents kept"."""
+    def words(part: str) -> str:
+        return FIELD_WORDS.get(part, part.replace("_", " "))
+
+    head, rest = key[0], list(key[1:])
+    if head in ("sources", "subsets") and rest:
+        return f"{rest[0]}: " + " ".join(words(p) if i == 0 else p for i, p in enumerate(rest[1:]))
+    if head == "splits" and rest:
+        return f"{rest[0]} split: " + " ".join(words(p) if i == 0 else p for i, p in enumerate(rest[1:]))
+    if head == "mix" and len(rest) == 2 and rest[0] == "target":
+        return f"target share of {rest[1]}"
+    if head == "mix" and len(rest) == 3 and rest[0] == "achieved":
+        return f"{rest[1]} split: share of {rest[2]}"
+    if head == "build" and len(rest) == 3 and rest[0] == "stages":
+        return f"{rest[1]} stage: {words(rest[2])}"
+    if head == "budget" and len(rest) >= 3:
+        return f"budget, {rest[1]}: {words(rest[2])}"
+    if head == "headline":
+        return " ".join(map(words, rest))
+    return f"{words(head)}: " + " ".join(map(words, rest))
 
 
 def _is_number(value: object) -> bool:
@@ -503,24 +603,32 @@ def _diff_value(value: object, sign: str = "") -> str:
     return f"{value:{sign},.0f}" if isinstance(value, int) or abs(value) >= 1000 else f"{value:{sign}.3g}"
 
 
-def difference_rows(stats: dict, other: dict) -> list[tuple[str, object, object, str]]:
-    """(what, A, B, B - A) for each differing value under DIFFERENCE_PREFIXES, in their order."""
-    keys = [k for k in changed_keys(stats, other) if k[0] in DIFFERENCE_PREFIXES and k != ("provenance", "manifest") and "funnel" not in k]
+def difference_rows(stats: dict, other: dict, timings: bool = False) -> list[tuple[str, object, object, str]]:
+    """(what, A, B, B - A) for each differing value under DIFFERENCE_PREFIXES, in their order: the data's
+    differences, or with `timings` those of the build's time and speed."""
+    keys = [k for k in changed_keys(stats, other) if k[0] in DIFFERENCE_PREFIXES and k != ("provenance", "manifest") and "funnel" not in k
+            and is_timing(k) == timings]
     rows = []
     for key in sorted(keys, key=lambda k: (DIFFERENCE_PREFIXES.index(k[0]), k)):
         a, b = lookup(stats, key), lookup(other, key)
         change = _diff_value(b - a, "+") + (f" ({(b - a) / a:+.1%})" if a else "") if _is_number(a) and _is_number(b) else ""
-        rows.append((" › ".join(key), a, b, change))
+        rows.append((readable(key), a, b, change))
     return rows
 
 
 def differences_section(stats: dict, other: dict) -> str:
-    rows = difference_rows(stats, other)
     def cell(value: object) -> str:
         return f'<td class="{"num" if value is None or _is_number(value) else "text"} changed">{_diff_value(value)}</td>'
 
-    body = [f"<td>{html.escape(what)}</td>{cell(a)}{cell(b)}<td class=\"num\">{html.escape(change)}</td>" for what, a, b, change in rows]
-    return table("differences", ["what", "A", "B", "B − A"], body) if body else "<p>The two builds agree on every figure.</p>"
+    def rows(timings: bool) -> list[str]:
+        return [f"<td>{html.escape(what)}</td>{cell(a)}{cell(b)}<td class=\"num\">{html.escape(change)}</td>"
+                for what, a, b, change in difference_rows(stats, other, timings)]
+
+    data, timing = rows(False), rows(True)
+    parts = ["<h3>The data</h3>", table("differences", ["what", "A", "B", "B − A"], data) if data else "<p>The two builds agree on every figure of the data.</p>",
+             "<h3>Time and speed</h3><p>These differ from run to run on the same data (machine load, workers, start-up).</p>",
+             table("timing-differences", ["what", "A", "B", "B − A"], timing) if timing else "<p>No timing differs.</p>"]
+    return "".join(parts)
 
 
 CSS = """
@@ -549,6 +657,8 @@ td.text{white-space:normal;word-break:break-all;font-family:ui-monospace,monospa
 .run-label{font-weight:600;color:#59636e;margin-bottom:6px;word-break:break-all}
 th .step{font-weight:400;color:#59636e;font-size:11px}
 .missing{color:#59636e;font-style:italic}
+td.sample{white-space:normal;word-break:break-word;min-width:360px;max-width:640px;font-family:ui-monospace,monospace;font-size:11.5px}
+.warning{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:6px 10px;margin:0 0 10px}
 ul.checks{list-style:none;padding:0;margin:0}ul.checks li{padding:3px 0}.mark{font-weight:700}
 """
 
@@ -601,15 +711,20 @@ def _summary_lines(stats: dict) -> list[str]:
              f"| shards | {h['shards']} ({p['dtype']}, {fmt_bytes(h['bytes_on_disk'])}) |",
              f"| build | {fmt_seconds(h['wall_seconds']) + ', ' + str(h['workers']) + ' workers' if h['wall_seconds'] else 'no build_stats.json'} |",
              f"| checks | {h['checks_passed']} of {h['checks']} passed |", "",
-             "## Funnel (documents)", "", "| source | documents read | bad input records | filters | exact duplicates | near duplicates | kept | tokens kept | tokens in shards |",
+             "## Funnel (documents)", "", "| source | records read | bad input records | filters | exact duplicates | near duplicates | kept | tokens kept | tokens in shards |",
              "|---|" + "---:|" * 8]
+    lines[2:2] = [f"> **Warning:** {w}" for w in stats["warnings"]] + ([""] if stats["warnings"] else [])
     for name, s in stats["sources"].items():
         removed = [fmt_int(st["removed"]) for st in list(s["funnel"].values())[1:]]
-        lines.append(f"| {name} | {fmt_int(s['documents_read'])} | {' | '.join(removed)} | {fmt_int(s['documents_kept'])} | {fmt_int(s['tokens_kept'])} | {fmt_int(s['tokens_in_shards'])} |")
+        lines.append(f"| {name} | {fmt_int(s['records_read'])} | {' | '.join(removed)} | {fmt_int(s['documents_kept'])} | {fmt_int(s['tokens_kept'])} | {fmt_int(s['tokens_in_shards'])} |")
     lines += ["", "## Mix (token share)", "", "| source | target | " + " | ".join(stats["splits"]) + " |", "|---|" + "---:|" * (1 + len(stats["splits"]))]
     for name in stats["sources"]:
         achieved = [fmt_share(stats["mix"]["achieved"][split].get(name, 0.0)) for split in stats["splits"]]
         lines.append(f"| {name} | {fmt_share(stats['mix']['target'].get(name, 0.0))} | {' | '.join(achieved)} |")
+    b = stats["budget"]
+    lines += ["", f"## Token budget: {fmt_compact(b['tokens'])} tokens, {_diff_value(b['passes'])} passes over the train split", "",
+              "| source | unique training tokens | epochs |", "|---|---:|---:|"]
+    lines += [f"| {name} | {fmt_int(r['unique_tokens'])} | {_diff_value(r['epochs'])} |" for name, r in b["sources"].items()]
     lines += ["", "## Checks", ""] + [f"- {'✓' if c['ok'] else '✗'} {name}: {c['detail']}" for name, c in stats["checks"].items()]
     return lines
 
@@ -618,8 +733,10 @@ def render_summary(stats: dict, other: dict | None = None) -> str:
     """summary.md: the headline numbers, funnel, mix and checks; with `other`, also what differs."""
     lines = _summary_lines(stats)
     if other is not None:
-        lines += ["", f"## Compared with `{other['provenance']['manifest']}` (B)", "", "| what | A | B | B − A |", "|---|---:|---:|---:|"]
-        lines += [f"| {what} | {_diff_value(a)} | {_diff_value(b)} | {change} |" for what, a, b, change in difference_rows(stats, other)]
+        lines += ["", f"## Compared with `{other['provenance']['manifest']}` (B)"]
+        for title, timings in (("The data", False), ("Time and speed (these vary from run to run)", True)):
+            lines += ["", f"### {title}", "", "| what | A | B | B − A |", "|---|---:|---:|---:|"]
+            lines += [f"| {what} | {_diff_value(a)} | {_diff_value(b)} | {change} |" for what, a, b, change in difference_rows(stats, other, timings)]
     return "\n".join(lines) + "\n"
 
 
@@ -633,11 +750,30 @@ def chromium_command(user_data_dir: Path) -> list[str]:
     return [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}"]
 
 
-def screenshot(html_path: Path, png_path: Path, *, width: int = 1280, height: int = 1850) -> None:
-    """A PNG of the top `height` pixels of the report, as a browser shows it (by default: the headline
-    numbers, the funnel and the mix)."""
+PROBE = '<script>document.body.setAttribute("data-page-height", document.documentElement.scrollHeight)</script></body>'
+MAX_SCREENSHOT_HEIGHT = 30000  # pixels; a longer page (thousands of shards, a comparison) is cut there
+
+
+def page_height(html_path: Path, width: int) -> int:
+    """The height in pixels of the whole page at `width`: measured by Chromium on a copy of the page with one
+    line of script added (the report itself has none)."""
+    with tempfile.TemporaryDirectory(prefix="tokenmill-chromium-") as tmp:
+        probe = Path(tmp) / "probe.html"
+        probe.write_text(Path(html_path).read_text().replace("</body>", PROBE, 1))
+        command = chromium_command(Path(tmp) / "profile") + [f"--window-size={width},1000", "--dump-dom", probe.as_uri()]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    found = re.search(r'data-page-height="(\d+)"', done.stdout)
+    if done.returncode != 0 or not found:
+        raise ReportError(f"chromium could not measure {html_path} (exit {done.returncode}): {done.stderr[-800:]}")
+    return int(found.group(1))
+
+
+def screenshot(html_path: Path, png_path: Path, *, width: int = 1280, height: int | None = None) -> None:
+    """A PNG of the report as a browser shows it at `width`: the whole page (up to MAX_SCREENSHOT_HEIGHT), or
+    its top `height` pixels."""
     png_path = Path(png_path).resolve()
     png_path.parent.mkdir(parents=True, exist_ok=True)
+    height = height or min(page_height(html_path, width), MAX_SCREENSHOT_HEIGHT)
     with tempfile.TemporaryDirectory(prefix="tokenmill-chromium-") as profile:
         command = chromium_command(Path(profile)) + ["--hide-scrollbars", f"--window-size={width},{height}",
                                                      f"--screenshot={png_path}", Path(html_path).resolve().as_uri()]

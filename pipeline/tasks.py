@@ -32,6 +32,7 @@ from stages.tokenize import Tokenizer
 
 FILE_SUBSET = "(file)"  # bad input that belongs to no document, e.g. a file that is not parquet
 HIST_EDGES = np.array([0] + [2**i for i in range(32)], dtype=np.float64)
+SAMPLE_CHARS = 300  # of the first document each filter removed from a file, kept for the report's examples
 
 
 def histogram(values: np.ndarray) -> np.ndarray:
@@ -104,6 +105,7 @@ class _FileOutputs:
     quarantine: list[str] = field(default_factory=list)
     funnels: dict[str, SubsetFunnel] = field(default_factory=lambda: defaultdict(SubsetFunnel))
     subsets: dict[str, int] = field(default_factory=dict)
+    dropped_samples: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # reason -> (subset, doc id, text start)
 
     def subset_id(self, name: str) -> int:
         return self.subsets.setdefault(name, len(self.subsets))
@@ -132,6 +134,8 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
     kept, dropped = apply_filters(batch, filters)
     for index, reason in dropped:
         out.funnels[batch.subsets[index]].dropped[reason] += 1
+        if reason not in out.dropped_samples:
+            out.dropped_samples[reason] = (batch.subsets[index], batch.doc_id(index), batch.texts[index][:SAMPLE_CHARS])
     if not len(kept):
         return
     for subset in kept.subsets:
@@ -194,5 +198,7 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
         "quarantined": len(out.quarantine),
         "seconds": seconds,
     }
+    for reason, (subset, doc, text) in out.dropped_samples.items():  # in the funnels: the driver keeps those of every file
+        record["funnels"][subset].setdefault("dropped_samples", {})[reason] = {"doc": doc, "text": text}
     work.mark_done(name, record)
     return record

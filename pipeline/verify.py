@@ -22,9 +22,10 @@ def verify(manifest_path: Path, checksums: bool = True) -> tuple[manifest_io.Man
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill verify", description="Check sizes, token counts and sha256 of every shard of a manifest.")
-    parser.add_argument("manifest", type=Path)
-    parser.add_argument("--no-checksums", action="store_true", help="sizes and counts only (fast)")
+    parser = argparse.ArgumentParser(prog="tokenmill verify", description="Check sizes, token counts and sha256 of every shard of a manifest; "
+                                     "exit status 1 when a check fails.")
+    parser.add_argument("manifest", type=Path, help="a build's manifest.json, or the output folder holding it")
+    parser.add_argument("--no-checksums", action="store_true", help="check sizes and counts only, skip the sha256 of every file (fast)")
     args = parser.parse_args(argv)
     try:
         manifest, problems = verify(args.manifest, not args.no_checksums)
@@ -66,11 +67,13 @@ def locate(manifest: manifest_io.Manifest, split: str, doc: int) -> tuple[manife
 
 def inspect_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill inspect", description="Decode one document of a manifest back to text, with its origin.")
-    parser.add_argument("manifest", type=Path)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--doc", type=int, default=0, help="document number within the split (0-based)")
-    parser.add_argument("--tokens", action="store_true", help="also print the token ids")
+    parser.add_argument("manifest", type=Path, help="a build's manifest.json, or the output folder holding it")
+    parser.add_argument("--split", default="train", help="the split to read the document from: train or validation (default train)")
+    parser.add_argument("--doc", type=int, default=0, help="document number within the split, 0-based, in shard order (default 0)")
+    parser.add_argument("--tokens", action="store_true", help="also print the document's token ids")
     args = parser.parse_args(argv)
+    if args.doc < 0:
+        parser.error(f"--doc {args.doc}: documents are numbered from 0")
     from stages.tokenize import Tokenizer
 
     try:

@@ -2,6 +2,7 @@
 Everything runs on real builds of the offline sample corpus (`sample.yaml`, and `web-quality.yaml` to compare)."""
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -16,8 +17,28 @@ from manifests import manifest as manifest_io
 from manifests.shards import open_tokens, read_index
 from pipeline.build import build
 from pipeline.recipe import load_recipe
-from pipeline.report import FORMATS, chromium_command, cluster_groups, lookup, screenshot
-from pipeline.stats import LENGTH_EDGES, length_buckets, main, write_report
+from pipeline.report import (
+    FORMATS,
+    Series,
+    chromium_command,
+    cluster_documents,
+    cluster_groups,
+    hbar_chart,
+    lookup,
+    page_height,
+    readable,
+    screenshot,
+)
+from pipeline.stats import (
+    DEFAULT_BUDGET_TOKENS,
+    LENGTH_EDGES,
+    PIPELINE_STAGES,
+    drop_step,
+    length_buckets,
+    main,
+    parse_tokens,
+    write_report,
+)
 
 RECIPES = Path(__file__).resolve().parents[2] / "manifests" / "recipes"
 
@@ -188,7 +209,7 @@ def shown_text_matches(text: str, value: object) -> bool:
     return text in {f(value) for name, f in FORMATS.items() if name == "text" or not isinstance(value, str)}
 
 
-SECTIONS = ["headline", "funnel", "mix", "distributions", "shards", "build", "provenance", "checks"]
+SECTIONS = ["headline", "funnel", "mix", "budget", "distributions", "shards", "build", "provenance", "checks"]
 FIGURES = ["funnel", "mix", "token-length", "char-length", "fertility", "duplicates", "shards", "stages"]
 
 
@@ -220,14 +241,17 @@ def test_report_in_chromium_shows_every_section_and_the_manifest_numbers(corpus,
     assert from_manifest > 40
 
 
-def test_screenshot_is_a_png(report, tmp_path):
+def test_screenshot_is_a_png_of_the_whole_page(report, tmp_path):
     if shutil.which("chromium") is None:
         print("SKIP: chromium is not installed (apt-get install -y chromium)")
         pytest.skip("chromium is not installed: apt-get install -y chromium")
     png = tmp_path / "report.png"
-    screenshot(report, png, height=900)
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    screenshot(report, png)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000  # a blank page compresses to a few kB
+    height = int.from_bytes(data[20:24], "big")  # the IHDR chunk: width, then height
+    assert int.from_bytes(data[16:20], "big") == 1280 and height == page_height(report, 1280) > 3000  # nothing cropped
 
 
 def test_compare_shows_both_builds_and_highlights_what_differs(builds, tmp_path):
@@ -242,7 +266,11 @@ def test_compare_shows_both_builds_and_highlights_what_differs(builds, tmp_path)
     stats = json.loads((tmp_path / "diff" / "stats.json").read_text())
     assert stats["compare"]["provenance"]["recipe"] == "web-quality"
     summary = (tmp_path / "diff" / "summary.md").read_text()
-    assert f"| sources › slimpajama › documents_kept | {kept[0]['value']:,} | {kept[1]['value']:,} | " in summary
+    data, timings = summary.split("### The data")[1].split("### Time and speed")
+    assert f"| slimpajama: documents kept | {kept[0]['value']:,} | {kept[1]['value']:,} | " in data
+    assert "process stage: seconds" in timings and "seconds" not in data and "›" not in summary
+    page = html_path.read_text()
+    assert 'data-table="differences"' in page and 'data-table="timing-differences"' in page
 
 
 def test_without_build_stats_the_report_comes_from_the_manifest_and_shards(corpus, tmp_path):
@@ -292,3 +320,73 @@ def test_cli_writes_the_three_files_and_names_a_missing_manifest(corpus, tmp_pat
 
 def test_duplicate_cluster_sizes_group_in_powers_of_two():
     assert cluster_groups({"2": 5, "3": 1, "5": 2, "7": 1, "9": 1}) == (["2", "3", "4–7", "8–15"], [5, 1, 3, 1])
+    assert cluster_documents({"2": 5, "3": 1, "5": 2, "7": 1, "9": 1}) == [10, 3, 17, 9]
+
+
+def test_a_log_axis_starts_at_one():
+    svg = hbar_chart(["a", "b"], [Series("clusters", [1, 300], "#000")], log=True)
+    assert [t.split("<")[0] for t in svg.split('class="tick">')[1:]] == ["1", "10", "100", "1K"]
+
+
+def test_the_funnel_the_stages_and_the_warnings(report):
+    stats = json.loads((report.parent / "stats.json").read_text())
+    for row in [*stats["sources"].values(), *stats["subsets"].values()]:
+        assert row["records_read"] == row["documents_read"] + row["dropped_by_step"]["bad input"]
+    for source in stats["sources"].values():  # the chart's first bar is the table's first column
+        assert source["funnel"]["records read"]["left"] == source["records_read"]
+    assert list(stats["build"]["stages"]) == list(PIPELINE_STAGES)
+    process = stats["build"]["stages"]["process"]
+    assert stats["headline"]["text_mb_per_s"] == process["text_mb_per_s"] > 0
+    assert all(s["text_mb_per_s"] is None for name, s in stats["build"]["stages"].items() if name != "process")
+    validation = stats["splits"]["validation"]["documents"]
+    assert validation < 100 and stats["warnings"] == [
+        f"the validation split holds {validation} documents, fewer than 100: its loss is too noisy to compare runs by; "
+        "add validation files or raise the sources' validation_fraction"]
+    page = report.read_text()
+    assert "⚠ the validation split holds" in page and "bad records in no subset" in page and "MB/s of input text" in page
+
+
+def test_subset_shares_and_the_token_budget(corpus, report, tmp_path):
+    stats = json.loads((report.parent / "stats.json").read_text())
+    train = stats["splits"]["train"]["tokens"]
+    assert sum(r["train_share"] for r in stats["subsets"].values()) == pytest.approx(1.0, rel=1e-4)  # rounded token counts
+    for name, source in stats["sources"].items():
+        mine = [r for r in stats["subsets"].values() if r["source"] == name]
+        assert sum(r["train_tokens"] for r in mine) == pytest.approx(source["train_tokens"], abs=len(mine))
+    budget = stats["budget"]
+    assert budget["tokens"] == DEFAULT_BUDGET_TOKENS and budget["passes"] == DEFAULT_BUDGET_TOKENS / train
+    for name, row in budget["sources"].items():
+        unique = stats["sources"][name]["tokens_kept"] - stats["splits"]["validation"]["tokens_by_source"].get(name, 0)
+        assert row["unique_tokens"] == unique
+        assert row["epochs"] == pytest.approx(DEFAULT_BUDGET_TOKENS * stats["sources"][name]["train_share"] / unique)
+    assert main([str(corpus), "--out", str(tmp_path / "small"), "--budget", "2M"]) == 0
+    small = json.loads((tmp_path / "small" / "stats.json").read_text())["budget"]
+    assert small["tokens"] == 2_000_000 and small["passes"] == pytest.approx(2_000_000 / train)
+    assert "Token budget: 2M tokens" in (tmp_path / "small" / "summary.md").read_text()
+
+
+def test_token_counts_read_as_people_write_them():
+    assert [parse_tokens(t) for t in ("3T", "500B", "1.5M", "2e9", "3000")] == [3 * 10**12, 5 * 10**11, 1_500_000, 2 * 10**9, 3000]
+    for bad in ("lots", "0", "-1T", "inf"):
+        with pytest.raises(Exception, match="token count"):
+            parse_tokens(bad)
+
+
+def test_compare_names_read_as_words():
+    assert readable(("sources", "slimpajama", "documents_kept")) == "slimpajama: documents kept"
+    assert readable(("sources", "slimpajama", "dropped", "short_document")) == "slimpajama: removed by short_document"
+    assert readable(("mix", "achieved", "train", "starcoderdata")) == "train split: share of starcoderdata"
+    assert readable(("build", "stages", "process", "text_mb_per_s")) == "process stage: MB/s of input text"
+
+
+def test_examples_of_what_each_filter_removed(corpus, report):
+    written = [json.loads(line) for line in (corpus.parent / "dropped_samples.jsonl").read_text().splitlines()]
+    manifest = json.loads(corpus.read_text())
+    filtered = {(s["name"], r) for s in manifest["sources"] for r in s["dropped"] if drop_step(r) == "filters"}
+    assert filtered and {(w["source"], w["reason"]) for w in written} == filtered
+    assert all(len(w["text"]) <= 300 and w["doc"].startswith(f"{w['source']}/") for w in written)
+    shown = json.loads((report.parent / "stats.json").read_text())["dropped_samples"]
+    assert {(s["source"], s["reason"]) for s in shown} == filtered and all(s["step"] == "filters" for s in shown)
+    page = report.read_text()
+    assert 'data-table="dropped-samples"' in page
+    assert all(html.escape(s["text"][:40].replace("\n", " ↵ ")) in page for s in shown)  # escaped, line breaks shown

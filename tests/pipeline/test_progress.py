@@ -1,0 +1,44 @@
+"""pipeline/progress.py's StageProgress: no ETA from the first tasks alone, the speed in one unit."""
+from __future__ import annotations
+
+import re
+
+from pipeline.progress import EventLog, StageProgress, text_speed
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_eta_waits_for_a_few_tasks_and_leaves_the_start_up_out(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("pipeline.progress.time.perf_counter", clock)
+    progress = StageProgress("process", 12, EventLog(None, console=False), started=0.0)
+    clock.now = 7.0  # the workers' start-up: the first task finishes late
+    progress.advance()
+    clock.now = 8.0  # from here one task a second
+    progress.advance()
+    assert progress.eta() is None and "ETA" not in progress.line()
+    clock.now = 9.0
+    progress.advance()
+    assert progress.eta() == 9.0  # 9 tasks left at 1 task/s: not (12 - 3) / (3 / 9 s) = 27 s
+    clock.now = 10.0
+    progress.advance()
+    assert progress.eta() == 8.0
+
+
+def test_the_speed_is_mb_per_second_of_input_text(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("pipeline.progress.time.perf_counter", clock)
+    progress = StageProgress("process", 2, EventLog(None, console=False), started=0.0)
+    clock.now = 2.0
+    progress.advance(documents=10, nbytes=400_000, text_bytes=3_000_000)
+    assert re.search(r"1\.50 MB/s of input text \(3\.0 MB so far\)", progress.line())
+    assert text_speed(3_000_000, 2.0) == "1.50 MB/s of input text"
+    without_text = StageProgress("keys", 2, EventLog(None, console=False))
+    without_text.advance(nbytes=400_000)
+    assert "400.0 KB of input files read" in without_text.line() and "/s of" not in without_text.line()
