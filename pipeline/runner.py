@@ -46,7 +46,8 @@ class Runner:
         for i, record in self._run_pending(stage, tasks, [i for i, r in enumerate(records) if r is None]):
             records[i] = record
             self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3))
-            progress.advance(record.get("documents", 0), tasks[i].input_bytes)
+            text_bytes = sum(f.get("bytes_read", 0) for f in record.get("funnels", {}).values())  # process tasks only
+            progress.advance(record.get("documents", 0), tasks[i].input_bytes, text_bytes=text_bytes)
         self.timings[stage] = {
             "seconds": round(time.perf_counter() - started, 3),
             "task_seconds": round(sum(r.get("seconds", 0) for r in records), 3),
@@ -94,6 +95,9 @@ def start_ray(address: str | None, workers: int | None) -> int:
         # imported (so only before that), the embedded Ray is private to this machine: every server binds to
         # 127.0.0.1. A user who sets the variable keeps their choice; a build that joins a cluster never sets it.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # token authentication on, as Ray's default is, said explicitly so an embedded build does not print
+        # Ray's notice about that default on every start; read only before Ray is imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if not ray.is_initialized():
