@@ -109,6 +109,8 @@ class TrainConfig:
     # instead of once per step).
     reshard_after_forward: bool = False
     verify_checksums: bool = False
+    # --resume against a manifest whose shards differ from the checkpoint's: continue anyway (refused otherwise)
+    allow_manifest_change: bool = False
     prefetch: int = 4  # batches the background reader keeps ready
 
     def __post_init__(self) -> None:
@@ -133,13 +135,32 @@ class TrainConfig:
             raise ConfigError(f"--beta1 {self.beta1} / --beta2 {self.beta2}: must be in [0, 1)")
 
     def accumulation(self, world_size: int) -> int:
-        """Micro-steps per optimizer step so that one step sees exactly `batch_tokens` tokens."""
+        """Micro-steps per optimizer step so that one step sees exactly `batch_tokens` tokens on `world_size`
+        ranks. When they cannot, the error shows the arithmetic and what would keep this global batch (a resume on
+        another rank count must keep it: the schedule and the data position count in its steps)."""
         context = preset(self.preset).context
-        per_micro_step = self.micro_batch * context * world_size
-        if self.batch_tokens % per_micro_step:
+        if self.batch_tokens % context:
+            raise ConfigError(f"--batch-tokens {self.batch_tokens} is not a whole number of {context}-token windows; use {self.batch_tokens // context * context or context} or {(self.batch_tokens // context + 1) * context}")
+        windows = self.batch_tokens // context
+        if windows % world_size:
+            ranks = [n for n in range(1, windows + 1) if windows % n == 0]
+            raise ConfigError(
+                f"--batch-tokens {self.batch_tokens} = {windows} windows of {context} tokens, which {world_size} ranks cannot share "
+                f"({windows} / {world_size} is not whole); keep this global batch on {_either(ranks)} ranks, or in a new run use a "
+                f"multiple of {context * world_size} tokens: {max(1, windows // world_size) * context * world_size}"
+            )
+        per_rank = windows // world_size
+        if per_rank % self.micro_batch:
+            per_micro_step = self.micro_batch * context * world_size
             lower = max(per_micro_step, self.batch_tokens // per_micro_step * per_micro_step)
             raise ConfigError(
-                f"--batch-tokens {self.batch_tokens} is not a multiple of micro-batch {self.micro_batch} x context {context} "
-                f"x {world_size} ranks = {per_micro_step} tokens; use {lower} or {lower + per_micro_step}"
+                f"--batch-tokens {self.batch_tokens} = {windows} windows of {context} tokens = {per_rank} per rank on {world_size} ranks, "
+                f"which --micro-batch {self.micro_batch} does not divide: use --micro-batch {_either([m for m in range(1, per_rank + 1) if per_rank % m == 0])} "
+                f"(the same global batch), or in a new run a multiple of {per_micro_step} tokens: use {lower} or {lower + per_micro_step}"
             )
-        return self.batch_tokens // per_micro_step
+        return per_rank // self.micro_batch
+
+
+def _either(values: list[int]) -> str:
+    """"1, 2 or 4"."""
+    return " or ".join([", ".join(map(str, values[:-1])), str(values[-1])] if len(values) > 1 else [str(values[0])])

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from manifests.manifest import load as load_manifest
 from trainer import checkpoint
 from trainer.config import preset
-from trainer.train import USER_ERRORS, build_parser, check_data, parse_config
+from trainer.train import USER_ERRORS, build_parser, check_data, check_resume, parse_config
 
 # Grace between asking ranks to stop and SIGKILL: long enough for a checkpoint of a big model. The variable is
 # torchrun's, so a setting made for torchrun keeps its meaning.
@@ -83,6 +83,8 @@ def main(argv: list[str]) -> int:
         cfg = parse_config(train_argv)
         cfg.accumulation(known.nproc)
         check_data(cfg, preset(cfg.preset), load_manifest(cfg.manifest), checksums=False)
+        if cfg.resume:
+            check_resume(cfg, preset(cfg.preset))
     except USER_ERRORS as e:
         print(f"tokenmill train: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from manifests.manifest import Manifest, ManifestError, load as load_manifest
 from manifests.shards import ShardFormatError
 from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
-from trainer.data import DataError, TokenWindows, WindowLoader, check_shards, open_loader
+from trainer.data import DataError, WindowDataset, WindowLoader, check_shards, open_loader
 from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
 from trainer.optim import build_optimizer, lr_at, set_lr
@@ -183,18 +183,16 @@ def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathe
 
 
 @torch.no_grad()
-def evaluate(model: Llama, windows: TokenWindows, cfg: TrainConfig, rt: Runtime) -> float:
-    """Mean loss over the same `eval_windows` validation windows every time (fixed seed, position 0)."""
-    per_rank = max(1, cfg.eval_windows // rt.world_size)
-    loader = WindowLoader(windows, batch=min(cfg.micro_batch, per_rank), seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device)
-    batches = -(-per_rank // loader.batch)
+def evaluate(model: Llama, dataset: WindowDataset, cfg: TrainConfig, rt: Runtime) -> float:
+    """Mean loss over the same validation windows every time: the validation stream's first `eval_data`
+    (rounded down to a multiple of the rank count, at least one a rank), the same windows on any rank count."""
+    per_rank = max(1, cfg.eval_data // rt.world_size)
     total = torch.zeros((), device=rt.device)
-    for _ in range(batches):
-        inputs, targets = next(loader)
-        total += model(inputs, targets)
-    loader.close()
+    for batch in torch.from_numpy(dataset.read(0, per_rank)).split(cfg.micro_batch):
+        batch = batch.to(rt.device)
+        total += model(batch[:, :-1], batch[:, 1:]) * len(batch)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.item() / (batches * rt.world_size)
+    return total.item() / (per_rank * rt.world_size)
 
 
 class Interval:
@@ -237,14 +235,30 @@ class Interval:
         return record
 
 
-def resume(cfg: TrainConfig, model_cfg: ModelConfig, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader) -> int:
-    """Restore a checkpoint in place; returns the step it was written after."""
+def check_resume(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[Path, dict]:
+    """The checkpoint `--resume` names and its meta.json, if this run can continue it: the same model, the same
+    global batch (its steps, schedule and data position count in it). The rank count may differ: the micro-batch
+    and the accumulation then do (`TrainConfig.accumulation` says whether this rank count can keep the batch)."""
     path = checkpoint.resolve(cfg.resume)
     meta = checkpoint.read_meta(path)
     if meta["model"] != dataclasses.asdict(model_cfg):
         raise ConfigError(f"--resume {path}: written for model {meta['model']['name']} {meta['model']}, this run is {model_cfg}; use --preset {meta['model']['name']}")
-    loader.load_state_dict(meta["data"])
+    if meta["train"]["batch_tokens"] != cfg.batch_tokens:
+        raise ConfigError(
+            f"--resume {path}: written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run keeps "
+            f"its global batch (its steps, schedule and data position count in it): resume with --batch-tokens {meta['train']['batch_tokens']}"
+        )
+    return path, meta
+
+
+def resume(cfg: TrainConfig, model_cfg: ModelConfig, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader, rt: Runtime) -> int:
+    """Restore a checkpoint written on any number of ranks in place; returns the step it was written after."""
+    path, meta = check_resume(cfg, model_cfg)
+    change = loader.dataset.manifest_change(meta["data"])
+    loader.load_state_dict(meta["data"], allow_manifest_change=cfg.allow_manifest_change)
     checkpoint.load(path, model, optimizer)
+    if rt.rank == 0 and change:
+        print(f"trainer.train: --allow-manifest-change: {change}", file=sys.stderr, flush=True)
     return int(meta["step"])
 
 
@@ -286,8 +300,8 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     torch.manual_seed(cfg.seed)
     model, runner, optimizer = build_model_and_optimizer(model_cfg, cfg, rt)
     loader = open_loader(manifest, cfg.train_split, context=model_cfg.context, batch=cfg.micro_batch, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device, prefetch=cfg.prefetch)
-    val_windows = TokenWindows(manifest, cfg.val_split, model_cfg.context) if cfg.eval_every else None
-    start = resume(cfg, model_cfg, model, optimizer, loader) if cfg.resume else 0
+    val_data = WindowDataset(manifest, cfg.val_split, context=model_cfg.context, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size) if cfg.eval_every else None
+    start = resume(cfg, model_cfg, model, optimizer, loader, rt) if cfg.resume else 0
     run_meta = run_metadata(cfg, model_cfg, manifest, rt)
     logger, preemption, interval = MetricsLogger(cfg.out, enabled=rt.rank == 0), Preemption(rt), Interval()
     try:
@@ -299,7 +313,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
                 logger.log(interval.record(step, lr, cfg, model_cfg, rt))
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_windows, cfg, rt), "val_windows": cfg.eval_windows})
+                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_data, cfg, rt), "val_data": cfg.eval_data})
             if preemption.requested():
                 path = save(cfg, step, model, optimizer, loader, run_meta, "preempted")
                 print(f"rank {rt.rank}: SIGTERM: saved {path}, exiting", file=sys.stderr, flush=True)
