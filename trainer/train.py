@@ -184,9 +184,9 @@ def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathe
 
 @torch.no_grad()
 def evaluate(model: Llama, dataset: WindowDataset, cfg: TrainConfig, rt: Runtime) -> float:
-    """Mean loss over the same validation windows every time: the validation stream's first `eval_data`
+    """Mean loss over the same validation windows every time: the validation stream's first `eval_windows`
     (rounded down to a multiple of the rank count, at least one a rank), the same windows on any rank count."""
-    per_rank = max(1, cfg.eval_data // rt.world_size)
+    per_rank = max(1, cfg.eval_windows // rt.world_size)
     total = torch.zeros((), device=rt.device)
     for batch in torch.from_numpy(dataset.read(0, per_rank)).split(cfg.micro_batch):
         batch = batch.to(rt.device)
@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
                 logger.log(interval.record(step, lr, cfg, model_cfg, rt))
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_data, cfg, rt), "val_data": cfg.eval_data})
+                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_data, cfg, rt), "val_windows": cfg.eval_windows})
             if preemption.requested():
                 path = save(cfg, step, model, optimizer, loader, run_meta, "preempted")
                 print(f"rank {rt.rank}: SIGTERM: saved {path}, exiting", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,70 @@ def test_one_process_trains_on_a_replica_and_resumes_bit_for_bit(sample_manifest
     assert uninterrupted[6] < uninterrupted[1]
     resumed = train(tmp_path / "resumed", "--resume", str(tmp_path / "full" / "step-000003"))
     assert resumed == {step: uninterrupted[step] for step in (4, 5, 6)}  # the replica took the loaded weights
+
+
+# A resume on another rank count computes each step over the same windows (the global batch and the stream
+# position are the same) but sums their losses and gradients in another order: FSDP reduce-scatters W partial
+# sums, one rank accumulates its micro-batches. fp32 rounding then differs in the last bits, and Adam carries
+# that forward. Measured over these 20 steps: at most 1.4e-7 relative (two fp32 ulps of a loss near 5), not
+# growing; TOLERANCE leaves 70x room for other CPUs' kernels. A window read twice, skipped or taken from the wrong
+# rank changes a step's loss by 1e-3 to 1e-2.
+TOLERANCE = 1e-5
+WINDOWS_PER_STEP = 512 // 64
+
+
+def resume_on(nproc: int, ckpt: Path, out: Path, manifest: Path) -> dict[int, float]:
+    command = tokenmill("train", "--nproc", str(nproc), "--manifest", str(manifest), "--resume", str(ckpt), "--out", str(out), *TRAIN_ARGS, "--save-every", "10")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return losses(out)
+
+
+def assert_continues(out: Path, start: int, expected: dict[int, float]) -> None:
+    """Steps start+1..STEPS within TOLERANCE of `expected`, and the checkpoints' data positions are those of the
+    uninterrupted run: WINDOWS_PER_STEP windows of the one stream per step, on any rank count."""
+    got = losses(out)
+    assert sorted(got) == list(range(start + 1, STEPS + 1))
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+    for ckpt in checkpoint.all_checkpoints(out):
+        meta = checkpoint.read_meta(ckpt)
+        assert (meta["data"]["epoch"], meta["data"]["position"]) == (0, meta["step"] * WINDOWS_PER_STEP)
+
+
+@pytest.fixture(scope="module")
+def resumed_on_one_rank(sample_manifest, uninterrupted, tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank (FSDP) run continued from step 20 on one rank (the replica), saving at 30."""
+    out = tmp_path_factory.mktemp("one-rank")
+    resume_on(1, uninterrupted / "step-000020", out, sample_manifest)
+    return out
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_rank(uninterrupted, resumed_on_one_rank):
+    assert_continues(resumed_on_one_rank, 20, losses(uninterrupted))
+
+
+def test_a_one_rank_checkpoint_resumes_on_two_ranks(sample_manifest, uninterrupted, resumed_on_one_rank, tmp_path):
+    resume_on(2, resumed_on_one_rank / "step-000030", tmp_path / "back", sample_manifest)
+    assert_continues(tmp_path / "back", 30, losses(uninterrupted))
+
+
+def test_a_two_rank_checkpoint_resumes_on_four_ranks(sample_manifest, uninterrupted, tmp_path):
+    resume_on(4, uninterrupted / "step-000020", tmp_path / "four", sample_manifest)
+    assert_continues(tmp_path / "four", 20, losses(uninterrupted))
+    assert records(tmp_path / "four", "eval")[-1]["val_loss"] == pytest.approx(records(uninterrupted, "eval")[-1]["val_loss"], rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--nproc", "3"], "512 = 8 windows of 64 tokens, which 3 ranks cannot share .* keep this global batch on 1, 2, 4 or 8 ranks"),
+    (["--nproc", "4", "--micro-batch", "4"], "= 2 per rank on 4 ranks, which --micro-batch 4 does not divide: use --micro-batch 1 or 2"),
+    (["--nproc", "2", "--batch-tokens", "1024"], "written with --batch-tokens 512, this run has 1024; .* resume with --batch-tokens 512"),
+])
+def test_a_resume_that_cannot_keep_the_global_batch_is_refused_once_with_the_arithmetic(sample_manifest, uninterrupted, tmp_path, change, message):
+    command = tokenmill("train", "--manifest", str(sample_manifest), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path), *TRAIN_ARGS, *change)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
+    assert re.search(message, done.stderr), done.stderr
 
 
 def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_path):
