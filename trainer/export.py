@@ -15,6 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from manifests import megatron
+from manifests.manifest import ManifestError, load as load_manifest
+from manifests.shards import ShardFormatError
 from trainer import checkpoint
 from trainer.config import ModelConfig
 from trainer.model import Llama, build
@@ -106,15 +109,43 @@ def export(ckpt: Path, out: Path, dtype: str = "float32") -> Path:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a step-* checkpoint folder, or a run folder (its newest checkpoint)")
-    parser.add_argument("--hf", type=Path, required=True, help="output folder for the Hugging Face model")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill export", description=__doc__.split("\n\n")[0],
+        epilog="tokenmill export --megatron MANIFEST OUT: the manifest's shards as Megatron-LM indexed datasets (manifests/megatron.py).",
+    )
+    parser.add_argument("checkpoint", type=Path, nargs="?", help="a step-* checkpoint folder, or a run folder (its newest checkpoint); with --hf")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--hf", type=Path, help="output folder for the Hugging Face model")
+    target.add_argument(
+        "--megatron", type=Path, nargs=2, metavar=("MANIFEST", "OUT"),
+        help="write every shard of MANIFEST as a Megatron-LM indexed dataset under OUT (its own .idx, a link to the .bin) and "
+        "OUT/SPLIT.data-path, a --data-path blend per split; no checkpoint",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype in the export (default float32: the trained values exactly)")
     args = parser.parse_args(argv)
+    if args.megatron:
+        if args.checkpoint is not None:
+            parser.error(f"--megatron exports a manifest, not the checkpoint {args.checkpoint}: tokenmill export --megatron MANIFEST OUT")
+        return _export_megatron(*args.megatron)
+    if args.checkpoint is None:
+        parser.error("--hf: name the checkpoint to export: tokenmill export CHECKPOINT --hf OUT")
     try:
         out = export(args.checkpoint, args.hf, args.dtype)
     except checkpoint.CheckpointError as e:
         print(f"tokenmill export: {e}", file=sys.stderr)
         return 2
     print(f"exported {checkpoint.resolve(args.checkpoint)} to {out}")
+    return 0
+
+
+def _export_megatron(manifest_path: Path, out: Path) -> int:
+    try:
+        manifest = load_manifest(manifest_path)
+        written = megatron.export(manifest, out)
+    except (ManifestError, ShardFormatError) as e:
+        print(f"tokenmill export: {e}", file=sys.stderr)
+        return 2
+    for split, path in written.items():
+        print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {out / split}; their blend: {path}")
+    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (docs/other-trainers.md)")
     return 0
