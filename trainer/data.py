@@ -41,7 +41,7 @@ from manifests import Manifest, ManifestError
 from manifests.manifest import load as load_manifest
 from manifests.shards import open_tokens, read_index
 
-__all__ = ["DataError", "TokenWindows", "WindowDataset", "WindowLoader", "check_shards", "open_loader", "permute"]
+__all__ = ["DataError", "TokenWindows", "WindowDataset", "WindowLoader", "check_shards", "check_state", "manifest_change", "open_loader", "permute"]
 
 # 1: (seed, world_size, epoch, windows read per rank in the epoch), each epoch's last N mod W windows dropped.
 # 2: (seed, context, epoch, windows read by all ranks in the epoch, the shards' fingerprint): any world size.
@@ -64,22 +64,18 @@ def check_shards(manifest: Manifest, split: str, *, checksums: bool, rank: int =
 
 
 class TokenWindows:
-    """The windows of one split: memmaps of its shards, where each shard's windows start, and the shards'
-    identity (`shards`: each `.bin`'s path and sha256 from the manifest; `fingerprint`: one hash of them)."""
+    """The windows of one split: memmaps of its shards and where each shard's windows start."""
 
     def __init__(self, manifest: Manifest, split: str, context: int) -> None:
         self.context = context
         self.tokens: list[np.ndarray] = []
-        self.shards: list[list[str]] = []
         counts = []
         for shard in manifest.shards(split):
             index = read_index(shard.idx_path)
             if index.dtype.name != manifest.data["dtype"]:
                 raise DataError(f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.data['dtype']}; rebuild")
             self.tokens.append(open_tokens(shard.bin_path, index))
-            self.shards.append([shard.entry["bin"], shard.entry["bin_sha256"]])
             counts.append(max(0, (index.tokens - 1) // context))
-        self.fingerprint = hashlib.sha256(json.dumps(self.shards).encode()).hexdigest()
         self.first_window = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
         if len(self) == 0:
             raise ManifestError(f"{manifest.path}: split {split!r} has no window of {context + 1} tokens; build more data or use a shorter context")
@@ -141,9 +137,9 @@ class WindowDataset(IterableDataset):
             world_size = (dist.get_world_size() if group else 1) if world_size is None else world_size
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} of world size {world_size}: the rank must be in [0, world size)")
-        manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        self.windows = TokenWindows(manifest, split, context)
-        self.manifest_path, self.seed, self.rank, self.world_size = manifest.path, seed, rank, world_size
+        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        self.split, self.seed, self.rank, self.world_size = split, seed, rank, world_size
+        self.windows = TokenWindows(self.manifest, split, context)
         self.consumed = 0  # stream positions consumed by all ranks: epoch * len(windows) + position
 
     def indices(self, consumed: int, count: int) -> np.ndarray:
@@ -173,48 +169,69 @@ class WindowDataset(IterableDataset):
 
     def state_dict(self) -> dict:
         epoch, position = divmod(self.consumed, len(self.windows))
+        shards = shard_list(self.manifest, self.split)
         return {
             "version": STATE_VERSION, "seed": self.seed, "context": self.windows.context, "epoch": epoch, "position": position,
-            "windows": len(self.windows), "fingerprint": self.windows.fingerprint, "shards": self.windows.shards,
+            "windows": len(self.windows), "fingerprint": fingerprint(shards), "shards": shards,
         }
 
     def load_state_dict(self, state: dict, *, allow_manifest_change: bool = False) -> None:
-        """Continue where `state` was saved, from any world size. Refuses another seed or context, and shards
-        other than the state's unless `allow_manifest_change` (`manifest_change` says what differs). A version-1
-        state (tokenmill before elastic resume) is converted: it continues exactly, except that at its epoch's end
-        the N mod W windows version 1 would have dropped are read."""
-        state = _upgrade(state)
-        if state["seed"] != self.seed:
-            raise DataError(f"the checkpoint's data seed is {state['seed']}, this run's is {self.seed}; resume with --seed {state['seed']}")
-        if state["context"] not in (None, self.windows.context):
-            raise DataError(f"the checkpoint's windows are {state['context']} tokens, this run's {self.windows.context}; resume with the checkpoint's model preset")
-        change = self.manifest_change(state)
-        if change and not allow_manifest_change:
-            raise DataError(
-                f"{change}; the data order depends on the shards, so resume with the checkpoint's manifest, or accept the change "
-                "(`tokenmill train --allow-manifest-change`, allow_manifest_change=True): the current epoch then continues "
-                "in the new shards' order, which can repeat or skip windows until the epoch ends"
-            )
+        """Continue where `state` was saved, from any world size (`check_state` says what is refused). A
+        version-1 state (tokenmill before elastic resume) continues exactly, except that at its epoch's end the
+        N mod W windows version 1 would have dropped are read."""
+        state = check_state(state, self.manifest, self.split, seed=self.seed, context=self.windows.context, allow_manifest_change=allow_manifest_change)
         n = len(self.windows)
         self.consumed = state["epoch"] * n + state["position"] if state["position"] < n else (state["epoch"] + 1) * n
 
     def manifest_change(self, state: dict) -> str | None:
-        """What differs between the shards `state` was saved with and this dataset's, in one sentence; None if
-        nothing does (or a version-1 state, which recorded no shards)."""
-        state = _upgrade(state)
-        if state["fingerprint"] in (None, self.windows.fingerprint):
-            return None
-        before, now = dict(state["shards"]), dict(self.windows.shards)
-        parts = [
-            (f"{len(names)} {what} ({', '.join(names[:3])}{' ...' if len(names) > 3 else ''})")
-            for what, names in (
-                ("removed", [b for b in before if b not in now]),
-                ("added", [b for b in now if b not in before]),
-                ("changed", [b for b in now if b in before and before[b] != now[b]]),
-            )
-            if names
-        ] or ["the same shards in another order"]
-        return f"the manifest's shards changed since the checkpoint: {'; '.join(parts)} ({state['windows']} windows then, {len(self.windows)} now) in {self.manifest_path}"
+        return manifest_change(state, self.manifest, self.split)
+
+
+def shard_list(manifest: Manifest, split: str) -> list[list[str]]:
+    """What a split's windows are made of, as the manifest records it: each shard's `.bin` path and sha256."""
+    return [[shard.entry["bin"], shard.entry["bin_sha256"]] for shard in manifest.shards(split)]
+
+
+def fingerprint(shards: list[list[str]]) -> str:
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+
+
+def check_state(state: dict, manifest: Manifest, split: str, *, seed: int, context: int, allow_manifest_change: bool = False) -> dict:
+    """`state` (any version this reader wrote) as the current version, if a reader of `manifest`'s `split` with
+    this seed and context can continue it: another seed or context is refused, and shards other than the
+    state's unless `allow_manifest_change`. Reads the manifest only, no shard."""
+    state = _upgrade(state)
+    if state["seed"] != seed:
+        raise DataError(f"the checkpoint's data seed is {state['seed']}, this run's is {seed}; resume with --seed {state['seed']}")
+    if state["context"] not in (None, context):
+        raise DataError(f"the checkpoint's windows are {state['context']} tokens, this run's {context}; resume with the checkpoint's model preset")
+    change = manifest_change(state, manifest, split)
+    if change and not allow_manifest_change:
+        raise DataError(
+            f"{change}; the data order depends on the shards, so resume with the checkpoint's manifest, or accept the change "
+            "(`tokenmill train --allow-manifest-change`, allow_manifest_change=True): the current epoch then continues "
+            "in the new shards' order, which can repeat or skip windows until the epoch ends"
+        )
+    return state
+
+
+def manifest_change(state: dict, manifest: Manifest, split: str) -> str | None:
+    """What differs between the shards `state` was saved with and `manifest`'s `split`, in one sentence; None if
+    nothing does (or for a version-1 state, which recorded no shards)."""
+    state, shards = _upgrade(state), shard_list(manifest, split)
+    if state["fingerprint"] in (None, fingerprint(shards)):
+        return None
+    before, now = dict(state["shards"]), dict(shards)
+    parts = [
+        f"{len(names)} {what} ({', '.join(names[:3])}{' ...' if len(names) > 3 else ''})"
+        for what, names in (
+            ("removed", [b for b in before if b not in now]),
+            ("added", [b for b in now if b not in before]),
+            ("changed", [b for b in now if b in before and before[b] != now[b]]),
+        )
+        if names
+    ] or ["the same shards in another order"]
+    return f"the shards of split {split!r} in {manifest.path} changed since the checkpoint: {'; '.join(parts)}"
 
 
 def _upgrade(state: dict) -> dict:

@@ -82,9 +82,10 @@ def main(argv: list[str]) -> int:
     try:  # the common mistakes, reported once before any process starts (checksums are the ranks' job)
         cfg = parse_config(train_argv)
         cfg.accumulation(known.nproc)
-        check_data(cfg, preset(cfg.preset), load_manifest(cfg.manifest), checksums=False)
+        manifest = load_manifest(cfg.manifest)
+        check_data(cfg, preset(cfg.preset), manifest, checksums=False)
         if cfg.resume:
-            check_resume(cfg, preset(cfg.preset))
+            check_resume(cfg, preset(cfg.preset), manifest)
     except USER_ERRORS as e:
         print(f"tokenmill train: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from manifests.manifest import Manifest, ManifestError, load as load_manifest
 from manifests.shards import ShardFormatError
 from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
-from trainer.data import DataError, WindowDataset, WindowLoader, check_shards, open_loader
+from trainer.data import DataError, WindowDataset, WindowLoader, check_shards, check_state, manifest_change, open_loader
 from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
 from trainer.optim import build_optimizer, lr_at, set_lr
@@ -235,10 +235,12 @@ class Interval:
         return record
 
 
-def check_resume(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[Path, dict]:
-    """The checkpoint `--resume` names and its meta.json, if this run can continue it: the same model, the same
-    global batch (its steps, schedule and data position count in it). The rank count may differ: the micro-batch
-    and the accumulation then do (`TrainConfig.accumulation` says whether this rank count can keep the batch)."""
+def check_resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest) -> tuple[Path, dict, str | None]:
+    """The checkpoint `--resume` names, its meta.json and what changed in the manifest's shards since (None:
+    nothing), if this run can continue it: the same model, the same global batch (its steps, schedule and data
+    position count in it), the same data seed and, unless --allow-manifest-change, the same shards. The rank
+    count may differ: the micro-batch and the accumulation then do (`TrainConfig.accumulation` says whether this
+    rank count can keep the batch)."""
     path = checkpoint.resolve(cfg.resume)
     meta = checkpoint.read_meta(path)
     if meta["model"] != dataclasses.asdict(model_cfg):
@@ -248,13 +250,13 @@ def check_resume(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[Path, dict]:
             f"--resume {path}: written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run keeps "
             f"its global batch (its steps, schedule and data position count in it): resume with --batch-tokens {meta['train']['batch_tokens']}"
         )
-    return path, meta
+    check_state(meta["data"], manifest, cfg.train_split, seed=cfg.seed, context=model_cfg.context, allow_manifest_change=cfg.allow_manifest_change)
+    return path, meta, manifest_change(meta["data"], manifest, cfg.train_split)
 
 
-def resume(cfg: TrainConfig, model_cfg: ModelConfig, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader, rt: Runtime) -> int:
+def resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader, rt: Runtime) -> int:
     """Restore a checkpoint written on any number of ranks in place; returns the step it was written after."""
-    path, meta = check_resume(cfg, model_cfg)
-    change = loader.dataset.manifest_change(meta["data"])
+    path, meta, change = check_resume(cfg, model_cfg, manifest)
     loader.load_state_dict(meta["data"], allow_manifest_change=cfg.allow_manifest_change)
     checkpoint.load(path, model, optimizer)
     if rt.rank == 0 and change:
@@ -301,7 +303,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     model, runner, optimizer = build_model_and_optimizer(model_cfg, cfg, rt)
     loader = open_loader(manifest, cfg.train_split, context=model_cfg.context, batch=cfg.micro_batch, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device, prefetch=cfg.prefetch)
     val_data = WindowDataset(manifest, cfg.val_split, context=model_cfg.context, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size) if cfg.eval_every else None
-    start = resume(cfg, model_cfg, model, optimizer, loader, rt) if cfg.resume else 0
+    start = resume(cfg, model_cfg, manifest, model, optimizer, loader, rt) if cfg.resume else 0
     run_meta = run_metadata(cfg, model_cfg, manifest, rt)
     logger, preemption, interval = MetricsLogger(cfg.out, enabled=rt.rank == 0), Preemption(rt), Interval()
     try:

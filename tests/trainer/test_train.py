@@ -186,6 +186,25 @@ def test_a_resume_that_cannot_keep_the_global_batch_is_refused_once_with_the_ari
     assert re.search(message, done.stderr), done.stderr
 
 
+def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_changed(sample_manifest, uninterrupted, tmp_path):
+    changed = tmp_path / "build"
+    changed.mkdir()
+    for entry in sample_manifest.parent.iterdir():
+        if entry.name != "manifest.json":
+            (changed / entry.name).symlink_to(entry)
+    data = json.loads(sample_manifest.read_text())
+    removed = data["splits"]["train"]["shards"].pop()["bin"]
+    (changed / "manifest.json").write_text(json.dumps(data))
+    command = tokenmill("train", "--nproc", "2", "--manifest", str(changed / "manifest.json"), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--steps", "21")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr[-3000:]
+    assert f"1 removed ({removed})" in refused.stderr and "--allow-manifest-change" in refused.stderr
+    allowed = subprocess.run(command + ["--allow-manifest-change"], capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert allowed.stderr.count(f"--allow-manifest-change: the shards of split 'train' in {changed / 'manifest.json'} changed since the checkpoint: 1 removed ({removed})") == 1
+    assert sorted(losses(tmp_path / "run")) == [21]
+
+
 def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_path):
     transformers = pytest.importorskip("transformers")
     assert export_main([str(uninterrupted), "--hf", str(tmp_path / "hf")]) == 0
