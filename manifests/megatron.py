@@ -57,18 +57,21 @@ def export(manifest: Manifest, out: Path) -> dict[str, Path]:
             prefix = (out / shard.entry["bin"]).with_suffix("")
             prefix.parent.mkdir(parents=True, exist_ok=True)
             index = read_index(shard.idx_path)
-            _replace(prefix.with_name(prefix.name + ".idx"), lambda tmp: tmp.write_bytes(encode_index(manifest.data["dtype"], index.doc_lengths())))
-            _replace(prefix.with_name(prefix.name + ".bin"), lambda tmp: tmp.symlink_to(shard.bin_path.resolve()))
+            _replace(prefix.with_name(prefix.name + ".idx"), data=encode_index(manifest.data["dtype"], index.doc_lengths()))
+            _replace(prefix.with_name(prefix.name + ".bin"), link_to=shard.bin_path.resolve())
             blend.append(f"{shard.entry['tokens']} {prefix.resolve()}")
         written[split] = out / f"{split}.data-path"
-        _replace(written[split], lambda tmp: tmp.write_text(" ".join(blend) + "\n"))
+        _replace(written[split], data=(" ".join(blend) + "\n").encode())
     return written
 
 
-def _replace(path: Path, make) -> None:
-    """`make(tmp)` creates a temporary file beside `path`, which then replaces `path` at once: a rerun over an
-    earlier export never leaves a half-written index or a dangling link."""
+def _replace(path: Path, *, data: bytes = b"", link_to: Path | None = None) -> None:
+    """Make `path` a file holding `data`, or a link to `link_to`, in one step (a temporary name beside it, then
+    a rename): a rerun over an earlier export never leaves a half-written index or a missing link."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    make(tmp)
+    if link_to is None:
+        tmp.write_bytes(data)
+    else:
+        tmp.symlink_to(link_to)
     os.replace(tmp, path)

@@ -172,7 +172,7 @@ class WindowDataset(IterableDataset):
         shards = shard_list(self.manifest, self.split)
         return {
             "version": STATE_VERSION, "seed": self.seed, "context": self.windows.context, "epoch": epoch, "position": position,
-            "windows": len(self.windows), "fingerprint": fingerprint(shards), "shards": shards,
+            "fingerprint": fingerprint(shards), "shards": shards,
         }
 
     def load_state_dict(self, state: dict, *, allow_manifest_change: bool = False) -> None:
