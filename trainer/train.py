@@ -28,7 +28,7 @@ from torch.distributed.tensor import DTensor
 from manifests.manifest import Manifest, ManifestError, load as load_manifest
 from manifests.shards import ShardFormatError
 from trainer import checkpoint
-from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
+from trainer.config import PRESET_TRAINING, PRESETS, ConfigError, ModelConfig, TrainConfig, preset
 from trainer.data import DataError, WindowDataset, WindowLoader, check_shards, check_state, manifest_change, open_loader
 from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
@@ -41,22 +41,35 @@ USER_ERRORS = (ConfigError, ManifestError, DataError, ShardFormatError, checkpoi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name, field in fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
-        elif field.default is dataclasses.MISSING:
-            parser.add_argument(flag, required=True, type=str)
+    """One option per TrainConfig field. Options not given are left out of the parsed namespace (not filled with
+    defaults), so that a resume can tell them from those given again (`parse_config`)."""
+    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__.split("\n\n")[0], allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = field.type.removesuffix(" | None")
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"default: {field.default}")
         else:
-            kind = {"int": int, "float": float}.get(field.type, str)
-            parser.add_argument(flag, type=kind, default=field.default, help=f"default: {field.default}")
+            shown = {"manifest": "required; with --resume, the checkpoint's", "preset": f"required ({', '.join(PRESETS)}); with --resume, the checkpoint's"}
+            default = shown.get(field.name, "the preset's" if field.default is None and field.name in PRESET_TRAINING["tiny"] else field.default)
+            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), help=f"default: {default}")
     return parser
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
-    return TrainConfig(**vars(build_parser().parse_args(argv)))
+    given = vars(build_parser().parse_args(argv))
+    return TrainConfig(**{**resumed_settings(given.get("resume")), **given})
+
+
+def resumed_settings(resume: str | None) -> dict:
+    """The settings of the run that `--resume` continues, for every option not given again: a resume needs only
+    `--resume`. Not inherited: where the checkpoint came from (`resume`, `out`: the folder resumed) and the
+    one-time consent `allow_manifest_change`; the manifest is the absolute path the run resolved."""
+    if resume is None:
+        return {}
+    meta = checkpoint.read_meta(checkpoint.resolve(Path(resume)))
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "allow_manifest_change"}
+    return {**{k: v for k, v in meta["train"].items() if k in names}, "manifest": meta["manifest"]}
 
 
 @dataclass(slots=True)
@@ -243,8 +256,13 @@ def check_resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest) -
     rank count can keep the batch)."""
     path = checkpoint.resolve(cfg.resume)
     meta = checkpoint.read_meta(path)
+    if meta["model"]["name"] != model_cfg.name:
+        raise ConfigError(f"--resume {path}: written for preset {meta['model']['name']}, this run is {model_cfg.name}; use --preset {meta['model']['name']} (or leave --preset out)")
     if meta["model"] != dataclasses.asdict(model_cfg):
-        raise ConfigError(f"--resume {path}: written for model {meta['model']['name']} {meta['model']}, this run is {model_cfg}; use --preset {meta['model']['name']}")
+        differ = ", ".join(f"{k} {v} vs {getattr(model_cfg, k)}" for k, v in meta["model"].items() if getattr(model_cfg, k, None) != v)
+        raise ConfigError(f"--resume {path}: its {model_cfg.name} model differs from this tokenmill's {model_cfg.name} preset ({differ}); resume it with the tokenmill that wrote it")
+    if meta["step"] >= cfg.steps:
+        raise ConfigError(f"--resume {path}: already at step {meta['step']} of --steps {cfg.steps}, nothing to train; give a larger --steps to train on")
     if meta["train"]["batch_tokens"] != cfg.batch_tokens:
         raise ConfigError(
             f"--resume {path}: written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run keeps "
@@ -252,6 +270,18 @@ def check_resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest) -
         )
     check_state(meta["data"], manifest, cfg.train_split, seed=cfg.seed, context=model_cfg.context, allow_manifest_change=cfg.allow_manifest_change)
     return path, meta, manifest_change(meta["data"], manifest, cfg.train_split)
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """A new run (no --resume) gets a folder of its own: in an earlier run's it would append to its metrics and,
+    its steps being lower, have its own checkpoints deleted first by --keep-last."""
+    if cfg.resume is not None:
+        return
+    found = checkpoint.all_checkpoints(cfg.out)
+    if found:
+        raise ConfigError(f"--out {cfg.out}: holds checkpoints up to step {checkpoint.read_meta(found[-1])['step']}; use --resume {cfg.out} to continue that run, or a new --out")
+    if (cfg.out / "metrics.jsonl").exists():
+        raise ConfigError(f"--out {cfg.out}: holds the metrics.jsonl of an earlier run (which saved no checkpoint); use a new --out, or delete that folder")
 
 
 def resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader, rt: Runtime) -> int:
@@ -281,7 +311,7 @@ def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoa
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
-    except ConfigError as e:
+    except USER_ERRORS as e:
         print(f"trainer.train: {e}", file=sys.stderr)
         return 2
     rt = init_distributed()
@@ -297,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg: TrainConfig, rt: Runtime) -> int:
     model_cfg, manifest = preset(cfg.preset), load_manifest(cfg.manifest)
     check_data(cfg, model_cfg, manifest, checksums=cfg.verify_checksums, rank=rt.rank, world_size=rt.world_size)
+    check_out(cfg)
+    dist.barrier(group=rt.stop_group)  # every rank has looked at --out before any writes into it
     accumulation = cfg.accumulation(rt.world_size)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

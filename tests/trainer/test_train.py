@@ -132,8 +132,9 @@ TOLERANCE = 1e-5
 WINDOWS_PER_STEP = 512 // 64
 
 
-def resume_on(nproc: int, ckpt: Path, out: Path, manifest: Path) -> dict[int, float]:
-    command = tokenmill("train", "--nproc", str(nproc), "--manifest", str(manifest), "--resume", str(ckpt), "--out", str(out), *TRAIN_ARGS, "--save-every", "10")
+def resume_on(nproc: int, ckpt: Path, out: Path) -> dict[int, float]:
+    """A resume gives only what changes: every other setting (manifest, preset, batch, schedule) is the checkpoint's."""
+    command = tokenmill("train", "--nproc", str(nproc), "--resume", str(ckpt), "--out", str(out), "--save-every", "10")
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return losses(out)
@@ -155,7 +156,7 @@ def assert_continues(out: Path, start: int, expected: dict[int, float]) -> None:
 def resumed_on_one_rank(sample_manifest, uninterrupted, tmp_path_factory) -> Path:
     """The uninterrupted 2-rank (FSDP) run continued from step 20 on one rank (the replica), saving at 30."""
     out = tmp_path_factory.mktemp("one-rank")
-    resume_on(1, uninterrupted / "step-000020", out, sample_manifest)
+    resume_on(1, uninterrupted / "step-000020", out)
     return out
 
 
@@ -164,12 +165,12 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(uninterrupted, resumed_on_one
 
 
 def test_a_one_rank_checkpoint_resumes_on_two_ranks(sample_manifest, uninterrupted, resumed_on_one_rank, tmp_path):
-    resume_on(2, resumed_on_one_rank / "step-000030", tmp_path / "back", sample_manifest)
+    resume_on(2, resumed_on_one_rank / "step-000030", tmp_path / "back")
     assert_continues(tmp_path / "back", 30, losses(uninterrupted))
 
 
 def test_a_two_rank_checkpoint_resumes_on_four_ranks(sample_manifest, uninterrupted, tmp_path):
-    resume_on(4, uninterrupted / "step-000020", tmp_path / "four", sample_manifest)
+    resume_on(4, uninterrupted / "step-000020", tmp_path / "four")
     assert_continues(tmp_path / "four", 20, losses(uninterrupted))
     assert records(tmp_path / "four", "eval")[-1]["val_loss"] == pytest.approx(records(uninterrupted, "eval")[-1]["val_loss"], rel=TOLERANCE)
 
@@ -184,6 +185,18 @@ def test_a_resume_that_cannot_keep_the_global_batch_is_refused_once_with_the_ari
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
     assert re.search(message, done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nproc", "2", "--out", "{run}", *TRAIN_ARGS], "--out {run}: holds checkpoints up to step 40; use --resume {run} to continue that run, or a new --out"),
+    (["--resume", "{run}"], "--resume {run}/step-000040: already at step 40 of --steps 40, nothing to train; give a larger --steps"),
+    (["--resume", "{run}", "--preset", "tinyllama-1.1b", "--out", "{tmp}"], "--resume {run}/step-000040: written for preset tiny, this run is tinyllama-1.1b; use --preset tiny"),
+])
+def test_mistakes_with_an_earlier_run_are_refused_once_before_any_rank_starts(sample_manifest, uninterrupted, tmp_path, args, message):
+    args = [a.format(run=uninterrupted, tmp=tmp_path) for a in args]
+    done = subprocess.run(tokenmill("train", "--manifest", str(sample_manifest), *args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith(f"tokenmill train: {message.format(run=uninterrupted)}"), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "metrics.jsonl").exists(), done.stderr
 
 
 def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_changed(sample_manifest, uninterrupted, tmp_path):
