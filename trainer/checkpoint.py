@@ -17,6 +17,7 @@ import pickle
 import re
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,13 +81,15 @@ def all_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def resolve(path: Path) -> Path:
-    """`path` itself if it is a checkpoint, else the newest checkpoint inside it."""
+def resolve(path: Path, *, what: str = "--resume") -> Path:
+    """`path` itself if it is a checkpoint, else the newest checkpoint inside it; errors name `what` was given it."""
     if (path / "meta.json").exists():
         return path
+    if not path.exists():
+        raise CheckpointError(f"{what} {path}: does not exist")
     found = all_checkpoints(path)
     if not found:
-        raise CheckpointError(f"--resume {path}: neither a checkpoint (no meta.json) nor a folder holding step-* checkpoints")
+        raise CheckpointError(f"{what} {path}: neither a checkpoint (no meta.json) nor a folder holding step-* checkpoints")
     return found[-1]
 
 
@@ -156,7 +159,9 @@ def _create_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 def load_model_weights(path: Path, model: nn.Module) -> None:
     """Weights only, into an ordinary (not sharded) model in this process: no process group needed."""
     state = {"model": model.state_dict()}
-    _safe_load(state, path, no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it "assumes the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        _safe_load(state, path, no_dist=True)
     model.load_state_dict(state["model"])
 
 

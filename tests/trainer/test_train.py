@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -12,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
+from manifests.manifest import load as load_manifest
+from manifests.shards import open_tokens, read_index
 from trainer import checkpoint
 from trainer.config import PRESETS, TrainConfig
 from trainer.export import load_checkpoint_model
@@ -218,9 +222,13 @@ def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_c
     assert sorted(losses(tmp_path / "run")) == [21]
 
 
-def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_path):
+def test_export_loads_in_transformers_with_the_same_logits_and_tokenizer(sample_manifest, uninterrupted, tmp_path):
     transformers = pytest.importorskip("transformers")
-    assert export_main([str(uninterrupted), "--hf", str(tmp_path / "hf")]) == 0
+    done = subprocess.run(tokenmill("export", str(uninterrupted), "--hf", str(tmp_path / "hf")), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ours = load_checkpoint_model(checkpoint.all_checkpoints(uninterrupted)[-1]).eval()
     tokens = torch.randint(0, 32000, (2, 64), generator=torch.Generator().manual_seed(0))
@@ -228,6 +236,24 @@ def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_pa
         expected, got = ours(tokens), hf(tokens).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert hf.num_parameters() == ours.cfg.num_params()
+
+    # The tokenizer encodes text as the build's sentencepiece model did: prose, code (runs of spaces), edges.
+    manifest = load_manifest(sample_manifest)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(manifest.tokenizer_path()))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    texts = ["", " x", "a  b   c", "tail  ", "\n    indented\ttab", "Ünïcödé 日本語 🙂"]
+    for shard in manifest.shards("train"):
+        index = read_index(shard.idx_path)
+        stream = open_tokens(shard.bin_path, index)
+        texts += [sp.decode(stream[slice(*index.doc_span(i))][:-1].tolist()) for i in range(0, index.documents, max(1, index.documents // 20))]
+    assert sum("    " in text for text in texts) > 5  # code among them
+    assert [tokenizer(text)["input_ids"] for text in texts] == [sp.encode(text) for text in texts]
+    assert tokenizer.eos_token_id == manifest.eos_id
+
+
+def test_export_names_what_it_was_given(tmp_path, capsys):
+    assert export_main([str(tmp_path / "nothing"), "--hf", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err == f"tokenmill export: export {tmp_path / 'nothing'}: does not exist\n"
 
 
 @pytest.fixture
