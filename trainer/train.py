@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 8 -m trainer.train --manifest runs/tl/manifest.json --preset tinyllama-1.1b --out ckpt/tl
 
 (`tokenmill train ... --nproc 8` does the same.) CUDA runs use NCCL, bf16 compute, fp32 weights and fp32
-gradients; CPU runs use gloo and fp32. SIGTERM saves a checkpoint at the end of the current step and exits 0.
+gradients; CPU runs use gloo and fp32. SIGTERM or SIGINT saves a checkpoint and exits 0 within a micro-batch: a
+step stopped half-way is dropped (the checkpoint is the step before, and the resume runs it again).
 The file reads top to bottom: arguments, process group, checks, model, optimizer, data, resume, loop.
 """
 from __future__ import annotations
@@ -133,17 +134,19 @@ def build_model_and_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runt
 
 
 class Preemption:
-    """SIGTERM asks for a stop; ranks agree at a step boundary (any rank's signal stops all)."""
+    """SIGTERM or SIGINT (Ctrl-C, forwarded by `tokenmill train`) asks for a stop; ranks agree on it between
+    micro-batches and at step boundaries (any rank's signal stops all)."""
 
     def __init__(self, rt: Runtime) -> None:
-        self.rt, self.signalled = rt, False
-        signal.signal(signal.SIGTERM, self._on_signal)
+        self.rt, self.signalled = rt, None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        self.signalled = True
+        self.signalled = signal.Signals(signum).name
 
     def requested(self) -> bool:
-        flag = torch.tensor([int(self.signalled)])
+        flag = torch.tensor([int(self.signalled is not None)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.rt.stop_group)
         return bool(flag.item())
 
@@ -160,10 +163,14 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.T
     return norm
 
 
-def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True):
+def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True, stop=None):
     """One optimizer step over `accumulation` micro-batches of `model` (the FSDP model, or a replica's module).
-    Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data."""
-    loss_sum, waited = accumulate_gradients(model, batches, accumulation, keep_gathered=keep_gathered)
+    Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data; loss
+    and grad norm are None when `stop()` (a collective) asked to stop between micro-batches: then nothing was
+    updated, and the gradients are half-accumulated."""
+    loss_sum, waited = accumulate_gradients(model, batches, accumulation, keep_gathered=keep_gathered, stop=stop)
+    if loss_sum is None:
+        return None, None, waited
     grad_norm = clip_grad_norm(optimizer, grad_clip)
     optimizer.step()
     # A replica's matmuls write into the fp32 gradients: they stay allocated (trainer.replica).
@@ -171,9 +178,10 @@ def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLo
     return loss_sum, grad_norm, waited
 
 
-def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathered: bool = True) -> tuple[torch.Tensor, float]:
+def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathered: bool = True, stop=None) -> tuple[torch.Tensor | None, float]:
     """Forward and backward over `accumulation` micro-batches, gradients summed. Returns the mean loss (a device
-    tensor) and the seconds spent waiting for data.
+    tensor; None if `stop()` asked to stop before a micro-batch after the first) and the seconds spent waiting
+    for data.
 
     Under FSDP, gradients are reduce-scattered once, after the last micro-batch; until then FSDP accumulates
     them unsharded in fp32. With `keep_gathered` the gathered bf16 weights also stay between micro-batches
@@ -182,6 +190,8 @@ def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathe
     fsdp = isinstance(model, FSDPModule)
     loss_sum, waited = None, 0.0
     for micro in range(accumulation):
+        if micro and stop is not None and stop():
+            return None, waited
         last = micro == accumulation - 1
         started = time.perf_counter()
         inputs, targets = next(batches)
@@ -303,9 +313,42 @@ def run_metadata(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, r
     }
 
 
-def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, reason: str) -> Path:
+def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, reason: str, rt: Runtime) -> Path:
     meta = {**run_meta, "reason": reason, "data": loader.state_dict()}
-    return checkpoint.save(cfg.out, step, model, optimizer, meta=meta, keep_last=cfg.keep_last)
+    path = checkpoint.save(cfg.out, step, model, optimizer, meta=meta, keep_last=cfg.keep_last)
+    say(rt, f"saved {path} ({reason})")
+    return path
+
+
+def say(rt: Runtime, line: str) -> None:
+    """One line for the user, from rank 0 (beside the metrics' console lines)."""
+    if rt.rank == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
+def plan(cfg: TrainConfig, model_cfg: ModelConfig, rt: Runtime, accumulation: int, start: int, windows: int) -> list[str]:
+    """The start line, and warnings for a plan that cannot train as the user expects."""
+    data_tokens, planned = windows * model_cfg.context, (cfg.steps - start) * cfg.batch_tokens
+    lines = [
+        f"{rt.world_size} rank{'s' if rt.world_size > 1 else ''} ({rt.device.type}), {model_cfg.name} ({model_cfg.num_params() / 1e6:,.1f}M parameters), "
+        f"{cfg.batch_tokens:,} tokens a step ({rt.world_size} x micro-batch {cfg.micro_batch} x {model_cfg.context} tokens x {accumulation} accumulation), "
+        f"steps {start + 1}-{cfg.steps}: {planned:,} tokens, {planned / data_tokens:.2f} epochs of {cfg.train_split}'s {data_tokens:,}; output {cfg.out}"
+    ]
+    if cfg.batch_tokens > data_tokens:
+        lines.append(f"warning: one step ({cfg.batch_tokens:,} tokens) is more than all of split {cfg.train_split} ({data_tokens:,}): every step repeats data; use a smaller --batch-tokens")
+    if cfg.warmup_steps >= cfg.steps:
+        lines.append(f"warning: --warmup-steps {cfg.warmup_steps} is not shorter than the run (--steps {cfg.steps}): the learning rate never reaches --lr {cfg.lr}")
+    return lines
+
+
+def drop_step(model: Llama, loader: WindowLoader, consumed: int) -> None:
+    """Forget a step stopped between micro-batches: its windows are read again on resume (the data position goes
+    back to the step's start), and FSDP's weights, gathered between micro-batches, are sharded again for saving.
+    The optimizer has not stepped; the half-accumulated gradients are not saved."""
+    loader.dataset.consumed = consumed  # the loader is not read again: the run is ending
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,26 +381,45 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     start = resume(cfg, model_cfg, manifest, model, optimizer, loader, rt) if cfg.resume else 0
     run_meta = run_metadata(cfg, model_cfg, manifest, rt)
     logger, preemption, interval = MetricsLogger(cfg.out, enabled=rt.rank == 0), Preemption(rt), Interval()
+    for line in plan(cfg, model_cfg, rt, accumulation, start, len(loader.windows)):
+        say(rt, line)
+    started, last = time.perf_counter(), None
     try:
         for step in range(start + 1, cfg.steps + 1):
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
-            interval.add(*train_step(runner, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward))
+            step_start = loader.dataset.consumed
+            loss, grad_norm, waited = train_step(runner, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward, stop=preemption.requested)
+            if loss is None:
+                drop_step(model, loader, step_start)
+                return stop_for_signal(cfg, step - 1, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was stopped between micro-batches and is dropped")
+            interval.add(loss, grad_norm, waited)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                logger.log(interval.record(step, lr, cfg, model_cfg, rt))
+                last = interval.record(step, lr, cfg, model_cfg, rt)
+                logger.log(last)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with interval.paused():
                     logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_data, cfg, rt), "val_windows": cfg.eval_windows})
             if preemption.requested():
-                path = save(cfg, step, model, optimizer, loader, run_meta, "preempted")
-                print(f"rank {rt.rank}: SIGTERM: saved {path}, exiting", file=sys.stderr, flush=True)
-                return 0
+                return stop_for_signal(cfg, step, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was complete")
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    save(cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic")
+                    save(cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic", rt)
     finally:
         loader.close()
         logger.close()
+    newest = checkpoint.all_checkpoints(cfg.out)
+    say(rt, (
+        f"done: steps {start + 1}-{cfg.steps} in {time.perf_counter() - started:,.0f} s, loss {last['loss']:.4f}; "
+        + (f"newest checkpoint {newest[-1]}; a Hugging Face model: tokenmill export {cfg.out} --hf DIR" if newest else f"no checkpoint (--save-every 0); metrics in {cfg.out / 'metrics.jsonl'}")
+    ))
+    return 0
+
+
+def stop_for_signal(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, rt: Runtime, preemption: Preemption, why: str) -> int:
+    """Save after `step` for a signal and say where; the run then exits 0, to be continued with --resume."""
+    path = save(cfg, step, model, optimizer, loader, run_meta, "preempted", rt)
+    say(rt, f"{preemption.signalled or 'a signal to another rank'}: {why}; continue with --resume {path}")
     return 0
 
 

@@ -112,6 +112,33 @@ def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(sam
     assert losses(out) == expected  # every step, bit for bit
 
 
+def test_sigterm_in_a_long_step_saves_within_a_micro_batch_and_the_resume_runs_that_step_again(sample_manifest, tmp_path):
+    """A step of 40 micro-batches: the signal is not left waiting for its end."""
+    args = ["--preset", "tiny", "--steps", "2", "--batch-tokens", str(2 * 64 * 40), "--micro-batch", "1", "--warmup-steps", "1", "--log-every", "1", "--save-every", "0"]
+    full = subprocess.run(tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(tmp_path / "full"), *args), capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "done: steps 1-2" in full.stderr and "no checkpoint (--save-every 0)" in full.stderr
+    step_s = records(tmp_path / "full")[-1]["interval_s"]
+
+    out = tmp_path / "run"
+    with open(tmp_path / "log", "w") as log:
+        launcher = subprocess.Popen(tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(out), *args), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not records(out) and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(step_s / 4)  # into step 2
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+    meta = checkpoint.read_meta(checkpoint.all_checkpoints(out)[-1])
+    assert (meta["step"], meta["reason"], meta["data"]["position"]) == (1, "preempted", 40 * 2)
+    log = (tmp_path / "log").read_text()
+    assert f"SIGTERM: step 2 was stopped between micro-batches and is dropped; continue with --resume {out / 'step-000001'}" in log
+
+    resumed = subprocess.run(tokenmill("train", "--resume", str(out)), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(out) == losses(tmp_path / "full")
+
+
 def test_one_process_trains_on_a_replica_and_resumes_bit_for_bit(sample_manifest, tmp_path):
     args = ["--preset", "tiny", "--steps", "6", "--batch-tokens", "256", "--micro-batch", "1", "--lr", "1e-2", "--warmup-steps", "2", "--log-every", "1", "--save-every", "3"]
 
