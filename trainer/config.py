@@ -179,5 +179,5 @@ class TrainConfig:
 
 
 def _either(values: list[int]) -> str:
-    """"1, 2 or 4"."""
+    """Values as in "1, 2 or 4"."""
     return " or ".join([", ".join(map(str, values[:-1])), str(values[-1])] if len(values) > 1 else [str(values[0])])
