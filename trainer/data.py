@@ -126,8 +126,10 @@ class WindowDataset(IterableDataset):
     window handed out, on any number of ranks (the module docstring says how).
 
     `rank`/`world_size` default to torch.distributed's (0 and 1 without a process group). Every rank must read
-    the same number of windows between two states, as data-parallel training does. A DataLoader may run it in
-    one worker process (StatefulDataLoader then carries its state), not several: they would read the same windows."""
+    the same number of windows between two states, as data-parallel training does. In a DataLoader, use
+    num_workers=0: `state_dict()` is then the loop's position. One worker process also reads correctly, but its
+    position lives in the worker: only torchdata's StatefulDataLoader brings it back. Several workers would read
+    the same windows and are refused."""
 
     def __init__(self, manifest: Manifest | str | Path, split: str = "train", *, context: int, seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
         super().__init__()
