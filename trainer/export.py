@@ -160,7 +160,7 @@ def write_tokenizer(tokenizer: tuple[Path, bool], out: Path, ids: dict, *, conte
     spec = json.loads(converted._tokenizer.to_str())
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
     merged_id = [sp.piece_to_id(a + b) for a, b in merges]
-    spec["model"]["merges"] = [list(m) for _, m in sorted(zip(merged_id, merges), key=lambda pair: (-sp.get_score(pair[0]), pair[0]))]
+    spec["model"]["merges"] = [list(m) for _, m in sorted(zip(merged_id, merges, strict=True), key=lambda pair: (-sp.get_score(pair[0]), pair[0]))]
     converted._tokenizer = tokenizers.Tokenizer.from_str(json.dumps(spec))
     converted._tokenizer.normalizer = tokenizers.normalizers.Sequence([tokenizers.normalizers.Prepend("▁"), tokenizers.normalizers.Replace(" ", "▁")])
     converted._tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(_SENTENCEPIECE_WORDS), behavior="isolated")
