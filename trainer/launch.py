@@ -130,8 +130,14 @@ def supervise(ranks: list[subprocess.Popen], signals: list[int]) -> int:
             print(f"tokenmill train: rank {failed} exited with {_exit_status(ranks[failed].returncode)}{others}", file=sys.stderr, flush=True)
             _signal_running(ranks, signal.SIGTERM)
             deadline = deadline or time.monotonic() + SHUTDOWN_TIMEOUT_S
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline and any(rank.poll() is None for rank in ranks):
+            # said before the kill, so that the exit status 137 that follows does not read as a crash
+            print(
+                f"tokenmill train: ranks still running {SHUTDOWN_TIMEOUT_S:g} s after the stop are killed (SIGKILL); "
+                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT sets how long to wait", file=sys.stderr, flush=True,
+            )
             _signal_running(ranks, signal.SIGKILL)
+            deadline = float("inf")
         time.sleep(_POLL_S)
     failed = _first_failed(ranks) if failed is None else failed
     return 0 if failed is None else _exit_status(ranks[failed].returncode)
