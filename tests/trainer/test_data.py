@@ -112,6 +112,28 @@ def test_a_state_continues_on_any_world_size_across_the_epoch_end_with_no_window
     assert after[0].state_dict()["epoch"] == 1
 
 
+def test_the_trainers_prefetching_loader_continues_the_same_stream_on_another_world_size(sample_manifest):
+    """What `tokenmill train` reads: 2 ranks of micro-batch 4 for 5 micro-steps, then 3 ranks of micro-batch 2."""
+    manifest = load(sample_manifest)
+
+    def read(loaders, batches: int, state=None) -> tuple[list[np.ndarray], dict]:
+        for loader in loaders:
+            if state:
+                loader.load_state_dict(state)
+        per_rank = [[torch.cat([x, y[:, -1:]], 1).numpy() for x, y in (next(loader) for _ in range(batches))] for loader in loaders]
+        states = [loader.state_dict() for loader in loaders]
+        for loader in loaders:
+            loader.close()
+        assert all(s == states[0] for s in states)
+        batch = len(per_rank[0][0])  # in stream order: micro-step by micro-step, window j of each rank in turn
+        return [rows[b][j] for b in range(batches) for j in range(batch) for rows in per_rank], states[0]
+
+    before, state = read([_loader(manifest, rank=r, world_size=2) for r in range(2)], 5)
+    after, _ = read([_loader(manifest, rank=r, world_size=3, batch=2) for r in range(3)], 3, state)
+    n = len(_dataset(manifest).windows)
+    assert np.array_equal(np.stack(before + after), _dataset(manifest).windows.gather(_stream(7, n, 1)[: 40 + 18]))
+
+
 @pytest.mark.parametrize("new_world_size", [2, 3])
 def test_a_version_1_state_continues_at_the_same_window(sample_manifest, new_world_size):
     """Version 1 kept each rank's position (windows read per rank) and the world size that read them."""
