@@ -17,7 +17,7 @@ COMMANDS = {
     "stage-in": ("pipeline.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
     "work": ("pipeline.work", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
-    "export": ("trainer.export", "main", "export a checkpoint to Hugging Face safetensors"),
+    "export": ("trainer.export", "main", "export a checkpoint to Hugging Face safetensors, or a manifest's shards for Megatron-LM"),
     "bench": ("pipeline.bench", "main", "corpus build throughput against datatrove"),
 }
 

@@ -17,9 +17,11 @@ import pickle
 import re
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -79,13 +81,15 @@ def all_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def resolve(path: Path) -> Path:
-    """`path` itself if it is a checkpoint, else the newest checkpoint inside it."""
+def resolve(path: Path, *, what: str = "--resume") -> Path:
+    """`path` itself if it is a checkpoint, else the newest checkpoint inside it; errors name `what` was given it."""
     if (path / "meta.json").exists():
         return path
+    if not path.exists():
+        raise CheckpointError(f"{what} {path}: does not exist")
     found = all_checkpoints(path)
     if not found:
-        raise CheckpointError(f"--resume {path}: neither a checkpoint (no meta.json) nor a folder holding step-* checkpoints")
+        raise CheckpointError(f"{what} {path}: neither a checkpoint (no meta.json) nor a folder holding step-* checkpoints")
     return found[-1]
 
 
@@ -112,15 +116,22 @@ def read_metadata(path: Path) -> Metadata:
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Collective: restore model, optimizer and this rank's RNG state in place."""
+    """Collective: restore model, optimizer and this rank's RNG state in place, on any number of ranks (DCP
+    reshards the weights and the optimizer state: FSDP shards or one rank's whole tensors either way)."""
     _create_optimizer_state(optimizer)
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
     _safe_load(state, path, no_dist=False)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rng_file = path / f"rng-rank{dist.get_rank():05d}.pt"
+    rank, saved_ranks = dist.get_rank(), len(list(path.glob("rng-rank*.pt")))
+    if saved_ranks != dist.get_world_size():
+        # Written by another number of ranks: this rank has no random stream of its own to continue. Nothing in
+        # the model draws from it (no dropout); a seed from (step, rank) keeps the run reproducible all the same.
+        torch.manual_seed(int(np.random.SeedSequence([read_meta(path)["step"], rank]).generate_state(1)[0]))
+        return
+    rng_file = path / f"rng-rank{rank:05d}.pt"
     if not rng_file.exists():
-        raise CheckpointError(f"{rng_file}: missing; the checkpoint was written by fewer ranks, resume with its rank count")
+        raise CheckpointError(f"{rng_file}: missing, although the checkpoint holds {saved_ranks} RNG files; it is damaged, resume an earlier one")
     _set_rng_state(torch.load(rng_file, weights_only=True))
 
 
@@ -148,7 +159,9 @@ def _create_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 def load_model_weights(path: Path, model: nn.Module) -> None:
     """Weights only, into an ordinary (not sharded) model in this process: no process group needed."""
     state = {"model": model.state_dict()}
-    _safe_load(state, path, no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it "assumes the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        _safe_load(state, path, no_dist=True)
     model.load_state_dict(state["model"])
 
 

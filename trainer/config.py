@@ -73,20 +73,30 @@ def preset(name: str) -> ModelConfig:
     return PRESETS[name]
 
 
+# Training defaults that fit each preset (TrainConfig's batch_tokens and warmup_steps when not given): TinyLlama's
+# own, 1024 windows of 2048 tokens and 2000 warm-up steps; for `tiny`, 64 windows of 64 tokens (a step a CPU
+# takes in a second) and a warm-up of 2% of the default 1000 steps.
+PRESET_TRAINING: dict[str, dict[str, int]] = {
+    "tinyllama-1.1b": {"batch_tokens": 2048 * 1024, "warmup_steps": 2000},
+    "tiny": {"batch_tokens": 64 * 64, "warmup_steps": 20},
+}
+
+
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
-    """Everything `trainer.train` needs besides the model preset. Defaults are TinyLlama's."""
+    """Everything `trainer.train` needs besides the model preset. Defaults are TinyLlama's, but for the batch and
+    the warm-up, which are the preset's (PRESET_TRAINING)."""
 
-    manifest: Path
-    preset: str
+    manifest: Path | None = None  # required, unless --resume names a checkpoint: then the checkpoint's
+    preset: str | None = None  # required, unless --resume names a checkpoint: then the checkpoint's
     out: Path | None = None  # checkpoints and metrics; default: the run folder that --resume continues
     resume: Path | None = None  # a step-* checkpoint, or a run folder (its newest checkpoint)
     steps: int = 1000
-    batch_tokens: int = 2048 * 1024  # global batch per optimizer step, in tokens (TinyLlama: 1024 x 2048)
+    batch_tokens: int | None = None  # global batch per optimizer step, in tokens; default: the preset's
     micro_batch: int = 8  # windows per rank per forward/backward
     lr: float = 4e-4
     min_lr: float = 4e-5
-    warmup_steps: int = 2000
+    warmup_steps: int | None = None  # default: the preset's
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -109,9 +119,14 @@ class TrainConfig:
     # instead of once per step).
     reshard_after_forward: bool = False
     verify_checksums: bool = False
+    # --resume against a manifest whose shards differ from the checkpoint's: continue anyway (refused otherwise)
+    allow_manifest_change: bool = False
     prefetch: int = 4  # batches the background reader keeps ready
 
     def __post_init__(self) -> None:
+        for name in ("manifest", "preset"):
+            if getattr(self, name) is None:
+                raise ConfigError(f"--{name}: required, unless --resume names a checkpoint (it then defaults to the checkpoint's)")
         self.manifest = Path(self.manifest)
         self.resume = Path(self.resume) if self.resume is not None else None
         if self.out is None and self.resume is None:
@@ -120,6 +135,9 @@ class TrainConfig:
             self.out = self.resume.parent if (self.resume / "meta.json").exists() else self.resume
         self.out = Path(self.out)
         preset(self.preset)
+        for name, value in PRESET_TRAINING[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         positive = ("steps", "batch_tokens", "micro_batch", "keep_last", "log_every", "prefetch", "eval_windows")
         for name in positive:
             if getattr(self, name) < 1:
@@ -133,13 +151,33 @@ class TrainConfig:
             raise ConfigError(f"--beta1 {self.beta1} / --beta2 {self.beta2}: must be in [0, 1)")
 
     def accumulation(self, world_size: int) -> int:
-        """Micro-steps per optimizer step so that one step sees exactly `batch_tokens` tokens."""
+        """Micro-steps per optimizer step so that one step sees exactly `batch_tokens` tokens on `world_size`
+        ranks. When they cannot, the error shows the arithmetic and what would keep this global batch (a resume on
+        another rank count must keep it: the schedule and the data position count in its steps)."""
         context = preset(self.preset).context
-        per_micro_step = self.micro_batch * context * world_size
-        if self.batch_tokens % per_micro_step:
+        if self.batch_tokens % context:
+            lower = self.batch_tokens // context * context
+            raise ConfigError(f"--batch-tokens {self.batch_tokens} is not a whole number of {context}-token windows; use {_either([lower, lower + context] if lower else [context])}")
+        windows = self.batch_tokens // context
+        if windows % world_size:
+            ranks = [n for n in range(1, windows + 1) if windows % n == 0]
+            raise ConfigError(
+                f"--batch-tokens {self.batch_tokens} = {windows} windows of {context} tokens, which {world_size} ranks cannot share "
+                f"({windows} / {world_size} is not whole); keep this global batch on {_either(ranks)} ranks, or in a new run use a "
+                f"multiple of {context * world_size} tokens: {max(1, windows // world_size) * context * world_size}"
+            )
+        per_rank = windows // world_size
+        if per_rank % self.micro_batch:
+            per_micro_step = self.micro_batch * context * world_size
             lower = max(per_micro_step, self.batch_tokens // per_micro_step * per_micro_step)
             raise ConfigError(
-                f"--batch-tokens {self.batch_tokens} is not a multiple of micro-batch {self.micro_batch} x context {context} "
-                f"x {world_size} ranks = {per_micro_step} tokens; use {lower} or {lower + per_micro_step}"
+                f"--batch-tokens {self.batch_tokens} = {windows} windows of {context} tokens = {per_rank} per rank on {world_size} ranks, "
+                f"which --micro-batch {self.micro_batch} does not divide: use --micro-batch {_either([m for m in range(1, per_rank + 1) if per_rank % m == 0])} "
+                f"(the same global batch), or in a new run a multiple of {per_micro_step} tokens: use {lower} or {lower + per_micro_step}"
             )
-        return self.batch_tokens // per_micro_step
+        return per_rank // self.micro_batch
+
+
+def _either(values: list[int]) -> str:
+    """Values as in "1, 2 or 4"."""
+    return " or ".join([", ".join(map(str, values[:-1])), str(values[-1])] if len(values) > 1 else [str(values[0])])

@@ -1,4 +1,11 @@
-"""Training windows from a manifest's memory-mapped shards.
+"""Training windows from a manifest's memory-mapped shards: tokenmill's reader, public for any PyTorch loop.
+
+    from trainer.data import WindowDataset
+    dataset = WindowDataset("runs/x/manifest.json", "train", context=2048, seed=1234)  # rank, world size: torch.distributed's
+    for inputs, targets in torch.utils.data.DataLoader(dataset, batch_size=8): ...
+    state = dataset.state_dict()  # save it with the model; `load_state_dict(state)` continues after the last window read
+
+(docs/other-trainers.md shows it in a plain loop and under torchtitan.)
 
 Windows: each shard's token stream is cut into windows of `context + 1` tokens starting every `context`
 tokens (inputs = window[:-1], targets = window[1:], so every token but a shard's first is a target exactly
@@ -6,27 +13,41 @@ once). A window may span documents (they are separated by EOS, as in the manifes
 every window is then one contiguous slice of one memmap, read with no copy but the batch's. A shard loses its
 last `(tokens - 1) % context` tokens, under one window per 100M-token shard.
 
-Order: window positions 0, 1, 2, ... of an epoch are mapped to window indices by a seeded bijection of
-[0, windows) (a Feistel network, `permute`), so the shuffle spans all shards and needs no permutation table
-(TinyLlama's 950B tokens would need a 3.7 GB one per rank). Rank r of W reads positions r, r + W, r + 2W, ...:
-disjoint by construction. Every rank reads `windows // W` per epoch, then the next epoch reshuffles.
+Order: one stream for all ranks, the epochs' permutations of the N windows back to back: stream position p is
+window `permute(p mod N)` under the keys of epoch p // N (a seeded Feistel bijection of [0, N), so the shuffle
+spans all shards and needs no table: TinyLlama's 950B tokens would need a 3.7 GB one per rank). Rank r of W
+reads positions c + r, c + r + W, c + r + 2W, ... from the point c that all ranks have consumed together:
+disjoint by construction. After each rank has read k windows the ranks have consumed exactly [c, c + kW), so
+the state (epoch, position in it) does not depend on W and a run continues on any number of ranks.
 
-The reader's state is (version, seed, world_size, epoch, position): the next window is exactly determined.
+Epoch ends: nothing is dropped, for any W. The last N mod W windows of an epoch are read in the same round as
+the first windows of the next epoch's permutation, so a batch at the boundary holds windows of both epochs
+(and, with a tiny N, possibly the same window once from each).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import queue
 import threading
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
 
 from manifests import Manifest, ManifestError
+from manifests.manifest import load as load_manifest
 from manifests.shards import open_tokens, read_index
 
-STATE_VERSION = 1
+__all__ = ["DataError", "TokenWindows", "WindowDataset", "WindowLoader", "check_shards", "check_state", "manifest_change", "open_loader", "permute"]
+
+# 1: (seed, world_size, epoch, windows read per rank in the epoch), each epoch's last N mod W windows dropped.
+# 2: (seed, context, epoch, windows read by all ranks in the epoch, the shards' fingerprint): any world size.
+STATE_VERSION = 2
 _FEISTEL_ROUNDS = 4
+_READ_AHEAD = 16  # windows `WindowDataset.__iter__` gathers at once
 
 
 class DataError(ValueError):
@@ -40,12 +61,6 @@ def check_shards(manifest: Manifest, split: str, *, checksums: bool, rank: int =
         problems = shard.check(checksums=checksums and i % world_size == rank)
         if problems:
             raise DataError(f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild")
-
-
-@dataclass(kw_only=True, slots=True)
-class Cursor:
-    epoch: int = 0
-    position: int = 0  # windows this rank has read in this epoch
 
 
 class TokenWindows:
@@ -105,76 +120,176 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+class WindowDataset(IterableDataset):
+    """This rank's windows of a manifest split, endlessly (epoch after epoch, each reshuffled), as
+    (inputs, targets) pairs of `context` int64 tokens; `state_dict()`/`load_state_dict()` continue after the last
+    window handed out, on any number of ranks (the module docstring says how).
+
+    `rank`/`world_size` default to torch.distributed's (0 and 1 without a process group). Every rank must read
+    the same number of windows between two states, as data-parallel training does. In a DataLoader, use
+    num_workers=0: `state_dict()` is then the loop's position. One worker process also reads correctly, but its
+    position lives in the worker: only torchdata's StatefulDataLoader brings it back. Several workers would read
+    the same windows and are refused."""
+
+    def __init__(self, manifest: Manifest | str | Path, split: str = "train", *, context: int, seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+        super().__init__()
+        if rank is None or world_size is None:
+            group = dist.is_available() and dist.is_initialized()
+            rank = (dist.get_rank() if group else 0) if rank is None else rank
+            world_size = (dist.get_world_size() if group else 1) if world_size is None else world_size
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} of world size {world_size}: the rank must be in [0, world size)")
+        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        self.split, self.seed, self.rank, self.world_size = split, seed, rank, world_size
+        self.windows = TokenWindows(self.manifest, split, context)
+        self.consumed = 0  # stream positions consumed by all ranks: epoch * len(windows) + position
+
+    def indices(self, consumed: int, count: int) -> np.ndarray:
+        """The window indices of this rank's next `count` windows once all ranks have consumed `consumed`."""
+        n = len(self.windows)
+        positions = consumed + self.rank + self.world_size * np.arange(count, dtype=np.int64)
+        epochs = positions // n
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            keys = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(_FEISTEL_ROUNDS, dtype=np.uint64)
+            out[here] = permute(positions[here] - epoch * n, n, keys)
+        return out
+
+    def read(self, consumed: int, count: int) -> np.ndarray:
+        """Those windows' tokens, a (count, context + 1) int64 array. Reads, changes no state."""
+        return self.windows.gather(self.indices(consumed, count))
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise DataError(f"DataLoader(num_workers={info.num_workers}): each worker would read the same windows; use num_workers=0 or 1 (reading is a memmap slice, no decoding to spread)")
+        while True:
+            for row in torch.from_numpy(self.read(self.consumed, _READ_AHEAD)):
+                self.consumed += self.world_size
+                yield row[:-1], row[1:]
+
+    def state_dict(self) -> dict:
+        epoch, position = divmod(self.consumed, len(self.windows))
+        shards = shard_list(self.manifest, self.split)
+        return {
+            "version": STATE_VERSION, "seed": self.seed, "context": self.windows.context, "epoch": epoch, "position": position,
+            "fingerprint": fingerprint(shards), "shards": shards,
+        }
+
+    def load_state_dict(self, state: dict, *, allow_manifest_change: bool = False) -> None:
+        """Continue where `state` was saved, from any world size (`check_state` says what is refused). A
+        version-1 state (tokenmill before elastic resume) continues exactly, except that at its epoch's end the
+        N mod W windows version 1 would have dropped are read."""
+        state = check_state(state, self.manifest, self.split, seed=self.seed, context=self.windows.context, allow_manifest_change=allow_manifest_change)
+        n = len(self.windows)
+        self.consumed = state["epoch"] * n + state["position"] if state["position"] < n else (state["epoch"] + 1) * n
+
+    def manifest_change(self, state: dict) -> str | None:
+        return manifest_change(state, self.manifest, self.split)
+
+
+def shard_list(manifest: Manifest, split: str) -> list[list[str]]:
+    """What a split's windows are made of, as the manifest records it: each shard's `.bin` path and sha256."""
+    return [[shard.entry["bin"], shard.entry["bin_sha256"]] for shard in manifest.shards(split)]
+
+
+def fingerprint(shards: list[list[str]]) -> str:
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+
+
+def check_state(state: dict, manifest: Manifest, split: str, *, seed: int, context: int, allow_manifest_change: bool = False) -> dict:
+    """`state` (any version this reader wrote) as the current version, if a reader of `manifest`'s `split` with
+    this seed and context can continue it: another seed or context is refused, and shards other than the
+    state's unless `allow_manifest_change`. Reads the manifest only, no shard."""
+    state = _upgrade(state)
+    if state["seed"] != seed:
+        raise DataError(f"the checkpoint's data seed is {state['seed']}, this run's is {seed}; resume with --seed {state['seed']}")
+    if state["context"] not in (None, context):
+        raise DataError(f"the checkpoint's windows are {state['context']} tokens, this run's {context}; resume with the checkpoint's model preset")
+    change = manifest_change(state, manifest, split)
+    if change and not allow_manifest_change:
+        raise DataError(
+            f"{change}; the data order depends on the shards, so resume with the checkpoint's manifest, or accept the change "
+            "(`tokenmill train --allow-manifest-change`, allow_manifest_change=True): the current epoch then continues "
+            "in the new shards' order, which can repeat or skip windows until the epoch ends"
+        )
+    return state
+
+
+def manifest_change(state: dict, manifest: Manifest, split: str) -> str | None:
+    """What differs between the shards `state` was saved with and `manifest`'s `split`, in one sentence; None if
+    nothing does (or for a version-1 state, which recorded no shards)."""
+    state, shards = _upgrade(state), shard_list(manifest, split)
+    if state["fingerprint"] in (None, fingerprint(shards)):
+        return None
+    before, now = dict(state["shards"]), dict(shards)
+    parts = [
+        f"{len(names)} {what} ({', '.join(names[:3])}{' ...' if len(names) > 3 else ''})"
+        for what, names in (
+            ("removed", [b for b in before if b not in now]),
+            ("added", [b for b in now if b not in before]),
+            ("changed", [b for b in now if b in before and before[b] != now[b]]),
+        )
+        if names
+    ] or ["the same shards in another order"]
+    return f"the shards of split {split!r} in {manifest.path} changed since the checkpoint: {'; '.join(parts)}"
+
+
+def _upgrade(state: dict) -> dict:
+    """A state of the current version, from any version this reader has written."""
+    version = state.get("version")
+    if version == STATE_VERSION:
+        return state
+    if version == 1:  # positions per rank of `world_size` ranks; no shards or context recorded
+        return {"version": STATE_VERSION, "seed": state["seed"], "context": None, "epoch": state["epoch"], "position": state["position"] * state["world_size"], "fingerprint": None}
+    raise DataError(f"data state version {version}, this tokenmill reads versions 1 and {STATE_VERSION}; resume with the tokenmill that wrote it")
+
+
 class WindowLoader:
-    """Batches of `batch` windows for one rank, as (inputs, targets) int64 tensors on `device`.
+    """The trainer's batches: `batch` windows of a WindowDataset at a time, as (inputs, targets) int64 tensors on
+    `device`. A background thread gathers batches ahead (pinned memory when the device is CUDA, so the copy
+    overlaps compute); `state_dict()` describes the batches handed out, not those prefetched."""
 
-    A background thread gathers batches ahead (pinned memory when the device is CUDA, so the copy overlaps
-    compute); `state_dict()` describes the batches handed out, not those prefetched."""
-
-    def __init__(self, windows: TokenWindows, *, batch: int, seed: int, rank: int, world_size: int, device: torch.device, prefetch: int = 4) -> None:
-        self.windows, self.batch, self.seed = windows, batch, seed
-        self.rank, self.world_size, self.device = rank, world_size, device
-        self.per_rank = len(windows) // world_size
-        if self.per_rank == 0:
-            raise DataError(f"{len(windows)} windows cannot feed {world_size} ranks; build more data")
-        self.cursor = Cursor()  # after the last batch handed out
+    def __init__(self, dataset: WindowDataset, *, batch: int, device: torch.device, prefetch: int = 4) -> None:
+        self.dataset, self.batch, self.device = dataset, batch, device
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "seed": self.seed, "world_size": self.world_size, "epoch": self.cursor.epoch, "position": self.cursor.position}
+    @property
+    def windows(self) -> TokenWindows:
+        return self.dataset.windows
 
-    def load_state_dict(self, state: dict) -> None:
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict, *, allow_manifest_change: bool = False) -> None:
         if self._thread is not None:
             raise DataError("load_state_dict after reading began; load the state before the first batch")
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"data state version {state.get('version')}, this trainer reads {STATE_VERSION}")
-        if state["world_size"] != self.world_size:
-            raise DataError(
-                f"the checkpoint was written by {state['world_size']} ranks and this run has {self.world_size}; each rank's "
-                f"window sequence depends on the rank count, so resume with --nproc {state['world_size']}"
-            )
-        if state["seed"] != self.seed:
-            raise DataError(f"the checkpoint's data seed is {state['seed']}, this run's is {self.seed}; resume with --seed {state['seed']}")
-        self.cursor = Cursor(epoch=state["epoch"], position=state["position"])
-
-    def indices(self, cursor: Cursor, count: int) -> np.ndarray:
-        """The next `count` window indices of this rank from `cursor`, which is advanced."""
-        parts = []
-        while count:
-            take = min(count, self.per_rank - cursor.position)
-            local = np.arange(cursor.position, cursor.position + take, dtype=np.int64)
-            parts.append(permute(self.rank + self.world_size * local, len(self.windows), self._keys(cursor.epoch)))
-            cursor.position += take
-            count -= take
-            if cursor.position == self.per_rank:
-                cursor.epoch, cursor.position = cursor.epoch + 1, 0
-        return np.concatenate(parts)
-
-    def _keys(self, epoch: int) -> np.ndarray:
-        return np.random.SeedSequence([self.seed, epoch]).generate_state(_FEISTEL_ROUNDS, dtype=np.uint64)
+        self.dataset.load_state_dict(state, allow_manifest_change=allow_manifest_change)
 
     def __iter__(self) -> "WindowLoader":
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._produce, args=(Cursor(epoch=self.cursor.epoch, position=self.cursor.position),), daemon=True, name="window-prefetch")
+            self._thread = threading.Thread(target=self._produce, args=(self.dataset.consumed,), daemon=True, name="window-prefetch")
             self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise DataError(f"the prefetch thread failed: {item!r}") from item
-        batch, self.cursor = item
+        batch, self.dataset.consumed = item
         batch = batch.to(self.device, non_blocking=True)
         return batch[:, :-1], batch[:, 1:]
 
-    def _produce(self, cursor: Cursor) -> None:
+    def _produce(self, consumed: int) -> None:
         pin = self.device.type == "cuda"
         try:
             while not self._stop.is_set():
-                batch = torch.from_numpy(self.windows.gather(self.indices(cursor, self.batch)))
-                item = (batch.pin_memory() if pin else batch, Cursor(epoch=cursor.epoch, position=cursor.position))
+                batch = torch.from_numpy(self.dataset.read(consumed, self.batch))
+                consumed += self.batch * self.dataset.world_size
+                item = (batch.pin_memory() if pin else batch, consumed)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -191,4 +306,5 @@ class WindowLoader:
 
 
 def open_loader(manifest: Manifest, split: str, *, context: int, batch: int, seed: int, rank: int, world_size: int, device: torch.device, prefetch: int = 4) -> WindowLoader:
-    return WindowLoader(TokenWindows(manifest, split, context), batch=batch, seed=seed, rank=rank, world_size=world_size, device=device, prefetch=prefetch)
+    dataset = WindowDataset(manifest, split, context=context, seed=seed, rank=rank, world_size=world_size)
+    return WindowLoader(dataset, batch=batch, device=device, prefetch=prefetch)

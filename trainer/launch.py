@@ -29,7 +29,7 @@ import torch.distributed as dist
 from manifests.manifest import load as load_manifest
 from trainer import checkpoint
 from trainer.config import preset
-from trainer.train import USER_ERRORS, build_parser, check_data, parse_config
+from trainer.train import USER_ERRORS, build_parser, check_data, check_out, check_resume, parse_config
 
 # Grace between asking ranks to stop and SIGKILL: long enough for a checkpoint of a big model. The variable is
 # torchrun's, so a setting made for torchrun keeps its meaning.
@@ -39,7 +39,7 @@ _POLL_S = 0.1
 
 
 def _add_nproc(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--nproc", type=int, required=True, help="processes on this machine, one per GPU")
+    parser.add_argument("--nproc", type=int, help="processes on this machine, one per GPU; required, but with --resume: the checkpoint's")
     return parser
 
 
@@ -77,12 +77,17 @@ def main(argv: list[str]) -> int:
     full.prog = "tokenmill train"
     full.parse_args(argv)  # --help, and every argument checked before any process starts
     known, train_argv = _add_nproc(argparse.ArgumentParser(add_help=False, allow_abbrev=False)).parse_known_args(argv)
-    if known.nproc < 1:
-        full.error(f"--nproc {known.nproc}: must be at least 1")
     try:  # the common mistakes, reported once before any process starts (checksums are the ranks' job)
         cfg = parse_config(train_argv)
-        cfg.accumulation(known.nproc)
-        check_data(cfg, preset(cfg.preset), load_manifest(cfg.manifest), checksums=False)
+        nproc = known.nproc if known.nproc is not None else _checkpoint_nproc(cfg, full)
+        if nproc < 1:
+            full.error(f"--nproc {nproc}: must be at least 1")
+        manifest = load_manifest(cfg.manifest)
+        if cfg.resume:
+            check_resume(cfg, preset(cfg.preset), manifest)
+        cfg.accumulation(nproc)
+        check_data(cfg, preset(cfg.preset), manifest, checksums=False)
+        check_out(cfg)
     except USER_ERRORS as e:
         print(f"tokenmill train: {e}", file=sys.stderr)
         return 2
@@ -93,14 +98,21 @@ def main(argv: list[str]) -> int:
     store, port = loopback_store()
     # A session of each rank's own: a terminal's Ctrl-C or a group kill reaches the ranks once, through us.
     ranks = [
-        subprocess.Popen(rank_command(train_argv), env=rank_environment(rank, known.nproc, port, dict(os.environ)), start_new_session=True)
-        for rank in range(known.nproc)
+        subprocess.Popen(rank_command(train_argv), env=rank_environment(rank, nproc, port, dict(os.environ)), start_new_session=True)
+        for rank in range(nproc)
     ]
     code = supervise(ranks, signals)
     del store  # held until the ranks are gone: they meet in it to set up their process groups
     if signals and _preempted_since(cfg, started):
         return 0
     return code
+
+
+def _checkpoint_nproc(cfg, parser: argparse.ArgumentParser) -> int:
+    """--nproc when it was not given: the rank count of the checkpoint --resume names."""
+    if cfg.resume is None:
+        parser.error("--nproc: required (processes on this machine, one per GPU)")
+    return int(checkpoint.read_meta(checkpoint.resolve(cfg.resume))["world_size"])
 
 
 def supervise(ranks: list[subprocess.Popen], signals: list[int]) -> int:
@@ -118,8 +130,14 @@ def supervise(ranks: list[subprocess.Popen], signals: list[int]) -> int:
             print(f"tokenmill train: rank {failed} exited with {_exit_status(ranks[failed].returncode)}{others}", file=sys.stderr, flush=True)
             _signal_running(ranks, signal.SIGTERM)
             deadline = deadline or time.monotonic() + SHUTDOWN_TIMEOUT_S
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline and any(rank.poll() is None for rank in ranks):
+            # said before the kill, so that the exit status 137 that follows does not read as a crash
+            print(
+                f"tokenmill train: ranks still running {SHUTDOWN_TIMEOUT_S:g} s after the stop are killed (SIGKILL); "
+                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT sets how long to wait", file=sys.stderr, flush=True,
+            )
             _signal_running(ranks, signal.SIGKILL)
+            deadline = float("inf")
         time.sleep(_POLL_S)
     failed = _first_failed(ranks) if failed is None else failed
     return 0 if failed is None else _exit_status(ranks[failed].returncode)

@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 8 -m trainer.train --manifest runs/tl/manifest.json --preset tinyllama-1.1b --out ckpt/tl
 
 (`tokenmill train ... --nproc 8` does the same.) CUDA runs use NCCL, bf16 compute, fp32 weights and fp32
-gradients; CPU runs use gloo and fp32. SIGTERM saves a checkpoint at the end of the current step and exits 0.
+gradients; CPU runs use gloo and fp32. SIGTERM or SIGINT saves a checkpoint and exits 0 within a micro-batch: a
+step stopped half-way is dropped (the checkpoint is the step before, and the resume runs it again).
 The file reads top to bottom: arguments, process group, checks, model, optimizer, data, resume, loop.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ from manifests.manifest import Manifest, ManifestError
 from manifests.manifest import load as load_manifest
 from manifests.shards import ShardFormatError
 from trainer import checkpoint
-from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
-from trainer.data import DataError, TokenWindows, WindowLoader, check_shards, open_loader
+from trainer.config import PRESET_TRAINING, PRESETS, ConfigError, ModelConfig, TrainConfig, preset
+from trainer.data import DataError, WindowDataset, WindowLoader, check_shards, check_state, manifest_change, open_loader
 from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
 from trainer.optim import build_optimizer, lr_at, set_lr
@@ -41,22 +42,35 @@ USER_ERRORS = (ConfigError, ManifestError, DataError, ShardFormatError, checkpoi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name, field in fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
-        elif field.default is dataclasses.MISSING:
-            parser.add_argument(flag, required=True, type=str)
+    """One option per TrainConfig field. Options not given are left out of the parsed namespace (not filled with
+    defaults), so that a resume can tell them from those given again (`parse_config`)."""
+    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__.split("\n\n")[0], allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = field.type.removesuffix(" | None")
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"default: {field.default}")
         else:
-            kind = {"int": int, "float": float}.get(field.type, str)
-            parser.add_argument(flag, type=kind, default=field.default, help=f"default: {field.default}")
+            shown = {"manifest": "required; with --resume, the checkpoint's", "preset": f"required ({', '.join(PRESETS)}); with --resume, the checkpoint's"}
+            default = shown.get(field.name, "the preset's" if field.default is None and field.name in PRESET_TRAINING["tiny"] else field.default)
+            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), help=f"default: {default}")
     return parser
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
-    return TrainConfig(**vars(build_parser().parse_args(argv)))
+    given = vars(build_parser().parse_args(argv))
+    return TrainConfig(**{**resumed_settings(given.get("resume")), **given})
+
+
+def resumed_settings(resume: str | None) -> dict:
+    """The settings of the run that `--resume` continues, for every option not given again: a resume needs only
+    `--resume`. Not inherited: where the checkpoint came from (`resume`, `out`: the folder resumed) and the
+    one-time consent `allow_manifest_change`; the manifest is the absolute path the run resolved."""
+    if resume is None:
+        return {}
+    meta = checkpoint.read_meta(checkpoint.resolve(Path(resume)))
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "allow_manifest_change"}
+    return {**{k: v for k, v in meta["train"].items() if k in names}, "manifest": meta["manifest"]}
 
 
 @dataclass(slots=True)
@@ -120,17 +134,19 @@ def build_model_and_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runt
 
 
 class Preemption:
-    """SIGTERM asks for a stop; ranks agree at a step boundary (any rank's signal stops all)."""
+    """SIGTERM or SIGINT (Ctrl-C, forwarded by `tokenmill train`) asks for a stop; ranks agree on it between
+    micro-batches and at step boundaries (any rank's signal stops all)."""
 
     def __init__(self, rt: Runtime) -> None:
-        self.rt, self.signalled = rt, False
-        signal.signal(signal.SIGTERM, self._on_signal)
+        self.rt, self.signalled = rt, None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        self.signalled = True
+        self.signalled = signal.Signals(signum).name
 
     def requested(self) -> bool:
-        flag = torch.tensor([int(self.signalled)])
+        flag = torch.tensor([int(self.signalled is not None)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.rt.stop_group)
         return bool(flag.item())
 
@@ -147,10 +163,14 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.T
     return norm
 
 
-def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True):
+def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True, stop=None):
     """One optimizer step over `accumulation` micro-batches of `model` (the FSDP model, or a replica's module).
-    Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data."""
-    loss_sum, waited = accumulate_gradients(model, batches, accumulation, keep_gathered=keep_gathered)
+    Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data; loss
+    and grad norm are None when `stop()` (a collective) asked to stop between micro-batches: then nothing was
+    updated, and the gradients are half-accumulated."""
+    loss_sum, waited = accumulate_gradients(model, batches, accumulation, keep_gathered=keep_gathered, stop=stop)
+    if loss_sum is None:
+        return None, None, waited
     grad_norm = clip_grad_norm(optimizer, grad_clip)
     optimizer.step()
     # A replica's matmuls write into the fp32 gradients: they stay allocated (trainer.replica).
@@ -158,9 +178,10 @@ def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLo
     return loss_sum, grad_norm, waited
 
 
-def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathered: bool = True) -> tuple[torch.Tensor, float]:
+def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathered: bool = True, stop=None) -> tuple[torch.Tensor | None, float]:
     """Forward and backward over `accumulation` micro-batches, gradients summed. Returns the mean loss (a device
-    tensor) and the seconds spent waiting for data.
+    tensor; None if `stop()` asked to stop before a micro-batch after the first) and the seconds spent waiting
+    for data.
 
     Under FSDP, gradients are reduce-scattered once, after the last micro-batch; until then FSDP accumulates
     them unsharded in fp32. With `keep_gathered` the gathered bf16 weights also stay between micro-batches
@@ -169,6 +190,8 @@ def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathe
     fsdp = isinstance(model, FSDPModule)
     loss_sum, waited = None, 0.0
     for micro in range(accumulation):
+        if micro and stop is not None and stop():
+            return None, waited
         last = micro == accumulation - 1
         started = time.perf_counter()
         inputs, targets = next(batches)
@@ -183,18 +206,16 @@ def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathe
 
 
 @torch.no_grad()
-def evaluate(model: Llama, windows: TokenWindows, cfg: TrainConfig, rt: Runtime) -> float:
-    """Mean loss over the same `eval_windows` validation windows every time (fixed seed, position 0)."""
+def evaluate(model: Llama, dataset: WindowDataset, cfg: TrainConfig, rt: Runtime) -> float:
+    """Mean loss over the same validation windows every time: the validation stream's first `eval_windows`
+    (rounded down to a multiple of the rank count, at least one a rank), the same windows on any rank count."""
     per_rank = max(1, cfg.eval_windows // rt.world_size)
-    loader = WindowLoader(windows, batch=min(cfg.micro_batch, per_rank), seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device)
-    batches = -(-per_rank // loader.batch)
     total = torch.zeros((), device=rt.device)
-    for _ in range(batches):
-        inputs, targets = next(loader)
-        total += model(inputs, targets)
-    loader.close()
+    for batch in torch.from_numpy(dataset.read(0, per_rank)).split(cfg.micro_batch):
+        batch = batch.to(rt.device)
+        total += model(batch[:, :-1], batch[:, 1:]) * len(batch)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.item() / (batches * rt.world_size)
+    return total.item() / (per_rank * rt.world_size)
 
 
 class Interval:
@@ -237,14 +258,49 @@ class Interval:
         return record
 
 
-def resume(cfg: TrainConfig, model_cfg: ModelConfig, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader) -> int:
-    """Restore a checkpoint in place; returns the step it was written after."""
+def check_resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest) -> tuple[Path, dict, str | None]:
+    """The checkpoint `--resume` names, its meta.json and what changed in the manifest's shards since (None:
+    nothing), if this run can continue it: the same model, the same global batch (its steps, schedule and data
+    position count in it), the same data seed and, unless --allow-manifest-change, the same shards. The rank
+    count may differ: the micro-batch and the accumulation then do (`TrainConfig.accumulation` says whether this
+    rank count can keep the batch)."""
     path = checkpoint.resolve(cfg.resume)
     meta = checkpoint.read_meta(path)
+    if meta["model"]["name"] != model_cfg.name:
+        raise ConfigError(f"--resume {path}: written for preset {meta['model']['name']}, this run is {model_cfg.name}; use --preset {meta['model']['name']} (or leave --preset out)")
     if meta["model"] != dataclasses.asdict(model_cfg):
-        raise ConfigError(f"--resume {path}: written for model {meta['model']['name']} {meta['model']}, this run is {model_cfg}; use --preset {meta['model']['name']}")
-    loader.load_state_dict(meta["data"])
+        differ = ", ".join(f"{k} {v} vs {getattr(model_cfg, k)}" for k, v in meta["model"].items() if getattr(model_cfg, k, None) != v)
+        raise ConfigError(f"--resume {path}: its {model_cfg.name} model differs from this tokenmill's {model_cfg.name} preset ({differ}); resume it with the tokenmill that wrote it")
+    if meta["step"] >= cfg.steps:
+        raise ConfigError(f"--resume {path}: already at step {meta['step']} of --steps {cfg.steps}, nothing to train; give a larger --steps to train on")
+    if meta["train"]["batch_tokens"] != cfg.batch_tokens:
+        raise ConfigError(
+            f"--resume {path}: written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run keeps "
+            f"its global batch (its steps, schedule and data position count in it): resume with --batch-tokens {meta['train']['batch_tokens']}"
+        )
+    check_state(meta["data"], manifest, cfg.train_split, seed=cfg.seed, context=model_cfg.context, allow_manifest_change=cfg.allow_manifest_change)
+    return path, meta, manifest_change(meta["data"], manifest, cfg.train_split)
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """A new run (no --resume) gets a folder of its own: in an earlier run's it would append to its metrics and,
+    its steps being lower, have its own checkpoints deleted first by --keep-last."""
+    if cfg.resume is not None:
+        return
+    found = checkpoint.all_checkpoints(cfg.out)
+    if found:
+        raise ConfigError(f"--out {cfg.out}: holds checkpoints up to step {checkpoint.read_meta(found[-1])['step']}; use --resume {cfg.out} to continue that run, or a new --out")
+    if (cfg.out / "metrics.jsonl").exists():
+        raise ConfigError(f"--out {cfg.out}: holds the metrics.jsonl of an earlier run (which saved no checkpoint); use a new --out, or delete that folder")
+
+
+def resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader, rt: Runtime) -> int:
+    """Restore a checkpoint written on any number of ranks in place; returns the step it was written after."""
+    path, meta, change = check_resume(cfg, model_cfg, manifest)
+    loader.load_state_dict(meta["data"], allow_manifest_change=cfg.allow_manifest_change)
     checkpoint.load(path, model, optimizer)
+    if rt.rank == 0 and change:
+        print(f"trainer.train: --allow-manifest-change: {change}", file=sys.stderr, flush=True)
     return int(meta["step"])
 
 
@@ -257,15 +313,48 @@ def run_metadata(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, r
     }
 
 
-def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, reason: str) -> Path:
+def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, reason: str, rt: Runtime) -> Path:
     meta = {**run_meta, "reason": reason, "data": loader.state_dict()}
-    return checkpoint.save(cfg.out, step, model, optimizer, meta=meta, keep_last=cfg.keep_last)
+    path = checkpoint.save(cfg.out, step, model, optimizer, meta=meta, keep_last=cfg.keep_last)
+    say(rt, f"saved {path} ({reason})")
+    return path
+
+
+def say(rt: Runtime, line: str) -> None:
+    """One line for the user, from rank 0 (beside the metrics' console lines)."""
+    if rt.rank == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
+def plan(cfg: TrainConfig, model_cfg: ModelConfig, rt: Runtime, accumulation: int, start: int, windows: int) -> list[str]:
+    """The start line, and warnings for a plan that cannot train as the user expects."""
+    data_tokens, planned = windows * model_cfg.context, (cfg.steps - start) * cfg.batch_tokens
+    lines = [
+        f"{rt.world_size} rank{'s' if rt.world_size > 1 else ''} ({rt.device.type}), {model_cfg.name} ({model_cfg.num_params() / 1e6:,.1f}M parameters), "
+        f"{cfg.batch_tokens:,} tokens a step ({rt.world_size} x micro-batch {cfg.micro_batch} x {model_cfg.context} tokens x {accumulation} accumulation), "
+        f"steps {start + 1}-{cfg.steps}: {planned:,} tokens, {planned / data_tokens:.2f} epochs of {cfg.train_split}'s {data_tokens:,}; output {cfg.out}"
+    ]
+    if cfg.batch_tokens > data_tokens:
+        lines.append(f"warning: one step ({cfg.batch_tokens:,} tokens) is more than all of split {cfg.train_split} ({data_tokens:,}): every step repeats data; use a smaller --batch-tokens")
+    if cfg.warmup_steps >= cfg.steps:
+        lines.append(f"warning: --warmup-steps {cfg.warmup_steps} is not shorter than the run (--steps {cfg.steps}): the learning rate never reaches --lr {cfg.lr}")
+    return lines
+
+
+def drop_step(model: Llama, loader: WindowLoader, consumed: int) -> None:
+    """Forget a step stopped between micro-batches: its windows are read again on resume (the data position goes
+    back to the step's start), and FSDP's weights, gathered between micro-batches, are sharded again for saving.
+    The optimizer has not stepped; the half-accumulated gradients are not saved."""
+    loader.dataset.consumed = consumed  # the loader is not read again: the run is ending
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
-    except ConfigError as e:
+    except USER_ERRORS as e:
         print(f"trainer.train: {e}", file=sys.stderr)
         return 2
     rt = init_distributed()
@@ -281,35 +370,56 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg: TrainConfig, rt: Runtime) -> int:
     model_cfg, manifest = preset(cfg.preset), load_manifest(cfg.manifest)
     check_data(cfg, model_cfg, manifest, checksums=cfg.verify_checksums, rank=rt.rank, world_size=rt.world_size)
+    check_out(cfg)
+    dist.barrier(group=rt.stop_group)  # every rank has looked at --out before any writes into it
     accumulation = cfg.accumulation(rt.world_size)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, runner, optimizer = build_model_and_optimizer(model_cfg, cfg, rt)
     loader = open_loader(manifest, cfg.train_split, context=model_cfg.context, batch=cfg.micro_batch, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device, prefetch=cfg.prefetch)
-    val_windows = TokenWindows(manifest, cfg.val_split, model_cfg.context) if cfg.eval_every else None
-    start = resume(cfg, model_cfg, model, optimizer, loader) if cfg.resume else 0
+    val_data = WindowDataset(manifest, cfg.val_split, context=model_cfg.context, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size) if cfg.eval_every else None
+    start = resume(cfg, model_cfg, manifest, model, optimizer, loader, rt) if cfg.resume else 0
     run_meta = run_metadata(cfg, model_cfg, manifest, rt)
     logger, preemption, interval = MetricsLogger(cfg.out, enabled=rt.rank == 0), Preemption(rt), Interval()
+    for line in plan(cfg, model_cfg, rt, accumulation, start, len(loader.windows)):
+        say(rt, line)
+    started, last = time.perf_counter(), None
     try:
         for step in range(start + 1, cfg.steps + 1):
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
-            interval.add(*train_step(runner, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward))
+            step_start = loader.dataset.consumed
+            loss, grad_norm, waited = train_step(runner, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward, stop=preemption.requested)
+            if loss is None:
+                drop_step(model, loader, step_start)
+                return stop_for_signal(cfg, step - 1, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was stopped between micro-batches and is dropped")
+            interval.add(loss, grad_norm, waited)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                logger.log(interval.record(step, lr, cfg, model_cfg, rt))
+                last = interval.record(step, lr, cfg, model_cfg, rt)
+                logger.log(last)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_windows, cfg, rt), "val_windows": cfg.eval_windows})
+                    logger.log({"kind": "eval", "step": step, "val_loss": evaluate(runner, val_data, cfg, rt), "val_windows": cfg.eval_windows})
             if preemption.requested():
-                path = save(cfg, step, model, optimizer, loader, run_meta, "preempted")
-                print(f"rank {rt.rank}: SIGTERM: saved {path}, exiting", file=sys.stderr, flush=True)
-                return 0
+                return stop_for_signal(cfg, step, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was complete")
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    save(cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic")
+                    save(cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic", rt)
     finally:
         loader.close()
         logger.close()
+    newest = checkpoint.all_checkpoints(cfg.out)
+    say(rt, (
+        f"done: steps {start + 1}-{cfg.steps} in {time.perf_counter() - started:,.0f} s, loss {last['loss']:.4f}; "
+        + (f"newest checkpoint {newest[-1]}; a Hugging Face model: tokenmill export {cfg.out} --hf DIR" if newest else f"no checkpoint (--save-every 0); metrics in {cfg.out / 'metrics.jsonl'}")
+    ))
+    return 0
+
+
+def stop_for_signal(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, rt: Runtime, preemption: Preemption, why: str) -> int:
+    """Save after `step` for a signal and say where; the run then exits 0, to be continued with --resume."""
+    path = save(cfg, step, model, optimizer, loader, run_meta, "preempted", rt)
+    say(rt, f"{preemption.signalled or 'a signal to another rank'}: {why}; continue with --resume {path}")
     return 0
 
 

@@ -110,7 +110,8 @@ def test_loading_a_checkpoint_never_unpickles_arbitrary_objects(loader, referenc
     marker = tmp_path / "payload-ran"
     (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
     if loader == "resume":
-        command = train_command(reference_build.out / "manifest.json", tmp_path / "run", "--resume", str(ckpt))
+        # one step more than the checkpoint holds: a resume with nothing left to train is refused before loading
+        command = train_command(reference_build.out / "manifest.json", tmp_path / "run", "--resume", str(ckpt), "--steps", str(TRAIN_STEPS + 1))
     else:
         command = tokenmill("export", str(ckpt), "--hf", str(tmp_path / "hf"))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

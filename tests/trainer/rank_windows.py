@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from manifests.manifest import load
-from trainer.data import Cursor, open_loader
+from trainer.data import open_loader
 
 
 def main(manifest_path: str, out: str) -> None:
@@ -23,10 +23,10 @@ def main(manifest_path: str, out: str) -> None:
     batches = 25
     read = np.concatenate([next(loader)[0].numpy() for _ in range(batches)])
     loader.close()
-    expected = loader.windows.gather(loader.indices(Cursor(), batches * 4))[:, :-1]
+    expected = loader.dataset.read(0, batches * 4)[:, :-1]
     if not np.array_equal(read, expected):
         raise SystemExit(f"rank {rank}: the prefetched batches are not the windows of its index sequence")
-    np.save(Path(out) / f"rank{rank}.npy", loader.indices(Cursor(), loader.per_rank))
+    np.save(Path(out) / f"rank{rank}.npy", loader.dataset.indices(0, len(loader.windows) // world_size))
     dist.destroy_process_group()
 
 

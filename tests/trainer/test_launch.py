@@ -61,8 +61,9 @@ def test_a_signal_reaches_every_rank():
     assert [r.returncode for r in ranks] == [0, 0]
 
 
-def test_a_rank_that_ignores_the_stop_is_killed_after_the_grace(monkeypatch):
+def test_a_rank_that_ignores_the_stop_is_killed_after_the_grace_and_that_is_said(monkeypatch, capsys):
     monkeypatch.setattr(launch, "SHUTDOWN_TIMEOUT_S", 0.5)
     stubborn = rank(on_term="signal.SIG_IGN")
     assert launch.supervise([stubborn], signals=[signal.SIGTERM]) == 128 + signal.SIGKILL
     assert stubborn.returncode == -signal.SIGKILL
+    assert capsys.readouterr().err.startswith("tokenmill train: ranks still running 0.5 s after the stop are killed (SIGKILL); TORCH_ELASTIC_SHUTDOWN_TIMEOUT")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
+from manifests.manifest import load as load_manifest
+from manifests.shards import open_tokens, read_index
 from trainer import checkpoint
 from trainer.config import PRESETS, TrainConfig
 from trainer.export import load_checkpoint_model
@@ -107,6 +112,33 @@ def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(sam
     assert losses(out) == expected  # every step, bit for bit
 
 
+def test_sigterm_in_a_long_step_saves_within_a_micro_batch_and_the_resume_runs_that_step_again(sample_manifest, tmp_path):
+    """A step of 40 micro-batches: the signal is not left waiting for its end."""
+    args = ["--preset", "tiny", "--steps", "2", "--batch-tokens", str(2 * 64 * 40), "--micro-batch", "1", "--warmup-steps", "1", "--log-every", "1", "--save-every", "0"]
+    full = subprocess.run(tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(tmp_path / "full"), *args), capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "done: steps 1-2" in full.stderr and "no checkpoint (--save-every 0)" in full.stderr
+    step_s = records(tmp_path / "full")[-1]["interval_s"]
+
+    out = tmp_path / "run"
+    with open(tmp_path / "log", "w") as log:
+        launcher = subprocess.Popen(tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(out), *args), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not records(out) and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(step_s / 4)  # into step 2
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+    meta = checkpoint.read_meta(checkpoint.all_checkpoints(out)[-1])
+    assert (meta["step"], meta["reason"], meta["data"]["position"]) == (1, "preempted", 40 * 2)
+    log = (tmp_path / "log").read_text()
+    assert f"SIGTERM: step 2 was stopped between micro-batches and is dropped; continue with --resume {out / 'step-000001'}" in log
+
+    resumed = subprocess.run(tokenmill("train", "--resume", str(out)), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(out) == losses(tmp_path / "full")
+
+
 def test_one_process_trains_on_a_replica_and_resumes_bit_for_bit(sample_manifest, tmp_path):
     args = ["--preset", "tiny", "--steps", "6", "--batch-tokens", "256", "--micro-batch", "1", "--lr", "1e-2", "--warmup-steps", "2", "--log-every", "1", "--save-every", "3"]
 
@@ -121,9 +153,109 @@ def test_one_process_trains_on_a_replica_and_resumes_bit_for_bit(sample_manifest
     assert resumed == {step: uninterrupted[step] for step in (4, 5, 6)}  # the replica took the loaded weights
 
 
-def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_path):
+# A resume on another rank count computes each step over the same windows (the global batch and the stream
+# position are the same) but sums their losses and gradients in another order: FSDP reduce-scatters W partial
+# sums, one rank accumulates its micro-batches. fp32 rounding then differs in the last bits, and Adam carries
+# that forward. Measured over these 20 steps: at most 1.4e-7 relative (two fp32 ulps of a loss near 5), not
+# growing; TOLERANCE leaves 70x room for other CPUs' kernels. A window read twice or skipped puts another window in a step:
+# that is 1/8 of the step's loss, orders of magnitude above it.
+TOLERANCE = 1e-5
+WINDOWS_PER_STEP = 512 // 64
+
+
+def resume_on(nproc: int, ckpt: Path, out: Path) -> dict[int, float]:
+    """A resume gives only what changes: every other setting (manifest, preset, batch, schedule) is the checkpoint's."""
+    command = tokenmill("train", "--nproc", str(nproc), "--resume", str(ckpt), "--out", str(out), "--save-every", "10")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return losses(out)
+
+
+def assert_continues(out: Path, start: int, expected: dict[int, float]) -> None:
+    """Steps start+1..STEPS within TOLERANCE of `expected`, and the checkpoints' data positions are those of the
+    uninterrupted run: WINDOWS_PER_STEP windows of the one stream per step, on any rank count."""
+    got = losses(out)
+    assert sorted(got) == list(range(start + 1, STEPS + 1))
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+    for ckpt in checkpoint.all_checkpoints(out):
+        meta = checkpoint.read_meta(ckpt)
+        assert (meta["data"]["epoch"], meta["data"]["position"]) == (0, meta["step"] * WINDOWS_PER_STEP)
+
+
+@pytest.fixture(scope="module")
+def resumed_on_one_rank(sample_manifest, uninterrupted, tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank (FSDP) run continued from step 20 on one rank (the replica), saving at 30."""
+    out = tmp_path_factory.mktemp("one-rank")
+    resume_on(1, uninterrupted / "step-000020", out)
+    return out
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_rank(uninterrupted, resumed_on_one_rank):
+    assert_continues(resumed_on_one_rank, 20, losses(uninterrupted))
+
+
+def test_a_one_rank_checkpoint_resumes_on_two_ranks(sample_manifest, uninterrupted, resumed_on_one_rank, tmp_path):
+    resume_on(2, resumed_on_one_rank / "step-000030", tmp_path / "back")
+    assert_continues(tmp_path / "back", 30, losses(uninterrupted))
+
+
+def test_a_two_rank_checkpoint_resumes_on_four_ranks(sample_manifest, uninterrupted, tmp_path):
+    resume_on(4, uninterrupted / "step-000020", tmp_path / "four")
+    assert_continues(tmp_path / "four", 20, losses(uninterrupted))
+    assert records(tmp_path / "four", "eval")[-1]["val_loss"] == pytest.approx(records(uninterrupted, "eval")[-1]["val_loss"], rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--nproc", "3"], "512 = 8 windows of 64 tokens, which 3 ranks cannot share .* keep this global batch on 1, 2, 4 or 8 ranks"),
+    (["--nproc", "4", "--micro-batch", "4"], "= 2 per rank on 4 ranks, which --micro-batch 4 does not divide: use --micro-batch 1 or 2"),
+    (["--nproc", "2", "--batch-tokens", "1024"], "written with --batch-tokens 512, this run has 1024; .* resume with --batch-tokens 512"),
+])
+def test_a_resume_that_cannot_keep_the_global_batch_is_refused_once_with_the_arithmetic(sample_manifest, uninterrupted, tmp_path, change, message):
+    command = tokenmill("train", "--manifest", str(sample_manifest), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path), *TRAIN_ARGS, *change)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
+    assert re.search(message, done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nproc", "2", "--out", "{run}", *TRAIN_ARGS], "--out {run}: holds checkpoints up to step 40; use --resume {run} to continue that run, or a new --out"),
+    (["--resume", "{run}"], "--resume {run}/step-000040: already at step 40 of --steps 40, nothing to train; give a larger --steps"),
+    (["--resume", "{run}", "--preset", "tinyllama-1.1b", "--out", "{tmp}"], "--resume {run}/step-000040: written for preset tiny, this run is tinyllama-1.1b; use --preset tiny"),
+])
+def test_mistakes_with_an_earlier_run_are_refused_once_before_any_rank_starts(sample_manifest, uninterrupted, tmp_path, args, message):
+    args = [a.format(run=uninterrupted, tmp=tmp_path) for a in args]
+    done = subprocess.run(tokenmill("train", "--manifest", str(sample_manifest), *args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith(f"tokenmill train: {message.format(run=uninterrupted)}"), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "metrics.jsonl").exists(), done.stderr
+
+
+def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_changed(sample_manifest, uninterrupted, tmp_path):
+    changed = tmp_path / "build"
+    changed.mkdir()
+    for entry in sample_manifest.parent.iterdir():
+        if entry.name != "manifest.json":
+            (changed / entry.name).symlink_to(entry)
+    data = json.loads(sample_manifest.read_text())
+    removed = data["splits"]["train"]["shards"].pop()["bin"]
+    (changed / "manifest.json").write_text(json.dumps(data))
+    command = tokenmill("train", "--nproc", "2", "--manifest", str(changed / "manifest.json"), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--steps", "21")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr[-3000:]
+    assert f"1 removed ({removed})" in refused.stderr and "--allow-manifest-change" in refused.stderr
+    allowed = subprocess.run(command + ["--allow-manifest-change"], capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert allowed.stderr.count(f"--allow-manifest-change: the shards of split 'train' in {changed / 'manifest.json'} changed since the checkpoint: 1 removed ({removed})") == 1
+    assert sorted(losses(tmp_path / "run")) == [21]
+
+
+def test_export_loads_in_transformers_with_the_same_logits_and_tokenizer(sample_manifest, uninterrupted, tmp_path):
     transformers = pytest.importorskip("transformers")
-    assert export_main([str(uninterrupted), "--hf", str(tmp_path / "hf")]) == 0
+    done = subprocess.run(tokenmill("export", str(uninterrupted), "--hf", str(tmp_path / "hf")), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ours = load_checkpoint_model(checkpoint.all_checkpoints(uninterrupted)[-1]).eval()
     tokens = torch.randint(0, 32000, (2, 64), generator=torch.Generator().manual_seed(0))
@@ -131,6 +263,24 @@ def test_export_loads_in_transformers_with_the_same_logits(uninterrupted, tmp_pa
         expected, got = ours(tokens), hf(tokens).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert hf.num_parameters() == ours.cfg.num_params()
+
+    # The tokenizer encodes text as the build's sentencepiece model did: prose, code (runs of spaces), edges.
+    manifest = load_manifest(sample_manifest)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(manifest.tokenizer_path()))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    texts = ["", " x", "a  b   c", "tail  ", "\n    indented\ttab", "Ünïcödé 日本語 🙂"]
+    for shard in manifest.shards("train"):
+        index = read_index(shard.idx_path)
+        stream = open_tokens(shard.bin_path, index)
+        texts += [sp.decode(stream[slice(*index.doc_span(i))][:-1].tolist()) for i in range(0, index.documents, max(1, index.documents // 20))]
+    assert sum("    " in text for text in texts) > 5  # code among them
+    assert [tokenizer(text)["input_ids"] for text in texts] == [sp.encode(text) for text in texts]
+    assert tokenizer.eos_token_id == manifest.eos_id
+
+
+def test_export_names_what_it_was_given(tmp_path, capsys):
+    assert export_main([str(tmp_path / "nothing"), "--hf", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err == f"tokenmill export: export {tmp_path / 'nothing'}: does not exist\n"
 
 
 @pytest.fixture
