@@ -165,7 +165,7 @@ def test_a_changed_manifest_is_refused_unless_allowed_and_the_change_is_named(sa
     changed.write_text(json.dumps(data))
     for shard in data["splits"]["train"]["shards"] + [removed]:
         for part in ("bin", "idx"):
-            (tmp_path / shard[part]).parent.mkdir(exist_ok=True)
+            (tmp_path / shard[part]).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / shard[part]).symlink_to(sample_manifest.parent / shard[part])
     dataset = _dataset(load(changed))
     first = data["splits"]["train"]["shards"][0]["bin"]
