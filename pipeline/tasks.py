@@ -315,8 +315,7 @@ def _gather_tokens(work: Store, folders: list[str], files: np.ndarray, starts: n
                 out[at[i] : at[i] + lengths[i]] = source[starts[i] : starts[i] + lengths[i]]
             continue
         size = dtype.itemsize
-        path = work.path(rel)
-        blobs = work.fs.cat_ranges([path] * len(mine), [int(starts[i]) * size for i in mine], [int(starts[i] + lengths[i]) * size for i in mine])
+        blobs = work.read_ranges(rel, [int(starts[i]) * size for i in mine], [int(starts[i] + lengths[i]) * size for i in mine])
         for i, blob in zip(mine, blobs):
             out[at[i] : at[i] + lengths[i]] = np.frombuffer(blob, dtype)
     return out
