@@ -57,7 +57,7 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     validate_filters(recipe)
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
-    out.fs.makedirs(out.root, exist_ok=True)
+    out.makedirs()
     tokenizer = open_tokenizer(recipe, inputs, out)
     work = out.child("work")
     log = EventLog.at(out, "build.log.jsonl", console)  # on an object store: uploaded per stage and at the end

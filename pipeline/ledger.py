@@ -38,7 +38,7 @@ BACKOFF_CAP_S = 20.0
 # what a retry cannot cure: the object is not there (a done record that does not exist yet), no access
 _PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 # s3fs and botocore retry on their own (5 x 5 tries, uncounted): off for our stores, so every retry is ours
-_NO_STORE_RETRIES = {"retries": 1, "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}}
+_NO_BOTOCORE_RETRIES = {"retries": {"max_attempts": 1, "mode": "standard"}}
 _OBJECT_STORES_WITH_OWN_RETRIES = ("s3", "s3a")
 # stores without folders: a write needs no makedirs (s3fs's costs a HEAD of the bucket per write)
 _FLAT_STORES = ("s3", "s3a", "gs", "gcs", "abfs", "az", "memory")
@@ -89,8 +89,21 @@ def _url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return fsspec.core.url_to_fs(url)
     # keep the user's other client settings (fsspec config, FSSPEC_S3_* variables): only retries change
     configured = fsspec.config.conf.get(protocol, {}).get("config_kwargs", {})
-    options = {**_NO_STORE_RETRIES, "config_kwargs": {**configured, **_NO_STORE_RETRIES["config_kwargs"]}}
-    return fsspec.core.url_to_fs(url, **options)
+    fs, root = fsspec.core.url_to_fs(url, config_kwargs={**configured, **_NO_BOTOCORE_RETRIES})
+    return _without_own_retries(fs), root
+
+
+def _without_own_retries(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
+    """s3fs's retry count is a class attribute, not an argument: set on the instance, which fsspec caches per
+    set of options (ours differ from the defaults by the botocore retries, so no other user shares it)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if set(protocols) & set(_OBJECT_STORES_WITH_OWN_RETRIES) and hasattr(fs, "retries"):
+        fs.retries = 1
+    return fs
+
+
+def _restore(fs: fsspec.AbstractFileSystem, root: str) -> "Store":
+    return Store(_without_own_retries(fs), root)
 
 
 @dataclass(slots=True)
@@ -104,6 +117,10 @@ class Store:
     def at(cls, url: str) -> "Store":
         fs, root = _url_to_fs(url)
         return cls(fs, root.rstrip("/"))
+
+    def __reduce__(self):
+        # a task's copy (unpickled in a Ray worker) gets the same retry settings as the driver's
+        return _restore, (self.fs, self.root)
 
     @property
     def is_local(self) -> bool:
@@ -136,6 +153,10 @@ class Store:
                 _retries += 1
                 time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (attempt - 1))))
         raise AssertionError("unreachable")
+
+    def makedirs(self) -> None:
+        """Create the folder (on an object store: its bucket, when missing)."""
+        self._retried("makedirs", "", lambda: self.fs.makedirs(self.root, exist_ok=True))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = self.path(rel)

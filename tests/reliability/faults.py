@@ -241,8 +241,9 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {path: (out / path).read_bytes() for path in listed}
 
 
-# what legitimately differs between two runs of one build: when, how fast, and how much an earlier run had done
-RUN_DEPENDENT = ("seconds", "task_seconds", "skipped")
+# what legitimately differs between two runs of one build: when, how fast, how much an earlier run had done, and
+# how often the object store had to be asked twice
+RUN_DEPENDENT = ("seconds", "task_seconds", "skipped", "retries")
 
 
 def stable_manifest(out: Path) -> dict:
