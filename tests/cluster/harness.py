@@ -297,12 +297,16 @@ class RayCluster:
 
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL every process of node `name` (its `ray start`, raylet, agents and workers), by PID."""
-        pids = self.pids(name)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        killed: list[int] = []
+        deadline = time.monotonic() + 10
+        while (pids := self.pids(name)) and time.monotonic() < deadline:  # again: one may have been starting a worker
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed += pids
+            time.sleep(0.1)
         self.nodes[name].wait(timeout=30)
-        return pids
+        return killed
 
     def stop(self, grace: float = 5) -> None:
         """SIGTERM to each node's `ray start --block` (it takes its processes down); whatever of ours is left

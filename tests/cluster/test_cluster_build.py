@@ -51,3 +51,40 @@ def test_a_cluster_build_on_s3_equals_a_local_single_process_build(object_store,
     log = events(object_store.server.fs, out)  # the build log of a remote --out, uploaded beside the manifest
     assert {e["stage"] for e in log if e["event"] == "stage_done"} == {"process", "dedupe", "resolve", "mix", "shard"}
     assert sum(e["event"] == "task_done" for e in log) == sum(e["tasks"] for e in log if e["event"] == "stage_done")
+
+
+def test_a_worker_node_killed_mid_build_changes_nothing(object_store, cluster, s3_reference, tmp_path):
+    recipe = s3_recipe(tmp_path)
+    out = f"{BUCKET}/node-killed"
+    run = start_cluster_build(recipe, f"s3://{out}", cluster, object_store, tmp_path / "build.stderr")
+    seen: dict[str, set[str]] = {}
+    nodes_running_tasks(cluster, run, seen, until=lambda: any(t.startswith("process/") for t in cluster.task_titles()["w2"]))
+    assert run.running(), f"the build ended before node w2 ran a task:\n{run.stderr()[-3000:]}"
+    killed = cluster.kill_node("w2")  # its ray start, raylet, agents and the worker running a process task
+    assert killed and cluster.pids("w2") == []
+    assert run.wait() == 0, run.stderr()[-3000:]
+    assert_same_build(object_store, out, s3_reference)
+    log = events(object_store.server.fs, out)
+    assert sum(e["event"] == "task_done" for e in log) == sum(e["tasks"] for e in log if e["event"] == "stage_done")
+
+
+def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_store, cluster, s3_reference, tmp_path):
+    recipe = s3_recipe(tmp_path)
+    out = f"{BUCKET}/flaky-store"
+    object_store.proxy.faults(slowdown=0.1, reset=0.1)  # of all requests 503 SlowDown; of GETs, cut mid-body
+    try:
+        run = start_cluster_build(recipe, f"s3://{out}", cluster, object_store, tmp_path / "build.stderr")
+        assert run.wait() == 0, run.stderr()[-3000:]
+    finally:
+        injected, requests = dict(object_store.proxy.injected), object_store.proxy.requests
+        object_store.proxy.faults()
+    assert injected.get("slowdown", 0) > 0 and injected.get("reset", 0) > 0, (injected, requests)
+    assert_same_build(object_store, out, s3_reference)
+    stages = __import__("json").loads(object_store.server.fs.cat_file(f"{out}/manifest.json"))["stages"]
+    counted = sum(stage["retries"] for stage in stages.values())
+    # every failed request of a task's or the driver's work and output store is retried and counted; the
+    # input stream, the listing and the final writes after the last stage retry uncounted (s3fs's own retries)
+    assert 0 < counted <= sum(injected.values()), (stages, injected)
+    log = events(object_store.server.fs, out)
+    assert {e["stage"]: e["retries"] for e in log if e["event"] == "stage_done"} == {name: s["retries"] for name, s in stages.items()}
+    assert 0 < sum(e["retries"] for e in log if e["event"] == "task_done") <= counted
