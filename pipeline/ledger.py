@@ -38,7 +38,7 @@ BACKOFF_CAP_S = 20.0
 # what a retry cannot cure: the object is not there (a done record that does not exist yet), no access
 _PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 # s3fs and botocore retry on their own (5 x 5 tries, uncounted): off for our stores, so every retry is ours
-_NO_BOTOCORE_RETRIES = {"retries": {"max_attempts": 1, "mode": "standard"}}
+_NO_BOTOCORE_RETRIES = {"retries": {"total_max_attempts": 1, "mode": "standard"}}  # total: the first try included
 _OBJECT_STORES_WITH_OWN_RETRIES = ("s3", "s3a")
 # stores without folders: a write needs no makedirs (s3fs's costs a HEAD of the bucket per write)
 _FLAT_STORES = ("s3", "s3a", "gs", "gcs", "abfs", "az", "memory")
