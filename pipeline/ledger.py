@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -58,6 +59,7 @@ def retries_so_far() -> int:
     return _retries
 
 
+@functools.cache
 def _transient_errors() -> tuple[type[BaseException], ...]:
     """Errors a retry may cure: the network and the service. s3fs passes some through untranslated (a
     connection reset mid-body arrives as aiohttp's ClientPayloadError, a dropped connection as botocore's)."""
