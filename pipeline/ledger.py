@@ -9,8 +9,8 @@ and are renamed into place (on object stores a single PUT is already atomic), so
 On an object store every request of a `Store` is retried here, and only here: a 503 SlowDown, a 500, a reset
 connection or a timeout is retried with bounded exponential backoff and full jitter (`ATTEMPTS` tries, waits of
 up to `BACKOFF_CAP_S`), and counted (`take_retries`; `mark_done` writes the count into the task's done record).
-The store's own retries (s3fs's and botocore's) are turned off for the work and output stores, so that every
-retry is one of ours and counted. What fails after its last try surfaces as an `OSError` naming the operation
+The client's own retries (s3fs's and botocore's) are off for these requests, so that every retry is one of
+ours and counted; `Store.fs`, for callers that list or remove, keeps them. What fails after its last try surfaces as an `OSError` naming the operation
 and the path, which the runner has Ray retry as a task.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import fsspec
@@ -85,44 +85,42 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    protocol = fsspec.core.split_protocol(url)[0]
-    if protocol not in _OBJECT_STORES_WITH_OWN_RETRIES:
-        return fsspec.core.url_to_fs(url)
-    # keep the user's other client settings (fsspec config, FSSPEC_S3_* variables): only retries change
-    configured = fsspec.config.conf.get(protocol, {}).get("config_kwargs", {})
-    fs, root = fsspec.core.url_to_fs(url, config_kwargs={**configured, **_NO_BOTOCORE_RETRIES})
-    return _without_own_retries(fs), root
-
-
 def _without_own_retries(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
-    """s3fs's retry count is a class attribute, not an argument: set on the instance, which fsspec caches per
-    set of options (ours differ from the defaults by the botocore retries, so no other user shares it)."""
+    """The same store with s3fs's and botocore's retries off (other filesystems as they are). Other client
+    settings stay: the user's fsspec configuration and the filesystem's own options. s3fs's retry count is a
+    class attribute, not an argument, so it is set on the instance, which fsspec caches per set of options
+    (ours differ from anyone else's by the botocore retries, so no other user shares it)."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if set(protocols) & set(_OBJECT_STORES_WITH_OWN_RETRIES) and hasattr(fs, "retries"):
-        fs.retries = 1
-    return fs
-
-
-def _restore(fs: fsspec.AbstractFileSystem, root: str) -> "Store":
-    return Store(_without_own_retries(fs), root)
+    if not set(protocols) & set(_OBJECT_STORES_WITH_OWN_RETRIES):
+        return fs
+    configured = {**fsspec.config.conf.get(protocols[0], {}).get("config_kwargs", {}), **fs.storage_options.get("config_kwargs", {})}
+    quiet = type(fs)(**{**fs.storage_options, "config_kwargs": {**configured, **_NO_BOTOCORE_RETRIES}})
+    if hasattr(quiet, "retries"):
+        quiet.retries = 1
+    return quiet
 
 
 @dataclass(slots=True)
 class Store:
-    """A folder on any fsspec filesystem (local, s3://, gs://, memory://)."""
+    """A folder on any fsspec filesystem (local, s3://, gs://, memory://). `fs` is the filesystem as the user
+    configured it (for callers that list or remove); the Store's own requests go through `_io`, the same
+    store with our retries in place of the client's."""
 
     fs: fsspec.AbstractFileSystem
     root: str
+    _io: fsspec.AbstractFileSystem | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def at(cls, url: str) -> "Store":
-        fs, root = _url_to_fs(url)
+        fs, root = fsspec.core.url_to_fs(url)
         return cls(fs, root.rstrip("/"))
 
-    def __reduce__(self):
-        # a task's copy (unpickled in a Ray worker) gets the same retry settings as the driver's
-        return _restore, (self.fs, self.root)
+    def __post_init__(self) -> None:
+        if self._io is None:
+            self._io = _without_own_retries(self.fs)
+
+    def __reduce__(self):  # a task's copy makes its own `_io` (a client is not shipped)
+        return Store, (self.fs, self.root)
 
     @property
     def is_local(self) -> bool:
@@ -132,7 +130,7 @@ class Store:
         return "/".join([self.root, *parts])
 
     def child(self, *parts: str) -> "Store":
-        return Store(self.fs, self.path(*parts))
+        return Store(self.fs, self.path(*parts), self._io)
 
     def url(self, *parts: str) -> str:
         return self.fs.unstrip_protocol(self.path(*parts))
@@ -158,7 +156,7 @@ class Store:
 
     def makedirs(self) -> None:
         """Create the folder (on an object store: its bucket, when missing)."""
-        self._retried("makedirs", "", lambda: self.fs.makedirs(self.root, exist_ok=True))
+        self._retried("makedirs", "", lambda: self._io.makedirs(self.root, exist_ok=True))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = self.path(rel)
@@ -182,10 +180,10 @@ class Store:
             raise
 
     def _pipe(self, target: str, data: bytes) -> None:
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        protocols = self._io.protocol if isinstance(self._io.protocol, (tuple, list)) else (self._io.protocol,)
         if not set(protocols) & set(_FLAT_STORES):
-            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe_file(target, data)
+            self._io.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        self._io.pipe_file(target, data)
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
@@ -196,15 +194,15 @@ class Store:
             with open(local, "rb") as f:
                 self.write_bytes(rel, f.read())
             return
-        self._retried("upload", rel, lambda: self.fs.put_file(local, self.path(rel)))
+        self._retried("upload", rel, lambda: self._io.put_file(local, self.path(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
-        return self._retried("read", rel, lambda: self.fs.cat_file(self.path(rel)))
+        return self._retried("read", rel, lambda: self._io.cat_file(self.path(rel)))
 
     def read_range(self, rel: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
-        return self._retried(f"read of bytes {start}-{end}", rel, lambda: self.fs.cat_file(self.path(rel), start=start, end=end))
+        return self._retried(f"read of bytes {start}-{end}", rel, lambda: self._io.cat_file(self.path(rel), start=start, end=end))
 
     def read_ranges(self, rel: str, starts: list[int], ends: list[int], max_gap: int = 1 << 20) -> list[bytes]:
         """Byte ranges [start, end) of one file, in the order given. Ranges less than `max_gap` apart are read
@@ -229,7 +227,7 @@ class Store:
         return json.loads(self.read_bytes(rel))
 
     def exists(self, rel: str) -> bool:
-        return self._retried("exists", rel, lambda: self.fs.exists(self.path(rel)))
+        return self._retried("exists", rel, lambda: self._io.exists(self.path(rel)))
 
     def done(self, task: str) -> dict | None:
         """The done record of a task folder, or None when the task has not finished."""
