@@ -12,9 +12,12 @@
    dedupe, tokenize, mix) and with the web-quality recipe (datatrove's Gopher, C4 and FineWeb filters, StarCoder
    code rules); datatrove's own pipeline doing the same work (readers -> the same filters -> MinHash stages ->
    DocumentTokenizer -> merger) with the same sentencepiece model converted to HF tokenizers.
-3. With `--memory-docs N`: per-task peak RSS and time of the build's own task functions (process, dedupe
-   partition, resolve, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one process
-   task against the size of its input file (8, 32, 128 MB of text).
+3. With `--memory-docs N`: per-task peak RSS and time of every kind of build task (process, keys, dedupe
+   partition, resolve, count, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one
+   process task against the size of its input file (`--memory-file-mb`, default 8, 32, 128 MB of text). The
+   build plans and names its tasks itself (`pipeline.build.run_stages`); a `MeasuringRunner` in place of the Ray
+   runner runs each task in a fresh process of its own, so `tokenmill build` over the same recipe and work dir
+   afterwards re-uses every one of them.
 4. Prints the throughput table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
 
 The machine is shared and noisy: compare rows of the same run, and repeat (`--repeat`) when a ratio matters.
@@ -41,6 +44,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import zstandard  # noqa: E402
 
 from pipeline import sample  # noqa: E402
+from pipeline.progress import EventLog  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
 
 RECIPES = REPO / "manifests" / "recipes"
 MIN_UNITS = 3  # no unit may dominate a document: two documents sharing one unit stay far from duplicates
@@ -68,20 +73,14 @@ class TextPools:
     @classmethod
     def load(cls, unit_chars: int) -> "TextPools":
         """Units of 40 to `unit_chars` characters."""
-        docstrings = []
-        for rel, path in sample._stdlib_sources(sample.DOCSTRING_SKIP_DIRS):
-            try:
-                tree = sample._parse(path.read_bytes())
-            except (SyntaxError, ValueError):  # test fixtures: deliberately broken or Python 2 code
-                continue
-            docstrings += [f"{name}\n\n{doc}" for name, doc in sample._docstrings(tree, sample._module_name(rel))]
+        docstrings = [f"{name}\n\n{doc}" for _, module in sample.stdlib_docstrings() for name, doc in module]
         headers, blocks = [], []
-        for _, text in sample._stdlib_code_files():
+        for _, text in sample.stdlib_code_files():
             cuts = [m.start() for m in _DEFINITION.finditer(text)]
             if cuts:
                 headers.append(text[: cuts[0]].rstrip())
                 blocks += [text[a:b].rstrip() for a, b in zip(cuts, cuts[1:] + [len(text)])]
-        verses = sample._kjv_verses()
+        verses = sample.kjv_verses()
         short = [v["text"] for v in verses if len(v["text"]) <= sample.SHORT_MAX_CHARS]
         return cls(verses, _sized(docstrings, unit_chars), _sized(headers, unit_chars), _sized(blocks, unit_chars), short)
 
@@ -280,7 +279,7 @@ def read_texts(recipe) -> list[str]:
     """Every readable document's text, in the build's canonical file order."""
     import fsspec
 
-    from pipeline.build import list_inputs
+    from pipeline.inputs import list_inputs
     from stages.document import DocBatch
     from stages.fetch import read_documents
 
@@ -299,7 +298,6 @@ def hf_tokenizer_json(model_bytes: bytes, out: Path) -> Path:
     split differently now and then, which `compare_tokenizers` measures."""
     if out.exists():
         return out
-    from tokenizers.models import BPE
     from transformers import LlamaTokenizer
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
@@ -436,8 +434,13 @@ def _xxhash64(shingle: str) -> int:
 def _datatrove_stages(source, work: Path, hf_json: Path) -> list[tuple[str, list, int]]:
     """(name, pipeline, tasks) of datatrove's documented MinHash recipe with filtering before and tokenization
     after: the kept documents are written once and read back after the duplicate clusters are known."""
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader, ParquetReader
     from datatrove.pipeline.tokens import DocumentTokenizer, DocumentTokenizerMerger
     from datatrove.pipeline.writers import JsonlWriter
@@ -487,28 +490,71 @@ MEMORY_SHAPE = {"natural_chars": 300, "code_chars": 300, "unit_chars": 300, "fil
 DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as a recipe for a larger corpus would
 
 
-def run_task_child(argv: list[str]) -> None:
-    """In a fresh process (so its peak RSS is the task's): one of the build's own task functions, as a Ray worker
-    would run it. argv: kind (process, dedupe, resolve, mix), recipe YAML, work folder, task number."""
-    from pipeline import tasks
-    from pipeline.build import list_inputs, open_tokenizer
-    from pipeline.ledger import Store
-    from pipeline.recipe import load_recipe
+TASK_KINDS = ("process", "keys", "dedupe", "resolve", "count", "mix")  # the build's stages, in order
 
-    kind, recipe_path, work_dir, number = argv[0], argv[1], argv[2], int(argv[3])
-    recipe, work = load_recipe(recipe_path), Store.at(work_dir)
-    inputs = list_inputs(recipe)
-    records = [work.done(f"process/{i.file_index:07d}") for i in inputs] if kind != "process" else []
-    if kind == "process":
-        tokenizer = open_tokenizer(recipe, inputs, Store.at(work_dir + "-out"))
-        tasks.process_file(inputs[number], work, tokenizer, recipe.dedupe, recipe.batch_documents)
-    elif kind == "dedupe":
-        tasks.dedupe_partition(number, work, records)
-    elif kind == "resolve":
-        tasks.resolve_duplicates(work, recipe.dedupe.partitions, recipe.dedupe)
-    else:
-        ids, weights = {s.name: i for i, s in enumerate(recipe.sources)}, {i: s.weight for i, s in enumerate(recipe.sources)}
-        tasks.plan_mix(work, records, ids, weights, recipe.mix)
+
+class _Enough(Exception):
+    """Raised by MeasuringRunner after `stop_after`: the measurement needs no more of the build."""
+
+
+@dataclass(slots=True)
+class MeasuringRunner(Runner):
+    """The build's runner with another placement: `pipeline.build.run_stages` plans its stages, names its work
+    folders and makes its tasks exactly as in a real build, and `Runner.run` keeps its books, but each task runs
+    in a fresh process of its own (its peak RSS, VmHWM, is then the task's), `workers` at a time, instead of on
+    Ray. `measured[stage]`: tasks run, wall seconds, the largest peak RSS in MiB; `folders[stage]`: every task's
+    folder. With `stop_after`, the build ends after that stage (`_Enough`), and `only` may limit that stage's
+    tasks to some task numbers."""
+
+    only: dict[str, set[int]] = field(default_factory=dict)
+    stop_after: str = ""
+    measured: dict[str, dict] = field(default_factory=dict)
+    folders: dict[str, list[str]] = field(default_factory=dict)
+
+    def _run_pending(self, stage: str, tasks: list, pending: list[int]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        chosen = [i for i in pending if stage not in self.only or i in self.only[stage]]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(self.workers) as pool:
+            peaks = list(pool.map(lambda i: _run_in_own_process(tasks[i]), chosen))
+        seconds = round(time.perf_counter() - started, 2)
+        self.measured[stage] = {"tasks": len(peaks), "seconds": seconds, "peak_rss_mib": round(max(peaks, default=0), 1)}
+        self.folders[stage] = [task.folder for task in tasks]
+        if stage == self.stop_after:
+            raise _Enough
+        for i in pending:
+            yield i, self.work.done(tasks[i].folder)
+
+
+def _run_in_own_process(task) -> float:
+    """Run `task.fn(*task.args)` in a fresh Python process (Ray object refs among the arguments replaced by their
+    values, as Ray does); its peak RSS in MiB."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    import ray
+
+    args = tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in task.args)
+    with tempfile.NamedTemporaryFile(suffix=".pickle") as call:
+        pickle.dump((task.fn, args), call)
+        call.flush()
+        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_throughput import run_task_child; run_task_child(sys.argv[1])"
+        done = subprocess.run([sys.executable, "-c", code, call.name], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"task {task.folder} failed:\n{done.stderr[-3000:]}")
+    return float(done.stdout.split()[-1])
+
+
+def run_task_child(call_path: str) -> None:
+    """In a fresh process: one of the build's task functions with its arguments, pickled by `_run_in_own_process`;
+    prints this process's peak RSS."""
+    import pickle
+
+    with open(call_path, "rb") as f:
+        fn, args = pickle.load(f)
+    fn(*args)
     print(_peak_rss_mib())
 
 
@@ -521,25 +567,32 @@ def _peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
-def _run_tasks(kind: str, numbers: range | list[int], recipe_path: Path, work: Path, workers: int) -> dict:
-    """Tasks of one kind in fresh processes, `workers` at a time: wall seconds and the largest peak RSS."""
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = "") -> MeasuringRunner:
+    """`pipeline.build.run_stages` over `recipe` with its output (and its work dir, run/work) under `run`, every
+    task measured in its own process. Needs Ray only for the object store the build puts its tokenizer in."""
+    import ray
 
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_throughput import run_task_child; "
-            "run_task_child(sys.argv[1:])")
+    from pipeline.build import run_stages
+    from pipeline.inputs import list_inputs
+    from pipeline.ledger import Store
+    from pipeline.tokenizer import open_tokenizer
 
-    def one(number: int) -> float:
-        done = subprocess.run([sys.executable, "-c", code, kind, str(recipe_path), str(work), str(number)],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"{kind} task {number} failed:\n{done.stderr[-3000:]}")
-        return float(done.stdout.split()[-1])
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        peaks = list(pool.map(one, numbers))
-    return {"tasks": len(numbers), "seconds": round(time.perf_counter() - started, 2), "peak_rss_mib": round(max(peaks), 1)}
+    shutil.rmtree(run, ignore_errors=True)
+    out = Store.at(str(run))
+    inputs = list_inputs(recipe)
+    tokenizer = open_tokenizer(recipe, inputs, out)
+    runner = MeasuringRunner(out.child("work"), workers, EventLog(None, console=False), only=only or {}, stop_after=stop_after)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        run_stages(recipe, inputs, tokenizer, runner, out)
+    except _Enough:
+        pass
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return runner
 
 
 def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
@@ -554,43 +607,33 @@ def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
         corpus = write_corpus(corpus_dir, CorpusShape(size_mb=size_mb, **MEMORY_SHAPE))
         count = sum(corpus["documents"].values())
         partitions = max(1, round(count / DOCUMENTS_PER_PARTITION))
-        recipe = bench_recipe(corpus_dir, "sample", partitions)
-        recipe_path = corpus_dir / "recipe.yaml"
-        recipe_path.write_text(json.dumps(recipe.to_dict()))  # YAML is a superset of JSON
-        run = corpus_dir / "work"
-        shutil.rmtree(run, ignore_errors=True)
-        files = sum(map(len, corpus["files"].values()))
-        row = {"documents": count, "text_mb": size_mb, "files": files, "partitions": partitions}
-        for kind, tasks_of_kind in (("process", files), ("dedupe", partitions), ("resolve", 1), ("mix", 1)):
-            row[kind] = _run_tasks(kind, range(tasks_of_kind), recipe_path, run, workers)
-        done = [json.loads(p.read_text()) for p in run.glob("process/*/_DONE.json")]
-        row["largest_file_mb"] = round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)
+        runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", partitions), corpus_dir / "run", workers)
+        done = [runner.work.done(folder) for folder in runner.folders["process"]]
+        row = {"documents": count, "text_mb": size_mb, "files": len(done), "partitions": partitions, **runner.measured,
+               "largest_file_mb": round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)}
         print(f"  memory: {row}", flush=True)
         rows.append(row)
     return rows
 
 
-def process_memory(work: Path, file_mbs: tuple[int, ...] = (8, 32, 128)) -> list[dict]:
+def process_memory(work: Path, file_mbs: tuple[float, ...] = (8, 32, 128)) -> list[dict]:
     """Peak RSS of one process task against the size of its input file (SlimPajama-like documents): what sets a
     worker's memory in the process stage, where the corpus size does not enter."""
     rows = []
     for file_mb in file_mbs:
-        corpus_dir = work / f"file-{file_mb}mb"
+        corpus_dir = work / f"file-{file_mb:g}mb"
         # 2 validation files first (file indexes 0, 1), then 2 training files of `file_mb` MB each
         write_corpus(corpus_dir, CorpusShape(size_mb=round(2 * file_mb / sample.NATURAL_SHARE / (1 - VALIDATION_SHARE), 1), file_mb=file_mb))
-        recipe_path = corpus_dir / "recipe.yaml"
-        recipe_path.write_text(json.dumps(bench_recipe(corpus_dir, "sample", 8).to_dict()))
-        shutil.rmtree(corpus_dir / "work", ignore_errors=True)
-        measured = _run_tasks("process", [2], recipe_path, corpus_dir / "work", 1)
-        done = json.loads((corpus_dir / "work" / "process" / f"{2:07d}" / "_DONE.json").read_text())
+        runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", 8), corpus_dir / "run", 1, only={"process": {2}}, stop_after="process")
+        done = runner.work.done(runner.folders["process"][2])
         text_mb = sum(f["bytes_read"] for f in done["funnels"].values()) / 1e6
-        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **measured})
+        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **runner.measured["process"]})
         print(f"  process memory: {rows[-1]}", flush=True)
     return rows
 
 
 def memory_table(rows: list[dict]) -> str:
-    kinds = ("process", "dedupe", "resolve", "mix")
+    kinds = [k for k in TASK_KINDS if k in rows[0]]
     lines = ["| documents | text MB | files (largest, MB of text) | partitions | "
              + " | ".join(f"{k}: s, peak RSS MiB" for k in kinds) + " |", "|---:|---:|---:|---:|" + "---|" * len(kinds)]
     for row in rows:
@@ -670,8 +713,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=8, help="dedupe.partitions of the tokenmill builds (default 8)")
     parser.add_argument("--memory-docs", type=int, default=0, help="also measure dedupe memory at 0.1x/0.3x/1x of this many documents")
     parser.add_argument("--memory-only", action="store_true", help="only the dedupe memory measurement")
+    parser.add_argument("--memory-file-mb", default="8,32,128",
+                        help="with --memory-docs: MB of text of the input files whose process task is measured alone (default 8,32,128)")
     args = parser.parse_args(argv)
     args.rows = set(args.rows.split(",")) if args.rows else set()
+    args.memory_file_mb = tuple(float(x) for x in args.memory_file_mb.split(",") if x)
     args.work = args.work.resolve()  # recipes resolve relative roots against their own folder
     return args
 
@@ -700,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {} if args.memory_only else throughput(args)
     if args.memory_docs:
         results["memory"] = dedupe_memory(args.work, args.memory_docs, args.workers)
-        results["process_memory"] = process_memory(args.work)
+        results["process_memory"] = process_memory(args.work, args.memory_file_mb)
     (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     if "memory" in results:
         print(memory_table(results["memory"]))

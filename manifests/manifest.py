@@ -148,7 +148,10 @@ class Manifest:
 
 
 def load(path: str | Path) -> Manifest:
+    """A manifest from its path, or from the folder that holds it (an output folder such as runs/demo)."""
     path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -17,17 +17,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from manifests import manifest as manifest_io
 from manifests.shards import dtype_name
-from pipeline import tasks
+from pipeline import dedupe_tasks, mix_tasks, tasks
 from pipeline.finalize import StageResults, finalize, print_summary
 from pipeline.inputs import SPLITS, InputFile, list_inputs
-from pipeline.ledger import Store, WorkLayout, fingerprint
+from pipeline.ledger import Store, WorkLayout, fingerprint, shards_folder
 from pipeline.progress import EventLog
 from pipeline.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.runner import BuildError, Runner, Task, start_ray
-from pipeline.tokenizer import open_tokenizer
+from pipeline.tokenizer import open_tokenizer, recipe_tokenizer
 from stages import dedupe as dedupe_stage
+from stages import mix as mix_stage
+from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
 # a source's settings that do not change what its files' processing produces
@@ -51,15 +55,18 @@ def mix_key(dedupe: str, recipe: Recipe) -> str:
     return fingerprint({"dedupe": dedupe, "mix": dataclasses.asdict(recipe.mix), "weights": [[s.name, s.weight] for s in recipe.sources]})
 
 
-def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True) -> str:
-    """Run (or resume) a build; returns the manifest's URL."""
+def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True,
+          work_url: str | None = None) -> str:
+    """Run (or resume) a build; returns the manifest's URL. `work_url` (default OUT/work) may be shared by
+    several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
     started = time.perf_counter()
     validate_filters(recipe)
+    given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
     out.makedirs()
-    tokenizer = open_tokenizer(recipe, inputs, out)
-    work = out.child("work")
+    tokenizer = given or open_tokenizer(recipe, inputs, out)
+    work = Store.at(work_url) if work_url else out.child("work")
     log = EventLog.at(out, "build.log.jsonl", console)  # on an object store: uploaded per stage and at the end
     try:
         workers = start_ray(address, workers)
@@ -74,17 +81,21 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
 
 
 def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
-    layout = WorkLayout(runner.work)
-    processed = _process(recipe, inputs, tokenizer, runner, layout)
+    layout = WorkLayout()
+    processed, funnels = _process(recipe, inputs, tokenizer, runner, layout)
     dedupe = dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
-    resolved_folder, resolved = _dedupe(recipe, processed, dedupe, runner, layout)
+    groups = dedupe_tasks.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
+    group_folders, group_records = _combine_keys(recipe, groups, runner, layout)
+    resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe, group_folders, group_records, runner, layout)
+    counts = _count(groups, group_folders, resolved_folder, runner, layout)
     mix = mix_key(dedupe, recipe)
-    mixed = _mix(recipe, processed, resolved_folder, mix, runner, layout)
-    shards = _shards(recipe, processed, mixed, mix, tokenizer, runner, layout, out)
-    return StageResults(processed, resolved_folder, resolved, mixed, shards, runner.timings, runner.workers)
+    shards, factors = _mix(recipe, processed, counts, resolved_folder, mix, tokenizer, runner, layout, out)
+    return StageResults(funnels, mix_tasks.merge_subset_stats(counts), resolved_folder, resolved, group_folders, group_records,
+                        factors, shards, shards_folder(mix), {"dedupe": dedupe, "mix": mix}, runner.used, runner.timings, runner.workers)
 
 
-def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, layout: WorkLayout) -> list[tasks.Processed]:
+def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, layout: WorkLayout) -> tuple[list[tasks.Processed], list[dict]]:
+    """Every input file's process output, and each file's funnel ({"source", "funnels"}) for the report."""
     import ray
 
     tokenizer_ref = ray.put(tokenizer)
@@ -93,52 +104,106 @@ def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runn
         Task(folder, tasks.process_file, (folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents), i.size)
         for i, folder in zip(inputs, folders)
     ])
-    return [tasks.Processed(i.file_index, folder, record) for i, folder, record in zip(inputs, folders, records)]
+    processed = [tasks.Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
+    return processed, [{"source": r["source"], "funnels": r["funnels"]} for r in records]
 
 
-def _dedupe(recipe: Recipe, processed: list[tasks.Processed], key: str, runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
+def _combine_keys(recipe: Recipe, groups: list[list[tasks.Processed]], runner: Runner, layout: WorkLayout) -> tuple[list[str], list[dict]]:
+    partitions = recipe.dedupe.partitions
+    folders = [layout.key_group(fingerprint({"files": [[p.file_index, p.folder] for p in g], "partitions": partitions})) for g in groups]
+    records = runner.run("keys", [Task(folder, dedupe_tasks.combine_keys, (folder, g, partitions, runner.work)) for folder, g in zip(folders, groups)])
+    return folders, records
+
+
+def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], group_records: list[dict], runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
     partition_folders = [layout.dedupe_partition(key, p) for p in range(partitions)]
-    runner.run("dedupe", [Task(folder, tasks.dedupe_partition, (folder, p, processed, runner.work)) for p, folder in enumerate(partition_folders)])
+    runner.run("dedupe", [
+        Task(folder, dedupe_tasks.dedupe_partition, (folder, p, [dedupe_tasks.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1]) for g, r in zip(group_folders, group_records)], runner.work))
+        for p, folder in enumerate(partition_folders)
+    ])
     folder = layout.resolved(key)
-    (resolved,) = runner.run("resolve", [Task(folder, tasks.resolve_duplicates, (folder, partition_folders, runner.work, recipe.dedupe))])
+    (resolved,) = runner.run("resolve", [Task(folder, dedupe_tasks.resolve_duplicates, (folder, partition_folders, n_files, runner.work, recipe.dedupe))])
     return folder, resolved
 
 
-def _mix(recipe: Recipe, processed: list[tasks.Processed], resolved_folder: str, key: str, runner: Runner, layout: WorkLayout) -> dict:
+def _count(groups: list[list[tasks.Processed]], group_folders: list[str], resolved_folder: str, runner: Runner, layout: WorkLayout) -> list[dict]:
+    folders = [layout.count(fingerprint({"keys": g, "resolved": resolved_folder})) for g in group_folders]
+    return runner.run("count", [Task(folder, mix_tasks.count_kept, (folder, g, resolved_folder, runner.work)) for folder, g in zip(folders, groups)])
+
+
+def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], shards_folder: str) -> list[mix_tasks.MixGroup]:
+    """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables)."""
+    kept = {int(f): c for record in counts for f, c in record["files"].items()}
     source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
     weights = {i: s.weight for i, s in enumerate(recipe.sources)}
-    folder = layout.mix(key)
-    (mixed,) = runner.run("mix", [Task(folder, tasks.plan_mix, (folder, resolved_folder, processed, runner.work, source_ids, weights, recipe.mix))])
-    return mixed
+    folders = {p.file_index: p.folder for p in processed}
+    groups = []
+    for split_no, split in enumerate(SPLITS):
+        streams = {}
+        for sid in weights:
+            mine = [p.file_index for p in processed if source_ids[p.source] == sid]
+            streams[sid] = (np.asarray(mine, np.int64), np.asarray([kept[f][split_no][1] for f in mine], np.int64))
+        groups += _plan_split(split, streams, weights, recipe.mix, folders, shards_folder)
+    return groups
 
 
-def _shards(recipe: Recipe, processed: list[tasks.Processed], mixed: dict, key: str, tokenizer: Tokenizer, runner: Runner, layout: WorkLayout, out: Store) -> dict[str, list[dict]]:
-    names = [s.name for s in recipe.sources]
-    process_folders = [p.folder for p in processed]
-    numbered = [(split, n) for split in SPLITS if split in mixed["splits"] for n in range(mixed["splits"][split]["shards"])]
-    records = runner.run("shard", [
-        Task(folder, tasks.write_shard, (folder, layout.mix(key), split, n, process_folders, runner.work, out, dtype_name(tokenizer.dtype), names))
-        for split, n in numbered for folder in [layout.shard(key, split, n)]
+def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
+         runner: Runner, layout: WorkLayout, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
+    """Run the mix groups; returns each split's shard entries and each split's repeat factor per source."""
+    groups = plan_mix(recipe, processed, counts, shards_folder(key))
+    factors = {g.split: g.factors for g in groups}
+    written_to = fingerprint({"mix": key, "out": out.url()})  # another output sharing the work store writes its own copy
+    records = runner.run("mix", [
+        Task(folder, mix_tasks.mix_group, (folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), [s.name for s in recipe.sources], recipe.mix.seed))
+        for g in groups for folder in [layout.mix_group(written_to, g.split, g.number)]
     ])
     shards: dict[str, list[dict]] = {}
-    for (split, _), record in zip(numbered, records):
-        shards.setdefault(split, []).append(record["entry"])
-    return shards
+    for g, record in zip(groups, records):
+        shards.setdefault(g.split, []).extend(record["entries"])
+    return shards, factors
+
+
+def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], weights: dict[int, float], mix: MixConfig,
+                folders: dict[int, str], shards_folder: str) -> list[mix_tasks.MixGroup]:
+    """The split's mix groups: each source's stream cut into the same number of token ranges, the policy's
+    repeat factors, and each group's shards numbered after the previous groups'."""
+    totals = {sid: int(tokens.sum()) for sid, (_, tokens) in streams.items()}
+    if not any(totals.values()):
+        return []
+    factors = mix_stage.repeat_factors(totals, weights, mix.policy)
+    planned = sum(factors[sid] * t for sid, t in totals.items())
+    groups, first_shard = [], 0
+    for number, slices in enumerate(mix_stage.slice_streams(streams, mix_stage.group_count(planned, mix.shard_tokens, mix.shards_per_group))):
+        shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
+        files = {f: folders[f] for s in slices for f, _ in s.files}
+        groups.append(mix_tasks.MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards,
+                                          folders=files, shards_folder=shards_folder))
+        first_shard += shards
+    return groups
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill build", description="Build mixed token shards + manifest from a recipe on Ray.")
     parser.add_argument("recipe", help="recipe YAML, e.g. manifests/recipes/tinyllama.yaml")
     parser.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://, ...)")
+    parser.add_argument("--work", default=None, help="work store for task outputs, shareable by several outputs (e.g. one per mix); default OUT/work")
     parser.add_argument("--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)")
     parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
     parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
     args = parser.parse_args(argv)
+    refused = None
+    if args.workers is not None and args.workers < 1:
+        refused = f"--workers {args.workers}: give at least 1 (or leave it out to use every CPU of the cluster)"
+    elif "://" not in args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        refused = f"--out {args.out}: is a file; give a folder (new, or holding an earlier build)"
+    if refused:
+        print(f"tokenmill build: {refused}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     try:
         recipe = load_recipe(args.recipe)
-        manifest_url = build(recipe, args.out, args.workers, args.address)
+        manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
     except (RecipeError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

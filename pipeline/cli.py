@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module, function taking argv, one-line help)
@@ -14,6 +15,7 @@ COMMANDS = {
     "submit": ("pipeline.jobs", "submit_main", "submit a build to a Ray cluster through the Jobs API"),
     "jobs": ("pipeline.jobs", "jobs_main", "list / status / logs / stop Ray jobs"),
     "stage-in": ("pipeline.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
+    "work": ("pipeline.work", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
     "export": ("trainer.export", "main", "export a checkpoint to Hugging Face safetensors"),
     "bench": ("pipeline.bench", "main", "corpus build throughput against datatrove"),
@@ -38,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokenmill: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except BrokenPipeError:  # `tokenmill inspect ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
+    except KeyboardInterrupt:
+        print(f"\ntokenmill {name}: interrupted; what finished is kept: run the same command again to go on", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

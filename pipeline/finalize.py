@@ -3,6 +3,7 @@ all assembled from the stages' done records and outputs."""
 from __future__ import annotations
 
 import datetime
+import io
 import json
 from dataclasses import dataclass
 
@@ -12,8 +13,9 @@ import numpy as np
 from manifests import manifest as manifest_io
 from manifests.shards import dtype_name
 from pipeline import __version__, tasks
+from pipeline.dedupe_tasks import CLUSTER_SIZES
 from pipeline.inputs import InputFile
-from pipeline.ledger import Store
+from pipeline.ledger import SHARDS_PREFIX, Store, WorkLayout
 from pipeline.recipe import Recipe
 from pipeline.tokenizer import TRAINED_MODEL
 from stages.tokenize import Tokenizer
@@ -21,29 +23,47 @@ from stages.tokenize import Tokenizer
 
 @dataclass(frozen=True, slots=True)
 class StageResults:
-    """What the stages left for the finalizer: done records and where the outputs are."""
+    """What the stages left for the finalizer: summaries from the done records, and where the outputs are.
+    Nothing here grows with the documents: per input file a funnel, the rest per key group, subset or shard."""
 
-    processed: list[tasks.Processed]
+    funnels: list[dict]  # per input file: {"source", "funnels": per subset}
+    kept: dict[str, dict]  # per "source/subset": duplicates removed, kept documents, histograms (count tasks)
     resolved_folder: str
     resolved: dict  # the resolve task's done record
-    mixed: dict  # the mix task's done record
+    key_groups: list[str]  # their folders hold the quarantine records of their files
+    key_group_records: list[dict]
+    factors: dict[str, dict[int, float]]  # per split and source id: tokens taken / tokens kept
     shards: dict[str, list[dict]]  # split -> manifest entries of its shards, in order
+    shards_folder: str  # the output folder holding this mix's shards
+    keys: dict[str, str]  # the dedupe and mix work keys: what the shards were made from
+    used: list[str]  # every work folder the build used (recorded for `tokenmill work`)
     timings: dict[str, dict]
     workers: int
 
 
 def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults, wall: float) -> dict:
     """Writes the tokenizer copy, quarantine, build stats and, last, the manifest; returns the manifest."""
-    subsets = _subset_table(results.processed, tasks.summarize_kept(work, results.resolved_folder, results.processed))
+    subsets = _subset_table(results.funnels, results.kept)
     timings = {stage: dict(t) for stage, t in results.timings.items()}
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
-    quarantine = _merge_quarantine(work, out, results.processed)
+    quarantine = _merge_quarantine(work, out, results)
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
+    manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}
     manifest_io.validate(manifest, out.url("manifest.json"))
     out.write_bytes("manifest.json", manifest_io.dumps(manifest).encode())
+    _remove_earlier_shards(out, results.shards_folder)
+    work.write_json(WorkLayout().uses(out.url("manifest.json")), {"manifest": out.url("manifest.json"), "created_at": manifest["created_at"], "folders": results.used})
     return manifest
+
+
+def _remove_earlier_shards(out: Store, current: str) -> None:
+    """Shard folders of earlier builds into this output: listed by no manifest now that this one replaced theirs."""
+    for path in out.fs.ls(out.root, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(SHARDS_PREFIX) and name != current:
+            out.fs.rm(path, recursive=True)
 
 
 def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, results: StageResults, subsets: dict, timings: dict, quarantine: dict) -> dict:
@@ -69,7 +89,7 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
         },
         "dtype": dtype_name(tokenizer.dtype),
         "inputs": [{"source": i.source.name, "split": i.split, "path": i.rel_path} for i in inputs],
-        "sources": _source_entries(recipe, inputs, subsets, results.mixed),
+        "sources": _source_entries(recipe, inputs, subsets, results.factors.get("train", {})),
         "splits": splits,
         "mix": {
             "policy": recipe.mix.policy,
@@ -82,7 +102,7 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
 
 
 def _build_stats(work: Store, results: StageResults, subsets: dict, timings: dict, wall: float) -> dict:
-    sizes = tasks.load_npy(work, f"{results.resolved_folder}/cluster_sizes.npy")
+    sizes = np.load(io.BytesIO(work.read_bytes(f"{results.resolved_folder}/{CLUSTER_SIZES}")))
     values, counts = np.unique(sizes, return_counts=True)
     edges = tasks.HIST_EDGES.astype(int).tolist()
     return {
@@ -98,11 +118,10 @@ def _build_stats(work: Store, results: StageResults, subsets: dict, timings: dic
     }
 
 
-def _subset_table(processed: list[tasks.Processed], kept: dict[str, dict]) -> dict[str, dict]:
+def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]:
     """Funnel per "source/subset": read, dropped by reason, kept, histograms (build_stats.json `subsets`)."""
     table: dict[str, dict] = {}
-    for p in processed:
-        r = p.record
+    for r in funnels:
         for subset, f in r["funnels"].items():
             key = f"{r['source']}/{subset}"
             row = table.setdefault(key, {"source": r["source"], "subset": subset, "documents_read": 0, "bytes_read": 0, "chars_read": 0, "dropped": {}})
@@ -124,19 +143,19 @@ def _subset_table(processed: list[tasks.Processed], kept: dict[str, dict]) -> di
     return dict(sorted(table.items()))
 
 
-def _merge_quarantine(work: Store, out: Store, processed: list[tasks.Processed]) -> dict:
+def _merge_quarantine(work: Store, out: Store, results: StageResults) -> dict:
+    """The key groups' quarantine files, concatenated in input order: one read per key group. Its size grows
+    with the bad records, which the build keeps whole."""
+    data = b"".join(work.read_bytes(f"{folder}/{tasks.QUARANTINE}") for folder in results.key_groups)
+    out.write_bytes("quarantine.jsonl", data)
     by_reason: dict[str, int] = {}
-    lines = []
-    for p in processed:
-        for line in work.read_bytes(f"{p.folder}/{tasks.QUARANTINE}").decode().splitlines():
-            lines.append(line)
-            reason = json.loads(line)["reason"]
-            by_reason[reason] = by_reason.get(reason, 0) + 1
-    out.write_bytes("quarantine.jsonl", "".join(line + "\n" for line in lines).encode())
-    return {"path": "quarantine.jsonl", "records": len(lines), "by_reason": dict(sorted(by_reason.items()))}
+    for record in results.key_group_records:
+        for reason, n in record["by_reason"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    return {"path": "quarantine.jsonl", "records": sum(r["quarantined"] for r in results.key_group_records), "by_reason": dict(sorted(by_reason.items()))}
 
 
-def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict], mix_record: dict) -> list[dict]:
+def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict], train_factors: dict[int, float]) -> list[dict]:
     entries = []
     for sid, source in enumerate(recipe.sources):
         rows = {k.split("/", 1)[1]: v for k, v in subsets.items() if v["source"] == source.name}
@@ -155,7 +174,7 @@ def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, 
             "dropped": dict(sorted(dropped.items())),
             "documents_kept": sum(r["documents_kept"] for r in rows.values()),
             "tokens_kept": sum(r["tokens_kept"] for r in rows.values()),
-            "epochs": mix_record["splits"].get("train", {}).get("epochs", {}).get(str(sid), 0.0),
+            "epochs": train_factors.get(sid, 0.0),
             "subsets": {name: {k: row[k] for k in ("documents_read", "bytes_read", "dropped", "documents_kept", "tokens_kept")} for name, row in rows.items()},
         })
     return entries
@@ -176,7 +195,8 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     for split, info in data["splits"].items():
         mix = ", ".join(f"{k} {v:.1%}" for k, v in data["mix"]["achieved"][split].items())
         print(f"  {split:<10} {len(info['shards'])} shards  {info['documents']:>8,} docs  {info['tokens']:>12,} tokens  ({mix})")
-    print(f"  shards     {base}/train/, {base}/validation/")
+    folders = sorted({f"{base}/{shard['bin'].rsplit('/', 1)[0]}/" for info in data["splits"].values() for shard in info["shards"]})
+    print(f"  shards     {', '.join(folders)}")
     print(f"  manifest   {manifest_url}")
     print(f"  quarantine {base}/{data['quarantine']['path']}  ({data['quarantine']['records']} bad records)")
     if report:

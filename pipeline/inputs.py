@@ -45,8 +45,8 @@ def _list_source(source: SourceConfig, split: str, patterns: list[str]) -> list[
     try:
         for pattern in patterns:
             found.update({p: info for p, info in fs.glob(f"{root}/{pattern}", detail=True).items() if info.get("type") == "file"})
-    except OSError as e:  # host unreachable, access denied: nothing can be built from this source
-        raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be listed ({e}); check the address, the network and the credentials") from None
+    except Exception as e:  # host unreachable, access denied (each store raises its own kind): nothing can be built
+        raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be listed ({type(e).__name__}: {e}); check the address, the network and the credentials") from None
     if patterns and not found:
         raise RecipeError(f"recipe field `sources[{source.name}].{split}`: no file under {source.root!r} matches {patterns}; check the root and the patterns")
     return [(fs.unstrip_protocol(p), p[len(root) + 1 :], found[p]) for p in sorted(found)]

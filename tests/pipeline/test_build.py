@@ -33,18 +33,19 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def downsampled(local_ray, sample_corpus, tmp_path_factory):
-    """The sample recipe as shipped (downsample to 7:3), 2 workers."""
+    """The sample recipe as shipped (downsample to 7:3), 2 workers, several mix groups of 2 shards."""
     folder = tmp_path_factory.mktemp("downsampled")
-    recipe = load_recipe(sample_recipe(sample_corpus, folder, mix={"shard_tokens": 60_000}))
+    recipe = load_recipe(sample_recipe(sample_corpus, folder, mix={"shard_tokens": 60_000, "shards_per_group": 2}))
     build(recipe, str(folder / "out"), workers=2, console=False)
     return folder / "out"
 
 
 @pytest.fixture(scope="module")
 def natural(local_ray, sample_corpus, tmp_path_factory):
-    """Every kept document once (natural mix), so the round trip can account for all of them."""
+    """Every kept document once (natural mix), so the round trip can account for all of them; one shard per
+    mix group, so every group boundary is crossed."""
     folder = tmp_path_factory.mktemp("natural")
-    path = sample_recipe(sample_corpus, folder, mix={"policy": "natural", "shard_tokens": 150_000})
+    path = sample_recipe(sample_corpus, folder, mix={"policy": "natural", "shard_tokens": 50_000, "shards_per_group": 1})
     build(load_recipe(path), str(folder / "out"), workers=2, console=False)
     return folder / "out"
 
@@ -106,6 +107,10 @@ def test_every_shard_carries_the_recipe_ratio(downsampled):
         off_by = abs(shard["tokens_by_source"]["slimpajama"] - 0.7 * shard["tokens"])
         assert off_by <= max(0.007 * shard["tokens"], largest_document), shard["bin"]
     assert abs(manifest["mix"]["achieved"]["train"]["slimpajama"] - 0.7) < 0.01
+    assert manifest["stages"]["mix"]["tasks"] >= 3  # several mix groups, each holding the ratio on its own
+    # downsample: the poorer source is taken whole, the richer cut
+    assert sorted(s["epochs"] == 1.0 for s in manifest["sources"]) == [False, True]
+    assert all(s["epochs"] <= 1.0 for s in manifest["sources"])
 
 
 def test_planted_duplicates_short_documents_github_and_bad_records_are_dropped(downsampled, sample_corpus):

@@ -25,9 +25,18 @@ import pytest
 import yaml
 
 from manifests import manifest as manifest_io
-from pipeline.jobs import PROJECT_ROOT, STAGING_PREFIX, build_entrypoint, job_output, jobs_main, recipe_for_job, runtime_env, submit_main
-from pipeline.recipe import RecipeError, load_recipe
 from manifests.shards import sha256_file
+from pipeline.jobs import (
+    PROJECT_ROOT,
+    STAGING_PREFIX,
+    build_entrypoint,
+    job_output,
+    jobs_main,
+    recipe_for_job,
+    runtime_env,
+    submit_main,
+)
+from pipeline.recipe import RecipeError, load_recipe
 
 SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 
@@ -66,11 +75,47 @@ def test_local_outputs_become_absolute_and_urls_stay(tmp_path, monkeypatch):
     assert job_output("file:///data/tl") == "file:///data/tl"
 
 
+def shipped_files(env: dict, include_gitignore: bool) -> set[str]:
+    """The files a job with runtime environment `env` carries: packed by Ray's job client's own path (Ray's
+    default excludes + `env["excludes"]` [+ .gitignore], then `create_package`) into a zip, read back."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "working_dir.zip"
+
+        def pack(working_dir: str, excludes: list[str], is_file: bool = False) -> None:
+            create_package(working_dir, package, include_gitignore=include_gitignore, excludes=excludes)
+
+        upload_working_dir_if_needed(dict(env), include_gitignore=include_gitignore, upload_fn=pack)
+        with zipfile.ZipFile(package) as z:
+            return {name for name in z.namelist() if not name.endswith("/")}
+
+
 def test_the_job_ships_the_project_without_local_bulk():
-    env = runtime_env()
-    assert Path(env["working_dir"]) == PROJECT_ROOT and (PROJECT_ROOT / "pipeline" / "cli.py").is_file()
-    assert set(env["excludes"]) == {"/.venv/", "/runs/", "/data/", "/.git/"}
-    assert env["env_vars"] == {"PYTHONUNBUFFERED": "1"}
+    """What `tokenmill submit` uploads from this checkout: the code, the schema and the recipes; never the
+    virtualenv, build outputs, local corpora or git history (whether or not this checkout has them)."""
+    shipped = shipped_files(runtime_env(), include_gitignore=True)  # Ray's default
+    assert {"pyproject.toml", "pipeline/cli.py", "stages/fetch.py", "trainer/train.py", "manifests/manifest.schema.json",
+            "manifests/recipes/sample.yaml", "infra/local/start-head.sh"} <= shipped
+    assert not [name for name in shipped if name.split("/")[0] in {".venv", "runs", "data", ".git"}]
+
+
+def test_local_bulk_stays_home_without_gitignore_or_rays_defaults(tmp_path, monkeypatch):
+    """The job's own excludes keep bulk home when nothing else does (RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1, no
+    Ray default excludes), and only at the top: a package's own folder named data/ travels."""
+    from pipeline import jobs
+
+    project = {"pipeline/cli.py", "pipeline/data/keep.py", "manifests/recipes/sample.yaml"}
+    bulk = {".venv/lib/libtorch.so", "runs/demo/train/00000.bin", "data/sample/SlimPajama-627B/chunk1.jsonl.zst", ".git/HEAD"}
+    for rel in project | bulk:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    monkeypatch.setattr(jobs, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setenv("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", "")
+    assert shipped_files(jobs.runtime_env(), include_gitignore=False) == project
 
 
 @pytest.mark.parametrize("name", ["tinyllama.yaml", "sample.yaml", "web-quality.yaml"])
@@ -88,7 +133,7 @@ def test_paths_into_the_shipped_project_stay_relative_and_others_become_absolute
     assert [s["root"] for s in flat["sources"]] == [str(PROJECT_ROOT / "data/sample/SlimPajama-627B"), str(PROJECT_ROOT / "data/sample/starcoderdata")]
     assert flat["tokenizer"]["model"] == "pkg://mistral_common/data/tokenizer.model.v1"
     flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(PROJECT_ROOT / "manifests/recipes/tinyllama.yaml", staging)).read_text())
-    assert flat["tokenizer"]["model"] == "../manifests/recipes/llama-2/tokenizer.model"  # resolves in the job's copy
+    assert flat["tokenizer"]["model"] == "hf://TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/tokenizer.model"  # a URL travels as it is
     assert flat["sources"][0]["root"] == "hf://datasets/cerebras/SlimPajama-627B"
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import string
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 import fsspec
@@ -178,3 +179,31 @@ def test_rewriting_replaces_an_earlier_sample_but_not_foreign_data(tmp_path):
     (tmp_path / "foreign" / SLIMPAJAMA_DIR).mkdir(parents=True)
     with pytest.raises(FileExistsError, match="PLANTED.json"):
         write_sample_corpus(tmp_path / "foreign", size_mb=0.5)
+
+
+def test_public_text_sources_are_what_the_sample_and_the_bench_draw_from():
+    from pipeline import sample
+
+    verses = sample.kjv_verses()
+    assert verses[0]["book"] == "Genesis" and (verses[0]["chapter"], verses[0]["verse"]) == (1, 1)
+    assert verses[0]["text"].startswith("In the beginning God created the heaven and the earth")
+    modules = dict(sample.stdlib_docstrings())
+    names = [name for name, _ in modules["json/decoder.py"]]
+    assert names[0] == "json.decoder" and "json.decoder.JSONDecoder.decode" in names
+    assert not any(rel.startswith(("lib2to3/", "distutils/")) for rel in modules)  # DOCSTRING_SKIP_DIRS
+    assert "json/decoder.py" not in dict(sample.stdlib_docstrings({"json/decoder.py"}))
+    code = list(islice(sample.stdlib_code_files(), 50))
+    assert [rel for rel, _ in code] == sorted(rel for rel, _ in code)
+    assert all("\x00" not in text and text.strip() for _, text in code)
+
+
+def test_bench_uses_only_the_public_api_of_the_sample():
+    """bench/build_throughput.py imports `pipeline.sample` as `sample`: every `sample.X` it uses is in __all__."""
+    import ast
+
+    from pipeline import sample
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "build_throughput.py"
+    used = {node.attr for node in ast.walk(ast.parse(bench.read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sample"}
+    assert used and used <= set(sample.__all__), sorted(used - set(sample.__all__))

@@ -261,20 +261,22 @@ def test_without_build_stats_the_report_comes_from_the_manifest_and_shards(corpu
 def test_damaged_shards_fail_their_checks(corpus, tmp_path, capsys):
     manifest_path = copy_build(corpus, tmp_path / "build")
     root = manifest_path.parent
-    data = bytearray((root / "train/train-00000.bin").read_bytes())
+    splits = json.loads(manifest_path.read_text())["splits"]
+    train_bin, validation_idx = splits["train"]["shards"][0]["bin"], splits["validation"]["shards"][0]["idx"]
+    data = bytearray((root / train_bin).read_bytes())
     data[10] ^= 0xFF  # same size, different bytes: only the sha256 can tell
-    (root / "train/train-00000.bin").write_bytes(bytes(data))
-    (root / "validation/validation-00000.idx").write_bytes((root / "validation/validation-00000.idx").read_bytes()[:-3])
+    (root / train_bin).write_bytes(bytes(data))
+    (root / validation_idx).write_bytes((root / validation_idx).read_bytes()[:-3])
     assert main([str(manifest_path), "--out", str(tmp_path / "report")]) == 1
     err = capsys.readouterr().err
-    assert "train/train-00000.bin: sha256 mismatch" in err
-    assert "validation/validation-00000.bin: index " in err and "truncated or changed" in err
+    assert f"{train_bin}: sha256 mismatch" in err
+    assert f"{validation_idx.removesuffix('.idx')}.bin: index " in err and "truncated or changed" in err
     stats = json.loads((tmp_path / "report" / "stats.json").read_text())
-    assert stats["shards"]["train/train-00000.bin"]["bin_status"].startswith("sha256 mismatch")
+    assert stats["shards"][train_bin]["bin_status"].startswith("sha256 mismatch")
     assert not stats["checks"]["shard recounts equal the manifest"]["ok"]  # the unreadable index counts nothing
     assert main([str(manifest_path), "--out", str(tmp_path / "sizes"), "--sizes-only"]) == 1
     stats = json.loads((tmp_path / "sizes" / "stats.json").read_text())
-    assert stats["shards"]["train/train-00000.bin"]["bin_status"] == "size ok"
+    assert stats["shards"][train_bin]["bin_status"] == "size ok"
 
 
 def test_cli_writes_the_three_files_and_names_a_missing_manifest(corpus, tmp_path, capsys):

@@ -80,3 +80,10 @@ def test_a_manifest_whose_paths_leave_its_folder_is_refused(build_copy, field, e
     code, err = verify(manifest_path, capsys)
     assert code == 1
     assert err.startswith(f"tokenmill verify: {manifest_path}: ") and "leaves the manifest's folder" in err
+
+
+def test_shard_files_the_manifest_does_not_list_are_warned_about(build_copy, capsys):
+    (build_copy / "train").mkdir(exist_ok=True)
+    (build_copy / "train" / "train-00099.bin").write_bytes(b"left by an earlier build")
+    code, err = verify(build_copy / "manifest.json", capsys)
+    assert code == 0 and "warning: 1 shard files" in err and "train/train-00099.bin" in err

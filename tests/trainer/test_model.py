@@ -44,13 +44,33 @@ def test_swiglu_over_interleaved_pairs_matches_autograd_of_the_formula(dtype):
     torch.testing.assert_close(got_grad.double(), want_grad, **tolerance)
 
 
-def test_model_loss_is_the_cross_entropy_of_its_logits():
+def test_model_loss_and_gradients_match_a_plain_float64_reference(monkeypatch):
+    """The training loss (`model(tokens, targets)`: the chunked, fused `_LinearCrossEntropy` with its own
+    backward) and the no-grad evaluation loss, against plain PyTorch on a float64 copy of the model: full logits
+    from its output layer, log-softmax picked at the targets, autograd for the gradients. Three loss chunks,
+    the last partial, so the chunking and the 1/rows scale of every chunk are in play."""
+    from trainer import model as model_module
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_ROWS", 48)  # 2 x 64 = 128 rows: chunks of 48, 48, 32
+    torch.manual_seed(0)
     model = build(PRESETS["tiny"], seed=3)
+    reference = build(PRESETS["tiny"], seed=3).double()
     tokens = torch.randint(0, 32000, (2, 65))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    logits = reference(inputs).flatten(0, 1)  # (128, 32000) float64
+    want = -logits.log_softmax(dim=-1).gather(1, targets.flatten()[:, None]).mean()
+    want_grads = torch.autograd.grad(want, list(reference.parameters()))
+    loss = model(inputs, targets)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
     with torch.no_grad():
-        logits = model(tokens[:, :-1])
-        loss = model(tokens[:, :-1], tokens[:, 1:])
-    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()), rtol=1e-5, atol=1e-5)
+        eval_loss = model(inputs, targets)
+
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(eval_loss.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    for (name, _), got, expected in zip(model.named_parameters(), grads, want_grads, strict=True):
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(got.double(), expected, rtol=1e-3, atol=1e-4 * scale, msg=lambda m: f"{name}: {m}")
 
 
 def test_same_seed_same_weights_and_different_seed_different_weights():
