@@ -379,9 +379,11 @@ def shard_bytes(fs: fsspec.AbstractFileSystem, out: str) -> dict[str, bytes]:
 
 
 def stable_manifest(fs: fsspec.AbstractFileSystem, out: str) -> dict:
-    """The manifest without what differs between runs (see tests.reliability.faults.stable_manifest)."""
+    """The manifest without what differs between runs (see tests.reliability.faults.stable_manifest) and the
+    URL of the work dir."""
     data = json.loads(fs.cat_file(f"{out}/manifest.json"))
     data.pop("created_at")
+    data.get("provenance", {}).pop("work", None)  # where this output's work dir is: s3://... or file://...
     data["stages"] = {name: {k: v for k, v in stage.items() if k not in RUN_DEPENDENT} for name, stage in data["stages"].items()}
     return data
 

@@ -39,6 +39,7 @@ def test_reads_and_writes_through_a_flaky_store_are_exact_and_their_retries_coun
     assert store.exists("a/copy.bin") and not store.exists("a/missing.bin")
     injected = sum(object_store.proxy.injected.values())
     assert 0 < ledger.take_retries() == injected  # here every request goes through the Store: all are counted
+    object_store.proxy.faults()
     record = {"documents": 1}
     store.mark_done("task", record)
     assert record["retries"] == ledger.retries_so_far()
