@@ -4,7 +4,7 @@
   through `AWS_ENDPOINT_URL` with dummy credentials, exactly as they would reach S3.
 - `FaultProxy`: a small HTTP proxy of our own in front of it (threads, 127.0.0.1) that answers a fraction of
   requests `503 SlowDown` with S3's XML error body and resets some connections in the middle of a response
-  body; it counts what it did.
+  body; it counts what it did, and the requests by method (with no faults it is a request counter).
 - `RayCluster`: `ray start --head` plus worker nodes (`ray start --address ...`), 1 CPU each, each with its own
   short `--temp-dir`, every server bound to 127.0.0.1. Every process a node starts carries the node's marker
   in its environment, so a node (or the whole cluster) is stopped by PID: never `ray stop`, which would take
@@ -98,6 +98,7 @@ class FaultProxy:
         self.reset = 0.0
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        self.by_method: Counter[str] = Counter()  # requests relayed or answered, by HTTP method
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         handler = type("Handler", (_ProxyHandler,), {"proxy": self})
@@ -112,11 +113,13 @@ class FaultProxy:
         with self._lock:
             self.slowdown, self.reset = slowdown, reset
             self.injected.clear()
+            self.by_method.clear()
             self.requests = 0
 
     def draw(self, method: str) -> str | None:
         with self._lock:
             self.requests += 1
+            self.by_method[method] += 1
             roll = self._random.random()
             if roll < self.slowdown:
                 fault = "slowdown"

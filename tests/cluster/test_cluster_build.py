@@ -85,6 +85,7 @@ def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_stor
     # every failed request of a task's or the driver's work and output store is retried and counted; the
     # input stream, the listing and the final writes after the last stage retry uncounted (s3fs's own retries)
     assert 0 < counted <= sum(injected.values()), (stages, injected)
+    print(f"\nflaky store: {sum(injected.values())} faults {injected} in {requests} requests, {counted} retries counted {({k: s['retries'] for k, s in stages.items()})}")
     log = events(object_store.server.fs, out)
     assert {e["stage"]: e["retries"] for e in log if e["event"] == "stage_done"} == {name: s["retries"] for name, s in stages.items()}
     assert 0 < sum(e["retries"] for e in log if e["event"] == "task_done") <= counted
