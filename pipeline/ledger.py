@@ -10,8 +10,8 @@ On an object store every request of a `Store` is retried here, and only here: a 
 connection or a timeout is retried with bounded exponential backoff and full jitter (`ATTEMPTS` tries, waits of
 up to `BACKOFF_CAP_S`), and counted (`take_retries`; `mark_done` writes the count into the task's done record).
 The client's own retries (s3fs's and botocore's) are off for these requests, so that every retry is one of
-ours and counted; `Store.fs`, for callers that list or remove, keeps them. What fails after its last try surfaces as an `OSError` naming the operation
-and the path, which the runner has Ray retry as a task.
+ours and counted; `Store.fs`, for callers that list or remove, keeps them. What fails after its last try
+surfaces as an `OSError` naming the operation and the path, which the runner has Ray retry as a task.
 """
 from __future__ import annotations
 
@@ -184,6 +184,7 @@ class Store:
         if not set(protocols) & set(_FLAT_STORES):
             self._io.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         self._io.pipe_file(target, data)
+        self.fs.invalidate_cache(target)  # a listing through `fs` (its own cache) must see the new object
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
@@ -195,6 +196,7 @@ class Store:
                 self.write_bytes(rel, f.read())
             return
         self._retried("upload", rel, lambda: self._io.put_file(local, self.path(rel)))
+        self.fs.invalidate_cache(self.path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
         return self._retried("read", rel, lambda: self._io.cat_file(self.path(rel)))
