@@ -4,14 +4,23 @@ reaches S3 through that proxy, and the reference: the same recipe built by one l
 folder."""
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import CORPUS, FaultProxy, ObjectStore, RayCluster, S3Server, build_env, s3_recipe
-from tests.reliability.faults import ROOT, tokenmill
+from tests.cluster.harness import (
+    BUCKET,
+    CORPUS,
+    FaultProxy,
+    ObjectStore,
+    RayCluster,
+    S3Server,
+    build_env,
+    s3_recipe,
+    start_cluster_build,
+)
+from tests.reliability.faults import Run, tokenmill
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +41,9 @@ def s3_reference(object_store: ObjectStore, tmp_path_factory: pytest.TempPathFac
     local folder, with the store's faults off: what every cluster build must equal, byte for byte."""
     folder = tmp_path_factory.mktemp("s3-reference")
     recipe = s3_recipe(folder)
-    done = subprocess.run([*tokenmill("build", str(recipe), "--out", str(folder / "out"), "--workers", "1", "--no-report")],
-                          cwd=ROOT, env=build_env(object_store), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run = Run.start(tokenmill("build", str(recipe), "--out", str(folder / "out"), "--workers", "1", "--no-report"), folder / "build.stderr",
+                    env=build_env(object_store))
+    assert run.wait(timeout=600) == 0, run.stderr()[-3000:]  # wait() also stops whatever of the run is left
     return folder / "out"
 
 
@@ -48,3 +57,18 @@ def cluster(object_store: ObjectStore) -> Iterator[RayCluster]:
     finally:
         cluster.stop()
         assert cluster.pids() == [], "processes of the test cluster outlived it"
+
+
+@pytest.fixture
+def cluster_build(object_store: ObjectStore, cluster: RayCluster, tmp_path: Path) -> Iterator[Callable[[str], Run]]:
+    """Starts `tokenmill build <the S3 recipe> --out s3://BUCKET/<name> --address <cluster>`; whatever of the
+    run is left when the test ends (it failed half-way) is killed, by PID."""
+    runs: list[Run] = []
+
+    def start(name: str) -> Run:
+        runs.append(start_cluster_build(s3_recipe(tmp_path), f"s3://{BUCKET}/{name}", cluster, object_store, tmp_path / f"{name}.stderr"))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.stop()

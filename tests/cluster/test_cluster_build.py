@@ -3,6 +3,7 @@ shared local disk, and the shards must equal a single local process's, byte for 
 worker node killed mid-build, and with a flaky object store (503 SlowDown, connections reset mid-body)."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,10 +15,8 @@ from tests.cluster.harness import (
     ObjectStore,
     RayCluster,
     events,
-    s3_recipe,
     shard_bytes,
     stable_manifest,
-    start_cluster_build,
 )
 
 pytestmark = pytest.mark.slow
@@ -39,10 +38,9 @@ def assert_same_build(store: ObjectStore, out: str, reference: Path) -> dict:
     return stable_manifest(fs, out)
 
 
-def test_a_cluster_build_on_s3_equals_a_local_single_process_build(object_store, cluster, s3_reference, tmp_path):
-    recipe = s3_recipe(tmp_path)
+def test_a_cluster_build_on_s3_equals_a_local_single_process_build(object_store, cluster, cluster_build, s3_reference):
     out = f"{BUCKET}/cluster-build"
-    run = start_cluster_build(recipe, f"s3://{out}", cluster, object_store, tmp_path / "build.stderr")
+    run = cluster_build("cluster-build")
     seen: dict[str, set[str]] = {}
     nodes_running_tasks(cluster, run, seen)
     assert run.wait() == 0, run.stderr()[-3000:]
@@ -53,10 +51,9 @@ def test_a_cluster_build_on_s3_equals_a_local_single_process_build(object_store,
     assert sum(e["event"] == "task_done" for e in log) == sum(e["tasks"] for e in log if e["event"] == "stage_done")
 
 
-def test_a_worker_node_killed_mid_build_changes_nothing(object_store, cluster, s3_reference, tmp_path):
-    recipe = s3_recipe(tmp_path)
+def test_a_worker_node_killed_mid_build_changes_nothing(object_store, cluster, cluster_build, s3_reference):
     out = f"{BUCKET}/node-killed"
-    run = start_cluster_build(recipe, f"s3://{out}", cluster, object_store, tmp_path / "build.stderr")
+    run = cluster_build("node-killed")
     seen: dict[str, set[str]] = {}
     nodes_running_tasks(cluster, run, seen, until=lambda: any(t.startswith("process/") for t in cluster.task_titles()["w2"]))
     assert run.running(), f"the build ended before node w2 ran a task:\n{run.stderr()[-3000:]}"
@@ -68,19 +65,18 @@ def test_a_worker_node_killed_mid_build_changes_nothing(object_store, cluster, s
     assert sum(e["event"] == "task_done" for e in log) == sum(e["tasks"] for e in log if e["event"] == "stage_done")
 
 
-def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_store, cluster, s3_reference, tmp_path):
-    recipe = s3_recipe(tmp_path)
+def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_store, cluster_build, s3_reference):
     out = f"{BUCKET}/flaky-store"
     object_store.proxy.faults(slowdown=0.1, reset=0.1)  # of all requests 503 SlowDown; of GETs, cut mid-body
     try:
-        run = start_cluster_build(recipe, f"s3://{out}", cluster, object_store, tmp_path / "build.stderr")
+        run = cluster_build("flaky-store")
         assert run.wait() == 0, run.stderr()[-3000:]
     finally:
         injected, requests = dict(object_store.proxy.injected), object_store.proxy.requests
         object_store.proxy.faults()
     assert injected.get("slowdown", 0) > 0 and injected.get("reset", 0) > 0, (injected, requests)
     assert_same_build(object_store, out, s3_reference)
-    stages = __import__("json").loads(object_store.server.fs.cat_file(f"{out}/manifest.json"))["stages"]
+    stages = json.loads(object_store.server.fs.cat_file(f"{out}/manifest.json"))["stages"]
     counted = sum(stage["retries"] for stage in stages.values())
     # every failed request of a task's or the driver's work and output store is retried and counted; the
     # input stream, the listing and the final writes after the last stage retry uncounted (s3fs's own retries)
