@@ -35,13 +35,19 @@ from trainer.config import PRESETS  # noqa: E402
 PRESET = "tinyllama-1.1b"
 CONTEXT = PRESETS[PRESET].context
 DATASHEET_PEAK = 989e12  # H100 SXM / H200 dense bf16
-# tokenmill variants: (micro-batch, extra trainer.train arguments); everything else is the trainer's default.
+# tokenmill variants: (micro-batch, extra trainer.train arguments[, environment]); everything else is the
+# trainer's default. TOKENMILL_ATTENTION=fa4: FlashAttention-4's kernels (trainer/model.py; the package
+# flash-attn-4 and its CuTe DSL must be importable, see docs/benchmarks-h200.md).
+FA4 = {"TOKENMILL_ATTENTION": "fa4"}
 VARIANTS = {
     "default": (8, []),
     "zero3": (8, ["--reshard-after-forward"]),
     "mb16": (16, []),
+    "mb32": (32, []),
     "fp8": (8, ["--fp8"]),
     "fp8-mb16": (16, ["--fp8"]),
+    "fa4-mb16": (16, [], FA4),
+    "fa4-mb32": (32, [], FA4),
 }
 # Kernel families in a profile, by name fragment (first match wins: inductor's names contain "copy" too).
 KERNEL_FAMILIES = (
@@ -85,6 +91,14 @@ def _median_seconds(fn, repeats: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _matmul_peak() -> float:
+    """bf16 FLOP/s of an 8192^3 matrix product on random data (median of 20)."""
+    import torch
+
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return 2 * 8192**3 / _median_seconds(lambda: a @ b, 20)
+
+
 def kernels() -> dict:
     """The bf16 matmul peak (8192^3 on random data, median of 20); the rate of each of TinyLlama's matmuls at
     micro-batch 16 (forward, input gradient, weight gradient; the output layer per 16,384-row loss chunk); and
@@ -93,9 +107,7 @@ def kernels() -> dict:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    result = {"matmul_flops": 2 * 8192**3 / _median_seconds(lambda: a @ b, 20), "device": torch.cuda.get_device_name(), "attention_ms": {}}
-    del a, b
+    result = {"matmul_flops": _matmul_peak(), "device": torch.cuda.get_device_name(), "attention_ms": {}}
     result["linear_tflops"] = linear_rates()
     q = torch.randn(8, 32, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(8, 4, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
@@ -113,6 +125,7 @@ def kernels() -> dict:
                     result["attention_ms"][key] = 1e3 * _median_seconds(lambda: step(gqa))
             except RuntimeError as e:  # a backend that refuses these shapes
                 result["attention_ms"][key] = str(e).splitlines()[0][:100]
+    result["attention_ms"].update(fa4_attention(q, k, v))
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -122,6 +135,36 @@ def kernels() -> dict:
     except Exception as e:  # noqa: BLE001 - an image without a working Triton still gets the other figures
         result["attention_ms"]["flex+enable_gqa"] = str(e).splitlines()[0][:100]
     return result
+
+
+def fa4_attention(q, k, v) -> dict:
+    """FlashAttention-4 through tokenmill's op (trainer.model.flash_attention), on the model's own
+    (batch, time, heads, head_dim) layout: forward + backward time, and its output and gradients against
+    PyTorch's SDPA in float32 on the same inputs (relative L2 error; cuDNN's bf16 against the same reference
+    beside it)."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.model import flash_attention
+
+    found = {}
+    try:
+        qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))  # (b, t, h, d)
+        found["fa4"] = 1e3 * _median_seconds(lambda: flash_attention(qt, kt, vt).sum().backward())
+        grad = torch.randn_like(qt)
+        refs = [x.detach().float().requires_grad_() for x in (qt, kt, vt)]
+        ref = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in refs), is_causal=True, enable_gqa=True).transpose(1, 2)
+        ref_grads = torch.autograd.grad(ref, refs, grad.float())
+        for name, fn in (("fa4", flash_attention), ("sdpa", lambda a, b, c: F.scaled_dot_product_attention(
+                a.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2), is_causal=True, enable_gqa=True).transpose(1, 2))):
+            ins = [x.detach().clone().requires_grad_() for x in (qt, kt, vt)]
+            out = fn(*ins)
+            grads = torch.autograd.grad(out, ins, grad)
+            errors = [float((a.float() - b).norm() / b.norm()) for a, b in zip((out, *grads), (ref, *ref_grads))]
+            found[f"{name} rel. error vs fp32 (out, dq, dk, dv)"] = " ".join(f"{e:.2e}" for e in errors)
+    except Exception as e:  # noqa: BLE001 - no flash-attn-4 in the image: the other figures still count
+        found["fa4"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+    return found
 
 
 def linear_rates(micro_batch: int = 16) -> dict:
@@ -144,7 +187,6 @@ def linear_rates(micro_batch: int = 16) -> dict:
         flops = 2 * rows * fan_in * fan_out
         matmuls = {"forward": lambda: x @ weight.t(), "input grad": lambda: grad @ weight, "weight grad": lambda: grad.t() @ x}
         rates[name] = {kind: round(flops / _median_seconds(fn, 20) / 1e12) for kind, fn in matmuls.items()}
-        del x, grad, weight
     return rates
 
 
@@ -170,7 +212,7 @@ def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int
 
 
 def trainer_args(name: str, manifest: Path, out: Path, args) -> list[str]:
-    micro_batch, extra = VARIANTS[name]
+    micro_batch, extra = VARIANTS[name][:2]
     return [
         "--manifest", str(manifest), "--preset", PRESET, "--out", str(out), "--steps", str(args.steps),
         "--micro-batch", str(micro_batch), "--batch-tokens", str(batch_tokens(micro_batch, args)),
@@ -182,7 +224,8 @@ def run_tokenmill(name: str, manifest: Path, work: Path, args) -> dict:
     out = work / f"run-{name}"
     shutil.rmtree(out, ignore_errors=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "trainer.train"]
-    _run_logged(torchrun + trainer_args(name, manifest, out, args), work / f"run-{name}.log", args.timeout)
+    env = VARIANTS[name][2] if len(VARIANTS[name]) > 2 else {}
+    _run_logged(torchrun + trainer_args(name, manifest, out, args), work / f"run-{name}.log", args.timeout, env)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     micro_batch, tokens = VARIANTS[name][0], batch_tokens(VARIANTS[name][0], args)
     return {"micro_batch": micro_batch, "accumulation": tokens // (micro_batch * CONTEXT * args.nproc), **summarize([r for r in records if r["kind"] == "train"], args.warmup, tokens, args.nproc)}
@@ -201,6 +244,7 @@ def profile(args) -> dict:
     from trainer import train
     from trainer.data import open_loader
 
+    os.environ.update(VARIANTS[args.variant][2] if len(VARIANTS[args.variant]) > 2 else {})
     cfg = train.parse_config(trainer_args(args.variant, args.manifest, args.work / "profile", args))
     rt = train.init_distributed()
     _, runner, optimizer = train.build_model_and_optimizer(PRESETS[PRESET], cfg, rt)
@@ -251,8 +295,8 @@ def idle_gaps(intervals: list[tuple[float, float, str]], steps: int, shown: int 
     }
 
 
-def _run_logged(command: list[str], log: Path, timeout: int) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def _run_logged(command: list[str], log: Path, timeout: int, extra_env: dict | None = None) -> None:
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     with open(log, "w") as f:
         done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=timeout)

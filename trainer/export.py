@@ -8,8 +8,8 @@ CPU; the checkpoint may come from any number of ranks.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 import torch

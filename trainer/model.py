@@ -10,6 +10,9 @@ fused matrices (`attn.qkv`, `mlp.gate_up`) into Hugging Face's separate projecti
 """
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +24,11 @@ INIT_STD = 0.02  # Llama / TinyLlama / Hugging Face `initializer_range`
 # Each chunk adds its part of the output layer's gradient to an fp32 accumulator (vocab x dim: a 1.3 GB
 # read-modify-write, ~0.4 ms on an H100), so few large chunks: 4096-row chunks spent 0.8% of a step on it.
 LOSS_CHUNK_ROWS = 16384
+# Attention kernel: "sdpa" (PyTorch's scaled_dot_product_attention: cuDNN's kernels on an H100/H200) or "fa4"
+# (FlashAttention-4's CuTe-DSL kernels, package flash-attn-4, whose SM90 path is FlashAttention-3's design;
+# `flash_attention` below). Read when a model is built, so a process sets it in its environment.
+ATTENTION_ENV = "TOKENMILL_ATTENTION"
+ATTENTION_KERNELS = ("sdpa", "fa4")
 
 
 class RMSNorm(nn.Module):
@@ -52,10 +60,122 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).type_as(x)
 
 
+def attention_kernel() -> str:
+    kernel = os.environ.get(ATTENTION_ENV, "sdpa")
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"{ATTENTION_ENV}={kernel!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
+    return kernel
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention over (batch, time, heads, head_dim) tensors, each group of n_heads / n_kv_heads query
+    heads sharing one K/V head; the output in the same layout. On CUDA FlashAttention-4's kernels, elsewhere
+    `_reference_attention` (float64 arithmetic): a custom op, so a compiled block calls the kernels as they are."""
+    return _flash_attention(q, k, v)[0]
+
+
+@torch.library.custom_op("tokenmill::flash_attention", mutates_args=())
+def _flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, logsumexp of each query's scaled scores: (batch, heads, time), fp32)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if q.is_cuda:
+        from flash_attn.cute.interface import _flash_attn_fwd
+
+        out, lse, *_ = _flash_attn_fwd(q, k, v, causal=True, return_lse=True)
+        return out, lse
+    return _reference_attention(q, k, v)
+
+
+@_flash_attention.register_fake
+def _(q, k, v):
+    batch, time, heads, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((batch, heads, time), dtype=torch.float32)
+
+
+@torch.library.custom_op("tokenmill::flash_attention_backward", mutates_args=())
+def _flash_attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_out = grad_out.contiguous()
+    if q.is_cuda:
+        from flash_attn.cute.interface import _flash_attn_bwd
+
+        dq, dk, dv = _flash_attn_bwd(q, k, v, out, grad_out, lse, None, True)  # softmax_scale: default, causal
+        return dq, dk, dv
+    return _reference_attention_backward(grad_out, q, k, v, out, lse)
+
+
+@_flash_attention_backward.register_fake
+def _(grad_out, q, k, v, out, lse):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _flash_attention_setup(ctx, inputs, output) -> None:
+    q, k, v = inputs
+    out, lse = output
+    ctx.save_for_backward(q.contiguous(), k.contiguous(), v.contiguous(), out, lse)
+
+
+def _flash_attention_grad(ctx, grad_out, grad_lse):
+    # The logsumexp is an internal output (flash_attention returns only the attention output): no gradient.
+    return _flash_attention_backward(grad_out, *ctx.saved_tensors)
+
+
+_flash_attention.register_autograd(_flash_attention_grad, setup_context=_flash_attention_setup)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 (batch, heads, time, head_dim) q and K heads repeated per group, and the causally masked scaled
+    scores q k^T / sqrt(head_dim)."""
+    group = q.shape[2] // k.shape[2]
+    q64 = q.double().transpose(1, 2)
+    k64 = k.double().repeat_interleave(group, dim=2).transpose(1, 2)
+    scores = q64 @ k64.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    time_q, time_k = scores.shape[-2:]
+    future = torch.ones(time_q, time_k, dtype=torch.bool, device=q.device).triu(1)
+    return q64, k64, scores.masked_fill(future, float("-inf"))
+
+
+def _reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the kernel computes, written out in float64 (the CPU path of `flash_attention`, and its test's
+    subject): softmax(q k^T / sqrt(d), causal) v, and the logsumexp of each row of scores."""
+    group = q.shape[2] // k.shape[2]
+    _, _, scores = _scores(q, k)
+    lse = torch.logsumexp(scores, dim=-1)
+    v64 = v.double().repeat_interleave(group, dim=2).transpose(1, 2)
+    out = torch.exp(scores - lse[..., None]) @ v64
+    return out.transpose(1, 2).to(q.dtype).contiguous(), lse.float()
+
+
+def _reference_attention_backward(grad_out, q, k, v, out, lse):
+    """FlashAttention's backward in float64, from the saved output and logsumexp (no softmax stored): P =
+    exp(S - lse), dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO * O)), dQ = dS K / sqrt(d), dK = dS^T Q /
+    sqrt(d); K/V gradients summed over the query heads of each group."""
+    batch, time, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    q64, k64, scores = _scores(q, k)
+    p = torch.exp(scores - lse.double()[..., None])
+    v64 = v.double().repeat_interleave(group, dim=2).transpose(1, 2)
+    do = grad_out.double().transpose(1, 2)
+    o = out.double().transpose(1, 2)
+    dv = p.transpose(-1, -2) @ do
+    ds = p * (do @ v64.transpose(-1, -2) - (do * o).sum(-1, keepdim=True))
+    scale = 1.0 / math.sqrt(head_dim)
+    dq = ds @ k64 * scale
+    dk = ds.transpose(-1, -2) @ q64 * scale
+
+    def per_kv_head(g: torch.Tensor) -> torch.Tensor:  # (batch, heads, time, d) -> (batch, time, kv_heads, d)
+        return g.view(batch, kv_heads, group, time, head_dim).sum(2).transpose(1, 2).contiguous()
+
+    return dq.transpose(1, 2).to(q.dtype).contiguous(), per_kv_head(dk).to(k.dtype), per_kv_head(dv).to(v.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.kernel = attention_kernel()
         # Q, K and V in one matrix (rows: the query heads, then the key heads, then the value heads): one
         # matmul instead of three, two of them thin (2048 -> 256 for TinyLlama), and one input gradient
         # instead of three summed. `trainer.export` splits it into Hugging Face's q/k/v_proj.
@@ -70,6 +190,8 @@ class Attention(nn.Module):
         # A dense copy of v (1/10 of the qkv output): saved for backward as the view it was, v kept the whole qkv
         # output alive until then (3 GiB at micro-batch 16 for TinyLlama, BENCHMARKS.md).
         v = v.contiguous()
+        if self.kernel == "fa4":  # (batch, time, heads, head_dim) in and out: no transposes
+            return self.o(flash_attention(q, k, v).reshape(batch, time, -1))
         # SDPA takes (batch, heads, time, head_dim) views of these (batch, time, heads, head_dim) tensors, and
         # cuDNN attention writes its output in the query's memory layout: the reshape for the output
         # projection below is then a view, and its gradient needs no transposing copy either.

@@ -25,7 +25,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from manifests.manifest import Manifest, ManifestError, load as load_manifest
+from manifests.manifest import Manifest, ManifestError
+from manifests.manifest import load as load_manifest
 from manifests.shards import ShardFormatError
 from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
@@ -34,7 +35,6 @@ from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
 from trainer.optim import build_optimizer, lr_at, set_lr
 from trainer.parallelize import parallelize
-
 
 # Mistakes a user can fix from the message alone: reported in one line, exit 2, no traceback.
 USER_ERRORS = (ConfigError, ManifestError, DataError, ShardFormatError, checkpoint.CheckpointError)

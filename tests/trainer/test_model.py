@@ -108,3 +108,46 @@ def test_batch_tokens_must_split_into_micro_batches():
     assert cfg.accumulation(world_size=1) == 3
     with pytest.raises(ConfigError, match="use 32768 or 65536"):
         cfg.accumulation(world_size=2)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_flash_attention_op_matches_sdpa_value_and_gradients(kv_heads):
+    """The `fa4` attention path as a custom op with its own autograd (on the CPU its float64 reference: the
+    same formulas the kernels implement, the backward from the saved output and logsumexp) against autograd
+    through PyTorch's causal SDPA in float64, with fresh random inputs and grouped K/V heads."""
+    from trainer.model import flash_attention
+
+    torch.manual_seed(kv_heads)
+    q = torch.randn(2, 37, 4, 16, requires_grad=True)
+    k, v = (torch.randn(2, 37, kv_heads, 16, requires_grad=True) for _ in range(2))
+    grad_out = torch.randn(2, 37, 4, 16)
+    out = flash_attention(q, k, v)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = F.scaled_dot_product_attention(
+        q64.transpose(1, 2), k64.transpose(1, 2), v64.transpose(1, 2), is_causal=True, enable_gqa=kv_heads != 4
+    ).transpose(1, 2)
+    expected_grads = torch.autograd.grad(expected, (q64, k64, v64), grad_out.double())
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_model_with_fa4_attention_computes_the_sdpa_model(monkeypatch):
+    """TOKENMILL_ATTENTION=fa4 changes the kernel, not the function: same loss and gradients as SDPA."""
+    cfg = PRESETS["tiny"]
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.context + 1))
+    results = []
+    for kernel in ("sdpa", "fa4"):
+        monkeypatch.setenv("TOKENMILL_ATTENTION", kernel)
+        model = build(cfg, seed=3)
+        assert model.layers[0].attn.kernel == kernel
+        loss = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_sdpa, grads_sdpa), (loss_fa4, grads_fa4) = results
+    torch.testing.assert_close(loss_fa4, loss_sdpa, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads_fa4, grads_sdpa):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
