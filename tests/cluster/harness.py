@@ -35,7 +35,7 @@ from pathlib import Path
 import fsspec
 import yaml
 
-from tests.reliability.faults import ROOT, RUN_DEPENDENT, SAMPLE_RECIPE, Run, tokenmill
+from tests.reliability.faults import ROOT, SAMPLE_RECIPE, Run, stable, tokenmill
 
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
@@ -382,13 +382,8 @@ def shard_bytes(fs: fsspec.AbstractFileSystem, out: str) -> dict[str, bytes]:
 
 
 def stable_manifest(fs: fsspec.AbstractFileSystem, out: str) -> dict:
-    """The manifest without what differs between runs (see tests.reliability.faults.stable_manifest) and the
-    URL of the work dir."""
-    data = json.loads(fs.cat_file(f"{out}/manifest.json"))
-    data.pop("created_at")
-    data.get("provenance", {}).pop("work", None)  # where this output's work dir is: s3://... or file://...
-    data["stages"] = {name: {k: v for k, v in stage.items() if k not in RUN_DEPENDENT} for name, stage in data["stages"].items()}
-    return data
+    """The manifest without what differs between runs (see tests.reliability.faults.stable_manifest)."""
+    return stable(json.loads(fs.cat_file(f"{out}/manifest.json")))
 
 
 def events(fs: fsspec.AbstractFileSystem, out: str) -> list[dict]:
