@@ -57,12 +57,14 @@ def test_a_worker_node_killed_mid_build_changes_nothing(object_store, cluster, c
     seen: dict[str, set[str]] = {}
     nodes_running_tasks(cluster, run, seen, until=lambda: any(t.startswith("process/") for t in cluster.task_titles()["w2"]))
     assert run.running(), f"the build ended before node w2 ran a task:\n{run.stderr()[-3000:]}"
+    lost = {t for t in cluster.task_titles()["w2"] if t.startswith("process/")}
     killed = cluster.kill_node("w2")  # its ray start, raylet, agents and the worker running a process task
     assert killed and cluster.pids("w2") == []
     assert run.wait() == 0, run.stderr()[-3000:]
     assert_same_build(object_store, out, s3_reference)
     log = events(object_store.server.fs, out)
     assert sum(e["event"] == "task_done" for e in log) == sum(e["tasks"] for e in log if e["event"] == "stage_done")
+    assert lost <= {e["task"] for e in log if e["event"] == "task_done"}  # the lost task ran again, elsewhere
 
 
 def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_store, cluster_build, s3_reference):
