@@ -64,17 +64,19 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
-    out.fs.makedirs(out.root, exist_ok=True)
+    out.makedirs()
     tokenizer = given or open_tokenizer(recipe, inputs, out)
     work = Store.at(work_url) if work_url else out.child("work")
-    log = EventLog(out.path("build.log.jsonl") if out.is_local else None, console)
-    workers = start_ray(address, workers)
-    log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
-    runner = Runner(work, workers, log)
-    results = run_stages(recipe, inputs, tokenizer, runner, out)
-    manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
-    log.say(f"manifest: {out.url('manifest.json')}  ({sum(s['tokens'] for s in manifest['splits'].values()):,} tokens)")
-    log.close()
+    log = EventLog.at(out, "build.log.jsonl", console)  # on an object store: uploaded per stage and at the end
+    try:
+        workers = start_ray(address, workers)
+        log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
+        runner = Runner(work, workers, log)
+        results = run_stages(recipe, inputs, tokenizer, runner, out)
+        manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
+        log.say(f"manifest: {out.url('manifest.json')}  ({sum(s['tokens'] for s in manifest['splits'].values()):,} tokens)")
+    finally:
+        log.close()  # a failed build's log too: it names the tasks that finished
     return out.url("manifest.json")
 
 

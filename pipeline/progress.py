@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+
+from pipeline.ledger import Store
 
 
 def human_bytes(n: float) -> str:
@@ -17,27 +21,69 @@ def human_bytes(n: float) -> str:
 
 @dataclass(slots=True)
 class EventLog:
-    """JSON lines: one event per finished task and stage, for machines; the console gets short lines."""
+    """JSON lines: one event per finished task and stage, for machines; the console gets short lines.
+
+    `path` is a local file, appended to line by line. For an output folder on an object store (`EventLog.at`),
+    the lines are appended to a local spool file, which is uploaded whole as the remote log at every
+    `stage_done` event, at most every `upload_every` seconds otherwise, and at close: a crashed driver loses
+    at most the events since the last upload. The spool starts from the remote log of an earlier run, so a
+    resumed build's log continues that run's, as a local one does."""
 
     path: str | None
     console: bool = True
+    remote: tuple[Store, str] | None = None  # (output store, name of the log there), uploaded from `path`
+    upload_every: float = 30.0
     _file: object = None
+    _uploaded: float = 0.0
+
+    @classmethod
+    def at(cls, out: Store, name: str = "build.log.jsonl", console: bool = True) -> "EventLog":
+        if out.is_local:
+            return cls(out.path(name), console)
+        fd, spool = tempfile.mkstemp(prefix="tokenmill-log-", suffix=".jsonl")
+        os.close(fd)
+        try:
+            with open(spool, "wb") as f:
+                f.write(out.read_bytes(name))
+        except FileNotFoundError:
+            pass
+        return cls(spool, console, remote=(out, name))
 
     def __post_init__(self) -> None:
         if self.path:
             self._file = open(self.path, "a", buffering=1)
+        self._uploaded = time.monotonic()
 
     def event(self, kind: str, **fields) -> None:
         if self._file:
             self._file.write(json.dumps({"time": round(time.time(), 3), "event": kind, **fields}, sort_keys=True) + "\n")
+            if self.remote and (kind == "stage_done" or time.monotonic() - self._uploaded >= self.upload_every):
+                self.upload()
+
+    def upload(self) -> None:
+        """Put the whole log in the remote output folder (one PUT; nothing to do for a local log)."""
+        if self.remote and self._file:
+            self._file.flush()
+            store, name = self.remote
+            store.put_file(self.path, name)
+            self._uploaded = time.monotonic()
 
     def say(self, line: str) -> None:
         if self.console:
             print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self._file:
-            self._file.close()
+        if not self._file:
+            return
+        try:
+            self.upload()
+        except OSError as e:  # the store went away: keep the spool (a failed build's log is worth having)
+            self.say(f"could not upload {self.remote[1]} ({e}); the log is in {self.path}")
+            self.remote = None
+        self._file.close()
+        self._file = None
+        if self.remote:
+            os.remove(self.path)
 
 
 # No ETA before this many tasks of the stage have finished: the first ones also carry the workers' start-up

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline import ledger
 from pipeline.ledger import Store
 from pipeline.progress import EventLog, StageProgress
 
@@ -43,9 +44,11 @@ class Runner:
         records: list[dict | None] = [self.work.done(t.folder) for t in tasks]
         progress.skip(sum(r is not None for r in records))
         started = time.perf_counter()
+        retries = ledger.take_retries()  # the driver's own store requests (done records) count too
         for i, record in self._run_pending(stage, tasks, [i for i, r in enumerate(records) if r is None]):
             records[i] = record
-            self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3))
+            retries += record.get("retries", 0)
+            self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3), retries=record.get("retries", 0))
             text_bytes = sum(f.get("bytes_read", 0) for f in record.get("funnels", {}).values())  # process tasks only
             progress.advance(record.get("documents", 0), tasks[i].input_bytes, text_bytes=text_bytes)
         self.timings[stage] = {
@@ -55,6 +58,7 @@ class Runner:
             "skipped": progress.skipped,
             "documents": sum(r.get("documents", 0) for r in records),
             "input_bytes": sum(t.input_bytes for t in tasks),
+            "retries": retries + ledger.take_retries(),  # store requests retried by this run's tasks and driver
         }
         self.log.event("stage_done", stage=stage, **self.timings[stage])
         return records
@@ -82,6 +86,7 @@ class Runner:
 
 
 def _call(fn, *args):
+    ledger.take_retries()  # a worker runs one task at a time: count this task's retries from zero
     return fn(*args)
 
 

@@ -241,16 +241,24 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {path: (out / path).read_bytes() for path in listed}
 
 
-# what legitimately differs between two runs of one build: when, how fast, and how much an earlier run had done
-RUN_DEPENDENT = ("seconds", "task_seconds", "skipped")
+# what legitimately differs between two runs of one build: when, how fast, how much an earlier run had done, and
+# how often the object store had to be asked twice
+RUN_DEPENDENT = ("seconds", "task_seconds", "skipped", "retries")
 
 
 def stable_manifest(out: Path) -> dict:
     """The manifest without what legitimately differs between runs: the creation time, the stage timings and
-    resume counts (tasks, documents and bytes per stage stay)."""
-    data = json.loads((out / "manifest.json").read_text())
-    data.pop("created_at")
+    resume counts (tasks, documents and bytes per stage stay), and where the work dir is and how much of it was
+    re-used (`provenance.work`, `provenance.reused`)."""
+    return stable(json.loads((out / "manifest.json").read_text()))
+
+
+def stable(manifest: dict) -> dict:
+    """`manifest` without what legitimately differs between runs (see `stable_manifest`)."""
+    data = {k: v for k, v in manifest.items() if k != "created_at"}
     data["stages"] = {name: {k: v for k, v in stage.items() if k not in RUN_DEPENDENT} for name, stage in data["stages"].items()}
+    if "provenance" in data:
+        data["provenance"] = {k: v for k, v in data["provenance"].items() if k not in ("work", "reused")}
     return data
 
 
