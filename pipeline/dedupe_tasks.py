@@ -4,6 +4,12 @@ Requests stay a small constant per input file: a key group task reads each of it
 quarantine once and writes one object with its rows in partition order; a partition task then makes one range
 read per key group (not one per input file). The resolve task writes the removed documents' keys sorted, with
 an index by input file, so a later task reads only the slice of the files it handles.
+
+With `dedupe.minhash.verify`, a verify task per key group compares each of its files' near-duplicate removals
+with its survivor by their stored signatures (sig.bin, range reads grouped per file) and keeps those below the
+threshold; one merge task writes the verified result in the resolve task's format (REMOVED, REMOVED_EXACT,
+REMOVED_INDEX, CLUSTER_SIZES) into its own folder, which the count and mix tasks then read instead. The work
+grows with the removals, not the corpus: per removal two signature rows, per file touched three range reads.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.ledger import Store
-from pipeline.tasks import QUARANTINE, Processed
+from pipeline.tasks import QUARANTINE, SIGNATURES, Processed
 from stages import dedupe as dedupe_stage
 from stages.dedupe import DedupeConfig
 
@@ -24,6 +30,9 @@ KEY_GROUP_ROWS = 10_000_000  # rows a key group task holds at most (~240 MB), un
 # the resolve task's outputs: removed keys (sorted uint64), whether each was an exact copy (uint8), the offset of
 # each input file's first removed key (uint64, one more than files), cluster sizes (npy)
 REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES = "removed.bin", "removed_exact.bin", "removed_index.bin", "cluster_sizes.npy"
+SURVIVORS = "survivors.bin"  # uint64 per removed key: its cluster's survivor (read by the verify tasks)
+VERIFIED = "verified.npz"  # a verify task's output: keys, exact, survivors of what stays removed; similarity, kept
+SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0.02
 
 
 def key_groups(processed: list[Processed], slots: int) -> list[list[Processed]]:
@@ -94,6 +103,7 @@ def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, 
     work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
     work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
     work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
+    work.write_bytes(f"{folder}/{SURVIVORS}", result.survivors[order].astype(np.uint64).tobytes())
     buffer = io.BytesIO()
     np.save(buffer, result.cluster_sizes)
     work.write_bytes(f"{folder}/{CLUSTER_SIZES}", buffer.getvalue())
@@ -121,6 +131,89 @@ def removed_of(work: Store, resolved: str, file_indices: list[int]) -> dict[int,
             a, b = index[i] - index[0], index[i + 1] - index[0]
             out[f] = (keys[a:b], exact[a:b])
     return out
+
+
+def verify_group(folder: str, files: list[Processed], resolved: str, process_folders: list[str], threshold: float, work: Store) -> dict:
+    """One key group's files: each near-duplicate removal against its survivor by estimated Jaccard; writes
+    what stays removed (keys, exact, survivors) and every near removal's similarity and verdict."""
+    started = time.perf_counter()
+    first, last = files[0].file_index, files[-1].file_index
+    keys, exact, survivors = _removed_slice(work, resolved, first, last)
+    near = ~exact
+    wanted = np.unique(np.concatenate([keys[near], survivors[near]]))
+    rows = _signature_rows(work, process_folders, wanted)
+    similarity, stays = dedupe_stage.verify_removals(rows[np.searchsorted(wanted, keys[near])], rows[np.searchsorted(wanted, survivors[near])],
+                                                     np.zeros(int(near.sum()), bool), threshold)
+    keep = exact.copy()
+    keep[near] = stays
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=keys[keep], exact=exact[keep], survivors=survivors[keep], similarity=similarity.astype(np.float32), stays=stays)
+    work.write_bytes(f"{folder}/{VERIFIED}", buffer.getvalue())
+    record = {"candidates": int(near.sum()), "kept": int((~stays).sum()), "files_read": int(len(np.unique(wanted >> np.uint64(32)))),
+              "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
+
+
+def merge_verified(folder: str, verify_folders: list[str], n_files: int, work: Store) -> dict:
+    """The verified removals in the resolve task's format (sorted keys, exact flags, index by input file, cluster
+    sizes), and the similarity histogram of near removals (kept and removed) for the report."""
+    started = time.perf_counter()
+    parts = [dict(np.load(io.BytesIO(work.read_bytes(f"{v}/{VERIFIED}")))) for v in verify_folders]
+    cat = {name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in ("keys", "exact", "survivors", "similarity", "stays")}
+    removed, exact = cat["keys"].astype(np.uint64), cat["exact"].astype(np.uint8)  # key groups are consecutive files: sorted
+    index = np.searchsorted(removed, np.arange(n_files + 1, dtype=np.uint64) << np.uint64(32)).astype(np.uint64)
+    work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
+    work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
+    work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
+    work.write_bytes(f"{folder}/{SURVIVORS}", cat["survivors"].astype(np.uint64).tobytes())
+    survivor_of, members = np.unique(cat["survivors"].astype(np.uint64), return_counts=True)
+    buffer = io.BytesIO()
+    np.save(buffer, (members + 1).astype(np.int64))
+    work.write_bytes(f"{folder}/{CLUSTER_SIZES}", buffer.getvalue())
+    stays = cat["stays"].astype(bool)
+    bins = np.clip((cat["similarity"] * SIMILARITY_BINS).astype(np.int64), 0, SIMILARITY_BINS - 1)
+    record = {
+        "removed": int(len(removed)),
+        "exact_removed": int(exact.sum()),
+        "near_removed": int(len(removed) - exact.sum()),
+        "clusters": int(len(members)),
+        "kept_by_verify": int((~stays).sum()),
+        "similarity": {"edges": np.linspace(0, 1, SIMILARITY_BINS + 1).round(2).tolist(),
+                       "removed": np.bincount(bins[stays], minlength=SIMILARITY_BINS).tolist(),
+                       "kept": np.bincount(bins[~stays], minlength=SIMILARITY_BINS).tolist()},
+        "seconds": time.perf_counter() - started,
+    }
+    work.mark_done(folder, record)
+    return record
+
+
+def _removed_slice(work: Store, resolved: str, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(removed keys, exact flags, survivors) of input files first..last: one range read each, after the index's."""
+    index = np.frombuffer(work.read_range(f"{resolved}/{REMOVED_INDEX}", first * 8, (last + 2) * 8), np.uint64).astype(np.int64)
+    a, b = int(index[0]), int(index[-1])
+    keys = np.frombuffer(work.read_range(f"{resolved}/{REMOVED}", a * 8, b * 8), np.uint64)
+    exact = np.frombuffer(work.read_range(f"{resolved}/{REMOVED_EXACT}", a, b), np.uint8).astype(bool)
+    survivors = np.frombuffer(work.read_range(f"{resolved}/{SURVIVORS}", a * 8, b * 8), np.uint64)
+    return keys, exact, survivors
+
+
+def _signature_rows(work: Store, process_folders: list[str], wanted: np.ndarray) -> np.ndarray:
+    """The compact signatures of the documents `wanted` (sorted doc keys), in that order. Per input file three
+    range reads: the header, its ordinals, and the span of rows from the first wanted to the last."""
+    files = (wanted >> np.uint64(32)).astype(np.int64)
+    out = None
+    for f in np.unique(files):
+        path = f"{process_folders[f]}/{SIGNATURES}"
+        n, width = np.frombuffer(work.read_range(path, 0, dedupe_stage.SIG_HEADER), np.uint64).astype(np.int64)
+        ordinals = np.frombuffer(work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64)
+        mine = np.flatnonzero(files == f)
+        at = np.searchsorted(ordinals, wanted[mine] & np.uint64(0xFFFFFFFF))
+        start = dedupe_stage.SIG_HEADER + 8 * n + 2 * width * int(at.min())
+        span = np.frombuffer(work.read_range(path, start, start + 2 * width * (int(at.max()) + 1 - int(at.min()))), np.uint16).reshape(-1, width)
+        out = np.zeros((len(wanted), width), np.uint16) if out is None else out
+        out[mine] = span[at - at.min()]
+    return out if out is not None else np.zeros((0, 0), np.uint16)
 
 
 def _runs(values: list[int]) -> list[list[int]]:

@@ -114,6 +114,12 @@ class WorkLayout:
     def resolved(self, key: str) -> str:
         return f"dedupe/{key}/resolved"
 
+    def verify_group(self, key: str, group: int) -> str:
+        return f"verify/{key}/group-{group:05d}"
+
+    def verified(self, key: str) -> str:
+        return f"verify/{key}/verified"
+
     def count(self, key: str) -> str:
         return f"count/{key}"
 

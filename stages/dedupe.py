@@ -8,7 +8,10 @@ earliest document of a group survives, and duplicates chain (A~B, B~C puts A, B,
 The flow, in which no process ever holds all keys or signatures:
 1. per input file: `document_keys(texts, cfg)` -> `partition_rows(keys, doc_keys, cfg.partitions)`;
 2. per partition p: concatenate partition p's rows of every file -> `duplicate_edges(rows)`;
-3. once: concatenate all edges -> `resolve_clusters(edges, exact_slot=...)`.
+3. once: concatenate all edges -> `resolve_clusters(edges, exact_slot=...)`;
+4. when `minhash.verify`: per group of files, `verify_removals(...)` compares each near-duplicate removal's
+   stored signature (`pack_signatures`, written by step 1) with its survivor's and keeps the document when the
+   estimated Jaccard is below `minhash.threshold`. Its work grows with the removals, not the corpus.
 
 Memory. A row is (slot, key, doc_key), 3 x uint64 = 24 bytes; a document gives one row per slot, and the rows
 spread evenly over partitions (the keys are hashes), so a partition holds documents x slots / partitions rows.
@@ -29,7 +32,7 @@ import xxhash
 from numba import njit
 
 from stages.config import ConfigError
-from stages.minhash import MinHashConfig, band_keys, signatures
+from stages.minhash import MinHashConfig, band_keys, compact, estimate, signatures
 
 EXACT_SLOT = "exact"
 
@@ -50,6 +53,7 @@ class DedupeResult:
     removed: np.ndarray  # uint64 doc_keys of every non-survivor, sorted, unique
     removed_exact: np.ndarray  # bool per `removed`: True when it lost an exact-content group, else near duplicate
     cluster_sizes: np.ndarray  # int64, documents per cluster (survivor included), clusters of 2 or more only
+    survivors: np.ndarray | None = None  # uint64 per `removed`: the survivor of its cluster
 
 
 def key_slots(cfg: DedupeConfig) -> list[str]:
@@ -62,7 +66,13 @@ def key_slots(cfg: DedupeConfig) -> list[str]:
 
 def document_keys(texts: list[str], cfg: DedupeConfig) -> np.ndarray:
     """uint64 keys of shape (len(texts), len(key_slots(cfg)))."""
+    return document_keys_and_signatures(texts, cfg)[0]
+
+
+def document_keys_and_signatures(texts: list[str], cfg: DedupeConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """The keys of `document_keys` and, when `minhash.verify`, the compact signatures (uint16, one row per text)."""
     keys = np.empty((len(texts), len(key_slots(cfg))), dtype=np.uint64)
+    sigs = None
     column = 0
     if cfg.exact:
         # "surrogatepass": a lone surrogate (legal in a JSON escape) must hash, not crash the task.
@@ -71,8 +81,30 @@ def document_keys(texts: list[str], cfg: DedupeConfig) -> np.ndarray:
         column = 1
     if cfg.minhash.enabled:
         mh = cfg.minhash
-        keys[:, column:] = band_keys(signatures(texts, mh), mh.bands, mh.rows)
-    return keys
+        full = signatures(texts, mh)
+        keys[:, column:] = band_keys(full, mh.bands, mh.rows)
+        sigs = compact(full) if mh.verify else None
+    return keys, sigs
+
+
+# sig.bin, a process task's signatures: uint64 documents n, uint64 width w, uint64 ordinals[n] (ascending),
+# then uint16 signatures[n, w] (`minhash.compact`), so a reader finds any documents' rows by two range reads.
+SIG_HEADER = 16
+
+
+def pack_signatures(ordinals: np.ndarray, sigs: np.ndarray) -> bytes:
+    ordinals = np.asarray(ordinals, np.uint64)
+    if len(ordinals) > 1 and not np.all(ordinals[1:] > ordinals[:-1]):
+        raise ValueError("ordinals must be strictly ascending (documents in file order)")
+    header = np.array([len(ordinals), sigs.shape[1] if sigs.ndim == 2 else 0], np.uint64)
+    return header.tobytes() + ordinals.tobytes() + np.ascontiguousarray(sigs, np.uint16).tobytes()
+
+
+def verify_removals(removed_sigs: np.ndarray, survivor_sigs: np.ndarray, exact: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(estimated Jaccard of each removal with its survivor, whether it stays removed). An exact copy always
+    stays removed: its survivor may be a near duplicate of its twin, which then holds the same text."""
+    similarity = estimate(removed_sigs, survivor_sigs) if len(removed_sigs) else np.zeros(0)
+    return similarity, np.asarray(exact, bool) | (similarity >= threshold)
 
 
 def partition_rows(keys: np.ndarray, doc_keys: np.ndarray, partitions: int) -> list[np.ndarray]:
@@ -149,4 +181,5 @@ def resolve_clusters(edges: np.ndarray, *, exact_slot: int | None = 0) -> Dedupe
         removed=removed,
         removed_exact=np.isin(removed, exact_losers),
         cluster_sizes=sizes[sizes >= 2].astype(np.int64),
+        survivors=nodes[roots[roots != np.arange(len(nodes))]],
     )
