@@ -101,7 +101,7 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     keys = {"dedupe": dedupe}
     if recipe.dedupe.minhash.verify:
         keys["verify"] = verify_key(dedupe, recipe)
-        resolved_folder, resolved = _verify(recipe, processed, groups, resolved_folder, keys["verify"], runner, layout)
+        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner, layout)
     counts = _count(groups, group_folders, resolved_folder, runner, layout)
     mix = mix_key(keys.get("verify", dedupe), recipe)
     shards, factors = _mix(recipe, processed, counts, resolved_folder, mix, tokenizer, runner, layout, out)
@@ -142,16 +142,15 @@ def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], gr
     return folder, resolved
 
 
-def _verify(recipe: Recipe, processed: list[tasks.Processed], groups: list[list[tasks.Processed]], resolved_folder: str, key: str,
-            runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
-    """Each key group's near-duplicate removals against their survivors' signatures, then one merge into the
+def _verify(recipe: Recipe, processed: list[tasks.Processed], resolved_folder: str, key: str, runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
+    """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
     resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
     import ray
 
-    folders_ref = ray.put([p.folder for p in processed])  # any file may hold a survivor; one object for all tasks
-    verify_folders = [layout.verify_group(key, g) for g in range(len(groups))]
-    runner.run("verify", [Task(folder, dedupe_tasks.verify_group, (folder, g, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work))
-                          for folder, g in zip(verify_folders, groups)])
+    folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
+    verify_folders = [layout.verify_partition(key, p) for p in range(recipe.dedupe.partitions)]
+    runner.run("verify", [Task(folder, dedupe_tasks.verify_partition, (folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work))
+                          for p, folder in enumerate(verify_folders)])
     folder = layout.verified(key)
     (verified,) = runner.run("verified", [Task(folder, dedupe_tasks.merge_verified, (folder, verify_folders, len(processed), runner.work))])
     return folder, verified

@@ -114,8 +114,8 @@ class WorkLayout:
     def resolved(self, key: str) -> str:
         return f"dedupe/{key}/resolved"
 
-    def verify_group(self, key: str, group: int) -> str:
-        return f"verify/{key}/group-{group:05d}"
+    def verify_partition(self, key: str, partition: int) -> str:
+        return f"verify/{key}/partition-{partition:05d}"
 
     def verified(self, key: str) -> str:
         return f"verify/{key}/verified"

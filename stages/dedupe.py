@@ -9,9 +9,9 @@ The flow, in which no process ever holds all keys or signatures:
 1. per input file: `document_keys(texts, cfg)` -> `partition_rows(keys, doc_keys, cfg.partitions)`;
 2. per partition p: concatenate partition p's rows of every file -> `duplicate_edges(rows)`;
 3. once: concatenate all edges -> `resolve_clusters(edges, exact_slot=...)`;
-4. when `minhash.verify`: per group of files, `verify_removals(...)` compares each near-duplicate removal's
-   stored signature (`pack_signatures`, written by step 1) with its survivor's and keeps the document when the
-   estimated Jaccard is below `minhash.threshold`. Its work grows with the removals, not the corpus.
+4. when `minhash.verify`: per partition of the clusters (by survivor), `verify_clusters(...)` re-clusters each
+   LSH cluster by the stored signatures' (`pack_signatures`, written by step 1) estimated Jaccard: a member is
+   removed only for a kept document at `minhash.threshold` or above. Its work grows with the removals.
 
 Memory. A row is (slot, key, doc_key), 3 x uint64 = 24 bytes; a document gives one row per slot, and the rows
 spread evenly over partitions (the keys are hashes), so a partition holds documents x slots / partitions rows.
@@ -32,7 +32,7 @@ import xxhash
 from numba import njit
 
 from stages.config import ConfigError
-from stages.minhash import MinHashConfig, band_keys, compact, estimate, signatures
+from stages.minhash import MinHashConfig, band_keys, compact, signatures
 
 EXACT_SLOT = "exact"
 
@@ -100,11 +100,51 @@ def pack_signatures(ordinals: np.ndarray, sigs: np.ndarray) -> bytes:
     return header.tobytes() + ordinals.tobytes() + np.ascontiguousarray(sigs, np.uint16).tobytes()
 
 
-def verify_removals(removed_sigs: np.ndarray, survivor_sigs: np.ndarray, exact: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(estimated Jaccard of each removal with its survivor, whether it stays removed). An exact copy always
-    stays removed: its survivor may be a near duplicate of its twin, which then holds the same text."""
-    similarity = estimate(removed_sigs, survivor_sigs) if len(removed_sigs) else np.zeros(0)
-    return similarity, np.asarray(exact, bool) | (similarity >= threshold)
+MAX_CENTERS = 256  # a cluster member is compared with at most this many kept documents of its cluster
+
+
+def verify_clusters(sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-cluster each LSH cluster by estimated Jaccard, greedily in key order. `sigs` holds the clusters' rows
+    back to back, each cluster's survivor first (`starts`: where each cluster begins, plus the end). A member
+    whose similarity with a kept document of its cluster (the survivor, or an earlier member kept before it)
+    reaches `threshold` is removed, that document becoming its survivor; otherwise it is kept and later members
+    may be removed for it. So every removal is verified against the document that stays in its place, and a
+    chain A~B~C~D through weak links keeps what is far from A instead of losing it (or keeping C and D both).
+    An exact copy is always removed (its twin holds the same text). Returns per row the row of its survivor
+    (itself for a kept one), its similarity with that survivor, and whether it is removed (False on survivors)."""
+    center = np.arange(len(sigs), dtype=np.int64)
+    matches = np.full(len(sigs), sigs.shape[1] if sigs.ndim == 2 else 0, dtype=np.int64)
+    removed = np.zeros(len(sigs), dtype=bool)
+    if len(sigs):
+        need = int(np.ceil(threshold * sigs.shape[1] - 1e-9))
+        _verify_kernel(np.ascontiguousarray(sigs), np.asarray(starts, np.int64), np.asarray(exact, bool), need, MAX_CENTERS, center, matches, removed)
+    return center, matches / max(sigs.shape[1] if sigs.ndim == 2 else 1, 1), removed
+
+
+@njit(cache=True, nogil=True)
+def _verify_kernel(sigs, starts, exact, need, max_centers, center, matches, removed):
+    width = sigs.shape[1]
+    centers = np.empty(max_centers, np.int64)
+    for c in range(starts.shape[0] - 1):
+        a, b = starts[c], starts[c + 1]
+        centers[0] = a
+        n_centers = 1
+        for i in range(a + 1, b):
+            best, best_m = a, -1
+            for k in range(n_centers):
+                m = 0
+                for v in range(width):
+                    m += sigs[i, v] == sigs[centers[k], v]
+                if m > best_m:
+                    best, best_m = centers[k], m
+                if m == width:
+                    break
+            matches[i] = best_m
+            if best_m >= need or exact[i]:
+                center[i], removed[i] = best, True
+            elif n_centers < max_centers:  # past the cap a member is kept and compared with no later one
+                centers[n_centers] = i
+                n_centers += 1
 
 
 def partition_rows(keys: np.ndarray, doc_keys: np.ndarray, partitions: int) -> list[np.ndarray]:

@@ -34,7 +34,7 @@ def write_process_output(work: Store, folder: str, texts: list[str], cfg: Dedupe
 def run_dedupe(work: Store, files: list[list[str]], cfg: DedupeConfig) -> tuple[dict, dict]:
     """Every dedupe task of a build over `files` (file i = file_index i); returns the resolve and merge records."""
     processed = [tasks.Processed(i, write_process_output(work, f"process/f{i}", texts, cfg), "s", len(texts), []) for i, texts in enumerate(files)]
-    groups = [[p] for p in processed]  # one file per key group, so verify reads survivors from other groups' files
+    groups = [[p] for p in processed]  # one file per key group
     group_folders = [f"keys/g{g}" for g in range(len(groups))]
     records = [dedupe_tasks.combine_keys(folder, g, cfg.partitions, work) for folder, g in zip(group_folders, groups)]
     partitions = [f"dedupe/p{p}" for p in range(cfg.partitions)]
@@ -42,9 +42,9 @@ def run_dedupe(work: Store, files: list[list[str]], cfg: DedupeConfig) -> tuple[
         slices = [dedupe_tasks.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1]) for g, r in zip(group_folders, records)]
         dedupe_tasks.dedupe_partition(folder, p, slices, work)
     resolved = dedupe_tasks.resolve_duplicates("dedupe/resolved", partitions, len(files), work, cfg)
-    verify = [f"verify/g{g}" for g in range(len(groups))]
-    for folder, g in zip(verify, groups):
-        dedupe_tasks.verify_group(folder, g, "dedupe/resolved", [p.folder for p in processed], cfg.minhash.threshold, work)
+    verify = [f"verify/p{p}" for p in range(cfg.partitions)]
+    for p, folder in enumerate(verify):
+        dedupe_tasks.verify_partition(folder, p, "dedupe/resolved", [p.folder for p in processed], cfg.minhash.threshold, work)
     return resolved, dedupe_tasks.merge_verified("verify/verified", verify, len(files), work)
 
 
@@ -61,6 +61,7 @@ def test_verify_keeps_the_weak_link_and_writes_the_resolve_format(tmp_path, kjv_
     a_key, near_key, exact_key, weak_key = doc_key(0, 1), doc_key(1, 1), doc_key(1, 3), doc_key(2, 2)
     assert (resolved["removed"], resolved["exact_removed"]) == (3, 1)  # LSH alone: the weak link too
     assert (merged["removed"], merged["exact_removed"], merged["near_removed"], merged["kept_by_verify"]) == (2, 1, 1, 1)
+    assert work.exists(f"dedupe/resolved/{dedupe_tasks.CLUSTERS}")
     removed = dedupe_tasks.removed_of(work, "verify/verified", [0, 1, 2])
     assert [removed[f][0].tolist() for f in range(3)] == [[], [near_key, exact_key], []]
     assert removed[1][1].tolist() == [False, True]
@@ -70,7 +71,7 @@ def test_verify_keeps_the_weak_link_and_writes_the_resolve_format(tmp_path, kjv_
     assert sizes.tolist() == [3]
     hist = merged["similarity"]
     assert len(hist["edges"]) == len(hist["removed"]) + 1 == dedupe_tasks.SIMILARITY_BINS + 1
-    assert sum(hist["removed"]) == 1 and sum(hist["kept"]) == 1
+    assert sum(hist["removed"]) == 2 and sum(hist["kept"]) == 1 and hist["removed"][-1] == 1  # the exact copy at 1.0
     assert sum(hist["kept"][: int(0.78 * dedupe_tasks.SIMILARITY_BINS)]) == 1  # the weak link lies below the threshold
     assert weak_key not in set(removed[2][0].tolist())
 

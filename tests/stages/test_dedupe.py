@@ -18,7 +18,7 @@ from stages.dedupe import (
     pack_signatures,
     partition_rows,
     resolve_clusters,
-    verify_removals,
+    verify_clusters,
 )
 from stages.minhash import MinHashConfig
 
@@ -71,19 +71,23 @@ def test_planted_duplicates_across_files_are_found_and_the_smallest_doc_key_surv
     assert result.survivors.tolist() == [expected[k][1] for k in sorted(expected)]
 
 
-def test_verification_keeps_a_weak_link_and_never_an_exact_copy(kjv_chapters):
-    """A cluster chained through a weak link: C shares a band with B (a near copy of A) but is far from A, the
-    survivor; verification keeps C. An exact copy stays removed whatever its similarity says."""
+def test_verification_keeps_weak_links_and_re_clusters_a_chain(kjv_chapters):
+    """One LSH cluster kept by A: B a near copy of A; C shares a third of A (a weak link); D a near copy of C;
+    E an exact copy of B. C is kept (far from A) and D is removed for C, not kept with it; E follows B's twin."""
     cfg = DedupeConfig()
     a = kjv_chapters[("Genesis", 5)]
-    words = a.split(" ")
+    c = " ".join(a.split(" ")[: len(a.split(" ")) // 3] + kjv_chapters[("Genesis", 6)].split(" "))
     b = near_copy(a)
-    c = " ".join(words[: len(words) // 3] + kjv_chapters[("Genesis", 6)].split(" "))  # a third of A, then other text
-    _, sigs = document_keys_and_signatures([a, b, c], cfg)
-    similarity, stays = verify_removals(sigs[[1, 2, 2]], sigs[[0, 0, 0]], np.array([False, False, True]), cfg.minhash.threshold)
-    assert similarity[0] >= 0.85 and similarity[1] < 0.5
-    assert stays.tolist() == [True, False, True]
-    assert verify_removals(sigs[:0], sigs[:0], np.zeros(0, bool), 0.78)[1].shape == (0,)
+    _, sigs = document_keys_and_signatures([a, b, c, near_copy(c), b], cfg)
+    exact = np.array([False, False, False, False, True])
+    center, similarity, removed = verify_clusters(sigs, np.array([0, 5]), exact, cfg.minhash.threshold)
+    assert removed.tolist() == [False, True, False, True, True]
+    assert center.tolist() == [0, 0, 2, 2, 0]
+    assert similarity[1] >= 0.85 and similarity[2] < 0.5 and similarity[3] >= 0.85 and similarity[4] == similarity[1]
+    # two clusters back to back are verified apart; nothing at all is fine
+    center, _, removed = verify_clusters(np.concatenate([sigs[:2], sigs[2:4]]), np.array([0, 2, 4]), np.zeros(4, bool), 0.78)
+    assert center.tolist() == [0, 0, 2, 2] and removed.tolist() == [False, True, False, True]
+    assert verify_clusters(sigs[:0], np.array([0]), np.zeros(0, bool), 0.78)[2].shape == (0,)
 
 
 def test_signature_file_layout():
