@@ -111,25 +111,34 @@ def near_copy(text: str, target: float, rng: random.Random, vocabulary: list[str
     return text_copy, jaccard(original, shingles(text_copy))
 
 
-def plant(files: dict[str, list[dict]], pairs: int, rng: random.Random) -> list[dict]:
-    """Plants `pairs` near copies of distinct long documents, each in another file than its original."""
+def plant(files: dict[str, list[dict]], pairs: int, chains: int, rng: random.Random) -> list[dict]:
+    """Plants `pairs` near copies of distinct long documents, each in another file than its original, and
+    `chains` chains of 4-6 documents, each a copy of the one before at J 0.85-0.9 (a chain's ends are far apart)."""
     docs = [(name, d) for name, entries in files.items() for d in entries if len(d["text"]) >= MIN_CHARS]
     vocabulary = sorted({w for _, d in docs[:200] for w in d["text"].split() if w.isalpha() and len(w) > 2})
     names = sorted(files)
     planted = []
-    for name, doc in rng.sample(docs, pairs):
-        target = rng.uniform(0.85, 1.0) if rng.random() < 0.4 else rng.uniform(0.5, 0.85)
+
+    def place(name: str, doc: dict, target: float, chain: int | None) -> dict:
         text, j = near_copy(doc["text"], target, rng, vocabulary)
         same_source = [n for n in names if n != name and n.split("/")[0] == name.split("/")[0]]
         other = [n for n in names if n.split("/")[0] != name.split("/")[0]]
         home = rng.choice(other if rng.random() < 0.2 else same_source)
         copy = {"text": text, "subset": doc["subset"], "id": f"planted-{len(planted)}"}
         files[home].insert(rng.randint(0, len(files[home])), copy)
-        planted.append({"original": doc["id"], "copy": copy["id"], "jaccard": j})
+        planted.append({"original": doc["id"], "copy": copy["id"], "jaccard": j, "chain": chain})
+        return copy
+
+    originals = rng.sample(docs, pairs + chains)
+    for name, doc in originals[:pairs]:
+        place(name, doc, rng.uniform(0.85, 1.0) if rng.random() < 0.4 else rng.uniform(0.5, 0.85), None)
+    for number, (name, doc) in enumerate(originals[pairs:]):
+        for _ in range(rng.randint(3, 5)):
+            doc = place(name, doc, rng.uniform(0.85, 0.9), number)
     return planted
 
 
-def write_corpus(folder: Path, pairs: int, seed: int) -> tuple[dict[str, dict], list[dict]]:
+def write_corpus(folder: Path, pairs: int, chains: int, seed: int) -> tuple[dict[str, dict], list[dict]]:
     """The corpus under `folder`; returns {"source/rel path#ordinal": document} and the planted pairs."""
     rng = random.Random(seed)
     natural = natural_documents()
@@ -143,7 +152,7 @@ def write_corpus(folder: Path, pairs: int, seed: int) -> tuple[dict[str, dict], 
             files[name].append({"text": text, "subset": subset, "id": f"{prefix}-{i}"})
     validation = files.pop(sorted(n for n in files if n.startswith("slimpajama"))[-1])  # SlimPajama has a validation split
     files["slimpajama/validation/chunk1/validation_000.jsonl.zst"] = validation[:20]
-    planted = plant({n: e for n, e in files.items() if "validation" not in n}, pairs, rng)
+    planted = plant({n: e for n, e in files.items() if "validation" not in n}, pairs, chains, rng)
     by_key = {}
     for name, entries in files.items():
         path = folder / name.replace("slimpajama/", "SlimPajama-627B/", 1)
@@ -219,8 +228,11 @@ def evaluate(by_key: dict[str, dict], planted: list[dict], removed: list[tuple[s
 
     bins = [(0.5, 0.7), (0.7, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.01)]
     caught = {b: [0, 0] for b in bins}
-    high = [0, 0]
+    high, chain = [0, 0], [0, 0]
     for p in planted:
+        if p["chain"] is not None:
+            chain[0] += ids[p["original"]] in gone or ids[p["copy"]] in gone
+            chain[1] += 1
         hit = ids[p["original"]] in gone or ids[p["copy"]] in gone
         for b in bins:
             if b[0] <= p["jaccard"] < b[1]:
@@ -237,6 +249,7 @@ def evaluate(by_key: dict[str, dict], planted: list[dict], removed: list[tuple[s
     false = sum(j < 0.7 for j in edge)
     return {
         "recall_at_085": high[0] / high[1] if high[1] else None, "pairs_at_085": high[1], "missed_at_085": high[1] - high[0],
+        "chain_pairs_caught": f"{chain[0]}/{chain[1]}",
         "recall_by_bin": {f"{a:.2f}-{min(b, 1.0):.2f}": f"{c}/{n}" for (a, b), (c, n) in caught.items()},
         "removed": len(removed), "exact_removed": int(sum(exact)), "false_removals": false, "false_share": false / len(removed) if removed else 0.0,
         "largest_cluster": len(largest[1]) + 1, "largest_cluster_weakest_edge": round(min(largest[1]), 4),
@@ -255,15 +268,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Near-duplicate recall / false removals against planted truth, per MinHash setting.")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (emptied first)")
     parser.add_argument("--pairs", type=int, default=1200, help="planted near-duplicate pairs")
+    parser.add_argument("--chains", type=int, default=40, help="planted chains of 4-6 documents")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="builds per setting, alternating (process cost: the median)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     started = time.perf_counter()
-    by_key, planted = write_corpus(args.work / "corpus", args.pairs, args.seed)
+    by_key, planted = write_corpus(args.work / "corpus", args.pairs, args.chains, args.seed)
     text_mb = sum(len(d["text"].encode()) for d in by_key.values()) / 1e6
-    print(f"corpus: {len(by_key)} documents, {text_mb:.1f} MB, {len(planted)} planted pairs "
+    print(f"corpus: {len(by_key)} documents, {text_mb:.1f} MB, {len(planted)} planted pairs ({args.chains} chains) "
           f"({sum(p['jaccard'] >= 0.85 for p in planted)} at J >= 0.85), written in {time.perf_counter() - started:.0f} s")
     results: dict[str, dict] = {}
     costs: dict[str, list[float]] = defaultdict(list)
@@ -279,7 +293,12 @@ def main() -> None:
         results[preset]["process_s_per_mb"] = round(float(np.median(costs[preset])), 3)
         results[preset]["process_s_per_mb_runs"] = [round(c, 3) for c in costs[preset]]
     ratio = results["verified"]["process_s_per_mb"] / results["slimpajama"]["process_s_per_mb"]
-    print(json.dumps(results, indent=1))
+    (args.work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    for preset in SETTINGS:
+        r = results[preset]
+        print(f"{preset}: caught by planted J {r['recall_by_bin']}; chain pairs caught {r['chain_pairs_caught']}; "
+              f"removals' exact J with their survivor in 0.05 bins {r['removed_jaccard_histogram']}; build {r['wall_s']} s, "
+              f"process s/MB {r['process_s_per_mb_runs']}")
     print(f"\n{'setting':<12} {'recall J>=0.85':>15} {'missed':>7} {'removed':>8} {'false (<0.7)':>13} {'largest cluster, weakest edge':>30} {'process s/MB':>13}")
     for preset in SETTINGS:
         r = results[preset]
