@@ -10,6 +10,7 @@ import pytest
 from manifests.keys import doc_key
 from pipeline import dedupe_tasks, tasks
 from pipeline.ledger import Store
+from pipeline.report import similarity_chart
 from stages.dedupe import DedupeConfig, document_keys_and_signatures, key_slots
 from stages.minhash import MinHashConfig
 
@@ -74,6 +75,7 @@ def test_verify_keeps_the_weak_link_and_writes_the_resolve_format(tmp_path, kjv_
     assert sum(hist["removed"]) == 2 and sum(hist["kept"]) == 1 and hist["removed"][-1] == 1  # the exact copy at 1.0
     assert sum(hist["kept"][: int(0.78 * dedupe_tasks.SIMILARITY_BINS)]) == 1  # the weak link lies below the threshold
     assert weak_key not in set(removed[2][0].tolist())
+    assert "kept by verification" in similarity_chart(hist)  # the report's histogram of what the threshold did
 
 
 def test_no_signatures_without_verification(tmp_path, kjv_chapters):
