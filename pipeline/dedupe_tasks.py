@@ -226,6 +226,8 @@ def _signature_rows(work: Store, process_folders: list[str], wanted: np.ndarray)
         ordinals = np.frombuffer(work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64)
         mine = np.flatnonzero(files == f)
         at = np.searchsorted(ordinals, wanted[mine] & np.uint64(0xFFFFFFFF))
+        if np.any(at >= n) or not np.array_equal(ordinals[np.minimum(at, n - 1)], wanted[mine] & np.uint64(0xFFFFFFFF)):
+            raise RuntimeError(f"{path}: lacks signatures of documents its keys.bin named; delete {process_folders[f]} and rerun the build")
         start = dedupe_stage.SIG_HEADER + 8 * n + 2 * width * int(at.min())
         span = np.frombuffer(work.read_range(path, start, start + 2 * width * (int(at.max()) + 1 - int(at.min()))), np.uint16).reshape(-1, width)
         out = np.zeros((len(wanted), width), np.uint16) if out is None else out
