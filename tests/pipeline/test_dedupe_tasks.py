@@ -84,3 +84,15 @@ def test_no_signatures_without_verification(tmp_path, kjv_chapters):
     write_process_output(work, "process/f0", [kjv_chapters[("Ruth", 1)]], cfg)
     assert not work.exists(f"process/f0/{tasks.SIGNATURES}") and work.exists(f"process/f0/{tasks.KEYS}")
     assert len(key_slots(cfg)) == 10
+
+
+def test_a_new_threshold_re_runs_only_verify_and_after():
+    from pipeline.build import dedupe_key, verify_key
+    from pipeline.recipe import load_recipe
+
+    recipe = load_recipe("web-quality")
+    other = load_recipe("web-quality", {"dedupe": {"minhash": {"threshold": 0.8}}})
+    unverified = load_recipe("web-quality", {"dedupe": {"minhash": {"threshold": 0.0}}})
+    assert other.dedupe.minhash.threshold == 0.8 and other.dedupe.minhash.bands == 16
+    assert dedupe_key(["p"], recipe) == dedupe_key(["p"], other) != dedupe_key(["p"], unverified)  # sig.bin or not
+    assert verify_key("d", recipe) != verify_key("d", other)
