@@ -21,7 +21,8 @@ when half the documents are duplicates), i.e. 80 x slots / partitions bytes per 
 10 slots and 256 partitions 3.1 bytes per document, about 1.9 GB for SlimPajama's ~590M documents.
 A file's task peaks at 64 x slots bytes per document of that file (keys, rows and their sort; measured).
 `resolve_clusters` needs about 100 bytes per edge beyond the edges themselves (24 bytes each), and there is
-one edge per (duplicate document, slot it matched in).
+one edge per (duplicate document, slot it matched in). `verify_clusters` holds its clusters' signatures
+(512 B a member: 256 values, low 16 bits) and compares each member with at most MAX_CENTERS kept documents.
 """
 from __future__ import annotations
 
