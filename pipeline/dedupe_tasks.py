@@ -162,7 +162,7 @@ def verify_partition(folder: str, partition: int, resolved: str, process_folders
     starts = np.r_[first + np.arange(len(first)), len(keys)]
     wanted = np.unique(keys)
     sigs = _signature_rows(work, process_folders, wanted)
-    center, similarity, removed = dedupe_stage.verify_clusters(sigs[np.searchsorted(wanted, keys)] if len(keys) else sigs, starts, exact, threshold)
+    center, similarity, removed = dedupe_stage.verify_clusters(sigs, starts, exact, threshold, rows=np.searchsorted(wanted, keys))
     member = np.ones(len(keys), bool)
     member[starts[:-1]] = False
     buffer = io.BytesIO()

@@ -104,26 +104,30 @@ def pack_signatures(ordinals: np.ndarray, sigs: np.ndarray) -> bytes:
 MAX_CENTERS = 256  # a cluster member is compared with at most this many kept documents of its cluster
 
 
-def verify_clusters(sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def verify_clusters(sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, threshold: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-cluster each LSH cluster by estimated Jaccard, greedily in key order. `sigs` holds the clusters' rows
     back to back, each cluster's survivor first (`starts`: where each cluster begins, plus the end). A member
     whose similarity with a kept document of its cluster (the survivor, or an earlier member kept before it)
     reaches `threshold` is removed, that document becoming its survivor; otherwise it is kept and later members
     may be removed for it. So every removal is verified against the document that stays in its place, and a
     chain A~B~C~D through weak links keeps what is far from A instead of losing it (or keeping C and D both).
-    An exact copy is always removed (its twin holds the same text). Returns per row the row of its survivor
-    (itself for a kept one), its similarity with that survivor, and whether it is removed (False on survivors)."""
-    center = np.arange(len(sigs), dtype=np.int64)
-    matches = np.full(len(sigs), sigs.shape[1] if sigs.ndim == 2 else 0, dtype=np.int64)
-    removed = np.zeros(len(sigs), dtype=bool)
-    if len(sigs):
-        need = int(np.ceil(threshold * sigs.shape[1] - 1e-9))
-        _verify_kernel(np.ascontiguousarray(sigs), np.asarray(starts, np.int64), np.asarray(exact, bool), need, MAX_CENTERS, center, matches, removed)
-    return center, matches / max(sigs.shape[1] if sigs.ndim == 2 else 1, 1), removed
+    An exact copy is always removed (its twin holds the same text). `rows` (default: all in order) names each
+    position's row of `sigs`, so a document in several positions is stored once. Returns per position the
+    position of its survivor (itself for a kept one), its similarity with that survivor, and whether it is
+    removed (False on survivors)."""
+    rows = np.arange(len(sigs), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    width = sigs.shape[1] if sigs.ndim == 2 else 0
+    center = np.arange(len(rows), dtype=np.int64)
+    matches = np.full(len(rows), width, dtype=np.int64)
+    removed = np.zeros(len(rows), dtype=bool)
+    if len(rows):
+        need = int(np.ceil(threshold * width - 1e-9))
+        _verify_kernel(np.ascontiguousarray(sigs), rows, np.asarray(starts, np.int64), np.asarray(exact, bool), need, MAX_CENTERS, center, matches, removed)
+    return center, matches / max(width, 1), removed
 
 
 @njit(cache=True, nogil=True)
-def _verify_kernel(sigs, starts, exact, need, max_centers, center, matches, removed):
+def _verify_kernel(sigs, rows, starts, exact, need, max_centers, center, matches, removed):
     width = sigs.shape[1]
     centers = np.empty(max_centers, np.int64)
     for c in range(starts.shape[0] - 1):
@@ -134,8 +138,9 @@ def _verify_kernel(sigs, starts, exact, need, max_centers, center, matches, remo
             best, best_m = a, -1
             for k in range(n_centers):
                 m = 0
+                x, y = rows[i], rows[centers[k]]
                 for v in range(width):
-                    m += sigs[i, v] == sigs[centers[k], v]
+                    m += sigs[x, v] == sigs[y, v]
                 if m > best_m:
                     best, best_m = centers[k], m
                 if m == width:
