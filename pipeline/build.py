@@ -38,16 +38,29 @@ from stages.tokenize import Tokenizer
 _NOT_PROCESS_SETTINGS = ("weight", "train", "validation")
 
 
+def _dedupe_settings(recipe: Recipe) -> dict:
+    """The dedupe settings up to the resolve stage: the verify threshold's value is only the verify key's
+    (whether there is one decides whether the process task writes signatures)."""
+    settings = dataclasses.asdict(recipe.dedupe)
+    settings["minhash"]["threshold"] = recipe.dedupe.minhash.verify
+    return settings
+
+
 def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe) -> str:
     """The file itself, its source's read and filter settings, the tokenizer and the dedupe key settings."""
     source = {k: v for k, v in dataclasses.asdict(inp.source).items() if k not in _NOT_PROCESS_SETTINGS}
     tokenize = {"sha256": tokenizer.sha256(), "add_bos": recipe.tokenizer.add_bos, "add_eos": recipe.tokenizer.add_eos}
-    return fingerprint({"input": inp.identity(), "source": source, "tokenizer": tokenize, "dedupe": dataclasses.asdict(recipe.dedupe)})
+    return fingerprint({"input": inp.identity(), "source": source, "tokenizer": tokenize, "dedupe": _dedupe_settings(recipe)})
 
 
 def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:
     """Every process output, in the canonical order (it decides which copy of a duplicate survives)."""
-    return fingerprint({"process": process_keys, "dedupe": dataclasses.asdict(recipe.dedupe)})
+    return fingerprint({"process": process_keys, "dedupe": _dedupe_settings(recipe)})
+
+
+def verify_key(dedupe: str, recipe: Recipe) -> str:
+    """The resolved clusters and the verify threshold: a new threshold re-runs verify, count and mix only."""
+    return fingerprint({"dedupe": dedupe, "threshold": recipe.dedupe.minhash.threshold})
 
 
 def mix_key(dedupe: str, recipe: Recipe) -> str:
@@ -87,11 +100,15 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     groups = dedupe_tasks.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner, layout)
     resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe, group_folders, group_records, runner, layout)
+    keys = {"dedupe": dedupe}
+    if recipe.dedupe.minhash.verify:
+        keys["verify"] = verify_key(dedupe, recipe)
+        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner, layout)
     counts = _count(groups, group_folders, resolved_folder, runner, layout)
-    mix = mix_key(dedupe, recipe)
+    mix = mix_key(keys.get("verify", dedupe), recipe)
     shards, factors = _mix(recipe, processed, counts, resolved_folder, mix, tokenizer, runner, layout, out)
     return StageResults(funnels, mix_tasks.merge_subset_stats(counts), resolved_folder, resolved, group_folders, group_records,
-                        factors, shards, shards_folder(mix), {"dedupe": dedupe, "mix": mix}, runner.used, runner.timings, runner.workers)
+                        factors, shards, shards_folder(mix), {**keys, "mix": mix}, runner.used, runner.timings, runner.workers)
 
 
 def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, layout: WorkLayout) -> tuple[list[tasks.Processed], list[dict]]:
@@ -125,6 +142,20 @@ def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], gr
     folder = layout.resolved(key)
     (resolved,) = runner.run("resolve", [Task(folder, dedupe_tasks.resolve_duplicates, (folder, partition_folders, n_files, runner.work, recipe.dedupe))])
     return folder, resolved
+
+
+def _verify(recipe: Recipe, processed: list[tasks.Processed], resolved_folder: str, key: str, runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
+    """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
+    resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
+    import ray
+
+    folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
+    verify_folders = [layout.verify_partition(key, p) for p in range(recipe.dedupe.partitions)]
+    runner.run("verify", [Task(folder, dedupe_tasks.verify_partition, (folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work))
+                          for p, folder in enumerate(verify_folders)])
+    folder = layout.verified(key)
+    (verified,) = runner.run("verified", [Task(folder, dedupe_tasks.merge_verified, (folder, verify_folders, len(processed), runner.work))])
+    return folder, verified
 
 
 def _count(groups: list[list[tasks.Processed]], group_folders: list[str], resolved_folder: str, runner: Runner, layout: WorkLayout) -> list[dict]:

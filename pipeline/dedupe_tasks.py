@@ -4,6 +4,13 @@ Requests stay a small constant per input file: a key group task reads each of it
 quarantine once and writes one object with its rows in partition order; a partition task then makes one range
 read per key group (not one per input file). The resolve task writes the removed documents' keys sorted, with
 an index by input file, so a later task reads only the slice of the files it handles.
+
+With `dedupe.minhash.verify`, the resolve task also writes each cluster's rows partitioned by survivor
+(CLUSTERS, CLUSTERS_INDEX); a verify task per partition reads its slice (one range read), its clusters'
+signatures (sig.bin: three range reads per file touched) and re-clusters them by estimated Jaccard
+(`stages.dedupe.verify_clusters`); one merge task writes the verified result in the resolve task's format
+(REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES) into its own folder, which the count and mix tasks then
+read instead. The work grows with the removals, not the corpus: a signature row (512 B) per cluster member.
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.ledger import Store
-from pipeline.tasks import QUARANTINE, Processed
+from pipeline.tasks import QUARANTINE, SIGNATURES, Processed
 from stages import dedupe as dedupe_stage
 from stages.dedupe import DedupeConfig
 
@@ -24,6 +31,12 @@ KEY_GROUP_ROWS = 10_000_000  # rows a key group task holds at most (~240 MB), un
 # the resolve task's outputs: removed keys (sorted uint64), whether each was an exact copy (uint8), the offset of
 # each input file's first removed key (uint64, one more than files), cluster sizes (npy)
 REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES = "removed.bin", "removed_exact.bin", "removed_index.bin", "cluster_sizes.npy"
+SURVIVORS = "survivors.bin"  # uint64 per removed key: the document kept in its place (its cluster's survivor)
+# rows (survivor, member, exact) of every removal, sorted by (survivor % partitions, survivor, member), and the row
+# offset of each partition (one more than partitions): a verify task reads its whole clusters with one range read
+CLUSTERS, CLUSTERS_INDEX = "clusters.bin", "clusters_index.bin"
+VERIFIED = "verified.npz"  # a verify task's output: keys, exact, survivors of what stays removed; similarity, kept
+SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0.02
 
 
 def key_groups(processed: list[Processed], slots: int) -> list[list[Processed]]:
@@ -94,6 +107,10 @@ def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, 
     work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
     work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
     work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
+    survivors = result.survivors[order].astype(np.uint64)
+    work.write_bytes(f"{folder}/{SURVIVORS}", survivors.tobytes())
+    if dedupe.minhash.verify:
+        _write_clusters(work, folder, removed, exact, survivors, dedupe.partitions)
     buffer = io.BytesIO()
     np.save(buffer, result.cluster_sizes)
     work.write_bytes(f"{folder}/{CLUSTER_SIZES}", buffer.getvalue())
@@ -121,6 +138,101 @@ def removed_of(work: Store, resolved: str, file_indices: list[int]) -> dict[int,
             a, b = index[i] - index[0], index[i + 1] - index[0]
             out[f] = (keys[a:b], exact[a:b])
     return out
+
+
+def _write_clusters(work: Store, folder: str, removed: np.ndarray, exact: np.ndarray, survivors: np.ndarray, partitions: int) -> None:
+    partition = survivors % np.uint64(partitions)
+    order = np.lexsort((removed, survivors, partition))
+    rows = np.column_stack((survivors[order], removed[order], exact[order].astype(np.uint64)))
+    index = np.searchsorted(partition[order], np.arange(partitions + 1, dtype=np.uint64)).astype(np.uint64)
+    work.write_bytes(f"{folder}/{CLUSTERS}", np.ascontiguousarray(rows, np.uint64).tobytes())
+    work.write_bytes(f"{folder}/{CLUSTERS_INDEX}", index.tobytes())
+
+
+def verify_partition(folder: str, partition: int, resolved: str, process_folders: list[str], threshold: float, work: Store) -> dict:
+    """One partition's clusters (whole, by survivor) re-clustered by their signatures' estimated Jaccard; writes
+    every member's verdict, survivor (the kept document it was compared with last) and similarity."""
+    started = time.perf_counter()
+    start, end = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64).astype(np.int64)
+    rows = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS}", start * ROW_BYTES, end * ROW_BYTES), np.uint64).reshape(-1, 3)
+    first = np.flatnonzero(np.r_[True, rows[1:, 0] != rows[:-1, 0]]) if len(rows) else np.zeros(0, np.int64)
+    # each cluster as [survivor, members...] in key order
+    keys = np.insert(rows[:, 1], first, rows[first, 0])
+    exact = np.insert(rows[:, 2].astype(bool), first, False)
+    starts = np.r_[first + np.arange(len(first)), len(keys)]
+    wanted = np.unique(keys)
+    sigs = _signature_rows(work, process_folders, wanted)
+    center, similarity, removed = dedupe_stage.verify_clusters(sigs, starts, exact, threshold, rows=np.searchsorted(wanted, keys))
+    member = np.ones(len(keys), bool)
+    member[starts[:-1]] = False
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=keys[member], exact=exact[member], survivors=keys[center][member], similarity=similarity[member].astype(np.float32),
+             stays=removed[member])
+    work.write_bytes(f"{folder}/{VERIFIED}", buffer.getvalue())
+    record = {"partition": partition, "clusters": int(len(first)), "candidates": int(member.sum()), "kept": int((member & ~removed).sum()),
+              "files_read": int(len(np.unique(wanted >> np.uint64(32)))), "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
+
+
+def merge_verified(folder: str, verify_folders: list[str], n_files: int, work: Store) -> dict:
+    """The verified removals in the resolve task's format (sorted keys, exact flags, index by input file, cluster
+    sizes), and the similarity histogram of near removals (kept and removed) for the report."""
+    started = time.perf_counter()
+    parts = [dict(np.load(io.BytesIO(work.read_bytes(f"{v}/{VERIFIED}")))) for v in verify_folders]
+    cat = {name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in ("keys", "exact", "survivors", "similarity", "stays")}
+    histogram = _similarity_histogram(cat["similarity"], cat["stays"].astype(bool))
+    order = np.argsort(cat["keys"], kind="stable")
+    cat = {name: values[order][cat["stays"][order].astype(bool)] for name, values in cat.items()}
+    removed, exact = cat["keys"].astype(np.uint64), cat["exact"].astype(np.uint8)
+    index = np.searchsorted(removed, np.arange(n_files + 1, dtype=np.uint64) << np.uint64(32)).astype(np.uint64)
+    work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
+    work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
+    work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
+    work.write_bytes(f"{folder}/{SURVIVORS}", cat["survivors"].astype(np.uint64).tobytes())
+    survivor_of, members = np.unique(cat["survivors"].astype(np.uint64), return_counts=True)
+    buffer = io.BytesIO()
+    np.save(buffer, (members + 1).astype(np.int64))
+    work.write_bytes(f"{folder}/{CLUSTER_SIZES}", buffer.getvalue())
+    record = {
+        "removed": int(len(removed)),
+        "exact_removed": int(exact.sum()),
+        "near_removed": int(len(removed) - exact.sum()),
+        "clusters": int(len(members)),
+        "kept_by_verify": int(sum(histogram["kept"])),
+        "similarity": histogram,
+        "seconds": time.perf_counter() - started,
+    }
+    work.mark_done(folder, record)
+    return record
+
+
+def _similarity_histogram(similarity: np.ndarray, removed: np.ndarray) -> dict:
+    """Counts of cluster members by estimated Jaccard with the document compared last, removed and kept."""
+    bins = np.clip((similarity * SIMILARITY_BINS).astype(np.int64), 0, SIMILARITY_BINS - 1)
+    return {"edges": np.linspace(0, 1, SIMILARITY_BINS + 1).round(2).tolist(),
+            "removed": np.bincount(bins[removed], minlength=SIMILARITY_BINS).tolist(),
+            "kept": np.bincount(bins[~removed], minlength=SIMILARITY_BINS).tolist()}
+
+
+def _signature_rows(work: Store, process_folders: list[str], wanted: np.ndarray) -> np.ndarray:
+    """The compact signatures of the documents `wanted` (sorted doc keys), in that order. Per input file three
+    range reads: the header, its ordinals, and the span of rows from the first wanted to the last."""
+    files = (wanted >> np.uint64(32)).astype(np.int64)
+    out = None
+    for f in np.unique(files):
+        path = f"{process_folders[f]}/{SIGNATURES}"
+        n, width = np.frombuffer(work.read_range(path, 0, dedupe_stage.SIG_HEADER), np.uint64).astype(np.int64)
+        ordinals = np.frombuffer(work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64)
+        mine = np.flatnonzero(files == f)
+        at = np.searchsorted(ordinals, wanted[mine] & np.uint64(0xFFFFFFFF))
+        if np.any(at >= n) or not np.array_equal(ordinals[np.minimum(at, n - 1)], wanted[mine] & np.uint64(0xFFFFFFFF)):
+            raise RuntimeError(f"{path}: lacks signatures of documents its keys.bin named; delete {process_folders[f]} and rerun the build")
+        start = dedupe_stage.SIG_HEADER + 8 * n + 2 * width * int(at.min())
+        span = np.frombuffer(work.read_range(path, start, start + 2 * width * (int(at.max()) + 1 - int(at.min()))), np.uint16).reshape(-1, width)
+        out = np.zeros((len(wanted), width), np.uint16) if out is None else out
+        out[mine] = span[at - at.min()]
+    return out if out is not None else np.zeros((0, 0), np.uint16)
 
 
 def _runs(values: list[int]) -> list[list[int]]:

@@ -266,6 +266,12 @@ class WorkLayout:
     def resolved(self, key: str) -> str:
         return f"dedupe/{key}/resolved"
 
+    def verify_partition(self, key: str, partition: int) -> str:
+        return f"verify/{key}/partition-{partition:05d}"
+
+    def verified(self, key: str) -> str:
+        return f"verify/{key}/verified"
+
     def count(self, key: str) -> str:
         return f"count/{key}"
 

@@ -469,7 +469,17 @@ def duplicates_figure(page: Page) -> str:
     notes = [f"{fmt_compact(n)} clusters · {fmt_compact(d)} documents" for n, d in zip(counts, documents)]
     chart = (hbar_chart([f"{label} documents" for label in labels], [Series("clusters", counts, PALETTE[3])], fmt=fmt_compact, log=True,
                         notes=notes, width=560) if labels else "<p>No clusters.</p>")
-    return figure("duplicates", caption, removed + chart)
+    return figure("duplicates", caption, removed + chart + similarity_chart(dist.get("removed_similarity")))
+
+
+def similarity_chart(hist: dict | None) -> str:
+    """Cluster members by estimated Jaccard with the document kept in their place: what the verify threshold did."""
+    if not hist or not any(hist["removed"]) and not any(hist["kept"]):
+        return ""
+    first = min(i for i, (r, k) in enumerate(zip(hist["removed"], hist["kept"])) if r or k)
+    labels = [f"{e:.2f}" for e in hist["edges"][first:-1]]
+    series = [Series("removed", hist["removed"][first:], REMOVED_COLOR), Series("kept by verification", hist["kept"][first:], PALETTE[0])]
+    return "<p>Candidates by estimated Jaccard with the document kept in their place:</p>" + columns_chart(labels, series, width=560, height=180)
 
 
 def distributions_section(page: Page) -> str:

@@ -293,6 +293,7 @@ def distributions(hists: dict[str, np.ndarray], build: dict | None) -> dict:
         "duplicate_clusters": {k: clusters[k] for k in sorted(clusters, key=int)},
         "exact_removed": build["duplicates"]["exact_removed"] if build else None,
         "near_removed": build["duplicates"]["near_removed"] if build else None,
+        "removed_similarity": build["duplicates"].get("similarity") if build else None,  # with verification: cluster members by similarity
     }
 
 

@@ -42,6 +42,7 @@ def histogram(values: np.ndarray) -> np.ndarray:
 
 # the files of a process task's folder
 TOKENS, DOCS, KEYS, QUARANTINE = "tokens.bin", "docs.npz", "keys.bin", "quarantine.jsonl"
+SIGNATURES = "sig.bin"  # when dedupe.minhash.verify: `stages.dedupe.pack_signatures` of the kept documents
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ class _FileOutputs:
     tokens: list[np.ndarray] = field(default_factory=list)
     columns: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
     keys: list[np.ndarray] = field(default_factory=list)
+    signatures: list[np.ndarray] = field(default_factory=list)
     quarantine: list[str] = field(default_factory=list)
     funnels: dict[str, SubsetFunnel] = field(default_factory=lambda: defaultdict(SubsetFunnel))
     subsets: dict[str, int] = field(default_factory=dict)
@@ -148,7 +150,10 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
     out.columns["split"].append(_split_of(kept, task.source, task.split))
     out.columns["chars"].append(np.fromiter(map(len, kept.texts), np.int64, len(kept)))
     out.columns["length"].append(lengths)
-    out.keys.append(dedupe_stage.document_keys(kept.texts, dedupe))
+    keys, signatures = dedupe_stage.document_keys_and_signatures(kept.texts, dedupe)
+    out.keys.append(keys)
+    if signatures is not None:
+        out.signatures.append(signatures)
 
 
 def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig, batch_documents: int) -> dict:
@@ -187,6 +192,9 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
     work.write_bytes(f"{name}/{DOCS}", buffer.getvalue())
     work.write_bytes(f"{name}/{KEYS}", offsets.tobytes() + b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions))
     work.write_bytes(f"{name}/{QUARANTINE}", "".join(line + "\n" for line in out.quarantine).encode())
+    if dedupe.minhash.verify:
+        signatures = np.concatenate(out.signatures) if out.signatures else np.zeros((0, dedupe.minhash.permutations), np.uint16)
+        work.write_bytes(f"{name}/{SIGNATURES}", dedupe_stage.pack_signatures(ordinals, signatures))
     record = {
         "source": task.source.name,
         "path": task.rel_path,

@@ -8,7 +8,10 @@ earliest document of a group survives, and duplicates chain (A~B, B~C puts A, B,
 The flow, in which no process ever holds all keys or signatures:
 1. per input file: `document_keys(texts, cfg)` -> `partition_rows(keys, doc_keys, cfg.partitions)`;
 2. per partition p: concatenate partition p's rows of every file -> `duplicate_edges(rows)`;
-3. once: concatenate all edges -> `resolve_clusters(edges, exact_slot=...)`.
+3. once: concatenate all edges -> `resolve_clusters(edges, exact_slot=...)`;
+4. when `minhash.verify`: per partition of the clusters (by survivor), `verify_clusters(...)` re-clusters each
+   LSH cluster by the stored signatures' (`pack_signatures`, written by step 1) estimated Jaccard: a member is
+   removed only for a kept document at `minhash.threshold` or above. Its work grows with the removals.
 
 Memory. A row is (slot, key, doc_key), 3 x uint64 = 24 bytes; a document gives one row per slot, and the rows
 spread evenly over partitions (the keys are hashes), so a partition holds documents x slots / partitions rows.
@@ -18,7 +21,8 @@ when half the documents are duplicates), i.e. 80 x slots / partitions bytes per 
 10 slots and 256 partitions 3.1 bytes per document, about 1.9 GB for SlimPajama's ~590M documents.
 A file's task peaks at 64 x slots bytes per document of that file (keys, rows and their sort; measured).
 `resolve_clusters` needs about 100 bytes per edge beyond the edges themselves (24 bytes each), and there is
-one edge per (duplicate document, slot it matched in).
+one edge per (duplicate document, slot it matched in). `verify_clusters` holds its clusters' signatures
+(512 B a member: 256 values, low 16 bits) and compares each member with at most MAX_CENTERS kept documents.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import xxhash
 from numba import njit
 
 from stages.config import ConfigError
-from stages.minhash import MinHashConfig, band_keys, signatures
+from stages.minhash import MinHashConfig, band_keys, compact, signatures
 
 EXACT_SLOT = "exact"
 
@@ -50,6 +54,7 @@ class DedupeResult:
     removed: np.ndarray  # uint64 doc_keys of every non-survivor, sorted, unique
     removed_exact: np.ndarray  # bool per `removed`: True when it lost an exact-content group, else near duplicate
     cluster_sizes: np.ndarray  # int64, documents per cluster (survivor included), clusters of 2 or more only
+    survivors: np.ndarray | None = None  # uint64 per `removed`: the survivor of its cluster
 
 
 def key_slots(cfg: DedupeConfig) -> list[str]:
@@ -62,7 +67,13 @@ def key_slots(cfg: DedupeConfig) -> list[str]:
 
 def document_keys(texts: list[str], cfg: DedupeConfig) -> np.ndarray:
     """uint64 keys of shape (len(texts), len(key_slots(cfg)))."""
+    return document_keys_and_signatures(texts, cfg)[0]
+
+
+def document_keys_and_signatures(texts: list[str], cfg: DedupeConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """The keys of `document_keys` and, when `minhash.verify`, the compact signatures (uint16, one row per text)."""
     keys = np.empty((len(texts), len(key_slots(cfg))), dtype=np.uint64)
+    sigs = None
     column = 0
     if cfg.exact:
         # "surrogatepass": a lone surrogate (legal in a JSON escape) must hash, not crash the task.
@@ -71,8 +82,75 @@ def document_keys(texts: list[str], cfg: DedupeConfig) -> np.ndarray:
         column = 1
     if cfg.minhash.enabled:
         mh = cfg.minhash
-        keys[:, column:] = band_keys(signatures(texts, mh), mh.bands, mh.rows)
-    return keys
+        full = signatures(texts, mh)
+        keys[:, column:] = band_keys(full, mh.bands, mh.rows)
+        sigs = compact(full) if mh.verify else None
+    return keys, sigs
+
+
+# sig.bin, a process task's signatures: uint64 documents n, uint64 width w, uint64 ordinals[n] (ascending),
+# then uint16 signatures[n, w] (`minhash.compact`), so a reader finds any documents' rows by two range reads.
+SIG_HEADER = 16
+
+
+def pack_signatures(ordinals: np.ndarray, sigs: np.ndarray) -> bytes:
+    ordinals = np.asarray(ordinals, np.uint64)
+    if len(ordinals) > 1 and not np.all(ordinals[1:] > ordinals[:-1]):
+        raise ValueError("ordinals must be strictly ascending (documents in file order)")
+    header = np.array([len(ordinals), sigs.shape[1] if sigs.ndim == 2 else 0], np.uint64)
+    return header.tobytes() + ordinals.tobytes() + np.ascontiguousarray(sigs, np.uint16).tobytes()
+
+
+MAX_CENTERS = 256  # a cluster member is compared with at most this many kept documents of its cluster
+
+
+def verify_clusters(sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, threshold: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-cluster each LSH cluster by estimated Jaccard, greedily in key order. `sigs` holds the clusters' rows
+    back to back, each cluster's survivor first (`starts`: where each cluster begins, plus the end). A member
+    whose similarity with a kept document of its cluster (the survivor, or an earlier member kept before it)
+    reaches `threshold` is removed, that document becoming its survivor; otherwise it is kept and later members
+    may be removed for it. So every removal is verified against the document that stays in its place, and a
+    chain A~B~C~D through weak links keeps what is far from A instead of losing it (or keeping C and D both).
+    An exact copy is always removed (its twin holds the same text). `rows` (default: all in order) names each
+    position's row of `sigs`, so a document in several positions is stored once. Returns per position the
+    position of its survivor (itself for a kept one), its similarity with that survivor, and whether it is
+    removed (False on survivors)."""
+    rows = np.arange(len(sigs), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    width = sigs.shape[1] if sigs.ndim == 2 else 0
+    center = np.arange(len(rows), dtype=np.int64)
+    matches = np.full(len(rows), width, dtype=np.int64)
+    removed = np.zeros(len(rows), dtype=bool)
+    if len(rows):
+        need = int(np.ceil(threshold * width - 1e-9))
+        _verify_kernel(np.ascontiguousarray(sigs), rows, np.asarray(starts, np.int64), np.asarray(exact, bool), need, MAX_CENTERS, center, matches, removed)
+    return center, matches / max(width, 1), removed
+
+
+@njit(cache=True, nogil=True)
+def _verify_kernel(sigs, rows, starts, exact, need, max_centers, center, matches, removed):
+    width = sigs.shape[1]
+    centers = np.empty(max_centers, np.int64)
+    for c in range(starts.shape[0] - 1):
+        a, b = starts[c], starts[c + 1]
+        centers[0] = a
+        n_centers = 1
+        for i in range(a + 1, b):
+            best, best_m = a, -1
+            for k in range(n_centers):
+                m = 0
+                x, y = rows[i], rows[centers[k]]
+                for v in range(width):
+                    m += sigs[x, v] == sigs[y, v]
+                if m > best_m:
+                    best, best_m = centers[k], m
+                if m == width:
+                    break
+            matches[i] = best_m
+            if best_m >= need or exact[i]:
+                center[i], removed[i] = best, True
+            elif n_centers < max_centers:  # past the cap a member is kept and compared with no later one
+                centers[n_centers] = i
+                n_centers += 1
 
 
 def partition_rows(keys: np.ndarray, doc_keys: np.ndarray, partitions: int) -> list[np.ndarray]:
@@ -149,4 +227,5 @@ def resolve_clusters(edges: np.ndarray, *, exact_slot: int | None = 0) -> Dedupe
         removed=removed,
         removed_exact=np.isin(removed, exact_losers),
         cluster_sizes=sizes[sizes >= 2].astype(np.int64),
+        survivors=nodes[roots[roots != np.arange(len(nodes))]],
     )

@@ -8,13 +8,17 @@ import xxhash
 
 from manifests.keys import doc_key as global_doc_key
 from stages.dedupe import (
+    SIG_HEADER,
     DedupeConfig,
     DedupeResult,
     document_keys,
+    document_keys_and_signatures,
     duplicate_edges,
     key_slots,
+    pack_signatures,
     partition_rows,
     resolve_clusters,
+    verify_clusters,
 )
 from stages.minhash import MinHashConfig
 
@@ -64,6 +68,38 @@ def test_planted_duplicates_across_files_are_found_and_the_smallest_doc_key_surv
     assert result.cluster_sizes.tolist() == [2, 2, 2, 2]
     survivors = {int(doc): int(survivor) for doc, survivor, _ in edges}
     assert survivors == {doc: survivor for doc, (_, survivor) in expected.items()}
+    assert result.survivors.tolist() == [expected[k][1] for k in sorted(expected)]
+
+
+def test_verification_keeps_weak_links_and_re_clusters_a_chain(kjv_chapters):
+    """One LSH cluster kept by A: B a near copy of A; C shares a third of A (a weak link); D a near copy of C;
+    E an exact copy of B. C is kept (far from A) and D is removed for C, not kept with it; E follows B's twin."""
+    cfg = DedupeConfig()
+    a = kjv_chapters[("Genesis", 5)]
+    c = " ".join(a.split(" ")[: len(a.split(" ")) // 3] + kjv_chapters[("Genesis", 6)].split(" "))
+    b = near_copy(a)
+    _, sigs = document_keys_and_signatures([a, b, c, near_copy(c), b], cfg)
+    exact = np.array([False, False, False, False, True])
+    center, similarity, removed = verify_clusters(sigs, np.array([0, 5]), exact, cfg.minhash.threshold)
+    assert removed.tolist() == [False, True, False, True, True]
+    assert center.tolist() == [0, 0, 2, 2, 0]
+    assert similarity[1] >= 0.85 and similarity[2] < 0.5 and similarity[3] >= 0.85 and similarity[4] == similarity[1]
+    # two clusters back to back are verified apart; nothing at all is fine
+    center, _, removed = verify_clusters(np.concatenate([sigs[:2], sigs[2:4]]), np.array([0, 2, 4]), np.zeros(4, bool), 0.78)
+    assert center.tolist() == [0, 0, 2, 2] and removed.tolist() == [False, True, False, True]
+    assert verify_clusters(sigs[:0], np.array([0]), np.zeros(0, bool), 0.78)[2].shape == (0,)
+
+
+def test_signature_file_layout():
+    ordinals = np.array([1, 4, 9], np.uint64)
+    sigs = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    raw = pack_signatures(ordinals, sigs)
+    assert len(raw) == SIG_HEADER + 3 * 8 + 12 * 2
+    assert np.frombuffer(raw[:SIG_HEADER], np.uint64).tolist() == [3, 4]
+    assert np.frombuffer(raw[SIG_HEADER : SIG_HEADER + 24], np.uint64).tolist() == [1, 4, 9]
+    np.testing.assert_array_equal(np.frombuffer(raw[SIG_HEADER + 24 :], np.uint16).reshape(3, 4), sigs)
+    with pytest.raises(ValueError, match="ascending"):
+        pack_signatures(np.array([4, 1], np.uint64), sigs[:2])
 
 
 def test_result_is_identical_whatever_the_partition_count(planted_files):
@@ -113,8 +149,8 @@ def test_a_chain_through_later_survivors_resolves_to_the_smallest():
 def test_document_keys_slots_follow_the_config(kjv_chapters):
     texts = [kjv_chapters[("Ruth", 1)], kjv_chapters[("Ruth", 2)], "caf\u00e9 \ud800"]
     full = document_keys(texts, DedupeConfig())
-    assert key_slots(DedupeConfig()) == ["exact"] + [f"band{i}" for i in range(9)]
-    assert full.dtype == np.uint64 and full.shape == (3, 10)
+    assert key_slots(DedupeConfig()) == ["exact"] + [f"band{i}" for i in range(16)]
+    assert full.dtype == np.uint64 and full.shape == (3, 17)
     assert full[0, 0] == xxhash.xxh3_64_intdigest(texts[0].encode("utf-8"))
     exact_only = DedupeConfig(minhash=MinHashConfig(enabled=False))
     assert key_slots(exact_only) == ["exact"]
@@ -122,7 +158,11 @@ def test_document_keys_slots_follow_the_config(kjv_chapters):
     bands_only = DedupeConfig(exact=False, minhash=MinHashConfig(bands=4, rows=5))
     assert key_slots(bands_only) == ["band0", "band1", "band2", "band3"]
     assert document_keys(texts, bands_only).shape == (3, 4)
-    assert document_keys([], DedupeConfig()).shape == (0, 10)
+    assert document_keys([], DedupeConfig()).shape == (0, 17)
+    keys, sigs = document_keys_and_signatures(texts, DedupeConfig())
+    np.testing.assert_array_equal(keys, full)
+    assert sigs.dtype == np.uint16 and sigs.shape == (3, 256)
+    assert document_keys_and_signatures(texts, DedupeConfig(minhash=MinHashConfig(preset="slimpajama")))[1] is None
 
 
 def test_partition_rows_are_sorted_complete_and_placed_by_key(kjv_chapters):
