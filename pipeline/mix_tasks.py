@@ -26,6 +26,7 @@ from pipeline.tasks import DOCS, HIST_EDGES, TOKENS, Processed, histogram
 from stages import mix as mix_stage
 
 COPY_CHUNK = 64 << 20  # bytes per read when a token range is copied from an object store to local scratch
+GAP_BYTES = 1 << 20  # a gap this small between two needed token ranges is read through: one request, not two
 
 
 @dataclass(slots=True)
@@ -126,9 +127,7 @@ def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Sto
         tokens = {}
         for f in np.unique(file_of).tolist():
             mine = file_of == f
-            lo, hi = int(start_of[mine].min()), int((start_of[mine] + plan.lengths[mine]).max())
-            tokens[f] = _open_span(work, group.folders[f], dtype, lo, hi, stack)
-            start_of[mine] -= lo
+            tokens[f], start_of[mine] = _open_runs(work, group.folders[f], dtype, start_of[mine], plan.lengths[mine], stack)
         for k, part in enumerate(plan.shard_slices()):
             stem = f"{group.split}/{group.split}-{group.first_shard + k:05d}"
             entries.append(_write_shard(out, stem, tokens, file_of[part], start_of[part], plan.lengths[part], plan.source_ids[part], origin[part], dtype, source_names))
@@ -159,18 +158,33 @@ def _group_documents(group: MixGroup, resolved: str, work: Store) -> tuple[list[
     return sources, located
 
 
-def _open_span(work: Store, folder: str, dtype: np.dtype, lo: int, hi: int, stack: ExitStack) -> np.ndarray:
-    """Tokens [lo, hi) of a file without holding them in memory: a slice of a memory map of the work dir's file,
-    or a memory map of a local copy of just that span, streamed from the object store in COPY_CHUNK reads (a
-    few GETs per file and group, never one per document)."""
+def _open_runs(work: Store, folder: str, dtype: np.dtype, starts: np.ndarray, lengths: np.ndarray, stack: ExitStack) -> tuple[np.ndarray, np.ndarray]:
+    """One file's tokens of the documents (starts, lengths) without holding them in memory, and where each
+    document starts in what is returned: a memory map of the work dir's file, or a memory map of a local copy of
+    just the runs of needed tokens (a gap under GAP_BYTES is read through), streamed from the object store in
+    reads of at most COPY_CHUNK. A group's documents of one file are contiguous, save for the other split's:
+    a few GETs per file and group. Copying the span from the first to the last document instead would copy a
+    whole file for a split drawn per document (validation_fraction): every code file, for a few documents."""
     rel = f"{folder}/{TOKENS}"
     if work.is_local:
-        return np.memmap(work.path(rel), dtype=dtype, mode="r")[lo:hi]
+        return np.memmap(work.path(rel), dtype=dtype, mode="r"), starts
+    order = np.argsort(starts, kind="stable")
+    lo, hi = starts[order], np.maximum.accumulate(starts[order] + lengths[order])
+    first = np.ones(len(lo), bool)
+    first[1:] = lo[1:] > hi[:-1] + GAP_BYTES // dtype.itemsize
+    run = np.cumsum(first) - 1
+    run_lo, run_hi = lo[first], np.maximum.reduceat(hi, np.flatnonzero(first))
+    run_at = np.cumsum(run_hi - run_lo) - (run_hi - run_lo)  # where each run starts in the copy
+    local = np.empty(len(starts), np.int64)
+    local[order] = run_at[run] + lo - run_lo[run]
+    if not int((run_hi - run_lo).sum()):
+        return np.zeros(0, dtype), local
     scratch = stack.enter_context(tempfile.NamedTemporaryFile(prefix="tokenmill-", suffix=".bin"))
-    for start in range(lo * dtype.itemsize, hi * dtype.itemsize, COPY_CHUNK):
-        scratch.write(work.read_range(rel, start, min(start + COPY_CHUNK, hi * dtype.itemsize)))
+    for a, b in zip((run_lo * dtype.itemsize).tolist(), (run_hi * dtype.itemsize).tolist()):
+        for start in range(a, b, COPY_CHUNK):
+            scratch.write(work.read_range(rel, start, min(start + COPY_CHUNK, b)))
     scratch.flush()
-    return np.memmap(scratch.name, dtype=dtype, mode="r")
+    return np.memmap(scratch.name, dtype=dtype, mode="r"), local
 
 
 def _write_shard(out: Store, stem: str, tokens: dict[int, np.ndarray], files: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
