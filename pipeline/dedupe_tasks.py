@@ -42,10 +42,19 @@ def combine_keys(folder: str, files: list[Processed], partitions: int, work: Sto
     """One key group: its files' rows in partition order (one object), and their quarantine records (one object)."""
     started = time.perf_counter()
     per_file = [f.read_keys(work, partitions) for f in files]
-    parts = [np.concatenate([rows[offsets[p] : offsets[p + 1]] for offsets, rows in per_file]) if per_file else np.zeros((0, 3), np.uint64)
-             for p in range(partitions)]
-    offsets = np.cumsum([0] + [len(p) for p in parts]).tolist()
-    work.write_bytes(f"{folder}/keys.bin", b"".join(np.ascontiguousarray(p, np.uint64).tobytes() for p in parts))
+    # each file's rows of partition p go to one place of the combined array: the rows are held twice at most
+    # (the files' and the combined copy, then the combined copy and its bytes), not four times
+    counts = np.array([np.diff(file_offsets) for file_offsets, _ in per_file], np.int64).reshape(len(files), partitions)
+    offsets = np.concatenate(([0], np.cumsum(counts.sum(axis=0)))).astype(np.int64)
+    at = offsets[:-1] + np.cumsum(counts, axis=0) - counts
+    combined = np.empty((int(offsets[-1]), 3), np.uint64)
+    for k, (file_offsets, rows) in enumerate(per_file):
+        for p in np.flatnonzero(counts[k]).tolist():
+            combined[at[k, p] : at[k, p] + counts[k, p]] = rows[file_offsets[p] : file_offsets[p + 1]]
+    del per_file
+    work.write_bytes(f"{folder}/keys.bin", combined.tobytes())
+    del combined
+    offsets = offsets.tolist()
     lines = [line for f in files for line in work.read_bytes(f"{f.folder}/{QUARANTINE}").decode().splitlines()]
     work.write_bytes(f"{folder}/{QUARANTINE}", "".join(line + "\n" for line in lines).encode())
     by_reason: dict[str, int] = {}
