@@ -29,7 +29,7 @@ import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -264,9 +264,9 @@ def task_child(path: str) -> None:
     memory and its store counts as the last line."""
     with open(path, "rb") as f:
         fn, args = pickle.load(f)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     fn(*args)
-    print(json.dumps({**_status(), **CountingStore.counts, "seconds": time.perf_counter() - started}))
+    print(json.dumps({**_status(), **CountingStore.counts, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}))
 
 
 @dataclass(slots=True)
@@ -274,7 +274,8 @@ class StageMeasure:
     tasks: int = 0
     wall: float = 0.0
     child_seconds: float = 0.0  # per task: its interpreter start + imports + the task
-    task_seconds: float = 0.0  # the task function alone
+    task_seconds: float = 0.0  # the task function alone, wall
+    task_cpu: float = 0.0  # the task function alone, CPU (the machine is shared: wall seconds wait for other work)
     peak_hwm: float = 0.0  # MiB, the largest task's VmHWM (anonymous + file-backed pages)
     peak_anon: float = 0.0  # MiB, the largest RssAnon seen while polling
     reads: int = 0
@@ -324,6 +325,7 @@ class BenchRunner(Runner):
             m.tasks += 1
             m.child_seconds += time.perf_counter() - started
             m.task_seconds += r["seconds"]
+            m.task_cpu += r["cpu_seconds"]
             m.peak_hwm, m.peak_anon = max(m.peak_hwm, r["VmHWM"]), max(m.peak_anon, anon, r.get("RssAnon", 0.0))
             m.reads += r["reads"]
             m.read_bytes += r["read_bytes"]
@@ -343,7 +345,7 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
     work, out = CountingStore.at(work_dir), CountingStore.at(out_dir)
     baseline = _status()
     runner = BenchRunner(work, workers, EventLog(None, console=False))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     results = run_stages(recipe, inputs, tokenizer, runner, out)
     staged = _status()
     manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
@@ -355,7 +357,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
         "achieved": manifest["mix"]["achieved"], "removed": results.resolved,
         "stages": {stage: {**{k: getattr(m, k) for k in StageMeasure.__slots__}} for stage, m in runner.measures.items()},
         "driver": {"baseline_hwm": baseline["VmHWM"], "after_stages_hwm": staged["VmHWM"], "peak_hwm": end["VmHWM"],
-                   "peak_rss_anon_now": end.get("RssAnon"), "seconds": time.perf_counter() - started, **CountingStore.counts},
+                   "peak_rss_anon_now": end.get("RssAnon"), "seconds": time.perf_counter() - started,
+                   "cpu_seconds": time.process_time() - cpu, **CountingStore.counts},
     }
 
 
@@ -365,7 +368,7 @@ STAGES = ("keys", "dedupe", "resolve", "count", "mix")
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| documents | files | stage | tasks | peak RSS MiB (VmHWM) | peak anon MiB | task s (sum) | reads | read MB (largest task) | writes | shipped KB (largest) |",
+    lines = ["| documents | files | stage | tasks | peak RSS MiB (VmHWM) | peak anon MiB | task CPU s (wall) | reads | read MB (largest task) | writes | shipped KB (largest) |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for run in runs:
         for stage in STAGES:
@@ -373,11 +376,11 @@ def table(runs: list[dict]) -> str:
             if not m:
                 continue
             lines.append(f"| {run['documents']:,} | {run['files']} | {stage} | {m['tasks']} | {m['peak_hwm']:.0f} | {m['peak_anon']:.0f} | "
-                         f"{m['task_seconds']:.1f} | {m['reads']:,} | {m['read_bytes'] / 1e6:,.0f} ({m['max_task_read_bytes'] / 1e6:,.0f}) | "
+                         f"{m['task_cpu']:.1f} ({m['task_seconds']:.1f}) | {m['reads']:,} | {m['read_bytes'] / 1e6:,.0f} ({m['max_task_read_bytes'] / 1e6:,.0f}) | "
                          f"{m['writes']:,} | {m['max_args_bytes'] / 1e3:.1f} |")
         d = run["driver"]
         lines.append(f"| {run['documents']:,} | {run['files']} | **driver** | 1 | {d['peak_hwm']:.0f} (start {d['baseline_hwm']:.0f}, after stages "
-                     f"{d['after_stages_hwm']:.0f}) | | {d['seconds']:.1f} wall | {d['reads']:,} | {d['read_bytes'] / 1e6:,.1f} | {d['writes']:,} | |")
+                     f"{d['after_stages_hwm']:.0f}) | | {d['cpu_seconds']:.1f} ({d['seconds']:.1f}) | {d['reads']:,} | {d['read_bytes'] / 1e6:,.1f} | {d['writes']:,} | |")
     return "\n".join(lines)
 
 
@@ -386,6 +389,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", required=True, help="scratch folder (local); each size gets its own subfolder")
     p.add_argument("--docs", type=int, nargs="+", default=[1_000_000, 10_000_000])
     p.add_argument("--token-scale", type=float, default=1.0, help="documents' token counts x this, to fit the disk (shard size alike)")
+    p.add_argument("--natural-per-file", type=int, default=Shape().natural_per_file, help="documents per SlimPajama-like file")
+    p.add_argument("--code-per-file", type=int, default=Shape().code_per_file, help="documents per StarCoderData-like file")
     p.add_argument("--rows-per-partition", type=int, default=FULL_ROWS_PER_PARTITION)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="append each size's raw results to this JSON-lines file")
@@ -397,7 +402,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    shape = Shape(token_scale=args.token_scale)
+    shape = Shape(token_scale=args.token_scale, natural_per_file=args.natural_per_file, code_per_file=args.code_per_file)
     if args.driver:  # through the module, so that what the tasks are given pickles by its module name
         from bench import build_scale
 
@@ -405,12 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = []
     for documents in args.docs:
-        root = Path(args.work) / f"docs-{documents}-x{args.token_scale:g}"
+        root = Path(args.work) / f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}"
         shutil.rmtree(root, ignore_errors=True)
         seconds = fabricate(str(root / "work"), documents, shape, args.rows_per_partition, args.workers)
         disk = sum(p.stat().st_size for p in (root / "work").rglob("*") if p.is_file())
         print(f"fabricated {documents:,} documents in {seconds:.0f}s, {disk / 1e9:.2f} GB", flush=True)
         done = subprocess.run([sys.executable, __file__, "--work", args.work, "--token-scale", str(args.token_scale),
+                               "--natural-per-file", str(args.natural_per_file), "--code-per-file", str(args.code_per_file),
                                "--rows-per-partition", str(args.rows_per_partition), "--workers", str(args.workers),
                                "--driver", str(root / "work"), str(root / "out"), "--driver-docs", str(documents)],
                               capture_output=True, text=True)
@@ -418,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             print(done.stderr[-5000:], file=sys.stderr)
             return 1
         run = json.loads(done.stdout.strip().splitlines()[-1])
-        run.update(fabricate_seconds=seconds, work_bytes=disk, token_scale=args.token_scale)
+        run.update(fabricate_seconds=seconds, work_bytes=disk, shape=asdict(shape))
         runs.append(run)
         print(table([run]), flush=True)
         if args.json:
