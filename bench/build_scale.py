@@ -284,6 +284,7 @@ class StageMeasure:
     writes: int = 0
     write_bytes: int = 0
     max_args_bytes: int = 0  # what the driver ships to one task (pickled)
+    per_task: list = None  # (folder, VmHWM MiB, reads, read bytes, CPU s) of each task
 
 
 _LOCK = threading.Lock()
@@ -297,7 +298,7 @@ class BenchRunner(Runner):
         self.measures: dict[str, StageMeasure] = {}
 
     def _run_pending(self, stage: str, tasks_: list[Task], pending: list[int]):
-        m = self.measures.setdefault(stage, StageMeasure())
+        m = self.measures.setdefault(stage, StageMeasure(per_task=[]))
         started = time.perf_counter()
         with ThreadPoolExecutor(self.workers) as pool:
             results = list(pool.map(lambda i: self._one(stage, tasks_[i], m), pending))
@@ -333,6 +334,7 @@ class BenchRunner(Runner):
             m.writes += r["writes"]
             m.write_bytes += r["write_bytes"]
             m.max_args_bytes = max(m.max_args_bytes, args_bytes)
+            m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2)))
         return json.loads(Path(self.work.path(task.folder, "_DONE.json")).read_text())  # as ray.get returns it (not counted)
 
 
@@ -391,6 +393,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--token-scale", type=float, default=1.0, help="documents' token counts x this, to fit the disk (shard size alike)")
     p.add_argument("--natural-per-file", type=int, default=Shape().natural_per_file, help="documents per SlimPajama-like file")
     p.add_argument("--code-per-file", type=int, default=Shape().code_per_file, help="documents per StarCoderData-like file")
+    p.add_argument("--exact-fraction", type=float, default=Shape().exact_fraction, help="planted exact copies")
+    p.add_argument("--near-fraction", type=float, default=Shape().near_fraction, help="planted near copies")
     p.add_argument("--rows-per-partition", type=int, default=FULL_ROWS_PER_PARTITION)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="append each size's raw results to this JSON-lines file")
@@ -402,7 +406,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    shape = Shape(token_scale=args.token_scale, natural_per_file=args.natural_per_file, code_per_file=args.code_per_file)
+    shape = Shape(token_scale=args.token_scale, natural_per_file=args.natural_per_file, code_per_file=args.code_per_file,
+                  exact_fraction=args.exact_fraction, near_fraction=args.near_fraction)
     if args.driver:  # through the module, so that what the tasks are given pickles by its module name
         from bench import build_scale
 
@@ -410,13 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = []
     for documents in args.docs:
-        root = Path(args.work) / f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}"
+        root = Path(args.work) / f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}-{args.exact_fraction:g}"
         shutil.rmtree(root, ignore_errors=True)
         seconds = fabricate(str(root / "work"), documents, shape, args.rows_per_partition, args.workers)
         disk = sum(p.stat().st_size for p in (root / "work").rglob("*") if p.is_file())
         print(f"fabricated {documents:,} documents in {seconds:.0f}s, {disk / 1e9:.2f} GB", flush=True)
         done = subprocess.run([sys.executable, __file__, "--work", args.work, "--token-scale", str(args.token_scale),
                                "--natural-per-file", str(args.natural_per_file), "--code-per-file", str(args.code_per_file),
+                               "--exact-fraction", str(args.exact_fraction), "--near-fraction", str(args.near_fraction),
                                "--rows-per-partition", str(args.rows_per_partition), "--workers", str(args.workers),
                                "--driver", str(root / "work"), str(root / "out"), "--driver-docs", str(documents)],
                               capture_output=True, text=True)

@@ -26,7 +26,7 @@ from pipeline.tasks import DOCS, HIST_EDGES, TOKENS, Processed, histogram
 from stages import mix as mix_stage
 
 COPY_CHUNK = 64 << 20  # bytes per read when a token range is copied from an object store to local scratch
-GAP_BYTES = 1 << 20  # a gap this small between two needed token ranges is read through: one request, not two
+GAP_BYTES = 64 << 10  # a gap this small between two needed token ranges is read through: one request, not two
 
 
 @dataclass(slots=True)
