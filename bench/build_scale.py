@@ -386,6 +386,72 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ projection
+
+FULL = {"documents": 800e6, "files": 59_166 + 1_000, "text_bytes": 3.3e12, "process_mb_per_core_s": 4.7,
+        "partitions": 1024, "shard_tokens": 100e6, "shards_per_group": 8, "cores": 512, "duplicates": 0.02, "code_validation_docs": 210e3}
+
+
+def _run(runs: list[dict], documents: int, scale: float, natural_per_file: int | None = None, exact: float = 0.01) -> dict | None:
+    for r in runs:
+        s = r["shape"]
+        if (r["documents"] == documents and s["token_scale"] == scale and s["exact_fraction"] == exact
+                and (natural_per_file is None or s["natural_per_file"] == natural_per_file)):
+            return r
+    return None
+
+
+def project(runs: list[dict]) -> str:
+    """Core-hours, requests, peak memory and wall time of the full TinyLlama build from the measured runs: the
+    per-document CPU of the 10M-document run (keys, dedupe, count), the mix's CPU split into per-document and
+    per-token parts from the 1M runs at two token scales, resolve's memory and CPU per removed document from the
+    run with 20% planted duplicates, the driver from the run with the full corpus's file count."""
+    big = max((r for r in runs if r["shape"]["token_scale"] < 1 and r["shape"]["exact_fraction"] == 0.01
+               and r["shape"]["natural_per_file"] == 10_000), key=lambda r: r["documents"])
+    small, real = _run(runs, 1_000_000, big["shape"]["token_scale"], 10_000), _run(runs, 1_000_000, 1.0, 10_000)
+    files_run = max(runs, key=lambda r: r["files"])
+    dup_run = max(runs, key=lambda r: r["shape"]["exact_fraction"])
+    n = FULL["documents"]
+    tokens_per_doc = sum(real["tokens"].values()) / real["documents"]
+    full_tokens = n * tokens_per_doc
+    cpu = {stage: big["stages"][stage]["task_cpu"] / big["documents"] * n for stage in ("keys", "dedupe", "count")}
+    small_tokens, real_tokens = sum(small["tokens"].values()), sum(real["tokens"].values())
+    per_token = (real["stages"]["mix"]["task_cpu"] - small["stages"]["mix"]["task_cpu"]) / (real_tokens - small_tokens)
+    per_doc = (small["stages"]["mix"]["task_cpu"] - per_token * small_tokens) / small["documents"]
+    cpu["mix"] = per_doc * n + per_token * full_tokens
+    removed = FULL["duplicates"] * n
+    cpu["resolve"] = dup_run["stages"]["resolve"]["task_cpu"] / dup_run["removed"]["removed"] * removed
+    cpu["driver"] = files_run["driver"]["cpu_seconds"] / files_run["files"] * FULL["files"]
+    process = FULL["text_bytes"] / (FULL["process_mb_per_core_s"] * 1e6)
+    late = sum(cpu.values())
+    groups = math.ceil(n * 10 / 10_000_000)
+    mix_groups = math.ceil(full_tokens / (FULL["shard_tokens"] * FULL["shards_per_group"]))
+    requests = {
+        "keys": 2 * FULL["files"], "dedupe": groups * FULL["partitions"], "resolve": FULL["partitions"], "count": FULL["files"] + 3 * groups,
+        "mix": 2 * (FULL["files"] + mix_groups) + 3 * mix_groups + FULL["code_validation_docs"],
+        "driver": FULL["files"] + groups + FULL["partitions"] + 1 + groups + mix_groups + 2,
+    }
+    tasks_of = {"keys": groups, "dedupe": FULL["partitions"], "resolve": 1, "count": groups, "mix": mix_groups}
+    base = dup_run["stages"]["resolve"]["peak_hwm"]
+    per_removed = (dup_run["stages"]["resolve"]["peak_hwm"] - big["stages"]["resolve"]["peak_hwm"]) / (dup_run["removed"]["removed"] - big["removed"]["removed"])
+    memory = {stage: max(big["stages"][stage]["peak_hwm"], real["stages"][stage]["peak_hwm"]) for stage in ("keys", "dedupe", "count", "mix")}
+    memory["resolve"] = base + per_removed * (removed - dup_run["removed"]["removed"])
+    lines = [f"Full corpus: {n / 1e6:.0f}M documents, {FULL['files']:,} input files, ~{full_tokens / 1e9:.0f}B tokens in the shards, "
+             f"{FULL['partitions']} partitions, {groups} key groups, {mix_groups} mix groups, {FULL['duplicates']:.0%} duplicates, {FULL['cores']} cores.",
+             "", "| stage | core-hours | share of total | tasks | peak RSS per task | object-store reads | wall on 512 cores (CPU only) |",
+             "|---|---:|---:|---:|---|---:|---:|",
+             f"| process (BENCHMARKS.md: {FULL['process_mb_per_core_s']} MB/s per core) | {process / 3600:.1f} | {process / (process + late):.1%} | "
+             f"{FULL['files']:,} | ~250 MiB + 1.8 x the file's text | {FULL['files']:,}+ | {process / FULL['cores'] / 60:.0f} min |"]
+    for stage in ("keys", "dedupe", "resolve", "count", "mix"):
+        wall = max(cpu[stage] / min(FULL["cores"], tasks_of[stage]), cpu[stage] / tasks_of[stage])
+        lines.append(f"| {stage} | {cpu[stage] / 3600:.2f} | {cpu[stage] / (process + late):.2%} | {tasks_of[stage]:,} | {memory[stage]:,.0f} MiB | "
+                     f"{requests[stage]:,.0f} | {wall:.0f} s |")
+    lines.append(f"| driver | {cpu['driver'] / 3600:.2f} | {cpu['driver'] / (process + late):.2%} | 1 | {files_run['driver']['peak_hwm']:.0f} MiB at "
+                 f"{files_run['files']:,} files | {requests['driver']:,.0f} (sequential) | {cpu['driver']:.0f} s |")
+    lines.append(f"| **total** | **{(process + late) / 3600:.1f}** | after process: **{late / (process + late):.1%}** | | | | |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="scratch folder (local); each size gets its own subfolder")
@@ -399,6 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="append each size's raw results to this JSON-lines file")
     p.add_argument("--keep", action="store_true", help="keep each size's work and output folders")
+    p.add_argument("--reuse", action="store_true", help="re-use the fabricated process outputs of a kept folder (later stages rerun)")
+    p.add_argument("--project", nargs="+", metavar="JSONL", help="only print the projection from these --json files")
     p.add_argument("--driver", nargs=2, metavar=("WORK", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--driver-docs", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -413,10 +481,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(build_scale.driver(*args.driver, args.driver_docs, shape, args.rows_per_partition, args.workers)))
         return 0
+    if args.project:
+        print(project([json.loads(line) for path in args.project for line in Path(path).read_text().splitlines() if line.strip()]))
+        return 0
     runs = []
     for documents in args.docs:
         root = Path(args.work) / f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}-{args.exact_fraction:g}"
-        shutil.rmtree(root, ignore_errors=True)
+        for sub in ("out", *(["work/keys", "work/dedupe", "work/count", "work/mix"] if args.reuse else ["work"])):
+            shutil.rmtree(root / sub, ignore_errors=True)
         seconds = fabricate(str(root / "work"), documents, shape, args.rows_per_partition, args.workers)
         disk = sum(p.stat().st_size for p in (root / "work").rglob("*") if p.is_file())
         print(f"fabricated {documents:,} documents in {seconds:.0f}s, {disk / 1e9:.2f} GB", flush=True)
