@@ -405,12 +405,12 @@ def project(runs: list[dict]) -> str:
     """Core-hours, requests, peak memory and wall time of the full TinyLlama build from the measured runs: the
     per-document CPU of the 10M-document run (keys, dedupe, count), the mix's CPU split into per-document and
     per-token parts from the 1M runs at two token scales, resolve's memory and CPU per removed document from the
-    run with 20% planted duplicates, the driver from the run with the full corpus's file count."""
+    runs with the fewest and the most removed documents, the driver from the run with the most input files."""
     big = max((r for r in runs if r["shape"]["token_scale"] < 1 and r["shape"]["exact_fraction"] == 0.01
                and r["shape"]["natural_per_file"] == 10_000), key=lambda r: r["documents"])
     small, real = _run(runs, 1_000_000, big["shape"]["token_scale"], 10_000), _run(runs, 1_000_000, 1.0, 10_000)
     files_run = max(runs, key=lambda r: r["files"])
-    dup_run = max(runs, key=lambda r: r["shape"]["exact_fraction"])
+    few_dups, dup_run = min(runs, key=lambda r: r["removed"]["removed"]), max(runs, key=lambda r: r["removed"]["removed"])
     n = FULL["documents"]
     tokens_per_doc = sum(real["tokens"].values()) / real["documents"]
     full_tokens = n * tokens_per_doc
@@ -432,8 +432,9 @@ def project(runs: list[dict]) -> str:
         "driver": FULL["files"] + groups + FULL["partitions"] + 1 + groups + mix_groups + 2,
     }
     tasks_of = {"keys": groups, "dedupe": FULL["partitions"], "resolve": 1, "count": groups, "mix": mix_groups}
+    # resolve holds every edge (one per duplicate document and key slot it matched in): MiB per removed document
     base = dup_run["stages"]["resolve"]["peak_hwm"]
-    per_removed = (dup_run["stages"]["resolve"]["peak_hwm"] - big["stages"]["resolve"]["peak_hwm"]) / (dup_run["removed"]["removed"] - big["removed"]["removed"])
+    per_removed = (base - few_dups["stages"]["resolve"]["peak_hwm"]) / (dup_run["removed"]["removed"] - few_dups["removed"]["removed"])
     memory = {stage: max(big["stages"][stage]["peak_hwm"], real["stages"][stage]["peak_hwm"]) for stage in ("keys", "dedupe", "count", "mix")}
     memory["resolve"] = base + per_removed * (removed - dup_run["removed"]["removed"])
     lines = [f"Full corpus: {n / 1e6:.0f}M documents, {FULL['files']:,} input files, ~{full_tokens / 1e9:.0f}B tokens in the shards, "
