@@ -10,9 +10,11 @@
    a runner that runs every pending task in its own fresh process (so each task's peak RSS, VmHWM, is its own),
    `--workers` at a time. The work and output stores count their read and write calls and bytes, and say they
    are not local, so the mix tasks take the object-store path (token spans copied to local scratch).
-3. Print the per-stage table and a projection to the full TinyLlama corpus; `--json` keeps the raw results.
+3. Print the per-stage table; `--json` keeps the raw results, from which `--project` projects the full TinyLlama
+   corpus. Results and the exact commands: docs/benchmarks-scale.md.
 
-    PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25
+    PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25 --json runs.jsonl
+    PYTHONPATH=$PWD .venv/bin/python bench/build_scale.py --work x --project runs.jsonl
 """
 from __future__ import annotations
 
