@@ -28,6 +28,7 @@ from stages.dedupe import DedupeConfig
 
 ROW_BYTES = 24  # (slot, key, doc key) as three uint64
 KEY_GROUP_ROWS = 10_000_000  # rows a key group task holds at most (~240 MB), unless one file has more
+EDGE_BATCH = 1_000_000  # edges the resolve task reads before reducing them to (document, survivor) pairs
 # the resolve task's outputs: removed keys (sorted uint64), whether each was an exact copy (uint8), the offset of
 # each input file's first removed key (uint64, one more than files), cluster sizes (npy)
 REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES = "removed.bin", "removed_exact.bin", "removed_index.bin", "cluster_sizes.npy"
@@ -55,10 +56,19 @@ def combine_keys(folder: str, files: list[Processed], partitions: int, work: Sto
     """One key group: its files' rows in partition order (one object), and their quarantine records (one object)."""
     started = time.perf_counter()
     per_file = [f.read_keys(work, partitions) for f in files]
-    parts = [np.concatenate([rows[offsets[p] : offsets[p + 1]] for offsets, rows in per_file]) if per_file else np.zeros((0, 3), np.uint64)
-             for p in range(partitions)]
-    offsets = np.cumsum([0] + [len(p) for p in parts]).tolist()
-    work.write_bytes(f"{folder}/keys.bin", b"".join(np.ascontiguousarray(p, np.uint64).tobytes() for p in parts))
+    # each file's rows of partition p go to one place of the combined array: the rows are held twice at most
+    # (the files' and the combined copy, then the combined copy and its bytes), not four times
+    counts = np.array([np.diff(file_offsets) for file_offsets, _ in per_file], np.int64).reshape(len(files), partitions)
+    offsets = np.concatenate(([0], np.cumsum(counts.sum(axis=0)))).astype(np.int64)
+    at = offsets[:-1] + np.cumsum(counts, axis=0) - counts
+    combined = np.empty((int(offsets[-1]), 3), np.uint64)
+    for k, (file_offsets, rows) in enumerate(per_file):
+        for p in np.flatnonzero(counts[k]).tolist():
+            combined[at[k, p] : at[k, p] + counts[k, p]] = rows[file_offsets[p] : file_offsets[p + 1]]
+    del per_file
+    work.write_bytes(f"{folder}/keys.bin", combined.tobytes())
+    del combined
+    offsets = offsets.tolist()
     lines = [line for f in files for line in work.read_bytes(f"{f.folder}/{QUARANTINE}").decode().splitlines()]
     work.write_bytes(f"{folder}/{QUARANTINE}", "".join(line + "\n" for line in lines).encode())
     by_reason: dict[str, int] = {}
@@ -97,10 +107,7 @@ def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: 
 def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, work: Store, dedupe: DedupeConfig) -> dict:
     """Connected components over every partition's edges: memory grows with the duplicates, not the corpus."""
     started = time.perf_counter()
-    edges = [np.frombuffer(work.read_bytes(f"{p}/edges.bin"), np.uint64).reshape(-1, 3) for p in partition_folders]
-    all_edges = np.concatenate(edges) if edges else np.zeros((0, 3), np.uint64)
-    del edges
-    result = dedupe_stage.resolve_clusters(all_edges, exact_slot=0 if dedupe.exact else None)
+    result = dedupe_stage.resolve_clusters(_edge_pairs(work, partition_folders), exact_slot=0 if dedupe.exact else None)
     order = np.argsort(result.removed, kind="stable")
     removed, exact = result.removed[order].astype(np.uint64), result.removed_exact[order].astype(np.uint8)
     index = np.searchsorted(removed, np.arange(n_files + 1, dtype=np.uint64) << np.uint64(32)).astype(np.uint64)
@@ -123,6 +130,27 @@ def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, 
     }
     work.mark_done(folder, record)
     return record
+
+
+def _edge_pairs(work: Store, partition_folders: list[str]) -> np.ndarray:
+    """Every partition's edges, reduced to one per (document, survivor) pair as they are read, in batches of at
+    least EDGE_BATCH rows. A copy matches its original in several key slots (an exact copy in all of them), so
+    this holds several times fewer rows than the edges; the clusters and the exact verdicts are the same, as a
+    pair keeps its smallest slot (slot 0, the exact key, when any of its edges had it)."""
+    pairs, pending, rows = np.zeros((0, 3), np.uint64), [], 0
+    for p in partition_folders:
+        pending.append(np.frombuffer(work.read_bytes(f"{p}/edges.bin"), np.uint64).reshape(-1, 3))
+        rows += len(pending[-1])
+        if rows > max(EDGE_BATCH, len(pairs)):
+            pairs, pending, rows = _pairs(np.concatenate([pairs, *pending])), [], 0
+    return _pairs(np.concatenate([pairs, *pending]))
+
+
+def _pairs(edges: np.ndarray) -> np.ndarray:
+    edges = edges[np.lexsort((edges[:, 2], edges[:, 1], edges[:, 0]))]
+    first = np.ones(len(edges), bool)
+    first[1:] = (edges[1:, 0] != edges[:-1, 0]) | (edges[1:, 1] != edges[:-1, 1])
+    return edges[first]
 
 
 def removed_of(work: Store, resolved: str, file_indices: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:

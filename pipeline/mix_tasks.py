@@ -8,6 +8,7 @@ its documents: every task's memory is one group's document table plus one shard.
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -26,6 +27,7 @@ from pipeline.tasks import DOCS, HIST_EDGES, TOKENS, Processed, histogram
 from stages import mix as mix_stage
 
 COPY_CHUNK = 64 << 20  # bytes per read when a token range is copied from an object store to local scratch
+GAP_BYTES = 64 << 10  # a gap this small between two needed token ranges is read through: one request, not two
 
 
 @dataclass(slots=True)
@@ -124,15 +126,17 @@ def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Sto
     dtype = np.dtype("<u2" if dtype_name == "uint16" else "<u4")
     entries = []
     with ExitStack() as stack:
-        tokens = {}
+        # one local scratch file for the whole group when the work dir is an object store: one open file, not one per input
+        scratch = None if work.is_local else stack.enter_context(tempfile.NamedTemporaryFile(prefix="tokenmill-", suffix=".bin"))
+        paths = {}
         for f in np.unique(file_of).tolist():
             mine = file_of == f
-            lo, hi = int(start_of[mine].min()), int((start_of[mine] + plan.lengths[mine]).max())
-            tokens[f] = _open_span(work, group.folders[f], dtype, lo, hi, stack)
-            start_of[mine] -= lo
+            paths[f], start_of[mine] = _open_runs(work, group.folders[f], dtype, start_of[mine], plan.lengths[mine], scratch)
+        if scratch:
+            scratch.flush()
         for k, part in enumerate(plan.shard_slices()):
             stem = f"{group.shards_folder}/{group.split}/{group.split}-{group.first_shard + k:05d}"
-            entries.append(_write_shard(out, stem, tokens, file_of[part], start_of[part], plan.lengths[part], plan.source_ids[part], origin[part], dtype, source_names))
+            entries.append(_write_shard(out, stem, paths, file_of[part], start_of[part], plan.lengths[part], plan.source_ids[part], origin[part], dtype, source_names))
     record = {"entries": entries, "documents": int(len(plan.lengths)), "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
@@ -160,26 +164,45 @@ def _group_documents(group: MixGroup, resolved: str, work: Store) -> tuple[list[
     return sources, located
 
 
-def _open_span(work: Store, folder: str, dtype: np.dtype, lo: int, hi: int, stack: ExitStack) -> np.ndarray:
-    """Tokens [lo, hi) of a file without holding them in memory: a slice of a memory map of the work dir's file,
-    or a memory map of a local copy of just that span, streamed from the object store in COPY_CHUNK reads (a
-    few GETs per file and group, never one per document)."""
+def _open_runs(work: Store, folder: str, dtype: np.dtype, starts: np.ndarray, lengths: np.ndarray, scratch) -> tuple[str, np.ndarray]:
+    """A local file holding one input file's tokens of the documents (starts, lengths), and where each document
+    starts in it: the work dir's file itself, or the group's scratch file, to which just the runs of needed tokens
+    are appended (a gap under GAP_BYTES is read through), streamed from the object store in reads of at most
+    COPY_CHUNK. A group's documents of one file are contiguous, save for the other split's:
+    a few GETs per file and group. Copying the span from the first to the last document instead would copy a
+    whole file for a split drawn per document (validation_fraction): every code file, for a few documents."""
     rel = f"{folder}/{TOKENS}"
-    if work.is_local:
-        return np.memmap(work.path(rel), dtype=dtype, mode="r")[lo:hi]
-    scratch = stack.enter_context(tempfile.NamedTemporaryFile(prefix="tokenmill-", suffix=".bin"))
-    for start in range(lo * dtype.itemsize, hi * dtype.itemsize, COPY_CHUNK):
-        scratch.write(work.read_range(rel, start, min(start + COPY_CHUNK, hi * dtype.itemsize)))
-    scratch.flush()
-    return np.memmap(scratch.name, dtype=dtype, mode="r")
+    if scratch is None:
+        return work.path(rel), starts
+    order = np.argsort(starts, kind="stable")
+    lo, hi = starts[order], np.maximum.accumulate(starts[order] + lengths[order])
+    first = np.ones(len(lo), bool)
+    first[1:] = lo[1:] > hi[:-1] + GAP_BYTES // dtype.itemsize
+    run = np.cumsum(first) - 1
+    run_lo, run_hi = lo[first], np.maximum.reduceat(hi, np.flatnonzero(first))
+    run_at = np.cumsum(run_hi - run_lo) - (run_hi - run_lo)  # where each run starts in the copy
+    local = np.empty(len(starts), np.int64)
+    local[order] = scratch.tell() // dtype.itemsize + run_at[run] + lo - run_lo[run]
+    for a, b in zip((run_lo * dtype.itemsize).tolist(), (run_hi * dtype.itemsize).tolist()):
+        for start in range(a, b, COPY_CHUNK):
+            scratch.write(work.read_range(rel, start, min(start + COPY_CHUNK, b)))
+    return scratch.name, local
 
 
-def _write_shard(out: Store, stem: str, tokens: dict[int, np.ndarray], files: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+def _write_shard(out: Store, stem: str, paths: dict[int, str], files: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
                  source_ids: np.ndarray, origins: np.ndarray, dtype: np.dtype, source_names: list[str]) -> dict:
     data = np.empty(int(lengths.sum()), dtype)
     at = np.cumsum(lengths) - lengths
-    for i in range(len(lengths)):
-        data[at[i] : at[i] + lengths[i]] = tokens[int(files[i])][starts[i] : starts[i] + lengths[i]]
+    # file by file, each mapped only while its documents are copied: the task holds one open file and the token
+    # pages of one file's part of one shard, not a map (and its pages) of every file of the group
+    order = np.argsort(files, kind="stable")
+    bounds = np.flatnonzero(np.diff(files[order], prepend=-1, append=-1))
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        path = paths[int(files[order[a]])]
+        tokens = np.memmap(path, dtype=dtype, mode="r") if os.path.getsize(path) else np.zeros(0, dtype)
+        for i in order[a:b].tolist():
+            data[at[i] : at[i] + lengths[i]] = tokens[starts[i] : starts[i] + lengths[i]]
+        del tokens
     index = encode_index(dtype, np.cumsum(lengths).astype(np.uint64), source_ids, origins)
     payload = data.tobytes()
     out.write_bytes(f"{stem}.bin", payload)

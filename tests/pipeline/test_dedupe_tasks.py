@@ -11,6 +11,7 @@ from manifests.keys import doc_key
 from pipeline import dedupe_tasks, tasks
 from pipeline.ledger import Store
 from pipeline.report import similarity_chart
+from stages import dedupe as dedupe_stage
 from stages.dedupe import DedupeConfig, document_keys_and_signatures, key_slots
 from stages.minhash import MinHashConfig
 
@@ -96,3 +97,22 @@ def test_a_new_threshold_re_runs_only_verify_and_after():
     assert other.dedupe.minhash.threshold == 0.8 and other.dedupe.minhash.bands == 16
     assert dedupe_key(["p"], recipe) == dedupe_key(["p"], other) != dedupe_key(["p"], unverified)  # sig.bin or not
     assert verify_key("d", recipe) != verify_key("d", other)
+
+
+def test_edges_reduced_to_pairs_give_the_same_clusters_and_exact_verdicts(monkeypatch):
+    rng = np.random.default_rng(0)
+    docs = rng.integers(1, 5_000, 20_000).astype(np.uint64)
+    survivors = docs // np.uint64(3)  # chains and shared survivors
+    slots = rng.integers(0, 10, len(docs)).astype(np.uint64)  # the same pair in several slots, slot 0 sometimes
+    edges = np.column_stack((np.repeat(docs, 2), np.repeat(survivors, 2), np.concatenate((slots, (slots + 3) % 10))))
+    work = Store.at("memory://resolve-pairs")
+    folders = [f"p{i}" for i in range(7)]
+    for folder, part in zip(folders, np.array_split(edges, len(folders))):
+        work.write_bytes(f"{folder}/edges.bin", np.ascontiguousarray(part).tobytes())
+    monkeypatch.setattr(dedupe_tasks, "EDGE_BATCH", 3_000)  # several reductions
+    pairs = dedupe_tasks._edge_pairs(work, folders)
+    assert len(pairs) < len(edges) / 2
+    want, got = dedupe_stage.resolve_clusters(edges), dedupe_stage.resolve_clusters(pairs)
+    assert np.array_equal(want.removed, got.removed)
+    assert np.array_equal(want.removed_exact, got.removed_exact)
+    assert np.array_equal(want.cluster_sizes, got.cluster_sizes)

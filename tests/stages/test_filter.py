@@ -122,7 +122,7 @@ def test_apply_filters_keeps_order_and_names_the_first_filter_that_dropped(kjv):
         (4, "gopher_repetition:top_4_gram"),
     ]
     assert kept.ordinals == [1, 6] and kept.texts == [docs[0][1], docs[5][1]] and kept.subsets == ["RedPajamaBook"] * 2
-    assert (kept.source, kept.file_index, kept.path) == (batch.source, batch.file_index, batch.path)
+    assert (kept.source, kept.path) == (batch.source, batch.path)
 
 
 def test_c4_decides_but_leaves_kept_text_as_it_was(kjv):
