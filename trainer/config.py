@@ -1,7 +1,7 @@
 """Model presets and the training configuration: two small dataclasses, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -82,46 +82,48 @@ PRESET_TRAINING: dict[str, dict[str, int]] = {
 }
 
 
+def _opt(default, help: str):
+    """A TrainConfig field with its option's help sentence (`trainer.train.build_parser` makes the options)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
     """Everything `trainer.train` needs besides the model preset. Defaults are TinyLlama's, but for the batch and
     the warm-up, which are the preset's (PRESET_TRAINING)."""
 
-    manifest: Path | None = None  # required, unless --resume names a checkpoint: then the checkpoint's
-    preset: str | None = None  # required, unless --resume names a checkpoint: then the checkpoint's
-    out: Path | None = None  # checkpoints and metrics; default: the run folder that --resume continues
-    resume: Path | None = None  # a step-* checkpoint, or a run folder (its newest checkpoint)
-    steps: int = 1000
-    batch_tokens: int | None = None  # global batch per optimizer step, in tokens; default: the preset's
-    micro_batch: int = 8  # windows per rank per forward/backward
-    lr: float = 4e-4
-    min_lr: float = 4e-5
-    warmup_steps: int | None = None  # default: the preset's
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 1234
-    train_split: str = "train"
-    val_split: str = "validation"
-    eval_every: int = 0  # 0: no periodic validation
-    eval_windows: int = 64  # validation windows per evaluation, over all ranks
-    save_every: int = 1000  # and at the last step; 0: only on SIGTERM (benchmarks)
-    keep_last: int = 3
-    log_every: int = 10
-    compile: bool = True  # torch.compile each block (CUDA only; CPU runs stay eager)
-    ac_every: int = 0  # activation checkpointing of every k-th block; 0: none, 1: all
-    fp8: bool = False  # FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first
-    # FSDP (several devices; one device runs a replica and gathers nothing): keep each block's gathered bf16
-    # weights from forward to backward (one all-gather per block per step instead of two; costs the bf16 model
-    # in memory, 2.2 GB at 1.1B): +1.7% on one H100 (BENCHMARKS.md). Turn on for models whose gathered weights
-    # do not fit beside the activations (weights are then also re-gathered for every micro-batch of a step,
-    # instead of once per step).
-    reshard_after_forward: bool = False
-    verify_checksums: bool = False
-    # --resume against a manifest whose shards differ from the checkpoint's: continue anyway (refused otherwise)
-    allow_manifest_change: bool = False
-    prefetch: int = 4  # batches the background reader keeps ready
+    manifest: Path | None = _opt(None, "the build's manifest.json; required, unless --resume names a checkpoint (then the checkpoint's)")
+    preset: str | None = _opt(None, f"model size: one of {', '.join(PRESETS)}; required, unless --resume names a checkpoint (then the checkpoint's)")
+    out: Path | None = _opt(None, "folder for checkpoints and metrics.jsonl; default: the run folder that --resume continues")
+    resume: Path | None = _opt(None, "continue from a step-* checkpoint or a run folder (its newest); every option not given again is the checkpoint's")
+    steps: int = _opt(1000, "optimizer steps of the whole run")
+    batch_tokens: int | None = _opt(None, "global batch per optimizer step, in tokens (kept across a resume on another number of ranks); default: the preset's")
+    micro_batch: int = _opt(8, "windows per rank per forward/backward; the rest of the batch is gradient accumulation")
+    lr: float = _opt(4e-4, "peak learning rate (AdamW)")
+    min_lr: float = _opt(4e-5, "learning rate at the end of the cosine schedule")
+    warmup_steps: int | None = _opt(None, "linear warm-up steps; default: the preset's")
+    weight_decay: float = _opt(0.1, "AdamW weight decay (not on norms and embeddings)")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.95, "AdamW beta2")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this")
+    seed: int = _opt(1234, "seed of the initial weights and of the data order")
+    train_split: str = _opt("train", "the manifest split to train on")
+    val_split: str = _opt("validation", "the manifest split for --eval-every")
+    eval_every: int = _opt(0, "validation loss every N steps; 0: none")
+    eval_windows: int = _opt(64, "validation windows per evaluation, over all ranks")
+    save_every: int = _opt(1000, "checkpoint every N steps and at the last; 0: only on SIGTERM (benchmarks)")
+    keep_last: int = _opt(3, "checkpoints kept (the oldest removed)")
+    log_every: int = _opt(10, "a console line and a metrics.jsonl record every N steps")
+    compile: bool = _opt(True, "torch.compile each block (CUDA only; CPU runs stay eager)")
+    ac_every: int = _opt(0, "activation checkpointing of every k-th block; 0: none, 1: all")
+    fp8: bool = _opt(False, "FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first")
+    # FSDP (several devices; one device runs a replica and gathers nothing): keeping each block's gathered bf16
+    # weights from forward to backward gathers once per step instead of twice, at the cost of the bf16 model in
+    # memory (2.2 GB at 1.1B): +1.7% on one H100 (BENCHMARKS.md).
+    reshard_after_forward: bool = _opt(False, "FSDP: free each block's gathered weights after forward (for models whose gathered weights do not fit beside the activations)")
+    verify_checksums: bool = _opt(False, "check every shard's sha256 against the manifest before training (sizes are always checked)")
+    allow_manifest_change: bool = _opt(False, "with --resume: continue although the manifest's shards differ from the checkpoint's, saying what changed")
+    prefetch: int = _opt(4, "batches the background reader keeps ready")
 
     def __post_init__(self) -> None:
         for name in ("manifest", "preset"):

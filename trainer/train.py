@@ -30,7 +30,7 @@ from manifests.manifest import Manifest, ManifestError
 from manifests.manifest import load as load_manifest
 from manifests.shards import ShardFormatError
 from trainer import checkpoint
-from trainer.config import PRESET_TRAINING, PRESETS, ConfigError, ModelConfig, TrainConfig, preset
+from trainer.config import ConfigError, ModelConfig, TrainConfig, preset
 from trainer.data import DataError, WindowDataset, WindowLoader, check_shards, check_state, manifest_change, open_loader
 from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
@@ -44,16 +44,18 @@ USER_ERRORS = (ConfigError, ManifestError, DataError, ShardFormatError, checkpoi
 def build_parser() -> argparse.ArgumentParser:
     """One option per TrainConfig field. Options not given are left out of the parsed namespace (not filled with
     defaults), so that a resume can tell them from those given again (`parse_config`)."""
-    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__.split("\n\n")[0], allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    description = ("Train a Llama from a manifest's shards: FSDP2 over several devices, a bf16 replica of the fp32 weights on one. "
+                   "Run under torchrun, one process per GPU, or through `tokenmill train --nproc N`.")
+    parser = argparse.ArgumentParser(prog="trainer.train", description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = field.type.removesuffix(" | None")
+        sentence = field.metadata["help"]
         if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"default: {field.default}")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{sentence} (default: {'on' if field.default else 'off'})")
         else:
-            shown = {"manifest": "required; with --resume, the checkpoint's", "preset": f"required ({', '.join(PRESETS)}); with --resume, the checkpoint's"}
-            default = shown.get(field.name, "the preset's" if field.default is None and field.name in PRESET_TRAINING["tiny"] else field.default)
-            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), help=f"default: {default}")
+            shown = f" (default: {field.default})" if field.default is not None else ""
+            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), help=sentence + shown)
     return parser
 
 
