@@ -1,4 +1,4 @@
-"""The late stages at corpus scale (issue 16, targets 1 and 3): every task's peak memory and reads, the driver's.
+"""The late stages at corpus scale: every task's peak memory and reads, the driver's.
 
 1. Fabricate layout-true process-stage outputs (no text, no tokenizer run): for N documents in SlimPajama-like
    files (jsonl, ~1,060 tokens per document) and StarCoderData-like files (parquet, fewer and larger files, ~1,500

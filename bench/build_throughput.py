@@ -357,8 +357,9 @@ def tokenize_stage(texts: list[str], tokenizer, workers: int, batch_documents: i
     return {"seconds": seconds, "tokens": tokens}
 
 
-def tokenmill_build(recipe, out: Path, workers: int) -> dict:
-    """`pipeline.build.build` on a fresh embedded Ray (started before the clock: a cluster is up before a build)."""
+def timed_build(recipe, out: Path, workers: int) -> tuple[float, dict]:
+    """(wall seconds, manifest) of `pipeline.build.build` on a fresh embedded Ray, started before the clock (a
+    cluster is up before a build starts). The other build benchmarks time their builds through this too."""
     import ray
 
     from pipeline.build import build
@@ -370,7 +371,11 @@ def tokenmill_build(recipe, out: Path, workers: int) -> dict:
         seconds = time.perf_counter() - started
     finally:
         ray.shutdown()
-    manifest = json.loads((out / "manifest.json").read_text())
+    return seconds, json.loads((out / "manifest.json").read_text())
+
+
+def tokenmill_build(recipe, out: Path, workers: int) -> dict:
+    seconds, manifest = timed_build(recipe, out, workers)
     return {"seconds": seconds, "process_seconds": manifest["stages"]["process"]["seconds"],
             "documents": sum(s["documents"] for s in manifest["splits"].values()),
             "tokens": sum(s["tokens"] for s in manifest["splits"].values())}

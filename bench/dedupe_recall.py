@@ -35,6 +35,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.build_throughput import timed_build  # noqa: E402
 from pipeline.sample import kjv_verses, stdlib_code_files, stdlib_docstrings  # noqa: E402
 
 SETTINGS = ("slimpajama", "verified")
@@ -174,9 +175,6 @@ def write_corpus(folder: Path, pairs: int, chains: int, seed: int) -> tuple[dict
 
 
 def run_build(corpus: Path, out: Path, preset: str, workers: int) -> dict:
-    import ray
-
-    from pipeline.build import build
     from pipeline.recipe import load_recipe
 
     recipe = out.parent / f"recipe-{preset}.yaml"
@@ -186,14 +184,7 @@ def run_build(corpus: Path, out: Path, preset: str, workers: int) -> dict:
         "dedupe": {"minhash": {"preset": preset}, "partitions": 4},
     }))
     shutil.rmtree(out, ignore_errors=True)
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
-    try:
-        started = time.perf_counter()
-        build(load_recipe(recipe), str(out), workers=workers, console=False)
-        wall = time.perf_counter() - started
-    finally:
-        ray.shutdown()
-    manifest = json.loads((out / "manifest.json").read_text())
+    wall, manifest = timed_build(load_recipe(recipe), out, workers)
     return {"manifest": manifest, "wall": wall, "stats": json.loads((out / "build_stats.json").read_text())}
 
 

@@ -11,17 +11,15 @@ the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the corpus 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.build_throughput import CorpusShape, write_corpus  # noqa: E402
+from bench.build_throughput import CorpusShape, timed_build, write_corpus  # noqa: E402
 
 SOURCES = {"slimpajama": "SlimPajama-627B", "starcoderdata": "starcoderdata"}
 
@@ -33,20 +31,10 @@ def recipe(folder: Path, corpus: Path, weights: tuple[int, int]) -> Path:
     return path
 
 
-def timed_build(recipe_path: Path, out: Path, workers: int) -> tuple[float, dict]:
-    import ray
-
-    from pipeline.build import build
+def build_from(recipe_path: Path, out: Path, workers: int) -> tuple[float, dict]:
     from pipeline.recipe import load_recipe
 
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
-    try:
-        started = time.perf_counter()
-        build(load_recipe(recipe_path), str(out), workers=workers, console=False)
-        seconds = time.perf_counter() - started
-    finally:
-        ray.shutdown()
-    return seconds, json.loads((out / "manifest.json").read_text())
+    return timed_build(load_recipe(recipe_path), out, workers)
 
 
 def shard_bytes(out: Path, manifest: dict) -> dict[str, bytes]:
@@ -77,16 +65,16 @@ def main() -> None:
     write_corpus(corpus, CorpusShape(size_mb=args.size_mb))
     r73, r64 = recipe(args.work, corpus, (7, 3)), recipe(args.work, corpus, (6, 4))
     rows = []
-    fresh73, m = timed_build(r73, args.work / "out", args.workers)
+    fresh73, m = build_from(r73, args.work / "out", args.workers)
     rows.append(("fresh build 7:3", fresh73, m, None))
-    remix, m = timed_build(r64, args.work / "out", args.workers)
-    fresh64, f = timed_build(r64, args.work / "fresh64", args.workers)
+    remix, m = build_from(r64, args.work / "out", args.workers)
+    fresh64, f = build_from(r64, args.work / "fresh64", args.workers)
     rows.append(("weights 6:4, same output", remix, m, shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh64", f)))
     rows.append(("fresh build 6:4", fresh64, f, None))
     files_before = len(m["inputs"])
     added = add_new_dumps(corpus, args.work / "new", args.size_mb / 10)
-    grown, m = timed_build(r64, args.work / "out", args.workers)
-    fresh_all, f = timed_build(r64, args.work / "fresh-all", args.workers)
+    grown, m = build_from(r64, args.work / "out", args.workers)
+    fresh_all, f = build_from(r64, args.work / "fresh-all", args.workers)
     rows.append((f"+{added} input files ({added / files_before:.0%}), same output", grown, m, shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh-all", f)))
     rows.append(("fresh build over all files", fresh_all, f, None))
     print(f"\n{args.size_mb:.0f} MB corpus (+{args.size_mb / 10:.0f} MB added), {files_before} input files, {args.workers} workers")

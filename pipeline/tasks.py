@@ -59,9 +59,6 @@ class Processed:
     def doc_keys(self, ordinals: np.ndarray) -> np.ndarray:
         return doc_keys(self.file_index, ordinals)
 
-    def read_docs(self, work: Store) -> dict[str, np.ndarray]:
-        return dict(np.load(io.BytesIO(work.read_bytes(f"{self.folder}/{DOCS}"))))
-
     def read_keys(self, work: Store, partitions: int) -> tuple[np.ndarray, np.ndarray]:
         """(row offsets of each partition, rows (slot, key, doc key)) of this file's dedupe keys."""
         raw = np.frombuffer(work.read_bytes(f"{self.folder}/{KEYS}"), np.uint64)
