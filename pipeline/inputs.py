@@ -1,12 +1,14 @@
 """The build's input files: one listing pass per source pattern, in the canonical order, each with its identity."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
 
 from pipeline.recipe import Recipe, RecipeError
-from stages.fetch import SourceConfig
+from stages.document import BadRecord, DocBatch
+from stages.fetch import SourceConfig, read_documents
 
 SPLITS = ("train", "validation")
 
@@ -24,6 +26,11 @@ class InputFile:
     def identity(self) -> dict:
         """What this file is, independent of where it sits in the listing: its process output is keyed by it."""
         return {"source": self.source.name, "split": self.split, "path": self.rel_path, "size": self.size, "version": self.version}
+
+    def documents(self, batch_documents: int) -> Iterator[DocBatch | BadRecord]:
+        """The file's documents in batches, and its bad records (`stages.fetch.read_documents`), from any store."""
+        fs, path = fsspec.core.url_to_fs(self.url)
+        return read_documents(fs, path, self.rel_path, self.source, batch_documents)
 
 
 def _version(info: dict) -> str:

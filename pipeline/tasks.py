@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import xxhash
 
@@ -26,13 +25,13 @@ from pipeline.ledger import Store
 from stages import dedupe as dedupe_stage
 from stages.dedupe import DedupeConfig
 from stages.document import BadRecord, DocBatch
-from stages.fetch import SourceConfig, read_documents
+from stages.fetch import SourceConfig
 from stages.filter import apply_filters, build_filters
 from stages.tokenize import Tokenizer
 
 FILE_SUBSET = "(file)"  # bad input that belongs to no document, e.g. a file that is not parquet
 HIST_EDGES = np.array([0] + [2**i for i in range(32)], dtype=np.float64)
-SAMPLE_CHARS = 300  # of the first document each filter removed from a file, kept for the report's examples
+SAMPLE_CHARS = 300  # of every document dropped_samples.jsonl shows (`pipeline.dropped_samples`)
 
 
 def histogram(values: np.ndarray) -> np.ndarray:
@@ -93,6 +92,15 @@ def _split_of(batch: DocBatch, source: SourceConfig, file_split: str) -> np.ndar
     return np.fromiter((xxhash.xxh3_64_intdigest(batch.doc_id(i).encode()) < cut for i in range(len(batch))), np.uint8, len(batch))
 
 
+@dataclass(frozen=True, slots=True)
+class FilterSample:
+    """The first document a filter removed from a file, for the report's examples."""
+
+    subset: str
+    doc: str  # `DocBatch.doc_id`
+    text: str  # its first SAMPLE_CHARS characters
+
+
 @dataclass(slots=True)
 class _FileOutputs:
     """What one input file contributes, accumulated batch by batch."""
@@ -104,7 +112,7 @@ class _FileOutputs:
     quarantine: list[str] = field(default_factory=list)
     funnels: dict[str, SubsetFunnel] = field(default_factory=lambda: defaultdict(SubsetFunnel))
     subsets: dict[str, int] = field(default_factory=dict)
-    dropped_samples: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # reason -> (subset, doc id, text start)
+    dropped_samples: dict[str, FilterSample] = field(default_factory=dict)  # per filter reason
 
     def subset_id(self, name: str) -> int:
         return self.subsets.setdefault(name, len(self.subsets))
@@ -134,7 +142,7 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
     for index, reason in dropped:
         out.funnels[batch.subsets[index]].dropped[reason] += 1
         if reason not in out.dropped_samples:
-            out.dropped_samples[reason] = (batch.subsets[index], batch.doc_id(index), batch.texts[index][:SAMPLE_CHARS])
+            out.dropped_samples[reason] = FilterSample(batch.subsets[index], batch.doc_id(index), batch.texts[index][:SAMPLE_CHARS])
     if not len(kept):
         return
     for subset in kept.subsets:
@@ -158,10 +166,9 @@ def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer
     started = time.perf_counter()
     filters = build_filters(task.source)
     out = _FileOutputs()
-    fs, path = fsspec.core.url_to_fs(task.url)
     # A bad JSONL line has no readable subset; a bad parquet row still has its language folder.
     bad_subset = task.rel_path.split("/")[0] if task.source.kind == "parquet" and not task.source.subset_field else FILE_SUBSET
-    for item in read_documents(fs, path, task.rel_path, task.source, batch_documents):
+    for item in task.documents(batch_documents):
         if isinstance(item, BadRecord):
             out.add_bad(item, bad_subset)
         else:
@@ -203,7 +210,7 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
         "quarantined": len(out.quarantine),
         "seconds": seconds,
     }
-    for reason, (subset, doc, text) in out.dropped_samples.items():  # in the funnels: the driver keeps those of every file
-        record["funnels"][subset].setdefault("dropped_samples", {})[reason] = {"doc": doc, "text": text}
+    for reason, sample in out.dropped_samples.items():  # in the funnels: the driver keeps those of every file
+        record["funnels"][sample.subset].setdefault("dropped_samples", {})[reason] = {"doc": sample.doc, "text": sample.text}
     work.mark_done(name, record)
     return record

@@ -34,7 +34,12 @@ class DocBatch:
         )
 
     def doc_id(self, i: int) -> str:
-        return f"{self.source}/{self.path}#{self.ordinals[i]}"
+        return doc_id(self.source, self.path, self.ordinals[i])
+
+
+def doc_id(source: str, path: str, ordinal: int) -> str:
+    """How a person sees a document named: its source, its file (relative to the source root) and line or row."""
+    return f"{source}/{path}#{ordinal}"
 
 
 @dataclass(slots=True)
