@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from manifests import manifest as manifest_io
+from manifests.keys import split_key
 from manifests.shards import dtype_name
-from pipeline import dedupe_tasks, mix_tasks, tasks
+from pipeline import dedupe_tasks, dropped_samples, mix_tasks, tasks
 from pipeline.finalize import StageResults, finalize, print_summary
 from pipeline.inputs import SPLITS, InputFile, list_inputs
 from pipeline.ledger import Store, WorkLayout, fingerprint, shards_folder
@@ -105,9 +106,10 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
         keys["verify"] = verify_key(dedupe, recipe)
         resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner, layout)
     counts = _count(groups, group_folders, resolved_folder, runner, layout)
+    samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner, layout)
     mix = mix_key(keys.get("verify", dedupe), recipe)
     shards, factors = _mix(recipe, processed, counts, resolved_folder, mix, tokenizer, runner, layout, out)
-    return StageResults(funnels, mix_tasks.merge_subset_stats(counts), resolved_folder, resolved, group_folders, group_records,
+    return StageResults(funnels, mix_tasks.merge_subset_stats(counts), resolved_folder, resolved, group_folders, group_records, samples_folder,
                         factors, shards, shards_folder(mix), {**keys, "mix": mix}, runner.used, runner.timings, runner.workers)
 
 
@@ -159,8 +161,24 @@ def _verify(recipe: Recipe, processed: list[tasks.Processed], resolved_folder: s
 
 
 def _count(groups: list[list[tasks.Processed]], group_folders: list[str], resolved_folder: str, runner: Runner, layout: WorkLayout) -> list[dict]:
-    folders = [layout.count(fingerprint({"keys": g, "resolved": resolved_folder})) for g in group_folders]
+    # a count task also lists its group's first duplicates per source, subset and step, PER_STEP of each
+    folders = [layout.count(fingerprint({"keys": g, "resolved": resolved_folder, "samples": dropped_samples.PER_STEP})) for g in group_folders]
     return runner.run("count", [Task(folder, mix_tasks.count_kept, (folder, g, resolved_folder, runner.work)) for folder, g in zip(folders, groups)])
+
+
+def _duplicate_samples(recipe: Recipe, inputs: list[InputFile], processed: list[tasks.Processed], counts: list[dict], runner: Runner,
+                       layout: WorkLayout) -> str:
+    """A few removed duplicates per source, subset and step, chosen from the count tasks' candidates, their text
+    read back from at most SAMPLE_FILES input files by one task; returns its folder."""
+    chosen = dropped_samples.choose([dropped_samples.DuplicateCandidate(**c) for r in counts for c in r["duplicate_candidates"]])
+    named = sorted({split_key(key)[0] for c in chosen for key in (c.doc, c.kept)})
+    folder = layout.samples(fingerprint(dropped_samples.samples_key(chosen, {f: processed[f].folder for f in named})))
+    (record,) = runner.run("samples", [Task(folder, dropped_samples.read_duplicates,
+                                            (folder, chosen, {f: inputs[f] for f in named}, recipe.dedupe.minhash, recipe.batch_documents, runner.work))])
+    for url, error in record["unreadable"].items():
+        runner.log.event("samples_skipped", file=url, error=error)
+        runner.log.say(f"warning: the duplicates sampled from {url} are left out of dropped_samples.jsonl: it could not be read ({error})")
+    return folder
 
 
 def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], shards_folder: str) -> list[mix_tasks.MixGroup]:

@@ -153,18 +153,28 @@ def _pairs(edges: np.ndarray) -> np.ndarray:
     return edges[first]
 
 
-def removed_of(work: Store, resolved: str, file_indices: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per input file: (its removed doc keys, whether each was an exact copy). Two range reads per run of
-    consecutive file indices: the run's slice of the index, then its slice of the removed keys."""
+@dataclass(frozen=True, slots=True)
+class RemovedDocs:
+    """One input file's documents that dedupe removed, in key order."""
+
+    keys: np.ndarray  # their doc keys (uint64)
+    exact: np.ndarray  # whether each was an exact copy
+    survivors: np.ndarray | None  # the document kept in each one's place (read only when asked for)
+
+
+def removed_of(work: Store, resolved: str, file_indices: list[int], survivors: bool = False) -> dict[int, RemovedDocs]:
+    """Per input file, its removed documents. Two range reads per run of consecutive file indices: the run's
+    slice of the index, then its slice of the removed keys (and one more of the survivors when asked for)."""
     out = {}
     for run in _runs(sorted(set(file_indices))):
         first, last = run[0], run[-1]
         index = np.frombuffer(work.read_range(f"{resolved}/{REMOVED_INDEX}", first * 8, (last + 2) * 8), np.uint64).astype(np.int64)
         keys = np.frombuffer(work.read_range(f"{resolved}/{REMOVED}", index[0] * 8, index[-1] * 8), np.uint64)
         exact = np.frombuffer(work.read_range(f"{resolved}/{REMOVED_EXACT}", index[0], index[-1]), np.uint8).astype(bool)
+        kept = np.frombuffer(work.read_range(f"{resolved}/{SURVIVORS}", index[0] * 8, index[-1] * 8), np.uint64) if survivors else None
         for i, f in enumerate(run):
             a, b = index[i] - index[0], index[i + 1] - index[0]
-            out[f] = (keys[a:b], exact[a:b])
+            out[f] = RemovedDocs(keys[a:b], exact[a:b], kept[a:b] if survivors else None)
     return out
 
 

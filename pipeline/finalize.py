@@ -12,12 +12,13 @@ import numpy as np
 
 from manifests import manifest as manifest_io
 from manifests.shards import dtype_name
-from pipeline import __version__, tasks
+from pipeline import __version__, dropped_samples, tasks
 from pipeline.dedupe_tasks import CLUSTER_SIZES
 from pipeline.inputs import InputFile
 from pipeline.ledger import SHARDS_PREFIX, Store, WorkLayout
 from pipeline.progress import text_speed
 from pipeline.recipe import Recipe
+from pipeline.stats import DROPPED_SAMPLES_NAME
 from pipeline.tokenizer import TRAINED_MODEL
 from stages.tokenize import Tokenizer
 
@@ -33,6 +34,7 @@ class StageResults:
     resolved: dict  # the resolve task's done record
     key_groups: list[str]  # their folders hold the quarantine records of their files
     key_group_records: list[dict]
+    samples_folder: str  # the duplicates' samples of dropped_samples.jsonl
     factors: dict[str, dict[int, float]]  # per split and source id: tokens taken / tokens kept
     shards: dict[str, list[dict]]  # split -> manifest entries of its shards, in order
     shards_folder: str  # the output folder holding this mix's shards
@@ -49,7 +51,7 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
-    out.write_bytes("dropped_samples.jsonl", _dropped_samples(results.funnels))
+    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.funnels, work, results.samples_folder))
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
     manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}
@@ -144,19 +146,6 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
         row["char_hist"] = k.get("char_hist", empty_hist)
         row["token_hist"] = k.get("token_hist", empty_hist)
     return dict(sorted(table.items()))
-
-
-def _dropped_samples(funnels: list[dict], per_reason: int = 5) -> bytes:
-    """dropped_samples.jsonl: per source and filter reason, the first documents it removed (each process task
-    keeps the first of its file), in input order: {"source", "subset", "reason", "doc", "text" (its start)}."""
-    lines, taken = [], {}
-    for r in funnels:
-        for subset, f in r["funnels"].items():
-            for reason, sample in f.get("dropped_samples", {}).items():
-                if taken.setdefault((r["source"], reason), 0) < per_reason:
-                    taken[r["source"], reason] += 1
-                    lines.append(json.dumps({"source": r["source"], "subset": subset, "reason": reason, **sample}, sort_keys=True) + "\n")
-    return "".join(lines).encode()
 
 
 def _merge_quarantine(work: Store, out: Store, results: StageResults) -> dict:

@@ -275,6 +275,10 @@ class WorkLayout:
     def count(self, key: str) -> str:
         return f"count/{key}"
 
+    def samples(self, key: str) -> str:
+        """The duplicates' samples of dropped_samples.jsonl (`pipeline.dropped_samples.read_duplicates`)."""
+        return f"samples/{key}"
+
     def mix_group(self, key: str, split: str, group: int) -> str:
         return f"mix/{key}/{split}-{group:05d}"
 

@@ -13,14 +13,15 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from manifests.keys import doc_keys
 from manifests.manifest import shard_entry
 from manifests.shards import encode_index
-from pipeline.dedupe_tasks import removed_of
+from pipeline import dropped_samples
+from pipeline.dedupe_tasks import RemovedDocs, removed_of
 from pipeline.inputs import SPLITS
 from pipeline.ledger import Store
 from pipeline.tasks import DOCS, HIST_EDGES, TOKENS, Processed, histogram
@@ -42,28 +43,33 @@ class _KeptDocs:
     exact: np.ndarray  # removed as an exact copy
 
 
-def _kept_docs(work: Store, folder: str, file_index: int, removed: tuple[np.ndarray, np.ndarray]) -> _KeptDocs:
+def _kept_docs(work: Store, folder: str, file_index: int, removed: RemovedDocs) -> _KeptDocs:
     columns = dict(np.load(io.BytesIO(work.read_bytes(f"{folder}/{DOCS}"))))
     keys = doc_keys(file_index, columns["ordinal"])
     lengths = columns["length"].astype(np.int64) if len(keys) else np.zeros(0, np.int64)
-    gone, exact_keys = removed[0], removed[0][removed[1]]
+    gone, exact_keys = removed.keys, removed.keys[removed.exact]
     return _KeptDocs(columns, keys, np.cumsum(lengths) - lengths, lengths,
                      ~np.isin(keys, gone, assume_unique=True), np.isin(keys, exact_keys, assume_unique=True))
 
 
 def count_kept(folder: str, files: list[Processed], resolved: str, work: Store) -> dict:
     """Per file: [documents, tokens] kept in each split; per "source/subset": duplicates removed and what was
-    kept, with length histograms."""
+    kept, with length histograms; the first removed documents per source, subset and step, from which the
+    driver chooses the duplicates' samples (`pipeline.dropped_samples`)."""
     started = time.perf_counter()
-    removed = removed_of(work, resolved, [f.file_index for f in files])
-    per_file, subsets = {}, {}
+    removed = removed_of(work, resolved, [f.file_index for f in files], survivors=True)
+    per_file, subsets, candidates, taken = {}, {}, [], {}
     for f in files:
         d = _kept_docs(work, f.folder, f.file_index, removed[f.file_index])
         split = d.columns["split"] if len(d.keys) else np.zeros(0, np.uint8)
         per_file[str(f.file_index)] = [[int((d.keep & (split == n)).sum()), int(d.lengths[d.keep & (split == n)].sum())] for n in range(len(SPLITS))]
         _add_subset_stats(subsets, f, d)
-    record = {"files": per_file, "subsets": subsets, "documents": sum(c[0] for v in per_file.values() for c in v),
-              "seconds": time.perf_counter() - started}
+        gone = ~d.keep  # in key order, as the removed keys and their survivors are
+        if gone.any():
+            candidates += dropped_samples.candidates_of_file(f.source, f.subsets, d.keys[gone], d.columns["subset"][gone], d.exact[gone],
+                                                             removed[f.file_index].survivors, taken)
+    record = {"files": per_file, "subsets": subsets, "duplicate_candidates": [asdict(c) for c in candidates],
+              "documents": sum(c[0] for v in per_file.values() for c in v), "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
 

@@ -358,15 +358,29 @@ def funnel_section(page: Page) -> str:
 
 
 def dropped_examples(page: Page) -> str:
-    """A few documents each filter removed, their start escaped (dropped_samples.jsonl holds them)."""
+    """A few documents each filter and each dedupe step removed, their start escaped (dropped_samples.jsonl
+    holds them); a duplicate beside the document kept in its place."""
     samples = page.stats.get("dropped_samples") or []
-    intro = ("<h3>Examples of removed documents</h3><p>The first documents each filter removed, per source (the start of each; "
-             "<code>dropped_samples.jsonl</code> beside the manifest holds them). Duplicates are not sampled: each has a kept twin.</p>")
+    intro = ("<h3>Examples of removed documents</h3><p>The first documents each filter removed, per source, and a few each dedupe "
+             "step removed, across the subsets, each beside the document kept in its place (the start of each; "
+             "<code>dropped_samples.jsonl</code> beside the manifest holds them and more).</p>")
     if not samples:
-        return intro + '<p class="missing">No examples: no filter removed a document, or the build left no dropped_samples.jsonl.</p>'
+        return intro + '<p class="missing">No examples: nothing was filtered or deduplicated, or the build left no dropped_samples.jsonl.</p>'
+    filtered = [s for s in samples if "kept_doc" not in s]
+    duplicates = [s for s in samples if "kept_doc" in s]
     rows = [f'<td>{html.escape(s["reason"])}<br><span class="step">{html.escape(s["step"])}</span></td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
-            f'<td class="text">{html.escape(s["doc"])}</td><td class="sample">{html.escape(s["text"].replace(chr(10), " ↵ "))}</td>' for s in samples]
-    return intro + table("dropped-samples", ["reason", "source / subset", "document", "text (start)"], rows)
+            f'<td class="text">{html.escape(s["doc"])}</td>{_sample_cell(s["text"])}' for s in filtered]
+    pairs = [f'<td>{html.escape(s["step"])}</td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
+             f'<td class="text">{html.escape(s["doc"])}</td>{_sample_cell(s["text"])}<td class="text">{html.escape(s["kept_doc"])}</td>'
+             + (_sample_cell(s["kept_text"]) + f'<td class="num">{fmt_float(s["similarity"])}</td>' if "kept_text" in s
+                else '<td class="missing">the same text</td><td class="num">1</td>') for s in duplicates]
+    return (intro + (table("dropped-samples", ["reason", "source / subset", "document", "text (start)"], rows) if rows else "")
+            + (table("duplicate-samples", ["step", "source / subset", "removed document", "text (start)", "kept document", "text (start)",
+                                           "estimated Jaccard"], pairs) if pairs else ""))
+
+
+def _sample_cell(text: str) -> str:
+    return f'<td class="sample">{html.escape(text.replace(chr(10), " ↵ "))}</td>'
 
 
 def mix_section(page: Page) -> str:
@@ -668,6 +682,7 @@ td.text{white-space:normal;word-break:break-all;font-family:ui-monospace,monospa
 th .step{font-weight:400;color:#59636e;font-size:11px}
 .missing{color:#59636e;font-style:italic}
 td.sample{white-space:normal;word-break:break-word;min-width:360px;max-width:640px;font-family:ui-monospace,monospace;font-size:11.5px}
+table[data-table=duplicate-samples] td.sample{min-width:240px;max-width:420px}table[data-table=duplicate-samples] td.text{min-width:150px}
 .warning{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:6px 10px;margin:0 0 10px}
 ul.checks{list-style:none;padding:0;margin:0}ul.checks li{padding:3px 0}.mark{font-weight:700}
 """

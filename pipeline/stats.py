@@ -24,7 +24,7 @@ FORMAT = "tokenmill.stats"
 FORMAT_VERSION = 1
 BUILD_STATS_NAME = "build_stats.json"
 BUILD_STATS_FORMAT = "tokenmill.build_stats"
-DROPPED_SAMPLES_NAME = "dropped_samples.jsonl"
+DROPPED_SAMPLES_NAME = "dropped_samples.jsonl"  # its line format: `pipeline.dropped_samples`
 SAMPLES_SHOWN = 3  # example documents per source and reason in the report (the file may hold more)
 SAMPLE_CHARS_SHOWN = 240
 # Bucket i holds lengths in [edges[i], edges[i+1]): the same log2 buckets as build_stats.json.
@@ -32,7 +32,7 @@ LENGTH_EDGES = [0] + [1 << i for i in range(32)]
 # Where each kind of drop happens in the pipeline, in order: the funnel's steps.
 FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
 # The build's stages in the order they run (a stage not listed here comes after them).
-PIPELINE_STAGES = ("process", "keys", "dedupe", "resolve", "count", "mix")
+PIPELINE_STAGES = ("process", "keys", "dedupe", "resolve", "count", "samples", "mix")
 # A validation split smaller than this gives a loss too noisy to compare runs by.
 MIN_VALIDATION_DOCUMENTS = 100
 # The training budget of the token-budget view: TinyLlama's 3T tokens.
@@ -84,9 +84,14 @@ def read_build_stats(path: Path) -> dict | None:
     return data
 
 
+def _cut(text: str) -> str:
+    return text[:SAMPLE_CHARS_SHOWN] + ("…" if len(text) > SAMPLE_CHARS_SHOWN else "")
+
+
 def read_dropped_samples(path: Path) -> list[dict]:
-    """Example documents the filters removed (`dropped_samples.jsonl`, written by the build), at most
-    SAMPLES_SHOWN per source and reason, their text cut to SAMPLE_CHARS_SHOWN characters; [] without the file."""
+    """Example documents the filters and the dedupe steps removed (`dropped_samples.jsonl`, written by the
+    build), at most SAMPLES_SHOWN per source and reason (the first in the file, which lists a dedupe step's
+    subsets in turn), their texts cut to SAMPLE_CHARS_SHOWN characters; [] without the file."""
     if not path.exists():
         return []
     shown, taken = [], {}
@@ -99,8 +104,8 @@ def read_dropped_samples(path: Path) -> list[dict]:
             raise StatsError(f"{path}:{number}: not a dropped-sample record; delete the file to report without examples") from None
         if taken.setdefault(key, 0) < SAMPLES_SHOWN:
             taken[key] += 1
-            cut = text[:SAMPLE_CHARS_SHOWN] + ("…" if len(text) > SAMPLE_CHARS_SHOWN else "")
-            shown.append({**sample, "text": cut, "step": drop_step(sample["reason"])})
+            cut = {"text": _cut(text)} | ({"kept_text": _cut(sample["kept_text"])} if "kept_text" in sample else {})
+            shown.append({**sample, **cut, "step": drop_step(sample["reason"])})
     return sorted(shown, key=lambda s: (FUNNEL_STEPS.index(s["step"]), s["reason"], s["source"]))
 
 
@@ -251,7 +256,7 @@ def build_record(manifest: dict, build: dict | None) -> dict:
             "seconds": seconds, "tasks": int(st.get("tasks", 0)),
             "input_bytes": int(st.get("input_bytes", 0)), "documents": int(st.get("documents", 0)),
             # the one speed (pipeline.progress.text_speed): MB of input text per second, of the process stage,
-            # the only one that reads text
+            # the only one that reads all the text
             "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
         }

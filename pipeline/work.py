@@ -16,7 +16,7 @@ import fsspec
 from pipeline.ledger import DONE, Store
 from pipeline.progress import human_bytes
 
-STAGES = ("process", "keys", "dedupe", "verify", "count", "mix")  # the top-level folders of a work store, in build order
+STAGES = ("process", "keys", "dedupe", "verify", "count", "samples", "mix")  # the top-level folders of a work store, in build order
 
 
 @dataclass(slots=True)

@@ -64,18 +64,17 @@ def test_verify_keeps_the_weak_link_and_writes_the_resolve_format(tmp_path, kjv_
     assert (resolved["removed"], resolved["exact_removed"]) == (3, 1)  # LSH alone: the weak link too
     assert (merged["removed"], merged["exact_removed"], merged["near_removed"], merged["kept_by_verify"]) == (2, 1, 1, 1)
     assert work.exists(f"dedupe/resolved/{dedupe_tasks.CLUSTERS}")
-    removed = dedupe_tasks.removed_of(work, "verify/verified", [0, 1, 2])
-    assert [removed[f][0].tolist() for f in range(3)] == [[], [near_key, exact_key], []]
-    assert removed[1][1].tolist() == [False, True]
-    survivors = np.frombuffer(work.read_bytes(f"verify/verified/{dedupe_tasks.SURVIVORS}"), np.uint64)
-    assert survivors.tolist() == [a_key, a_key]
+    removed = dedupe_tasks.removed_of(work, "verify/verified", [0, 1, 2], survivors=True)
+    assert [removed[f].keys.tolist() for f in range(3)] == [[], [near_key, exact_key], []]
+    assert removed[1].exact.tolist() == [False, True]
+    assert removed[1].survivors.tolist() == [a_key, a_key]
     sizes = np.load(tmp_path / "verify/verified" / dedupe_tasks.CLUSTER_SIZES)
     assert sizes.tolist() == [3]
     hist = merged["similarity"]
     assert len(hist["edges"]) == len(hist["removed"]) + 1 == dedupe_tasks.SIMILARITY_BINS + 1
     assert sum(hist["removed"]) == 2 and sum(hist["kept"]) == 1 and hist["removed"][-1] == 1  # the exact copy at 1.0
     assert sum(hist["kept"][: int(0.78 * dedupe_tasks.SIMILARITY_BINS)]) == 1  # the weak link lies below the threshold
-    assert weak_key not in set(removed[2][0].tolist())
+    assert weak_key not in set(removed[2].keys.tolist())
     assert "kept by verification" in similarity_chart(hist)  # the report's histogram of what the threshold did
 
 

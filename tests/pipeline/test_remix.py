@@ -14,7 +14,7 @@ from pipeline.recipe import load_recipe
 from pipeline.work import entries, main
 from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 
-ALL = ("process", "keys", "dedupe", "resolve", "count", "mix")
+ALL = ("process", "keys", "dedupe", "resolve", "count", "samples", "mix")
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import ray
+import zstandard
 
 from manifests import manifest as manifest_io
 from manifests.shards import open_tokens, read_index
@@ -381,12 +383,78 @@ def test_compare_names_read_as_words():
 
 def test_examples_of_what_each_filter_removed(corpus, report):
     written = [json.loads(line) for line in (corpus.parent / "dropped_samples.jsonl").read_text().splitlines()]
+    written = [w for w in written if w["step"] == "filters"]
     manifest = json.loads(corpus.read_text())
     filtered = {(s["name"], r) for s in manifest["sources"] for r in s["dropped"] if drop_step(r) == "filters"}
     assert filtered and {(w["source"], w["reason"]) for w in written} == filtered
-    assert all(len(w["text"]) <= 300 and w["doc"].startswith(f"{w['source']}/") for w in written)
-    shown = json.loads((report.parent / "stats.json").read_text())["dropped_samples"]
-    assert {(s["source"], s["reason"]) for s in shown} == filtered and all(s["step"] == "filters" for s in shown)
+    assert all(len(w["text"]) <= 300 and w["doc"].startswith(f"{w['source']}/") and "kept_doc" not in w for w in written)
+    shown = [s for s in json.loads((report.parent / "stats.json").read_text())["dropped_samples"] if s["step"] == "filters"]
+    assert {(s["source"], s["reason"]) for s in shown} == filtered
     page = report.read_text()
     assert 'data-table="dropped-samples"' in page
     assert all(html.escape(s["text"][:40].replace("\n", " ↵ ")) in page for s in shown)  # escaped, line breaks shown
+
+
+def input_text(corpus: Path, doc: str) -> str:
+    """The text of the sample corpus's document `source/path#line-or-row`, read straight from its input file."""
+    name, _, rest = doc.partition("/")
+    path, _, ordinal = rest.rpartition("#")
+    if name == "starcoderdata":
+        return pq.read_table(corpus / "starcoderdata" / path, columns=["content"]).column("content")[int(ordinal)].as_py()
+    with open(corpus / "SlimPajama-627B" / path, "rb") as f:
+        lines = zstandard.ZstdDecompressor().stream_reader(f).read().split(b"\n")
+    return json.loads(lines[int(ordinal) - 1])["text"]
+
+
+def test_examples_of_what_each_dedupe_step_removed_are_the_input_texts(sample_corpus, corpus, report):
+    written = [json.loads(line) for line in (corpus.parent / "dropped_samples.jsonl").read_text().splitlines()]
+    duplicates = [w for w in written if w["reason"] in ("exact_duplicate", "near_duplicate")]
+    # both sources have planted exact and near copies, each in another file than its original
+    assert {(w["source"], w["step"]) for w in duplicates} == {(s, step) for s in ("slimpajama", "starcoderdata") for step in ("exact duplicates", "near duplicates")}
+    for w in duplicates:
+        assert w["text"] == input_text(sample_corpus, w["doc"])[:300] and w["doc"] != w["kept_doc"]
+        if w["step"] == "exact duplicates":
+            assert input_text(sample_corpus, w["kept_doc"]) == input_text(sample_corpus, w["doc"]) and "kept_text" not in w
+        else:
+            assert w["kept_text"] == input_text(sample_corpus, w["kept_doc"])[:300] and 0.5 < w["similarity"] <= 1
+    planted = json.loads((sample_corpus / "PLANTED.json").read_text())["pairs"]
+    pairs = {kind: {(copy, original) for original, copy in planted[kind]} for kind in planted}
+    assert {(w["doc"], w["kept_doc"]) for w in duplicates if w["step"] == "exact duplicates"} & pairs["exact_duplicates"]
+    assert {(w["doc"], w["kept_doc"]) for w in duplicates if w["step"] == "near duplicates"} & pairs["near_duplicates"]
+    shown = [s for s in json.loads((report.parent / "stats.json").read_text())["dropped_samples"] if "kept_doc" in s]
+    assert {(s["source"], s["step"]) for s in shown} == {(w["source"], w["step"]) for w in duplicates}
+    page = report.read_text()
+    assert 'data-table="duplicate-samples"' in page and "each has a kept twin" not in page
+    assert all(html.escape(s["kept_text"][:40].replace("\n", " ↵ ")) in page for s in shown if "kept_text" in s)
+
+
+def write_markup_corpus(root: Path, chapters: list[str]) -> tuple[list[str], list[str]]:
+    """Two JSONL files: a.jsonl's documents start with markup and an ampersand; b.jsonl holds an exact copy of
+    a's first document, a near copy of its second (every 40th word replaced) and a document of its own."""
+    root.mkdir()
+    a = [f"<script>alert('{n}')</script> Tom & Jerry {n}: {text}" for n, text in enumerate(chapters[:3])]
+    words = a[1].split(" ")
+    b = [a[0], " ".join("REPLACED" if i % 40 == 20 else w for i, w in enumerate(words)), chapters[3]]
+    for name, texts in (("a.jsonl", a), ("b.jsonl", b)):
+        (root / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return a, b
+
+
+def test_duplicates_with_markup_are_sampled_escaped_the_same_bytes_every_build_and_not_redone(tmp_path, kjv_chapters):
+    a, b = write_markup_corpus(tmp_path / "in", [kjv_chapters[("Genesis", n)] for n in (1, 2, 3, 4)])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"name: markup\nsources:\n  - {{name: web, kind: jsonl, root: {tmp_path / 'in'}, train: ['*.jsonl']}}\n"
+                      "tokenizer: {model: 'pkg://mistral_common/data/tokenizer.model.v1'}\ndedupe: {partitions: 2}\nmix: {shard_tokens: 100000}\n")
+    built = [Path(build(load_recipe(recipe), str(tmp_path / out), workers=workers, console=False).removeprefix("file://"))
+             for out, workers in (("one", 2), ("two", 1), ("one", 2))]  # the third resumes the first
+    written = [json.loads(line) for line in (built[0].parent / "dropped_samples.jsonl").read_text().splitlines()]
+    exact, near = written
+    assert exact == {"source": "web", "subset": "unknown", "reason": "exact_duplicate", "step": "exact duplicates", "doc": "web/b.jsonl#1",
+                     "text": a[0][:300], "kept_doc": "web/a.jsonl#1"}
+    assert (near["doc"], near["text"], near["kept_doc"], near["kept_text"]) == ("web/b.jsonl#2", b[1][:300], "web/a.jsonl#2", a[1][:300])
+    assert 0.78 <= near["similarity"] < 1
+    assert (built[1].parent / "dropped_samples.jsonl").read_bytes() == (built[0].parent / "dropped_samples.jsonl").read_bytes()
+    assert json.loads(built[2].read_text())["stages"]["samples"]["skipped"] == 1
+    page = write_report(built[0], tmp_path / "report").read_text()
+    assert "<script>alert(" not in page and "&lt;script&gt;alert(&#x27;0&#x27;)&lt;/script&gt; Tom &amp; Jerry 0" in page
+    assert "&lt;script&gt;alert(&#x27;1&#x27;)&lt;/script&gt; Tom &amp; Jerry 1" in page
