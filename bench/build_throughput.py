@@ -495,7 +495,7 @@ MEMORY_SHAPE = {"natural_chars": 300, "code_chars": 300, "unit_chars": 300, "fil
 DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as a recipe for a larger corpus would
 
 
-TASK_KINDS = ("process", "keys", "dedupe", "resolve", "count", "mix")  # the build's stages, in order
+TASK_KINDS = ("process", "keys", "dedupe", "resolve", "count", "samples", "mix")  # the build's stages, in order
 
 
 class _Enough(Exception):
