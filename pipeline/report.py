@@ -370,17 +370,20 @@ def dropped_examples(page: Page) -> str:
     duplicates = [s for s in samples if "kept_doc" in s]
     rows = [f'<td>{html.escape(s["reason"])}<br><span class="step">{html.escape(s["step"])}</span></td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
             f'<td class="text">{html.escape(s["doc"])}</td>{_sample_cell(s["text"])}' for s in filtered]
+    # Each document's name above its text, so that the removed and the kept one fit side by side in the page.
     pairs = [f'<td>{html.escape(s["step"])}</td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
-             f'<td class="text">{html.escape(s["doc"])}</td>{_sample_cell(s["text"])}<td class="text">{html.escape(s["kept_doc"])}</td>'
-             + (_sample_cell(s["kept_text"]) + f'<td class="num">{fmt_float(s["similarity"])}</td>' if "kept_text" in s
-                else '<td class="missing">the same text</td><td class="num">1</td>') for s in duplicates]
+             + _sample_cell(s["text"], s["doc"])
+             + (_sample_cell(s["kept_text"], s["kept_doc"]) + f'<td class="num">{fmt_float(s["similarity"])}</td>' if "kept_text" in s
+                else f'<td class="sample"><div class="doc">{html.escape(s["kept_doc"])}</div><span class="missing">the same text</span></td><td class="num">1</td>')
+             for s in duplicates]
     return (intro + (table("dropped-samples", ["reason", "source / subset", "document", "text (start)"], rows) if rows else "")
-            + (table("duplicate-samples", ["step", "source / subset", "removed document", "text (start)", "kept document", "text (start)",
+            + (table("duplicate-samples", ["step", "source / subset", "removed document (text start)", "kept document (text start)",
                                            "estimated Jaccard"], pairs) if pairs else ""))
 
 
-def _sample_cell(text: str) -> str:
-    return f'<td class="sample">{html.escape(text.replace(chr(10), " ↵ "))}</td>'
+def _sample_cell(text: str, doc: str | None = None) -> str:
+    name = f'<div class="doc">{html.escape(doc)}</div>' if doc else ""
+    return f'<td class="sample">{name}{html.escape(text.replace(chr(10), " ↵ "))}</td>'
 
 
 def mix_section(page: Page) -> str:
@@ -682,7 +685,7 @@ td.text{white-space:normal;word-break:break-all;font-family:ui-monospace,monospa
 th .step{font-weight:400;color:#59636e;font-size:11px}
 .missing{color:#59636e;font-style:italic}
 td.sample{white-space:normal;word-break:break-word;min-width:360px;max-width:640px;font-family:ui-monospace,monospace;font-size:11.5px}
-table[data-table=duplicate-samples] td.sample{min-width:240px;max-width:420px}table[data-table=duplicate-samples] td.text{min-width:150px}
+table[data-table=duplicate-samples] td.sample{min-width:300px;max-width:400px}td.sample .doc{font-weight:600;color:#3d444d;word-break:break-all;margin-bottom:2px}
 .warning{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:6px 10px;margin:0 0 10px}
 ul.checks{list-style:none;padding:0;margin:0}ul.checks li{padding:3px 0}.mark{font-weight:700}
 """
