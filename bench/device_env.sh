@@ -1,5 +1,5 @@
 # Source from the checkout's root on a device machine (bash): installs the carried wheels into /tmp/site and
-# puts them on PYTHONPATH. The folders are git-ignored and made by hand (docs/benchmarks-h200.md says how); each
+# puts them on PYTHONPATH. The folders are git-ignored and made by hand (BENCHMARKS.md's "Trainer on one H200" says how); each
 # one is optional:
 #   .whl-trainer/  wheels of jsonschema and its needs (the image has none), and mistral-common's tokenizer.model.v1
 #   .fa4a/         cutlass_ir_cu13.so.xz: the CuTe DSL's compiler library (193 MB, 50 MB as xz), which does not fit

@@ -37,8 +37,12 @@ CONTEXT = PRESETS[PRESET].context
 DATASHEET_PEAK = 989e12  # H100 SXM / H200 dense bf16
 # tokenmill variants: (micro-batch, extra trainer.train arguments[, environment]); everything else is the
 # trainer's default. TOKENMILL_ATTENTION=fa4: FlashAttention-4's kernels (trainer/model.py; the package
-# flash-attn-4 and its CuTe DSL must be importable, see docs/benchmarks-h200.md).
+# flash-attn-4 and its CuTe DSL must be importable, see BENCHMARKS.md's "Trainer on one H200"). The inductor
+# variants change only how torch.compile tunes its kernels: coordinate-descent tuning of the fused elementwise
+# and reduction kernels, and max-autotune of the matmuls it sees (Triton templates against cuBLAS).
 FA4 = {"TOKENMILL_ATTENTION": "fa4"}
+COORDINATE_DESCENT = {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
+MAX_AUTOTUNE_GEMM = {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM": "1"}
 VARIANTS = {
     "default": (8, []),
     "zero3": (8, ["--reshard-after-forward"]),
@@ -48,6 +52,8 @@ VARIANTS = {
     "fp8-mb16": (16, ["--fp8"]),
     "fa4-mb16": (16, [], FA4),
     "fa4-mb32": (32, [], FA4),
+    "cdtune-mb16": (16, [], COORDINATE_DESCENT),
+    "autotune-mb16": (16, [], MAX_AUTOTUNE_GEMM),
 }
 # Kernel families in a profile, by name fragment (first match wins: inductor's names contain "copy" too).
 KERNEL_FAMILIES = (
