@@ -63,7 +63,7 @@ def reference(kind: str, state: dict, args, mesh, batches) -> dict[str, torch.Te
         runner = model
     else:
         dtype = torch.float32 if kind == "replica fp32" else torch.bfloat16
-        model, replica = parallelize(model, mesh, param_dtype=dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=False)
+        model, replica = parallelize(model, mesh, param_dtype=dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=False, fp32_residual=False)
         runner = replica.module
     return gradients(model, runner, batches, args.accumulation)
 
@@ -98,7 +98,7 @@ def main() -> None:
     rows = args.steps * args.accumulation * args.micro_batch
     tokens = torch.randint(0, 32000, (rows, PRESETS[args.preset].context + 1), generator=torch.Generator().manual_seed(0)).to(device)
 
-    model, replica = parallelize(build(PRESETS[args.preset], seed=1), mesh, param_dtype=torch.bfloat16, compile=cuda, ac_every=0, reshard_after_forward=False, fp8=False)
+    model, replica = parallelize(build(PRESETS[args.preset], seed=1), mesh, param_dtype=torch.bfloat16, compile=cuda, ac_every=0, reshard_after_forward=False, fp8=False, fp32_residual=False)
     optimizer = build_optimizer(model, cfg, fused=cuda)
     replica.follow(optimizer)
     print(f"{args.preset}, {args.accumulation} micro-batches of {args.micro_batch} x {PRESETS[args.preset].context} tokens per step; relative L2 error of the gradients")

@@ -52,6 +52,7 @@ VARIANTS = {
     "fp8-mb16": (16, ["--fp8"]),
     "fa4-mb16": (16, [], FA4),
     "fa4-mb32": (32, [], FA4),
+    "f32res-mb16": (16, ["--fp32-residual"]),
     "cdtune-mb16": (16, [], COORDINATE_DESCENT),
     "autotune-mb16": (16, [], MAX_AUTOTUNE_GEMM),
 }

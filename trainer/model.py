@@ -38,10 +38,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 whatever the compute dtype: bf16 sums of squares lose the small components.
+        """x normalised and scaled, in the weight's dtype (the compute dtype), whatever x's dtype (an fp32
+        residual stream goes into bf16 matmuls)."""
+        # Normalise and scale in fp32, rounding once: bf16 sums of squares lose the small components.
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return (normed * self.weight.float()).to(self.weight.dtype)
 
 
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +279,10 @@ class Llama(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.cross_entropy_chunk = cross_entropy_chunk  # trainer.parallelize.apply_compile swaps in a compiled one
+        # The residual stream's dtype; None: the embedding's (the compute dtype). trainer.parallelize's
+        # apply_fp32_residual sets float32: the blocks' outputs are then added to an fp32 stream, as under
+        # Hugging Face's autocast with fp32 weights, instead of being rounded to bf16 at every addition.
+        self.residual_dtype: torch.dtype | None = None
         # Derived from the config, so not saved in checkpoints (persistent=False).
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -299,6 +305,8 @@ class Llama(nn.Module):
             raise ValueError(f"{time} tokens per row, but preset {self.cfg.name} has context {self.cfg.context}")
         cos, sin = self.rope_cos[:time, None], self.rope_sin[:time, None]  # (time, 1, head_dim): over the heads
         h = self.embed(tokens)
+        if self.residual_dtype is not None:
+            h = h.to(self.residual_dtype)
         for layer in self.layers:
             h = layer(h, cos, sin)
         h = self.norm(h)

@@ -14,11 +14,14 @@ from trainer.model import Llama, cross_entropy_chunk
 from trainer.replica import Replica
 
 
-def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool, fp8: bool) -> tuple[Llama, Replica | None]:
+def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool, fp8: bool,
+                fp32_residual: bool) -> tuple[Llama, Replica | None]:
     """Returns (the model, its replica): the model holds the parameters (optimizer, checkpoints); micro-batches
     run on the replica's module on one device, on the FSDP-sharded model itself on several (replica None)."""
     if fp8:
         convert_to_float8(model.layers)
+    if fp32_residual:
+        apply_fp32_residual(model, param_dtype)
     if ac_every:
         apply_activation_checkpointing(model, every=ac_every)
     if mesh.size() == 1:
@@ -29,8 +32,16 @@ def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, com
         return model, replica
     if compile:
         apply_compile(model)
-    apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward)
+    apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward, cast_block_inputs=not fp32_residual)
     return model, None
+
+
+def apply_fp32_residual(model: Llama, param_dtype: torch.dtype) -> None:
+    """Keep the residual stream in fp32 (Megatron's fp32_residual_connection): the blocks compute in
+    `param_dtype` and their outputs are added to fp32. FSDP then must not cast the blocks' inputs (apply_fsdp's
+    cast_block_inputs), so the RoPE tables are rounded to `param_dtype` here, as that cast (and the replica) would."""
+    model.residual_dtype = torch.float32
+    model.rope_cos, model.rope_sin = model.rope_cos.to(param_dtype), model.rope_sin.to(param_dtype)
 
 
 def apply_activation_checkpointing(model: Llama, *, every: int) -> None:
@@ -50,11 +61,13 @@ def apply_compile(model: Llama) -> None:
     model.cross_entropy_chunk = torch.compile(cross_entropy_chunk, fullgraph=True)
 
 
-def apply_fsdp(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, reshard_after_forward: bool) -> None:
+def apply_fsdp(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, reshard_after_forward: bool, cast_block_inputs: bool = True) -> None:
     """One FSDP unit per block (its all-gather overlaps the previous block's compute), then the root for the
-    embedding, final norm and output. Parameters are gathered in `param_dtype`, gradients reduced in fp32."""
+    embedding, final norm and output. Parameters are gathered in `param_dtype`, gradients reduced in fp32; the
+    blocks' inputs are cast to `param_dtype` unless `cast_block_inputs` is off (an fp32 residual stream)."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    block_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=cast_block_inputs)
     for block in model.layers:
-        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
     # The root's weights (embedding, norm, output) are the first needed in backward: keep them gathered.
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
