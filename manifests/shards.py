@@ -10,6 +10,7 @@ Header: magic b"TMILLIDX", uint32 version, uint8 dtype code, 3 pad bytes, uint64
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,15 @@ def encode_index(dtype: np.dtype, doc_ends: np.ndarray, source_ids: np.ndarray, 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class IndexHeader:
+    """What a reader of token windows needs from an index: its header, checked against the file's size."""
+
+    dtype: np.dtype
+    documents: int
+    tokens: int
+
+
 @dataclass(slots=True)
 class ShardIndex:
     dtype: np.dtype
@@ -76,7 +86,8 @@ class ShardIndex:
         return np.diff(self.doc_ends, prepend=np.uint64(0)).astype(np.int64)
 
 
-def decode_index(data: bytes, name: str = "<idx>") -> ShardIndex:
+def decode_header(data: bytes, size: int, name: str = "<idx>") -> IndexHeader:
+    """The header at the start of `data`, checked, and checked against the index file's `size` in bytes."""
     if len(data) < HEADER_BYTES:
         raise ShardFormatError(f"{name}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header; rebuild the shard")
     magic, version, code, n_docs, n_tokens = _HEADER.unpack_from(data)
@@ -87,8 +98,14 @@ def decode_index(data: bytes, name: str = "<idx>") -> ShardIndex:
     if code not in DTYPE_CODES:
         raise ShardFormatError(f"{name}: unknown dtype code {code}")
     expected = HEADER_BYTES + n_docs * (8 + 2 + 8)
-    if len(data) != expected:
-        raise ShardFormatError(f"{name}: {len(data)} bytes, header promises {expected} for {n_docs} documents; the file is truncated or corrupt")
+    if size != expected:
+        raise ShardFormatError(f"{name}: {size} bytes, header promises {expected} for {n_docs} documents; the file is truncated or corrupt")
+    return IndexHeader(DTYPE_CODES[code], n_docs, n_tokens)
+
+
+def decode_index(data: bytes, name: str = "<idx>") -> ShardIndex:
+    header = decode_header(data, len(data), name)
+    n_docs, n_tokens = header.documents, header.tokens
     off = HEADER_BYTES
     doc_ends = np.frombuffer(data, dtype="<u8", count=n_docs, offset=off)
     off += 8 * n_docs
@@ -99,14 +116,21 @@ def decode_index(data: bytes, name: str = "<idx>") -> ShardIndex:
         raise ShardFormatError(f"{name}: last document ends at {int(doc_ends[-1])}, header says {n_tokens} tokens; corrupt index")
     if n_docs and np.any(np.diff(doc_ends.astype(np.int64)) < 0):
         raise ShardFormatError(f"{name}: document offsets are not increasing; corrupt index")
-    return ShardIndex(DTYPE_CODES[code], doc_ends, source_ids, origins)
+    return ShardIndex(header.dtype, doc_ends, source_ids, origins)
 
 
 def read_index(path: str | Path) -> ShardIndex:
     return decode_index(Path(path).read_bytes(), str(path))
 
 
-def open_tokens(bin_path: str | Path, index: ShardIndex) -> np.ndarray:
+def read_index_header(path: str | Path) -> IndexHeader:
+    """The index's header alone (32 bytes read, the file's size checked): a reader of windows needs no per-document
+    arrays, which are 18 bytes a document (GBs over a TinyLlama-sized corpus)."""
+    with open(path, "rb") as f:
+        return decode_header(f.read(HEADER_BYTES), os.fstat(f.fileno()).st_size, str(path))
+
+
+def open_tokens(bin_path: str | Path, index: ShardIndex | IndexHeader) -> np.ndarray:
     """Memory-map a shard's tokens; checks the file size against the index."""
     bin_path = Path(bin_path)
     size = bin_path.stat().st_size

@@ -39,7 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from manifests import Manifest, ManifestError
 from manifests.manifest import load as load_manifest
-from manifests.shards import open_tokens, read_index
+from manifests.shards import open_tokens, read_index_header
 
 __all__ = ["DataError", "TokenWindows", "WindowDataset", "WindowLoader", "check_shards", "check_state", "manifest_change", "open_loader", "permute"]
 
@@ -71,7 +71,7 @@ class TokenWindows:
         self.tokens: list[np.ndarray] = []
         counts = []
         for shard in manifest.shards(split):
-            index = read_index(shard.idx_path)
+            index = read_index_header(shard.idx_path)
             if index.dtype.name != manifest.data["dtype"]:
                 raise DataError(f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.data['dtype']}; rebuild")
             self.tokens.append(open_tokens(shard.bin_path, index))

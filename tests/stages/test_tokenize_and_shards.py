@@ -3,7 +3,15 @@ import pickle
 import numpy as np
 import pytest
 
-from manifests.shards import ShardFormatError, decode_index, encode_index, open_tokens, read_index, token_dtype
+from manifests.shards import (
+    ShardFormatError,
+    decode_index,
+    encode_index,
+    open_tokens,
+    read_index,
+    read_index_header,
+    token_dtype,
+)
 from stages.tokenize import Tokenizer, TokenizerError, read_model_bytes
 
 MODEL = "pkg://mistral_common/data/tokenizer.model.v1"
@@ -54,6 +62,9 @@ def test_index_round_trip_and_memmap(tmp_path, tokenizer):
     assert index.source_ids.tolist() == [0, 1, 0] and index.origins.tolist() == [5, 1 << 32, 7]
     start, end = index.doc_span(1)
     assert np.array_equal(open_tokens(tmp_path / "s.bin", index)[start:end], tokens[start:end])
+    header = read_index_header(tmp_path / "s.idx")  # what the trainer's reader reads: the header alone
+    assert (header.dtype, header.documents, header.tokens) == (index.dtype, index.documents, index.tokens)
+    assert np.array_equal(open_tokens(tmp_path / "s.bin", header), open_tokens(tmp_path / "s.bin", index))
 
 
 def test_index_refuses_corruption(tmp_path):
@@ -62,6 +73,9 @@ def test_index_refuses_corruption(tmp_path):
         decode_index(data[:-1], "x.idx")
     with pytest.raises(ShardFormatError, match="magic"):
         decode_index(b"X" + data[1:], "x.idx")
+    (tmp_path / "short.idx").write_bytes(data[:-1])  # the header intact, an array cut short
+    with pytest.raises(ShardFormatError, match="short.idx: .* truncated"):
+        read_index_header(tmp_path / "short.idx")
     (tmp_path / "s.bin").write_bytes(b"\0" * 9)
     with pytest.raises(ShardFormatError, match="truncated or was changed"):
         open_tokens(tmp_path / "s.bin", decode_index(data))
