@@ -106,8 +106,8 @@ class ShardRef:
     def idx_path(self) -> Path:
         return self.root / self.entry["idx"]
 
-    def check(self, *, checksums: bool = True) -> list[ShardProblem]:
-        return check_shard(self.entry, self.root, checksums=checksums)
+    def check(self, *, checksums: bool = True, index_checksum: bool = True) -> list[ShardProblem]:
+        return check_shard(self.entry, self.root, checksums=checksums, index_checksum=index_checksum)
 
 
 @dataclass(slots=True)

@@ -55,10 +55,11 @@ class DataError(ValueError):
 
 
 def check_shards(manifest: Manifest, split: str, *, checksums: bool, rank: int = 0, world_size: int = 1) -> None:
-    """Sizes (and with `checksums` the sha256) of a split's shards against the manifest. Ranks share the hashing:
-    rank r hashes shards r, r + W, ... ."""
+    """Sizes and index headers (and with `checksums` the tokens' sha256) of a split's shards against the
+    manifest, and the indexes' sha256. Ranks share the hashing: rank r hashes shards r, r + W, ... ."""
     for i, shard in enumerate(manifest.shards(split)):
-        problems = shard.check(checksums=checksums and i % world_size == rank)
+        mine = i % world_size == rank
+        problems = shard.check(checksums=checksums and mine, index_checksum=mine)
         if problems:
             raise DataError(f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild")
 

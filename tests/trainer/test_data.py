@@ -211,3 +211,15 @@ def test_check_shards_finds_a_changed_byte_only_with_checksums(sample_manifest, 
     check_shards(load(copy / "manifest.json"), "train", checksums=False)
     with pytest.raises(DataError, match=rf"{shard.bin_path.name}: sha256 mismatch"):
         check_shards(load(copy / "manifest.json"), "train", checksums=True)
+
+
+def test_check_shards_shares_the_index_hashing_between_ranks(sample_manifest, tmp_path):
+    copy = tmp_path / "m"
+    shutil.copytree(sample_manifest.parent, copy)
+    shard = load(copy / "manifest.json").shards("train")[1]
+    data = bytearray(shard.idx_path.read_bytes())
+    data[-1] ^= 1  # an origin key: the header and the sizes stay right, only the sha256 can tell
+    shard.idx_path.write_bytes(bytes(data))
+    check_shards(load(copy / "manifest.json"), "train", checksums=False, rank=0, world_size=2)  # hashes shards 0, 2, ...
+    with pytest.raises(DataError, match=rf"{shard.idx_path.name}: sha256 mismatch"):
+        check_shards(load(copy / "manifest.json"), "train", checksums=False, rank=1, world_size=2)
