@@ -15,6 +15,7 @@ import pytest
 from tests.reliability.faults import (
     alive,
     done_tasks,
+    sample_recipe,
     shard_bytes,
     stable_manifest,
     start_build,
@@ -41,6 +42,22 @@ def test_a_worker_killed_mid_task_is_retried_and_the_shards_are_identical(stage,
     assert not alive(pid)
     assert task.removeprefix("ray::") in tasks_run(tmp_path / "out")  # the killed task ran again and finished
     assert_same_output(tmp_path / "out", reference_build.out)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_verify_is_retried_and_the_shards_are_identical(sample_corpus, tmp_path):
+    """The verified preset's own stages (a verify task per partition, then their merge), which the sample recipe
+    does not run: a verify task killed mid-way runs again, and the output equals an undisturbed build's."""
+    recipe = sample_recipe(sample_corpus, tmp_path, dedupe={"partitions": 4, "minhash": {"preset": "verified"}})
+    reference = start_build(recipe, tmp_path / "reference", "--workers", "2")
+    assert reference.wait() == 0, reference.stderr()[-3000:]
+    assert any(task.startswith("verify/") for task in tasks_run(tmp_path / "reference"))
+    run = start_build(recipe, tmp_path / "out", "--workers", "2")
+    pid, task = run.kill_first("ray::verify/")
+    assert run.wait() == 0, run.stderr()[-3000:]
+    assert not alive(pid)
+    assert task.removeprefix("ray::") in tasks_run(tmp_path / "out")
+    assert_same_output(tmp_path / "out", tmp_path / "reference")
 
 
 @pytest.mark.slow
