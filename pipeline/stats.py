@@ -32,7 +32,7 @@ LENGTH_EDGES = [0] + [1 << i for i in range(32)]
 # Where each kind of drop happens in the pipeline, in order: the funnel's steps.
 FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
 # The build's stages in the order they run (a stage not listed here comes after them).
-PIPELINE_STAGES = ("process", "keys", "dedupe", "resolve", "count", "samples", "mix")
+PIPELINE_STAGES = ("process", "keys", "dedupe", "resolve", "verify", "verified", "count", "samples", "mix")
 # A validation split smaller than this gives a loss too noisy to compare runs by.
 MIN_VALIDATION_DOCUMENTS = 100
 # The training budget of the token-budget view: TinyLlama's 3T tokens.
