@@ -95,9 +95,14 @@ class DuplicateCandidate:
     doc: int  # the removed document's key
     kept: int  # the key of the document kept in its place
 
+    def keys_to_read(self) -> tuple[int, ...]:
+        """The documents its sample needs the text of: the removed one, and a near duplicate's kept one (an exact
+        copy's kept twin holds the same text)."""
+        return (self.doc, self.kept) if self.reason == NEAR else (self.doc,)
+
     def files(self) -> set[int]:
-        """The input files its sample is read from: the removed document's, and a near duplicate's kept one's."""
-        return {split_key(self.doc)[0], split_key(self.kept)[0]} if self.reason == NEAR else {split_key(self.doc)[0]}
+        """The input files its sample is read from."""
+        return {split_key(key)[0] for key in self.keys_to_read()}
 
 
 def candidates_of_file(source: str, subsets: list[str], keys: np.ndarray, subset_ids: np.ndarray, exact: np.ndarray, kept: np.ndarray,
@@ -156,9 +161,9 @@ def read_duplicates(folder: str, chosen: list[DuplicateCandidate], files: dict[i
     started = time.perf_counter()
     wanted: dict[int, set[int]] = defaultdict(set)
     for c in chosen:
-        for key in (c.doc, c.kept) if c.reason == NEAR else (c.doc,):
+        for key in c.keys_to_read():
             wanted[split_key(key)[0]].add(split_key(key)[1])
-    near = {key for c in chosen if c.reason == NEAR for key in (c.doc, c.kept)}
+    near = {key for c in chosen if c.reason == NEAR for key in c.keys_to_read()}
     found: dict[int, _ReadBack] = {}
     unreadable = {}
     for f in sorted(wanted):
