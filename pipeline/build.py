@@ -171,7 +171,7 @@ def _duplicate_samples(recipe: Recipe, inputs: list[InputFile], processed: list[
     """A few removed duplicates per source, subset and step, chosen from the count tasks' candidates, their text
     read back from at most SAMPLE_FILES input files by one task; returns its folder."""
     chosen = dropped_samples.choose([dropped_samples.DuplicateCandidate(**c) for r in counts for c in r["duplicate_candidates"]])
-    named = sorted({split_key(key)[0] for c in chosen for key in (c.doc, c.kept)})
+    named = sorted({split_key(key)[0] for c in chosen for key in (c.doc, c.kept)})  # read or, for an exact copy's kept twin, named
     folder = layout.samples(fingerprint(dropped_samples.samples_key(chosen, {f: processed[f].folder for f in named})))
     (record,) = runner.run("samples", [Task(folder, dropped_samples.read_duplicates,
                                             (folder, chosen, {f: inputs[f] for f in named}, recipe.dedupe.minhash, recipe.batch_documents, runner.work))])
