@@ -3,10 +3,10 @@
 1. Fabricate layout-true process-stage outputs (no text, no tokenizer run): for N documents in SlimPajama-like
    files (jsonl, ~1,060 tokens per document) and StarCoderData-like files (parquet, fewer and larger files, ~1,500
    tokens per document), 7:3 by tokens, each file's outputs are written by the build's own
-   `pipeline.tasks._write_file_outputs` (so tokens.bin, docs.npz, keys.bin, quarantine and the done record are
+   `pipeline.tasks.process._write_file_outputs` (so tokens.bin, docs.npz, keys.bin, quarantine and the done record are
    exactly what a process task leaves), with synthetic exact + 9 band keys of which a planted fraction are
    copies of a document of an earlier file (1% exact, 1% near: a third of the bands shared).
-2. Run the real driver (`pipeline.build.run_stages` then `pipeline.finalize.finalize`) in a fresh process, with
+2. Run the real driver (`pipeline.build.driver.run_stages` then `pipeline.build.finalize.finalize`) in a fresh process, with
    a runner that runs every pending task in its own fresh process (so each task's peak RSS, VmHWM, is its own),
    `--workers` at a time. The work and output stores count their read and write calls and bytes, and say they
    are not local, so the mix tasks take the object-store path (token spans copied to local scratch).
@@ -39,14 +39,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import tasks  # noqa: E402
-from pipeline.build import process_key, run_stages  # noqa: E402
-from pipeline.finalize import finalize  # noqa: E402
-from pipeline.inputs import InputFile  # noqa: E402
-from pipeline.ledger import Store, WorkLayout  # noqa: E402
-from pipeline.progress import EventLog  # noqa: E402
-from pipeline.recipe import Recipe, load_recipe  # noqa: E402
-from pipeline.runner import BuildError, Runner, Task  # noqa: E402
+from pipeline.build.driver import process_key, run_stages  # noqa: E402
+from pipeline.build.finalize import finalize  # noqa: E402
+from pipeline.build.inputs import InputFile  # noqa: E402
+from pipeline.build.recipe import Recipe, load_recipe  # noqa: E402
+from pipeline.tasks import process as tasks  # noqa: E402
+from pipeline.work.progress import EventLog  # noqa: E402
+from pipeline.work.runner import BuildError, Runner, Task  # noqa: E402
+from pipeline.work.store import Store, WorkLayout  # noqa: E402
 from stages import dedupe as dedupe_stage  # noqa: E402
 from stages.tokenize import Tokenizer, read_model_bytes  # noqa: E402
 

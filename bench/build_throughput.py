@@ -15,7 +15,7 @@
 3. With `--memory-docs N`: per-task peak RSS and time of every kind of build task (process, keys, dedupe
    partition, resolve, count, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one
    process task against the size of its input file (`--memory-file-mb`, default 8, 32, 128 MB of text). The
-   build plans and names its tasks itself (`pipeline.build.run_stages`); a `MeasuringRunner` in place of the Ray
+   build plans and names its tasks itself (`pipeline.build.driver.run_stages`); a `MeasuringRunner` in place of the Ray
    runner runs each task in a fresh process of its own, so `tokenmill build` over the same recipe and work dir
    afterwards re-uses every one of them.
 4. Prints the throughput table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
@@ -43,10 +43,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import zstandard  # noqa: E402
 
-from pipeline import sample  # noqa: E402
-from pipeline.progress import EventLog  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
-from pipeline.stats import PIPELINE_STAGES  # noqa: E402
+from pipeline import sample_corpus as sample  # noqa: E402
+from pipeline.report.stats import PIPELINE_STAGES  # noqa: E402
+from pipeline.work.progress import EventLog  # noqa: E402
+from pipeline.work.runner import Runner  # noqa: E402
 
 RECIPES = REPO / "manifests" / "recipes"
 MIN_UNITS = 3  # no unit may dominate a document: two documents sharing one unit stay far from duplicates
@@ -268,7 +268,7 @@ def write_corpus(out: Path, shape: CorpusShape) -> dict:
 def bench_recipe(corpus: Path, base: str, partitions: int):
     """The shipped recipe `base` (sample = TinyLlama's rules with the offline tokenizer; web-quality = the same plus
     the quality filters) over the generated corpus."""
-    from pipeline.recipe import load_recipe
+    from pipeline.build.recipe import load_recipe
 
     overrides = {"sources": [{"name": "slimpajama", "root": str(corpus / sample.SLIMPAJAMA_DIR)},
                              {"name": "starcoderdata", "root": str(corpus / sample.STARCODER_DIR)}],
@@ -280,7 +280,7 @@ def read_texts(recipe) -> list[str]:
     """Every readable document's text, in the build's canonical file order."""
     import fsspec
 
-    from pipeline.inputs import list_inputs
+    from pipeline.build.inputs import list_inputs
     from stages.document import DocBatch
     from stages.fetch import read_documents
 
@@ -359,11 +359,11 @@ def tokenize_stage(texts: list[str], tokenizer, workers: int, batch_documents: i
 
 
 def timed_build(recipe, out: Path, workers: int) -> tuple[float, dict]:
-    """(wall seconds, manifest) of `pipeline.build.build` on a fresh embedded Ray, started before the clock (a
+    """(wall seconds, manifest) of `pipeline.build.driver.build` on a fresh embedded Ray, started before the clock (a
     cluster is up before a build starts). The other build benchmarks time their builds through this too."""
     import ray
 
-    from pipeline.build import build
+    from pipeline.build.driver import build
 
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
@@ -506,7 +506,7 @@ class _Enough(Exception):
 
 @dataclass(slots=True)
 class MeasuringRunner(Runner):
-    """The build's runner with another placement: `pipeline.build.run_stages` plans its stages, names its work
+    """The build's runner with another placement: `pipeline.build.driver.run_stages` plans its stages, names its work
     folders and makes its tasks exactly as in a real build, and `Runner.run` keeps its books, but each task runs
     in a fresh process of its own (its peak RSS, VmHWM, is then the task's), `workers` at a time, instead of on
     Ray. `measured[stage]`: tasks run, wall seconds, the largest peak RSS in MiB; `folders[stage]`: every task's
@@ -575,14 +575,14 @@ def _peak_rss_mib() -> float:
 
 
 def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = "") -> MeasuringRunner:
-    """`pipeline.build.run_stages` over `recipe` with its output (and its work dir, run/work) under `run`, every
+    """`pipeline.build.driver.run_stages` over `recipe` with its output (and its work dir, run/work) under `run`, every
     task measured in its own process. Needs Ray only for the object store the build puts its tokenizer in."""
     import ray
 
-    from pipeline.build import run_stages
-    from pipeline.inputs import list_inputs
-    from pipeline.ledger import Store
-    from pipeline.tokenizer import open_tokenizer
+    from pipeline.build.driver import run_stages
+    from pipeline.build.inputs import list_inputs
+    from pipeline.build.tokenizer import open_tokenizer
+    from pipeline.work.store import Store
 
     shutil.rmtree(run, ignore_errors=True)
     out = Store.at(str(run))

@@ -5,7 +5,7 @@
 
 The corpus is real text in the SlimPajama (jsonl.zst, `meta.redpajama_set_name`) and StarCoderData (parquet,
 `content`, python/) layouts: KJV chapters and Python standard-library docstring passages as natural language,
-standard-library modules as code (`pipeline.sample`'s `kjv_verses`, `stdlib_docstrings`, `stdlib_code_files`).
+standard-library modules as code (`pipeline.sample_corpus`'s `kjv_verses`, `stdlib_docstrings`, `stdlib_code_files`).
 Planted pairs: a copy of a document with words replaced in 1-4 spans, aimed at a character-13-gram Jaccard drawn
 from 0.5-1.0 (40% of them 0.85-1.0), placed in another file (a fifth of them in the other source). Every planted
 pair's and every removed document's exact Jaccard (with its cluster's survivor) is computed on the recipe's
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.build_throughput import timed_build  # noqa: E402
-from pipeline.sample import kjv_verses, stdlib_code_files, stdlib_docstrings  # noqa: E402
+from pipeline.sample_corpus import kjv_verses, stdlib_code_files, stdlib_docstrings  # noqa: E402
 
 SETTINGS = ("slimpajama", "verified")
 FILE_BYTES = 400_000  # text per input file
@@ -175,7 +175,7 @@ def write_corpus(folder: Path, pairs: int, chains: int, seed: int) -> tuple[dict
 
 
 def run_build(corpus: Path, out: Path, preset: str, workers: int) -> dict:
-    from pipeline.recipe import load_recipe
+    from pipeline.build.recipe import load_recipe
 
     recipe = out.parent / f"recipe-{preset}.yaml"
     recipe.write_text(yaml.safe_dump({
@@ -189,13 +189,13 @@ def run_build(corpus: Path, out: Path, preset: str, workers: int) -> dict:
 
 
 def process_cpu(work: Path, rounds: int) -> dict[str, list[float]]:
-    """CPU seconds per MB of `pipeline.tasks.process_file` over every input file, in this one process, the two
+    """CPU seconds per MB of `pipeline.tasks.process.process_file` over every input file, in this one process, the two
     settings alternating file by file (the build's task seconds swing with the load of a shared machine)."""
-    from pipeline.inputs import list_inputs
-    from pipeline.ledger import Store
-    from pipeline.recipe import load_recipe
-    from pipeline.tasks import process_file
-    from pipeline.tokenizer import recipe_tokenizer
+    from pipeline.build.inputs import list_inputs
+    from pipeline.build.recipe import load_recipe
+    from pipeline.build.tokenizer import recipe_tokenizer
+    from pipeline.tasks.process import process_file
+    from pipeline.work.store import Store
 
     recipes = {preset: load_recipe(work / f"recipe-{preset}.yaml") for preset in SETTINGS}
     inputs = list_inputs(recipes[SETTINGS[0]])
@@ -218,8 +218,8 @@ def verify_memory(work: Path, removals: int) -> dict:
     50,000 documents with random signatures: run in this process after its imports and the kernel's compile."""
     import resource
 
-    from pipeline import dedupe_tasks
-    from pipeline.ledger import Store
+    from pipeline.tasks import dedupe as dedupe_tasks
+    from pipeline.work.store import Store
     from stages.dedupe import pack_signatures, verify_clusters
 
     files, per_file, rng = 20, 50_000, np.random.default_rng(0)
@@ -247,8 +247,8 @@ def verify_memory(work: Path, removals: int) -> dict:
 
 def removals(out: Path, manifest: dict) -> tuple[list[tuple[str, str]], list[bool]]:
     """(removed document, its survivor) as "source/path#ordinal" keys, and whether each was an exact copy."""
-    from pipeline.dedupe_tasks import REMOVED, REMOVED_EXACT, SURVIVORS
-    from pipeline.ledger import WorkLayout
+    from pipeline.tasks.dedupe import REMOVED, REMOVED_EXACT, SURVIVORS
+    from pipeline.work.store import WorkLayout
 
     keys = manifest["provenance"]
     folder = out / "work" / (WorkLayout().verified(keys["verify"]) if "verify" in keys else WorkLayout().resolved(keys["dedupe"]))

@@ -74,8 +74,8 @@ def main() -> None:
     shutil.rmtree(args.work / "out", ignore_errors=True)
     import ray
 
-    from pipeline.build import build
-    from pipeline.recipe import load_recipe
+    from pipeline.build.driver import build
+    from pipeline.build.recipe import load_recipe
 
     peaks: dict[str, int] = defaultdict(int)
     stop = threading.Event()

@@ -32,7 +32,7 @@ def recipe(folder: Path, corpus: Path, weights: tuple[int, int]) -> Path:
 
 
 def build_from(recipe_path: Path, out: Path, workers: int) -> tuple[float, dict]:
-    from pipeline.recipe import load_recipe
+    from pipeline.build.recipe import load_recipe
 
     return timed_build(load_recipe(recipe_path), out, workers)
 

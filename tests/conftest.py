@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sample import write_sample_corpus
+from pipeline.sample_corpus import write_sample_corpus
 
 SAMPLE_SIZE_MB = 1.5  # big enough for every planted kind, small enough to write in about a second
 

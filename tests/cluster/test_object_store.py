@@ -1,4 +1,4 @@
-"""`pipeline.ledger.Store` on a real S3 API (moto) through the fault proxy: every request retried with backoff
+"""`pipeline.work.store.Store` on a real S3 API (moto) through the fault proxy: every request retried with backoff
 and counted, a request that keeps failing surfaces as an `OSError` naming the path (the runner has Ray retry
 those), never as a `TypeError` from an error object returned in place of bytes (fsspec's `cat_ranges`)."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pipeline import ledger
-from pipeline.ledger import Store
+from pipeline.work import store as work_store
+from pipeline.work.store import Store
 from tests.cluster.harness import BUCKET
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -18,7 +18,7 @@ DATA = bytes(range(256)) * 4096  # 1 MiB
 def store(object_store, monkeypatch) -> Store:
     for name, value in object_store.server.env(object_store.proxy.endpoint).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(ledger, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(work_store, "BACKOFF_S", 0.001)
     store = Store.at(f"s3://{BUCKET}/store-{os.urandom(4).hex()}")
     store.fs.invalidate_cache()
     object_store.proxy.faults()
@@ -31,7 +31,7 @@ def test_reads_and_writes_through_a_flaky_store_are_exact_and_their_retries_coun
     # Of the GETs 30% fail: some retries in every run, while 8 failures of one request in a row (the retry budget)
     # stay at 0.3^8 = 7e-5. At 60% that was 1.7% per request, and a full run of the suite failed on it.
     object_store.proxy.faults(slowdown=0.15, reset=0.15)
-    ledger.take_retries()
+    work_store.take_retries()
     starts = [0, 10, 5000, 300_000, 700_000, 1_000_000]
     ends = [10, 4000, 9000, 310_000, 900_000, len(DATA)]
     for _ in range(3):
@@ -40,11 +40,11 @@ def test_reads_and_writes_through_a_flaky_store_are_exact_and_their_retries_coun
         store.write_bytes("a/copy.bin", DATA[:1000])
     assert store.exists("a/copy.bin") and not store.exists("a/missing.bin")
     injected = sum(object_store.proxy.injected.values())
-    assert 0 < ledger.take_retries() == injected  # here every request goes through the Store: all are counted
+    assert 0 < work_store.take_retries() == injected  # here every request goes through the Store: all are counted
     object_store.proxy.faults()
     record = {"documents": 1}
     store.mark_done("task", record)
-    assert record["retries"] == ledger.retries_so_far()
+    assert record["retries"] == work_store.retries_so_far()
 
 
 def test_a_store_that_keeps_failing_raises_an_oserror_naming_the_path(store, object_store):
@@ -52,14 +52,14 @@ def test_a_store_that_keeps_failing_raises_an_oserror_naming_the_path(store, obj
     object_store.proxy.faults(slowdown=1.0)
     for read in (lambda: store.read_ranges("a/tokens.bin", [0, 100], [10, 200]), lambda: store.read_bytes("a/tokens.bin"),
                  lambda: store.write_bytes("a/out.bin", b"x")):
-        with pytest.raises(OSError, match=f"failed {ledger.ATTEMPTS} times, last: .*(SlowDown|reduce your request rate|Service Unavailable)") as failed:
+        with pytest.raises(OSError, match=f"failed {work_store.ATTEMPTS} times, last: .*(SlowDown|reduce your request rate|Service Unavailable)") as failed:
             read()
         assert failed.value.filename.startswith(f"s3://{BUCKET}/store-")
 
 
 def test_a_missing_object_is_not_retried(store, object_store):
-    ledger.take_retries()
+    work_store.take_retries()
     assert store.done("never-ran") is None
     with pytest.raises(FileNotFoundError):
         store.read_range("nothing.bin", 0, 10)
-    assert ledger.take_retries() == 0 and object_store.proxy.requests < ledger.ATTEMPTS  # tried once each
+    assert work_store.take_retries() == 0 and object_store.proxy.requests < work_store.ATTEMPTS  # tried once each

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pipeline.jobs import NOT_SHIPPED
+from pipeline.ops.jobs import NOT_SHIPPED
 from tests.infra.infra_checks import ROOT, project_extras, yaml_documents
 
 CONFIG = "infra/aws/cluster.yaml"

@@ -6,7 +6,7 @@ import re
 
 import ray
 
-from pipeline.jobs import NOT_SHIPPED
+from pipeline.ops.jobs import NOT_SHIPPED
 from tests.infra.infra_checks import ROOT, project_extras
 
 DOCKERFILE = "infra/docker/Dockerfile"

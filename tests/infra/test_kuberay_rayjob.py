@@ -7,7 +7,7 @@ import shlex
 import ray
 
 from pipeline import __version__
-from pipeline.recipe import load_recipe
+from pipeline.build.recipe import load_recipe
 from tests.infra.infra_checks import ROOT, cli_options, long_options, yaml_documents
 
 MANIFEST = "infra/kuberay/rayjob-build.yaml"

@@ -1,5 +1,5 @@
 """infra/local/start-head.sh: syntax, its `ray start` command (--dry-run), and its refusals. The script also
-runs for real: tests/pipeline/test_jobs.py starts the head of its job-submission test with it."""
+runs for real: tests/pipeline/ops/test_jobs.py starts the head of its job-submission test with it."""
 from __future__ import annotations
 
 import os

@@ -10,7 +10,7 @@ import ray
 
 from bench.build_throughput import TASK_KINDS, bench_recipe, measure_build_tasks
 from pipeline.bench import main as bench_main
-from pipeline.build import build
+from pipeline.build.driver import build
 
 
 def test_tokenmill_bench_runs_the_benchmark_script(capsys):

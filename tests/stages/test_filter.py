@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import load_recipe
+from pipeline.build.recipe import load_recipe
 from stages.config import ConfigError
 from stages.document import DocBatch
 from stages.fetch import SourceConfig

@@ -1,0 +1,272 @@
+"""`tokenmill build RECIPE --out DIR`: the corpus build, read top to bottom.
+
+    list inputs -> [process: fetch, filter, dedupe keys, tokenize; one task per input file]
+                -> [dedupe: one task per key partition] -> [resolve clusters] -> [plan the mix]
+                -> [write shards: one task per shard] -> manifest.json + quarantine + build stats + report
+
+Every output in the work dir is named by the fingerprint of what it was made from (the `*_key` functions
+below; `pipeline.work.store.WorkLayout` formats the paths), so a relaunch re-uses exactly the outputs whose
+inputs and settings are unchanged: an interrupted build resumes, and an added, removed or replaced input
+file re-runs its own processing and every stage after it, never re-using an output made from other files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from manifests import manifest as manifest_io
+from manifests.keys import split_key
+from manifests.shards import dtype_name
+from pipeline.build.finalize import StageResults, finalize, print_summary
+from pipeline.build.inputs import SPLITS, InputFile, list_inputs
+from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
+from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
+from pipeline.tasks import dedupe as dedupe_tasks
+from pipeline.tasks import mix as mix_tasks
+from pipeline.tasks import process as tasks
+from pipeline.tasks import samples as dropped_samples
+from pipeline.work.progress import EventLog
+from pipeline.work.runner import BuildError, Runner, Task, start_ray
+from pipeline.work.store import Store, WorkLayout, fingerprint, shards_folder
+from stages import dedupe as dedupe_stage
+from stages import mix as mix_stage
+from stages.mix import MixConfig
+from stages.tokenize import Tokenizer
+
+# a source's settings that do not change what its files' processing produces
+_NOT_PROCESS_SETTINGS = ("weight", "train", "validation")
+
+
+def _dedupe_settings(recipe: Recipe) -> dict:
+    """The dedupe settings up to the resolve stage: the verify threshold's value is only the verify key's
+    (whether there is one decides whether the process task writes signatures)."""
+    settings = dataclasses.asdict(recipe.dedupe)
+    settings["minhash"]["threshold"] = recipe.dedupe.minhash.verify
+    return settings
+
+
+def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe) -> str:
+    """The file itself, its source's read and filter settings, the tokenizer and the dedupe key settings."""
+    source = {k: v for k, v in dataclasses.asdict(inp.source).items() if k not in _NOT_PROCESS_SETTINGS}
+    tokenize = {"sha256": tokenizer.sha256(), "add_bos": recipe.tokenizer.add_bos, "add_eos": recipe.tokenizer.add_eos}
+    return fingerprint({"input": inp.identity(), "source": source, "tokenizer": tokenize, "dedupe": _dedupe_settings(recipe)})
+
+
+def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:
+    """Every process output, in the canonical order (it decides which copy of a duplicate survives)."""
+    return fingerprint({"process": process_keys, "dedupe": _dedupe_settings(recipe)})
+
+
+def verify_key(dedupe: str, recipe: Recipe) -> str:
+    """The resolved clusters and the verify threshold: a new threshold re-runs verify, count and mix only."""
+    return fingerprint({"dedupe": dedupe, "threshold": recipe.dedupe.minhash.threshold})
+
+
+def mix_key(dedupe: str, recipe: Recipe) -> str:
+    """The deduplicated corpus and the mix settings: policy, seed, shard size and each source's weight."""
+    return fingerprint({"dedupe": dedupe, "mix": dataclasses.asdict(recipe.mix), "weights": [[s.name, s.weight] for s in recipe.sources]})
+
+
+def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True,
+          work_url: str | None = None) -> str:
+    """Run (or resume) a build; returns the manifest's URL. `work_url` (default OUT/work) may be shared by
+    several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
+    started = time.perf_counter()
+    validate_filters(recipe)
+    given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
+    inputs = list_inputs(recipe)
+    out = Store.at(out_url)
+    out.makedirs()
+    tokenizer = given or open_tokenizer(recipe, inputs, out)
+    work = Store.at(work_url) if work_url else out.child("work")
+    log = EventLog.at(out, "build.log.jsonl", console)  # on an object store: uploaded per stage and at the end
+    try:
+        workers = start_ray(address, workers)
+        log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
+        runner = Runner(work, workers, log)
+        results = run_stages(recipe, inputs, tokenizer, runner, out)
+        manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
+        log.say(f"manifest: {out.url('manifest.json')}  ({sum(s['tokens'] for s in manifest['splits'].values()):,} tokens)")
+    finally:
+        log.close()  # a failed build's log too: it names the tasks that finished
+    return out.url("manifest.json")
+
+
+def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
+    layout = WorkLayout()
+    processed, funnels = _process(recipe, inputs, tokenizer, runner, layout)
+    dedupe = dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
+    groups = dedupe_tasks.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
+    group_folders, group_records = _combine_keys(recipe, groups, runner, layout)
+    resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe, group_folders, group_records, runner, layout)
+    keys = {"dedupe": dedupe}
+    if recipe.dedupe.minhash.verify:
+        keys["verify"] = verify_key(dedupe, recipe)
+        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner, layout)
+    counts = _count(groups, group_folders, resolved_folder, runner, layout)
+    samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner, layout)
+    mix = mix_key(keys.get("verify", dedupe), recipe)
+    shards, factors = _mix(recipe, processed, counts, resolved_folder, mix, tokenizer, runner, layout, out)
+    return StageResults(funnels, mix_tasks.merge_subset_stats(counts), resolved_folder, resolved, group_folders, group_records, samples_folder,
+                        factors, shards, shards_folder(mix), {**keys, "mix": mix}, runner.used, runner.timings, runner.workers)
+
+
+def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, layout: WorkLayout) -> tuple[list[tasks.Processed], list[dict]]:
+    """Every input file's process output, and each file's funnel ({"source", "funnels"}) for the report."""
+    import ray
+
+    tokenizer_ref = ray.put(tokenizer)
+    folders = [layout.process(process_key(i, tokenizer, recipe)) for i in inputs]
+    records = runner.run("process", [
+        Task(folder, tasks.process_file, (folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents), i.size)
+        for i, folder in zip(inputs, folders)
+    ])
+    processed = [tasks.Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
+    return processed, [{"source": r["source"], "funnels": r["funnels"]} for r in records]
+
+
+def _combine_keys(recipe: Recipe, groups: list[list[tasks.Processed]], runner: Runner, layout: WorkLayout) -> tuple[list[str], list[dict]]:
+    partitions = recipe.dedupe.partitions
+    folders = [layout.key_group(fingerprint({"files": [[p.file_index, p.folder] for p in g], "partitions": partitions})) for g in groups]
+    records = runner.run("keys", [Task(folder, dedupe_tasks.combine_keys, (folder, g, partitions, runner.work)) for folder, g in zip(folders, groups)])
+    return folders, records
+
+
+def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], group_records: list[dict], runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
+    partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
+    partition_folders = [layout.dedupe_partition(key, p) for p in range(partitions)]
+    runner.run("dedupe", [
+        Task(folder, dedupe_tasks.dedupe_partition, (folder, p, [dedupe_tasks.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1]) for g, r in zip(group_folders, group_records)], runner.work))
+        for p, folder in enumerate(partition_folders)
+    ])
+    folder = layout.resolved(key)
+    (resolved,) = runner.run("resolve", [Task(folder, dedupe_tasks.resolve_duplicates, (folder, partition_folders, n_files, runner.work, recipe.dedupe))])
+    return folder, resolved
+
+
+def _verify(recipe: Recipe, processed: list[tasks.Processed], resolved_folder: str, key: str, runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
+    """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
+    resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
+    import ray
+
+    folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
+    verify_folders = [layout.verify_partition(key, p) for p in range(recipe.dedupe.partitions)]
+    runner.run("verify", [Task(folder, dedupe_tasks.verify_partition, (folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work))
+                          for p, folder in enumerate(verify_folders)])
+    folder = layout.verified(key)
+    (verified,) = runner.run("verified", [Task(folder, dedupe_tasks.merge_verified, (folder, verify_folders, len(processed), runner.work))])
+    return folder, verified
+
+
+def _count(groups: list[list[tasks.Processed]], group_folders: list[str], resolved_folder: str, runner: Runner, layout: WorkLayout) -> list[dict]:
+    # a count task also lists its group's first duplicates per source, subset and step, PER_STEP of each
+    folders = [layout.count(fingerprint({"keys": g, "resolved": resolved_folder, "samples": dropped_samples.PER_STEP})) for g in group_folders]
+    return runner.run("count", [Task(folder, mix_tasks.count_kept, (folder, g, resolved_folder, runner.work)) for folder, g in zip(folders, groups)])
+
+
+def _duplicate_samples(recipe: Recipe, inputs: list[InputFile], processed: list[tasks.Processed], counts: list[dict], runner: Runner,
+                       layout: WorkLayout) -> str:
+    """A few removed duplicates per source, subset and step, chosen from the count tasks' candidates, their text
+    read back from at most SAMPLE_FILES input files by one task; returns its folder."""
+    chosen = dropped_samples.choose([dropped_samples.DuplicateCandidate(**c) for r in counts for c in r["duplicate_candidates"]])
+    named = sorted({split_key(key)[0] for c in chosen for key in (c.doc, c.kept)})  # read or, for an exact copy's kept twin, named
+    folder = layout.samples(fingerprint(dropped_samples.samples_key(chosen, {f: processed[f].folder for f in named})))
+    (record,) = runner.run("samples", [Task(folder, dropped_samples.read_duplicates,
+                                            (folder, chosen, {f: inputs[f] for f in named}, recipe.dedupe.minhash, recipe.batch_documents, runner.work))])
+    for url, error in record["unreadable"].items():
+        runner.log.event("samples_skipped", file=url, error=error)
+        runner.log.say(f"warning: the duplicates sampled from {url} are left out of dropped_samples.jsonl: it could not be read ({error})")
+    return folder
+
+
+def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], shards_folder: str) -> list[mix_tasks.MixGroup]:
+    """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables)."""
+    kept = {int(f): c for record in counts for f, c in record["files"].items()}
+    source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
+    weights = {i: s.weight for i, s in enumerate(recipe.sources)}
+    folders = {p.file_index: p.folder for p in processed}
+    groups = []
+    for split_no, split in enumerate(SPLITS):
+        streams = {}
+        for sid in weights:
+            mine = [p.file_index for p in processed if source_ids[p.source] == sid]
+            streams[sid] = (np.asarray(mine, np.int64), np.asarray([kept[f][split_no][1] for f in mine], np.int64))
+        groups += _plan_split(split, streams, weights, recipe.mix, folders, shards_folder)
+    return groups
+
+
+def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
+         runner: Runner, layout: WorkLayout, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
+    """Run the mix groups; returns each split's shard entries and each split's repeat factor per source."""
+    groups = plan_mix(recipe, processed, counts, shards_folder(key))
+    factors = {g.split: g.factors for g in groups}
+    written_to = fingerprint({"mix": key, "out": out.url()})  # another output sharing the work store writes its own copy
+    records = runner.run("mix", [
+        Task(folder, mix_tasks.mix_group, (folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), [s.name for s in recipe.sources], recipe.mix.seed))
+        for g in groups for folder in [layout.mix_group(written_to, g.split, g.number)]
+    ])
+    shards: dict[str, list[dict]] = {}
+    for g, record in zip(groups, records):
+        shards.setdefault(g.split, []).extend(record["entries"])
+    return shards, factors
+
+
+def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], weights: dict[int, float], mix: MixConfig,
+                folders: dict[int, str], shards_folder: str) -> list[mix_tasks.MixGroup]:
+    """The split's mix groups: each source's stream cut into the same number of token ranges, the policy's
+    repeat factors, and each group's shards numbered after the previous groups'."""
+    totals = {sid: int(tokens.sum()) for sid, (_, tokens) in streams.items()}
+    if not any(totals.values()):
+        return []
+    factors = mix_stage.repeat_factors(totals, weights, mix.policy)
+    planned = sum(factors[sid] * t for sid, t in totals.items())
+    groups, first_shard = [], 0
+    for number, slices in enumerate(mix_stage.slice_streams(streams, mix_stage.group_count(planned, mix.shard_tokens, mix.shards_per_group))):
+        shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
+        files = {f: folders[f] for s in slices for f, _ in s.files}
+        groups.append(mix_tasks.MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards,
+                                          folders=files, shards_folder=shards_folder))
+        first_shard += shards
+    return groups
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tokenmill build", description="Build mixed token shards + manifest from a recipe on Ray.")
+    parser.add_argument("recipe", help="recipe YAML, e.g. manifests/recipes/tinyllama.yaml")
+    parser.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://, ...)")
+    parser.add_argument("--work", default=None, help="work store for task outputs, shareable by several outputs (e.g. one per mix); default OUT/work")
+    parser.add_argument("--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
+    parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
+    args = parser.parse_args(argv)
+    refused = None
+    if args.workers is not None and args.workers < 1:
+        refused = f"--workers {args.workers}: give at least 1 (or leave it out to use every CPU of the cluster)"
+    elif "://" not in args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        refused = f"--out {args.out}: is a file; give a folder (new, or holding an earlier build)"
+    if refused:
+        print(f"tokenmill build: {refused}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        recipe = load_recipe(args.recipe)
+        manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
+    except (RecipeError, manifest_io.ManifestError) as e:
+        print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except (BuildError, OSError) as e:  # a task that kept failing, a full disk, a store that went away
+        print(f"tokenmill build: {type(e).__name__}: {e}\n  finished tasks are kept: fix the cause and run the same command again to resume", file=sys.stderr)
+        return 2
+    report = None
+    if not args.no_report and "://" not in manifest_url.replace("file://", ""):
+        from pipeline.report.stats import write_report
+
+        local = Path(manifest_url.replace("file://", ""))
+        report = str(write_report(local, local.parent / "report", verify_bins=False))  # just checksummed
+    print_summary(manifest_url, report, time.perf_counter() - started)
+    return 0

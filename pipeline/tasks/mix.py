@@ -1,0 +1,218 @@
+"""The tasks after dedupe: count what survived per input file, then mix and write each group's shards.
+
+A count task reads its key group's document tables and removed slices once and returns, per file, the kept
+documents and tokens of each split (what the driver plans the groups from) and the kept statistics per
+subset (what the report shows). A mix group task reads only its groups' files' tables and the token ranges of
+its documents: every task's memory is one group's document table plus one shard.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from manifests.keys import doc_keys
+from manifests.manifest import shard_entry
+from manifests.shards import encode_index
+from pipeline.build.inputs import SPLITS
+from pipeline.tasks import samples
+from pipeline.tasks.dedupe import RemovedDocs, removed_of
+from pipeline.tasks.process import DOCS, HIST_EDGES, TOKENS, Processed, histogram
+from pipeline.work.store import Store
+from stages import mix as mix_stage
+
+COPY_CHUNK = 64 << 20  # bytes per read when a token range is copied from an object store to local scratch
+GAP_BYTES = 64 << 10  # a gap this small between two needed token ranges is read through: one request, not two
+
+
+@dataclass(slots=True)
+class _KeptDocs:
+    """One file's documents after dedupe: its table, keys, where each document's tokens start, and the verdict."""
+
+    columns: dict[str, np.ndarray]
+    keys: np.ndarray
+    starts: np.ndarray  # first token in the file's tokens.bin
+    lengths: np.ndarray
+    keep: np.ndarray  # survived dedupe
+    exact: np.ndarray  # removed as an exact copy
+
+
+def _kept_docs(work: Store, folder: str, file_index: int, removed: RemovedDocs) -> _KeptDocs:
+    columns = dict(np.load(io.BytesIO(work.read_bytes(f"{folder}/{DOCS}"))))
+    keys = doc_keys(file_index, columns["ordinal"])
+    lengths = columns["length"].astype(np.int64) if len(keys) else np.zeros(0, np.int64)
+    gone, exact_keys = removed.keys, removed.keys[removed.exact]
+    return _KeptDocs(columns, keys, np.cumsum(lengths) - lengths, lengths,
+                     ~np.isin(keys, gone, assume_unique=True), np.isin(keys, exact_keys, assume_unique=True))
+
+
+def count_kept(folder: str, files: list[Processed], resolved: str, work: Store) -> dict:
+    """Per file: [documents, tokens] kept in each split; per "source/subset": duplicates removed and what was
+    kept, with length histograms; the first removed documents per source, subset and step, from which the
+    driver chooses the duplicates' samples (`pipeline.tasks.samples`)."""
+    started = time.perf_counter()
+    removed = removed_of(work, resolved, [f.file_index for f in files], survivors=True)
+    per_file, subsets, candidates, taken = {}, {}, [], {}
+    for f in files:
+        d = _kept_docs(work, f.folder, f.file_index, removed[f.file_index])
+        split = d.columns["split"] if len(d.keys) else np.zeros(0, np.uint8)
+        per_file[str(f.file_index)] = [[int((d.keep & (split == n)).sum()), int(d.lengths[d.keep & (split == n)].sum())] for n in range(len(SPLITS))]
+        _add_subset_stats(subsets, f, d)
+        gone = ~d.keep  # in key order, as the removed keys and their survivors are
+        if gone.any():
+            candidates += samples.candidates_of_file(f.source, f.subsets, d.keys[gone], d.columns["subset"][gone], d.exact[gone],
+                                                             removed[f.file_index].survivors, taken)
+    record = {"files": per_file, "subsets": subsets, "duplicate_candidates": [asdict(c) for c in candidates],
+              "documents": sum(c[0] for v in per_file.values() for c in v), "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
+
+
+def _add_subset_stats(out: dict, f: Processed, d: _KeptDocs) -> None:
+    for sid, name in enumerate(f.subsets):
+        here = d.columns["subset"] == sid
+        empty = [0] * (len(HIST_EDGES) - 1)
+        s = out.setdefault(f"{f.source}/{name}", {"exact_duplicate": 0, "near_duplicate": 0, "documents_kept": 0, "chars_kept": 0,
+                                                   "tokens_kept": 0, "char_hist": empty, "token_hist": empty})
+        gone, kept = here & ~d.keep, here & d.keep
+        s["exact_duplicate"] += int((gone & d.exact).sum())
+        s["near_duplicate"] += int((gone & ~d.exact).sum())
+        s["documents_kept"] += int(kept.sum())
+        s["chars_kept"] += int(d.columns["chars"][kept].sum())
+        s["tokens_kept"] += int(d.lengths[kept].sum())
+        s["char_hist"] = (np.asarray(s["char_hist"]) + histogram(d.columns["chars"][kept])).tolist()
+        s["token_hist"] = (np.asarray(s["token_hist"]) + histogram(d.lengths[kept])).tolist()
+
+
+def merge_subset_stats(records: list[dict]) -> dict[str, dict]:
+    """The count tasks' subset statistics, summed (counts, and histograms bucket by bucket)."""
+    total: dict[str, dict] = {}
+    for r in records:
+        for key, stats in r["subsets"].items():
+            if key not in total:
+                total[key] = {k: list(v) if isinstance(v, list) else v for k, v in stats.items()}
+                continue
+            t = total[key]
+            for k, v in stats.items():
+                t[k] = [a + b for a, b in zip(t[k], v)] if isinstance(v, list) else t[k] + v
+    return dict(sorted(total.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class MixGroup:
+    """What one mix group task needs: its slices of the split's source streams and where its shards go."""
+
+    split: str
+    number: int  # the group's number within its split
+    slices: list[mix_stage.StreamSlice]
+    factors: dict[int, float]  # per source id: tokens taken / tokens there (the split's policy)
+    first_shard: int
+    shards: int
+    folders: dict[int, str]  # process folder of each file the slices name
+    shards_folder: str  # in the output: `pipeline.work.store.shards_folder`
+
+
+def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Store, dtype_name: str, source_names: list[str], seed: int) -> dict:
+    """Choose, order and write one group's shards; the done record holds their manifest entries."""
+    started = time.perf_counter()
+    sources, located = _group_documents(group, resolved, work)
+    plan = mix_stage.plan_group(sources, group.factors, seed, group.shards)
+    file_of = np.empty(len(plan.lengths), np.int64)
+    start_of = np.empty(len(plan.lengths), np.int64)
+    origin = np.empty(len(plan.lengths), np.uint64)
+    for sid, cols in located.items():
+        at = plan.source_ids == sid
+        file_of[at], start_of[at], origin[at] = cols["file"][plan.positions[at]], cols["start"][plan.positions[at]], cols["key"][plan.positions[at]]
+    dtype = np.dtype("<u2" if dtype_name == "uint16" else "<u4")
+    entries = []
+    with ExitStack() as stack:
+        # one local scratch file for the whole group when the work dir is an object store: one open file, not one per input
+        scratch = None if work.is_local else stack.enter_context(tempfile.NamedTemporaryFile(prefix="tokenmill-", suffix=".bin"))
+        paths = {}
+        for f in np.unique(file_of).tolist():
+            mine = file_of == f
+            paths[f], start_of[mine] = _open_runs(work, group.folders[f], dtype, start_of[mine], plan.lengths[mine], scratch)
+        if scratch:
+            scratch.flush()
+        for k, part in enumerate(plan.shard_slices()):
+            stem = f"{group.shards_folder}/{group.split}/{group.split}-{group.first_shard + k:05d}"
+            entries.append(_write_shard(out, stem, paths, file_of[part], start_of[part], plan.lengths[part], plan.source_ids[part], origin[part], dtype, source_names))
+    record = {"entries": entries, "documents": int(len(plan.lengths)), "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
+
+
+def _group_documents(group: MixGroup, resolved: str, work: Store) -> tuple[list[mix_stage.SourceDocs], dict[int, dict[str, np.ndarray]]]:
+    """Per source: the group's documents (canonical order) and where their tokens are."""
+    split_no = SPLITS.index(group.split)
+    removed = removed_of(work, resolved, [f for s in group.slices for f, _ in s.files])
+    sources, located = [], {}
+    for piece in group.slices:
+        cols = defaultdict(list)
+        for file_index, offset in piece.files:
+            d = _kept_docs(work, group.folders[file_index], file_index, removed[file_index])
+            mine = d.keep & (d.columns["split"] == split_no) if len(d.keys) else np.zeros(0, bool)
+            inside = np.zeros(len(mine), bool)
+            inside[mine] = mix_stage.in_slice(offset, d.lengths[mine], piece)
+            cols["key"].append(d.keys[inside])
+            cols["length"].append(d.lengths[inside])
+            cols["start"].append(d.starts[inside])
+            cols["file"].append(np.full(int(inside.sum()), file_index, np.int64))
+        joined = {k: np.concatenate(v) for k, v in cols.items()} if cols else {k: np.zeros(0, np.int64) for k in ("key", "length", "start", "file")}
+        sources.append(mix_stage.SourceDocs(piece.source_id, joined["key"].astype(np.uint64), joined["length"]))
+        located[piece.source_id] = joined
+    return sources, located
+
+
+def _open_runs(work: Store, folder: str, dtype: np.dtype, starts: np.ndarray, lengths: np.ndarray, scratch) -> tuple[str, np.ndarray]:
+    """A local file holding one input file's tokens of the documents (starts, lengths), and where each document
+    starts in it: the work dir's file itself, or the group's scratch file, to which just the runs of needed tokens
+    are appended (a gap under GAP_BYTES is read through), streamed from the object store in reads of at most
+    COPY_CHUNK. A group's documents of one file are contiguous, save for the other split's:
+    a few GETs per file and group. Copying the span from the first to the last document instead would copy a
+    whole file for a split drawn per document (validation_fraction): every code file, for a few documents."""
+    rel = f"{folder}/{TOKENS}"
+    if scratch is None:
+        return work.path(rel), starts
+    order = np.argsort(starts, kind="stable")
+    lo, hi = starts[order], np.maximum.accumulate(starts[order] + lengths[order])
+    first = np.ones(len(lo), bool)
+    first[1:] = lo[1:] > hi[:-1] + GAP_BYTES // dtype.itemsize
+    run = np.cumsum(first) - 1
+    run_lo, run_hi = lo[first], np.maximum.reduceat(hi, np.flatnonzero(first))
+    run_at = np.cumsum(run_hi - run_lo) - (run_hi - run_lo)  # where each run starts in the copy
+    local = np.empty(len(starts), np.int64)
+    local[order] = scratch.tell() // dtype.itemsize + run_at[run] + lo - run_lo[run]
+    for a, b in zip((run_lo * dtype.itemsize).tolist(), (run_hi * dtype.itemsize).tolist()):
+        for start in range(a, b, COPY_CHUNK):
+            scratch.write(work.read_range(rel, start, min(start + COPY_CHUNK, b)))
+    return scratch.name, local
+
+
+def _write_shard(out: Store, stem: str, paths: dict[int, str], files: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                 source_ids: np.ndarray, origins: np.ndarray, dtype: np.dtype, source_names: list[str]) -> dict:
+    data = np.empty(int(lengths.sum()), dtype)
+    at = np.cumsum(lengths) - lengths
+    # file by file, each mapped only while its documents are copied: the task holds one open file and the token
+    # pages of one file's part of one shard, not a map (and its pages) of every file of the group
+    order = np.argsort(files, kind="stable")
+    bounds = np.flatnonzero(np.diff(files[order], prepend=-1, append=-1))
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        path = paths[int(files[order[a]])]
+        tokens = np.memmap(path, dtype=dtype, mode="r") if os.path.getsize(path) else np.zeros(0, dtype)
+        for i in order[a:b].tolist():
+            data[at[i] : at[i] + lengths[i]] = tokens[starts[i] : starts[i] + lengths[i]]
+        del tokens
+    index = encode_index(dtype, np.cumsum(lengths).astype(np.uint64), source_ids, origins)
+    payload = data.tobytes()
+    out.write_bytes(f"{stem}.bin", payload)
+    out.write_bytes(f"{stem}.idx", index)
+    by_source = np.bincount(source_ids, weights=lengths, minlength=len(source_names))
+    return shard_entry(stem, payload, index, documents=int(len(lengths)), tokens=int(lengths.sum()),
+                       tokens_by_source={name: int(by_source[i]) for i, name in enumerate(source_names)})

@@ -1,0 +1,114 @@
+"""Ray placement: start or join Ray, and run a stage's tasks with at most `workers` in flight.
+
+A task is a plain function of `pipeline.tasks.process` plus its arguments; the runner skips every task whose done
+record exists (its folder is keyed by what it is made from, so an existing record is a valid output) and
+wraps the rest in 1-CPU Ray tasks that Ray retries on `OSError` (a store that went away for a moment).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline.work import store
+from pipeline.work.progress import EventLog, StageProgress
+from pipeline.work.store import Store
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    folder: str  # its folder in the work layout; also its Ray task name (`ray::process/...` in ps and the dashboard)
+    fn: Callable[..., dict]  # returns exactly the done record it wrote
+    args: tuple
+    input_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Runner:
+    work: Store
+    workers: int
+    log: EventLog
+    timings: dict[str, dict] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
+
+    def run(self, stage: str, tasks: list[Task]) -> list[dict]:
+        """Each task's done record, in task order: read back for finished tasks, returned by the others."""
+        progress = StageProgress(stage, len(tasks), self.log)
+        self.used += [t.folder for t in tasks]
+        records: list[dict | None] = [self.work.done(t.folder) for t in tasks]
+        progress.skip(sum(r is not None for r in records))
+        started = time.perf_counter()
+        retries = store.take_retries()  # the driver's own store requests (done records) count too
+        for i, record in self._run_pending(stage, tasks, [i for i, r in enumerate(records) if r is None]):
+            records[i] = record
+            retries += record.get("retries", 0)
+            self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3), retries=record.get("retries", 0))
+            text_bytes = sum(f.get("bytes_read", 0) for f in record.get("funnels", {}).values())  # process tasks only
+            progress.advance(record.get("documents", 0), tasks[i].input_bytes, text_bytes=text_bytes)
+        self.timings[stage] = {
+            "seconds": round(time.perf_counter() - started, 3),
+            "task_seconds": round(sum(r.get("seconds", 0) for r in records), 3),
+            "tasks": len(tasks),
+            "skipped": progress.skipped,
+            "documents": sum(r.get("documents", 0) for r in records),
+            "input_bytes": sum(t.input_bytes for t in tasks),
+            "retries": retries + store.take_retries(),  # store requests retried by this run's tasks and driver
+        }
+        self.log.event("stage_done", stage=stage, **self.timings[stage])
+        return records
+
+    def _run_pending(self, stage: str, tasks: list[Task], pending: list[int]):
+        """Yields (task number, done record) as tasks finish, keeping at most `workers` in flight."""
+        import ray
+
+        remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(_call)
+        in_flight: dict = {}
+        pending = list(pending)
+        while pending or in_flight:
+            while pending and len(in_flight) < self.workers:
+                i = pending.pop(0)
+                in_flight[remote.options(name=tasks[i].folder).remote(tasks[i].fn, *tasks[i].args)] = i
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            i = in_flight.pop(ready[0])
+            try:
+                yield i, ray.get(ready[0])
+            except Exception as e:  # a task that failed after its retries: name it and stop
+                # an OSError (disk full, store unreachable) names its path, which is all a person needs; anything
+                # else is a bug and keeps Ray's remote traceback
+                cause = getattr(e, "cause", None)
+                raise BuildError(f"[{stage}] task {tasks[i].folder} failed: {cause if isinstance(cause, OSError) else e}") from e
+
+
+def _call(fn, *args):
+    store.take_retries()  # a worker runs one task at a time: count this task's retries from zero
+    return fn(*args)
+
+
+def start_ray(address: str | None, workers: int | None) -> int:
+    """Join the cluster at `address` (or RAY_ADDRESS, set inside a Ray job), else start an embedded Ray private
+    to this machine. Returns the number of tasks to keep in flight."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and "ray" not in sys.modules:
+        # On Linux a local Ray takes the machine's network address (ray.init turns 127.0.0.1 into it) and its
+        # GCS, raylet, workers and agents listen on every interface. With this flag off, read when Ray is first
+        # imported (so only before that), the embedded Ray is private to this machine: every server binds to
+        # 127.0.0.1. A user who sets the variable keeps their choice; a build that joins a cluster never sets it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # token authentication on, as Ray's default is, said explicitly so an embedded build does not print
+        # Ray's notice about that default on every start; read only before Ray is imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        else:
+            # Embedded, private to this process: no dashboard.
+            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,0 +1,399 @@
+"""`tokenmill submit` and `tokenmill jobs`: what a job carries (fast tests), and a real Ray head (slow tests)
+that listens on 127.0.0.1 only, runs a real build of the sample corpus submitted by `tokenmill submit` and by
+Ray's own `ray job submit`, fails a broken recipe with the recipe error in its logs, and stops a running job.
+
+The head is started with infra/local/start-head.sh on 127.0.0.1 with free ports, its own short temp dir and
+its own authentication token, and stopped by PID at the end (never `ray stop`: other Ray instances on the
+machine are not ours). The CLI runs in subprocesses, as a user runs it, with the token in its environment.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from manifests import manifest as manifest_io
+from manifests.shards import sha256_file
+from pipeline.build.recipe import RecipeError, load_recipe
+from pipeline.ops.jobs import (
+    PROJECT_ROOT,
+    STAGING_PREFIX,
+    build_entrypoint,
+    job_output,
+    jobs_main,
+    recipe_for_job,
+    runtime_env,
+    submit_main,
+)
+
+SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
+
+
+def write_sample_recipe(path: Path, sample_corpus: Path, **overrides) -> Path:
+    """A recipe outside the project: the sample recipe over a sample corpus written elsewhere, with relative
+    roots (they must resolve against this file's folder, wherever the job runs)."""
+    rel = os.path.relpath(sample_corpus, path.parent)
+    recipe = {
+        "extends": str(SAMPLE_RECIPE),
+        "sources": [{"name": "slimpajama", "root": f"{rel}/SlimPajama-627B"}, {"name": "starcoderdata", "root": f"{rel}/starcoderdata"}],
+        **overrides,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def staging():
+    with tempfile.TemporaryDirectory(dir=PROJECT_ROOT, prefix=STAGING_PREFIX) as folder:
+        yield Path(folder)
+
+
+def test_entrypoint_runs_the_build_and_joins_the_cluster():
+    assert build_entrypoint("manifests/recipes/sample.yaml", "s3://bucket/tl", 8) == (
+        "python -m pipeline.cli build manifests/recipes/sample.yaml --out s3://bucket/tl --address auto --workers 8"
+    )
+    assert build_entrypoint("my recipe.yaml", "/runs/a b", None) == "python -m pipeline.cli build 'my recipe.yaml' --out '/runs/a b' --address auto"
+
+
+def test_local_outputs_become_absolute_and_urls_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert job_output("runs/tl") == str(tmp_path / "runs" / "tl")
+    assert job_output("s3://bucket/tl") == "s3://bucket/tl"
+    assert job_output("file:///data/tl") == "file:///data/tl"
+
+
+def shipped_files(env: dict, include_gitignore: bool) -> set[str]:
+    """The files a job with runtime environment `env` carries: packed by Ray's job client's own path (Ray's
+    default excludes + `env["excludes"]` [+ .gitignore], then `create_package`) into a zip, read back."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "working_dir.zip"
+
+        def pack(working_dir: str, excludes: list[str], is_file: bool = False) -> None:
+            create_package(working_dir, package, include_gitignore=include_gitignore, excludes=excludes)
+
+        upload_working_dir_if_needed(dict(env), include_gitignore=include_gitignore, upload_fn=pack)
+        with zipfile.ZipFile(package) as z:
+            return {name for name in z.namelist() if not name.endswith("/")}
+
+
+def test_the_job_ships_the_project_without_local_bulk():
+    """What `tokenmill submit` uploads from this checkout: the code, the schema and the recipes; never the
+    virtualenv, build outputs, local corpora or git history (whether or not this checkout has them)."""
+    shipped = shipped_files(runtime_env(), include_gitignore=True)  # Ray's default
+    assert {"pyproject.toml", "pipeline/cli.py", "stages/fetch.py", "trainer/train.py", "manifests/manifest.schema.json",
+            "manifests/recipes/sample.yaml", "infra/local/start-head.sh"} <= shipped
+    assert not [name for name in shipped if name.split("/")[0] in {".venv", "runs", "data", ".git"}]
+
+
+def test_local_bulk_stays_home_without_gitignore_or_rays_defaults(tmp_path, monkeypatch):
+    """The job's own excludes keep bulk home when nothing else does (RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1, no
+    Ray default excludes), and only at the top: a package's own folder named data/ travels."""
+    from pipeline.ops import jobs
+
+    project = {"pipeline/cli.py", "pipeline/data/keep.py", "manifests/recipes/sample.yaml"}
+    bulk = {".venv/lib/libtorch.so", "runs/demo/train/00000.bin", "data/sample/SlimPajama-627B/chunk1.jsonl.zst", ".git/HEAD"}
+    for rel in project | bulk:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    monkeypatch.setattr(jobs, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setenv("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", "")
+    assert shipped_files(jobs.runtime_env(), include_gitignore=False) == project
+
+
+@pytest.mark.parametrize("name", ["tinyllama.yaml", "sample.yaml", "web-quality.yaml"])
+def test_a_project_recipe_travels_flattened_and_means_the_same(staging, name):
+    original = PROJECT_ROOT / "manifests" / "recipes" / name
+    shipped = recipe_for_job(original, staging)
+
+    assert shipped == f"{staging.name}/{name}"
+    assert "extends" not in yaml.safe_load((PROJECT_ROOT / shipped).read_text())
+    assert load_recipe(PROJECT_ROOT / shipped).to_dict() == load_recipe(original).to_dict()
+
+
+def test_paths_into_the_shipped_project_stay_relative_and_others_become_absolute(staging):
+    flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(SAMPLE_RECIPE, staging)).read_text())
+    assert [s["root"] for s in flat["sources"]] == [str(PROJECT_ROOT / "data/sample/SlimPajama-627B"), str(PROJECT_ROOT / "data/sample/starcoderdata")]
+    assert flat["tokenizer"]["model"] == "pkg://mistral_common/data/tokenizer.model.v1"
+    flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(PROJECT_ROOT / "manifests/recipes/tinyllama.yaml", staging)).read_text())
+    assert flat["tokenizer"]["model"] == "hf://TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/tokenizer.model"  # a URL travels as it is
+    assert flat["sources"][0]["root"] == "hf://datasets/cerebras/SlimPajama-627B"
+
+
+def test_a_recipe_from_elsewhere_travels_too(tmp_path, staging):
+    corpus = tmp_path / "corpus"
+    original = write_sample_recipe(tmp_path / "recipes" / "mine.yaml", corpus, mix={"shard_tokens": 1000})
+    shipped = recipe_for_job(original, staging)
+
+    flat = yaml.safe_load((PROJECT_ROOT / shipped).read_text())
+    assert [s["root"] for s in flat["sources"]] == [str(corpus / "SlimPajama-627B"), str(corpus / "starcoderdata")]
+    assert load_recipe(PROJECT_ROOT / shipped).to_dict() == load_recipe(original).to_dict()
+
+
+def test_a_missing_recipe_is_refused(tmp_path, staging):
+    with pytest.raises(RecipeError, match="nowhere.yaml does not exist"):
+        recipe_for_job(tmp_path / "nowhere.yaml", staging)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_cluster_is_named(capsys):
+    address = f"http://127.0.0.1:{free_port()}"
+    assert submit_main([str(SAMPLE_RECIPE), "--address", address, "--out", "s3://bucket/tl"]) == 2
+    assert f"cannot reach the Ray dashboard at {address}" in capsys.readouterr().err
+    assert jobs_main(["status", "raysubmit_x", "--address", address]) == 2
+    assert "tokenmill jobs status: cannot reach" in capsys.readouterr().err
+
+
+def test_a_bad_recipe_is_refused_before_anything_is_sent(tmp_path, capsys):
+    recipe = write_sample_recipe(tmp_path / "negative.yaml", tmp_path / "corpus", mix={"policy": "sideways"})
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens: the recipe is refused before connecting
+    assert submit_main([str(recipe), "--address", address, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recipe field `mix.policy`" in err and "cannot reach" not in err
+
+
+def test_the_cluster_address_comes_from_rays_variables_as_for_ray_job(monkeypatch, capsys):
+    for variable in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+        address = f"http://127.0.0.1:{free_port()}"
+        monkeypatch.setenv(variable, address)
+        assert jobs_main(["status", "raysubmit_x"]) == 2
+        assert f"cannot reach the Ray dashboard at {address}" in capsys.readouterr().err
+
+
+def test_arguments_are_checked_before_anything_is_sent(capsys):
+    for argv in ([], ["logs", "--follow"]):
+        with pytest.raises(SystemExit) as refused:
+            jobs_main(argv)
+        assert refused.value.code == 2
+    with pytest.raises(SystemExit):
+        submit_main([str(SAMPLE_RECIPE), "--address", "http://127.0.0.1:8265", "--out", "runs/x", "--workers", "0"])
+    assert "--workers 0: give at least 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a real head
+
+
+class Head:
+    """A Ray head of our own, and the `tokenmill` CLI pointed at it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.marker = uuid.uuid4().hex  # in the environment of every process the head starts
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex, TOKENMILL_TEST_HEAD=self.marker)
+        self.dashboard_port = free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        command = [
+            "bash", str(PROJECT_ROOT / "infra/local/start-head.sh"), "--port", str(free_port()), "--dashboard-port", str(self.dashboard_port),
+            "--num-cpus", "2", "--temp-dir", str(root / "ray"), "--block",
+            "--", "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+        ]
+        self.log = open(root / "head.log", "w")
+        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_until_up(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the head exited:\n{(self.root / 'head.log').read_text()[-3000:]}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.dashboard_port)) == 0:
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f"no dashboard on {self.address} after {timeout_s}s")
+
+    def tokenmill(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+
+    def jobs(self, *args: str) -> subprocess.CompletedProcess:
+        return self.tokenmill("jobs", *args, "--address", self.address)
+
+    def stop(self) -> None:
+        """SIGTERM to `ray start --block`, which takes its processes down; whatever of ours is still there
+        10 s later (found by the marker in its environment) gets SIGKILL, by PID."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        if self.all_gone_within(10):
+            return
+        for pid in self.our_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.all_gone_within(10)
+
+    def all_gone_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.our_pids():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def our_pids(self) -> list[int]:
+        """Our processes: every one the head started carries the marker in its environment."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and f"TOKENMILL_TEST_HEAD={self.marker}".encode() in (proc / "environ").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        return pids
+
+
+@pytest.fixture(scope="module")
+def head():
+    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))  # short: Ray's unix socket paths live under it
+    head = Head(root)
+    try:
+        head.wait_until_up()
+        yield head
+    finally:
+        head.stop()
+        assert head.our_pids() == []
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """The local addresses that these processes accept TCP connections on (from /proc: sockets by inode)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if (target := os.readlink(fd)).startswith("socket:["):
+                        inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address_hex, state, inode = fields[1].split(":")[0], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                # the kernel prints each 32-bit word of the address in host (little-endian) order
+                words = [bytes.fromhex(address_hex[i : i + 8])[::-1] for i in range(0, len(address_hex), 8)]
+                found.add(socket.inet_ntop(family, b"".join(words)))
+    return found
+
+
+@pytest.mark.slow
+def test_the_local_head_listens_on_localhost_only(head):
+    addresses = listening_addresses(head.our_pids())
+    assert addresses  # GCS, raylet, dashboard, agents
+    assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
+
+
+def submit(head: Head, recipe: Path, out: Path) -> str:
+    done = head.tokenmill("submit", str(recipe), "--address", head.address, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "INFO" not in done.stderr and "WARNING" not in done.stderr, done.stderr  # Ray's own log lines stay out
+    job_id = done.stdout.strip()
+    assert re.fullmatch(r"raysubmit_\w+", job_id), done.stdout
+    assert f"tokenmill jobs logs --follow {job_id} --address {head.address}" in done.stderr
+    return job_id
+
+
+@pytest.mark.slow
+def test_a_submitted_build_succeeds_and_writes_its_manifest(head, sample_corpus):
+    recipe = write_sample_recipe(head.root / "recipes" / "sample-here.yaml", sample_corpus)
+    out = head.root / "out"
+    job_id = submit(head, recipe, out)
+    assert not list(PROJECT_ROOT.glob(f"{STAGING_PREFIX}*"))  # the flattened recipe's folder is gone once uploaded
+
+    followed = head.jobs("logs", "--follow", job_id)
+    assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
+    assert f"job {job_id} SUCCEEDED" in followed.stderr
+    assert re.search(r"^\[process\] (\d+)/\1 tasks", followed.stdout, re.M)  # the build's progress reaches the job's logs
+    assert str(out / "manifest.json") in followed.stdout
+    assert head.jobs("status", job_id).stdout.splitlines()[0] == f"{job_id}: SUCCEEDED"
+    listed = [line for line in head.jobs("list").stdout.splitlines() if line.startswith(job_id)]
+    assert len(listed) == 1 and " SUCCEEDED " in listed[0] and f"pipeline.cli build {STAGING_PREFIX}" in listed[0]
+
+    built = manifest_io.load(out / "manifest.json")
+    assert built.data["recipe"]["name"] == "tinyllama-sample"
+    assert [s["root"] for s in built.data["recipe"]["sources"]] == [str(sample_corpus / "SlimPajama-627B"), str(sample_corpus / "starcoderdata")]
+    assert set(built.splits()) == {"train", "validation"}
+    for split in built.splits():
+        assert built.data["splits"][split]["tokens"] > 0
+        for shard in built.shards(split):
+            assert sha256_file(shard.bin_path) == shard.entry["bin_sha256"] and sha256_file(shard.idx_path) == shard.entry["idx_sha256"]
+
+    staged = head.tokenmill("stage-in", f"file://{out / 'manifest.json'}", str(head.root / "nvme"))
+    assert staged.returncode == 0, staged.stderr
+    assert (head.root / "nvme" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_recipe_the_cluster_cannot_build_fails_the_job_with_the_error_in_its_logs(head, sample_corpus):
+    # valid here, but its inputs are not there: only the cluster can tell
+    recipe = write_sample_recipe(head.root / "recipes" / "broken.yaml", head.root / "no-corpus")
+    job_id = submit(head, recipe, head.root / "broken-out")
+
+    followed = head.jobs("logs", "--follow", job_id)
+    assert followed.returncode == 1 and f"job {job_id} FAILED" in followed.stderr
+    assert "no-corpus" in followed.stdout
+    status = head.jobs("status", job_id)
+    assert status.returncode == 1 and status.stdout.startswith(f"{job_id}: FAILED\n") and "exit code 2" in status.stdout
+    assert "no-corpus" in head.jobs("logs", job_id).stdout
+    assert not (head.root / "broken-out" / "manifest.json").exists()
+
+
+def ray_job_submit(head: Head, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Ray's own CLI, from this virtualenv."""
+    env = {**head.env, "PATH": f"{Path(sys.executable).parent}:{head.env['PATH']}"}
+    return subprocess.run(["ray", "job", "submit", "--address", head.address, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_rays_own_job_cli_runs_the_build_too(head, sample_corpus):
+    recipe = write_sample_recipe(head.root / "recipes" / "by-ray-cli.yaml", sample_corpus)
+    out = head.root / "by-ray-cli"
+    done = ray_job_submit(head, "--working-dir", ".", "--", "tokenmill", "build", str(recipe), "--out", str(out), cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert manifest_io.load(out / "manifest.json").data["splits"]["train"]["tokens"] > 0
+
+
+@pytest.mark.slow
+def test_stop_stops_a_running_job(head):
+    job_id = f"tokenmill-test-{uuid.uuid4().hex[:8]}"
+    sleeper = "import time; print('waiting to be stopped', flush=True); time.sleep(600)"
+    submitted = ray_job_submit(head, "--submission-id", job_id, "--no-wait", "--", "python", "-c", sleeper, cwd=head.root)
+    assert submitted.returncode == 0, submitted.stderr
+    deadline = time.monotonic() + 120
+    while (status := head.jobs("status", job_id).stdout.splitlines()[0]) != f"{job_id}: RUNNING":
+        assert time.monotonic() < deadline and "PENDING" in status, status
+        time.sleep(1)
+
+    stopped = head.jobs("stop", job_id)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip() == f"{job_id}: STOPPED"
+    status = head.jobs("status", job_id)
+    assert status.returncode == 1 and status.stdout.splitlines()[0] == f"{job_id}: STOPPED"
+    again = head.jobs("stop", job_id)
+    assert again.returncode == 0 and again.stdout.strip() == f"{job_id}: already ended, STOPPED"

@@ -1,0 +1,209 @@
+"""The offline sample corpus: published layouts, what PLANTED.json says is really in the files (read back with
+the fetch stage), small at --size-mb 1, byte-identical for the same arguments."""
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline.build.recipe import Recipe, load_recipe
+from pipeline.sample_corpus import SLIMPAJAMA_DIR, STARCODER_DIR, main, write_sample_corpus
+from stages.document import BadRecord
+from stages.fetch import read_documents
+
+RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
+STARCODER_SCHEMA = pa.schema([("max_stars_repo_path", pa.string()), ("max_stars_repo_name", pa.string()),
+                              ("max_stars_count", pa.int64()), ("id", pa.string()), ("content", pa.string())])
+_NO_PUNCTUATION_OR_SPACE = str.maketrans("", "", string.punctuation + string.whitespace)
+
+
+def sample_recipe(corpus: Path) -> Recipe:
+    return load_recipe(RECIPE, overrides={"sources": [
+        {"name": "slimpajama", "root": str(corpus / SLIMPAJAMA_DIR)},
+        {"name": "starcoderdata", "root": str(corpus / STARCODER_DIR)},
+    ]})
+
+
+def read_back(corpus: Path) -> dict:
+    """Per source: {doc id: (split, subset, text)} and the bad records, as the fetch stage sees the files."""
+    fs = fsspec.filesystem("file")
+    planted = read_planted(corpus)
+    out = {}
+    for source in sample_recipe(corpus).sources:
+        docs, bad = {}, []
+        for rel in planted["files"][source.name]:
+            for item in read_documents(fs, f"{source.root}/{rel}", rel, source, 64):
+                if isinstance(item, BadRecord):
+                    bad.append(item)
+                    continue
+                for i in range(len(item)):
+                    docs[item.doc_id(i)] = (rel.split("/")[0], item.subsets[i], item.texts[i])
+        out[source.name] = {"docs": docs, "bad": bad}
+    return out
+
+
+def read_planted(corpus: Path) -> dict:
+    return json.loads((corpus / "PLANTED.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def contents(sample_corpus) -> dict:
+    return read_back(sample_corpus)
+
+
+def shingles(text: str) -> set[str]:
+    normal = " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
+    return {normal[i:i + 13] for i in range(len(normal) - 12)}
+
+
+def test_layout_matches_the_published_datasets_and_the_recipe(sample_corpus):
+    planted = read_planted(sample_corpus)
+    slimpajama = sorted(p.relative_to(sample_corpus / SLIMPAJAMA_DIR).as_posix() for p in (sample_corpus / SLIMPAJAMA_DIR).rglob("*") if p.is_file())
+    starcoder = sorted(p.relative_to(sample_corpus / STARCODER_DIR).as_posix() for p in (sample_corpus / STARCODER_DIR).rglob("*") if p.is_file())
+    assert slimpajama == planted["files"]["slimpajama"] and starcoder == planted["files"]["starcoderdata"]
+    for rel in slimpajama:
+        assert re.fullmatch(r"(train|validation)/chunk[12]/example_\1_\d+\.jsonl\.zst", rel), rel
+    assert {rel.split("/")[1] for rel in slimpajama if rel.startswith("train/")} == {"chunk1", "chunk2"}
+    assert {rel.split("/")[1] for rel in slimpajama if rel.startswith("validation/")} == {"chunk1", "chunk2"}
+    trains = [rel for rel in starcoder if rel.startswith("python/train-")]
+    count = len(trains)
+    assert trains == [f"python/train-{k:05d}-of-{count:05d}.parquet" for k in range(count)]
+    assert set(starcoder) - set(trains) == {"python/broken-0000.parquet", "python/missing-content-0000.parquet"}
+    # every file is one the sample recipe's patterns pick up
+    fs = fsspec.filesystem("file")
+    for source in sample_recipe(sample_corpus).sources:
+        matched = {Path(p).relative_to(source.root).as_posix() for pattern in source.train + source.validation
+                   for p in fs.glob(f"{source.root}/{pattern}")}
+        assert matched == set(planted["files"][source.name])
+
+
+def test_parquet_columns_are_starcoderdata_s(sample_corpus):
+    for path in sorted((sample_corpus / STARCODER_DIR / "python").glob("train-*.parquet")):
+        table = pq.read_table(path)
+        assert table.schema.remove_metadata() == STARCODER_SCHEMA
+        # duplicates planted in StarCoderData come from mirrors and forks, as they do on GitHub
+        assert set(table.column("max_stars_repo_name").to_pylist()) <= {"python/cpython", "python-mirror/cpython", "python-fork/cpython"}
+        assert all(p.startswith("Lib/") and p.endswith(".py") for p in table.column("max_stars_repo_path").to_pylist())
+    missing = pq.read_table(sample_corpus / STARCODER_DIR / "python" / "missing-content-0000.parquet")
+    assert missing.column_names == STARCODER_SCHEMA.names[:-1] and missing.num_rows > 0
+    readable = sorted((sample_corpus / STARCODER_DIR / "python").glob("train-*.parquet")) + [sample_corpus / STARCODER_DIR / "python" / "missing-content-0000.parquet"]
+    ids = [i for path in readable for i in pq.read_table(path).column("id").to_pylist()]
+    assert len(ids) == len(set(ids))
+
+
+def test_jsonl_lines_are_slimpajama_records(sample_corpus):
+    path = sample_corpus / SLIMPAJAMA_DIR / "validation" / "chunk1" / "example_validation_0.jsonl.zst"
+    lines = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes()).splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records and all(set(r) == {"text", "meta"} and set(r["meta"]) == {"redpajama_set_name"} for r in records)
+
+
+def test_planted_counts_are_what_the_files_hold(sample_corpus, contents):
+    planted = read_planted(sample_corpus)
+    for name, got in contents.items():
+        splits = Counter(split if name == "slimpajama" else "train" for split, _, _ in got["docs"].values())
+        assert dict(splits) == planted["documents"][name]
+        assert dict(Counter(r.reason for r in got["bad"])) == planted["bad_records"][name]
+        texts = Counter(text for _, _, text in got["docs"].values())
+        assert sum(n - 1 for n in texts.values()) == planted["planted"]["exact_duplicates"][name]
+        assert sum(len(t.encode()) for t in texts.elements()) == planted["text_bytes"][name]
+    slimpajama = contents["slimpajama"]["docs"].values()
+    short = [t for _, _, t in slimpajama if len(t.translate(_NO_PUNCTUATION_OR_SPACE)) < 200]
+    assert len(short) == planted["planted"]["short_documents"]["slimpajama"]
+    github = [t for _, subset, t in slimpajama if subset == "RedPajamaGithub"]
+    assert len(github) == planted["planted"]["excluded_subset"]["slimpajama"]
+    validation = sum(1 for split, _, _ in slimpajama if split == "validation")
+    assert 0.01 <= validation / len(slimpajama) <= 0.04
+
+
+def test_planted_pairs_are_exact_and_near_duplicates_in_different_files(sample_corpus, contents):
+    planted = read_planted(sample_corpus)
+    docs = {doc_id: text for got in contents.values() for doc_id, (_, _, text) in got["docs"].items()}
+    for kind in ("exact_duplicates", "near_duplicates"):
+        pairs = planted["pairs"][kind]
+        assert len(pairs) == sum(planted["planted"][kind].values())
+        for a, b in pairs:
+            assert a.split("#")[0] != b.split("#")[0], "a copy lives in another file than its original"
+            if kind == "exact_duplicates":
+                assert docs[a] == docs[b]
+            else:
+                sa, sb = shingles(docs[a]), shingles(docs[b])
+                assert docs[a] != docs[b] and len(sa & sb) / len(sa | sb) >= 0.95
+    for name in ("slimpajama", "starcoderdata"):
+        assert planted["planted"]["near_duplicates"][name] >= 2
+
+
+def test_about_seven_to_three_natural_to_code(sample_corpus):
+    size = read_planted(sample_corpus)["text_bytes"]
+    natural = size["slimpajama"] / (size["slimpajama"] + size["starcoderdata"])
+    assert 0.6 <= natural <= 0.8
+
+
+def test_size_1_is_small_and_the_cli_says_what_it_wrote(tmp_path, capsys):
+    assert main([str(tmp_path / "s"), "--size-mb", "1", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    planted = read_planted(tmp_path / "s")
+    assert planted["seed"] == 3 and "near_duplicates" in printed and "truncated_compressed" in printed
+    assert 0.7e6 <= sum(planted["text_bytes"].values()) <= 1.5e6
+    assert sum(f.stat().st_size for f in (tmp_path / "s").rglob("*") if f.is_file()) < 1e6
+
+
+def test_same_arguments_give_identical_bytes(tmp_path):
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    write_sample_corpus(tmp_path / "a", size_mb=0.5, seed=11)
+    write_sample_corpus(tmp_path / "b", size_mb=0.5, seed=11)
+    write_sample_corpus(tmp_path / "c", size_mb=0.5, seed=12)
+    a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
+    assert a == b
+    assert a.keys() == c.keys() and a != c
+
+
+def test_rewriting_replaces_an_earlier_sample_but_not_foreign_data(tmp_path):
+    write_sample_corpus(tmp_path / "s", size_mb=2.5)
+    write_sample_corpus(tmp_path / "s", size_mb=0.5)
+    listed = read_planted(tmp_path / "s")["files"]
+    on_disk = sorted(p.relative_to(tmp_path / "s" / SLIMPAJAMA_DIR).as_posix() for p in (tmp_path / "s" / SLIMPAJAMA_DIR).rglob("*.zst"))
+    assert on_disk == listed["slimpajama"]
+
+    (tmp_path / "foreign" / SLIMPAJAMA_DIR).mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="PLANTED.json"):
+        write_sample_corpus(tmp_path / "foreign", size_mb=0.5)
+
+
+def test_public_text_sources_are_what_the_sample_and_the_bench_draw_from():
+    from pipeline import sample_corpus as sample
+
+    verses = sample.kjv_verses()
+    assert verses[0]["book"] == "Genesis" and (verses[0]["chapter"], verses[0]["verse"]) == (1, 1)
+    assert verses[0]["text"].startswith("In the beginning God created the heaven and the earth")
+    modules = dict(sample.stdlib_docstrings())
+    names = [name for name, _ in modules["json/decoder.py"]]
+    assert names[0] == "json.decoder" and "json.decoder.JSONDecoder.decode" in names
+    assert not any(rel.startswith(("lib2to3/", "distutils/")) for rel in modules)  # DOCSTRING_SKIP_DIRS
+    assert "json/decoder.py" not in dict(sample.stdlib_docstrings({"json/decoder.py"}))
+    code = list(islice(sample.stdlib_code_files(), 50))
+    assert [rel for rel, _ in code] == sorted(rel for rel, _ in code)
+    assert all("\x00" not in text and text.strip() for _, text in code)
+
+
+def test_bench_uses_only_the_public_api_of_the_sample():
+    """bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in __all__."""
+    import ast
+
+    from pipeline import sample_corpus as sample
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "build_throughput.py"
+    used = {node.attr for node in ast.walk(ast.parse(bench.read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sample"}
+    assert used and used <= set(sample.__all__), sorted(used - set(sample.__all__))
