@@ -228,7 +228,7 @@ def word_tokenizer(language: str):
 
         def word_tokenize(self, text: str) -> list[str]:
             if text is not self._last[0]:
-                starts, lengths = self.pipeline.build.tokenizer(text).to_array([IDX, LENGTH]).T  # no sentencizer: same words
+                starts, lengths = self.pipeline.tokenizer(text).to_array([IDX, LENGTH]).T  # no sentencizer: same words
                 words = [text[a:b].strip() for a, b in zip(starts.tolist(), (starts + lengths).tolist())]
                 self._last = (text, [w for w in words if w])  # as datatrove's strip_strings
             return self._last[1]
