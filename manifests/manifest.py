@@ -64,9 +64,11 @@ def write_local(manifest: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def shard_entry(stem: str, data: bytes, index: bytes, *, documents: int, tokens: int, tokens_by_source: dict[str, int]) -> dict:
-    """The manifest entry of shard `stem` (e.g. "train/train-00000") whose files hold `data` and `index`."""
-    return {
+def shard_entry(stem: str, data: bytes, index: bytes, *, documents: int, tokens: int, tokens_by_source: dict[str, int],
+                tokens_by_domain: dict[str, int] | None = None) -> dict:
+    """The manifest entry of shard `stem` (e.g. "train/train-00000") whose files hold `data` and `index`;
+    `tokens_by_domain` only for a build with domains (its index then holds domain ids)."""
+    entry = {
         "bin": f"{stem}.bin",
         "idx": f"{stem}.idx",
         "bin_sha256": hashlib.sha256(data).hexdigest(),
@@ -77,11 +79,15 @@ def shard_entry(stem: str, data: bytes, index: bytes, *, documents: int, tokens:
         "tokens": tokens,
         "tokens_by_source": tokens_by_source,
     }
+    if tokens_by_domain is not None:
+        entry["tokens_by_domain"] = tokens_by_domain
+    return entry
 
 
-def split_entries(shards: dict[str, list[dict]], source_names: list[str]) -> dict[str, dict]:
-    """`splits` of a manifest from each split's shard entries: the totals are sums over the shards."""
-    return {
+def split_entries(shards: dict[str, list[dict]], source_names: list[str], domain_names: list[str] | None = None) -> dict[str, dict]:
+    """`splits` of a manifest from each split's shard entries: the totals are sums over the shards (per domain
+    too, for a build with domains)."""
+    splits = {
         split: {
             "documents": sum(e["documents"] for e in entries),
             "tokens": sum(e["tokens"] for e in entries),
@@ -90,6 +96,9 @@ def split_entries(shards: dict[str, list[dict]], source_names: list[str]) -> dic
         }
         for split, entries in shards.items()
     }
+    for split, entries in shards.items() if domain_names else ():
+        splits[split]["tokens_by_domain"] = {name: sum(e["tokens_by_domain"][name] for e in entries) for name in domain_names}
+    return splits
 
 
 @dataclass(slots=True)
@@ -130,6 +139,20 @@ class Manifest:
     @property
     def source_names(self) -> list[str]:
         return [s["name"] for s in sorted(self.data["sources"], key=lambda s: s["id"])]
+
+    @property
+    def domain_names(self) -> list[str]:
+        """What the shards' index ids name: the domains of a build with domains, else the sources."""
+        if "domains" in self.data:
+            return [d["name"] for d in sorted(self.data["domains"], key=lambda d: d["id"])]
+        return self.source_names
+
+    def id_sources(self) -> list[int]:
+        """The source id of each index id (the identity for a build without domains)."""
+        if "domains" not in self.data:
+            return [s["id"] for s in sorted(self.data["sources"], key=lambda s: s["id"])]
+        ids = {s["name"]: s["id"] for s in self.data["sources"]}
+        return [ids[d["source"]] for d in sorted(self.data["domains"], key=lambda d: d["id"])]
 
     def splits(self) -> list[str]:
         return list(self.data["splits"])

@@ -42,9 +42,10 @@ from stages.tokenize import Tokenizer
 
 
 def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True,
-          work_url: str | None = None) -> str:
+          work_url: str | None = None, reuse_only: frozenset[str] = frozenset()) -> str:
     """Run (or resume) a build; returns the manifest's URL. `work_url` (default OUT/work) may be shared by
-    several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
+    several outputs: each re-uses every task output whose inputs and settings match, whoever made it.
+    `reuse_only`: stages that must not run a task (`MissingOutputs` if one would)."""
     started = time.perf_counter()
     validate_filters(recipe)
     given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
@@ -57,7 +58,7 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     try:
         workers = start_ray(address, workers)
         log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
-        runner = Runner(work, workers, log)
+        runner = Runner(work, workers, log, reuse_only=reuse_only)
         results = run_stages(recipe, inputs, tokenizer, runner, out)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
         tokens = sum(s["tokens"] for s in manifest["splits"].values())
@@ -81,10 +82,10 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
-    shards, factors = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
+    shards, factors, totals = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
     return StageResults(funnels=funnels, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
                         resolved=resolved, key_groups=group_folders, key_group_records=group_records,
-                        samples_folder=samples_folder, factors=factors, shards=shards,
+                        samples_folder=samples_folder, factors=factors, domain_tokens=totals, shards=shards,
                         shards_folder=shards_folder(keys["mix"]), keys=keys, used=runner.used,
                         timings=runner.timings, workers=runner.workers)
 
@@ -162,53 +163,88 @@ def _duplicate_samples(recipe: Recipe, inputs: list[InputFile], processed: list[
 
 
 def plan_mix(recipe: Recipe, processed: list[Processed], counts: list[dict], shards_folder: str) -> list[MixGroup]:
-    """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables)."""
-    kept = {int(f): c for record in counts for f, c in record["files"].items()}
-    source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
-    weights = {i: s.weight for i, s in enumerate(recipe.sources)}
+    """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables):
+    one stream per domain (per source for a recipe without domains)."""
+    kept = {int(f): c for record in counts for f, c in record["subset_tokens"].items()}
+    domains = recipe.domain_list()
+    members, subset_ids = domain_members(domains, processed, kept)
+    weights = {d.id: d.weight for d in domains}
     folders = {p.file_index: p.folder for p in processed}
     groups = []
     for split_no, split in enumerate(SPLITS):
         streams = {}
-        for sid in weights:
-            mine = [p.file_index for p in processed if source_ids[p.source] == sid]
-            streams[sid] = (np.asarray(mine, np.int64), np.asarray([kept[f][split_no][1] for f in mine], np.int64))
-        groups += _plan_split(split, streams, weights, recipe.mix, folders, shards_folder)
+        for d in domains:
+            files = sorted(members[d.id])
+            tokens = [sum(kept[f][split_no][j] for j in members[d.id][f]) for f in files]
+            streams[d.id] = (np.asarray(files, np.int64), np.asarray(tokens, np.int64))
+        groups += _plan_split(split, streams, weights, recipe.mix, folders, shards_folder, subset_ids)
     return groups
 
 
+def domain_members(domains: list[mix_stage.Domain], processed: list[Processed],
+                   kept: dict[int, list[list[int]]]) -> tuple[dict[int, dict[int, list[int]]], dict[int, dict[int, list[int]]]]:
+    """Per domain id: each file of its source and the subset column values of that file it takes; and the same
+    for the domains that must filter by subset (not every document of their files is theirs). A subset whose
+    kept documents no domain takes is refused (the build would silently drop them)."""
+    members: dict[int, dict[int, list[int]]] = {d.id: {} for d in domains}
+    for p in processed:
+        of = mix_stage.subset_domains(domains, p.source, p.subsets)
+        for j, d in enumerate(of):
+            if d is None and any(split[j] for split in kept[p.file_index]):
+                raise RecipeError(f"recipe field `domains`: subset {p.subsets[j]!r} of source {p.source!r} has kept documents but is in no domain; "
+                                  f"name it in a domain, or give {p.source} a domain without `subsets` (it takes the rest)")
+        for d in domains:
+            if d.source == p.source:
+                members[d.id][p.file_index] = [j for j, owner in enumerate(of) if owner == d.id]
+    whole = {d.id for d in domains if d.subsets is None and sum(e.source == d.source for e in domains) == 1}
+    return members, {d: files for d, files in members.items() if d not in whole}
+
+
 def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
-         runner: Runner, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
-    """Run the mix groups; returns each split's shard entries and each split's repeat factor per source."""
+         runner: Runner, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]], dict[str, dict[int, int]]]:
+    """Run the mix groups; returns each split's shard entries, each split's repeat factor per domain (source, for
+    a recipe without domains) and each split's kept tokens per domain."""
     groups = plan_mix(recipe, processed, counts, shards_folder(key))
     factors = {g.split: g.factors for g in groups}
+    totals = {g.split: {} for g in groups}
+    for g in groups:
+        for piece in g.slices:
+            totals[g.split][piece.source_id] = totals[g.split].get(piece.source_id, 0) + piece.tokens
+    totals = {split: {d: round(t) for d, t in per.items()} for split, per in totals.items()}
     written_to = stage.mix_written_key(key, out.url())
     source_names = [s.name for s in recipe.sources]
+    domains = [(d.name, d.source) for d in recipe.domain_list()] if recipe.domains else None
     records = runner.run(stage.MIX, [
-        stage.MIX.task(folder, folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), source_names, recipe.mix.seed)
+        stage.MIX.task(folder, folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), source_names, recipe.mix.seed,
+                       *([domains] if domains else []))
         for g in groups for folder in [stage.MIX.folder(written_to, stage.mix_group_part(g.split, g.number))]
     ])
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
         shards.setdefault(g.split, []).extend(record["entries"])
-    return shards, factors
+    return shards, factors, totals
 
 
 def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], weights: dict[int, float], mix: MixConfig,
-                folders: dict[int, str], shards_folder: str) -> list[MixGroup]:
-    """The split's mix groups: each source's stream cut into the same number of token ranges, the policy's
-    repeat factors, and each group's shards numbered after the previous groups'."""
+                folders: dict[int, str], shards_folder: str, subset_ids: dict[int, dict[int, list[int]]]) -> list[MixGroup]:
+    """The split's mix groups: each domain's stream cut into the same number of token ranges, the policy's
+    repeat factors (with a token budget: the budget's for train, everything for validation), and each group's
+    shards numbered after the previous groups'."""
     totals = {sid: int(tokens.sum()) for sid, (_, tokens) in streams.items()}
     if not any(totals.values()):
         return []
-    factors = mix_stage.repeat_factors(totals, weights, mix.policy)
+    if mix.budget_tokens:
+        factors = mix_stage.budget_factors(totals, weights, mix.budget_tokens) if split == "train" else {d: 1.0 for d in totals}
+    else:
+        factors = mix_stage.repeat_factors(totals, weights, mix.policy)
     planned = sum(factors[sid] * t for sid, t in totals.items())
     groups, first_shard = [], 0
     for number, slices in enumerate(mix_stage.slice_streams(streams, mix_stage.group_count(planned, mix.shard_tokens, mix.shards_per_group))):
         shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
         files = {f: folders[f] for s in slices for f, _ in s.files}
+        subsets = {s.source_id: {f: subset_ids[s.source_id][f] for f, _ in s.files} for s in slices if s.source_id in subset_ids}
         groups.append(MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards,
-                                          folders=files, shards_folder=shards_folder))
+                               folders=files, shards_folder=shards_folder, subset_ids=subsets))
         first_shard += shards
     return groups
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
@@ -37,13 +37,14 @@ class StageResults:
     key_groups: list[str]  # their folders hold the quarantine records of their files
     key_group_records: list[dict]
     samples_folder: str  # the duplicates' samples of dropped_samples.jsonl
-    factors: dict[str, dict[int, float]]  # per split and source id: tokens taken / tokens kept
+    factors: dict[str, dict[int, float]]  # per split and domain id (source id without domains): tokens taken / tokens kept
     shards: dict[str, list[dict]]  # split -> manifest entries of its shards, in order
     shards_folder: str  # the output folder holding this mix's shards
     keys: dict[str, str]  # the dedupe and mix work keys: what the shards were made from
     used: list[str]  # every work folder the build used (recorded for `tokenmill work`)
     timings: dict[str, dict]
     workers: int
+    domain_tokens: dict[str, dict[int, int]] = field(default_factory=dict)  # per split and domain id: tokens kept
 
 
 def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults, wall: float) -> dict:
@@ -74,9 +75,10 @@ def _remove_earlier_shards(out: Store, current: str) -> None:
 
 def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, results: StageResults, subsets: dict, timings: dict, quarantine: dict) -> dict:
     names = [s.name for s in recipe.sources]
-    splits = manifest_io.split_entries(results.shards, names)
+    domains = recipe.domain_list() if recipe.domains else None
+    splits = manifest_io.split_entries(results.shards, names, [d.name for d in domains] if domains else None)
     total_weight = sum(s.weight for s in recipe.sources)
-    return {
+    manifest = {
         "format": manifest_io.FORMAT,
         "format_version": manifest_io.FORMAT_VERSION,
         "tool_version": __version__,
@@ -105,6 +107,29 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
         "stages": timings,
         "quarantine": quarantine,
     }
+    if domains:
+        _add_domains(manifest, domains, results)
+    return manifest
+
+
+def _add_domains(manifest: dict, domains: list, results: StageResults) -> None:
+    """A build with domains: each domain's kept tokens and epochs (train), its target and achieved shares; the
+    sources' targets and epochs are their domains' sums."""
+    total_weight = sum(d.weight for d in domains)
+    kept, factors = results.domain_tokens.get("train", {}), results.factors.get("train", {})
+    manifest["domains"] = [{
+        "name": d.name, "id": d.id, "source": d.source, "subsets": list(d.subsets or []), "weight": d.weight,
+        "tokens_kept": {split: per.get(d.id, 0) for split, per in results.domain_tokens.items()},
+        "epochs": factors.get(d.id, 0.0),
+    } for d in domains]
+    manifest["mix"]["target"] = {s: sum(d.weight for d in domains if d.source == s) / total_weight for s in manifest["mix"]["target"]}
+    manifest["mix"]["target_by_domain"] = {d.name: d.weight / total_weight for d in domains}
+    manifest["mix"]["achieved_by_domain"] = {split: {n: (t / v["tokens"] if v["tokens"] else 0.0) for n, t in v["tokens_by_domain"].items()}
+                                             for split, v in manifest["splits"].items()}
+    for source in manifest["sources"]:
+        mine = [d for d in domains if d.source == source["name"]]
+        tokens = sum(kept.get(d.id, 0) for d in mine)
+        source["epochs"] = sum(factors.get(d.id, 0.0) * kept.get(d.id, 0) for d in mine) / tokens if tokens else 0.0
 
 
 def _build_stats(work: Store, results: StageResults, subsets: dict, timings: dict, wall: float) -> dict:

@@ -25,6 +25,14 @@ class BuildError(RuntimeError):
     pass
 
 
+class MissingOutputs(BuildError):
+    """A stage the build may only re-use (`Runner.reuse_only`) lacks outputs in the work store."""
+
+    def __init__(self, stage: str, missing: int, tasks: int) -> None:
+        super().__init__(f"the work store lacks {missing} of the {tasks} outputs of stage `{stage}`")
+        self.stage, self.missing, self.tasks = stage, missing, tasks
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     folder: str  # its folder in the work layout; also its Ray task name (`ray::process/...` in ps and the dashboard)
@@ -40,6 +48,7 @@ class Runner:
     log: EventLog
     timings: dict[str, dict] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
+    reuse_only: frozenset[str] = frozenset()  # stages whose outputs must all be in the work store already (a sweep's proxy builds)
 
     def run(self, of: Stage, tasks: list[Task]) -> list[dict]:
         """Each task's done record, in task order: read back for finished tasks, returned by the others."""
@@ -47,6 +56,8 @@ class Runner:
         progress = StageProgress(stage, len(tasks), self.log)
         self.used += [t.folder for t in tasks]
         records: list[dict | None] = [self.work.done(t.folder) for t in tasks]
+        if stage in self.reuse_only and None in records:
+            raise MissingOutputs(stage, records.count(None), len(tasks))
         progress.skip(sum(r is not None for r in records))
         started = time.perf_counter()
         retries = store.take_retries()  # the driver's own store requests (done records) count too
