@@ -16,6 +16,7 @@ COMMANDS = {
     "jobs": ("pipeline.ops.jobs", "jobs_main", "list / status / logs / stop Ray jobs"),
     "stage-in": ("pipeline.ops.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
     "work": ("pipeline.work.commands", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
+    "sweep": ("pipeline.sweep.run", "main", "train proxy models on mixtures of a processed corpus and propose the mix"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
     "export": ("trainer.export", "main", "export a checkpoint to Hugging Face safetensors, or a manifest's shards for Megatron-LM"),
     "bench": ("pipeline.bench", "main", "corpus build throughput against datatrove"),

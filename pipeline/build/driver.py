@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,34 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     return out.url("manifest.json")
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessedCorpus:
+    """The processed corpus, every stage before the mix: what any mix of it (a build, a sweep's proxies) plans from."""
+
+    processed: list[Processed]
+    funnels: list[dict]
+    group_folders: list[str]
+    group_records: list[dict]
+    resolved_folder: str
+    resolved: dict
+    counts: list[dict]
+    samples_folder: str
+    keys: dict[str, str]
+
+
 def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
+    c = processed_corpus(recipe, inputs, tokenizer, runner)
+    shards, factors, totals = _mix(recipe, c.processed, c.counts, c.resolved_folder, c.keys["mix"], tokenizer, runner, out)
+    return StageResults(funnels=c.funnels, kept=count.merge_subset_stats(c.counts), resolved_folder=c.resolved_folder,
+                        resolved=c.resolved, key_groups=c.group_folders, key_group_records=c.group_records,
+                        samples_folder=c.samples_folder, factors=factors, domain_tokens=totals, shards=shards,
+                        shards_folder=shards_folder(c.keys["mix"]), keys=c.keys, used=runner.used,
+                        timings=runner.timings, workers=runner.workers)
+
+
+def processed_corpus(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> ProcessedCorpus:
+    """The stages before the mix, in the registry's order (process ... count, samples)."""
     processed, funnels = _process(recipe, inputs, tokenizer, runner)
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
@@ -82,12 +109,7 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
-    shards, factors, totals = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
-    return StageResults(funnels=funnels, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
-                        resolved=resolved, key_groups=group_folders, key_group_records=group_records,
-                        samples_folder=samples_folder, factors=factors, domain_tokens=totals, shards=shards,
-                        shards_folder=shards_folder(keys["mix"]), keys=keys, used=runner.used,
-                        timings=runner.timings, workers=runner.workers)
+    return ProcessedCorpus(processed, funnels, group_folders, group_records, resolved_folder, resolved, counts, samples_folder, keys)
 
 
 def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> tuple[list[Processed], list[dict]]:
@@ -198,6 +220,15 @@ def domain_members(domains: list[mix_stage.Domain], processed: list[Processed],
                 members[d.id][p.file_index] = [j for j, owner in enumerate(of) if owner == d.id]
     whole = {d.id for d in domains if d.subsets is None and sum(e.source == d.source for e in domains) == 1}
     return members, {d: files for d, files in members.items() if d not in whole}
+
+
+def domain_tokens(recipe: Recipe, processed: list[Processed], counts: list[dict]) -> dict[str, dict[str, int]]:
+    """Per split, each domain's kept tokens (each source's, for a recipe without domains)."""
+    kept = {int(f): c for record in counts for f, c in record["subset_tokens"].items()}
+    domains = recipe.domain_list()
+    members, _ = domain_members(domains, processed, kept)
+    return {split: {d.name: sum(kept[f][n][j] for f, subsets in members[d.id].items() for j in subsets) for d in domains}
+            for n, split in enumerate(SPLITS)}
 
 
 def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
