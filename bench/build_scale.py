@@ -11,7 +11,7 @@
    `--workers` at a time. The work and output stores count their read and write calls and bytes, and say they
    are not local, so the mix tasks take the object-store path (token spans copied to local scratch).
 3. Print the per-stage table; `--json` keeps the raw results, from which `--project` projects the full TinyLlama
-   corpus. Results and the exact commands: docs/benchmarks-scale.md.
+   corpus. Results and the exact commands: BENCHMARKS.md.
 
     PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25 --json runs.jsonl
     PYTHONPATH=$PWD .venv/bin/python bench/build_scale.py --work x --project runs.jsonl
