@@ -114,9 +114,7 @@ def processed_corpus(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokeniz
 
 def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> tuple[list[Processed], list[dict]]:
     """Every input file's process output, and each file's funnel ({"source", "funnels"}) for the report."""
-    import ray
-
-    tokenizer_ref = ray.put(tokenizer)  # one copy in the object store for every task, not one per task
+    tokenizer_ref = runner.share(tokenizer)
     folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe)) for i in inputs]
     records = runner.run(stage.PROCESS, [
         stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
@@ -151,9 +149,7 @@ def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], gr
 def _verify(recipe: Recipe, processed: list[Processed], resolved_folder: str, key: str, runner: Runner) -> tuple[str, dict]:
     """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
     resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
-    import ray
-
-    folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
+    folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
     verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
     runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work)
                               for p, folder in enumerate(verify_folders)])
