@@ -84,7 +84,8 @@ def shard_entry(stem: str, data: bytes, index: bytes, *, documents: int, tokens:
     return entry
 
 
-def split_entries(shards: dict[str, list[dict]], source_names: list[str], domain_names: list[str] | None = None) -> dict[str, dict]:
+def split_entries(shards: dict[str, list[dict]], source_names: list[str],
+                  domain_names: list[str] | None = None) -> dict[str, dict]:
     """`splits` of a manifest from each split's shard entries: the totals are sums over the shards (per domain
     too, for a build with domains)."""
     splits = {
@@ -97,7 +98,8 @@ def split_entries(shards: dict[str, list[dict]], source_names: list[str], domain
         for split, entries in shards.items()
     }
     for split, entries in shards.items() if domain_names else ():
-        splits[split]["tokens_by_domain"] = {name: sum(e["tokens_by_domain"][name] for e in entries) for name in domain_names}
+        splits[split]["tokens_by_domain"] = {name: sum(e["tokens_by_domain"][name] for e in entries)
+                                             for name in domain_names}
     return splits
 
 

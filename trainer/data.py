@@ -41,7 +41,10 @@ from manifests import Manifest, ManifestError
 from manifests.manifest import load as load_manifest
 from manifests.shards import open_tokens, read_index, read_index_header
 
-__all__ = ["DataError", "TokenWindows", "WindowDataset", "WindowDomains", "WindowLoader", "check_shards", "check_state", "manifest_change", "open_loader", "permute"]
+__all__ = [
+    "DataError", "TokenWindows", "WindowDataset", "WindowDomains",
+    "WindowLoader", "check_shards", "check_state", "manifest_change", "open_loader", "permute",
+]
 
 # 1: (seed, world_size, epoch, windows read per rank in the epoch), each epoch's last N mod W windows dropped.
 # 2: (seed, context, epoch, windows read by all ranks in the epoch, the shards' fingerprint): any world size.

@@ -70,7 +70,8 @@ def console_line(record: dict) -> str:
     if record.get("kind") == "eval":
         by_domain = record.get("val_loss_by_domain", {})
         domains = " | " + ", ".join(f"{name} {loss:.4f}" for name, loss in by_domain.items()) if len(by_domain) > 1 else ""
-        return f"step {record['step']} | validation loss {record['val_loss']:.4f} over {record['val_windows']} windows{domains}"
+        loss = f"validation loss {record['val_loss']:.4f} over {record['val_windows']} windows"
+        return f"step {record['step']} | {loss}{domains}"
     parts = [
         f"step {record['step']}/{record['steps']}",
         f"loss {record['loss']:.4f}",

@@ -37,7 +37,7 @@ class StageResults:
     key_groups: list[str]  # their folders hold the quarantine records of their files
     key_group_records: list[dict]
     samples_folder: str  # the duplicates' samples of dropped_samples.jsonl
-    factors: dict[str, dict[int, float]]  # per split and domain id (source id without domains): tokens taken / tokens kept
+    factors: dict[str, dict[int, float]]  # per split and domain id (source id without domains): taken / kept tokens
     shards: dict[str, list[dict]]  # split -> manifest entries of its shards, in order
     shards_folder: str  # the output folder holding this mix's shards
     keys: dict[str, str]  # the dedupe and mix work keys: what the shards were made from
@@ -122,10 +122,13 @@ def _add_domains(manifest: dict, domains: list, results: StageResults) -> None:
         "tokens_kept": {split: per.get(d.id, 0) for split, per in results.domain_tokens.items()},
         "epochs": factors.get(d.id, 0.0),
     } for d in domains]
-    manifest["mix"]["target"] = {s: sum(d.weight for d in domains if d.source == s) / total_weight for s in manifest["mix"]["target"]}
+    target = manifest["mix"]["target"]
+    manifest["mix"]["target"] = {s: sum(d.weight for d in domains if d.source == s) / total_weight for s in target}
     manifest["mix"]["target_by_domain"] = {d.name: d.weight / total_weight for d in domains}
-    manifest["mix"]["achieved_by_domain"] = {split: {n: (t / v["tokens"] if v["tokens"] else 0.0) for n, t in v["tokens_by_domain"].items()}
-                                             for split, v in manifest["splits"].items()}
+    manifest["mix"]["achieved_by_domain"] = {
+        split: {n: (t / v["tokens"] if v["tokens"] else 0.0) for n, t in v["tokens_by_domain"].items()}
+        for split, v in manifest["splits"].items()
+    }
     for source in manifest["sources"]:
         mine = [d for d in domains if d.source == source["name"]]
         tokens = sum(kept.get(d.id, 0) for d in mine)

@@ -12,6 +12,7 @@
 Relative paths resolve against the sweep file's folder. Every section is a `@dataclass(kw_only=True, slots=True)`
 validated in `__post_init__`; a wrong value is refused with the field's name (`SweepError`, one line).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,9 +76,18 @@ class ProxyConfig:
 
     def train_args(self) -> list[str]:
         """`tokenmill train` options of every proxy (the manifest, --out and --nproc apart)."""
-        args = {"preset": self.preset, "steps": self.steps, "micro-batch": self.micro_batch, "lr": self.lr,
-                "min-lr": self.min_lr if self.min_lr is not None else self.lr / 10, "seed": self.seed,
-                "eval-every": self.steps, "eval-windows": self.eval_windows, "save-every": 0, "log-every": self.steps}
+        args = {
+            "preset": self.preset,
+            "steps": self.steps,
+            "micro-batch": self.micro_batch,
+            "lr": self.lr,
+            "min-lr": self.min_lr if self.min_lr is not None else self.lr / 10,
+            "seed": self.seed,
+            "eval-every": self.steps,
+            "eval-windows": self.eval_windows,
+            "save-every": 0,
+            "log-every": self.steps,
+        }
         if self.batch_tokens is not None:
             args["batch-tokens"] = self.batch_tokens
         if self.warmup_steps is not None:
@@ -94,8 +104,12 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
             raise ConfigError("kind", f"{self.kind!r} is not one of {', '.join(OBJECTIVES)}")
-        if self.kind == "weighted" and not (self.weights and sum(self.weights.values()) > 0 and min(self.weights.values()) >= 0):
-            raise ConfigError("weights", "give each domain's weight in the objective (>= 0, summing to something positive)")
+        if self.kind == "weighted" and not (
+            self.weights and sum(self.weights.values()) > 0 and min(self.weights.values()) >= 0
+        ):
+            raise ConfigError(
+                "weights", "give each domain's weight in the objective (>= 0, summing to something positive)"
+            )
         if self.kind == "domain" and not self.domain:
             raise ConfigError("domain", "name the domain whose validation loss to minimise")
 
@@ -169,5 +183,11 @@ def load_sweep(path: str | Path) -> Sweep:
             sections[name] = _build(cls, data.get(name) or {}, name)
         except RecipeError as e:
             raise SweepError(str(e).replace("recipe field", "sweep field")) from None
-    return Sweep(path=path, recipe_path=recipe_path, recipe_data=recipe_data, work=_path(data["work"], path.parent, "work"),
-                 out=_path(data["out"], path.parent, "out") if data.get("out") else None, **sections)
+    return Sweep(
+        path=path,
+        recipe_path=recipe_path,
+        recipe_data=recipe_data,
+        work=_path(data["work"], path.parent, "work"),
+        out=_path(data["out"], path.parent, "out") if data.get("out") else None,
+        **sections,
+    )

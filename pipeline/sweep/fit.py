@@ -12,6 +12,7 @@ with the tens of proxies a CPU or one GPU can train, a law with D + 1 parameters
 smoothly and monotonically in each weight, where a tree ensemble is piecewise constant (no gradient to follow
 between the proxies) and needs hundreds of runs; and it needs nothing beyond numpy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,8 +107,15 @@ class Proposal:
     base_predicted_std: np.ndarray
 
 
-def propose(weights: np.ndarray, losses: np.ndarray, coefficients: np.ndarray, caps: np.ndarray, base: np.ndarray,
-            concentration: float, seed: int) -> Proposal:
+def propose(
+    weights: np.ndarray,
+    losses: np.ndarray,
+    coefficients: np.ndarray,
+    caps: np.ndarray,
+    base: np.ndarray,
+    concentration: float,
+    seed: int,
+) -> Proposal:
     """The mixture minimising `coefficients` . predicted losses with every weight under its cap: candidates drawn
     around the base mix as the sweep's were (the law is trusted where proxies were trained) and uniformly over
     the simplex, those over a cap left out, the best TOP_AVERAGED averaged (a mean of mixtures under the caps
@@ -116,14 +124,18 @@ def propose(weights: np.ndarray, losses: np.ndarray, coefficients: np.ndarray, c
     rng = np.random.default_rng(seed)
     laws = fit_all(weights, losses)
     alpha = np.maximum(concentration * len(base) * base, 1e-3)
-    pool = np.vstack([rng.dirichlet(alpha, CANDIDATES // 2), rng.dirichlet(np.ones(len(base)), CANDIDATES // 2), base[None, :]])
+    pool = np.vstack(
+        [rng.dirichlet(alpha, CANDIDATES // 2), rng.dirichlet(np.ones(len(base)), CANDIDATES // 2), base[None, :]]
+    )
     pool = pool[(pool <= caps[None, :] + 1e-12).all(axis=1)]
     if len(pool) == 0:
         raise ValueError("no mixture satisfies every domain's cap: raise target.max_epochs or lower target.tokens")
     scores = predict_all(laws, pool) @ coefficients
     chosen = pool[np.argsort(scores)[:TOP_AVERAGED]].mean(axis=0)
     chosen = chosen / chosen.sum()
-    if predict_all(laws, chosen[None])[0] @ coefficients > scores.min():  # the mean of the best may land in a worse place
+    if (
+        predict_all(laws, chosen[None])[0] @ coefficients > scores.min()
+    ):  # the mean of the best may land in a worse place
         chosen = pool[int(np.argmin(scores))]
     gains, at_proposal, at_base = [], [], []
     for _ in range(BOOTSTRAPS):
@@ -137,7 +149,15 @@ def propose(weights: np.ndarray, losses: np.ndarray, coefficients: np.ndarray, c
         gains.append(float(b @ coefficients - p @ coefficients))
     predicted, base_predicted = predict_all(laws, np.vstack([chosen, base]))
     gains_arr = np.asarray(gains)
-    return Proposal(weights=chosen, predicted=predicted, base_predicted=base_predicted, objective=float(predicted @ coefficients),
-                    base_objective=float(base_predicted @ coefficients), gain_mean=float(gains_arr.mean()), gain_std=float(gains_arr.std()),
-                    gain_interval=(float(np.quantile(gains_arr, 0.05)), float(np.quantile(gains_arr, 0.95))),
-                    predicted_std=np.std(at_proposal, axis=0), base_predicted_std=np.std(at_base, axis=0))
+    return Proposal(
+        weights=chosen,
+        predicted=predicted,
+        base_predicted=base_predicted,
+        objective=float(predicted @ coefficients),
+        base_objective=float(base_predicted @ coefficients),
+        gain_mean=float(gains_arr.mean()),
+        gain_std=float(gains_arr.std()),
+        gain_interval=(float(np.quantile(gains_arr, 0.05)), float(np.quantile(gains_arr, 0.95))),
+        predicted_std=np.std(at_proposal, axis=0),
+        base_predicted_std=np.std(at_base, axis=0),
+    )

@@ -2,7 +2,8 @@
 
     check   the sweep file, the base recipe, the mixtures, the objective, and that the work store holds every
             stage of the base recipe before the mix (walked with a runner that may run nothing), and that every
-            domain holds what the largest weight any mixture gives it takes of the proxy budget  -> exit 2, nothing written
+            domain holds what the largest weight any mixture gives it takes of the proxy budget
+            (else one line, exit 2, nothing written)
     build   one proxy corpus per mixture: the base recipe with the mixture's domain weights and
             `mix.budget_tokens`, built on the same work store (only the mix stage runs: `reuse_only`)
     train   one proxy per mixture with `tokenmill train` (same seed, same validation split: a budget mix takes
@@ -16,6 +17,7 @@
 Every folder is named by a fingerprint of what it holds (the mixture and the base recipe for a proxy corpus; that
 corpus's shards and the training settings for a proxy run), so a changed sweep never re-uses a stale proxy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,32 +76,60 @@ def plan(sweep: Sweep, out: str | None, workers: int | None, address: str | None
     domains = [d.name for d in recipe.domain_list()]
     base = np.asarray([d.weight for d in recipe.domain_list()], float)
     mixtures = _mixtures(sweep, domains, base / base.sum())
-    named = {"weighted": list(sweep.objective.weights), "domain": [sweep.objective.domain]}.get(sweep.objective.kind, [])
+    named = {"weighted": list(sweep.objective.weights), "domain": [sweep.objective.domain]}.get(
+        sweep.objective.kind, []
+    )
     unknown = [d for d in named if d not in domains]
     if unknown:
-        raise SweepError(f"sweep field `objective`: {unknown[0]!r} is not a domain of the sweep; domains: {', '.join(domains)}")
+        raise SweepError(
+            f"sweep field `objective`: {unknown[0]!r} is not a domain of the sweep; domains: {', '.join(domains)}"
+        )
     out_dir = out or sweep.out
     if not out_dir or "://" in out_dir:
-        raise SweepError("give the sweep's output folder (`--out DIR` or `out:` in the sweep file; a local folder: proxies train from it)")
+        raise SweepError(
+            "give the sweep's output folder (`--out DIR` or `out:` in the sweep file; a local folder: proxies "
+            "train from it)"
+        )
     if recipe.tokenizer.model is None:
-        raise SweepError(f"recipe {sweep.recipe_path}: the sweep needs the build's tokenizer as `tokenizer.model` (OUT/tokenizer.model of the build)")
+        raise SweepError(
+            f"recipe {sweep.recipe_path}: the sweep needs the build's tokenizer as `tokenizer.model` "
+            "(OUT/tokenizer.model of the build)"
+        )
     tokens = _processed_tokens(sweep, recipe, workers, address)
     budget = sweep.proxy.budget_tokens
     for i, name in enumerate(domains):
         need = budget * float(mixtures[:, i].max())
         if tokens["train"][name] < need:
-            raise SweepError(f"domain {name!r} holds {tokens['train'][name]:,} train tokens, but a proxy at its largest weight "
-                             f"({mixtures[:, i].max():.1%} of {budget:,}) needs {need:,.0f}: lower proxy.budget_tokens, or draw "
-                             "narrower mixtures (a higher mixtures.concentration); a proxy never repeats data")
+            raise SweepError(
+                f"domain {name!r} holds {tokens['train'][name]:,} train tokens, but a proxy at its largest weight "
+                f"({mixtures[:, i].max():.1%} of {budget:,}) needs {need:,.0f}: lower proxy.budget_tokens, or draw "
+                "narrower mixtures (a higher mixtures.concentration); a proxy never repeats data"
+            )
     for name in domains:
         if tokens["validation"][name] == 0:
-            raise SweepError(f"domain {name!r} has no validation tokens: its loss cannot be measured; give its source validation files or a validation_fraction")
+            raise SweepError(
+                f"domain {name!r} has no validation tokens: its loss cannot be measured; give its source validation "
+                "files or a validation_fraction"
+            )
     target = sweep.target.tokens or float(sum(tokens["train"].values()))
     caps = np.minimum(1.0, np.asarray([tokens["train"][d] for d in domains], float) * sweep.target.max_epochs / target)
     if caps.sum() < 1:
-        raise SweepError(f"the domains hold too few tokens for target.tokens {target:,.0f} at target.max_epochs {sweep.target.max_epochs}: "
-                         "no mixture fits; lower the target or raise the cap")
-    return Plan(sweep, recipe, domains, mixtures, np.asarray(sweep.objective.coefficients(domains)), tokens, caps, target, Path(out_dir).resolve())
+        raise SweepError(
+            f"the domains hold too few tokens for target.tokens {target:,.0f} at target.max_epochs "
+            f"{sweep.target.max_epochs}: "
+            "no mixture fits; lower the target or raise the cap"
+        )
+    return Plan(
+        sweep,
+        recipe,
+        domains,
+        mixtures,
+        np.asarray(sweep.objective.coefficients(domains)),
+        tokens,
+        caps,
+        target,
+        Path(out_dir).resolve(),
+    )
 
 
 def _mixtures(sweep: Sweep, domains: list[str], base: np.ndarray) -> np.ndarray:
@@ -110,20 +140,28 @@ def _mixtures(sweep: Sweep, domains: list[str], base: np.ndarray) -> np.ndarray:
     for k, given in enumerate(m.weights):
         unknown = [d for d in given if d not in domains]
         if unknown:
-            raise SweepError(f"sweep field `mixtures.weights[{k}]`: {unknown[0]!r} is not a domain; domains: {', '.join(domains)}")
+            raise SweepError(
+                f"sweep field `mixtures.weights[{k}]`: {unknown[0]!r} is not a domain; domains: {', '.join(domains)}"
+            )
         row = np.asarray([float(given.get(d, 0.0)) for d in domains])
         if (row < 0).any() or not row.sum() > 0:
-            raise SweepError(f"sweep field `mixtures.weights[{k}]`: weights must be >= 0 and sum to something positive, got {given}")
+            raise SweepError(
+                f"sweep field `mixtures.weights[{k}]`: weights must be >= 0 and sum to something positive, got {given}"
+            )
         rows.append(row / row.sum())
     return np.vstack([base] + rows)
 
 
-def _processed_tokens(sweep: Sweep, recipe: Recipe, workers: int | None, address: str | None) -> dict[str, dict[str, int]]:
+def _processed_tokens(
+    sweep: Sweep, recipe: Recipe, workers: int | None, address: str | None
+) -> dict[str, dict[str, int]]:
     """Walk the base recipe's stages before the mix on the work store with a runner that may run nothing: every
     output must be there. Returns each domain's kept tokens per split."""
     if "://" not in sweep.work and not Path(sweep.work).is_dir():
-        raise SweepError(f"work store {sweep.work} does not exist; build the base recipe into it first: "
-                         f"tokenmill build {sweep.recipe_path} --work {sweep.work} --out DIR")
+        raise SweepError(
+            f"work store {sweep.work} does not exist; build the base recipe into it first: "
+            f"tokenmill build {sweep.recipe_path} --work {sweep.work} --out DIR"
+        )
     tokenizer = recipe_tokenizer(recipe)
     inputs = list_inputs(recipe)
     workers = start_ray(address, workers)
@@ -131,9 +169,11 @@ def _processed_tokens(sweep: Sweep, recipe: Recipe, workers: int | None, address
     try:
         corpus = processed_corpus(recipe, inputs, tokenizer, runner)
     except MissingOutputs as e:
-        raise SweepError(f"work store {sweep.work} lacks the outputs of stage `{e.stage}` for recipe {sweep.recipe_path} "
-                         f"({e.missing} of {e.tasks} tasks): build it first (nothing is re-processed by a sweep): "
-                         f"tokenmill build {sweep.recipe_path} --work {sweep.work} --out DIR") from None
+        raise SweepError(
+            f"work store {sweep.work} lacks the outputs of stage `{e.stage}` for recipe {sweep.recipe_path} "
+            f"({e.missing} of {e.tasks} tasks): build it first (nothing is re-processed by a sweep): "
+            f"tokenmill build {sweep.recipe_path} --work {sweep.work} --out DIR"
+        ) from None
     return domain_tokens(recipe, corpus.processed, corpus.counts)
 
 
@@ -144,8 +184,10 @@ def proxy_recipe(p: Plan, k: int) -> dict:
     """The base recipe with mixture k's domain weights and the proxy budget."""
     data = copy.deepcopy(p.sweep.recipe_data)
     data["name"] = f"{p.recipe.name}-proxy-{k:02d}"
-    data["domains"] = [{"name": d.name, "source": d.source, "subsets": list(d.subsets or []), "weight": round(float(w), 6)}
-                       for d, w in zip(p.recipe.domain_list(), p.mixtures[k])]
+    data["domains"] = [
+        {"name": d.name, "source": d.source, "subsets": list(d.subsets or []), "weight": round(float(w), 6)}
+        for d, w in zip(p.recipe.domain_list(), p.mixtures[k])
+    ]
     data.setdefault("mix", {})["budget_tokens"] = p.sweep.proxy.budget_tokens
     return data
 
@@ -161,7 +203,15 @@ def build_proxies(p: Plan, workers: int | None, address: str | None, say) -> tup
             seconds.append(0.0)
             continue
         started = time.perf_counter()
-        build(recipe_from_dict(data), str(folder), workers, address, console=False, work_url=p.sweep.work, reuse_only=BEFORE_MIX)
+        build(
+            recipe_from_dict(data),
+            str(folder),
+            workers,
+            address,
+            console=False,
+            work_url=p.sweep.work,
+            reuse_only=BEFORE_MIX,
+        )
         seconds.append(time.perf_counter() - started)
         say(f"[proxy corpora] mix-{k:02d}: {_weights_text(p.domains, p.mixtures[k])} built in {seconds[-1]:.1f}s")
     return manifests, seconds
@@ -192,16 +242,33 @@ def train_proxy(manifest: str, run: str, train_args: list[str], nproc: int, thre
     started = time.perf_counter()
     tmp = Path(run).with_name(f".{Path(run).name}.tmp-{uuid.uuid4().hex[:8]}")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "pipeline.cli", "train", "--manifest", manifest, "--out", str(tmp), "--nproc", str(nproc), *train_args]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "train",
+        "--manifest",
+        manifest,
+        "--out",
+        str(tmp),
+        "--nproc",
+        str(nproc),
+        *train_args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, preexec_fn=_die_with_parent)
     if done.returncode != 0:
         raise RuntimeError(f"proxy {run} failed (exit {done.returncode}): {done.stderr[-1500:]}")
     records = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
     last_eval = [r for r in records if r.get("kind") == "eval"][-1]
     last_train = [r for r in records if r.get("kind") == "train"][-1]
-    record = {"val_loss": last_eval["val_loss"], "val_loss_by_domain": last_eval["val_loss_by_domain"],
-              "val_tokens_by_domain": last_eval["val_tokens_by_domain"], "train_loss": last_train["loss"], "step": last_eval["step"],
-              "seconds": time.perf_counter() - started}
+    record = {
+        "val_loss": last_eval["val_loss"],
+        "val_loss_by_domain": last_eval["val_loss_by_domain"],
+        "val_tokens_by_domain": last_eval["val_tokens_by_domain"],
+        "train_loss": last_train["loss"],
+        "step": last_eval["step"],
+        "seconds": time.perf_counter() - started,
+    }
     (tmp / DONE).write_text(json.dumps(record, indent=1, sort_keys=True))
     try:
         os.rename(tmp, run)
@@ -224,12 +291,18 @@ def train_proxies(p: Plan, manifests: list[Path], say) -> tuple[list[dict], list
         done = p.out / "runs" / runs[-1] / DONE
         records.append(json.loads(done.read_text()) if done.exists() else None)
     pending = [k for k, r in enumerate(records) if r is None]
-    say(f"[proxies] {len(records) - len(pending)} of {len(records)} trained earlier; training {len(pending)} "
-        f"({proxy.preset}, {proxy.steps} steps, {'GPU' if gpus else f'CPU, {proxy.threads} thread(s)'} each)")
+    say(
+        f"[proxies] {len(records) - len(pending)} of {len(records)} trained earlier; training {len(pending)} "
+        f"({proxy.preset}, {proxy.steps} steps, {'GPU' if gpus else f'CPU, {proxy.threads} thread(s)'} each)"
+    )
     resources = {"num_gpus": proxy.nproc, "num_cpus": 1} if gpus else {"num_cpus": proxy.threads * proxy.nproc}
     remote = ray.remote(max_retries=0, **resources)(train_proxy)
-    in_flight = {remote.options(name=f"sweep/{runs[k]}").remote(str(manifests[k]), str(p.out / "runs" / runs[k]), args, proxy.nproc,
-                                                                 proxy.threads): k for k in pending}
+    in_flight = {
+        remote.options(name=f"sweep/{runs[k]}").remote(
+            str(manifests[k]), str(p.out / "runs" / runs[k]), args, proxy.nproc, proxy.threads
+        ): k
+        for k in pending
+    }
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         k = in_flight.pop(ready[0])
@@ -249,29 +322,59 @@ def results(p: Plan, records: list[dict], runs: list[str]) -> dict:
     losses = np.asarray([[r["val_loss_by_domain"][d] for d in p.domains] for r in records])
     predicted = fit.cross_validated(p.mixtures, losses)
     laws = fit.fit_all(p.mixtures, losses)
-    proposal = fit.propose(p.mixtures, losses, p.coefficients, p.caps, p.mixtures[0], p.sweep.mixtures.concentration, p.sweep.mixtures.seed)
+    proposal = fit.propose(
+        p.mixtures, losses, p.coefficients, p.caps, p.mixtures[0], p.sweep.mixtures.concentration, p.sweep.mixtures.seed
+    )
     objective = losses @ p.coefficients
     rho = {d: fit.spearman(predicted[:, i], losses[:, i]) for i, d in enumerate(p.domains)}
     rho["objective"] = fit.spearman(predicted @ p.coefficients, objective)
     return {
         "domains": p.domains,
-        "proxies": [{"run_id": run, "name": "base" if k == 0 else f"mix-{k:02d}", "weights": dict(zip(p.domains, p.mixtures[k].tolist())),
-                     "val_loss": r["val_loss"], "val_loss_by_domain": {d: r["val_loss_by_domain"][d] for d in p.domains},
-                     "predicted_cv": dict(zip(p.domains, predicted[k].tolist())), "objective": float(objective[k])}
-                    for k, (run, r) in enumerate(zip(runs, records))],
-        "fit": {"law": "L_i(r) = c_i + exp(sum_j t_ij r_j)", "cv": "leave-one-out", "spearman": rho,
-                "laws": {d: {"c": law.floor, "t": dict(zip(p.domains, law.t.tolist()))} for d, law in zip(p.domains, laws)}},
+        "proxies": [
+            {
+                "run_id": run,
+                "name": "base" if k == 0 else f"mix-{k:02d}",
+                "weights": dict(zip(p.domains, p.mixtures[k].tolist())),
+                "val_loss": r["val_loss"],
+                "val_loss_by_domain": {d: r["val_loss_by_domain"][d] for d in p.domains},
+                "predicted_cv": dict(zip(p.domains, predicted[k].tolist())),
+                "objective": float(objective[k]),
+            }
+            for k, (run, r) in enumerate(zip(runs, records))
+        ],
+        "fit": {
+            "law": "L_i(r) = c_i + exp(sum_j t_ij r_j)",
+            "cv": "leave-one-out",
+            "spearman": rho,
+            "laws": {d: {"c": law.floor, "t": dict(zip(p.domains, law.t.tolist()))} for d, law in zip(p.domains, laws)},
+        },
         "objective": {"kind": p.sweep.objective.kind, "coefficients": dict(zip(p.domains, p.coefficients.tolist()))},
-        "target": {"tokens": p.target_tokens, "max_epochs": p.sweep.target.max_epochs, "caps": dict(zip(p.domains, p.caps.tolist())),
-                   "train_tokens": p.tokens["train"], "validation_tokens": p.tokens["validation"]},
-        "proposal": {"weights": dict(zip(p.domains, proposal.weights.tolist())), "base_weights": dict(zip(p.domains, p.mixtures[0].tolist())),
-                     "predicted": dict(zip(p.domains, proposal.predicted.tolist())), "predicted_std": dict(zip(p.domains, proposal.predicted_std.tolist())),
-                     "base_predicted": dict(zip(p.domains, proposal.base_predicted.tolist())),
-                     "base_predicted_std": dict(zip(p.domains, proposal.base_predicted_std.tolist())),
-                     "objective": proposal.objective, "base_objective": proposal.base_objective,
-                     "gain": {"mean": proposal.gain_mean, "std": proposal.gain_std, "interval_90": list(proposal.gain_interval)}},
-        "proxy": {"preset": p.sweep.proxy.preset, "steps": p.sweep.proxy.steps, "budget_tokens": p.sweep.proxy.budget_tokens, "seed": p.sweep.proxy.seed},
-        "base_recipe": str(p.sweep.recipe_path), "work": p.sweep.work,
+        "target": {
+            "tokens": p.target_tokens,
+            "max_epochs": p.sweep.target.max_epochs,
+            "caps": dict(zip(p.domains, p.caps.tolist())),
+            "train_tokens": p.tokens["train"],
+            "validation_tokens": p.tokens["validation"],
+        },
+        "proposal": {
+            "weights": dict(zip(p.domains, proposal.weights.tolist())),
+            "base_weights": dict(zip(p.domains, p.mixtures[0].tolist())),
+            "predicted": dict(zip(p.domains, proposal.predicted.tolist())),
+            "predicted_std": dict(zip(p.domains, proposal.predicted_std.tolist())),
+            "base_predicted": dict(zip(p.domains, proposal.base_predicted.tolist())),
+            "base_predicted_std": dict(zip(p.domains, proposal.base_predicted_std.tolist())),
+            "objective": proposal.objective,
+            "base_objective": proposal.base_objective,
+            "gain": {"mean": proposal.gain_mean, "std": proposal.gain_std, "interval_90": list(proposal.gain_interval)},
+        },
+        "proxy": {
+            "preset": p.sweep.proxy.preset,
+            "steps": p.sweep.proxy.steps,
+            "budget_tokens": p.sweep.proxy.budget_tokens,
+            "seed": p.sweep.proxy.seed,
+        },
+        "base_recipe": str(p.sweep.recipe_path),
+        "work": p.sweep.work,
     }
 
 
@@ -287,11 +390,16 @@ def recommended_recipe(p: Plan, weights: dict[str, float]) -> str:
     """The base recipe, flattened (its `extends` merged, paths absolute), with the proposed domain weights."""
     data = copy.deepcopy(p.sweep.recipe_data)
     data["name"] = f"{p.recipe.name}-recommended"
-    data["domains"] = [{"name": d.name, "source": d.source, "subsets": list(d.subsets or []), "weight": round(weights[d.name], 4)}
-                       for d in p.recipe.domain_list()]
+    data["domains"] = [
+        {"name": d.name, "source": d.source, "subsets": list(d.subsets or []), "weight": round(weights[d.name], 4)}
+        for d in p.recipe.domain_list()
+    ]
     recipe_from_dict(copy.deepcopy(data))  # what we write must load
-    head = (f"# The mix `tokenmill sweep {p.sweep.path}` proposes: the base recipe {p.sweep.recipe_path} with the domain\n"
-            f"# weights that minimise the predicted {p.sweep.objective.kind} validation loss (sweep.json, report/report.html).\n")
+    head = (
+        f"# The mix `tokenmill sweep {p.sweep.path}` proposes: the base recipe {p.sweep.recipe_path} with the domain\n"
+        f"# weights that minimise the predicted {p.sweep.objective.kind} validation loss (sweep.json, "
+        "report/report.html).\n"
+    )
     return head + yaml.safe_dump(data, sort_keys=False)
 
 
@@ -299,9 +407,22 @@ def write_outputs(p: Plan, res: dict) -> None:
     from pipeline.sweep.report import render
 
     files = {
-        "ratios.csv": _csv(["run_id", "name", *p.domains], [[x["run_id"], x["name"], *(f"{x['weights'][d]:.6f}" for d in p.domains)] for x in res["proxies"]]),
-        "metrics.csv": _csv(["run_id", "name", "val_loss", *(f"val_loss/{d}" for d in p.domains)],
-                            [[x["run_id"], x["name"], f"{x['val_loss']:.6f}", *(f"{x['val_loss_by_domain'][d]:.6f}" for d in p.domains)] for x in res["proxies"]]),
+        "ratios.csv": _csv(
+            ["run_id", "name", *p.domains],
+            [[x["run_id"], x["name"], *(f"{x['weights'][d]:.6f}" for d in p.domains)] for x in res["proxies"]],
+        ),
+        "metrics.csv": _csv(
+            ["run_id", "name", "val_loss", *(f"val_loss/{d}" for d in p.domains)],
+            [
+                [
+                    x["run_id"],
+                    x["name"],
+                    f"{x['val_loss']:.6f}",
+                    *(f"{x['val_loss_by_domain'][d]:.6f}" for d in p.domains),
+                ]
+                for x in res["proxies"]
+            ],
+        ),
         "sweep.json": json.dumps(res, indent=1, sort_keys=True) + "\n",
         "recommended.yaml": recommended_recipe(p, res["proposal"]["weights"]),
         "report/report.html": render(res),
@@ -321,17 +442,28 @@ def run(p: Plan, workers: int | None, address: str | None, say) -> dict:
     res = results(p, records, runs)
     write_outputs(p, res)
     timings = {"proxy_builds_s": build_seconds, "proxies_trained": trained, "wall_s": time.perf_counter() - started}
-    (p.out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")  # apart from sweep.json: a resumed sweep's files stay the same
+    (p.out / "timings.json").write_text(
+        json.dumps(timings, indent=1) + "\n"
+    )  # apart from sweep.json: a resumed sweep's files stay the same
     return res
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill sweep", description="Train proxy models on mixtures of a processed corpus, fit each domain's "
-                                     "validation loss against the weights, and propose the mix that minimises the objective.")
-    parser.add_argument("sweep", help="SWEEP.yaml: base recipe, work store, domains, mixtures, proxy, objective, target")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill sweep",
+        description="Train proxy models on mixtures of a processed corpus, fit each domain's "
+        "validation loss against the weights, and propose the mix that minimises the objective.",
+    )
+    parser.add_argument(
+        "sweep", help="SWEEP.yaml: base recipe, work store, domains, mixtures, proxy, objective, target"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: the sweep file's `out`)")
-    parser.add_argument("--workers", type=int, default=None, help="builds' tasks at a time (default: every CPU of the Ray cluster)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="builds' tasks at a time (default: every CPU of the Ray cluster)"
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray"
+    )
     args = parser.parse_args(argv)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
@@ -343,13 +475,23 @@ def main(argv: list[str]) -> int:
     try:
         res = run(p, args.workers, args.address, say)
     except (BuildError, OSError, ValueError) as e:
-        print(f"tokenmill sweep: {type(e).__name__}: {e}\n  finished proxies are kept: run the same command again to go on", file=sys.stderr)
+        print(
+            f"tokenmill sweep: {type(e).__name__}: {e}\n  finished proxies are kept: run the same command again to "
+            "go on",
+            file=sys.stderr,
+        )
         return 1
     prop, rho = res["proposal"], res["fit"]["spearman"]
-    say(f"fit: leave-one-out Spearman rho {', '.join(f'{d} {rho[d]:.2f}' for d in p.domains)}; objective {rho['objective']:.2f}")
-    say(f"proposed: {_weights_text(p.domains, np.asarray([prop['weights'][d] for d in p.domains]))}; predicted {p.sweep.objective.kind} loss "
-        f"{prop['objective']:.4f} against the base's {prop['base_objective']:.4f} (gain {prop['gain']['mean']:.4f} ± {prop['gain']['std']:.4f})")
+    say(
+        f"fit: leave-one-out Spearman rho {', '.join(f'{d} {rho[d]:.2f}' for d in p.domains)}; objective "
+        f"{rho['objective']:.2f}"
+    )
+    say(
+        f"proposed: {_weights_text(p.domains, np.asarray([prop['weights'][d] for d in p.domains]))}; predicted "
+        f"{p.sweep.objective.kind} loss "
+        f"{prop['objective']:.4f} against the base's {prop['base_objective']:.4f} (gain {prop['gain']['mean']:.4f} "
+        f"± {prop['gain']['std']:.4f})"
+    )
     for name in OUTPUTS:
         say(f"  {name:<18} {p.out / name}")
     return 0
-

@@ -48,7 +48,8 @@ class Runner:
     log: EventLog
     timings: dict[str, dict] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
-    reuse_only: frozenset[str] = frozenset()  # stages whose outputs must all be in the work store already (a sweep's proxy builds)
+    # stages whose outputs must all be in the work store already (a sweep's proxy builds run the mix only)
+    reuse_only: frozenset[str] = frozenset()
 
     def run(self, of: Stage, tasks: list[Task]) -> list[dict]:
         """Each task's done record, in task order: read back for finished tasks, returned by the others."""

@@ -1,5 +1,6 @@
 """Domain weights: a recipe that weights a source's subsets (or named groups of them) instead of whole sources,
 built end to end on a real embedded Ray over the real sample corpus; and the recipe checks of `domains:`."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,9 @@ def local_ray():
 def by_domain(local_ray, sample_corpus, tmp_path_factory):
     """The sample recipe weighted by domains (downsample), 2 workers, several mix groups of 2 shards."""
     folder = tmp_path_factory.mktemp("domains")
-    recipe = load_recipe(sample_recipe(sample_corpus, folder, domains=DOMAINS, mix={"shard_tokens": 40_000, "shards_per_group": 2}))
+    recipe = load_recipe(
+        sample_recipe(sample_corpus, folder, domains=DOMAINS, mix={"shard_tokens": 40_000, "shards_per_group": 2})
+    )
     build(recipe, str(folder / "out"), workers=2, console=False)
     return folder / "out"
 
@@ -55,7 +58,10 @@ def test_every_shard_holds_each_domains_share(by_domain):
         index = read_index(by_domain / shard["idx"])
         recount = np.bincount(index.source_ids, weights=index.doc_lengths(), minlength=3).astype(int)
         assert dict(zip(names, recount.tolist())) == shard["tokens_by_domain"]  # the index holds domain ids
-        assert shard["tokens_by_source"] == {"slimpajama": int(recount[0] + recount[1]), "starcoderdata": int(recount[2])}
+        assert shard["tokens_by_source"] == {
+            "slimpajama": int(recount[0] + recount[1]),
+            "starcoderdata": int(recount[2]),
+        }
         for name, share in SHARES.items():
             # within 1% of the target share, or, for shards too small for that, within one document's tokens
             off_by = abs(shard["tokens_by_domain"][name] - share * shard["tokens"])
@@ -67,10 +73,14 @@ def test_every_shard_holds_each_domains_share(by_domain):
     assert max(epochs.values()) == 1.0 and all(0 < e <= 1.0 for e in epochs.values())
     train_kept = {d["name"]: d["tokens_kept"]["train"] for d in manifest["domains"]}
     for name in names:
-        assert manifest["splits"]["train"]["tokens_by_domain"][name] == pytest.approx(epochs[name] * train_kept[name], abs=largest * 4)
+        assert manifest["splits"]["train"]["tokens_by_domain"][name] == pytest.approx(
+            epochs[name] * train_kept[name], abs=largest * 4
+        )
     # each domain's tokens are its source's subsets' kept tokens
     subsets = {s["name"]: s["subsets"] for s in manifest["sources"]}
-    kept = sum(d["tokens_kept"][split] for d in manifest["domains"] if d["name"] == "book" for split in ("train", "validation"))
+    kept = sum(
+        d["tokens_kept"][split] for d in manifest["domains"] if d["name"] == "book" for split in ("train", "validation")
+    )
     assert kept == subsets["slimpajama"]["RedPajamaBook"]["tokens_kept"]
     # the validation split keeps each document's domain: listed per domain, every domain there
     validation = manifest["splits"]["validation"]["tokens_by_domain"]
@@ -91,8 +101,20 @@ def test_a_domain_build_killed_mid_mix_resumes_to_identical_bytes(by_domain, tmp
     """Killed with SIGKILL once some mix groups finished (the processed corpus re-used from the fixture's work
     store), then run again: the same shards and manifest."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "build", str(by_domain.parent / "recipe.yaml"), "--out", str(out),
-               "--work", str(by_domain / "work"), "--workers", "1", "--no-report"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "build",
+        str(by_domain.parent / "recipe.yaml"),
+        "--out",
+        str(out),
+        "--work",
+        str(by_domain / "work"),
+        "--workers",
+        "1",
+        "--no-report",
+    ]
     # a different --out is a different mix task folder: its groups run again, into this output
     first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
@@ -113,28 +135,80 @@ def test_a_domain_build_killed_mid_mix_resumes_to_identical_bytes(by_domain, tmp
 
 
 def test_the_trainer_reports_validation_loss_per_domain(by_domain, tmp_path):
-    command = [sys.executable, "-m", "pipeline.cli", "train", "--manifest", str(by_domain / "manifest.json"), "--out", str(tmp_path / "run"),
-               "--nproc", "1", "--preset", "tiny", "--steps", "3", "--batch-tokens", "512", "--micro-batch", "8", "--eval-every", "3",
-               "--eval-windows", "64", "--save-every", "0", "--log-every", "1", "--no-compile"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "train",
+        "--manifest",
+        str(by_domain / "manifest.json"),
+        "--out",
+        str(tmp_path / "run"),
+        "--nproc",
+        "1",
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch-tokens",
+        "512",
+        "--micro-batch",
+        "8",
+        "--eval-every",
+        "3",
+        "--eval-windows",
+        "64",
+        "--save-every",
+        "0",
+        "--log-every",
+        "1",
+        "--no-compile",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    evals = [r for r in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    evals = [
+        r for r in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"
+    ]
     by, tokens = evals[-1]["val_loss_by_domain"], evals[-1]["val_tokens_by_domain"]
     assert set(by) <= set(SHARES) and len(by) >= 2 and sum(tokens.values()) == 64 * 64
     assert sum(by[d] * tokens[d] for d in by) / sum(tokens.values()) == pytest.approx(evals[-1]["val_loss"], rel=1e-9)
     console = done.stderr
-    assert "step 3 | validation loss" in console and all(f"{d} {by[d]:.4f}" in console for d in by)  # the eval line and the summary
+    assert "step 3 | validation loss" in console and all(
+        f"{d} {by[d]:.4f}" in console for d in by
+    )  # the eval line and the summary
 
 
-@pytest.mark.parametrize("domains, message", [
-    ([{"name": "a", "source": "nowhere"}], "is not a source of the recipe"),
-    ([{"name": "a", "source": "slimpajama", "subsets": ["X"]}, {"name": "b", "source": "slimpajama", "subsets": ["X"]},
-      {"name": "c", "source": "starcoderdata"}], "is already in domain 'a'"),
-    ([{"name": "a", "source": "slimpajama"}], "source 'starcoderdata' is in no domain"),
-    ([{"name": "a", "source": "slimpajama", "weight": 0}, {"name": "b", "source": "starcoderdata", "weight": 0}], "sum to 0"),
-    ([{"name": "a", "source": "slimpajama", "weight": -1}, {"name": "b", "source": "starcoderdata"}], "is not a number >= 0"),
-    ([{"name": "a", "source": "slimpajama"}, {"name": "b", "source": "slimpajama"}, {"name": "c", "source": "starcoderdata"}], "already takes the rest"),
-])
+@pytest.mark.parametrize(
+    "domains, message",
+    [
+        ([{"name": "a", "source": "nowhere"}], "is not a source of the recipe"),
+        (
+            [
+                {"name": "a", "source": "slimpajama", "subsets": ["X"]},
+                {"name": "b", "source": "slimpajama", "subsets": ["X"]},
+                {"name": "c", "source": "starcoderdata"},
+            ],
+            "is already in domain 'a'",
+        ),
+        ([{"name": "a", "source": "slimpajama"}], "source 'starcoderdata' is in no domain"),
+        (
+            [{"name": "a", "source": "slimpajama", "weight": 0}, {"name": "b", "source": "starcoderdata", "weight": 0}],
+            "sum to 0",
+        ),
+        (
+            [{"name": "a", "source": "slimpajama", "weight": -1}, {"name": "b", "source": "starcoderdata"}],
+            "is not a number >= 0",
+        ),
+        (
+            [
+                {"name": "a", "source": "slimpajama"},
+                {"name": "b", "source": "slimpajama"},
+                {"name": "c", "source": "starcoderdata"},
+            ],
+            "already takes the rest",
+        ),
+    ],
+)
 def test_domains_that_cannot_work_are_refused_naming_the_field(sample_corpus, tmp_path, domains, message):
     with pytest.raises(RecipeError, match="recipe field `domains") as e:
         load_recipe(sample_recipe(sample_corpus, tmp_path, domains=domains))
@@ -147,6 +221,9 @@ def test_a_subset_in_no_domain_is_refused():
     kept = {0: [[5, 7], [0, 0]], 1: [[9], [1]]}
     members, filtered = domain_members(domains, files, kept)
     assert members == {0: {0: [0, 1]}, 1: {1: [0]}} and filtered == {}  # one domain per source: no subset filter
-    named = resolve_domains([("web", 1.0), ("code", 1.0)], [DomainConfig(name="a", source="web", subsets=["A"]), DomainConfig(name="code", source="code")])
+    named = resolve_domains(
+        [("web", 1.0), ("code", 1.0)],
+        [DomainConfig(name="a", source="web", subsets=["A"]), DomainConfig(name="code", source="code")],
+    )
     with pytest.raises(RecipeError, match="subset 'B' of source 'web' has kept documents but is in no domain"):
         domain_members(named, files, kept)

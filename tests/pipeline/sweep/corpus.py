@@ -2,6 +2,7 @@
 Bible as RedPajamaBook, standard-library docstrings as the other subsets) and a StarCoderData of two languages,
 `python` (standard-library modules) and `c` (the C headers of this machine's /usr/include): real text, in files
 small enough that a hash-chosen validation share holds a steady number of documents of each."""
+
 from __future__ import annotations
 
 import shutil
@@ -41,7 +42,10 @@ def write_corpus(sample: Path, out: Path) -> Path:
     files each (whose names put 6 and 9 documents in the 10% validation share)."""
     shutil.copytree(sample / "SlimPajama-627B", out / "SlimPajama-627B")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    languages = {"python": code_files(p for p in stdlib.glob("*.py")), "c": code_files(Path("/usr/include").rglob("*.h"))}
+    languages = {
+        "python": code_files(p for p in stdlib.glob("*.py")),
+        "c": code_files(Path("/usr/include").rglob("*.h")),
+    }
     for language, texts in languages.items():
         folder = out / "starcoderdata" / language
         folder.mkdir(parents=True)
@@ -66,7 +70,12 @@ def write_recipe(corpus: Path, folder: Path, **sections) -> Path:
         "name": "four-domains",
         "sources": [
             {"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")},
-            {"name": "starcoderdata", "root": str(corpus / "starcoderdata"), "train": ["*/*.parquet"], "validation_fraction": 0.1},
+            {
+                "name": "starcoderdata",
+                "root": str(corpus / "starcoderdata"),
+                "train": ["*/*.parquet"],
+                "validation_fraction": 0.1,
+            },
         ],
         "domains": DOMAINS,
         "mix": {"shard_tokens": 60_000},

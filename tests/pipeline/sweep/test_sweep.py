@@ -1,6 +1,7 @@
 """`tokenmill sweep` end to end on the CPU: a real build of a corpus of four clearly different domains (prose,
 docstrings, Python, C), eight tiny proxies trained by the real trainer (torchrun-style ranks over gloo) as Ray
 tasks, the fit, the proposal and the files; a kill -9 in the middle and a resume; bad input refused."""
+
 from __future__ import annotations
 
 import csv
@@ -22,18 +23,33 @@ from pipeline.sweep import fit
 from tests.pipeline.sweep.corpus import DOMAINS, write_corpus, write_recipe
 
 NAMES = [d["name"] for d in DOMAINS]
-PROXY = {"budget_tokens": 30_000, "preset": "tiny", "steps": 24, "batch_tokens": 1024, "micro_batch": 16, "lr": 0.004,
-         "warmup_steps": 2, "eval_windows": 128}
+PROXY = {
+    "budget_tokens": 30_000,
+    "preset": "tiny",
+    "steps": 24,
+    "batch_tokens": 1024,
+    "micro_batch": 16,
+    "lr": 0.004,
+    "warmup_steps": 2,
+    "eval_windows": 128,
+}
 FILES = ("ratios.csv", "metrics.csv", "sweep.json", "recommended.yaml", "report/report.html")
 
 
 def tokenmill(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_sweep(folder: Path, base: Path, **changes) -> Path:
-    data = {"recipe": str(base.parent / "recipe.yaml"), "work": str(base / "out" / "work"),
-            "mixtures": {"count": 8, "draw": "dirichlet", "concentration": 1.0, "seed": 0}, "proxy": PROXY, "objective": {"kind": "mean"}}
+    data = {
+        "recipe": str(base.parent / "recipe.yaml"),
+        "work": str(base / "out" / "work"),
+        "mixtures": {"count": 8, "draw": "dirichlet", "concentration": 1.0, "seed": 0},
+        "proxy": PROXY,
+        "objective": {"kind": "mean"},
+    }
     data.update(changes)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sweep.yaml").write_text(yaml.safe_dump(data))
@@ -73,19 +89,27 @@ def test_the_sweep_writes_the_csvs_the_report_and_the_recipe(swept, base):
     assert np.allclose([float(ratios[0][d]) for d in NAMES], base_weights / base_weights.sum(), atol=1e-6)
     res = json.loads((swept / "sweep.json").read_text())
     recommended = load_recipe(swept / "recommended.yaml")
-    assert {d.name: d.weight for d in recommended.domains} == pytest.approx({d: round(w, 4) for d, w in res["proposal"]["weights"].items()})
-    assert recommended.mix.budget_tokens == 0 and [s.name for s in recommended.sources] == ["slimpajama", "starcoderdata"]
+    assert {d.name: d.weight for d in recommended.domains} == pytest.approx(
+        {d: round(w, 4) for d, w in res["proposal"]["weights"].items()}
+    )
+    assert recommended.mix.budget_tokens == 0 and [s.name for s in recommended.sources] == [
+        "slimpajama",
+        "starcoderdata",
+    ]
     page = (swept / "report/report.html").read_text()
     for figure in ("predicted-vs-measured", "weights", *(f"loss-vs-weight-{d}" for d in NAMES)):
         assert f'data-figure="{figure}"' in page
     assert 'data-table="proposal"' in page and 'data-table="proxies"' in page
-    # each proxy corpus: the mix stage only (nothing re-processed), the budget in the mixture's ratio, the same validation split
+    # each proxy corpus: the mix stage only (nothing re-processed), the budget in the mixture's ratio, the same
+    # validation split
     validation = set()
     for proxy in sorted((swept / "proxies").iterdir()):
         manifest = json.loads((proxy / "manifest.json").read_text())
         assert {s for s, t in manifest["stages"].items() if t["skipped"] < t["tasks"]} == {"mix"}
         assert abs(manifest["splits"]["train"]["tokens"] - PROXY["budget_tokens"]) < 0.05 * PROXY["budget_tokens"]
-        validation.add(json.dumps([(s["bin_sha256"], s["idx_sha256"]) for s in manifest["splits"]["validation"]["shards"]]))
+        validation.add(
+            json.dumps([(s["bin_sha256"], s["idx_sha256"]) for s in manifest["splits"]["validation"]["shards"]])
+        )
     assert len(validation) == 1  # every proxy is evaluated on the same tokens
 
 
@@ -111,7 +135,9 @@ def test_up_weighting_a_domain_lowers_its_predicted_and_measured_loss(swept):
         more /= more.sum()
         assert laws[i].predict(more)[0] < laws[i].predict(weights[0])[0], name  # predicted
     prop = res["proposal"]
-    assert prop["objective"] <= prop["base_objective"] and all(0 <= w <= res["target"]["caps"][d] + 1e-9 for d, w in prop["weights"].items())
+    assert prop["objective"] <= prop["base_objective"] and all(
+        0 <= w <= res["target"]["caps"][d] + 1e-9 for d, w in prop["weights"].items()
+    )
 
 
 @pytest.mark.slow
@@ -145,15 +171,25 @@ def test_a_killed_sweep_trains_only_the_missing_proxies_and_ends_with_the_same_f
 def test_bad_input_is_refused_in_one_line_and_nothing_is_written(base, tmp_path):
     cases = {
         "no processed outputs": ({"work": str(tmp_path / "empty-work")}, "lacks the outputs of stage `process`"),
-        "a domain too small": ({"proxy": {**PROXY, "budget_tokens": 10_000_000}}, "train tokens, but a proxy at its largest weight"),
-        "an unknown domain in the objective": ({"objective": {"kind": "domain", "domain": "fortran"}}, "'fortran' is not a domain of the sweep"),
-        "weights that do not sum to something positive": ({"mixtures": {"draw": "list", "weights": [{"c": 0}, {"c": 1}, {"bible": 1}]}},
-                                                          "sum to something positive"),
+        "a domain too small": (
+            {"proxy": {**PROXY, "budget_tokens": 10_000_000}},
+            "train tokens, but a proxy at its largest weight",
+        ),
+        "an unknown domain in the objective": (
+            {"objective": {"kind": "domain", "domain": "fortran"}},
+            "'fortran' is not a domain of the sweep",
+        ),
+        "weights that do not sum to something positive": (
+            {"mixtures": {"draw": "list", "weights": [{"c": 0}, {"c": 1}, {"bible": 1}]}},
+            "sum to something positive",
+        ),
     }
     (tmp_path / "empty-work").mkdir()
     for what, (change, message) in cases.items():
         out = tmp_path / "out"
-        done = tokenmill("sweep", str(write_sweep(tmp_path / what.replace(" ", "-"), base, **change)), "--out", str(out), timeout=300)
+        done = tokenmill(
+            "sweep", str(write_sweep(tmp_path / what.replace(" ", "-"), base, **change)), "--out", str(out), timeout=300
+        )
         assert done.returncode == 2, (what, done.stderr[-2000:])
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (what, done.stderr)
