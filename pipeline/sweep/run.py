@@ -311,6 +311,8 @@ def train_proxies(p: Plan, manifests: list[Path], say) -> tuple[list[dict], list
         except Exception as e:  # a proxy that failed: name it; the finished ones are kept for the next run
             raise BuildError(f"[proxies] {runs[k]} failed: {getattr(e, 'cause', None) or e}") from e
         say(f"[proxies] {runs[k]} done in {records[k]['seconds']:.0f}s: validation loss {records[k]['val_loss']:.4f}")
+    for stale in (p.out / "runs").glob(".*.tmp-*"):  # what killed attempts left: their trainers died with them
+        shutil.rmtree(stale, ignore_errors=True)
     return records, runs, len(pending)
 
 
