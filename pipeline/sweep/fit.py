@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FLOOR_GRID = 64  # floors c tried per domain
-RIDGE = 1e-6  # keeps the solve defined when two domains' weights move together
+RIDGE = 1e-3  # keeps the solve defined (and the law tame) when few distinct proxies pin it down
 CANDIDATES = 50_000  # mixtures scored when proposing
 TOP_AVERAGED = 64  # the proposal: the mean of the best-scoring candidates (RegMix), steadier than the single best
 BOOTSTRAPS = 200
@@ -100,11 +100,11 @@ class Proposal:
     base_predicted: np.ndarray  # (domains,) at the base mix
     objective: float
     base_objective: float
-    gain_mean: float  # base objective - proposed objective, over bootstrap refits
-    gain_std: float
+    gain_median: float  # base objective - proposed objective, over bootstrap refits
+    gain_spread: float  # 1.4826 x their median absolute deviation: a standard deviation that one wild refit cannot inflate
     gain_interval: tuple[float, float]  # 5% and 95% quantiles
-    predicted_std: np.ndarray  # (domains,) bootstrap spread of the proposal's predicted losses
-    base_predicted_std: np.ndarray
+    predicted_spread: np.ndarray  # (domains,) the same robust spread of the proposal's predicted losses
+    base_predicted_spread: np.ndarray
 
 
 def propose(
@@ -117,25 +117,21 @@ def propose(
     seed: int,
 ) -> Proposal:
     """The mixture minimising `coefficients` . predicted losses with every weight under its cap: candidates drawn
-    around the base mix as the sweep's were (the law is trusted where proxies were trained) and uniformly over
-    the simplex, those over a cap left out, the best TOP_AVERAGED averaged (a mean of mixtures under the caps
-    is under them too). The gain over the base and its spread come from refits on bootstrap resamples of the
+    from the distribution the sweep's mixtures came from (the law is trusted where proxies were trained, not in
+    the simplex's far corners), those over a cap left out, the best TOP_AVERAGED averaged (a mean of mixtures
+    under the caps is under them too). The gain over the base and its spread come from refits on bootstrap resamples of the
     proxies."""
     rng = np.random.default_rng(seed)
     laws = fit_all(weights, losses)
     alpha = np.maximum(concentration * len(base) * base, 1e-3)
-    pool = np.vstack(
-        [rng.dirichlet(alpha, CANDIDATES // 2), rng.dirichlet(np.ones(len(base)), CANDIDATES // 2), base[None, :]]
-    )
+    pool = np.vstack([rng.dirichlet(alpha, CANDIDATES), base[None, :]])
     pool = pool[(pool <= caps[None, :] + 1e-12).all(axis=1)]
     if len(pool) == 0:
         raise ValueError("no mixture satisfies every domain's cap: raise target.max_epochs or lower target.tokens")
     scores = predict_all(laws, pool) @ coefficients
     chosen = pool[np.argsort(scores)[:TOP_AVERAGED]].mean(axis=0)
     chosen = chosen / chosen.sum()
-    if (
-        predict_all(laws, chosen[None])[0] @ coefficients > scores.min()
-    ):  # the mean of the best may land in a worse place
+    if predict_all(laws, chosen[None])[0] @ coefficients > scores.min():  # the mean of the best may land worse
         chosen = pool[int(np.argmin(scores))]
     gains, at_proposal, at_base = [], [], []
     for _ in range(BOOTSTRAPS):
@@ -155,9 +151,16 @@ def propose(
         base_predicted=base_predicted,
         objective=float(predicted @ coefficients),
         base_objective=float(base_predicted @ coefficients),
-        gain_mean=float(gains_arr.mean()),
-        gain_std=float(gains_arr.std()),
+        gain_median=float(np.median(gains_arr)),
+        gain_spread=_spread(gains_arr),
         gain_interval=(float(np.quantile(gains_arr, 0.05)), float(np.quantile(gains_arr, 0.95))),
-        predicted_std=np.std(at_proposal, axis=0),
-        base_predicted_std=np.std(at_base, axis=0),
+        predicted_spread=_spread(np.asarray(at_proposal)),
+        base_predicted_spread=_spread(np.asarray(at_base)),
     )
+
+
+def _spread(x: np.ndarray) -> np.ndarray | float:
+    """1.4826 x the median absolute deviation along the first axis (a standard deviation for normal data)."""
+    spread = 1.4826 * np.median(np.abs(x - np.median(x, axis=0)), axis=0)
+    return float(spread) if np.ndim(spread) == 0 else spread
+

@@ -105,8 +105,8 @@ def render(res: dict) -> str:
         ),
         (
             "predicted gain",
-            f"{gain['mean']:+.4f}",
-            f"{res['objective']['kind']} loss, ± {gain['std']:.4f} (90%: {gain['interval_90'][0]:+.4f} … "
+            f"{gain['median']:+.4f}",
+            f"{res['objective']['kind']} loss, ± {gain['spread']:.4f} (90%: {gain['interval_90'][0]:+.4f} … "
             f"{gain['interval_90'][1]:+.4f})",
         ),
     ]
@@ -177,12 +177,12 @@ def render(res: dict) -> str:
             + _num(
                 ["proposal", "base_predicted", d],
                 prop["base_predicted"][d],
-                f"{prop['base_predicted'][d]:.4f} ± {prop['base_predicted_std'][d]:.4f}",
+                f"{prop['base_predicted'][d]:.4f} ± {prop['base_predicted_spread'][d]:.4f}",
             )
             + _num(
                 ["proposal", "predicted", d],
                 prop["predicted"][d],
-                f"{prop['predicted'][d]:.4f} ± {prop['predicted_std'][d]:.4f}",
+                f"{prop['predicted'][d]:.4f} ± {prop['predicted_spread'][d]:.4f}",
             )
             + f'<td class="num">{change:+.4f}</td>'
         )
@@ -190,7 +190,7 @@ def render(res: dict) -> str:
         "<td><b>objective</b></td><td></td><td></td><td></td>"
         + _num(["proposal", "base_objective"], prop["base_objective"], f"{prop['base_objective']:.4f}")
         + _num(["proposal", "objective"], prop["objective"], f"{prop['objective']:.4f}")
-        + _num(["proposal", "gain", "mean"], gain["mean"], f"{gain['mean']:+.4f} ± {gain['std']:.4f}")
+        + _num(["proposal", "gain", "median"], gain["median"], f"{gain['median']:+.4f} ± {gain['spread']:.4f}")
     )
     proposal_table = table(
         "proposal",

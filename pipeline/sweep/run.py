@@ -90,7 +90,7 @@ def plan(sweep: Sweep, out: str | None, workers: int | None, address: str | None
             "give the sweep's output folder (`--out DIR` or `out:` in the sweep file; a local folder: proxies "
             "train from it)"
         )
-    if recipe.tokenizer.model is None:
+    if recipe.tokenizer.train is not None or not recipe.tokenizer.model:
         raise SweepError(
             f"recipe {sweep.recipe_path}: the sweep needs the build's tokenizer as `tokenizer.model` "
             "(OUT/tokenizer.model of the build)"
@@ -362,12 +362,12 @@ def results(p: Plan, records: list[dict], runs: list[str]) -> dict:
             "weights": dict(zip(p.domains, proposal.weights.tolist())),
             "base_weights": dict(zip(p.domains, p.mixtures[0].tolist())),
             "predicted": dict(zip(p.domains, proposal.predicted.tolist())),
-            "predicted_std": dict(zip(p.domains, proposal.predicted_std.tolist())),
+            "predicted_spread": dict(zip(p.domains, proposal.predicted_spread.tolist())),
             "base_predicted": dict(zip(p.domains, proposal.base_predicted.tolist())),
-            "base_predicted_std": dict(zip(p.domains, proposal.base_predicted_std.tolist())),
+            "base_predicted_spread": dict(zip(p.domains, proposal.base_predicted_spread.tolist())),
             "objective": proposal.objective,
             "base_objective": proposal.base_objective,
-            "gain": {"mean": proposal.gain_mean, "std": proposal.gain_std, "interval_90": list(proposal.gain_interval)},
+            "gain": {"median": proposal.gain_median, "spread": proposal.gain_spread, "interval_90": list(proposal.gain_interval)},
         },
         "proxy": {
             "preset": p.sweep.proxy.preset,
@@ -491,8 +491,8 @@ def main(argv: list[str]) -> int:
     say(
         f"proposed: {_weights_text(p.domains, np.asarray([prop['weights'][d] for d in p.domains]))}; predicted "
         f"{p.sweep.objective.kind} loss "
-        f"{prop['objective']:.4f} against the base's {prop['base_objective']:.4f} (gain {prop['gain']['mean']:.4f} "
-        f"± {prop['gain']['std']:.4f})"
+        f"{prop['objective']:.4f} against the base's {prop['base_objective']:.4f} (gain {prop['gain']['median']:.4f} "
+        f"± {prop['gain']['spread']:.4f})"
     )
     for name in OUTPUTS:
         say(f"  {name:<18} {p.out / name}")

@@ -62,9 +62,15 @@ DOMAINS = [
 ]
 
 
-def write_recipe(corpus: Path, folder: Path, **sections) -> Path:
+VOCAB = 2048  # a tokenizer trained on the corpus, for the `tiny-2k` proxies (a 32k vocabulary's output layer
+# would cost 15x the rest of so small a model)
+
+
+def write_recipe(corpus: Path, folder: Path, tokenizer: Path | None = None, **sections) -> Path:
     """The sample recipe over `corpus` with the four domains above (every language folder of StarCoderData, a
-    larger validation share so that each domain's validation loss is measured on a few thousand tokens)."""
+    larger validation share so that each domain's validation loss is measured on a few thousand tokens), and a
+    VOCAB-token sentencepiece model trained on it; with `tokenizer`, that model as a file (the sweep's recipe:
+    the same processed corpus, since a process output is keyed by the tokenizer's sha256)."""
     data = {
         "extends": str(SAMPLE_RECIPE),
         "name": "four-domains",
@@ -78,6 +84,7 @@ def write_recipe(corpus: Path, folder: Path, **sections) -> Path:
             },
         ],
         "domains": DOMAINS,
+        "tokenizer": {"model": str(tokenizer)} if tokenizer else {"model": "", "train": {"vocab_size": VOCAB}},
         "mix": {"shard_tokens": 60_000},
         **sections,
     }

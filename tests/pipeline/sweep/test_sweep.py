@@ -44,7 +44,7 @@ def tokenmill(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
 
 def write_sweep(folder: Path, base: Path, **changes) -> Path:
     data = {
-        "recipe": str(base.parent / "recipe.yaml"),
+        "recipe": str(base / "sweep-recipe" / "recipe.yaml"),
         "work": str(base / "out" / "work"),
         "mixtures": {"count": 8, "draw": "dirichlet", "concentration": 1.0, "seed": 0},
         "proxy": PROXY,
@@ -64,6 +64,7 @@ def base(sample_corpus, tmp_path_factory) -> Path:
     recipe = write_recipe(corpus, folder)
     done = tokenmill("build", str(recipe), "--out", str(folder / "out"), "--workers", "2", "--no-report", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    write_recipe(corpus, folder / "sweep-recipe", tokenizer=folder / "out" / "tokenizer.model")
     return folder
 
 
@@ -196,4 +197,5 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(base, tmp_path)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (what, done.stderr)
         assert not out.exists(), what
-        assert what != "no processed outputs" or f"tokenmill build {base / 'recipe.yaml'} --work" in lines[0]
+        recipe = base / "sweep-recipe" / "recipe.yaml"
+        assert what != "no processed outputs" or f"tokenmill build {recipe} --work" in lines[0]
