@@ -24,9 +24,9 @@ def doc_key(file_index: int, ordinal: int) -> int:
     return (file_index << _ORDINAL_BITS) | ordinal
 
 
-def doc_keys(file_index: int, ordinals: np.ndarray) -> np.ndarray:
-    """`doc_key` for many ordinals of one input file, as uint64."""
-    return (np.uint64(file_index) << np.uint64(_ORDINAL_BITS)) | np.asarray(ordinals, np.uint64)
+def doc_keys(file_index: int | np.ndarray, ordinals: np.ndarray | int) -> np.ndarray:
+    """`doc_key` for many documents (of one input file, or each of its own), as uint64."""
+    return (np.asarray(file_index, np.uint64) << np.uint64(_ORDINAL_BITS)) | np.asarray(ordinals, np.uint64)
 
 
 def file_indices(keys: np.ndarray) -> np.ndarray:

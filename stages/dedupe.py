@@ -36,6 +36,8 @@ from stages.config import ConfigError
 from stages.minhash import MinHashConfig, band_keys, compact, signatures
 
 EXACT_SLOT = "exact"
+# the drop reasons of the documents dedupe removes (a copy of a kept document, or one MinHash finds near it)
+EXACT_DUPLICATE, NEAR_DUPLICATE = "exact_duplicate", "near_duplicate"
 
 
 @dataclass(kw_only=True, slots=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from manifests import manifest as manifest_io
-from manifests.manifest import Funnel, InputEntry, Manifest, MixEntry, Provenance, QuarantineEntry, SourceEntry, TokenizerEntry
+from manifests.manifest import Funnel, InputEntry, Manifest, MixEntry, Provenance, QuarantineEntry, SourceEntry
 from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES, MANIFEST, QUARANTINE, SHARDS_PREFIX, TOKENIZER_MODEL
 from manifests.shards import ShardEntry, dtype_name
 from pipeline import __version__
@@ -21,6 +21,7 @@ from pipeline.tasks import samples as dropped_samples
 from pipeline.tasks.dedupe import CLUSTER_SIZES
 from pipeline.work.progress import text_speed
 from pipeline.work.store import Store, WorkLayout
+from stages.dedupe import EXACT_DUPLICATE, NEAR_DUPLICATE
 from stages.tokenize import Tokenizer
 
 
@@ -84,16 +85,7 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         recipe=recipe.to_dict(),
         recipe_sha256=recipe.sha256(),
-        tokenizer=TokenizerEntry(
-            uri=recipe.tokenizer.model or f"trained:{TOKENIZER_MODEL}",
-            path=TOKENIZER_MODEL,
-            sha256=tokenizer.sha256(),
-            vocab_size=tokenizer.vocab_size,
-            bos_id=tokenizer.bos_id,
-            eos_id=tokenizer.eos_id,
-            add_bos=recipe.tokenizer.add_bos,
-            add_eos=recipe.tokenizer.add_eos,
-        ),
+        tokenizer=tokenizer.manifest_entry(recipe.tokenizer.model or f"trained:{TOKENIZER_MODEL}", path=TOKENIZER_MODEL),
         dtype=dtype_name(tokenizer.dtype),
         inputs=[InputEntry(source=i.source.name, split=i.split, path=i.rel_path) for i in inputs],
         sources=_source_entries(recipe, inputs, subsets, results.factors.get("train", {})),
@@ -140,7 +132,7 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
     empty_hist = [0] * (len(tasks.HIST_EDGES) - 1)
     for key, row in table.items():
         k = kept.get(key, {})
-        for reason in ("exact_duplicate", "near_duplicate"):
+        for reason in (EXACT_DUPLICATE, NEAR_DUPLICATE):
             if k.get(reason):
                 row["dropped"][reason] = k[reason]
         row["dropped"] = dict(sorted(row["dropped"].items()))
