@@ -124,7 +124,7 @@ def test_stage_in_from_memory_copies_and_verifies_every_listed_file(small_build,
             assert np.array_equal(read_shard(shard.bin_path, shard.idx_path)[1], original)
     assert sha256_file(staged.tokenizer_path()) == staged.tokenizer.sha256
     assert not list(local.rglob("*.part"))
-    assert not (local / "quarantine.jsonl").exists()  # only what training reads
+    assert not (local / QUARANTINE).exists()  # only what training reads
 
 
 def test_stage_in_resumes_after_an_interruption(small_build, tmp_path):

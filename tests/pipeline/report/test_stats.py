@@ -447,13 +447,13 @@ def test_duplicates_with_markup_are_sampled_escaped_the_same_bytes_every_build_a
                       "tokenizer: {model: 'pkg://mistral_common/data/tokenizer.model.v1'}\ndedupe: {partitions: 2}\nmix: {shard_tokens: 100000}\n")
     built = [Path(build(load_recipe(recipe), str(tmp_path / out), workers=workers, console=False).removeprefix("file://"))
              for out, workers in (("one", 2), ("two", 1), ("one", 2))]  # the third resumes the first
-    written = [json.loads(line) for line in (built[0].parent / "dropped_samples.jsonl").read_text().splitlines()]
+    written = [json.loads(line) for line in (built[0].parent / DROPPED_SAMPLES).read_text().splitlines()]
     exact, near = written
     assert exact == {"source": "web", "subset": "unknown", "reason": EXACT_DUPLICATE, "step": "exact duplicates", "doc": "web/b.jsonl#1",
                      "text": a[0][:300], "kept_doc": "web/a.jsonl#1"}
     assert (near["doc"], near["text"], near["kept_doc"], near["kept_text"]) == ("web/b.jsonl#2", b[1][:300], "web/a.jsonl#2", a[1][:300])
     assert 0.78 <= near["similarity"] < 1
-    assert (built[1].parent / "dropped_samples.jsonl").read_bytes() == (built[0].parent / "dropped_samples.jsonl").read_bytes()
+    assert (built[1].parent / DROPPED_SAMPLES).read_bytes() == (built[0].parent / DROPPED_SAMPLES).read_bytes()
     assert json.loads(built[2].read_text())["stages"]["samples"]["skipped"] == 1
     report = write_report(built[0], tmp_path / "report")
     assert list(json.loads((report.parent / "stats.json").read_text())["build"]["stages"]) == list(PIPELINE_STAGES)  # verified too, in order
