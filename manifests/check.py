@@ -30,7 +30,8 @@ def check_file(path: Path, *, size: int | None, sha256: str | None) -> str | Non
     return None
 
 
-def check_shard(entry: ShardEntry, root: Path, *, checksums: bool = True, index_checksum: bool = True) -> list[ShardProblem]:
+def check_shard(entry: ShardEntry, root: Path, *, checksums: bool = True,
+                index_checksum: bool = True) -> list[ShardProblem]:
     """Problems of one shard (`entry` from a manifest's `splits.*.shards`, paths relative to `root`).
 
     Always: both files present with the manifest's sizes, the index header's document and token counts. With
@@ -52,7 +53,8 @@ def check_shard(entry: ShardEntry, root: Path, *, checksums: bool = True, index_
         return [ShardProblem(str(idx_path), "idx", str(e))]
     if index.documents != entry.documents or index.tokens != entry.tokens:
         counted = f"{index.documents} documents / {index.tokens} tokens"
-        problems.append(ShardProblem(str(idx_path), "idx", f"{counted}, manifest says {entry.documents} / {entry.tokens}"))
+        recorded = f"{entry.documents} / {entry.tokens}"
+        problems.append(ShardProblem(str(idx_path), "idx", f"{counted}, manifest says {recorded}"))
     if index.tokens * index.dtype.itemsize != entry.bin_bytes:
         problem = f"{entry.bin_bytes} bytes do not hold the index's {index.tokens} tokens"
         problems.append(ShardProblem(str(bin_path), "bin", problem))

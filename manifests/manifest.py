@@ -213,7 +213,8 @@ def to_dict(manifest: Manifest) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         fields = [f for f in dataclasses.fields(value) if f.metadata.get("json", True)]
-        return {f.name: _plain(getattr(value, f.name)) for f in fields if not (f.default is None and getattr(value, f.name) is None)}
+        unset = {f.name for f in fields if f.default is None and getattr(value, f.name) is None}
+        return {f.name: _plain(getattr(value, f.name)) for f in fields if f.name not in unset}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -228,8 +229,10 @@ def from_dict(data: dict[str, Any], path: str = "") -> Manifest:
             **{k: v for k, v in data.items() if k not in _NESTED},
             tokenizer=TokenizerEntry(**data["tokenizer"]),
             inputs=[InputEntry(**i) for i in data["inputs"]],
-            sources=[SourceEntry(**{**s, "subsets": {k: Funnel(**f) for k, f in s["subsets"].items()}}) for s in data["sources"]],
-            splits={name: Split(**{**s, "shards": [ShardEntry(**e) for e in s["shards"]]}) for name, s in data["splits"].items()},
+            sources=[SourceEntry(**{**s, "subsets": {k: Funnel(**f) for k, f in s["subsets"].items()}})
+                     for s in data["sources"]],
+            splits={name: Split(**{**s, "shards": [ShardEntry(**e) for e in s["shards"]]})
+                    for name, s in data["splits"].items()},
             mix=MixEntry(**data["mix"]),
             quarantine=QuarantineEntry(**data["quarantine"]),
             provenance=Provenance(**data["provenance"]) if "provenance" in data else None,
@@ -276,13 +279,15 @@ def read_raw(url: str | Path) -> tuple[str, bytes]:
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
-        raise ManifestError(f"{url}: cannot open ({e}); s3:// needs `pip install tokenmill[s3]`, gs:// `tokenmill[gcs]`") from None
+        raise ManifestError(f"{url}: cannot open ({e}); s3:// needs `pip install tokenmill[s3]`, "
+                            "gs:// `tokenmill[gcs]`") from None
     if fs.isdir(path):
         path, url = posixpath.join(path, MANIFEST), posixpath.join(url, MANIFEST)
     try:
         return url, fs.cat_file(path)
     except FileNotFoundError:
-        raise ManifestError(f"{url}: no such manifest; run `tokenmill build RECIPE --out DIR` first, and give its {MANIFEST}") from None
+        raise ManifestError(f"{url}: no such manifest; run `tokenmill build RECIPE --out DIR` first, "
+                            f"and give its {MANIFEST}") from None
 
 
 def load(url: str | Path) -> Manifest:

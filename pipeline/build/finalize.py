@@ -46,7 +46,8 @@ class StageResults:
     workers: int
 
 
-def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults, wall: float) -> Manifest:
+def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults,
+             wall: float) -> Manifest:
     """Writes the tokenizer copy, quarantine, build stats and, last, the manifest; returns the manifest."""
     subsets = _subset_table(results.funnels, results.kept)
     timings = {stage: dict(t) for stage, t in results.timings.items()}
@@ -61,7 +62,8 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     manifest.path = out.url(MANIFEST)
     out.write_bytes(MANIFEST, manifest_io.dumps(manifest, manifest.path).encode())
     _remove_earlier_shards(out, results.shards_folder)
-    work.write_json(WorkLayout().uses(manifest.path), {"manifest": manifest.path, "created_at": manifest.created_at, "folders": results.used})
+    use = {"manifest": manifest.path, "created_at": manifest.created_at, "folders": results.used}
+    work.write_json(WorkLayout().uses(manifest.path), use)
     return manifest
 
 
@@ -85,7 +87,8 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         recipe=recipe.to_dict(),
         recipe_sha256=recipe.sha256(),
-        tokenizer=tokenizer.manifest_entry(recipe.tokenizer.model or f"trained:{TOKENIZER_MODEL}", path=TOKENIZER_MODEL),
+        tokenizer=tokenizer.manifest_entry(recipe.tokenizer.model or f"trained:{TOKENIZER_MODEL}",
+                                           path=TOKENIZER_MODEL),
         dtype=dtype_name(tokenizer.dtype),
         inputs=[InputEntry(source=i.source.name, split=i.split, path=i.rel_path) for i in inputs],
         sources=_source_entries(recipe, inputs, subsets, results.factors.get("train", {})),
@@ -93,7 +96,8 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
         mix=MixEntry(
             policy=recipe.mix.policy,
             target={s.name: s.weight / total_weight for s in recipe.sources},
-            achieved={split: {n: (v.tokens_by_source[n] / v.tokens if v.tokens else 0.0) for n in names} for split, v in splits.items()},
+            achieved={split: {n: (v.tokens_by_source[n] / v.tokens if v.tokens else 0.0) for n in names}
+                      for split, v in splits.items()},
         ),
         stages=timings,
         quarantine=quarantine,
@@ -156,7 +160,8 @@ def _merge_quarantine(work: Store, out: Store, results: StageResults) -> Quarant
     return QuarantineEntry(path=QUARANTINE, records=records, by_reason=dict(sorted(by_reason.items())))
 
 
-def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict], train_factors: dict[int, float]) -> list[SourceEntry]:
+def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict],
+                    train_factors: dict[int, float]) -> list[SourceEntry]:
     entries = []
     for sid, source in enumerate(recipe.sources):
         rows = {k.split("/", 1)[1]: v for k, v in subsets.items() if v["source"] == source.name}
@@ -176,7 +181,8 @@ def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, 
             documents_kept=sum(r["documents_kept"] for r in rows.values()),
             tokens_kept=sum(r["tokens_kept"] for r in rows.values()),
             epochs=train_factors.get(sid, 0.0),
-            subsets={name: Funnel(**{f.name: row[f.name] for f in dataclasses.fields(Funnel)}) for name, row in rows.items()},
+            subsets={name: Funnel(**{f.name: row[f.name] for f in dataclasses.fields(Funnel)})
+                     for name, row in rows.items()},
         ))
     return entries
 
@@ -195,7 +201,8 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     for split, info in manifest.splits.items():
         mix = ", ".join(f"{k} {v:.1%}" for k, v in manifest.mix.achieved[split].items())
         print(f"  {split:<10} {len(info.shards)} shards  {info.documents:>8,} docs  {info.tokens:>12,} tokens  ({mix})")
-    folders = sorted({f"{base}/{shard.bin.rsplit('/', 1)[0]}/" for info in manifest.splits.values() for shard in info.shards})
+    folders = sorted({f"{base}/{shard.bin.rsplit('/', 1)[0]}/" for info in manifest.splits.values()
+                      for shard in info.shards})
     print(f"  shards     {', '.join(folders)}")
     print(f"  manifest   {manifest_url}")
     print(f"  quarantine {base}/{manifest.quarantine.path}  ({manifest.quarantine.records} bad records)")

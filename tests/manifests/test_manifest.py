@@ -23,13 +23,14 @@ def written(tmp_path, tokenizer_entry):
 def test_json_to_typed_and_back_changes_no_byte(written):
     manifest = load(written)
     manifest.tokenizer.path = "tokenizer.model"
-    manifest.sources[0].subsets = {"(file)": Funnel(documents_read=2, bytes_read=9, dropped={"short": 1}, documents_kept=1,
-                                                    tokens_kept=3)}
+    funnel = Funnel(documents_read=2, bytes_read=9, dropped={"short": 1}, documents_kept=1, tokens_kept=3)
+    manifest.sources[0].subsets = {"(file)": funnel}
     manifest.provenance = Provenance(work="file:///w", dedupe="d", mix="m", reused={"mix": 1}, verify="v")
     text = dumps(manifest)
     assert parse(text, "m") == manifest and dumps(parse(text, "m")) == text
     assert to_dict(parse(text, "m")) == json.loads(text)
-    assert json.loads(text)["provenance"]["verify"] == "v" and json.loads(text)["tokenizer"]["path"] == "tokenizer.model"
+    data = json.loads(text)
+    assert data["provenance"]["verify"] == "v" and data["tokenizer"]["path"] == "tokenizer.model"
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # keys sorted, two-space indent
 
 
@@ -51,8 +52,10 @@ def test_the_loader_takes_a_folder_or_any_fsspec_url(written):
     (lambda d: {**d, "format_version": 2}, "format_version 2, this tokenmill reads 1; upgrade tokenmill or rebuild"),
     (lambda d: {**d, "dtype": "int8"}, "field `dtype`"),
     (lambda d: {k: v for k, v in d.items() if k != "splits"}, "field `(top level)`: 'splits' is a required property"),
-    (lambda d: {**d, "quarantine": {**d["quarantine"], "path": "../q.jsonl"}}, "quarantine.path: path '../q.jsonl' leaves"),
-    (lambda d: {**d, "sources": [{**d["sources"][0], "subsets": {"a": {"documents": 1}}}]}, "rebuild with this tokenmill"),
+    (lambda d: {**d, "quarantine": {**d["quarantine"], "path": "../q.jsonl"}},
+     "quarantine.path: path '../q.jsonl' leaves"),
+    (lambda d: {**d, "sources": [{**d["sources"][0], "subsets": {"a": {"documents": 1}}}]},
+     "rebuild with this tokenmill"),
 ])
 def test_the_loader_refuses_with_the_manifest_and_the_field_named(written, change, message):
     changed = change(json.loads(written.read_text()))
@@ -63,7 +66,8 @@ def test_the_loader_refuses_with_the_manifest_and_the_field_named(written, chang
 
 
 def test_a_missing_manifest_or_split_is_named(written, tmp_path):
-    with pytest.raises(ManifestError, match=f"{tmp_path / 'nowhere' / MANIFEST}: no such manifest; run `tokenmill build"):
+    missing = tmp_path / "nowhere" / MANIFEST
+    with pytest.raises(ManifestError, match=f"{missing}: no such manifest; run `tokenmill build"):
         load(tmp_path / "nowhere" / MANIFEST)
     with pytest.raises(ManifestError, match="no split 'test'; it has train"):
         load(written).shards("test")

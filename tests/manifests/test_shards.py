@@ -19,7 +19,8 @@ def test_a_written_shard_reads_back_document_by_document(tmp_path, vocab_size):
     entry = write_shard(written.__setitem__, "train/train-00007", tokens, lengths, np.array([1, 0, 1], np.uint16),
                         np.array([5, 1 << 32, 7], np.uint64), ["a", "b"])
     assert sorted(written) == ["train/train-00007.bin", "train/train-00007.idx"]
-    assert entry.bin_sha256 == hashlib.sha256(written[entry.bin]).hexdigest() and entry.idx_bytes == len(written[entry.idx])
+    assert entry.bin_sha256 == hashlib.sha256(written[entry.bin]).hexdigest()
+    assert entry.idx_bytes == len(written[entry.idx])
     assert (entry.documents, entry.tokens, entry.tokens_by_source) == (3, 8, {"a": 1, "b": 7})
     (tmp_path / "train").mkdir()
     for rel, data in written.items():
@@ -27,7 +28,8 @@ def test_a_written_shard_reads_back_document_by_document(tmp_path, vocab_size):
     assert check_shard(entry, tmp_path) == []
     index, read = read_shard(tmp_path / entry.bin, tmp_path / entry.idx)
     assert index.dtype == dtype and dtype_named(dtype_name(dtype)) == dtype
-    assert [read[slice(*index.doc_span(i))].tolist() for i in range(3)] == [tokens[:3].tolist(), tokens[3:4].tolist(), tokens[4:].tolist()]
+    documents = [read[slice(*index.doc_span(i))].tolist() for i in range(3)]
+    assert documents == [tokens[:3].tolist(), tokens[3:4].tolist(), tokens[4:].tolist()]
     assert index.origins.tolist() == [5, 1 << 32, 7] and index.source_ids.tolist() == [1, 0, 1]
 
 

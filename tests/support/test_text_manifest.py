@@ -16,7 +16,8 @@ from trainer.data import TokenWindows, check_shards
 def test_text_manifest_is_valid_and_decodes_back_to_the_text(tmp_path):
     json_package = Path(sysconfig.get_paths()["stdlib"]) / "json"
     docs = [(p.name, p.read_text()) for p in sorted(json_package.glob("*.py"))]
-    path = write_text_manifest(tmp_path, {"train": docs[1:], "validation": docs[:1]}, shard_tokens=1, threads=2)  # one document per shard
+    # one document per shard
+    path = write_text_manifest(tmp_path, {"train": docs[1:], "validation": docs[:1]}, shard_tokens=1, threads=2)
     manifest = load(path)  # validates against the schema
     check_shards(manifest, "train", checksums=True)
     shards = manifest.shards("train")

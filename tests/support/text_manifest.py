@@ -22,8 +22,8 @@ def mistral_tokenizer() -> Path:
     return Path(str(importlib.resources.files("mistral_common") / "data/tokenizer.model.v1"))
 
 
-def write_text_manifest(out_dir: Path, splits: dict[str, list[tuple[str, str]]], *, shard_tokens: int, source: str = "text",
-                        threads: int | None = None, tokenizer: Path | None = None) -> Path:
+def write_text_manifest(out_dir: Path, splits: dict[str, list[tuple[str, str]]], *, shard_tokens: int,
+                        source: str = "text", threads: int | None = None, tokenizer: Path | None = None) -> Path:
     """Tokenize `splits` (split name -> [(path, text)]) with a sentencepiece model (default: the mistral one)
     into shards under out_dir, and write out_dir/manifest.json. Returns the manifest's path."""
     model_path = tokenizer or mistral_tokenizer()
