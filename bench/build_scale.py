@@ -48,7 +48,7 @@ from pipeline.build.registry import process_key  # noqa: E402
 from pipeline.tasks import process as tasks  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
 from pipeline.work.runner import BuildError, Runner, Task  # noqa: E402
-from pipeline.work.store import Store  # noqa: E402
+from pipeline.work.store import DONE, Store  # noqa: E402
 from stages import dedupe as dedupe_stage  # noqa: E402
 from stages.tokenize import Tokenizer, read_model_bytes  # noqa: E402
 
@@ -350,7 +350,7 @@ class BenchRunner(Runner):
             m.write_bytes += r["write_bytes"]
             m.max_args_bytes = max(m.max_args_bytes, args_bytes)
             m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2)))
-        return json.loads(Path(self.work.path(task.folder, "_DONE.json")).read_text())  # as ray.get returns it (not counted)
+        return json.loads(Path(self.work.path(task.folder, DONE)).read_text())  # as ray.get returns it (not counted)
 
 
 def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_partition: int, workers: int) -> dict:
@@ -370,8 +370,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
     return {
         "documents": documents, "files": len(inputs), "partitions": recipe.dedupe.partitions, "shard_tokens": recipe.mix.shard_tokens,
         "key_groups": len(results.key_groups), "shards": {s: len(v) for s, v in results.shards.items()},
-        "tokens": {s: v["tokens"] for s, v in manifest["splits"].items()},
-        "achieved": manifest["mix"]["achieved"], "removed": results.resolved,
+        "tokens": {s: v.tokens for s, v in manifest.splits.items()},
+        "achieved": manifest.mix.achieved, "removed": results.resolved,
         "stages": {stage: {**{k: getattr(m, k) for k in StageMeasure.__slots__}} for stage, m in runner.measures.items()},
         "driver": {"baseline_hwm": baseline["VmHWM"], "after_stages_hwm": staged["VmHWM"], "peak_hwm": end["VmHWM"],
                    "peak_rss_anon_now": end.get("RssAnon"), "seconds": time.perf_counter() - started,

@@ -43,6 +43,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import zstandard  # noqa: E402
 
+from manifests.manifest import Manifest, load  # noqa: E402
 from pipeline import sample_corpus as sample  # noqa: E402
 from pipeline.build.registry import STAGES  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
@@ -358,7 +359,7 @@ def tokenize_stage(texts: list[str], tokenizer, workers: int, batch_documents: i
     return {"seconds": seconds, "tokens": tokens}
 
 
-def timed_build(recipe, out: Path, workers: int) -> tuple[float, dict]:
+def timed_build(recipe, out: Path, workers: int) -> tuple[float, Manifest]:
     """(wall seconds, manifest) of `pipeline.build.driver.build` on a fresh embedded Ray, started before the clock (a
     cluster is up before a build starts). The other build benchmarks time their builds through this too."""
     import ray
@@ -372,14 +373,14 @@ def timed_build(recipe, out: Path, workers: int) -> tuple[float, dict]:
         seconds = time.perf_counter() - started
     finally:
         ray.shutdown()
-    return seconds, json.loads((out / "manifest.json").read_text())
+    return seconds, load(out)
 
 
 def tokenmill_build(recipe, out: Path, workers: int) -> dict:
     seconds, manifest = timed_build(recipe, out, workers)
-    return {"seconds": seconds, "process_seconds": manifest["stages"]["process"]["seconds"],
-            "documents": sum(s["documents"] for s in manifest["splits"].values()),
-            "tokens": sum(s["tokens"] for s in manifest["splits"].values())}
+    return {"seconds": seconds, "process_seconds": manifest.stages["process"]["seconds"],
+            "documents": sum(s.documents for s in manifest.splits.values()),
+            "tokens": sum(s.tokens for s in manifest.splits.values())}
 
 
 # ------------------------------------------------------------------------------------------------ datatrove

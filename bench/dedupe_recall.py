@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.build_throughput import timed_build  # noqa: E402
+from manifests.keys import split_key  # noqa: E402
+from manifests.manifest import Manifest  # noqa: E402
+from manifests.outputs import BUILD_STATS  # noqa: E402
 from pipeline.sample_corpus import kjv_verses, stdlib_code_files, stdlib_docstrings  # noqa: E402
 
 SETTINGS = ("slimpajama", "verified")
@@ -185,7 +188,7 @@ def run_build(corpus: Path, out: Path, preset: str, workers: int) -> dict:
     }))
     shutil.rmtree(out, ignore_errors=True)
     wall, manifest = timed_build(load_recipe(recipe), out, workers)
-    return {"manifest": manifest, "wall": wall, "stats": json.loads((out / "build_stats.json").read_text())}
+    return {"manifest": manifest, "wall": wall, "stats": json.loads((out / BUILD_STATS).read_text())}
 
 
 def process_cpu(work: Path, rounds: int) -> dict[str, list[float]]:
@@ -245,22 +248,22 @@ def verify_memory(work: Path, removals: int) -> dict:
             "bytes_per_removal": round((peak - base) * 1024 / removals)}
 
 
-def removals(out: Path, manifest: dict) -> tuple[list[tuple[str, str]], list[bool]]:
+def removals(out: Path, manifest: Manifest) -> tuple[list[tuple[str, str]], list[bool]]:
     """(removed document, its survivor) as "source/path#ordinal" keys, and whether each was an exact copy."""
     from pipeline.build.registry import RESOLVE, VERIFIED
     from pipeline.tasks.dedupe import REMOVED, REMOVED_EXACT, SURVIVORS
 
-    keys = manifest["provenance"]
-    folder = out / "work" / (VERIFIED.folder(keys["verify"]) if "verify" in keys else RESOLVE.folder(keys["dedupe"]))
+    keys = manifest.provenance
+    folder = out / "work" / (VERIFIED.folder(keys.verify) if keys.verify else RESOLVE.folder(keys.dedupe))
     removed = np.fromfile(folder / REMOVED, np.uint64)
     survivors = np.fromfile(folder / SURVIVORS, np.uint64)
     exact = np.fromfile(folder / REMOVED_EXACT, np.uint8).astype(bool)
 
     def name(key: int) -> str:
-        entry = manifest["inputs"][key >> 32]
-        path = Path(entry["path"]).as_posix()
-        prefix = "slimpajama/" if entry["source"] == "slimpajama" else "starcoderdata/"
-        return f"{prefix}{path}#{key & 0xFFFFFFFF}"
+        file_index, ordinal = split_key(key)
+        entry = manifest.inputs[file_index]
+        prefix = "slimpajama/" if entry.source == "slimpajama" else "starcoderdata/"
+        return f"{prefix}{Path(entry.path).as_posix()}#{ordinal}"
 
     return [(name(int(r)), name(int(s))) for r, s in zip(removed, survivors)], exact.tolist()
 
@@ -307,9 +310,9 @@ def evaluate(by_key: dict[str, dict], planted: list[dict], removed: list[tuple[s
     }
 
 
-def process_cost(manifest: dict) -> float:
+def process_cost(manifest: Manifest) -> float:
     """Seconds of process task per MB of text read."""
-    stage = manifest["stages"]["process"]
+    stage = manifest.stages["process"]
     return stage["task_seconds"] / (stage["text_bytes"] / 1e6)
 
 

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.build_throughput import CorpusShape, write_corpus  # noqa: E402
+from manifests.manifest import load  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -92,10 +93,10 @@ def main() -> None:
         ray.shutdown()
     seconds = time.perf_counter() - started
     driver = max(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")) * 1024
-    manifest = json.loads((args.work / "out/manifest.json").read_text())
-    result = {"size_mb": args.size_mb, "documents_read": sum(s["documents_read"] for s in manifest["sources"]), "files": len(manifest["inputs"]),
+    manifest = load(args.work / "out")
+    result = {"size_mb": args.size_mb, "documents_read": sum(s.documents_read for s in manifest.sources), "files": len(manifest.inputs),
               "seconds": round(seconds, 1), "driver_peak_mib": round(driver / 2**20), "task_peak_mib": {k: round(v / 2**20) for k, v in peaks.items()},
-              "stages": {k: {"tasks": v["tasks"], "seconds": v["seconds"]} for k, v in manifest["stages"].items()}}
+              "stages": {k: {"tasks": v["tasks"], "seconds": v["seconds"]} for k, v in manifest.stages.items()}}
     (args.work / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

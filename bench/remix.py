@@ -20,6 +20,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.build_throughput import CorpusShape, timed_build, write_corpus  # noqa: E402
+from manifests.manifest import Manifest  # noqa: E402
 
 SOURCES = {"slimpajama": "SlimPajama-627B", "starcoderdata": "starcoderdata"}
 
@@ -37,8 +38,9 @@ def build_from(recipe_path: Path, out: Path, workers: int) -> tuple[float, dict]
     return timed_build(load_recipe(recipe_path), out, workers)
 
 
-def shard_bytes(out: Path, manifest: dict) -> dict[str, bytes]:
-    return {s[k].split("/", 1)[1]: (out / s[k]).read_bytes() for info in manifest["splits"].values() for s in info["shards"] for k in ("bin", "idx")}
+def shard_bytes(out: Path, manifest: Manifest) -> dict[str, bytes]:
+    return {path.split("/", 1)[1]: (out / path).read_bytes()
+            for split in manifest.splits.values() for s in split.shards for path in (s.bin, s.idx)}
 
 
 def add_new_dumps(corpus: Path, scratch: Path, size_mb: float) -> int:
@@ -81,7 +83,7 @@ def main() -> None:
     print(f"{'build':<42} {'seconds':>8} {'of fresh':>9} {'stages that ran':<40} equal to fresh")
     fresh = {"weights": fresh64, "+": fresh_all}
     for name, seconds, manifest, equal in rows:
-        ran = [s for s, t in manifest["stages"].items() if t["skipped"] < t["tasks"]]
+        ran = [s for s, t in manifest.stages.items() if t["skipped"] < t["tasks"]]
         base = fresh["weights"] if name.startswith("weights") else fresh["+"] if name.startswith("+") else None
         share = f"{seconds / base:.0%}" if base else ""
         print(f"{name:<42} {seconds:>8.1f} {share:>9} {', '.join(ran):<40} {'' if equal is None else equal}")

@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.build_throughput import CorpusShape, write_corpus  # noqa: E402
+from manifests.manifest import parse  # noqa: E402
+from manifests.outputs import BUILD_LOG, MANIFEST  # noqa: E402
 from tests.cluster.harness import FaultProxy, S3Server, s3_recipe  # noqa: E402
 
 
@@ -55,8 +57,8 @@ def measure(work: Path, size_mb: float, workers: int) -> dict:
         started = time.time()
         subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(recipe), "--out", out, "--workers", str(workers), "--no-report"],
                        env=env, check=True, capture_output=True, text=True, timeout=1800)
-        events = [json.loads(line) for line in server.fs.cat_file(f"{out.removeprefix('s3://')}/build.log.jsonl").decode().splitlines()]
-        manifest = json.loads(server.fs.cat_file(f"{out.removeprefix('s3://')}/manifest.json"))
+        events = [json.loads(line) for line in server.fs.cat_file(f"{out.removeprefix('s3://')}/{BUILD_LOG}").decode().splitlines()]
+        manifest = parse(server.fs.cat_file(f"{out.removeprefix('s3://')}/{MANIFEST}"), f"{out}/{MANIFEST}")
     finally:
         proxy.stop()
         server.stop()
@@ -69,7 +71,7 @@ def measure(work: Path, size_mb: float, workers: int) -> dict:
             continue
         i = bisect.bisect_left(times, when)
         by_stage[ends[i][1] if i < len(ends) else "finalize"][method] += 1
-    return {"size_mb": size_mb, "files": len(manifest["inputs"]), "documents": sum(s["documents_read"] for s in manifest["sources"]),
+    return {"size_mb": size_mb, "files": len(manifest.inputs), "documents": sum(s.documents_read for s in manifest.sources),
             "stages": {stage: dict(c) for stage, c in by_stage.items()}}
 
 

@@ -73,8 +73,8 @@ class TokenWindows:
         counts = []
         for shard in manifest.shards(split):
             index = read_index_header(shard.idx_path)
-            if index.dtype.name != manifest.data["dtype"]:
-                raise DataError(f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.data['dtype']}; rebuild")
+            if index.dtype.name != manifest.dtype:
+                raise DataError(f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.dtype}; rebuild")
             self.tokens.append(open_tokens(shard.bin_path, index))
             counts.append(max(0, (index.tokens - 1) // context))
         self.first_window = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
@@ -192,7 +192,7 @@ class WindowDataset(IterableDataset):
 
 def shard_list(manifest: Manifest, split: str) -> list[list[str]]:
     """What a split's windows are made of, as the manifest records it: each shard's `.bin` path and sha256."""
-    return [[shard.entry["bin"], shard.entry["bin_sha256"]] for shard in manifest.shards(split)]
+    return [[shard.entry.bin, shard.entry.bin_sha256] for shard in manifest.shards(split)]
 
 
 def fingerprint(shards: list[list[str]]) -> str:

@@ -101,10 +101,11 @@ def init_distributed() -> Runtime:
 
 def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, *, checksums: bool, rank: int = 0, world_size: int = 1) -> None:
     """The preset's vocabulary covers the tokenizer's; the shards are the manifest's (sizes; sha256 with `checksums`)."""
-    if model_cfg.vocab_size < manifest.vocab_size:
+    if model_cfg.vocab_size < manifest.tokenizer.vocab_size:
         raise ConfigError(
             f"preset {model_cfg.name} has a vocabulary of {model_cfg.vocab_size}, smaller than the tokenizer's "
-            f"{manifest.vocab_size} in {manifest.path}; use a preset whose vocab_size is at least {manifest.vocab_size}"
+            f"{manifest.tokenizer.vocab_size} in {manifest.path}; use a preset whose vocab_size is at least "
+            f"{manifest.tokenizer.vocab_size}"
         )
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.eval_every else [])
     for split in splits:
@@ -309,7 +310,7 @@ def resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, model: 
 
 def run_metadata(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, rt: Runtime) -> dict:
     """What every checkpoint of this run records besides its step and data position."""
-    tokenizer = {k: manifest.data["tokenizer"][k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id")}
+    tokenizer = {k: getattr(manifest.tokenizer, k) for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id")}
     return {
         "world_size": rt.world_size, "model": dataclasses.asdict(model_cfg), "manifest": str(cfg.manifest.resolve()), "tokenizer": tokenizer,
         "train": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},

@@ -20,6 +20,7 @@ from pipeline.tasks import samples
 from pipeline.tasks.dedupe import RemovedDocs, removed_of
 from pipeline.tasks.process import DOCS, HIST_EDGES, Processed, histogram
 from pipeline.work.store import Store
+from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE
 
 
 @dataclass(slots=True)
@@ -69,11 +70,11 @@ def _add_subset_stats(out: dict, f: Processed, d: KeptDocs) -> None:
     for sid, name in enumerate(f.subsets):
         here = d.columns["subset"] == sid
         empty = [0] * (len(HIST_EDGES) - 1)
-        s = out.setdefault(f"{f.source}/{name}", {"exact_duplicate": 0, "near_duplicate": 0, "documents_kept": 0, "chars_kept": 0,
+        s = out.setdefault(f"{f.source}/{name}", {EXACT_DUPLICATE: 0, NEAR_DUPLICATE: 0, "documents_kept": 0, "chars_kept": 0,
                                                    "tokens_kept": 0, "char_hist": empty, "token_hist": empty})
         gone, kept = here & ~d.keep, here & d.keep
-        s["exact_duplicate"] += int((gone & d.exact).sum())
-        s["near_duplicate"] += int((gone & ~d.exact).sum())
+        s[EXACT_DUPLICATE] += int((gone & d.exact).sum())
+        s[NEAR_DUPLICATE] += int((gone & ~d.exact).sum())
         s["documents_kept"] += int(kept.sum())
         s["chars_kept"] += int(d.columns["chars"][kept].sum())
         s["tokens_kept"] += int(d.lengths[kept].sum())

@@ -35,6 +35,8 @@ from pathlib import Path
 import fsspec
 import yaml
 
+from manifests.manifest import parse, to_dict
+from manifests.outputs import BUILD_LOG, MANIFEST
 from tests.reliability.faults import ROOT, SAMPLE_RECIPE, Run, stable, tokenmill
 
 REGION = "us-east-1"
@@ -376,15 +378,15 @@ def start_cluster_build(recipe: Path, out: str, cluster: RayCluster, store: Obje
 
 def shard_bytes(fs: fsspec.AbstractFileSystem, out: str) -> dict[str, bytes]:
     """Every shard file that out/manifest.json lists, by its path there (any fsspec filesystem)."""
-    manifest = json.loads(fs.cat_file(f"{out}/manifest.json"))
-    listed = [s[part] for split in manifest["splits"].values() for s in split["shards"] for part in ("bin", "idx")]
+    manifest = parse(fs.cat_file(f"{out}/{MANIFEST}"), f"{out}/{MANIFEST}")
+    listed = [path for split in manifest.splits.values() for s in split.shards for path in (s.bin, s.idx)]
     return {path: fs.cat_file(f"{out}/{path}") for path in listed}
 
 
 def stable_manifest(fs: fsspec.AbstractFileSystem, out: str) -> dict:
     """The manifest without what differs between runs (see tests.reliability.faults.stable_manifest)."""
-    return stable(json.loads(fs.cat_file(f"{out}/manifest.json")))
+    return stable(to_dict(parse(fs.cat_file(f"{out}/{MANIFEST}"), f"{out}/{MANIFEST}")))
 
 
 def events(fs: fsspec.AbstractFileSystem, out: str) -> list[dict]:
-    return [json.loads(line) for line in fs.cat_file(f"{out}/build.log.jsonl").decode().splitlines()]
+    return [json.loads(line) for line in fs.cat_file(f"{out}/{BUILD_LOG}").decode().splitlines()]

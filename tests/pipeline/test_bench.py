@@ -3,12 +3,11 @@ task functions, one process each, into the very folders a build would use: a bui
 afterwards re-uses every one of them."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import ray
 
 from bench.build_throughput import TASK_KINDS, bench_recipe, measure_build_tasks
+from manifests.manifest import load
 from pipeline.build.driver import build
 from pipeline.cli import bench_main
 
@@ -34,7 +33,7 @@ def test_memory_mode_measures_every_build_task_where_the_build_would_run_it(samp
         build(recipe, str(run), workers=1, console=False)  # its work dir is run/work, where the tasks ran
     finally:
         ray.shutdown()
-    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    stages = load(run).stages
     for stage in TASK_KINDS:
         assert stages[stage]["skipped"] == stages[stage]["tasks"], (stage, stages[stage])
 

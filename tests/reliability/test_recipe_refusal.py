@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from manifests.outputs import MANIFEST
 from tests.reliability.faults import ROOT, sample_recipe, tokenmill
 
 
@@ -39,4 +40,4 @@ def test_a_wrong_recipe_value_is_refused_naming_the_field(case, sample_corpus, t
     assert done.returncode == 2, done.stderr
     assert f"recipe field `{field}`" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "out" / "work").exists() and not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "work").exists() and not (tmp_path / "out" / MANIFEST).exists()

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from manifests import manifest as manifest_io
+from manifests.outputs import MANIFEST
 from manifests.shards import sha256_file
 from pipeline.build.recipe import RecipeError, load_recipe
 from pipeline.ops.jobs import (
@@ -330,23 +331,23 @@ def test_a_submitted_build_succeeds_and_writes_its_manifest(head, sample_corpus)
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
     assert f"job {job_id} SUCCEEDED" in followed.stderr
     assert re.search(r"^\[process\] (\d+)/\1 tasks", followed.stdout, re.M)  # the build's progress reaches the job's logs
-    assert str(out / "manifest.json") in followed.stdout
+    assert str(out / MANIFEST) in followed.stdout
     assert head.jobs("status", job_id).stdout.splitlines()[0] == f"{job_id}: SUCCEEDED"
     listed = [line for line in head.jobs("list").stdout.splitlines() if line.startswith(job_id)]
     assert len(listed) == 1 and " SUCCEEDED " in listed[0] and f"pipeline.cli build {STAGING_PREFIX}" in listed[0]
 
-    built = manifest_io.load(out / "manifest.json")
-    assert built.data["recipe"]["name"] == "tinyllama-sample"
-    assert [s["root"] for s in built.data["recipe"]["sources"]] == [str(sample_corpus / "SlimPajama-627B"), str(sample_corpus / "starcoderdata")]
-    assert set(built.splits()) == {"train", "validation"}
-    for split in built.splits():
-        assert built.data["splits"][split]["tokens"] > 0
+    built = manifest_io.load(out / MANIFEST)
+    assert built.recipe["name"] == "tinyllama-sample"
+    assert [s["root"] for s in built.recipe["sources"]] == [str(sample_corpus / "SlimPajama-627B"), str(sample_corpus / "starcoderdata")]
+    assert set(built.splits) == {"train", "validation"}
+    for split in built.splits:
+        assert built.splits[split].tokens > 0
         for shard in built.shards(split):
-            assert sha256_file(shard.bin_path) == shard.entry["bin_sha256"] and sha256_file(shard.idx_path) == shard.entry["idx_sha256"]
+            assert sha256_file(shard.bin_path) == shard.entry.bin_sha256 and sha256_file(shard.idx_path) == shard.entry.idx_sha256
 
-    staged = head.tokenmill("stage-in", f"file://{out / 'manifest.json'}", str(head.root / "nvme"))
+    staged = head.tokenmill("stage-in", f"file://{out / MANIFEST}", str(head.root / "nvme"))
     assert staged.returncode == 0, staged.stderr
-    assert (head.root / "nvme" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+    assert (head.root / "nvme" / MANIFEST).read_bytes() == (out / MANIFEST).read_bytes()
 
 
 @pytest.mark.slow
@@ -361,7 +362,7 @@ def test_a_recipe_the_cluster_cannot_build_fails_the_job_with_the_error_in_its_l
     status = head.jobs("status", job_id)
     assert status.returncode == 1 and status.stdout.startswith(f"{job_id}: FAILED\n") and "exit code 2" in status.stdout
     assert "no-corpus" in head.jobs("logs", job_id).stdout
-    assert not (head.root / "broken-out" / "manifest.json").exists()
+    assert not (head.root / "broken-out" / MANIFEST).exists()
 
 
 def ray_job_submit(head: Head, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -376,7 +377,7 @@ def test_rays_own_job_cli_runs_the_build_too(head, sample_corpus):
     out = head.root / "by-ray-cli"
     done = ray_job_submit(head, "--working-dir", ".", "--", "tokenmill", "build", str(recipe), "--out", str(out), cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert manifest_io.load(out / "manifest.json").data["splits"]["train"]["tokens"] > 0
+    assert manifest_io.load(out).splits["train"].tokens > 0
 
 
 @pytest.mark.slow
