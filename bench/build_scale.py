@@ -39,6 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from manifests.hashing import splitmix64  # noqa: E402
 from pipeline.build.driver import process_key, run_stages  # noqa: E402
 from pipeline.build.finalize import finalize  # noqa: E402
 from pipeline.build.inputs import InputFile  # noqa: E402
@@ -117,15 +118,8 @@ def _cut(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def _hash(g: np.ndarray, salt: int) -> np.ndarray:
-    return _splitmix64(g * np.uint64(64) + np.uint64(salt))
+    return splitmix64(g * np.uint64(64) + np.uint64(salt))
 
 
 def synthetic_keys(first: int, n: int, shape: Shape, slots: int) -> np.ndarray:

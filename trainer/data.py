@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from manifests import Manifest, ManifestError
+from manifests.hashing import splitmix64_finalizer
 from manifests.manifest import load as load_manifest
 from manifests.shards import open_tokens, read_index_header
 
@@ -110,15 +111,8 @@ def _feistel(x: np.ndarray, half: int, keys: np.ndarray) -> np.ndarray:
     mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
     left, right = x >> shift, x & mask
     for key in keys:
-        left, right = right, left ^ (_mix(right ^ key) & mask)
+        left, right = right, left ^ (splitmix64_finalizer(right ^ key) & mask)
     return (left << shift) | right
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit flips about half the output bits."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 class WindowDataset(IterableDataset):

@@ -19,6 +19,7 @@ from pipeline.build.recipe import Recipe, load_recipe
 from pipeline.sample_corpus import SLIMPAJAMA_DIR, STARCODER_DIR, main, write_sample_corpus
 from stages.document import BadRecord
 from stages.fetch import read_documents
+from stages.normalize import jaccard, shingles
 
 RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
 STARCODER_SCHEMA = pa.schema([("max_stars_repo_path", pa.string()), ("max_stars_repo_name", pa.string()),
@@ -58,11 +59,6 @@ def read_planted(corpus: Path) -> dict:
 @pytest.fixture(scope="module")
 def contents(sample_corpus) -> dict:
     return read_back(sample_corpus)
-
-
-def shingles(text: str) -> set[str]:
-    normal = " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
-    return {normal[i:i + 13] for i in range(len(normal) - 12)}
 
 
 def test_layout_matches_the_published_datasets_and_the_recipe(sample_corpus):
@@ -136,8 +132,7 @@ def test_planted_pairs_are_exact_and_near_duplicates_in_different_files(sample_c
             if kind == "exact_duplicates":
                 assert docs[a] == docs[b]
             else:
-                sa, sb = shingles(docs[a]), shingles(docs[b])
-                assert docs[a] != docs[b] and len(sa & sb) / len(sa | sb) >= 0.95
+                assert docs[a] != docs[b] and jaccard(shingles(docs[a]), shingles(docs[b])) >= 0.95
     for name in ("slimpajama", "starcoderdata"):
         assert planted["planted"]["near_duplicates"][name] >= 2
 
