@@ -10,14 +10,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tests.cluster.harness import (
-    BUCKET,
-    ObjectStore,
-    RayCluster,
-    events,
-    shard_bytes,
-    stable_manifest,
-)
+from bench.s3_store import BUCKET
+from tests.support.cluster import ObjectStore, RayCluster, events, shard_bytes, stable_manifest
 
 pytestmark = pytest.mark.slow
 LOCAL = fsspec.filesystem("file")

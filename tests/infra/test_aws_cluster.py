@@ -6,7 +6,7 @@ import ray
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from pipeline.ops.jobs import NOT_SHIPPED
-from tests.infra.infra_checks import ROOT, project_extras, yaml_documents
+from tests.support.infra import ROOT, project_extras, yaml_documents
 
 CONFIG = "infra/aws/cluster.yaml"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.infra.infra_checks import ROOT
+from tests.support.infra import ROOT
 
 SCRIPT = "infra/local/start-head.sh"
 

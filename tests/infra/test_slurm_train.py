@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.infra_checks import ROOT, cli_options, long_options
-from tests.pipeline.ops.test_stage_in import write_small_build
+from tests.support.infra import ROOT, cli_options, long_options
+from tests.support.small_build import write_small_build
 
 SCRIPT = "infra/slurm/train.sbatch"
 IN_SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURMD_NODENAME": "gpu-a01", "SLURM_GPUS_ON_NODE": "8", "TMPDIR": "/local/nvme"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import (
+from tests.support.faults import (
     alive,
     done_tasks,
     sample_recipe,

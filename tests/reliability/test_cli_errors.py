@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.reliability.faults import ROOT, tokenmill
+from tests.support.faults import ROOT, tokenmill
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:

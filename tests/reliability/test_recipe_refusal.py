@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.reliability.faults import ROOT, sample_recipe, tokenmill
+from tests.support.faults import ROOT, sample_recipe, tokenmill
 
 
 def closed_port_url() -> str:

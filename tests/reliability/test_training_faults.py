@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import (
+from tests.support.faults import (
     ROOT,
     TRAIN_STEPS,
     Run,

@@ -11,15 +11,11 @@ import pytest
 from pipeline.build.recipe import load_recipe
 from stages.config import ConfigError
 from stages.document import DocBatch
-from stages.fetch import SourceConfig
 from stages.filter import KNOWN_FILTERS, Filter, apply_filters, build_filters
+from tests.support.sources import source
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 RECIPES = Path(__file__).resolve().parents[2] / "manifests/recipes"
-
-
-def source(filters: dict, **fields) -> SourceConfig:
-    return SourceConfig(name="web", kind="jsonl", root="/data", train=["*.jsonl.zst"], filters=filters, **fields)
 
 
 def only_filter(name: str, params: dict | None = None) -> Filter:

@@ -21,7 +21,7 @@ from pipeline.ops.verify import verify
 from stages.document import DocBatch
 from stages.fetch import read_documents
 from stages.tokenize import Tokenizer
-from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
+from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
 
 
 @pytest.fixture(scope="module")

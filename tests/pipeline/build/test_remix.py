@@ -12,7 +12,7 @@ from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.work.commands import entries, main
 from pipeline.work.store import Store
-from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
+from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
 
 ALL = ("process", "keys", "dedupe", "resolve", "count", "samples", "mix")
 
