@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.document import DocBatch
 from stages.fetch import SourceConfig
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from manifests.config import ConfigError
 from manifests.hashing import GOLDEN_GAMMA
-from stages.config import ConfigError
 from stages.normalize import IS_PUNCTUATION, IS_SPACE
 
 # numba promotes uint64 mixed with int64 to float64, so every constant the kernels touch is a uint64.

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from manifests.config import ConfigError
 from manifests.hashing import splitmix64
-from stages.config import ConfigError
 
 MIX_POLICIES = ("natural", "downsample", "upsample")
 

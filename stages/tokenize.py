@@ -12,8 +12,8 @@ import fsspec
 import numpy as np
 import sentencepiece as spm
 
+from manifests.config import ConfigError
 from manifests.shards import token_dtype
-from stages.config import ConfigError
 
 
 @dataclass(kw_only=True, slots=True)

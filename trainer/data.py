@@ -169,7 +169,7 @@ class WindowDataset(IterableDataset):
         shards = shard_list(self.manifest, self.split)
         return {
             "version": STATE_VERSION, "seed": self.seed, "context": self.windows.context, "epoch": epoch, "position": position,
-            "fingerprint": fingerprint(shards), "shards": shards,
+            "fingerprint": shard_list_sha256(shards), "shards": shards,
         }
 
     def load_state_dict(self, state: dict, *, allow_manifest_change: bool = False) -> None:
@@ -189,7 +189,8 @@ def shard_list(manifest: Manifest, split: str) -> list[list[str]]:
     return [[shard.entry["bin"], shard.entry["bin_sha256"]] for shard in manifest.shards(split)]
 
 
-def fingerprint(shards: list[list[str]]) -> str:
+def shard_list_sha256(shards: list[list[str]]) -> str:
+    """What a state records of its shards (its "fingerprint"): the sha256 of their `shard_list`."""
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
@@ -216,7 +217,7 @@ def manifest_change(state: dict, manifest: Manifest, split: str) -> str | None:
     """What differs between the shards `state` was saved with and `manifest`'s `split`, in one sentence; None if
     nothing does (or for a version-1 state, which recorded no shards)."""
     state, shards = _upgrade(state), shard_list(manifest, split)
-    if state["fingerprint"] in (None, fingerprint(shards)):
+    if state["fingerprint"] in (None, shard_list_sha256(shards)):
         return None
     before, now = dict(state["shards"]), dict(shards)
     parts = [

@@ -18,6 +18,7 @@ import numpy as np
 from manifests import read_index
 from manifests.manifest import Manifest, ManifestError, ShardRef, load
 from pipeline.report.page import ReportError, render_html, render_summary, screenshot
+from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES, length_buckets
 from stages.document import BAD_INPUT_REASONS
 
 FORMAT = "tokenmill.stats"
@@ -27,8 +28,6 @@ BUILD_STATS_FORMAT = "tokenmill.build_stats"
 DROPPED_SAMPLES_NAME = "dropped_samples.jsonl"  # its line format: `pipeline.tasks.samples`
 SAMPLES_SHOWN = 3  # example documents per source and reason in the report (the file may hold more)
 SAMPLE_CHARS_SHOWN = 240
-# Bucket i holds lengths in [edges[i], edges[i+1]): the same log2 buckets as build_stats.json.
-LENGTH_EDGES = [0] + [1 << i for i in range(32)]
 # Where each kind of drop happens in the pipeline, in order: the funnel's steps.
 FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
 # The build's stages in the order they run (a stage not listed here comes after them).
@@ -59,12 +58,6 @@ def drop_reasons(sources: dict, subsets: dict) -> dict[str, str]:
     seen = {reason for row in [*sources.values(), *subsets.values()] for reason in row["dropped"]}
     ordered = sorted(seen, key=lambda r: (FUNNEL_STEPS.index(drop_step(r)), r))
     return {reason: drop_step(reason) for reason in ordered}
-
-
-def length_buckets(lengths: np.ndarray) -> np.ndarray:
-    """LENGTH_EDGES bucket of each length: 0 for 0, else the length's bit length (frexp's exponent)."""
-    exponents = np.frexp(np.asarray(lengths, dtype=np.float64))[1]
-    return np.minimum(exponents, len(LENGTH_EDGES) - 2)
 
 
 def read_build_stats(path: Path) -> dict | None:
@@ -132,8 +125,7 @@ def scan_shard(ref: ShardRef, names: dict[int, str], verify_bins: bool) -> tuple
     docs = np.bincount(ids, minlength=width)
     # float64 sums are exact below 2**53 tokens, far above any shard
     tokens = np.bincount(ids, weights=lengths, minlength=width).round().astype(np.int64)
-    n_buckets = len(LENGTH_EDGES) - 1
-    hist = np.bincount(ids * n_buckets + length_buckets(lengths), minlength=width * n_buckets).reshape(width, n_buckets)
+    hist = np.bincount(ids * BUCKETS + length_buckets(lengths), minlength=width * BUCKETS).reshape(width, BUCKETS)
     # every source of the manifest (zeros included, as the build writes them), plus any unknown id present
     shown = sorted(set(names) | {i for i in range(width) if docs[i]})
     docs, tokens = (np.pad(a, (0, max(shown, default=-1) + 1 - width)) for a in (docs, tokens))

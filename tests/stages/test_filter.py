@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from manifests.config import ConfigError
 from pipeline.build.recipe import load_recipe
-from stages.config import ConfigError
 from stages.document import DocBatch
 from stages.filter import KNOWN_FILTERS, Filter, apply_filters, build_filters
 from tests.support.sources import source

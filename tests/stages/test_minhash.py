@@ -10,7 +10,7 @@ import datasketch
 import numpy as np
 import pytest
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.minhash import MinHashConfig, band_keys, compact, estimate, signatures
 from stages.normalize import shingles
 

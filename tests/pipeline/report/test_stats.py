@@ -33,14 +33,13 @@ from pipeline.report.page import (
 )
 from pipeline.report.stats import (
     DEFAULT_BUDGET_TOKENS,
-    LENGTH_EDGES,
     PIPELINE_STAGES,
     drop_step,
-    length_buckets,
     main,
     parse_tokens,
     write_report,
 )
+from pipeline.tasks.lengths import LENGTH_EDGES, length_buckets
 
 RECIPES = Path(__file__).resolve().parents[2] / "manifests" / "recipes"
 
