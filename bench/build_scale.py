@@ -11,7 +11,7 @@
    `--workers` at a time. The work and output stores count their read and write calls and bytes, and say they
    are not local, so the mix tasks take the object-store path (token spans copied to local scratch).
 3. Print the per-stage table; `--json` keeps the raw results, from which `--project` projects the full TinyLlama
-   corpus. Results and the exact commands: docs/benchmarks-scale.md.
+   corpus. Results and the exact commands: BENCHMARKS.md.
 
     PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25 --json runs.jsonl
     PYTHONPATH=$PWD .venv/bin/python bench/build_scale.py --work x --project runs.jsonl
@@ -36,13 +36,15 @@ sys.path.insert(0, str(REPO))
 
 from bench.measure import CountingStore, MeasuringRunner, StageMeasure, status  # noqa: E402
 from manifests.hashing import splitmix64  # noqa: E402
-from pipeline.build.driver import process_key, run_stages  # noqa: E402
+from pipeline.build import registry  # noqa: E402
+from pipeline.build.driver import run_stages  # noqa: E402
 from pipeline.build.finalize import finalize  # noqa: E402
 from pipeline.build.inputs import InputFile  # noqa: E402
 from pipeline.build.recipe import Recipe, load_recipe  # noqa: E402
+from pipeline.build.registry import process_key  # noqa: E402
 from pipeline.tasks import process as tasks  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
-from pipeline.work.store import Store, WorkLayout  # noqa: E402
+from pipeline.work.store import Store  # noqa: E402
 from stages import dedupe as dedupe_stage  # noqa: E402
 from stages.tokenize import Tokenizer, read_model_bytes  # noqa: E402
 
@@ -50,6 +52,7 @@ TOKENIZER = "pkg://mistral_common/data/tokenizer.model.v1"  # 32k sentencepiece,
 NATURAL_SUBSETS = {"RedPajamaCommonCrawl": 0.52, "RedPajamaC4": 0.27, "RedPajamaBook": 0.04, "RedPajamaArXiv": 0.05,
                    "RedPajamaWikipedia": 0.08, "RedPajamaStackExchange": 0.04}
 LANGUAGES = ("python", "java", "javascript", "c", "cpp", "go", "rust", "php", "ruby", "typescript")
+MISSING_ROOT = "/nonexistent/tokenmill-build-scale"  # where the fabricated input files "are" (see plan_files)
 FULL_ROWS_PER_PARTITION = 7_800_000  # ~800M documents x 10 keys over 1,024 partitions: a full-scale partition
 
 
@@ -103,7 +106,11 @@ def plan_files(recipe: Recipe, documents: int, shape: Shape) -> list[tuple[Input
     out, first = [], 0
     for index, (source, split, rel, n) in enumerate(listed):
         size = int(n * (shape.natural_mean * 4.2 / 2.8 if source is natural else shape.code_mean * 3.2 / 2.7))  # compressed bytes
-        inp = InputFile(file_index=index, source=source, url=f"{source.root}/{rel}", rel_path=rel, split=split, size=size, version="mtime:0")
+        # a local path that does not exist: only the file's process outputs are fabricated, so the samples task (which
+        # reads a few removed duplicates' text back) finds it gone and the build goes on without them, as for a
+        # deleted input; the source's real root would send it to the hub for real files of the same names
+        url = f"{MISSING_ROOT}/{source.name}/{rel}"
+        inp = InputFile(file_index=index, source=source, url=url, rel_path=rel, split=split, size=size, version="mtime:0")
         out.append((inp, n, first))
         first += n
     return out
@@ -145,7 +152,7 @@ def _tokens(n: int) -> np.ndarray:
 
 def fabricate_file(recipe: Recipe, tokenizer: Tokenizer, work: Store, inp: InputFile, n: int, first: int, shape: Shape) -> None:
     """One input file's process outputs, written by the build's own writer."""
-    folder = WorkLayout().process(process_key(inp, tokenizer, recipe))
+    folder = registry.PROCESS.folder(process_key(inp, tokenizer, recipe))
     if work.done(folder):
         return
     rng = np.random.default_rng([11, inp.file_index])
@@ -234,7 +241,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
 
 # ------------------------------------------------------------------------------------------------ report
 
-STAGES = ("keys", "dedupe", "resolve", "count", "mix")
+# the stages after process that the scale runs measure (unverified recipes; the samples task reads a few files)
+STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES) and not s.verify_only)
 
 
 def table(runs: list[dict]) -> str:
@@ -311,7 +319,7 @@ def project(runs: list[dict]) -> str:
              "|---|---:|---:|---:|---|---:|---:|",
              f"| process (BENCHMARKS.md: {FULL['process_mb_per_core_s']} MB/s per core) | {process / 3600:.1f} | {process / (process + late):.1%} | "
              f"{FULL['files']:,} | ~250 MiB + 1.8 x the file's text | {FULL['files']:,}+ | {process / FULL['cores'] / 60:.0f} min |"]
-    for stage in ("keys", "dedupe", "resolve", "count", "mix"):
+    for stage in STAGES:
         wall = max(cpu[stage] / min(FULL["cores"], tasks_of[stage]), cpu[stage] / tasks_of[stage])
         lines.append(f"| {stage} | {cpu[stage] / 3600:.2f} | {cpu[stage] / (process + late):.2%} | {tasks_of[stage]:,} | {memory[stage]:,.0f} MiB | "
                      f"{requests[stage]:,.0f} | {wall:.0f} s |")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from bench.corpus import VALIDATION_SHARE, CorpusShape, write_corpus  # noqa: E402
 from bench.measure import Enough, MeasuringRunner, timed_build  # noqa: E402
 from pipeline import sample_corpus as sample  # noqa: E402
-from pipeline.report.stats import PIPELINE_STAGES  # noqa: E402
+from pipeline.build.registry import STAGES  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
 
 RECIPES = REPO / "manifests" / "recipes"
@@ -262,7 +262,7 @@ DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as 
 
 
 # The build's stages in order (the report's order), but the verified preset's: the bench recipes do not verify.
-TASK_KINDS = tuple(stage for stage in PIPELINE_STAGES if stage not in ("verify", "verified"))
+TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only)
 
 
 def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = "") -> MeasuringRunner:

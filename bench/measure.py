@@ -63,6 +63,12 @@ class CountingStore(Store):
 
     counts = {"reads": 0, "read_bytes": 0, "writes": 0, "write_bytes": 0, "lists": 0}
 
+    def __reduce__(self):  # Store's own pickles as a plain Store: a task's copy must count too
+        return CountingStore, (self.fs, self.root)
+
+    def child(self, *parts: str) -> "Store":
+        return CountingStore(self.fs, self.path(*parts), self._io)
+
     @property
     def is_local(self) -> bool:
         return False

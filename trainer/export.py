@@ -240,5 +240,5 @@ def _export_megatron(manifest_path: Path, out: Path) -> int:
         return 2
     for split, path in written.items():
         print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {out / split}; their blend: {path}")
-    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (docs/other-trainers.md)")
+    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (README.md: Training with another framework)")
     return 0
