@@ -4,7 +4,7 @@ after ~10% more input files, each against a fresh build of the changed recipe (t
     .venv/bin/python bench/remix.py --work runs/perf/remix --size-mb 100
 
 Every build runs on a fresh embedded Ray started before its clock (a cluster is up before a build starts), with
-the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the corpus of bench/build_throughput.py
+the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the corpus of bench/corpus.py
 (real text recombined, SlimPajama / StarCoderData layouts, 2 MB files). The new files are a second such corpus
 (another seed) of a tenth of the size, added under new names where the recipe's patterns match them.
 """
@@ -19,7 +19,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.build_throughput import CorpusShape, timed_build, write_corpus  # noqa: E402
+from bench.corpus import CorpusShape, write_corpus  # noqa: E402
+from bench.measure import timed_build  # noqa: E402
 from manifests.manifest import Manifest  # noqa: E402
 
 SOURCES = {"slimpajama": "SlimPajama-627B", "starcoderdata": "starcoderdata"}

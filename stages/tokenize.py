@@ -12,9 +12,9 @@ import fsspec
 import numpy as np
 import sentencepiece as spm
 
+from manifests.config import ConfigError
 from manifests.manifest import TokenizerEntry
 from manifests.shards import token_dtype
-from stages.config import ConfigError
 
 
 @dataclass(kw_only=True, slots=True)

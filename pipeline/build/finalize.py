@@ -19,6 +19,7 @@ from pipeline.build.recipe import Recipe
 from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
 from pipeline.tasks.dedupe import CLUSTER_SIZES
+from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES
 from pipeline.work.progress import text_speed
 from pipeline.work.store import Store, uses_record
 from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE
@@ -107,11 +108,10 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
 def _build_stats(work: Store, results: StageResults, subsets: dict, timings: dict, wall: float) -> dict:
     sizes = np.load(io.BytesIO(work.read_bytes(f"{results.resolved_folder}/{CLUSTER_SIZES}")))
     values, counts = np.unique(sizes, return_counts=True)
-    edges = tasks.HIST_EDGES.astype(int).tolist()
     return {
         "format": "tokenmill.build_stats",
         "version": 1,
-        "histogram_edges": {"chars": edges, "tokens": edges},
+        "histogram_edges": {"chars": LENGTH_EDGES, "tokens": LENGTH_EDGES},
         "subsets": subsets,
         "duplicates": {"exact_removed": results.resolved["exact_removed"], "near_removed": results.resolved["near_removed"],
                        "cluster_sizes": {str(int(v)): int(c) for v, c in zip(values, counts)},
@@ -133,7 +133,7 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
                 row[name] += f[name]
             for reason, n in f["dropped"].items():
                 row["dropped"][reason] = row["dropped"].get(reason, 0) + n
-    empty_hist = [0] * (len(tasks.HIST_EDGES) - 1)
+    empty_hist = [0] * BUCKETS
     for key, row in table.items():
         k = kept.get(key, {})
         for reason in (EXACT_DUPLICATE, NEAR_DUPLICATE):

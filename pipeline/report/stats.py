@@ -21,6 +21,7 @@ from manifests.manifest import Manifest, ManifestError, ShardRef, load
 from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES
 from pipeline.build.registry import STAGE_NAMES
 from pipeline.report.page import ReportError, render_html, render_summary, screenshot
+from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES, length_buckets
 from stages.document import FUNNEL_STEPS, drop_step
 
 FORMAT = "tokenmill.stats"
@@ -28,8 +29,6 @@ FORMAT_VERSION = 1
 BUILD_STATS_FORMAT = "tokenmill.build_stats"
 SAMPLES_SHOWN = 3  # example documents per source and reason in the report (the file may hold more)
 SAMPLE_CHARS_SHOWN = 240
-# Bucket i holds lengths in [edges[i], edges[i+1]): the same log2 buckets as build_stats.json.
-LENGTH_EDGES = [0] + [1 << i for i in range(32)]
 # A validation split smaller than this gives a loss too noisy to compare runs by.
 MIN_VALIDATION_DOCUMENTS = 100
 # The training budget of the token-budget view: TinyLlama's 3T tokens.
@@ -49,12 +48,6 @@ def drop_reasons(sources: dict, subsets: dict) -> dict[str, str]:
     seen = {reason for row in [*sources.values(), *subsets.values()] for reason in row["dropped"]}
     ordered = sorted(seen, key=lambda r: (FUNNEL_STEPS.index(drop_step(r)), r))
     return {reason: drop_step(reason) for reason in ordered}
-
-
-def length_buckets(lengths: np.ndarray) -> np.ndarray:
-    """LENGTH_EDGES bucket of each length: 0 for 0, else the length's bit length (frexp's exponent)."""
-    exponents = np.frexp(np.asarray(lengths, dtype=np.float64))[1]
-    return np.minimum(exponents, len(LENGTH_EDGES) - 2)
 
 
 def read_build_stats(path: Path) -> dict | None:
@@ -122,8 +115,7 @@ def scan_shard(ref: ShardRef, names: dict[int, str], verify_bins: bool) -> tuple
     docs = np.bincount(ids, minlength=width)
     # float64 sums are exact below 2**53 tokens, far above any shard
     tokens = np.bincount(ids, weights=lengths, minlength=width).round().astype(np.int64)
-    n_buckets = len(LENGTH_EDGES) - 1
-    hist = np.bincount(ids * n_buckets + length_buckets(lengths), minlength=width * n_buckets).reshape(width, n_buckets)
+    hist = np.bincount(ids * BUCKETS + length_buckets(lengths), minlength=width * BUCKETS).reshape(width, BUCKETS)
     # every source of the manifest (zeros included, as the build writes them), plus any unknown id present
     shown = sorted(set(names) | {i for i in range(width) if docs[i]})
     docs, tokens = (np.pad(a, (0, max(shown, default=-1) + 1 - width)) for a in (docs, tokens))

@@ -9,16 +9,10 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from bench.s3_store import BUCKET
 from manifests.manifest import parse
 from manifests.outputs import MANIFEST
-from tests.cluster.harness import (
-    BUCKET,
-    ObjectStore,
-    RayCluster,
-    events,
-    shard_bytes,
-    stable_manifest,
-)
+from tests.support.cluster import ObjectStore, RayCluster, events, shard_bytes, stable_manifest
 
 pytestmark = pytest.mark.slow
 LOCAL = fsspec.filesystem("file")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from manifests.outputs import MANIFEST
-from tests.reliability.faults import Run, listening_sockets, sample_recipe, start_build, train_command
+from tests.support.faults import Run, listening_sockets, sample_recipe, start_build, train_command
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from manifests.keys import doc_key
 from manifests.manifest import load
 from manifests.outputs import QUARANTINE
 from manifests.shards import read_index
-from tests.reliability.faults import start_build
+from tests.support.faults import start_build
 
 HUGE_DOCUMENT_BYTES = 50_000_000  # over the default max_document_bytes of 10 MB
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from manifests.outputs import BUILD_LOG, MANIFEST, QUARANTINE
-from tests.reliability.faults import (
+from tests.support.faults import (
     alive,
     done_tasks,
     sample_recipe,

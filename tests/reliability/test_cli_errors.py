@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from manifests.outputs import MANIFEST
-from tests.reliability.faults import ROOT, tokenmill
+from tests.support.faults import ROOT, tokenmill
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:

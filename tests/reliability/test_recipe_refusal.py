@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from manifests.outputs import MANIFEST
-from tests.reliability.faults import ROOT, sample_recipe, tokenmill
+from tests.support.faults import ROOT, sample_recipe, tokenmill
 
 
 def closed_port_url() -> str:

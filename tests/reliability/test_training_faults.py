@@ -15,7 +15,7 @@ import pytest
 
 from manifests.manifest import load
 from manifests.outputs import MANIFEST
-from tests.reliability.faults import (
+from tests.support.faults import (
     ROOT,
     TRAIN_STEPS,
     Run,

@@ -33,7 +33,7 @@ from trainer.optim import build_optimizer
 from trainer.parallelize import apply_fp32_residual, apply_fsdp, parallelize
 from trainer.train import train_step
 
-HERE = Path(__file__).parent
+SUPPORT = Path(__file__).parents[1] / "support"  # scripts the tests run under torchrun
 STEPS = 40
 # 2 ranks x micro-batch 2 x 64 tokens = 256 tokens per micro-step: 2 micro-steps of gradient accumulation.
 TRAIN_ARGS = [
@@ -83,7 +83,7 @@ def test_loss_falls_and_metrics_are_recorded(uninterrupted):
 
 
 def test_ranks_read_disjoint_windows(sample_manifest, tmp_path):
-    done = subprocess.run(torchrun(str(HERE / "rank_windows.py"), str(sample_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(torchrun(str(SUPPORT / "rank_windows.py"), str(sample_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
     assert len(rank0) == len(rank1) > 100

@@ -26,7 +26,7 @@ from pipeline.work.store import DONE
 from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE, DocBatch
 from stages.fetch import read_documents
 from stages.tokenize import Tokenizer
-from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
+from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,12 @@ from pipeline.report.page import (
 )
 from pipeline.report.stats import (
     DEFAULT_BUDGET_TOKENS,
-    LENGTH_EDGES,
     drop_step,
-    length_buckets,
     main,
     parse_tokens,
     write_report,
 )
+from pipeline.tasks.lengths import LENGTH_EDGES, length_buckets
 from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE
 
 RECIPES = Path(__file__).resolve().parents[3] / "manifests" / "recipes"
