@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from manifests.config import ConfigError
 from pipeline.build.recipe import RecipeError, _build, read_recipe_yaml, recipe_from_dict
-from stages.config import ConfigError
 
 DRAWS = ("dirichlet", "list")
 OBJECTIVES = ("mean", "weighted", "domain")

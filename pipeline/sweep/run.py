@@ -286,7 +286,7 @@ def train_proxies(p: Plan, manifests: list[Path], say) -> tuple[list[dict], list
     args = proxy.train_args()
     runs, records = [], []
     for k, manifest in enumerate(manifests):
-        mix_key = manifest_io.load(manifest).data["provenance"]["mix"]
+        mix_key = manifest_io.load(manifest).provenance.mix
         runs.append(f"mix-{k:02d}-{fingerprint({'shards': mix_key, 'train': args, 'nproc': proxy.nproc})[:10]}")
         done = p.out / "runs" / runs[-1] / DONE
         records.append(json.loads(done.read_text()) if done.exists() else None)
