@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from tests.reliability.faults import SAMPLE_RECIPE
+from tests.support.faults import SAMPLE_RECIPE
 
 CODE_BYTES = 300_000  # per language
 CODE_FILE = (1_000, 12_000)  # bytes of one file: no bare markers, no generated tables

@@ -23,6 +23,9 @@ from pipeline.sweep import fit
 from tests.pipeline.sweep.corpus import DOMAINS, write_corpus, write_recipe
 
 NAMES = [d["name"] for d in DOMAINS]
+# about 3 minutes for the whole module on two idle cores (8 proxies of ~15 s, 2 at a time, twice 2-3 more after
+# the kill); the limit is for a machine shared with other work
+pytestmark = pytest.mark.timeout(2400)
 PROXY = {
     "budget_tokens": 30_000,
     "preset": "tiny",
