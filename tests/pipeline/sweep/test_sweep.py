@@ -26,16 +26,8 @@ NAMES = [d["name"] for d in DOMAINS]
 # about 3 minutes for the whole module on two idle cores (8 proxies of ~15 s, 2 at a time, twice 2-3 more after
 # the kill); the limit is for a machine shared with other work
 pytestmark = pytest.mark.timeout(2400)
-PROXY = {
-    "budget_tokens": 30_000,
-    "preset": "tiny",
-    "steps": 24,
-    "batch_tokens": 1024,
-    "micro_batch": 16,
-    "lr": 0.004,
-    "warmup_steps": 2,
-    "eval_windows": 128,
-}
+PROXY = {"budget_tokens": 100_000, "preset": "tiny-2k", "steps": 50, "batch_tokens": 2048, "micro_batch": 32,
+         "lr": 0.01, "warmup_steps": 5, "eval_windows": 256}
 FILES = ("ratios.csv", "metrics.csv", "sweep.json", "recommended.yaml", "report/report.html")
 
 
