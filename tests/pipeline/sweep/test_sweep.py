@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from manifests.shards import read_index
 from pipeline.build.recipe import load_recipe
 from pipeline.sweep import fit
 from tests.pipeline.sweep.corpus import DOMAINS, write_corpus, write_recipe
@@ -102,7 +104,9 @@ def test_the_sweep_writes_the_csvs_the_report_and_the_recipe(swept, base):
     for proxy in sorted((swept / "proxies").iterdir()):
         manifest = json.loads((proxy / "manifest.json").read_text())
         assert {s for s, t in manifest["stages"].items() if t["skipped"] < t["tasks"]} == {"mix"}
-        assert abs(manifest["splits"]["train"]["tokens"] - PROXY["budget_tokens"]) < 0.05 * PROXY["budget_tokens"]
+        # the budget to within one document per domain and mix group (the one that crosses each domain's share)
+        largest = max(int(read_index(proxy / e["idx"]).doc_lengths().max()) for e in manifest["splits"]["train"]["shards"])
+        assert abs(manifest["splits"]["train"]["tokens"] - PROXY["budget_tokens"]) <= len(NAMES) * largest
         validation.add(
             json.dumps([(s["bin_sha256"], s["idx_sha256"]) for s in manifest["splits"]["validation"]["shards"]])
         )
@@ -158,9 +162,13 @@ def test_a_killed_sweep_trains_only_the_missing_proxies_and_ends_with_the_same_f
     first.wait()
     before = finished()  # 6, or 7 if the other proxy in flight finished in the same moment
     assert 6 <= before < 8 and not (out / "sweep.json").exists()
+    done_before = {r.name: (r / "_DONE.json").read_bytes() for r in (out / "runs").iterdir() if not r.name.startswith(".")}
     second = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"{before} of 8 trained earlier; training {8 - before}" in second.stderr
+    # a Ray worker of the killed sweep may still finish its proxy before the new sweep looks: at least `before`
+    earlier, trained = map(int, re.search(r"(\d+) of 8 trained earlier; training (\d+)", second.stderr).groups())
+    assert earlier >= before and earlier + trained == 8 and trained >= 1
+    assert all((out / "runs" / name / "_DONE.json").read_bytes() == record for name, record in done_before.items())
     assert not [r for r in (out / "runs").iterdir() if r.name.startswith(".")]  # the killed attempts' folders are gone
     for name in FILES:
         assert (out / name).read_bytes() == (swept / name).read_bytes(), name
