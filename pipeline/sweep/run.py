@@ -398,9 +398,9 @@ def recommended_recipe(p: Plan, weights: dict[str, float]) -> str:
     ]
     recipe_from_dict(copy.deepcopy(data))  # what we write must load
     head = (
-        f"# The mix `tokenmill sweep {p.sweep.path}` proposes: the base recipe {p.sweep.recipe_path} with the domain\n"
-        f"# weights that minimise the predicted {p.sweep.objective.kind} validation loss (sweep.json, "
-        "report/report.html).\n"
+        f"# The mix `tokenmill sweep` proposes: the base recipe {p.sweep.recipe_path} with the domain weights\n"
+        f"# that minimise the predicted {p.sweep.objective.kind} validation loss (sweep.json and report/report.html\n"
+        "# beside this file say from which proxies, and how sure).\n"
     )
     return head + yaml.safe_dump(data, sort_keys=False)
 
