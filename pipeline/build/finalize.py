@@ -19,6 +19,7 @@ from pipeline.build.tokenizer import TRAINED_MODEL
 from pipeline.report.stats import DROPPED_SAMPLES_NAME
 from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
+from pipeline.tasks.decontaminate import DECONTAMINATION_NAME, decontamination_outputs
 from pipeline.tasks.dedupe import CLUSTER_SIZES
 from pipeline.work.progress import text_speed
 from pipeline.work.store import SHARDS_PREFIX, Store, uses_record
@@ -44,6 +45,7 @@ class StageResults:
     used: list[str]  # every work folder the build used (recorded for `tokenmill work`)
     timings: dict[str, dict]
     workers: int
+    decontamination: tuple[str, dict] | None = None  # the index task's folder and done record, when decontaminating
 
 
 def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults, wall: float) -> dict:
@@ -53,9 +55,17 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
-    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.funnels, work, results.samples_folder))
+    decontamination = decontamination_outputs(work, results.funnels, *results.decontamination) if results.decontamination else None
+    if decontamination is not None:
+        out.write_json(DECONTAMINATION_NAME, decontamination.report)
+    elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
+        out.fs.rm(out.path(DECONTAMINATION_NAME))
+    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.funnels, work, results.samples_folder,
+                                                                     decontamination.sample_lines if decontamination else b""))
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
+    if decontamination is not None:
+        manifest["decontamination"] = decontamination.manifest
     manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}
     manifest_io.validate(manifest, out.url("manifest.json"))
     out.write_bytes("manifest.json", manifest_io.dumps(manifest).encode())

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.tasks.process import FILE_SUBSET
+from stages.document import FUNNEL_STEPS
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#bab0ac", "#e15759")
 REMOVED_COLOR = "#e8a3a3"
@@ -739,8 +740,9 @@ def _summary_lines(stats: dict) -> list[str]:
              f"| shards | {h['shards']} ({p['dtype']}, {fmt_bytes(h['bytes_on_disk'])}) |",
              f"| build | {fmt_seconds(h['wall_seconds']) + ', ' + str(h['workers']) + ' workers' if h['wall_seconds'] else 'no build_stats.json'} |",
              f"| checks | {h['checks_passed']} of {h['checks']} passed |", "",
-             "## Funnel (documents)", "", "| source | records read | bad input records | filters | exact duplicates | near duplicates | kept | tokens kept | tokens in shards |",
-             "|---|" + "---:|" * 8]
+             "## Funnel (documents)", "",
+             f"| source | records read | {' | '.join(('bad input records',) + FUNNEL_STEPS[1:])} | kept | tokens kept | tokens in shards |",
+             "|---|" + "---:|" * (len(FUNNEL_STEPS) + 4)]
     lines[2:2] = [f"> **Warning:** {w}" for w in stats["warnings"]] + ([""] if stats["warnings"] else [])
     for name, s in stats["sources"].items():
         removed = [fmt_int(st["removed"]) for st in list(s["funnel"].values())[1:]]
