@@ -367,7 +367,7 @@ def dropped_examples(page: Page) -> str:
              "<code>dropped_samples.jsonl</code> beside the manifest holds them and more).</p>")
     if not samples:
         return intro + '<p class="missing">No examples: nothing was filtered or deduplicated, or the build left no dropped_samples.jsonl.</p>'
-    filtered = [s for s in samples if "kept_doc" not in s]
+    filtered = [s for s in samples if "kept_doc" not in s and "match" not in s]  # decontaminated: their own section
     duplicates = [s for s in samples if "kept_doc" in s]
     rows = [f'<td>{html.escape(s["reason"])}<br><span class="step">{html.escape(s["step"])}</span></td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
             f'<td class="text">{html.escape(s["doc"])}</td>{_sample_cell(s["text"])}' for s in filtered]
@@ -380,6 +380,30 @@ def dropped_examples(page: Page) -> str:
     return (intro + (table("dropped-samples", ["reason", "source / subset", "document", "text (start)"], rows) if rows else "")
             + (table("duplicate-samples", ["step", "source / subset", "removed document (text start)", "kept document (text start)",
                                            "estimated Jaccard"], pairs) if pairs else ""))
+
+
+def decontamination_section(page: Page) -> str:
+    """Per eval set: its rule and sha256, the documents dropped or flagged, the items found most often, and a few
+    matches with their span beside the item (decontamination.json beside the manifest holds every one)."""
+    d = page.stats["decontamination"]
+    sets = table("decontamination", ["eval set", "sha256", "rule", "action", "items", "n-grams", "documents matched", "dropped",
+                                     "flagged", "items found"],
+                 [f"<th>{html.escape(s['name'])}</th><td><code>{s['sha256'][:16]}</code></td>"
+                  f"<td>{s['rule']['n']} {html.escape(s['rule']['unit'])}, share ≥ {fmt_float(s['rule']['min_share'])}</td>"
+                  f"<td>{html.escape(s['action'])}</td>" + "".join(f'<td class="num">{fmt_int(s[k])}</td>' for k in
+                                                                  ("items", "ngrams", "documents", "dropped", "flagged", "items_matched"))
+                  for s in d["sets"]])
+    items = [f"<td>{html.escape(s['name'])}</td><td>{html.escape(i['item'])}</td><td class=\"num\">{fmt_int(i['documents'])}</td>"
+             + _sample_cell(i["text"]) for s in d["sets"] for i in s["matched_items"][:DECONTAMINATION_ITEMS_SHOWN]]
+    samples = [f"<td>{html.escape(x['eval_set'])}<br><span class=\"step\">{html.escape(x['action'])}</span></td>"
+               + _sample_cell(x["text"], x["doc"]) + f'<td class="sample">{html.escape(x["match"])}</td>' + _sample_cell(x["item_text"], x["item"])
+               for s in d["sets"] for x in s["samples"][:DECONTAMINATION_ITEMS_SHOWN]]
+    return (f"<p>Documents holding an n-gram of an eval item, per set (<code>{html.escape(d['path'])}</code> beside the manifest lists every "
+            "matched item and every flagged document).</p>" + sets
+            + "<h3>Items found most often</h3>" + (table("decontamination-items", ["eval set", "item", "documents", "item text (start)"], items)
+                                                    if items else '<p class="missing">No item was found.</p>')
+            + ("<h3>Examples</h3>" + table("decontamination-samples", ["eval set", "document (around the match)", "matched span", "item"], samples)
+               if samples else ""))
 
 
 def _sample_cell(text: str, doc: str | None = None) -> str:
@@ -572,6 +596,7 @@ def checks_section(page: Page) -> str:
 SECTIONS = (
     ("headline", "At a glance", headline_section),
     ("funnel", "The funnel: from records read to documents kept", funnel_section),
+    ("decontamination", "Decontamination: eval items found in the corpus", decontamination_section),  # with eval sets only
     ("mix", "The mix: achieved against target", mix_section),
     ("budget", "Token budget: epochs per source at the achieved mix", budget_section),
     ("distributions", "Distributions", distributions_section),
@@ -580,6 +605,7 @@ SECTIONS = (
     ("provenance", "Provenance", provenance_section),
     ("checks", "Checks", checks_section),
 )
+DECONTAMINATION_ITEMS_SHOWN = 10  # per set: the items found most often, and examples
 # What the differences tables of --compare list (the other paths are highlighted in place).
 DIFFERENCE_PREFIXES = ("headline", "sources", "subsets", "mix", "splits", "budget", "build", "provenance")
 # Figures that change from run to run on the same data: listed apart from the data's differences.
@@ -717,6 +743,8 @@ def render_html(stats: dict, other: dict | None = None) -> str:
     if other is not None:
         parts.append(f'<section id="differences"><h2>What differs</h2>{differences_section(stats, other)}</section>')
     for section_id, title, render in SECTIONS:
+        if section_id == "decontamination" and not all(run.get("decontamination") for run in runs):
+            continue
         if other is None:
             inner = render(pages[0])
         else:
