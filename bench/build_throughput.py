@@ -497,7 +497,7 @@ DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as 
 
 
 # The build's stages in order (the report's order), but the verified preset's: the bench recipes do not verify.
-TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only)
+TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only and not stage.decontaminate_only)
 
 
 class _Enough(Exception):
