@@ -526,8 +526,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--plant-eval", type=Path, metavar="DIR", default=None,
-                        help="also write two eval sets to DIR and plant part of their items in the sample (pipeline/sample_eval.py); "
-                             "without it the sample's bytes are unchanged")
+                        help="also write two eval sets to DIR and plant part of their items in the sample "
+                             "(pipeline/sample_eval.py); without it the sample's bytes are unchanged")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.out_option is None):
         parser.error("give the output folder once: tokenmill sample --out data/sample (or tokenmill sample data/sample)")

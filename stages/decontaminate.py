@@ -11,7 +11,9 @@ Each n-gram is a 64-bit hash: every word gets FNV-1a over its code points finish
 window of k words a polynomial rolling hash of those (mod 2^64, odd base) finished by fmix64 with a seed per k.
 The index is the sorted array of every item's n-gram hashes (with the item each belongs to) plus a bitset of
 their top bits, so a document's n-grams are checked in a numba kernel: one bit test each, a binary search only
-for the few that pass (2M n-grams: 16 MB of hashes, 8 MB of item numbers, 8 MB of bits). At 2M n-grams and
+for the few that pass (2M n-grams: 16 MB of hashes, 8 MB of item numbers, 4 MB of bits). A whole-string item
+is keyed by its first `min_words` units and verified at a hit, so a document is hashed at two window sizes at
+most per unit kind (n and min_words), whatever the items' lengths. At 2M n-grams and
 ~1e9 document n-grams the chance of one false match by hash collision is ~1e-4.
 
 Ray-free: `pipeline/tasks/decontaminate.py` builds the index in a task, `pipeline/tasks/process.py` matches.
@@ -364,11 +366,11 @@ def _unit_hashes(values):
 
 
 @njit(cache=True, nogil=True)
-def _hits(units, offsets, lengths, keys, bits, shift, out_doc, out_first, out_len, out_hash):
+def _hits(units, offsets, lengths, keys, bits, shift, out_doc, out_first, out_len, out_lo, out_hi):
     """Every window of `units` (documents at `offsets`) of each size in `lengths` whose hash is in `keys`
     (sorted); `bits` is a bitset of the keys' top bits (a key's bit: hash >> shift) tested first. Writes
-    (document, first unit, size, hash) per hit; returns the number of hits (more than out_doc's size:
-    only that many were written)."""
+    (document, first unit, size, first and end key of its hash) per hit; returns the number of hits (more than
+    out_doc's size: only that many were written)."""
     n = 0
     buf = np.empty(max(1, np.max(np.diff(offsets)) if offsets.shape[0] > 1 else 1), np.uint64)
     for d in range(offsets.shape[0] - 1):
@@ -386,7 +388,11 @@ def _hits(units, offsets, lengths, keys, bits, shift, out_doc, out_first, out_le
                         out_doc[n] = d
                         out_first[n] = j
                         out_len[n] = k
-                        out_hash[n] = h
+                        out_lo[n] = p  # the hash's first key: it names the hash
+                        q = p + 1
+                        while q < keys.shape[0] and keys[q] == h:  # a hash several items share: one key each
+                            q += 1
+                        out_hi[n] = q
                     n += 1
     return n
 
@@ -448,9 +454,13 @@ class Table:
     lengths: np.ndarray  # int64, window sizes to hash documents with
     bits: np.ndarray  # uint64 bitset over the keys' top `64 - shift` bits
     shift: int
+    # whole-string items (shorter than n): keyed by their first min_words units, verified against all of them
+    short_ids: np.ndarray  # int64, sorted item numbers
+    short_offsets: np.ndarray  # int64, len(short_ids) + 1
+    short_units: np.ndarray  # uint64, their units back to back
 
     @classmethod
-    def of(cls, keys: np.ndarray, items: np.ndarray, lengths: list[int]) -> "Table":
+    def of(cls, keys: np.ndarray, items: np.ndarray, lengths: list[int], short: dict[int, np.ndarray]) -> "Table":
         order = np.lexsort((items, keys))
         keys, items = keys[order], items[order]
         top_bits = int(min(28, max(10, math.ceil(math.log2(max(1, len(keys)) * 16)))))
@@ -460,11 +470,35 @@ class Table:
         np.bitwise_or.at(
             bits, (tops >> np.uint64(6)).astype(np.int64), np.left_shift(np.uint64(1), tops & np.uint64(63))
         )
-        return cls(keys, items.astype(np.uint32), np.asarray(sorted(set(lengths)), np.int64), bits, shift)
+        ids = np.asarray(sorted(short), np.int64)
+        offsets = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum([len(short[i]) for i in ids.tolist()], out=offsets[1:])
+        units = np.concatenate([short[i] for i in ids.tolist()]) if len(ids) else np.zeros(0, np.uint64)
+        lengths = np.asarray(sorted(set(lengths)), np.int64)
+        return cls(keys, items.astype(np.uint32), lengths, bits, shift, ids, offsets, units.astype(np.uint64))
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.items.nbytes + self.bits.nbytes
+        return self.keys.nbytes + self.items.nbytes + self.bits.nbytes + self.short_units.nbytes
+
+    def whole(self, items: np.ndarray, docs: np.ndarray, firsts: np.ndarray, units: np.ndarray, offsets: np.ndarray):
+        """False where a hit on a whole-string item's first units is not followed by the rest of the item."""
+        ok = np.ones(len(items), bool)
+        if not len(self.short_ids):
+            return ok
+        pos = np.minimum(np.searchsorted(self.short_ids, items), len(self.short_ids) - 1)
+        rows = np.flatnonzero(self.short_ids[pos] == items)
+        item_start = self.short_offsets[pos[rows]]
+        length = self.short_offsets[pos[rows] + 1] - item_start
+        doc_start = offsets[docs[rows]] + firsts[rows]
+        fits = doc_start + length <= offsets[docs[rows] + 1]
+        ok[rows[~fits]] = False
+        for size in np.unique(length[fits]).tolist():  # rows of one item length at a time, compared as 2-d slices
+            mine = np.flatnonzero(fits & (length == size))
+            steps = np.arange(size)
+            same = units[doc_start[mine, None] + steps] == self.short_units[item_start[mine, None] + steps]
+            ok[rows[mine]] = same.all(axis=1)
+        return ok
 
 
 @dataclass(slots=True)
@@ -493,6 +527,9 @@ class Index:
                     f"{unit}.lengths": t.lengths,
                     f"{unit}.bits": t.bits,
                     f"{unit}.shift": np.asarray(t.shift),
+                    f"{unit}.short_ids": t.short_ids,
+                    f"{unit}.short_offsets": t.short_offsets,
+                    f"{unit}.short_units": t.short_units,
                 }
             )
         return out
@@ -506,6 +543,9 @@ class Index:
                 arrays[f"{unit}.lengths"],
                 arrays[f"{unit}.bits"],
                 int(arrays[f"{unit}.shift"]),
+                arrays[f"{unit}.short_ids"],
+                arrays[f"{unit}.short_offsets"],
+                arrays[f"{unit}.short_units"],
             )
             for unit in RULES
             if f"{unit}.keys" in arrays
@@ -519,6 +559,7 @@ def build_index(rules: list[SetRule], sets: list[EvalSet], encode=None) -> Index
     keys: dict[str, list[np.ndarray]] = {u: [] for u in RULES}
     owners: dict[str, list[np.ndarray]] = {u: [] for u in RULES}
     lengths: dict[str, set[int]] = {u: set() for u in RULES}
+    short: dict[str, dict[int, np.ndarray]] = {u: {} for u in RULES}
     item_set, ngram_counts, stats = [], [], []
     for set_no, (rule, eval_set) in enumerate(zip(rules, sets)):
         texts = [item.text for item in eval_set.items]
@@ -526,10 +567,14 @@ def build_index(rules: list[SetRule], sets: list[EvalSet], encode=None) -> Index
         counts = {"items": len(texts), "whole_string": 0, "too_short": 0, "ngrams": 0}
         for i in range(len(texts)):
             seq = units[offsets[i] : offsets[i + 1]]
-            k = rule.ngram if len(seq) >= rule.ngram else len(seq)
-            grams = item_ngrams(seq, k) if k >= rule.min_words else np.zeros(0, np.uint64)
+            # a whole-string item is keyed by its first min_words units (one scan length for all of them) and
+            # verified against the rest of its units at a hit (`Table.whole`)
+            k = rule.ngram if len(seq) >= rule.ngram else rule.min_words
+            grams = item_ngrams(seq if k == rule.ngram else seq[:k], k) if len(seq) >= k else np.zeros(0, np.uint64)
             if len(seq) < rule.ngram:
                 counts["whole_string" if len(grams) else "too_short"] += 1
+                if len(grams):
+                    short[rule.rule][len(item_set)] = seq.copy()
             if len(grams):
                 lengths[rule.rule].add(k)
             keys[rule.rule].append(grams)
@@ -539,7 +584,9 @@ def build_index(rules: list[SetRule], sets: list[EvalSet], encode=None) -> Index
             counts["ngrams"] += len(grams)
         stats.append(counts)
     tables = {
-        u: Table.of(np.concatenate(keys[u]), np.concatenate(owners[u]), sorted(lengths[u])) for u in RULES if lengths[u]
+        u: Table.of(np.concatenate(keys[u]), np.concatenate(owners[u]), sorted(lengths[u]), short[u])
+        for u in RULES
+        if lengths[u]
     }
     return Index(rules, tables, np.asarray(item_set, np.uint16), np.asarray(ngram_counts, np.uint32), stats)
 
@@ -566,7 +613,8 @@ def _scan(table: Table, units: np.ndarray, offsets: np.ndarray):
             np.empty(capacity, np.int64),
             np.empty(capacity, np.int64),
             np.empty(capacity, np.int64),
-            np.empty(capacity, np.uint64),
+            np.empty(capacity, np.int64),
+            np.empty(capacity, np.int64),
         )
         n = _hits(units, offsets, table.lengths, table.keys, table.bits, np.uint64(table.shift), *out)
         if n <= capacity:
@@ -580,22 +628,38 @@ def match(index: Index, unit: str, units: np.ndarray, offsets: np.ndarray) -> li
     table = index.tables.get(unit)
     if table is None or len(units) == 0:
         return []
-    docs, firsts, sizes, hashes = _scan(table, units, offsets)
+    docs, firsts, sizes, lo, hi = _scan(table, units, offsets)
     if not len(docs):
         return []
-    lo = np.searchsorted(table.keys, hashes, "left")
-    hi = np.searchsorted(table.keys, hashes, "right")
-    found: dict[tuple[int, int], tuple[set, int, int]] = {}  # (doc, item) -> (distinct hashes, first, size)
-    for d, f, k, h, a, b in zip(
-        docs.tolist(), firsts.tolist(), sizes.tolist(), hashes.tolist(), lo.tolist(), hi.tolist()
-    ):
-        for item in table.items[a:b].tolist():
-            seen = found.setdefault((d, item), (set(), f, k))
-            seen[0].add(h)
-    matches = []
-    for (d, item), (seen, f, k) in sorted(found.items()):
-        set_no = int(index.item_set[item])
-        needed = max(1, math.ceil(index.rules[set_no].min_share * int(index.item_ngrams[item]) - 1e-9))
-        if len(seen) >= needed:
-            matches.append(Match(d, set_no, item, f, k))
-    return matches
+    hashes = lo  # a hash's first position among the keys stands for the hash
+    # one row per (hit, item holding its hash): a hash several items share counts for each of them
+    per_hit = hi - lo
+    row_hit = np.repeat(np.arange(len(docs)), per_hit)
+    row_key = np.arange(per_hit.sum()) - np.repeat(np.cumsum(per_hit) - per_hit, per_hit) + np.repeat(lo, per_hit)
+    items = table.items[row_key].astype(np.int64)
+    whole = table.whole(items, docs[row_hit], firsts[row_hit], units, offsets)
+    if not whole.all():
+        row_hit, items = row_hit[whole], items[whole]
+    # the first hit of each (document, item, hash), then per (document, item) its first hit and distinct hashes
+    order = np.lexsort((row_hit, hashes[row_hit], items, docs[row_hit]))
+    doc_s, item_s, hash_s, hit_s = docs[row_hit][order], items[order], hashes[row_hit][order], row_hit[order]
+    new_hash = np.ones(len(order), bool)
+    new_hash[1:] = (doc_s[1:] != doc_s[:-1]) | (item_s[1:] != item_s[:-1]) | (hash_s[1:] != hash_s[:-1])
+    doc_s, item_s, hit_s = doc_s[new_hash], item_s[new_hash], hit_s[new_hash]
+    starts = np.flatnonzero(np.r_[True, (doc_s[1:] != doc_s[:-1]) | (item_s[1:] != item_s[:-1])])
+    distinct = np.diff(np.r_[starts, len(doc_s)])
+    first_hit = np.minimum.reduceat(hit_s, starts)
+    pair_doc, pair_item = doc_s[starts], item_s[starts]
+    share = np.array([r.min_share for r in index.rules])[index.item_set[pair_item]]
+    needed = np.maximum(1, np.ceil(share * index.item_ngrams[pair_item] - 1e-9))
+    keep = np.flatnonzero(distinct >= needed)
+    span = sizes[first_hit].copy()  # a whole-string item's span is all of it, not only the units it is keyed by
+    if len(table.short_ids):
+        pos = np.minimum(np.searchsorted(table.short_ids, pair_item), len(table.short_ids) - 1)
+        short = table.short_ids[pos] == pair_item
+        span[short] = np.diff(table.short_offsets)[pos[short]]
+    return [
+        Match(int(pair_doc[i]), int(index.item_set[pair_item[i]]), int(pair_item[i]), int(firsts[first_hit[i]]),
+              int(span[i]))
+        for i in keep
+    ]

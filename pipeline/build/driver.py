@@ -106,10 +106,12 @@ def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenize
     made_from = decontam.index_made_from(recipe.decontaminate, eval_sets, tokenizer)
     _say_what_changed(out, made_from, runner, recipe)
     folder = stage.DECONTAMINATE.folder(stage.decontaminate_key(made_from))
-    (record,) = runner.run(stage.DECONTAMINATE, [stage.DECONTAMINATE.task(folder, folder, recipe.decontaminate, tokenizer, runner.work)])
+    task = stage.DECONTAMINATE.task(folder, folder, recipe.decontaminate, tokenizer, runner.work)
+    (record,) = runner.run(stage.DECONTAMINATE, [task])
     index = decontam.load_index(runner.work, folder, record, recipe.decontaminate)
-    runner.log.say(f"decontaminate: {record['ngrams']:,} n-grams of {sum(s['items'] for s in record['sets']):,} items in "
-                   f"{len(record['sets'])} eval sets, index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)")
+    items = sum(s["items"] for s in record["sets"])
+    runner.log.say(f"decontaminate: {record['ngrams']:,} n-grams of {items:,} items in {len(record['sets'])} eval sets, "
+                   f"index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)")
     return folder, record, ray.put(index)
 
 
@@ -120,7 +122,8 @@ def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recip
         earlier = out.read_json("manifest.json")
     except (OSError, ValueError):
         return
-    before = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in earlier.get("decontamination", {}).get("sets", [])}
+    earlier_sets = earlier.get("decontamination", {}).get("sets", [])
+    before = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in earlier_sets}
     now = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in made_from["sets"]}
     if before == now:
         return
@@ -129,9 +132,10 @@ def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recip
                f"changed {', '.join(sorted(n for n in set(now) & set(before) if now[n] != before[n]))}"
                if any(now[n] != before[n] for n in set(now) & set(before)) else ""]
     runner.log.event("decontaminate_changed", added=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)))
-    runner.log.say(f"decontaminate: eval sets {'; '.join(c for c in changes if c)} since the build in {out.url()}: the index is built "
-                   f"for them, every input file is processed again (its text matched against them) and every stage after "
-                   f"re-runs: {', '.join(s.name for s in stage.stages_of(recipe) if s is not stage.DECONTAMINATE)}")
+    after = ", ".join(s.name for s in stage.stages_of(recipe) if s is not stage.DECONTAMINATE)
+    runner.log.say(f"decontaminate: eval sets {'; '.join(c for c in changes if c)} since the build in {out.url()}: the "
+                   f"index is built for them, every input file is processed again (its text matched against them) and "
+                   f"every stage after re-runs: {after}")
 
 
 def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, index_folder: str = "",
@@ -144,8 +148,8 @@ def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runn
     index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
     folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
     records = runner.run(stage.PROCESS, [
-        stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents, index_ref,
-                           input_bytes=i.size)
+        stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
+                           index_ref, input_bytes=i.size)
         for i, folder in zip(inputs, folders)
     ])
     processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]

@@ -55,13 +55,15 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
-    decontamination = decontamination_outputs(work, results.funnels, *results.decontamination) if results.decontamination else None
+    decontamination = None
+    if results.decontamination:
+        decontamination = decontamination_outputs(work, results.funnels, *results.decontamination)
     if decontamination is not None:
         out.write_json(DECONTAMINATION_NAME, decontamination.report)
     elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
         out.fs.rm(out.path(DECONTAMINATION_NAME))
-    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.funnels, work, results.samples_folder,
-                                                                     decontamination.sample_lines if decontamination else b""))
+    decontaminated = decontamination.sample_lines if decontamination else b""
+    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.funnels, work, results.samples_folder, decontaminated))
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
     if decontamination is not None:

@@ -260,10 +260,10 @@ def _decontaminate(data: Any) -> DecontaminateConfig | None:
     if data is None:
         return None
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe field `decontaminate`: expected a mapping (sets: [...], ngram: 13, ...), got {data!r}")
+        raise RecipeError(f"recipe field `decontaminate`: expected a mapping (sets: [...], ngram: 13), got {data!r}")
     sets = data.get("sets")
     if not isinstance(sets, list):
-        raise RecipeError("recipe field `decontaminate.sets`: give a list of eval sets (`- name: ..., files: [...], fields: [...]`)")
+        raise RecipeError("recipe field `decontaminate.sets`: give a list of eval sets (`- name:, files: [], fields: []`)")
     built = [_build(EvalSetConfig, s, f"decontaminate.sets[{_source_label(s, i)}]") for i, s in enumerate(sets)]
     return _build(DecontaminateConfig, {**data, "sets": built}, "decontaminate")
 

@@ -101,7 +101,8 @@ class Stage:
     decontaminate_only: bool = False  # runs only when the recipe has eval sets (`decontaminate:`)
 
     def runs_for(self, recipe: Recipe) -> bool:
-        return (bool(recipe.dedupe.minhash.verify) or not self.verify_only) and (recipe.decontaminate is not None or not self.decontaminate_only)
+        verifies, decontaminates = bool(recipe.dedupe.minhash.verify), recipe.decontaminate is not None
+        return (verifies or not self.verify_only) and (decontaminates or not self.decontaminate_only)
 
     def folder(self, key: str, part: str = "") -> str:
         """A task folder of this stage: the only code that formats a work path."""
@@ -122,7 +123,8 @@ def mix_group_part(split: str, group: int) -> str:
 DECONTAMINATE = Stage("decontaminate", decontaminate.build_index_task, decontaminate_key,
                       "the eval sets' n-gram index, built once per their content (bytes and rule)", decontaminate_only=True)
 PROCESS = Stage("process", process.process_file, process_key,
-                "parse, filter, [decontaminate,] compute dedupe keys and tokenize one input file (the only stage that reads text)")
+                "parse, filter, [decontaminate,] compute dedupe keys and tokenize one input file (the only stage that "
+                "reads text)")
 KEYS = Stage("keys", dedupe.combine_keys, key_group_key,
              "one key group's dedupe keys, read once per file and written in partition order")
 DEDUPE = Stage("dedupe", dedupe.dedupe_partition, dedupe_key,

@@ -8,6 +8,7 @@ An EVALSET is `PATH` (a file or glob; the set is named after the file) or `NAME=
 normalizes the decoded text as the build normalizes its input, so a document matches as it would have at build
 time, up to what the tokenizer does not give back verbatim (sentencepiece's byte fallback gives it all back).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def check(manifest_path: Path, config: DecontaminateConfig) -> dict:
     manifest = load(manifest_path)
     tokenizer_path = manifest.tokenizer_path()
     if tokenizer_path is None or not tokenizer_path.exists():
-        raise ManifestError(f"{manifest_path}: the build's tokenizer.model is missing beside it; copy it back to decode the shards")
+        raise ManifestError(
+            f"{manifest_path}: the build's tokenizer.model is missing beside it; copy it back to decode the shards"
+        )
     tokenizer = Tokenizer.from_bytes(tokenizer_path.read_bytes(), False, False)
     sets = eval_sets(config)
     encode = lambda texts: [np.asarray(t, np.int64) for t in tokenizer.processor.encode(texts)]  # noqa: E731
@@ -88,19 +91,35 @@ def _count(matches, docs: range, shard, sets, inputs: list[dict], split: str, fo
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill decontam-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", type=Path, help="a build's manifest.json (or its folder)")
-    parser.add_argument("evalsets", nargs="+", metavar="EVALSET", help="PATH or NAME=PATH[,PATH...] (.jsonl, .parquet, .txt; globs)")
-    parser.add_argument("--fields", default="text", help="comma-separated record fields making an item's text (default: text)")
+    parser.add_argument(
+        "evalsets", nargs="+", metavar="EVALSET", help="PATH or NAME=PATH[,PATH...] (.jsonl, .parquet, .txt; globs)"
+    )
+    parser.add_argument(
+        "--fields", default="text", help="comma-separated record fields making an item's text (default: text)"
+    )
     parser.add_argument("--ngram", type=int, default=13, help="n-gram size (default 13)")
-    parser.add_argument("--rule", default="words", help="words (normalized word n-grams, default) or tokens (token ids)")
-    parser.add_argument("--min-share", type=float, default=0.0, help="share of an item's n-grams a document must hold (default 0: any one)")
+    parser.add_argument(
+        "--rule", default="words", help="words (normalized word n-grams, default) or tokens (token ids)"
+    )
+    parser.add_argument(
+        "--min-share",
+        type=float,
+        default=0.0,
+        help="share of an item's n-grams a document must hold (default 0: any one)",
+    )
     parser.add_argument("--min-words", type=int, default=8, help="shortest item matched as a whole string (default 8)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     path = args.manifest / "manifest.json" if args.manifest.is_dir() else args.manifest
     try:
         fields = [f for f in args.fields.split(",") if f]
-        config = DecontaminateConfig(sets=[_set_config(a, fields) for a in args.evalsets], ngram=args.ngram, rule=args.rule,
-                                     min_share=args.min_share, min_words=args.min_words)
+        config = DecontaminateConfig(
+            sets=[_set_config(a, fields) for a in args.evalsets],
+            ngram=args.ngram,
+            rule=args.rule,
+            min_share=args.min_share,
+            min_words=args.min_words,
+        )
         result = check(path, config)
     except ConfigError as e:
         print(f"tokenmill decontam-check: {e.field}: {e.message}", file=sys.stderr)

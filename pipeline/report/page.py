@@ -386,24 +386,29 @@ def decontamination_section(page: Page) -> str:
     """Per eval set: its rule and sha256, the documents dropped or flagged, the items found most often, and a few
     matches with their span beside the item (decontamination.json beside the manifest holds every one)."""
     d = page.stats["decontamination"]
-    sets = table("decontamination", ["eval set", "sha256", "rule", "action", "items", "n-grams", "documents matched", "dropped",
-                                     "flagged", "items found"],
-                 [f"<th>{html.escape(s['name'])}</th><td><code>{s['sha256'][:16]}</code></td>"
-                  f"<td>{s['rule']['n']} {html.escape(s['rule']['unit'])}, share ≥ {fmt_float(s['rule']['min_share'])}</td>"
-                  f"<td>{html.escape(s['action'])}</td>" + "".join(f'<td class="num">{fmt_int(s[k])}</td>' for k in
-                                                                  ("items", "ngrams", "documents", "dropped", "flagged", "items_matched"))
-                  for s in d["sets"]])
-    items = [f"<td>{html.escape(s['name'])}</td><td>{html.escape(i['item'])}</td><td class=\"num\">{fmt_int(i['documents'])}</td>"
-             + _sample_cell(i["text"]) for s in d["sets"] for i in s["matched_items"][:DECONTAMINATION_ITEMS_SHOWN]]
-    samples = [f"<td>{html.escape(x['eval_set'])}<br><span class=\"step\">{html.escape(x['action'])}</span></td>"
-               + _sample_cell(x["text"], x["doc"]) + f'<td class="sample">{html.escape(x["match"])}</td>' + _sample_cell(x["item_text"], x["item"])
-               for s in d["sets"] for x in s["samples"][:DECONTAMINATION_ITEMS_SHOWN]]
-    return (f"<p>Documents holding an n-gram of an eval item, per set (<code>{html.escape(d['path'])}</code> beside the manifest lists every "
-            "matched item and every flagged document).</p>" + sets
-            + "<h3>Items found most often</h3>" + (table("decontamination-items", ["eval set", "item", "documents", "item text (start)"], items)
-                                                    if items else '<p class="missing">No item was found.</p>')
-            + ("<h3>Examples</h3>" + table("decontamination-samples", ["eval set", "document (around the match)", "matched span", "item"], samples)
-               if samples else ""))
+    counts = ("items", "ngrams", "documents", "dropped", "flagged", "items_matched")
+    header = ["eval set", "sha256", "rule", "action", "items", "n-grams", "documents matched", "dropped", "flagged",
+              "items found"]
+    rows = [f"<th>{html.escape(s['name'])}</th><td><code>{s['sha256'][:16]}</code></td>"
+            f"<td>{s['rule']['n']} {html.escape(s['rule']['unit'])}, share ≥ {fmt_float(s['rule']['min_share'])}</td>"
+            f"<td>{html.escape(s['action'])}</td>" + "".join(f'<td class="num">{fmt_int(s[k])}</td>' for k in counts)
+            for s in d["sets"]]
+    shown = DECONTAMINATION_ITEMS_SHOWN
+    items = [f"<td>{html.escape(s['name'])}</td><td>{html.escape(i['item'])}</td>"
+             f'<td class="num">{fmt_int(i["documents"])}</td>' + _sample_cell(i["text"])
+             for s in d["sets"] for i in s["matched_items"][:shown]]
+    samples = [f'<td>{html.escape(x["eval_set"])}<br><span class="step">{html.escape(x["action"])}</span></td>'
+               + _sample_cell(x["text"], x["doc"]) + f'<td class="sample">{html.escape(x["match"])}</td>'
+               + _sample_cell(x["item_text"], x["item"])
+               for s in d["sets"] for x in s["samples"][:shown]]
+    intro = (f"<p>Documents holding an n-gram of an eval item, per set (<code>{html.escape(d['path'])}</code> beside the "
+             "manifest lists every matched item and every flagged document).</p>")
+    found = (table("decontamination-items", ["eval set", "item", "documents", "item text (start)"], items) if items
+             else '<p class="missing">No item was found.</p>')
+    examples = ("<h3>Examples</h3>" + table("decontamination-samples", ["eval set", "document (around the match)",
+                                                                         "matched span", "item"], samples)
+                if samples else "")
+    return intro + table("decontamination", header, rows) + "<h3>Items found most often</h3>" + found + examples
 
 
 def _sample_cell(text: str, doc: str | None = None) -> str:
@@ -596,7 +601,7 @@ def checks_section(page: Page) -> str:
 SECTIONS = (
     ("headline", "At a glance", headline_section),
     ("funnel", "The funnel: from records read to documents kept", funnel_section),
-    ("decontamination", "Decontamination: eval items found in the corpus", decontamination_section),  # with eval sets only
+    ("decontamination", "Decontamination: eval items found in the corpus", decontamination_section),  # eval sets only
     ("mix", "The mix: achieved against target", mix_section),
     ("budget", "Token budget: epochs per source at the achieved mix", budget_section),
     ("distributions", "Distributions", distributions_section),

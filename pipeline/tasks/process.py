@@ -183,8 +183,8 @@ def _without(batch: DocBatch, drop: dict[int, str], out: _FileOutputs) -> DocBat
     return batch.select([i not in drop for i in range(len(batch))]) if drop else batch
 
 
-def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig, batch_documents: int,
-                 index: Index | None = None) -> dict:
+def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig,
+                 batch_documents: int, index: Index | None = None) -> dict:
     """fetch -> filter -> [decontaminate] -> dedupe keys -> tokenize for one input file, fused: the text is parsed
     once. `index`: the eval sets' n-grams (`pipeline.tasks.decontaminate`), when the recipe has them."""
     started = time.perf_counter()

@@ -1,5 +1,6 @@
 """The n-gram index and matcher against a plain-Python reference on real text, the config's and the eval sets'
 refusals, and the token rule with the real sentencepiece model."""
+
 from __future__ import annotations
 
 import json
@@ -30,16 +31,20 @@ def reference_words(text: str) -> list[str]:
     return text.lower().translate(_PUNCT).split()
 
 
-def reference_matches(items: list[str], docs: list[str], n: int, min_words: int, min_share: float = 0.0) -> set[tuple[int, int]]:
+def reference_matches(
+    items: list[str], docs: list[str], n: int, min_words: int, min_share: float = 0.0
+) -> set[tuple[int, int]]:
     grams = []
     for item in items:
         w = reference_words(item)
         k = n if len(w) >= n else len(w)
-        grams.append({tuple(w[i:i + k]) for i in range(len(w) - k + 1)} if k >= min_words else set())
+        grams.append({tuple(w[i : i + k]) for i in range(len(w) - k + 1)} if k >= min_words else set())
     found = set()
     for d, doc in enumerate(docs):
         w = reference_words(doc)
-        doc_grams = {k: {tuple(w[i:i + k]) for i in range(len(w) - k + 1)} for k in {len(next(iter(g))) for g in grams if g}}
+        doc_grams = {
+            k: {tuple(w[i : i + k]) for i in range(len(w) - k + 1)} for k in {len(next(iter(g))) for g in grams if g}
+        }
         for i, g in enumerate(grams):
             if g:
                 shared = len(g & doc_grams[len(next(iter(g)))])
@@ -58,7 +63,7 @@ def index_of(items: list[str], **rule) -> tuple:
 def test_matches_equal_a_plain_python_reference_on_real_text(kjv, rule):
     chapters = list(kjv.values())
     # items: verse pairs of later chapters, a few short single verses (whole-string items), and some shorter than min_words
-    items = [" ".join(v[i:i + 2]) for v in chapters[500:520] for i in range(0, len(v) - 1, 5)]
+    items = [" ".join(v[i : i + 2]) for v in chapters[500:520] for i in range(0, len(v) - 1, 5)]
     items += [v[0] for v in chapters[520:560]]
     # documents: chapters, and chapters with items spliced in (case and punctuation changed, a line break inside)
     docs = [" ".join(v) for v in chapters[490:530]]
@@ -79,7 +84,11 @@ def test_matches_equal_a_plain_python_reference_on_real_text(kjv, rule):
 def test_whole_string_items_and_too_short_ones():
     index = index_of(["Ten little words make up this short item right here", "too short"])
     assert index.stats == [{"items": 2, "whole_string": 1, "too_short": 1, "ngrams": 1}]
-    docs = ["And then: ten little WORDS, make up this short item right here! said he.", "it was too short", "ten little words"]
+    docs = [
+        "And then: ten little WORDS, make up this short item right here! said he.",
+        "it was too short",
+        "ten little words",
+    ]
     assert [(m.doc, m.item) for m in match(index, "words", *unit_sequences(docs, None))] == [(0, 0)]
 
 
@@ -87,15 +96,26 @@ def test_token_rule_with_the_real_tokenizer(tokenizer_model):
     tok = Tokenizer.from_bytes(tokenizer_model.read_bytes(), False, False)
     item = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat."
     config = DecontaminateConfig(sets=[EvalSetConfig(name="s", files=["x"])], rule="tokens", ngram=8)
-    index = build_index(config.rules(), [EvalSet("s", [], "0" * 64, [EvalItem("x#1", item)])],
-                        lambda texts: [np.asarray(t) for t in tok.processor.encode(texts)])
+    index = build_index(
+        config.rules(),
+        [EvalSet("s", [], "0" * 64, [EvalItem("x#1", item)])],
+        lambda texts: [np.asarray(t) for t in tok.processor.encode(texts)],
+    )
     docs = [f"Yesterday I wrote: {item} Then I stopped.", item.upper(), "Nothing to see here at all, nothing at all."]
     ids = [np.asarray(t) for t in tok.processor.encode(docs)]
     assert [m.doc for m in match(index, "tokens", *unit_sequences(None, ids))] == [0]
 
 
-@pytest.mark.parametrize("section, field", [({"ngram": 0}, "ngram"), ({"rule": "chars"}, "rule"), ({"min_share": 1.5}, "min_share"),
-                                            ({"action": "delete"}, "action"), ({"sets": []}, "sets")])
+@pytest.mark.parametrize(
+    "section, field",
+    [
+        ({"ngram": 0}, "ngram"),
+        ({"rule": "chars"}, "rule"),
+        ({"min_share": 1.5}, "min_share"),
+        ({"action": "delete"}, "action"),
+        ({"sets": []}, "sets"),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_field(section, field):
     with pytest.raises(ConfigError) as e:
         DecontaminateConfig(**{"sets": [EvalSetConfig(name="s", files=["x"])], **section})
@@ -117,5 +137,7 @@ def test_bad_eval_sets_are_refused_in_one_line_naming_the_set_the_file_and_the_f
             read_eval_set(config)
         message = str(e.value)
         assert "\n" not in message and "'mmlu'" in message and file in message and words in message, message
-    items = read_eval_set(EvalSetConfig(name="ok", files=[str(tmp_path / "g*.jsonl")], fields=["question", "answer"])).items
+    items = read_eval_set(
+        EvalSetConfig(name="ok", files=[str(tmp_path / "g*.jsonl")], fields=["question", "answer"])
+    ).items
     assert items == [EvalItem("good.jsonl#1", "q\na")]

@@ -2,6 +2,7 @@
 are found and dropped, the clean corpus gives no false match against a plain-Python reference, the output does
 not depend on the number of workers, a worker killed mid-process changes nothing, and an eval set added to a
 built corpus re-runs what depends on it."""
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,24 @@ from pipeline.sample_eval import CODE_VARIANTS, NATURAL_VARIANTS, plant_eval_ite
 from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.document import DocBatch
 from stages.fetch import read_documents
-from tests.reliability.faults import alive, sample_recipe, shard_bytes, stable_manifest, start_build, tasks_run, tokenmill
+from tests.reliability.faults import (
+    alive,
+    sample_recipe,
+    shard_bytes,
+    stable_manifest,
+    start_build,
+    tasks_run,
+    tokenmill,
+)
 
 NATURAL_FIELDS, CODE_FIELDS = ["question", "answer"], ["prompt", "solution"]
 
 
 def eval_sets(eval_dir: Path, action: str = "drop", extra: bool = False) -> dict:
-    sets = [{"name": "natural", "files": [str(eval_dir / "natural.jsonl")], "fields": NATURAL_FIELDS},
-            {"name": "code", "files": [str(eval_dir / "code.jsonl")], "fields": CODE_FIELDS}]
+    sets = [
+        {"name": "natural", "files": [str(eval_dir / "natural.jsonl")], "fields": NATURAL_FIELDS},
+        {"name": "code", "files": [str(eval_dir / "code.jsonl")], "fields": CODE_FIELDS},
+    ]
     if extra:
         sets.append({"name": "extra", "files": [str(eval_dir / "extra.txt")]})
     return {"sets": sets, "action": action}
@@ -55,8 +66,11 @@ def planted(sample_corpus, tmp_path_factory) -> Path:
 def builds(local_ray, planted, sample_corpus, tmp_path_factory) -> dict[str, Path]:
     """drop2/drop1: the planted corpus, drop, 2 and 1 workers; flag: the clean sample, flag (every match listed)."""
     outs = {}
-    for name, corpus, action, workers in (("drop2", planted / "corpus", "drop", 2), ("drop1", planted / "corpus", "drop", 1),
-                                          ("flag", sample_corpus, "flag", 2)):
+    for name, corpus, action, workers in (
+        ("drop2", planted / "corpus", "drop", 2),
+        ("drop1", planted / "corpus", "drop", 1),
+        ("flag", sample_corpus, "flag", 2),
+    ):
         folder = tmp_path_factory.mktemp(name)
         recipe = sample_recipe(corpus, folder, decontaminate=eval_sets(planted / "eval", action))
         build(load_recipe(recipe), str(folder / "out"), workers=workers, console=False)
@@ -76,20 +90,30 @@ def test_planted_items_are_found_and_dropped_and_none_is_left_in_the_shards(buil
         for variant in variants:
             items = [p["item"] for p in plan[set_name] if p["variant"] == variant]
             recall = sum(i in matched[set_name] for i in items) / len(items)
-            assert recall >= (1.0 if variant in ("verbatim", "embedded") or set_name == "code" else 0.99), (set_name, variant, recall)
+            assert recall >= (1.0 if variant in ("verbatim", "embedded") or set_name == "code" else 0.99), (
+                set_name,
+                variant,
+                recall,
+            )
     assert len(plan["natural"]) + len(plan["code"]) >= 300
     manifest = json.loads((builds["drop2"] / "manifest.json").read_text())
     dropped = {s["name"]: s["dropped"] for s in manifest["sources"]}
-    planted_docs = {src: len({p["doc"] for kind in plan.values() for p in kind if p["doc"].startswith(src)})
-                    for src in ("slimpajama", "starcoderdata")}
+    planted_docs = {
+        src: len({p["doc"] for kind in plan.values() for p in kind if p["doc"].startswith(src)})
+        for src in ("slimpajama", "starcoderdata")
+    }
     assert dropped["slimpajama"]["decontaminated:natural"] >= planted_docs["slimpajama"]
     assert dropped["starcoderdata"]["decontaminated:code"] >= planted_docs["starcoderdata"]
     entries = {s["name"]: s for s in manifest["decontamination"]["sets"]}
     assert entries["natural"]["rule"] == {"unit": "words", "n": 13, "min_share": 0.0, "min_words": 8}
     assert len(entries["natural"]["sha256"]) == 64 and entries["code"]["items"] == 80
     # no document of the shards holds an item: the shards decoded with the build's tokenizer and matched again
-    config = DecontaminateConfig(sets=[EvalSetConfig(name="natural", files=[str(planted / "eval" / "natural.jsonl")], fields=NATURAL_FIELDS),
-                                       EvalSetConfig(name="code", files=[str(planted / "eval" / "code.jsonl")], fields=CODE_FIELDS)])
+    config = DecontaminateConfig(
+        sets=[
+            EvalSetConfig(name="natural", files=[str(planted / "eval" / "natural.jsonl")], fields=NATURAL_FIELDS),
+            EvalSetConfig(name="code", files=[str(planted / "eval" / "code.jsonl")], fields=CODE_FIELDS),
+        ]
+    )
     result = check(builds["drop2"] / "manifest.json", config)
     assert result["documents"] > 0 and all(s["documents"] == 0 for s in result["sets"].values()), result["sets"]
     # examples with the matched span and the item, in dropped_samples.jsonl and the report
@@ -97,7 +121,9 @@ def test_planted_items_are_found_and_dropped_and_none_is_left_in_the_shards(buil
     decontaminated = [line for line in lines if line["step"] == "decontamination"]
     assert {line["eval_set"] for line in decontaminated} == {"natural", "code"}
     assert all(line["match"] in line["text"] and line["item_text"] for line in decontaminated)
-    page = write_report(builds["drop2"] / "manifest.json", builds["drop2"].parent / "report", verify_bins=False).read_text()
+    page = write_report(
+        builds["drop2"] / "manifest.json", builds["drop2"].parent / "report", verify_bins=False
+    ).read_text()
     assert '<section id="decontamination">' in page and "decontamination-samples" in page
 
 
@@ -107,7 +133,7 @@ _SHORT = str.maketrans("", "", string.punctuation + "".join(chr(c) for c in rang
 
 def _grams(text: str, n: int = 13) -> set[tuple[str, ...]]:
     words = text.lower().translate(_PUNCT).split()
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def test_the_clean_corpus_gives_no_false_match(builds, planted):
@@ -135,12 +161,16 @@ def test_the_clean_corpus_gives_no_false_match(builds, planted):
                             expected[name].add(batch.doc_id(i))
     found = decontamination(out)
     flagged = {name: {doc for doc, _ in s["flagged_docs"]} for name, s in found.items()}
-    print(f"clean corpus: {documents} documents; flagged {({n: len(f) for n, f in flagged.items()})} (true 13-gram overlaps)")
+    print(
+        f"clean corpus: {documents} documents; flagged { ({n: len(f) for n, f in flagged.items()}) } (true 13-gram overlaps)"
+    )
     for name in expected:
         assert flagged[name] - expected[name] == set(), "false matches"
         assert expected[name] - flagged[name] == set(), "missed matches"
     assert documents > 250
-    assert all(s["dropped"] == 0 and s["flagged"] == len(flagged[s["name"]]) for s in manifest["decontamination"]["sets"])
+    assert all(
+        s["dropped"] == 0 and s["flagged"] == len(flagged[s["name"]]) for s in manifest["decontamination"]["sets"]
+    )
 
 
 def test_one_or_two_workers_give_the_same_bytes(builds):
@@ -175,7 +205,9 @@ def test_a_missing_eval_file_is_refused_in_one_line_before_any_work(planted, tmp
     sets = eval_sets(planted / "eval")
     sets["sets"][1]["files"] = [str(planted / "eval" / "nowhere.jsonl")]
     recipe = sample_recipe(planted / "corpus", tmp_path, decontaminate=sets)
-    done = subprocess.run(tokenmill("build", str(recipe), "--out", str(tmp_path / "out")), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        tokenmill("build", str(recipe), "--out", str(tmp_path / "out")), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "'code'" in lines[0] and "nowhere.jsonl" in lines[0] and "fix" in lines[0], done.stderr
@@ -190,4 +222,6 @@ def test_a_worker_killed_mid_process_is_retried_and_the_output_is_identical(buil
     assert not alive(pid) and task.removeprefix("ray::") in tasks_run(tmp_path / "out")
     assert shard_bytes(tmp_path / "out") == shard_bytes(builds["drop2"])
     assert stable_manifest(tmp_path / "out") == stable_manifest(builds["drop2"])
-    assert (tmp_path / "out" / "decontamination.json").read_bytes() == (builds["drop2"] / "decontamination.json").read_bytes()
+    assert (tmp_path / "out" / "decontamination.json").read_bytes() == (
+        builds["drop2"] / "decontamination.json"
+    ).read_bytes()
