@@ -19,7 +19,6 @@ import ast
 import io
 import json
 import random
-import string
 from pathlib import Path
 
 import orjson
@@ -36,6 +35,7 @@ from pipeline.sample_corpus import (
     _stdlib_sources,
     kjv_verses,
 )
+from stages.normalize import DELETE_PUNCTUATION_AND_SPACE
 
 NATURAL_VARIANTS = ("verbatim", "embedded", "case", "whitespace", "punctuation", "line_break")
 PER_VARIANT = 60  # natural items planted per variant: 360 in all
@@ -46,7 +46,6 @@ CODE_UNPLANTED = 40
 CODE_MODULES_FROM = "u"  # stdlib paths from here on: beyond what any sample size takes (sorted path order)
 CODE_LINES = (6, 40)
 MIN_CHARS = 250  # the sample recipe drops documents under 200 characters without punctuation and whitespace
-_NO_PUNCTUATION_OR_SPACE = str.maketrans("", "", string.punctuation + string.whitespace)
 _SEED = 30  # its own generator: the sample's seeded choices are untouched
 
 
@@ -60,7 +59,7 @@ def natural_items(count: int) -> list[dict]:
     for (book, chapter), verses in reversed(list(by_chapter.items())):
         for i in range(0, len(verses) - 3, 4):
             item = {"id": f"{book} {chapter}:{i + 1}", "question": " ".join(verses[i : i + 3]), "answer": verses[i + 3]}
-            if len(_item_text(item, ("question", "answer")).translate(_NO_PUNCTUATION_OR_SPACE)) < MIN_CHARS:
+            if len(_item_text(item, ("question", "answer")).translate(DELETE_PUNCTUATION_AND_SPACE)) < MIN_CHARS:
                 continue
             items.append(item)
             if len(items) == count:

@@ -1,7 +1,7 @@
 """Benchmark decontamination: documents that share an n-gram with an evaluation item are dropped (or flagged).
 
 The rule is GPT-3's (and datatrove's): the text is normalized as SlimPajama's near-duplicate rule normalizes it
-(`stages.minhash`: lowercase, `string.punctuation` deleted, whitespace runs folded), split into words, and a
+(`stages.normalize`: lowercase, `string.punctuation` deleted, whitespace runs folded), split into words, and a
 document matches an item when it holds one of the item's word n-grams (default n = 13), or, with `min_share`, at
 least that share of them. An item shorter than n words (but at least `min_words`) is matched as a whole: its
 words in a row. The `tokens` rule takes n-grams of token ids instead (the Llama-2/3 contamination analyses),
@@ -32,9 +32,10 @@ import fsspec
 import numpy as np
 from numba import njit
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.document import DECONTAMINATED
-from stages.minhash import _IS_PUNCTUATION, _IS_SPACE, _fmix64
+from stages.minhash import _fmix64
+from stages.normalize import IS_PUNCTUATION, IS_SPACE
 
 RULES = ("words", "tokens")
 ACTIONS = ("drop", "flag")
@@ -416,7 +417,7 @@ def words(texts: list[str]) -> Words:
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     for d in range(len(texts)):
         b = offsets[d]
-        n = _words(cps, bounds[d], bounds[d + 1], _IS_PUNCTUATION, _IS_SPACE, hashes[b:], starts[b:], ends[b:])
+        n = _words(cps, bounds[d], bounds[d + 1], IS_PUNCTUATION, IS_SPACE, hashes[b:], starts[b:], ends[b:])
         offsets[d + 1] = b + n
     total = offsets[-1]
     return Words(hashes[:total].copy(), offsets, starts[:total].copy(), ends[:total].copy())

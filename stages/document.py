@@ -80,6 +80,9 @@ BAD_INPUT_REASONS = (
     "oversized_document",
 )
 
+# what dedupe removes a document as (`stages.dedupe`)
+EXACT_DUPLICATE, NEAR_DUPLICATE = "exact_duplicate", "near_duplicate"
+
 # Where each kind of drop happens in the pipeline, in order: the funnel's steps.
 FUNNEL_STEPS = ("bad input", "filters", "decontamination", "exact duplicates", "near duplicates")
 DECONTAMINATED = "decontaminated:"  # + the eval set's name: a document holding an eval item (`stages.decontaminate`)
@@ -91,5 +94,5 @@ def drop_step(reason: str) -> str:
         return "bad input"
     if reason.startswith(DECONTAMINATED):
         return "decontamination"
-    return {"exact_duplicate": "exact duplicates", "near_duplicate": "near duplicates"}.get(reason, "filters")
+    return {EXACT_DUPLICATE: "exact duplicates", NEAR_DUPLICATE: "near duplicates"}.get(reason, "filters")
 

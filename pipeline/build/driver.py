@@ -23,7 +23,8 @@ import numpy as np
 
 from manifests import manifest as manifest_io
 from manifests.keys import split_key
-from manifests.shards import dtype_name
+from manifests.outputs import MANIFEST, shards_folder
+from manifests.shards import ShardEntry, dtype_name
 from pipeline.build import registry as stage
 from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
@@ -35,7 +36,7 @@ from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
 from pipeline.work.runner import BuildError, Runner, start_ray
-from pipeline.work.store import Store, shards_folder
+from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
 from stages.decontaminate import EvalSet, EvalSetError
@@ -57,18 +58,17 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     out.makedirs()
     tokenizer = given or open_tokenizer(recipe, inputs, out)
     work = Store.at(work_url) if work_url else out.child("work")
-    log = EventLog.at(out, "build.log.jsonl", console)  # on an object store: uploaded per stage and at the end
+    log = EventLog.at(out, console=console)  # on an object store: uploaded per stage and at the end
     try:
         workers = start_ray(address, workers)
         log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
         runner = Runner(work, workers, log)
         results = run_stages(recipe, inputs, tokenizer, runner, out, eval_sets)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
-        tokens = sum(s["tokens"] for s in manifest["splits"].values())
-        log.say(f"manifest: {out.url('manifest.json')}  ({tokens:,} tokens)")
+        log.say(f"manifest: {manifest.path}  ({sum(s.tokens for s in manifest.splits.values()):,} tokens)")
     finally:
         log.close()  # a failed build's log too: it names the tasks that finished
-    return out.url("manifest.json")
+    return out.url(MANIFEST)
 
 
 def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store,
@@ -101,8 +101,6 @@ def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenize
     object store for every process task: (its folder, its done record, the object) or ("", None, None)."""
     if recipe.decontaminate is None:
         return "", None, None
-    import ray
-
     made_from = decontam.index_made_from(recipe.decontaminate, eval_sets, tokenizer)
     _say_what_changed(out, made_from, runner, recipe)
     folder = stage.DECONTAMINATE.folder(stage.decontaminate_key(made_from))
@@ -112,17 +110,17 @@ def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenize
     items = sum(s["items"] for s in record["sets"])
     runner.log.say(f"decontaminate: {record['ngrams']:,} n-grams of {items:,} items in {len(record['sets'])} eval sets, "
                    f"index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)")
-    return folder, record, ray.put(index)
+    return folder, record, runner.share(index)
 
 
 def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recipe) -> None:
     """When OUT holds an earlier build with other eval sets (or none): which sets came, went or changed, and that
     every input file is processed again (its documents matched against the new index) and every stage after."""
     try:
-        earlier = out.read_json("manifest.json")
+        earlier = out.read_json(MANIFEST)
     except (OSError, ValueError):
         return
-    earlier_sets = earlier.get("decontamination", {}).get("sets", [])
+    earlier_sets = (earlier.get("decontamination") or {}).get("sets", [])
     before = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in earlier_sets}
     now = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in made_from["sets"]}
     if before == now:
@@ -142,9 +140,7 @@ def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runn
              index_ref=None) -> tuple[list[Processed], list[dict]]:
     """Every input file's process output, and each file's funnel ({"source", "funnels"}, and what the eval sets
     matched in it when the recipe decontaminates) for the report."""
-    import ray
-
-    tokenizer_ref = ray.put(tokenizer)  # one copy in the object store for every task, not one per task
+    tokenizer_ref = runner.share(tokenizer)
     index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
     folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
     records = runner.run(stage.PROCESS, [
@@ -182,9 +178,7 @@ def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], gr
 def _verify(recipe: Recipe, processed: list[Processed], resolved_folder: str, key: str, runner: Runner) -> tuple[str, dict]:
     """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
     resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
-    import ray
-
-    folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
+    folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
     verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
     runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work)
                               for p, folder in enumerate(verify_folders)])
@@ -244,7 +238,7 @@ def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolve
     ])
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
-        shards.setdefault(g.split, []).extend(record["entries"])
+        shards.setdefault(g.split, []).extend(ShardEntry(**e) for e in record["entries"])
     return shards, factors
 
 

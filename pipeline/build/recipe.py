@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.dedupe import DedupeConfig
 from stages.fetch import SourceConfig

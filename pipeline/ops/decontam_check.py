@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from manifests.config import ConfigError
 from manifests.keys import split_key
 from manifests.manifest import ManifestError, load
 from manifests.shards import open_tokens, read_index
 from pipeline.tasks.decontaminate import eval_sets
-from stages.config import ConfigError
 from stages.decontaminate import DecontaminateConfig, EvalSetConfig, EvalSetError, build_index, match, unit_sequences
 from stages.tokenize import Tokenizer
 
@@ -50,10 +50,10 @@ def check(manifest_path: Path, config: DecontaminateConfig) -> dict:
     sets = eval_sets(config)
     encode = lambda texts: [np.asarray(t, np.int64) for t in tokenizer.processor.encode(texts)]  # noqa: E731
     index = build_index(config.rules(), sets, encode)
-    inputs = manifest.data["inputs"]
+    inputs = manifest.inputs
     found = {s.name: {"documents": 0, "items": {}, "shown": []} for s in sets}
     documents = 0
-    for split in manifest.splits():
+    for split in manifest.splits:
         for ref in manifest.shards(split):
             shard = read_index(ref.idx_path)
             tokens = open_tokens(ref.bin_path, shard)
@@ -71,7 +71,7 @@ def check(manifest_path: Path, config: DecontaminateConfig) -> dict:
     return {"manifest": str(manifest_path), "documents": documents, "sets": found}
 
 
-def _count(matches, docs: range, shard, sets, inputs: list[dict], split: str, found: dict) -> None:
+def _count(matches, docs: range, shard, sets, inputs: list, split: str, found: dict) -> None:
     seen = set()
     for m in matches:
         eval_set = sets[m.set_no]
@@ -84,8 +84,8 @@ def _count(matches, docs: range, shard, sets, inputs: list[dict], split: str, fo
         out["documents"] += 1
         if len(out["shown"]) < SHOWN:
             file_index, ordinal = split_key(int(shard.origins[docs[m.doc]]))
-            origin = inputs[file_index] if file_index < len(inputs) else {"source": "?", "path": "?"}
-            out["shown"].append({"split": split, "doc": f"{origin['source']}/{origin['path']}#{ordinal}", "item": item})
+            origin = f"{inputs[file_index].source}/{inputs[file_index].path}" if file_index < len(inputs) else "?"
+            out["shown"].append({"split": split, "doc": f"{origin}#{ordinal}", "item": item})
 
 
 def main(argv: list[str]) -> int:

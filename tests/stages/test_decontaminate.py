@@ -4,12 +4,11 @@ refusals, and the token rule with the real sentencepiece model."""
 from __future__ import annotations
 
 import json
-import string
 
 import numpy as np
 import pytest
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.decontaminate import (
     DecontaminateConfig,
     EvalItem,
@@ -21,14 +20,13 @@ from stages.decontaminate import (
     read_eval_set,
     unit_sequences,
 )
+from stages.normalize import normalize
 from stages.tokenize import Tokenizer
-
-_PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def reference_words(text: str) -> list[str]:
-    """GPT-3's normalization, written plainly: lowercase, ASCII punctuation deleted, split on whitespace."""
-    return text.lower().translate(_PUNCT).split()
+    """GPT-3's normalization in plain Python (`stages.normalize.normalize`), split into words."""
+    return normalize(text).split()
 
 
 def reference_matches(

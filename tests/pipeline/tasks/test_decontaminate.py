@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import string
 import subprocess
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from pipeline.sample_eval import CODE_VARIANTS, NATURAL_VARIANTS, plant_eval_ite
 from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.document import DocBatch
 from stages.fetch import read_documents
+from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, normalize
 from tests.reliability.faults import (
     alive,
     sample_recipe,
@@ -127,12 +127,10 @@ def test_planted_items_are_found_and_dropped_and_none_is_left_in_the_shards(buil
     assert '<section id="decontamination">' in page and "decontamination-samples" in page
 
 
-_PUNCT = str.maketrans("", "", string.punctuation)
-_SHORT = str.maketrans("", "", string.punctuation + "".join(chr(c) for c in range(0x3001) if chr(c).isspace()))
 
 
 def _grams(text: str, n: int = 13) -> set[tuple[str, ...]]:
-    words = text.lower().translate(_PUNCT).split()
+    words = normalize(text).split()
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
@@ -154,7 +152,7 @@ def test_the_clean_corpus_gives_no_false_match(builds, planted):
             if isinstance(batch, DocBatch):
                 for i, (text, subset) in enumerate(zip(batch.texts, batch.subsets)):
                     documents += 1
-                    if subset in source.exclude_subsets or len(text.translate(_SHORT)) < 200:
+                    if subset in source.exclude_subsets or len(text.translate(DELETE_PUNCTUATION_AND_SPACE)) < 200:
                         continue  # dropped by the recipe's filters (subset rule, short_document) before matching
                     for name, grams in items.items():
                         if _grams(text) & grams:
