@@ -88,7 +88,7 @@ def worker(out: Path, with_index: bool) -> dict:
     from pipeline.tasks.process import process_file
     from pipeline.work.store import Store
     from stages.decontaminate import DecontaminateConfig, EvalSetConfig, Index, match, unit_sequences
-    from tests.reliability.faults import sample_recipe
+    from tests.support.faults import sample_recipe
 
     recipe = load_recipe(sample_recipe(out / "corpus", out / ("with" if with_index else "without")))
     tokenizer = recipe_tokenizer(recipe)

@@ -23,7 +23,7 @@ from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.document import DocBatch
 from stages.fetch import read_documents
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, normalize
-from tests.reliability.faults import (
+from tests.support.faults import (
     alive,
     sample_recipe,
     shard_bytes,
