@@ -356,7 +356,8 @@ def hf_baseline(args) -> dict:
     return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summarize(records, args.warmup, train_cfg.batch_tokens, 1)}
 
 
-def titan_model(attention: str, *, layers: int, dim: int, heads: int, kv_heads: int, ffn: int, vocab: int, context: int):
+def titan_model(attention: str, *, layers: int, dim: int, heads: int, kv_heads: int, ffn: int, vocab: int,
+                context: int):
     """torchtitan 0.3.0's Llama3 model (its fused QKV, per-layer depth-scaled init) at the given shape: its own
     1B/8B recipes with TinyLlama's sizes, RoPE theta 10,000 unscaled, untied output. On the meta device."""
     import torch
@@ -374,8 +375,10 @@ def titan_model(attention: str, *, layers: int, dim: int, heads: int, kv_heads: 
         tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim, param_init=_EMBEDDING_INIT),
         norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM_INIT),
         lm_head=Linear.Config(in_features=dim, out_features=vocab, param_init=_output_linear_init(dim)),
-        layers=_build_llama3_layers(n_layers=layers, dim=dim, n_heads=heads, n_kv_heads=kv_heads, hidden_dim=ffn, attn_backend=attention,
-                                    rope=ComplexRoPE.Config(dim=dim // heads, max_seq_len=context, theta=10000.0)),
+        layers=_build_llama3_layers(
+            n_layers=layers, dim=dim, n_heads=heads, n_kv_heads=kv_heads, hidden_dim=ffn, attn_backend=attention,
+            rope=ComplexRoPE.Config(dim=dim // heads, max_seq_len=context, theta=10000.0),
+        ),
     )
     with torch.device("meta"):
         return config.build()
@@ -391,8 +394,8 @@ def titan_parallelize(model, *, compile: bool):
     from torchtitan.models.llama3 import parallelize_llama
 
     parallelism = ParallelismConfig(spmd_backend="partial_dtensor")
-    return parallelize_llama(model, parallel_dims=ParallelDims.from_config(parallelism, 1),
-                             training=TrainingConfig(mixed_precision_param="bfloat16", mixed_precision_reduce="float32"),
+    training = TrainingConfig(mixed_precision_param="bfloat16", mixed_precision_reduce="float32")
+    return parallelize_llama(model, parallel_dims=ParallelDims.from_config(parallelism, 1), training=training,
                              parallelism=parallelism, compile_config=CompileConfig(enable=compile), ac_config=None,
                              dump_folder=str(REPO / "runs"))
 
@@ -415,19 +418,23 @@ def titan_baseline(args) -> dict:
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     cfg = PRESETS[PRESET]
-    model = titan_model(args.titan_attention, layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, ffn=cfg.ffn_dim,
-                        vocab=cfg.vocab_size, context=cfg.context)
+    model = titan_model(args.titan_attention, layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads,
+                        ffn=cfg.ffn_dim, vocab=cfg.vocab_size, context=cfg.context)
     model = titan_parallelize(model, compile=True)
     model.to_empty(device="cuda")
     with torch.no_grad():
         model.init_states(buffer_device=torch.device("cuda"))
-    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch,
-                            batch_tokens=batch_tokens(args.micro_batch, args))
+    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup,
+                            micro_batch=args.micro_batch, batch_tokens=batch_tokens(args.micro_batch, args))
     optimizer = build_optimizer(model, train_cfg, fused=True)
-    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cuda"))
+    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0,
+                         world_size=1, device=torch.device("cuda"))
     positions = torch.arange(cfg.context, device="cuda")[None].expand(args.micro_batch, -1)
     masks = model.get_attention_masks(positions)  # one document per window: causal, as tokenmill and HF train
-    cross_entropy = torch.compile(lambda logits, targets: F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()))
+    def loss(logits, targets):
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    cross_entropy = torch.compile(loss)
 
     def loss_of(inputs, targets):
         return cross_entropy(model(inputs, positions, masks), targets)
@@ -435,7 +442,8 @@ def titan_baseline(args) -> dict:
     records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, args.log_every)
     loader.close()
     dist.destroy_process_group()
-    return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summarize(records, args.warmup, train_cfg.batch_tokens, 1)}
+    summary = summarize(records, args.warmup, train_cfg.batch_tokens, 1)
+    return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summary}
 
 
 def _free_port() -> int:
@@ -488,8 +496,8 @@ def in_subprocess(mode: str, args, extra: list[str]) -> dict:
 def table(rows: dict[str, dict], peak: float) -> str:
     flops = PRESETS[PRESET].flops_per_token()
     lines = [
-        f"{'run':<24} {'mb x acc':>8} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} {'peak mem GiB':>13} {'data wait':>10} "
-        f"{'loss (last log)':>15} {'mean loss, last 50 steps':>24}",
+        f"{'run':<24} {'mb x acc':>8} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} {'peak mem GiB':>13} "
+        f"{'data wait':>10} {'loss (last log)':>15} {'mean loss, last 50 steps':>24}",
     ]
     for name, r in rows.items():
         if "error" in r:
@@ -497,7 +505,8 @@ def table(rows: dict[str, dict], peak: float) -> str:
             continue
         tps = r["tokens_per_s_per_gpu"]
         lines.append(
-            f"{name:<24} {str(r['micro_batch']) + ' x ' + str(r['accumulation']):>8} {tps:>13,.0f} {100 * tps * flops / DATASHEET_PEAK:>13.1f}% {100 * tps * flops / peak:>13.1f}% "
+            f"{name:<24} {str(r['micro_batch']) + ' x ' + str(r['accumulation']):>8} {tps:>13,.0f} "
+            f"{100 * tps * flops / DATASHEET_PEAK:>13.1f}% {100 * tps * flops / peak:>13.1f}% "
             f"{r['mem_gib']:>13.1f} {100 * r['data_wait']:>9.2f}% {r['final_loss']:>15.4f} {r['mean_loss_last']:>24.4f}"
         )
     return "\n".join(lines)
@@ -546,9 +555,10 @@ def gpu(args) -> None:
         print(json.dumps({row: rows[row]}), flush=True)
     for run in filter(None, args.titan.split(",")):  # attention:micro-batch
         attention, micro_batch = run.split(":")
-        rows[f"torchtitan:{attention}-mb{micro_batch}"] = _attempt(
-            lambda: in_subprocess("titan", args, common + ["--titan-attention", attention, "--micro-batch", micro_batch]))
-        print(json.dumps({f"torchtitan:{run}": rows[f"torchtitan:{attention}-mb{micro_batch}"]}), flush=True)
+        row = f"torchtitan:{attention}-mb{micro_batch}"
+        extra = ["--titan-attention", attention, "--micro-batch", micro_batch]
+        rows[row] = _attempt(lambda: in_subprocess("titan", args, common + extra))
+        print(json.dumps({row: rows[row]}), flush=True)
     results = {"matmul": peak, "runs": rows, "args": {k: str(v) for k, v in vars(args).items()}}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     report(rows, peak["matmul_flops"], args)
@@ -572,7 +582,8 @@ def report(rows: dict[str, dict], peak: float, args) -> None:
             continue
         for name, r in rows.items():
             if name.startswith("tokenmill:") and "error" not in r:
-                print(f"{name}: {r['tokens_per_s_per_gpu'] / base['tokens_per_s_per_gpu']:.3f}x {base_name}; loss over the last {args.log_every} steps "
+                ratio = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
+                print(f"{name}: {ratio:.3f}x {base_name}; loss over the last {args.log_every} steps "
                       f"{r['final_loss']:.4f} vs {base['final_loss']:.4f}", flush=True)
 
 
@@ -620,7 +631,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro-batch", type=int, default=8, help="hf baseline and reader (tokenmill variants set their own)")
     parser.add_argument("--batch-tokens", type=int, default=0, help="tokens per optimizer step, every run (0: one micro-batch, no accumulation)")
     parser.add_argument("--log-every", type=int, default=10, help="optimizer steps per logged interval")
-    parser.add_argument("--titan", default="", help="torchtitan 0.3.0 baselines to run, comma-separated attention:micro-batch (attention: flex or varlen)")
+    parser.add_argument("--titan", default="",
+                        help="torchtitan 0.3.0 baselines to run: comma-separated attention:micro-batch (attention: flex or varlen)")
     parser.add_argument("--titan-attention", default="flex", help="titan: torchtitan's attention backend")
     parser.add_argument("--profile", default="", help="variants to profile first (comma-separated)")
     parser.add_argument("--variant", default="default", help="profile: the variant")

@@ -19,6 +19,7 @@ needs the halves layout where the model interleaves (gate, up) pairs. RoPE, whos
 bound too (5.9 ms against 6.2), and liger's kernel wants contiguous q and k: a copy out of the fused qkv
 output, i.e. twice the bytes of the compiled one.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,12 +39,16 @@ def check_kernels(kernels: str, device_type: str) -> None:
     if kernels == "torch":
         return
     if device_type != "cuda":
-        raise ConfigError(f"--kernels {kernels}: liger-kernel's Triton kernels need a CUDA device, this run is on "
-                          f"{device_type}: use --kernels torch")
+        raise ConfigError(
+            f"--kernels {kernels}: liger-kernel's Triton kernels need a CUDA device, this run is on "
+            f"{device_type}: use --kernels torch"
+        )
     missing = [name for name in ("triton", "liger_kernel") if importlib.util.find_spec(name) is None]
     if missing:
-        raise ConfigError(f"--kernels {kernels}: {' and '.join(missing)} not installed; "
-                          "pip install 'tokenmill[gpu]' (liger-kernel), or use --kernels torch")
+        raise ConfigError(
+            f"--kernels {kernels}: {' and '.join(missing)} not installed; "
+            "pip install 'tokenmill[gpu]' (liger-kernel), or use --kernels torch"
+        )
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -51,7 +56,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return _rms_norm(x, weight, eps)[0]
 
 
-def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x + delta), x + delta), the sum in x's dtype."""
     y, s, _ = _add_rms_norm(x, delta, weight, eps)
     return y, s
@@ -96,14 +103,26 @@ def _(x, weight, eps):
 
 
 @torch.library.custom_op("tokenmill::rms_norm_backward", mutates_args=())
-def _rms_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _rms_norm_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     if grad.is_cuda:
         from liger_kernel.ops.rms_norm import rms_norm_backward
         from liger_kernel.ops.utils import calculate_settings
 
         block, warps = calculate_settings(x.shape[-1])
-        grad_x, grad_weight = rms_norm_backward(grad.contiguous(), x.contiguous().view(-1, x.shape[-1]), weight, rstd, 0.0, _GEMMA,
-                                                block, warps, False, None)
+        grad_x, grad_weight = rms_norm_backward(
+            grad.contiguous(),
+            x.contiguous().view(-1, x.shape[-1]),
+            weight,
+            rstd,
+            0.0,
+            _GEMMA,
+            block,
+            warps,
+            False,
+            None,
+        )
         return grad_x, grad_weight
     grad_x, grad_weight = _rms_backward_reference(grad, x, weight, rstd)
     return grad_x.to(grad.dtype), grad_weight
@@ -129,7 +148,9 @@ _rms_norm.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
 
 
 @torch.library.custom_op("tokenmill::add_rms_norm", mutates_args=())
-def _add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(normalised x + delta in x's dtype, x + delta in x's dtype, 1/rms per row in fp32)."""
     if x.is_cuda:
         from liger_kernel.ops.fused_add_rms_norm import fused_add_rms_norm_forward
@@ -147,8 +168,9 @@ def _(x, delta, weight, eps):
 
 
 @torch.library.custom_op("tokenmill::add_rms_norm_backward", mutates_args=())
-def _add_rms_norm_backward(grad_y: torch.Tensor, grad_s: torch.Tensor | None, s: torch.Tensor, weight: torch.Tensor,
-                           rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _add_rms_norm_backward(
+    grad_y: torch.Tensor, grad_s: torch.Tensor | None, s: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradient of x and of delta, which are the same tensor; gradient of weight)."""
     if grad_y.is_cuda:
         from liger_kernel.ops.fused_add_rms_norm import fused_add_rms_norm_backward
@@ -156,7 +178,18 @@ def _add_rms_norm_backward(grad_y: torch.Tensor, grad_s: torch.Tensor | None, s:
 
         block, warps = calculate_settings(s.shape[-1])
         grad_x, _, grad_weight = fused_add_rms_norm_backward(
-            grad_y.contiguous(), None if grad_s is None else grad_s.contiguous(), s, weight, rstd, 0.0, _GEMMA, block, warps, _STAGES, False)
+            grad_y.contiguous(),
+            None if grad_s is None else grad_s.contiguous(),
+            s,
+            weight,
+            rstd,
+            0.0,
+            _GEMMA,
+            block,
+            warps,
+            _STAGES,
+            False,
+        )
         return grad_x, grad_weight
     grad_x, grad_weight = _rms_backward_reference(grad_y, s, weight, rstd)
     if grad_s is not None:
@@ -195,6 +228,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
     # (input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
     # return_z_loss, accum_dtype)
-    loss, *_ = LigerFusedLinearCrossEntropyFunction.apply(h, weight, targets, None, None, -100, 0.0, 0.0, "mean", None, False,
-                                                          torch.float32)
+    loss, *_ = LigerFusedLinearCrossEntropyFunction.apply(
+        h, weight, targets, None, None, -100, 0.0, 0.0, "mean", None, False, torch.float32
+    )
     return loss

@@ -1,5 +1,6 @@
 """bench/train_throughput.py's torchtitan baseline: its model at TinyLlama's shape and its parallelize path,
 checked on the CPU where torchtitan 0.3.0 is installed (the GPU run itself is the benchmark)."""
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,15 @@ import train_throughput  # noqa: E402
 
 
 def shape(cfg):
-    return {"layers": cfg.n_layers, "dim": cfg.dim, "heads": cfg.n_heads, "kv_heads": cfg.n_kv_heads, "ffn": cfg.ffn_dim,
-            "vocab": cfg.vocab_size, "context": cfg.context}
+    return {
+        "layers": cfg.n_layers,
+        "dim": cfg.dim,
+        "heads": cfg.n_heads,
+        "kv_heads": cfg.n_kv_heads,
+        "ffn": cfg.ffn_dim,
+        "vocab": cfg.vocab_size,
+        "context": cfg.context,
+    }
 
 
 def test_torchtitans_model_has_tinyllamas_parameters():

@@ -1,6 +1,7 @@
 """trainer/kernels.py: the fused ops against the model's own arithmetic. On the CPU the ops run their torch
 reference arithmetic (checked against float64 autograd and the plain model); on a GPU (`gpu` marker) liger's
 Triton kernels are checked against the same references on fresh random inputs."""
+
 from __future__ import annotations
 
 import copy
@@ -63,7 +64,9 @@ def test_deferred_residual_blocks_compute_the_plain_models_loss_and_gradients():
     """With the fused kernels each block hands its last residual add to the next block's norm: the same
     function, so the same loss and gradients (fp32, CPU reference ops)."""
     plain, fused = tiny_pair()
-    assert fused.defer_residual and all(b.defer_residual and b.attn_norm.fused for b in fused.layers) and fused.norm.fused
+    assert (
+        fused.defer_residual and all(b.defer_residual and b.attn_norm.fused for b in fused.layers) and fused.norm.fused
+    )
     tokens = torch.randint(0, 32000, (2, 33), generator=torch.Generator().manual_seed(0))
     losses = {}
     for name, model in (("plain", plain), ("fused", fused)):
@@ -80,7 +83,9 @@ def test_the_option_is_refused_where_the_kernels_cannot_run(monkeypatch, tmp_pat
     with pytest.raises(ConfigError, match="need a CUDA device, this run is on cpu: use --kernels torch"):
         kernels.check_kernels("liger", "cpu")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a)
+    )
     with pytest.raises(ConfigError, match=r"liger_kernel not installed; pip install 'tokenmill\[gpu\]'"):
         kernels.check_kernels("liger+ce", "cuda")
     kernels.check_kernels("torch", "cpu")  # the reference path runs anywhere
@@ -96,8 +101,17 @@ def test_parallelize_refuses_liger_on_a_cpu_mesh_before_touching_the_model(tmp_p
     try:
         model = build(PRESETS["tiny"], seed=1)
         with pytest.raises(ConfigError, match="need a CUDA device"):
-            parallelize(model, init_device_mesh("cpu", (1,)), param_dtype=torch.float32, compile=False, ac_every=0,
-                        reshard_after_forward=False, fp8=False, fp32_residual=False, kernels="liger")
+            parallelize(
+                model,
+                init_device_mesh("cpu", (1,)),
+                param_dtype=torch.float32,
+                compile=False,
+                ac_every=0,
+                reshard_after_forward=False,
+                fp8=False,
+                fp32_residual=False,
+                kernels="liger",
+            )
         assert not model.defer_residual
     finally:
         dist.destroy_process_group()
@@ -105,8 +119,10 @@ def test_parallelize_refuses_liger_on_a_cpu_mesh_before_touching_the_model(tmp_p
 
 # --- on a GPU: liger's kernels against the references -------------------------------------------------------
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
-                         reason="needs a CUDA device and liger-kernel (pip install 'tokenmill[gpu]')")
+gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
+    reason="needs a CUDA device and liger-kernel (pip install 'tokenmill[gpu]')",
+)
 
 
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -126,7 +142,10 @@ def test_liger_norms_match_the_reference_on_the_gpu(residual_dtype):
     x = (2 * torch.randn(rows, dim, device="cuda")).to(residual_dtype)
     delta = torch.randn(rows, dim, device="cuda", dtype=torch.bfloat16)
     weight = (1 + 0.1 * torch.randn(dim, device="cuda")).to(torch.bfloat16)
-    grad_y, grad_s = torch.randn(rows, dim, device="cuda", dtype=residual_dtype), torch.randn(rows, dim, device="cuda", dtype=residual_dtype)
+    grad_y, grad_s = (
+        torch.randn(rows, dim, device="cuda", dtype=residual_dtype),
+        torch.randn(rows, dim, device="cuda", dtype=residual_dtype),
+    )
 
     def run(fn, inputs, grad_outs):
         leaves = [t.detach().clone().requires_grad_() for t in inputs]
