@@ -389,6 +389,12 @@ def titan_parallelize(model, *, compile: bool):
     caller, as its trainer's `compile.components = ["model", "loss"]`), then FSDP2 with bf16 parameters and fp32
     gradient reduction (its MixedPrecisionPolicy), over a one-rank mesh; no activation checkpointing (as
     tokenmill at these micro-batches). Needs a process group."""
+    import torch.distributed.fsdp as fsdp
+
+    if not hasattr(fsdp, "DataParallelMeshDims"):
+        # torch 2.11 lacks this name, which torchtitan 0.3.0 imports for its full-DTensor FSDP mode only; its
+        # partial-DTensor mode, used here, never passes one to fully_shard. A stand-in lets the module import.
+        fsdp.DataParallelMeshDims = type("DataParallelMeshDims", (), {})
     from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
     from torchtitan.distributed import ParallelDims
     from torchtitan.models.llama3 import parallelize_llama
