@@ -1,5 +1,6 @@
-"""Trainer throughput: tokenmill's FSDP2 trainer against Hugging Face transformers + torch.compile, on the same
-real shards, the same initial weights and the same windows, back to back in one call.
+"""Trainer throughput: tokenmill's FSDP2 trainer against Hugging Face transformers + torch.compile (and, with
+`--titan`, torchtitan 0.3.0's Llama3 model through its own parallelize function), on the same real shards and
+the same windows (the same initial weights too, but for torchtitan's), back to back in one call.
 
     python bench/train_throughput.py gpu --work /tmp/tm-bench [--variants default,mb16,fp8,fp8-mb16] [--profile default]
     python bench/train_throughput.py gpu --work /tmp/tm-bench --batch-tokens 131072 --steps 14 --warmup 2 --log-every 2
@@ -356,11 +357,23 @@ def hf_baseline(args) -> dict:
     return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summarize(records, args.warmup, train_cfg.batch_tokens, 1)}
 
 
+def _titan_on_older_torch() -> None:
+    """Before torchtitan is imported: torch 2.11 lacks `torch.distributed.fsdp.DataParallelMeshDims`, which
+    torchtitan 0.3.0's FSDP module imports for its full-DTensor mode only; its partial-DTensor mode, used here,
+    never passes one to fully_shard. A stand-in lets the module import."""
+    import torch.distributed.fsdp as fsdp
+
+    if not hasattr(fsdp, "DataParallelMeshDims"):
+        fsdp.DataParallelMeshDims = type("DataParallelMeshDims", (), {})
+
+
 def titan_model(attention: str, *, layers: int, dim: int, heads: int, kv_heads: int, ffn: int, vocab: int,
                 context: int):
     """torchtitan 0.3.0's Llama3 model (its fused QKV, per-layer depth-scaled init) at the given shape: its own
     1B/8B recipes with TinyLlama's sizes, RoPE theta 10,000 unscaled, untied output. On the meta device."""
     import torch
+
+    _titan_on_older_torch()
     from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
     from torchtitan.models.llama3 import (
         _EMBEDDING_INIT,
@@ -389,12 +402,7 @@ def titan_parallelize(model, *, compile: bool):
     caller, as its trainer's `compile.components = ["model", "loss"]`), then FSDP2 with bf16 parameters and fp32
     gradient reduction (its MixedPrecisionPolicy), over a one-rank mesh; no activation checkpointing (as
     tokenmill at these micro-batches). Needs a process group."""
-    import torch.distributed.fsdp as fsdp
-
-    if not hasattr(fsdp, "DataParallelMeshDims"):
-        # torch 2.11 lacks this name, which torchtitan 0.3.0 imports for its full-DTensor FSDP mode only; its
-        # partial-DTensor mode, used here, never passes one to fully_shard. A stand-in lets the module import.
-        fsdp.DataParallelMeshDims = type("DataParallelMeshDims", (), {})
+    _titan_on_older_torch()
     from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
     from torchtitan.distributed import ParallelDims
     from torchtitan.models.llama3 import parallelize_llama
