@@ -54,3 +54,18 @@ def test_torchtitans_parallelize_path_runs_a_forward_on_one_cpu_rank(tmp_path, m
         assert logits.dtype == torch.bfloat16  # its MixedPrecisionPolicy: bf16 compute over fp32 parameters
     finally:
         dist.destroy_process_group()
+
+
+def test_torchtitan_imports_where_torch_lacks_DataParallelMeshDims():
+    """torch 2.11 (the GPU image's) has no torch.distributed.fsdp.DataParallelMeshDims, which torchtitan 0.3.0's
+    FSDP module imports and which its model's import pulls in: the bench's stand-in must come first."""
+    import subprocess
+
+    code = (
+        "import sys, torch.distributed.fsdp as f; del f.DataParallelMeshDims; sys.path.insert(0, 'bench');"
+        "import train_throughput as t; t.titan_model('flex', layers=1, dim=64, heads=4, kv_heads=2, ffn=176,"
+        " vocab=32000, context=64); import torchtitan.models.llama3.parallelize; print('imported')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
