@@ -432,17 +432,18 @@ def titan_baseline(args) -> dict:
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     cfg = PRESETS[PRESET]
-    model = titan_model(args.titan_attention, layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads,
-                        ffn=cfg.ffn_dim, vocab=cfg.vocab_size, context=cfg.context)
+    model = titan_model(args.titan_attention, layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads,
+                        kv_heads=cfg.n_kv_heads, ffn=cfg.ffn_dim, vocab=cfg.vocab_size, context=cfg.context)
     model = titan_parallelize(model, compile=True)
     model.to_empty(device="cuda")
     with torch.no_grad():
         model.init_states(buffer_device=torch.device("cuda"))
-    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup,
-                            micro_batch=args.micro_batch, batch_tokens=batch_tokens(args.micro_batch, args))
+    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps,
+                            warmup_steps=args.lr_warmup, micro_batch=args.micro_batch,
+                            batch_tokens=batch_tokens(args.micro_batch, args))
     optimizer = build_optimizer(model, train_cfg, fused=True)
-    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0,
-                         world_size=1, device=torch.device("cuda"))
+    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed,
+                         rank=0, world_size=1, device=torch.device("cuda"))
     positions = torch.arange(cfg.context, device="cuda")[None].expand(args.micro_batch, -1)
     masks = model.get_attention_masks(positions)  # one document per window: causal, as tokenmill and HF train
     def loss(logits, targets):
@@ -510,8 +511,8 @@ def in_subprocess(mode: str, args, extra: list[str]) -> dict:
 def table(rows: dict[str, dict], peak: float) -> str:
     flops = PRESETS[PRESET].flops_per_token()
     lines = [
-        f"{'run':<24} {'mb x acc':>8} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} {'peak mem GiB':>13} "
-        f"{'data wait':>10} {'loss (last log)':>15} {'mean loss, last 50 steps':>24}",
+        f"{'run':<24} {'mb x acc':>8} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} "
+        f"{'peak mem GiB':>13} {'data wait':>10} {'loss (last log)':>15} {'mean loss, last 50 steps':>24}",
     ]
     for name, r in rows.items():
         if "error" in r:
@@ -638,7 +639,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True, help="measure the matmul peak and attention kernels first (26 s on an H200)")
     parser.add_argument("--baseline", type=int, default=1, help="runs of Hugging Face + torch.compile (0: none)")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=0, help="the same as --baseline 0")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=0,
+                        help="the same as --baseline 0")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the sustained figures (compilation, allocator)")
     parser.add_argument("--lr-warmup", type=int, default=10, help="LR warm-up steps, so the loss moves within a short run")
@@ -646,7 +648,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-tokens", type=int, default=0, help="tokens per optimizer step, every run (0: one micro-batch, no accumulation)")
     parser.add_argument("--log-every", type=int, default=10, help="optimizer steps per logged interval")
     parser.add_argument("--titan", default="",
-                        help="torchtitan 0.3.0 baselines to run: comma-separated attention:micro-batch (attention: flex or varlen)")
+                        help="torchtitan 0.3.0 baselines to run: comma-separated attention:micro-batch "
+                        "(attention: flex or varlen)")
     parser.add_argument("--titan-attention", default="flex", help="titan: torchtitan's attention backend")
     parser.add_argument("--profile", default="", help="variants to profile first (comma-separated)")
     parser.add_argument("--variant", default="default", help="profile: the variant")

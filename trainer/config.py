@@ -120,8 +120,9 @@ class TrainConfig:
     compile: bool = _opt(True, "torch.compile each block (CUDA only; CPU runs stay eager)")
     ac_every: int = _opt(0, "activation checkpointing of every k-th block; 0: none, 1: all")
     fp8: bool = _opt(False, "FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first")
-    kernels: str = _opt("torch", "the blocks' RMSNorms and residual adds: torch (compiled PyTorch, also the CPU path), liger "
-                        "(liger-kernel's fused add + RMSNorm, CUDA only) or liger+ce (and its fused linear cross-entropy)")
+    kernels: str = _opt("torch", "the blocks' RMSNorms and residual adds: torch (compiled PyTorch, also the CPU "
+                        "path), liger (liger-kernel's fused add + RMSNorm, CUDA only) or liger+ce (and its fused "
+                        "linear cross-entropy)")
     fp32_residual: bool = _opt(False, "keep the residual stream between blocks in fp32 (as Hugging Face under autocast and Megatron's fp32_residual_connection); the blocks still compute in bf16")
     # FSDP (several devices; one device runs a replica and gathers nothing): keeping each block's gathered bf16
     # weights from forward to backward gathers once per step instead of twice, at the cost of the bf16 model in
