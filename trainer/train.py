@@ -129,6 +129,7 @@ def build_model_and_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runt
         reshard_after_forward=cfg.reshard_after_forward,
         fp8=cfg.fp8,
         fp32_residual=cfg.fp32_residual,
+        kernels=cfg.kernels,
     )
     optimizer = build_optimizer(model, cfg, fused=cuda)
     if replica is None:
