@@ -24,6 +24,7 @@ from manifests.keys import split_key
 from manifests.shards import dtype_name
 from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
+from pipeline.build.outdir import out_refusal
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
 from pipeline.tasks import dedupe as dedupe_tasks
@@ -249,6 +250,8 @@ def main(argv: list[str]) -> int:
         refused = f"--workers {args.workers}: give at least 1 (or leave it out to use every CPU of the cluster)"
     elif "://" not in args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         refused = f"--out {args.out}: is a file; give a folder (new, or holding an earlier build)"
+    else:
+        refused = out_refusal(args.out)
     if refused:
         print(f"tokenmill build: {refused}", file=sys.stderr)
         return 2

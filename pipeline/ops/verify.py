@@ -81,10 +81,15 @@ def inspect_main(argv: list[str]) -> int:
         ref, i = locate(manifest, args.split, args.doc)
     except (manifest_io.ManifestError, IndexError) as e:
         print(f"tokenmill inspect: {e}", file=sys.stderr)
-        return 1
-    index = read_index(ref.idx_path)
-    start, end = index.doc_span(i)
-    tokens = np.asarray(open_tokens(ref.bin_path, index)[start:end])
+        return 2
+    try:
+        index = read_index(ref.idx_path)
+        start, end = index.doc_span(i)
+        tokens = np.asarray(open_tokens(ref.bin_path, index)[start:end])
+    except (ShardFormatError, OSError, ValueError) as e:  # a truncated or overwritten shard, a file gone missing
+        print(f"tokenmill inspect: {e}; `tokenmill verify {args.manifest}` checks every shard: "
+              "rebuild or re-copy the damaged ones", file=sys.stderr)
+        return 2
     tok = manifest.data["tokenizer"]
     tokenizer = Tokenizer.from_bytes(manifest.tokenizer_path().read_bytes(), tok["add_bos"], tok["add_eos"])
     origin = origin_of(manifest.data, int(index.origins[i]))

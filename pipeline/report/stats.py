@@ -467,13 +467,15 @@ def parse_tokens(text: str) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill stats", description="Dataset statistics report of a built corpus: report.html, stats.json, summary.md.")
     parser.add_argument("manifest", type=Path, help="manifest.json of a build")
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.html, stats.json and summary.md")
+    parser.add_argument("--out", type=Path, help="folder for report.html, stats.json and summary.md (default: report/ beside the manifest)")
     parser.add_argument("--compare", type=Path, metavar="MANIFEST2", help="a second build's manifest, shown side by side")
     parser.add_argument("--sizes-only", action="store_true", help="check shard token files by size, skip their sha256 (reading every byte of a large corpus takes a while)")
     parser.add_argument("--screenshot", type=Path, metavar="PNG", help="also save a picture of the whole report page (needs chromium)")
     parser.add_argument("--budget", type=parse_tokens, default=DEFAULT_BUDGET_TOKENS, metavar="TOKENS",
                         help="training tokens of the token-budget view, e.g. 3T, 500B, 2e9 (default 3T, TinyLlama's)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (args.manifest if args.manifest.is_dir() else args.manifest.parent) / "report"
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: is a file; give a folder for report.html, stats.json and summary.md")
     try:
