@@ -87,8 +87,7 @@ def inspect_main(argv: list[str]) -> int:
         start, end = index.doc_span(i)
         tokens = np.asarray(open_tokens(ref.bin_path, index)[start:end])
     except (ShardFormatError, OSError, ValueError) as e:  # a truncated or overwritten shard, a file gone missing
-        print(f"tokenmill inspect: {e}; `tokenmill verify {args.manifest}` checks every shard: "
-              "rebuild or re-copy the damaged ones", file=sys.stderr)
+        print(f"tokenmill inspect: {e}; `tokenmill verify MANIFEST` checks every shard", file=sys.stderr)
         return 2
     tok = manifest.data["tokenizer"]
     tokenizer = Tokenizer.from_bytes(manifest.tokenizer_path().read_bytes(), tok["add_bos"], tok["add_eos"])
