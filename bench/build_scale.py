@@ -11,7 +11,7 @@
    `--workers` at a time. The work and output stores count their read and write calls and bytes, and say they
    are not local, so the mix tasks take the object-store path (token spans copied to local scratch).
 3. Print the per-stage table; `--json` keeps the raw results, from which `--project` projects the full TinyLlama
-   corpus. Results and the exact commands: docs/benchmarks-scale.md.
+   corpus. Results and the exact commands: BENCHMARKS.md.
 
     PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25 --json runs.jsonl
     PYTHONPATH=$PWD .venv/bin/python bench/build_scale.py --work x --project runs.jsonl
@@ -39,10 +39,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.build.driver import process_key, run_stages  # noqa: E402
+from pipeline.build import registry  # noqa: E402
+from pipeline.build.driver import run_stages  # noqa: E402
 from pipeline.build.finalize import finalize  # noqa: E402
 from pipeline.build.inputs import InputFile  # noqa: E402
 from pipeline.build.recipe import Recipe, load_recipe  # noqa: E402
+from pipeline.build.registry import process_key  # noqa: E402
 from pipeline.tasks import process as tasks  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
 from pipeline.work.runner import BuildError, Runner, Task  # noqa: E402
@@ -368,7 +370,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
 
 # ------------------------------------------------------------------------------------------------ report
 
-STAGES = ("keys", "dedupe", "resolve", "count", "mix")
+# the stages after process that the scale runs measure (unverified recipes; the samples task reads a few files)
+STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES) and not s.verify_only)
 
 
 def table(runs: list[dict]) -> str:
@@ -445,7 +448,7 @@ def project(runs: list[dict]) -> str:
              "|---|---:|---:|---:|---|---:|---:|",
              f"| process (BENCHMARKS.md: {FULL['process_mb_per_core_s']} MB/s per core) | {process / 3600:.1f} | {process / (process + late):.1%} | "
              f"{FULL['files']:,} | ~250 MiB + 1.8 x the file's text | {FULL['files']:,}+ | {process / FULL['cores'] / 60:.0f} min |"]
-    for stage in ("keys", "dedupe", "resolve", "count", "mix"):
+    for stage in STAGES:
         wall = max(cpu[stage] / min(FULL["cores"], tasks_of[stage]), cpu[stage] / tasks_of[stage])
         lines.append(f"| {stage} | {cpu[stage] / 3600:.2f} | {cpu[stage] / (process + late):.2%} | {tasks_of[stage]:,} | {memory[stage]:,.0f} MiB | "
                      f"{requests[stage]:,.0f} | {wall:.0f} s |")

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import zstandard  # noqa: E402
 
 from pipeline import sample_corpus as sample  # noqa: E402
-from pipeline.report.stats import PIPELINE_STAGES  # noqa: E402
+from pipeline.build.registry import STAGES  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
 from pipeline.work.runner import Runner  # noqa: E402
 
@@ -497,7 +497,7 @@ DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as 
 
 
 # The build's stages in order (the report's order), but the verified preset's: the bench recipes do not verify.
-TASK_KINDS = tuple(stage for stage in PIPELINE_STAGES if stage not in ("verify", "verified"))
+TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only)
 
 
 class _Enough(Exception):

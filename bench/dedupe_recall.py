@@ -247,11 +247,11 @@ def verify_memory(work: Path, removals: int) -> dict:
 
 def removals(out: Path, manifest: dict) -> tuple[list[tuple[str, str]], list[bool]]:
     """(removed document, its survivor) as "source/path#ordinal" keys, and whether each was an exact copy."""
+    from pipeline.build.registry import RESOLVE, VERIFIED
     from pipeline.tasks.dedupe import REMOVED, REMOVED_EXACT, SURVIVORS
-    from pipeline.work.store import WorkLayout
 
     keys = manifest["provenance"]
-    folder = out / "work" / (WorkLayout().verified(keys["verify"]) if "verify" in keys else WorkLayout().resolved(keys["dedupe"]))
+    folder = out / "work" / (VERIFIED.folder(keys["verify"]) if "verify" in keys else RESOLVE.folder(keys["dedupe"]))
     removed = np.fromfile(folder / REMOVED, np.uint64)
     survivors = np.fromfile(folder / SURVIVORS, np.uint64)
     exact = np.fromfile(folder / REMOVED_EXACT, np.uint8).astype(bool)

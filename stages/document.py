@@ -80,3 +80,13 @@ BAD_INPUT_REASONS = (
     "oversized_document",
 )
 
+# Where each kind of drop happens in the pipeline, in order: the funnel's steps.
+FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
+
+
+def drop_step(reason: str) -> str:
+    """The funnel step a drop reason belongs to (filter reasons look like `gopher_quality:...`)."""
+    if reason in BAD_INPUT_REASONS:
+        return "bad input"
+    return {"exact_duplicate": "exact duplicates", "near_duplicate": "near duplicates"}.get(reason, "filters")
+

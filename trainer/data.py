@@ -5,7 +5,7 @@
     for inputs, targets in torch.utils.data.DataLoader(dataset, batch_size=8): ...
     state = dataset.state_dict()  # save it with the model; `load_state_dict(state)` continues after the last window read
 
-(docs/other-trainers.md shows it in a plain loop and under torchtitan.)
+(README.md's "Training with another framework" shows it in a plain loop, the one tests/trainer/plain_loop.py runs.)
 
 Windows: each shard's token stream is cut into windows of `context + 1` tokens starting every `context`
 tokens (inputs = window[:-1], targets = window[1:], so every token but a shard's first is a target exactly

@@ -236,5 +236,5 @@ def _export_megatron(manifest_path: Path, out: Path) -> int:
     for split, path in written.items():
         folders = sorted({str((out / shard.entry["bin"]).parent) for shard in manifest.shards(split)})
         print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {', '.join(folders)}; their blend: {path}")
-    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (docs/other-trainers.md)")
+    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (README.md: Training with another framework)")
     return 0

@@ -1,18 +1,20 @@
 """`tokenmill build RECIPE --out DIR`: the corpus build, read top to bottom.
 
-    list inputs -> [process: fetch, filter, dedupe keys, tokenize; one task per input file]
-                -> [dedupe: one task per key partition] -> [resolve clusters] -> [plan the mix]
-                -> [write shards: one task per shard] -> manifest.json + quarantine + build stats + report
+    list inputs -> process (one task per input file: fetch, filter, dedupe keys, tokenize)
+                -> keys -> dedupe -> resolve [-> verify -> verified]   (duplicates, `pipeline/tasks/dedupe.py`)
+                -> count -> samples -> plan the mix -> mix (one task per mix group, writing its shards)
+                -> manifest.json + quarantine + build stats + report   (`pipeline/build/finalize.py`)
 
-Every output in the work dir is named by the fingerprint of what it was made from (the `*_key` functions
-below; `pipeline.work.store.WorkLayout` formats the paths), so a relaunch re-uses exactly the outputs whose
-inputs and settings are unchanged: an interrupted build resumes, and an added, removed or replaced input
-file re-runs its own processing and every stage after it, never re-using an output made from other files.
+The stages, their order, their task functions and the keys that name their work folders are
+`pipeline.build.registry`'s; this module plans each stage's tasks from the previous stages' done records.
+Every output in the work dir is named by the fingerprint of what it was made from, so a relaunch re-uses
+exactly the outputs whose inputs and settings are unchanged: an interrupted build resumes, and an added,
+removed or replaced input file re-runs its own processing and every stage after it, never re-using an
+output made from other files.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -22,55 +24,22 @@ import numpy as np
 from manifests import manifest as manifest_io
 from manifests.keys import split_key
 from manifests.shards import dtype_name
+from pipeline.build import registry as stage
 from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
 from pipeline.build.outdir import out_refusal
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
-from pipeline.tasks import dedupe as dedupe_tasks
-from pipeline.tasks import mix as mix_tasks
-from pipeline.tasks import process as tasks
-from pipeline.tasks import samples as dropped_samples
+from pipeline.tasks import count, dedupe, samples
+from pipeline.tasks.mix import MixGroup
+from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
-from pipeline.work.runner import BuildError, Runner, Task, start_ray
-from pipeline.work.store import Store, WorkLayout, fingerprint, shards_folder
+from pipeline.work.runner import BuildError, Runner, start_ray
+from pipeline.work.store import Store, shards_folder
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
 from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
-
-# a source's settings that do not change what its files' processing produces
-_NOT_PROCESS_SETTINGS = ("weight", "train", "validation")
-
-
-def _dedupe_settings(recipe: Recipe) -> dict:
-    """The dedupe settings up to the resolve stage: the verify threshold's value is only the verify key's
-    (whether there is one decides whether the process task writes signatures)."""
-    settings = dataclasses.asdict(recipe.dedupe)
-    settings["minhash"]["threshold"] = recipe.dedupe.minhash.verify
-    return settings
-
-
-def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe) -> str:
-    """The file itself, its source's read and filter settings, the tokenizer and the dedupe key settings."""
-    source = {k: v for k, v in dataclasses.asdict(inp.source).items() if k not in _NOT_PROCESS_SETTINGS}
-    tokenize = {"sha256": tokenizer.sha256(), "add_bos": recipe.tokenizer.add_bos, "add_eos": recipe.tokenizer.add_eos}
-    return fingerprint({"input": inp.identity(), "source": source, "tokenizer": tokenize, "dedupe": _dedupe_settings(recipe)})
-
-
-def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:
-    """Every process output, in the canonical order (it decides which copy of a duplicate survives)."""
-    return fingerprint({"process": process_keys, "dedupe": _dedupe_settings(recipe)})
-
-
-def verify_key(dedupe: str, recipe: Recipe) -> str:
-    """The resolved clusters and the verify threshold: a new threshold re-runs verify, count and mix only."""
-    return fingerprint({"dedupe": dedupe, "threshold": recipe.dedupe.minhash.threshold})
-
-
-def mix_key(dedupe: str, recipe: Recipe) -> str:
-    """The deduplicated corpus and the mix settings: policy, seed, shard size and each source's weight."""
-    return fingerprint({"dedupe": dedupe, "mix": dataclasses.asdict(recipe.mix), "weights": [[s.name, s.weight] for s in recipe.sources]})
 
 
 def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True,
@@ -92,100 +61,104 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
         runner = Runner(work, workers, log)
         results = run_stages(recipe, inputs, tokenizer, runner, out)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
-        log.say(f"manifest: {out.url('manifest.json')}  ({sum(s['tokens'] for s in manifest['splits'].values()):,} tokens)")
+        tokens = sum(s["tokens"] for s in manifest["splits"].values())
+        log.say(f"manifest: {out.url('manifest.json')}  ({tokens:,} tokens)")
     finally:
         log.close()  # a failed build's log too: it names the tasks that finished
     return out.url("manifest.json")
 
 
 def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
-    layout = WorkLayout()
-    processed, funnels = _process(recipe, inputs, tokenizer, runner, layout)
-    dedupe = dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
-    groups = dedupe_tasks.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
-    group_folders, group_records = _combine_keys(recipe, groups, runner, layout)
-    resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe, group_folders, group_records, runner, layout)
-    keys = {"dedupe": dedupe}
+    """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
+    processed, funnels = _process(recipe, inputs, tokenizer, runner)
+    dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
+    groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
+    group_folders, group_records = _combine_keys(recipe, groups, runner)
+    resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe_key, group_folders, group_records, runner)
+    keys = {"dedupe": dedupe_key}
     if recipe.dedupe.minhash.verify:
-        keys["verify"] = verify_key(dedupe, recipe)
-        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner, layout)
-    counts = _count(groups, group_folders, resolved_folder, runner, layout)
-    samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner, layout)
-    mix = mix_key(keys.get("verify", dedupe), recipe)
-    shards, factors = _mix(recipe, processed, counts, resolved_folder, mix, tokenizer, runner, layout, out)
-    return StageResults(funnels, mix_tasks.merge_subset_stats(counts), resolved_folder, resolved, group_folders, group_records, samples_folder,
-                        factors, shards, shards_folder(mix), {**keys, "mix": mix}, runner.used, runner.timings, runner.workers)
+        keys["verify"] = stage.verify_key(dedupe_key, recipe)
+        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner)
+    counts = _count(groups, group_folders, resolved_folder, runner)
+    samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
+    keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
+    shards, factors = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
+    return StageResults(funnels=funnels, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
+                        resolved=resolved, key_groups=group_folders, key_group_records=group_records,
+                        samples_folder=samples_folder, factors=factors, shards=shards,
+                        shards_folder=shards_folder(keys["mix"]), keys=keys, used=runner.used,
+                        timings=runner.timings, workers=runner.workers)
 
 
-def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, layout: WorkLayout) -> tuple[list[tasks.Processed], list[dict]]:
+def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> tuple[list[Processed], list[dict]]:
     """Every input file's process output, and each file's funnel ({"source", "funnels"}) for the report."""
-    import ray
-
-    tokenizer_ref = ray.put(tokenizer)
-    folders = [layout.process(process_key(i, tokenizer, recipe)) for i in inputs]
-    records = runner.run("process", [
-        Task(folder, tasks.process_file, (folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents), i.size)
+    tokenizer_ref = runner.share(tokenizer)
+    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe)) for i in inputs]
+    records = runner.run(stage.PROCESS, [
+        stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
+                           input_bytes=i.size)
         for i, folder in zip(inputs, folders)
     ])
-    processed = [tasks.Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
+    processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
     return processed, [{"source": r["source"], "funnels": r["funnels"]} for r in records]
 
 
-def _combine_keys(recipe: Recipe, groups: list[list[tasks.Processed]], runner: Runner, layout: WorkLayout) -> tuple[list[str], list[dict]]:
+def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner) -> tuple[list[str], list[dict]]:
     partitions = recipe.dedupe.partitions
-    folders = [layout.key_group(fingerprint({"files": [[p.file_index, p.folder] for p in g], "partitions": partitions})) for g in groups]
-    records = runner.run("keys", [Task(folder, dedupe_tasks.combine_keys, (folder, g, partitions, runner.work)) for folder, g in zip(folders, groups)])
+    folders = [stage.KEYS.folder(stage.key_group_key(g, partitions)) for g in groups]
+    records = runner.run(stage.KEYS, [stage.KEYS.task(folder, folder, g, partitions, runner.work)
+                                      for folder, g in zip(folders, groups)])
     return folders, records
 
 
-def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], group_records: list[dict], runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
+def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], group_records: list[dict], runner: Runner) -> tuple[str, dict]:
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
-    partition_folders = [layout.dedupe_partition(key, p) for p in range(partitions)]
-    runner.run("dedupe", [
-        Task(folder, dedupe_tasks.dedupe_partition, (folder, p, [dedupe_tasks.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1]) for g, r in zip(group_folders, group_records)], runner.work))
+    partition_folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
+    runner.run(stage.DEDUPE, [
+        stage.DEDUPE.task(folder, folder, p, [dedupe.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
+                                              for g, r in zip(group_folders, group_records)], runner.work)
         for p, folder in enumerate(partition_folders)
     ])
-    folder = layout.resolved(key)
-    (resolved,) = runner.run("resolve", [Task(folder, dedupe_tasks.resolve_duplicates, (folder, partition_folders, n_files, runner.work, recipe.dedupe))])
+    folder = stage.RESOLVE.folder(key)
+    (resolved,) = runner.run(stage.RESOLVE, [stage.RESOLVE.task(folder, folder, partition_folders, n_files, runner.work, recipe.dedupe)])
     return folder, resolved
 
 
-def _verify(recipe: Recipe, processed: list[tasks.Processed], resolved_folder: str, key: str, runner: Runner, layout: WorkLayout) -> tuple[str, dict]:
+def _verify(recipe: Recipe, processed: list[Processed], resolved_folder: str, key: str, runner: Runner) -> tuple[str, dict]:
     """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
     resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
-    import ray
-
-    folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
-    verify_folders = [layout.verify_partition(key, p) for p in range(recipe.dedupe.partitions)]
-    runner.run("verify", [Task(folder, dedupe_tasks.verify_partition, (folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work))
-                          for p, folder in enumerate(verify_folders)])
-    folder = layout.verified(key)
-    (verified,) = runner.run("verified", [Task(folder, dedupe_tasks.merge_verified, (folder, verify_folders, len(processed), runner.work))])
+    folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
+    verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
+    runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work)
+                              for p, folder in enumerate(verify_folders)])
+    folder = stage.VERIFIED.folder(key)
+    (verified,) = runner.run(stage.VERIFIED, [stage.VERIFIED.task(folder, folder, verify_folders, len(processed), runner.work)])
     return folder, verified
 
 
-def _count(groups: list[list[tasks.Processed]], group_folders: list[str], resolved_folder: str, runner: Runner, layout: WorkLayout) -> list[dict]:
+def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:
     # a count task also lists its group's first duplicates per source, subset and step, PER_STEP of each
-    folders = [layout.count(fingerprint({"keys": g, "resolved": resolved_folder, "samples": dropped_samples.PER_STEP})) for g in group_folders]
-    return runner.run("count", [Task(folder, mix_tasks.count_kept, (folder, g, resolved_folder, runner.work)) for folder, g in zip(folders, groups)])
+    folders = [stage.COUNT.folder(stage.count_key(g, resolved_folder)) for g in group_folders]
+    return runner.run(stage.COUNT, [stage.COUNT.task(folder, folder, g, resolved_folder, runner.work)
+                                    for folder, g in zip(folders, groups)])
 
 
-def _duplicate_samples(recipe: Recipe, inputs: list[InputFile], processed: list[tasks.Processed], counts: list[dict], runner: Runner,
-                       layout: WorkLayout) -> str:
+def _duplicate_samples(recipe: Recipe, inputs: list[InputFile], processed: list[Processed], counts: list[dict],
+                       runner: Runner) -> str:
     """A few removed duplicates per source, subset and step, chosen from the count tasks' candidates, their text
     read back from at most SAMPLE_FILES input files by one task; returns its folder."""
-    chosen = dropped_samples.choose([dropped_samples.DuplicateCandidate(**c) for r in counts for c in r["duplicate_candidates"]])
+    chosen = samples.choose([samples.DuplicateCandidate(**c) for r in counts for c in r["duplicate_candidates"]])
     named = sorted({split_key(key)[0] for c in chosen for key in (c.doc, c.kept)})  # read or, for an exact copy's kept twin, named
-    folder = layout.samples(fingerprint(dropped_samples.samples_key(chosen, {f: processed[f].folder for f in named})))
-    (record,) = runner.run("samples", [Task(folder, dropped_samples.read_duplicates,
-                                            (folder, chosen, {f: inputs[f] for f in named}, recipe.dedupe.minhash, recipe.batch_documents, runner.work))])
+    folder = stage.SAMPLES.folder(stage.samples_key(chosen, {f: processed[f].folder for f in named}))
+    (record,) = runner.run(stage.SAMPLES, [stage.SAMPLES.task(folder, folder, chosen, {f: inputs[f] for f in named}, recipe.dedupe.minhash,
+                                                              recipe.batch_documents, runner.work)])
     for url, error in record["unreadable"].items():
         runner.log.event("samples_skipped", file=url, error=error)
         runner.log.say(f"warning: the duplicates sampled from {url} are left out of dropped_samples.jsonl: it could not be read ({error})")
     return folder
 
 
-def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], shards_folder: str) -> list[mix_tasks.MixGroup]:
+def plan_mix(recipe: Recipe, processed: list[Processed], counts: list[dict], shards_folder: str) -> list[MixGroup]:
     """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables)."""
     kept = {int(f): c for record in counts for f, c in record["files"].items()}
     source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
@@ -201,15 +174,16 @@ def plan_mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict
     return groups
 
 
-def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
-         runner: Runner, layout: WorkLayout, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
+def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
+         runner: Runner, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
     """Run the mix groups; returns each split's shard entries and each split's repeat factor per source."""
     groups = plan_mix(recipe, processed, counts, shards_folder(key))
     factors = {g.split: g.factors for g in groups}
-    written_to = fingerprint({"mix": key, "out": out.url()})  # another output sharing the work store writes its own copy
-    records = runner.run("mix", [
-        Task(folder, mix_tasks.mix_group, (folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), [s.name for s in recipe.sources], recipe.mix.seed))
-        for g in groups for folder in [layout.mix_group(written_to, g.split, g.number)]
+    written_to = stage.mix_written_key(key, out.url())
+    source_names = [s.name for s in recipe.sources]
+    records = runner.run(stage.MIX, [
+        stage.MIX.task(folder, folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), source_names, recipe.mix.seed)
+        for g in groups for folder in [stage.MIX.folder(written_to, stage.mix_group_part(g.split, g.number))]
     ])
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
@@ -218,7 +192,7 @@ def _mix(recipe: Recipe, processed: list[tasks.Processed], counts: list[dict], r
 
 
 def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], weights: dict[int, float], mix: MixConfig,
-                folders: dict[int, str], shards_folder: str) -> list[mix_tasks.MixGroup]:
+                folders: dict[int, str], shards_folder: str) -> list[MixGroup]:
     """The split's mix groups: each source's stream cut into the same number of token ranges, the policy's
     repeat factors, and each group's shards numbered after the previous groups'."""
     totals = {sid: int(tokens.sum()) for sid, (_, tokens) in streams.items()}
@@ -230,7 +204,7 @@ def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], w
     for number, slices in enumerate(mix_stage.slice_streams(streams, mix_stage.group_count(planned, mix.shard_tokens, mix.shards_per_group))):
         shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
         files = {f: folders[f] for s in slices for f, _ in s.files}
-        groups.append(mix_tasks.MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards,
+        groups.append(MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards,
                                           folders=files, shards_folder=shards_folder))
         first_shard += shards
     return groups

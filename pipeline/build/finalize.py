@@ -21,7 +21,7 @@ from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
 from pipeline.tasks.dedupe import CLUSTER_SIZES
 from pipeline.work.progress import text_speed
-from pipeline.work.store import SHARDS_PREFIX, Store, WorkLayout
+from pipeline.work.store import SHARDS_PREFIX, Store, uses_record
 from stages.tokenize import Tokenizer
 
 
@@ -60,7 +60,7 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     manifest_io.validate(manifest, out.url("manifest.json"))
     out.write_bytes("manifest.json", manifest_io.dumps(manifest).encode())
     _remove_earlier_shards(out, results.shards_folder)
-    work.write_json(WorkLayout().uses(out.url("manifest.json")), {"manifest": out.url("manifest.json"), "created_at": manifest["created_at"], "folders": results.used})
+    work.write_json(uses_record(out.url("manifest.json")), {"manifest": out.url("manifest.json"), "created_at": manifest["created_at"], "folders": results.used})
     return manifest
 
 

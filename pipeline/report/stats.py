@@ -17,8 +17,9 @@ import numpy as np
 
 from manifests import read_index
 from manifests.manifest import Manifest, ManifestError, ShardRef, load
+from pipeline.build.registry import STAGE_NAMES
 from pipeline.report.page import ReportError, render_html, render_summary, screenshot
-from stages.document import BAD_INPUT_REASONS
+from stages.document import FUNNEL_STEPS, drop_step
 
 FORMAT = "tokenmill.stats"
 FORMAT_VERSION = 1
@@ -29,10 +30,6 @@ SAMPLES_SHOWN = 3  # example documents per source and reason in the report (the 
 SAMPLE_CHARS_SHOWN = 240
 # Bucket i holds lengths in [edges[i], edges[i+1]): the same log2 buckets as build_stats.json.
 LENGTH_EDGES = [0] + [1 << i for i in range(32)]
-# Where each kind of drop happens in the pipeline, in order: the funnel's steps.
-FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
-# The build's stages in the order they run (a stage not listed here comes after them).
-PIPELINE_STAGES = ("process", "keys", "dedupe", "resolve", "verify", "verified", "count", "samples", "mix")
 # A validation split smaller than this gives a loss too noisy to compare runs by.
 MIN_VALIDATION_DOCUMENTS = 100
 # The training budget of the token-budget view: TinyLlama's 3T tokens.
@@ -41,13 +38,6 @@ DEFAULT_BUDGET_TOKENS = 3_000_000_000_000
 
 class StatsError(ValueError):
     """Input the report cannot be made from; the message names the file and the fix."""
-
-
-def drop_step(reason: str) -> str:
-    """The funnel step a drop reason belongs to (filter reasons look like `gopher_quality:...`)."""
-    if reason in BAD_INPUT_REASONS:
-        return "bad input"
-    return {"exact_duplicate": "exact duplicates", "near_duplicate": "near duplicates"}.get(reason, "filters")
 
 
 def dropped_by_step(dropped: dict[str, int]) -> dict[str, int]:
@@ -247,7 +237,8 @@ def mix_stats(manifest: dict, splits: dict) -> dict:
 def build_record(manifest: dict, build: dict | None) -> dict:
     """Wall time and throughput per stage: the build's stage records, else the manifest's `stages`."""
     stages = build["stages"] if build is not None else manifest["stages"]
-    order = sorted(stages, key=lambda name: (PIPELINE_STAGES.index(name) if name in PIPELINE_STAGES else len(PIPELINE_STAGES), name))
+    # in the order the stages run; a stage this code no longer has (an older build's) after them
+    order = sorted(stages, key=lambda name: (STAGE_NAMES.index(name) if name in STAGE_NAMES else len(STAGE_NAMES), name))
     rows = {}
     for name in order:
         st = stages[name]

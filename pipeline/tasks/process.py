@@ -1,7 +1,7 @@
 """One function per kind of task: read inputs from the work dir, call the stages, write outputs + done record.
 
 Nothing here knows Ray: `pipeline.work.runner` decides where these run. Each task writes into the folder it is given
-(named by `pipeline.work.store.WorkLayout`), rewrites all of its outputs, marks itself done last and returns exactly
+(named by `pipeline.build.registry`), rewrites all of its outputs, marks itself done last and returns exactly
 that done record, so a retried, relaunched or re-used task gives the same bytes and the same record.
 
 A process output holds nothing that depends on its file's position in the listing (documents are named by

@@ -36,10 +36,9 @@ import numpy as np
 
 from manifests.keys import doc_key, split_key
 from pipeline.build.inputs import InputFile
-from pipeline.report.stats import drop_step
 from pipeline.tasks.process import SAMPLE_CHARS
 from pipeline.work.store import Store
-from stages.document import BadRecord, doc_id
+from stages.document import BadRecord, doc_id, drop_step
 from stages.minhash import MinHashConfig, estimate, signatures
 
 PER_STEP = 5  # samples per source and filter reason, and per source, subset and dedupe step

@@ -1,7 +1,7 @@
 """`tokenmill work ls|prune WORK`: what a work store holds, which builds use it, and removing what none uses.
 
 A work store (OUT/work, or any folder given to `tokenmill build --work`) holds task outputs keyed by what they
-were made from; each build records which task folders it used in `uses/` (`WorkLayout.uses`). An output is
+were made from; each build records which task folders it used in `uses/` (`pipeline.work.store.uses_record`). An output is
 in use while a manifest that recorded it still exists and is the one that recorded it (same `created_at`).
 """
 from __future__ import annotations
@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import fsspec
 
+from pipeline.build.registry import STAGE_NAMES
 from pipeline.work.progress import human_bytes
-from pipeline.work.store import DONE, Store
-
-STAGES = ("process", "keys", "dedupe", "verify", "count", "samples", "mix")  # the top-level folders of a work store, in build order
+from pipeline.work.store import DONE, USES, Store
 
 
 @dataclass(slots=True)
@@ -29,7 +28,7 @@ class Entry:
 def live_uses(work: Store) -> dict[str, set[str]]:
     """Manifest URL -> the task folders it used, for every manifest that still exists as recorded."""
     live = {}
-    for path in work.fs.glob(work.path("uses/*.json")):
+    for path in work.fs.glob(work.path(f"{USES}/*.json")):
         record = json.loads(work.fs.cat_file(path))
         try:
             with fsspec.open(record["manifest"], "rb") as f:
@@ -45,7 +44,7 @@ def entries(work: Store) -> list[Entry]:
     """Every finished task output of the store, with its size and the live manifests that use it."""
     live = live_uses(work)
     found = []
-    done_records = sorted(p for stage in STAGES for p in work.fs.glob(work.path(f"{stage}/**/{DONE}")))
+    done_records = sorted(p for stage in STAGE_NAMES for p in work.fs.glob(work.path(f"{stage}/**/{DONE}")))
     for done in done_records:
         folder = done[len(work.root) + 1 : -len(DONE) - 1]
         size = sum(work.fs.du(work.path(folder), total=False).values())
@@ -60,7 +59,7 @@ def prune(work: Store, dry_run: bool) -> list[Entry]:
         for e in unused:
             work.fs.rm(work.path(e.folder), recursive=True)
         live = live_uses(work)
-        for path in work.fs.glob(work.path("uses/*.json")):
+        for path in work.fs.glob(work.path(f"{USES}/*.json")):
             if json.loads(work.fs.cat_file(path))["manifest"] not in live:
                 work.fs.rm(path)
     return unused
@@ -69,10 +68,10 @@ def prune(work: Store, dry_run: bool) -> list[Entry]:
 def _open(url: str) -> Store:
     """A work store, or an output folder holding one in work/."""
     store = Store.at(url)
-    if not any(store.exists(stage) for stage in STAGES) and store.exists("work"):
+    if not any(store.exists(stage) for stage in STAGE_NAMES) and store.exists("work"):
         store = store.child("work")
-    if not any(store.exists(stage) for stage in STAGES):
-        raise FileNotFoundError(f"{url}: no work store here (no {'/, '.join(STAGES)}/ folders); give OUT/work or the --work of a build")
+    if not any(store.exists(stage) for stage in STAGE_NAMES):
+        raise FileNotFoundError(f"{url}: no work store here (no {'/, '.join(STAGE_NAMES)}/ folders); give OUT/work or the --work of a build")
     return store
 
 
@@ -99,7 +98,7 @@ def main(argv: list[str]) -> int:
             print(f"{e.folder:<60} {human_bytes(e.bytes):>10}  {', '.join(e.used_by) or 'unused'}")
         return 0
     print(f"{'stage':<8} {'outputs':>8} {'unused':>7} {'size':>10}   used by")
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         mine = [e for e in found if e.folder.startswith(f"{stage}/")]
         users = sorted({m for e in mine for m in e.used_by})
         print(f"{stage:<8} {len(mine):>8} {sum(not e.used_by for e in mine):>7} {human_bytes(sum(e.bytes for e in mine)):>10}   {', '.join(users) or '-'}")

@@ -1,6 +1,6 @@
 """Ray placement: start or join Ray, and run a stage's tasks with at most `workers` in flight.
 
-A task is a plain function of `pipeline.tasks.process` plus its arguments; the runner skips every task whose done
+A task is a stage's plain function (`pipeline.build.registry`) plus its arguments; the runner skips every task whose done
 record exists (its folder is keyed by what it is made from, so an existing record is a valid output) and
 wraps the rest in 1-CPU Ray tasks that Ray retries on `OSError` (a store that went away for a moment).
 """
@@ -11,10 +11,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipeline.work import store
 from pipeline.work.progress import EventLog, StageProgress
 from pipeline.work.store import Store
+
+if TYPE_CHECKING:
+    from pipeline.build.registry import Stage
 
 
 class BuildError(RuntimeError):
@@ -37,8 +41,9 @@ class Runner:
     timings: dict[str, dict] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
 
-    def run(self, stage: str, tasks: list[Task]) -> list[dict]:
+    def run(self, of: Stage, tasks: list[Task]) -> list[dict]:
         """Each task's done record, in task order: read back for finished tasks, returned by the others."""
+        stage = of.name
         progress = StageProgress(stage, len(tasks), self.log)
         self.used += [t.folder for t in tasks]
         records: list[dict | None] = [self.work.done(t.folder) for t in tasks]
@@ -62,6 +67,12 @@ class Runner:
         }
         self.log.event("stage_done", stage=stage, **self.timings[stage])
         return records
+
+    def share(self, value):
+        """One copy of `value` in Ray's object store for every task that takes it, instead of one per task."""
+        import ray
+
+        return ray.put(value)
 
     def _run_pending(self, stage: str, tasks: list[Task], pending: list[int]):
         """Yields (task number, done record) as tasks finish, keeping at most `workers` in flight."""

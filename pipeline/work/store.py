@@ -1,7 +1,7 @@
-"""The build's ledger: the work layout (where each task writes), atomic writes, and done records.
+"""The work store: where every task writes, atomic writes with retries, and done records.
 
 Every task writes its outputs into its own folder of the work dir and then, last, a `_DONE.json` record. A
-folder is named by the fingerprint of everything its output was made from (`WorkLayout`), so a relaunch skips
+folder is named by the fingerprint of everything its output was made from (`pipeline.build.registry`), so a relaunch skips
 exactly the tasks whose inputs and settings are unchanged, and a changed input set can never reuse an output
 made from other inputs. A crash or Ctrl-C loses at most the tasks in flight. Writes go to a temporary name
 and are renamed into place (on object stores a single PUT is already atomic), so a reader never sees half a file.
@@ -249,42 +249,12 @@ def fingerprint(made_from) -> str:
     return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkLayout:
-    """Every task folder of the work dir: the one place that formats a work path. Each key is a `fingerprint`
-    of what the output was made from (see `pipeline.build.driver` for what goes into each)."""
+USES = "uses"  # one record per manifest of the task folders its build used (`tokenmill work`)
 
-    def process(self, key: str) -> str:
-        return f"process/{key}"
 
-    def key_group(self, key: str) -> str:
-        return f"keys/{key}"
-
-    def dedupe_partition(self, key: str, partition: int) -> str:
-        return f"dedupe/{key}/partition-{partition:05d}"
-
-    def resolved(self, key: str) -> str:
-        return f"dedupe/{key}/resolved"
-
-    def verify_partition(self, key: str, partition: int) -> str:
-        return f"verify/{key}/partition-{partition:05d}"
-
-    def verified(self, key: str) -> str:
-        return f"verify/{key}/verified"
-
-    def count(self, key: str) -> str:
-        return f"count/{key}"
-
-    def samples(self, key: str) -> str:
-        """The duplicates' samples of dropped_samples.jsonl (`pipeline.tasks.samples.read_duplicates`)."""
-        return f"samples/{key}"
-
-    def mix_group(self, key: str, split: str, group: int) -> str:
-        return f"mix/{key}/{split}-{group:05d}"
-
-    def uses(self, manifest_url: str) -> str:
-        """The record of which task folders the build writing `manifest_url` used (`tokenmill work`)."""
-        return f"uses/{fingerprint(manifest_url)}.json"
+def uses_record(manifest_url: str) -> str:
+    """The record of which task folders the build writing `manifest_url` used."""
+    return f"{USES}/{fingerprint(manifest_url)}.json"
 
 
 SHARDS_PREFIX = "shards-"  # OUT/shards-<mix key>/<split>/<split>-NNNNN.bin: one folder per mix of an output

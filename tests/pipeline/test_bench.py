@@ -1,4 +1,4 @@
-"""`tokenmill bench` (pipeline/bench.py) runs bench/build_throughput.py; its memory mode runs the build's own
+"""`tokenmill bench` (pipeline/cli.py) runs bench/build_throughput.py; its memory mode runs the build's own
 task functions, one process each, into the very folders a build would use: a build over the same work dir
 afterwards re-uses every one of them."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import ray
 
 from bench.build_throughput import TASK_KINDS, bench_recipe, measure_build_tasks
-from pipeline.bench import main as bench_main
 from pipeline.build.driver import build
+from pipeline.cli import bench_main
 
 
 def test_tokenmill_bench_runs_the_benchmark_script(capsys):

@@ -17,6 +17,7 @@ import ray
 from manifests.shards import open_tokens, read_index
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
+from pipeline.build.registry import stages_of
 from pipeline.ops.verify import verify
 from stages.document import DocBatch
 from stages.fetch import read_documents
@@ -239,3 +240,9 @@ def test_an_added_removed_or_replaced_input_gives_exactly_a_fresh_builds_output(
         assert manifest["stages"]["mix"]["skipped"] == 0 and manifest["stages"]["resolve"]["skipped"] == 0, name
         assert shard_bytes(out) == shard_bytes(fresh), name
         assert stable_manifest(out) == stable_manifest(fresh), name
+
+
+def test_the_stages_run_in_the_registrys_order(downsampled):
+    events = [json.loads(line) for line in (downsampled / "build.log.jsonl").read_text().splitlines()]
+    ran = [e["stage"] for e in events if e.get("event") == "stage_done"]
+    assert ran == [s.name for s in stages_of(load_recipe(downsampled.parent / "recipe.yaml"))]

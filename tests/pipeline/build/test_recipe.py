@@ -5,7 +5,7 @@ import yaml
 
 from pipeline.build.recipe import RecipeError, load_recipe
 
-RECIPES = Path(__file__).resolve().parents[2] / "manifests" / "recipes"
+RECIPES = Path(__file__).resolve().parents[3] / "manifests" / "recipes"
 
 
 def test_shipped_recipes_load():

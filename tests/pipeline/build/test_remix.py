@@ -10,11 +10,12 @@ import ray
 
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
+from pipeline.build.registry import stages_of
 from pipeline.work.commands import entries, main
 from pipeline.work.store import Store
 from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
 
-ALL = ("process", "keys", "dedupe", "resolve", "count", "samples", "mix")
+ALL = tuple(s.name for s in stages_of(load_recipe("sample")))
 
 
 @pytest.fixture(scope="module")

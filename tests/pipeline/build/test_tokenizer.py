@@ -13,7 +13,7 @@ from pipeline.sample_corpus import SLIMPAJAMA_DIR, STARCODER_DIR
 from pipeline.work.store import Store
 from stages.tokenize import read_model_bytes
 
-RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
+RECIPE = Path(__file__).resolve().parents[3] / "manifests" / "recipes" / "sample.yaml"
 
 
 def sample_recipe(corpus: Path, **overrides):

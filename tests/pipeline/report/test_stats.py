@@ -19,6 +19,7 @@ from manifests import manifest as manifest_io
 from manifests.shards import open_tokens, read_index
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
+from pipeline.build.registry import STAGE_NAMES, stages_of
 from pipeline.report.page import (
     FORMATS,
     Series,
@@ -34,7 +35,6 @@ from pipeline.report.page import (
 from pipeline.report.stats import (
     DEFAULT_BUDGET_TOKENS,
     LENGTH_EDGES,
-    PIPELINE_STAGES,
     drop_step,
     length_buckets,
     main,
@@ -42,7 +42,7 @@ from pipeline.report.stats import (
     write_report,
 )
 
-RECIPES = Path(__file__).resolve().parents[2] / "manifests" / "recipes"
+RECIPES = Path(__file__).resolve().parents[3] / "manifests" / "recipes"
 
 
 def build_sample(corpus: Path, recipe: str, out: Path) -> Path:
@@ -336,7 +336,7 @@ def test_the_funnel_the_stages_and_the_warnings(report):
         assert row["records_read"] == row["documents_read"] + row["dropped_by_step"]["bad input"]
     for source in stats["sources"].values():  # the chart's first bar is the table's first column
         assert source["funnel"]["records read"]["left"] == source["records_read"]
-    assert list(stats["build"]["stages"]) == [s for s in PIPELINE_STAGES if s not in ("verify", "verified")]  # the sample's preset verifies nothing
+    assert list(stats["build"]["stages"]) == [s.name for s in stages_of(load_recipe("sample"))]  # the sample's preset verifies nothing
     process = stats["build"]["stages"]["process"]
     assert stats["headline"]["text_mb_per_s"] == process["text_mb_per_s"] > 0
     assert all(s["text_mb_per_s"] is None for name, s in stats["build"]["stages"].items() if name != "process")
@@ -456,7 +456,7 @@ def test_duplicates_with_markup_are_sampled_escaped_the_same_bytes_every_build_a
     assert (built[1].parent / "dropped_samples.jsonl").read_bytes() == (built[0].parent / "dropped_samples.jsonl").read_bytes()
     assert json.loads(built[2].read_text())["stages"]["samples"]["skipped"] == 1
     report = write_report(built[0], tmp_path / "report")
-    assert list(json.loads((report.parent / "stats.json").read_text())["build"]["stages"]) == list(PIPELINE_STAGES)  # verified too, in order
+    assert list(json.loads((report.parent / "stats.json").read_text())["build"]["stages"]) == list(STAGE_NAMES)  # verified too, in order
     page = report.read_text()
     assert "<script>alert(" not in page and "&lt;script&gt;alert(&#x27;0&#x27;)&lt;/script&gt; Tom &amp; Jerry 0" in page
     assert "&lt;script&gt;alert(&#x27;1&#x27;)&lt;/script&gt; Tom &amp; Jerry 1" in page

@@ -88,8 +88,8 @@ def test_no_signatures_without_verification(tmp_path, kjv_chapters):
 
 
 def test_a_new_threshold_re_runs_only_verify_and_after():
-    from pipeline.build.driver import dedupe_key, verify_key
     from pipeline.build.recipe import load_recipe
+    from pipeline.build.registry import dedupe_key, verify_key
 
     recipe = load_recipe("web-quality")
     other = load_recipe("web-quality", {"dedupe": {"minhash": {"threshold": 0.8}}})

@@ -1,0 +1,134 @@
+"""The build's stages in the order they run: one entry each, and everything else derives from this table.
+
+An entry names the stage (the console, build.log.jsonl, build_stats.json, the report and `tokenmill work` all
+use that name, and it is the stage's top folder in the work store), the plain function one of its tasks runs,
+the function that names a task's folder by what its output is made from, and what the stage does in one line.
+The driver (`pipeline.build.driver`) runs the stages in this order; `tokenmill work` lists and prunes by them;
+the report orders its timings by them. Adding a stage is one entry here plus its task module in
+`pipeline/tasks/`.
+
+Every task folder is `<stage>/<key>[/<part>]`, where the key is a fingerprint of everything the output was
+made from, so a relaunch re-uses exactly the outputs whose inputs and settings are unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.build.inputs import InputFile
+from pipeline.build.recipe import Recipe
+from pipeline.tasks import count, dedupe, mix, process, samples
+from pipeline.work.runner import Task
+from pipeline.work.store import fingerprint
+from stages.tokenize import Tokenizer
+
+# a source's settings that do not change what its files' processing produces
+_NOT_PROCESS_SETTINGS = ("weight", "train", "validation")
+
+
+def _dedupe_settings(recipe: Recipe) -> dict:
+    """The dedupe settings up to the resolve stage: the verify threshold's value is only the verify key's
+    (whether there is one decides whether the process task writes signatures)."""
+    settings = dataclasses.asdict(recipe.dedupe)
+    settings["minhash"]["threshold"] = recipe.dedupe.minhash.verify
+    return settings
+
+
+def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe) -> str:
+    """The file itself, its source's read and filter settings, the tokenizer and the dedupe key settings."""
+    source = {k: v for k, v in dataclasses.asdict(inp.source).items() if k not in _NOT_PROCESS_SETTINGS}
+    tokenize = {"sha256": tokenizer.sha256(), "add_bos": recipe.tokenizer.add_bos,
+                "add_eos": recipe.tokenizer.add_eos}
+    return fingerprint({"input": inp.identity(), "source": source, "tokenizer": tokenize,
+                        "dedupe": _dedupe_settings(recipe)})
+
+
+def key_group_key(group: list[process.Processed], partitions: int) -> str:
+    """The group's files (position and process output) and the number of partitions their keys are cut into."""
+    return fingerprint({"files": [[p.file_index, p.folder] for p in group], "partitions": partitions})
+
+
+def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:
+    """Every process output, in the canonical order (it decides which copy of a duplicate survives)."""
+    return fingerprint({"process": process_keys, "dedupe": _dedupe_settings(recipe)})
+
+
+def verify_key(dedupe: str, recipe: Recipe) -> str:
+    """The resolved clusters and the verify threshold: a new threshold re-runs verify, count and mix only."""
+    return fingerprint({"dedupe": dedupe, "threshold": recipe.dedupe.minhash.threshold})
+
+
+def count_key(key_group_folder: str, resolved_folder: str) -> str:
+    """The group's keys, the removals that count reads, and how many removed documents it lists per step."""
+    return fingerprint({"keys": key_group_folder, "resolved": resolved_folder, "samples": samples.PER_STEP})
+
+
+def samples_key(chosen: list[samples.DuplicateCandidate], folders: dict[int, str]) -> str:
+    """The chosen duplicates and the process outputs of the files they are read from."""
+    return fingerprint(samples.samples_key(chosen, folders))
+
+
+def mix_key(deduplicated: str, recipe: Recipe) -> str:
+    """The deduplicated corpus (the verify key when there is one) and the mix settings: policy, seed, shard
+    size and each source's weight. It names the output's shard folder too."""
+    weights = [[s.name, s.weight] for s in recipe.sources]
+    return fingerprint({"dedupe": deduplicated, "mix": dataclasses.asdict(recipe.mix), "weights": weights})
+
+
+def mix_written_key(mix: str, out_url: str) -> str:
+    """A mix group's task folder: the mix and the output it writes to (another output sharing the work store
+    writes its own copy of the shards)."""
+    return fingerprint({"mix": mix, "out": out_url})
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: str  # as the console, the log, the report and `tokenmill work` call it; its top folder in the work store
+    run: Callable[..., dict]  # what one task runs: a plain function that writes its outputs and returns its done record
+    key: Callable[..., str]  # names a task's folder by what its output is made from
+    does: str  # one line for people
+    verify_only: bool = False  # runs only when the recipe verifies near-duplicates (dedupe.minhash.verify)
+
+    def folder(self, key: str, part: str = "") -> str:
+        """A task folder of this stage: the only code that formats a work path."""
+        return f"{self.name}/{key}/{part}" if part else f"{self.name}/{key}"
+
+    def task(self, folder: str, *args, input_bytes: int = 0) -> Task:
+        return Task(folder, self.run, args, input_bytes)
+
+
+def partition_part(partition: int) -> str:
+    return f"partition-{partition:05d}"
+
+
+def mix_group_part(split: str, group: int) -> str:
+    return f"{split}-{group:05d}"
+
+
+PROCESS = Stage("process", process.process_file, process_key,
+                "parse, filter, compute dedupe keys and tokenize one input file (the only stage that reads text)")
+KEYS = Stage("keys", dedupe.combine_keys, key_group_key,
+             "one key group's dedupe keys, read once per file and written in partition order")
+DEDUPE = Stage("dedupe", dedupe.dedupe_partition, dedupe_key,
+               "one key partition: equal keys become edges to the group's smallest document")
+RESOLVE = Stage("resolve", dedupe.resolve_duplicates, dedupe_key,
+                "connected components over the edges; each cluster's earliest document survives")
+VERIFY = Stage("verify", dedupe.verify_partition, verify_key,
+               "one partition of clusters re-clustered by the members' estimated Jaccard", verify_only=True)
+VERIFIED = Stage("verified", dedupe.merge_verified, verify_key,
+                 "the verified removals merged into the resolve format", verify_only=True)
+COUNT = Stage("count", count.count_kept, count_key,
+              "one key group's kept documents and tokens per file, and its first removed documents")
+SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
+                "a few removed duplicates' text read back, beside the documents kept in their place")
+MIX = Stage("mix", mix.mix_group, mix_written_key,
+            "one mix group: every source's same token range, mixed in the recipe's ratio into shards")
+
+STAGES: tuple[Stage, ...] = (PROCESS, KEYS, DEDUPE, RESOLVE, VERIFY, VERIFIED, COUNT, SAMPLES, MIX)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def stages_of(recipe: Recipe) -> tuple[Stage, ...]:
+    """The stages a build of this recipe runs, in order."""
+    return tuple(s for s in STAGES if recipe.dedupe.minhash.verify or not s.verify_only)
