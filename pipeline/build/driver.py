@@ -218,6 +218,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)")
     parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
     parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (inputs, tasks per stage, what is re-used and why, "
+                        "the cost at the measured rate, where it writes) and stop: nothing is written, no task runs")
     args = parser.parse_args(argv)
     refused = None
     if args.workers is not None and args.workers < 1:
@@ -232,6 +234,11 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         recipe = load_recipe(args.recipe)
+        if args.dry_run:
+            from pipeline.build.plan import describe, plan_build
+
+            print("\n".join(describe(plan_build(recipe, args.out, args.work), args.workers)))
+            return 0
         manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
     except (RecipeError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
