@@ -14,6 +14,7 @@ from manifests import manifest as manifest_io
 from manifests.shards import dtype_name
 from pipeline import __version__
 from pipeline.build.inputs import InputFile
+from pipeline.build.made_by import add_made_by
 from pipeline.build.recipe import Recipe
 from pipeline.build.tokenizer import TRAINED_MODEL
 from pipeline.report.stats import DROPPED_SAMPLES_NAME
@@ -51,6 +52,7 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     subsets = _subset_table(results.funnels, results.kept)
     timings = {stage: dict(t) for stage, t in results.timings.items()}
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
+    add_made_by(timings, results.used, work)  # a re-used stage's report shows the timings of the run that made it
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
     out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.funnels, work, results.samples_folder))
@@ -196,6 +198,9 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     process = data["stages"]["process"]
     if process["skipped"]:  # outputs re-used from an earlier run: rates over work done earlier would mean nothing
         rate = f"{process['skipped']} of {process['tasks']} input files' process outputs re-used"
+        made = process.get("made_by")
+        if made and made.get("seconds") and made.get("text_bytes"):
+            rate += f" (made at {text_speed(made['text_bytes'], made['seconds'])} by the build of {made['created_at']})"
     else:
         rate = f"process stage {text_speed(text_mb * 1e6, process['seconds'])} ({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
     print(f"\nbuilt {data['recipe']['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")

@@ -242,6 +242,9 @@ def build_record(manifest: dict, build: dict | None) -> dict:
     rows = {}
     for name in order:
         st = stages[name]
+        made = st.get("made_by")  # every output re-used: the timings of the build that made them
+        if made:
+            st = {**st, **made}
         seconds = float(st.get("seconds", 0.0))
         rows[name] = {
             "seconds": seconds, "tasks": int(st.get("tasks", 0)),
@@ -250,6 +253,7 @@ def build_record(manifest: dict, build: dict | None) -> dict:
             # the only one that reads all the text
             "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
+            "reused": int(stages[name].get("skipped", 0)), "made_at": made.get("created_at") if made else None,
         }
     return {
         "workers": build.get("workers") if build else None,
