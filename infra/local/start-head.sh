@@ -67,20 +67,20 @@ if [[ -x $project/.venv/bin/ray ]]; then
 fi
 
 python=$(command -v python3 || command -v python)
-port_free() {  # exit 0 when nothing listens on $host:$1
-  "$python" -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))' "$host" "$1" 2>/dev/null
+port_free() {  # exit 0 when nothing listens on port $1 (on any address: binding them all fails then)
+  "$python" -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("", int(sys.argv[1])))' "$1" 2>/dev/null
 }
-free_ports() {  # $1 distinct ports nothing listens on now
+free_ports() {  # $1 distinct ports nothing listens on now, on any address
   "$python" -c 'import socket, sys
-held = [socket.socket() for _ in range(int(sys.argv[2]))]
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in held:
-    s.bind((sys.argv[1], 0))
-print(" ".join(str(s.getsockname()[1]) for s in held))' "$host" "$1"
+    s.bind(("", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
 }
 if ((!dry_run)); then
   for pair in "--port:$port" "--dashboard-port:$dashboard_port"; do
     if ! port_free "${pair#*:}"; then
-      echo "start-head.sh: ${pair%%:*} ${pair#*:}: the port is in use on $host (another Ray head?); give another with ${pair%%:*} N" >&2
+      echo "start-head.sh: ${pair%%:*} ${pair#*:}: the port is in use (another Ray head?); give another with ${pair%%:*} N" >&2
       exit 2
     fi
   done

@@ -200,7 +200,7 @@ def test_arguments_are_checked_before_anything_is_sent(capsys):
 class Head:
     """A Ray head of our own, and the `tokenmill` CLI pointed at it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, agent_port: int | None = None):
         self.root = root
         self.marker = uuid.uuid4().hex  # in the environment of every process the head starts
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -210,7 +210,7 @@ class Head:
         command = [
             "bash", str(PROJECT_ROOT / "infra/local/start-head.sh"), "--port", str(free_port()), "--dashboard-port", str(self.dashboard_port),
             "--num-cpus", "2", "--temp-dir", str(root / "ray"), "--block",
-            "--", "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+            "--", "--dashboard-agent-listen-port", str(agent_port or free_port()), "--ray-client-server-port", str(free_port()),
         ]
         self.log = open(root / "head.log", "w")
         self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -397,3 +397,24 @@ def test_stop_stops_a_running_job(head):
     assert status.returncode == 1 and status.stdout.splitlines()[0] == f"{job_id}: STOPPED"
     again = head.jobs("stop", job_id)
     assert again.returncode == 0 and again.stdout.strip() == f"{job_id}: already ended, STOPPED"
+
+
+@pytest.mark.slow
+def test_submit_to_a_head_whose_job_agent_could_not_start_says_why(sample_corpus, tmp_path):
+    """Issue 31, item 9: a head beside another Ray whose dashboard agent port was taken answered `submit` after
+    ~11 s with only "500: No available agent to submit job". Reproduced with the agent's port held by us."""
+    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        head = Head(root, agent_port=taken.getsockname()[1])
+        try:
+            head.wait_until_up()
+            recipe = write_sample_recipe(tmp_path / "recipe.yaml", sample_corpus)
+            done = head.tokenmill("submit", str(recipe), "--address", head.address, "--out", str(tmp_path / "out"), timeout_s=300)
+        finally:
+            head.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "no job agent running" in line and "dashboard_agent.log" in line and "start-head.sh" in line
