@@ -48,7 +48,7 @@ from pipeline.build.registry import process_key  # noqa: E402
 from pipeline.tasks import process as tasks  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
 from pipeline.work.runner import BuildError, Runner, Task  # noqa: E402
-from pipeline.work.store import Store, WorkLayout  # noqa: E402
+from pipeline.work.store import Store  # noqa: E402
 from stages import dedupe as dedupe_stage  # noqa: E402
 from stages.tokenize import Tokenizer, read_model_bytes  # noqa: E402
 
@@ -56,6 +56,7 @@ TOKENIZER = "pkg://mistral_common/data/tokenizer.model.v1"  # 32k sentencepiece,
 NATURAL_SUBSETS = {"RedPajamaCommonCrawl": 0.52, "RedPajamaC4": 0.27, "RedPajamaBook": 0.04, "RedPajamaArXiv": 0.05,
                    "RedPajamaWikipedia": 0.08, "RedPajamaStackExchange": 0.04}
 LANGUAGES = ("python", "java", "javascript", "c", "cpp", "go", "rust", "php", "ruby", "typescript")
+MISSING_ROOT = "/nonexistent/tokenmill-build-scale"  # where the fabricated input files "are" (see plan_files)
 FULL_ROWS_PER_PARTITION = 7_800_000  # ~800M documents x 10 keys over 1,024 partitions: a full-scale partition
 
 
@@ -109,7 +110,11 @@ def plan_files(recipe: Recipe, documents: int, shape: Shape) -> list[tuple[Input
     out, first = [], 0
     for index, (source, split, rel, n) in enumerate(listed):
         size = int(n * (shape.natural_mean * 4.2 / 2.8 if source is natural else shape.code_mean * 3.2 / 2.7))  # compressed bytes
-        inp = InputFile(file_index=index, source=source, url=f"{source.root}/{rel}", rel_path=rel, split=split, size=size, version="mtime:0")
+        # a local path that does not exist: only the file's process outputs are fabricated, so the samples task (which
+        # reads a few removed duplicates' text back) finds it gone and the build goes on without them, as for a
+        # deleted input; the source's real root would send it to the hub for real files of the same names
+        url = f"{MISSING_ROOT}/{source.name}/{rel}"
+        inp = InputFile(file_index=index, source=source, url=url, rel_path=rel, split=split, size=size, version="mtime:0")
         out.append((inp, n, first))
         first += n
     return out
@@ -158,7 +163,7 @@ def _tokens(n: int) -> np.ndarray:
 
 def fabricate_file(recipe: Recipe, tokenizer: Tokenizer, work: Store, inp: InputFile, n: int, first: int, shape: Shape) -> None:
     """One input file's process outputs, written by the build's own writer."""
-    folder = WorkLayout().process(process_key(inp, tokenizer, recipe))
+    folder = registry.PROCESS.folder(process_key(inp, tokenizer, recipe))
     if work.done(folder):
         return
     rng = np.random.default_rng([11, inp.file_index])
@@ -223,6 +228,12 @@ class CountingStore(Store):
     """A Store that counts its requests and bytes (per process) and takes the object-store code paths."""
 
     counts = {"reads": 0, "read_bytes": 0, "writes": 0, "write_bytes": 0, "lists": 0}
+
+    def __reduce__(self):  # Store's own pickles as a plain Store: a task's copy must count too
+        return CountingStore, (self.fs, self.root)
+
+    def child(self, *parts: str) -> "Store":
+        return CountingStore(self.fs, self.path(*parts), self._io)
 
     @property
     def is_local(self) -> bool:
