@@ -82,7 +82,8 @@ def test_version_and_every_option_explained():
     from pipeline import __version__
 
     assert run("--version").stdout.strip() == f"tokenmill {__version__}"
-    for command in ("sample", "verify", "inspect", "stats", "submit", "stage-in", "work", "build", "bench", "jobs status", "jobs logs"):
+    for command in ("sample", "verify", "inspect", "stats", "submit", "stage-in", "work", "build", "bench", "jobs status", "jobs logs",
+                    "recipe show", "recipe copy", "completion", "train", "export"):
         lines = run(*command.split(), "--help").stdout.split("\npositional arguments:")[-1].splitlines() + [""]
         # argparse prints an option without help as its invocation alone, with no help text after it or below it
         bare = [line for line, below in zip(lines, lines[1:])
