@@ -14,9 +14,12 @@ import pytest
 
 from tests.reliability.faults import ROOT, tokenmill
 
+# the code of this checkout, from whatever folder a test runs the command in
+HERE = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(tokenmill(*args), cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(tokenmill(*args), cwd=cwd, capture_output=True, text=True, timeout=120, env=HERE)
 
 
 def one_line_error(done: subprocess.CompletedProcess, code: int, *words: str) -> None:
@@ -113,7 +116,7 @@ def test_stats_refuses_an_out_that_is_a_file_and_a_budget_it_cannot_read(tmp_pat
 def without(module: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     """`tokenmill ARGS` in a process where `module` cannot be imported, as if its extra were not installed."""
     code = f"import sys; sys.modules[{module!r}] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=HERE)
 
 
 URL_COMMANDS = [
