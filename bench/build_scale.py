@@ -21,16 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import types
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -39,6 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.measure import CountingStore, MeasuringRunner, StageMeasure, status  # noqa: E402
+from manifests.hashing import splitmix64  # noqa: E402
 from pipeline.build import registry  # noqa: E402
 from pipeline.build.driver import run_stages  # noqa: E402
 from pipeline.build.finalize import finalize  # noqa: E402
@@ -47,7 +44,6 @@ from pipeline.build.recipe import Recipe, load_recipe  # noqa: E402
 from pipeline.build.registry import process_key  # noqa: E402
 from pipeline.tasks import process as tasks  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
-from pipeline.work.runner import BuildError, Runner, Task  # noqa: E402
 from pipeline.work.store import Store  # noqa: E402
 from stages import dedupe as dedupe_stage  # noqa: E402
 from stages.tokenize import Tokenizer, read_model_bytes  # noqa: E402
@@ -124,15 +120,8 @@ def _cut(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def _hash(g: np.ndarray, salt: int) -> np.ndarray:
-    return _splitmix64(g * np.uint64(64) + np.uint64(salt))
+    return splitmix64(g * np.uint64(64) + np.uint64(salt))
 
 
 def synthetic_keys(first: int, n: int, shape: Shape, slots: int) -> np.ndarray:
@@ -224,135 +213,6 @@ def _tokenizer() -> Tokenizer:
 # ------------------------------------------------------------------------------------------------ measuring
 
 
-class CountingStore(Store):
-    """A Store that counts its requests and bytes (per process) and takes the object-store code paths."""
-
-    counts = {"reads": 0, "read_bytes": 0, "writes": 0, "write_bytes": 0, "lists": 0}
-
-    def __reduce__(self):  # Store's own pickles as a plain Store: a task's copy must count too
-        return CountingStore, (self.fs, self.root)
-
-    def child(self, *parts: str) -> "Store":
-        return CountingStore(self.fs, self.path(*parts), self._io)
-
-    @property
-    def is_local(self) -> bool:
-        return False
-
-    def read_bytes(self, rel: str) -> bytes:
-        self.counts["reads"] += 1  # a request, found or not (a done record looked up before its task ran)
-        data = super().read_bytes(rel)
-        self.counts["read_bytes"] += len(data)
-        return data
-
-    def read_range(self, rel: str, start: int, end: int) -> bytes:
-        data = super().read_range(rel, start, end)
-        self.counts["reads"] += int(end > start)
-        self.counts["read_bytes"] += len(data)
-        return data
-
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        super().write_bytes(rel, data)
-        self.counts["writes"] += 1
-        self.counts["write_bytes"] += len(data)
-
-    def exists(self, rel: str) -> bool:
-        self.counts["lists"] += 1
-        return super().exists(rel)
-
-
-def _status(pid: int | str = "self") -> dict[str, float]:
-    """VmHWM, VmRSS, RssAnon, RssFile of a process, MiB."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
-
-
-def task_child(path: str) -> None:
-    """In a fresh process: one task function with its arguments, as a Ray worker runs it; prints its peak
-    memory and its store counts as the last line."""
-    with open(path, "rb") as f:
-        fn, args = pickle.load(f)
-    started, cpu = time.perf_counter(), time.process_time()
-    fn(*args)
-    print(json.dumps({**_status(), **CountingStore.counts, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}))
-
-
-@dataclass(slots=True)
-class StageMeasure:
-    tasks: int = 0
-    wall: float = 0.0
-    child_seconds: float = 0.0  # per task: its interpreter start + imports + the task
-    task_seconds: float = 0.0  # the task function alone, wall
-    task_cpu: float = 0.0  # the task function alone, CPU (the machine is shared: wall seconds wait for other work)
-    peak_hwm: float = 0.0  # MiB, the largest task's VmHWM (anonymous + file-backed pages)
-    peak_anon: float = 0.0  # MiB, the largest RssAnon seen while polling
-    reads: int = 0
-    read_bytes: int = 0
-    max_task_read_bytes: int = 0
-    writes: int = 0
-    write_bytes: int = 0
-    max_args_bytes: int = 0  # what the driver ships to one task (pickled)
-    per_task: list = None  # (folder, VmHWM MiB, reads, read bytes, CPU s) of each task
-
-
-_LOCK = threading.Lock()
-
-
-class BenchRunner(Runner):
-    """The build's Runner, with each pending task run in its own fresh process instead of a Ray task."""
-
-    def __init__(self, work: Store, workers: int, log: EventLog):
-        super().__init__(work, workers, log)
-        self.measures: dict[str, StageMeasure] = {}
-
-    def _run_pending(self, stage: str, tasks_: list[Task], pending: list[int]):
-        m = self.measures.setdefault(stage, StageMeasure(per_task=[]))
-        started = time.perf_counter()
-        with ThreadPoolExecutor(self.workers) as pool:
-            results = list(pool.map(lambda i: self._one(stage, tasks_[i], m), pending))
-        m.wall += time.perf_counter() - started
-        for i, record in zip(pending, results):
-            yield i, record
-
-    def _one(self, stage: str, task: Task, m: StageMeasure) -> dict:
-        with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
-            pickle.dump((task.fn, task.args), f)
-            args_path, args_bytes = f.name, f.tell()
-        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_scale import task_child; task_child(sys.argv[1])"
-        started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", code, args_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        anon = 0.0
-        while child.poll() is None:
-            anon = max(anon, _status(child.pid).get("RssAnon", 0.0))
-            time.sleep(0.02)
-        stdout, stderr = child.communicate()
-        os.unlink(args_path)
-        if child.returncode:
-            raise BuildError(f"[{stage}] task {task.folder} failed:\n{stderr[-3000:]}")
-        r = json.loads(stdout.strip().splitlines()[-1])
-        with _LOCK:
-            m.tasks += 1
-            m.child_seconds += time.perf_counter() - started
-            m.task_seconds += r["seconds"]
-            m.task_cpu += r["cpu_seconds"]
-            m.peak_hwm, m.peak_anon = max(m.peak_hwm, r["VmHWM"]), max(m.peak_anon, anon, r.get("RssAnon", 0.0))
-            m.reads += r["reads"]
-            m.read_bytes += r["read_bytes"]
-            m.max_task_read_bytes = max(m.max_task_read_bytes, r["read_bytes"])
-            m.writes += r["writes"]
-            m.write_bytes += r["write_bytes"]
-            m.max_args_bytes = max(m.max_args_bytes, args_bytes)
-            m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2)))
-        return json.loads(Path(self.work.path(task.folder, "_DONE.json")).read_text())  # as ray.get returns it (not counted)
-
-
 def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_partition: int, workers: int) -> dict:
     """The build's driver after the process stage, for real: run_stages (whose process tasks are all done) and
     finalize, in this (fresh) process. Ray is replaced by the bench runner; `ray.put` by the identity."""
@@ -360,18 +220,18 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
     recipe, tokenizer = bench_recipe(documents, shape, rows_per_partition), _tokenizer()
     inputs = [inp for inp, _, _ in plan_files(recipe, documents, shape)]
     work, out = CountingStore.at(work_dir), CountingStore.at(out_dir)
-    baseline = _status()
-    runner = BenchRunner(work, workers, EventLog(None, console=False))
+    baseline = status()
+    runner = MeasuringRunner(work, workers, EventLog(None, console=False))
     started, cpu = time.perf_counter(), time.process_time()
     results = run_stages(recipe, inputs, tokenizer, runner, out)
-    staged = _status()
+    staged = status()
     manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
-    end = _status()
+    end = status()
     return {
         "documents": documents, "files": len(inputs), "partitions": recipe.dedupe.partitions, "shard_tokens": recipe.mix.shard_tokens,
         "key_groups": len(results.key_groups), "shards": {s: len(v) for s, v in results.shards.items()},
-        "tokens": {s: v["tokens"] for s, v in manifest["splits"].items()},
-        "achieved": manifest["mix"]["achieved"], "removed": results.resolved,
+        "tokens": {s: v.tokens for s, v in manifest.splits.items()},
+        "achieved": manifest.mix.achieved, "removed": results.resolved,
         "stages": {stage: {**{k: getattr(m, k) for k in StageMeasure.__slots__}} for stage, m in runner.measures.items()},
         "driver": {"baseline_hwm": baseline["VmHWM"], "after_stages_hwm": staged["VmHWM"], "peak_hwm": end["VmHWM"],
                    "peak_rss_anon_now": end.get("RssAnon"), "seconds": time.perf_counter() - started,

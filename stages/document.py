@@ -80,6 +80,9 @@ BAD_INPUT_REASONS = (
     "oversized_document",
 )
 
+# what dedupe removes a document as (`stages.dedupe`)
+EXACT_DUPLICATE, NEAR_DUPLICATE = "exact_duplicate", "near_duplicate"
+
 # Where each kind of drop happens in the pipeline, in order: the funnel's steps.
 FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
 
@@ -88,5 +91,5 @@ def drop_step(reason: str) -> str:
     """The funnel step a drop reason belongs to (filter reasons look like `gopher_quality:...`)."""
     if reason in BAD_INPUT_REASONS:
         return "bad input"
-    return {"exact_duplicate": "exact duplicates", "near_duplicate": "near duplicates"}.get(reason, "filters")
+    return {EXACT_DUPLICATE: "exact duplicates", NEAR_DUPLICATE: "near duplicates"}.get(reason, "filters")
 

@@ -134,7 +134,7 @@ def run_tokenizer(meta: dict, manifest_path: Path | None) -> tuple[Path, bool]:
     problem = check_file(path, size=None, sha256=meta["tokenizer"]["sha256"]) if path else "not copied into the build"
     if problem:
         raise checkpoint.CheckpointError(f"{path or manifest_path}: the run's tokenizer is {problem}; pass --manifest of the build the run trained on")
-    return path, bool(manifest.data["tokenizer"]["add_bos"])
+    return path, manifest.tokenizer.add_bos
 
 
 # How sentencepiece splits text into words before BPE (split_by_whitespace), on text whose spaces are "▁" and

@@ -23,7 +23,8 @@ import numpy as np
 
 from manifests import manifest as manifest_io
 from manifests.keys import split_key
-from manifests.shards import dtype_name
+from manifests.outputs import MANIFEST, shards_folder
+from manifests.shards import ShardEntry, dtype_name
 from pipeline.build import registry as stage
 from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
@@ -35,7 +36,7 @@ from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
 from pipeline.work.runner import BuildError, Runner, start_ray
-from pipeline.work.store import Store, shards_folder
+from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
 from stages.mix import MixConfig
@@ -54,18 +55,17 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     out.makedirs()
     tokenizer = given or open_tokenizer(recipe, inputs, out)
     work = Store.at(work_url) if work_url else out.child("work")
-    log = EventLog.at(out, "build.log.jsonl", console)  # on an object store: uploaded per stage and at the end
+    log = EventLog.at(out, console=console)  # on an object store: uploaded per stage and at the end
     try:
         workers = start_ray(address, workers)
         log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
         runner = Runner(work, workers, log)
         results = run_stages(recipe, inputs, tokenizer, runner, out)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
-        tokens = sum(s["tokens"] for s in manifest["splits"].values())
-        log.say(f"manifest: {out.url('manifest.json')}  ({tokens:,} tokens)")
+        log.say(f"manifest: {manifest.path}  ({sum(s.tokens for s in manifest.splits.values()):,} tokens)")
     finally:
         log.close()  # a failed build's log too: it names the tasks that finished
-    return out.url("manifest.json")
+    return out.url(MANIFEST)
 
 
 def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
@@ -187,7 +187,7 @@ def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolve
     ])
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
-        shards.setdefault(g.split, []).extend(record["entries"])
+        shards.setdefault(g.split, []).extend(ShardEntry(**e) for e in record["entries"])
     return shards, factors
 
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import re
 
-from pipeline.work.store import SHARDS_PREFIX, Store
+from manifests.outputs import (
+    BUILD_LOG,
+    BUILD_STATS,
+    DROPPED_SAMPLES,
+    MANIFEST,
+    QUARANTINE,
+    SHARDS_PREFIX,
+    TOKENIZER_MODEL,
+)
+from pipeline.work.store import Store
 
 # what a build writes into its output folder (pipeline.build.finalize, the event log, the report, the work store)
-BUILD_FILES = ("manifest.json", "quarantine.jsonl", "dropped_samples.jsonl", "build_stats.json", "tokenizer.model",
-               "build.log.jsonl", "report", "work")
+BUILD_FILES = (MANIFEST, QUARANTINE, DROPPED_SAMPLES, BUILD_STATS, TOKENIZER_MODEL, BUILD_LOG, "report", "work")
 # written by every build before anything else: a folder holding neither was not made by a build
-BUILD_TRACES = ("manifest.json", "build.log.jsonl")
+BUILD_TRACES = (MANIFEST, BUILD_LOG)
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")  # Store.write_bytes's temporary names, left by a crash
 
 

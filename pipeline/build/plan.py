@@ -14,14 +14,15 @@ import os
 from dataclasses import dataclass, field
 
 from manifests.keys import split_key
+from manifests.outputs import MANIFEST, TOKENIZER_MODEL, shards_folder
 from pipeline.build import registry as stage
 from pipeline.build.inputs import InputFile, list_inputs
 from pipeline.build.recipe import Recipe, validate_filters
-from pipeline.build.tokenizer import TRAINED_MODEL, recipe_tokenizer
+from pipeline.build.tokenizer import recipe_tokenizer
 from pipeline.tasks import dedupe, samples
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import human_bytes
-from pipeline.work.store import Store, shards_folder
+from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages.tokenize import Tokenizer
 
@@ -52,7 +53,7 @@ class _Planner:
 
     def __init__(self, recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer | None, out: Store, work: Store):
         self.recipe, self.inputs, self.tokenizer, self.out, self.work = recipe, inputs, tokenizer, out, work
-        self.earlier = _read_json(out, "manifest.json")
+        self.earlier = _read_json(out, MANIFEST)
         self.plan = Plan(recipe.name, inputs, out.url(), work.url())
         self.changed: str | None = None  # the first stage with outputs to make: every later stage is made from it
 
@@ -194,8 +195,8 @@ def plan_build(recipe: Recipe, out_url: str, work_url: str | None = None) -> Pla
     tokenizer = recipe_tokenizer(recipe)
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
-    if tokenizer is None and out.exists(TRAINED_MODEL):  # trained by an earlier run of this build
-        tokenizer = Tokenizer.from_bytes(out.read_bytes(TRAINED_MODEL), recipe.tokenizer.add_bos, recipe.tokenizer.add_eos)
+    if tokenizer is None and out.exists(TOKENIZER_MODEL):  # trained by an earlier run of this build
+        tokenizer = Tokenizer.from_bytes(out.read_bytes(TOKENIZER_MODEL), recipe.tokenizer.add_bos, recipe.tokenizer.add_eos)
     work = Store.at(work_url) if work_url else out.child("work")
     return _Planner(recipe, inputs, tokenizer, out, work).run()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.dedupe import DedupeConfig
 from stages.fetch import SourceConfig
 from stages.filter import build_filters

@@ -30,13 +30,7 @@ from stages.filter import apply_filters, build_filters
 from stages.tokenize import Tokenizer
 
 FILE_SUBSET = "(file)"  # bad input that belongs to no document, e.g. a file that is not parquet
-HIST_EDGES = np.array([0] + [2**i for i in range(32)], dtype=np.float64)
 SAMPLE_CHARS = 300  # of every document dropped_samples.jsonl shows (`pipeline.tasks.samples`)
-
-
-def histogram(values: np.ndarray) -> np.ndarray:
-    buckets = np.searchsorted(HIST_EDGES, values, side="right") - 1
-    return np.bincount(np.clip(buckets, 0, len(HIST_EDGES) - 2), minlength=len(HIST_EDGES) - 1)
 
 
 # the files of a process task's folder
