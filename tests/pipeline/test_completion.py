@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.cli import COMMANDS
 from pipeline.completion import command_words
-from tests.reliability.faults import ROOT, tokenmill
+from tests.support.faults import ROOT, tokenmill
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import yaml
 from pipeline.build.plan import plan_build
 from pipeline.build.recipe import load_recipe
 from pipeline.build.registry import stages_of
-from tests.reliability.faults import ROOT, tokenmill
+from tests.support.faults import ROOT, tokenmill
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
