@@ -234,7 +234,7 @@ def _export_megatron(manifest_path: Path, out: Path) -> int:
         print(f"tokenmill export: {e}", file=sys.stderr)
         return 2
     for split, path in written.items():
-        folders = sorted({str((out / shard.entry["bin"]).parent) for shard in manifest.shards(split)})
+        folders = sorted({str((out / shard.entry.bin).parent) for shard in manifest.shards(split)})
         print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {', '.join(folders)}; their blend: {path}")
     print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (README.md: Training with another framework)")
     return 0
