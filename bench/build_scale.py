@@ -242,7 +242,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
 # ------------------------------------------------------------------------------------------------ report
 
 # the stages after process that the scale runs measure (unverified recipes; the samples task reads a few files)
-STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES) and not s.verify_only)
+STAGES = tuple(s.name for s in registry.STAGES
+               if s not in (registry.PROCESS, registry.SAMPLES) and not s.verify_only and not s.decontaminate_only)
 
 
 def table(runs: list[dict]) -> str:

@@ -172,6 +172,7 @@ class Manifest:
     stages: dict[str, dict[str, Any]]  # per stage: timings and task counts
     quarantine: QuarantineEntry
     provenance: Provenance | None = None  # absent from the JSON when None
+    decontamination: dict[str, Any] | None = None  # the eval sets the build matched: name, sha256, rule, counts
     path: str = field(default="", compare=False, metadata={"json": False})  # where it was loaded from or written to
 
     @property

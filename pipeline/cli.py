@@ -16,6 +16,7 @@ COMMANDS = {
     "stats": ("pipeline.report.stats", "main", "dataset statistics report (report.html, stats.json, summary.md)"),
     "submit": ("pipeline.ops.jobs", "submit_main", "submit a build to a Ray cluster through the Jobs API"),
     "jobs": ("pipeline.ops.jobs", "jobs_main", "list / status / logs / stop Ray jobs"),
+    "decontam-check": ("pipeline.ops.decontam_check", "main", "check a built corpus against eval sets, no rebuild"),
     "stage-in": ("pipeline.ops.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
     "work": ("pipeline.work.commands", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),

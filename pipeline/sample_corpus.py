@@ -531,6 +531,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, dest="out_option", metavar="OUT", help="the same folder, named like every other command's output")
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--plant-eval", type=Path, metavar="DIR", default=None,
+                        help="also write two eval sets to DIR and plant part of their items in the sample "
+                             "(pipeline/sample_eval.py); without it the sample's bytes are unchanged")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.out_option is None):
         parser.error("give the output folder once: tokenmill sample --out data/sample (or tokenmill sample data/sample)")
@@ -543,4 +546,10 @@ def main(argv: list[str]) -> int:
         print(f"tokenmill sample: {e}", file=sys.stderr)
         return 2
     print(_describe(args.out, summary))
+    if args.plant_eval is not None:
+        from pipeline.sample_eval import plant_eval_items
+
+        planted = plant_eval_items(args.out, args.plant_eval)
+        print(f"  planted eval items: {', '.join(f'{name} {len(p)}' for name, p in planted['planted'].items())} "
+              f"(eval sets and the list in {args.plant_eval})")
     return 0

@@ -32,6 +32,7 @@ from pipeline.build.outdir import out_refusal
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
 from pipeline.tasks import count, dedupe, samples
+from pipeline.tasks import decontaminate as decontam
 from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
@@ -39,6 +40,7 @@ from pipeline.work.runner import BuildError, Runner, start_ray
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
+from stages.decontaminate import EvalSet, EvalSetError
 from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
@@ -49,6 +51,8 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
     started = time.perf_counter()
     validate_filters(recipe)
+    # eval sets are read and checked before any work: a missing file, a field no record has, an empty set
+    eval_sets = decontam.eval_sets(recipe.decontaminate) if recipe.decontaminate else []
     given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
@@ -60,7 +64,7 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
         workers = start_ray(address, workers)
         log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
         runner = Runner(work, workers, log)
-        results = run_stages(recipe, inputs, tokenizer, runner, out)
+        results = run_stages(recipe, inputs, tokenizer, runner, out, eval_sets)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
         log.say(f"manifest: {manifest.path}  ({sum(s.tokens for s in manifest.splits.values()):,} tokens)")
     finally:
@@ -68,9 +72,11 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     return out.url(MANIFEST)
 
 
-def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
+def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store,
+               eval_sets: list[EvalSet] = ()) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
-    processed, funnels = _process(recipe, inputs, tokenizer, runner)
+    index_folder, index_record, index_ref = _decontaminate(recipe, eval_sets, tokenizer, runner, out)
+    processed, funnels = _process(recipe, inputs, tokenizer, runner, index_folder, index_ref)
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
@@ -87,20 +93,66 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
                         resolved=resolved, key_groups=group_folders, key_group_records=group_records,
                         samples_folder=samples_folder, factors=factors, shards=shards,
                         shards_folder=shards_folder(keys["mix"]), keys=keys, used=runner.used,
-                        timings=runner.timings, workers=runner.workers)
+                        timings=runner.timings, workers=runner.workers,
+                        decontamination=(index_folder, index_record) if index_folder else None)
 
 
-def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> tuple[list[Processed], list[dict]]:
-    """Every input file's process output, and each file's funnel ({"source", "funnels"}) for the report."""
+def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenizer, runner: Runner, out: Store):
+    """The eval sets' index (one task, re-used while their bytes and rules are unchanged), put once into Ray's
+    object store for every process task: (its folder, its done record, the object) or ("", None, None)."""
+    if recipe.decontaminate is None:
+        return "", None, None
+    made_from = decontam.index_made_from(recipe.decontaminate, eval_sets, tokenizer)
+    _say_what_changed(out, made_from, runner, recipe)
+    folder = stage.DECONTAMINATE.folder(stage.decontaminate_key(made_from))
+    task = stage.DECONTAMINATE.task(folder, folder, recipe.decontaminate, tokenizer, runner.work)
+    (record,) = runner.run(stage.DECONTAMINATE, [task])
+    index = decontam.load_index(runner.work, folder, record, recipe.decontaminate)
+    items = sum(s["items"] for s in record["sets"])
+    runner.log.say(f"decontaminate: {record['ngrams']:,} n-grams of {items:,} items in {len(record['sets'])} eval sets, "
+                   f"index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)")
+    return folder, record, runner.share(index)
+
+
+def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recipe) -> None:
+    """When OUT holds an earlier build with other eval sets (or none): which sets came, went or changed, and that
+    every input file is processed again (its documents matched against the new index) and every stage after."""
+    try:
+        earlier = out.read_json(MANIFEST)
+    except (OSError, ValueError):
+        return
+    earlier_sets = (earlier.get("decontamination") or {}).get("sets", [])
+    before = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in earlier_sets}
+    now = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in made_from["sets"]}
+    if before == now:
+        return
+    changes = [f"added {', '.join(sorted(set(now) - set(before)))}" if set(now) - set(before) else "",
+               f"removed {', '.join(sorted(set(before) - set(now)))}" if set(before) - set(now) else "",
+               f"changed {', '.join(sorted(n for n in set(now) & set(before) if now[n] != before[n]))}"
+               if any(now[n] != before[n] for n in set(now) & set(before)) else ""]
+    runner.log.event("decontaminate_changed", added=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)))
+    after = ", ".join(s.name for s in stage.stages_of(recipe) if s is not stage.DECONTAMINATE)
+    runner.log.say(f"decontaminate: eval sets {'; '.join(c for c in changes if c)} since the build in {out.url()}: the "
+                   f"index is built for them, every input file is processed again (its text matched against them) and "
+                   f"every stage after re-runs: {after}")
+
+
+def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, index_folder: str = "",
+             index_ref=None) -> tuple[list[Processed], list[dict]]:
+    """Every input file's process output, and each file's funnel ({"source", "funnels"}, and what the eval sets
+    matched in it when the recipe decontaminates) for the report."""
     tokenizer_ref = runner.share(tokenizer)
-    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe)) for i in inputs]
+    index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
+    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
     records = runner.run(stage.PROCESS, [
         stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
-                           input_bytes=i.size)
+                           index_ref, input_bytes=i.size)
         for i, folder in zip(inputs, folders)
     ])
     processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
-    return processed, [{"source": r["source"], "funnels": r["funnels"]} for r in records]
+    funnels = [{"source": r["source"], "path": r["path"], "funnels": r["funnels"],
+                **({"decontamination": r["decontamination"]} if "decontamination" in r else {})} for r in records]
+    return processed, funnels
 
 
 def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner) -> tuple[list[str], list[dict]]:
@@ -240,7 +292,7 @@ def main(argv: list[str]) -> int:
             print("\n".join(describe(plan_build(recipe, args.out, args.work), args.workers)))
             return 0
         manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
-    except (RecipeError, manifest_io.ManifestError) as e:
+    except (RecipeError, EvalSetError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except (BuildError, OSError) as e:  # a task that kept failing, a full disk, a store that went away

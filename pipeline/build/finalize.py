@@ -19,6 +19,7 @@ from pipeline.build.made_by import add_made_by
 from pipeline.build.recipe import Recipe
 from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
+from pipeline.tasks.decontaminate import DECONTAMINATION_NAME, decontamination_outputs
 from pipeline.tasks.dedupe import CLUSTER_SIZES
 from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES
 from pipeline.work.progress import text_speed
@@ -46,6 +47,7 @@ class StageResults:
     used: list[str]  # every work folder the build used (recorded for `tokenmill work`)
     timings: dict[str, dict]
     workers: int
+    decontamination: tuple[str, dict] | None = None  # the index task's folder and done record, when decontaminating
 
 
 def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults,
@@ -57,9 +59,19 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     add_made_by(timings, results.used, work)  # a re-used stage's report shows the timings of the run that made it
     out.write_bytes(TOKENIZER_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
-    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.funnels, work, results.samples_folder))
+    decontamination = None
+    if results.decontamination:
+        decontamination = decontamination_outputs(work, results.funnels, *results.decontamination)
+    if decontamination is not None:
+        out.write_json(DECONTAMINATION_NAME, decontamination.report)
+    elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
+        out.fs.rm(out.path(DECONTAMINATION_NAME))
+    decontaminated = decontamination.sample_lines if decontamination else b""
+    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.funnels, work, results.samples_folder, decontaminated))
     out.write_json(BUILD_STATS, _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
+    if decontamination is not None:
+        manifest.decontamination = decontamination.manifest
     reused = {stage: t["skipped"] for stage, t in timings.items()}
     manifest.provenance = Provenance(work=work.url(), **results.keys, reused=reused)
     manifest.path = out.url(MANIFEST)

@@ -108,10 +108,13 @@ class _Planner:
 
     def _process(self) -> list[Processed] | None:
         if self.tokenizer is None:  # trained on the inputs first: its sha256 names every process output
+            if self.recipe.decontaminate is not None:
+                self.plan.stages.append(StagePlan(stage.DECONTAMINATE.name, 1, 0, "after the tokenizer is trained"))
             self.stage(stage.PROCESS, None, len(self.inputs), "the tokenizer is trained on the inputs first, then every stage runs")
             self.plan.process_bytes_left = sum(i.size for i in self.inputs)
             return None
-        folders = [stage.PROCESS.folder(stage.process_key(i, self.tokenizer, self.recipe)) for i in self.inputs]
+        index_key = self._decontaminate()
+        folders = [stage.PROCESS.folder(stage.process_key(i, self.tokenizer, self.recipe, index_key)) for i in self.inputs]
         records = [self.work.done(f) for f in folders]
         self._measure(records)
         self.plan.process_bytes_left = sum(i.size for i, r in zip(self.inputs, records) if r is None)
@@ -119,6 +122,22 @@ class _Planner:
         if done is None:
             return None
         return [Processed(i.file_index, f, r["source"], r["documents"], r["subsets"]) for i, f, r in zip(self.inputs, folders, done)]
+
+    def _decontaminate(self) -> str:
+        """The eval sets' index row (one task), and its key, which names every process output; "" without eval
+        sets. Its own state never holds the later stages back: the process outputs are keyed by what it is made
+        from, whether or not it exists now."""
+        if self.recipe.decontaminate is None:
+            return ""
+        from pipeline.tasks import decontaminate
+
+        made_from = decontaminate.index_made_from(self.recipe.decontaminate, decontaminate.eval_sets(self.recipe.decontaminate),
+                                                  self.tokenizer)
+        key = stage.decontaminate_key(made_from)
+        done = self.work.done(stage.DECONTAMINATE.folder(key)) is not None
+        why = "re-used: made earlier from the same eval sets and rule" if done else "no index of these eval sets and rule yet"
+        self.plan.stages.append(StagePlan(stage.DECONTAMINATE.name, 1, int(done), why))
+        return key
 
     def _samples(self, processed: list[Processed] | None, counts: list[dict] | None) -> None:
         if counts is None:
@@ -171,7 +190,11 @@ class _Planner:
             now = {k: v for k, v in dataclasses.asdict(s).items() if k not in ("weight", "train", "validation")}
             if s.name in sources and {k: sources[s.name].get(k) for k in now} != now:
                 reasons.append(f"other settings of source {s.name}")
-        return ", ".join(reasons) or "input files rewritten since the earlier build (their size or version differ)"
+        now_decontaminate = dataclasses.asdict(self.recipe.decontaminate) if self.recipe.decontaminate is not None else None
+        if was.get("decontaminate") != now_decontaminate:
+            reasons.append("other eval sets or decontamination settings")
+        changed = "input files rewritten since the earlier build (their size or version differ)"
+        return ", ".join(reasons) or changed + (", or the eval sets' contents" if now_decontaminate else "")
 
     def _why_mix(self) -> str:
         was = (self.earlier or {}).get("recipe", {})

@@ -92,6 +92,19 @@ def read_dropped_samples(path: Path) -> list[dict]:
     return sorted(shown, key=lambda s: (FUNNEL_STEPS.index(s["step"]), s["reason"], s["source"]))
 
 
+def read_decontamination(root: Path, entry: dict | None) -> dict | None:
+    """What the build's eval sets matched (decontamination.json beside the manifest; `entry`: the manifest's
+    `decontamination`), or None without eval sets."""
+    if entry is None:
+        return None
+    path = root / entry["path"]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StatsError(f"{path}: cannot be read ({e}); rebuild, or copy it back beside the manifest") from None
+    return {"path": entry["path"], "sets": data["sets"]}
+
+
 def _shard_error_row(ref: ShardRef, problem: str) -> dict:
     return {"split": ref.split, "documents": 0, "tokens": 0, "bin_bytes": 0, "idx_bytes": 0,
             "documents_by_source": {}, "tokens_by_source": {}, "idx_status": problem, "bin_status": "not checked"}
@@ -419,6 +432,7 @@ def compute_stats(manifest_path: Path, *, verify_bins: bool = True, budget: int 
         "distributions": distributions(hists, build),
         "quarantine": asdict(manifest.quarantine),
         "dropped_samples": read_dropped_samples(manifest.root / DROPPED_SAMPLES),
+        "decontamination": read_decontamination(manifest.root, manifest.decontamination),
         "shards": shard_rows, "build": build_rec, "provenance": provenance(manifest), "checks": check_rows,
     }
 

@@ -22,7 +22,9 @@ A line of dropped_samples.jsonl (one schema for both kinds):
    "step" (the report's funnel step: filters, exact duplicates, near duplicates),
    "doc" (source/path#line or row), "text" (its first SAMPLE_CHARS characters)}
   a duplicate adds "kept_doc" (the document kept in its place); a near duplicate also "kept_text" (its first
-  SAMPLE_CHARS characters) and "similarity" (the pair's estimated Jaccard).
+  SAMPLE_CHARS characters) and "similarity" (the pair's estimated Jaccard); a decontaminated document (reason
+  decontaminated:<set>, step decontamination) has the matched span's context as "text" and adds "match" (the span),
+  "eval_set", "item" (file#line or row of the eval item) and "item_text" (its start).
 """
 from __future__ import annotations
 
@@ -78,9 +80,11 @@ def filter_samples(funnels: list[dict]) -> list[DroppedSample]:
     return samples
 
 
-def file_bytes(funnels: list[dict], work: Store, samples_folder: str) -> bytes:
-    """dropped_samples.jsonl: the filters' samples, then the duplicates' as the samples task wrote them."""
-    return "".join(s.json_line() for s in filter_samples(funnels)).encode() + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
+def file_bytes(funnels: list[dict], work: Store, samples_folder: str, decontaminated: bytes = b"") -> bytes:
+    """dropped_samples.jsonl: the filters' samples, the decontaminated documents' (`decontaminated`: lines made by
+    `pipeline.tasks.decontaminate.decontamination_outputs`), then the duplicates' as the samples task wrote them."""
+    filtered = "".join(s.json_line() for s in filter_samples(funnels)).encode()
+    return filtered + decontaminated + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
 
 
 @dataclass(frozen=True, slots=True)
