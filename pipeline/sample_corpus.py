@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import sysconfig
 from collections import Counter
@@ -129,7 +128,7 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
         raise ValueError(f"size_mb {size_mb} is too small to plant every kind; use at least {MIN_SIZE_MB}")
     verses = kjv_verses()  # first: a missing `sample` extra is refused before anything is written
     out = Path(out)
-    _clear_previous_sample(out)
+    previous = _previous_sample(out)
     rng = random.Random(seed)
     total = int(size_mb * 1_000_000)
     natural_budget = int(total * NATURAL_SHARE)
@@ -146,24 +145,24 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     github_docs = [_Doc(text=text, subset="RedPajamaGithub") for _, text in github]
     slimpajama = _plan_slimpajama(natural, github_docs, verses, rng)
     starcoder = _plan_starcoder(code, rng)
-    _write_slimpajama(out / SLIMPAJAMA_DIR, slimpajama)
-    _write_starcoder(out / STARCODER_DIR, starcoder)
+    written = _write_slimpajama(out / SLIMPAJAMA_DIR, slimpajama) + _write_starcoder(out / STARCODER_DIR, starcoder)
+    for stale in sorted(previous - set(written)):  # an earlier, larger sample's files would otherwise join this one
+        stale.unlink()
     summary = _summary(size_mb, seed, slimpajama, starcoder)
-    (out / "PLANTED.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_file(out / "PLANTED.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
-def _clear_previous_sample(out: Path) -> None:
-    """Stale files of an earlier, larger sample would otherwise join this one; only our own layout under a
-    folder we marked with PLANTED.json is removed."""
+def _previous_sample(out: Path) -> set[Path]:
+    """The files of an earlier sample in `out` (this one replaces them); only our own layout under a folder we
+    marked with PLANTED.json is ever touched."""
     ours = [out / SLIMPAJAMA_DIR, out / STARCODER_DIR]
     if not any(p.exists() for p in ours):
-        return
+        return set()
     if not (out / "PLANTED.json").exists():
         raise FileExistsError(f"{out} holds {SLIMPAJAMA_DIR}/ or {STARCODER_DIR}/ but no PLANTED.json, so it is not a "
                               "sample this command wrote; choose an empty folder")
-    for p in ours:
-        shutil.rmtree(p, ignore_errors=True)
+    return {p for folder in ours for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -440,23 +439,28 @@ def _zstd_lines(lines: list[bytes], cut_after: int | None) -> bytes:
     return head + tail[:len(tail) // 2]
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes) -> Path:
+    """Writes `data` unless the file already holds exactly these bytes: an unchanged file keeps its modification
+    time, which is part of its identity to a build (a rewrite of the same sample re-processes nothing)."""
+    if path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    return path
 
 
-def _write_slimpajama(root: Path, plan: _Plan) -> None:
+def _write_slimpajama(root: Path, plan: _Plan) -> list[Path]:
+    written = []
     for rel, entries in plan.files.items():
         for line_no, doc in enumerate(entries, 1):
             doc.where = f"{SLIMPAJAMA}/{rel}#{line_no}"
         lines = [doc.raw or orjson.dumps({"text": doc.text, "meta": {"redpajama_set_name": doc.subset}}) for doc in entries]
-        _write_file(root / rel, _zstd_lines(lines, plan.truncate.get(rel)))
-    for rel, data in plan.raw_files.items():
-        _write_file(root / rel, data)
+        written.append(_write_file(root / rel, _zstd_lines(lines, plan.truncate.get(rel))))
+    return written + [_write_file(root / rel, data) for rel, data in plan.raw_files.items()]
 
 
-def _write_starcoder(root: Path, plan: _Plan) -> None:
-    next_id = 0
+def _write_starcoder(root: Path, plan: _Plan) -> list[Path]:
+    next_id, written = 0, []
     for rel, entries in plan.files.items():
         for row, doc in enumerate(entries):
             doc.where = f"{STARCODER}/{rel}#{row}"
@@ -469,11 +473,11 @@ def _write_starcoder(root: Path, plan: _Plan) -> None:
         }
         if rel in plan.drop_text_column:
             del columns["content"]
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(columns), root / rel)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.table(columns), buffer)
+        written.append(_write_file(root / rel, buffer.getvalue().to_pybytes()))
         next_id += len(entries)
-    for rel, data in plan.raw_files.items():
-        _write_file(root / rel, data)
+    return written + [_write_file(root / rel, data) for rel, data in plan.raw_files.items()]
 
 
 # --------------------------------------------------------------------------------------------- summary

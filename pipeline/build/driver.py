@@ -28,6 +28,7 @@ from manifests.shards import ShardEntry, dtype_name
 from pipeline.build import registry as stage
 from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
+from pipeline.build.outdir import out_refusal
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
 from pipeline.tasks import count, dedupe, samples
@@ -269,18 +270,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)")
     parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
     parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (inputs, tasks per stage, what is re-used and why, "
+                        "the cost at the measured rate, where it writes) and stop: nothing is written, no task runs")
     args = parser.parse_args(argv)
     refused = None
     if args.workers is not None and args.workers < 1:
         refused = f"--workers {args.workers}: give at least 1 (or leave it out to use every CPU of the cluster)"
     elif "://" not in args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         refused = f"--out {args.out}: is a file; give a folder (new, or holding an earlier build)"
+    else:
+        refused = out_refusal(args.out)
     if refused:
         print(f"tokenmill build: {refused}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:
         recipe = load_recipe(args.recipe)
+        if args.dry_run:
+            from pipeline.build.plan import describe, plan_build
+
+            print("\n".join(describe(plan_build(recipe, args.out, args.work), args.workers)))
+            return 0
         manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
     except (RecipeError, EvalSetError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES, MANIFEST, QUARANTINE
 from manifests.shards import ShardEntry, dtype_name
 from pipeline import __version__
 from pipeline.build.inputs import InputFile
+from pipeline.build.made_by import add_made_by
 from pipeline.build.recipe import Recipe
 from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
@@ -55,6 +56,7 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     subsets = _subset_table(results.funnels, results.kept)
     timings = {stage: dict(t) for stage, t in results.timings.items()}
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
+    add_made_by(timings, results.used, work)  # a re-used stage's report shows the timings of the run that made it
     out.write_bytes(TOKENIZER_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
     decontamination = None
@@ -207,6 +209,9 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     process = manifest.stages["process"]
     if process["skipped"]:  # outputs re-used from an earlier run: rates over work done earlier would mean nothing
         rate = f"{process['skipped']} of {process['tasks']} input files' process outputs re-used"
+        made = process.get("made_by")
+        if made and made.get("seconds") and made.get("text_bytes"):
+            rate += f" (made at {text_speed(made['text_bytes'], made['seconds'])} by the build of {made['created_at']})"
     else:
         rate = f"process stage {text_speed(text_mb * 1e6, process['seconds'])} ({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
     print(f"\nbuilt {manifest.recipe['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")

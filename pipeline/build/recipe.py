@@ -132,7 +132,11 @@ def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to: Path 
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     parent = data.pop("extends", None)
     if parent:
-        base = read_recipe_yaml((path.parent / parent).resolve(), seen + (path,), relative_to)
+        parent_path = (path.parent / str(parent)).resolve()
+        if not parent_path.is_file():
+            raise RecipeError(f"{path}: `extends: {parent}` names {parent_path}, which does not exist; fix the path (relative to "
+                              "the recipe's folder), or start from a self-contained copy: tokenmill recipe copy NAME FILE")
+        base = read_recipe_yaml(parent_path, seen + (path,), relative_to)
         data = _merge(base, data)
     folder = relative_to or path.parent
     sources = data.get("sources")

@@ -158,7 +158,10 @@ def main(argv: list[str]) -> int:
         parser.error(f"--threads {args.threads}: give at least 1")
     try:
         result = stage_in(args.manifest, args.local_dir, args.threads)
-    except (StageInError, ManifestError) as e:
+    except ManifestError as e:  # nothing to copy from: a wrong argument
+        print(f"tokenmill stage-in: {e}", file=sys.stderr)
+        return 2
+    except StageInError as e:  # files that failed their check
         print(f"tokenmill stage-in: {e}", file=sys.stderr)
         return 1
     print(

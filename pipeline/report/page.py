@@ -571,14 +571,16 @@ def build_section(page: Page) -> str:
     if not stages:
         return '<p class="missing">The manifest records no stages.</p>'
     chart = hbar_chart(list(stages), [Series("seconds", [s["seconds"] for s in stages.values()], PALETTE[4])], fmt=fmt_seconds)
-    header = ["stage", "seconds", "tasks", "bytes read", "documents", "MB/s of input text", "documents/s"]
+    header = ["stage", "seconds", "tasks", "re-used", "bytes read", "documents", "MB/s of input text", "documents/s", "made by the build of"]
     rows = [f"<th>{html.escape(name)}</th>" + "".join(page.value(("build", "stages", name, k), fmt) for k, fmt in
-            (("seconds", "float"), ("tasks", "int"), ("input_bytes", "bytes"), ("documents", "int"), ("text_mb_per_s", "float"), ("documents_per_s", "compact")))
+            (("seconds", "float"), ("tasks", "int"), ("reused", "int"), ("input_bytes", "bytes"), ("documents", "int"), ("text_mb_per_s", "float"),
+             ("documents_per_s", "compact"), ("made_at", "text")))
             for name in stages]
     workers = (f"<p>{page.value(('build', 'workers'), tag='span', cls='inline')} workers, "
                f"{page.value(('build', 'wall_seconds'), 'seconds', 'span', 'inline')} wall time.</p>")
     note = ("<p>Stages in the order they run. The speed is the one the build prints: MB of input text (decoded, before filters) per "
-            "second of the process stage, the only stage that reads text.</p>")
+            "second of the process stage, the only stage that reads text. A stage whose outputs this build re-used (all its tasks) "
+            "shows the times of the build that made them, named in the last column.</p>")
     return workers + figure("stages", "Wall time per stage.", chart) + note + table("stages", header, rows)
 
 

@@ -247,6 +247,9 @@ def build_record(manifest: Manifest, build: dict | None) -> dict:
     rows = {}
     for name in order:
         st = stages[name]
+        made = st.get("made_by")  # every output re-used: the timings of the build that made them
+        if made:
+            st = {**st, **made}
         seconds = float(st.get("seconds", 0.0))
         rows[name] = {
             "seconds": seconds, "tasks": int(st.get("tasks", 0)),
@@ -255,6 +258,7 @@ def build_record(manifest: Manifest, build: dict | None) -> dict:
             # the only one that reads all the text
             "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
+            "reused": int(stages[name].get("skipped", 0)), "made_at": made.get("created_at") if made else None,
         }
     return {
         "workers": build.get("workers") if build else None,
@@ -465,13 +469,15 @@ def parse_tokens(text: str) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill stats", description="Dataset statistics report of a built corpus: report.html, stats.json, summary.md.")
     parser.add_argument("manifest", type=Path, help="manifest.json of a build")
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.html, stats.json and summary.md")
+    parser.add_argument("--out", type=Path, help="folder for report.html, stats.json and summary.md (default: report/ beside the manifest)")
     parser.add_argument("--compare", type=Path, metavar="MANIFEST2", help="a second build's manifest, shown side by side")
     parser.add_argument("--sizes-only", action="store_true", help="check shard token files by size, skip their sha256 (reading every byte of a large corpus takes a while)")
     parser.add_argument("--screenshot", type=Path, metavar="PNG", help="also save a picture of the whole report page (needs chromium)")
     parser.add_argument("--budget", type=parse_tokens, default=DEFAULT_BUDGET_TOKENS, metavar="TOKENS",
                         help="training tokens of the token-budget view, e.g. 3T, 500B, 2e9 (default 3T, TinyLlama's)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (args.manifest if args.manifest.is_dir() else args.manifest.parent) / "report"
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: is a file; give a folder for report.html, stats.json and summary.md")
     try:

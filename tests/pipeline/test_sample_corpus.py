@@ -200,3 +200,18 @@ def test_bench_uses_only_the_public_api_of_the_sample():
     used = {node.attr for node in ast.walk(ast.parse(bench.read_text()))
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sample"}
     assert used and used <= set(sample.__all__), sorted(used - set(sample.__all__))
+
+
+def test_writing_the_same_sample_again_keeps_every_file_and_its_identity(tmp_path):
+    """Issue 31, item 8: `tokenmill sample` after `make demo` rewrote identical files with new mtimes, so every
+    input got a new identity and the next build re-ran every process task. Identical bytes are left alone."""
+    from pipeline.build.inputs import list_inputs
+
+    write_sample_corpus(tmp_path, size_mb=1.5, seed=0)
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    before = [i.identity() for i in list_inputs(sample_recipe(tmp_path))]
+    write_sample_corpus(tmp_path, size_mb=1.5, seed=0)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert [i.identity() for i in list_inputs(sample_recipe(tmp_path))] == before
+    write_sample_corpus(tmp_path, size_mb=1.5, seed=1)  # another sample replaces the files, leaving none of the first
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} <= set(files) | {tmp_path / "PLANTED.json"}

@@ -25,7 +25,7 @@ def free_port() -> int:
 class Head:
     """A Ray head of our own, and the `tokenmill` CLI pointed at it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, agent_port: int | None = None):
         self.root = root
         self.marker = uuid.uuid4().hex  # in the environment of every process the head starts
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -35,7 +35,7 @@ class Head:
         command = [
             "bash", str(PROJECT_ROOT / "infra/local/start-head.sh"), "--port", str(free_port()), "--dashboard-port", str(self.dashboard_port),
             "--num-cpus", "2", "--temp-dir", str(root / "ray"), "--block",
-            "--", "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+            "--", "--dashboard-agent-listen-port", str(agent_port or free_port()), "--ray-client-server-port", str(free_port()),
         ]
         self.log = open(root / "head.log", "w")
         self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -297,3 +298,24 @@ def test_stop_stops_a_running_job(head):
     assert status.returncode == 1 and status.stdout.splitlines()[0] == f"{job_id}: STOPPED"
     again = head.jobs("stop", job_id)
     assert again.returncode == 0 and again.stdout.strip() == f"{job_id}: already ended, STOPPED"
+
+
+@pytest.mark.slow
+def test_submit_to_a_head_whose_job_agent_could_not_start_says_why(sample_corpus, tmp_path):
+    """Issue 31, item 9: a head beside another Ray whose dashboard agent port was taken answered `submit` after
+    ~11 s with only "500: No available agent to submit job". Reproduced with the agent's port held by us."""
+    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        head = Head(root, agent_port=taken.getsockname()[1])
+        try:
+            head.wait_until_up()
+            recipe = write_sample_recipe(tmp_path / "recipe.yaml", sample_corpus)
+            done = head.tokenmill("submit", str(recipe), "--address", head.address, "--out", str(tmp_path / "out"), timeout_s=300)
+        finally:
+            head.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "no job agent running" in line and "dashboard_agent.log" in line and "start-head.sh" in line
