@@ -284,6 +284,7 @@ def test_no_subcommand_prints_a_traceback_on_a_missing_extra_or_a_damaged_input(
         "export": ["export", "--megatron", manifest, str(tmp_path / "m")],
         "bench": ["bench", "--no-such-option"],
         "completion": ["completion", "fish"],
+        "decontam-check": ["decontam-check", manifest, str(tmp_path / "no-such-evalset.jsonl")],
     }
     assert set(damaged) == set(COMMANDS)
     missing = {"sample": "bible", "build": "s3fs", "stats": "s3fs", "export": "s3fs"}
