@@ -1,7 +1,8 @@
 """`tokenmill build RECIPE --out DIR`: the corpus build, read top to bottom.
 
     list inputs -> process (one task per input file: fetch, filter, dedupe keys, tokenize)
-                -> keys -> dedupe -> resolve [-> verify -> verified]   (duplicates, `pipeline/tasks/dedupe.py`)
+                -> keys -> dedupe -> propagate/answer rounds -> removals -> sizes -> resolve [-> verify -> verified]
+                   (duplicates: `pipeline/tasks/dedupe.py`, clusters: `pipeline/tasks/components.py`)
                 -> count -> samples -> plan the mix -> mix (one task per mix group, writing its shards)
                 -> manifest.json + quarantine + build stats + report   (`pipeline/build/finalize.py`)
 
@@ -29,7 +30,8 @@ from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
-from pipeline.tasks import count, dedupe, samples
+from pipeline.tasks import components, count, dedupe, samples
+from pipeline.tasks.dedupe import Part
 from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
@@ -37,6 +39,7 @@ from pipeline.work.runner import BuildError, Runner, start_ray
 from pipeline.work.store import Store, shards_folder
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
+from stages.dedupe import DedupeConfig
 from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
@@ -73,11 +76,11 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
-    resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe_key, group_folders, group_records, runner)
+    resolved_folder, resolved, clusters = _dedupe(recipe, processed, dedupe_key, group_folders, group_records, runner)
     keys = {"dedupe": dedupe_key}
     if recipe.dedupe.minhash.verify:
         keys["verify"] = stage.verify_key(dedupe_key, recipe)
-        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner)
+        resolved_folder, resolved = _verify(recipe, processed, clusters, keys["verify"], runner)
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
@@ -97,7 +100,7 @@ def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runn
     folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe)) for i in inputs]
     records = runner.run(stage.PROCESS, [
         stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
-                           input_bytes=i.size)
+                           input_bytes=i.size, input=i.url)
         for i, folder in zip(inputs, folders)
     ])
     processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
@@ -112,27 +115,65 @@ def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner)
     return folders, records
 
 
-def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], group_records: list[dict], runner: Runner) -> tuple[str, dict]:
+def _dedupe(recipe: Recipe, processed: list[Processed], key: str, group_folders: list[str], group_records: list[dict],
+            runner: Runner) -> tuple[str, dict, list[Part]]:
+    """The dedupe partitions, then their edges' connected components (`pipeline/tasks/components.py`); returns
+    the resolve folder, its record and, with verify, where each partition's clusters are."""
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
+    cuts = components.component_ranges(processed)
     partition_folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
-    runner.run(stage.DEDUPE, [
+    records = runner.run(stage.DEDUPE, [
         stage.DEDUPE.task(folder, folder, p, [dedupe.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
-                                              for g, r in zip(group_folders, group_records)], runner.work)
+                                              for g, r in zip(group_folders, group_records)], runner.work, cuts)
         for p, folder in enumerate(partition_folders)
     ])
+    edges = [[Part(f"{f}/edges.bin", r["range_offsets"][k], r["range_offsets"][k + 1]) for f, r in zip(partition_folders, records)]
+             for k in range(len(cuts) - 1)]
+    return components_of(recipe.dedupe, key, cuts, edges, len(processed), runner)
+
+
+def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int,
+                  runner: Runner) -> tuple[str, dict, list[list[Part]]]:
+    """Rounds of propagate + answer (one task per node range each) until a round changes no label, then the
+    removals per range, the cluster sizes per range and the resolve format written from them."""
+    ranges, work, rnd = range(len(cuts) - 1), runner.work, 0
+    ckey = stage.components_key(key, cuts)
+    exact_slot = 0 if dedupe_config.exact else None
+    first, state, answers = None, [None for _ in ranges], [[] for _ in ranges]
+    while True:
+        asking = [stage.PROPAGATE.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+        first = first or asking
+        asked = runner.run(stage.PROPAGATE, [stage.PROPAGATE.task(f, f, rnd, cuts, edges[k] if rnd == 0 else first[k], state[k], answers[k],
+                                                                  exact_slot, work) for k, f in zip(ranges, asking)])
+        state = [stage.ANSWER.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+        answered = runner.run(stage.ANSWER, [stage.ANSWER.task(f, f, rnd, asking[j], [Part(f"{asking[k]}/{components.ASKS}", *asked[k]["ask_offsets"][j : j + 2])
+                                                                                     for k in ranges], work) for j, f in zip(ranges, state)])
+        if not sum(r["changed"] for r in asked + answered):
+            break
+        answers = [[Part(f"{state[j]}/{components.ANSWERS}", *answered[j]["answer_offsets"][k : k + 2]) for j in ranges] for k in ranges]
+        rnd += 1
+    runner.log.event("components", rounds=rnd + 1, ranges=len(ranges))
+    verify = dedupe_config.partitions if dedupe_config.minhash.verify else None
+    removal_folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
+    removed = runner.run(stage.REMOVALS, [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work) for k, f in zip(ranges, removal_folders)])
+    size_folders = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
+    runner.run(stage.SIZES, [stage.SIZES.task(f, f, [Part(f"{removal_folders[k]}/{components.COUNTS}", *removed[k]["count_offsets"][j : j + 2])
+                                                     for k in ranges], work) for j, f in zip(ranges, size_folders)])
     folder = stage.RESOLVE.folder(key)
-    (resolved,) = runner.run(stage.RESOLVE, [stage.RESOLVE.task(folder, folder, partition_folders, n_files, runner.work, recipe.dedupe)])
-    return folder, resolved
+    (resolved,) = runner.run(stage.RESOLVE, [stage.RESOLVE.task(folder, folder, removal_folders, size_folders, n_files, work)])
+    clusters = [[Part(f"{removal_folders[k]}/{components.CLUSTER_ROWS}", *removed[k]["cluster_offsets"][p : p + 2]) for k in ranges]
+                for p in range(verify or 0)]
+    return folder, resolved, clusters
 
 
-def _verify(recipe: Recipe, processed: list[Processed], resolved_folder: str, key: str, runner: Runner) -> tuple[str, dict]:
+def _verify(recipe: Recipe, processed: list[Processed], clusters: list[list[Part]], key: str, runner: Runner) -> tuple[str, dict]:
     """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
     resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
     import ray
 
     folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
     verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
-    runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work)
+    runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, clusters[p], folders_ref, recipe.dedupe.minhash.threshold, runner.work)
                               for p, folder in enumerate(verify_folders)])
     folder = stage.VERIFIED.folder(key)
     (verified,) = runner.run(stage.VERIFIED, [stage.VERIFIED.task(folder, folder, verify_folders, len(processed), runner.work)])

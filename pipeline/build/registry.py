@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pipeline.build.inputs import InputFile
 from pipeline.build.recipe import Recipe
-from pipeline.tasks import count, dedupe, mix, process, samples
+from pipeline.tasks import components, count, dedupe, mix, process, samples
 from pipeline.work.runner import Task
 from pipeline.work.store import fingerprint
 from stages.tokenize import Tokenizer
@@ -52,6 +52,11 @@ def key_group_key(group: list[process.Processed], partitions: int) -> str:
 def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:
     """Every process output, in the canonical order (it decides which copy of a duplicate survives)."""
     return fingerprint({"process": process_keys, "dedupe": _dedupe_settings(recipe)})
+
+
+def components_key(dedupe: str, cuts: list[int]) -> str:
+    """The dedupe edges and the node ranges the clustering is spread over (tasks and rounds follow from both)."""
+    return fingerprint({"dedupe": dedupe, "ranges": cuts})
 
 
 def verify_key(dedupe: str, recipe: Recipe) -> str:
@@ -94,12 +99,16 @@ class Stage:
         """A task folder of this stage: the only code that formats a work path."""
         return f"{self.name}/{key}/{part}" if part else f"{self.name}/{key}"
 
-    def task(self, folder: str, *args, input_bytes: int = 0) -> Task:
-        return Task(folder, self.run, args, input_bytes)
+    def task(self, folder: str, *args, input_bytes: int = 0, input: str = "") -> Task:
+        return Task(folder, self.run, args, input_bytes, input)
 
 
 def partition_part(partition: int) -> str:
     return f"partition-{partition:05d}"
+
+
+def range_part(node_range: int, rnd: int | None = None) -> str:
+    return f"range-{node_range:05d}" if rnd is None else f"round-{rnd:03d}/range-{node_range:05d}"
 
 
 def mix_group_part(split: str, group: int) -> str:
@@ -112,8 +121,16 @@ KEYS = Stage("keys", dedupe.combine_keys, key_group_key,
              "one key group's dedupe keys, read once per file and written in partition order")
 DEDUPE = Stage("dedupe", dedupe.dedupe_partition, dedupe_key,
                "one key partition: equal keys become edges to the group's smallest document")
-RESOLVE = Stage("resolve", dedupe.resolve_duplicates, dedupe_key,
-                "connected components over the edges; each cluster's earliest document survives")
+PROPAGATE = Stage("propagate", components.propagate, components_key,
+                  "one node range's cluster labels lowered by the last answers; its asks to the ranges it points into")
+ANSWER = Stage("answer", components.answer, components_key,
+               "one node range's labels lowered by the proposals it got; the labels each asking range asked for")
+REMOVALS = Stage("removals", components.removals, components_key,
+                 "one node range's removed documents, their survivors, and its members per survivor")
+SIZES = Stage("sizes", components.sizes, components_key, "one survivor range's cluster sizes")
+RESOLVE = Stage("resolve", components.write_resolved, dedupe_key,
+                "the removals streamed into one sorted list with an index by input file; each cluster's earliest "
+                "document survives")
 VERIFY = Stage("verify", dedupe.verify_partition, verify_key,
                "one partition of clusters re-clustered by the members' estimated Jaccard", verify_only=True)
 VERIFIED = Stage("verified", dedupe.merge_verified, verify_key,
@@ -125,7 +142,7 @@ SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
 MIX = Stage("mix", mix.mix_group, mix_written_key,
             "one mix group: every source's same token range, mixed in the recipe's ratio into shards")
 
-STAGES: tuple[Stage, ...] = (PROCESS, KEYS, DEDUPE, RESOLVE, VERIFY, VERIFIED, COUNT, SAMPLES, MIX)
+STAGES: tuple[Stage, ...] = (PROCESS, KEYS, DEDUPE, PROPAGATE, ANSWER, REMOVALS, SIZES, RESOLVE, VERIFY, VERIFIED, COUNT, SAMPLES, MIX)
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 

@@ -250,6 +250,9 @@ def build_record(manifest: dict, build: dict | None) -> dict:
             # the only one that reads all the text
             "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
+            # the largest task's peak RSS and what it read: the node size the stage needs (None for older builds)
+            "cpu_seconds": st.get("cpu_seconds"), "peak_rss_mib": st.get("peak_rss_mib"),
+            "largest_task": st.get("largest_task", {}).get("input"),
         }
     return {
         "workers": build.get("workers") if build else None,

@@ -90,16 +90,36 @@ class KeySlice:
     end: int
 
 
-def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: Store) -> dict:
-    """Gather one partition's (slot, key, doc_key) rows from every key group and find duplicate groups."""
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A slice of one task's output file of uint64 rows: rows [start, end)."""
+
+    path: str
+    start: int
+    end: int
+
+
+def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
+    """The rows of every part, concatenated (one range read each)."""
+    rows = [np.frombuffer(work.read_range(p.path, p.start * 8 * width, p.end * 8 * width), np.uint64) for p in parts]
+    return (np.concatenate(rows) if rows else np.zeros(0, np.uint64)).reshape(-1, width)
+
+
+def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: Store, cuts: list[int] | None = None) -> dict:
+    """Gather one partition's (slot, key, doc_key) rows from every key group and find duplicate groups. The
+    edges are written sorted by document, with the row offset of each node range of `cuts` (doc keys, one more
+    than ranges) in the record: a components task reads its range's edges of every partition, one range read each."""
     started = time.perf_counter()
     rows = [np.frombuffer(work.read_range(f"{s.folder}/keys.bin", s.start * ROW_BYTES, s.end * ROW_BYTES), np.uint64).reshape(-1, 3)
             for s in slices]
     gathered = np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
     del rows  # the gathered copy is all duplicate_edges needs; keep peak memory at one copy
     edges = dedupe_stage.duplicate_edges(gathered)
+    edges = edges[np.lexsort((edges[:, 2], edges[:, 1], edges[:, 0]))]
     work.write_bytes(f"{folder}/edges.bin", np.ascontiguousarray(edges, np.uint64).tobytes())
     record = {"partition": partition, "rows": int(len(gathered)), "edges": int(len(edges)), "seconds": time.perf_counter() - started}
+    if cuts is not None:
+        record["range_offsets"] = np.searchsorted(edges[:, 0], np.asarray(cuts, np.uint64)).tolist()
     work.mark_done(folder, record)
     return record
 
@@ -187,12 +207,19 @@ def _write_clusters(work: Store, folder: str, removed: np.ndarray, exact: np.nda
     work.write_bytes(f"{folder}/{CLUSTERS_INDEX}", index.tobytes())
 
 
-def verify_partition(folder: str, partition: int, resolved: str, process_folders: list[str], threshold: float, work: Store) -> dict:
+def resolved_clusters(work: Store, resolved: str, partition: int) -> list[Part]:
+    """Where a partition's clusters are in the single-task resolve's output (CLUSTERS, by CLUSTERS_INDEX)."""
+    start, end = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64).tolist()
+    return [Part(f"{resolved}/{CLUSTERS}", start, end)]
+
+
+def verify_partition(folder: str, partition: int, clusters: list[Part], process_folders: list[str], threshold: float, work: Store) -> dict:
     """One partition's clusters (whole, by survivor) re-clustered by their signatures' estimated Jaccard; writes
-    every member's verdict, survivor (the kept document it was compared with last) and similarity."""
+    every member's verdict, survivor (the kept document it was compared with last) and similarity. `clusters`:
+    its rows (survivor, member, exact) in one or more parts (each range's, `pipeline.tasks.components.removals`)."""
     started = time.perf_counter()
-    start, end = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64).astype(np.int64)
-    rows = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS}", start * ROW_BYTES, end * ROW_BYTES), np.uint64).reshape(-1, 3)
+    rows = read_parts(work, clusters, 3)
+    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]  # a cluster's members may come from several parts
     first = np.flatnonzero(np.r_[True, rows[1:, 0] != rows[:-1, 0]]) if len(rows) else np.zeros(0, np.int64)
     # each cluster as [survivor, members...] in key order
     keys = np.insert(rows[:, 1], first, rows[first, 0])

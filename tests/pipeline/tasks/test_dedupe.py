@@ -47,7 +47,8 @@ def run_dedupe(work: Store, files: list[list[str]], cfg: DedupeConfig) -> tuple[
     resolved = dedupe_tasks.resolve_duplicates("dedupe/resolved", partitions, len(files), work, cfg)
     verify = [f"verify/p{p}" for p in range(cfg.partitions)]
     for p, folder in enumerate(verify):
-        dedupe_tasks.verify_partition(folder, p, "dedupe/resolved", [p.folder for p in processed], cfg.minhash.threshold, work)
+        clusters = dedupe_tasks.resolved_clusters(work, "dedupe/resolved", p)
+        dedupe_tasks.verify_partition(folder, p, clusters, [p.folder for p in processed], cfg.minhash.threshold, work)
     return resolved, dedupe_tasks.merge_verified("verify/verified", verify, len(files), work)
 
 
