@@ -72,7 +72,7 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
 
 def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
-    processed, funnels = _process(recipe, inputs, tokenizer, runner)
+    processed = _process(recipe, inputs, tokenizer, runner)
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
@@ -85,15 +85,17 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
     shards, factors = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
-    return StageResults(funnels=funnels, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
+    funnels = [f for r in group_records for f in r["funnels"]]
+    filter_samples = samples.first_filter_samples([r["filter_samples"] for r in group_records])
+    return StageResults(funnels=funnels, filter_samples=filter_samples, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
                         resolved=resolved, key_groups=group_folders, key_group_records=group_records,
                         samples_folder=samples_folder, factors=factors, shards=shards,
                         shards_folder=shards_folder(keys["mix"]), keys=keys, used=runner.used,
                         timings=runner.timings, workers=runner.workers)
 
 
-def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> tuple[list[Processed], list[dict]]:
-    """Every input file's process output, and each file's funnel ({"source", "funnels"}) for the report."""
+def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> list[Processed]:
+    """Every input file's process output, as the later stages plan from it (its funnels are left to the key groups)."""
     import ray
 
     tokenizer_ref = ray.put(tokenizer)  # one copy in the object store for every task, not one per task
@@ -102,9 +104,8 @@ def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runn
         stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
                            input_bytes=i.size, input=i.url)
         for i, folder in zip(inputs, folders)
-    ])
-    processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
-    return processed, [{"source": r["source"], "funnels": r["funnels"]} for r in records]
+    ], keep=lambda r: {k: r[k] for k in ("source", "documents", "subsets")})  # the funnels: summed by the key groups
+    return [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
 
 
 def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner) -> tuple[list[str], list[dict]]:

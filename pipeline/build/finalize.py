@@ -28,9 +28,11 @@ from stages.tokenize import Tokenizer
 @dataclass(frozen=True, slots=True)
 class StageResults:
     """What the stages left for the finalizer: summaries from the done records, and where the outputs are.
-    Nothing here grows with the documents: per input file a funnel, the rest per key group, subset or shard."""
+    Nothing here grows with the documents or the input files: funnels per key group, the rest per key group,
+    subset or shard."""
 
-    funnels: list[dict]  # per input file: {"source", "funnels": per subset}
+    funnels: list[dict]  # per key group and source: {"source", "funnels": per subset}, summed over its files
+    filter_samples: list  # the filters' first removed documents per source and reason (samples.DroppedSample)
     kept: dict[str, dict]  # per "source/subset": duplicates removed, kept documents, histograms (count tasks)
     resolved_folder: str
     resolved: dict  # the resolve task's done record
@@ -53,7 +55,7 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
     out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
-    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.funnels, work, results.samples_folder))
+    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.filter_samples, work, results.samples_folder))
     out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
     manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}

@@ -17,10 +17,11 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipeline.tasks import samples
 from pipeline.tasks.process import QUARANTINE, SIGNATURES, Processed
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
@@ -75,10 +76,28 @@ def combine_keys(folder: str, files: list[Processed], partitions: int, work: Sto
     for line in lines:
         reason = json.loads(line)["reason"]
         by_reason[reason] = by_reason.get(reason, 0) + 1
+    funnels = [{"source": f.source, "funnels": work.done(f.folder)["funnels"]} for f in files]
     record = {"key_offsets": offsets, "files": len(files), "quarantined": len(lines), "by_reason": dict(sorted(by_reason.items())),
+              "funnels": sum_funnels(funnels), "filter_samples": [{k: v for k, v in asdict(s).items() if v is not None}
+                                                                   for s in samples.filter_samples(funnels)],
               "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
+
+
+def sum_funnels(funnels: list[dict]) -> list[dict]:
+    """Files' funnels ({"source", "funnels": per subset}) summed per source and subset, in the same shape: the
+    driver keeps one per key group instead of one per input file."""
+    totals: dict[str, dict[str, dict]] = {}
+    for r in funnels:
+        for subset, f in r["funnels"].items():
+            row = totals.setdefault(r["source"], {}).setdefault(subset, {"documents_read": 0, "bytes_read": 0, "chars_read": 0,
+                                                                         "documents_passed": 0, "dropped": {}})
+            for name in ("documents_read", "bytes_read", "chars_read", "documents_passed"):
+                row[name] += f.get(name, 0)
+            for reason, n in f["dropped"].items():
+                row["dropped"][reason] = row["dropped"].get(reason, 0) + n
+    return [{"source": source, "funnels": subsets} for source, subsets in totals.items()]
 
 
 @dataclass(frozen=True, slots=True)

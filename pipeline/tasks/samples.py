@@ -79,9 +79,21 @@ def filter_samples(funnels: list[dict]) -> list[DroppedSample]:
     return samples
 
 
-def file_bytes(funnels: list[dict], work: Store, samples_folder: str) -> bytes:
+def first_filter_samples(groups: list[list[dict]]) -> list[DroppedSample]:
+    """The first PER_STEP filter samples per source and reason of the whole build, from each key group's (its
+    files' `filter_samples`, in input order): the same as `filter_samples` over every file's funnels."""
+    samples, taken = [], defaultdict(int)
+    for group in groups:
+        for s in group:
+            if taken[s["source"], s["reason"]] < PER_STEP:
+                taken[s["source"], s["reason"]] += 1
+                samples.append(DroppedSample(**s))
+    return samples
+
+
+def file_bytes(filter_samples: list[DroppedSample], work: Store, samples_folder: str) -> bytes:
     """dropped_samples.jsonl: the filters' samples, then the duplicates' as the samples task wrote them."""
-    return "".join(s.json_line() for s in filter_samples(funnels)).encode() + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
+    return "".join(s.json_line() for s in filter_samples).encode() + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
 
 
 @dataclass(frozen=True, slots=True)

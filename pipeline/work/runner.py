@@ -46,34 +46,39 @@ class Runner:
     timings: dict[str, dict] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
 
-    def run(self, of: Stage, tasks: list[Task]) -> list[dict]:
-        """Each task's done record, in task order: read back for finished tasks, returned by the others."""
+    def run(self, of: Stage, tasks: list[Task], keep: Callable[[dict], dict] | None = None) -> list[dict]:
+        """Each task's done record, in task order: read back for finished tasks, returned by the others; with
+        `keep`, only what it keeps of each (the driver then holds no more of a record than it needs)."""
         stage = of.name
         progress = StageProgress(stage, len(tasks), self.log)
         self.used += [t.folder for t in tasks]
         with ThreadPoolExecutor(DONE_READERS) as pool:  # 60k records one after another: ~15 minutes on S3
             records: list[dict | None] = list(pool.map(self.work.done, [t.folder for t in tasks]))
+        keep = keep or (lambda record: record)
+        measured = [{k: r[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in r} if r else None for r in records]
+        records = [keep(r) if r else None for r in records]
         progress.skip(sum(r is not None for r in records))
         started = time.perf_counter()
         retries = store.take_retries()  # the driver's own store requests (done records) count too
         for i, record in self._run_pending(stage, tasks, [i for i, r in enumerate(records) if r is None]):
-            records[i] = record
+            records[i] = keep(record)
+            measured[i] = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in record}
             retries += record.get("retries", 0)
-            measured = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds") if k in record}
+            meter_fields = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds") if k in record}
             self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3),
-                           retries=record.get("retries", 0), **measured)
+                           retries=record.get("retries", 0), **meter_fields)
             text_bytes = sum(f.get("bytes_read", 0) for f in record.get("funnels", {}).values())  # process tasks only
             progress.advance(record.get("documents", 0), tasks[i].input_bytes, text_bytes=text_bytes)
         timing = {
             "seconds": round(time.perf_counter() - started, 3),
-            "task_seconds": round(sum(r.get("seconds", 0) for r in records), 3),
+            "task_seconds": round(sum(r.get("seconds", 0) for r in measured), 3),
             "tasks": len(tasks),
             "skipped": progress.skipped,
-            "documents": sum(r.get("documents", 0) for r in records),
+            "documents": sum(r.get("documents", 0) for r in measured),
             "input_bytes": sum(t.input_bytes for t in tasks),
             "retries": retries + store.take_retries(),  # store requests retried by this run's tasks and driver
-            "cpu_seconds": round(sum(r.get("cpu_seconds", 0) for r in records), 3),
-            **_largest(tasks, records),
+            "cpu_seconds": round(sum(r.get("cpu_seconds", 0) for r in measured), 3),
+            **_largest(tasks, measured),
         }
         self.timings[stage] = _merge_timings(self.timings.get(stage), timing)  # a stage run in rounds: their sum
         self.log.event("stage_done", stage=stage, **timing)
