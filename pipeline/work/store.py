@@ -232,6 +232,15 @@ class Store:
             return b""
         return self._retried(f"read of bytes {start}-{end}", rel, lambda: self._io.cat_file(self.path(rel), start=start, end=end))
 
+    def read_batch(self, rel: str, starts: list[int], ends: list[int]) -> list[bytes]:
+        """Byte ranges [start, end) of one file, requested concurrently on an object store (fsspec `cat_ranges`:
+        one batch, not one round trip after another), retried as a batch; one after another locally."""
+        if self.is_local or len(starts) < 2:
+            return [self.read_range(rel, a, b) for a, b in zip(starts, ends)]
+        path = self.path(rel)
+        return self._retried(f"read of {len(starts)} ranges", rel,
+                             lambda: self._io.cat_ranges([path] * len(starts), list(starts), list(ends), on_error="raise"))
+
     def read_ranges(self, rel: str, starts: list[int], ends: list[int], max_gap: int = 1 << 20) -> list[bytes]:
         """Byte ranges [start, end) of one file, in the order given. Ranges less than `max_gap` apart are read
         as one request (one GET per run of nearby documents, not one per document); a failed request is retried
