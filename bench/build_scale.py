@@ -38,6 +38,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# the fabricated inputs' URLs name Hugging Face datasets that are not read: offline, the samples task's attempt to
+# read a few of them fails as an OSError (its samples left out), not as a network error after a DNS timeout
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.build import registry  # noqa: E402
 from pipeline.build.driver import run_stages  # noqa: E402
@@ -46,9 +49,10 @@ from pipeline.build.inputs import InputFile  # noqa: E402
 from pipeline.build.recipe import Recipe, load_recipe  # noqa: E402
 from pipeline.build.registry import process_key  # noqa: E402
 from pipeline.tasks import process as tasks  # noqa: E402
+from pipeline.work import meter  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
 from pipeline.work.runner import BuildError, Runner, Task  # noqa: E402
-from pipeline.work.store import Store, WorkLayout  # noqa: E402
+from pipeline.work.store import Store  # noqa: E402
 from stages import dedupe as dedupe_stage  # noqa: E402
 from stages.tokenize import Tokenizer, read_model_bytes  # noqa: E402
 
@@ -73,6 +77,8 @@ class Shape:
     exact_fraction: float = 0.01
     near_fraction: float = 0.01
     token_scale: float = 1.0  # documents' token counts x this (disk); shard_tokens is scaled alike
+    raw: bool = False  # a raw crawl: `preset: verified` (signatures, verify), near copies in clusters of skewed size
+    giant_fraction: float = 0.01  # raw: of all documents, near copies of GIANT_CLUSTERS boilerplate documents
 
     def code_documents(self, documents: int) -> int:
         natural = self.natural_share / self.natural_mean
@@ -83,12 +89,20 @@ class Shape:
 # ------------------------------------------------------------------------------------------------ the corpus
 
 
+GIANT_CLUSTERS = 3  # raw: boilerplate documents (a cookie banner, a 404 page) that a share of the crawl repeats
+ZIPF_A = 1.6  # raw: a near copy's cluster drawn by Zipf's law over the documents before it: a few large, many pairs
+
+
 def bench_recipe(documents: int, shape: Shape, rows_per_partition: int) -> Recipe:
     """TinyLlama's recipe (its sources, dedupe keys, downsample mix), the offline 32k tokenizer, partitions sized
-    as a full-scale run's, shard size scaled with the token counts."""
-    slots = 10
+    as a full-scale run's, shard size scaled with the token counts. Raw (`shape.raw`): the dedupe preset a raw
+    crawl needs, `verified` (16 bands x 6 rows of 256-value signatures, each removal verified at J 0.78)."""
+    overrides = {"tokenizer": {"model": TOKENIZER}}
+    if shape.raw:
+        overrides["dedupe"] = {"minhash": {"preset": "verified", "ngram": 5, "seed": 1}}
+    recipe = load_recipe(REPO / "manifests/recipes/tinyllama.yaml", overrides)
+    slots = len(dedupe_stage.key_slots(recipe.dedupe))
     partitions = max(1, math.ceil(documents * slots / rows_per_partition))
-    recipe = load_recipe(REPO / "manifests/recipes/tinyllama.yaml", {"tokenizer": {"model": TOKENIZER}})
     return replace(recipe, dedupe=replace(recipe.dedupe, partitions=partitions),
                    mix=replace(recipe.mix, shard_tokens=max(1, round(recipe.mix.shard_tokens * shape.token_scale))))
 
@@ -147,6 +161,51 @@ def synthetic_keys(first: int, n: int, shape: Shape, slots: int) -> np.ndarray:
     return _hash(base * np.uint64(16) + np.arange(slots, dtype=np.uint64), 7)
 
 
+def raw_sources(g: np.ndarray, shape: Shape) -> np.ndarray:
+    """Per document of a raw crawl (global indices `g`, uint64), the earlier document it nearly copies (-1: none),
+    a pure function of the index. A giant_fraction of all documents copy one of GIANT_CLUSTERS boilerplate
+    documents (the first ones); a near_fraction copy a predecessor at a distance drawn from a power law (exponent
+    ZIPF_A: the nearest most often, some far back), so copies of copies form chains and clusters of skewed size."""
+    u = _hash(g, 1).astype(np.float64) / 2.0**64
+    out = np.full(len(g), -1, np.int64)
+    giant = (u < shape.giant_fraction) & (g >= GIANT_CLUSTERS)
+    out[giant] = (_hash(g[giant], 2) % np.uint64(GIANT_CLUSTERS)).astype(np.int64)
+    near = (u >= shape.giant_fraction) & (u < shape.giant_fraction + shape.near_fraction) & (g > 0)
+    v = (_hash(g[near], 4).astype(np.float64) + 1) / 2.0**64
+    back = np.minimum(np.floor(v ** (-1 / (ZIPF_A - 1))), 2.0**40).astype(np.int64)
+    out[near] = np.maximum(g[near].astype(np.int64) - back, 0)
+    return out
+
+
+def raw_roots(g: np.ndarray, shape: Shape) -> np.ndarray:
+    """The document each one's copies lead back to (itself when it copies none)."""
+    root, source = g.astype(np.int64), raw_sources(g, shape)
+    while (more := source >= 0).any():
+        root[more] = source[more]
+        source[more] = raw_sources(root[more].astype(np.uint64), shape)
+    return root
+
+
+def raw_keys_and_signatures(first: int, n: int, shape: Shape, slots: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact key + band keys, and the compact signatures (uint16, `width` values), of a raw crawl's documents:
+    a near copy shares a third of its source's bands (at least one) and 95% of the signature values of its chain's
+    first document (estimated Jaccard ~0.95 with it, ~0.9 with another copy of it: removed by verify)."""
+    g = np.arange(first, first + n, dtype=np.uint64)
+    source = raw_sources(g, shape)
+    copy = source >= 0
+    base = np.repeat(g[:, None], slots, axis=1)
+    bands = np.stack([_hash(g, 3 + s) % np.uint64(3) == 0 for s in range(1, slots)], axis=1)
+    bands[np.arange(n), (_hash(g, 40) % np.uint64(slots - 1)).astype(np.int64)] = True
+    shared = copy[:, None] & bands
+    base[:, 1:][shared] = np.repeat(source.astype(np.uint64)[:, None], slots - 1, axis=1)[shared]
+    keys = _hash(base * np.uint64(16) + np.arange(slots, dtype=np.uint64), 7)
+    column = np.arange(width, dtype=np.uint64)
+    own = _hash(g[:, None] * np.uint64(1024) + column, 9)
+    theirs = _hash(raw_roots(g, shape).astype(np.uint64)[:, None] * np.uint64(1024) + column, 9)  # the chain's first
+    take = copy[:, None] & (_hash(g[:, None] * np.uint64(1024) + column, 11) % np.uint64(100) < np.uint64(95))
+    return keys, np.where(take, theirs, own).astype(np.uint16)
+
+
 _POOL = np.random.default_rng(0).integers(0, 32000, 1 << 22, dtype=np.uint16)
 
 
@@ -158,7 +217,7 @@ def _tokens(n: int) -> np.ndarray:
 
 def fabricate_file(recipe: Recipe, tokenizer: Tokenizer, work: Store, inp: InputFile, n: int, first: int, shape: Shape) -> None:
     """One input file's process outputs, written by the build's own writer."""
-    folder = WorkLayout().process(process_key(inp, tokenizer, recipe))
+    folder = registry.PROCESS.folder(process_key(inp, tokenizer, recipe))
     if work.done(folder):
         return
     rng = np.random.default_rng([11, inp.file_index])
@@ -189,7 +248,13 @@ def fabricate_file(recipe: Recipe, tokenizer: Tokenizer, work: Store, inp: Input
     out.tokens.append(_tokens(int(lengths.sum())))
     for column, values in (("ordinal", ordinals), ("subset", subset), ("split", split), ("chars", chars), ("length", lengths)):
         out.columns[column].append(values)
-    out.keys.append(synthetic_keys(first, n, shape, len(dedupe_stage.key_slots(recipe.dedupe))))
+    slots = len(dedupe_stage.key_slots(recipe.dedupe))
+    if shape.raw:
+        keys, sigs = raw_keys_and_signatures(first, n, shape, slots, recipe.dedupe.minhash.permutations)
+        out.keys.append(keys)
+        out.signatures.append(sigs)
+    else:
+        out.keys.append(synthetic_keys(first, n, shape, slots))
     tasks._write_file_outputs(inp, work, folder, out, recipe.dedupe, tokenizer.dtype, 0.0)
 
 
@@ -223,6 +288,15 @@ class CountingStore(Store):
     """A Store that counts its requests and bytes (per process) and takes the object-store code paths."""
 
     counts = {"reads": 0, "read_bytes": 0, "writes": 0, "write_bytes": 0, "lists": 0}
+
+    def __reduce__(self):  # a task's copy counts too (Store's own would turn it into a plain Store)
+        return CountingStore, (self.fs, self.root)
+
+    def read_batch(self, rel: str, starts: list[int], ends: list[int]) -> list[bytes]:
+        data = [super(CountingStore, self).read_range(rel, a, b) for a, b in zip(starts, ends)]  # one request each
+        self.counts["reads"] += sum(b > a for a, b in zip(starts, ends))
+        self.counts["read_bytes"] += sum(map(len, data))
+        return data
 
     @property
     def is_local(self) -> bool:
@@ -269,8 +343,10 @@ def task_child(path: str) -> None:
     with open(path, "rb") as f:
         fn, args = pickle.load(f)
     started, cpu = time.perf_counter(), time.process_time()
-    fn(*args)
-    print(json.dumps({**_status(), **CountingStore.counts, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}))
+    meter.start()  # as the build's runner does: the done record carries the task's peak RSS and CPU seconds
+    record = fn(*args)
+    print(json.dumps({**_status(), **CountingStore.counts, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+                      "logged_peak_rss_mib": record.get("peak_rss_mib")}))
 
 
 @dataclass(slots=True)
@@ -288,7 +364,8 @@ class StageMeasure:
     writes: int = 0
     write_bytes: int = 0
     max_args_bytes: int = 0  # what the driver ships to one task (pickled)
-    per_task: list = None  # (folder, VmHWM MiB, reads, read bytes, CPU s) of each task
+    per_task: list = None  # (folder, VmHWM MiB, reads, read bytes, CPU s, peak RSS in its done record) of each task
+    largest_input: str = ""
 
 
 _LOCK = threading.Lock()
@@ -338,7 +415,8 @@ class BenchRunner(Runner):
             m.writes += r["writes"]
             m.write_bytes += r["write_bytes"]
             m.max_args_bytes = max(m.max_args_bytes, args_bytes)
-            m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2)))
+            m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2), r["logged_peak_rss_mib"]))
+            m.largest_input = task.input if r["VmHWM"] >= m.peak_hwm and task.input else m.largest_input
         return json.loads(Path(self.work.path(task.folder, "_DONE.json")).read_text())  # as ray.get returns it (not counted)
 
 
@@ -361,6 +439,7 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
         "key_groups": len(results.key_groups), "shards": {s: len(v) for s, v in results.shards.items()},
         "tokens": {s: v["tokens"] for s, v in manifest["splits"].items()},
         "achieved": manifest["mix"]["achieved"], "removed": results.resolved,
+        "rounds": runner.measures["propagate"].tasks // max(1, runner.measures["removals"].tasks) if "propagate" in runner.measures else 0,
         "stages": {stage: {**{k: getattr(m, k) for k in StageMeasure.__slots__}} for stage, m in runner.measures.items()},
         "driver": {"baseline_hwm": baseline["VmHWM"], "after_stages_hwm": staged["VmHWM"], "peak_hwm": end["VmHWM"],
                    "peak_rss_anon_now": end.get("RssAnon"), "seconds": time.perf_counter() - started,
@@ -370,8 +449,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
 
 # ------------------------------------------------------------------------------------------------ report
 
-# the stages after process that the scale runs measure (unverified recipes; the samples task reads a few files)
-STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES) and not s.verify_only)
+# the stages after process that the scale runs measure (the samples task reads a few files)
+STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES))
 
 
 def table(runs: list[dict]) -> str:
@@ -467,6 +546,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--code-per-file", type=int, default=Shape().code_per_file, help="documents per StarCoderData-like file")
     p.add_argument("--exact-fraction", type=float, default=Shape().exact_fraction, help="planted exact copies")
     p.add_argument("--near-fraction", type=float, default=Shape().near_fraction, help="planted near copies")
+    p.add_argument("--raw", action="store_true", help="a raw crawl: preset verified, --near-fraction near copies in clusters of "
+                   "skewed size (Zipf), --giant-fraction copies of 3 boilerplate documents; no exact copies")
+    p.add_argument("--giant-fraction", type=float, default=Shape().giant_fraction, help="raw: copies of the giant clusters")
     p.add_argument("--rows-per-partition", type=int, default=FULL_ROWS_PER_PARTITION)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="append each size's raw results to this JSON-lines file")
@@ -481,7 +563,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shape = Shape(token_scale=args.token_scale, natural_per_file=args.natural_per_file, code_per_file=args.code_per_file,
-                  exact_fraction=args.exact_fraction, near_fraction=args.near_fraction)
+                  exact_fraction=args.exact_fraction, near_fraction=args.near_fraction, raw=args.raw, giant_fraction=args.giant_fraction)
     if args.driver:  # through the module, so that what the tasks are given pickles by its module name
         from bench import build_scale
 
@@ -492,8 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = []
     for documents in args.docs:
-        root = Path(args.work) / f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}-{args.exact_fraction:g}"
-        for sub in ("out", *(["work/keys", "work/dedupe", "work/count", "work/mix"] if args.reuse else ["work"])):
+        root = Path(args.work) / (f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}-{args.exact_fraction:g}"
+                                  + (f"-raw{args.near_fraction:g}-{args.giant_fraction:g}" if args.raw else ""))
+        for sub in ("out", *([f"work/{stage}" for stage in STAGES] if args.reuse else ["work"])):
             shutil.rmtree(root / sub, ignore_errors=True)
         seconds = fabricate(str(root / "work"), documents, shape, args.rows_per_partition, args.workers)
         disk = sum(p.stat().st_size for p in (root / "work").rglob("*") if p.is_file())
@@ -502,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--natural-per-file", str(args.natural_per_file), "--code-per-file", str(args.code_per_file),
                                "--exact-fraction", str(args.exact_fraction), "--near-fraction", str(args.near_fraction),
                                "--rows-per-partition", str(args.rows_per_partition), "--workers", str(args.workers),
+                               "--giant-fraction", str(args.giant_fraction), *(["--raw"] if args.raw else []),
                                "--driver", str(root / "work"), str(root / "out"), "--driver-docs", str(documents)],
                               capture_output=True, text=True)
         if done.returncode:

@@ -85,7 +85,7 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
     shards, factors = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
-    funnels = [f for r in group_records for f in r["funnels"]]
+    funnels = [f for r in group_records for f in r["source_funnels"]]
     filter_samples = samples.first_filter_samples([r["filter_samples"] for r in group_records])
     return StageResults(funnels=funnels, filter_samples=filter_samples, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
                         resolved=resolved, key_groups=group_folders, key_group_records=group_records,

@@ -78,7 +78,7 @@ def combine_keys(folder: str, files: list[Processed], partitions: int, work: Sto
         by_reason[reason] = by_reason.get(reason, 0) + 1
     funnels = [{"source": f.source, "funnels": work.done(f.folder)["funnels"]} for f in files]
     record = {"key_offsets": offsets, "files": len(files), "quarantined": len(lines), "by_reason": dict(sorted(by_reason.items())),
-              "funnels": sum_funnels(funnels), "filter_samples": [{k: v for k, v in asdict(s).items() if v is not None}
+              "source_funnels": sum_funnels(funnels), "filter_samples": [{k: v for k, v in asdict(s).items() if v is not None}
                                                                    for s in samples.filter_samples(funnels)],
               "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
