@@ -189,6 +189,9 @@ class Store:
         retried (the pieces are gone): a failure fails the task, which Ray runs again."""
         target = self.path(rel)
         if not self.is_local:
+            protocols = self._io.protocol if isinstance(self._io.protocol, (tuple, list)) else (self._io.protocol,)
+            if not set(protocols) & set(_FLAT_STORES):
+                self._io.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             with self._io.open(target, "wb") as f:
                 yield f
             self.fs.invalidate_cache(target)
