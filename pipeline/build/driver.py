@@ -76,11 +76,14 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
-    resolved_folder, resolved, clusters = _dedupe(recipe, processed, dedupe_key, group_folders, group_records, runner)
+    resolved_folder, resolved, clusters, cuts = _dedupe(recipe, processed, dedupe_key, group_folders, group_records, runner)
     keys = {"dedupe": dedupe_key}
     if recipe.dedupe.minhash.verify:
         keys["verify"] = stage.verify_key(dedupe_key, recipe)
-        resolved_folder, resolved = _verify(recipe, processed, clusters, keys["verify"], runner)
+        import ray
+
+        folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
+        resolved_folder, resolved = verified_of(recipe.dedupe, keys["verify"], cuts, clusters, folders_ref, len(processed), runner)
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
@@ -117,9 +120,9 @@ def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner)
 
 
 def _dedupe(recipe: Recipe, processed: list[Processed], key: str, group_folders: list[str], group_records: list[dict],
-            runner: Runner) -> tuple[str, dict, list[Part]]:
+            runner: Runner) -> tuple[str, dict, list[list[Part]], list[int]]:
     """The dedupe partitions, then their edges' connected components (`pipeline/tasks/components.py`); returns
-    the resolve folder, its record and, with verify, where each partition's clusters are."""
+    the resolve folder, its record, with verify where each partition's clusters are, and the node ranges."""
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
     cuts = components.component_ranges(processed)
     partition_folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
@@ -130,7 +133,7 @@ def _dedupe(recipe: Recipe, processed: list[Processed], key: str, group_folders:
     ])
     edges = [[Part(f"{f}/edges.bin", r["range_offsets"][k], r["range_offsets"][k + 1]) for f, r in zip(partition_folders, records)]
              for k in range(len(cuts) - 1)]
-    return components_of(recipe.dedupe, key, cuts, edges, len(processed), runner)
+    return (*components_of(recipe.dedupe, key, cuts, edges, len(processed), runner), cuts)
 
 
 def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int,
@@ -167,18 +170,30 @@ def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges:
     return folder, resolved, clusters
 
 
-def _verify(recipe: Recipe, processed: list[Processed], clusters: list[list[Part]], key: str, runner: Runner) -> tuple[str, dict]:
-    """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
-    resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
-    import ray
-
-    folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
-    verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
-    runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, clusters[p], folders_ref, recipe.dedupe.minhash.threshold, runner.work)
-                              for p, folder in enumerate(verify_folders)])
+def verified_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], clusters: list[list[Part]], process_folders, n_files: int,
+                runner: Runner) -> tuple[str, dict]:
+    """Each partition's clusters re-clustered by their signatures' estimated Jaccard; what stays removed gathered
+    per node range, the cluster sizes per range, and one writer's resolve format: the folder the count and mix
+    tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray ref to them)."""
+    work, ranges = runner.work, range(len(cuts) - 1)
+    verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(dedupe_config.partitions)]
+    verified = runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, clusters[p], process_folders, dedupe_config.minhash.threshold,
+                                                           work, cuts) for p, folder in enumerate(verify_folders)])
+    ckey = stage.components_key(key, cuts)
+    range_folders = [stage.VERDICTS.folder(ckey, stage.range_part(k)) for k in ranges]
+    removed = runner.run(stage.VERDICTS, [stage.VERDICTS.task(f, f, [Part(f"{v}/{dedupe.VERDICTS}", *r["range_offsets"][k : k + 2])
+                                                                     for v, r in zip(verify_folders, verified)], cuts, work)
+                                          for k, f in zip(ranges, range_folders)])
+    size_folders = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
+    runner.run(stage.SIZES, [stage.SIZES.task(f, f, [Part(f"{range_folders[k]}/{components.COUNTS}", *removed[k]["count_offsets"][j : j + 2])
+                                                     for k in ranges], work) for j, f in zip(ranges, size_folders)])
+    histogram = {name: np.sum([r["similarity"][name] for r in verified], axis=0).astype(int).tolist() if verified else [0] * dedupe.SIMILARITY_BINS
+                 for name in ("removed", "kept")}
+    histogram = {"edges": np.linspace(0, 1, dedupe.SIMILARITY_BINS + 1).round(2).tolist(), **histogram}
     folder = stage.VERIFIED.folder(key)
-    (verified,) = runner.run(stage.VERIFIED, [stage.VERIFIED.task(folder, folder, verify_folders, len(processed), runner.work)])
-    return folder, verified
+    (record,) = runner.run(stage.VERIFIED, [stage.VERIFIED.task(folder, folder, range_folders, size_folders, n_files, work,
+                                                                {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram})])
+    return folder, record
 
 
 def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:

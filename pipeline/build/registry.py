@@ -134,8 +134,10 @@ RESOLVE = Stage("resolve", components.write_resolved, dedupe_key,
                 "document survives")
 VERIFY = Stage("verify", dedupe.verify_partition, verify_key,
                "one partition of clusters re-clustered by the members' estimated Jaccard", verify_only=True)
-VERIFIED = Stage("verified", dedupe.merge_verified, verify_key,
-                 "the verified removals merged into the resolve format", verify_only=True)
+VERDICTS = Stage("verdicts", components.verdicts, verify_key,
+                 "one node range's verified removals, from every verify task", verify_only=True)
+VERIFIED = Stage("verified", components.write_resolved, verify_key,
+                 "the verified removals streamed into the resolve format", verify_only=True)
 COUNT = Stage("count", count.count_kept, count_key,
               "one key group's kept documents and tokens per file, and its first removed documents")
 SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
@@ -143,7 +145,7 @@ SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
 MIX = Stage("mix", mix.mix_group, mix_written_key,
             "one mix group: every source's same token range, mixed in the recipe's ratio into shards")
 
-STAGES: tuple[Stage, ...] = (PROCESS, KEYS, DEDUPE, PROPAGATE, ANSWER, REMOVALS, SIZES, RESOLVE, VERIFY, VERIFIED, COUNT, SAMPLES, MIX)
+STAGES: tuple[Stage, ...] = (PROCESS, KEYS, DEDUPE, PROPAGATE, ANSWER, REMOVALS, SIZES, RESOLVE, VERIFY, VERDICTS, VERIFIED, COUNT, SAMPLES, MIX)
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 

@@ -139,6 +139,20 @@ def removals(folder: str, state: str, exact_of: str, cuts: list[int], partitions
     removed = labels != nodes
     members, survivors = nodes[removed], labels[removed]
     exact = np.isin(members, _array(work, f"{exact_of}/{EXACT}")).astype(np.uint64)
+    return _write_removals(folder, members, survivors, exact, cuts, partitions, work, started)
+
+
+def verdicts(folder: str, parts: list[Part], cuts: list[int], work: Store) -> dict:
+    """One node range's verified removals (its slice of every verify task's verdicts), written as `removals`
+    writes a range's: the sizes and the resolve writer then give the verified folder in the resolve format."""
+    started = time.perf_counter()
+    rows = read_parts(work, parts, 3)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    return _write_removals(folder, rows[:, 0], rows[:, 1], rows[:, 2], cuts, None, work, started)
+
+
+def _write_removals(folder: str, members: np.ndarray, survivors: np.ndarray, exact: np.ndarray, cuts: list[int],
+                    partitions: int | None, work: Store, started: float) -> dict:
     _write(work, f"{folder}/{REMOVED_ROWS}", np.column_stack((members, survivors, exact)))
     survivor, count = np.unique(survivors, return_counts=True)
     _write(work, f"{folder}/{COUNTS}", np.column_stack((survivor, count.astype(np.uint64))))
@@ -166,9 +180,10 @@ def sizes(folder: str, counts: list[Part], work: Store) -> dict:
     return record
 
 
-def write_resolved(folder: str, removal_folders: list[str], size_folders: list[str], n_files: int, work: Store) -> dict:
+def write_resolved(folder: str, removal_folders: list[str], size_folders: list[str], n_files: int, work: Store,
+                   extra: dict | None = None) -> dict:
     """The resolve format, streamed from the parts in range order (each part is one range's, sorted; the ranges
-    are consecutive keys): one part in memory at a time."""
+    are consecutive keys): one part in memory at a time. `extra`: more for the done record (verify's histogram)."""
     started = time.perf_counter()
     per_file = np.zeros(n_files, np.int64)
     removed = exact_removed = 0
@@ -189,6 +204,6 @@ def write_resolved(folder: str, removal_folders: list[str], size_folders: list[s
         for s in size_folders:
             out.write(work.read_bytes(f"{s}/{SIZES}"))
     record = {"removed": removed, "exact_removed": exact_removed, "near_removed": removed - exact_removed,
-              "clusters": clusters, "seconds": time.perf_counter() - started}
+              "clusters": clusters, **(extra or {}), "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record

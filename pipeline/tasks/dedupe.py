@@ -38,6 +38,7 @@ SURVIVORS = "survivors.bin"  # uint64 per removed key: the document kept in its 
 # offset of each partition (one more than partitions): a verify task reads its whole clusters with one range read
 CLUSTERS, CLUSTERS_INDEX = "clusters.bin", "clusters_index.bin"
 VERIFIED = "verified.npz"  # a verify task's output: keys, exact, survivors of what stays removed; similarity, kept
+VERDICTS = "verdicts.bin"  # and of what stays removed, rows (member, survivor, exact) by member
 SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0.02
 
 
@@ -232,7 +233,8 @@ def resolved_clusters(work: Store, resolved: str, partition: int) -> list[Part]:
     return [Part(f"{resolved}/{CLUSTERS}", start, end)]
 
 
-def verify_partition(folder: str, partition: int, clusters: list[Part], process_folders: list[str], threshold: float, work: Store) -> dict:
+def verify_partition(folder: str, partition: int, clusters: list[Part], process_folders: list[str], threshold: float, work: Store,
+                     cuts: list[int] | None = None) -> dict:
     """One partition's clusters (whole, by survivor) re-clustered by their signatures' estimated Jaccard; writes
     every member's verdict, survivor (the kept document it was compared with last) and similarity. `clusters`:
     its rows (survivor, member, exact) in one or more parts (each range's, `pipeline.tasks.components.removals`)."""
@@ -255,6 +257,13 @@ def verify_partition(folder: str, partition: int, clusters: list[Part], process_
     work.write_bytes(f"{folder}/{VERIFIED}", buffer.getvalue())
     record = {"partition": partition, "clusters": int(len(first)), "candidates": int(member.sum()), "kept": int((member & ~removed).sum()),
               "files_read": int(len(np.unique(wanted >> np.uint64(32)))), "seconds": time.perf_counter() - started}
+    if cuts is not None:  # what stays removed as rows (member, survivor, exact) by member, sliced by node range
+        stays = member & removed
+        order = np.argsort(keys[stays], kind="stable")
+        verdicts = np.column_stack((keys[stays][order], keys[center][stays][order], exact[stays][order].astype(np.uint64)))
+        work.write_bytes(f"{folder}/{VERDICTS}", np.ascontiguousarray(verdicts, np.uint64).tobytes())
+        record["range_offsets"] = np.searchsorted(verdicts[:, 0], np.asarray(cuts, np.uint64)).tolist()
+        record["similarity"] = _similarity_histogram(similarity[member], removed[member])
     work.mark_done(folder, record)
     return record
 

@@ -11,24 +11,14 @@ from pipeline.build.driver import components_of
 from pipeline.tasks import dedupe as dedupe_tasks
 from pipeline.tasks.components import component_ranges
 from pipeline.tasks.process import Processed
-from pipeline.work.progress import EventLog
-from pipeline.work.runner import Runner
 from pipeline.work.store import Store
 from stages.dedupe import DedupeConfig
 from stages.minhash import MinHashConfig
+from tests.support.inprocess import InProcessRunner
 
 FILES, PER_FILE, PARTITIONS, SLOTS = 12, 2_000, 3, 6
 RESOLVE_FILES = (dedupe_tasks.REMOVED, dedupe_tasks.REMOVED_EXACT, dedupe_tasks.REMOVED_INDEX, dedupe_tasks.SURVIVORS,
                  dedupe_tasks.CLUSTER_SIZES)
-
-
-class InProcessRunner(Runner):
-    """The build's Runner with each task run in this process (the tasks, their records and the rounds are the
-    build's; Ray's placement is tested by the builds)."""
-
-    def _run_pending(self, stage, tasks, pending):
-        for i in pending:
-            yield i, tasks[i].fn(*tasks[i].args)
 
 
 def planted_rows(seed: int) -> np.ndarray:
@@ -69,7 +59,7 @@ def test_distributed_clustering_writes_the_single_resolve_files(tmp_path, docume
     records = [dedupe_tasks.dedupe_partition(folders[p], p, [slices[p]], work, cuts) for p in range(PARTITIONS)]
     single = dedupe_tasks.resolve_duplicates("single", folders, FILES, work, cfg)
 
-    runner = InProcessRunner(work, 2, EventLog(None, console=False))
+    runner = InProcessRunner(work)
     edges = [[dedupe_tasks.Part(f"{f}/edges.bin", *r["range_offsets"][k : k + 2]) for f, r in zip(folders, records)]
              for k in range(len(cuts) - 1)]
     folder, record, clusters = components_of(cfg, "k", cuts, edges, FILES, runner)
