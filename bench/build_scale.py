@@ -537,6 +537,56 @@ def project(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# one Common Crawl snapshot after text extraction: ~2.5B documents; files of 10k documents; ~4 KB of text each
+CRAWL = {"documents": 2.5e9, "per_file": 10_000, "text_per_doc": 4_100, "process_mb_per_core_s": 4.7 / 1.05, "slots": 17, "cores": 512}
+
+
+def project_raw(runs: list[dict]) -> str:
+    """One crawl snapshot (CRAWL) from the raw runs: CPU per document of the largest run; each stage's largest
+    task as measured and, where it grows with the documents of its range or partition (node ranges fill up to
+    COMPONENT_DOCUMENTS), the straight line through the two largest runs at a full range; requests by formula."""
+    from pipeline.tasks.components import COMPONENT_DOCUMENTS
+    from pipeline.tasks.dedupe import KEY_GROUP_ROWS
+
+    raw = sorted((r for r in runs if r["shape"].get("raw")), key=lambda r: r["documents"])
+    small, big = raw[0], raw[-1]
+    n, files = CRAWL["documents"], CRAWL["documents"] / CRAWL["per_file"]
+    rows = n * CRAWL["slots"]
+    groups, partitions = math.ceil(rows / KEY_GROUP_ROWS), math.ceil(rows / FULL_ROWS_PER_PARTITION)
+    ranges, rounds = math.ceil(n / COMPONENT_DOCUMENTS), big["rounds"]
+    process = n * CRAWL["text_per_doc"] / (CRAWL["process_mb_per_core_s"] * 1e6)
+    tasks = {"keys": groups, "dedupe": partitions, "propagate": ranges * rounds, "answer": ranges * rounds, "removals": ranges,
+             "sizes": 2 * ranges, "resolve": 1, "verify": partitions, "verdicts": ranges, "verified": 1, "count": groups,
+             "mix": math.ceil(n * 1100 / 8e8)}
+    requests = {"keys": 2 * files, "dedupe": groups * partitions, "propagate": ranges * (partitions + (rounds - 1) * (ranges + 2)),
+                "answer": rounds * ranges * (ranges + 1), "removals": 3 * ranges, "sizes": 2 * ranges * ranges, "resolve": 4 * ranges,
+                "verify": partitions * (ranges + 3 * files), "verdicts": partitions * ranges, "verified": 4 * ranges,
+                "count": files + 3 * groups, "mix": 2 * (files + tasks["mix"]) + 3 * tasks["mix"]}
+    per_range = {r["documents"]: min(r["documents"], COMPONENT_DOCUMENTS) for r in (small, big)}
+    lines = [f"One crawl snapshot: {n / 1e9:.1f}B documents in {files:,.0f} files, {groups:,} key groups, {partitions:,} partitions, "
+             f"{ranges:,} node ranges, {rounds} rounds (as measured at {big['documents']:,}), {CRAWL['cores']} cores.", "",
+             "| stage | core-hours | tasks | largest task, measured (1st -> 2nd run) | largest task projected | requests |",
+             "|---|---:|---:|---|---:|---:|",
+             f"| process ({CRAWL['process_mb_per_core_s']:.2f} MB/s per core) | {process / 3600:,.0f} | {files:,.0f} | - | ~250 MiB + 1.8 x a file's text | {files:,.0f}+ |"]
+    total = process
+    for stage in STAGES:
+        if stage not in big["stages"]:
+            continue
+        cpu = big["stages"][stage]["task_cpu"] / big["documents"] * n
+        total += cpu
+        a, b = small["stages"][stage]["peak_hwm"], big["stages"][stage]["peak_hwm"]
+        projected = b
+        if stage in ("propagate", "answer", "removals", "verdicts") and per_range[big["documents"]] > per_range[small["documents"]]:
+            slope = (b - a) / (per_range[big["documents"]] - per_range[small["documents"]])
+            projected = b + max(slope, 0) * (COMPONENT_DOCUMENTS - per_range[big["documents"]])
+        lines.append(f"| {stage} | {cpu / 3600:,.1f} | {tasks[stage]:,} | {a:,.0f} -> {b:,.0f} MiB | {projected:,.0f} MiB | {requests[stage]:,.0f} |")
+    d = big["driver"]
+    lines.append(f"| driver | {d['cpu_seconds'] / big['documents'] * n / 3600:,.2f} | 1 | {small['driver']['peak_hwm']:,.0f} -> {d['peak_hwm']:,.0f} MiB "
+                 f"| see text | {d['reads'] / big['files'] * files:,.0f} |")
+    lines.append(f"| **total** | **{total / 3600:,.0f}** | | | | |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="scratch folder (local); each size gets its own subfolder")
@@ -570,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(build_scale.driver(*args.driver, args.driver_docs, shape, args.rows_per_partition, args.workers)))
         return 0
     if args.project:
-        print(project([json.loads(line) for path in args.project for line in Path(path).read_text().splitlines() if line.strip()]))
+        runs = [json.loads(line) for path in args.project for line in Path(path).read_text().splitlines() if line.strip()]
+        print(project_raw(runs) if args.raw else project(runs))
         return 0
     runs = []
     for documents in args.docs:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -119,9 +120,21 @@ class Part:
     end: int
 
 
+READERS = 16  # range reads in flight in one task: a partition reads one slice per key group, a range one per range
+
+
+def read_all(work: Store, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+    """Range reads, READERS at a time (on an object store each is a round trip; their count grows with the corpus)."""
+    if len(paths) < 2:
+        return [work.read_range(p, a, b) for p, a, b in zip(paths, starts, ends)]
+    with ThreadPoolExecutor(READERS) as pool:
+        return list(pool.map(work.read_range, paths, starts, ends))
+
+
 def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
     """The rows of every part, concatenated (one range read each)."""
-    rows = [np.frombuffer(work.read_range(p.path, p.start * 8 * width, p.end * 8 * width), np.uint64) for p in parts]
+    data = read_all(work, [p.path for p in parts], [p.start * 8 * width for p in parts], [p.end * 8 * width for p in parts])
+    rows = [np.frombuffer(d, np.uint64) for d in data]
     return (np.concatenate(rows) if rows else np.zeros(0, np.uint64)).reshape(-1, width)
 
 
@@ -130,10 +143,7 @@ def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: 
     edges are written sorted by document, with the row offset of each node range of `cuts` (doc keys, one more
     than ranges) in the record: a components task reads its range's edges of every partition, one range read each."""
     started = time.perf_counter()
-    rows = [np.frombuffer(work.read_range(f"{s.folder}/keys.bin", s.start * ROW_BYTES, s.end * ROW_BYTES), np.uint64).reshape(-1, 3)
-            for s in slices]
-    gathered = np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
-    del rows  # the gathered copy is all duplicate_edges needs; keep peak memory at one copy
+    gathered = read_parts(work, [Part(f"{s.folder}/keys.bin", s.start, s.end) for s in slices], 3)
     edges = dedupe_stage.duplicate_edges(gathered)
     edges = edges[np.lexsort((edges[:, 2], edges[:, 1], edges[:, 0]))]
     work.write_bytes(f"{folder}/edges.bin", np.ascontiguousarray(edges, np.uint64).tobytes())
