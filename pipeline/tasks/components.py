@@ -36,7 +36,7 @@ from pipeline.tasks.dedupe import (
     REMOVED_INDEX,
     SURVIVORS,
     Part,
-    _read_all,
+    read_all,
     read_parts,
 )
 from pipeline.tasks.process import Processed
@@ -121,7 +121,8 @@ def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> 
     answers (per node asked about, its label), in the asking ranges' order."""
     started = time.perf_counter()
     nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
-    got = [np.frombuffer(d, np.uint64).reshape(-1, 2) for d in read_all(work, [a.path for a in asks], [a.start * 16 for a in asks], [a.end * 16 for a in asks])]
+    data = read_all(work, [a.path for a in asks], [a.start * 16 for a in asks], [a.end * 16 for a in asks])
+    got = [np.frombuffer(d, np.uint64).reshape(-1, 2) for d in data]
     every = np.concatenate(got) if got else np.zeros((0, 2), np.uint64)
     all_nodes = np.union1d(nodes, every[:, 0])
     new = all_nodes.copy()
