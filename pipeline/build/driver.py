@@ -125,75 +125,84 @@ def _dedupe(recipe: Recipe, processed: list[Processed], key: str, group_folders:
     the resolve folder, its record, with verify where each partition's clusters are, and the node ranges."""
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
     cuts = components.component_ranges(processed)
-    partition_folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
+    folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
     records = runner.run(stage.DEDUPE, [
         stage.DEDUPE.task(folder, folder, p, [dedupe.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
                                               for g, r in zip(group_folders, group_records)], runner.work, cuts)
-        for p, folder in enumerate(partition_folders)
+        for p, folder in enumerate(folders)
     ])
-    edges = [[Part(f"{f}/edges.bin", r["range_offsets"][k], r["range_offsets"][k + 1]) for f, r in zip(partition_folders, records)]
-             for k in range(len(cuts) - 1)]
+    edges = [slices(folders, records, "edges.bin", "range_offsets", k) for k in range(len(cuts) - 1)]
     return (*components_of(recipe.dedupe, key, cuts, edges, len(processed), runner), cuts)
+
+
+def slices(folders: list[str], records: list[dict], name: str, offsets: str, i: int) -> list[Part]:
+    """Slice i of file `name` of every task (its done record's `offsets`): what one task reads from each."""
+    return [Part(f"{folder}/{name}", *record[offsets][i : i + 2]) for folder, record in zip(folders, records)]
 
 
 def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int,
                   runner: Runner) -> tuple[str, dict, list[list[Part]]]:
     """Rounds of propagate + answer (one task per node range each) until a round changes no label, then the
-    removals per range, the cluster sizes per range and the resolve format written from them."""
-    ranges, work, rnd = range(len(cuts) - 1), runner.work, 0
+    removals per range, the cluster sizes per range and the resolve format written from them. Returns the
+    resolve folder, its record and, with verify, each partition's clusters (one slice per range)."""
+    ranges, work = range(len(cuts) - 1), runner.work
     ckey = stage.components_key(key, cuts)
     exact_slot = 0 if dedupe_config.exact else None
-    first, state, answers = None, [None for _ in ranges], [[] for _ in ranges]
+    rnd, first, state, answers = 0, None, [None for _ in ranges], [[] for _ in ranges]
     while True:
         asking = [stage.PROPAGATE.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
-        first = first or asking
-        asked = runner.run(stage.PROPAGATE, [stage.PROPAGATE.task(f, f, rnd, cuts, edges[k] if rnd == 0 else first[k], state[k], answers[k],
-                                                                  exact_slot, work) for k, f in zip(ranges, asking)])
+        first = first or asking  # round 0's folders keep each range's edges and exact copies
+        asked = runner.run(stage.PROPAGATE, [
+            stage.PROPAGATE.task(f, f, rnd, cuts, edges[k] if rnd == 0 else first[k], state[k], answers[k], exact_slot, work)
+            for k, f in zip(ranges, asking)])
         state = [stage.ANSWER.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
-        answered = runner.run(stage.ANSWER, [stage.ANSWER.task(f, f, rnd, asking[j], [Part(f"{asking[k]}/{components.ASKS}", *asked[k]["ask_offsets"][j : j + 2])
-                                                                                     for k in ranges], work) for j, f in zip(ranges, state)])
+        answered = runner.run(stage.ANSWER, [
+            stage.ANSWER.task(f, f, rnd, asking[j], slices(asking, asked, components.ASKS, "ask_offsets", j), work)
+            for j, f in zip(ranges, state)])
         if not sum(r["changed"] for r in asked + answered):
             break
-        answers = [[Part(f"{state[j]}/{components.ANSWERS}", *answered[j]["answer_offsets"][k : k + 2]) for j in ranges] for k in ranges]
+        answers = [slices(state, answered, components.ANSWERS, "answer_offsets", k) for k in ranges]
         rnd += 1
     runner.log.event("components", rounds=rnd + 1, ranges=len(ranges))
     verify = dedupe_config.partitions if dedupe_config.minhash.verify else None
-    removal_folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
-    removed = runner.run(stage.REMOVALS, [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work) for k, f in zip(ranges, removal_folders)])
-    size_folders = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
-    runner.run(stage.SIZES, [stage.SIZES.task(f, f, [Part(f"{removal_folders[k]}/{components.COUNTS}", *removed[k]["count_offsets"][j : j + 2])
-                                                     for k in ranges], work) for j, f in zip(ranges, size_folders)])
-    folder = stage.RESOLVE.folder(key)
-    (resolved,) = runner.run(stage.RESOLVE, [stage.RESOLVE.task(folder, folder, removal_folders, size_folders, n_files, work)])
-    clusters = [[Part(f"{removal_folders[k]}/{components.CLUSTER_ROWS}", *removed[k]["cluster_offsets"][p : p + 2]) for k in ranges]
-                for p in range(verify or 0)]
-    return folder, resolved, clusters
+    folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
+    removed = runner.run(stage.REMOVALS, [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work)
+                                          for k, f in zip(ranges, folders)])
+    folder, record = _write_resolved(stage.RESOLVE, key, ckey, folders, removed, n_files, runner)
+    clusters = [slices(folders, removed, components.CLUSTER_ROWS, "cluster_offsets", p) for p in range(verify or 0)]
+    return folder, record, clusters
 
 
-def verified_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], clusters: list[list[Part]], process_folders, n_files: int,
-                runner: Runner) -> tuple[str, dict]:
+def _write_resolved(writer: stage.Stage, key: str, ckey: str, folders: list[str], removed: list[dict], n_files: int,
+                    runner: Runner, extra: dict | None = None) -> tuple[str, dict]:
+    """The cluster sizes per survivor range, then one task streaming the ranges' removals into the resolve format."""
+    ranges = range(len(folders))
+    sizes = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
+    runner.run(stage.SIZES, [stage.SIZES.task(f, f, slices(folders, removed, components.COUNTS, "count_offsets", j), runner.work)
+                             for j, f in zip(ranges, sizes)])
+    folder = writer.folder(key)
+    (record,) = runner.run(writer, [writer.task(folder, folder, folders, sizes, n_files, runner.work, extra)])
+    return folder, record
+
+
+def verified_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], clusters: list[list[Part]], process_folders,
+                n_files: int, runner: Runner) -> tuple[str, dict]:
     """Each partition's clusters re-clustered by their signatures' estimated Jaccard; what stays removed gathered
     per node range, the cluster sizes per range, and one writer's resolve format: the folder the count and mix
-    tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray ref to them)."""
-    work, ranges = runner.work, range(len(cuts) - 1)
-    verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(dedupe_config.partitions)]
-    verified = runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, clusters[p], process_folders, dedupe_config.minhash.threshold,
-                                                           work, cuts) for p, folder in enumerate(verify_folders)])
+    tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray ref)."""
+    work, ranges, threshold = runner.work, range(len(cuts) - 1), dedupe_config.minhash.threshold
+    folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(dedupe_config.partitions)]
+    verified = runner.run(stage.VERIFY, [stage.VERIFY.task(f, f, p, clusters[p], process_folders, threshold, work, cuts)
+                                         for p, f in enumerate(folders)])
     ckey = stage.components_key(key, cuts)
     range_folders = [stage.VERDICTS.folder(ckey, stage.range_part(k)) for k in ranges]
-    removed = runner.run(stage.VERDICTS, [stage.VERDICTS.task(f, f, [Part(f"{v}/{dedupe.VERDICTS}", *r["range_offsets"][k : k + 2])
-                                                                     for v, r in zip(verify_folders, verified)], cuts, work)
+    removed = runner.run(stage.VERDICTS, [stage.VERDICTS.task(f, f, slices(folders, verified, dedupe.VERDICTS, "range_offsets", k), cuts, work)
                                           for k, f in zip(ranges, range_folders)])
-    size_folders = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
-    runner.run(stage.SIZES, [stage.SIZES.task(f, f, [Part(f"{range_folders[k]}/{components.COUNTS}", *removed[k]["count_offsets"][j : j + 2])
-                                                     for k in ranges], work) for j, f in zip(ranges, size_folders)])
-    histogram = {name: np.sum([r["similarity"][name] for r in verified], axis=0).astype(int).tolist() if verified else [0] * dedupe.SIMILARITY_BINS
-                 for name in ("removed", "kept")}
-    histogram = {"edges": np.linspace(0, 1, dedupe.SIMILARITY_BINS + 1).round(2).tolist(), **histogram}
-    folder = stage.VERIFIED.folder(key)
-    (record,) = runner.run(stage.VERIFIED, [stage.VERIFIED.task(folder, folder, range_folders, size_folders, n_files, work,
-                                                                {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram})])
-    return folder, record
+    bins = dedupe.SIMILARITY_BINS
+    histogram = {"edges": np.linspace(0, 1, bins + 1).round(2).tolist()}
+    histogram.update({name: [int(sum(r["similarity"][name][b] for r in verified)) for b in range(bins)] for name in ("removed", "kept")})
+    extra = {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram}
+    return _write_resolved(stage.VERIFIED, key, ckey, range_folders, removed, n_files, runner, extra)
 
 
 def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:
