@@ -47,7 +47,7 @@ def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe) -> str:
 def key_group_key(group: list[process.Processed], partitions: int) -> str:
     """The group's files (position and process output) and the number of partitions their keys are cut into."""
     # "funnels": its record carries its files' funnels and filter samples (an earlier version's does not)
-    return fingerprint({"files": [[p.file_index, p.folder] for p in group], "partitions": partitions, "funnels": 1})
+    return fingerprint({"files": [[p.file_index, p.folder] for p in group], "partitions": partitions, "funnels": 2})
 
 
 def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:

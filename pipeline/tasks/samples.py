@@ -72,7 +72,9 @@ def filter_samples(funnels: list[dict]) -> list[DroppedSample]:
     samples, taken = [], defaultdict(int)
     for r in funnels:
         for subset, f in r["funnels"].items():
-            for reason, sample in f.get("dropped_samples", {}).items():
+            # in the order the file met them (a done record read back from the store has its keys sorted)
+            met = sorted(f.get("dropped_samples", {}).items(), key=lambda item: int(item[1]["doc"].rsplit("#", 1)[1]))
+            for reason, sample in met:
                 if taken[r["source"], reason] < PER_STEP:
                     taken[r["source"], reason] += 1
                     samples.append(DroppedSample(source=r["source"], subset=subset, reason=reason, doc=sample["doc"], text=sample["text"]))
