@@ -15,6 +15,11 @@
 
     PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25 --json runs.jsonl
     PYTHONPATH=$PWD .venv/bin/python bench/build_scale.py --work x --project runs.jsonl
+
+A raw crawl (`--raw`: preset verified, --near-fraction near copies in power-law chains and three giant clusters,
+the distributed clustering's rounds; BENCHMARKS.md "Raw web crawl scale", `--raw --project` for one crawl snapshot):
+
+    PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale32 --raw --near-fraction 0.3 --token-scale 0.05 --docs 1000000 3000000 --json raw.jsonl
 """
 from __future__ import annotations
 
