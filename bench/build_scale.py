@@ -11,7 +11,7 @@
    `--workers` at a time. The work and output stores count their read and write calls and bytes, and say they
    are not local, so the mix tasks take the object-store path (token spans copied to local scratch).
 3. Print the per-stage table; `--json` keeps the raw results, from which `--project` projects the full TinyLlama
-   corpus. Results and the exact commands: docs/benchmarks-scale.md.
+   corpus. Results and the exact commands: BENCHMARKS.md.
 
     PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25 --json runs.jsonl
     PYTHONPATH=$PWD .venv/bin/python bench/build_scale.py --work x --project runs.jsonl
@@ -27,15 +27,11 @@ import argparse
 import json
 import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import types
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -47,6 +43,8 @@ sys.path.insert(0, str(REPO))
 # read a few of them fails as an OSError (its samples left out), not as a network error after a DNS timeout
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.measure import CountingStore, MeasuringRunner, StageMeasure, status  # noqa: E402
+from manifests.hashing import splitmix64  # noqa: E402
 from pipeline.build import registry  # noqa: E402
 from pipeline.build.driver import run_stages  # noqa: E402
 from pipeline.build.finalize import finalize  # noqa: E402
@@ -54,9 +52,7 @@ from pipeline.build.inputs import InputFile  # noqa: E402
 from pipeline.build.recipe import Recipe, load_recipe  # noqa: E402
 from pipeline.build.registry import process_key  # noqa: E402
 from pipeline.tasks import process as tasks  # noqa: E402
-from pipeline.work import meter  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
-from pipeline.work.runner import BuildError, Runner, Task  # noqa: E402
 from pipeline.work.store import Store  # noqa: E402
 from stages import dedupe as dedupe_stage  # noqa: E402
 from stages.tokenize import Tokenizer, read_model_bytes  # noqa: E402
@@ -65,6 +61,7 @@ TOKENIZER = "pkg://mistral_common/data/tokenizer.model.v1"  # 32k sentencepiece,
 NATURAL_SUBSETS = {"RedPajamaCommonCrawl": 0.52, "RedPajamaC4": 0.27, "RedPajamaBook": 0.04, "RedPajamaArXiv": 0.05,
                    "RedPajamaWikipedia": 0.08, "RedPajamaStackExchange": 0.04}
 LANGUAGES = ("python", "java", "javascript", "c", "cpp", "go", "rust", "php", "ruby", "typescript")
+MISSING_ROOT = "/nonexistent/tokenmill-build-scale"  # where the fabricated input files "are" (see plan_files)
 FULL_ROWS_PER_PARTITION = 7_800_000  # ~800M documents x 10 keys over 1,024 partitions: a full-scale partition
 
 
@@ -128,7 +125,11 @@ def plan_files(recipe: Recipe, documents: int, shape: Shape) -> list[tuple[Input
     out, first = [], 0
     for index, (source, split, rel, n) in enumerate(listed):
         size = int(n * (shape.natural_mean * 4.2 / 2.8 if source is natural else shape.code_mean * 3.2 / 2.7))  # compressed bytes
-        inp = InputFile(file_index=index, source=source, url=f"{source.root}/{rel}", rel_path=rel, split=split, size=size, version="mtime:0")
+        # a local path that does not exist: only the file's process outputs are fabricated, so the samples task (which
+        # reads a few removed duplicates' text back) finds it gone and the build goes on without them, as for a
+        # deleted input; the source's real root would send it to the hub for real files of the same names
+        url = f"{MISSING_ROOT}/{source.name}/{rel}"
+        inp = InputFile(file_index=index, source=source, url=url, rel_path=rel, split=split, size=size, version="mtime:0")
         out.append((inp, n, first))
         first += n
     return out
@@ -138,15 +139,8 @@ def _cut(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def _hash(g: np.ndarray, salt: int) -> np.ndarray:
-    return _splitmix64(g * np.uint64(64) + np.uint64(salt))
+    return splitmix64(g * np.uint64(64) + np.uint64(salt))
 
 
 def synthetic_keys(first: int, n: int, shape: Shape, slots: int) -> np.ndarray:
@@ -289,142 +283,6 @@ def _tokenizer() -> Tokenizer:
 # ------------------------------------------------------------------------------------------------ measuring
 
 
-class CountingStore(Store):
-    """A Store that counts its requests and bytes (per process) and takes the object-store code paths."""
-
-    counts = {"reads": 0, "read_bytes": 0, "writes": 0, "write_bytes": 0, "lists": 0}
-
-    def __reduce__(self):  # a task's copy counts too (Store's own would turn it into a plain Store)
-        return CountingStore, (self.fs, self.root)
-
-    def read_batch(self, rel: str, starts: list[int], ends: list[int]) -> list[bytes]:
-        data = [super(CountingStore, self).read_range(rel, a, b) for a, b in zip(starts, ends)]  # one request each
-        self.counts["reads"] += sum(b > a for a, b in zip(starts, ends))
-        self.counts["read_bytes"] += sum(map(len, data))
-        return data
-
-    @property
-    def is_local(self) -> bool:
-        return False
-
-    def read_bytes(self, rel: str) -> bytes:
-        self.counts["reads"] += 1  # a request, found or not (a done record looked up before its task ran)
-        data = super().read_bytes(rel)
-        self.counts["read_bytes"] += len(data)
-        return data
-
-    def read_range(self, rel: str, start: int, end: int) -> bytes:
-        data = super().read_range(rel, start, end)
-        self.counts["reads"] += int(end > start)
-        self.counts["read_bytes"] += len(data)
-        return data
-
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        super().write_bytes(rel, data)
-        self.counts["writes"] += 1
-        self.counts["write_bytes"] += len(data)
-
-    def exists(self, rel: str) -> bool:
-        self.counts["lists"] += 1
-        return super().exists(rel)
-
-
-def _status(pid: int | str = "self") -> dict[str, float]:
-    """VmHWM, VmRSS, RssAnon, RssFile of a process, MiB."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
-
-
-def task_child(path: str) -> None:
-    """In a fresh process: one task function with its arguments, as a Ray worker runs it; prints its peak
-    memory and its store counts as the last line."""
-    with open(path, "rb") as f:
-        fn, args = pickle.load(f)
-    started, cpu = time.perf_counter(), time.process_time()
-    meter.start()  # as the build's runner does: the done record carries the task's peak RSS and CPU seconds
-    record = fn(*args)
-    print(json.dumps({**_status(), **CountingStore.counts, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
-                      "logged_peak_rss_mib": record.get("peak_rss_mib")}))
-
-
-@dataclass(slots=True)
-class StageMeasure:
-    tasks: int = 0
-    wall: float = 0.0
-    child_seconds: float = 0.0  # per task: its interpreter start + imports + the task
-    task_seconds: float = 0.0  # the task function alone, wall
-    task_cpu: float = 0.0  # the task function alone, CPU (the machine is shared: wall seconds wait for other work)
-    peak_hwm: float = 0.0  # MiB, the largest task's VmHWM (anonymous + file-backed pages)
-    peak_anon: float = 0.0  # MiB, the largest RssAnon seen while polling
-    reads: int = 0
-    read_bytes: int = 0
-    max_task_read_bytes: int = 0
-    writes: int = 0
-    write_bytes: int = 0
-    max_args_bytes: int = 0  # what the driver ships to one task (pickled)
-    per_task: list = None  # (folder, VmHWM MiB, reads, read bytes, CPU s, peak RSS in its done record) of each task
-    largest_input: str = ""
-
-
-_LOCK = threading.Lock()
-
-
-class BenchRunner(Runner):
-    """The build's Runner, with each pending task run in its own fresh process instead of a Ray task."""
-
-    def __init__(self, work: Store, workers: int, log: EventLog):
-        super().__init__(work, workers, log)
-        self.measures: dict[str, StageMeasure] = {}
-
-    def _run_pending(self, stage: str, tasks_: list[Task], pending: list[int]):
-        m = self.measures.setdefault(stage, StageMeasure(per_task=[]))
-        started = time.perf_counter()
-        with ThreadPoolExecutor(self.workers) as pool:
-            results = list(pool.map(lambda i: self._one(stage, tasks_[i], m), pending))
-        m.wall += time.perf_counter() - started
-        for i, record in zip(pending, results):
-            yield i, record
-
-    def _one(self, stage: str, task: Task, m: StageMeasure) -> dict:
-        with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
-            pickle.dump((task.fn, task.args), f)
-            args_path, args_bytes = f.name, f.tell()
-        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_scale import task_child; task_child(sys.argv[1])"
-        started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", code, args_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        anon = 0.0
-        while child.poll() is None:
-            anon = max(anon, _status(child.pid).get("RssAnon", 0.0))
-            time.sleep(0.02)
-        stdout, stderr = child.communicate()
-        os.unlink(args_path)
-        if child.returncode:
-            raise BuildError(f"[{stage}] task {task.folder} failed:\n{stderr[-3000:]}")
-        r = json.loads(stdout.strip().splitlines()[-1])
-        with _LOCK:
-            m.tasks += 1
-            m.child_seconds += time.perf_counter() - started
-            m.task_seconds += r["seconds"]
-            m.task_cpu += r["cpu_seconds"]
-            m.peak_hwm, m.peak_anon = max(m.peak_hwm, r["VmHWM"]), max(m.peak_anon, anon, r.get("RssAnon", 0.0))
-            m.reads += r["reads"]
-            m.read_bytes += r["read_bytes"]
-            m.max_task_read_bytes = max(m.max_task_read_bytes, r["read_bytes"])
-            m.writes += r["writes"]
-            m.write_bytes += r["write_bytes"]
-            m.max_args_bytes = max(m.max_args_bytes, args_bytes)
-            m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2), r["logged_peak_rss_mib"]))
-            m.largest_input = task.input if r["VmHWM"] >= m.peak_hwm and task.input else m.largest_input
-        return json.loads(Path(self.work.path(task.folder, "_DONE.json")).read_text())  # as ray.get returns it (not counted)
-
-
 def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_partition: int, workers: int) -> dict:
     """The build's driver after the process stage, for real: run_stages (whose process tasks are all done) and
     finalize, in this (fresh) process. Ray is replaced by the bench runner; `ray.put` by the identity."""
@@ -432,18 +290,18 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
     recipe, tokenizer = bench_recipe(documents, shape, rows_per_partition), _tokenizer()
     inputs = [inp for inp, _, _ in plan_files(recipe, documents, shape)]
     work, out = CountingStore.at(work_dir), CountingStore.at(out_dir)
-    baseline = _status()
-    runner = BenchRunner(work, workers, EventLog(None, console=False))
+    baseline = status()
+    runner = MeasuringRunner(work, workers, EventLog(None, console=False))
     started, cpu = time.perf_counter(), time.process_time()
     results = run_stages(recipe, inputs, tokenizer, runner, out)
-    staged = _status()
+    staged = status()
     manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
-    end = _status()
+    end = status()
     return {
         "documents": documents, "files": len(inputs), "partitions": recipe.dedupe.partitions, "shard_tokens": recipe.mix.shard_tokens,
         "key_groups": len(results.key_groups), "shards": {s: len(v) for s, v in results.shards.items()},
-        "tokens": {s: v["tokens"] for s, v in manifest["splits"].items()},
-        "achieved": manifest["mix"]["achieved"], "removed": results.resolved,
+        "tokens": {s: v.tokens for s, v in manifest.splits.items()},
+        "achieved": manifest.mix.achieved, "removed": results.resolved,
         "rounds": runner.measures["propagate"].tasks // max(1, runner.measures["removals"].tasks) if "propagate" in runner.measures else 0,
         "stages": {stage: {**{k: getattr(m, k) for k in StageMeasure.__slots__}} for stage, m in runner.measures.items()},
         "driver": {"baseline_hwm": baseline["VmHWM"], "after_stages_hwm": staged["VmHWM"], "peak_hwm": end["VmHWM"],
@@ -454,8 +312,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
 
 # ------------------------------------------------------------------------------------------------ report
 
-# the stages after process that the scale runs measure (the samples task reads a few files)
-STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES))
+# the stages after process that the scale runs measure (the samples task reads a few files; --raw: verify too)
+STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES) and not s.decontaminate_only)
 
 
 def table(runs: list[dict]) -> str:

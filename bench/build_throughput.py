@@ -5,7 +5,7 @@
 
 1. Writes a corpus of `--size-mb` MB of real text in the SlimPajama (JSONL.zst, `meta.redpajama_set_name`) and
    StarCoderData (parquet, `content`) layouts, about 7:3 natural:code, with 1% planted exact duplicates, 1% near
-   duplicates, 1% short documents and 1% RedPajamaGithub documents (`write_corpus`).
+   duplicates, 1% short documents and 1% RedPajamaGithub documents (`bench.corpus.write_corpus`).
 2. Measures on that corpus, each row timed on its own: bare sentencepiece `encode(list, num_threads=workers)`;
    tokenmill's tokenize stage (`Tokenizer.encode` per batch in `workers` processes, as the build runs it);
    `tokenmill build` with the sample recipe (TinyLlama's rules: subset rule, short documents, exact + MinHash
@@ -15,7 +15,7 @@
 3. With `--memory-docs N`: per-task peak RSS and time of every kind of build task (process, keys, dedupe
    partition, resolve, count, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one
    process task against the size of its input file (`--memory-file-mb`, default 8, 32, 128 MB of text). The
-   build plans and names its tasks itself (`pipeline.build.driver.run_stages`); a `MeasuringRunner` in place of the Ray
+   build plans and names its tasks itself (`pipeline.build.driver.run_stages`); `bench.measure.MeasuringRunner` in place of the Ray
    runner runs each task in a fresh process of its own, so `tokenmill build` over the same recipe and work dir
    afterwards re-uses every one of them.
 4. Prints the throughput table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
@@ -26,240 +26,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
-import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import orjson  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import zstandard  # noqa: E402
 
+from bench.corpus import VALIDATION_SHARE, CorpusShape, write_corpus  # noqa: E402
+from bench.measure import Enough, MeasuringRunner, timed_build  # noqa: E402
 from pipeline import sample_corpus as sample  # noqa: E402
 from pipeline.build.registry import STAGES  # noqa: E402
 from pipeline.work.progress import EventLog  # noqa: E402
-from pipeline.work.runner import Runner  # noqa: E402
 
 RECIPES = REPO / "manifests" / "recipes"
-MIN_UNITS = 3  # no unit may dominate a document: two documents sharing one unit stay far from duplicates
-PLANT_SHARE = 0.01  # of each kind: exact copies, near copies, short documents, RedPajamaGithub documents
-VALIDATION_SHARE = 0.02
-# A new definition starts at a line that opens a def/class/decorator at the top level or one indent in
-_DEFINITION = re.compile(r"^(?:    )?(?:def |class |async def |@)", re.M)
-
-
-# ------------------------------------------------------------------------------------------------ corpus
-
-
-@dataclass(slots=True)
-class TextPools:
-    """Units of real text that documents are drawn from. Every document is a random draw of several units, so
-    at any corpus size documents are distinct and no two share enough to be near duplicates by chance: only
-    the planted copies are duplicates. Verse runs, docstrings and definitions are real text, unchanged."""
-
-    verses: list[dict]  # the King James Bible, verse by verse
-    docstrings: list[str]  # "json.decoder.JSONDecoder.decode\n\n<its docstring>" of the standard library
-    code_headers: list[str]  # what a stdlib module holds before its first definition (docstring, imports)
-    code_blocks: list[str]  # one function, class head or method of the standard library, decorators included
-    short_verses: list[str]  # verses far below the 200-character short-document cut
-
-    @classmethod
-    def load(cls, unit_chars: int) -> "TextPools":
-        """Units of 40 to `unit_chars` characters."""
-        docstrings = [f"{name}\n\n{doc}" for _, module in sample.stdlib_docstrings() for name, doc in module]
-        headers, blocks = [], []
-        for _, text in sample.stdlib_code_files():
-            cuts = [m.start() for m in _DEFINITION.finditer(text)]
-            if cuts:
-                headers.append(text[: cuts[0]].rstrip())
-                blocks += [text[a:b].rstrip() for a, b in zip(cuts, cuts[1:] + [len(text)])]
-        verses = sample.kjv_verses()
-        short = [v["text"] for v in verses if len(v["text"]) <= sample.SHORT_MAX_CHARS]
-        return cls(verses, _sized(docstrings, unit_chars), _sized(headers, unit_chars), _sized(blocks, unit_chars), short)
-
-
-def _sized(units: list[str], most: int) -> list[str]:
-    return [u for u in units if 40 <= len(u) <= most]
-
-
-@dataclass(kw_only=True, slots=True)
-class CorpusShape:
-    size_mb: float  # text of all documents, about 7:3 natural:code
-    natural_chars: int = 2_500  # median document length (log-normal)
-    code_chars: int = 4_000
-    file_mb: float = 2.0  # text per data file: enough files that 2 workers end together
-    unit_chars: int = 1_500  # longest unit (verse run, docstring, definition) a document is drawn from
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.size_mb > 0 or not self.file_mb > 0:
-            raise ValueError(f"size_mb {self.size_mb} and file_mb {self.file_mb} must be positive")
-        if min(self.natural_chars, self.code_chars) < 300:
-            raise ValueError("natural_chars and code_chars must be at least 300: shorter documents are short documents")
-
-
-def _length(rng: random.Random, median: int) -> int:
-    return int(min(max(rng.lognormvariate(math.log(median), 0.7), 300), 40 * median))
-
-
-def _draw(target: int, unit, separator: str = "\n\n") -> str:
-    parts, size = [], 0
-    while size < target or len(parts) < MIN_UNITS:
-        parts.append(unit())
-        size += len(parts[-1]) + len(separator)
-    return separator.join(parts)
-
-
-def _verse_run(pools: TextPools, rng: random.Random, max_chars: int) -> str:
-    """1 to 4 consecutive verses of one chapter (fewer when they would pass `max_chars`), headed "Genesis 1:3-5"."""
-    start = rng.randrange(len(pools.verses))
-    run = [pools.verses[start]]
-    for verse in pools.verses[start + 1 : start + rng.randint(1, 4)]:
-        if verse["chapter"] != run[0]["chapter"] or sum(len(v["text"]) for v in run) + len(verse["text"]) > max_chars:
-            break
-        run.append(verse)
-    head = f"{run[0]['book']} {run[0]['chapter']}:{run[0]['verse']}" + (f"-{run[-1]['verse']}" if len(run) > 1 else "")
-    return head + "\n" + "\n".join(f"{v['verse']} {v['text']}" for v in run)
-
-
-def natural_document(pools: TextPools, rng: random.Random, shape: CorpusShape) -> tuple[str, str]:
-    """(subset, text): Bible passages as RedPajamaBook, docstrings spread over the other subsets."""
-    target = _length(rng, shape.natural_chars)
-    if rng.random() < 0.5:
-        return "RedPajamaBook", _draw(target, lambda: _verse_run(pools, rng, shape.unit_chars))
-    return rng.choice(sample.DOCSTRING_SUBSETS), _draw(target, lambda: rng.choice(pools.docstrings))
-
-
-def code_document(pools: TextPools, rng: random.Random, median: int) -> str:
-    """A module header followed by definitions drawn from all over the standard library."""
-    body = _draw(_length(rng, median), lambda: rng.choice(pools.code_blocks), "\n\n\n")
-    return rng.choice(pools.code_headers) + "\n\n\n" + body
-
-
-def near_copy(text: str, rng: random.Random) -> str:
-    """`text` with one word in 1,000 characters (at least one) replaced: character 13-gram Jaccard ~0.9."""
-    words = text.split(" ")
-    candidates = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3]
-    for i in rng.sample(candidates, min(len(candidates), max(1, len(text) // 1_000))):
-        words[i] = rng.choice([w for w in sample.REPLACEMENT_WORDS if w != words[i].lower()])
-    return " ".join(words)
-
-
-@dataclass(slots=True)
-class _Planter:
-    """Plants copies of documents of earlier files, so that a copy is never in the same file as its original."""
-
-    rng: random.Random
-    earlier: list[str] = field(default_factory=list)  # candidate originals from files already written
-    current: list[str] = field(default_factory=list)
-    planted: dict[str, int] = field(default_factory=lambda: {"exact_duplicates": 0, "near_duplicates": 0})
-
-    def document(self, make) -> str:
-        roll = self.rng.random()
-        if self.earlier and roll < 2 * PLANT_SHARE:
-            kind = "exact_duplicates" if roll < PLANT_SHARE else "near_duplicates"
-            self.planted[kind] += 1
-            original = self.rng.choice(self.earlier)
-            return original if kind == "exact_duplicates" else near_copy(original, self.rng)
-        text = make()
-        if self.rng.random() < 4 * PLANT_SHARE and len(self.current) < 50_000:
-            self.current.append(text)
-        return text
-
-    def next_file(self) -> None:
-        self.earlier += self.current
-        self.current = []
-
-
-def _slimpajama_lines(pools: TextPools, shape: CorpusShape, planter: _Planter, budget: int) -> tuple[list[bytes], dict]:
-    rng, lines, size, counts = planter.rng, [], 0, {"short_documents": 0, "excluded_subset": 0}
-    while size < budget:
-        roll = rng.random()
-        if roll < PLANT_SHARE:
-            subset, text = "RedPajamaBook", rng.choice(pools.short_verses)
-            counts["short_documents"] += 1
-        elif roll < 2 * PLANT_SHARE:
-            subset, text = "RedPajamaGithub", code_document(pools, rng, shape.code_chars)
-            counts["excluded_subset"] += 1
-        else:
-            subset, text = natural_document(pools, rng, shape)
-            text = planter.document(lambda: text)
-        lines.append(orjson.dumps({"text": text, "meta": {"redpajama_set_name": subset}}))
-        size += len(text.encode())
-    return lines, counts
-
-
-def _write_slimpajama(root: Path, pools: TextPools, shape: CorpusShape, budget: int, summary: dict) -> None:
-    planter = _Planter(random.Random(shape.seed))
-    validation = budget * VALIDATION_SHARE / 2
-    files = [f"validation/chunk{c}/example_validation_0.jsonl.zst" for c in (1, 2)]
-    train_files = max(2, round((budget - 2 * validation) / (shape.file_mb * 1e6)))
-    files += [f"train/chunk{1 + k % 2}/example_train_{k // 2}.jsonl.zst" for k in range(train_files)]
-    compressor = zstandard.ZstdCompressor(level=sample.ZSTD_LEVEL)
-    for k, rel in enumerate(files):
-        share = validation if k < 2 else (budget - 2 * validation) / train_files
-        lines, counts = _slimpajama_lines(pools, shape, planter, int(share))
-        planter.next_file()
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(compressor.compress(b"\n".join(lines) + b"\n"))
-        _count(summary, "slimpajama", rel, len(lines), counts)
-    summary["planted"]["slimpajama"].update(planter.planted)
-
-
-def _write_starcoder(root: Path, pools: TextPools, shape: CorpusShape, budget: int, summary: dict) -> None:
-    planter = _Planter(random.Random(shape.seed + 1))
-    count = max(2, round(budget / (shape.file_mb * 1e6)))
-    for k in range(count):
-        docs, size = [], 0
-        while size < budget / count:
-            docs.append(planter.document(lambda: code_document(pools, planter.rng, shape.code_chars)))
-            size += len(docs[-1].encode())
-        planter.next_file()
-        rel = f"python/train-{k:05d}-of-{count:05d}.parquet"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        table = pa.table({
-            "max_stars_repo_path": pa.array([f"Lib/generated_{k}_{i}.py" for i in range(len(docs))], pa.string()),
-            "id": pa.array([f"{k}-{i}" for i in range(len(docs))], pa.string()),
-            "content": pa.array(docs, pa.string()),
-        })
-        pq.write_table(table, root / rel)
-        _count(summary, "starcoderdata", rel, len(docs), {})
-    summary["planted"]["starcoderdata"].update(planter.planted)
-
-
-def _count(summary: dict, source: str, rel: str, documents: int, planted: dict) -> None:
-    summary["files"][source].append(rel)
-    summary["documents"][source] += documents
-    for kind, n in planted.items():
-        summary["planted"][source][kind] = summary["planted"][source].get(kind, 0) + n
-
-
-def write_corpus(out: Path, shape: CorpusShape) -> dict:
-    """Write the corpus under `out` (SlimPajama-627B/, starcoderdata/, CORPUS.json) unless CORPUS.json says the
-    same shape is already there; returns that summary."""
-    marker = out / "CORPUS.json"
-    wanted = {"shape": {f: getattr(shape, f) for f in CorpusShape.__slots__}}
-    if marker.exists() and json.loads(marker.read_text())["shape"] == wanted["shape"]:
-        return json.loads(marker.read_text())
-    started = time.perf_counter()
-    pools = TextPools.load(shape.unit_chars)
-    summary = {**wanted, "files": {"slimpajama": [], "starcoderdata": []}, "documents": {"slimpajama": 0, "starcoderdata": 0},
-               "planted": {"slimpajama": {}, "starcoderdata": {}}}
-    total = int(shape.size_mb * 1e6)
-    natural = int(total * sample.NATURAL_SHARE)
-    _write_slimpajama(out / sample.SLIMPAJAMA_DIR, pools, shape, natural, summary)
-    _write_starcoder(out / sample.STARCODER_DIR, pools, shape, total - natural, summary)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    marker.write_text(json.dumps(summary, indent=1))
-    return summary
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -358,28 +140,11 @@ def tokenize_stage(texts: list[str], tokenizer, workers: int, batch_documents: i
     return {"seconds": seconds, "tokens": tokens}
 
 
-def timed_build(recipe, out: Path, workers: int) -> tuple[float, dict]:
-    """(wall seconds, manifest) of `pipeline.build.driver.build` on a fresh embedded Ray, started before the clock (a
-    cluster is up before a build starts). The other build benchmarks time their builds through this too."""
-    import ray
-
-    from pipeline.build.driver import build
-
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    try:
-        started = time.perf_counter()
-        build(recipe, str(out), workers=workers, console=False)
-        seconds = time.perf_counter() - started
-    finally:
-        ray.shutdown()
-    return seconds, json.loads((out / "manifest.json").read_text())
-
-
 def tokenmill_build(recipe, out: Path, workers: int) -> dict:
     seconds, manifest = timed_build(recipe, out, workers)
-    return {"seconds": seconds, "process_seconds": manifest["stages"]["process"]["seconds"],
-            "documents": sum(s["documents"] for s in manifest["splits"].values()),
-            "tokens": sum(s["tokens"] for s in manifest["splits"].values())}
+    return {"seconds": seconds, "process_seconds": manifest.stages["process"]["seconds"],
+            "documents": sum(s.documents for s in manifest.splits.values()),
+            "tokens": sum(s.tokens for s in manifest.splits.values())}
 
 
 # ------------------------------------------------------------------------------------------------ datatrove
@@ -497,81 +262,7 @@ DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as 
 
 
 # The build's stages in order (the report's order), but the verified preset's: the bench recipes do not verify.
-TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only)
-
-
-class _Enough(Exception):
-    """Raised by MeasuringRunner after `stop_after`: the measurement needs no more of the build."""
-
-
-@dataclass(slots=True)
-class MeasuringRunner(Runner):
-    """The build's runner with another placement: `pipeline.build.driver.run_stages` plans its stages, names its work
-    folders and makes its tasks exactly as in a real build, and `Runner.run` keeps its books, but each task runs
-    in a fresh process of its own (its peak RSS, VmHWM, is then the task's), `workers` at a time, instead of on
-    Ray. `measured[stage]`: tasks run, wall seconds, the largest peak RSS in MiB; `folders[stage]`: every task's
-    folder. With `stop_after`, the build ends after that stage (`_Enough`), and `only` may limit that stage's
-    tasks to some task numbers."""
-
-    only: dict[str, set[int]] = field(default_factory=dict)
-    stop_after: str = ""
-    measured: dict[str, dict] = field(default_factory=dict)
-    folders: dict[str, list[str]] = field(default_factory=dict)
-
-    def _run_pending(self, stage: str, tasks: list, pending: list[int]):
-        from concurrent.futures import ThreadPoolExecutor
-
-        chosen = [i for i in pending if stage not in self.only or i in self.only[stage]]
-        started = time.perf_counter()
-        with ThreadPoolExecutor(self.workers) as pool:
-            peaks = list(pool.map(lambda i: _run_in_own_process(tasks[i]), chosen))
-        seconds = round(time.perf_counter() - started, 2)
-        self.measured[stage] = {"tasks": len(peaks), "seconds": seconds, "peak_rss_mib": round(max(peaks, default=0), 1)}
-        self.folders[stage] = [task.folder for task in tasks]
-        if stage == self.stop_after:
-            raise _Enough
-        for i in pending:
-            yield i, self.work.done(tasks[i].folder)
-
-
-def _run_in_own_process(task) -> float:
-    """Run `task.fn(*task.args)` in a fresh Python process (Ray object refs among the arguments replaced by their
-    values, as Ray does); its peak RSS in MiB."""
-    import pickle
-    import subprocess
-    import tempfile
-
-    import ray
-
-    args = tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in task.args)
-    with tempfile.NamedTemporaryFile(suffix=".pickle") as call:
-        pickle.dump((task.fn, args), call)
-        call.flush()
-        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.build_throughput import run_task_child; run_task_child(sys.argv[1])"
-        done = subprocess.run([sys.executable, "-c", code, call.name], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"task {task.folder} failed:\n{done.stderr[-3000:]}")
-    return float(done.stdout.split()[-1])
-
-
-def run_task_child(call_path: str) -> None:
-    """In a fresh process: one of the build's task functions with its arguments, pickled by `_run_in_own_process`;
-    prints this process's peak RSS."""
-    import pickle
-
-    with open(call_path, "rb") as f:
-        fn, args = pickle.load(f)
-    fn(*args)
-    print(_peak_rss_mib())
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak resident set since it started (VmHWM: exec gives a process a fresh one, whereas
-    getrusage's ru_maxrss of a child also counts the parent it was forked from)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
+TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only and not stage.decontaminate_only)
 
 
 def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = "") -> MeasuringRunner:
@@ -594,7 +285,7 @@ def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int
         ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
         run_stages(recipe, inputs, tokenizer, runner, out)
-    except _Enough:
+    except Enough:
         pass
     finally:
         if started_ray:
@@ -616,7 +307,8 @@ def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
         partitions = max(1, round(count / DOCUMENTS_PER_PARTITION))
         runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", partitions), corpus_dir / "run", workers)
         done = [runner.work.done(folder) for folder in runner.folders["process"]]
-        row = {"documents": count, "text_mb": size_mb, "files": len(done), "partitions": partitions, **runner.measured,
+        row = {"documents": count, "text_mb": size_mb, "files": len(done), "partitions": partitions,
+               **{stage: m.brief() for stage, m in runner.measures.items()},
                "largest_file_mb": round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)}
         print(f"  memory: {row}", flush=True)
         rows.append(row)
@@ -634,7 +326,7 @@ def process_memory(work: Path, file_mbs: tuple[float, ...] = (8, 32, 128)) -> li
         runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", 8), corpus_dir / "run", 1, only={"process": {2}}, stop_after="process")
         done = runner.work.done(runner.folders["process"][2])
         text_mb = sum(f["bytes_read"] for f in done["funnels"].values()) / 1e6
-        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **runner.measured["process"]})
+        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **runner.measures["process"].brief()})
         print(f"  process memory: {rows[-1]}", flush=True)
     return rows
 

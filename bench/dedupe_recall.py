@@ -5,7 +5,7 @@
 
 The corpus is real text in the SlimPajama (jsonl.zst, `meta.redpajama_set_name`) and StarCoderData (parquet,
 `content`, python/) layouts: KJV chapters and Python standard-library docstring passages as natural language,
-standard-library modules as code (`pipeline.sample_corpus`'s `kjv_verses`, `stdlib_docstrings`, `stdlib_code_files`).
+standard-library modules as code (`bench.corpus.write_recall_corpus`).
 Planted pairs: a copy of a document with words replaced in 1-4 spans, aimed at a character-13-gram Jaccard drawn
 from 0.5-1.0 (40% of them 0.85-1.0), placed in another file (a fifth of them in the other source). Every planted
 pair's and every removed document's exact Jaccard (with its cluster's survivor) is computed on the recipe's
@@ -16,159 +16,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
-import string
 import sys
 import time
 from collections import defaultdict
-from itertools import groupby
 from pathlib import Path
 
 import numpy as np
-import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
-import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.build_throughput import timed_build  # noqa: E402
-from pipeline.sample_corpus import kjv_verses, stdlib_code_files, stdlib_docstrings  # noqa: E402
+from bench.corpus import write_recall_corpus  # noqa: E402
+from bench.measure import timed_build  # noqa: E402
+from manifests.keys import split_key  # noqa: E402
+from manifests.manifest import Manifest  # noqa: E402
+from manifests.outputs import BUILD_STATS  # noqa: E402
+from stages.normalize import jaccard, shingles  # noqa: E402
 
 SETTINGS = ("slimpajama", "verified")
-FILE_BYTES = 400_000  # text per input file
-MIN_CHARS = 1_500  # planted originals are at least this long, so 1-4 spans can reach any Jaccard in 0.5-1.0
-NGRAM = 13
-_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def shingles(text: str) -> frozenset[str]:
-    """The recipe's set: SlimPajama's normalization, then character 13-grams (a shorter text is one shingle)."""
-    normal = " ".join(text.lower().translate(_NO_PUNCTUATION).split())
-    return frozenset([normal] if len(normal) < NGRAM else (normal[i : i + NGRAM] for i in range(len(normal) - NGRAM + 1)))
-
-
-def jaccard(a: frozenset, b: frozenset) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
-# ------------------------------------------------------------------------------------------------ corpus
-
-
-def natural_documents() -> list[tuple[str, str]]:
-    """(subset, text): every KJV chapter, and each stdlib module's docstrings in passages of ~1-4 KB."""
-    docs = []
-    for (book, chapter), verses in groupby(kjv_verses(), key=lambda v: (v["book"], v["chapter"])):
-        docs.append(("RedPajamaBook", f"{book} {chapter}\n\n" + "\n".join(f"{chapter}:{v['verse']} {v['text']}" for v in verses)))
-    for _, docstrings in stdlib_docstrings():
-        passage = ""
-        for name, doc in docstrings:
-            passage += f"{name}\n\n{doc}\n\n"
-            if len(passage) >= 4_000:
-                docs.append(("RedPajamaWikipedia", passage.strip()))
-                passage = ""
-        if len(passage) >= 1_000:
-            docs.append(("RedPajamaWikipedia", passage.strip()))
-    return docs
-
-
-def code_documents(budget: int) -> list[tuple[str, str]]:
-    docs, size = [], 0
-    for _, text in stdlib_code_files():
-        if size >= budget:
-            break
-        docs.append(("python", text))
-        size += len(text)
-    return docs
-
-
-def near_copy(text: str, target: float, rng: random.Random, vocabulary: list[str]) -> tuple[str, float]:
-    """`text` with words replaced in 1-4 spans, the replaced count searched so the Jaccard is nearest `target`."""
-    words = text.split(" ")
-    spans = rng.randint(1, 4)
-    starts = sorted(rng.sample(range(len(words)), spans))
-    fill = [rng.choice(vocabulary) for _ in words]
-    original = shingles(text)
-
-    def copy(m: int) -> str:
-        per = -(-m // spans)
-        out = list(words)
-        for s in starts:
-            for i in range(s, min(s + per, len(words))):
-                out[i] = fill[i]
-        return " ".join(out)
-
-    low, high = 1, len(words)
-    while low < high:  # the Jaccard falls as more words are replaced: the smallest m at or below the target
-        mid = (low + high) // 2
-        if jaccard(original, shingles(copy(mid))) > target:
-            low = mid + 1
-        else:
-            high = mid
-    best = min((max(1, low - 1), low), key=lambda m: abs(jaccard(original, shingles(copy(m))) - target))
-    text_copy = copy(best)
-    return text_copy, jaccard(original, shingles(text_copy))
-
-
-def plant(files: dict[str, list[dict]], pairs: int, chains: int, rng: random.Random) -> list[dict]:
-    """Plants `pairs` near copies of distinct long documents, each in another file than its original, and
-    `chains` chains of 4-6 documents, each a copy of the one before at J 0.85-0.9 (a chain's ends are far apart)."""
-    docs = [(name, d) for name, entries in files.items() for d in entries if len(d["text"]) >= MIN_CHARS]
-    vocabulary = sorted({w for _, d in docs[:200] for w in d["text"].split() if w.isalpha() and len(w) > 2})
-    names = sorted(files)
-    planted = []
-
-    def place(name: str, doc: dict, target: float, chain: int | None) -> dict:
-        text, j = near_copy(doc["text"], target, rng, vocabulary)
-        same_source = [n for n in names if n != name and n.split("/")[0] == name.split("/")[0]]
-        other = [n for n in names if n.split("/")[0] != name.split("/")[0]]
-        home = rng.choice(other if rng.random() < 0.2 else same_source)
-        copy = {"text": text, "subset": doc["subset"], "id": f"planted-{len(planted)}"}
-        files[home].insert(rng.randint(0, len(files[home])), copy)
-        planted.append({"original": doc["id"], "copy": copy["id"], "jaccard": j, "chain": chain})
-        return copy
-
-    originals = rng.sample(docs, pairs + chains)
-    for name, doc in originals[:pairs]:
-        place(name, doc, rng.uniform(0.85, 1.0) if rng.random() < 0.4 else rng.uniform(0.5, 0.85), None)
-    for number, (name, doc) in enumerate(originals[pairs:]):
-        for _ in range(rng.randint(3, 5)):
-            doc = place(name, doc, rng.uniform(0.85, 0.9), number)
-    return planted
-
-
-def write_corpus(folder: Path, pairs: int, chains: int, seed: int) -> tuple[dict[str, dict], list[dict]]:
-    """The corpus under `folder`; returns {"source/rel path#ordinal": document} and the planted pairs."""
-    rng = random.Random(seed)
-    natural = natural_documents()
-    code = code_documents(int(sum(len(t) for _, t in natural) * 3 / 7))
-    files: dict[str, list[dict]] = defaultdict(list)
-    for prefix, docs, kind in (("slimpajama", natural, "jsonl"), ("starcoderdata", code, "parquet")):
-        rng.shuffle(docs)
-        count = max(2, sum(len(t) for _, t in docs) // FILE_BYTES)
-        for i, (subset, text) in enumerate(docs):
-            name = f"{prefix}/train/chunk1/train_{i % count:03d}.jsonl.zst" if kind == "jsonl" else f"{prefix}/python/train-{i % count:05d}.parquet"
-            files[name].append({"text": text, "subset": subset, "id": f"{prefix}-{i}"})
-    validation = files.pop(sorted(n for n in files if n.startswith("slimpajama"))[-1])  # SlimPajama has a validation split
-    files["slimpajama/validation/chunk1/validation_000.jsonl.zst"] = validation[:20]
-    planted = plant({n: e for n, e in files.items() if "validation" not in n}, pairs, chains, rng)
-    by_key = {}
-    for name, entries in files.items():
-        path = folder / name.replace("slimpajama/", "SlimPajama-627B/", 1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if name.endswith(".jsonl.zst"):
-            lines = b"".join(orjson.dumps({"text": d["text"], "meta": {"redpajama_set_name": d["subset"]}}) + b"\n" for d in entries)
-            path.write_bytes(zstandard.ZstdCompressor(level=3).compress(lines))
-            by_key.update({f"{name}#{line}": d for line, d in enumerate(entries, 1)})
-        else:
-            pq.write_table(pa.table({"max_stars_repo_path": [f"Lib/{i}.py" for i in range(len(entries))], "max_stars_repo_name": ["python/cpython"] * len(entries),
-                                     "max_stars_count": pa.array([1] * len(entries), pa.int64()), "id": [d["id"] for d in entries],
-                                     "content": [d["text"] for d in entries]}), path)
-            by_key.update({f"{name}#{row}": d for row, d in enumerate(entries)})
-    return by_key, planted
 
 
 # ------------------------------------------------------------------------------------------------ builds
@@ -185,7 +52,7 @@ def run_build(corpus: Path, out: Path, preset: str, workers: int) -> dict:
     }))
     shutil.rmtree(out, ignore_errors=True)
     wall, manifest = timed_build(load_recipe(recipe), out, workers)
-    return {"manifest": manifest, "wall": wall, "stats": json.loads((out / "build_stats.json").read_text())}
+    return {"manifest": manifest, "wall": wall, "stats": json.loads((out / BUILD_STATS).read_text())}
 
 
 def process_cpu(work: Path, rounds: int) -> dict[str, list[float]]:
@@ -245,22 +112,22 @@ def verify_memory(work: Path, removals: int) -> dict:
             "bytes_per_removal": round((peak - base) * 1024 / removals)}
 
 
-def removals(out: Path, manifest: dict) -> tuple[list[tuple[str, str]], list[bool]]:
+def removals(out: Path, manifest: Manifest) -> tuple[list[tuple[str, str]], list[bool]]:
     """(removed document, its survivor) as "source/path#ordinal" keys, and whether each was an exact copy."""
     from pipeline.build.registry import RESOLVE, VERIFIED
     from pipeline.tasks.dedupe import REMOVED, REMOVED_EXACT, SURVIVORS
 
-    keys = manifest["provenance"]
-    folder = out / "work" / (VERIFIED.folder(keys["verify"]) if "verify" in keys else RESOLVE.folder(keys["dedupe"]))
+    keys = manifest.provenance
+    folder = out / "work" / (VERIFIED.folder(keys.verify) if keys.verify else RESOLVE.folder(keys.dedupe))
     removed = np.fromfile(folder / REMOVED, np.uint64)
     survivors = np.fromfile(folder / SURVIVORS, np.uint64)
     exact = np.fromfile(folder / REMOVED_EXACT, np.uint8).astype(bool)
 
     def name(key: int) -> str:
-        entry = manifest["inputs"][key >> 32]
-        path = Path(entry["path"]).as_posix()
-        prefix = "slimpajama/" if entry["source"] == "slimpajama" else "starcoderdata/"
-        return f"{prefix}{path}#{key & 0xFFFFFFFF}"
+        file_index, ordinal = split_key(key)
+        entry = manifest.inputs[file_index]
+        prefix = "slimpajama/" if entry.source == "slimpajama" else "starcoderdata/"
+        return f"{prefix}{Path(entry.path).as_posix()}#{ordinal}"
 
     return [(name(int(r)), name(int(s))) for r, s in zip(removed, survivors)], exact.tolist()
 
@@ -307,9 +174,9 @@ def evaluate(by_key: dict[str, dict], planted: list[dict], removed: list[tuple[s
     }
 
 
-def process_cost(manifest: dict) -> float:
+def process_cost(manifest: Manifest) -> float:
     """Seconds of process task per MB of text read."""
-    stage = manifest["stages"]["process"]
+    stage = manifest.stages["process"]
     return stage["task_seconds"] / (stage["text_bytes"] / 1e6)
 
 
@@ -328,7 +195,7 @@ def main() -> None:
         print(verify_memory(args.work, args.verify_memory))
         return
     started = time.perf_counter()
-    by_key, planted = write_corpus(args.work / "corpus", args.pairs, args.chains, args.seed)
+    by_key, planted = write_recall_corpus(args.work / "corpus", args.pairs, args.chains, args.seed)
     text_mb = sum(len(d["text"].encode()) for d in by_key.values()) / 1e6
     print(f"corpus: {len(by_key)} documents, {text_mb:.1f} MB, {len(planted)} planted pairs ({args.chains} chains) "
           f"({sum(p['jaccard'] >= 0.85 for p in planted)} at J >= 0.85), written in {time.perf_counter() - started:.0f} s")

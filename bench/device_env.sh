@@ -1,6 +1,7 @@
-# Source from the checkout's root on a device machine (bash): installs the carried wheels into /tmp/site and
-# puts them on PYTHONPATH. The folders are git-ignored and made by hand (BENCHMARKS.md's "Trainer on one H200" says how); each
-# one is optional:
+# Source from the checkout's root on a GPU machine without internet (bash): installs the carried wheels into
+# /tmp/site and puts them on PYTHONPATH. On a machine with internet, `make install` and pip do this instead
+# (BENCHMARKS.md, "Trainer on one H200"). The folders are git-ignored and made by hand (docs/benchmarks-history.md,
+# "Trainer on one H200: the commands as run", says how); each one is optional:
 #   .whl-trainer/  wheels of jsonschema and its needs (the image has none), and mistral-common's tokenizer.model.v1
 #   .fa4a/         cutlass_ir_cu13.so.xz: the CuTe DSL's compiler library (193 MB, 50 MB as xz), which does not fit
 #                  in one call beside the rest (64 MiB per call): a first call unpacks it into /tmp/stage, and it

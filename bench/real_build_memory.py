@@ -3,7 +3,7 @@ task and of the driver: the check that no step grows with the corpus, outside th
 
     .venv/bin/python bench/real_build_memory.py --work runs/perf/real2m --size-mb 1000
 
-The corpus is bench/build_throughput.py's (real text recombined, SlimPajama / StarCoderData layouts) with short
+The corpus is bench/corpus.py's (real text recombined, SlimPajama / StarCoderData layouts) with short
 documents (median 300 characters of natural text, 400 of code) so that 1 GB holds ~2M documents. The build is the
 shipped `sample` recipe over it (TinyLlama's rules, exact + MinHash dedupe, downsample 7:3) with the full corpus's
 settings scaled to it, on an embedded Ray with 2 workers. A thread polls /proc every 50 ms: each Ray worker's
@@ -26,7 +26,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.build_throughput import CorpusShape, write_corpus  # noqa: E402
+from bench.corpus import CorpusShape, write_corpus  # noqa: E402
+from bench.measure import status  # noqa: E402
+from manifests.manifest import load  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -91,11 +93,10 @@ def main() -> None:
         poller.join()
         ray.shutdown()
     seconds = time.perf_counter() - started
-    driver = max(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")) * 1024
-    manifest = json.loads((args.work / "out/manifest.json").read_text())
-    result = {"size_mb": args.size_mb, "documents_read": sum(s["documents_read"] for s in manifest["sources"]), "files": len(manifest["inputs"]),
-              "seconds": round(seconds, 1), "driver_peak_mib": round(driver / 2**20), "task_peak_mib": {k: round(v / 2**20) for k, v in peaks.items()},
-              "stages": {k: {"tasks": v["tasks"], "seconds": v["seconds"]} for k, v in manifest["stages"].items()}}
+    manifest = load(args.work / "out")
+    result = {"size_mb": args.size_mb, "documents_read": sum(s.documents_read for s in manifest.sources), "files": len(manifest.inputs),
+              "seconds": round(seconds, 1), "driver_peak_mib": round(status()["VmHWM"]), "task_peak_mib": {k: round(v / 2**20) for k, v in peaks.items()},
+              "stages": {k: {"tasks": v["tasks"], "seconds": v["seconds"]} for k, v in manifest.stages.items()}}
     (args.work / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

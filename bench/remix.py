@@ -4,7 +4,7 @@ after ~10% more input files, each against a fresh build of the changed recipe (t
     .venv/bin/python bench/remix.py --work runs/perf/remix --size-mb 100
 
 Every build runs on a fresh embedded Ray started before its clock (a cluster is up before a build starts), with
-the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the corpus of bench/build_throughput.py
+the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the corpus of bench/corpus.py
 (real text recombined, SlimPajama / StarCoderData layouts, 2 MB files). The new files are a second such corpus
 (another seed) of a tenth of the size, added under new names where the recipe's patterns match them.
 """
@@ -19,7 +19,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.build_throughput import CorpusShape, timed_build, write_corpus  # noqa: E402
+from bench.corpus import CorpusShape, write_corpus  # noqa: E402
+from bench.measure import timed_build  # noqa: E402
+from manifests.manifest import Manifest  # noqa: E402
 
 SOURCES = {"slimpajama": "SlimPajama-627B", "starcoderdata": "starcoderdata"}
 
@@ -37,8 +39,9 @@ def build_from(recipe_path: Path, out: Path, workers: int) -> tuple[float, dict]
     return timed_build(load_recipe(recipe_path), out, workers)
 
 
-def shard_bytes(out: Path, manifest: dict) -> dict[str, bytes]:
-    return {s[k].split("/", 1)[1]: (out / s[k]).read_bytes() for info in manifest["splits"].values() for s in info["shards"] for k in ("bin", "idx")}
+def shard_bytes(out: Path, manifest: Manifest) -> dict[str, bytes]:
+    return {path.split("/", 1)[1]: (out / path).read_bytes()
+            for split in manifest.splits.values() for s in split.shards for path in (s.bin, s.idx)}
 
 
 def add_new_dumps(corpus: Path, scratch: Path, size_mb: float) -> int:
@@ -81,7 +84,7 @@ def main() -> None:
     print(f"{'build':<42} {'seconds':>8} {'of fresh':>9} {'stages that ran':<40} equal to fresh")
     fresh = {"weights": fresh64, "+": fresh_all}
     for name, seconds, manifest, equal in rows:
-        ran = [s for s, t in manifest["stages"].items() if t["skipped"] < t["tasks"]]
+        ran = [s for s, t in manifest.stages.items() if t["skipped"] < t["tasks"]]
         base = fresh["weights"] if name.startswith("weights") else fresh["+"] if name.startswith("+") else None
         share = f"{seconds / base:.0%}" if base else ""
         print(f"{name:<42} {seconds:>8.1f} {share:>9} {', '.join(ran):<40} {'' if equal is None else equal}")

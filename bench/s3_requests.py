@@ -1,5 +1,5 @@
 """Object-store requests per stage of a build whose inputs, work store and output are on a real S3 API server
-(moto's, on 127.0.0.1), counted by an HTTP proxy in front of it (tests/cluster/harness.py, no faults injected),
+(moto's, on 127.0.0.1), counted by an HTTP proxy in front of it (bench/s3_store.py, no faults injected),
 each request given to the stage in whose time window it was made (the build log's `stage_done` times).
 
     .venv/bin/python bench/s3_requests.py --work runs/perf/s3 --size-mb 10 20
@@ -24,8 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.build_throughput import CorpusShape, write_corpus  # noqa: E402
-from tests.cluster.harness import FaultProxy, S3Server, s3_recipe  # noqa: E402
+from bench.corpus import CorpusShape, write_corpus  # noqa: E402
+from bench.s3_store import FaultProxy, S3Server, s3_recipe  # noqa: E402
+from manifests.manifest import parse  # noqa: E402
+from manifests.outputs import BUILD_LOG, MANIFEST  # noqa: E402
 
 
 class TimedProxy(FaultProxy):
@@ -55,8 +57,8 @@ def measure(work: Path, size_mb: float, workers: int) -> dict:
         started = time.time()
         subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(recipe), "--out", out, "--workers", str(workers), "--no-report"],
                        env=env, check=True, capture_output=True, text=True, timeout=1800)
-        events = [json.loads(line) for line in server.fs.cat_file(f"{out.removeprefix('s3://')}/build.log.jsonl").decode().splitlines()]
-        manifest = json.loads(server.fs.cat_file(f"{out.removeprefix('s3://')}/manifest.json"))
+        events = [json.loads(line) for line in server.fs.cat_file(f"{out.removeprefix('s3://')}/{BUILD_LOG}").decode().splitlines()]
+        manifest = parse(server.fs.cat_file(f"{out.removeprefix('s3://')}/{MANIFEST}"), f"{out}/{MANIFEST}")
     finally:
         proxy.stop()
         server.stop()
@@ -69,7 +71,7 @@ def measure(work: Path, size_mb: float, workers: int) -> dict:
             continue
         i = bisect.bisect_left(times, when)
         by_stage[ends[i][1] if i < len(ends) else "finalize"][method] += 1
-    return {"size_mb": size_mb, "files": len(manifest["inputs"]), "documents": sum(s["documents_read"] for s in manifest["sources"]),
+    return {"size_mb": size_mb, "files": len(manifest.inputs), "documents": sum(s.documents_read for s in manifest.sources),
             "stages": {stage: dict(c) for stage, c in by_stage.items()}}
 
 

@@ -6,7 +6,7 @@ real shards, the same initial weights and the same windows, back to back in one 
     python bench/train_throughput.py reader --work /tmp/tm-reader        # CPU: the mmap reader alone
 
 `gpu` tokenizes Python sources found on the machine (standard library, then site-packages) with the mistral
-sentencepiece model into a multi-shard manifest (tests/text_manifest.py; the GPU machine has no Ray for `tokenmill
+sentencepiece model into a multi-shard manifest (manifests/documents.py; the GPU machine has no Ray for `tokenmill
 build`), measures a bf16 matmul peak and the attention kernels, runs each tokenmill variant through `torchrun -m trainer.train` and the
 baseline in its own process, and prints one table: tokens/s/GPU sustained after warm-up, MFU against the 989
 TFLOP/s datasheet peak and against the measured matmul peak, peak memory, share of time waiting for data, and
@@ -66,19 +66,45 @@ KERNEL_FAMILIES = (
 )
 
 
-def corpus(work: Path, tokens: int, tokenizer: Path | None) -> Path:
-    """A manifest of about `tokens` tokens of Python source in 4+ shards (built once per work folder)."""
-    from tests.text_manifest import python_sources, write_text_manifest
+def python_sources(root: Path, max_bytes: int) -> list[tuple[str, str]]:
+    """(relative path, text) of the .py files under root, in path order, until `max_bytes` of text."""
+    texts, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            continue
+        texts.append((str(path.relative_to(root)), text))
+        total += len(text)
+        if total >= max_bytes:
+            break
+    return texts
 
-    manifest = work / "corpus" / "manifest.json"
+
+def corpus(work: Path, tokens: int, tokenizer: Path | None) -> Path:
+    """A manifest of about `tokens` tokens of Python source in 4+ shards (built once per work folder), tokenized
+    as `tokenmill build` does (EOS appended) with `tokenizer` (default: mistral-common's)."""
+    import importlib.resources
+
+    from manifests.documents import Documents, write_documents
+    from manifests.manifest import load
+    from manifests.outputs import MANIFEST
+    from stages.tokenize import Tokenizer
+
+    manifest = work / "corpus" / MANIFEST
     if manifest.exists():
         return manifest
     started, docs = time.perf_counter(), []
     for root in dict.fromkeys([sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]):
         docs += python_sources(Path(root), int(3.3 * tokens) - sum(len(t) for _, t in docs))  # ~3.3 bytes per token
-    manifest = write_text_manifest(work / "corpus", {"train": docs}, shard_tokens=tokens // 4, tokenizer=tokenizer)
-    info = json.loads(manifest.read_text())["splits"]["train"]
-    print(f"corpus: {info['tokens']:,} tokens, {info['documents']:,} files, {len(info['shards'])} shards in {time.perf_counter() - started:.0f} s", flush=True)
+    model = tokenizer or Path(str(importlib.resources.files("mistral_common") / "data/tokenizer.model.v1"))
+    encoder = Tokenizer.from_bytes(model.read_bytes(), add_bos=False, add_eos=True)
+    ids, lengths = encoder.encode([text for _, text in docs], num_threads=os.cpu_count())
+    manifest = write_documents(work / "corpus", {"train": Documents([path for path, _ in docs], ids, lengths)},
+                               tokenizer=encoder.manifest_entry(str(model)), shard_tokens=tokens // 4,
+                               bytes_read=sum(len(text) for _, text in docs))
+    train = load(manifest).splits["train"]
+    print(f"corpus: {train.tokens:,} tokens, {train.documents:,} files, {len(train.shards)} shards in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
     return manifest
 
 

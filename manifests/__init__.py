@@ -2,10 +2,12 @@
 
 One module per part of it, each the only owner of its fact:
 
-- `manifests.shards`   the `.bin` / `.idx` shard format: encode, decode, memory-map, the token dtype
-- `manifests.keys`     a document's origin key (input file << 32 | line or row) and what it points to
-- `manifests.manifest` `manifest.json`: the schema (package data), load + validate, the typed builder
-- `manifests.check`    one check of a shard (or any listed file) against its manifest entry
+- `manifests.shards`    the `.bin` / `.idx` shard format: the one writer and reader, memory-map, the token dtypes
+- `manifests.keys`      a document's origin key (input file << 32 | line or row), one or many, and what it points to
+- `manifests.manifest`  `manifest.json`: the typed `Manifest`, the schema (package data), the one loader (fsspec)
+- `manifests.check`     one check of a shard (or any listed file) against its manifest entry
+- `manifests.outputs`   the names of the files a build writes
+- `manifests.documents` token documents -> shards + manifest, without Ray or a tokenizer
 
 `manifests/recipes/` holds the shipped recipes, found by name from an installed wheel.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.shards import ShardFormatError, read_index, read_index_header, sha256_file
+from manifests.shards import ShardEntry, ShardFormatError, read_index, read_index_header, sha256_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,16 +30,19 @@ def check_file(path: Path, *, size: int | None, sha256: str | None) -> str | Non
     return None
 
 
-def check_shard(entry: dict, root: Path, *, checksums: bool = True, index_checksum: bool = True) -> list[ShardProblem]:
+def check_shard(entry: ShardEntry, root: Path, *, checksums: bool = True,
+                index_checksum: bool = True) -> list[ShardProblem]:
     """Problems of one shard (`entry` from a manifest's `splits.*.shards`, paths relative to `root`).
 
     Always: both files present with the manifest's sizes, the index header's document and token counts. With
     `index_checksum` (the default), also the index's sha256 and its own consistency (18 bytes a document: GBs
     over a TinyLlama-sized corpus, which the trainer's ranks share out); with `checksums`, the `.bin`'s sha256."""
-    bin_path, idx_path = root / entry["bin"], root / entry["idx"]
+    bin_path, idx_path = root / entry.bin, root / entry.idx
     problems = []
-    for path, part, hashed in ((idx_path, "idx", index_checksum), (bin_path, "bin", checksums)):
-        problem = check_file(path, size=entry[f"{part}_bytes"], sha256=entry[f"{part}_sha256"] if hashed else None)
+    files = ((idx_path, "idx", entry.idx_bytes, entry.idx_sha256, index_checksum),
+             (bin_path, "bin", entry.bin_bytes, entry.bin_sha256, checksums))
+    for path, part, size, sha256, hashed in files:
+        problem = check_file(path, size=size, sha256=sha256 if hashed else None)
         if problem:
             problems.append(ShardProblem(str(path), part, problem))
     if problems:
@@ -48,8 +51,11 @@ def check_shard(entry: dict, root: Path, *, checksums: bool = True, index_checks
         index = read_index(idx_path) if index_checksum else read_index_header(idx_path)
     except ShardFormatError as e:
         return [ShardProblem(str(idx_path), "idx", str(e))]
-    if index.documents != entry["documents"] or index.tokens != entry["tokens"]:
-        problems.append(ShardProblem(str(idx_path), "idx", f"{index.documents} documents / {index.tokens} tokens, manifest says {entry['documents']} / {entry['tokens']}"))
-    if index.tokens * index.dtype.itemsize != entry["bin_bytes"]:
-        problems.append(ShardProblem(str(bin_path), "bin", f"{entry['bin_bytes']} bytes do not hold the index's {index.tokens} tokens"))
+    if index.documents != entry.documents or index.tokens != entry.tokens:
+        counted = f"{index.documents} documents / {index.tokens} tokens"
+        recorded = f"{entry.documents} / {entry.tokens}"
+        problems.append(ShardProblem(str(idx_path), "idx", f"{counted}, manifest says {recorded}"))
+    if index.tokens * index.dtype.itemsize != entry.bin_bytes:
+        problem = f"{entry.bin_bytes} bytes do not hold the index's {index.tokens} tokens"
+        problems.append(ShardProblem(str(bin_path), "bin", problem))
     return problems

@@ -48,18 +48,18 @@ def encode_index(dtype_name: str, doc_lengths: np.ndarray) -> bytes:
 def export(manifest: Manifest, out: Path) -> dict[str, Path]:
     """Write the Megatron view of every split of `manifest` under `out`; returns each split's data-path file."""
     written = {}
-    for split in manifest.splits():
+    for split in manifest.splits:
         blend = []
         for shard in manifest.shards(split):
             problems = shard.check(checksums=False)
             if problems:
                 raise ManifestError(f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild")
-            prefix = (out / shard.entry["bin"]).with_suffix("")
+            prefix = (out / shard.entry.bin).with_suffix("")
             prefix.parent.mkdir(parents=True, exist_ok=True)
             index = read_index(shard.idx_path)
-            _replace(prefix.with_name(prefix.name + ".idx"), data=encode_index(manifest.data["dtype"], index.doc_lengths()))
+            _replace(prefix.with_name(prefix.name + ".idx"), data=encode_index(manifest.dtype, index.doc_lengths()))
             _replace(prefix.with_name(prefix.name + ".bin"), link_to=shard.bin_path.resolve())
-            blend.append(f"{shard.entry['tokens']} {prefix.resolve()}")
+            blend.append(f"{shard.entry.tokens} {prefix.resolve()}")
         written[split] = out / f"{split}.data-path"
         _replace(written[split], data=(" ".join(blend) + "\n").encode())
     return written

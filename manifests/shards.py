@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def dtype_name(dtype: np.dtype) -> str:
     return "uint16" if np.dtype(dtype).itemsize == 2 else "uint32"
+
+
+def dtype_named(name: str) -> np.dtype:
+    """The token dtype a manifest's `dtype` names ("uint16" or "uint32")."""
+    return DTYPE_CODES[DTYPE_NAMES[name]]
 
 
 def encode_index(dtype: np.dtype, doc_ends: np.ndarray, source_ids: np.ndarray, origins: np.ndarray) -> bytes:
@@ -117,6 +123,51 @@ def decode_index(data: bytes, name: str = "<idx>") -> ShardIndex:
     if n_docs and np.any(np.diff(doc_ends.astype(np.int64)) < 0):
         raise ShardFormatError(f"{name}: document offsets are not increasing; corrupt index")
     return ShardIndex(header.dtype, doc_ends, source_ids, origins)
+
+
+@dataclass(slots=True)
+class ShardEntry:
+    """A shard's entry in the manifest (`splits.<split>.shards[]`): its files, relative to the manifest's folder,
+    their checksums and sizes, and what they hold."""
+
+    bin: str
+    idx: str
+    bin_sha256: str
+    idx_sha256: str
+    bin_bytes: int
+    idx_bytes: int
+    documents: int
+    tokens: int
+    tokens_by_source: dict[str, int]
+
+
+def write_shard(write: Callable[[str, bytes], None], stem: str, tokens: np.ndarray, lengths: np.ndarray,
+                source_ids: np.ndarray, origins: np.ndarray, source_names: list[str]) -> ShardEntry:
+    """Write shard `stem` (e.g. "train/train-00000"): `tokens` (documents of `lengths` tokens back to back, in
+    the token dtype) as STEM.bin and its index as STEM.idx, each through `write(relative path, bytes)`.
+    Returns its manifest entry."""
+    index = encode_index(tokens.dtype, np.cumsum(lengths).astype(np.uint64), source_ids, origins)
+    data = tokens.tobytes()
+    write(f"{stem}.bin", data)
+    write(f"{stem}.idx", index)
+    by_source = np.bincount(source_ids, weights=lengths, minlength=len(source_names))
+    return ShardEntry(
+        bin=f"{stem}.bin",
+        idx=f"{stem}.idx",
+        bin_sha256=hashlib.sha256(data).hexdigest(),
+        idx_sha256=hashlib.sha256(index).hexdigest(),
+        bin_bytes=len(data),
+        idx_bytes=len(index),
+        documents=int(len(lengths)),
+        tokens=int(np.sum(lengths)),
+        tokens_by_source={name: int(by_source[i]) for i, name in enumerate(source_names)},
+    )
+
+
+def read_shard(bin_path: str | Path, idx_path: str | Path) -> tuple[ShardIndex, np.ndarray]:
+    """A shard's index and its memory-mapped tokens: document i is `tokens[slice(*index.doc_span(i))]`."""
+    index = read_index(idx_path)
+    return index, open_tokens(bin_path, index)
 
 
 def read_index(path: str | Path) -> ShardIndex:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 # subcommand -> (module, function taking argv, one-line help)
 COMMANDS = {
@@ -14,12 +15,26 @@ COMMANDS = {
     "stats": ("pipeline.report.stats", "main", "dataset statistics report (report.html, stats.json, summary.md)"),
     "submit": ("pipeline.ops.jobs", "submit_main", "submit a build to a Ray cluster through the Jobs API"),
     "jobs": ("pipeline.ops.jobs", "jobs_main", "list / status / logs / stop Ray jobs"),
+    "decontam-check": ("pipeline.ops.decontam_check", "main", "check a built corpus against eval sets, no rebuild"),
     "stage-in": ("pipeline.ops.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
     "work": ("pipeline.work.commands", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
     "export": ("trainer.export", "main", "export a checkpoint to Hugging Face safetensors, or a manifest's shards for Megatron-LM"),
-    "bench": ("pipeline.bench", "main", "corpus build throughput against datatrove"),
+    "bench": ("pipeline.cli", "bench_main", "corpus build throughput against datatrove (from a checkout)"),
 }
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench_main(argv: list[str]) -> int:
+    """`tokenmill bench`: bench/build_throughput.py, which lives in the repository, not in the wheel."""
+    if not (REPO / "bench" / "build_throughput.py").is_file():
+        print(f"tokenmill bench: {REPO / 'bench'} is missing; the benchmark runs from a checkout of the repository "
+              "(pip install -e .), not from an installed wheel", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(REPO))
+    return importlib.import_module("bench.build_throughput").main(argv)
 
 
 def usage() -> str:

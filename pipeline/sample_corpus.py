@@ -15,8 +15,9 @@ The same arguments give byte-identical files: inputs are read in sorted order, o
 choice, and compression levels are fixed.
 
 Public API (`__all__`): `write_sample_corpus` and `main` (the command); the offline text it draws from,
-`kjv_verses`, `stdlib_docstrings` and `stdlib_code_files`, which `bench/build_throughput.py` also draws its
-larger generated corpus from; and the layout and text-shape constants both share. Everything prefixed `_` is
+`kjv_verses`, `stdlib_docstrings` and `stdlib_code_files`, which `bench/corpus.py` also draws its
+larger generated corpora from; `replace_words`, the near-duplicate edit both plant; and the layout and
+text-shape constants both share. Everything prefixed `_` is
 internal to this module.
 """
 from __future__ import annotations
@@ -30,7 +31,6 @@ import math
 import os
 import random
 import shutil
-import string
 import sys
 import sysconfig
 from collections import Counter
@@ -44,11 +44,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from stages.normalize import jaccard, shingles
+
 __all__ = [
     "write_sample_corpus", "main", "kjv_verses", "stdlib_docstrings", "stdlib_code_files",
     # the layout and the shape of the text, shared with the bench's generated corpus
     "SLIMPAJAMA", "STARCODER", "SLIMPAJAMA_DIR", "STARCODER_DIR", "NATURAL_SHARE", "DOCSTRING_SUBSETS",
-    "REPLACEMENT_WORDS", "SHORT_MAX_CHARS", "ZSTD_LEVEL",
+    "REPLACEMENT_WORDS", "SHORT_MAX_CHARS", "ZSTD_LEVEL", "replace_words",
 ]
 
 SLIMPAJAMA, STARCODER = "slimpajama", "starcoderdata"  # the source names of manifests/recipes/sample.yaml
@@ -343,26 +345,26 @@ def _insert(plan: _Plan, name: str, doc: _Doc, rng: random.Random) -> None:
     entries.insert(rng.randint(0, len(entries)), doc)
 
 
-def _shingles(text: str, n: int = 13) -> set[str]:
-    """Character n-grams of the text lowercased, without punctuation, whitespace collapsed (SlimPajama's)."""
-    normal = " ".join(text.lower().translate(_NO_PUNCTUATION).split())
-    return {normal[i:i + n] for i in range(len(normal) - n + 1)}
-
-
-_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+def replace_words(text: str, count: int, rng: random.Random) -> str | None:
+    """`text` with `count` of its words (alphabetic, longer than 3 letters, chosen by `rng`) replaced by other
+    REPLACEMENT_WORDS: how the sample corpus and the benchmarks make a near duplicate. None when the text has
+    fewer such words (`rng` then untouched)."""
+    words = text.split(" ")
+    candidates = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3]
+    if len(candidates) < count:
+        return None
+    for i in rng.sample(candidates, count):
+        words[i] = rng.choice([w for w in REPLACEMENT_WORDS if w != words[i].lower()])
+    return " ".join(words)
 
 
 def _near_copy(doc: _Doc, rng: random.Random) -> _Doc | None:
     """`doc` with NEAR_COPY_WORDS words replaced, or None when it is too short to stay a near duplicate."""
-    words = doc.text.split(" ")
-    candidates = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3]
-    if len(doc.text) < NEAR_COPY_MIN_CHARS or len(candidates) < NEAR_COPY_WORDS:
+    text = replace_words(doc.text, NEAR_COPY_WORDS, rng) if len(doc.text) >= NEAR_COPY_MIN_CHARS else None
+    if text is None:
         return None
-    for i in rng.sample(candidates, NEAR_COPY_WORDS):
-        words[i] = rng.choice([w for w in REPLACEMENT_WORDS if w != words[i].lower()])
-    copy = _Doc(text=" ".join(words), subset=doc.subset, repo_path=doc.repo_path, repo_name="python-fork/cpython")
-    original, changed = _shingles(doc.text), _shingles(copy.text)
-    return copy if len(original & changed) / len(original | changed) >= NEAR_COPY_MIN_JACCARD else None
+    copy = _Doc(text=text, subset=doc.subset, repo_path=doc.repo_path, repo_name="python-fork/cpython")
+    return copy if jaccard(shingles(doc.text), shingles(copy.text)) >= NEAR_COPY_MIN_JACCARD else None
 
 
 def _plant_duplicates(plan: _Plan, names: list[str], rng: random.Random) -> None:
@@ -525,6 +527,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, dest="out_option", metavar="OUT", help="the same folder, named like every other command's output")
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--plant-eval", type=Path, metavar="DIR", default=None,
+                        help="also write two eval sets to DIR and plant part of their items in the sample "
+                             "(pipeline/sample_eval.py); without it the sample's bytes are unchanged")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.out_option is None):
         parser.error("give the output folder once: tokenmill sample --out data/sample (or tokenmill sample data/sample)")
@@ -537,4 +542,10 @@ def main(argv: list[str]) -> int:
         print(f"tokenmill sample: {e}", file=sys.stderr)
         return 2
     print(_describe(args.out, summary))
+    if args.plant_eval is not None:
+        from pipeline.sample_eval import plant_eval_items
+
+        planted = plant_eval_items(args.out, args.plant_eval)
+        print(f"  planted eval items: {', '.join(f'{name} {len(p)}' for name, p in planted['planted'].items())} "
+              f"(eval sets and the list in {args.plant_eval})")
     return 0

@@ -32,7 +32,7 @@ import numpy as np
 import xxhash
 from numba import njit
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.minhash import MinHashConfig, band_keys, compact, signatures
 
 EXACT_SLOT = "exact"

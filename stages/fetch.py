@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.document import BadRecord, DocBatch
 
 READ_BYTES = 1 << 20  # compressed bytes per read: large enough to amortize per-call costs, small for memory

@@ -22,13 +22,13 @@ import dataclasses
 import functools
 import importlib
 import inspect
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.document import DocBatch
 from stages.fetch import SourceConfig
+from stages.normalize import DELETE_PUNCTUATION_AND_SPACE
 
 KeepResult = bool | tuple[bool, str]
 
@@ -86,10 +86,6 @@ def _keep_subset(text: str, subset: str, *, include: frozenset[str], exclude: fr
 
 # --- short_document --------------------------------------------------------------------------------------
 
-_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())  # U+3000 is the last one
-_DELETE_PUNCTUATION_AND_SPACE = str.maketrans("", "", string.punctuation + _WHITESPACE)
-
-
 @dataclass(kw_only=True, slots=True)
 class ShortDocumentSettings:
     min_chars: int = 200
@@ -101,9 +97,9 @@ class ShortDocumentSettings:
 def _keep_long_enough(text: str, subset: str, *, min_chars: int) -> bool:
     # Nearly every document passes on its first few hundred characters; only short ones need a full count.
     head = text[: 4 * min_chars]
-    if len(head.translate(_DELETE_PUNCTUATION_AND_SPACE)) >= min_chars:
+    if len(head.translate(DELETE_PUNCTUATION_AND_SPACE)) >= min_chars:
         return True
-    return len(text) > len(head) and len(text.translate(_DELETE_PUNCTUATION_AND_SPACE)) >= min_chars
+    return len(text) > len(head) and len(text.translate(DELETE_PUNCTUATION_AND_SPACE)) >= min_chars
 
 
 def _short_document(params: dict) -> Callable[[str, str], KeepResult]:

@@ -1,7 +1,7 @@
 """MinHash signatures with SlimPajama's settings, computed by a numba kernel on Unicode code points.
 
-SlimPajama's near-duplicate rule: normalize the text (lowercase, delete `string.punctuation`, collapse
-whitespace runs to one space, strip), take the character n-grams of the result (13-grams, about one per
+SlimPajama's near-duplicate rule: normalize the text (`stages.normalize`: lowercase, delete
+`string.punctuation`, collapse whitespace runs to one space, strip), take the character n-grams of the result (13-grams, about one per
 character) as the document's set, and compare sets with MinHash-LSH (9 bands x 13 rows, Jaccard ~0.8).
 That banding misses 7% of the pairs at Jaccard 0.9 (P(candidate) = 1 - (1 - J^13)^9). tokenmill's own preset
 ("verified", the default) bands the first 96 values of a 256-value signature as 16 bands x 6 rows (misses
@@ -20,17 +20,14 @@ scheme="legacy", hashfunc=<shingle_hash>)` after `update_batch(<shingles>)`.
 from __future__ import annotations
 
 import functools
-import string
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
-from stages.config import ConfigError
-
-# Lookup tables of the kernel: ASCII punctuation, and every code point `str.isspace` (and so `re`'s `\s`) accepts.
-_IS_PUNCTUATION = np.array([chr(c) in string.punctuation for c in range(128)])
-_IS_SPACE = np.array([chr(c).isspace() for c in range(0x3001)])  # U+3000 is the last whitespace code point
+from manifests.config import ConfigError
+from manifests.hashing import GOLDEN_GAMMA
+from stages.normalize import IS_PUNCTUATION, IS_SPACE
 
 # numba promotes uint64 mixed with int64 to float64, so every constant the kernels touch is a uint64.
 _MERSENNE_PRIME = np.uint64((1 << 61) - 1)
@@ -39,7 +36,6 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _FMIX_1 = np.uint64(0xFF51AFD7ED558CCD)
 _FMIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _U33 = np.uint64(33)
 _U32 = np.uint64(32)
 _U61 = np.uint64(61)
@@ -199,7 +195,7 @@ def signatures(texts: list[str], cfg: MinHashConfig) -> np.ndarray:
     np.cumsum([len(t) for t in lowered], out=offsets[1:])
     a, b = permutations(cfg.permutations, cfg.seed)
     out = np.empty((len(texts), cfg.permutations), dtype=np.uint32)
-    _signature_kernel(cps, offsets, cfg.ngram, a, b, _IS_PUNCTUATION, _IS_SPACE, out)
+    _signature_kernel(cps, offsets, cfg.ngram, a, b, IS_PUNCTUATION, IS_SPACE, out)
     return out
 
 
@@ -208,7 +204,7 @@ def _band_key_kernel(sigs, bands, rows, out):
     for d in range(sigs.shape[0]):
         for band in range(bands):
             # The band index seeds the hash, so equal rows in different bands give different keys.
-            h = _fmix64(np.uint64(band + 1) * _GOLDEN)
+            h = _fmix64(np.uint64(band + 1) * GOLDEN_GAMMA)
             for r in range(rows):
                 h = _fmix64(h ^ np.uint64(sigs[d, band * rows + r]))
             out[d, band] = h

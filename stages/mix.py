@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
+from manifests.hashing import splitmix64
 
 MIX_POLICIES = ("natural", "downsample", "upsample")
 
@@ -136,14 +137,7 @@ def hash_order(keys: np.ndarray, seed: int, source_id: int, epoch: int) -> np.nd
     """Positions of `keys` sorted by a seeded 64-bit hash of each key (ties by key): a shuffle that depends on
     the keys alone, not on which other documents are present."""
     salt = np.uint64(xxhash.xxh64_intdigest(f"{seed}:{source_id}:{epoch}".encode()))
-    return np.lexsort((keys, _splitmix64(np.asarray(keys, np.uint64) ^ salt)))
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    return np.lexsort((keys, splitmix64(np.asarray(keys, np.uint64) ^ salt)))
 
 
 def take_tokens(docs: SourceDocs, tokens: float, seed: int) -> Take:

@@ -12,8 +12,9 @@ import fsspec
 import numpy as np
 import sentencepiece as spm
 
+from manifests.config import ConfigError
+from manifests.manifest import TokenizerEntry
 from manifests.shards import token_dtype
-from stages.config import ConfigError
 
 
 @dataclass(kw_only=True, slots=True)
@@ -99,6 +100,12 @@ class Tokenizer:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.model_bytes).hexdigest()
+
+    def manifest_entry(self, uri: str, path: str | None = None) -> TokenizerEntry:
+        """This tokenizer as a manifest records it: where its model came from (`uri`), and `path`, its copy
+        beside the manifest when there is one."""
+        return TokenizerEntry(uri=uri, sha256=self.sha256(), vocab_size=self.vocab_size, bos_id=self.bos_id,
+                              eos_id=self.eos_id, add_bos=self.add_bos, add_eos=self.add_eos, path=path)
 
     def encode(self, texts: list[str], num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(tokens of all documents back to back, tokens per document), specials included."""

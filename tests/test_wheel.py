@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from manifests.outputs import MANIFEST
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,7 @@ def test_the_installed_wheel_samples_builds_verifies_reports_and_inspects_from_a
     tokenmill = installed / "tokenmill"
     _run([tokenmill, "sample", "data/sample", "--size-mb", "0.5"], tmp_path)
     _run([tokenmill, "build", "sample", "--out", "runs/demo", "--workers", "1", "--no-report"], tmp_path)
-    assert "ok:" in _run([tokenmill, "verify", "runs/demo/manifest.json"], tmp_path)
-    _run([tokenmill, "stats", "runs/demo/manifest.json", "--out", "runs/demo/report"], tmp_path)
+    assert "ok:" in _run([tokenmill, "verify", f"runs/demo/{MANIFEST}"], tmp_path)
+    _run([tokenmill, "stats", f"runs/demo/{MANIFEST}", "--out", "runs/demo/report"], tmp_path)
     assert json.loads((tmp_path / "runs/demo/report/stats.json").read_text())["shards"]
-    assert "# from slimpajama: " in _run([tokenmill, "inspect", "runs/demo/manifest.json", "--split", "validation", "--doc", "0"], tmp_path)
+    assert "# from slimpajama: " in _run([tokenmill, "inspect", f"runs/demo/{MANIFEST}", "--split", "validation", "--doc", "0"], tmp_path)

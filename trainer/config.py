@@ -4,9 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A training setting that cannot work; the message names the setting and the fix."""
+from manifests.config import ConfigError
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -26,14 +24,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
-            raise ConfigError(f"preset {self.name}: dim {self.dim} is not a multiple of n_heads {self.n_heads}")
+            raise ConfigError(f"preset {self.name}", f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ConfigError(f"preset {self.name}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+            raise ConfigError(f"preset {self.name}", f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
-            raise ConfigError(f"preset {self.name}: head_dim {self.head_dim} must be even for RoPE")
+            raise ConfigError(f"preset {self.name}", f"head_dim {self.head_dim} must be even for RoPE")
         for field_name in ("n_layers", "ffn_dim", "vocab_size", "context"):
             if getattr(self, field_name) < 1:
-                raise ConfigError(f"preset {self.name}: {field_name} must be positive")
+                raise ConfigError(f"preset {self.name}", f"{field_name} must be positive")
 
     @property
     def head_dim(self) -> int:
@@ -69,7 +67,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
-        raise ConfigError(f"--preset {name!r}: unknown; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"--preset {name!r}", f"unknown; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -129,11 +127,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("manifest", "preset"):
             if getattr(self, name) is None:
-                raise ConfigError(f"--{name}: required, unless --resume names a checkpoint (it then defaults to the checkpoint's)")
+                raise ConfigError(f"--{name}", "required, unless --resume names a checkpoint (it then defaults to the checkpoint's)")
         self.manifest = Path(self.manifest)
         self.resume = Path(self.resume) if self.resume is not None else None
         if self.out is None and self.resume is None:
-            raise ConfigError("--out: required (where checkpoints and metrics go), unless --resume names the run to continue")
+            raise ConfigError("--out", "required (where checkpoints and metrics go), unless --resume names the run to continue")
         if self.out is None:
             self.out = self.resume.parent if (self.resume / "meta.json").exists() else self.resume
         self.out = Path(self.out)
@@ -144,14 +142,14 @@ class TrainConfig:
         positive = ("steps", "batch_tokens", "micro_batch", "keep_last", "log_every", "prefetch", "eval_windows")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}", "must be at least 1")
         for name in ("warmup_steps", "eval_every", "save_every", "ac_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}", "must not be negative")
         if not 0 < self.min_lr <= self.lr:
-            raise ConfigError(f"--min-lr {self.min_lr}: must be in (0, --lr {self.lr}]")
+            raise ConfigError(f"--min-lr {self.min_lr}", f"must be in (0, --lr {self.lr}]")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError(f"--beta1 {self.beta1} / --beta2 {self.beta2}: must be in [0, 1)")
+            raise ConfigError(f"--beta1 {self.beta1} / --beta2 {self.beta2}", "must be in [0, 1)")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step so that one step sees exactly `batch_tokens` tokens on `world_size`
@@ -160,12 +158,12 @@ class TrainConfig:
         context = preset(self.preset).context
         if self.batch_tokens % context:
             lower = self.batch_tokens // context * context
-            raise ConfigError(f"--batch-tokens {self.batch_tokens} is not a whole number of {context}-token windows; use {_either([lower, lower + context] if lower else [context])}")
+            raise ConfigError(f"--batch-tokens {self.batch_tokens}", f"not a whole number of {context}-token windows; use {_either([lower, lower + context] if lower else [context])}")
         windows = self.batch_tokens // context
         if windows % world_size:
             ranks = [n for n in range(1, windows + 1) if windows % n == 0]
             raise ConfigError(
-                f"--batch-tokens {self.batch_tokens} = {windows} windows of {context} tokens, which {world_size} ranks cannot share "
+                f"--batch-tokens {self.batch_tokens}", f"{windows} windows of {context} tokens, which {world_size} ranks cannot share "
                 f"({windows} / {world_size} is not whole); keep this global batch on {_either(ranks)} ranks, or in a new run use a "
                 f"multiple of {context * world_size} tokens: {max(1, windows // world_size) * context * world_size}"
             )
@@ -174,7 +172,7 @@ class TrainConfig:
             per_micro_step = self.micro_batch * context * world_size
             lower = max(per_micro_step, self.batch_tokens // per_micro_step * per_micro_step)
             raise ConfigError(
-                f"--batch-tokens {self.batch_tokens} = {windows} windows of {context} tokens = {per_rank} per rank on {world_size} ranks, "
+                f"--batch-tokens {self.batch_tokens}", f"{windows} windows of {context} tokens = {per_rank} per rank on {world_size} ranks, "
                 f"which --micro-batch {self.micro_batch} does not divide: use --micro-batch {_either([m for m in range(1, per_rank + 1) if per_rank % m == 0])} "
                 f"(the same global batch), or in a new run a multiple of {per_micro_step} tokens: use {lower} or {lower + per_micro_step}"
             )

@@ -5,7 +5,7 @@
     for inputs, targets in torch.utils.data.DataLoader(dataset, batch_size=8): ...
     state = dataset.state_dict()  # save it with the model; `load_state_dict(state)` continues after the last window read
 
-(docs/other-trainers.md shows it in a plain loop and under torchtitan.)
+(README.md's "Training with another framework" shows it in a plain loop, the one tests/support/plain_loop.py runs.)
 
 Windows: each shard's token stream is cut into windows of `context + 1` tokens starting every `context`
 tokens (inputs = window[:-1], targets = window[1:], so every token but a shard's first is a target exactly
@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from manifests import Manifest, ManifestError
+from manifests.hashing import splitmix64_finalizer
 from manifests.manifest import load as load_manifest
 from manifests.shards import open_tokens, read_index_header
 
@@ -73,8 +74,8 @@ class TokenWindows:
         counts = []
         for shard in manifest.shards(split):
             index = read_index_header(shard.idx_path)
-            if index.dtype.name != manifest.data["dtype"]:
-                raise DataError(f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.data['dtype']}; rebuild")
+            if index.dtype.name != manifest.dtype:
+                raise DataError(f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.dtype}; rebuild")
             self.tokens.append(open_tokens(shard.bin_path, index))
             counts.append(max(0, (index.tokens - 1) // context))
         self.first_window = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
@@ -110,15 +111,8 @@ def _feistel(x: np.ndarray, half: int, keys: np.ndarray) -> np.ndarray:
     mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
     left, right = x >> shift, x & mask
     for key in keys:
-        left, right = right, left ^ (_mix(right ^ key) & mask)
+        left, right = right, left ^ (splitmix64_finalizer(right ^ key) & mask)
     return (left << shift) | right
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit flips about half the output bits."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 class WindowDataset(IterableDataset):
@@ -175,7 +169,7 @@ class WindowDataset(IterableDataset):
         shards = shard_list(self.manifest, self.split)
         return {
             "version": STATE_VERSION, "seed": self.seed, "context": self.windows.context, "epoch": epoch, "position": position,
-            "fingerprint": fingerprint(shards), "shards": shards,
+            "fingerprint": shard_list_sha256(shards), "shards": shards,
         }
 
     def load_state_dict(self, state: dict, *, allow_manifest_change: bool = False) -> None:
@@ -192,10 +186,11 @@ class WindowDataset(IterableDataset):
 
 def shard_list(manifest: Manifest, split: str) -> list[list[str]]:
     """What a split's windows are made of, as the manifest records it: each shard's `.bin` path and sha256."""
-    return [[shard.entry["bin"], shard.entry["bin_sha256"]] for shard in manifest.shards(split)]
+    return [[shard.entry.bin, shard.entry.bin_sha256] for shard in manifest.shards(split)]
 
 
-def fingerprint(shards: list[list[str]]) -> str:
+def shard_list_sha256(shards: list[list[str]]) -> str:
+    """What a state records of its shards (its "fingerprint"): the sha256 of their `shard_list`."""
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
@@ -222,7 +217,7 @@ def manifest_change(state: dict, manifest: Manifest, split: str) -> str | None:
     """What differs between the shards `state` was saved with and `manifest`'s `split`, in one sentence; None if
     nothing does (or for a version-1 state, which recorded no shards)."""
     state, shards = _upgrade(state), shard_list(manifest, split)
-    if state["fingerprint"] in (None, fingerprint(shards)):
+    if state["fingerprint"] in (None, shard_list_sha256(shards)):
         return None
     before, now = dict(state["shards"]), dict(shards)
     parts = [

@@ -133,7 +133,7 @@ def run_tokenizer(meta: dict, manifest_path: Path | None) -> tuple[Path, bool]:
     problem = check_file(path, size=None, sha256=meta["tokenizer"]["sha256"]) if path else "not copied into the build"
     if problem:
         raise checkpoint.CheckpointError(f"{path or manifest_path}: the run's tokenizer is {problem}; pass --manifest of the build the run trained on")
-    return path, bool(manifest.data["tokenizer"]["add_bos"])
+    return path, manifest.tokenizer.add_bos
 
 
 # How sentencepiece splits text into words before BPE (split_by_whitespace), on text whose spaces are "▁" and
@@ -240,5 +240,5 @@ def _export_megatron(manifest_path: Path, out: Path) -> int:
         return 2
     for split, path in written.items():
         print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {out / split}; their blend: {path}")
-    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (docs/other-trainers.md)")
+    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (README.md: Training with another framework)")
     return 0

@@ -101,10 +101,11 @@ def init_distributed() -> Runtime:
 
 def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, *, checksums: bool, rank: int = 0, world_size: int = 1) -> None:
     """The preset's vocabulary covers the tokenizer's; the shards are the manifest's (sizes; sha256 with `checksums`)."""
-    if model_cfg.vocab_size < manifest.vocab_size:
+    if model_cfg.vocab_size < manifest.tokenizer.vocab_size:
         raise ConfigError(
-            f"preset {model_cfg.name} has a vocabulary of {model_cfg.vocab_size}, smaller than the tokenizer's "
-            f"{manifest.vocab_size} in {manifest.path}; use a preset whose vocab_size is at least {manifest.vocab_size}"
+            f"preset {model_cfg.name}", f"a vocabulary of {model_cfg.vocab_size}, smaller than the tokenizer's "
+            f"{manifest.tokenizer.vocab_size} in {manifest.path}; use a preset whose vocab_size is at least "
+            f"{manifest.tokenizer.vocab_size}"
         )
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.eval_every else [])
     for split in splits:
@@ -270,15 +271,15 @@ def check_resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest) -
     path = checkpoint.resolve(cfg.resume)
     meta = checkpoint.read_meta(path)
     if meta["model"]["name"] != model_cfg.name:
-        raise ConfigError(f"--resume {path}: written for preset {meta['model']['name']}, this run is {model_cfg.name}; use --preset {meta['model']['name']} (or leave --preset out)")
+        raise ConfigError(f"--resume {path}", f"written for preset {meta['model']['name']}, this run is {model_cfg.name}; use --preset {meta['model']['name']} (or leave --preset out)")
     if meta["model"] != dataclasses.asdict(model_cfg):
         differ = ", ".join(f"{k} {v} vs {getattr(model_cfg, k)}" for k, v in meta["model"].items() if getattr(model_cfg, k, None) != v)
-        raise ConfigError(f"--resume {path}: its {model_cfg.name} model differs from this tokenmill's {model_cfg.name} preset ({differ}); resume it with the tokenmill that wrote it")
+        raise ConfigError(f"--resume {path}", f"its {model_cfg.name} model differs from this tokenmill's {model_cfg.name} preset ({differ}); resume it with the tokenmill that wrote it")
     if meta["step"] >= cfg.steps:
-        raise ConfigError(f"--resume {path}: already at step {meta['step']} of --steps {cfg.steps}, nothing to train; give a larger --steps to train on")
+        raise ConfigError(f"--resume {path}", f"already at step {meta['step']} of --steps {cfg.steps}, nothing to train; give a larger --steps to train on")
     if meta["train"]["batch_tokens"] != cfg.batch_tokens:
         raise ConfigError(
-            f"--resume {path}: written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run keeps "
+            f"--resume {path}", f"written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run keeps "
             f"its global batch (its steps, schedule and data position count in it): resume with --batch-tokens {meta['train']['batch_tokens']}"
         )
     check_state(meta["data"], manifest, cfg.train_split, seed=cfg.seed, context=model_cfg.context, allow_manifest_change=cfg.allow_manifest_change)
@@ -292,9 +293,9 @@ def check_out(cfg: TrainConfig) -> None:
         return
     found = checkpoint.all_checkpoints(cfg.out)
     if found:
-        raise ConfigError(f"--out {cfg.out}: holds checkpoints up to step {checkpoint.read_meta(found[-1])['step']}; use --resume {cfg.out} to continue that run, or a new --out")
+        raise ConfigError(f"--out {cfg.out}", f"holds checkpoints up to step {checkpoint.read_meta(found[-1])['step']}; use --resume {cfg.out} to continue that run, or a new --out")
     if (cfg.out / "metrics.jsonl").exists():
-        raise ConfigError(f"--out {cfg.out}: holds the metrics.jsonl of an earlier run (which saved no checkpoint); use a new --out, or delete that folder")
+        raise ConfigError(f"--out {cfg.out}", "holds the metrics.jsonl of an earlier run (which saved no checkpoint); use a new --out, or delete that folder")
 
 
 def resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader, rt: Runtime) -> int:
@@ -309,7 +310,7 @@ def resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, model: 
 
 def run_metadata(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, rt: Runtime) -> dict:
     """What every checkpoint of this run records besides its step and data position."""
-    tokenizer = {k: manifest.data["tokenizer"][k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id")}
+    tokenizer = {k: getattr(manifest.tokenizer, k) for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id")}
     return {
         "world_size": rt.world_size, "model": dataclasses.asdict(model_cfg), "manifest": str(cfg.manifest.resolve()), "tokenizer": tokenizer,
         "train": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},

@@ -24,21 +24,24 @@ import numpy as np
 
 from manifests import manifest as manifest_io
 from manifests.keys import split_key
-from manifests.shards import dtype_name
+from manifests.outputs import MANIFEST, shards_folder
+from manifests.shards import ShardEntry, dtype_name
 from pipeline.build import registry as stage
 from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
 from pipeline.tasks import components, count, dedupe, samples
+from pipeline.tasks import decontaminate as decontam
 from pipeline.tasks.dedupe import Part
 from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
 from pipeline.work.runner import BuildError, Runner, start_ray
-from pipeline.work.store import Store, shards_folder
+from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
+from stages.decontaminate import EvalSet, EvalSetError
 from stages.dedupe import DedupeConfig
 from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
@@ -50,29 +53,32 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
     started = time.perf_counter()
     validate_filters(recipe)
+    # eval sets are read and checked before any work: a missing file, a field no record has, an empty set
+    eval_sets = decontam.eval_sets(recipe.decontaminate) if recipe.decontaminate else []
     given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
     out.makedirs()
     tokenizer = given or open_tokenizer(recipe, inputs, out)
     work = Store.at(work_url) if work_url else out.child("work")
-    log = EventLog.at(out, "build.log.jsonl", console)  # on an object store: uploaded per stage and at the end
+    log = EventLog.at(out, console=console)  # on an object store: uploaded per stage and at the end
     try:
         workers = start_ray(address, workers)
         log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
         runner = Runner(work, workers, log)
-        results = run_stages(recipe, inputs, tokenizer, runner, out)
+        results = run_stages(recipe, inputs, tokenizer, runner, out, eval_sets)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
-        tokens = sum(s["tokens"] for s in manifest["splits"].values())
-        log.say(f"manifest: {out.url('manifest.json')}  ({tokens:,} tokens)")
+        log.say(f"manifest: {manifest.path}  ({sum(s.tokens for s in manifest.splits.values()):,} tokens)")
     finally:
         log.close()  # a failed build's log too: it names the tasks that finished
-    return out.url("manifest.json")
+    return out.url(MANIFEST)
 
 
-def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
+def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store,
+               eval_sets: list[EvalSet] = ()) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
-    processed = _process(recipe, inputs, tokenizer, runner)
+    index_folder, index_record, index_ref = _decontaminate(recipe, eval_sets, tokenizer, runner, out)
+    processed, decontaminated = _process(recipe, inputs, tokenizer, runner, index_folder, index_ref)
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
@@ -80,9 +86,7 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
     keys = {"dedupe": dedupe_key}
     if recipe.dedupe.minhash.verify:
         keys["verify"] = stage.verify_key(dedupe_key, recipe)
-        import ray
-
-        folders_ref = ray.put([p.folder for p in processed])  # a cluster's documents may be in any file; one object for all tasks
+        folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
         resolved_folder, resolved = verified_of(recipe.dedupe, keys["verify"], cuts, clusters, folders_ref, len(processed), runner)
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
@@ -94,21 +98,70 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
                         resolved=resolved, key_groups=group_folders, key_group_records=group_records,
                         samples_folder=samples_folder, factors=factors, shards=shards,
                         shards_folder=shards_folder(keys["mix"]), keys=keys, used=runner.used,
-                        timings=runner.timings, workers=runner.workers)
+                        timings=runner.timings, workers=runner.workers,
+                        decontamination=(index_folder, index_record) if index_folder else None, decontaminated=decontaminated)
 
 
-def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> list[Processed]:
-    """Every input file's process output, as the later stages plan from it (its funnels are left to the key groups)."""
-    import ray
+def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenizer, runner: Runner, out: Store):
+    """The eval sets' index (one task, re-used while their bytes and rules are unchanged), put once into Ray's
+    object store for every process task: (its folder, its done record, the object) or ("", None, None)."""
+    if recipe.decontaminate is None:
+        return "", None, None
+    made_from = decontam.index_made_from(recipe.decontaminate, eval_sets, tokenizer)
+    _say_what_changed(out, made_from, runner, recipe)
+    folder = stage.DECONTAMINATE.folder(stage.decontaminate_key(made_from))
+    task = stage.DECONTAMINATE.task(folder, folder, recipe.decontaminate, tokenizer, runner.work)
+    (record,) = runner.run(stage.DECONTAMINATE, [task])
+    index = decontam.load_index(runner.work, folder, record, recipe.decontaminate)
+    items = sum(s["items"] for s in record["sets"])
+    runner.log.say(f"decontaminate: {record['ngrams']:,} n-grams of {items:,} items in {len(record['sets'])} eval sets, "
+                   f"index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)")
+    return folder, record, runner.share(index)
 
-    tokenizer_ref = ray.put(tokenizer)  # one copy in the object store for every task, not one per task
-    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe)) for i in inputs]
+
+def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recipe) -> None:
+    """When OUT holds an earlier build with other eval sets (or none): which sets came, went or changed, and that
+    every input file is processed again (its documents matched against the new index) and every stage after."""
+    try:
+        earlier = out.read_json(MANIFEST)
+    except (OSError, ValueError):
+        return
+    earlier_sets = (earlier.get("decontamination") or {}).get("sets", [])
+    before = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in earlier_sets}
+    now = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in made_from["sets"]}
+    if before == now:
+        return
+    changes = [f"added {', '.join(sorted(set(now) - set(before)))}" if set(now) - set(before) else "",
+               f"removed {', '.join(sorted(set(before) - set(now)))}" if set(before) - set(now) else "",
+               f"changed {', '.join(sorted(n for n in set(now) & set(before) if now[n] != before[n]))}"
+               if any(now[n] != before[n] for n in set(now) & set(before)) else ""]
+    runner.log.event("decontaminate_changed", added=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)))
+    after = ", ".join(s.name for s in stage.stages_of(recipe) if s is not stage.DECONTAMINATE)
+    runner.log.say(f"decontaminate: eval sets {'; '.join(c for c in changes if c)} since the build in {out.url()}: the "
+                   f"index is built for them, every input file is processed again (its text matched against them) and "
+                   f"every stage after re-runs: {after}")
+
+
+def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, index_folder: str = "",
+             index_ref=None) -> tuple[list[Processed], list[dict]]:
+    """Every input file's process output, as the later stages plan from it (its funnels are summed by the key
+    groups), and when the recipe decontaminates what the eval sets matched in each file ({"source", "path",
+    "decontamination"}) for the report."""
+    tokenizer_ref = runner.share(tokenizer)
+    index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
+    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
     records = runner.run(stage.PROCESS, [
         stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
-                           input_bytes=i.size, input=i.url)
+                           index_ref, input_bytes=i.size, input=i.url)
         for i, folder in zip(inputs, folders)
-    ], keep=lambda r: {k: r[k] for k in ("source", "documents", "subsets")})  # the funnels: summed by the key groups
-    return [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
+    ], keep=_planning_facts)
+    processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
+    return processed, [{k: r[k] for k in ("source", "path", "decontamination")} for r in records if "decontamination" in r]
+
+
+def _planning_facts(record: dict) -> dict:
+    """What the driver keeps of a process task's done record: not its funnels (the key groups sum them)."""
+    return {k: record[k] for k in ("source", "path", "documents", "subsets", "decontamination") if k in record}
 
 
 def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner) -> tuple[list[str], list[dict]]:
@@ -256,7 +309,7 @@ def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolve
     ])
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
-        shards.setdefault(g.split, []).extend(record["entries"])
+        shards.setdefault(g.split, []).extend(ShardEntry(**e) for e in record["entries"])
     return shards, factors
 
 
@@ -300,7 +353,7 @@ def main(argv: list[str]) -> int:
     try:
         recipe = load_recipe(args.recipe)
         manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
-    except (RecipeError, manifest_io.ManifestError) as e:
+    except (RecipeError, EvalSetError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except (BuildError, OSError) as e:  # a task that kept failing, a full disk, a store that went away

@@ -2,26 +2,28 @@
 all assembled from the stages' done records and outputs."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
-import json
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 
 from manifests import manifest as manifest_io
-from manifests.shards import dtype_name
+from manifests.manifest import Funnel, InputEntry, Manifest, MixEntry, Provenance, QuarantineEntry, SourceEntry
+from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES, MANIFEST, QUARANTINE, SHARDS_PREFIX, TOKENIZER_MODEL
+from manifests.shards import ShardEntry, dtype_name
 from pipeline import __version__
 from pipeline.build.inputs import InputFile
 from pipeline.build.recipe import Recipe
-from pipeline.build.tokenizer import TRAINED_MODEL
-from pipeline.report.stats import DROPPED_SAMPLES_NAME
 from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
+from pipeline.tasks.decontaminate import DECONTAMINATION_NAME, decontamination_outputs
 from pipeline.tasks.dedupe import CLUSTER_SIZES
+from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES
 from pipeline.work.progress import text_speed
-from pipeline.work.store import SHARDS_PREFIX, Store, uses_record
+from pipeline.work.store import Store, uses_record
+from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE
 from stages.tokenize import Tokenizer
 
 
@@ -40,29 +42,44 @@ class StageResults:
     key_group_records: list[dict]
     samples_folder: str  # the duplicates' samples of dropped_samples.jsonl
     factors: dict[str, dict[int, float]]  # per split and source id: tokens taken / tokens kept
-    shards: dict[str, list[dict]]  # split -> manifest entries of its shards, in order
+    shards: dict[str, list[ShardEntry]]  # split -> manifest entries of its shards, in order
     shards_folder: str  # the output folder holding this mix's shards
     keys: dict[str, str]  # the dedupe and mix work keys: what the shards were made from
     used: list[str]  # every work folder the build used (recorded for `tokenmill work`)
     timings: dict[str, dict]
     workers: int
+    decontamination: tuple[str, dict] | None = None  # the index task's folder and done record, when decontaminating
+    decontaminated: list[dict] = ()  # then per input file with matches: {"source", "path", "decontamination"}
 
 
-def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults, wall: float) -> dict:
+def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults,
+             wall: float) -> Manifest:
     """Writes the tokenizer copy, quarantine, build stats and, last, the manifest; returns the manifest."""
     subsets = _subset_table(results.funnels, results.kept)
     timings = {stage: dict(t) for stage, t in results.timings.items()}
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
-    out.write_bytes(TRAINED_MODEL, tokenizer.model_bytes)
+    out.write_bytes(TOKENIZER_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
-    out.write_bytes(DROPPED_SAMPLES_NAME, dropped_samples.file_bytes(results.filter_samples, work, results.samples_folder))
-    out.write_json("build_stats.json", _build_stats(work, results, subsets, timings, wall))
+    decontamination = None
+    if results.decontamination:
+        decontamination = decontamination_outputs(work, results.decontaminated, *results.decontamination)
+    if decontamination is not None:
+        out.write_json(DECONTAMINATION_NAME, decontamination.report)
+    elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
+        out.fs.rm(out.path(DECONTAMINATION_NAME))
+    decontaminated = decontamination.sample_lines if decontamination else b""
+    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.filter_samples, work, results.samples_folder, decontaminated))
+    out.write_json(BUILD_STATS, _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
-    manifest["provenance"] = {"work": work.url(), **results.keys, "reused": {stage: t["skipped"] for stage, t in timings.items()}}
-    manifest_io.validate(manifest, out.url("manifest.json"))
-    out.write_bytes("manifest.json", manifest_io.dumps(manifest).encode())
+    if decontamination is not None:
+        manifest.decontamination = decontamination.manifest
+    reused = {stage: t["skipped"] for stage, t in timings.items()}
+    manifest.provenance = Provenance(work=work.url(), **results.keys, reused=reused)
+    manifest.path = out.url(MANIFEST)
+    out.write_bytes(MANIFEST, manifest_io.dumps(manifest, manifest.path).encode())
     _remove_earlier_shards(out, results.shards_folder)
-    work.write_json(uses_record(out.url("manifest.json")), {"manifest": out.url("manifest.json"), "created_at": manifest["created_at"], "folders": results.used})
+    use = {"manifest": manifest.path, "created_at": manifest.created_at, "folders": results.used}
+    work.write_json(uses_record(manifest.path), use)
     return manifest
 
 
@@ -74,49 +91,42 @@ def _remove_earlier_shards(out: Store, current: str) -> None:
             out.fs.rm(path, recursive=True)
 
 
-def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, results: StageResults, subsets: dict, timings: dict, quarantine: dict) -> dict:
+def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, results: StageResults, subsets: dict, timings: dict,
+              quarantine: QuarantineEntry) -> Manifest:
     names = [s.name for s in recipe.sources]
-    splits = manifest_io.split_entries(results.shards, names)
+    splits = manifest_io.splits_of(results.shards, names)
     total_weight = sum(s.weight for s in recipe.sources)
-    return {
-        "format": manifest_io.FORMAT,
-        "format_version": manifest_io.FORMAT_VERSION,
-        "tool_version": __version__,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "recipe": recipe.to_dict(),
-        "recipe_sha256": recipe.sha256(),
-        "tokenizer": {
-            "uri": recipe.tokenizer.model or f"trained:{TRAINED_MODEL}",
-            "path": TRAINED_MODEL,
-            "sha256": tokenizer.sha256(),
-            "vocab_size": tokenizer.vocab_size,
-            "bos_id": tokenizer.bos_id,
-            "eos_id": tokenizer.eos_id,
-            "add_bos": recipe.tokenizer.add_bos,
-            "add_eos": recipe.tokenizer.add_eos,
-        },
-        "dtype": dtype_name(tokenizer.dtype),
-        "inputs": [{"source": i.source.name, "split": i.split, "path": i.rel_path} for i in inputs],
-        "sources": _source_entries(recipe, inputs, subsets, results.factors.get("train", {})),
-        "splits": splits,
-        "mix": {
-            "policy": recipe.mix.policy,
-            "target": {s.name: s.weight / total_weight for s in recipe.sources},
-            "achieved": {split: {n: (v["tokens_by_source"][n] / v["tokens"] if v["tokens"] else 0.0) for n in names} for split, v in splits.items()},
-        },
-        "stages": timings,
-        "quarantine": quarantine,
-    }
+    return Manifest(
+        format=manifest_io.FORMAT,
+        format_version=manifest_io.FORMAT_VERSION,
+        tool_version=__version__,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        recipe=recipe.to_dict(),
+        recipe_sha256=recipe.sha256(),
+        tokenizer=tokenizer.manifest_entry(recipe.tokenizer.model or f"trained:{TOKENIZER_MODEL}",
+                                           path=TOKENIZER_MODEL),
+        dtype=dtype_name(tokenizer.dtype),
+        inputs=[InputEntry(source=i.source.name, split=i.split, path=i.rel_path) for i in inputs],
+        sources=_source_entries(recipe, inputs, subsets, results.factors.get("train", {})),
+        splits=splits,
+        mix=MixEntry(
+            policy=recipe.mix.policy,
+            target={s.name: s.weight / total_weight for s in recipe.sources},
+            achieved={split: {n: (v.tokens_by_source[n] / v.tokens if v.tokens else 0.0) for n in names}
+                      for split, v in splits.items()},
+        ),
+        stages=timings,
+        quarantine=quarantine,
+    )
 
 
 def _build_stats(work: Store, results: StageResults, subsets: dict, timings: dict, wall: float) -> dict:
     sizes = np.load(io.BytesIO(work.read_bytes(f"{results.resolved_folder}/{CLUSTER_SIZES}")))
     values, counts = np.unique(sizes, return_counts=True)
-    edges = tasks.HIST_EDGES.astype(int).tolist()
     return {
         "format": "tokenmill.build_stats",
         "version": 1,
-        "histogram_edges": {"chars": edges, "tokens": edges},
+        "histogram_edges": {"chars": LENGTH_EDGES, "tokens": LENGTH_EDGES},
         "subsets": subsets,
         "duplicates": {"exact_removed": results.resolved["exact_removed"], "near_removed": results.resolved["near_removed"],
                        "cluster_sizes": {str(int(v)): int(c) for v, c in zip(values, counts)},
@@ -138,10 +148,10 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
                 row[name] += f[name]
             for reason, n in f["dropped"].items():
                 row["dropped"][reason] = row["dropped"].get(reason, 0) + n
-    empty_hist = [0] * (len(tasks.HIST_EDGES) - 1)
+    empty_hist = [0] * BUCKETS
     for key, row in table.items():
         k = kept.get(key, {})
-        for reason in ("exact_duplicate", "near_duplicate"):
+        for reason in (EXACT_DUPLICATE, NEAR_DUPLICATE):
             if k.get(reason):
                 row["dropped"][reason] = k[reason]
         row["dropped"] = dict(sorted(row["dropped"].items()))
@@ -152,19 +162,21 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
     return dict(sorted(table.items()))
 
 
-def _merge_quarantine(work: Store, out: Store, results: StageResults) -> dict:
+def _merge_quarantine(work: Store, out: Store, results: StageResults) -> QuarantineEntry:
     """The key groups' quarantine files, concatenated in input order: one read per key group. Its size grows
     with the bad records, which the build keeps whole."""
     data = b"".join(work.read_bytes(f"{folder}/{tasks.QUARANTINE}") for folder in results.key_groups)
-    out.write_bytes("quarantine.jsonl", data)
+    out.write_bytes(QUARANTINE, data)
     by_reason: dict[str, int] = {}
     for record in results.key_group_records:
         for reason, n in record["by_reason"].items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-    return {"path": "quarantine.jsonl", "records": sum(r["quarantined"] for r in results.key_group_records), "by_reason": dict(sorted(by_reason.items()))}
+    records = sum(r["quarantined"] for r in results.key_group_records)
+    return QuarantineEntry(path=QUARANTINE, records=records, by_reason=dict(sorted(by_reason.items())))
 
 
-def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict], train_factors: dict[int, float]) -> list[dict]:
+def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict],
+                    train_factors: dict[int, float]) -> list[SourceEntry]:
     entries = []
     for sid, source in enumerate(recipe.sources):
         rows = {k.split("/", 1)[1]: v for k, v in subsets.items() if v["source"] == source.name}
@@ -172,41 +184,42 @@ def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, 
         for row in rows.values():
             for reason, n in row["dropped"].items():
                 dropped[reason] = dropped.get(reason, 0) + n
-        entries.append({
-            "name": source.name,
-            "id": sid,
-            "uris": [f"{source.root.rstrip('/')}/{p}" for p in source.validation + source.train],
-            "weight": source.weight,
-            "files": sum(1 for i in inputs if i.source.name == source.name),
-            "documents_read": sum(r["documents_read"] for r in rows.values()),
-            "bytes_read": sum(r["bytes_read"] for r in rows.values()),
-            "dropped": dict(sorted(dropped.items())),
-            "documents_kept": sum(r["documents_kept"] for r in rows.values()),
-            "tokens_kept": sum(r["tokens_kept"] for r in rows.values()),
-            "epochs": train_factors.get(sid, 0.0),
-            "subsets": {name: {k: row[k] for k in ("documents_read", "bytes_read", "dropped", "documents_kept", "tokens_kept")} for name, row in rows.items()},
-        })
+        entries.append(SourceEntry(
+            name=source.name,
+            id=sid,
+            uris=[f"{source.root.rstrip('/')}/{p}" for p in source.validation + source.train],
+            weight=source.weight,
+            files=sum(1 for i in inputs if i.source.name == source.name),
+            documents_read=sum(r["documents_read"] for r in rows.values()),
+            bytes_read=sum(r["bytes_read"] for r in rows.values()),
+            dropped=dict(sorted(dropped.items())),
+            documents_kept=sum(r["documents_kept"] for r in rows.values()),
+            tokens_kept=sum(r["tokens_kept"] for r in rows.values()),
+            epochs=train_factors.get(sid, 0.0),
+            subsets={name: Funnel(**{f.name: row[f.name] for f in dataclasses.fields(Funnel)})
+                     for name, row in rows.items()},
+        ))
     return entries
 
 
 def print_summary(manifest_url: str, report: str | None, seconds: float) -> None:
-    with fsspec.open(manifest_url, "rb") as f:
-        data = json.loads(f.read())
+    manifest = manifest_io.load(manifest_url)
     manifest_url = manifest_url.removeprefix("file://")
     base = manifest_url.rsplit("/", 1)[0]
-    text_mb = data["stages"]["process"].get("text_bytes", 0) / 1e6
-    process = data["stages"]["process"]
+    text_mb = manifest.stages["process"].get("text_bytes", 0) / 1e6
+    process = manifest.stages["process"]
     if process["skipped"]:  # outputs re-used from an earlier run: rates over work done earlier would mean nothing
         rate = f"{process['skipped']} of {process['tasks']} input files' process outputs re-used"
     else:
         rate = f"process stage {text_speed(text_mb * 1e6, process['seconds'])} ({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
-    print(f"\nbuilt {data['recipe']['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")
-    for split, info in data["splits"].items():
-        mix = ", ".join(f"{k} {v:.1%}" for k, v in data["mix"]["achieved"][split].items())
-        print(f"  {split:<10} {len(info['shards'])} shards  {info['documents']:>8,} docs  {info['tokens']:>12,} tokens  ({mix})")
-    folders = sorted({f"{base}/{shard['bin'].rsplit('/', 1)[0]}/" for info in data["splits"].values() for shard in info["shards"]})
+    print(f"\nbuilt {manifest.recipe['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")
+    for split, info in manifest.splits.items():
+        mix = ", ".join(f"{k} {v:.1%}" for k, v in manifest.mix.achieved[split].items())
+        print(f"  {split:<10} {len(info.shards)} shards  {info.documents:>8,} docs  {info.tokens:>12,} tokens  ({mix})")
+    folders = sorted({f"{base}/{shard.bin.rsplit('/', 1)[0]}/" for info in manifest.splits.values()
+                      for shard in info.shards})
     print(f"  shards     {', '.join(folders)}")
     print(f"  manifest   {manifest_url}")
-    print(f"  quarantine {base}/{data['quarantine']['path']}  ({data['quarantine']['records']} bad records)")
+    print(f"  quarantine {base}/{manifest.quarantine.path}  ({manifest.quarantine.records} bad records)")
     if report:
         print(f"  report     {report}")

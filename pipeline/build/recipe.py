@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
+from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.dedupe import DedupeConfig
 from stages.fetch import SourceConfig
 from stages.filter import build_filters
@@ -44,6 +45,7 @@ class Recipe:
     tokenizer: TokenizerConfig
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    decontaminate: DecontaminateConfig | None = None  # eval sets whose items must not be in the shards
     batch_documents: int = 1024  # documents per batch inside a task
 
     def __post_init__(self) -> None:
@@ -62,7 +64,10 @@ class Recipe:
         raise KeyError(name)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.decontaminate is None:  # a recipe without the section hashes as it did before the section existed
+            del data["decontaminate"]
+        return data
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -137,6 +142,11 @@ def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to: Path 
     tok = data.get("tokenizer")
     if isinstance(tok, dict) and "model" in tok:
         tok["model"] = _resolved(tok["model"], folder)
+    decontaminate = data.get("decontaminate")
+    sets = decontaminate.get("sets") if isinstance(decontaminate, dict) else None
+    for eval_set in sets if isinstance(sets, list) else []:
+        if isinstance(eval_set, dict) and isinstance(eval_set.get("files"), list):
+            eval_set["files"] = [_resolved(f, folder) for f in eval_set["files"]]
     return data
 
 
@@ -240,8 +250,22 @@ def recipe_from_dict(data: dict) -> Recipe:
         tokenizer=_build(TokenizerConfig, data.get("tokenizer") or {}, "tokenizer"),
         dedupe=_build(DedupeConfig, data.get("dedupe") or {}, "dedupe"),
         mix=_build(MixConfig, data.get("mix") or {}, "mix"),
+        decontaminate=_decontaminate(data.get("decontaminate")),
         batch_documents=data.get("batch_documents", 1024),
     )
+
+
+def _decontaminate(data: Any) -> DecontaminateConfig | None:
+    """The `decontaminate:` section: its eval sets first (each named in an error), then the section's own rule."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe field `decontaminate`: expected a mapping (sets: [...], ngram: 13), got {data!r}")
+    sets = data.get("sets")
+    if not isinstance(sets, list):
+        raise RecipeError("recipe field `decontaminate.sets`: give a list of eval sets (`- name:, files: [], fields: []`)")
+    built = [_build(EvalSetConfig, s, f"decontaminate.sets[{_source_label(s, i)}]") for i, s in enumerate(sets)]
+    return _build(DecontaminateConfig, {**data, "sets": built}, "decontaminate")
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import fsspec
 
+from manifests.outputs import TOKENIZER_MODEL
 from pipeline.build.inputs import InputFile
 from pipeline.build.recipe import Recipe, RecipeError
 from pipeline.work.store import Store
@@ -12,8 +13,6 @@ from stages.document import DocBatch
 from stages.fetch import read_documents
 from stages.filter import apply_filters, build_filters
 from stages.tokenize import Tokenizer, TokenizerError, read_model_bytes, train_model
-
-TRAINED_MODEL = "tokenizer.model"  # beside the manifest, where the manifest's tokenizer copy goes too
 
 
 def recipe_tokenizer(recipe: Recipe) -> Tokenizer | None:
@@ -34,10 +33,10 @@ def open_tokenizer(recipe: Recipe, inputs: list[InputFile], out: Store) -> Token
     if tokenizer is not None:
         return tokenizer
     cfg = recipe.tokenizer
-    if out.exists(TRAINED_MODEL):  # trained by an earlier run of this build
-        return Tokenizer.from_bytes(out.read_bytes(TRAINED_MODEL), cfg.add_bos, cfg.add_eos)
+    if out.exists(TOKENIZER_MODEL):  # trained by an earlier run of this build
+        return Tokenizer.from_bytes(out.read_bytes(TOKENIZER_MODEL), cfg.add_bos, cfg.add_eos)
     model = train_model(_training_texts(inputs, recipe), cfg.train.vocab_size, cfg.train.model_type, cfg.train.sample_documents)
-    out.write_bytes(TRAINED_MODEL, model)
+    out.write_bytes(TOKENIZER_MODEL, model)
     return Tokenizer.from_bytes(model, cfg.add_bos, cfg.add_eos)
 
 

@@ -32,7 +32,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipeline.build.recipe import RecipeError, locate_recipe, read_recipe_yaml, recipe_from_dict, validate_filters
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # pipeline/ops/jobs.py -> the checkout
 # Top-level folders that never travel: the virtualenv, local build outputs, local corpora, git history.
 NOT_SHIPPED = (".venv", "runs", "data", ".git")
 # Ray reads these as gitignore patterns relative to the working dir; the leading "/" anchors them at its top.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import posixpath
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import fsspec
 
 from manifests.check import check_file
-from manifests.manifest import ManifestError, check_relative, validate
+from manifests.manifest import Manifest, ManifestError, check_relative, parse, read_raw
 
 CHUNK_BYTES = 8 << 20
 
@@ -48,18 +47,18 @@ class StageInResult:
     bytes_copied: int = 0
 
 
-def listed_files(manifest: dict) -> list[ListedFile]:
+def listed_files(manifest: Manifest) -> list[ListedFile]:
     """Shards of every split, then the tokenizer copy. The manifest has been validated: shard paths are
     relative and stay inside its folder."""
     files = []
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            files.append(ListedFile(shard["bin"], shard["bin_sha256"], shard["bin_bytes"]))
-            files.append(ListedFile(shard["idx"], shard["idx_sha256"], shard["idx_bytes"]))
-    tokenizer = manifest["tokenizer"]
-    if tokenizer.get("path"):
-        check_relative(tokenizer["path"], "tokenizer.path")
-        files.append(ListedFile(tokenizer["path"], tokenizer["sha256"], None))
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            files.append(ListedFile(shard.bin, shard.bin_sha256, shard.bin_bytes))
+            files.append(ListedFile(shard.idx, shard.idx_sha256, shard.idx_bytes))
+    tokenizer = manifest.tokenizer
+    if tokenizer.path:
+        check_relative(tokenizer.path, "tokenizer.path")
+        files.append(ListedFile(tokenizer.path, tokenizer.sha256, None))
     return files
 
 
@@ -101,20 +100,6 @@ def stage_file(fs: fsspec.AbstractFileSystem, source_dir: str, local_dir: Path, 
     return copy_verified(fs, posixpath.join(source_dir, listed.path), local, listed)
 
 
-def read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, dict]:
-    url = fs.unstrip_protocol(path)
-    try:
-        raw = fs.cat_file(path)
-    except FileNotFoundError:
-        raise ManifestError(f"{url}: no such manifest; give the manifest.json that `tokenmill build --out` wrote") from None
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{url}: not valid JSON ({e})") from None
-    validate(manifest, url)
-    return raw, manifest
-
-
 def _record(done: Future, listed: ListedFile, result: StageInResult, failures: list[str], log: Callable[[str], None]) -> None:
     try:
         copied = done.result()
@@ -132,12 +117,9 @@ def _record(done: Future, listed: ListedFile, result: StageInResult, failures: l
 def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable[[str], None] = print) -> StageInResult:
     """Copy and verify everything training reads from the build at `manifest_url` (a path or fsspec URL)
     into `local_dir`. Raises StageInError naming every file that could not be staged."""
-    try:
-        fs, manifest_path = fsspec.core.url_to_fs(manifest_url)
-    except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
-        raise StageInError(f"{manifest_url}: cannot open ({e}); s3:// needs `pip install tokenmill[s3]`, gs:// `tokenmill[gcs]`") from None
-    raw, manifest = read_manifest(fs, manifest_path)
-    files = listed_files(manifest)
+    manifest_url, raw = read_raw(manifest_url)
+    files = listed_files(parse(raw, manifest_url))
+    fs, manifest_path = fsspec.core.url_to_fs(manifest_url)
     source_dir = posixpath.dirname(manifest_path)
     result = StageInResult(local_dir / posixpath.basename(manifest_path))
     if result.manifest_path.is_file() and result.manifest_path.read_bytes() != raw:

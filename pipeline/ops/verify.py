@@ -9,13 +9,13 @@ import numpy as np
 
 from manifests import ShardProblem, origin_of
 from manifests import manifest as manifest_io
-from manifests.shards import ShardFormatError, open_tokens, read_index
+from manifests.shards import ShardFormatError, read_shard
 
 
 def verify(manifest_path: Path, checksums: bool = True) -> tuple[manifest_io.Manifest, list[ShardProblem]]:
     manifest = manifest_io.load(manifest_path)
     problems = []
-    for split in manifest.splits():
+    for split in manifest.splits:
         for ref in manifest.shards(split):
             problems += ref.check(checksums=checksums)
     return manifest, problems
@@ -32,13 +32,13 @@ def main(argv: list[str]) -> int:
     except (manifest_io.ManifestError, ShardFormatError) as e:
         print(f"tokenmill verify: {e}", file=sys.stderr)
         return 1
-    shards = sum(len(manifest.shards(s)) for s in manifest.splits())
+    shards = sum(len(split.shards) for split in manifest.splits.values())
     for p in problems:
         print(f"BAD  {p.path}: {p.problem}", file=sys.stderr)
     if problems:
         print(f"tokenmill verify: {len(problems)} problem(s) in {shards} shards; rebuild or re-copy the files named above", file=sys.stderr)
         return 1
-    tokens = sum(manifest.data["splits"][s]["tokens"] for s in manifest.splits())
+    tokens = sum(split.tokens for split in manifest.splits.values())
     print(f"ok: {shards} shards, {tokens:,} tokens, sizes{'' if args.no_checksums else ', sha256'} and counts match {args.manifest}")
     stray = unlisted_shard_files(manifest)
     if stray:
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
 
 def unlisted_shard_files(manifest: manifest_io.Manifest) -> list[str]:
     """.bin/.idx files under the manifest's folder (outside work/) that the manifest does not list."""
-    listed = {shard[part] for split in manifest.data["splits"].values() for shard in split["shards"] for part in ("bin", "idx")}
+    listed = {path for split in manifest.splits.values() for shard in split.shards for path in (shard.bin, shard.idx)}
     found = (str(p.relative_to(manifest.root)) for p in manifest.root.rglob("*") if p.suffix in (".bin", ".idx") and p.is_file())
     return sorted(f for f in found if f not in listed and not f.startswith("work/"))
 
@@ -58,7 +58,7 @@ def locate(manifest: manifest_io.Manifest, split: str, doc: int) -> tuple[manife
     """The shard holding the split's `doc`-th document (0-based, in shard order) and its index there."""
     first = 0
     for ref in manifest.shards(split):
-        n = ref.entry["documents"]
+        n = ref.entry.documents
         if doc < first + n:
             return ref, doc - first
         first += n
@@ -82,13 +82,12 @@ def inspect_main(argv: list[str]) -> int:
     except (manifest_io.ManifestError, IndexError) as e:
         print(f"tokenmill inspect: {e}", file=sys.stderr)
         return 1
-    index = read_index(ref.idx_path)
+    index, shard_tokens = read_shard(ref.bin_path, ref.idx_path)
     start, end = index.doc_span(i)
-    tokens = np.asarray(open_tokens(ref.bin_path, index)[start:end])
-    tok = manifest.data["tokenizer"]
-    tokenizer = Tokenizer.from_bytes(manifest.tokenizer_path().read_bytes(), tok["add_bos"], tok["add_eos"])
-    origin = origin_of(manifest.data, int(index.origins[i]))
-    print(f"# {args.split} document {args.doc}: {ref.entry['bin']} document {i}, {end - start} tokens")
+    tokens = np.asarray(shard_tokens[start:end])
+    tokenizer = Tokenizer.from_bytes(manifest.tokenizer_path().read_bytes(), manifest.tokenizer.add_bos, manifest.tokenizer.add_eos)
+    origin = origin_of(manifest, int(index.origins[i]))
+    print(f"# {args.split} document {args.doc}: {ref.entry.bin} document {i}, {end - start} tokens")
     print(f"# from {origin}")
     if args.tokens:
         print("# tokens:", " ".join(map(str, tokens.tolist())))

@@ -11,25 +11,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from manifests import read_index
 from manifests.manifest import Manifest, ManifestError, ShardRef, load
+from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES
 from pipeline.build.registry import STAGE_NAMES
 from pipeline.report.page import ReportError, render_html, render_summary, screenshot
+from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES, length_buckets
 from stages.document import FUNNEL_STEPS, drop_step
 
 FORMAT = "tokenmill.stats"
 FORMAT_VERSION = 1
-BUILD_STATS_NAME = "build_stats.json"
 BUILD_STATS_FORMAT = "tokenmill.build_stats"
-DROPPED_SAMPLES_NAME = "dropped_samples.jsonl"  # its line format: `pipeline.tasks.samples`
 SAMPLES_SHOWN = 3  # example documents per source and reason in the report (the file may hold more)
 SAMPLE_CHARS_SHOWN = 240
-# Bucket i holds lengths in [edges[i], edges[i+1]): the same log2 buckets as build_stats.json.
-LENGTH_EDGES = [0] + [1 << i for i in range(32)]
 # A validation split smaller than this gives a loss too noisy to compare runs by.
 MIN_VALIDATION_DOCUMENTS = 100
 # The training budget of the token-budget view: TinyLlama's 3T tokens.
@@ -49,12 +48,6 @@ def drop_reasons(sources: dict, subsets: dict) -> dict[str, str]:
     seen = {reason for row in [*sources.values(), *subsets.values()] for reason in row["dropped"]}
     ordered = sorted(seen, key=lambda r: (FUNNEL_STEPS.index(drop_step(r)), r))
     return {reason: drop_step(reason) for reason in ordered}
-
-
-def length_buckets(lengths: np.ndarray) -> np.ndarray:
-    """LENGTH_EDGES bucket of each length: 0 for 0, else the length's bit length (frexp's exponent)."""
-    exponents = np.frexp(np.asarray(lengths, dtype=np.float64))[1]
-    return np.minimum(exponents, len(LENGTH_EDGES) - 2)
 
 
 def read_build_stats(path: Path) -> dict | None:
@@ -99,6 +92,19 @@ def read_dropped_samples(path: Path) -> list[dict]:
     return sorted(shown, key=lambda s: (FUNNEL_STEPS.index(s["step"]), s["reason"], s["source"]))
 
 
+def read_decontamination(root: Path, entry: dict | None) -> dict | None:
+    """What the build's eval sets matched (decontamination.json beside the manifest; `entry`: the manifest's
+    `decontamination`), or None without eval sets."""
+    if entry is None:
+        return None
+    path = root / entry["path"]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StatsError(f"{path}: cannot be read ({e}); rebuild, or copy it back beside the manifest") from None
+    return {"path": entry["path"], "sets": data["sets"]}
+
+
 def _shard_error_row(ref: ShardRef, problem: str) -> dict:
     return {"split": ref.split, "documents": 0, "tokens": 0, "bin_bytes": 0, "idx_bytes": 0,
             "documents_by_source": {}, "tokens_by_source": {}, "idx_status": problem, "bin_status": "not checked"}
@@ -122,14 +128,13 @@ def scan_shard(ref: ShardRef, names: dict[int, str], verify_bins: bool) -> tuple
     docs = np.bincount(ids, minlength=width)
     # float64 sums are exact below 2**53 tokens, far above any shard
     tokens = np.bincount(ids, weights=lengths, minlength=width).round().astype(np.int64)
-    n_buckets = len(LENGTH_EDGES) - 1
-    hist = np.bincount(ids * n_buckets + length_buckets(lengths), minlength=width * n_buckets).reshape(width, n_buckets)
+    hist = np.bincount(ids * BUCKETS + length_buckets(lengths), minlength=width * BUCKETS).reshape(width, BUCKETS)
     # every source of the manifest (zeros included, as the build writes them), plus any unknown id present
     shown = sorted(set(names) | {i for i in range(width) if docs[i]})
     docs, tokens = (np.pad(a, (0, max(shown, default=-1) + 1 - width)) for a in (docs, tokens))
     row = {
         "split": ref.split, "documents": index.documents, "tokens": index.tokens,
-        "bin_bytes": ref.entry["bin_bytes"], "idx_bytes": ref.entry["idx_bytes"],
+        "bin_bytes": ref.entry.bin_bytes, "idx_bytes": ref.entry.idx_bytes,
         "documents_by_source": {names.get(i, f"source#{i}"): int(docs[i]) for i in shown},
         "tokens_by_source": {names.get(i, f"source#{i}"): int(tokens[i]) for i in shown},
         "idx_status": "ok",
@@ -146,13 +151,13 @@ def _add_counts(total: dict[str, int], part: dict[str, int]) -> None:
 def scan_shards(manifest: Manifest, verify_bins: bool) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """Every shard's recount (by its .bin path), the per-split totals of those recounts, and the token-length
     histogram per source."""
-    names = {s["id"]: s["name"] for s in manifest.data["sources"]}
+    names = {s.id: s.name for s in manifest.sources}
     rows, splits, hists = {}, {}, {}
-    for split in manifest.splits():
+    for split in manifest.splits:
         total = {"documents": 0, "tokens": 0, "documents_by_source": {}, "tokens_by_source": {}, "shards": 0}
         for ref in manifest.shards(split):
             row, shard_hists = scan_shard(ref, names, verify_bins)
-            rows[ref.entry["bin"]] = row
+            rows[ref.entry.bin] = row
             total["shards"] += 1
             total["documents"] += row["documents"]
             total["tokens"] += row["tokens"]
@@ -164,14 +169,14 @@ def scan_shards(manifest: Manifest, verify_bins: bool) -> tuple[dict, dict, dict
     return rows, splits, hists
 
 
-def subset_rows(manifest: dict, build: dict | None) -> dict[str, dict]:
+def subset_rows(manifest: Manifest, build: dict | None) -> dict[str, dict]:
     """The funnel per subset (redpajama_set_name / language folder): from build_stats.json when the build left
     it, else from whatever counts the manifest's `sources[].subsets` carry."""
     if build is not None:
         records = build["subsets"].values()
     else:
-        records = [{"source": s["name"], "subset": name, **counts}
-                   for s in manifest["sources"] for name, counts in s["subsets"].items()]
+        records = [{"source": s.name, "subset": name, **asdict(counts)}
+                   for s in manifest.sources for name, counts in s.subsets.items()]
     fields = ("documents_read", "bytes_read", "chars_read", "documents_kept", "chars_kept", "tokens_kept")
     rows = {}
     for r in sorted(records, key=lambda r: (r["source"], r["subset"])):
@@ -196,47 +201,47 @@ def funnel(documents_read: int, dropped: dict[str, int]) -> dict[str, dict]:
     return steps
 
 
-def source_rows(manifest: dict, splits: dict, subsets: dict[str, dict]) -> dict[str, dict]:
+def source_rows(manifest: Manifest, splits: dict, subsets: dict[str, dict]) -> dict[str, dict]:
     """Per source: the manifest's funnel counts, what its shards hold per split, and its tokenizer fertility."""
     rows = {}
-    for s in sorted(manifest["sources"], key=lambda s: s["id"]):
-        name = s["name"]
+    for s in sorted(manifest.sources, key=lambda s: s.id):
+        name = s.name
         mine = [r for r in subsets.values() if r["source"] == name]
         chars_kept = sum(r["chars_kept"] for r in mine)
         tokens_by_split = {split: t["tokens_by_source"].get(name, 0) for split, t in splits.items()}
         rows[name] = {
-            "id": s["id"], "weight": s["weight"], "uris": s["uris"], "files": s["files"], "epochs": s["epochs"],
-            "documents_read": s["documents_read"], "bytes_read": s["bytes_read"],
-            "records_read": s["documents_read"] + dropped_by_step(s["dropped"])["bad input"],
-            "dropped": dict(s["dropped"]), "dropped_by_step": dropped_by_step(s["dropped"]),
-            "documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"],
-            "kept_share": s["documents_kept"] / s["documents_read"] if s["documents_read"] else None,
+            "id": s.id, "weight": s.weight, "uris": s.uris, "files": s.files, "epochs": s.epochs,
+            "documents_read": s.documents_read, "bytes_read": s.bytes_read,
+            "records_read": s.documents_read + dropped_by_step(s.dropped)["bad input"],
+            "dropped": dict(s.dropped), "dropped_by_step": dropped_by_step(s.dropped),
+            "documents_kept": s.documents_kept, "tokens_kept": s.tokens_kept,
+            "kept_share": s.documents_kept / s.documents_read if s.documents_read else None,
             "chars_read": sum(r["chars_read"] for r in mine), "chars_kept": chars_kept,
             # fertility from the build's own kept counts, so both sides of the ratio describe the same documents
             "fertility": sum(r["tokens_kept"] for r in mine) / chars_kept if chars_kept else None,
             "documents_in_shards": sum(t["documents_by_source"].get(name, 0) for t in splits.values()),
             "tokens_in_shards": sum(tokens_by_split.values()),
             "tokens_by_split": tokens_by_split,
-            "funnel": funnel(s["documents_read"], s["dropped"]),
+            "funnel": funnel(s.documents_read, s.dropped),
         }
     return rows
 
 
-def mix_stats(manifest: dict, splits: dict) -> dict:
+def mix_stats(manifest: Manifest, splits: dict) -> dict:
     """The recipe's target token shares (weights normalized) and each split's achieved shares, from the recount."""
-    target = manifest["mix"]["target"]
+    target = manifest.mix.target
     total = sum(target.values())
     return {
-        "policy": manifest["mix"]["policy"],
+        "policy": manifest.mix.policy,
         "target": {name: w / total for name, w in target.items()} if total else {},
         "achieved": {split: {name: n / t["tokens"] for name, n in t["tokens_by_source"].items()} if t["tokens"] else {}
                      for split, t in splits.items()},
     }
 
 
-def build_record(manifest: dict, build: dict | None) -> dict:
+def build_record(manifest: Manifest, build: dict | None) -> dict:
     """Wall time and throughput per stage: the build's stage records, else the manifest's `stages`."""
-    stages = build["stages"] if build is not None else manifest["stages"]
+    stages = build["stages"] if build is not None else manifest.stages
     # in the order the stages run; a stage this code no longer has (an older build's) after them
     order = sorted(stages, key=lambda name: (STAGE_NAMES.index(name) if name in STAGE_NAMES else len(STAGE_NAMES), name))
     rows = {}
@@ -262,18 +267,18 @@ def build_record(manifest: dict, build: dict | None) -> dict:
 
 
 def provenance(manifest: Manifest) -> dict:
-    data = manifest.data
+    tokenizer = asdict(manifest.tokenizer)
     return {
         "manifest": str(manifest.path),
-        "recipe": data["recipe"].get("name", ""),
-        "recipe_sha256": data["recipe_sha256"],
-        "tool_version": data["tool_version"],
-        "created_at": data["created_at"],
-        "dtype": data["dtype"],
-        "tokenizer": {k: data["tokenizer"][k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id", "add_bos", "add_eos")},
-        "input_uris": {s["name"]: s["uris"] for s in sorted(data["sources"], key=lambda s: s["id"])},
-        "input_files": len(data["inputs"]),
-        "quarantine": data["quarantine"],
+        "recipe": manifest.recipe.get("name", ""),
+        "recipe_sha256": manifest.recipe_sha256,
+        "tool_version": manifest.tool_version,
+        "created_at": manifest.created_at,
+        "dtype": manifest.dtype,
+        "tokenizer": {k: tokenizer[k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id", "add_bos", "add_eos")},
+        "input_uris": {s.name: s.uris for s in sorted(manifest.sources, key=lambda s: s.id)},
+        "input_files": len(manifest.inputs),
+        "quarantine": asdict(manifest.quarantine),
     }
 
 
@@ -363,7 +368,7 @@ def checks(manifest: Manifest, shards: dict, splits: dict, sources: dict, subset
     """What a person should be able to trust before reading the numbers: checksums, and recounts that agree."""
     counted = ("documents", "tokens", "tokens_by_source")
     hashed = sum(r["bin_status"] == "ok" for r in shards.values())
-    entries = {ref.entry["bin"]: ref.entry for split in manifest.splits() for ref in manifest.shards(split)}
+    entries = {ref.entry.bin: asdict(ref.entry) for split in manifest.splits for ref in manifest.shards(split)}
     unaccounted = {name: s["funnel"][FUNNEL_STEPS[-1]]["left"] - s["documents_kept"] for name, s in sources.items()}
     result = {
         "shard indexes match their sha256": _check(
@@ -375,7 +380,8 @@ def checks(manifest: Manifest, shards: dict, splits: dict, sources: dict, subset
             [p for b, r in shards.items() for p in _differences(b, r, entries[b], counted)],
             f"documents, tokens and tokens per source of {len(shards)} shards"),
         "split totals equal the manifest": _check(
-            [p for split, t in splits.items() for p in _differences(f"split {split}", t, manifest.data["splits"][split], counted)], ", ".join(splits)),
+            [p for split, t in splits.items() for p in _differences(f"split {split}", t, asdict(manifest.splits[split]), counted)],
+            ", ".join(splits)),
         "shards hold only the manifest's sources": _check(
             sorted({n for t in splits.values() for n, docs in t["documents_by_source"].items() if docs and n not in sources}), ", ".join(sources)),
         "documents read = filtered + duplicates + kept": _check(
@@ -383,7 +389,7 @@ def checks(manifest: Manifest, shards: dict, splits: dict, sources: dict, subset
     }
     if build is not None:
         kept = {name: {k: sum(r[k] for r in subsets.values() if r["source"] == name) for k in ("documents_kept", "tokens_kept")} for name in sources}
-        result["build_stats.json agrees with the manifest"] = _check(
+        result[f"{BUILD_STATS} agrees with the manifest"] = _check(
             [p for name, s in sources.items() for p in _differences(name, kept[name], s, ("documents_kept", "tokens_kept"))],
             "kept documents and tokens per source")
     return result
@@ -410,21 +416,22 @@ def headline(sources: dict, splits: dict, shards: dict, build: dict, check_rows:
 def compute_stats(manifest_path: Path, *, verify_bins: bool = True, budget: int = DEFAULT_BUDGET_TOKENS) -> dict:
     """Everything the report shows, as one JSON-able dict (written as stats.json)."""
     manifest = load(manifest_path)
-    build = read_build_stats(manifest.root / BUILD_STATS_NAME)
+    build = read_build_stats(manifest.root / BUILD_STATS)
     shard_rows, splits, hists = scan_shards(manifest, verify_bins)
-    subsets = subset_rows(manifest.data, build)
-    sources = source_rows(manifest.data, splits, subsets)
-    build_rec = build_record(manifest.data, build)
+    subsets = subset_rows(manifest, build)
+    sources = source_rows(manifest, splits, subsets)
+    build_rec = build_record(manifest, build)
     check_rows = checks(manifest, shard_rows, splits, sources, subsets, build)
     training_shares(sources, subsets, splits)
     return {
         "format": FORMAT, "version": FORMAT_VERSION, "has_build_stats": build is not None,
         "headline": headline(sources, splits, shard_rows, build_rec, check_rows),
         "sources": sources, "subsets": subsets, "drop_reasons": drop_reasons(sources, subsets), "splits": splits,
-        "mix": mix_stats(manifest.data, splits), "budget": token_budget(sources, subsets, splits, budget), "warnings": warnings(splits),
+        "mix": mix_stats(manifest, splits), "budget": token_budget(sources, subsets, splits, budget), "warnings": warnings(splits),
         "distributions": distributions(hists, build),
-        "quarantine": manifest.data["quarantine"],
-        "dropped_samples": read_dropped_samples(manifest.root / DROPPED_SAMPLES_NAME),
+        "quarantine": asdict(manifest.quarantine),
+        "dropped_samples": read_dropped_samples(manifest.root / DROPPED_SAMPLES),
+        "decontamination": read_decontamination(manifest.root, manifest.decontamination),
         "shards": shard_rows, "build": build_rec, "provenance": provenance(manifest), "checks": check_rows,
     }
 

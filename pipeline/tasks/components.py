@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from manifests.keys import doc_key, file_indices
 from pipeline.tasks.dedupe import (
     CLUSTER_SIZES,
     REMOVED,
@@ -55,10 +56,10 @@ def component_ranges(processed: list[Processed], documents: int = COMPONENT_DOCU
     cuts, held = [0], 0
     for p in processed:
         if held and held + p.documents > documents:
-            cuts.append(p.file_index << 32)
+            cuts.append(doc_key(p.file_index, 0))
             held = 0
         held += p.documents
-    return cuts + [len(processed) << 32]
+    return cuts + [doc_key(len(processed), 0)]
 
 
 def _write(work: Store, path: str, array: np.ndarray) -> None:
@@ -204,7 +205,7 @@ def write_resolved(folder: str, removal_folders: list[str], size_folders: list[s
             keys.write(np.ascontiguousarray(rows[:, 0]).tobytes())
             kept.write(np.ascontiguousarray(rows[:, 1]).tobytes())
             exact.write(rows[:, 2].astype(np.uint8).tobytes())
-            per_file += np.bincount((rows[:, 0] >> np.uint64(32)).astype(np.int64), minlength=n_files)
+            per_file += np.bincount(file_indices(rows[:, 0]).astype(np.int64), minlength=n_files)
             removed, exact_removed = removed + len(rows), exact_removed + int(rows[:, 2].sum())
     work.write_bytes(f"{folder}/{REMOVED_INDEX}", np.concatenate(([0], np.cumsum(per_file))).astype(np.uint64).tobytes())
     clusters = sum(int(work.done(s)["clusters"]) for s in size_folders)

@@ -18,8 +18,10 @@ from manifests.keys import doc_keys
 from pipeline.build.inputs import SPLITS
 from pipeline.tasks import samples
 from pipeline.tasks.dedupe import RemovedDocs, removed_of
-from pipeline.tasks.process import DOCS, HIST_EDGES, Processed, histogram
+from pipeline.tasks.lengths import BUCKETS, length_histogram
+from pipeline.tasks.process import DOCS, Processed
 from pipeline.work.store import Store
+from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE
 
 
 @dataclass(slots=True)
@@ -68,17 +70,17 @@ def count_kept(folder: str, files: list[Processed], resolved: str, work: Store) 
 def _add_subset_stats(out: dict, f: Processed, d: KeptDocs) -> None:
     for sid, name in enumerate(f.subsets):
         here = d.columns["subset"] == sid
-        empty = [0] * (len(HIST_EDGES) - 1)
-        s = out.setdefault(f"{f.source}/{name}", {"exact_duplicate": 0, "near_duplicate": 0, "documents_kept": 0, "chars_kept": 0,
+        empty = [0] * BUCKETS
+        s = out.setdefault(f"{f.source}/{name}", {EXACT_DUPLICATE: 0, NEAR_DUPLICATE: 0, "documents_kept": 0, "chars_kept": 0,
                                                    "tokens_kept": 0, "char_hist": empty, "token_hist": empty})
         gone, kept = here & ~d.keep, here & d.keep
-        s["exact_duplicate"] += int((gone & d.exact).sum())
-        s["near_duplicate"] += int((gone & ~d.exact).sum())
+        s[EXACT_DUPLICATE] += int((gone & d.exact).sum())
+        s[NEAR_DUPLICATE] += int((gone & ~d.exact).sum())
         s["documents_kept"] += int(kept.sum())
         s["chars_kept"] += int(d.columns["chars"][kept].sum())
         s["tokens_kept"] += int(d.lengths[kept].sum())
-        s["char_hist"] = (np.asarray(s["char_hist"]) + histogram(d.columns["chars"][kept])).tolist()
-        s["token_hist"] = (np.asarray(s["token_hist"]) + histogram(d.lengths[kept])).tolist()
+        s["char_hist"] = (np.asarray(s["char_hist"]) + length_histogram(d.columns["chars"][kept])).tolist()
+        s["token_hist"] = (np.asarray(s["token_hist"]) + length_histogram(d.lengths[kept])).tolist()
 
 
 def merge_subset_stats(records: list[dict]) -> dict[str, dict]:

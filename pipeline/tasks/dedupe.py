@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from manifests.keys import file_indices, file_starts, ordinals
 from pipeline.tasks import samples
 from pipeline.tasks.process import QUARANTINE, SIGNATURES, Processed
 from pipeline.work.store import Store
@@ -160,17 +161,10 @@ def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, 
     result = dedupe_stage.resolve_clusters(_edge_pairs(work, partition_folders), exact_slot=0 if dedupe.exact else None)
     order = np.argsort(result.removed, kind="stable")
     removed, exact = result.removed[order].astype(np.uint64), result.removed_exact[order].astype(np.uint8)
-    index = np.searchsorted(removed, np.arange(n_files + 1, dtype=np.uint64) << np.uint64(32)).astype(np.uint64)
-    work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
-    work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
-    work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
     survivors = result.survivors[order].astype(np.uint64)
-    work.write_bytes(f"{folder}/{SURVIVORS}", survivors.tobytes())
+    _write_removed(work, folder, removed, exact, survivors, result.cluster_sizes, n_files)
     if dedupe.minhash.verify:
         _write_clusters(work, folder, removed, exact, survivors, dedupe.partitions)
-    buffer = io.BytesIO()
-    np.save(buffer, result.cluster_sizes)
-    work.write_bytes(f"{folder}/{CLUSTER_SIZES}", buffer.getvalue())
     record = {
         "removed": int(len(removed)),
         "exact_removed": int(exact.sum()),
@@ -180,6 +174,20 @@ def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, 
     }
     work.mark_done(folder, record)
     return record
+
+
+def _write_removed(work: Store, folder: str, removed: np.ndarray, exact: np.ndarray, survivors: np.ndarray,
+                   cluster_sizes: np.ndarray, n_files: int) -> None:
+    """The resolve format, written by resolve and by the verified merge: the removed keys (sorted, uint64), their
+    exact flags (uint8) and survivors (uint64), the offset of each input file's first removed key, cluster sizes."""
+    work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
+    work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
+    index = np.searchsorted(removed, file_starts(n_files)).astype(np.uint64)
+    work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
+    work.write_bytes(f"{folder}/{SURVIVORS}", survivors.tobytes())
+    buffer = io.BytesIO()
+    np.save(buffer, cluster_sizes)
+    work.write_bytes(f"{folder}/{CLUSTER_SIZES}", buffer.getvalue())
 
 
 def _edge_pairs(work: Store, partition_folders: list[str]) -> np.ndarray:
@@ -266,7 +274,7 @@ def verify_partition(folder: str, partition: int, clusters: list[Part], process_
              stays=removed[member])
     work.write_bytes(f"{folder}/{VERIFIED}", buffer.getvalue())
     record = {"partition": partition, "clusters": int(len(first)), "candidates": int(member.sum()), "kept": int((member & ~removed).sum()),
-              "files_read": int(len(np.unique(wanted >> np.uint64(32)))), "seconds": time.perf_counter() - started}
+              "files_read": int(len(np.unique(file_indices(wanted)))), "seconds": time.perf_counter() - started}
     if cuts is not None:  # what stays removed as rows (member, survivor, exact) by member, sliced by node range
         stays = member & removed
         order = np.argsort(keys[stays], kind="stable")
@@ -288,15 +296,9 @@ def merge_verified(folder: str, verify_folders: list[str], n_files: int, work: S
     order = np.argsort(cat["keys"], kind="stable")
     cat = {name: values[order][cat["stays"][order].astype(bool)] for name, values in cat.items()}
     removed, exact = cat["keys"].astype(np.uint64), cat["exact"].astype(np.uint8)
-    index = np.searchsorted(removed, np.arange(n_files + 1, dtype=np.uint64) << np.uint64(32)).astype(np.uint64)
-    work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
-    work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
-    work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
-    work.write_bytes(f"{folder}/{SURVIVORS}", cat["survivors"].astype(np.uint64).tobytes())
-    survivor_of, members = np.unique(cat["survivors"].astype(np.uint64), return_counts=True)
-    buffer = io.BytesIO()
-    np.save(buffer, (members + 1).astype(np.int64))
-    work.write_bytes(f"{folder}/{CLUSTER_SIZES}", buffer.getvalue())
+    survivors = cat["survivors"].astype(np.uint64)
+    survivor_of, members = np.unique(survivors, return_counts=True)
+    _write_removed(work, folder, removed, exact, survivors, (members + 1).astype(np.int64), n_files)
     record = {
         "removed": int(len(removed)),
         "exact_removed": int(exact.sum()),
@@ -321,15 +323,15 @@ def _similarity_histogram(similarity: np.ndarray, removed: np.ndarray) -> dict:
 def _signature_rows(work: Store, process_folders: list[str], wanted: np.ndarray) -> np.ndarray:
     """The compact signatures of the documents `wanted` (sorted doc keys), in that order. Per input file three
     range reads: the header, its ordinals, and the span of rows from the first wanted to the last."""
-    files = (wanted >> np.uint64(32)).astype(np.int64)
+    files = file_indices(wanted).astype(np.int64)
     out = None
     for f in np.unique(files):
         path = f"{process_folders[f]}/{SIGNATURES}"
         n, width = np.frombuffer(work.read_range(path, 0, dedupe_stage.SIG_HEADER), np.uint64).astype(np.int64)
-        ordinals = np.frombuffer(work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64)
+        sig_ordinals = np.frombuffer(work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64)
         mine = np.flatnonzero(files == f)
-        at = np.searchsorted(ordinals, wanted[mine] & np.uint64(0xFFFFFFFF))
-        if np.any(at >= n) or not np.array_equal(ordinals[np.minimum(at, n - 1)], wanted[mine] & np.uint64(0xFFFFFFFF)):
+        at = np.searchsorted(sig_ordinals, ordinals(wanted[mine]))
+        if np.any(at >= n) or not np.array_equal(sig_ordinals[np.minimum(at, n - 1)], ordinals(wanted[mine])):
             raise RuntimeError(f"{path}: lacks signatures of documents its keys.bin named; delete {process_folders[f]} and rerun the build")
         start = dedupe_stage.SIG_HEADER + 8 * n + 2 * width * int(at.min())
         span = np.frombuffer(work.read_range(path, start, start + 2 * width * (int(at.max()) + 1 - int(at.min()))), np.uint16).reshape(-1, width)

@@ -10,12 +10,12 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from manifests.manifest import shard_entry
-from manifests.shards import encode_index
+from manifests.outputs import shard_stem
+from manifests.shards import dtype_named, write_shard
 from pipeline.build.inputs import SPLITS
 from pipeline.tasks.count import kept_docs
 from pipeline.tasks.dedupe import removed_of
@@ -38,7 +38,7 @@ class MixGroup:
     first_shard: int
     shards: int
     folders: dict[int, str]  # process folder of each file the slices name
-    shards_folder: str  # in the output: `pipeline.work.store.shards_folder`
+    shards_folder: str  # in the output: `manifests.outputs.shards_folder`
 
 
 def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Store, dtype_name: str, source_names: list[str], seed: int) -> dict:
@@ -52,7 +52,7 @@ def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Sto
     for sid, cols in located.items():
         at = plan.source_ids == sid
         file_of[at], start_of[at], origin[at] = cols["file"][plan.positions[at]], cols["start"][plan.positions[at]], cols["key"][plan.positions[at]]
-    dtype = np.dtype("<u2" if dtype_name == "uint16" else "<u4")
+    dtype = dtype_named(dtype_name)
     entries = []
     with ExitStack() as stack:
         # one local scratch file for the whole group when the work dir is an object store: one open file, not one per input
@@ -64,7 +64,7 @@ def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Sto
         if scratch:
             scratch.flush()
         for k, part in enumerate(plan.shard_slices()):
-            stem = f"{group.shards_folder}/{group.split}/{group.split}-{group.first_shard + k:05d}"
+            stem = shard_stem(group.shards_folder, group.split, group.first_shard + k)
             entries.append(_write_shard(out, stem, paths, file_of[part], start_of[part], plan.lengths[part], plan.source_ids[part], origin[part], dtype, source_names))
     record = {"entries": entries, "documents": int(len(plan.lengths)), "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
@@ -140,10 +140,4 @@ def _write_shard(out: Store, stem: str, paths: dict[int, str], files: np.ndarray
         for i in order[a:b].tolist():
             data[at[i] : at[i] + lengths[i]] = tokens[starts[i] : starts[i] + lengths[i]]
         del tokens
-    index = encode_index(dtype, np.cumsum(lengths).astype(np.uint64), source_ids, origins)
-    payload = data.tobytes()
-    out.write_bytes(f"{stem}.bin", payload)
-    out.write_bytes(f"{stem}.idx", index)
-    by_source = np.bincount(source_ids, weights=lengths, minlength=len(source_names))
-    return shard_entry(stem, payload, index, documents=int(len(lengths)), tokens=int(lengths.sum()),
-                       tokens_by_source={name: int(by_source[i]) for i, name in enumerate(source_names)})
+    return asdict(write_shard(out.write_bytes, stem, data, lengths, source_ids, origins, source_names))

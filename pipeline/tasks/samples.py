@@ -22,7 +22,9 @@ A line of dropped_samples.jsonl (one schema for both kinds):
    "step" (the report's funnel step: filters, exact duplicates, near duplicates),
    "doc" (source/path#line or row), "text" (its first SAMPLE_CHARS characters)}
   a duplicate adds "kept_doc" (the document kept in its place); a near duplicate also "kept_text" (its first
-  SAMPLE_CHARS characters) and "similarity" (the pair's estimated Jaccard).
+  SAMPLE_CHARS characters) and "similarity" (the pair's estimated Jaccard); a decontaminated document (reason
+  decontaminated:<set>, step decontamination) has the matched span's context as "text" and adds "match" (the span),
+  "eval_set", "item" (file#line or row of the eval item) and "item_text" (its start).
 """
 from __future__ import annotations
 
@@ -38,12 +40,11 @@ from manifests.keys import doc_key, split_key
 from pipeline.build.inputs import InputFile
 from pipeline.tasks.process import SAMPLE_CHARS
 from pipeline.work.store import Store
-from stages.document import BadRecord, doc_id, drop_step
+from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE, BadRecord, doc_id, drop_step
 from stages.minhash import MinHashConfig, estimate, signatures
 
 PER_STEP = 5  # samples per source and filter reason, and per source, subset and dedupe step
 SAMPLE_FILES = 8  # input files the duplicates' samples may be read back from, per build
-EXACT, NEAR = "exact_duplicate", "near_duplicate"
 TASK_OUTPUT = "samples.jsonl"  # the duplicates' lines, in the samples task's folder
 
 
@@ -93,9 +94,11 @@ def first_filter_samples(groups: list[list[dict]]) -> list[DroppedSample]:
     return samples
 
 
-def file_bytes(filter_samples: list[DroppedSample], work: Store, samples_folder: str) -> bytes:
-    """dropped_samples.jsonl: the filters' samples, then the duplicates' as the samples task wrote them."""
-    return "".join(s.json_line() for s in filter_samples).encode() + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
+def file_bytes(filter_samples: list[DroppedSample], work: Store, samples_folder: str, decontaminated: bytes = b"") -> bytes:
+    """dropped_samples.jsonl: the filters' samples, the decontaminated documents' (`decontaminated`: lines made by
+    `pipeline.tasks.decontaminate.decontamination_outputs`), then the duplicates' as the samples task wrote them."""
+    filtered = "".join(s.json_line() for s in filter_samples).encode()
+    return filtered + decontaminated + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +107,14 @@ class DuplicateCandidate:
 
     source: str
     subset: str
-    reason: str  # EXACT or NEAR
+    reason: str  # EXACT_DUPLICATE or NEAR_DUPLICATE
     doc: int  # the removed document's key
     kept: int  # the key of the document kept in its place
 
     def keys_to_read(self) -> tuple[int, ...]:
         """The documents its sample needs the text of: the removed one, and a near duplicate's kept one (an exact
         copy's kept twin holds the same text)."""
-        return (self.doc, self.kept) if self.reason == NEAR else (self.doc,)
+        return (self.doc, self.kept) if self.reason == NEAR_DUPLICATE else (self.doc,)
 
     def files(self) -> set[int]:
         """The input files its sample is read from."""
@@ -125,7 +128,7 @@ def candidates_of_file(source: str, subsets: list[str], keys: np.ndarray, subset
     reaches PER_STEP."""
     found = []
     for sid, subset in enumerate(subsets):
-        for reason, is_exact in ((EXACT, True), (NEAR, False)):
+        for reason, is_exact in ((EXACT_DUPLICATE, True), (NEAR_DUPLICATE, False)):
             wanted = PER_STEP - taken.get((source, subset, reason), 0)
             if wanted <= 0:
                 continue
@@ -176,7 +179,7 @@ def read_duplicates(folder: str, chosen: list[DuplicateCandidate], files: dict[i
     for c in chosen:
         for key in c.keys_to_read():
             wanted[split_key(key)[0]].add(split_key(key)[1])
-    near = {key for c in chosen if c.reason == NEAR for key in c.keys_to_read()}
+    near = {key for c in chosen if c.reason == NEAR_DUPLICATE for key in c.keys_to_read()}
     found: dict[int, _ReadBack] = {}
     unreadable = {}
     for f in sorted(wanted):
@@ -214,7 +217,7 @@ def _sample(c: DuplicateCandidate, found: dict[int, _ReadBack], files: dict[int,
     removed = found.get(c.doc)
     if removed is None:
         return None
-    if c.reason == EXACT:
+    if c.reason == EXACT_DUPLICATE:
         file_index, ordinal = split_key(c.kept)
         kept_doc = doc_id(files[file_index].source.name, files[file_index].rel_path, ordinal)
         return DroppedSample(c.source, c.subset, c.reason, removed.doc, removed.text, kept_doc=kept_doc)

@@ -11,8 +11,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-import fsspec
-
+from manifests.manifest import ManifestError, load
 from pipeline.build.registry import STAGE_NAMES
 from pipeline.work.progress import human_bytes
 from pipeline.work.store import DONE, USES, Store
@@ -31,9 +30,8 @@ def live_uses(work: Store) -> dict[str, set[str]]:
     for path in work.fs.glob(work.path(f"{USES}/*.json")):
         record = json.loads(work.fs.cat_file(path))
         try:
-            with fsspec.open(record["manifest"], "rb") as f:
-                current = json.loads(f.read()).get("created_at")
-        except (FileNotFoundError, json.JSONDecodeError):
+            current = load(record["manifest"]).created_at
+        except ManifestError:  # gone, or no longer a manifest: its folders are not in use
             continue
         if current == record["created_at"]:
             live[record["manifest"]] = set(record["folders"])

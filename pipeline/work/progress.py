@@ -8,6 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from manifests.outputs import BUILD_LOG
 from pipeline.work.store import Store
 
 
@@ -37,7 +38,7 @@ class EventLog:
     _uploaded: float = 0.0
 
     @classmethod
-    def at(cls, out: Store, name: str = "build.log.jsonl", console: bool = True) -> "EventLog":
+    def at(cls, out: Store, name: str = BUILD_LOG, console: bool = True) -> "EventLog":
         if out.is_local:
             return cls(out.path(name), console)
         fd, spool = tempfile.mkstemp(prefix="tokenmill-log-", suffix=".jsonl")

@@ -84,6 +84,12 @@ class Runner:
         self.log.event("stage_done", stage=stage, **timing)
         return records
 
+    def share(self, value):
+        """One copy of `value` in Ray's object store for every task that takes it, instead of one per task."""
+        import ray
+
+        return ray.put(value)
+
     def _run_pending(self, stage: str, tasks: list[Task], pending: list[int]):
         """Yields (task number, done record) as tasks finish, keeping at most `workers` in flight."""
         import ray

@@ -295,11 +295,3 @@ USES = "uses"  # one record per manifest of the task folders its build used (`to
 def uses_record(manifest_url: str) -> str:
     """The record of which task folders the build writing `manifest_url` used."""
     return f"{USES}/{fingerprint(manifest_url)}.json"
-
-
-SHARDS_PREFIX = "shards-"  # OUT/shards-<mix key>/<split>/<split>-NNNNN.bin: one folder per mix of an output
-
-
-def shards_folder(mix_key: str) -> str:
-    """Where an output's shards of one mix go: a new mix never overwrites the files an earlier manifest lists."""
-    return f"{SHARDS_PREFIX}{mix_key[:12]}"

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import (
-    BUCKET,
-    CORPUS,
-    FaultProxy,
-    ObjectStore,
-    RayCluster,
-    S3Server,
-    build_env,
-    s3_recipe,
-    start_cluster_build,
-)
-from tests.reliability.faults import Run, tokenmill
+from bench.s3_store import BUCKET, CORPUS, FaultProxy, S3Server, s3_recipe
+from tests.support.cluster import ObjectStore, RayCluster, build_env, start_cluster_build
+from tests.support.faults import Run, tokenmill
 
 
 @pytest.fixture(scope="session")

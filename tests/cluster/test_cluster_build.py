@@ -3,21 +3,16 @@ shared local disk, and the shards must equal a single local process's, byte for 
 worker node killed mid-build, and with a flaky object store (503 SlowDown, connections reset mid-body)."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import fsspec
 import pytest
 
-from tests.cluster.harness import (
-    BUCKET,
-    ObjectStore,
-    RayCluster,
-    events,
-    shard_bytes,
-    stable_manifest,
-)
+from bench.s3_store import BUCKET
+from manifests.manifest import parse
+from manifests.outputs import MANIFEST
+from tests.support.cluster import ObjectStore, RayCluster, events, shard_bytes, stable_manifest
 
 pytestmark = pytest.mark.slow
 LOCAL = fsspec.filesystem("file")
@@ -78,7 +73,7 @@ def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_stor
         object_store.proxy.faults()
     assert injected.get("slowdown", 0) > 0 and injected.get("reset", 0) > 0, (injected, requests)
     assert_same_build(object_store, out, s3_reference)
-    stages = json.loads(object_store.server.fs.cat_file(f"{out}/manifest.json"))["stages"]
+    stages = parse(object_store.server.fs.cat_file(f"{out}/{MANIFEST}"), f"{out}/{MANIFEST}").stages
     counted = sum(stage["retries"] for stage in stages.values())
     # every failed request of a task's or the driver's work and output store is retried and counted; the
     # input stream, the listing and the final writes after the last stage retry uncounted (s3fs's own retries)

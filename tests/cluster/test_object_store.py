@@ -7,9 +7,9 @@ import os
 
 import pytest
 
+from bench.s3_store import BUCKET
 from pipeline.work import store as work_store
 from pipeline.work.store import Store
-from tests.cluster.harness import BUCKET
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 

@@ -2,19 +2,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra import infra_checks
-from tests.infra.infra_checks import cli_options
+from tests.support import infra
+from tests.support.infra import COVERAGE_TEST, cli_options
 
-COVERAGE_TEST = "test_infra_coverage.py"
-infra_checks.record_infra_use()
+infra.record_infra_use()
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: `items` is what this session runs
 def pytest_collection_modifyitems(config, items) -> None:
     """The coverage test checks what the other infra tests opened or ran: it goes last, and it is told which
     infra test modules this session runs."""
-    here = infra_checks.ROOT / "tests" / "infra"
-    config.stash[infra_checks.SESSION_MODULES] = {i.path.name for i in items if i.path.parent == here}
+    here = infra.ROOT / "tests" / "infra"
+    config.stash[infra.SESSION_MODULES] = {i.path.name for i in items if i.path.parent == here}
     items.sort(key=lambda i: i.path.parent == here and i.path.name == COVERAGE_TEST)  # stable: others keep their order
 
 

@@ -7,7 +7,7 @@ import re
 import ray
 
 from pipeline.ops.jobs import NOT_SHIPPED
-from tests.infra.infra_checks import ROOT, project_extras
+from tests.support.infra import ROOT, project_extras
 
 DOCKERFILE = "infra/docker/Dockerfile"
 DOCKERIGNORE = "infra/docker/Dockerfile.dockerignore"  # BuildKit reads <Dockerfile>.dockerignore beside it

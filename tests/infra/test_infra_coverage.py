@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra.conftest import COVERAGE_TEST
-from tests.infra.infra_checks import ROOT, SESSION_MODULES, TOUCHED, infra_files
+from tests.support.infra import COVERAGE_TEST, ROOT, SESSION_MODULES, TOUCHED, infra_files
 
 
 def test_every_infra_file_is_read_or_run_by_a_test(request):

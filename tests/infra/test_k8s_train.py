@@ -4,7 +4,7 @@ accepts."""
 from __future__ import annotations
 
 from pipeline import __version__
-from tests.infra.infra_checks import cli_options, long_options, yaml_documents
+from tests.support.infra import cli_options, long_options, yaml_documents
 
 MANIFEST = "infra/k8s/train.yaml"
 

@@ -8,7 +8,7 @@ import ray
 
 from pipeline import __version__
 from pipeline.build.recipe import load_recipe
-from tests.infra.infra_checks import ROOT, cli_options, long_options, yaml_documents
+from tests.support.infra import ROOT, cli_options, long_options, yaml_documents
 
 MANIFEST = "infra/kuberay/rayjob-build.yaml"
 

@@ -1,11 +1,18 @@
-"""infra/local/start-head.sh: syntax, its `ray start` command (--dry-run), and its refusals. The script also
-runs for real: tests/pipeline/ops/test_jobs.py starts the head of its job-submission test with it."""
+"""infra/local/start-head.sh: a real head it starts (on 127.0.0.1 only, stopped by PID), its `ray start` command
+(--dry-run), and its refusals. tests/pipeline/ops/test_jobs.py starts the head of its job-submission test with
+it too."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
-from tests.infra.infra_checks import ROOT
+import pytest
+
+from tests.support.infra import ROOT
+from tests.support.ray_head import Head, listening_addresses
 
 SCRIPT = "infra/local/start-head.sh"
 
@@ -15,8 +22,20 @@ def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProce
     return subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60)
 
 
-def test_script_parses():
-    assert subprocess.run(["bash", "-n", SCRIPT], cwd=ROOT).returncode == 0
+@pytest.mark.slow
+def test_the_script_starts_a_head_that_listens_on_localhost_only_and_stops_by_pid():
+    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))  # short: Ray's unix socket paths live under it
+    head = Head(root)
+    try:
+        head.wait_until_up()
+        addresses = listening_addresses(head.our_pids())
+        assert addresses  # GCS, raylet, dashboard, agents
+        assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
+        assert "Jobs API and dashboard: http://127.0.0.1:" in (root / "head.log").read_text()
+    finally:
+        head.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert head.our_pids() == []  # `ray start --block` took down everything it started
 
 
 def test_dry_run_binds_every_server_to_localhost_and_requires_a_token_by_default():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.infra_checks import ROOT, cli_options, long_options
-from tests.pipeline.ops.test_stage_in import write_small_build
+from tests.support.infra import ROOT, cli_options, long_options
+from tests.support.small_build import write_small_build
 
 SCRIPT = "infra/slurm/train.sbatch"
 IN_SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURMD_NODENAME": "gpu-a01", "SLURM_GPUS_ON_NODE": "8", "TMPDIR": "/local/nvme"}
@@ -30,8 +31,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_script_parses():
-    assert subprocess.run(["bash", "-n", SCRIPT], cwd=ROOT).returncode == 0
+def test_in_a_slurm_job_it_runs_its_commands_through_srun(tmp_path):
+    """Not a dry run, with the variables SLURM gives a batch script: past its checks, the first thing it runs is
+    srun, with the stage-in on every node (this machine has no SLURM: bash then finds no srun, exit 127)."""
+    if shutil.which("srun"):
+        pytest.skip("a real SLURM here: the test would submit steps to it")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PRESET", "STAGE_DIR", "GPUS_PER_NODE"))}
+    env = {**clean, **IN_SLURM, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["bash", "-x", SCRIPT, "s3://bucket/tl/manifest.json", str(tmp_path / "ckpt")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 127 and "srun: command not found" in done.stderr, done.stderr
+    traced = [line for line in done.stderr.splitlines() if line.startswith("+ srun ")]
+    assert traced == [f"+ srun --nodes 4 --ntasks-per-node 1 --kill-on-bad-exit=1 tokenmill stage-in s3://bucket/tl/manifest.json "
+                      f"{tmp_path}/tokenmill-4242"]
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_directives_come_before_the_first_command():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -19,11 +18,11 @@ from pipeline.build.recipe import Recipe, load_recipe
 from pipeline.sample_corpus import SLIMPAJAMA_DIR, STARCODER_DIR, main, write_sample_corpus
 from stages.document import BadRecord
 from stages.fetch import read_documents
+from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, jaccard, shingles
 
 RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
 STARCODER_SCHEMA = pa.schema([("max_stars_repo_path", pa.string()), ("max_stars_repo_name", pa.string()),
                               ("max_stars_count", pa.int64()), ("id", pa.string()), ("content", pa.string())])
-_NO_PUNCTUATION_OR_SPACE = str.maketrans("", "", string.punctuation + string.whitespace)
 
 
 def sample_recipe(corpus: Path) -> Recipe:
@@ -58,11 +57,6 @@ def read_planted(corpus: Path) -> dict:
 @pytest.fixture(scope="module")
 def contents(sample_corpus) -> dict:
     return read_back(sample_corpus)
-
-
-def shingles(text: str) -> set[str]:
-    normal = " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
-    return {normal[i:i + 13] for i in range(len(normal) - 12)}
 
 
 def test_layout_matches_the_published_datasets_and_the_recipe(sample_corpus):
@@ -117,7 +111,7 @@ def test_planted_counts_are_what_the_files_hold(sample_corpus, contents):
         assert sum(n - 1 for n in texts.values()) == planted["planted"]["exact_duplicates"][name]
         assert sum(len(t.encode()) for t in texts.elements()) == planted["text_bytes"][name]
     slimpajama = contents["slimpajama"]["docs"].values()
-    short = [t for _, _, t in slimpajama if len(t.translate(_NO_PUNCTUATION_OR_SPACE)) < 200]
+    short = [t for _, _, t in slimpajama if len(t.translate(DELETE_PUNCTUATION_AND_SPACE)) < 200]
     assert len(short) == planted["planted"]["short_documents"]["slimpajama"]
     github = [t for _, subset, t in slimpajama if subset == "RedPajamaGithub"]
     assert len(github) == planted["planted"]["excluded_subset"]["slimpajama"]
@@ -136,8 +130,7 @@ def test_planted_pairs_are_exact_and_near_duplicates_in_different_files(sample_c
             if kind == "exact_duplicates":
                 assert docs[a] == docs[b]
             else:
-                sa, sb = shingles(docs[a]), shingles(docs[b])
-                assert docs[a] != docs[b] and len(sa & sb) / len(sa | sb) >= 0.95
+                assert docs[a] != docs[b] and jaccard(shingles(docs[a]), shingles(docs[b])) >= 0.95
     for name in ("slimpajama", "starcoderdata"):
         assert planted["planted"]["near_duplicates"][name] >= 2
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import Run, listening_sockets, sample_recipe, start_build, train_command
+from manifests.outputs import MANIFEST
+from tests.support.faults import Run, listening_sockets, sample_recipe, start_build, train_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,5 +48,5 @@ def reference_build(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactor
 def reference_training(reference_build: ReferenceBuild, tmp_path_factory: pytest.TempPathFactory) -> ReferenceTraining:
     """TRAIN_STEPS uninterrupted steps of the tiny model on 2 CPU ranks over the reference build's shards."""
     out = tmp_path_factory.mktemp("training") / "run"
-    listening = run_listening(Run.start(train_command(reference_build.out / "manifest.json", out), out.parent / "train.stderr"))
+    listening = run_listening(Run.start(train_command(reference_build.out / MANIFEST, out), out.parent / "train.stderr"))
     return ReferenceTraining(out, listening)

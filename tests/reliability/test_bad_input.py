@@ -13,8 +13,11 @@ import pytest
 import yaml
 import zstandard
 
+from manifests.keys import doc_key
+from manifests.manifest import load
+from manifests.outputs import QUARANTINE
 from manifests.shards import read_index
-from tests.reliability.faults import start_build
+from tests.support.faults import start_build
 
 HUGE_DOCUMENT_BYTES = 50_000_000  # over the default max_document_bytes of 10 MB
 
@@ -110,23 +113,23 @@ def test_every_bad_input_kind_is_counted_and_quarantined_and_no_good_document_is
     run = start_build(write_recipe(tmp_path, tokenizer_model), tmp_path / "out", "--workers", "2")
     assert run.wait() == 0, run.stderr()[-3000:]
     out = tmp_path / "out"
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = load(out)
 
-    quarantined = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    quarantined = [json.loads(line) for line in (out / QUARANTINE).read_text().splitlines()]
     found = sorted((q["source"], q["path"], "byte" if q["location"].startswith("byte ") else q["location"], q["reason"]) for q in quarantined)
     assert found == sorted(bads)
     assert all(q["error"] for q in quarantined)
-    for source in manifest["sources"]:
+    for source in manifest.sources:
         expected = {}
         for name, _, _, reason in bads:
-            if name == source["name"]:
+            if name == source.name:
                 expected[reason] = expected.get(reason, 0) + 1
-        assert source["dropped"] == expected, source["name"]
-    assert manifest["quarantine"]["records"] == len(bads)
+        assert source.dropped == expected, source.name
+    assert manifest.quarantine.records == len(bads)
 
-    file_index = {f"{i['source']}/{i['path']}": n for n, i in enumerate(manifest["inputs"])}
-    expected_origins = {file_index[path] << 32 | ordinal for path, ordinals in goods.items() for ordinal in ordinals}
+    file_index = {f"{i.source}/{i.path}": n for n, i in enumerate(manifest.inputs)}
+    expected_origins = {doc_key(file_index[path], ordinal) for path, ordinals in goods.items() for ordinal in ordinals}
     origins = set()
-    for shard in manifest["splits"]["train"]["shards"]:
-        origins |= set(read_index(out / shard["idx"]).origins.tolist())
+    for ref in manifest.shards("train"):
+        origins |= set(read_index(ref.idx_path).origins.tolist())
     assert origins == expected_origins

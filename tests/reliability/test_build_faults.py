@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import (
+from manifests.outputs import BUILD_LOG, MANIFEST, QUARANTINE
+from tests.support.faults import (
     alive,
     done_tasks,
     sample_recipe,
@@ -30,7 +31,7 @@ RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 def assert_same_output(out: Path, reference: Path) -> None:
     assert shard_bytes(out) == shard_bytes(reference)
     assert stable_manifest(out) == stable_manifest(reference)
-    assert (out / "quarantine.jsonl").read_bytes() == (reference / "quarantine.jsonl").read_bytes()
+    assert (out / QUARANTINE).read_bytes() == (reference / QUARANTINE).read_bytes()
 
 
 @pytest.mark.slow
@@ -78,8 +79,8 @@ def test_the_driver_killed_mid_build_resumes_without_redoing_a_finished_task(ref
     assert left == [], f"processes of the killed build still running: {left}"
     first.stop()
     finished = done_tasks(out)
-    assert not (out / "manifest.json").exists()
-    log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+    assert not (out / MANIFEST).exists()
+    log_lines = len((out / BUILD_LOG).read_text().splitlines())
 
     second = start_build(reference_build.recipe, out, "--workers", "1")
     assert second.wait() == 0, second.stderr()[-3000:]
@@ -121,7 +122,7 @@ def test_a_full_disk_is_named_leaves_no_manifest_and_the_next_run_completes(refe
         run = start_build(reference_build.recipe, out, "--workers", "2")
         assert run.wait() == 2, run.stderr()[-3000:]
         assert re.search(rf"^tokenmill build: \w+: .*No space left on device: '{re.escape(str(out))}/[^']+'$", run.stderr(), re.M), run.stderr()[-3000:]
-        assert not (out / "manifest.json").exists()
+        assert not (out / MANIFEST).exists()
         assert not list(out.rglob("*.tmp-*")), "a failed write left its temporary file behind"
         progress.append(len(done_tasks(out)))
     assert progress[0] < progress[1], "the second run did not keep the first run's finished tasks and go further"

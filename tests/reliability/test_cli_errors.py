@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.reliability.faults import ROOT, tokenmill
+from manifests.outputs import MANIFEST
+from tests.support.faults import ROOT, tokenmill
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -93,10 +94,10 @@ def test_the_output_folder_is_given_once(argv):
 
 
 def test_inspect_refuses_a_negative_document_number(tmp_path):
-    one_line_error(run("inspect", str(tmp_path / "manifest.json"), "--doc", "-1"), 2, "--doc -1", "from 0")
+    one_line_error(run("inspect", str(tmp_path / MANIFEST), "--doc", "-1"), 2, "--doc -1", "from 0")
 
 
 def test_stats_refuses_an_out_that_is_a_file_and_a_budget_it_cannot_read(tmp_path):
     (tmp_path / "file").write_text("x")
-    one_line_error(run("stats", str(tmp_path / "manifest.json"), "--out", str(tmp_path / "file")), 2, "--out", "is a file")
-    one_line_error(run("stats", str(tmp_path / "manifest.json"), "--out", str(tmp_path / "r"), "--budget", "lots"), 2, "--budget", "3T")
+    one_line_error(run("stats", str(tmp_path / MANIFEST), "--out", str(tmp_path / "file")), 2, "--out", "is a file")
+    one_line_error(run("stats", str(tmp_path / MANIFEST), "--out", str(tmp_path / "r"), "--budget", "lots"), 2, "--budget", "3T")

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from tests.reliability.faults import ROOT, sample_recipe, tokenmill
+from manifests.outputs import MANIFEST
+from tests.support.faults import ROOT, sample_recipe, tokenmill
 
 
 def closed_port_url() -> str:
@@ -39,4 +40,4 @@ def test_a_wrong_recipe_value_is_refused_naming_the_field(case, sample_corpus, t
     assert done.returncode == 2, done.stderr
     assert f"recipe field `{field}`" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "out" / "work").exists() and not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "work").exists() and not (tmp_path / "out" / MANIFEST).exists()

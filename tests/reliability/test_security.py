@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.faults import is_loopback
+from tests.support.faults import is_loopback
 
 
 def exposed(listening) -> list[tuple[str, int, str]]:

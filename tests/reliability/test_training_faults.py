@@ -4,7 +4,6 @@ changed since the manifest, and a checkpoint carrying a pickle payload. The runs
 reference run's losses, bit for bit."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import (
+from manifests.manifest import load
+from manifests.outputs import MANIFEST
+from tests.support.faults import (
     ROOT,
     TRAIN_STEPS,
     Run,
@@ -33,7 +34,7 @@ from trainer import checkpoint
 def test_sigterm_to_one_rank_saves_exits_0_and_the_resume_gives_the_uninterrupted_losses(reference_build, reference_training, tmp_path):
     """One node's preemption notice: any rank's SIGTERM stops all ranks at the same step boundary."""
     out = tmp_path / "run"
-    command = train_command(reference_build.out / "manifest.json", out)
+    command = train_command(reference_build.out / MANIFEST, out)
     run = Run.start(command, tmp_path / "first.stderr")
     wait_for(lambda: len(losses(out)) >= 2, "2 logged steps", run, timeout=300)
     os.kill(rank_process(run, rank=1), signal.SIGTERM)
@@ -52,7 +53,7 @@ def test_sigterm_to_one_rank_saves_exits_0_and_the_resume_gives_the_uninterrupte
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resumes_from_it(reference_build, reference_training, tmp_path):
     """A machine lost while it writes step 6's checkpoint: step 3's stays whole and is the one resumed."""
     out = tmp_path / "run"
-    command = train_command(reference_build.out / "manifest.json", out)
+    command = train_command(reference_build.out / MANIFEST, out)
     run = Run.start(command, tmp_path / "first.stderr")
     writing = out / f".{checkpoint.name(6)}.tmp"
     wait_for(writing.exists, "the write of step 6's checkpoint", run, timeout=300, every=0.002)
@@ -77,7 +78,7 @@ def training_copy(reference_build, tmp_path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("change", ["truncated", "byte flipped"])
 def test_a_shard_changed_since_the_manifest_is_refused_before_training(change, training_copy, tmp_path):
-    shard = training_copy / json.loads((training_copy / "manifest.json").read_text())["splits"]["train"]["shards"][2]["bin"]
+    shard = load(training_copy).shards("train")[2].bin_path
     data = bytearray(shard.read_bytes())
     if change == "truncated":  # sizes are always checked
         del data[-2:]
@@ -87,9 +88,9 @@ def test_a_shard_changed_since_the_manifest_is_refused_before_training(change, t
         extra = ["--verify-checksums"]
     shard.write_bytes(bytes(data))
     out = tmp_path / "run"
-    done = subprocess.run(train_command(training_copy / "manifest.json", out, *extra, nproc=1), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(train_command(training_copy / MANIFEST, out, *extra, nproc=1), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    assert f"{shard}: " in done.stderr and str(training_copy / "manifest.json") in done.stderr
+    assert f"{shard}: " in done.stderr and str(training_copy / MANIFEST) in done.stderr
     assert not (out / "metrics.jsonl").exists() and checkpoint.all_checkpoints(out) == []
 
 
@@ -112,7 +113,7 @@ def test_loading_a_checkpoint_never_unpickles_arbitrary_objects(loader, referenc
     (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
     if loader == "resume":
         # one step more than the checkpoint holds: a resume with nothing left to train is refused before loading
-        command = train_command(reference_build.out / "manifest.json", tmp_path / "run", "--resume", str(ckpt), "--steps", str(TRAIN_STEPS + 1))
+        command = train_command(reference_build.out / MANIFEST, tmp_path / "run", "--resume", str(ckpt), "--steps", str(TRAIN_STEPS + 1))
     else:
         command = tokenmill("export", str(ckpt), "--hf", str(tmp_path / "hf"))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

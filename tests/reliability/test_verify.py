@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from manifests.manifest import load
+from manifests.outputs import MANIFEST, QUARANTINE, TOKENIZER_MODEL
 from pipeline.cli import main as tokenmill_main
 
 
@@ -26,12 +28,12 @@ def verify(manifest: Path, capsys) -> tuple[int, str]:
 
 
 def shard_files(root: Path) -> list[Path]:
-    manifest = json.loads((root / "manifest.json").read_text())
-    return [root / shard[key] for info in manifest["splits"].values() for shard in info["shards"] for key in ("bin", "idx")]
+    manifest = load(root)
+    return [root / path for info in manifest.splits.values() for shard in info.shards for path in (shard.bin, shard.idx)]
 
 
 def test_a_flipped_byte_in_any_shard_or_index_is_found_and_named(build_copy, capsys):
-    assert verify(build_copy / "manifest.json", capsys)[0] == 0
+    assert verify(build_copy / MANIFEST, capsys)[0] == 0
     rng = random.Random(0)
     files = shard_files(build_copy)
     assert len(files) >= 10
@@ -40,7 +42,7 @@ def test_a_flipped_byte_in_any_shard_or_index_is_found_and_named(build_copy, cap
         damaged = bytearray(original)
         damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
         path.write_bytes(bytes(damaged))
-        code, err = verify(build_copy / "manifest.json", capsys)
+        code, err = verify(build_copy / MANIFEST, capsys)
         assert code == 1
         assert [line.split(": ", 1)[0] for line in err.splitlines() if line.startswith("BAD")] == [f"BAD  {path}"]
         assert "sha256 mismatch" in err
@@ -52,12 +54,13 @@ def test_a_truncated_shard_is_found_and_named(build_copy, suffix, capsys):
     path = next(p for p in shard_files(build_copy) if p.suffix == suffix)
     data = path.read_bytes()
     path.write_bytes(data[:-2])
-    code, err = verify(build_copy / "manifest.json", capsys)
+    code, err = verify(build_copy / MANIFEST, capsys)
     assert code == 1
     assert f"BAD  {path}: {len(data) - 2} bytes, manifest says {len(data)} (truncated or changed)" in err
 
 
 def _point_outside(manifest: dict, field: str, path: str) -> None:
+    """Change the manifest's JSON object: what it becomes is no valid manifest, which is the point."""
     if field == "tokenizer.path":
         manifest["tokenizer"]["path"] = path
     elif field == "quarantine.path":
@@ -70,9 +73,9 @@ def _point_outside(manifest: dict, field: str, path: str) -> None:
 @pytest.mark.parametrize("escape", ["relative", "absolute"])
 def test_a_manifest_whose_paths_leave_its_folder_is_refused(build_copy, field, escape, capsys):
     """The file the path points to exists and is intact, so only the path check can refuse it."""
-    manifest_path = build_copy / "manifest.json"
+    manifest_path = build_copy / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    inside = {"tokenizer.path": "tokenizer.model", "quarantine.path": "quarantine.jsonl"}.get(field) or manifest["splits"]["train"]["shards"][0][field]
+    inside = {"tokenizer.path": TOKENIZER_MODEL, "quarantine.path": QUARANTINE}.get(field) or manifest["splits"]["train"]["shards"][0][field]
     outside = build_copy.parent / Path(inside).name
     shutil.copy(build_copy / inside, outside)
     _point_outside(manifest, field, f"../{outside.name}" if escape == "relative" else str(outside))
@@ -85,5 +88,5 @@ def test_a_manifest_whose_paths_leave_its_folder_is_refused(build_copy, field, e
 def test_shard_files_the_manifest_does_not_list_are_warned_about(build_copy, capsys):
     (build_copy / "train").mkdir(exist_ok=True)
     (build_copy / "train" / "train-00099.bin").write_bytes(b"left by an earlier build")
-    code, err = verify(build_copy / "manifest.json", capsys)
+    code, err = verify(build_copy / MANIFEST, capsys)
     assert code == 0 and "warning: 1 shard files" in err and "train/train-00099.bin" in err

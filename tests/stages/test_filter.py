@@ -8,18 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from manifests.config import ConfigError
 from pipeline.build.recipe import load_recipe
-from stages.config import ConfigError
 from stages.document import DocBatch
-from stages.fetch import SourceConfig
 from stages.filter import KNOWN_FILTERS, Filter, apply_filters, build_filters
+from tests.support.sources import source
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 RECIPES = Path(__file__).resolve().parents[2] / "manifests/recipes"
-
-
-def source(filters: dict, **fields) -> SourceConfig:
-    return SourceConfig(name="web", kind="jsonl", root="/data", train=["*.jsonl.zst"], filters=filters, **fields)
 
 
 def only_filter(name: str, params: dict | None = None) -> Filter:
@@ -140,10 +136,22 @@ def test_subset_rules_include_and_exclude():
     assert build_filters(source({})) == []
 
 
-def test_the_shipped_recipes_build():
-    for recipe_file in ("tinyllama.yaml", "web-quality.yaml"):
-        for src in load_recipe(RECIPES / recipe_file).sources:
-            build_filters(src)
+def test_every_shipped_recipe_builds_the_filters_it_names_and_they_decide(kjv):
+    """Each source of each shipped recipe gets the subset rule, then its own filters in the recipe's order; on
+    SlimPajama they drop a RedPajamaGithub chapter as an excluded subset and a verse as a short document."""
+    shipped = sorted(RECIPES.glob("*.yaml"))
+    assert len(shipped) >= 3
+    github, short = "\n\n".join(kjv[("John", 1)]), "Jesus wept."
+    for recipe_file in shipped:
+        sources = load_recipe(recipe_file).sources
+        assert "slimpajama" in [src.name for src in sources], recipe_file.name
+        for src in sources:
+            filters = build_filters(src)
+            assert [f.name for f in filters] == ["excluded_subset", *src.filters], (recipe_file.name, src.name)
+            if src.name == "slimpajama":
+                batch = DocBatch(src.name, "a.jsonl.zst", [1, 2], ["RedPajamaGithub", "RedPajamaBook"], [github, short])
+                kept, dropped = apply_filters(batch, filters)
+                assert dropped == [(0, "excluded_subset"), (1, "short_document")] and not kept.texts, recipe_file.name
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
 from stages import filter as filter_stage
 from stages.filter import build_filters, word_tokenizer
-from tests.stages.test_filter import source
+from tests.support.sources import source
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 EDGE_CASES = [

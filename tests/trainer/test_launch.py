@@ -11,7 +11,7 @@ import sys
 
 import torch.distributed as dist
 
-from tests.reliability.faults import listening_sockets
+from tests.support.faults import listening_sockets
 from trainer import launch
 
 WAIT_FOR_STOP = """

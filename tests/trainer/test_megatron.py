@@ -9,7 +9,8 @@ from megatron.core.datasets.utils import get_blend_from_list
 
 from manifests import megatron
 from manifests.manifest import load
-from manifests.shards import open_tokens, read_index
+from manifests.outputs import MANIFEST
+from manifests.shards import read_shard
 from pipeline.cli import main as tokenmill
 
 
@@ -18,19 +19,18 @@ def test_megatron_reads_every_document_of_every_shard_as_tokenmill_does(sample_m
     assert tokenmill(["export", "--megatron", str(sample_manifest), str(out)]) == 0
     assert tokenmill(["export", "--megatron", str(sample_manifest), str(out)]) == 0  # a rerun replaces the files
     manifest = load(sample_manifest)
-    for split in manifest.splits():
+    for split in manifest.splits:
         shards = manifest.shards(split)
         prefixes, weights = get_blend_from_list((out / f"{split}.data-path").read_text().split())
-        assert weights == [s.entry["tokens"] for s in shards]
+        assert weights == [s.entry.tokens for s in shards]
         for shard, prefix in zip(shards, prefixes, strict=True):
-            assert (out / shard.entry["bin"]).resolve() == shard.bin_path.resolve()  # a link, no copy
-            index = read_index(shard.idx_path)
-            tokens = open_tokens(shard.bin_path, index)
+            assert (out / shard.entry.bin).resolve() == shard.bin_path.resolve()  # a link, no copy
+            index, tokens = read_shard(shard.bin_path, shard.idx_path)
             dataset = IndexedDataset(prefix)
             assert len(dataset) == index.documents > 0
             for i in range(index.documents):
                 start, end = index.doc_span(i)
-                assert np.array_equal(dataset[i], tokens[start:end]), (shard.entry["bin"], i)
+                assert np.array_equal(dataset[i], tokens[start:end]), (shard.entry.bin, i)
     assert "train.data-path" in capsys.readouterr().out
 
 
@@ -46,7 +46,7 @@ def test_uint32_tokens_are_declared_int32_which_megatron_reads_as_the_same_ids(t
 def test_a_missing_shard_is_refused_in_one_line(sample_manifest, tmp_path, capsys):
     copy = tmp_path / "build"
     copy.mkdir()
-    (copy / "manifest.json").write_text(sample_manifest.read_text())
-    assert tokenmill(["export", "--megatron", str(copy / "manifest.json"), str(tmp_path / "out")]) == 2
+    (copy / MANIFEST).write_text(sample_manifest.read_text())
+    assert tokenmill(["export", "--megatron", str(copy / MANIFEST), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "missing" in err and "stage-in" in err

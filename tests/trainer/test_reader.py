@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).parent
+SUPPORT = Path(__file__).parents[1] / "support"  # scripts the tests run under torchrun
 
 
 def plain_loop(manifest: Path, out: Path, *resume: str) -> list[dict]:
     out.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(HERE / "plain_loop.py"), str(manifest), str(out), *resume]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SUPPORT / "plain_loop.py"), str(manifest), str(out), *resume]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return [dict(np.load(out / f"rank{rank}.npz")) for rank in range(2)]

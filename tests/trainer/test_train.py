@@ -21,7 +21,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from manifests.manifest import load as load_manifest
-from manifests.shards import open_tokens, read_index
+from manifests.manifest import write_local
+from manifests.outputs import MANIFEST
+from manifests.shards import read_shard
 from trainer import checkpoint
 from trainer.config import PRESETS, TrainConfig
 from trainer.export import load_checkpoint_model
@@ -31,7 +33,7 @@ from trainer.optim import build_optimizer
 from trainer.parallelize import apply_fp32_residual, apply_fsdp, parallelize
 from trainer.train import train_step
 
-HERE = Path(__file__).parent
+SUPPORT = Path(__file__).parents[1] / "support"  # scripts the tests run under torchrun
 STEPS = 40
 # 2 ranks x micro-batch 2 x 64 tokens = 256 tokens per micro-step: 2 micro-steps of gradient accumulation.
 TRAIN_ARGS = [
@@ -81,7 +83,7 @@ def test_loss_falls_and_metrics_are_recorded(uninterrupted):
 
 
 def test_ranks_read_disjoint_windows(sample_manifest, tmp_path):
-    done = subprocess.run(torchrun(str(HERE / "rank_windows.py"), str(sample_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(torchrun(str(SUPPORT / "rank_windows.py"), str(sample_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
     assert len(rank0) == len(rank1) > 100
@@ -235,18 +237,18 @@ def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_c
     changed = tmp_path / "build"
     changed.mkdir()
     for entry in sample_manifest.parent.iterdir():
-        if entry.name != "manifest.json":
+        if entry.name != MANIFEST:
             (changed / entry.name).symlink_to(entry)
-    data = json.loads(sample_manifest.read_text())
-    removed = data["splits"]["train"]["shards"].pop()["bin"]
-    (changed / "manifest.json").write_text(json.dumps(data))
-    command = tokenmill("train", "--nproc", "2", "--manifest", str(changed / "manifest.json"), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--steps", "21")
+    manifest = load_manifest(sample_manifest)
+    removed = manifest.splits["train"].shards.pop().bin
+    write_local(manifest, changed / MANIFEST)
+    command = tokenmill("train", "--nproc", "2", "--manifest", str(changed / MANIFEST), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--steps", "21")
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr[-3000:]
     assert f"1 removed ({removed})" in refused.stderr and "--allow-manifest-change" in refused.stderr
     allowed = subprocess.run(command + ["--allow-manifest-change"], capture_output=True, text=True, timeout=300)
     assert allowed.returncode == 0, allowed.stderr[-3000:]
-    assert allowed.stderr.count(f"--allow-manifest-change: the shards of split 'train' in {changed / 'manifest.json'} changed since the checkpoint: 1 removed ({removed})") == 1
+    assert allowed.stderr.count(f"--allow-manifest-change: the shards of split 'train' in {changed / MANIFEST} changed since the checkpoint: 1 removed ({removed})") == 1
     assert sorted(losses(tmp_path / "run")) == [21]
 
 
@@ -271,12 +273,11 @@ def test_export_loads_in_transformers_with_the_same_logits_and_tokenizer(sample_
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     texts = ["", " x", "a  b   c", "tail  ", "\n    indented\ttab", "Ünïcödé 日本語 🙂"]
     for shard in manifest.shards("train"):
-        index = read_index(shard.idx_path)
-        stream = open_tokens(shard.bin_path, index)
+        index, stream = read_shard(shard.bin_path, shard.idx_path)
         texts += [sp.decode(stream[slice(*index.doc_span(i))][:-1].tolist()) for i in range(0, index.documents, max(1, index.documents // 20))]
     assert sum("    " in text for text in texts) > 5  # code among them
     assert [tokenizer(text)["input_ids"] for text in texts] == [sp.encode(text) for text in texts]
-    assert tokenizer.eos_token_id == manifest.eos_id
+    assert tokenizer.eos_token_id == manifest.tokenizer.eos_id
 
 
 def test_export_names_what_it_was_given(tmp_path, capsys):

@@ -14,15 +14,20 @@ import numpy as np
 import pytest
 import ray
 
-from manifests.shards import open_tokens, read_index
+from manifests.keys import doc_key, split_key
+from manifests.manifest import load
+from manifests.outputs import MANIFEST, QUARANTINE, TOKENIZER_MODEL
+from manifests.shards import read_index, read_shard
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
+from pipeline.build.registry import stages_of
 from pipeline.ops.verify import verify
 from pipeline.report.stats import build_record
-from stages.document import DocBatch
+from pipeline.work.store import DONE
+from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE, DocBatch
 from stages.fetch import read_documents
 from stages.tokenize import Tokenizer
-from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
+from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +58,10 @@ def natural(local_ray, sample_corpus, tmp_path_factory):
 
 def shard_documents(out: Path):
     """(split, source id, origin key, tokens) of every document in every shard."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
-            index = read_index(out / shard["idx"])
-            tokens = open_tokens(out / shard["bin"], index)
+    manifest = load(out)
+    for split in manifest.splits:
+        for ref in manifest.shards(split):
+            index, tokens = read_shard(ref.bin_path, ref.idx_path)
             for i in range(index.documents):
                 start, end = index.doc_span(i)
                 yield split, int(index.source_ids[i]), int(index.origins[i]), np.asarray(tokens[start:end])
@@ -65,89 +69,90 @@ def shard_documents(out: Path):
 
 def input_texts(out: Path) -> dict[int, str]:
     """Every readable input document by origin key, read straight from the input files."""
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = load(out)
     recipe = load_recipe(out.parent / "recipe.yaml")
     texts = {}
-    for file_index, entry in enumerate(manifest["inputs"]):
-        source = recipe.source(entry["source"])
+    for file_index, entry in enumerate(manifest.inputs):
+        source = recipe.source(entry.source)
         fs, root = fsspec.core.url_to_fs(source.root)
-        for item in read_documents(fs, f"{root}/{entry['path']}", entry["path"], source, 256):
+        for item in read_documents(fs, f"{root}/{entry.path}", entry.path, source, 256):
             if isinstance(item, DocBatch):
                 for ordinal, text in zip(item.ordinals, item.texts):
-                    texts[(file_index << 32) | ordinal] = text
+                    texts[doc_key(file_index, ordinal)] = text
     return texts
 
 
 def test_counts_in_the_manifest_equal_what_the_files_hold(downsampled):
-    manifest, problems = verify(downsampled / "manifest.json")
+    manifest, problems = verify(downsampled / MANIFEST)
     assert problems == []
     names = manifest.source_names
-    for split, info in manifest.data["splits"].items():
+    for split, info in manifest.splits.items():
         recount = {n: 0 for n in names}
         for ref in manifest.shards(split):
             index = read_index(ref.idx_path)
             lengths = index.doc_lengths()
-            assert (index.documents, index.tokens) == (ref.entry["documents"], ref.entry["tokens"])
+            assert (index.documents, index.tokens) == (ref.entry.documents, ref.entry.tokens)
             for sid, name in enumerate(names):
                 tokens = int(lengths[index.source_ids == sid].sum())
-                assert tokens == ref.entry["tokens_by_source"][name]
+                assert tokens == ref.entry.tokens_by_source[name]
                 recount[name] += tokens
-        assert recount == info["tokens_by_source"]
-        assert sum(recount.values()) == info["tokens"]
-    quarantined = (downsampled / "quarantine.jsonl").read_text().splitlines()
-    assert len(quarantined) == manifest.data["quarantine"]["records"]
+        assert recount == info.tokens_by_source
+        assert sum(recount.values()) == info.tokens
+    quarantined = (downsampled / QUARANTINE).read_text().splitlines()
+    assert len(quarantined) == manifest.quarantine.records
 
 
 def test_every_shard_carries_the_recipe_ratio(downsampled):
-    manifest = json.loads((downsampled / "manifest.json").read_text())
-    train = manifest["splits"]["train"]
-    assert len(train["shards"]) >= 3
-    largest_document = max(read_index(downsampled / s["idx"]).doc_lengths().max() for s in train["shards"])
-    for shard in train["shards"]:
+    manifest = load(downsampled)
+    train = manifest.splits["train"]
+    assert len(train.shards) >= 3
+    largest_document = max(read_index(downsampled / s.idx).doc_lengths().max() for s in train.shards)
+    for shard in train.shards:
         # within 1% of the target share, or, for shards too small for that, within one document's tokens
-        off_by = abs(shard["tokens_by_source"]["slimpajama"] - 0.7 * shard["tokens"])
-        assert off_by <= max(0.007 * shard["tokens"], largest_document), shard["bin"]
-    assert abs(manifest["mix"]["achieved"]["train"]["slimpajama"] - 0.7) < 0.01
-    assert manifest["stages"]["mix"]["tasks"] >= 3  # several mix groups, each holding the ratio on its own
+        off_by = abs(shard.tokens_by_source["slimpajama"] - 0.7 * shard.tokens)
+        assert off_by <= max(0.007 * shard.tokens, largest_document), shard.bin
+    assert abs(manifest.mix.achieved["train"]["slimpajama"] - 0.7) < 0.01
+    assert manifest.stages["mix"]["tasks"] >= 3  # several mix groups, each holding the ratio on its own
     # downsample: the poorer source is taken whole, the richer cut
-    assert sorted(s["epochs"] == 1.0 for s in manifest["sources"]) == [False, True]
-    assert all(s["epochs"] <= 1.0 for s in manifest["sources"])
+    assert sorted(s.epochs == 1.0 for s in manifest.sources) == [False, True]
+    assert all(s.epochs <= 1.0 for s in manifest.sources)
 
 
 def test_planted_duplicates_short_documents_github_and_bad_records_are_dropped(downsampled, sample_corpus):
     planted = json.loads((sample_corpus / "PLANTED.json").read_text())
-    manifest = json.loads((downsampled / "manifest.json").read_text())
-    for source in manifest["sources"]:
-        dropped, name = source["dropped"], source["name"]
-        assert dropped.get("exact_duplicate", 0) == planted["planted"]["exact_duplicates"].get(name, 0)
-        assert dropped.get("near_duplicate", 0) == planted["planted"]["near_duplicates"].get(name, 0)
+    manifest = load(downsampled)
+    for source in manifest.sources:
+        dropped, name = source.dropped, source.name
+        assert dropped.get(EXACT_DUPLICATE, 0) == planted["planted"]["exact_duplicates"].get(name, 0)
+        assert dropped.get(NEAR_DUPLICATE, 0) == planted["planted"]["near_duplicates"].get(name, 0)
         assert dropped.get("short_document", 0) == planted["planted"].get("short_documents", {}).get(name, 0)
         assert dropped.get("excluded_subset", 0) == planted["planted"].get("excluded_subset", {}).get(name, 0)
         for reason, count in planted["bad_records"].get(name, {}).items():
             assert dropped[reason] == count, (name, reason)
     assert "RedPajamaGithub" not in {
-        s for src in manifest["sources"] for s, row in src["subsets"].items() if row["documents_kept"]
+        s for src in manifest.sources for s, row in src.subsets.items() if row.documents_kept
     }
-    reasons = [json.loads(line)["reason"] for line in (downsampled / "quarantine.jsonl").read_text().splitlines()]
+    reasons = [json.loads(line)["reason"] for line in (downsampled / QUARANTINE).read_text().splitlines()]
     expected = {r: n for per_source in planted["bad_records"].values() for r, n in per_source.items()}
     assert {r: reasons.count(r) for r in set(reasons)} == expected
 
 
 def test_round_trip_every_kept_document_is_in_the_shards_exactly_once(natural):
-    manifest = json.loads((natural / "manifest.json").read_text())
-    tokenizer = Tokenizer.from_bytes((natural / "tokenizer.model").read_bytes(), False, True)
+    manifest = load(natural)
+    tokenizer = Tokenizer.from_bytes((natural / TOKENIZER_MODEL).read_bytes(), False, True)
     texts = input_texts(natural)
     seen = set()
     for split, source_id, origin, tokens in shard_documents(natural):
         assert origin not in seen, "a document appears twice"
         seen.add(origin)
-        assert manifest["inputs"][origin >> 32]["source"] == manifest["sources"][source_id]["name"]
+        assert manifest.inputs[split_key(origin)[0]].source == manifest.sources[source_id].name
         expected, _ = tokenizer.encode([texts[origin]])
         assert np.array_equal(tokens, expected), f"document {origin:#x} does not decode to its input"
-    kept = sum(s["documents_kept"] for s in manifest["sources"])
-    assert len(seen) == kept == sum(info["documents"] for info in manifest["splits"].values())
-    read = sum(s["documents_read"] for s in manifest["sources"])
-    dropped = sum(n for s in manifest["sources"] for r, n in s["dropped"].items() if r in {"exact_duplicate", "near_duplicate", "short_document", "excluded_subset"})
+    kept = sum(s.documents_kept for s in manifest.sources)
+    assert len(seen) == kept == sum(info.documents for info in manifest.splits.values())
+    read = sum(s.documents_read for s in manifest.sources)
+    removed = {EXACT_DUPLICATE, NEAR_DUPLICATE, "short_document", "excluded_subset"}
+    dropped = sum(n for s in manifest.sources for r, n in s.dropped.items() if r in removed)
     assert kept == read - dropped
 
 
@@ -178,7 +183,7 @@ def test_every_task_records_its_peak_memory_and_cpu_and_each_stage_its_largest_t
 
 
 def _done_records(out: Path) -> int:
-    return len(list(out.glob("work/process/*/_DONE.json")))
+    return len(list(out.glob(f"work/process/*/{DONE}")))
 
 
 @pytest.mark.slow
@@ -192,13 +197,13 @@ def test_a_build_killed_mid_stage_resumes_to_identical_bytes(downsampled, tmp_pa
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     first.wait()
     finished_before = _done_records(out)
-    assert not (out / "manifest.json").exists() and finished_before >= 2
+    assert not (out / MANIFEST).exists() and finished_before >= 2
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "[process] re-used" in second.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    process = load(out).stages["process"]
     # a task in flight at the kill may still have finished; everything finished was skipped, not redone
-    assert finished_before <= manifest["stages"]["process"]["skipped"] < manifest["stages"]["process"]["tasks"]
+    assert finished_before <= process["skipped"] < process["tasks"]
     assert shard_bytes(out) == shard_bytes(downsampled)
     assert stable_manifest(out) == stable_manifest(downsampled)
 
@@ -251,11 +256,17 @@ def test_an_added_removed_or_replaced_input_gives_exactly_a_fresh_builds_output(
         console = capsys.readouterr().err
         fresh = tmp_path / f"fresh-{name}"
         build(load_recipe(recipe_path), str(fresh), workers=2, console=False)
-        manifest = json.loads((out / "manifest.json").read_text())
-        process = manifest["stages"]["process"]
+        process = load(out).stages["process"]
         assert process["tasks"] - process["skipped"] == new_files, name  # only the new or changed file was processed
         said = next(line for line in console.splitlines() if line.startswith("[process] re-used"))
         assert f" {process['skipped']} " in said and (new_files == 0 or f"running the {new_files} whose inputs or settings are new" in said), said
-        assert manifest["stages"]["mix"]["skipped"] == 0 and manifest["stages"]["resolve"]["skipped"] == 0, name
+        stages = load(out).stages
+        assert stages["mix"]["skipped"] == 0 and stages["resolve"]["skipped"] == 0, name
         assert shard_bytes(out) == shard_bytes(fresh), name
         assert stable_manifest(out) == stable_manifest(fresh), name
+
+
+def test_the_stages_run_in_the_registrys_order(downsampled):
+    events = [json.loads(line) for line in (downsampled / "build.log.jsonl").read_text().splitlines()]
+    ran = [e["stage"] for e in events if e.get("event") == "stage_done"]
+    assert ran == [s.name for s in stages_of(load_recipe(downsampled.parent / "recipe.yaml"))]

@@ -2,18 +2,19 @@
 exactly what a fresh build of the changed recipe gives (real Ray, real files)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import ray
 
+from manifests.manifest import load
+from manifests.outputs import MANIFEST
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.build.registry import stages_of
 from pipeline.work.commands import entries, main
 from pipeline.work.store import Store
-from tests.reliability.faults import sample_recipe, shard_bytes, stable_manifest
+from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
 
 ALL = tuple(s.name for s in stages_of(load_recipe("sample")))
 
@@ -27,7 +28,7 @@ def local_ray():
 
 def _ran(out: Path) -> set[str]:
     """The stages in which at least one task ran (was not re-used)."""
-    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    stages = load(out).stages
     return {name for name, t in stages.items() if t["skipped"] < t["tasks"]}
 
 
@@ -46,7 +47,7 @@ def test_each_change_reruns_exactly_the_stages_that_depend_on_it(local_ray, samp
     base = {"mix": {"shard_tokens": 60_000, "shards_per_group": 2}}
     out = tmp_path / "out"
     build(load_recipe(sample_recipe(sample_corpus, tmp_path / "r0", **base)), str(out), workers=2, console=False)
-    first_shards = json.loads((out / "manifest.json").read_text())["splits"]["train"]["shards"][0]["bin"].split("/")[0]
+    first_shards = load(out).splits["train"].shards[0].bin.split("/")[0]
     sources = [{"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")}, {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata")}]
     code_files = len(list((sample_corpus / "starcoderdata").rglob("*.parquet")))
     changes = {  # change: (stages that run, process tasks that run)
@@ -59,13 +60,12 @@ def test_each_change_reruns_exactly_the_stages_that_depend_on_it(local_ray, samp
     for i, (name, (change, stages, processed)) in enumerate(changes.items(), start=1):
         recipe = sample_recipe(sample_corpus, tmp_path / f"r{i}", **{**base, **change})
         build(load_recipe(recipe), str(out), workers=2, console=False)
-        process = json.loads((out / "manifest.json").read_text())["stages"]["process"]
+        process = load(out).stages["process"]
         assert _ran(out) == stages, name
         assert process["tasks"] - process["skipped"] == (process["tasks"] if processed == "all" else processed), name
         _same_as_fresh(recipe, out, tmp_path / f"fresh{i}")
-    manifest = json.loads((out / "manifest.json").read_text())
     # the earlier builds' shard folders are gone: every shard file in the output is one the manifest lists
-    listed = {s[k] for info in manifest["splits"].values() for s in info["shards"] for k in ("bin", "idx")}
+    listed = {path for info in load(out).splits.values() for s in info.shards for path in (s.bin, s.idx)}
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".bin", ".idx") and "work" not in p.relative_to(out).parts}
     assert on_disk == listed and not (out / first_shards).exists()
 
@@ -79,17 +79,17 @@ def test_two_outputs_share_one_work_store(local_ray, sample_corpus, tmp_path):
     recipe = sample_recipe(sample_corpus, tmp_path / "b", sources=sources)
     build(load_recipe(recipe), str(tmp_path / "mix64"), workers=2, console=False, work_url=str(work))
     assert _ran(tmp_path / "mix64") == {"mix"}
-    assert json.loads((tmp_path / "mix64/manifest.json").read_text())["provenance"]["work"] == f"file://{work}"
+    assert load(tmp_path / "mix64").provenance.work == f"file://{work}"
     _same_as_fresh(recipe, tmp_path / "mix64", tmp_path / "fresh")
-    assert (tmp_path / "mix73/manifest.json").exists() and not (tmp_path / "mix73/work").exists()
+    assert (tmp_path / "mix73" / MANIFEST).exists() and not (tmp_path / "mix73/work").exists()
     assert len(list((work / "uses").glob("*.json"))) == 2
     # `tokenmill work`: both outputs use the shared stages; removing one output's manifest frees its mix outputs
-    both = {f"file://{tmp_path / name / 'manifest.json'}" for name in ("mix73", "mix64")}
+    both = {f"file://{tmp_path / name / MANIFEST}" for name in ("mix73", "mix64")}
     listed = entries(Store.at(str(work)))
     assert all(set(e.used_by) == both for e in listed if not e.folder.startswith("mix/"))
-    mix73_only = [e.folder for e in listed if e.used_by == [f"file://{tmp_path / 'mix73/manifest.json'}"]]
+    mix73_only = [e.folder for e in listed if e.used_by == [f"file://{tmp_path / 'mix73' / MANIFEST}"]]
     assert mix73_only and all(f.startswith("mix/") for f in mix73_only)
-    (tmp_path / "mix73/manifest.json").unlink()
+    (tmp_path / "mix73" / MANIFEST).unlink()
     assert main(["prune", str(work)]) == 0
     assert sorted(e.folder for e in entries(Store.at(str(work)))) == sorted(e.folder for e in listed if e.folder not in mix73_only)
     assert main(["ls", str(tmp_path / "nowhere")]) == 2

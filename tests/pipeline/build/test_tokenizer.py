@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from manifests.outputs import TOKENIZER_MODEL
 from pipeline.build import tokenizer as build_tokenizer
 from pipeline.build.inputs import list_inputs
 from pipeline.build.recipe import load_recipe
@@ -38,7 +39,7 @@ def test_a_trained_tokenizer_learns_from_filtered_text_once_and_is_reused(sample
 
     trained = build_tokenizer.open_tokenizer(recipe, inputs, out)
     assert trained.vocab_size == 400
-    assert (tmp_path / build_tokenizer.TRAINED_MODEL).read_bytes() == trained.model_bytes
+    assert (tmp_path / TOKENIZER_MODEL).read_bytes() == trained.model_bytes
 
     def train_again(*args, **kwargs):
         raise AssertionError("the model beside the manifest must be re-used, not trained again")

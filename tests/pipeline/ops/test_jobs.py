@@ -3,17 +3,14 @@ that listens on 127.0.0.1 only, runs a real build of the sample corpus submitted
 Ray's own `ray job submit`, fails a broken recipe with the recipe error in its logs, and stops a running job.
 
 The head is started with infra/local/start-head.sh on 127.0.0.1 with free ports, its own short temp dir and
-its own authentication token, and stopped by PID at the end (never `ray stop`: other Ray instances on the
-machine are not ours). The CLI runs in subprocesses, as a user runs it, with the token in its environment.
+its own authentication token, and stopped by PID at the end (`tests/support/ray_head.py`). The CLI runs in subprocesses, as a user runs it, with the token in its environment.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
+import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +22,7 @@ import pytest
 import yaml
 
 from manifests import manifest as manifest_io
+from manifests.outputs import MANIFEST
 from manifests.shards import sha256_file
 from pipeline.build.recipe import RecipeError, load_recipe
 from pipeline.ops.jobs import (
@@ -37,6 +35,7 @@ from pipeline.ops.jobs import (
     runtime_env,
     submit_main,
 )
+from tests.support.ray_head import Head, free_port
 
 SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 
@@ -61,11 +60,17 @@ def staging():
         yield Path(folder)
 
 
-def test_entrypoint_runs_the_build_and_joins_the_cluster():
-    assert build_entrypoint("manifests/recipes/sample.yaml", "s3://bucket/tl", 8) == (
-        "python -m pipeline.cli build manifests/recipes/sample.yaml --out s3://bucket/tl --address auto --workers 8"
-    )
-    assert build_entrypoint("my recipe.yaml", "/runs/a b", None) == "python -m pipeline.cli build 'my recipe.yaml' --out '/runs/a b' --address auto"
+def test_entrypoint_runs_the_build_and_joins_the_cluster(tmp_path):
+    """Run as the job's shell runs it: the build command gets the recipe path whole (spaces and all) and
+    refuses it, since it does not exist, before it looks for the cluster it was told to join."""
+    recipe = tmp_path / "my recipe.yaml"
+    command = shlex.split(build_entrypoint(str(recipe), str(tmp_path / "out a"), 8))
+    assert command[0] == "python"  # the job's own python (start-head.sh puts the project's .venv first on PATH)
+    assert command[command.index("--address") + 1] == "auto" and command[command.index("--workers") + 1] == "8"
+    done = subprocess.run([sys.executable, *command[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == f"tokenmill build: RecipeError: recipe file {recipe} does not exist"
+    assert not (tmp_path / "out a").exists()
+    assert "--workers" not in shlex.split(build_entrypoint("r.yaml", "o", None))  # the cluster's CPUs, then
 
 
 def test_local_outputs_become_absolute_and_urls_stay(tmp_path, monkeypatch):
@@ -152,12 +157,6 @@ def test_a_missing_recipe_is_refused(tmp_path, staging):
         recipe_for_job(tmp_path / "nowhere.yaml", staging)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_cluster_is_named(capsys):
     address = f"http://127.0.0.1:{free_port()}"
     assert submit_main([str(SAMPLE_RECIPE), "--address", address, "--out", "s3://bucket/tl"]) == 2
@@ -197,77 +196,6 @@ def test_arguments_are_checked_before_anything_is_sent(capsys):
 # ---------------------------------------------------------------- a real head
 
 
-class Head:
-    """A Ray head of our own, and the `tokenmill` CLI pointed at it."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.marker = uuid.uuid4().hex  # in the environment of every process the head starts
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex, TOKENMILL_TEST_HEAD=self.marker)
-        self.dashboard_port = free_port()
-        self.address = f"http://127.0.0.1:{self.dashboard_port}"
-        command = [
-            "bash", str(PROJECT_ROOT / "infra/local/start-head.sh"), "--port", str(free_port()), "--dashboard-port", str(self.dashboard_port),
-            "--num-cpus", "2", "--temp-dir", str(root / "ray"), "--block",
-            "--", "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
-        ]
-        self.log = open(root / "head.log", "w")
-        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_until_up(self, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the head exited:\n{(self.root / 'head.log').read_text()[-3000:]}"
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.dashboard_port)) == 0:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"no dashboard on {self.address} after {timeout_s}s")
-
-    def tokenmill(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=timeout_s)
-
-    def jobs(self, *args: str) -> subprocess.CompletedProcess:
-        return self.tokenmill("jobs", *args, "--address", self.address)
-
-    def stop(self) -> None:
-        """SIGTERM to `ray start --block`, which takes its processes down; whatever of ours is still there
-        10 s later (found by the marker in its environment) gets SIGKILL, by PID."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        if self.all_gone_within(10):
-            return
-        for pid in self.our_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.all_gone_within(10)
-
-    def all_gone_within(self, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while self.our_pids():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
-        return True
-
-    def our_pids(self) -> list[int]:
-        """Our processes: every one the head started carries the marker in its environment."""
-        pids = []
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and f"TOKENMILL_TEST_HEAD={self.marker}".encode() in (proc / "environ").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:  # gone meanwhile, or not ours to read
-                continue
-        return pids
-
-
 @pytest.fixture(scope="module")
 def head():
     root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))  # short: Ray's unix socket paths live under it
@@ -279,34 +207,6 @@ def head():
         head.stop()
         assert head.our_pids() == []
         shutil.rmtree(root, ignore_errors=True)
-
-
-def listening_addresses(pids: list[int]) -> set[str]:
-    """The local addresses that these processes accept TCP connections on (from /proc: sockets by inode)."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if (target := os.readlink(fd)).startswith("socket:["):
-                        inodes.add(target[len("socket:[") : -1])
-    found = set()
-    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            address_hex, state, inode = fields[1].split(":")[0], fields[3], fields[9]
-            if state == "0A" and inode in inodes:  # 0A: LISTEN
-                # the kernel prints each 32-bit word of the address in host (little-endian) order
-                words = [bytes.fromhex(address_hex[i : i + 8])[::-1] for i in range(0, len(address_hex), 8)]
-                found.add(socket.inet_ntop(family, b"".join(words)))
-    return found
-
-
-@pytest.mark.slow
-def test_the_local_head_listens_on_localhost_only(head):
-    addresses = listening_addresses(head.our_pids())
-    assert addresses  # GCS, raylet, dashboard, agents
-    assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
 
 
 def submit(head: Head, recipe: Path, out: Path) -> str:
@@ -330,23 +230,23 @@ def test_a_submitted_build_succeeds_and_writes_its_manifest(head, sample_corpus)
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
     assert f"job {job_id} SUCCEEDED" in followed.stderr
     assert re.search(r"^\[process\] (\d+)/\1 tasks", followed.stdout, re.M)  # the build's progress reaches the job's logs
-    assert str(out / "manifest.json") in followed.stdout
+    assert str(out / MANIFEST) in followed.stdout
     assert head.jobs("status", job_id).stdout.splitlines()[0] == f"{job_id}: SUCCEEDED"
     listed = [line for line in head.jobs("list").stdout.splitlines() if line.startswith(job_id)]
     assert len(listed) == 1 and " SUCCEEDED " in listed[0] and f"pipeline.cli build {STAGING_PREFIX}" in listed[0]
 
-    built = manifest_io.load(out / "manifest.json")
-    assert built.data["recipe"]["name"] == "tinyllama-sample"
-    assert [s["root"] for s in built.data["recipe"]["sources"]] == [str(sample_corpus / "SlimPajama-627B"), str(sample_corpus / "starcoderdata")]
-    assert set(built.splits()) == {"train", "validation"}
-    for split in built.splits():
-        assert built.data["splits"][split]["tokens"] > 0
+    built = manifest_io.load(out / MANIFEST)
+    assert built.recipe["name"] == "tinyllama-sample"
+    assert [s["root"] for s in built.recipe["sources"]] == [str(sample_corpus / "SlimPajama-627B"), str(sample_corpus / "starcoderdata")]
+    assert set(built.splits) == {"train", "validation"}
+    for split in built.splits:
+        assert built.splits[split].tokens > 0
         for shard in built.shards(split):
-            assert sha256_file(shard.bin_path) == shard.entry["bin_sha256"] and sha256_file(shard.idx_path) == shard.entry["idx_sha256"]
+            assert sha256_file(shard.bin_path) == shard.entry.bin_sha256 and sha256_file(shard.idx_path) == shard.entry.idx_sha256
 
-    staged = head.tokenmill("stage-in", f"file://{out / 'manifest.json'}", str(head.root / "nvme"))
+    staged = head.tokenmill("stage-in", f"file://{out / MANIFEST}", str(head.root / "nvme"))
     assert staged.returncode == 0, staged.stderr
-    assert (head.root / "nvme" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+    assert (head.root / "nvme" / MANIFEST).read_bytes() == (out / MANIFEST).read_bytes()
 
 
 @pytest.mark.slow
@@ -361,7 +261,7 @@ def test_a_recipe_the_cluster_cannot_build_fails_the_job_with_the_error_in_its_l
     status = head.jobs("status", job_id)
     assert status.returncode == 1 and status.stdout.startswith(f"{job_id}: FAILED\n") and "exit code 2" in status.stdout
     assert "no-corpus" in head.jobs("logs", job_id).stdout
-    assert not (head.root / "broken-out" / "manifest.json").exists()
+    assert not (head.root / "broken-out" / MANIFEST).exists()
 
 
 def ray_job_submit(head: Head, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -376,7 +276,7 @@ def test_rays_own_job_cli_runs_the_build_too(head, sample_corpus):
     out = head.root / "by-ray-cli"
     done = ray_job_submit(head, "--working-dir", ".", "--", "tokenmill", "build", str(recipe), "--out", str(out), cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert manifest_io.load(out / "manifest.json").data["splits"]["train"]["tokens"] > 0
+    assert manifest_io.load(out).splits["train"].tokens > 0
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ import ray
 import zstandard
 
 from manifests import manifest as manifest_io
-from manifests.shards import open_tokens, read_index
+from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES
+from manifests.shards import read_shard
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.build.registry import STAGE_NAMES, stages_of
@@ -34,13 +35,13 @@ from pipeline.report.page import (
 )
 from pipeline.report.stats import (
     DEFAULT_BUDGET_TOKENS,
-    LENGTH_EDGES,
     drop_step,
-    length_buckets,
     main,
     parse_tokens,
     write_report,
 )
+from pipeline.tasks.lengths import LENGTH_EDGES, length_buckets
+from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE
 
 RECIPES = Path(__file__).resolve().parents[3] / "manifests" / "recipes"
 
@@ -85,13 +86,12 @@ def recount_shards(manifest_path: Path) -> dict:
     """Per shard and per source, documents and tokens counted from the token files themselves: every document
     ends with the EOS token (add_eos), so EOS positions are the document boundaries."""
     m = manifest_io.load(manifest_path)
-    names = {s["id"]: s["name"] for s in m.data["sources"]}
+    names = {s.id: s.name for s in m.sources}
     shards, hist = {}, {}
-    for split in m.splits():
+    for split in m.splits:
         for ref in m.shards(split):
-            index = read_index(ref.idx_path)
-            tokens = np.asarray(open_tokens(ref.bin_path, index))
-            ends = np.flatnonzero(tokens == m.eos_id) + 1
+            index, tokens = read_shard(ref.bin_path, ref.idx_path)
+            ends = np.flatnonzero(np.asarray(tokens) == m.tokenizer.eos_id) + 1
             lengths = np.diff(ends, prepend=0)
             assert len(ends) == index.documents
             row = {"documents": len(ends), "tokens": len(tokens), "tokens_by_source": dict.fromkeys(names.values(), 0),
@@ -102,7 +102,7 @@ def recount_shards(manifest_path: Path) -> dict:
                 row["documents_by_source"][name] += 1
                 bucket = next(i for i in range(len(LENGTH_EDGES) - 1) if LENGTH_EDGES[i] <= length < LENGTH_EDGES[i + 1])
                 hist.setdefault(name, [0] * (len(LENGTH_EDGES) - 1))[bucket] += 1
-            shards[ref.entry["bin"]] = row
+            shards[ref.entry.bin] = row
     return {"shards": shards, "hist": hist}
 
 
@@ -221,7 +221,7 @@ def test_report_in_chromium_shows_every_section_and_the_manifest_numbers(corpus,
     assert sorted(dom.figures) == sorted(FIGURES)
     assert all(dom.figures.values()), dom.figures  # every figure holds a chart
     stats = json.loads((report.parent / "stats.json").read_text())
-    manifest = json.loads(corpus.read_text())
+    manifest = manifest_io.to_dict(manifest_io.load(corpus))  # the JSON object: the report's keys are its paths
     from_manifest = 0
     for shown in dom.values:
         assert shown["value"] == lookup(stats, shown["key"]), shown
@@ -277,12 +277,12 @@ def test_compare_shows_both_builds_and_highlights_what_differs(builds, tmp_path)
 
 def test_without_build_stats_the_report_comes_from_the_manifest_and_shards(corpus, tmp_path):
     manifest_path = copy_build(corpus, tmp_path / "build")
-    (manifest_path.parent / "build_stats.json").unlink()
+    (manifest_path.parent / BUILD_STATS).unlink()
     html_path = write_report(manifest_path, tmp_path / "report")
     stats = json.loads((html_path.parent / "stats.json").read_text())
-    manifest = json.loads(manifest_path.read_text())
+    manifest = manifest_io.load(manifest_path)
     assert stats["has_build_stats"] is False
-    assert sorted(stats["subsets"]) == sorted(f"{s['name']}/{sub}" for s in manifest["sources"] for sub in s["subsets"])
+    assert sorted(stats["subsets"]) == sorted(f"{s.name}/{sub}" for s in manifest.sources for sub in s.subsets)
     assert all(c["ok"] for c in stats["checks"].values()) and len(stats["checks"]) == 6
     assert stats["distributions"]["tokens_in_shards"] == recount_shards(manifest_path)["hist"]
     assert html_path.read_text().count("Not available: the build left no build_stats.json") == 3  # characters, fertility, duplicates
@@ -291,8 +291,8 @@ def test_without_build_stats_the_report_comes_from_the_manifest_and_shards(corpu
 def test_damaged_shards_fail_their_checks(corpus, tmp_path, capsys):
     manifest_path = copy_build(corpus, tmp_path / "build")
     root = manifest_path.parent
-    splits = json.loads(manifest_path.read_text())["splits"]
-    train_bin, validation_idx = splits["train"]["shards"][0]["bin"], splits["validation"]["shards"][0]["idx"]
+    splits = manifest_io.load(manifest_path).splits
+    train_bin, validation_idx = splits["train"].shards[0].bin, splits["validation"].shards[0].idx
     data = bytearray((root / train_bin).read_bytes())
     data[10] ^= 0xFF  # same size, different bytes: only the sha256 can tell
     (root / train_bin).write_bytes(bytes(data))
@@ -314,8 +314,8 @@ def test_cli_writes_the_three_files_and_names_a_missing_manifest(corpus, tmp_pat
     assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "report.html")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.html", "stats.json", "summary.md"]
     summary = (tmp_path / "r" / "summary.md").read_text()
-    manifest = json.loads(corpus.read_text())
-    assert f"| tokens in shards | {sum(s['tokens'] for s in manifest['splits'].values()):,} (" in summary
+    tokens = sum(s.tokens for s in manifest_io.load(corpus).splits.values())
+    assert f"| tokens in shards | {tokens:,} (" in summary
     assert main([str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")]) == 2
     assert "nope.json: no such manifest" in capsys.readouterr().err
 
@@ -382,10 +382,9 @@ def test_compare_names_read_as_words():
 
 
 def test_examples_of_what_each_filter_removed(corpus, report):
-    written = [json.loads(line) for line in (corpus.parent / "dropped_samples.jsonl").read_text().splitlines()]
+    written = [json.loads(line) for line in (corpus.parent / DROPPED_SAMPLES).read_text().splitlines()]
     written = [w for w in written if w["step"] == "filters"]
-    manifest = json.loads(corpus.read_text())
-    filtered = {(s["name"], r) for s in manifest["sources"] for r in s["dropped"] if drop_step(r) == "filters"}
+    filtered = {(s.name, r) for s in manifest_io.load(corpus).sources for r in s.dropped if drop_step(r) == "filters"}
     assert filtered and {(w["source"], w["reason"]) for w in written} == filtered
     assert all(len(w["text"]) <= 300 and w["doc"].startswith(f"{w['source']}/") and "kept_doc" not in w for w in written)
     shown = [s for s in json.loads((report.parent / "stats.json").read_text())["dropped_samples"] if s["step"] == "filters"]
@@ -407,8 +406,8 @@ def input_text(corpus: Path, doc: str) -> str:
 
 
 def test_examples_of_what_each_dedupe_step_removed_are_the_input_texts(sample_corpus, corpus, report):
-    written = [json.loads(line) for line in (corpus.parent / "dropped_samples.jsonl").read_text().splitlines()]
-    duplicates = [w for w in written if w["reason"] in ("exact_duplicate", "near_duplicate")]
+    written = [json.loads(line) for line in (corpus.parent / DROPPED_SAMPLES).read_text().splitlines()]
+    duplicates = [w for w in written if w["reason"] in (EXACT_DUPLICATE, NEAR_DUPLICATE)]
     # both sources have planted exact and near copies, each in another file than its original
     assert {(w["source"], w["step"]) for w in duplicates} == {(s, step) for s in ("slimpajama", "starcoderdata") for step in ("exact duplicates", "near duplicates")}
     for w in duplicates:
@@ -447,16 +446,17 @@ def test_duplicates_with_markup_are_sampled_escaped_the_same_bytes_every_build_a
                       "tokenizer: {model: 'pkg://mistral_common/data/tokenizer.model.v1'}\ndedupe: {partitions: 2}\nmix: {shard_tokens: 100000}\n")
     built = [Path(build(load_recipe(recipe), str(tmp_path / out), workers=workers, console=False).removeprefix("file://"))
              for out, workers in (("one", 2), ("two", 1), ("one", 2))]  # the third resumes the first
-    written = [json.loads(line) for line in (built[0].parent / "dropped_samples.jsonl").read_text().splitlines()]
+    written = [json.loads(line) for line in (built[0].parent / DROPPED_SAMPLES).read_text().splitlines()]
     exact, near = written
-    assert exact == {"source": "web", "subset": "unknown", "reason": "exact_duplicate", "step": "exact duplicates", "doc": "web/b.jsonl#1",
+    assert exact == {"source": "web", "subset": "unknown", "reason": EXACT_DUPLICATE, "step": "exact duplicates", "doc": "web/b.jsonl#1",
                      "text": a[0][:300], "kept_doc": "web/a.jsonl#1"}
     assert (near["doc"], near["text"], near["kept_doc"], near["kept_text"]) == ("web/b.jsonl#2", b[1][:300], "web/a.jsonl#2", a[1][:300])
     assert 0.78 <= near["similarity"] < 1
-    assert (built[1].parent / "dropped_samples.jsonl").read_bytes() == (built[0].parent / "dropped_samples.jsonl").read_bytes()
+    assert (built[1].parent / DROPPED_SAMPLES).read_bytes() == (built[0].parent / DROPPED_SAMPLES).read_bytes()
     assert json.loads(built[2].read_text())["stages"]["samples"]["skipped"] == 1
     report = write_report(built[0], tmp_path / "report")
-    assert list(json.loads((report.parent / "stats.json").read_text())["build"]["stages"]) == list(STAGE_NAMES)  # verified too, in order
+    stages = [n for n in STAGE_NAMES if n != "decontaminate"]  # no eval sets here
+    assert list(json.loads((report.parent / "stats.json").read_text())["build"]["stages"]) == stages  # verified, in order
     page = report.read_text()
     assert "<script>alert(" not in page and "&lt;script&gt;alert(&#x27;0&#x27;)&lt;/script&gt; Tom &amp; Jerry 0" in page
     assert "&lt;script&gt;alert(&#x27;1&#x27;)&lt;/script&gt; Tom &amp; Jerry 1" in page

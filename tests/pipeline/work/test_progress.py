@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 
+from manifests.outputs import BUILD_LOG
 from pipeline.work.progress import EventLog, StageProgress, text_speed
 from pipeline.work.store import Store
 
@@ -51,14 +52,14 @@ def test_the_speed_is_mb_per_second_of_input_text(monkeypatch):
 
 
 def lines(store: Store) -> list[dict]:
-    return [json.loads(line) for line in store.read_bytes("build.log.jsonl").decode().splitlines()]
+    return [json.loads(line) for line in store.read_bytes(BUILD_LOG).decode().splitlines()]
 
 
 def test_a_remote_log_is_uploaded_per_stage_and_continues_an_earlier_runs():
     out = Store.at(f"memory://log-{uuid.uuid4().hex}")
     log = EventLog.at(out, console=False)
     log.event("task_done", stage="process", task="process/a")
-    assert not out.exists("build.log.jsonl")  # nothing uploaded between stages (at most every upload_every s)
+    assert not out.exists(BUILD_LOG)  # nothing uploaded between stages (at most every upload_every s)
     log.event("stage_done", stage="process", tasks=1)
     assert [e["event"] for e in lines(out)] == ["task_done", "stage_done"]
     log.event("task_done", stage="dedupe", task="dedupe/x")
@@ -76,6 +77,6 @@ def test_a_local_log_is_appended_line_by_line(tmp_path):
     out = Store.at(str(tmp_path))
     log = EventLog.at(out, console=False)
     log.event("task_done", stage="process", task="process/a")
-    assert json.loads((tmp_path / "build.log.jsonl").read_text())["task"] == "process/a"  # before any close
+    assert json.loads((tmp_path / BUILD_LOG).read_text())["task"] == "process/a"  # before any close
     log.close()
-    assert log.remote is None and (tmp_path / "build.log.jsonl").exists()
+    assert log.remote is None and (tmp_path / BUILD_LOG).exists()

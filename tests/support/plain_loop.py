@@ -1,4 +1,4 @@
-"""A plain PyTorch loop on tokenmill's public reader, as docs/other-trainers.md shows it: DDP over a tiny model,
+"""A plain PyTorch loop on tokenmill's public reader, as README.md's "Training with another framework" shows it: DDP over a tiny model,
 a DataLoader over `WindowDataset`, rank and world size from the process group. Rank 0 saves the model, the
 optimizer and the reader's state after step SAVE_AT (one copy: the reader's state is every rank's); given that
 file the loop resumes from it. Every rank writes OUT/rank{r}.npz: the inputs of each step it ran, and the losses.

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import yaml
 
+from manifests.manifest import load, to_dict
+from manifests.outputs import BUILD_LOG
+from pipeline.work.store import DONE
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_RECIPE = ROOT / "manifests" / "recipes" / "sample.yaml"
 _LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
@@ -236,8 +240,7 @@ def wait_for(condition, what: str, run: Run, timeout: float = 120, every: float 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
     """Every shard file that out/manifest.json lists, by its path there."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    listed = [s[part] for split in manifest["splits"].values() for s in split["shards"] for part in ("bin", "idx")]
+    listed = [path for split in load(out).splits.values() for s in split.shards for path in (s.bin, s.idx)]
     return {path: (out / path).read_bytes() for path in listed}
 
 
@@ -250,7 +253,7 @@ def stable_manifest(out: Path) -> dict:
     """The manifest without what legitimately differs between runs: the creation time, the stage timings and
     resume counts (tasks, documents and bytes per stage stay), and where the work dir is and how much of it was
     re-used (`provenance.work`, `provenance.reused`)."""
-    return stable(json.loads((out / "manifest.json").read_text()))
+    return stable(to_dict(load(out)))
 
 
 def stable(manifest: dict) -> dict:
@@ -264,12 +267,12 @@ def stable(manifest: dict) -> dict:
 
 def done_tasks(out: Path) -> set[str]:
     """Task folders (`process/<key>`, `dedupe/<key>/partition-00001`, ...) with a done record."""
-    return {str(p.parent.relative_to(out / "work")) for p in (out / "work").glob("**/_DONE.json")}
+    return {str(p.parent.relative_to(out / "work")) for p in (out / "work").glob(f"**/{DONE}")}
 
 
 def tasks_run(out: Path, since_line: int = 0) -> list[str]:
     """Tasks that ran (not skipped) according to build.log.jsonl, from line `since_line` on."""
-    lines = (out / "build.log.jsonl").read_text().splitlines()[since_line:]
+    lines = (out / BUILD_LOG).read_text().splitlines()[since_line:]
     return [event["task"] for event in map(json.loads, lines) if event["event"] == "task_done"]
 
 

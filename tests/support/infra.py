@@ -14,6 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
+COVERAGE_TEST = "test_infra_coverage.py"  # runs last (tests/infra/conftest.py), after the tests it checks
 SESSION_MODULES = pytest.StashKey[set]()  # the tests/infra modules this pytest session runs (conftest.py)
 TOUCHED: set[str] = set()  # infra files ("infra/...") that a test of this session opened or ran, see `record_infra_use`
 
