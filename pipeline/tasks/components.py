@@ -48,7 +48,8 @@ from pipeline.work.store import Store
 # it (tests cut the small sample into several ranges with it)
 COMPONENT_DOCUMENTS = int(os.environ.get("TOKENMILL_COMPONENT_DOCUMENTS", 5_000_000))
 EDGES, EXACT, NODES, LABELS = "edges.bin", "exact.bin", "nodes.bin", "labels.bin"
-ASKS, ANSWERS, REMOVED_ROWS, COUNTS, CLUSTER_ROWS, SIZES = "asks.bin", "answers.bin", "removed.bin", "counts.bin", "clusters.bin", "sizes.bin"
+ASKS, ANSWERS, SIZES = "asks.bin", "answers.bin", "sizes.bin"
+REMOVED_ROWS, COUNTS, CLUSTER_ROWS = "removed.bin", "counts.bin", "clusters.bin"
 
 
 def component_ranges(processed: list[Processed], documents: int = COMPONENT_DOCUMENTS) -> list[int]:
@@ -111,8 +112,10 @@ def propagate(folder: str, rnd: int, cuts: list[int], edges: list[Part] | str, s
     _write(work, f"{folder}/{NODES}", nodes)
     _write(work, f"{folder}/{LABELS}", labels)
     _write(work, f"{folder}/{ASKS}", asks)
-    record = {"round": rnd, "nodes": int(len(nodes)), "edges": int(len(pairs)), "asks": int(len(asks)), "changed": changed,
-              "ask_offsets": np.searchsorted(asks[:, 0], np.asarray(cuts, np.uint64)).tolist(), "seconds": time.perf_counter() - started}
+    record = {"round": rnd, "nodes": int(len(nodes)), "edges": int(len(pairs)), "asks": int(len(asks)),
+              "changed": changed,
+              "ask_offsets": np.searchsorted(asks[:, 0], np.asarray(cuts, np.uint64)).tolist(),
+              "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
 
@@ -136,7 +139,8 @@ def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> 
     _write(work, f"{folder}/{LABELS}", new)
     _write(work, f"{folder}/{ANSWERS}", np.concatenate(replies) if replies else np.zeros((0, 2), np.uint64))
     record = {"round": rnd, "nodes": int(len(all_nodes)), "asks": int(len(every)), "changed": changed,
-              "answer_offsets": np.cumsum([0] + [len(g) for g in got]).tolist(), "seconds": time.perf_counter() - started}
+              "answer_offsets": np.cumsum([0] + [len(g) for g in got]).tolist(),
+              "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
 
@@ -172,8 +176,10 @@ def _write_removals(folder: str, members: np.ndarray, survivors: np.ndarray, exa
     if partitions:
         partition = survivors % np.uint64(partitions)
         order = np.lexsort((members, survivors, partition))
-        _write(work, f"{folder}/{CLUSTER_ROWS}", np.column_stack((survivors[order], members[order], exact[order])))
-        record["cluster_offsets"] = np.searchsorted(partition[order], np.arange(partitions + 1, dtype=np.uint64)).tolist()
+        rows = np.column_stack((survivors[order], members[order], exact[order]))
+        _write(work, f"{folder}/{CLUSTER_ROWS}", rows)
+        bounds = np.arange(partitions + 1, dtype=np.uint64)
+        record["cluster_offsets"] = np.searchsorted(partition[order], bounds).tolist()
     record["seconds"] = time.perf_counter() - started
     work.mark_done(folder, record)
     return record
@@ -206,8 +212,10 @@ def write_resolved(folder: str, removal_folders: list[str], size_folders: list[s
             kept.write(np.ascontiguousarray(rows[:, 1]).tobytes())
             exact.write(rows[:, 2].astype(np.uint8).tobytes())
             per_file += np.bincount(file_indices(rows[:, 0]).astype(np.int64), minlength=n_files)
-            removed, exact_removed = removed + len(rows), exact_removed + int(rows[:, 2].sum())
-    work.write_bytes(f"{folder}/{REMOVED_INDEX}", np.concatenate(([0], np.cumsum(per_file))).astype(np.uint64).tobytes())
+            removed += len(rows)
+            exact_removed += int(rows[:, 2].sum())
+    index = np.concatenate(([0], np.cumsum(per_file))).astype(np.uint64)
+    work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
     clusters = sum(int(work.done(s)["clusters"]) for s in size_folders)
     with work.writer(f"{folder}/{CLUSTER_SIZES}") as out:  # as np.save writes an int64 vector of that length
         np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)),

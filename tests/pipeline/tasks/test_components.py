@@ -32,11 +32,15 @@ def planted_rows(seed: int) -> np.ndarray:
     giant = rng.choice(len(docs), 4_000, replace=False)  # boilerplate: one band shared by 4,000 documents
     groups.append((2, giant.tolist()))
     groups += [(3, [int(giant[i]), int(x)]) for i, x in enumerate(rng.choice(len(docs), 50))]  # joined to others
-    groups += [(0, rng.choice(len(docs), int(rng.integers(2, 6)), replace=False).tolist()) for _ in range(400)]  # exact copies
-    groups += [(int(rng.integers(1, SLOTS)), rng.choice(len(docs), int(rng.integers(2, 4)), replace=False).tolist()) for _ in range(3_000)]
+    def some(low: int, high: int) -> list[int]:
+        return rng.choice(len(docs), int(rng.integers(low, high)), replace=False).tolist()
+
+    groups += [(0, some(2, 6)) for _ in range(400)]  # exact copies
+    groups += [(int(rng.integers(1, SLOTS)), some(2, 4)) for _ in range(3_000)]
     for n, (slot, members) in enumerate(groups):
         keys[members, slot] = np.uint64((1 << 62) + n)
-    return np.column_stack((np.tile(np.arange(SLOTS, dtype=np.uint64), len(docs)), keys.ravel(), np.repeat(docs, SLOTS)))
+    slots = np.tile(np.arange(SLOTS, dtype=np.uint64), len(docs))
+    return np.column_stack((slots, keys.ravel(), np.repeat(docs, SLOTS)))
 
 
 def key_group(work: Store, rows: np.ndarray) -> list[dedupe_tasks.KeySlice]:
