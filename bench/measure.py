@@ -161,7 +161,7 @@ class MeasuringRunner(Runner):
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(lambda i: _measure(stage, tasks[i], m), chosen))
         m.wall += time.perf_counter() - started
-        self.folders[stage] = [task.folder for task in tasks]
+        self.folders.setdefault(stage, []).extend(task.folder for task in tasks)  # a stage run in rounds: all of them
         if stage == self.stop_after:
             raise Enough
         for i in pending:  # as ray.get returns it: read past the store, so a CountingStore does not count it
