@@ -1,7 +1,8 @@
 """`tokenmill build RECIPE --out DIR`: the corpus build, read top to bottom.
 
     list inputs -> process (one task per input file: fetch, filter, dedupe keys, tokenize)
-                -> keys -> dedupe -> resolve [-> verify -> verified]   (duplicates, `pipeline/tasks/dedupe.py`)
+                -> keys -> dedupe -> propagate/answer rounds -> removals -> sizes -> resolve [-> verify -> verified]
+                   (duplicates: `pipeline/tasks/dedupe.py`, clusters: `pipeline/tasks/components.py`)
                 -> count -> samples -> plan the mix -> mix (one task per mix group, writing its shards)
                 -> manifest.json + quarantine + build stats + report   (`pipeline/build/finalize.py`)
 
@@ -31,8 +32,9 @@ from pipeline.build.inputs import SPLITS, InputFile, list_inputs
 from pipeline.build.outdir import out_refusal
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
-from pipeline.tasks import count, dedupe, samples
+from pipeline.tasks import components, count, dedupe, samples
 from pipeline.tasks import decontaminate as decontam
+from pipeline.tasks.dedupe import Part
 from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
@@ -41,6 +43,7 @@ from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
 from stages.decontaminate import EvalSet, EvalSetError
+from stages.dedupe import DedupeConfig
 from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
@@ -76,25 +79,28 @@ def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, ru
                eval_sets: list[EvalSet] = ()) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
     index_folder, index_record, index_ref = _decontaminate(recipe, eval_sets, tokenizer, runner, out)
-    processed, funnels = _process(recipe, inputs, tokenizer, runner, index_folder, index_ref)
+    processed, decontaminated = _process(recipe, inputs, tokenizer, runner, index_folder, index_ref)
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
-    resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe_key, group_folders, group_records, runner)
+    resolved_folder, resolved, clusters, cuts = _dedupe(recipe, processed, dedupe_key, group_folders, group_records, runner)
     keys = {"dedupe": dedupe_key}
     if recipe.dedupe.minhash.verify:
         keys["verify"] = stage.verify_key(dedupe_key, recipe)
-        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner)
+        folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
+        resolved_folder, resolved = verified_of(recipe.dedupe, keys["verify"], cuts, clusters, folders_ref, len(processed), runner)
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
     shards, factors = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
-    return StageResults(funnels=funnels, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
+    funnels = [f for r in group_records for f in r["source_funnels"]]
+    filter_samples = samples.first_filter_samples([r["filter_samples"] for r in group_records])
+    return StageResults(funnels=funnels, filter_samples=filter_samples, kept=count.merge_subset_stats(counts), resolved_folder=resolved_folder,
                         resolved=resolved, key_groups=group_folders, key_group_records=group_records,
                         samples_folder=samples_folder, factors=factors, shards=shards,
                         shards_folder=shards_folder(keys["mix"]), keys=keys, used=runner.used,
                         timings=runner.timings, workers=runner.workers,
-                        decontamination=(index_folder, index_record) if index_folder else None)
+                        decontamination=(index_folder, index_record) if index_folder else None, decontaminated=decontaminated)
 
 
 def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenizer, runner: Runner, out: Store):
@@ -139,20 +145,24 @@ def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recip
 
 def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, index_folder: str = "",
              index_ref=None) -> tuple[list[Processed], list[dict]]:
-    """Every input file's process output, and each file's funnel ({"source", "funnels"}, and what the eval sets
-    matched in it when the recipe decontaminates) for the report."""
+    """Every input file's process output, as the later stages plan from it (its funnels are summed by the key
+    groups), and when the recipe decontaminates what the eval sets matched in each file ({"source", "path",
+    "decontamination"}) for the report."""
     tokenizer_ref = runner.share(tokenizer)
     index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
     folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
     records = runner.run(stage.PROCESS, [
         stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
-                           index_ref, input_bytes=i.size)
+                           index_ref, input_bytes=i.size, input=i.url)
         for i, folder in zip(inputs, folders)
-    ])
+    ], keep=_planning_facts)
     processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
-    funnels = [{"source": r["source"], "path": r["path"], "funnels": r["funnels"],
-                **({"decontamination": r["decontamination"]} if "decontamination" in r else {})} for r in records]
-    return processed, funnels
+    return processed, [{k: r[k] for k in ("source", "path", "decontamination")} for r in records if "decontamination" in r]
+
+
+def _planning_facts(record: dict) -> dict:
+    """What the driver keeps of a process task's done record: not its funnels (the key groups sum them)."""
+    return {k: record[k] for k in ("source", "path", "documents", "subsets", "decontamination") if k in record}
 
 
 def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner) -> tuple[list[str], list[dict]]:
@@ -163,29 +173,90 @@ def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner)
     return folders, records
 
 
-def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], group_records: list[dict], runner: Runner) -> tuple[str, dict]:
+def _dedupe(recipe: Recipe, processed: list[Processed], key: str, group_folders: list[str], group_records: list[dict],
+            runner: Runner) -> tuple[str, dict, list[list[Part]], list[int]]:
+    """The dedupe partitions, then their edges' connected components (`pipeline/tasks/components.py`); returns
+    the resolve folder, its record, with verify where each partition's clusters are, and the node ranges."""
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
-    partition_folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
-    runner.run(stage.DEDUPE, [
+    cuts = components.component_ranges(processed)
+    folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
+    records = runner.run(stage.DEDUPE, [
         stage.DEDUPE.task(folder, folder, p, [dedupe.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
-                                              for g, r in zip(group_folders, group_records)], runner.work)
-        for p, folder in enumerate(partition_folders)
+                                              for g, r in zip(group_folders, group_records)], runner.work, cuts)
+        for p, folder in enumerate(folders)
     ])
-    folder = stage.RESOLVE.folder(key)
-    (resolved,) = runner.run(stage.RESOLVE, [stage.RESOLVE.task(folder, folder, partition_folders, n_files, runner.work, recipe.dedupe)])
-    return folder, resolved
+    edges = [slices(folders, records, "edges.bin", "range_offsets", k) for k in range(len(cuts) - 1)]
+    return (*components_of(recipe.dedupe, key, cuts, edges, len(processed), runner), cuts)
 
 
-def _verify(recipe: Recipe, processed: list[Processed], resolved_folder: str, key: str, runner: Runner) -> tuple[str, dict]:
-    """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
-    resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
-    folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
-    verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
-    runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work)
-                              for p, folder in enumerate(verify_folders)])
-    folder = stage.VERIFIED.folder(key)
-    (verified,) = runner.run(stage.VERIFIED, [stage.VERIFIED.task(folder, folder, verify_folders, len(processed), runner.work)])
-    return folder, verified
+def slices(folders: list[str], records: list[dict], name: str, offsets: str, i: int) -> list[Part]:
+    """Slice i of file `name` of every task (its done record's `offsets`): what one task reads from each."""
+    return [Part(f"{folder}/{name}", *record[offsets][i : i + 2]) for folder, record in zip(folders, records)]
+
+
+def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int,
+                  runner: Runner) -> tuple[str, dict, list[list[Part]]]:
+    """Rounds of propagate + answer (one task per node range each) until a round changes no label, then the
+    removals per range, the cluster sizes per range and the resolve format written from them. Returns the
+    resolve folder, its record and, with verify, each partition's clusters (one slice per range)."""
+    ranges, work = range(len(cuts) - 1), runner.work
+    ckey = stage.components_key(key, cuts)
+    exact_slot = 0 if dedupe_config.exact else None
+    rnd, first, state, answers = 0, None, [None for _ in ranges], [[] for _ in ranges]
+    while True:
+        asking = [stage.PROPAGATE.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+        first = first or asking  # round 0's folders keep each range's edges and exact copies
+        asked = runner.run(stage.PROPAGATE, [
+            stage.PROPAGATE.task(f, f, rnd, cuts, edges[k] if rnd == 0 else first[k], state[k], answers[k], exact_slot, work)
+            for k, f in zip(ranges, asking)])
+        state = [stage.ANSWER.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+        answered = runner.run(stage.ANSWER, [
+            stage.ANSWER.task(f, f, rnd, asking[j], slices(asking, asked, components.ASKS, "ask_offsets", j), work)
+            for j, f in zip(ranges, state)])
+        if not sum(r["changed"] for r in asked + answered):
+            break
+        answers = [slices(state, answered, components.ANSWERS, "answer_offsets", k) for k in ranges]
+        rnd += 1
+    runner.log.event("components", rounds=rnd + 1, ranges=len(ranges))
+    verify = dedupe_config.partitions if dedupe_config.minhash.verify else None
+    folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
+    removed = runner.run(stage.REMOVALS, [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work)
+                                          for k, f in zip(ranges, folders)])
+    folder, record = _write_resolved(stage.RESOLVE, key, ckey, folders, removed, n_files, runner)
+    clusters = [slices(folders, removed, components.CLUSTER_ROWS, "cluster_offsets", p) for p in range(verify or 0)]
+    return folder, record, clusters
+
+
+def _write_resolved(writer: stage.Stage, key: str, ckey: str, folders: list[str], removed: list[dict], n_files: int,
+                    runner: Runner, extra: dict | None = None) -> tuple[str, dict]:
+    """The cluster sizes per survivor range, then one task streaming the ranges' removals into the resolve format."""
+    ranges = range(len(folders))
+    sizes = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
+    runner.run(stage.SIZES, [stage.SIZES.task(f, f, slices(folders, removed, components.COUNTS, "count_offsets", j), runner.work)
+                             for j, f in zip(ranges, sizes)])
+    folder = writer.folder(key)
+    (record,) = runner.run(writer, [writer.task(folder, folder, folders, sizes, n_files, runner.work, extra)])
+    return folder, record
+
+
+def verified_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], clusters: list[list[Part]], process_folders,
+                n_files: int, runner: Runner) -> tuple[str, dict]:
+    """Each partition's clusters re-clustered by their signatures' estimated Jaccard; what stays removed gathered
+    per node range, the cluster sizes per range, and one writer's resolve format: the folder the count and mix
+    tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray ref)."""
+    work, ranges, threshold = runner.work, range(len(cuts) - 1), dedupe_config.minhash.threshold
+    folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(dedupe_config.partitions)]
+    verified = runner.run(stage.VERIFY, [stage.VERIFY.task(f, f, p, clusters[p], process_folders, threshold, work, cuts)
+                                         for p, f in enumerate(folders)])
+    ckey = stage.components_key(key, cuts)
+    range_folders = [stage.VERDICTS.folder(ckey, stage.range_part(k)) for k in ranges]
+    removed = runner.run(stage.VERDICTS, [stage.VERDICTS.task(f, f, slices(folders, verified, dedupe.VERDICTS, "range_offsets", k), cuts, work)
+                                          for k, f in zip(ranges, range_folders)])
+    bins = dedupe.SIMILARITY_BINS
+    histogram = {"edges": np.linspace(0, 1, bins + 1).round(2).tolist()}
+    histogram.update({name: [int(sum(r["similarity"][name][b] for r in verified)) for b in range(bins)] for name in ("removed", "kept")})
+    extra = {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram}
+    return _write_resolved(stage.VERIFIED, key, ckey, range_folders, removed, n_files, runner, extra)
 
 
 def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:

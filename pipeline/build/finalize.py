@@ -31,9 +31,11 @@ from stages.tokenize import Tokenizer
 @dataclass(frozen=True, slots=True)
 class StageResults:
     """What the stages left for the finalizer: summaries from the done records, and where the outputs are.
-    Nothing here grows with the documents: per input file a funnel, the rest per key group, subset or shard."""
+    Nothing here grows with the documents or the input files: funnels per key group, the rest per key group,
+    subset or shard."""
 
-    funnels: list[dict]  # per input file: {"source", "funnels": per subset}
+    funnels: list[dict]  # per key group and source: {"source", "funnels": per subset}, summed over its files
+    filter_samples: list  # the filters' first removed documents per source and reason (samples.DroppedSample)
     kept: dict[str, dict]  # per "source/subset": duplicates removed, kept documents, histograms (count tasks)
     resolved_folder: str
     resolved: dict  # the resolve task's done record
@@ -48,6 +50,7 @@ class StageResults:
     timings: dict[str, dict]
     workers: int
     decontamination: tuple[str, dict] | None = None  # the index task's folder and done record, when decontaminating
+    decontaminated: list[dict] = ()  # then per input file with matches: {"source", "path", "decontamination"}
 
 
 def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults,
@@ -61,13 +64,13 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     quarantine = _merge_quarantine(work, out, results)
     decontamination = None
     if results.decontamination:
-        decontamination = decontamination_outputs(work, results.funnels, *results.decontamination)
+        decontamination = decontamination_outputs(work, results.decontaminated, *results.decontamination)
     if decontamination is not None:
         out.write_json(DECONTAMINATION_NAME, decontamination.report)
     elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
         out.fs.rm(out.path(DECONTAMINATION_NAME))
     decontaminated = decontamination.sample_lines if decontamination else b""
-    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.funnels, work, results.samples_folder, decontaminated))
+    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.filter_samples, work, results.samples_folder, decontaminated))
     out.write_json(BUILD_STATS, _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
     if decontamination is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pipeline.build.inputs import InputFile
 from pipeline.build.recipe import Recipe
-from pipeline.tasks import count, decontaminate, dedupe, mix, process, samples
+from pipeline.tasks import components, count, decontaminate, dedupe, mix, process, samples
 from pipeline.work.runner import Task
 from pipeline.work.store import fingerprint
 from stages.tokenize import Tokenizer
@@ -55,12 +55,18 @@ def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe, index_key:
 
 def key_group_key(group: list[process.Processed], partitions: int) -> str:
     """The group's files (position and process output) and the number of partitions their keys are cut into."""
-    return fingerprint({"files": [[p.file_index, p.folder] for p in group], "partitions": partitions})
+    # "funnels": its record carries its files' funnels and filter samples (an earlier version's does not)
+    return fingerprint({"files": [[p.file_index, p.folder] for p in group], "partitions": partitions, "funnels": 2})
 
 
 def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:
     """Every process output, in the canonical order (it decides which copy of a duplicate survives)."""
     return fingerprint({"process": process_keys, "dedupe": _dedupe_settings(recipe)})
+
+
+def components_key(dedupe: str, cuts: list[int]) -> str:
+    """The dedupe edges and the node ranges the clustering is spread over (tasks and rounds follow from both)."""
+    return fingerprint({"dedupe": dedupe, "ranges": cuts})
 
 
 def verify_key(dedupe: str, recipe: Recipe) -> str:
@@ -108,12 +114,16 @@ class Stage:
         """A task folder of this stage: the only code that formats a work path."""
         return f"{self.name}/{key}/{part}" if part else f"{self.name}/{key}"
 
-    def task(self, folder: str, *args, input_bytes: int = 0) -> Task:
-        return Task(folder, self.run, args, input_bytes)
+    def task(self, folder: str, *args, input_bytes: int = 0, input: str = "") -> Task:
+        return Task(folder, self.run, args, input_bytes, input)
 
 
 def partition_part(partition: int) -> str:
     return f"partition-{partition:05d}"
+
+
+def range_part(node_range: int, rnd: int | None = None) -> str:
+    return f"range-{node_range:05d}" if rnd is None else f"round-{rnd:03d}/range-{node_range:05d}"
 
 
 def mix_group_part(split: str, group: int) -> str:
@@ -129,12 +139,22 @@ KEYS = Stage("keys", dedupe.combine_keys, key_group_key,
              "one key group's dedupe keys, read once per file and written in partition order")
 DEDUPE = Stage("dedupe", dedupe.dedupe_partition, dedupe_key,
                "one key partition: equal keys become edges to the group's smallest document")
-RESOLVE = Stage("resolve", dedupe.resolve_duplicates, dedupe_key,
-                "connected components over the edges; each cluster's earliest document survives")
+PROPAGATE = Stage("propagate", components.propagate, components_key,
+                  "one node range's cluster labels lowered by the last answers; its asks to the ranges it points into")
+ANSWER = Stage("answer", components.answer, components_key,
+               "one node range's labels lowered by the proposals it got; the labels each asking range asked for")
+REMOVALS = Stage("removals", components.removals, components_key,
+                 "one node range's removed documents, their survivors, and its members per survivor")
+SIZES = Stage("sizes", components.sizes, components_key, "one survivor range's cluster sizes")
+RESOLVE = Stage("resolve", components.write_resolved, dedupe_key,
+                "the removals streamed into one sorted list with an index by input file; each cluster's earliest "
+                "document survives")
 VERIFY = Stage("verify", dedupe.verify_partition, verify_key,
                "one partition of clusters re-clustered by the members' estimated Jaccard", verify_only=True)
-VERIFIED = Stage("verified", dedupe.merge_verified, verify_key,
-                 "the verified removals merged into the resolve format", verify_only=True)
+VERDICTS = Stage("verdicts", components.verdicts, verify_key,
+                 "one node range's verified removals, from every verify task", verify_only=True)
+VERIFIED = Stage("verified", components.write_resolved, verify_key,
+                 "the verified removals streamed into the resolve format", verify_only=True)
 COUNT = Stage("count", count.count_kept, count_key,
               "one key group's kept documents and tokens per file, and its first removed documents")
 SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
@@ -142,7 +162,8 @@ SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
 MIX = Stage("mix", mix.mix_group, mix_written_key,
             "one mix group: every source's same token range, mixed in the recipe's ratio into shards")
 
-STAGES: tuple[Stage, ...] = (DECONTAMINATE, PROCESS, KEYS, DEDUPE, RESOLVE, VERIFY, VERIFIED, COUNT, SAMPLES, MIX)
+STAGES: tuple[Stage, ...] = (DECONTAMINATE, PROCESS, KEYS, DEDUPE, PROPAGATE, ANSWER, REMOVALS, SIZES, RESOLVE, VERIFY, VERDICTS,
+                             VERIFIED, COUNT, SAMPLES, MIX)
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 

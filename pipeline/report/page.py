@@ -571,16 +571,21 @@ def build_section(page: Page) -> str:
     if not stages:
         return '<p class="missing">The manifest records no stages.</p>'
     chart = hbar_chart(list(stages), [Series("seconds", [s["seconds"] for s in stages.values()], PALETTE[4])], fmt=fmt_seconds)
-    header = ["stage", "seconds", "tasks", "re-used", "bytes read", "documents", "MB/s of input text", "documents/s", "made by the build of"]
+    header = ["stage", "seconds", "tasks", "re-used", "bytes read", "documents", "MB/s of input text", "documents/s", "task CPU s",
+              "largest task's peak RSS (MiB)", "largest task's input", "made by the build of"]
     rows = [f"<th>{html.escape(name)}</th>" + "".join(page.value(("build", "stages", name, k), fmt) for k, fmt in
             (("seconds", "float"), ("tasks", "int"), ("reused", "int"), ("input_bytes", "bytes"), ("documents", "int"), ("text_mb_per_s", "float"),
-             ("documents_per_s", "compact"), ("made_at", "text")))
+             ("documents_per_s", "compact"), ("cpu_seconds", "float"), ("peak_rss_mib", "float")))
+            + page.value(("build", "stages", name, "largest_task"), "text", cls="text")
+            + page.value(("build", "stages", name, "made_at"), "text")
             for name in stages]
     workers = (f"<p>{page.value(('build', 'workers'), tag='span', cls='inline')} workers, "
                f"{page.value(('build', 'wall_seconds'), 'seconds', 'span', 'inline')} wall time.</p>")
-    note = ("<p>Stages in the order they run. The speed is the one the build prints: MB of input text (decoded, before filters) per "
-            "second of the process stage, the only stage that reads text. A stage whose outputs this build re-used (all its tasks) "
-            "shows the times of the build that made them, named in the last column.</p>")
+    note = ("<p>Stages in the order they run. Each task's peak RSS is its worker process's high-water mark during the task; "
+            "a stage's figure is its largest task's, the memory a node needs per worker for it. "
+            "The speed is the one the build prints: MB of input text (decoded, before filters) per "
+            "second of the process stage, the only stage that reads text. A stage whose outputs this build re-used (all its "
+            "tasks) shows the times of the build that made them, named in the last column.</p>")
     return workers + figure("stages", "Wall time per stage.", chart) + note + table("stages", header, rows)
 
 
@@ -621,7 +626,8 @@ TIMING_HEADLINE = frozenset({"wall_seconds", "workers", "text_mb_per_s"})
 FIELD_WORDS = {"text_mb_per_s": "MB/s of input text", "documents_per_s": "documents/s", "kept_share": "share of documents kept",
                "dropped_by_step": "removed by", "dropped": "removed by", "train_share": "share of train tokens",
                "train_tokens": "train tokens", "tokens_by_source": "tokens of", "documents_by_source": "documents of",
-               "wall_seconds": "build wall time (s)", "bytes_read": "bytes of text read", "input_bytes": "bytes read"}
+               "wall_seconds": "build wall time (s)", "bytes_read": "bytes of text read", "input_bytes": "bytes read",
+               "peak_rss_mib": "largest task's peak RSS (MiB)", "largest_task": "largest task's input"}
 
 
 def is_timing(key: Key) -> bool:

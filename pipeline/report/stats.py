@@ -259,6 +259,9 @@ def build_record(manifest: Manifest, build: dict | None) -> dict:
             "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
             "reused": int(stages[name].get("skipped", 0)), "made_at": made.get("created_at") if made else None,
+            # the largest task's peak RSS and what it read: the node size the stage needs (None for older builds)
+            "cpu_seconds": st.get("cpu_seconds"), "peak_rss_mib": st.get("peak_rss_mib"),
+            "largest_task": (st.get("largest_task") or {}).get("input"),
         }
     return {
         "workers": build.get("workers") if build else None,

@@ -73,17 +73,31 @@ def filter_samples(funnels: list[dict]) -> list[DroppedSample]:
     samples, taken = [], defaultdict(int)
     for r in funnels:
         for subset, f in r["funnels"].items():
-            for reason, sample in f.get("dropped_samples", {}).items():
+            # in the order the file met them (a done record read back from the store has its keys sorted)
+            met = sorted(f.get("dropped_samples", {}).items(), key=lambda item: int(item[1]["doc"].rsplit("#", 1)[1]))
+            for reason, sample in met:
                 if taken[r["source"], reason] < PER_STEP:
                     taken[r["source"], reason] += 1
                     samples.append(DroppedSample(source=r["source"], subset=subset, reason=reason, doc=sample["doc"], text=sample["text"]))
     return samples
 
 
-def file_bytes(funnels: list[dict], work: Store, samples_folder: str, decontaminated: bytes = b"") -> bytes:
+def first_filter_samples(groups: list[list[dict]]) -> list[DroppedSample]:
+    """The first PER_STEP filter samples per source and reason of the whole build, from each key group's (its
+    files' `filter_samples`, in input order): the same as `filter_samples` over every file's funnels."""
+    samples, taken = [], defaultdict(int)
+    for group in groups:
+        for s in group:
+            if taken[s["source"], s["reason"]] < PER_STEP:
+                taken[s["source"], s["reason"]] += 1
+                samples.append(DroppedSample(**s))
+    return samples
+
+
+def file_bytes(filter_samples: list[DroppedSample], work: Store, samples_folder: str, decontaminated: bytes = b"") -> bytes:
     """dropped_samples.jsonl: the filters' samples, the decontaminated documents' (`decontaminated`: lines made by
     `pipeline.tasks.decontaminate.decontamination_outputs`), then the duplicates' as the samples task wrote them."""
-    filtered = "".join(s.json_line() for s in filter_samples(funnels)).encode()
+    filtered = "".join(s.json_line() for s in filter_samples).encode()
     return filtered + decontaminated + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
 
 

@@ -246,7 +246,7 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 # what legitimately differs between two runs of one build: when, how fast, how much an earlier run had done, and
 # how often the object store had to be asked twice
-RUN_DEPENDENT = ("seconds", "task_seconds", "skipped", "retries")
+RUN_DEPENDENT = ("seconds", "task_seconds", "skipped", "retries", "cpu_seconds", "peak_rss_mib", "largest_task")
 
 
 def stable_manifest(out: Path) -> dict:
