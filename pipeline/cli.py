@@ -1,6 +1,7 @@
 """`tokenmill` command line: one subcommand per user task; each module owns its own arguments."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -37,6 +38,23 @@ def bench_main(argv: list[str]) -> int:
         return 2
     sys.path.insert(0, str(REPO))
     return importlib.import_module("bench.build_throughput").main(argv)
+
+
+def add_folder_argument(parser: argparse.ArgumentParser, name: str, metavar: str, help: str) -> None:
+    """A command's folder argument `name`, taken as a positional argument or as `--out`, the name every other
+    command gives its output; `folder_argument` reads it back."""
+    parser.add_argument(name, type=Path, nargs="?", metavar=metavar, help=help)
+    parser.add_argument("--out", type=Path, dest=f"{name}_option", metavar=metavar,
+                        help="the same folder, named like every other command's output")
+
+
+def folder_argument(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, what: str,
+                    example: str) -> Path:
+    """The folder `add_folder_argument` took, given exactly once (else the usage error shows `example`)."""
+    positional, option = getattr(args, name), getattr(args, f"{name}_option")
+    if (positional is None) == (option is None):
+        parser.error(f"give the {what} once: {example}")
+    return positional or option
 
 
 def usage() -> str:

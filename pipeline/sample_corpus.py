@@ -14,7 +14,9 @@ planted is returned and written to OUT/PLANTED.json, with the ids of the duplica
 The same arguments give byte-identical files: inputs are read in sorted order, one seeded RNG makes every
 choice, and compression levels are fixed.
 
-Public API (`__all__`): `write_sample_corpus` and `main` (the command); the offline text it draws from,
+Public API (`__all__`): `write_sample_corpus` and `main` (the command); `sample_sources` and `sample_recipe`,
+the shipped sample recipe's sources pointed at a sample corpus written elsewhere (a folder, a relative path or
+an object-store URL), and that recipe written to a file; the offline text it draws from,
 `kjv_verses`, `stdlib_docstrings` and `stdlib_code_files`, which `bench/corpus.py` also draws its
 larger generated corpora from; `replace_words`, the near-duplicate edit both plant; and the layout and
 text-shape constants both share. Everything prefixed `_` is
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import gc
+import importlib.resources
 import importlib.util
 import json
 import math
@@ -41,12 +44,15 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 import zstandard
 
+from pipeline.cli import add_folder_argument, folder_argument
 from stages.normalize import jaccard, shingles
 
 __all__ = [
-    "write_sample_corpus", "main", "kjv_verses", "stdlib_docstrings", "stdlib_code_files",
+    "write_sample_corpus", "main", "sample_sources", "sample_recipe",
+    "kjv_verses", "stdlib_docstrings", "stdlib_code_files",
     # the layout and the shape of the text, shared with the bench's generated corpus
     "SLIMPAJAMA", "STARCODER", "SLIMPAJAMA_DIR", "STARCODER_DIR", "NATURAL_SHARE", "DOCSTRING_SUBSETS",
     "REPLACEMENT_WORDS", "SHORT_MAX_CHARS", "ZSTD_LEVEL", "replace_words",
@@ -525,19 +531,39 @@ def _describe(out: Path, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def sample_sources(corpus: str | Path) -> list[dict]:
+    """The `sources` section of the shipped sample recipe with its roots in the sample corpus at `corpus`."""
+    return [{"name": SLIMPAJAMA, "root": f"{corpus}/{SLIMPAJAMA_DIR}"},
+            {"name": STARCODER, "root": f"{corpus}/{STARCODER_DIR}"}]
+
+
+def sample_recipe(corpus: str | Path, folder: Path, **sections) -> Path:
+    """folder/recipe.yaml: the shipped sample recipe (`manifests/recipes/sample.yaml`) reading the sample corpus at
+    `corpus` (a folder, or an fsspec URL such as s3://bucket/sample), in shards of 60,000 tokens (5 train shards
+    of a 1.5 MB sample); `sections` replace whole top-level sections (`mix=...` replaces the shard size too)."""
+    data = {
+        "extends": str(importlib.resources.files("manifests") / "recipes" / "sample.yaml"),
+        "sources": sample_sources(corpus),
+        "mix": {"shard_tokens": 60_000},
+        **sections,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, nargs="?", metavar="OUT", help="folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
-    parser.add_argument("--out", type=Path, dest="out_option", metavar="OUT", help="the same folder, named like every other command's output")
+    add_folder_argument(parser, "out", "OUT", "folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--plant-eval", type=Path, metavar="DIR", default=None,
                         help="also write two eval sets to DIR and plant part of their items in the sample "
                              "(pipeline/sample_eval.py); without it the sample's bytes are unchanged")
     args = parser.parse_args(argv)
-    if (args.out is None) == (args.out_option is None):
-        parser.error("give the output folder once: tokenmill sample --out data/sample (or tokenmill sample data/sample)")
-    args.out = args.out or args.out_option
+    args.out = folder_argument(parser, args, "out", "output folder",
+                               "tokenmill sample --out data/sample (or tokenmill sample data/sample)")
     try:
         summary = write_sample_corpus(args.out, args.size_mb, args.seed)
     except (ValueError, FileExistsError) as e:

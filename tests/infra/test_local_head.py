@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
+from tests.support.faults import listening_sockets
 from tests.support.infra import ROOT
-from tests.support.ray_head import Head, listening_addresses
+from tests.support.ray_head import running_head
 
 SCRIPT = "infra/local/start-head.sh"
 
@@ -62,18 +60,11 @@ def test_script_parses():
 
 @pytest.mark.slow
 def test_the_script_starts_a_head_that_listens_on_localhost_only_and_stops_by_pid():
-    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))  # short: Ray's unix socket paths live under it
-    head = Head(root)
-    try:
-        head.wait_until_up()
-        addresses = listening_addresses(head.our_pids())
+    with running_head() as head:  # on leaving: stopped, and no process of ours left
+        addresses = {address for address, _, _ in listening_sockets(head.our_pids())}
         assert addresses  # GCS, raylet, dashboard, agents
         assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
-        assert "Jobs API and dashboard: http://127.0.0.1:" in (root / "head.log").read_text()
-    finally:
-        head.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    assert head.our_pids() == []  # `ray start --block` took down everything it started
+        assert "Jobs API and dashboard: http://127.0.0.1:" in (head.root / "head.log").read_text()
 
 
 def test_dry_run_binds_every_server_to_localhost_and_requires_a_token_by_default():

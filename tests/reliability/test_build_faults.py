@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from manifests.outputs import BUILD_LOG, MANIFEST, QUARANTINE
+from pipeline.sample_corpus import sample_recipe
 from tests.support.faults import (
     alive,
     done_tasks,
-    sample_recipe,
     shard_bytes,
     stable_manifest,
     start_build,

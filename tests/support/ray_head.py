@@ -1,25 +1,24 @@
 """A Ray head of our own, started with infra/local/start-head.sh on 127.0.0.1 with free ports, its own short temp
 dir and its own authentication token, and stopped by PID (never `ray stop`: other Ray instances on the machine
-are not ours); and the TCP addresses a set of processes listens on."""
+are not ours)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+from bench.s3_store import free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Head:
@@ -93,22 +92,15 @@ class Head:
         return pids
 
 
-def listening_addresses(pids: list[int]) -> set[str]:
-    """The local addresses that these processes accept TCP connections on (from /proc: sockets by inode)."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if (target := os.readlink(fd)).startswith("socket:["):
-                        inodes.add(target[len("socket:[") : -1])
-    found = set()
-    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            address_hex, state, inode = fields[1].split(":")[0], fields[3], fields[9]
-            if state == "0A" and inode in inodes:  # 0A: LISTEN
-                # the kernel prints each 32-bit word of the address in host (little-endian) order
-                words = [bytes.fromhex(address_hex[i : i + 8])[::-1] for i in range(0, len(address_hex), 8)]
-                found.add(socket.inet_ntop(family, b"".join(words)))
-    return found
+@contextlib.contextmanager
+def running_head() -> Iterator[Head]:
+    """A head up and answering, in a short temp dir of its own (Ray's unix socket paths live under it); at the
+    end stopped, checked to have left no process of ours behind, and its folder removed."""
+    head = Head(Path(tempfile.mkdtemp(prefix="tm", dir="/tmp")))
+    try:
+        head.wait_until_up()
+        yield head
+    finally:
+        head.stop()
+        shutil.rmtree(head.root, ignore_errors=True)
+    assert head.our_pids() == [], "processes of the head outlived it"  # `ray start --block` took them down

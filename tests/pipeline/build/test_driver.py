@@ -12,7 +12,6 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-import ray
 
 from manifests.keys import doc_key, split_key
 from manifests.manifest import load
@@ -23,18 +22,12 @@ from pipeline.build.recipe import load_recipe
 from pipeline.build.registry import stages_of
 from pipeline.ops.verify import verify
 from pipeline.report.stats import build_record
+from pipeline.sample_corpus import sample_recipe
 from pipeline.work.store import DONE
 from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE, DocBatch
 from stages.fetch import read_documents
 from stages.tokenize import Tokenizer
-from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+from tests.support.faults import shard_bytes, stable_manifest
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.s3_store import free_port
 from manifests import manifest as manifest_io
 from manifests.outputs import MANIFEST
 from manifests.shards import sha256_file
@@ -36,7 +37,8 @@ from pipeline.ops.jobs import (
     runtime_env,
     submit_main,
 )
-from tests.support.ray_head import Head, free_port
+from pipeline.sample_corpus import sample_sources
+from tests.support.ray_head import Head, running_head
 
 SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 
@@ -44,12 +46,8 @@ SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 def write_sample_recipe(path: Path, sample_corpus: Path, **overrides) -> Path:
     """A recipe outside the project: the sample recipe over a sample corpus written elsewhere, with relative
     roots (they must resolve against this file's folder, wherever the job runs)."""
-    rel = os.path.relpath(sample_corpus, path.parent)
-    recipe = {
-        "extends": str(SAMPLE_RECIPE),
-        "sources": [{"name": "slimpajama", "root": f"{rel}/SlimPajama-627B"}, {"name": "starcoderdata", "root": f"{rel}/starcoderdata"}],
-        **overrides,
-    }
+    sources = sample_sources(os.path.relpath(sample_corpus, path.parent))
+    recipe = {"extends": str(SAMPLE_RECIPE), "sources": sources, **overrides}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -199,15 +197,8 @@ def test_arguments_are_checked_before_anything_is_sent(capsys):
 
 @pytest.fixture(scope="module")
 def head():
-    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))  # short: Ray's unix socket paths live under it
-    head = Head(root)
-    try:
-        head.wait_until_up()
+    with running_head() as head:
         yield head
-    finally:
-        head.stop()
-        assert head.our_pids() == []
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(head: Head, recipe: Path, out: Path) -> str:
