@@ -15,12 +15,18 @@
 
     PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale --docs 1000000 10000000 --token-scale 0.25 --json runs.jsonl
     PYTHONPATH=$PWD .venv/bin/python bench/build_scale.py --work x --project runs.jsonl
+
+A raw crawl (`--raw`: preset verified, --near-fraction near copies in power-law chains and three giant clusters,
+the distributed clustering's rounds; BENCHMARKS.md "Raw web crawl scale", `--raw --project` for one crawl snapshot):
+
+    PYTHONPATH=$PWD nice .venv/bin/python bench/build_scale.py --work /tmp/scale32 --raw --near-fraction 0.3 --token-scale 0.05 --docs 1000000 3000000 --json raw.jsonl
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +39,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# the fabricated inputs' URLs name Hugging Face datasets that are not read: offline, the samples task's attempt to
+# read a few of them fails as an OSError (its samples left out), not as a network error after a DNS timeout
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.measure import CountingStore, MeasuringRunner, StageMeasure, status  # noqa: E402
 from manifests.hashing import splitmix64  # noqa: E402
@@ -70,6 +79,8 @@ class Shape:
     exact_fraction: float = 0.01
     near_fraction: float = 0.01
     token_scale: float = 1.0  # documents' token counts x this (disk); shard_tokens is scaled alike
+    raw: bool = False  # a raw crawl: `preset: verified` (signatures, verify), near copies in clusters of skewed size
+    giant_fraction: float = 0.01  # raw: of all documents, near copies of GIANT_CLUSTERS boilerplate documents
 
     def code_documents(self, documents: int) -> int:
         natural = self.natural_share / self.natural_mean
@@ -80,12 +91,20 @@ class Shape:
 # ------------------------------------------------------------------------------------------------ the corpus
 
 
+GIANT_CLUSTERS = 3  # raw: boilerplate documents (a cookie banner, a 404 page) that a share of the crawl repeats
+ZIPF_A = 1.6  # raw: a near copy's cluster drawn by Zipf's law over the documents before it: a few large, many pairs
+
+
 def bench_recipe(documents: int, shape: Shape, rows_per_partition: int) -> Recipe:
     """TinyLlama's recipe (its sources, dedupe keys, downsample mix), the offline 32k tokenizer, partitions sized
-    as a full-scale run's, shard size scaled with the token counts."""
-    slots = 10
+    as a full-scale run's, shard size scaled with the token counts. Raw (`shape.raw`): the dedupe preset a raw
+    crawl needs, `verified` (16 bands x 6 rows of 256-value signatures, each removal verified at J 0.78)."""
+    overrides = {"tokenizer": {"model": TOKENIZER}}
+    if shape.raw:
+        overrides["dedupe"] = {"minhash": {"preset": "verified", "ngram": 5, "seed": 1}}
+    recipe = load_recipe(REPO / "manifests/recipes/tinyllama.yaml", overrides)
+    slots = len(dedupe_stage.key_slots(recipe.dedupe))
     partitions = max(1, math.ceil(documents * slots / rows_per_partition))
-    recipe = load_recipe(REPO / "manifests/recipes/tinyllama.yaml", {"tokenizer": {"model": TOKENIZER}})
     return replace(recipe, dedupe=replace(recipe.dedupe, partitions=partitions),
                    mix=replace(recipe.mix, shard_tokens=max(1, round(recipe.mix.shard_tokens * shape.token_scale))))
 
@@ -141,6 +160,51 @@ def synthetic_keys(first: int, n: int, shape: Shape, slots: int) -> np.ndarray:
     return _hash(base * np.uint64(16) + np.arange(slots, dtype=np.uint64), 7)
 
 
+def raw_sources(g: np.ndarray, shape: Shape) -> np.ndarray:
+    """Per document of a raw crawl (global indices `g`, uint64), the earlier document it nearly copies (-1: none),
+    a pure function of the index. A giant_fraction of all documents copy one of GIANT_CLUSTERS boilerplate
+    documents (the first ones); a near_fraction copy a predecessor at a distance drawn from a power law (exponent
+    ZIPF_A: the nearest most often, some far back), so copies of copies form chains and clusters of skewed size."""
+    u = _hash(g, 1).astype(np.float64) / 2.0**64
+    out = np.full(len(g), -1, np.int64)
+    giant = (u < shape.giant_fraction) & (g >= GIANT_CLUSTERS)
+    out[giant] = (_hash(g[giant], 2) % np.uint64(GIANT_CLUSTERS)).astype(np.int64)
+    near = (u >= shape.giant_fraction) & (u < shape.giant_fraction + shape.near_fraction) & (g > 0)
+    v = (_hash(g[near], 4).astype(np.float64) + 1) / 2.0**64
+    back = np.minimum(np.floor(v ** (-1 / (ZIPF_A - 1))), 2.0**40).astype(np.int64)
+    out[near] = np.maximum(g[near].astype(np.int64) - back, 0)
+    return out
+
+
+def raw_roots(g: np.ndarray, shape: Shape) -> np.ndarray:
+    """The document each one's copies lead back to (itself when it copies none)."""
+    root, source = g.astype(np.int64), raw_sources(g, shape)
+    while (more := source >= 0).any():
+        root[more] = source[more]
+        source[more] = raw_sources(root[more].astype(np.uint64), shape)
+    return root
+
+
+def raw_keys_and_signatures(first: int, n: int, shape: Shape, slots: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact key + band keys, and the compact signatures (uint16, `width` values), of a raw crawl's documents:
+    a near copy shares a third of its source's bands (at least one) and 95% of the signature values of its chain's
+    first document (estimated Jaccard ~0.95 with it, ~0.9 with another copy of it: removed by verify)."""
+    g = np.arange(first, first + n, dtype=np.uint64)
+    source = raw_sources(g, shape)
+    copy = source >= 0
+    base = np.repeat(g[:, None], slots, axis=1)
+    bands = np.stack([_hash(g, 3 + s) % np.uint64(3) == 0 for s in range(1, slots)], axis=1)
+    bands[np.arange(n), (_hash(g, 40) % np.uint64(slots - 1)).astype(np.int64)] = True
+    shared = copy[:, None] & bands
+    base[:, 1:][shared] = np.repeat(source.astype(np.uint64)[:, None], slots - 1, axis=1)[shared]
+    keys = _hash(base * np.uint64(16) + np.arange(slots, dtype=np.uint64), 7)
+    column = np.arange(width, dtype=np.uint64)
+    own = _hash(g[:, None] * np.uint64(1024) + column, 9)
+    theirs = _hash(raw_roots(g, shape).astype(np.uint64)[:, None] * np.uint64(1024) + column, 9)  # the chain's first
+    take = copy[:, None] & (_hash(g[:, None] * np.uint64(1024) + column, 11) % np.uint64(100) < np.uint64(95))
+    return keys, np.where(take, theirs, own).astype(np.uint16)
+
+
 _POOL = np.random.default_rng(0).integers(0, 32000, 1 << 22, dtype=np.uint16)
 
 
@@ -183,7 +247,13 @@ def fabricate_file(recipe: Recipe, tokenizer: Tokenizer, work: Store, inp: Input
     out.tokens.append(_tokens(int(lengths.sum())))
     for column, values in (("ordinal", ordinals), ("subset", subset), ("split", split), ("chars", chars), ("length", lengths)):
         out.columns[column].append(values)
-    out.keys.append(synthetic_keys(first, n, shape, len(dedupe_stage.key_slots(recipe.dedupe))))
+    slots = len(dedupe_stage.key_slots(recipe.dedupe))
+    if shape.raw:
+        keys, sigs = raw_keys_and_signatures(first, n, shape, slots, recipe.dedupe.minhash.permutations)
+        out.keys.append(keys)
+        out.signatures.append(sigs)
+    else:
+        out.keys.append(synthetic_keys(first, n, shape, slots))
     tasks._write_file_outputs(inp, work, folder, out, recipe.dedupe, tokenizer.dtype, 0.0)
 
 
@@ -232,6 +302,7 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
         "key_groups": len(results.key_groups), "shards": {s: len(v) for s, v in results.shards.items()},
         "tokens": {s: v.tokens for s, v in manifest.splits.items()},
         "achieved": manifest.mix.achieved, "removed": results.resolved,
+        "rounds": runner.measures["propagate"].tasks // max(1, runner.measures["removals"].tasks) if "propagate" in runner.measures else 0,
         "stages": {stage: {**{k: getattr(m, k) for k in StageMeasure.__slots__}} for stage, m in runner.measures.items()},
         "driver": {"baseline_hwm": baseline["VmHWM"], "after_stages_hwm": staged["VmHWM"], "peak_hwm": end["VmHWM"],
                    "peak_rss_anon_now": end.get("RssAnon"), "seconds": time.perf_counter() - started,
@@ -241,8 +312,8 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
 
 # ------------------------------------------------------------------------------------------------ report
 
-# the stages after process that the scale runs measure (unverified recipes; the samples task reads a few files)
-STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES) and not s.verify_only)
+# the stages after process that the scale runs measure (the samples task reads a few files; --raw: verify too)
+STAGES = tuple(s.name for s in registry.STAGES if s not in (registry.PROCESS, registry.SAMPLES) and not s.decontaminate_only)
 
 
 def table(runs: list[dict]) -> str:
@@ -329,6 +400,56 @@ def project(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# one Common Crawl snapshot after text extraction: ~2.5B documents; files of 10k documents; ~4 KB of text each
+CRAWL = {"documents": 2.5e9, "per_file": 10_000, "text_per_doc": 4_100, "process_mb_per_core_s": 4.7 / 1.05, "slots": 17, "cores": 512}
+
+
+def project_raw(runs: list[dict]) -> str:
+    """One crawl snapshot (CRAWL) from the raw runs: CPU per document of the largest run; each stage's largest
+    task as measured and, where it grows with the documents of its range or partition (node ranges fill up to
+    COMPONENT_DOCUMENTS), the straight line through the two largest runs at a full range; requests by formula."""
+    from pipeline.tasks.components import COMPONENT_DOCUMENTS
+    from pipeline.tasks.dedupe import KEY_GROUP_ROWS
+
+    raw = sorted((r for r in runs if r["shape"].get("raw")), key=lambda r: r["documents"])
+    small, big = raw[0], raw[-1]
+    n, files = CRAWL["documents"], CRAWL["documents"] / CRAWL["per_file"]
+    rows = n * CRAWL["slots"]
+    groups, partitions = math.ceil(rows / KEY_GROUP_ROWS), math.ceil(rows / FULL_ROWS_PER_PARTITION)
+    ranges, rounds = math.ceil(n / COMPONENT_DOCUMENTS), big["rounds"]
+    process = n * CRAWL["text_per_doc"] / (CRAWL["process_mb_per_core_s"] * 1e6)
+    tasks = {"keys": groups, "dedupe": partitions, "propagate": ranges * rounds, "answer": ranges * rounds, "removals": ranges,
+             "sizes": 2 * ranges, "resolve": 1, "verify": partitions, "verdicts": ranges, "verified": 1, "count": groups,
+             "mix": math.ceil(n * 1100 / 8e8)}
+    requests = {"keys": 2 * files, "dedupe": groups * partitions, "propagate": ranges * (partitions + (rounds - 1) * (ranges + 2)),
+                "answer": rounds * ranges * (ranges + 1), "removals": 3 * ranges, "sizes": 2 * ranges * ranges, "resolve": 4 * ranges,
+                "verify": partitions * (ranges + 3 * files), "verdicts": partitions * ranges, "verified": 4 * ranges,
+                "count": files + 3 * groups, "mix": 2 * (files + tasks["mix"]) + 3 * tasks["mix"]}
+    per_range = {r["documents"]: min(r["documents"], COMPONENT_DOCUMENTS) for r in (small, big)}
+    lines = [f"One crawl snapshot: {n / 1e9:.1f}B documents in {files:,.0f} files, {groups:,} key groups, {partitions:,} partitions, "
+             f"{ranges:,} node ranges, {rounds} rounds (as measured at {big['documents']:,}), {CRAWL['cores']} cores.", "",
+             "| stage | core-hours | tasks | largest task, measured (1st -> 2nd run) | largest task projected | requests |",
+             "|---|---:|---:|---|---:|---:|",
+             f"| process ({CRAWL['process_mb_per_core_s']:.2f} MB/s per core) | {process / 3600:,.0f} | {files:,.0f} | - | ~250 MiB + 1.8 x a file's text | {files:,.0f}+ |"]
+    total = process
+    for stage in STAGES:
+        if stage not in big["stages"]:
+            continue
+        cpu = big["stages"][stage]["task_cpu"] / big["documents"] * n
+        total += cpu
+        a, b = small["stages"][stage]["peak_hwm"], big["stages"][stage]["peak_hwm"]
+        projected = b
+        if stage in ("propagate", "answer", "removals", "verdicts") and per_range[big["documents"]] > per_range[small["documents"]]:
+            slope = (b - a) / (per_range[big["documents"]] - per_range[small["documents"]])
+            projected = b + max(slope, 0) * (COMPONENT_DOCUMENTS - per_range[big["documents"]])
+        lines.append(f"| {stage} | {cpu / 3600:,.1f} | {tasks[stage]:,} | {a:,.0f} -> {b:,.0f} MiB | {projected:,.0f} MiB | {requests[stage]:,.0f} |")
+    d = big["driver"]
+    lines.append(f"| driver | {d['cpu_seconds'] / big['documents'] * n / 3600:,.2f} | 1 | {small['driver']['peak_hwm']:,.0f} -> {d['peak_hwm']:,.0f} MiB "
+                 f"| see text | {d['reads'] / big['files'] * files:,.0f} |")
+    lines.append(f"| **total** | **{total / 3600:,.0f}** | | | | |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="scratch folder (local); each size gets its own subfolder")
@@ -338,6 +459,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--code-per-file", type=int, default=Shape().code_per_file, help="documents per StarCoderData-like file")
     p.add_argument("--exact-fraction", type=float, default=Shape().exact_fraction, help="planted exact copies")
     p.add_argument("--near-fraction", type=float, default=Shape().near_fraction, help="planted near copies")
+    p.add_argument("--raw", action="store_true", help="a raw crawl: preset verified, --near-fraction near copies in clusters of "
+                   "skewed size (Zipf), --giant-fraction copies of 3 boilerplate documents; no exact copies")
+    p.add_argument("--giant-fraction", type=float, default=Shape().giant_fraction, help="raw: copies of the giant clusters")
     p.add_argument("--rows-per-partition", type=int, default=FULL_ROWS_PER_PARTITION)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="append each size's raw results to this JSON-lines file")
@@ -352,19 +476,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shape = Shape(token_scale=args.token_scale, natural_per_file=args.natural_per_file, code_per_file=args.code_per_file,
-                  exact_fraction=args.exact_fraction, near_fraction=args.near_fraction)
+                  exact_fraction=args.exact_fraction, near_fraction=args.near_fraction, raw=args.raw, giant_fraction=args.giant_fraction)
     if args.driver:  # through the module, so that what the tasks are given pickles by its module name
         from bench import build_scale
 
         print(json.dumps(build_scale.driver(*args.driver, args.driver_docs, shape, args.rows_per_partition, args.workers)))
         return 0
     if args.project:
-        print(project([json.loads(line) for path in args.project for line in Path(path).read_text().splitlines() if line.strip()]))
+        runs = [json.loads(line) for path in args.project for line in Path(path).read_text().splitlines() if line.strip()]
+        print(project_raw(runs) if args.raw else project(runs))
         return 0
     runs = []
     for documents in args.docs:
-        root = Path(args.work) / f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}-{args.exact_fraction:g}"
-        for sub in ("out", *(["work/keys", "work/dedupe", "work/count", "work/mix"] if args.reuse else ["work"])):
+        root = Path(args.work) / (f"docs-{documents}-x{args.token_scale:g}-{args.natural_per_file}-{args.code_per_file}-{args.exact_fraction:g}"
+                                  + (f"-raw{args.near_fraction:g}-{args.giant_fraction:g}" if args.raw else ""))
+        for sub in ("out", *([f"work/{stage}" for stage in STAGES] if args.reuse else ["work"])):
             shutil.rmtree(root / sub, ignore_errors=True)
         seconds = fabricate(str(root / "work"), documents, shape, args.rows_per_partition, args.workers)
         disk = sum(p.stat().st_size for p in (root / "work").rglob("*") if p.is_file())
@@ -373,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--natural-per-file", str(args.natural_per_file), "--code-per-file", str(args.code_per_file),
                                "--exact-fraction", str(args.exact_fraction), "--near-fraction", str(args.near_fraction),
                                "--rows-per-partition", str(args.rows_per_partition), "--workers", str(args.workers),
+                               "--giant-fraction", str(args.giant_fraction), *(["--raw"] if args.raw else []),
                                "--driver", str(root / "work"), str(root / "out"), "--driver-docs", str(documents)],
                               capture_output=True, text=True)
         if done.returncode:

@@ -262,7 +262,7 @@ DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as 
 
 
 # The build's stages in order (the report's order), but the verified preset's: the bench recipes do not verify.
-TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only)
+TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only and not stage.decontaminate_only)
 
 
 def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = "") -> MeasuringRunner:

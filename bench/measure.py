@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.work import meter
 from pipeline.work.runner import BuildError, Runner, Task
 from pipeline.work.store import DONE, Store
 
@@ -69,6 +70,12 @@ class CountingStore(Store):
     def child(self, *parts: str) -> "Store":
         return CountingStore(self.fs, self.path(*parts), self._io)
 
+    def read_batch(self, rel: str, starts: list[int], ends: list[int]) -> list[bytes]:
+        data = [super(CountingStore, self).read_range(rel, a, b) for a, b in zip(starts, ends)]  # one request each
+        self.counts["reads"] += sum(b > a for a, b in zip(starts, ends))
+        self.counts["read_bytes"] += sum(map(len, data))
+        return data
+
     @property
     def is_local(self) -> bool:
         return False
@@ -101,9 +108,10 @@ def task_child(path: str) -> None:
     with open(path, "rb") as f:
         fn, args = pickle.load(f)
     started, cpu = time.perf_counter(), time.process_time()
-    fn(*args)
+    meter.start()  # as the build's runner does: the done record carries the task's peak RSS and CPU seconds
+    record = fn(*args)
     print(json.dumps({**status(), **CountingStore.counts, "seconds": time.perf_counter() - started,
-                      "cpu_seconds": time.process_time() - cpu}))
+                      "cpu_seconds": time.process_time() - cpu, "logged_peak_rss_mib": record.get("peak_rss_mib")}))
 
 
 @dataclass(slots=True)
@@ -121,7 +129,7 @@ class StageMeasure:
     writes: int = 0
     write_bytes: int = 0
     max_args_bytes: int = 0  # what the driver ships to one task (pickled)
-    per_task: list = field(default_factory=list)  # (folder, VmHWM MiB, reads, read bytes, CPU s) of each task
+    per_task: list = field(default_factory=list)  # (folder, VmHWM MiB, reads, read bytes, CPU s, its done record's peak RSS)
 
     def brief(self) -> dict:
         """Tasks run, the stage's wall seconds and its largest task's peak RSS in MiB."""
@@ -153,7 +161,7 @@ class MeasuringRunner(Runner):
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(lambda i: _measure(stage, tasks[i], m), chosen))
         m.wall += time.perf_counter() - started
-        self.folders[stage] = [task.folder for task in tasks]
+        self.folders.setdefault(stage, []).extend(task.folder for task in tasks)  # a stage run in rounds: all of them
         if stage == self.stop_after:
             raise Enough
         for i in pending:  # as ray.get returns it: read past the store, so a CountingStore does not count it
@@ -188,7 +196,8 @@ def _measure(stage: str, task: Task, m: StageMeasure) -> None:
         m.writes += r["writes"]
         m.write_bytes += r["write_bytes"]
         m.max_args_bytes = max(m.max_args_bytes, args_bytes)
-        m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2)))
+        m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2),
+                           r.get("logged_peak_rss_mib")))
 
 
 def _resolved(args: tuple) -> tuple:

@@ -25,9 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.corpus import CorpusShape, write_corpus  # noqa: E402
-from bench.s3_store import FaultProxy, S3Server, s3_recipe  # noqa: E402
+from bench.s3_store import CORPUS, FaultProxy, S3Server  # noqa: E402
 from manifests.manifest import parse  # noqa: E402
 from manifests.outputs import BUILD_LOG, MANIFEST  # noqa: E402
+from pipeline.sample_corpus import sample_recipe  # noqa: E402
 
 
 class TimedProxy(FaultProxy):
@@ -51,7 +52,7 @@ def measure(work: Path, size_mb: float, workers: int) -> dict:
     proxy = TimedProxy(server.port)
     try:
         server.upload(corpus, "s3://tokenmill/sample")
-        recipe = s3_recipe(work / f"recipe-{size_mb:g}")
+        recipe = sample_recipe(CORPUS, work / f"recipe-{size_mb:g}")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **server.env(proxy.endpoint), "PYTHONPATH": str(REPO)}
         out = f"s3://tokenmill/out-{size_mb:g}"
         started = time.time()

@@ -5,7 +5,9 @@
 - `FaultProxy`: a small HTTP proxy of our own in front of it (threads, 127.0.0.1) that answers a fraction of
   requests `503 SlowDown` with S3's XML error body and resets some connections in the middle of a response
   body; it counts what it did, and the requests by method (with no faults it is a request counter).
-- `s3_recipe`: the shipped sample recipe reading the sample corpus from the bucket (`CORPUS`).
+- `CORPUS`: where the sample corpus sits in the bucket (`pipeline.sample_corpus.sample_recipe(CORPUS, folder)`
+  is the shipped sample recipe reading it from there).
+- `free_port`: a TCP port free on 127.0.0.1 now (the tests' Ray heads and nodes take theirs from here too).
 """
 from __future__ import annotations
 
@@ -19,9 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import fsspec
-import yaml
 
-SAMPLE_RECIPE = Path(__file__).resolve().parents[1] / "manifests" / "recipes" / "sample.yaml"
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
 BUCKET = "tokenmill"
@@ -29,6 +29,7 @@ CORPUS = f"s3://{BUCKET}/sample"
 
 
 def free_port() -> int:
+    """A TCP port that nothing listens on at 127.0.0.1 now (the kernel's pick; free until someone binds it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -185,16 +186,3 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             with self.proxy._lock:  # nothing to cut: not a fault after all
                 self.proxy.injected["reset"] -= 1
         self.wfile.write(data)
-
-
-def s3_recipe(folder: Path) -> Path:
-    """The shipped sample recipe with both sources' roots in the bucket (5 train shards, as in the fault tests)."""
-    data = {
-        "extends": str(SAMPLE_RECIPE),
-        "sources": [{"name": "slimpajama", "root": f"{CORPUS}/SlimPajama-627B"}, {"name": "starcoderdata", "root": f"{CORPUS}/starcoderdata"}],
-        "mix": {"shard_tokens": 60_000},
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path

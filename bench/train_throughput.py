@@ -1,5 +1,6 @@
-"""Trainer throughput: tokenmill's FSDP2 trainer against Hugging Face transformers + torch.compile, on the same
-real shards, the same initial weights and the same windows, back to back in one call.
+"""Trainer throughput: tokenmill's FSDP2 trainer against Hugging Face transformers + torch.compile (and, with
+`--titan`, torchtitan 0.3.0's Llama3 model through its own parallelize function), on the same real shards and
+the same windows (the same initial weights too, but for torchtitan's), back to back in one call.
 
     python bench/train_throughput.py gpu --work /tmp/tm-bench [--variants default,mb16,fp8,fp8-mb16] [--profile default]
     python bench/train_throughput.py gpu --work /tmp/tm-bench --batch-tokens 131072 --steps 14 --warmup 2 --log-every 2
@@ -53,6 +54,11 @@ VARIANTS = {
     "fa4-mb16": (16, [], FA4),
     "fa4-mb32": (32, [], FA4),
     "f32res-mb16": (16, ["--fp32-residual"]),
+    "liger-mb16": (16, ["--kernels", "liger"]),
+    "ligerce-mb16": (16, ["--kernels", "liger+ce"]),
+    "fa4-liger-mb16": (16, ["--kernels", "liger"], FA4),
+    "f32res-liger-mb16": (16, ["--fp32-residual", "--kernels", "liger"]),
+    "fp8-liger-mb16": (16, ["--fp8", "--kernels", "liger"]),
     "cdtune-mb16": (16, [], COORDINATE_DESCENT),
     "autotune-mb16": (16, [], MAX_AUTOTUNE_GEMM),
 }
@@ -228,9 +234,11 @@ def batch_tokens(micro_batch: int, args) -> int:
     return args.batch_tokens or micro_batch * CONTEXT * args.nproc
 
 
-def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int) -> dict:
-    """Sustained figures over the logged intervals after `warmup` steps."""
+def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int, loss_steps: int = 50) -> dict:
+    """Sustained figures over the logged intervals after `warmup` steps; the mean loss of the intervals in the
+    last `loss_steps` steps."""
     after = [r for r in records if r["step"] > warmup]
+    last = [r["loss"] for r in records if r["step"] > records[-1]["step"] - loss_steps]
     seconds = sum(r["interval_s"] for r in after)
     steps = sum(r["interval_steps"] for r in after)
     return {
@@ -241,6 +249,7 @@ def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int
         "losses": [round(r["loss"], 4) for r in records],
         "grad_norms": [round(r["grad_norm"], 3) for r in records],
         "final_loss": records[-1]["loss"],
+        "mean_loss_last": sum(last) / len(last),
     }
 
 
@@ -374,6 +383,118 @@ def hf_baseline(args) -> dict:
     return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summarize(records, args.warmup, train_cfg.batch_tokens, 1)}
 
 
+def _titan_on_older_torch() -> None:
+    """Before torchtitan is imported: torch 2.11 lacks `torch.distributed.fsdp.DataParallelMeshDims`, which
+    torchtitan 0.3.0's FSDP module imports for its full-DTensor mode only; its partial-DTensor mode, used here,
+    never passes one to fully_shard. A stand-in lets the module import."""
+    import torch.distributed.fsdp as fsdp
+
+    if not hasattr(fsdp, "DataParallelMeshDims"):
+        fsdp.DataParallelMeshDims = type("DataParallelMeshDims", (), {})
+
+
+def titan_model(attention: str, *, layers: int, dim: int, heads: int, kv_heads: int, ffn: int, vocab: int,
+                context: int):
+    """torchtitan 0.3.0's Llama3 model (its fused QKV, per-layer depth-scaled init) at the given shape: its own
+    1B/8B recipes with TinyLlama's sizes, RoPE theta 10,000 unscaled, untied output. On the meta device."""
+    import torch
+
+    _titan_on_older_torch()
+    from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
+    from torchtitan.models.llama3 import (
+        _EMBEDDING_INIT,
+        _NORM_INIT,
+        Llama3Model,
+        _build_llama3_layers,
+        _output_linear_init,
+    )
+
+    config = Llama3Model.Config(
+        dim=dim, vocab_size=vocab,
+        tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim, param_init=_EMBEDDING_INIT),
+        norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM_INIT),
+        lm_head=Linear.Config(in_features=dim, out_features=vocab, param_init=_output_linear_init(dim)),
+        layers=_build_llama3_layers(
+            n_layers=layers, dim=dim, n_heads=heads, n_kv_heads=kv_heads, hidden_dim=ffn, attn_backend=attention,
+            rope=ComplexRoPE.Config(dim=dim // heads, max_seq_len=context, theta=10000.0),
+        ),
+    )
+    with torch.device("meta"):
+        return config.build()
+
+
+def titan_parallelize(model, *, compile: bool):
+    """torchtitan's own `parallelize_llama` on one GPU: per-block torch.compile (and the loss is compiled by the
+    caller, as its trainer's `compile.components = ["model", "loss"]`), then FSDP2 with bf16 parameters and fp32
+    gradient reduction (its MixedPrecisionPolicy), over a one-rank mesh; no activation checkpointing (as
+    tokenmill at these micro-batches). Needs a process group."""
+    _titan_on_older_torch()
+    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
+    from torchtitan.distributed import ParallelDims
+    from torchtitan.models.llama3 import parallelize_llama
+
+    parallelism = ParallelismConfig(spmd_backend="partial_dtensor")
+    training = TrainingConfig(mixed_precision_param="bfloat16", mixed_precision_reduce="float32")
+    return parallelize_llama(model, parallel_dims=ParallelDims.from_config(parallelism, 1), training=training,
+                             parallelism=parallelism, compile_config=CompileConfig(enable=compile), ac_config=None,
+                             dump_folder=str(REPO / "runs"))
+
+
+def titan_baseline(args) -> dict:
+    """torchtitan's model and parallelize function in this script's loop (its trainer needs its own data
+    loaders and tokenizer files): the same windows, TinyLlama's shape, fused AdamW with tokenmill's parameter
+    groups, schedule and clipping, the loss compiled. Its own initialisation (the losses are comparable
+    in trend only)."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from manifests.manifest import load
+    from trainer.config import TrainConfig
+    from trainer.data import open_loader
+    from trainer.optim import build_optimizer
+
+    os.environ.setdefault("LOCAL_RANK", "0")
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    cfg = PRESETS[PRESET]
+    model = titan_model(args.titan_attention, layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads,
+                        kv_heads=cfg.n_kv_heads, ffn=cfg.ffn_dim, vocab=cfg.vocab_size, context=cfg.context)
+    model = titan_parallelize(model, compile=True)
+    model.to_empty(device="cuda")
+    with torch.no_grad():
+        model.init_states(buffer_device=torch.device("cuda"))
+    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps,
+                            warmup_steps=args.lr_warmup, micro_batch=args.micro_batch,
+                            batch_tokens=batch_tokens(args.micro_batch, args))
+    optimizer = build_optimizer(model, train_cfg, fused=True)
+    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed,
+                         rank=0, world_size=1, device=torch.device("cuda"))
+    positions = torch.arange(cfg.context, device="cuda")[None].expand(args.micro_batch, -1)
+    masks = model.get_attention_masks(positions)  # one document per window: causal, as tokenmill and HF train
+    def loss(logits, targets):
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    cross_entropy = torch.compile(loss)
+
+    def loss_of(inputs, targets):
+        return cross_entropy(model(inputs, positions, masks), targets)
+
+    records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, args.log_every)
+    loader.close()
+    dist.destroy_process_group()
+    summary = summarize(records, args.warmup, train_cfg.batch_tokens, 1)
+    return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summary}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _hf_loop(model, optimizer, loader, loss_of, train_cfg, log_every: int) -> list[dict]:
     """trainer.train's step and logging for a plain (unsharded) module: accumulate, clip, AdamW, log."""
     import torch
@@ -392,6 +513,7 @@ def _hf_loop(model, optimizer, loader, loss_of, train_cfg, log_every: int) -> li
             loss.backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip, foreach=True)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # torchtitan's FSDP: a DTensor
         norm_sum = norm if norm_sum is None else norm_sum + norm
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -415,16 +537,18 @@ def in_subprocess(mode: str, args, extra: list[str]) -> dict:
 def table(rows: dict[str, dict], peak: float) -> str:
     flops = PRESETS[PRESET].flops_per_token()
     lines = [
-        f"{'run':<18} {'mb x acc':>8} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} {'peak mem GiB':>13} {'data wait':>10} {'loss (last log)':>15}",
+        f"{'run':<24} {'mb x acc':>8} {'tokens/s/GPU':>13} {'MFU vs 989 TF':>14} {'MFU vs matmul':>14} "
+        f"{'peak mem GiB':>13} {'data wait':>10} {'loss (last log)':>15} {'mean loss, last 50 steps':>24}",
     ]
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"{name:<18} failed: {r['error'].splitlines()[0][:90]}")
+            lines.append(f"{name:<24} failed: {r['error'].splitlines()[0][:90]}")
             continue
         tps = r["tokens_per_s_per_gpu"]
         lines.append(
-            f"{name:<18} {str(r['micro_batch']) + ' x ' + str(r['accumulation']):>8} {tps:>13,.0f} {100 * tps * flops / DATASHEET_PEAK:>13.1f}% {100 * tps * flops / peak:>13.1f}% "
-            f"{r['mem_gib']:>13.1f} {100 * r['data_wait']:>9.2f}% {r['final_loss']:>15.4f}"
+            f"{name:<24} {str(r['micro_batch']) + ' x ' + str(r['accumulation']):>8} {tps:>13,.0f} "
+            f"{100 * tps * flops / DATASHEET_PEAK:>13.1f}% {100 * tps * flops / peak:>13.1f}% "
+            f"{r['mem_gib']:>13.1f} {100 * r['data_wait']:>9.2f}% {r['final_loss']:>15.4f} {r['mean_loss_last']:>24.4f}"
         )
     return "\n".join(lines)
 
@@ -459,12 +583,23 @@ def gpu(args) -> None:
     common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
               "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup), "--batch-tokens", str(args.batch_tokens), "--log-every", str(args.log_every)]
     rows = {}
+    def row_name(name: str) -> str:  # a variant named twice runs twice (run-to-run spread): "name#2"
+        return next(n for n in (name, *(f"{name}#{i}" for i in range(2, 100))) if n not in rows)
+
     for name in filter(None, args.variants.split(",")):
-        rows[f"tokenmill:{name}"] = _attempt(lambda: run_tokenmill(name, manifest, args.work, args))
-        print(json.dumps({f"tokenmill:{name}": rows[f"tokenmill:{name}"]}), flush=True)
-    if args.baseline:
-        rows["hf+compile"] = _attempt(lambda: in_subprocess("hf", args, common))
-        print(json.dumps({"hf+compile": rows["hf+compile"]}), flush=True)
+        row = row_name(f"tokenmill:{name}")
+        rows[row] = _attempt(lambda: run_tokenmill(name, manifest, args.work, args))
+        print(json.dumps({row: rows[row]}), flush=True)
+    for _ in range(args.baseline):
+        row = row_name("hf+compile")
+        rows[row] = _attempt(lambda: in_subprocess("hf", args, common))
+        print(json.dumps({row: rows[row]}), flush=True)
+    for run in filter(None, args.titan.split(",")):  # attention:micro-batch
+        attention, micro_batch = run.split(":")
+        row = f"torchtitan:{attention}-mb{micro_batch}"
+        extra = ["--titan-attention", attention, "--micro-batch", micro_batch]
+        rows[row] = _attempt(lambda: in_subprocess("titan", args, common + extra))
+        print(json.dumps({row: rows[row]}), flush=True)
     results = {"matmul": peak, "runs": rows, "args": {k: str(v) for k, v in vars(args).items()}}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     report(rows, peak["matmul_flops"], args)
@@ -479,11 +614,17 @@ def report(rows: dict[str, dict], peak: float, args) -> None:
     print(f"\nTinyLlama-1.1B, context 2048, {args.nproc} GPU, {step_tokens}, {args.steps} steps, "
           f"sustained over steps {args.warmup + 1}-{args.steps}; hf micro-batch {args.micro_batch}; matmul peak {peak / 1e12:.0f} TFLOP/s")
     print(table(rows, peak), flush=True)
-    if "hf+compile" in rows and "error" not in rows["hf+compile"]:
-        base = rows["hf+compile"]
+    titan = [r for name, r in rows.items() if name.startswith("torchtitan:") and "error" not in r]
+    hf = [r for name, r in rows.items() if name.startswith("hf+compile") and "error" not in r]
+    bases = {"hf+compile (its first run)": hf[0] if hf else None,
+             "torchtitan (its best row)": max(titan, key=lambda r: r["tokens_per_s_per_gpu"], default=None)}
+    for base_name, base in bases.items():
+        if base is None or "error" in base:
+            continue
         for name, r in rows.items():
-            if name != "hf+compile" and "error" not in r:
-                print(f"{name}: {r['tokens_per_s_per_gpu'] / base['tokens_per_s_per_gpu']:.2f}x hf+compile; loss over the last {args.log_every} steps "
+            if name.startswith("tokenmill:") and "error" not in r:
+                ratio = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
+                print(f"{name}: {ratio:.3f}x {base_name}; loss over the last {args.log_every} steps "
                       f"{r['final_loss']:.4f} vs {base['final_loss']:.4f}", flush=True)
 
 
@@ -518,18 +659,24 @@ def reader(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["gpu", "reader", "kernels", "hf", "profile"])
+    parser.add_argument("mode", choices=["gpu", "reader", "kernels", "hf", "titan", "profile"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/tm-bench"))
     parser.add_argument("--tokens", type=int, default=20_000_000, help="corpus size to build")
     parser.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True, help="measure the matmul peak and attention kernels first (26 s on an H200)")
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True, help="also run Hugging Face + torch.compile")
+    parser.add_argument("--baseline", type=int, default=1, help="runs of Hugging Face + torch.compile (0: none)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=0,
+                        help="the same as --baseline 0")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the sustained figures (compilation, allocator)")
     parser.add_argument("--lr-warmup", type=int, default=10, help="LR warm-up steps, so the loss moves within a short run")
     parser.add_argument("--micro-batch", type=int, default=8, help="hf baseline and reader (tokenmill variants set their own)")
     parser.add_argument("--batch-tokens", type=int, default=0, help="tokens per optimizer step, every run (0: one micro-batch, no accumulation)")
     parser.add_argument("--log-every", type=int, default=10, help="optimizer steps per logged interval")
+    parser.add_argument("--titan", default="",
+                        help="torchtitan 0.3.0 baselines to run: comma-separated attention:micro-batch "
+                        "(attention: flex or varlen)")
+    parser.add_argument("--titan-attention", default="flex", help="titan: torchtitan's attention backend")
     parser.add_argument("--profile", default="", help="variants to profile first (comma-separated)")
     parser.add_argument("--variant", default="default", help="profile: the variant")
     parser.add_argument("--nproc", type=int, default=1)
@@ -545,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.mode == "reader":
         reader(args)
     else:
-        measure = {"kernels": kernels, "hf": hf_baseline, "profile": profile}[args.mode]
+        measure = {"kernels": kernels, "hf": hf_baseline, "titan": titan_baseline, "profile": profile}[args.mode]
         args.json.write_text(json.dumps(measure(args) if args.mode != "kernels" else measure()))
 
 

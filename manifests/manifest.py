@@ -189,6 +189,7 @@ class Manifest:
     quarantine: QuarantineEntry
     provenance: Provenance | None = None  # absent from the JSON when None
     domains: list[DomainEntry] | None = None  # only a build with domains: the ids in its shards' indexes
+    decontamination: dict[str, Any] | None = None  # the eval sets the build matched: name, sha256, rule, counts
     path: str = field(default="", compare=False, metadata={"json": False})  # where it was loaded from or written to
 
     @property

@@ -14,7 +14,9 @@ planted is returned and written to OUT/PLANTED.json, with the ids of the duplica
 The same arguments give byte-identical files: inputs are read in sorted order, one seeded RNG makes every
 choice, and compression levels are fixed.
 
-Public API (`__all__`): `write_sample_corpus` and `main` (the command); the offline text it draws from,
+Public API (`__all__`): `write_sample_corpus` and `main` (the command); `sample_sources` and `sample_recipe`,
+the shipped sample recipe's sources pointed at a sample corpus written elsewhere (a folder, a relative path or
+an object-store URL), and that recipe written to a file; the offline text it draws from,
 `kjv_verses`, `stdlib_docstrings` and `stdlib_code_files`, which `bench/corpus.py` also draws its
 larger generated corpora from; `replace_words`, the near-duplicate edit both plant; and the layout and
 text-shape constants both share. Everything prefixed `_` is
@@ -25,12 +27,12 @@ from __future__ import annotations
 import argparse
 import ast
 import gc
+import importlib.resources
 import importlib.util
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import sysconfig
 from collections import Counter
@@ -42,12 +44,15 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 import zstandard
 
+from pipeline.cli import add_folder_argument, folder_argument
 from stages.normalize import jaccard, shingles
 
 __all__ = [
-    "write_sample_corpus", "main", "kjv_verses", "stdlib_docstrings", "stdlib_code_files",
+    "write_sample_corpus", "main", "sample_sources", "sample_recipe",
+    "kjv_verses", "stdlib_docstrings", "stdlib_code_files",
     # the layout and the shape of the text, shared with the bench's generated corpus
     "SLIMPAJAMA", "STARCODER", "SLIMPAJAMA_DIR", "STARCODER_DIR", "NATURAL_SHARE", "DOCSTRING_SUBSETS",
     "REPLACEMENT_WORDS", "SHORT_MAX_CHARS", "ZSTD_LEVEL", "replace_words",
@@ -129,7 +134,7 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
         raise ValueError(f"size_mb {size_mb} is too small to plant every kind; use at least {MIN_SIZE_MB}")
     verses = kjv_verses()  # first: a missing `sample` extra is refused before anything is written
     out = Path(out)
-    _clear_previous_sample(out)
+    previous = _previous_sample(out)
     rng = random.Random(seed)
     total = int(size_mb * 1_000_000)
     natural_budget = int(total * NATURAL_SHARE)
@@ -146,24 +151,24 @@ def write_sample_corpus(out: Path, size_mb: float = 10.0, seed: int = 0) -> dict
     github_docs = [_Doc(text=text, subset="RedPajamaGithub") for _, text in github]
     slimpajama = _plan_slimpajama(natural, github_docs, verses, rng)
     starcoder = _plan_starcoder(code, rng)
-    _write_slimpajama(out / SLIMPAJAMA_DIR, slimpajama)
-    _write_starcoder(out / STARCODER_DIR, starcoder)
+    written = _write_slimpajama(out / SLIMPAJAMA_DIR, slimpajama) + _write_starcoder(out / STARCODER_DIR, starcoder)
+    for stale in sorted(previous - set(written)):  # an earlier, larger sample's files would otherwise join this one
+        stale.unlink()
     summary = _summary(size_mb, seed, slimpajama, starcoder)
-    (out / "PLANTED.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_file(out / "PLANTED.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
-def _clear_previous_sample(out: Path) -> None:
-    """Stale files of an earlier, larger sample would otherwise join this one; only our own layout under a
-    folder we marked with PLANTED.json is removed."""
+def _previous_sample(out: Path) -> set[Path]:
+    """The files of an earlier sample in `out` (this one replaces them); only our own layout under a folder we
+    marked with PLANTED.json is ever touched."""
     ours = [out / SLIMPAJAMA_DIR, out / STARCODER_DIR]
     if not any(p.exists() for p in ours):
-        return
+        return set()
     if not (out / "PLANTED.json").exists():
         raise FileExistsError(f"{out} holds {SLIMPAJAMA_DIR}/ or {STARCODER_DIR}/ but no PLANTED.json, so it is not a "
                               "sample this command wrote; choose an empty folder")
-    for p in ours:
-        shutil.rmtree(p, ignore_errors=True)
+    return {p for folder in ours for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -440,23 +445,28 @@ def _zstd_lines(lines: list[bytes], cut_after: int | None) -> bytes:
     return head + tail[:len(tail) // 2]
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes) -> Path:
+    """Writes `data` unless the file already holds exactly these bytes: an unchanged file keeps its modification
+    time, which is part of its identity to a build (a rewrite of the same sample re-processes nothing)."""
+    if path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    return path
 
 
-def _write_slimpajama(root: Path, plan: _Plan) -> None:
+def _write_slimpajama(root: Path, plan: _Plan) -> list[Path]:
+    written = []
     for rel, entries in plan.files.items():
         for line_no, doc in enumerate(entries, 1):
             doc.where = f"{SLIMPAJAMA}/{rel}#{line_no}"
         lines = [doc.raw or orjson.dumps({"text": doc.text, "meta": {"redpajama_set_name": doc.subset}}) for doc in entries]
-        _write_file(root / rel, _zstd_lines(lines, plan.truncate.get(rel)))
-    for rel, data in plan.raw_files.items():
-        _write_file(root / rel, data)
+        written.append(_write_file(root / rel, _zstd_lines(lines, plan.truncate.get(rel))))
+    return written + [_write_file(root / rel, data) for rel, data in plan.raw_files.items()]
 
 
-def _write_starcoder(root: Path, plan: _Plan) -> None:
-    next_id = 0
+def _write_starcoder(root: Path, plan: _Plan) -> list[Path]:
+    next_id, written = 0, []
     for rel, entries in plan.files.items():
         for row, doc in enumerate(entries):
             doc.where = f"{STARCODER}/{rel}#{row}"
@@ -469,11 +479,11 @@ def _write_starcoder(root: Path, plan: _Plan) -> None:
         }
         if rel in plan.drop_text_column:
             del columns["content"]
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(columns), root / rel)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.table(columns), buffer)
+        written.append(_write_file(root / rel, buffer.getvalue().to_pybytes()))
         next_id += len(entries)
-    for rel, data in plan.raw_files.items():
-        _write_file(root / rel, data)
+    return written + [_write_file(root / rel, data) for rel, data in plan.raw_files.items()]
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -521,16 +531,39 @@ def _describe(out: Path, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def sample_sources(corpus: str | Path) -> list[dict]:
+    """The `sources` section of the shipped sample recipe with its roots in the sample corpus at `corpus`."""
+    return [{"name": SLIMPAJAMA, "root": f"{corpus}/{SLIMPAJAMA_DIR}"},
+            {"name": STARCODER, "root": f"{corpus}/{STARCODER_DIR}"}]
+
+
+def sample_recipe(corpus: str | Path, folder: Path, **sections) -> Path:
+    """folder/recipe.yaml: the shipped sample recipe (`manifests/recipes/sample.yaml`) reading the sample corpus at
+    `corpus` (a folder, or an fsspec URL such as s3://bucket/sample), in shards of 60,000 tokens (5 train shards
+    of a 1.5 MB sample); `sections` replace whole top-level sections (`mix=...` replaces the shard size too)."""
+    data = {
+        "extends": str(importlib.resources.files("manifests") / "recipes" / "sample.yaml"),
+        "sources": sample_sources(corpus),
+        "mix": {"shard_tokens": 60_000},
+        **sections,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, nargs="?", metavar="OUT", help="folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
-    parser.add_argument("--out", type=Path, dest="out_option", metavar="OUT", help="the same folder, named like every other command's output")
+    add_folder_argument(parser, "out", "OUT", "folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
     parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--plant-eval", type=Path, metavar="DIR", default=None,
+                        help="also write two eval sets to DIR and plant part of their items in the sample "
+                             "(pipeline/sample_eval.py); without it the sample's bytes are unchanged")
     args = parser.parse_args(argv)
-    if (args.out is None) == (args.out_option is None):
-        parser.error("give the output folder once: tokenmill sample --out data/sample (or tokenmill sample data/sample)")
-    args.out = args.out or args.out_option
+    args.out = folder_argument(parser, args, "out", "output folder",
+                               "tokenmill sample --out data/sample (or tokenmill sample data/sample)")
     try:
         summary = write_sample_corpus(args.out, args.size_mb, args.seed)
     except (ValueError, FileExistsError) as e:
@@ -539,4 +572,10 @@ def main(argv: list[str]) -> int:
         print(f"tokenmill sample: {e}", file=sys.stderr)
         return 2
     print(_describe(args.out, summary))
+    if args.plant_eval is not None:
+        from pipeline.sample_eval import plant_eval_items
+
+        planted = plant_eval_items(args.out, args.plant_eval)
+        print(f"  planted eval items: {', '.join(f'{name} {len(p)}' for name, p in planted['planted'].items())} "
+              f"(eval sets and the list in {args.plant_eval})")
     return 0

@@ -84,12 +84,15 @@ BAD_INPUT_REASONS = (
 EXACT_DUPLICATE, NEAR_DUPLICATE = "exact_duplicate", "near_duplicate"
 
 # Where each kind of drop happens in the pipeline, in order: the funnel's steps.
-FUNNEL_STEPS = ("bad input", "filters", "exact duplicates", "near duplicates")
+FUNNEL_STEPS = ("bad input", "filters", "decontamination", "exact duplicates", "near duplicates")
+DECONTAMINATED = "decontaminated:"  # + the eval set's name: a document holding an eval item (`stages.decontaminate`)
 
 
 def drop_step(reason: str) -> str:
     """The funnel step a drop reason belongs to (filter reasons look like `gopher_quality:...`)."""
     if reason in BAD_INPUT_REASONS:
         return "bad input"
+    if reason.startswith(DECONTAMINATED):
+        return "decontamination"
     return {EXACT_DUPLICATE: "exact duplicates", NEAR_DUPLICATE: "near duplicates"}.get(reason, "filters")
 

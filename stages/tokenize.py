@@ -15,6 +15,7 @@ import sentencepiece as spm
 from manifests.config import ConfigError
 from manifests.manifest import TokenizerEntry
 from manifests.shards import token_dtype
+from stages.extras import install_hint, missing_for_url
 
 
 @dataclass(kw_only=True, slots=True)
@@ -56,8 +57,9 @@ def read_model_bytes(uri: str) -> bytes:
             return (importlib.resources.files(package) / inner).read_bytes()
         with fsspec.open(uri, "rb") as f:
             return f.read()
-    except ImportError as e:  # an fsspec protocol whose package is missing (hf:// needs huggingface_hub)
-        raise TokenizerError(f"tokenizer.model {uri!r} cannot be opened ({e}); install the extra it names (e.g. pip install 'tokenmill[hf]')") from None
+    except ImportError as e:  # a package that is not installed: pkg://'s (mistral_common) or the URL scheme's (hf://)
+        hint = missing_for_url(uri) or (f"{e.name} is not installed: {install_hint(e.name)}" if e.name else str(e))
+        raise TokenizerError(f"tokenizer.model {uri!r} cannot be opened: {hint}") from None
     except Exception as e:  # any failure to fetch a user-given URI (no network, no such file, access denied)
         raise TokenizerError(f"tokenizer.model {uri!r} cannot be read ({type(e).__name__}: {e}); check the path or URL and the network, or point the recipe at a local copy") from None
 

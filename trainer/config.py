@@ -6,6 +6,9 @@ from pathlib import Path
 
 from manifests.config import ConfigError
 
+# TrainConfig.kernels: compiled PyTorch, or liger-kernel's Triton kernels (trainer/kernels.py).
+KERNELS = ("torch", "liger", "liger+ce")
+
 
 @dataclass(kw_only=True, slots=True, frozen=True)
 class ModelConfig:
@@ -119,6 +122,9 @@ class TrainConfig:
     compile: bool = _opt(True, "torch.compile each block (CUDA only; CPU runs stay eager)")
     ac_every: int = _opt(0, "activation checkpointing of every k-th block; 0: none, 1: all")
     fp8: bool = _opt(False, "FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first")
+    kernels: str = _opt("torch", "the blocks' RMSNorms and residual adds: torch (compiled PyTorch, also the CPU "
+                        "path), liger (liger-kernel's fused add + RMSNorm, CUDA only) or liger+ce (and its fused "
+                        "linear cross-entropy)")
     fp32_residual: bool = _opt(False, "keep the residual stream between blocks in fp32 (as Hugging Face under autocast and Megatron's fp32_residual_connection); the blocks still compute in bf16")
     # FSDP (several devices; one device runs a replica and gathers nothing): keeping each block's gathered bf16
     # weights from forward to backward gathers once per step instead of twice, at the cost of the bf16 model in
@@ -150,6 +156,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "save_every", "ac_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}", "must not be negative")
+        if self.kernels not in KERNELS:  # whether they can run on the device: trainer.kernels.check_kernels
+            raise ConfigError(f"--kernels {self.kernels!r}", f"choose one of {', '.join(KERNELS)}")
         if not 0 < self.min_lr <= self.lr:
             raise ConfigError(f"--min-lr {self.min_lr}", f"must be in (0, --lr {self.lr}]")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

@@ -27,6 +27,7 @@ from manifests.shards import ShardFormatError
 from trainer import checkpoint
 from trainer.config import ModelConfig
 from trainer.model import Llama, build
+from trainer.options import EXPORT_DTYPES, export_parser
 
 _TOP_LEVEL = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 _IN_BLOCK = {
@@ -40,7 +41,7 @@ _FUSED_IN_BLOCK = {
     "attn.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
     "mlp.gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in EXPORT_DTYPES}
 
 
 def hf_names(name: str) -> tuple[str, ...]:
@@ -201,21 +202,12 @@ def _sentencepiece_settings(model_file: Path):
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tokenmill export", description=__doc__.split("\n\n")[0],
-        epilog="tokenmill export --megatron MANIFEST OUT: the manifest's shards as Megatron-LM indexed datasets (manifests/megatron.py).",
-    )
-    parser.add_argument("checkpoint", type=Path, nargs="?", help="a step-* checkpoint folder, or a run folder (its newest checkpoint); with --hf")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--hf", type=Path, help="output folder for the Hugging Face model")
-    target.add_argument(
-        "--megatron", type=Path, nargs=2, metavar=("MANIFEST", "OUT"),
-        help="write every shard of MANIFEST as a Megatron-LM indexed dataset under OUT (its own .idx, a link to the .bin) and "
-        "OUT/SPLIT.data-path, a --data-path blend per split; no checkpoint",
-    )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype in the export (default float32: the trained values exactly)")
-    parser.add_argument("--manifest", type=Path, help="with --hf: the build whose tokenizer the run used, if it moved (default: the path the run recorded)")
-    args = parser.parse_args(argv)
+    parser = export_parser()
+    return run(parser.parse_args(argv), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`tokenmill export` once its arguments are parsed (trainer.options.export_main parses them before torch loads)."""
     if args.megatron:
         if args.checkpoint is not None:
             parser.error(f"--megatron exports a manifest, not the checkpoint {args.checkpoint}: tokenmill export --megatron MANIFEST OUT")
@@ -232,13 +224,17 @@ def main(argv: list[str]) -> int:
 
 
 def _export_megatron(manifest_path: Path, out: Path) -> int:
+    created = not out.exists()
     try:
         manifest = load_manifest(manifest_path)
         written = megatron.export(manifest, out)
-    except (ManifestError, ShardFormatError) as e:
+    except (ManifestError, ShardFormatError, OSError) as e:
+        if created and out.is_dir():  # a refused export leaves nothing behind (a damaged shard is found midway)
+            shutil.rmtree(out)
         print(f"tokenmill export: {e}", file=sys.stderr)
         return 2
     for split, path in written.items():
-        print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {out / split}; their blend: {path}")
+        folders = sorted({str((out / shard.entry.bin).parent) for shard in manifest.shards(split)})
+        print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {', '.join(folders)}; their blend: {path}")
     print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (README.md: Training with another framework)")
     return 0

@@ -23,13 +23,12 @@ import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import torch.distributed as dist
+from trainer.options import add_nproc, train_parser
 
-from manifests.manifest import load as load_manifest
-from trainer import checkpoint
-from trainer.config import preset
-from trainer.train import USER_ERRORS, build_parser, check_data, check_out, check_resume, parse_config
+if TYPE_CHECKING:
+    import torch.distributed as dist
 
 # Grace between asking ranks to stop and SIGKILL: long enough for a checkpoint of a big model. The variable is
 # torchrun's, so a setting made for torchrun keeps its meaning.
@@ -38,14 +37,11 @@ LOOPBACK_INTERFACE = "lo"  # Linux's name for it
 _POLL_S = 0.1
 
 
-def _add_nproc(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--nproc", type=int, help="processes on this machine, one per GPU; required, but with --resume: the checkpoint's")
-    return parser
-
-
 def loopback_store() -> tuple[dist.TCPStore, int]:
     """A TCPStore served from a socket bound to 127.0.0.1 (given a port alone, TCPStore binds every interface),
     and its port."""
+    import torch.distributed as dist
+
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -73,13 +69,16 @@ def rank_command(train_argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    full = _add_nproc(build_parser())
-    full.prog = "tokenmill train"
-    full.parse_args(argv)  # --help, and every argument checked before any process starts
-    known, train_argv = _add_nproc(argparse.ArgumentParser(add_help=False, allow_abbrev=False)).parse_known_args(argv)
+    full = train_parser()
+    full.parse_args(argv)  # --help, and every argument checked before any process starts (and before torch loads)
+    known, train_argv = add_nproc(argparse.ArgumentParser(add_help=False, allow_abbrev=False)).parse_known_args(argv)
+    from manifests.manifest import load as load_manifest
+    from trainer.config import preset
+    from trainer.train import USER_ERRORS, check_data, check_out, check_resume, parse_config
+
     try:  # the common mistakes, reported once before any process starts (checksums are the ranks' job)
         cfg = parse_config(train_argv)
-        nproc = known.nproc if known.nproc is not None else _checkpoint_nproc(cfg, full)
+        nproc = known.nproc if known.nproc is not None else _default_nproc(cfg)
         if nproc < 1:
             full.error(f"--nproc {nproc}: must be at least 1")
         manifest = load_manifest(cfg.manifest)
@@ -108,11 +107,16 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def _checkpoint_nproc(cfg, parser: argparse.ArgumentParser) -> int:
-    """--nproc when it was not given: the rank count of the checkpoint --resume names."""
-    if cfg.resume is None:
-        parser.error("--nproc: required (processes on this machine, one per GPU)")
-    return int(checkpoint.read_meta(checkpoint.resolve(cfg.resume))["world_size"])
+def _default_nproc(cfg) -> int:
+    """--nproc when it was not given: the rank count of the checkpoint --resume names, else one process per GPU
+    of this machine, else (no GPU) one."""
+    import torch
+
+    from trainer import checkpoint
+
+    if cfg.resume is not None:
+        return int(checkpoint.read_meta(checkpoint.resolve(cfg.resume))["world_size"])
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
 def supervise(ranks: list[subprocess.Popen], signals: list[int]) -> int:
@@ -159,6 +163,8 @@ def _exit_status(returncode: int) -> int:
 
 
 def _preempted_since(cfg, started: float) -> bool:
+    from trainer import checkpoint
+
     found = checkpoint.all_checkpoints(cfg.out)
     if not found:
         return False

@@ -77,12 +77,32 @@ def console_line(record: dict) -> str:
         f"loss {record['loss']:.4f}",
         f"lr {record['lr']:.2e}",
         f"gnorm {record['grad_norm']:.3f}",
-        f"{record['tokens_per_s_per_gpu']:,.0f} tok/s/gpu",
+        f"{record['tokens_per_s_per_gpu']:,.0f} tok/s/{'process' if record.get('peak_name') == 'cpu' else 'gpu'}",
     ]
     if record.get("mfu") is not None:
         parts.append(f"mfu {100 * record['mfu']:.1f}% of {record['peak_flops'] / 1e12:.0f} TF ({record['peak_name']})")
     parts += [f"data wait {100 * record['data_wait']:.2f}%", f"mem {record['mem_gib']:.1f} GiB"]
+    eta = eta_seconds(record)
+    if eta is not None:
+        parts.append(f"ETA {duration(eta)}")
     return " | ".join(parts)
+
+
+def eta_seconds(record: dict) -> float | None:
+    """The steps left at the last interval's pace (evaluation and checkpoints not counted); None when unknown."""
+    if not record.get("interval_steps") or record.get("interval_s") is None or record["step"] >= record["steps"]:
+        return None
+    return (record["steps"] - record["step"]) * record["interval_s"] / record["interval_steps"]
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 3h07m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _tensorboard(folder: Path):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer import kernels
 from trainer.config import ModelConfig
 
 INIT_STD = 0.02  # Llama / TinyLlama / Hugging Face `initializer_range`
@@ -36,14 +37,25 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.fused = False  # trainer.parallelize.apply_fused_kernels: liger's kernels (trainer.kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x normalised and scaled, in the weight's dtype (the compute dtype), whatever x's dtype (an fp32
         residual stream goes into bf16 matmuls)."""
+        if self.fused:
+            return kernels.rms_norm(x, self.weight, self.eps).to(self.weight.dtype)
         # Normalise and scale in fp32, rounding once: bf16 sums of squares lose the small components.
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(self.weight.dtype)
+
+    def add_forward(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this norm of x + delta, x + delta): the residual add and the norm after it, in one kernel when fused."""
+        if self.fused:
+            y, s = kernels.add_rms_norm(x, delta, self.weight, self.eps)
+            return y.to(self.weight.dtype), s
+        s = x + delta
+        return self(s), s
 
 
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,9 +277,19 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+        # trainer.parallelize.apply_fused_kernels: each block returns (residual, its MLP's output) and leaves
+        # that add to the next block's first norm (RMSNorm.add_forward), so that every add runs inside a norm.
+        self.defer_residual = False
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, delta: torch.Tensor | None = None):
+        """x + this block's contributions; with `defer_residual`, (x + delta + the attention's output, the MLP's
+        output), whose sum is the same."""
+        if not self.defer_residual:
+            x = x + self.attn(self.attn_norm(x), cos, sin)
+            return x + self.mlp(self.mlp_norm(x))
+        h, x = (self.attn_norm(x), x) if delta is None else self.attn_norm.add_forward(x, delta)
+        h, x = self.mlp_norm.add_forward(x, self.attn(h, cos, sin))
+        return x, self.mlp(h)
 
 
 class Llama(nn.Module):
@@ -283,6 +305,8 @@ class Llama(nn.Module):
         # apply_fp32_residual sets float32: the blocks' outputs are then added to an fp32 stream, as under
         # Hugging Face's autocast with fp32 weights, instead of being rounded to bf16 at every addition.
         self.residual_dtype: torch.dtype | None = None
+        self.fused_loss = False  # trainer.parallelize.apply_fused_kernels: liger's fused linear cross-entropy
+        self.defer_residual = False  # the blocks' too (Block.forward)
         # Derived from the config, so not saved in checkpoints (persistent=False).
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -307,11 +331,19 @@ class Llama(nn.Module):
         h = self.embed(tokens)
         if self.residual_dtype is not None:
             h = h.to(self.residual_dtype)
-        for layer in self.layers:
-            h = layer(h, cos, sin)
-        h = self.norm(h)
+        if self.defer_residual:
+            delta = None
+            for layer in self.layers:
+                h, delta = layer(h, cos, sin, delta)
+            h = self.norm.add_forward(h, delta)[0]
+        else:
+            for layer in self.layers:
+                h = layer(h, cos, sin)
+            h = self.norm(h)
         if targets is None:
             return self.output(h)
+        if self.fused_loss:
+            return kernels.linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
         return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten(), self.cross_entropy_chunk)
 
 

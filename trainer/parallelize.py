@@ -10,14 +10,18 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from trainer.float8 import convert_to_float8
+from trainer.kernels import check_kernels
 from trainer.model import Llama, cross_entropy_chunk
 from trainer.replica import Replica
 
 
 def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool, fp8: bool,
-                fp32_residual: bool) -> tuple[Llama, Replica | None]:
+                fp32_residual: bool, kernels: str = "torch") -> tuple[Llama, Replica | None]:
     """Returns (the model, its replica): the model holds the parameters (optimizer, checkpoints); micro-batches
     run on the replica's module on one device, on the FSDP-sharded model itself on several (replica None)."""
+    check_kernels(kernels, mesh.device_type)
+    if kernels != "torch":
+        apply_fused_kernels(model, loss=kernels == "liger+ce")
     if fp8:
         convert_to_float8(model.layers)
     if fp32_residual:
@@ -34,6 +38,17 @@ def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, com
         apply_compile(model)
     apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward, cast_block_inputs=not fp32_residual)
     return model, None
+
+
+def apply_fused_kernels(model: Llama, *, loss: bool) -> None:
+    """liger-kernel's fused add + RMSNorm in every norm (trainer.kernels): each block leaves its last residual add
+    to the next block's first norm, the last to the final norm; with `loss`, liger's fused linear cross-entropy."""
+    model.defer_residual = True
+    model.fused_loss = loss
+    for block in model.layers:
+        block.defer_residual = True
+        block.attn_norm.fused = block.mlp_norm.fused = True
+    model.norm.fused = True
 
 
 def apply_fp32_residual(model: Llama, param_dtype: torch.dtype) -> None:

@@ -10,7 +10,6 @@ The file reads top to bottom: arguments, process group, checks, model, optimizer
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
@@ -36,28 +35,11 @@ from trainer.data import DataError, WindowDataset, WindowLoader, check_shards, c
 from trainer.metrics import MetricsLogger, datasheet_peak, memory_gib
 from trainer.model import Llama, build
 from trainer.optim import build_optimizer, lr_at, set_lr
+from trainer.options import build_parser
 from trainer.parallelize import parallelize
 
 # Mistakes a user can fix from the message alone: reported in one line, exit 2, no traceback.
 USER_ERRORS = (ConfigError, ManifestError, DataError, ShardFormatError, checkpoint.CheckpointError)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One option per TrainConfig field. Options not given are left out of the parsed namespace (not filled with
-    defaults), so that a resume can tell them from those given again (`parse_config`)."""
-    description = ("Train a Llama from a manifest's shards: FSDP2 over several devices, a bf16 replica of the fp32 weights on one. "
-                   "Run under torchrun, one process per GPU, or through `tokenmill train --nproc N`.")
-    parser = argparse.ArgumentParser(prog="trainer.train", description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = field.type.removesuffix(" | None")
-        sentence = field.metadata["help"]
-        if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{sentence} (default: {'on' if field.default else 'off'})")
-        else:
-            shown = f" (default: {field.default})" if field.default is not None else ""
-            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), help=sentence + shown)
-    return parser
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
@@ -130,6 +112,7 @@ def build_model_and_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runt
         reshard_after_forward=cfg.reshard_after_forward,
         fp8=cfg.fp8,
         fp32_residual=cfg.fp32_residual,
+        kernels=cfg.kernels,
     )
     optimizer = build_optimizer(model, cfg, fused=cuda)
     if replica is None:

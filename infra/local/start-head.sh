@@ -19,6 +19,10 @@
 #   --block              stay in the foreground; Ctrl-C or `kill PID` stops the head and all it started
 #   --dry-run            print the `ray start` command instead of running it
 #
+# Every other server of the head listens on a port picked free now (the dashboard agent's, 52365 by default, the
+# Ray client server's, 10001, and the rest), so a head starts beside another Ray on the machine; a port given
+# after `--` is kept. A --port or --dashboard-port in use is refused, naming the option.
+#
 # Token authentication is on (RAY_AUTH_MODE=token) unless RAY_AUTH_MODE says otherwise: every request to the
 # dashboard and the cluster must carry the token. When there is none yet (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
 # or ~/.ray/auth_token), Ray generates one into ~/.ray/auth_token. Clients on this machine use it after
@@ -62,7 +66,34 @@ if [[ -x $project/.venv/bin/ray ]]; then
   export PATH="$project/.venv/bin:$PATH"
 fi
 
+python=$(command -v python3 || command -v python)
+port_free() {  # exit 0 when nothing listens on port $1 (on any address: binding them all fails then)
+  "$python" -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+free_ports() {  # $1 distinct ports nothing listens on now, on any address
+  "$python" -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held:
+    s.bind(("", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
+if ((!dry_run)); then
+  for pair in "--port:$port" "--dashboard-port:$dashboard_port"; do
+    if ! port_free "${pair#*:}"; then
+      echo "start-head.sh: ${pair%%:*} ${pair#*:}: the port is in use (another Ray head?); give another with ${pair%%:*} N" >&2
+      exit 2
+    fi
+  done
+fi
+
 cmd=(ray start --head --node-ip-address "$host" --port "$port" --dashboard-host "$host" --dashboard-port "$dashboard_port" --disable-usage-stats)
+servers=(--dashboard-agent-listen-port --dashboard-agent-grpc-port --ray-client-server-port --metrics-export-port
+         --runtime-env-agent-port --node-manager-port --object-manager-port)
+read -r -a picked <<< "$(free_ports ${#servers[@]})"
+for i in "${!servers[@]}"; do
+  option=${servers[$i]}
+  [[ " ${more[*]-} " == *" $option "* || " ${more[*]-} " == *" $option="* ]] || cmd+=("$option" "${picked[$i]}")
+done
 [[ -n $num_cpus ]] && cmd+=(--num-cpus "$num_cpus")
 [[ -n $temp_dir ]] && cmd+=(--temp-dir "$temp_dir")
 ((block)) && cmd+=(--block)

@@ -1,7 +1,8 @@
 """`tokenmill build RECIPE --out DIR`: the corpus build, read top to bottom.
 
     list inputs -> process (one task per input file: fetch, filter, dedupe keys, tokenize)
-                -> keys -> dedupe -> resolve [-> verify -> verified]   (duplicates, `pipeline/tasks/dedupe.py`)
+                -> keys -> dedupe -> propagate/answer rounds -> removals -> sizes -> resolve [-> verify -> verified]
+                   (duplicates: `pipeline/tasks/dedupe.py`, clusters: `pipeline/tasks/components.py`)
                 -> count -> samples -> plan the mix -> mix (one task per mix group, writing its shards)
                 -> manifest.json + quarantine + build stats + report   (`pipeline/build/finalize.py`)
 
@@ -29,9 +30,12 @@ from manifests.shards import ShardEntry, dtype_name
 from pipeline.build import registry as stage
 from pipeline.build.finalize import StageResults, finalize, print_summary
 from pipeline.build.inputs import SPLITS, InputFile, list_inputs
+from pipeline.build.outdir import out_refusal
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
-from pipeline.tasks import count, dedupe, samples
+from pipeline.tasks import components, count, dedupe, samples
+from pipeline.tasks import decontaminate as decontam
+from pipeline.tasks.dedupe import Part
 from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
@@ -39,6 +43,8 @@ from pipeline.work.runner import BuildError, Runner, start_ray
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
+from stages.decontaminate import EvalSet, EvalSetError
+from stages.dedupe import DedupeConfig
 from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
@@ -50,6 +56,8 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
     `reuse_only`: stages that must not run a task (`MissingOutputs` if one would)."""
     started = time.perf_counter()
     validate_filters(recipe)
+    # eval sets are read and checked before any work: a missing file, a field no record has, an empty set
+    eval_sets = decontam.eval_sets(recipe.decontaminate) if recipe.decontaminate else []
     given = recipe_tokenizer(recipe)  # local things first: a wrong tokenizer path is refused before any listing
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
@@ -61,7 +69,7 @@ def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str
         workers = start_ray(address, workers)
         log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
         runner = Runner(work, workers, log, reuse_only=reuse_only)
-        results = run_stages(recipe, inputs, tokenizer, runner, out)
+        results = run_stages(recipe, inputs, tokenizer, runner, out, eval_sets)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
         log.say(f"manifest: {manifest.path}  ({sum(s.tokens for s in manifest.splits.values()):,} tokens)")
     finally:
@@ -74,7 +82,8 @@ class ProcessedCorpus:
     """The processed corpus, every stage before the mix: what any mix of it (a build, a sweep's proxies) plans from."""
 
     processed: list[Processed]
-    funnels: list[dict]
+    decontaminated: list[dict]
+    index: tuple[str, dict] | None  # the decontamination index task's folder and done record
     group_folders: list[str]
     group_records: list[dict]
     resolved_folder: str
@@ -84,45 +93,103 @@ class ProcessedCorpus:
     keys: dict[str, str]
 
 
-def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store) -> StageResults:
+def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store,
+               eval_sets: list[EvalSet] = ()) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
-    c = processed_corpus(recipe, inputs, tokenizer, runner)
+    c = processed_corpus(recipe, inputs, tokenizer, runner, out, eval_sets)
     shards, factors, totals = _mix(recipe, c.processed, c.counts, c.resolved_folder, c.keys["mix"], tokenizer, runner, out)
-    return StageResults(funnels=c.funnels, kept=count.merge_subset_stats(c.counts), resolved_folder=c.resolved_folder,
-                        resolved=c.resolved, key_groups=c.group_folders, key_group_records=c.group_records,
-                        samples_folder=c.samples_folder, factors=factors, domain_tokens=totals, shards=shards,
-                        shards_folder=shards_folder(c.keys["mix"]), keys=c.keys, used=runner.used,
-                        timings=runner.timings, workers=runner.workers)
+    funnels = [f for r in c.group_records for f in r["source_funnels"]]
+    filter_samples = samples.first_filter_samples([r["filter_samples"] for r in c.group_records])
+    return StageResults(funnels=funnels, filter_samples=filter_samples, kept=count.merge_subset_stats(c.counts),
+                        resolved_folder=c.resolved_folder, resolved=c.resolved, key_groups=c.group_folders,
+                        key_group_records=c.group_records, samples_folder=c.samples_folder, factors=factors,
+                        shards=shards, shards_folder=shards_folder(c.keys["mix"]), keys=c.keys, used=runner.used,
+                        timings=runner.timings, workers=runner.workers, decontamination=c.index,
+                        decontaminated=c.decontaminated, domain_tokens=totals)
 
 
-def processed_corpus(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> ProcessedCorpus:
-    """The stages before the mix, in the registry's order (process ... count, samples)."""
-    processed, funnels = _process(recipe, inputs, tokenizer, runner)
+def processed_corpus(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store,
+                     eval_sets: list[EvalSet] = ()) -> ProcessedCorpus:
+    """The stages before the mix, in the registry's order (decontaminate, process ... count, samples)."""
+    index_folder, index_record, index_ref = _decontaminate(recipe, eval_sets, tokenizer, runner, out)
+    processed, decontaminated = _process(recipe, inputs, tokenizer, runner, index_folder, index_ref)
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
-    resolved_folder, resolved = _dedupe(recipe, len(inputs), dedupe_key, group_folders, group_records, runner)
+    resolved_folder, resolved, clusters, cuts = _dedupe(recipe, processed, dedupe_key, group_folders, group_records, runner)
     keys = {"dedupe": dedupe_key}
     if recipe.dedupe.minhash.verify:
         keys["verify"] = stage.verify_key(dedupe_key, recipe)
-        resolved_folder, resolved = _verify(recipe, processed, resolved_folder, keys["verify"], runner)
+        folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
+        resolved_folder, resolved = verified_of(recipe.dedupe, keys["verify"], cuts, clusters, folders_ref, len(processed), runner)
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
-    return ProcessedCorpus(processed, funnels, group_folders, group_records, resolved_folder, resolved, counts, samples_folder, keys)
+    index = (index_folder, index_record) if index_folder else None
+    return ProcessedCorpus(processed, decontaminated, index, group_folders, group_records, resolved_folder, resolved,
+                           counts, samples_folder, keys)
 
 
-def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner) -> tuple[list[Processed], list[dict]]:
-    """Every input file's process output, and each file's funnel ({"source", "funnels"}) for the report."""
+def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenizer, runner: Runner, out: Store):
+    """The eval sets' index (one task, re-used while their bytes and rules are unchanged), put once into Ray's
+    object store for every process task: (its folder, its done record, the object) or ("", None, None)."""
+    if recipe.decontaminate is None:
+        return "", None, None
+    made_from = decontam.index_made_from(recipe.decontaminate, eval_sets, tokenizer)
+    _say_what_changed(out, made_from, runner, recipe)
+    folder = stage.DECONTAMINATE.folder(stage.decontaminate_key(made_from))
+    task = stage.DECONTAMINATE.task(folder, folder, recipe.decontaminate, tokenizer, runner.work)
+    (record,) = runner.run(stage.DECONTAMINATE, [task])
+    index = decontam.load_index(runner.work, folder, record, recipe.decontaminate)
+    items = sum(s["items"] for s in record["sets"])
+    runner.log.say(f"decontaminate: {record['ngrams']:,} n-grams of {items:,} items in {len(record['sets'])} eval sets, "
+                   f"index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)")
+    return folder, record, runner.share(index)
+
+
+def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recipe) -> None:
+    """When OUT holds an earlier build with other eval sets (or none): which sets came, went or changed, and that
+    every input file is processed again (its documents matched against the new index) and every stage after."""
+    try:
+        earlier = out.read_json(MANIFEST)
+    except (OSError, ValueError):
+        return
+    earlier_sets = (earlier.get("decontamination") or {}).get("sets", [])
+    before = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in earlier_sets}
+    now = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in made_from["sets"]}
+    if before == now:
+        return
+    changes = [f"added {', '.join(sorted(set(now) - set(before)))}" if set(now) - set(before) else "",
+               f"removed {', '.join(sorted(set(before) - set(now)))}" if set(before) - set(now) else "",
+               f"changed {', '.join(sorted(n for n in set(now) & set(before) if now[n] != before[n]))}"
+               if any(now[n] != before[n] for n in set(now) & set(before)) else ""]
+    runner.log.event("decontaminate_changed", added=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)))
+    after = ", ".join(s.name for s in stage.stages_of(recipe) if s is not stage.DECONTAMINATE)
+    runner.log.say(f"decontaminate: eval sets {'; '.join(c for c in changes if c)} since the build in {out.url()}: the "
+                   f"index is built for them, every input file is processed again (its text matched against them) and "
+                   f"every stage after re-runs: {after}")
+
+
+def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, index_folder: str = "",
+             index_ref=None) -> tuple[list[Processed], list[dict]]:
+    """Every input file's process output, as the later stages plan from it (its funnels are summed by the key
+    groups), and when the recipe decontaminates what the eval sets matched in each file ({"source", "path",
+    "decontamination"}) for the report."""
     tokenizer_ref = runner.share(tokenizer)
-    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe)) for i in inputs]
+    index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
+    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
     records = runner.run(stage.PROCESS, [
         stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
-                           input_bytes=i.size)
+                           index_ref, input_bytes=i.size, input=i.url)
         for i, folder in zip(inputs, folders)
-    ])
+    ], keep=_planning_facts)
     processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
-    return processed, [{"source": r["source"], "funnels": r["funnels"]} for r in records]
+    return processed, [{k: r[k] for k in ("source", "path", "decontamination")} for r in records if "decontamination" in r]
+
+
+def _planning_facts(record: dict) -> dict:
+    """What the driver keeps of a process task's done record: not its funnels (the key groups sum them)."""
+    return {k: record[k] for k in ("source", "path", "documents", "subsets", "decontamination") if k in record}
 
 
 def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner) -> tuple[list[str], list[dict]]:
@@ -133,29 +200,90 @@ def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner)
     return folders, records
 
 
-def _dedupe(recipe: Recipe, n_files: int, key: str, group_folders: list[str], group_records: list[dict], runner: Runner) -> tuple[str, dict]:
+def _dedupe(recipe: Recipe, processed: list[Processed], key: str, group_folders: list[str], group_records: list[dict],
+            runner: Runner) -> tuple[str, dict, list[list[Part]], list[int]]:
+    """The dedupe partitions, then their edges' connected components (`pipeline/tasks/components.py`); returns
+    the resolve folder, its record, with verify where each partition's clusters are, and the node ranges."""
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
-    partition_folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
-    runner.run(stage.DEDUPE, [
+    cuts = components.component_ranges(processed)
+    folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
+    records = runner.run(stage.DEDUPE, [
         stage.DEDUPE.task(folder, folder, p, [dedupe.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
-                                              for g, r in zip(group_folders, group_records)], runner.work)
-        for p, folder in enumerate(partition_folders)
+                                              for g, r in zip(group_folders, group_records)], runner.work, cuts)
+        for p, folder in enumerate(folders)
     ])
-    folder = stage.RESOLVE.folder(key)
-    (resolved,) = runner.run(stage.RESOLVE, [stage.RESOLVE.task(folder, folder, partition_folders, n_files, runner.work, recipe.dedupe)])
-    return folder, resolved
+    edges = [slices(folders, records, "edges.bin", "range_offsets", k) for k in range(len(cuts) - 1)]
+    return (*components_of(recipe.dedupe, key, cuts, edges, len(processed), runner), cuts)
 
 
-def _verify(recipe: Recipe, processed: list[Processed], resolved_folder: str, key: str, runner: Runner) -> tuple[str, dict]:
-    """Each partition's clusters re-clustered by their signatures' estimated Jaccard, then one merge into the
-    resolve task's format: the folder the count and mix tasks read instead of the resolve task's."""
-    folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
-    verify_folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
-    runner.run(stage.VERIFY, [stage.VERIFY.task(folder, folder, p, resolved_folder, folders_ref, recipe.dedupe.minhash.threshold, runner.work)
-                              for p, folder in enumerate(verify_folders)])
-    folder = stage.VERIFIED.folder(key)
-    (verified,) = runner.run(stage.VERIFIED, [stage.VERIFIED.task(folder, folder, verify_folders, len(processed), runner.work)])
-    return folder, verified
+def slices(folders: list[str], records: list[dict], name: str, offsets: str, i: int) -> list[Part]:
+    """Slice i of file `name` of every task (its done record's `offsets`): what one task reads from each."""
+    return [Part(f"{folder}/{name}", *record[offsets][i : i + 2]) for folder, record in zip(folders, records)]
+
+
+def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int,
+                  runner: Runner) -> tuple[str, dict, list[list[Part]]]:
+    """Rounds of propagate + answer (one task per node range each) until a round changes no label, then the
+    removals per range, the cluster sizes per range and the resolve format written from them. Returns the
+    resolve folder, its record and, with verify, each partition's clusters (one slice per range)."""
+    ranges, work = range(len(cuts) - 1), runner.work
+    ckey = stage.components_key(key, cuts)
+    exact_slot = 0 if dedupe_config.exact else None
+    rnd, first, state, answers = 0, None, [None for _ in ranges], [[] for _ in ranges]
+    while True:
+        asking = [stage.PROPAGATE.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+        first = first or asking  # round 0's folders keep each range's edges and exact copies
+        asked = runner.run(stage.PROPAGATE, [
+            stage.PROPAGATE.task(f, f, rnd, cuts, edges[k] if rnd == 0 else first[k], state[k], answers[k], exact_slot, work)
+            for k, f in zip(ranges, asking)])
+        state = [stage.ANSWER.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+        answered = runner.run(stage.ANSWER, [
+            stage.ANSWER.task(f, f, rnd, asking[j], slices(asking, asked, components.ASKS, "ask_offsets", j), work)
+            for j, f in zip(ranges, state)])
+        if not sum(r["changed"] for r in asked + answered):
+            break
+        answers = [slices(state, answered, components.ANSWERS, "answer_offsets", k) for k in ranges]
+        rnd += 1
+    runner.log.event("components", rounds=rnd + 1, ranges=len(ranges))
+    verify = dedupe_config.partitions if dedupe_config.minhash.verify else None
+    folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
+    removed = runner.run(stage.REMOVALS, [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work)
+                                          for k, f in zip(ranges, folders)])
+    folder, record = _write_resolved(stage.RESOLVE, key, ckey, folders, removed, n_files, runner)
+    clusters = [slices(folders, removed, components.CLUSTER_ROWS, "cluster_offsets", p) for p in range(verify or 0)]
+    return folder, record, clusters
+
+
+def _write_resolved(writer: stage.Stage, key: str, ckey: str, folders: list[str], removed: list[dict], n_files: int,
+                    runner: Runner, extra: dict | None = None) -> tuple[str, dict]:
+    """The cluster sizes per survivor range, then one task streaming the ranges' removals into the resolve format."""
+    ranges = range(len(folders))
+    sizes = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
+    runner.run(stage.SIZES, [stage.SIZES.task(f, f, slices(folders, removed, components.COUNTS, "count_offsets", j), runner.work)
+                             for j, f in zip(ranges, sizes)])
+    folder = writer.folder(key)
+    (record,) = runner.run(writer, [writer.task(folder, folder, folders, sizes, n_files, runner.work, extra)])
+    return folder, record
+
+
+def verified_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], clusters: list[list[Part]], process_folders,
+                n_files: int, runner: Runner) -> tuple[str, dict]:
+    """Each partition's clusters re-clustered by their signatures' estimated Jaccard; what stays removed gathered
+    per node range, the cluster sizes per range, and one writer's resolve format: the folder the count and mix
+    tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray ref)."""
+    work, ranges, threshold = runner.work, range(len(cuts) - 1), dedupe_config.minhash.threshold
+    folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(dedupe_config.partitions)]
+    verified = runner.run(stage.VERIFY, [stage.VERIFY.task(f, f, p, clusters[p], process_folders, threshold, work, cuts)
+                                         for p, f in enumerate(folders)])
+    ckey = stage.components_key(key, cuts)
+    range_folders = [stage.VERDICTS.folder(ckey, stage.range_part(k)) for k in ranges]
+    removed = runner.run(stage.VERDICTS, [stage.VERDICTS.task(f, f, slices(folders, verified, dedupe.VERDICTS, "range_offsets", k), cuts, work)
+                                          for k, f in zip(ranges, range_folders)])
+    bins = dedupe.SIMILARITY_BINS
+    histogram = {"edges": np.linspace(0, 1, bins + 1).round(2).tolist()}
+    histogram.update({name: [int(sum(r["similarity"][name][b] for r in verified)) for b in range(bins)] for name in ("removed", "kept")})
+    extra = {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram}
+    return _write_resolved(stage.VERIFIED, key, ckey, range_folders, removed, n_files, runner, extra)
 
 
 def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:
@@ -284,20 +412,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)")
     parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
     parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (inputs, tasks per stage, what is re-used and why, "
+                        "the cost at the measured rate, where it writes) and stop: nothing is written, no task runs")
     args = parser.parse_args(argv)
     refused = None
     if args.workers is not None and args.workers < 1:
         refused = f"--workers {args.workers}: give at least 1 (or leave it out to use every CPU of the cluster)"
     elif "://" not in args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         refused = f"--out {args.out}: is a file; give a folder (new, or holding an earlier build)"
+    else:
+        refused = out_refusal(args.out)
     if refused:
         print(f"tokenmill build: {refused}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:
         recipe = load_recipe(args.recipe)
+        if args.dry_run:
+            from pipeline.build.plan import describe, plan_build
+
+            print("\n".join(describe(plan_build(recipe, args.out, args.work), args.workers)))
+            return 0
         manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
-    except (RecipeError, manifest_io.ManifestError) as e:
+    except (RecipeError, EvalSetError, manifest_io.ManifestError) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except (BuildError, OSError) as e:  # a task that kept failing, a full disk, a store that went away

@@ -24,9 +24,11 @@ from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES, MANIFEST, QUARANTINE
 from manifests.shards import ShardEntry, dtype_name
 from pipeline import __version__
 from pipeline.build.inputs import InputFile
+from pipeline.build.made_by import add_made_by
 from pipeline.build.recipe import Recipe
 from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
+from pipeline.tasks.decontaminate import DECONTAMINATION_NAME, decontamination_outputs
 from pipeline.tasks.dedupe import CLUSTER_SIZES
 from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES
 from pipeline.work.progress import text_speed
@@ -38,9 +40,11 @@ from stages.tokenize import Tokenizer
 @dataclass(frozen=True, slots=True)
 class StageResults:
     """What the stages left for the finalizer: summaries from the done records, and where the outputs are.
-    Nothing here grows with the documents: per input file a funnel, the rest per key group, subset or shard."""
+    Nothing here grows with the documents or the input files: funnels per key group, the rest per key group,
+    subset or shard."""
 
-    funnels: list[dict]  # per input file: {"source", "funnels": per subset}
+    funnels: list[dict]  # per key group and source: {"source", "funnels": per subset}, summed over its files
+    filter_samples: list  # the filters' first removed documents per source and reason (samples.DroppedSample)
     kept: dict[str, dict]  # per "source/subset": duplicates removed, kept documents, histograms (count tasks)
     resolved_folder: str
     resolved: dict  # the resolve task's done record
@@ -54,6 +58,8 @@ class StageResults:
     used: list[str]  # every work folder the build used (recorded for `tokenmill work`)
     timings: dict[str, dict]
     workers: int
+    decontamination: tuple[str, dict] | None = None  # the index task's folder and done record, when decontaminating
+    decontaminated: list[dict] = ()  # then per input file with matches: {"source", "path", "decontamination"}
     domain_tokens: dict[str, dict[int, int]] = field(default_factory=dict)  # per split and domain id: tokens kept
 
 
@@ -63,11 +69,22 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     subsets = _subset_table(results.funnels, results.kept)
     timings = {stage: dict(t) for stage, t in results.timings.items()}
     timings["process"]["text_bytes"] = sum(r["bytes_read"] for r in subsets.values())
+    add_made_by(timings, results.used, work)  # a re-used stage's report shows the timings of the run that made it
     out.write_bytes(TOKENIZER_MODEL, tokenizer.model_bytes)
     quarantine = _merge_quarantine(work, out, results)
-    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.funnels, work, results.samples_folder))
+    decontamination = None
+    if results.decontamination:
+        decontamination = decontamination_outputs(work, results.decontaminated, *results.decontamination)
+    if decontamination is not None:
+        out.write_json(DECONTAMINATION_NAME, decontamination.report)
+    elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
+        out.fs.rm(out.path(DECONTAMINATION_NAME))
+    decontaminated = decontamination.sample_lines if decontamination else b""
+    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.filter_samples, work, results.samples_folder, decontaminated))
     out.write_json(BUILD_STATS, _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
+    if decontamination is not None:
+        manifest.decontamination = decontamination.manifest
     reused = {stage: t["skipped"] for stage, t in timings.items()}
     manifest.provenance = Provenance(work=work.url(), **results.keys, reused=reused)
     manifest.path = out.url(MANIFEST)
@@ -230,6 +247,9 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
     process = manifest.stages["process"]
     if process["skipped"]:  # outputs re-used from an earlier run: rates over work done earlier would mean nothing
         rate = f"{process['skipped']} of {process['tasks']} input files' process outputs re-used"
+        made = process.get("made_by")
+        if made and made.get("seconds") and made.get("text_bytes"):
+            rate += f" (made at {text_speed(made['text_bytes'], made['seconds'])} by the build of {made['created_at']})"
     else:
         rate = f"process stage {text_speed(text_mb * 1e6, process['seconds'])} ({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
     print(f"\nbuilt {manifest.recipe['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import fsspec
 
 from pipeline.build.recipe import Recipe, RecipeError
 from stages.document import BadRecord, DocBatch
+from stages.extras import missing_for_url
 from stages.fetch import SourceConfig, read_documents
 
 SPLITS = ("train", "validation")
@@ -46,7 +48,8 @@ def _list_source(source: SourceConfig, split: str, patterns: list[str]) -> list[
     try:
         fs, root = fsspec.core.url_to_fs(source.root)
     except (ImportError, ValueError) as e:
-        raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be opened ({e})") from None
+        why = missing_for_url(source.root) or str(e)
+        raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be opened: {why}") from None
     root = root.rstrip("/")
     found: dict[str, dict] = {}
     try:
@@ -55,8 +58,23 @@ def _list_source(source: SourceConfig, split: str, patterns: list[str]) -> list[
     except Exception as e:  # host unreachable, access denied (each store raises its own kind): nothing can be built
         raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be listed ({type(e).__name__}: {e}); check the address, the network and the credentials") from None
     if patterns and not found:
-        raise RecipeError(f"recipe field `sources[{source.name}].{split}`: no file under {source.root!r} matches {patterns}; check the root and the patterns")
+        raise RecipeError(f"recipe field `sources[{source.name}].{split}`: no file under {source.root!r} matches {patterns}; "
+                          + (_missing_root(source.root) or "check the root and the patterns"))
     return [(fs.unstrip_protocol(p), p[len(root) + 1 :], found[p]) for p in sorted(found)]
+
+
+def _missing_root(root: str) -> str | None:
+    """What to do about a local root that does not exist: the sample corpus's folders name the command that
+    writes them."""
+    if "://" in root or Path(root).exists():
+        return None
+    from pipeline.sample_corpus import SLIMPAJAMA_DIR, STARCODER_DIR
+
+    if Path(root).name in (SLIMPAJAMA_DIR, STARCODER_DIR):
+        corpus = Path(root).parent
+        shown = corpus.relative_to(Path.cwd()) if corpus.is_relative_to(Path.cwd()) else corpus
+        return f"the folder does not exist: `tokenmill sample --out {shown}` writes the sample corpus there"
+    return "the folder does not exist; check the root (relative roots resolve against the recipe file's folder)"
 
 
 def list_inputs(recipe: Recipe) -> list[InputFile]:

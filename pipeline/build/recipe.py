@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from manifests.config import ConfigError
+from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.dedupe import DedupeConfig
 from stages.fetch import SourceConfig
 from stages.filter import build_filters
@@ -44,6 +45,7 @@ class Recipe:
     tokenizer: TokenizerConfig
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    decontaminate: DecontaminateConfig | None = None  # eval sets whose items must not be in the shards
     batch_documents: int = 1024  # documents per batch inside a task
     domains: list[DomainConfig] = field(default_factory=list)  # empty: one domain per source, the source weights
 
@@ -74,6 +76,8 @@ class Recipe:
         """The recipe as the manifest records it. Settings added later are left out at their defaults, so a recipe
         that does not use them has the hash and the manifest it had before they existed."""
         data = dataclasses.asdict(self)
+        if self.decontaminate is None:  # a recipe without the section hashes as it did before the section existed
+            del data["decontaminate"]
         if not self.domains:
             del data["domains"]
         if not self.mix.budget_tokens:
@@ -143,7 +147,11 @@ def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to: Path 
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     parent = data.pop("extends", None)
     if parent:
-        base = read_recipe_yaml((path.parent / parent).resolve(), seen + (path,), relative_to)
+        parent_path = (path.parent / str(parent)).resolve()
+        if not parent_path.is_file():
+            raise RecipeError(f"{path}: `extends: {parent}` names {parent_path}, which does not exist; fix the path (relative to "
+                              "the recipe's folder), or start from a self-contained copy: tokenmill recipe copy NAME FILE")
+        base = read_recipe_yaml(parent_path, seen + (path,), relative_to)
         data = _merge(base, data)
     folder = relative_to or path.parent
     sources = data.get("sources")
@@ -153,6 +161,11 @@ def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to: Path 
     tok = data.get("tokenizer")
     if isinstance(tok, dict) and "model" in tok:
         tok["model"] = _resolved(tok["model"], folder)
+    decontaminate = data.get("decontaminate")
+    sets = decontaminate.get("sets") if isinstance(decontaminate, dict) else None
+    for eval_set in sets if isinstance(sets, list) else []:
+        if isinstance(eval_set, dict) and isinstance(eval_set.get("files"), list):
+            eval_set["files"] = [_resolved(f, folder) for f in eval_set["files"]]
     return data
 
 
@@ -256,6 +269,7 @@ def recipe_from_dict(data: dict) -> Recipe:
         tokenizer=_build(TokenizerConfig, data.get("tokenizer") or {}, "tokenizer"),
         dedupe=_build(DedupeConfig, data.get("dedupe") or {}, "dedupe"),
         mix=_build(MixConfig, data.get("mix") or {}, "mix"),
+        decontaminate=_decontaminate(data.get("decontaminate")),
         batch_documents=data.get("batch_documents", 1024),
         domains=_domains(data.get("domains")),
     )
@@ -268,6 +282,19 @@ def _domains(data: Any) -> list[DomainConfig]:
         raise RecipeError("recipe field `domains`: give a list of domains "
                           "(`- {name: ..., source: ..., subsets: [...], weight: ...}`)")
     return [_build(DomainConfig, d, f"domains[{_source_label(d, i)}]") for i, d in enumerate(data)]
+
+
+def _decontaminate(data: Any) -> DecontaminateConfig | None:
+    """The `decontaminate:` section: its eval sets first (each named in an error), then the section's own rule."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe field `decontaminate`: expected a mapping (sets: [...], ngram: 13), got {data!r}")
+    sets = data.get("sets")
+    if not isinstance(sets, list):
+        raise RecipeError("recipe field `decontaminate.sets`: give a list of eval sets (`- name:, files: [], fields: []`)")
+    built = [_build(EvalSetConfig, s, f"decontaminate.sets[{_source_label(s, i)}]") for i, s in enumerate(sets)]
+    return _build(DecontaminateConfig, {**data, "sets": built}, "decontaminate")
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:

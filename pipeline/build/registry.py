@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pipeline.build.inputs import InputFile
 from pipeline.build.recipe import Recipe
-from pipeline.tasks import count, dedupe, mix, process, samples
+from pipeline.tasks import components, count, decontaminate, dedupe, mix, process, samples
 from pipeline.work.runner import Task
 from pipeline.work.store import fingerprint
 from stages.tokenize import Tokenizer
@@ -35,23 +35,38 @@ def _dedupe_settings(recipe: Recipe) -> dict:
     return settings
 
 
-def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe) -> str:
-    """The file itself, its source's read and filter settings, the tokenizer and the dedupe key settings."""
+def decontaminate_key(made_from: dict) -> str:
+    """The eval sets' bytes (sha256 each) and rules, and the tokenizer when a set counts tokens
+    (`pipeline.tasks.decontaminate.index_made_from`)."""
+    return fingerprint({"decontaminate": made_from})
+
+
+def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe, index_key: str = "") -> str:
+    """The file itself, its source's read and filter settings, the tokenizer, the dedupe key settings and, when
+    the recipe decontaminates, the index's key (a recipe without eval sets keys its files as before)."""
     source = {k: v for k, v in dataclasses.asdict(inp.source).items() if k not in _NOT_PROCESS_SETTINGS}
     tokenize = {"sha256": tokenizer.sha256(), "add_bos": recipe.tokenizer.add_bos,
                 "add_eos": recipe.tokenizer.add_eos}
-    return fingerprint({"input": inp.identity(), "source": source, "tokenizer": tokenize,
-                        "dedupe": _dedupe_settings(recipe)})
+    made_from = {"input": inp.identity(), "source": source, "tokenizer": tokenize, "dedupe": _dedupe_settings(recipe)}
+    if index_key:
+        made_from["decontaminate"] = index_key
+    return fingerprint(made_from)
 
 
 def key_group_key(group: list[process.Processed], partitions: int) -> str:
     """The group's files (position and process output) and the number of partitions their keys are cut into."""
-    return fingerprint({"files": [[p.file_index, p.folder] for p in group], "partitions": partitions})
+    # "funnels": its record carries its files' funnels and filter samples (an earlier version's does not)
+    return fingerprint({"files": [[p.file_index, p.folder] for p in group], "partitions": partitions, "funnels": 2})
 
 
 def dedupe_key(process_keys: list[str], recipe: Recipe) -> str:
     """Every process output, in the canonical order (it decides which copy of a duplicate survives)."""
     return fingerprint({"process": process_keys, "dedupe": _dedupe_settings(recipe)})
+
+
+def components_key(dedupe: str, cuts: list[int]) -> str:
+    """The dedupe edges and the node ranges the clustering is spread over (tasks and rounds follow from both)."""
+    return fingerprint({"dedupe": dedupe, "ranges": cuts})
 
 
 def verify_key(dedupe: str, recipe: Recipe) -> str:
@@ -96,35 +111,57 @@ class Stage:
     key: Callable[..., str]  # names a task's folder by what its output is made from
     does: str  # one line for people
     verify_only: bool = False  # runs only when the recipe verifies near-duplicates (dedupe.minhash.verify)
+    decontaminate_only: bool = False  # runs only when the recipe has eval sets (`decontaminate:`)
+
+    def runs_for(self, recipe: Recipe) -> bool:
+        verifies, decontaminates = bool(recipe.dedupe.minhash.verify), recipe.decontaminate is not None
+        return (verifies or not self.verify_only) and (decontaminates or not self.decontaminate_only)
 
     def folder(self, key: str, part: str = "") -> str:
         """A task folder of this stage: the only code that formats a work path."""
         return f"{self.name}/{key}/{part}" if part else f"{self.name}/{key}"
 
-    def task(self, folder: str, *args, input_bytes: int = 0) -> Task:
-        return Task(folder, self.run, args, input_bytes)
+    def task(self, folder: str, *args, input_bytes: int = 0, input: str = "") -> Task:
+        return Task(folder, self.run, args, input_bytes, input)
 
 
 def partition_part(partition: int) -> str:
     return f"partition-{partition:05d}"
 
 
+def range_part(node_range: int, rnd: int | None = None) -> str:
+    return f"range-{node_range:05d}" if rnd is None else f"round-{rnd:03d}/range-{node_range:05d}"
+
+
 def mix_group_part(split: str, group: int) -> str:
     return f"{split}-{group:05d}"
 
 
+DECONTAMINATE = Stage("decontaminate", decontaminate.build_index_task, decontaminate_key,
+                      "the eval sets' n-gram index, built once per their content (bytes and rule)", decontaminate_only=True)
 PROCESS = Stage("process", process.process_file, process_key,
-                "parse, filter, compute dedupe keys and tokenize one input file (the only stage that reads text)")
+                "parse, filter, [decontaminate,] compute dedupe keys and tokenize one input file (the only stage that "
+                "reads text)")
 KEYS = Stage("keys", dedupe.combine_keys, key_group_key,
              "one key group's dedupe keys, read once per file and written in partition order")
 DEDUPE = Stage("dedupe", dedupe.dedupe_partition, dedupe_key,
                "one key partition: equal keys become edges to the group's smallest document")
-RESOLVE = Stage("resolve", dedupe.resolve_duplicates, dedupe_key,
-                "connected components over the edges; each cluster's earliest document survives")
+PROPAGATE = Stage("propagate", components.propagate, components_key,
+                  "one node range's cluster labels lowered by the last answers; its asks to the ranges it points into")
+ANSWER = Stage("answer", components.answer, components_key,
+               "one node range's labels lowered by the proposals it got; the labels each asking range asked for")
+REMOVALS = Stage("removals", components.removals, components_key,
+                 "one node range's removed documents, their survivors, and its members per survivor")
+SIZES = Stage("sizes", components.sizes, components_key, "one survivor range's cluster sizes")
+RESOLVE = Stage("resolve", components.write_resolved, dedupe_key,
+                "the removals streamed into one sorted list with an index by input file; each cluster's earliest "
+                "document survives")
 VERIFY = Stage("verify", dedupe.verify_partition, verify_key,
                "one partition of clusters re-clustered by the members' estimated Jaccard", verify_only=True)
-VERIFIED = Stage("verified", dedupe.merge_verified, verify_key,
-                 "the verified removals merged into the resolve format", verify_only=True)
+VERDICTS = Stage("verdicts", components.verdicts, verify_key,
+                 "one node range's verified removals, from every verify task", verify_only=True)
+VERIFIED = Stage("verified", components.write_resolved, verify_key,
+                 "the verified removals streamed into the resolve format", verify_only=True)
 COUNT = Stage("count", count.count_kept, count_key,
               "one key group's kept documents and tokens per file, and its first removed documents")
 SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
@@ -132,10 +169,11 @@ SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
 MIX = Stage("mix", mix.mix_group, mix_written_key,
             "one mix group: every source's same token range, mixed in the recipe's ratio into shards")
 
-STAGES: tuple[Stage, ...] = (PROCESS, KEYS, DEDUPE, RESOLVE, VERIFY, VERIFIED, COUNT, SAMPLES, MIX)
+STAGES: tuple[Stage, ...] = (DECONTAMINATE, PROCESS, KEYS, DEDUPE, PROPAGATE, ANSWER, REMOVALS, SIZES, RESOLVE, VERIFY, VERDICTS,
+                             VERIFIED, COUNT, SAMPLES, MIX)
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 def stages_of(recipe: Recipe) -> tuple[Stage, ...]:
     """The stages a build of this recipe runs, in order."""
-    return tuple(s for s in STAGES if recipe.dedupe.minhash.verify or not s.verify_only)
+    return tuple(s for s in STAGES if s.runs_for(recipe))

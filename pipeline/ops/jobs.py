@@ -125,6 +125,17 @@ def connect(address: str) -> JobSubmissionClient:
                               "or give --address (or RAY_ADDRESS) of a running one") from None
 
 
+def explain(error: Exception, address: str) -> str:
+    """Ray's error in one line, with the cause where Ray's own words hide it."""
+    text = " ".join(str(error).split())
+    if "No available agent" in text:
+        # the head's dashboard agent never started: seen when its port (52365 unless told) is another Ray's
+        return (f"the Ray head at {address} has no job agent running (Ray: No available agent to submit job): its port is "
+                "likely taken by another Ray on that machine (the head's logs/dashboard_agent.log says); restart the head "
+                "with infra/local/start-head.sh, which picks free ports for every server")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def wait_until_done(client: JobSubmissionClient, job_id: str, poll_s: float = 0.5) -> JobStatus:
     while not (status := client.get_job_status(job_id)).is_terminal():
         time.sleep(poll_s)
@@ -144,7 +155,7 @@ def submit_main(argv: list[str]) -> int:
         check_recipe(args.recipe)
         job_id = submit_build(connect(cluster_address(args.address)), args.recipe, args.out, args.workers)
     except (RecipeError, ConnectionError, RuntimeError) as e:
-        print(f"tokenmill submit: {e}", file=sys.stderr)
+        print(f"tokenmill submit: {explain(e, cluster_address(args.address))}", file=sys.stderr)
         return 2
     print(job_id)
     address = f" --address {args.address}" if args.address else ""

@@ -22,6 +22,7 @@ import fsspec
 
 from manifests.check import check_file
 from manifests.manifest import Manifest, ManifestError, check_relative, parse, read_raw
+from pipeline.cli import add_folder_argument, folder_argument
 
 CHUNK_BYTES = 8 << 20
 
@@ -147,18 +148,19 @@ def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill stage-in", description="Copy and verify a build's shards to local disk for training (parallel, resumable).")
     parser.add_argument("manifest", metavar="MANIFEST_URI", help="the build's manifest.json: a path or an fsspec URL (s3://, gs://, file://, ...)")
-    parser.add_argument("local_dir", metavar="LOCAL_DIR", type=Path, nargs="?", help="local folder, e.g. on NVMe; created if missing")
-    parser.add_argument("--out", type=Path, metavar="LOCAL_DIR", help="the same folder, named like every other command's output")
+    add_folder_argument(parser, "local_dir", "LOCAL_DIR", "local folder, e.g. on NVMe; created if missing")
     parser.add_argument("--threads", type=int, default=8, help="files copied at a time (default 8)")
     args = parser.parse_args(argv)
-    if (args.local_dir is None) == (args.out is None):
-        parser.error("give the local folder once: tokenmill stage-in MANIFEST_URI --out LOCAL_DIR (or MANIFEST_URI LOCAL_DIR)")
-    args.local_dir = args.local_dir or args.out
+    args.local_dir = folder_argument(parser, args, "local_dir", "local folder",
+                                     "tokenmill stage-in MANIFEST_URI --out LOCAL_DIR (or MANIFEST_URI LOCAL_DIR)")
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: give at least 1")
     try:
         result = stage_in(args.manifest, args.local_dir, args.threads)
-    except (StageInError, ManifestError) as e:
+    except ManifestError as e:  # nothing to copy from: a wrong argument
+        print(f"tokenmill stage-in: {e}", file=sys.stderr)
+        return 2
+    except StageInError as e:  # files that failed their check
         print(f"tokenmill stage-in: {e}", file=sys.stderr)
         return 1
     print(

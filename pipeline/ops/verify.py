@@ -81,10 +81,14 @@ def inspect_main(argv: list[str]) -> int:
         ref, i = locate(manifest, args.split, args.doc)
     except (manifest_io.ManifestError, IndexError) as e:
         print(f"tokenmill inspect: {e}", file=sys.stderr)
-        return 1
-    index, shard_tokens = read_shard(ref.bin_path, ref.idx_path)
-    start, end = index.doc_span(i)
-    tokens = np.asarray(shard_tokens[start:end])
+        return 2
+    try:
+        index, shard_tokens = read_shard(ref.bin_path, ref.idx_path)
+        start, end = index.doc_span(i)
+        tokens = np.asarray(shard_tokens[start:end])
+    except (ShardFormatError, OSError, ValueError) as e:  # a truncated or overwritten shard, a file gone missing
+        print(f"tokenmill inspect: {e}; `tokenmill verify MANIFEST` checks every shard", file=sys.stderr)
+        return 2
     tokenizer = Tokenizer.from_bytes(manifest.tokenizer_path().read_bytes(), manifest.tokenizer.add_bos, manifest.tokenizer.add_eos)
     origin = origin_of(manifest, int(index.origins[i]))
     print(f"# {args.split} document {args.doc}: {ref.entry.bin} document {i}, {end - start} tokens")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.tasks.process import FILE_SUBSET
+from stages.document import FUNNEL_STEPS
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#bab0ac", "#e15759")
 REMOVED_COLOR = "#e8a3a3"
@@ -366,7 +367,7 @@ def dropped_examples(page: Page) -> str:
              "<code>dropped_samples.jsonl</code> beside the manifest holds them and more).</p>")
     if not samples:
         return intro + '<p class="missing">No examples: nothing was filtered or deduplicated, or the build left no dropped_samples.jsonl.</p>'
-    filtered = [s for s in samples if "kept_doc" not in s]
+    filtered = [s for s in samples if "kept_doc" not in s and "match" not in s]  # decontaminated: their own section
     duplicates = [s for s in samples if "kept_doc" in s]
     rows = [f'<td>{html.escape(s["reason"])}<br><span class="step">{html.escape(s["step"])}</span></td><td>{html.escape(s["source"])} / {subset_label(s["subset"])}</td>'
             f'<td class="text">{html.escape(s["doc"])}</td>{_sample_cell(s["text"])}' for s in filtered]
@@ -379,6 +380,35 @@ def dropped_examples(page: Page) -> str:
     return (intro + (table("dropped-samples", ["reason", "source / subset", "document", "text (start)"], rows) if rows else "")
             + (table("duplicate-samples", ["step", "source / subset", "removed document (text start)", "kept document (text start)",
                                            "estimated Jaccard"], pairs) if pairs else ""))
+
+
+def decontamination_section(page: Page) -> str:
+    """Per eval set: its rule and sha256, the documents dropped or flagged, the items found most often, and a few
+    matches with their span beside the item (decontamination.json beside the manifest holds every one)."""
+    d = page.stats["decontamination"]
+    counts = ("items", "ngrams", "documents", "dropped", "flagged", "items_matched")
+    header = ["eval set", "sha256", "rule", "action", "items", "n-grams", "documents matched", "dropped", "flagged",
+              "items found"]
+    rows = [f"<th>{html.escape(s['name'])}</th><td><code>{s['sha256'][:16]}</code></td>"
+            f"<td>{s['rule']['n']} {html.escape(s['rule']['unit'])}, share ≥ {fmt_float(s['rule']['min_share'])}</td>"
+            f"<td>{html.escape(s['action'])}</td>" + "".join(f'<td class="num">{fmt_int(s[k])}</td>' for k in counts)
+            for s in d["sets"]]
+    shown = DECONTAMINATION_ITEMS_SHOWN
+    items = [f"<td>{html.escape(s['name'])}</td><td>{html.escape(i['item'])}</td>"
+             f'<td class="num">{fmt_int(i["documents"])}</td>' + _sample_cell(i["text"])
+             for s in d["sets"] for i in s["matched_items"][:shown]]
+    samples = [f'<td>{html.escape(x["eval_set"])}<br><span class="step">{html.escape(x["action"])}</span></td>'
+               + _sample_cell(x["text"], x["doc"]) + f'<td class="sample">{html.escape(x["match"])}</td>'
+               + _sample_cell(x["item_text"], x["item"])
+               for s in d["sets"] for x in s["samples"][:shown]]
+    intro = (f"<p>Documents holding an n-gram of an eval item, per set (<code>{html.escape(d['path'])}</code> beside the "
+             "manifest lists every matched item and every flagged document).</p>")
+    found = (table("decontamination-items", ["eval set", "item", "documents", "item text (start)"], items) if items
+             else '<p class="missing">No item was found.</p>')
+    examples = ("<h3>Examples</h3>" + table("decontamination-samples", ["eval set", "document (around the match)",
+                                                                         "matched span", "item"], samples)
+                if samples else "")
+    return intro + table("decontamination", header, rows) + "<h3>Items found most often</h3>" + found + examples
 
 
 def _sample_cell(text: str, doc: str | None = None) -> str:
@@ -541,14 +571,21 @@ def build_section(page: Page) -> str:
     if not stages:
         return '<p class="missing">The manifest records no stages.</p>'
     chart = hbar_chart(list(stages), [Series("seconds", [s["seconds"] for s in stages.values()], PALETTE[4])], fmt=fmt_seconds)
-    header = ["stage", "seconds", "tasks", "bytes read", "documents", "MB/s of input text", "documents/s"]
+    header = ["stage", "seconds", "tasks", "re-used", "bytes read", "documents", "MB/s of input text", "documents/s", "task CPU s",
+              "largest task's peak RSS (MiB)", "largest task's input", "made by the build of"]
     rows = [f"<th>{html.escape(name)}</th>" + "".join(page.value(("build", "stages", name, k), fmt) for k, fmt in
-            (("seconds", "float"), ("tasks", "int"), ("input_bytes", "bytes"), ("documents", "int"), ("text_mb_per_s", "float"), ("documents_per_s", "compact")))
+            (("seconds", "float"), ("tasks", "int"), ("reused", "int"), ("input_bytes", "bytes"), ("documents", "int"), ("text_mb_per_s", "float"),
+             ("documents_per_s", "compact"), ("cpu_seconds", "float"), ("peak_rss_mib", "float")))
+            + page.value(("build", "stages", name, "largest_task"), "text", cls="text")
+            + page.value(("build", "stages", name, "made_at"), "text")
             for name in stages]
     workers = (f"<p>{page.value(('build', 'workers'), tag='span', cls='inline')} workers, "
                f"{page.value(('build', 'wall_seconds'), 'seconds', 'span', 'inline')} wall time.</p>")
-    note = ("<p>Stages in the order they run. The speed is the one the build prints: MB of input text (decoded, before filters) per "
-            "second of the process stage, the only stage that reads text.</p>")
+    note = ("<p>Stages in the order they run. Each task's peak RSS is its worker process's high-water mark during the task; "
+            "a stage's figure is its largest task's, the memory a node needs per worker for it. "
+            "The speed is the one the build prints: MB of input text (decoded, before filters) per "
+            "second of the process stage, the only stage that reads text. A stage whose outputs this build re-used (all its "
+            "tasks) shows the times of the build that made them, named in the last column.</p>")
     return workers + figure("stages", "Wall time per stage.", chart) + note + table("stages", header, rows)
 
 
@@ -571,6 +608,7 @@ def checks_section(page: Page) -> str:
 SECTIONS = (
     ("headline", "At a glance", headline_section),
     ("funnel", "The funnel: from records read to documents kept", funnel_section),
+    ("decontamination", "Decontamination: eval items found in the corpus", decontamination_section),  # eval sets only
     ("mix", "The mix: achieved against target", mix_section),
     ("budget", "Token budget: epochs per source at the achieved mix", budget_section),
     ("distributions", "Distributions", distributions_section),
@@ -579,6 +617,7 @@ SECTIONS = (
     ("provenance", "Provenance", provenance_section),
     ("checks", "Checks", checks_section),
 )
+DECONTAMINATION_ITEMS_SHOWN = 10  # per set: the items found most often, and examples
 # What the differences tables of --compare list (the other paths are highlighted in place).
 DIFFERENCE_PREFIXES = ("headline", "sources", "subsets", "mix", "splits", "budget", "build", "provenance")
 # Figures that change from run to run on the same data: listed apart from the data's differences.
@@ -587,7 +626,8 @@ TIMING_HEADLINE = frozenset({"wall_seconds", "workers", "text_mb_per_s"})
 FIELD_WORDS = {"text_mb_per_s": "MB/s of input text", "documents_per_s": "documents/s", "kept_share": "share of documents kept",
                "dropped_by_step": "removed by", "dropped": "removed by", "train_share": "share of train tokens",
                "train_tokens": "train tokens", "tokens_by_source": "tokens of", "documents_by_source": "documents of",
-               "wall_seconds": "build wall time (s)", "bytes_read": "bytes of text read", "input_bytes": "bytes read"}
+               "wall_seconds": "build wall time (s)", "bytes_read": "bytes of text read", "input_bytes": "bytes read",
+               "peak_rss_mib": "largest task's peak RSS (MiB)", "largest_task": "largest task's input"}
 
 
 def is_timing(key: Key) -> bool:
@@ -716,6 +756,8 @@ def render_html(stats: dict, other: dict | None = None) -> str:
     if other is not None:
         parts.append(f'<section id="differences"><h2>What differs</h2>{differences_section(stats, other)}</section>')
     for section_id, title, render in SECTIONS:
+        if section_id == "decontamination" and not all(run.get("decontamination") for run in runs):
+            continue
         if other is None:
             inner = render(pages[0])
         else:
@@ -739,8 +781,9 @@ def _summary_lines(stats: dict) -> list[str]:
              f"| shards | {h['shards']} ({p['dtype']}, {fmt_bytes(h['bytes_on_disk'])}) |",
              f"| build | {fmt_seconds(h['wall_seconds']) + ', ' + str(h['workers']) + ' workers' if h['wall_seconds'] else 'no build_stats.json'} |",
              f"| checks | {h['checks_passed']} of {h['checks']} passed |", "",
-             "## Funnel (documents)", "", "| source | records read | bad input records | filters | exact duplicates | near duplicates | kept | tokens kept | tokens in shards |",
-             "|---|" + "---:|" * 8]
+             "## Funnel (documents)", "",
+             f"| source | records read | {' | '.join(('bad input records',) + FUNNEL_STEPS[1:])} | kept | tokens kept | tokens in shards |",
+             "|---|" + "---:|" * (len(FUNNEL_STEPS) + 4)]
     lines[2:2] = [f"> **Warning:** {w}" for w in stats["warnings"]] + ([""] if stats["warnings"] else [])
     for name, s in stats["sources"].items():
         removed = [fmt_int(st["removed"]) for st in list(s["funnel"].values())[1:]]

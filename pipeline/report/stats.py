@@ -92,6 +92,19 @@ def read_dropped_samples(path: Path) -> list[dict]:
     return sorted(shown, key=lambda s: (FUNNEL_STEPS.index(s["step"]), s["reason"], s["source"]))
 
 
+def read_decontamination(root: Path, entry: dict | None) -> dict | None:
+    """What the build's eval sets matched (decontamination.json beside the manifest; `entry`: the manifest's
+    `decontamination`), or None without eval sets."""
+    if entry is None:
+        return None
+    path = root / entry["path"]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StatsError(f"{path}: cannot be read ({e}); rebuild, or copy it back beside the manifest") from None
+    return {"path": entry["path"], "sets": data["sets"]}
+
+
 def _shard_error_row(ref: ShardRef, problem: str) -> dict:
     return {"split": ref.split, "documents": 0, "tokens": 0, "bin_bytes": 0, "idx_bytes": 0,
             "documents_by_source": {}, "tokens_by_source": {}, "idx_status": problem, "bin_status": "not checked"}
@@ -240,6 +253,9 @@ def build_record(manifest: Manifest, build: dict | None) -> dict:
     rows = {}
     for name in order:
         st = stages[name]
+        made = st.get("made_by")  # every output re-used: the timings of the build that made them
+        if made:
+            st = {**st, **made}
         seconds = float(st.get("seconds", 0.0))
         rows[name] = {
             "seconds": seconds, "tasks": int(st.get("tasks", 0)),
@@ -248,6 +264,10 @@ def build_record(manifest: Manifest, build: dict | None) -> dict:
             # the only one that reads all the text
             "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
+            "reused": int(stages[name].get("skipped", 0)), "made_at": made.get("created_at") if made else None,
+            # the largest task's peak RSS and what it read: the node size the stage needs (None for older builds)
+            "cpu_seconds": st.get("cpu_seconds"), "peak_rss_mib": st.get("peak_rss_mib"),
+            "largest_task": (st.get("largest_task") or {}).get("input"),
         }
     return {
         "workers": build.get("workers") if build else None,
@@ -421,6 +441,7 @@ def compute_stats(manifest_path: Path, *, verify_bins: bool = True, budget: int 
         "distributions": distributions(hists, build),
         "quarantine": asdict(manifest.quarantine),
         "dropped_samples": read_dropped_samples(manifest.root / DROPPED_SAMPLES),
+        "decontamination": read_decontamination(manifest.root, manifest.decontamination),
         "shards": shard_rows, "build": build_rec, "provenance": provenance(manifest), "checks": check_rows,
     }
 
@@ -457,13 +478,15 @@ def parse_tokens(text: str) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill stats", description="Dataset statistics report of a built corpus: report.html, stats.json, summary.md.")
     parser.add_argument("manifest", type=Path, help="manifest.json of a build")
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.html, stats.json and summary.md")
+    parser.add_argument("--out", type=Path, help="folder for report.html, stats.json and summary.md (default: report/ beside the manifest)")
     parser.add_argument("--compare", type=Path, metavar="MANIFEST2", help="a second build's manifest, shown side by side")
     parser.add_argument("--sizes-only", action="store_true", help="check shard token files by size, skip their sha256 (reading every byte of a large corpus takes a while)")
     parser.add_argument("--screenshot", type=Path, metavar="PNG", help="also save a picture of the whole report page (needs chromium)")
     parser.add_argument("--budget", type=parse_tokens, default=DEFAULT_BUDGET_TOKENS, metavar="TOKENS",
                         help="training tokens of the token-budget view, e.g. 3T, 500B, 2e9 (default 3T, TinyLlama's)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (args.manifest if args.manifest.is_dir() else args.manifest.parent) / "report"
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: is a file; give a folder for report.html, stats.json and summary.md")
     try:

@@ -45,6 +45,7 @@ from pipeline.build.recipe import Recipe, RecipeError, recipe_from_dict
 from pipeline.build.registry import STAGE_NAMES
 from pipeline.build.tokenizer import recipe_tokenizer
 from pipeline.sweep import fit
+from pipeline.tasks import decontaminate as decontam
 from pipeline.sweep.config import Sweep, SweepError, load_sweep
 from pipeline.work.progress import EventLog
 from pipeline.work.runner import BuildError, MissingOutputs, Runner, start_ray
@@ -167,7 +168,8 @@ def _processed_tokens(
     workers = start_ray(address, workers)
     runner = Runner(Store.at(sweep.work), workers, EventLog(None, console=False), reuse_only=BEFORE_MIX)
     try:
-        corpus = processed_corpus(recipe, inputs, tokenizer, runner)
+        eval_sets = decontam.eval_sets(recipe.decontaminate) if recipe.decontaminate else []
+        corpus = processed_corpus(recipe, inputs, tokenizer, runner, Store.at(sweep.work), eval_sets)
     except MissingOutputs as e:
         raise SweepError(
             f"work store {sweep.work} lacks the outputs of stage `{e.stage}` for recipe {sweep.recipe_path} "

@@ -17,11 +17,13 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from manifests.keys import file_indices, file_starts, ordinals
+from pipeline.tasks import samples
 from pipeline.tasks.process import QUARANTINE, SIGNATURES, Processed
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
@@ -38,6 +40,7 @@ SURVIVORS = "survivors.bin"  # uint64 per removed key: the document kept in its 
 # offset of each partition (one more than partitions): a verify task reads its whole clusters with one range read
 CLUSTERS, CLUSTERS_INDEX = "clusters.bin", "clusters_index.bin"
 VERIFIED = "verified.npz"  # a verify task's output: keys, exact, survivors of what stays removed; similarity, kept
+VERDICTS = "verdicts.bin"  # and of what stays removed, rows (member, survivor, exact) by member
 SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0.02
 
 
@@ -76,10 +79,28 @@ def combine_keys(folder: str, files: list[Processed], partitions: int, work: Sto
     for line in lines:
         reason = json.loads(line)["reason"]
         by_reason[reason] = by_reason.get(reason, 0) + 1
+    funnels = [{"source": f.source, "funnels": work.done(f.folder)["funnels"]} for f in files]
     record = {"key_offsets": offsets, "files": len(files), "quarantined": len(lines), "by_reason": dict(sorted(by_reason.items())),
+              "source_funnels": sum_funnels(funnels), "filter_samples": [{k: v for k, v in asdict(s).items() if v is not None}
+                                                                   for s in samples.filter_samples(funnels)],
               "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
+
+
+def sum_funnels(funnels: list[dict]) -> list[dict]:
+    """Files' funnels ({"source", "funnels": per subset}) summed per source and subset, in the same shape: the
+    driver keeps one per key group instead of one per input file."""
+    totals: dict[str, dict[str, dict]] = {}
+    for r in funnels:
+        for subset, f in r["funnels"].items():
+            row = totals.setdefault(r["source"], {}).setdefault(subset, {"documents_read": 0, "bytes_read": 0, "chars_read": 0,
+                                                                         "documents_passed": 0, "dropped": {}})
+            for name in ("documents_read", "bytes_read", "chars_read", "documents_passed"):
+                row[name] += f.get(name, 0)
+            for reason, n in f["dropped"].items():
+                row["dropped"][reason] = row["dropped"].get(reason, 0) + n
+    return [{"source": source, "funnels": subsets} for source, subsets in totals.items()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +112,45 @@ class KeySlice:
     end: int
 
 
-def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: Store) -> dict:
-    """Gather one partition's (slot, key, doc_key) rows from every key group and find duplicate groups."""
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A slice of one task's output file of uint64 rows: rows [start, end)."""
+
+    path: str
+    start: int
+    end: int
+
+
+READERS = 16  # range reads in flight in one task: a partition reads one slice per key group, a range one per range
+
+
+def read_all(work: Store, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+    """Range reads, READERS at a time (on an object store each is a round trip; their count grows with the corpus)."""
+    if len(paths) < 2:
+        return [work.read_range(p, a, b) for p, a, b in zip(paths, starts, ends)]
+    with ThreadPoolExecutor(READERS) as pool:
+        return list(pool.map(work.read_range, paths, starts, ends))
+
+
+def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
+    """The rows of every part, concatenated (one range read each)."""
+    data = read_all(work, [p.path for p in parts], [p.start * 8 * width for p in parts], [p.end * 8 * width for p in parts])
+    rows = [np.frombuffer(d, np.uint64) for d in data]
+    return (np.concatenate(rows) if rows else np.zeros(0, np.uint64)).reshape(-1, width)
+
+
+def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: Store, cuts: list[int] | None = None) -> dict:
+    """Gather one partition's (slot, key, doc_key) rows from every key group and find duplicate groups. The
+    edges are written sorted by document, with the row offset of each node range of `cuts` (doc keys, one more
+    than ranges) in the record: a components task reads its range's edges of every partition, one range read each."""
     started = time.perf_counter()
-    rows = [np.frombuffer(work.read_range(f"{s.folder}/keys.bin", s.start * ROW_BYTES, s.end * ROW_BYTES), np.uint64).reshape(-1, 3)
-            for s in slices]
-    gathered = np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
-    del rows  # the gathered copy is all duplicate_edges needs; keep peak memory at one copy
+    gathered = read_parts(work, [Part(f"{s.folder}/keys.bin", s.start, s.end) for s in slices], 3)
     edges = dedupe_stage.duplicate_edges(gathered)
+    edges = edges[np.lexsort((edges[:, 2], edges[:, 1], edges[:, 0]))]
     work.write_bytes(f"{folder}/edges.bin", np.ascontiguousarray(edges, np.uint64).tobytes())
     record = {"partition": partition, "rows": int(len(gathered)), "edges": int(len(edges)), "seconds": time.perf_counter() - started}
+    if cuts is not None:
+        record["range_offsets"] = np.searchsorted(edges[:, 0], np.asarray(cuts, np.uint64)).tolist()
     work.mark_done(folder, record)
     return record
 
@@ -195,12 +245,20 @@ def _write_clusters(work: Store, folder: str, removed: np.ndarray, exact: np.nda
     work.write_bytes(f"{folder}/{CLUSTERS_INDEX}", index.tobytes())
 
 
-def verify_partition(folder: str, partition: int, resolved: str, process_folders: list[str], threshold: float, work: Store) -> dict:
+def resolved_clusters(work: Store, resolved: str, partition: int) -> list[Part]:
+    """Where a partition's clusters are in the single-task resolve's output (CLUSTERS, by CLUSTERS_INDEX)."""
+    start, end = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64).tolist()
+    return [Part(f"{resolved}/{CLUSTERS}", start, end)]
+
+
+def verify_partition(folder: str, partition: int, clusters: list[Part], process_folders: list[str], threshold: float, work: Store,
+                     cuts: list[int] | None = None) -> dict:
     """One partition's clusters (whole, by survivor) re-clustered by their signatures' estimated Jaccard; writes
-    every member's verdict, survivor (the kept document it was compared with last) and similarity."""
+    every member's verdict, survivor (the kept document it was compared with last) and similarity. `clusters`:
+    its rows (survivor, member, exact) in one or more parts (each range's, `pipeline.tasks.components.removals`)."""
     started = time.perf_counter()
-    start, end = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64).astype(np.int64)
-    rows = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS}", start * ROW_BYTES, end * ROW_BYTES), np.uint64).reshape(-1, 3)
+    rows = read_parts(work, clusters, 3)
+    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]  # a cluster's members may come from several parts
     first = np.flatnonzero(np.r_[True, rows[1:, 0] != rows[:-1, 0]]) if len(rows) else np.zeros(0, np.int64)
     # each cluster as [survivor, members...] in key order
     keys = np.insert(rows[:, 1], first, rows[first, 0])
@@ -217,6 +275,13 @@ def verify_partition(folder: str, partition: int, resolved: str, process_folders
     work.write_bytes(f"{folder}/{VERIFIED}", buffer.getvalue())
     record = {"partition": partition, "clusters": int(len(first)), "candidates": int(member.sum()), "kept": int((member & ~removed).sum()),
               "files_read": int(len(np.unique(file_indices(wanted)))), "seconds": time.perf_counter() - started}
+    if cuts is not None:  # what stays removed as rows (member, survivor, exact) by member, sliced by node range
+        stays = member & removed
+        order = np.argsort(keys[stays], kind="stable")
+        verdicts = np.column_stack((keys[stays][order], keys[center][stays][order], exact[stays][order].astype(np.uint64)))
+        work.write_bytes(f"{folder}/{VERDICTS}", np.ascontiguousarray(verdicts, np.uint64).tobytes())
+        record["range_offsets"] = np.searchsorted(verdicts[:, 0], np.asarray(cuts, np.uint64)).tolist()
+        record["similarity"] = _similarity_histogram(similarity[member], removed[member])
     work.mark_done(folder, record)
     return record
 

@@ -127,9 +127,17 @@ def _open_runs(work: Store, folder: str, dtype: np.dtype, starts: np.ndarray, le
     run_at = np.cumsum(run_hi - run_lo) - (run_hi - run_lo)  # where each run starts in the copy
     local = np.empty(len(starts), np.int64)
     local[order] = scratch.tell() // dtype.itemsize + run_at[run] + lo - run_lo[run]
-    for a, b in zip((run_lo * dtype.itemsize).tolist(), (run_hi * dtype.itemsize).tolist()):
-        for start in range(a, b, COPY_CHUNK):
-            scratch.write(work.read_range(rel, start, min(start + COPY_CHUNK, b)))
+    pieces = [(start, min(start + COPY_CHUNK, b)) for a, b in zip((run_lo * dtype.itemsize).tolist(), (run_hi * dtype.itemsize).tolist())
+              for start in range(a, b, COPY_CHUNK)]
+    batch, held = [], 0
+    for piece in pieces + [None]:  # requested in concurrent batches of at most COPY_CHUNK bytes: a per-document
+        if piece is None or (batch and held + piece[1] - piece[0] > COPY_CHUNK):  # split's small runs not one by one
+            for data in work.read_batch(rel, [a for a, _ in batch], [b for _, b in batch]):
+                scratch.write(data)
+            batch, held = [], 0
+        if piece is not None:
+            batch.append(piece)
+            held += piece[1] - piece[0]
     return scratch.name, local
 
 

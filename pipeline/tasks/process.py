@@ -21,8 +21,10 @@ import xxhash
 
 from manifests.keys import doc_keys
 from pipeline.build.inputs import SPLITS, InputFile
+from pipeline.tasks.decontaminate import Matcher
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
+from stages.decontaminate import Index
 from stages.dedupe import DedupeConfig
 from stages.document import BadRecord, DocBatch
 from stages.fetch import SourceConfig
@@ -107,6 +109,7 @@ class _FileOutputs:
     funnels: dict[str, SubsetFunnel] = field(default_factory=lambda: defaultdict(SubsetFunnel))
     subsets: dict[str, int] = field(default_factory=dict)
     dropped_samples: dict[str, FilterSample] = field(default_factory=dict)  # per filter reason
+    matcher: Matcher | None = None  # when the recipe decontaminates: matches each batch against the eval sets
 
     def subset_id(self, name: str) -> int:
         return self.subsets.setdefault(name, len(self.subsets))
@@ -137,11 +140,23 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
         out.funnels[batch.subsets[index]].dropped[reason] += 1
         if reason not in out.dropped_samples:
             out.dropped_samples[reason] = FilterSample(batch.subsets[index], batch.doc_id(index), batch.texts[index][:SAMPLE_CHARS])
+    if out.matcher is not None:
+        kept = _without(kept, out.matcher.on_words(kept), out)
     if not len(kept):
         return
+    tokens, lengths = tokenizer.encode(kept.texts)
+    if out.matcher is not None and out.matcher.uses_tokens:
+        ends = np.cumsum(lengths)
+        drop = out.matcher.on_tokens(kept, np.split(tokens, ends[:-1]), tokenizer)
+        if drop:
+            keep = np.ones(len(kept), bool)
+            keep[list(drop)] = False
+            tokens, lengths = tokens[np.repeat(keep, lengths)], lengths[keep]
+            kept = _without(kept, drop, out)
+            if not len(kept):
+                return
     for subset in kept.subsets:
         out.funnels[subset].documents_passed += 1
-    tokens, lengths = tokenizer.encode(kept.texts)
     ordinals = np.asarray(kept.ordinals, np.uint64)
     out.tokens.append(tokens)
     out.columns["ordinal"].append(ordinals)
@@ -155,11 +170,20 @@ def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokeniz
         out.signatures.append(signatures)
 
 
-def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig, batch_documents: int) -> dict:
-    """fetch -> filter -> dedupe keys -> tokenize for one input file, fused: the text is parsed once."""
+def _without(batch: DocBatch, drop: dict[int, str], out: _FileOutputs) -> DocBatch:
+    """The batch without the documents in `drop` (position -> reason), each counted in its subset's funnel."""
+    for index, why in drop.items():
+        out.funnels[batch.subsets[index]].dropped[why] += 1
+    return batch.select([i not in drop for i in range(len(batch))]) if drop else batch
+
+
+def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig,
+                 batch_documents: int, index: Index | None = None) -> dict:
+    """fetch -> filter -> [decontaminate] -> dedupe keys -> tokenize for one input file, fused: the text is parsed
+    once. `index`: the eval sets' n-grams (`pipeline.tasks.decontaminate`), when the recipe has them."""
     started = time.perf_counter()
     filters = build_filters(task.source)
-    out = _FileOutputs()
+    out = _FileOutputs(matcher=Matcher(index) if index is not None else None)
     # A bad JSONL line has no readable subset; a bad parquet row still has its language folder.
     bad_subset = task.rel_path.split("/")[0] if task.source.kind == "parquet" and not task.source.subset_field else FILE_SUBSET
     for item in task.documents(batch_documents):
@@ -204,6 +228,8 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
         "quarantined": len(out.quarantine),
         "seconds": seconds,
     }
+    if out.matcher is not None:
+        record["decontamination"] = out.matcher.as_json()
     for reason, sample in out.dropped_samples.items():  # in the funnels: the driver keeps those of every file
         record["funnels"][sample.subset].setdefault("dropped_samples", {})[reason] = {"doc": sample.doc, "text": sample.text}
     work.mark_done(name, record)

@@ -22,7 +22,9 @@ A line of dropped_samples.jsonl (one schema for both kinds):
    "step" (the report's funnel step: filters, exact duplicates, near duplicates),
    "doc" (source/path#line or row), "text" (its first SAMPLE_CHARS characters)}
   a duplicate adds "kept_doc" (the document kept in its place); a near duplicate also "kept_text" (its first
-  SAMPLE_CHARS characters) and "similarity" (the pair's estimated Jaccard).
+  SAMPLE_CHARS characters) and "similarity" (the pair's estimated Jaccard); a decontaminated document (reason
+  decontaminated:<set>, step decontamination) has the matched span's context as "text" and adds "match" (the span),
+  "eval_set", "item" (file#line or row of the eval item) and "item_text" (its start).
 """
 from __future__ import annotations
 
@@ -71,16 +73,32 @@ def filter_samples(funnels: list[dict]) -> list[DroppedSample]:
     samples, taken = [], defaultdict(int)
     for r in funnels:
         for subset, f in r["funnels"].items():
-            for reason, sample in f.get("dropped_samples", {}).items():
+            # in the order the file met them (a done record read back from the store has its keys sorted)
+            met = sorted(f.get("dropped_samples", {}).items(), key=lambda item: int(item[1]["doc"].rsplit("#", 1)[1]))
+            for reason, sample in met:
                 if taken[r["source"], reason] < PER_STEP:
                     taken[r["source"], reason] += 1
                     samples.append(DroppedSample(source=r["source"], subset=subset, reason=reason, doc=sample["doc"], text=sample["text"]))
     return samples
 
 
-def file_bytes(funnels: list[dict], work: Store, samples_folder: str) -> bytes:
-    """dropped_samples.jsonl: the filters' samples, then the duplicates' as the samples task wrote them."""
-    return "".join(s.json_line() for s in filter_samples(funnels)).encode() + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
+def first_filter_samples(groups: list[list[dict]]) -> list[DroppedSample]:
+    """The first PER_STEP filter samples per source and reason of the whole build, from each key group's (its
+    files' `filter_samples`, in input order): the same as `filter_samples` over every file's funnels."""
+    samples, taken = [], defaultdict(int)
+    for group in groups:
+        for s in group:
+            if taken[s["source"], s["reason"]] < PER_STEP:
+                taken[s["source"], s["reason"]] += 1
+                samples.append(DroppedSample(**s))
+    return samples
+
+
+def file_bytes(filter_samples: list[DroppedSample], work: Store, samples_folder: str, decontaminated: bytes = b"") -> bytes:
+    """dropped_samples.jsonl: the filters' samples, the decontaminated documents' (`decontaminated`: lines made by
+    `pipeline.tasks.decontaminate.decontamination_outputs`), then the duplicates' as the samples task wrote them."""
+    filtered = "".join(s.json_line() for s in filter_samples).encode()
+    return filtered + decontaminated + work.read_bytes(f"{samples_folder}/{TASK_OUTPUT}")
 
 
 @dataclass(frozen=True, slots=True)

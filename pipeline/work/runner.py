@@ -10,10 +10,11 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pipeline.work import store
+from pipeline.work import meter, store
 from pipeline.work.progress import EventLog, StageProgress
 from pipeline.work.store import Store
 
@@ -39,6 +40,10 @@ class Task:
     fn: Callable[..., dict]  # returns exactly the done record it wrote
     args: tuple
     input_bytes: int = 0
+    input: str = ""  # what it reads, in words (an input file's URL); its folder when empty
+
+
+DONE_READERS = 32  # done records looked up at a time: on an object store each is a GET of ~15 ms
 
 
 @dataclass(slots=True)
@@ -51,33 +56,44 @@ class Runner:
     # stages whose outputs must all be in the work store already (a sweep's proxy builds run the mix only)
     reuse_only: frozenset[str] = frozenset()
 
-    def run(self, of: Stage, tasks: list[Task]) -> list[dict]:
-        """Each task's done record, in task order: read back for finished tasks, returned by the others."""
+    def run(self, of: Stage, tasks: list[Task], keep: Callable[[dict], dict] | None = None) -> list[dict]:
+        """Each task's done record, in task order: read back for finished tasks, returned by the others; with
+        `keep`, only what it keeps of each (the driver then holds no more of a record than it needs)."""
         stage = of.name
         progress = StageProgress(stage, len(tasks), self.log)
         self.used += [t.folder for t in tasks]
-        records: list[dict | None] = [self.work.done(t.folder) for t in tasks]
+        with ThreadPoolExecutor(DONE_READERS) as pool:  # 60k records one after another: ~15 minutes on S3
+            records: list[dict | None] = list(pool.map(self.work.done, [t.folder for t in tasks]))
+        keep = keep or (lambda record: record)
+        measured = [{k: r[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in r} if r else None for r in records]
+        records = [keep(r) if r else None for r in records]
         if stage in self.reuse_only and None in records:
             raise MissingOutputs(stage, records.count(None), len(tasks))
         progress.skip(sum(r is not None for r in records))
         started = time.perf_counter()
         retries = store.take_retries()  # the driver's own store requests (done records) count too
         for i, record in self._run_pending(stage, tasks, [i for i, r in enumerate(records) if r is None]):
-            records[i] = record
+            records[i] = keep(record)
+            measured[i] = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in record}
             retries += record.get("retries", 0)
-            self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3), retries=record.get("retries", 0))
+            meter_fields = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds") if k in record}
+            self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3),
+                           retries=record.get("retries", 0), **meter_fields)
             text_bytes = sum(f.get("bytes_read", 0) for f in record.get("funnels", {}).values())  # process tasks only
             progress.advance(record.get("documents", 0), tasks[i].input_bytes, text_bytes=text_bytes)
-        self.timings[stage] = {
+        timing = {
             "seconds": round(time.perf_counter() - started, 3),
-            "task_seconds": round(sum(r.get("seconds", 0) for r in records), 3),
+            "task_seconds": round(sum(r.get("seconds", 0) for r in measured), 3),
             "tasks": len(tasks),
             "skipped": progress.skipped,
-            "documents": sum(r.get("documents", 0) for r in records),
+            "documents": sum(r.get("documents", 0) for r in measured),
             "input_bytes": sum(t.input_bytes for t in tasks),
             "retries": retries + store.take_retries(),  # store requests retried by this run's tasks and driver
+            "cpu_seconds": round(sum(r.get("cpu_seconds", 0) for r in measured), 3),
+            **_largest(tasks, measured),
         }
-        self.log.event("stage_done", stage=stage, **self.timings[stage])
+        self.timings[stage] = _merge_timings(self.timings.get(stage), timing)  # a stage run in rounds: their sum
+        self.log.event("stage_done", stage=stage, **timing)
         return records
 
     def share(self, value):
@@ -108,9 +124,36 @@ class Runner:
                 raise BuildError(f"[{stage}] task {tasks[i].folder} failed: {cause if isinstance(cause, OSError) else e}") from e
 
 
+def _largest(tasks: list[Task], records: list[dict]) -> dict:
+    """The stage's task of the largest peak RSS (re-used ones too: their records keep what they measured), with
+    its input: which node size the stage needs, and for which input."""
+    measured = [(r["peak_rss_mib"], i) for i, r in enumerate(records) if "peak_rss_mib" in r]
+    if not measured:
+        return {}
+    peak, i = max(measured)
+    task = tasks[i]
+    return {"peak_rss_mib": peak, "largest_task": {"task": task.folder, "input": task.input or task.folder,
+                                                   "input_bytes": task.input_bytes, "peak_rss_mib": peak,
+                                                   "cpu_seconds": records[i].get("cpu_seconds", 0.0)}}
+
+
+def _merge_timings(earlier: dict | None, later: dict) -> dict:
+    if earlier is None:
+        return later
+    merged = {k: round(earlier.get(k, 0) + v, 3) if isinstance(v, (int, float)) and k != "peak_rss_mib" else v
+              for k, v in later.items()}
+    if earlier.get("peak_rss_mib", -1) >= later.get("peak_rss_mib", -1):
+        merged.update({k: earlier[k] for k in ("peak_rss_mib", "largest_task") if k in earlier})
+    return merged
+
+
 def _call(fn, *args):
     store.take_retries()  # a worker runs one task at a time: count this task's retries from zero
-    return fn(*args)
+    meter.start()  # its peak RSS and CPU seconds, written into its done record by `Store.mark_done`
+    try:
+        return fn(*args)
+    finally:
+        meter.stop()
 
 
 def start_ray(address: str | None, workers: int | None) -> int:

@@ -16,6 +16,7 @@ surfaces as an `OSError` naming the operation and the path, which the runner has
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import hashlib
@@ -30,6 +31,8 @@ from typing import TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.work import meter
 
 DONE = "_DONE.json"
 
@@ -179,6 +182,32 @@ class Store:
                 raise OSError(e.errno, e.strerror or str(e), target) from e
             raise
 
+    @contextlib.contextmanager
+    def writer(self, rel: str):
+        """A binary file to write in pieces (an output larger than a task should hold): locally a temporary name
+        renamed at the end, on an object store a multipart upload that appears whole when it completes. Not
+        retried (the pieces are gone): a failure fails the task, which Ray runs again."""
+        target = self.path(rel)
+        if not self.is_local:
+            protocols = self._io.protocol if isinstance(self._io.protocol, (tuple, list)) else (self._io.protocol,)
+            if not set(protocols) & set(_FLAT_STORES):
+                self._io.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            with self._io.open(target, "wb") as f:
+                yield f
+            self.fs.invalidate_cache(target)
+            return
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def _pipe(self, target: str, data: bytes) -> None:
         protocols = self._io.protocol if isinstance(self._io.protocol, (tuple, list)) else (self._io.protocol,)
         if not set(protocols) & set(_FLAT_STORES):
@@ -205,6 +234,15 @@ class Store:
         if end <= start:
             return b""
         return self._retried(f"read of bytes {start}-{end}", rel, lambda: self._io.cat_file(self.path(rel), start=start, end=end))
+
+    def read_batch(self, rel: str, starts: list[int], ends: list[int]) -> list[bytes]:
+        """Byte ranges [start, end) of one file, requested concurrently on an object store (fsspec `cat_ranges`:
+        one batch, not one round trip after another), retried as a batch; one after another locally."""
+        if self.is_local or len(starts) < 2:
+            return [self.read_range(rel, a, b) for a, b in zip(starts, ends)]
+        path = self.path(rel)
+        return self._retried(f"read of {len(starts)} ranges", rel,
+                             lambda: self._io.cat_ranges([path] * len(starts), list(starts), list(ends), on_error="raise"))
 
     def read_ranges(self, rel: str, starts: list[int], ends: list[int], max_gap: int = 1 << 20) -> list[bytes]:
         """Byte ranges [start, end) of one file, in the order given. Ranges less than `max_gap` apart are read
@@ -239,8 +277,10 @@ class Store:
             return None
 
     def mark_done(self, task: str, record: dict) -> None:
-        """Writes the done record, with the store requests retried so far (`retries`) added to it in place."""
+        """Writes the done record, with the store requests retried so far (`retries`) and, in a task the runner
+        meters, its peak RSS and CPU seconds (`pipeline.work.meter`) added to it in place."""
         record["retries"] = retries_so_far()
+        record.update(meter.reading())
         self.write_json(f"{task}/{DONE}", record)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.s3_store import BUCKET, CORPUS, FaultProxy, S3Server, s3_recipe
+from bench.s3_store import BUCKET, CORPUS, FaultProxy, S3Server
+from pipeline.sample_corpus import sample_recipe
 from tests.support.cluster import ObjectStore, RayCluster, build_env, start_cluster_build
 from tests.support.faults import Run, tokenmill
 
@@ -31,7 +32,7 @@ def s3_reference(object_store: ObjectStore, tmp_path_factory: pytest.TempPathFac
     """The recipe over the bucket's inputs built by one local process (`--workers 1`, an embedded Ray) into a
     local folder, with the store's faults off: what every cluster build must equal, byte for byte."""
     folder = tmp_path_factory.mktemp("s3-reference")
-    recipe = s3_recipe(folder)
+    recipe = sample_recipe(CORPUS, folder)
     run = Run.start(tokenmill("build", str(recipe), "--out", str(folder / "out"), "--workers", "1", "--no-report"), folder / "build.stderr",
                     env=build_env(object_store))
     assert run.wait(timeout=600) == 0, run.stderr()[-3000:]  # wait() also stops whatever of the run is left
@@ -57,7 +58,9 @@ def cluster_build(object_store: ObjectStore, cluster: RayCluster, tmp_path: Path
     runs: list[Run] = []
 
     def start(name: str) -> Run:
-        runs.append(start_cluster_build(s3_recipe(tmp_path), f"s3://{BUCKET}/{name}", cluster, object_store, tmp_path / f"{name}.stderr"))
+        recipe = sample_recipe(CORPUS, tmp_path)
+        stderr = tmp_path / f"{name}.stderr"
+        runs.append(start_cluster_build(recipe, f"s3://{BUCKET}/{name}", cluster, object_store, stderr))
         return runs[-1]
 
     yield start

@@ -42,7 +42,7 @@ def test_a_cluster_build_on_s3_equals_a_local_single_process_build(object_store,
     manifest = assert_same_build(object_store, out, s3_reference)
     assert {node for node, titles in seen.items() if titles} == {"head", "w1", "w2"}, seen  # every node did work
     log = events(object_store.server.fs, out)  # the build log of a remote --out, uploaded beside the manifest
-    assert sorted(e["stage"] for e in log if e["event"] == "stage_done") == sorted(manifest["stages"])
+    assert {e["stage"] for e in log if e["event"] == "stage_done"} == set(manifest["stages"])  # rounds: several
     assert sum(e["event"] == "task_done" for e in log) == sum(e["tasks"] for e in log if e["event"] == "stage_done")
 
 
@@ -80,5 +80,9 @@ def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_stor
     assert 0 < counted <= sum(injected.values()), (stages, injected)
     print(f"\nflaky store: {sum(injected.values())} faults {injected} in {requests} requests, {counted} retries counted {({k: s['retries'] for k, s in stages.items()})}")
     log = events(object_store.server.fs, out)
-    assert {e["stage"]: e["retries"] for e in log if e["event"] == "stage_done"} == {name: s["retries"] for name, s in stages.items()}
+    per_stage: dict[str, int] = {}  # the clustering's stages run in rounds: one stage_done each
+    for e in log:
+        if e["event"] == "stage_done":
+            per_stage[e["stage"]] = per_stage.get(e["stage"], 0) + e["retries"]
+    assert per_stage == {name: s["retries"] for name, s in stages.items()}
     assert 0 < sum(e["retries"] for e in log if e["event"] == "task_done") <= counted

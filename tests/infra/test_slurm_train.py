@@ -6,13 +6,13 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.s3_store import free_port
 from tests.support.infra import ROOT, cli_options, long_options
 from tests.support.small_build import write_small_build
 
@@ -23,12 +23,6 @@ IN_SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURMD_NODENAME": "gpu
 def dry_run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PRESET", "STAGE_DIR", "GPUS_PER_NODE", "RDZV_PORT"))}
     return subprocess.run(["bash", SCRIPT, "--dry-run", *args], cwd=ROOT, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_in_a_slurm_job_it_runs_its_commands_through_srun(tmp_path):

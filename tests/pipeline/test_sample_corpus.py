@@ -2,6 +2,7 @@
 the fetch stage), small at --size-mb 1, byte-identical for the same arguments."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -15,7 +16,14 @@ import pytest
 import zstandard
 
 from pipeline.build.recipe import Recipe, load_recipe
-from pipeline.sample_corpus import SLIMPAJAMA_DIR, STARCODER_DIR, main, write_sample_corpus
+from pipeline.sample_corpus import (
+    SLIMPAJAMA_DIR,
+    STARCODER_DIR,
+    main,
+    sample_recipe,
+    sample_sources,
+    write_sample_corpus,
+)
 from stages.document import BadRecord
 from stages.fetch import read_documents
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, jaccard, shingles
@@ -25,11 +33,8 @@ STARCODER_SCHEMA = pa.schema([("max_stars_repo_path", pa.string()), ("max_stars_
                               ("max_stars_count", pa.int64()), ("id", pa.string()), ("content", pa.string())])
 
 
-def sample_recipe(corpus: Path) -> Recipe:
-    return load_recipe(RECIPE, overrides={"sources": [
-        {"name": "slimpajama", "root": str(corpus / SLIMPAJAMA_DIR)},
-        {"name": "starcoderdata", "root": str(corpus / STARCODER_DIR)},
-    ]})
+def recipe_over(corpus: Path) -> Recipe:
+    return load_recipe(RECIPE, overrides={"sources": sample_sources(corpus)})
 
 
 def read_back(corpus: Path) -> dict:
@@ -37,7 +42,7 @@ def read_back(corpus: Path) -> dict:
     fs = fsspec.filesystem("file")
     planted = read_planted(corpus)
     out = {}
-    for source in sample_recipe(corpus).sources:
+    for source in recipe_over(corpus).sources:
         docs, bad = {}, []
         for rel in planted["files"][source.name]:
             for item in read_documents(fs, f"{source.root}/{rel}", rel, source, 64):
@@ -74,11 +79,22 @@ def test_layout_matches_the_published_datasets_and_the_recipe(sample_corpus):
     assert set(starcoder) - set(trains) == {"python/broken-0000.parquet", "python/missing-content-0000.parquet"}
     # every file is one the sample recipe's patterns pick up
     fs = fsspec.filesystem("file")
-    for source in sample_recipe(sample_corpus).sources:
+    for source in recipe_over(sample_corpus).sources:
         matched = {Path(p).relative_to(source.root).as_posix() for pattern in source.train + source.validation
                    for p in fs.glob(f"{source.root}/{pattern}")}
         assert matched == set(planted["files"][source.name])
 
+
+
+def test_sample_recipe_reads_the_corpus_wherever_it_is_written(sample_corpus, tmp_path):
+    """The recipe the tests and benchmarks build: the shipped one, its roots in a folder or a bucket."""
+    local = load_recipe(sample_recipe(sample_corpus, tmp_path / "local"))
+    assert [(s.name, s.root) for s in local.sources] == [("slimpajama", str(sample_corpus / SLIMPAJAMA_DIR)),
+                                                         ("starcoderdata", str(sample_corpus / STARCODER_DIR))]
+    assert local.mix == dataclasses.replace(recipe_over(sample_corpus).mix, shard_tokens=60_000)  # the rest as shipped
+    remote = load_recipe(sample_recipe("s3://bucket/sample", tmp_path / "remote", mix={"shard_tokens": 1000}))
+    assert [s.root for s in remote.sources] == [f"s3://bucket/sample/{d}" for d in (SLIMPAJAMA_DIR, STARCODER_DIR)]
+    assert remote.mix.shard_tokens == 1000
 
 def test_parquet_columns_are_starcoderdata_s(sample_corpus):
     for path in sorted((sample_corpus / STARCODER_DIR / "python").glob("train-*.parquet")):
@@ -200,3 +216,18 @@ def test_bench_uses_only_the_public_api_of_the_sample():
     used = {node.attr for node in ast.walk(ast.parse(bench.read_text()))
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sample"}
     assert used and used <= set(sample.__all__), sorted(used - set(sample.__all__))
+
+
+def test_writing_the_same_sample_again_keeps_every_file_and_its_identity(tmp_path):
+    """Issue 31, item 8: `tokenmill sample` after `make demo` rewrote identical files with new mtimes, so every
+    input got a new identity and the next build re-ran every process task. Identical bytes are left alone."""
+    from pipeline.build.inputs import list_inputs
+
+    write_sample_corpus(tmp_path, size_mb=1.5, seed=0)
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    before = [i.identity() for i in list_inputs(sample_recipe(tmp_path))]
+    write_sample_corpus(tmp_path, size_mb=1.5, seed=0)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert [i.identity() for i in list_inputs(sample_recipe(tmp_path))] == before
+    write_sample_corpus(tmp_path, size_mb=1.5, seed=1)  # another sample replaces the files, leaving none of the first
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} <= set(files) | {tmp_path / "PLANTED.json"}

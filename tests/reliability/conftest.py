@@ -3,6 +3,7 @@ command (`tokenmill build`, then `tokenmill train` on what it built), with the T
 recorded while they run."""
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from manifests.outputs import MANIFEST
-from tests.support.faults import Run, listening_sockets, sample_recipe, start_build, train_command
+from pipeline.sample_corpus import sample_recipe
+from tests.support.faults import Run, listening_sockets, start_build, train_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,14 @@ def reference_build(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactor
     recipe = sample_recipe(sample_corpus, folder)
     listening = run_listening(start_build(recipe, folder / "out", "--workers", "2"))
     return ReferenceBuild(recipe, folder / "out", listening)
+
+
+@pytest.fixture
+def build_copy(reference_build: ReferenceBuild, tmp_path: Path) -> Path:
+    """The reference build's outputs (manifest, tokenizer, shards; not its work dir), safe to damage."""
+    copy = tmp_path / "build"
+    shutil.copytree(reference_build.out, copy, ignore=shutil.ignore_patterns("work"))
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from manifests.outputs import BUILD_LOG, MANIFEST, QUARANTINE
+from pipeline.sample_corpus import sample_recipe
 from tests.support.faults import (
     alive,
     done_tasks,
-    sample_recipe,
     shard_bytes,
     stable_manifest,
     start_build,
@@ -35,8 +35,10 @@ def assert_same_output(out: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["process", "dedupe"])  # process = fetch, filter, dedupe keys and tokenize
-def test_a_worker_killed_mid_task_is_retried_and_the_shards_are_identical(stage, reference_build, tmp_path):
+@pytest.mark.parametrize("stage", ["process", "dedupe", "propagate"])  # process = fetch, filter, dedupe keys and tokenize
+def test_a_worker_killed_mid_task_is_retried_and_the_shards_are_identical(stage, reference_build, tmp_path, monkeypatch):
+    if stage == "propagate":  # the clustering over 3 node ranges (the reference's is one): the same output
+        monkeypatch.setenv("TOKENMILL_COMPONENT_DOCUMENTS", "2000")
     run = start_build(reference_build.recipe, tmp_path / "out", "--workers", "2")
     pid, task = run.kill_first(f"ray::{stage}/")
     assert run.wait() == 0, run.stderr()[-3000:]

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from manifests.outputs import MANIFEST
-from tests.support.faults import ROOT, sample_recipe, tokenmill
+from pipeline.sample_corpus import sample_recipe
+from tests.support.faults import ROOT, tokenmill
 
 
 def closed_port_url() -> str:

@@ -9,7 +9,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +17,7 @@ from manifests.outputs import MANIFEST
 from tests.support.faults import (
     ROOT,
     TRAIN_STEPS,
+    Payload,
     Run,
     kill_all,
     losses,
@@ -67,18 +67,10 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_res
     assert losses(out) == losses(reference_training.out)
 
 
-@pytest.fixture
-def training_copy(reference_build, tmp_path) -> Path:
-    """The reference build's manifest, tokenizer and shards, safe to damage."""
-    copy = tmp_path / "build"
-    shutil.copytree(reference_build.out, copy, ignore=shutil.ignore_patterns("work"))
-    return copy
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("change", ["truncated", "byte flipped"])
-def test_a_shard_changed_since_the_manifest_is_refused_before_training(change, training_copy, tmp_path):
-    shard = load(training_copy).shards("train")[2].bin_path
+def test_a_shard_changed_since_the_manifest_is_refused_before_training(change, build_copy, tmp_path):
+    shard = load(build_copy).shards("train")[2].bin_path
     data = bytearray(shard.read_bytes())
     if change == "truncated":  # sizes are always checked
         del data[-2:]
@@ -88,20 +80,11 @@ def test_a_shard_changed_since_the_manifest_is_refused_before_training(change, t
         extra = ["--verify-checksums"]
     shard.write_bytes(bytes(data))
     out = tmp_path / "run"
-    done = subprocess.run(train_command(training_copy / MANIFEST, out, *extra, nproc=1), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    command = train_command(build_copy / MANIFEST, out, *extra, nproc=1)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    assert f"{shard}: " in done.stderr and str(training_copy / MANIFEST) in done.stderr
+    assert f"{shard}: " in done.stderr and str(build_copy / MANIFEST) in done.stderr
     assert not (out / "metrics.jsonl").exists() and checkpoint.all_checkpoints(out) == []
-
-
-class _Payload:
-    """Unpickling this creates `marker`: proof that the loader ran code named by the file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 @pytest.mark.slow
@@ -110,7 +93,7 @@ def test_loading_a_checkpoint_never_unpickles_arbitrary_objects(loader, referenc
     ckpt = tmp_path / "ckpt" / checkpoint.name(TRAIN_STEPS)
     shutil.copytree(reference_training.out / checkpoint.name(TRAIN_STEPS), ckpt)
     marker = tmp_path / "payload-ran"
-    (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    (ckpt / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
     if loader == "resume":
         # one step more than the checkpoint holds: a resume with nothing left to train is refused before loading
         command = train_command(reference_build.out / MANIFEST, tmp_path / "run", "--resume", str(ckpt), "--steps", str(TRAIN_STEPS + 1))

@@ -14,14 +14,6 @@ from manifests.outputs import MANIFEST, QUARANTINE, TOKENIZER_MODEL
 from pipeline.cli import main as tokenmill_main
 
 
-@pytest.fixture
-def build_copy(reference_build, tmp_path) -> Path:
-    """The reference build's outputs (without its work dir), safe to damage."""
-    copy = tmp_path / "build"
-    shutil.copytree(reference_build.out, copy, ignore=shutil.ignore_patterns("work"))
-    return copy
-
-
 def verify(manifest: Path, capsys) -> tuple[int, str]:
     code = tokenmill_main(["verify", str(manifest)])
     return code, capsys.readouterr().err

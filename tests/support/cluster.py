@@ -29,6 +29,7 @@ from bench.s3_store import FaultProxy, S3Server, free_port
 from manifests.manifest import parse, to_dict
 from manifests.outputs import BUILD_LOG, MANIFEST
 from tests.support.faults import ROOT, Run, stable, tokenmill
+from tests.support.faults import title as process_title
 
 RAY_NODE = [sys.executable, str(Path(__file__).with_name("ray_node.py"))]  # `ray start`, kept on 127.0.0.1
 
@@ -41,13 +42,6 @@ def _environ(pid: int) -> bytes:
         return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:  # gone meanwhile, or not ours to read
         return b""
-
-
-def _title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return ""
 
 
 class RayCluster:
@@ -122,13 +116,14 @@ class RayCluster:
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit() and proc.name != str(os.getpid()):
                 environ = _environ(int(proc.name)) + b"\0"
-                if cluster in environ and mine in environ and title in _title(int(proc.name)):
+                if cluster in environ and mine in environ and title in process_title(int(proc.name)):
                     found.append(int(proc.name))
         return found
 
     def task_titles(self) -> dict[str, set[str]]:
         """Per node, the Ray task names its worker processes run now (`process/...`, `shard/...`)."""
-        return {node: {t.removeprefix("ray::") for pid in self.pids(node, "ray::") if (t := _title(pid)) != "ray::IDLE"} for node in self.nodes}
+        return {node: {t.removeprefix("ray::") for pid in self.pids(node, "ray::")
+                       if (t := process_title(pid)) != "ray::IDLE"} for node in self.nodes}
 
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL every process of node `name` (its `ray start`, raylet, agents and workers), by PID."""

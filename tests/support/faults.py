@@ -16,36 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from manifests.manifest import load, to_dict
 from manifests.outputs import BUILD_LOG
 from pipeline.work.store import DONE
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_RECIPE = ROOT / "manifests" / "recipes" / "sample.yaml"
 _LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
 
 
 def tokenmill(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", *args]
-
-
-def sample_recipe(corpus: Path, folder: Path, **sections) -> Path:
-    """The shipped sample recipe over `corpus` (5 train shards of the 1.5 MB sample), written to folder/recipe.yaml."""
-    data = {
-        "extends": str(SAMPLE_RECIPE),
-        "sources": [
-            {"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")},
-            {"name": "starcoderdata", "root": str(corpus / "starcoderdata")},
-        ],
-        "mix": {"shard_tokens": 60_000},
-        **sections,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -246,7 +226,7 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 # what legitimately differs between two runs of one build: when, how fast, how much an earlier run had done, and
 # how often the object store had to be asked twice
-RUN_DEPENDENT = ("seconds", "task_seconds", "skipped", "retries")
+RUN_DEPENDENT = ("seconds", "task_seconds", "skipped", "retries", "cpu_seconds", "peak_rss_mib", "largest_task")
 
 
 def stable_manifest(out: Path) -> dict:
@@ -307,3 +287,16 @@ def rank_process(run: Run, rank: int) -> int:
         if b"trainer.train" in Path(f"/proc/{pid}/cmdline").read_bytes() and f"RANK={rank}".encode() in environ:
             return pid
     raise AssertionError(f"no trainer process of rank {rank} in the run's process tree")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+class Payload:
+    """A pickle that names code: unpickling it creates `marker`, proof that a loader ran code named by a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")

@@ -1,31 +1,30 @@
 """A Ray head of our own, started with infra/local/start-head.sh on 127.0.0.1 with free ports, its own short temp
 dir and its own authentication token, and stopped by PID (never `ray stop`: other Ray instances on the machine
-are not ours); and the TCP addresses a set of processes listens on."""
+are not ours)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+from bench.s3_store import free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Head:
     """A Ray head of our own, and the `tokenmill` CLI pointed at it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, agent_port: int | None = None):
         self.root = root
         self.marker = uuid.uuid4().hex  # in the environment of every process the head starts
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -35,7 +34,7 @@ class Head:
         command = [
             "bash", str(PROJECT_ROOT / "infra/local/start-head.sh"), "--port", str(free_port()), "--dashboard-port", str(self.dashboard_port),
             "--num-cpus", "2", "--temp-dir", str(root / "ray"), "--block",
-            "--", "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+            "--", "--dashboard-agent-listen-port", str(agent_port or free_port()), "--ray-client-server-port", str(free_port()),
         ]
         self.log = open(root / "head.log", "w")
         self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -93,22 +92,15 @@ class Head:
         return pids
 
 
-def listening_addresses(pids: list[int]) -> set[str]:
-    """The local addresses that these processes accept TCP connections on (from /proc: sockets by inode)."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if (target := os.readlink(fd)).startswith("socket:["):
-                        inodes.add(target[len("socket:[") : -1])
-    found = set()
-    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            address_hex, state, inode = fields[1].split(":")[0], fields[3], fields[9]
-            if state == "0A" and inode in inodes:  # 0A: LISTEN
-                # the kernel prints each 32-bit word of the address in host (little-endian) order
-                words = [bytes.fromhex(address_hex[i : i + 8])[::-1] for i in range(0, len(address_hex), 8)]
-                found.add(socket.inet_ntop(family, b"".join(words)))
-    return found
+@contextlib.contextmanager
+def running_head() -> Iterator[Head]:
+    """A head up and answering, in a short temp dir of its own (Ray's unix socket paths live under it); at the
+    end stopped, checked to have left no process of ours behind, and its folder removed."""
+    head = Head(Path(tempfile.mkdtemp(prefix="tm", dir="/tmp")))
+    try:
+        head.wait_until_up()
+        yield head
+    finally:
+        head.stop()
+        shutil.rmtree(head.root, ignore_errors=True)
+    assert head.our_pids() == [], "processes of the head outlived it"  # `ray start --block` took them down

@@ -8,25 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from manifests.outputs import MANIFEST
-
-SAMPLE_RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
+from pipeline.sample_corpus import sample_recipe
 
 
 @pytest.fixture(scope="session")
 def sample_manifest(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("trainer-build")
-    recipe = folder / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "extends": str(SAMPLE_RECIPE),
-        "sources": [
-            {"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")},
-            {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata")},
-        ],
-        "mix": {"shard_tokens": 60_000},  # several shards from a small corpus
-    }))
+    recipe = sample_recipe(sample_corpus, folder)  # several shards from a small corpus
     command = [sys.executable, "-m", "pipeline.cli", "build", str(recipe), "--out", str(folder / "out"), "--workers", "2", "--no-report"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

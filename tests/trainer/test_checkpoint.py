@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
+from tests.support.faults import Payload
 from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
 from trainer.config import PRESETS, TrainConfig
@@ -24,16 +25,6 @@ def one_rank(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
-
-
-class _Payload:
-    """Unpickling this creates `marker`: proof that the loader ran code named by the file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 def trained(seed: int, lr: float, tmp_path: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -77,7 +68,7 @@ def test_save_then_load_restores_weights_optimizer_and_rng(one_rank, tmp_path):
 def test_a_metadata_pickle_naming_code_is_refused_and_never_runs(loader, one_rank, tmp_path):
     path = saved(tmp_path)
     marker = tmp_path / "payload-ran"
-    (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    (path / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(CheckpointError, match=rf"^{path / '.metadata'}: refers to \w+\.open, which is not part of a checkpoint's metadata"):
         if loader == "resume":
             checkpoint.load(path, *trained(2, 0.5, tmp_path))
@@ -90,7 +81,7 @@ def test_a_byte_item_naming_code_is_refused_and_never_runs(one_rank, tmp_path):
     model, optimizer = trained(1, 0.0123, tmp_path)
     model_state, optim_state = get_state_dict(model, optimizer)
     marker = tmp_path / "payload-ran"
-    optim_state["param_groups"][0]["lr"] = _Payload(marker)  # saved with torch.save, as DCP saves every non-tensor
+    optim_state["param_groups"][0]["lr"] = Payload(marker)  # saved with torch.save, as DCP saves every non-tensor
     path = tmp_path / "planted"
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=path)
     with pytest.raises(CheckpointError, match=r"^__0_0\.distcp: item optim\.param_groups\.0\.lr is not plain data"):

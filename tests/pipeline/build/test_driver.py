@@ -12,7 +12,6 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-import ray
 
 from manifests.keys import doc_key, split_key
 from manifests.manifest import load
@@ -22,18 +21,13 @@ from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.build.registry import stages_of
 from pipeline.ops.verify import verify
+from pipeline.report.stats import build_record
+from pipeline.sample_corpus import sample_recipe
 from pipeline.work.store import DONE
 from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE, DocBatch
 from stages.fetch import read_documents
 from stages.tokenize import Tokenizer
-from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+from tests.support.faults import shard_bytes, stable_manifest
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +154,25 @@ def test_one_worker_gives_the_same_bytes_as_two(downsampled, tmp_path):
     build(recipe, str(tmp_path / "out"), workers=1, console=False)
     assert shard_bytes(tmp_path / "out") == shard_bytes(downsampled)
     assert stable_manifest(tmp_path / "out") == stable_manifest(downsampled)
+
+
+def test_every_task_records_its_peak_memory_and_cpu_and_each_stage_its_largest_task(downsampled):
+    """build.log.jsonl: each task's peak RSS (its worker's high-water mark during the task) and CPU seconds; the
+    manifest's stage stats and the report: the largest task of each stage and its input."""
+    log = [json.loads(line) for line in (downsampled / "build.log.jsonl").read_text().splitlines()]
+    done = [e for e in log if e["event"] == "task_done"]
+    assert done and all(e["peak_rss_mib"] > 20 and e["cpu_seconds"] >= 0 for e in done), done[:3]
+    assert sum(e["cpu_seconds"] for e in done if e["stage"] == "process") > 0.5  # tokenizing is not free
+    manifest = json.loads((downsampled / "manifest.json").read_text())
+    for name, st in manifest["stages"].items():
+        mine = {e["task"]: e["peak_rss_mib"] for e in done if e["stage"] == name}
+        assert st["peak_rss_mib"] == max(mine.values()), name
+        assert mine[st["largest_task"]["task"]] == st["peak_rss_mib"], name
+    largest = manifest["stages"]["process"]["largest_task"]
+    assert largest["input"].startswith(("/", "file://")) and largest["input_bytes"] > 0
+    shown = build_record(manifest, json.loads((downsampled / "build_stats.json").read_text()))["stages"]
+    assert shown["process"]["peak_rss_mib"] == manifest["stages"]["process"]["peak_rss_mib"]
+    assert shown["process"]["largest_task"] == largest["input"]
 
 
 def _done_records(out: Path) -> int:

@@ -8,10 +8,12 @@ from pipeline.build import registry
 from pipeline.build.recipe import load_recipe
 
 
-def test_a_recipe_runs_the_verify_stages_only_when_it_verifies_near_duplicates():
+def test_a_recipe_runs_the_optional_stages_only_when_it_asks_for_them():
     names = [s.name for s in registry.stages_of(load_recipe("sample"))]  # tinyllama's unverified preset
-    assert names == ["process", "keys", "dedupe", "resolve", "count", "samples", "mix"]
-    assert [s.name for s in registry.stages_of(load_recipe("web-quality"))] == list(registry.STAGE_NAMES)
+    clusters = ["propagate", "answer", "removals", "sizes", "resolve"]
+    assert names == ["process", "keys", "dedupe", *clusters, "count", "samples", "mix"]
+    verified = ["process", "keys", "dedupe", *clusters, "verify", "verdicts", "verified", "count", "samples", "mix"]
+    assert [s.name for s in registry.stages_of(load_recipe("web-quality"))] == verified
 
 
 def test_every_stage_writes_under_its_own_top_folder():

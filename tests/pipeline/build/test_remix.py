@@ -5,25 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray
 
 from manifests.manifest import load
 from manifests.outputs import MANIFEST
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.build.registry import stages_of
+from pipeline.sample_corpus import sample_recipe
 from pipeline.work.commands import entries, main
 from pipeline.work.store import Store
-from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
+from tests.support.faults import shard_bytes, stable_manifest
 
 ALL = tuple(s.name for s in stages_of(load_recipe("sample")))
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def _ran(out: Path) -> set[str]:

@@ -10,7 +10,7 @@ from manifests.outputs import TOKENIZER_MODEL
 from pipeline.build import tokenizer as build_tokenizer
 from pipeline.build.inputs import list_inputs
 from pipeline.build.recipe import load_recipe
-from pipeline.sample_corpus import SLIMPAJAMA_DIR, STARCODER_DIR
+from pipeline.sample_corpus import sample_sources
 from pipeline.work.store import Store
 from stages.tokenize import read_model_bytes
 
@@ -18,8 +18,7 @@ RECIPE = Path(__file__).resolve().parents[3] / "manifests" / "recipes" / "sample
 
 
 def sample_recipe(corpus: Path, **overrides):
-    sources = [{"name": "slimpajama", "root": str(corpus / SLIMPAJAMA_DIR)}, {"name": "starcoderdata", "root": str(corpus / STARCODER_DIR)}]
-    return load_recipe(RECIPE, overrides={"sources": sources, **overrides})
+    return load_recipe(RECIPE, overrides={"sources": sample_sources(corpus), **overrides})
 
 
 def test_the_recipes_model_is_used_as_it_is_and_nothing_is_written(sample_corpus, tmp_path):

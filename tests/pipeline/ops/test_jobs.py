@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.s3_store import free_port
 from manifests import manifest as manifest_io
 from manifests.outputs import MANIFEST
 from manifests.shards import sha256_file
@@ -35,7 +37,8 @@ from pipeline.ops.jobs import (
     runtime_env,
     submit_main,
 )
-from tests.support.ray_head import Head, free_port
+from pipeline.sample_corpus import sample_sources
+from tests.support.ray_head import Head, running_head
 
 SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 
@@ -43,12 +46,8 @@ SAMPLE_RECIPE = PROJECT_ROOT / "manifests" / "recipes" / "sample.yaml"
 def write_sample_recipe(path: Path, sample_corpus: Path, **overrides) -> Path:
     """A recipe outside the project: the sample recipe over a sample corpus written elsewhere, with relative
     roots (they must resolve against this file's folder, wherever the job runs)."""
-    rel = os.path.relpath(sample_corpus, path.parent)
-    recipe = {
-        "extends": str(SAMPLE_RECIPE),
-        "sources": [{"name": "slimpajama", "root": f"{rel}/SlimPajama-627B"}, {"name": "starcoderdata", "root": f"{rel}/starcoderdata"}],
-        **overrides,
-    }
+    sources = sample_sources(os.path.relpath(sample_corpus, path.parent))
+    recipe = {"extends": str(SAMPLE_RECIPE), "sources": sources, **overrides}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -198,15 +197,8 @@ def test_arguments_are_checked_before_anything_is_sent(capsys):
 
 @pytest.fixture(scope="module")
 def head():
-    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))  # short: Ray's unix socket paths live under it
-    head = Head(root)
-    try:
-        head.wait_until_up()
+    with running_head() as head:
         yield head
-    finally:
-        head.stop()
-        assert head.our_pids() == []
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(head: Head, recipe: Path, out: Path) -> str:
@@ -297,3 +289,24 @@ def test_stop_stops_a_running_job(head):
     assert status.returncode == 1 and status.stdout.splitlines()[0] == f"{job_id}: STOPPED"
     again = head.jobs("stop", job_id)
     assert again.returncode == 0 and again.stdout.strip() == f"{job_id}: already ended, STOPPED"
+
+
+@pytest.mark.slow
+def test_submit_to_a_head_whose_job_agent_could_not_start_says_why(sample_corpus, tmp_path):
+    """Issue 31, item 9: a head beside another Ray whose dashboard agent port was taken answered `submit` after
+    ~11 s with only "500: No available agent to submit job". Reproduced with the agent's port held by us."""
+    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        head = Head(root, agent_port=taken.getsockname()[1])
+        try:
+            head.wait_until_up()
+            recipe = write_sample_recipe(tmp_path / "recipe.yaml", sample_corpus)
+            done = head.tokenmill("submit", str(recipe), "--address", head.address, "--out", str(tmp_path / "out"), timeout_s=300)
+        finally:
+            head.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "no job agent running" in line and "dashboard_agent.log" in line and "start-head.sh" in line

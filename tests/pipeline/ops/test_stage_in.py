@@ -161,7 +161,7 @@ def test_cli_stages_and_reports(memory_build, tmp_path, capsys):
 
 
 def test_cli_names_a_missing_manifest(tmp_path, capsys):
-    assert main([f"file://{tmp_path}/nowhere/{MANIFEST}", str(tmp_path / "nvme")]) == 1
+    assert main([f"file://{tmp_path}/nowhere/{MANIFEST}", str(tmp_path / "nvme")]) == 2
     assert "no such manifest" in capsys.readouterr().err
 
 

@@ -7,11 +7,20 @@ from pipeline.work.store import Store
 
 
 class _Counting(Store):
-    reads = 0
+    reads = 0  # ranges requested
+    batches = 0  # requests made together (concurrent on an object store)
 
     def read_range(self, rel, start, end):
         type(self).reads += 1
+        type(self).batches += 1
         return super().read_range(rel, start, end)
+
+    def read_batch(self, rel, starts, ends):
+        type(self).reads += len(starts)
+        type(self).batches += 1
+        type(self).batches -= len(starts) < 2  # read_range counts a lone range
+        type(self).reads -= len(starts) < 2
+        return super().read_batch(rel, starts, ends)
 
 
 def test_an_object_store_file_gives_exactly_its_documents_tokens_and_only_their_runs():
@@ -29,4 +38,4 @@ def test_an_object_store_file_gives_exactly_its_documents_tokens_and_only_their_
         for s, n, at in zip(starts, lengths, local):
             assert np.array_equal(got[at : at + n], tokens[s : s + n])
         assert len(got) < 200  # the runs, not the span from the first to the last document
-    assert _Counting.reads == 4
+    assert _Counting.reads == 4 and _Counting.batches == 1  # the 4 runs requested together

@@ -1,0 +1,228 @@
+"""Duplicate clusters as connected components over the dedupe edges, spread over tasks by node range.
+
+The documents are cut into node ranges (consecutive input files, `component_ranges`); a range's task holds only
+its own documents' labels and out-edges (a document has at most one edge per key slot, to a smaller key), never
+another range's, so no task holds more than its range's share of the pairs, however large a cluster grows.
+
+Min-label propagation with pointer jumping, in rounds of two stages (each one task per range):
+- propagate (range k): every node's label L (a smaller key in its cluster; at first its smallest out-neighbor)
+  lowered by the answers of the last round (the labels of its out-neighbors and of the node L points to);
+  then it asks each out-neighbor t and each label node L(a), proposing L(a): one row per target (the smallest
+  proposal), sorted by key, so each target range's rows are one slice;
+- answer (range j): its nodes' labels lowered by the proposals they got (downward along the edges), then each
+  asking range gets back, per node it asked about, that node's label (upward, and L(L(a)): the jump).
+A label is always a key of the same cluster and only falls, so the rounds end; they end when a round lowers no
+label, and then every edge joins two equal labels: each cluster carries its smallest key, the survivor, as
+`stages.dedupe.resolve_clusters` gives it. A chain of n documents takes ~log2(n) rounds (the jumps double);
+a giant cluster costs its center one row per asking range, not one per member.
+
+Then `removals` (per range: its removed documents, their survivors and exact flags; per survivor the count of
+its members here), `sizes` (per survivor range: the cluster sizes, in survivor order) and `write_resolved` (one
+task that streams the parts, in range order, into the resolve format: removed.bin, removed_exact.bin,
+survivors.bin, removed_index.bin and cluster_sizes.npy, byte-identical to the single-task resolve's). With
+verify, each verify task reads its partition's clusters straight from the removals parts.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from manifests.keys import doc_key, file_indices
+from pipeline.tasks.dedupe import (
+    CLUSTER_SIZES,
+    REMOVED,
+    REMOVED_EXACT,
+    REMOVED_INDEX,
+    SURVIVORS,
+    Part,
+    read_all,
+    read_parts,
+)
+from pipeline.tasks.process import Processed
+from pipeline.work.store import Store
+
+# documents per node range (consecutive whole files). A range's task holds at most ~100 B per clustered document
+# of its range (labels, out-edges, the asks and answers and their sorts); TOKENMILL_COMPONENT_DOCUMENTS overrides
+# it (tests cut the small sample into several ranges with it)
+COMPONENT_DOCUMENTS = int(os.environ.get("TOKENMILL_COMPONENT_DOCUMENTS", 5_000_000))
+EDGES, EXACT, NODES, LABELS = "edges.bin", "exact.bin", "nodes.bin", "labels.bin"
+ASKS, ANSWERS, SIZES = "asks.bin", "answers.bin", "sizes.bin"
+REMOVED_ROWS, COUNTS, CLUSTER_ROWS = "removed.bin", "counts.bin", "clusters.bin"
+
+
+def component_ranges(processed: list[Processed], documents: int = COMPONENT_DOCUMENTS) -> list[int]:
+    """The node ranges' bounds as doc keys (one more than ranges): consecutive files up to `documents` each."""
+    cuts, held = [0], 0
+    for p in processed:
+        if held and held + p.documents > documents:
+            cuts.append(doc_key(p.file_index, 0))
+            held = 0
+        held += p.documents
+    return cuts + [doc_key(len(processed), 0)]
+
+
+def _write(work: Store, path: str, array: np.ndarray) -> None:
+    work.write_bytes(path, np.ascontiguousarray(array, np.uint64).tobytes())
+
+
+def _array(work: Store, path: str, width: int = 1) -> np.ndarray:
+    data = np.frombuffer(work.read_bytes(path), np.uint64)
+    return data.reshape(-1, width) if width > 1 else data
+
+
+def propagate(folder: str, rnd: int, cuts: list[int], edges: list[Part] | str, state: str | None, answers: list[Part],
+              exact_slot: int | None, work: Store) -> dict:
+    """Round `rnd` of one node range: labels lowered by the answers, then the asks (see the module)."""
+    started = time.perf_counter()
+    if rnd == 0:  # its documents' edges from every dedupe partition, as (document, survivor) pairs
+        raw = read_parts(work, edges, 3)
+        exact = np.unique(raw[raw[:, 2] == exact_slot, 0]) if exact_slot is not None else np.zeros(0, np.uint64)
+        pairs = np.unique(raw[:, :2], axis=0) if len(raw) else np.zeros((0, 2), np.uint64)
+        del raw
+        _write(work, f"{folder}/{EDGES}", pairs)
+        _write(work, f"{folder}/{EXACT}", exact)
+        nodes, first = np.unique(pairs[:, 0], return_index=True)
+        labels = pairs[first, 1]  # the pairs are sorted: each document's first is its smallest out-neighbor
+        changed = int(len(nodes))
+    else:
+        pairs = _array(work, f"{edges}/{EDGES}", 2)
+        nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
+        asked = read_parts(work, answers, 2)  # (node, its label): one row per node this range asked about
+        order = np.argsort(asked[:, 0], kind="stable")
+        known, known_label = asked[order, 0], asked[order, 1]
+        new = labels.copy()
+        # every out-neighbor was asked about; a label node only if the label was set before the last asks
+        for source, target in ((np.searchsorted(nodes, pairs[:, 0]), pairs[:, 1]), (np.arange(len(nodes)), labels)):
+            at = np.minimum(np.searchsorted(known, target), max(len(known) - 1, 0))
+            mine = (known[at] == target) if len(known) else np.zeros(len(target), bool)
+            np.minimum.at(new, source[mine], known_label[at[mine]])
+        changed = int(np.count_nonzero(new < labels))
+        labels = new
+    # targets: every out-neighbor (proposed its source's label) and every label node (asked for the jump)
+    at = np.searchsorted(nodes, pairs[:, 0])
+    pointing = labels != nodes
+    targets = np.concatenate([pairs[:, 1], labels[pointing]])
+    proposals = np.concatenate([labels[at], labels[pointing]])
+    order = np.lexsort((proposals, targets))
+    targets, proposals = targets[order], proposals[order]
+    first = np.r_[True, targets[1:] != targets[:-1]] if len(targets) else np.zeros(0, bool)
+    asks = np.column_stack((targets[first], proposals[first]))
+    _write(work, f"{folder}/{NODES}", nodes)
+    _write(work, f"{folder}/{LABELS}", labels)
+    _write(work, f"{folder}/{ASKS}", asks)
+    record = {"round": rnd, "nodes": int(len(nodes)), "edges": int(len(pairs)), "asks": int(len(asks)),
+              "changed": changed,
+              "ask_offsets": np.searchsorted(asks[:, 0], np.asarray(cuts, np.uint64)).tolist(),
+              "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
+
+
+def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> dict:
+    """Round `rnd` of one node range: its nodes' labels lowered by the proposals it got, and each asking range's
+    answers (per node asked about, its label), in the asking ranges' order."""
+    started = time.perf_counter()
+    nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
+    data = read_all(work, [a.path for a in asks], [a.start * 16 for a in asks], [a.end * 16 for a in asks])
+    got = [np.frombuffer(d, np.uint64).reshape(-1, 2) for d in data]
+    every = np.concatenate(got) if got else np.zeros((0, 2), np.uint64)
+    all_nodes = np.union1d(nodes, every[:, 0])
+    new = all_nodes.copy()
+    new[np.searchsorted(all_nodes, nodes)] = labels
+    before = new.copy()
+    np.minimum.at(new, np.searchsorted(all_nodes, every[:, 0]), every[:, 1])
+    changed = int(np.count_nonzero(new < before))
+    replies = [np.column_stack((g[:, 0], new[np.searchsorted(all_nodes, g[:, 0])])) for g in got]
+    _write(work, f"{folder}/{NODES}", all_nodes)
+    _write(work, f"{folder}/{LABELS}", new)
+    _write(work, f"{folder}/{ANSWERS}", np.concatenate(replies) if replies else np.zeros((0, 2), np.uint64))
+    record = {"round": rnd, "nodes": int(len(all_nodes)), "asks": int(len(every)), "changed": changed,
+              "answer_offsets": np.cumsum([0] + [len(g) for g in got]).tolist(),
+              "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
+
+
+def removals(folder: str, state: str, exact_of: str, cuts: list[int], partitions: int | None, work: Store) -> dict:
+    """One range's removed documents (rows member, survivor, exact, by member), its members' count per survivor
+    (rows survivor, count, by survivor, offsets per survivor range), and with verify (`partitions`) the rows
+    (survivor, member, exact) by (survivor % partitions, survivor, member), offsets per partition."""
+    started = time.perf_counter()
+    nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
+    removed = labels != nodes
+    members, survivors = nodes[removed], labels[removed]
+    exact = np.isin(members, _array(work, f"{exact_of}/{EXACT}")).astype(np.uint64)
+    return _write_removals(folder, members, survivors, exact, cuts, partitions, work, started)
+
+
+def verdicts(folder: str, parts: list[Part], cuts: list[int], work: Store) -> dict:
+    """One node range's verified removals (its slice of every verify task's verdicts), written as `removals`
+    writes a range's: the sizes and the resolve writer then give the verified folder in the resolve format."""
+    started = time.perf_counter()
+    rows = read_parts(work, parts, 3)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    return _write_removals(folder, rows[:, 0], rows[:, 1], rows[:, 2], cuts, None, work, started)
+
+
+def _write_removals(folder: str, members: np.ndarray, survivors: np.ndarray, exact: np.ndarray, cuts: list[int],
+                    partitions: int | None, work: Store, started: float) -> dict:
+    _write(work, f"{folder}/{REMOVED_ROWS}", np.column_stack((members, survivors, exact)))
+    survivor, count = np.unique(survivors, return_counts=True)
+    _write(work, f"{folder}/{COUNTS}", np.column_stack((survivor, count.astype(np.uint64))))
+    record = {"removed": int(len(members)), "exact_removed": int(exact.sum()),
+              "count_offsets": np.searchsorted(survivor, np.asarray(cuts, np.uint64)).tolist()}
+    if partitions:
+        partition = survivors % np.uint64(partitions)
+        order = np.lexsort((members, survivors, partition))
+        rows = np.column_stack((survivors[order], members[order], exact[order]))
+        _write(work, f"{folder}/{CLUSTER_ROWS}", rows)
+        bounds = np.arange(partitions + 1, dtype=np.uint64)
+        record["cluster_offsets"] = np.searchsorted(partition[order], bounds).tolist()
+    record["seconds"] = time.perf_counter() - started
+    work.mark_done(folder, record)
+    return record
+
+
+def sizes(folder: str, counts: list[Part], work: Store) -> dict:
+    """One survivor range's cluster sizes (its members in every range, plus itself), in survivor order."""
+    started = time.perf_counter()
+    rows = read_parts(work, counts, 2)
+    survivor, at = np.unique(rows[:, 0], return_inverse=True)
+    size = np.bincount(at.ravel(), weights=rows[:, 1].astype(np.float64), minlength=len(survivor)).astype(np.int64) + 1
+    work.write_bytes(f"{folder}/{SIZES}", size.tobytes())
+    record = {"clusters": int(len(survivor)), "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
+
+
+def write_resolved(folder: str, removal_folders: list[str], size_folders: list[str], n_files: int, work: Store,
+                   extra: dict | None = None) -> dict:
+    """The resolve format, streamed from the parts in range order (each part is one range's, sorted; the ranges
+    are consecutive keys): one part in memory at a time. `extra`: more for the done record (verify's histogram)."""
+    started = time.perf_counter()
+    per_file = np.zeros(n_files, np.int64)
+    removed = exact_removed = 0
+    with (work.writer(f"{folder}/{REMOVED}") as keys, work.writer(f"{folder}/{REMOVED_EXACT}") as exact,
+          work.writer(f"{folder}/{SURVIVORS}") as kept):
+        for part in removal_folders:
+            rows = _array(work, f"{part}/{REMOVED_ROWS}", 3)
+            keys.write(np.ascontiguousarray(rows[:, 0]).tobytes())
+            kept.write(np.ascontiguousarray(rows[:, 1]).tobytes())
+            exact.write(rows[:, 2].astype(np.uint8).tobytes())
+            per_file += np.bincount(file_indices(rows[:, 0]).astype(np.int64), minlength=n_files)
+            removed += len(rows)
+            exact_removed += int(rows[:, 2].sum())
+    index = np.concatenate(([0], np.cumsum(per_file))).astype(np.uint64)
+    work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
+    clusters = sum(int(work.done(s)["clusters"]) for s in size_folders)
+    with work.writer(f"{folder}/{CLUSTER_SIZES}") as out:  # as np.save writes an int64 vector of that length
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)),
+                                                   "fortran_order": False, "shape": (clusters,)})
+        for s in size_folders:
+            out.write(work.read_bytes(f"{s}/{SIZES}"))
+    record = {"removed": removed, "exact_removed": exact_removed, "near_removed": removed - exact_removed,
+              "clusters": clusters, **(extra or {}), "seconds": time.perf_counter() - started}
+    work.mark_done(folder, record)
+    return record
