@@ -45,8 +45,8 @@ from pipeline.build.recipe import Recipe, RecipeError, recipe_from_dict
 from pipeline.build.registry import STAGE_NAMES
 from pipeline.build.tokenizer import recipe_tokenizer
 from pipeline.sweep import fit
-from pipeline.tasks import decontaminate as decontam
 from pipeline.sweep.config import Sweep, SweepError, load_sweep
+from pipeline.tasks import decontaminate as decontam
 from pipeline.work.progress import EventLog
 from pipeline.work.runner import BuildError, MissingOutputs, Runner, start_ray
 from pipeline.work.store import Store, fingerprint
