@@ -14,6 +14,7 @@ group. Sources are then interleaved by "virtual time": a document is placed at (
 source's share to within about one document. The group's stream is cut into its planned number of shards of
 near-equal tokens (`MixConfig.shard_tokens` at most, give or take a document).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,9 @@ MIX_POLICIES = ("natural", "downsample", "upsample")
 class MixConfig:
     policy: str = "natural"
     shard_tokens: int = 50_000_000  # at most this many tokens per shard, give or take a document
-    shards_per_group: int = 8  # a mix group (one task) writes this many shards: its memory holds one group's document table
+    shards_per_group: int = (
+        8  # a mix group (one task) writes this many shards: its memory holds one group's document table
+    )
     seed: int = 1234
 
     def __post_init__(self) -> None:
