@@ -15,13 +15,15 @@
 3. With `--memory-docs N`: per-task peak RSS and time of every kind of build task (process, keys, dedupe
    partition, resolve, count, mix) at 0.1x, 0.3x and 1x of an N-document corpus of short documents, and of one
    process task against the size of its input file (`--memory-file-mb`, default 8, 32, 128 MB of text). The
-   build plans and names its tasks itself (`pipeline.build.driver.run_stages`); `bench.measure.MeasuringRunner` in place of the Ray
+   build plans and names its tasks itself (`pipeline.build.driver.run_stages`); `bench.measure.MeasuringRunner` in place
+   of the Ray
    runner runs each task in a fresh process of its own, so `tokenmill build` over the same recipe and work dir
    afterwards re-uses every one of them.
 4. Prints the throughput table last: MB/s of input text (UTF-8 bytes of every readable document) and ratios.
 
 The machine is shared and noisy: compare rows of the same run, and repeat (`--repeat`) when a ratio matters.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,9 +54,14 @@ def bench_recipe(corpus: Path, base: str, partitions: int):
     the quality filters) over the generated corpus."""
     from pipeline.build.recipe import load_recipe
 
-    overrides = {"sources": [{"name": "slimpajama", "root": str(corpus / sample.SLIMPAJAMA_DIR)},
-                             {"name": "starcoderdata", "root": str(corpus / sample.STARCODER_DIR)}],
-                 "dedupe": {"partitions": partitions}, "mix": {"shard_tokens": 10_000_000}}
+    overrides = {
+        "sources": [
+            {"name": "slimpajama", "root": str(corpus / sample.SLIMPAJAMA_DIR)},
+            {"name": "starcoderdata", "root": str(corpus / sample.STARCODER_DIR)},
+        ],
+        "dedupe": {"partitions": partitions},
+        "mix": {"shard_tokens": 10_000_000},
+    }
     return load_recipe(RECIPES / f"{base}.yaml", overrides=overrides)
 
 
@@ -90,7 +97,9 @@ def hf_tokenizer_json(model_bytes: bytes, out: Path) -> Path:
     vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
     merges = []
     for piece, score in pieces:
-        splits = [(piece[:k], piece[k:], score) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        splits = [
+            (piece[:k], piece[k:], score) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab
+        ]
         merges += sorted(splits, key=lambda m: (vocab[m[0]], vocab[m[1]]))
     merges = [(a, b) for a, b, _ in sorted(merges, key=lambda m: m[2], reverse=True)]
     LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=False)._tokenizer.save(str(out))
@@ -103,8 +112,12 @@ def compare_tokenizers(texts: list[str], tokenizer, hf_json: Path) -> dict:
 
     ours = tokenizer.processor.encode(texts)
     theirs = [e.ids for e in HFTokenizer.from_file(str(hf_json)).encode_batch(texts, add_special_tokens=False)]
-    return {"sentencepiece_tokens": sum(map(len, ours)), "hf_tokens": sum(map(len, theirs)),
-            "documents_differing": sum(a != b for a, b in zip(ours, theirs)), "documents": len(texts)}
+    return {
+        "sentencepiece_tokens": sum(map(len, ours)),
+        "hf_tokens": sum(map(len, theirs)),
+        "documents_differing": sum(a != b for a, b in zip(ours, theirs)),
+        "documents": len(texts),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ tokenmill
@@ -142,9 +155,12 @@ def tokenize_stage(texts: list[str], tokenizer, workers: int, batch_documents: i
 
 def tokenmill_build(recipe, out: Path, workers: int) -> dict:
     seconds, manifest = timed_build(recipe, out, workers)
-    return {"seconds": seconds, "process_seconds": manifest.stages["process"]["seconds"],
-            "documents": sum(s.documents for s in manifest.splits.values()),
-            "tokens": sum(s.tokens for s in manifest.splits.values())}
+    return {
+        "seconds": seconds,
+        "process_seconds": manifest.stages["process"]["seconds"],
+        "documents": sum(s.documents for s in manifest.splits.values()),
+        "tokens": sum(s.tokens for s in manifest.splits.values()),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ datatrove
@@ -169,7 +185,11 @@ def datatrove_filters(source) -> list:
 
     rules = dataclasses.replace(source, filters={k: v for k, v in source.filters.items() if k not in DATATROVE_CLASSES})
     steps = [dt_filters.LambdaFilter(functools.partial(_keep_by_rule, keep=rule.keep)) for rule in build_filters(rules)]
-    return steps + [getattr(dt_filters, DATATROVE_CLASSES[k])(**(v or {})) for k, v in source.filters.items() if k in DATATROVE_CLASSES]
+    return steps + [
+        getattr(dt_filters, DATATROVE_CLASSES[k])(**(v or {}))
+        for k, v in source.filters.items()
+        if k in DATATROVE_CLASSES
+    ]
 
 
 class _QuietStderr:
@@ -221,18 +241,34 @@ def _datatrove_stages(source, work: Path, hf_json: Path) -> list[tuple[str, list
         reader, files = JsonlReader(str(root), glob_pattern="**/*.jsonl.zst"), len(list(root.rglob("*.jsonl.zst")))
     else:  # the subset of a StarCoderData file is its folder, as in tokenmill
         folder = source.train[0].split("/")[0]
-        reader = ParquetReader(str(root), glob_pattern="**/*.parquet", text_key=source.text_field, default_metadata={"subset": folder})
+        reader = ParquetReader(
+            str(root), glob_pattern="**/*.parquet", text_key=source.text_field, default_metadata={"subset": folder}
+        )
         files = len(list(root.rglob("*.parquet")))
     config = MinhashConfig(num_buckets=9, hashes_per_bucket=13, seed=1)  # SlimPajama's bands x rows
     signatures = MinhashDedupSignature(str(work / "sigs"), config)
     signatures._hash_func = _xxhash64
     return [
-        ("read, filter, signatures", [reader, *datatrove_filters(source), JsonlWriter(str(work / "kept"), compression=None),
-                                      signatures], files),
-        ("buckets", [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=config)], config.num_buckets),
+        (
+            "read, filter, signatures",
+            [reader, *datatrove_filters(source), JsonlWriter(str(work / "kept"), compression=None), signatures],
+            files,
+        ),
+        (
+            "buckets",
+            [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=config)],
+            config.num_buckets,
+        ),
         ("clusters", [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config)], 1),
-        ("dedupe, tokenize", [JsonlReader(str(work / "kept")), MinhashDedupFilter(str(work / "remove")),
-                              DocumentTokenizer(str(work / "tokens"), str(hf_json), eos_token="</s>")], files),
+        (
+            "dedupe, tokenize",
+            [
+                JsonlReader(str(work / "kept")),
+                MinhashDedupFilter(str(work / "remove")),
+                DocumentTokenizer(str(work / "tokens"), str(hf_json), eos_token="</s>"),
+            ],
+            files,
+        ),
         ("merge", [DocumentTokenizerMerger(str(work / "tokens"), str(work / "merged"), save_filename=source.name)], 1),
     ]
 
@@ -247,12 +283,20 @@ def datatrove_run(recipe, work: Path, workers: int, hf_json: Path) -> dict:
         for name, pipeline, tasks in _datatrove_stages(source, work / source.name, hf_json):
             started = time.perf_counter()
             with _QuietStderr(work / "datatrove.log"):
-                LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(work / source.name / "logs" / name)).run()
+                LocalPipelineExecutor(
+                    pipeline,
+                    tasks=tasks,
+                    workers=min(workers, tasks),
+                    logging_dir=str(work / source.name / "logs" / name),
+                ).run()
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
     merged = list(work.glob("*/merged/*.ds"))
-    return {"seconds": sum(seconds.values()), "stages": {k: round(v, 2) for k, v in seconds.items()},
-            "tokens": sum(p.stat().st_size for p in merged) // 2,
-            "documents": sum(p.with_name(p.name + ".index").stat().st_size // 8 for p in merged)}
+    return {
+        "seconds": sum(seconds.values()),
+        "stages": {k: round(v, 2) for k, v in seconds.items()},
+        "tokens": sum(p.stat().st_size for p in merged) // 2,
+        "documents": sum(p.with_name(p.name + ".index").stat().st_size // 8 for p in merged),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ dedupe memory
@@ -265,7 +309,9 @@ DOCUMENTS_PER_PARTITION = 62_500  # dedupe.partitions grows with the corpus, as 
 TASK_KINDS = tuple(stage.name for stage in STAGES if not stage.verify_only and not stage.decontaminate_only)
 
 
-def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = "") -> MeasuringRunner:
+def measure_build_tasks(
+    recipe, run: Path, workers: int, only: dict[str, set[int]] | None = None, stop_after: str = ""
+) -> MeasuringRunner:
     """`pipeline.build.driver.run_stages` over `recipe` with its output (and its work dir, run/work) under `run`, every
     task measured in its own process. Needs Ray only for the object store the build puts its tokenizer in."""
     import ray
@@ -279,7 +325,9 @@ def measure_build_tasks(recipe, run: Path, workers: int, only: dict[str, set[int
     out = Store.at(str(run))
     inputs = list_inputs(recipe)
     tokenizer = open_tokenizer(recipe, inputs, out)
-    runner = MeasuringRunner(out.child("work"), workers, EventLog(None, console=False), only=only or {}, stop_after=stop_after)
+    runner = MeasuringRunner(
+        out.child("work"), workers, EventLog(None, console=False), only=only or {}, stop_after=stop_after
+    )
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -307,9 +355,14 @@ def dedupe_memory(work: Path, documents: int, workers: int) -> list[dict]:
         partitions = max(1, round(count / DOCUMENTS_PER_PARTITION))
         runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", partitions), corpus_dir / "run", workers)
         done = [runner.work.done(folder) for folder in runner.folders["process"]]
-        row = {"documents": count, "text_mb": size_mb, "files": len(done), "partitions": partitions,
-               **{stage: m.brief() for stage, m in runner.measures.items()},
-               "largest_file_mb": round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1)}
+        row = {
+            "documents": count,
+            "text_mb": size_mb,
+            "files": len(done),
+            "partitions": partitions,
+            **{stage: m.brief() for stage, m in runner.measures.items()},
+            "largest_file_mb": round(max(sum(f["bytes_read"] for f in r["funnels"].values()) for r in done) / 1e6, 1),
+        }
         print(f"  memory: {row}", flush=True)
         rows.append(row)
     return rows
@@ -322,29 +375,48 @@ def process_memory(work: Path, file_mbs: tuple[float, ...] = (8, 32, 128)) -> li
     for file_mb in file_mbs:
         corpus_dir = work / f"file-{file_mb:g}mb"
         # 2 validation files first (file indexes 0, 1), then 2 training files of `file_mb` MB each
-        write_corpus(corpus_dir, CorpusShape(size_mb=round(2 * file_mb / sample.NATURAL_SHARE / (1 - VALIDATION_SHARE), 1), file_mb=file_mb))
-        runner = measure_build_tasks(bench_recipe(corpus_dir, "sample", 8), corpus_dir / "run", 1, only={"process": {2}}, stop_after="process")
+        write_corpus(
+            corpus_dir,
+            CorpusShape(size_mb=round(2 * file_mb / sample.NATURAL_SHARE / (1 - VALIDATION_SHARE), 1), file_mb=file_mb),
+        )
+        runner = measure_build_tasks(
+            bench_recipe(corpus_dir, "sample", 8), corpus_dir / "run", 1, only={"process": {2}}, stop_after="process"
+        )
         done = runner.work.done(runner.folders["process"][2])
         text_mb = sum(f["bytes_read"] for f in done["funnels"].values()) / 1e6
-        rows.append({"file_text_mb": round(text_mb, 1), "documents": done["documents"], **runner.measures["process"].brief()})
+        rows.append(
+            {"file_text_mb": round(text_mb, 1), "documents": done["documents"], **runner.measures["process"].brief()}
+        )
         print(f"  process memory: {rows[-1]}", flush=True)
     return rows
 
 
 def memory_table(rows: list[dict]) -> str:
     kinds = [k for k in TASK_KINDS if k in rows[0]]
-    lines = ["| documents | text MB | files (largest, MB of text) | partitions | "
-             + " | ".join(f"{k}: s, peak RSS MiB" for k in kinds) + " |", "|---:|---:|---:|---:|" + "---|" * len(kinds)]
+    lines = [
+        "| documents | text MB | files (largest, MB of text) | partitions | "
+        + " | ".join(f"{k}: s, peak RSS MiB" for k in kinds)
+        + " |",
+        "|---:|---:|---:|---:|" + "---|" * len(kinds),
+    ]
     for row in rows:
         cells = " | ".join(f"{row[k]['seconds']:.1f} s, {row[k]['peak_rss_mib']:.0f}" for k in kinds)
-        lines.append(f"| {row['documents']:,} | {row['text_mb']:g} | {row['files']} ({row['largest_file_mb']:g}) | "
-                     f"{row['partitions']} | {cells} |")
+        lines.append(
+            f"| {row['documents']:,} | {row['text_mb']:g} | {row['files']} ({row['largest_file_mb']:g}) | "
+            f"{row['partitions']} | {cells} |"
+        )
     return "\n".join(lines)
 
 
 def process_memory_table(rows: list[dict]) -> str:
     lines = ["| input file, MB of text | documents | process task: s, peak RSS MiB |", "|---:|---:|---|"]
-    return "\n".join(lines + [f"| {r['file_text_mb']:g} | {r['documents']:,} | {r['seconds']:.1f} s, {r['peak_rss_mib']:.0f} |" for r in rows])
+    return "\n".join(
+        lines
+        + [
+            f"| {r['file_text_mb']:g} | {r['documents']:,} | {r['seconds']:.1f} s, {r['peak_rss_mib']:.0f} |"
+            for r in rows
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -365,8 +437,10 @@ def measure_once(work: Path, recipes: dict, texts: list[str], tokenizer, args, a
     hf_json = hf_tokenizer_json(tokenizer.model_bytes, work / "hf-tokenizer.json")
     runs = work / f"runs-{attempt}"
     shutil.rmtree(runs, ignore_errors=True)  # both tools skip what an earlier run left finished
-    results = {"sentencepiece": bare_sentencepiece(texts, tokenizer, args.workers),
-               "tokenize": tokenize_stage(texts, tokenizer, args.workers, recipes["tinyllama"].batch_documents)}
+    results = {
+        "sentencepiece": bare_sentencepiece(texts, tokenizer, args.workers),
+        "tokenize": tokenize_stage(texts, tokenizer, args.workers, recipes["tinyllama"].batch_documents),
+    }
     for key, name in (("tokenmill", "tinyllama"), ("tokenmill_quality", "quality")):
         if key in args.rows:
             results[key] = tokenmill_build(recipes[name], runs / f"tokenmill-{name}", args.workers)
@@ -396,24 +470,50 @@ def table(attempts: list[dict], text_bytes: int) -> str:
         for other in [against] + (["sentencepiece"] if key == "tokenmill" else []):
             if other in attempts[0]:
                 value = _median([a[other]["seconds"] / a[key]["seconds"] for a in attempts])
-                ratios.append(f"{value:.2f} of bare sentencepiece" if other == "sentencepiece" else f"{value:.2f}x datatrove")
+                ratios.append(
+                    f"{value:.2f} of bare sentencepiece" if other == "sentencepiece" else f"{value:.2f}x datatrove"
+                )
         lines.append(f"| {label} | {seconds:.1f} | {text_bytes / 1e6 / seconds:.2f} | {'; '.join(ratios)} |")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tokenmill bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", "--work", dest="work", type=Path, required=True, help="folder for the corpus, the runs and results.json")
-    parser.add_argument("--size-mb", type=float, default=100.0, help="MB of text in the generated corpus (default 100, the size BENCHMARKS.md reports)")
+    parser.add_argument(
+        "--out",
+        "--work",
+        dest="work",
+        type=Path,
+        required=True,
+        help="folder for the corpus, the runs and results.json",
+    )
+    parser.add_argument(
+        "--size-mb",
+        type=float,
+        default=100.0,
+        help="MB of text in the generated corpus (default 100, the size BENCHMARKS.md reports)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes / threads of every row (default 2)")
     parser.add_argument("--repeat", type=int, default=1, help="measure every row this many times (default 1)")
-    parser.add_argument("--rows", default=",".join(k for k, _, _ in ROWS[2:]),
-                        help="builds to run besides the tokenizer rows (default all: tokenmill,datatrove,tokenmill_quality,datatrove_quality)")
-    parser.add_argument("--partitions", type=int, default=8, help="dedupe.partitions of the tokenmill builds (default 8)")
-    parser.add_argument("--memory-docs", type=int, default=0, help="also measure dedupe memory at 0.1x/0.3x/1x of this many documents")
+    parser.add_argument(
+        "--rows",
+        default=",".join(k for k, _, _ in ROWS[2:]),
+        help="builds to run besides the tokenizer rows "
+        "(default all: tokenmill,datatrove,tokenmill_quality,datatrove_quality)",
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="dedupe.partitions of the tokenmill builds (default 8)"
+    )
+    parser.add_argument(
+        "--memory-docs", type=int, default=0, help="also measure dedupe memory at 0.1x/0.3x/1x of this many documents"
+    )
     parser.add_argument("--memory-only", action="store_true", help="only the dedupe memory measurement")
-    parser.add_argument("--memory-file-mb", default="8,32,128",
-                        help="with --memory-docs: MB of text of the input files whose process task is measured alone (default 8,32,128)")
+    parser.add_argument(
+        "--memory-file-mb",
+        default="8,32,128",
+        help="with --memory-docs: MB of text of the input files whose process task is measured alone "
+        "(default 8,32,128)",
+    )
     args = parser.parse_args(argv)
     args.rows = set(args.rows.split(",")) if args.rows else set()
     args.memory_file_mb = tuple(float(x) for x in args.memory_file_mb.split(",") if x)
@@ -426,17 +526,27 @@ def throughput(args) -> dict:
 
     corpus_dir = args.work / f"corpus-{args.size_mb:g}mb"
     corpus = write_corpus(corpus_dir, CorpusShape(size_mb=args.size_mb))
-    recipes = {"tinyllama": bench_recipe(corpus_dir, "sample", args.partitions),
-               "quality": bench_recipe(corpus_dir, "web-quality", args.partitions)}
+    recipes = {
+        "tinyllama": bench_recipe(corpus_dir, "sample", args.partitions),
+        "quality": bench_recipe(corpus_dir, "web-quality", args.partitions),
+    }
     cfg = recipes["tinyllama"].tokenizer
     tokenizer = Tokenizer.from_bytes(read_model_bytes(cfg.model), cfg.add_bos, cfg.add_eos)
     texts = read_texts(recipes["tinyllama"])
     text_bytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-    print(f"corpus {corpus_dir}: {text_bytes / 1e6:.1f} MB of text, {len(texts):,} documents, "
-          f"{sum(map(len, corpus['files'].values()))} files; {args.workers} workers", flush=True)
+    print(
+        f"corpus {corpus_dir}: {text_bytes / 1e6:.1f} MB of text, {len(texts):,} documents, "
+        f"{sum(map(len, corpus['files'].values()))} files; {args.workers} workers",
+        flush=True,
+    )
     attempts = [measure_once(args.work, recipes, texts, tokenizer, args, attempt) for attempt in range(args.repeat)]
-    return {"corpus": corpus, "text_bytes": text_bytes, "workers": args.workers, "attempts": attempts,
-            "hf_vs_sentencepiece": compare_tokenizers(texts[::10], tokenizer, args.work / "hf-tokenizer.json")}
+    return {
+        "corpus": corpus,
+        "text_bytes": text_bytes,
+        "workers": args.workers,
+        "attempts": attempts,
+        "hf_vs_sentencepiece": compare_tokenizers(texts[::10], tokenizer, args.work / "hf-tokenizer.json"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

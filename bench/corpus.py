@@ -10,6 +10,7 @@ StarCoderData (parquet, `content`) layouts, with planted duplicates whose truth 
 
 Every copy is placed in another file than its original, so dedupe must look across files to find it.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,9 @@ class TextPools:
                 blocks += [text[a:b].rstrip() for a, b in zip(cuts, cuts[1:] + [len(text)])]
         verses = sample.kjv_verses()
         short = [v["text"] for v in verses if len(v["text"]) <= sample.SHORT_MAX_CHARS]
-        return cls(verses, _sized(docstrings, unit_chars), _sized(headers, unit_chars), _sized(blocks, unit_chars), short)
+        return cls(
+            verses, _sized(docstrings, unit_chars), _sized(headers, unit_chars), _sized(blocks, unit_chars), short
+        )
 
 
 def _sized(units: list[str], most: int) -> list[str]:
@@ -139,7 +142,9 @@ class _Planter:
         if self.earlier and roll < 2 * PLANT_SHARE:
             original = self.rng.choice(self.earlier)
             # a near copy: one word in 1,000 characters (at least one) replaced, character 13-gram Jaccard ~0.9
-            copy = None if roll < PLANT_SHARE else sample.replace_words(original, max(1, len(original) // 1_000), self.rng)
+            copy = (
+                None if roll < PLANT_SHARE else sample.replace_words(original, max(1, len(original) // 1_000), self.rng)
+            )
             self.planted["exact_duplicates" if copy is None else "near_duplicates"] += 1
             return copy or original
         text = make()
@@ -198,11 +203,13 @@ def _write_starcoder(root: Path, pools: TextPools, shape: CorpusShape, budget: i
         planter.next_file()
         rel = f"python/train-{k:05d}-of-{count:05d}.parquet"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        table = pa.table({
-            "max_stars_repo_path": pa.array([f"Lib/generated_{k}_{i}.py" for i in range(len(docs))], pa.string()),
-            "id": pa.array([f"{k}-{i}" for i in range(len(docs))], pa.string()),
-            "content": pa.array(docs, pa.string()),
-        })
+        table = pa.table(
+            {
+                "max_stars_repo_path": pa.array([f"Lib/generated_{k}_{i}.py" for i in range(len(docs))], pa.string()),
+                "id": pa.array([f"{k}-{i}" for i in range(len(docs))], pa.string()),
+                "content": pa.array(docs, pa.string()),
+            }
+        )
         pq.write_table(table, root / rel)
         _count(summary, "starcoderdata", rel, len(docs), {})
     summary["planted"]["starcoderdata"].update(planter.planted)
@@ -224,8 +231,12 @@ def write_corpus(out: Path, shape: CorpusShape) -> dict:
         return json.loads(marker.read_text())
     started = time.perf_counter()
     pools = TextPools.load(shape.unit_chars)
-    summary = {**wanted, "files": {"slimpajama": [], "starcoderdata": []}, "documents": {"slimpajama": 0, "starcoderdata": 0},
-               "planted": {"slimpajama": {}, "starcoderdata": {}}}
+    summary = {
+        **wanted,
+        "files": {"slimpajama": [], "starcoderdata": []},
+        "documents": {"slimpajama": 0, "starcoderdata": 0},
+        "planted": {"slimpajama": {}, "starcoderdata": {}},
+    }
     total = int(shape.size_mb * 1e6)
     natural = int(total * sample.NATURAL_SHARE)
     _write_slimpajama(out / sample.SLIMPAJAMA_DIR, pools, shape, natural, summary)
@@ -233,7 +244,6 @@ def write_corpus(out: Path, shape: CorpusShape) -> dict:
     summary["seconds"] = round(time.perf_counter() - started, 1)
     marker.write_text(json.dumps(summary, indent=1))
     return summary
-
 
 
 # ------------------------------------------------------------------------------------------------ recall corpus
@@ -246,7 +256,12 @@ def natural_documents() -> list[tuple[str, str]]:
     """(subset, text): every KJV chapter, and each stdlib module's docstrings in passages of ~1-4 KB."""
     docs = []
     for (book, chapter), verses in groupby(sample.kjv_verses(), key=lambda v: (v["book"], v["chapter"])):
-        docs.append(("RedPajamaBook", f"{book} {chapter}\n\n" + "\n".join(f"{chapter}:{v['verse']} {v['text']}" for v in verses)))
+        docs.append(
+            (
+                "RedPajamaBook",
+                f"{book} {chapter}\n\n" + "\n".join(f"{chapter}:{v['verse']} {v['text']}" for v in verses),
+            )
+        )
     for _, docstrings in sample.stdlib_docstrings():
         passage = ""
         for name, doc in docstrings:
@@ -334,9 +349,15 @@ def write_recall_corpus(folder: Path, pairs: int, chains: int, seed: int) -> tup
         rng.shuffle(docs)
         count = max(2, sum(len(t) for _, t in docs) // FILE_BYTES)
         for i, (subset, text) in enumerate(docs):
-            name = f"{prefix}/train/chunk1/train_{i % count:03d}.jsonl.zst" if kind == "jsonl" else f"{prefix}/python/train-{i % count:05d}.parquet"
+            name = (
+                f"{prefix}/train/chunk1/train_{i % count:03d}.jsonl.zst"
+                if kind == "jsonl"
+                else f"{prefix}/python/train-{i % count:05d}.parquet"
+            )
             files[name].append({"text": text, "subset": subset, "id": f"{prefix}-{i}"})
-    validation = files.pop(sorted(n for n in files if n.startswith("slimpajama"))[-1])  # SlimPajama has a validation split
+    validation = files.pop(
+        sorted(n for n in files if n.startswith("slimpajama"))[-1]
+    )  # SlimPajama has a validation split
     files["slimpajama/validation/chunk1/validation_000.jsonl.zst"] = validation[:20]
     planted = plant_recall_pairs({n: e for n, e in files.items() if "validation" not in n}, pairs, chains, rng)
     by_key = {}
@@ -344,13 +365,23 @@ def write_recall_corpus(folder: Path, pairs: int, chains: int, seed: int) -> tup
         path = folder / name.replace("slimpajama/", "SlimPajama-627B/", 1)
         path.parent.mkdir(parents=True, exist_ok=True)
         if name.endswith(".jsonl.zst"):
-            lines = b"".join(orjson.dumps({"text": d["text"], "meta": {"redpajama_set_name": d["subset"]}}) + b"\n" for d in entries)
+            lines = b"".join(
+                orjson.dumps({"text": d["text"], "meta": {"redpajama_set_name": d["subset"]}}) + b"\n" for d in entries
+            )
             path.write_bytes(zstandard.ZstdCompressor(level=3).compress(lines))
             by_key.update({f"{name}#{line}": d for line, d in enumerate(entries, 1)})
         else:
-            pq.write_table(pa.table({"max_stars_repo_path": [f"Lib/{i}.py" for i in range(len(entries))], "max_stars_repo_name": ["python/cpython"] * len(entries),
-                                     "max_stars_count": pa.array([1] * len(entries), pa.int64()), "id": [d["id"] for d in entries],
-                                     "content": [d["text"] for d in entries]}), path)
+            pq.write_table(
+                pa.table(
+                    {
+                        "max_stars_repo_path": [f"Lib/{i}.py" for i in range(len(entries))],
+                        "max_stars_repo_name": ["python/cpython"] * len(entries),
+                        "max_stars_count": pa.array([1] * len(entries), pa.int64()),
+                        "id": [d["id"] for d in entries],
+                        "content": [d["text"] for d in entries],
+                    }
+                ),
+                path,
+            )
             by_key.update({f"{name}#{row}": d for row, d in enumerate(entries)})
     return by_key, planted
-

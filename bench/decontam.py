@@ -7,7 +7,8 @@ The eval items are real text: King James verses two at a time and standard-libra
 source, as a code benchmark's prompt + solution), taken until the index has about --ngrams n-grams. Much of that
 text is in the sample too, so the set's action is `flag`: a matched document is kept and processed like any other,
 and the figures are the matching's own cost (with `drop`, matched documents are not tokenized and the stage gets
-cheaper, which would hide it). Every input file of the sample recipe is processed by `pipeline.tasks.process.process_file`
+cheaper, which would hide it). Every input file of the sample recipe is processed by
+`pipeline.tasks.process.process_file`
 one after the other in one process (what one Ray worker does, task after task), with the index loaded in that
 process (a build shares one copy through Ray's object store; counting it here is the worst case). Reported:
 the index's build time and size, the process CPU seconds (the least of --repeats runs of each), the peak RSS
@@ -144,7 +145,8 @@ def main() -> None:
         return
     index = build(out, args.size_mb, args.ngrams)
     print(
-        f"index: {index['ngrams']:,} n-grams of {index['sets'][0]['items']:,} items, {index['index_bytes'] / 2**20:.1f} MiB, "
+        f"index: {index['ngrams']:,} n-grams of {index['sets'][0]['items']:,} items, "
+        f"{index['index_bytes'] / 2**20:.1f} MiB, "
         f"built in {index['build_seconds']:.1f}s",
         flush=True,
     )
@@ -182,7 +184,8 @@ def main() -> None:
         "extra_peak_rss_mib": extra_rss,
         "matched_documents": best["with"]["matched_documents"],
         "match_cpu_seconds": min(r["match_cpu_seconds"] for r in runs if r["with_index"]),
-        "match_share_of_process_cpu": min(r["match_cpu_seconds"] for r in runs if r["with_index"]) / best["without"]["cpu_seconds"],
+        "match_share_of_process_cpu": min(r["match_cpu_seconds"] for r in runs if r["with_index"])
+        / best["without"]["cpu_seconds"],
     }
     print(json.dumps(summary, indent=1))
 

@@ -12,6 +12,7 @@ pair's and every removed document's exact Jaccard (with its cluster's survivor) 
 shingles after its normalization. Each setting runs a real build (embedded Ray) of the `sample` recipe with only
 `dedupe.minhash.preset` changed, so both see the same documents.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,19 @@ def run_build(corpus: Path, out: Path, preset: str, workers: int) -> dict:
     from pipeline.build.recipe import load_recipe
 
     recipe = out.parent / f"recipe-{preset}.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "extends": str(ROOT / "manifests/recipes/sample.yaml"), "name": f"dedupe-recall-{preset}",
-        "sources": [{"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")}, {"name": "starcoderdata", "root": str(corpus / "starcoderdata")}],
-        "dedupe": {"minhash": {"preset": preset}, "partitions": 4},
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "extends": str(ROOT / "manifests/recipes/sample.yaml"),
+                "name": f"dedupe-recall-{preset}",
+                "sources": [
+                    {"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")},
+                    {"name": "starcoderdata", "root": str(corpus / "starcoderdata")},
+                ],
+                "dedupe": {"minhash": {"preset": preset}, "partitions": 4},
+            }
+        )
+    )
     shutil.rmtree(out, ignore_errors=True)
     wall, manifest = timed_build(load_recipe(recipe), out, workers)
     return {"manifest": manifest, "wall": wall, "stats": json.loads((out / BUILD_STATS).read_text())}
@@ -73,7 +82,9 @@ def process_cpu(work: Path, rounds: int) -> dict[str, list[float]]:
         for i, inp in enumerate(inputs):
             for preset in SETTINGS if (r + i) % 2 else SETTINGS[::-1]:
                 started = time.process_time()
-                record = process_file(f"{preset}/{i}", inp, store, tokenizer, recipes[preset].dedupe, recipes[preset].batch_documents)
+                record = process_file(
+                    f"{preset}/{i}", inp, store, tokenizer, recipes[preset].dedupe, recipes[preset].batch_documents
+                )
                 seconds[preset][r] += time.process_time() - started
             mb += sum(f["bytes_read"] for f in record["funnels"].values()) / 1e6 if r == 0 else 0
     shutil.rmtree(work / "process-cpu", ignore_errors=True)
@@ -94,7 +105,10 @@ def verify_memory(work: Path, removals: int) -> dict:
     for f in range(files):
         sigs = rng.integers(0, 1 << 16, (per_file, 256), dtype=np.uint16)
         store.write_bytes(f"process/f{f}/sig.bin", pack_signatures(np.arange(1, per_file + 1, dtype=np.uint64), sigs))
-    keys = np.unique((rng.integers(0, files, 3 * removals).astype(np.uint64) << np.uint64(32)) | rng.integers(1, per_file + 1, 3 * removals).astype(np.uint64))
+    keys = np.unique(
+        (rng.integers(0, files, 3 * removals).astype(np.uint64) << np.uint64(32))
+        | rng.integers(1, per_file + 1, 3 * removals).astype(np.uint64)
+    )
     rng.shuffle(keys)
     survivors, members = keys[: removals // 3], keys[removals // 3 : removals // 3 + removals]
     chosen = survivors[rng.integers(0, len(survivors), removals)]
@@ -108,8 +122,12 @@ def verify_memory(work: Path, removals: int) -> dict:
     dedupe_tasks.verify_partition("verify/p0", 0, "resolved", [f"process/f{f}" for f in range(files)], 0.78, store)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     shutil.rmtree(work / "verify-memory", ignore_errors=True)
-    return {"removals": removals, "seconds": round(time.perf_counter() - started, 2), "peak_mib": round((peak - base) / 1024),
-            "bytes_per_removal": round((peak - base) * 1024 / removals)}
+    return {
+        "removals": removals,
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_mib": round((peak - base) / 1024),
+        "bytes_per_removal": round((peak - base) * 1024 / removals),
+    }
 
 
 def removals(out: Path, manifest: Manifest) -> tuple[list[tuple[str, str]], list[bool]]:
@@ -164,11 +182,17 @@ def evaluate(by_key: dict[str, dict], planted: list[dict], removed: list[tuple[s
     largest = max(clusters.items(), key=lambda kv: (len(kv[1]), kv[0])) if clusters else ("-", [1.0])
     false = sum(j < 0.7 for j in edge)
     return {
-        "recall_at_085": high[0] / high[1] if high[1] else None, "pairs_at_085": high[1], "missed_at_085": high[1] - high[0],
+        "recall_at_085": high[0] / high[1] if high[1] else None,
+        "pairs_at_085": high[1],
+        "missed_at_085": high[1] - high[0],
         "chain_pairs_caught": f"{chain[0]}/{chain[1]}",
         "recall_by_bin": {f"{a:.2f}-{min(b, 1.0):.2f}": f"{c}/{n}" for (a, b), (c, n) in caught.items()},
-        "removed": len(removed), "exact_removed": int(sum(exact)), "false_removals": false, "false_share": false / len(removed) if removed else 0.0,
-        "largest_cluster": len(largest[1]) + 1, "largest_cluster_weakest_edge": round(min(largest[1]), 4),
+        "removed": len(removed),
+        "exact_removed": int(sum(exact)),
+        "false_removals": false,
+        "false_share": false / len(removed) if removed else 0.0,
+        "largest_cluster": len(largest[1]) + 1,
+        "largest_cluster_weakest_edge": round(min(largest[1]), 4),
         "weakest_edge": round(min(edge), 4) if edge else None,
         "removed_jaccard_histogram": np.histogram(edge, bins=np.linspace(0, 1, 21))[0].tolist(),
     }
@@ -181,14 +205,23 @@ def process_cost(manifest: Manifest) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Near-duplicate recall / false removals against planted truth, per MinHash setting.")
+    parser = argparse.ArgumentParser(
+        description="Near-duplicate recall / false removals against planted truth, per MinHash setting."
+    )
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (emptied first)")
     parser.add_argument("--pairs", type=int, default=1200, help="planted near-duplicate pairs")
     parser.add_argument("--chains", type=int, default=40, help="planted chains of 4-6 documents")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=1, help="builds per setting, alternating (process cost: the median)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="builds per setting, alternating (process cost: the median)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verify-memory", type=int, default=0, help="instead: peak memory of one verify task holding this many removals")
+    parser.add_argument(
+        "--verify-memory",
+        type=int,
+        default=0,
+        help="instead: peak memory of one verify task holding this many removals",
+    )
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     if args.verify_memory:
@@ -197,8 +230,10 @@ def main() -> None:
     started = time.perf_counter()
     by_key, planted = write_recall_corpus(args.work / "corpus", args.pairs, args.chains, args.seed)
     text_mb = sum(len(d["text"].encode()) for d in by_key.values()) / 1e6
-    print(f"corpus: {len(by_key)} documents, {text_mb:.1f} MB, {len(planted)} planted pairs ({args.chains} chains) "
-          f"({sum(p['jaccard'] >= 0.85 for p in planted)} at J >= 0.85), written in {time.perf_counter() - started:.0f} s")
+    print(
+        f"corpus: {len(by_key)} documents, {text_mb:.1f} MB, {len(planted)} planted pairs ({args.chains} chains) "
+        f"({sum(p['jaccard'] >= 0.85 for p in planted)} at J >= 0.85), written in {time.perf_counter() - started:.0f} s"
+    )
     results: dict[str, dict] = {}
     costs: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.repeat):
@@ -207,8 +242,11 @@ def main() -> None:
             run = run_build(args.work / "corpus", out, preset, args.workers)
             costs[preset].append(process_cost(run["manifest"]))
             removed, exact = removals(out, run["manifest"])
-            results[preset] = {**evaluate(by_key, planted, removed, exact), "wall_s": round(run["wall"], 1),
-                               "similarity_histogram": run["stats"]["duplicates"].get("similarity")}
+            results[preset] = {
+                **evaluate(by_key, planted, removed, exact),
+                "wall_s": round(run["wall"], 1),
+                "similarity_histogram": run["stats"]["duplicates"].get("similarity"),
+            }
     for preset in SETTINGS:
         results[preset]["process_s_per_mb"] = round(float(np.median(costs[preset])), 3)
         results[preset]["process_s_per_mb_runs"] = [round(c, 3) for c in costs[preset]]
@@ -219,16 +257,27 @@ def main() -> None:
     (args.work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     for preset in SETTINGS:
         r = results[preset]
-        print(f"{preset}: caught by planted J {r['recall_by_bin']}; chain pairs caught {r['chain_pairs_caught']}; "
-              f"removals' exact J with their survivor in 0.05 bins {r['removed_jaccard_histogram']}; build {r['wall_s']} s, "
-              f"process s/MB {r['process_s_per_mb_runs']}")
-    print(f"\n{'setting':<12} {'recall J>=0.85':>15} {'missed':>7} {'removed':>8} {'false (<0.7)':>13} {'largest cluster, weakest edge':>30} {'process s/MB':>13}")
+        print(
+            f"{preset}: caught by planted J {r['recall_by_bin']}; chain pairs caught {r['chain_pairs_caught']}; "
+            f"removals' exact J with their survivor in 0.05 bins {r['removed_jaccard_histogram']}; build {r['wall_s']} "
+            "s, "
+            f"process s/MB {r['process_s_per_mb_runs']}"
+        )
+    print(
+        f"\n{'setting':<12} {'recall J>=0.85':>15} {'missed':>7} {'removed':>8} {'false (<0.7)':>13} "
+        f"{'largest cluster, weakest edge':>30} {'process s/MB':>13}"
+    )
     for preset in SETTINGS:
         r = results[preset]
-        print(f"{preset:<12} {r['recall_at_085']:>15.4f} {r['missed_at_085']:>7} {r['removed']:>8} {r['false_removals']:>5} ({r['false_share']:.3%})"
-              f" {r['largest_cluster']:>14}, J {r['largest_cluster_weakest_edge']:<8} {r['process_s_per_mb']:>13.3f}")
-    print(f"process cost, verified / slimpajama: {ratio:.2f}x in the builds' task seconds (median of {args.repeat}); "
-          f"{cpu_ratio:.2f}x in CPU seconds of process_file in one process, median of 3 rounds ({cpu})")
+        print(
+            f"{preset:<12} {r['recall_at_085']:>15.4f} {r['missed_at_085']:>7} {r['removed']:>8} "
+            f"{r['false_removals']:>5} ({r['false_share']:.3%})"
+            f" {r['largest_cluster']:>14}, J {r['largest_cluster_weakest_edge']:<8} {r['process_s_per_mb']:>13.3f}"
+        )
+    print(
+        f"process cost, verified / slimpajama: {ratio:.2f}x in the builds' task seconds (median of {args.repeat}); "
+        f"{cpu_ratio:.2f}x in CPU seconds of process_file in one process, median of 3 rounds ({cpu})"
+    )
     (args.work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
 

@@ -9,6 +9,7 @@ without compile, and an fp32 replica (the exact function). Prints relative L2 er
 bf16 runs differ from fp32 by a few % at initialisation whatever the implementation (rounding in 22 layers of
 forward); what matters is that the replica is no further from fp32 than FSDP is, and that nothing grows from
 step to step (stale weights or gradients left from the previous step would)."""
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,16 @@ def reference(kind: str, state: dict, args, mesh, batches) -> dict[str, torch.Te
         runner = model
     else:
         dtype = torch.float32 if kind == "replica fp32" else torch.bfloat16
-        model, replica = parallelize(model, mesh, param_dtype=dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=False, fp32_residual=False)
+        model, replica = parallelize(
+            model,
+            mesh,
+            param_dtype=dtype,
+            compile=False,
+            ac_every=0,
+            reshard_after_forward=False,
+            fp8=False,
+            fp32_residual=False,
+        )
         runner = replica.module
     return gradients(model, runner, batches, args.accumulation)
 
@@ -80,7 +90,12 @@ def relative_errors(got: dict, ref: dict) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--micro-batch", type=int, default=1, help="fp32 attention runs on the math kernel, which stores the attention matrices")
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=1,
+        help="fp32 attention runs on the math kernel, which stores the attention matrices",
+    )
     parser.add_argument("--accumulation", type=int, default=4)
     args = parser.parse_args()
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29531")):
@@ -96,22 +111,51 @@ def main() -> None:
     args.preset = "tinyllama-1.1b" if cuda else "tiny"
     cfg = TrainConfig(manifest="unused", preset=args.preset, out=Path("unused"), lr=4e-4, warmup_steps=0)
     rows = args.steps * args.accumulation * args.micro_batch
-    tokens = torch.randint(0, 32000, (rows, PRESETS[args.preset].context + 1), generator=torch.Generator().manual_seed(0)).to(device)
+    tokens = torch.randint(
+        0, 32000, (rows, PRESETS[args.preset].context + 1), generator=torch.Generator().manual_seed(0)
+    ).to(device)
 
-    model, replica = parallelize(build(PRESETS[args.preset], seed=1), mesh, param_dtype=torch.bfloat16, compile=cuda, ac_every=0, reshard_after_forward=False, fp8=False, fp32_residual=False)
+    model, replica = parallelize(
+        build(PRESETS[args.preset], seed=1),
+        mesh,
+        param_dtype=torch.bfloat16,
+        compile=cuda,
+        ac_every=0,
+        reshard_after_forward=False,
+        fp8=False,
+        fp32_residual=False,
+    )
     optimizer = build_optimizer(model, cfg, fused=cuda)
     replica.follow(optimizer)
-    print(f"{args.preset}, {args.accumulation} micro-batches of {args.micro_batch} x {PRESETS[args.preset].context} tokens per step; relative L2 error of the gradients")
-    print(f"{'step':>4}  {'replica (compiled) vs' if cuda else 'replica vs':22s}" + "".join(f"{f:>16s}" for f in FAMILIES))
+    print(
+        f"{args.preset}, {args.accumulation} micro-batches of {args.micro_batch} x {PRESETS[args.preset].context} "
+        "tokens per step; relative L2 error of the gradients"
+    )
+    print(
+        f"{'step':>4}  {'replica (compiled) vs' if cuda else 'replica vs':22s}" + "".join(f"{f:>16s}" for f in FAMILIES)
+    )
     for step in range(args.steps):
-        got = gradients(model, replica.module, micro_batches(tokens, step, args.micro_batch, args.accumulation), args.accumulation)
+        got = gradients(
+            model, replica.module, micro_batches(tokens, step, args.micro_batch, args.accumulation), args.accumulation
+        )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        fp32 = reference("replica fp32", state, args, mesh, micro_batches(tokens, step, args.micro_batch, args.accumulation))
+        fp32 = reference(
+            "replica fp32", state, args, mesh, micro_batches(tokens, step, args.micro_batch, args.accumulation)
+        )
         for kind in ("replica fp32", "fsdp bf16", "replica bf16 eager"):
-            ref = fp32 if kind == "replica fp32" else reference(kind, state, args, mesh, micro_batches(tokens, step, args.micro_batch, args.accumulation))
+            ref = (
+                fp32
+                if kind == "replica fp32"
+                else reference(
+                    kind, state, args, mesh, micro_batches(tokens, step, args.micro_batch, args.accumulation)
+                )
+            )
             print(f"{step + 1:>4}  {kind:22s}" + "".join(f"{e:16.2e}" for e in relative_errors(got, ref)), flush=True)
             if kind == "fsdp bf16":
-                print(f"{'':>4}  {'(fsdp bf16 vs fp32)':22s}" + "".join(f"{e:16.2e}" for e in relative_errors(ref, fp32)), flush=True)
+                print(
+                    f"{'':>4}  {'(fsdp bf16 vs fp32)':22s}" + "".join(f"{e:16.2e}" for e in relative_errors(ref, fp32)),
+                    flush=True,
+                )
             if cuda:
                 torch.cuda.empty_cache()
         clip_grad_norm(optimizer, cfg.grad_clip)
@@ -119,7 +163,9 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=False)
         zeroed = all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
         refreshed = all(torch.equal(tensor, param.detach().to(tensor.dtype)) for tensor, param in replica.pairs)
-        print(f"{'':>4}  after the step: gradients zeroed {zeroed}, replica == bf16(fp32 weights) {refreshed}", flush=True)
+        print(
+            f"{'':>4}  after the step: gradients zeroed {zeroed}, replica == bf16(fp32 weights) {refreshed}", flush=True
+        )
     dist.destroy_process_group()
 
 

@@ -8,6 +8,7 @@ process's peak RSS (VmHWM) is then the task's own: exec gives a process a fresh 
 ru_maxrss of a forked child also counts the parent. When the build's Store is a `CountingStore`, each task's
 store requests and bytes are counted too.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,8 +111,17 @@ def task_child(path: str) -> None:
     started, cpu = time.perf_counter(), time.process_time()
     meter.start()  # as the build's runner does: the done record carries the task's peak RSS and CPU seconds
     record = fn(*args)
-    print(json.dumps({**status(), **CountingStore.counts, "seconds": time.perf_counter() - started,
-                      "cpu_seconds": time.process_time() - cpu, "logged_peak_rss_mib": record.get("peak_rss_mib")}))
+    print(
+        json.dumps(
+            {
+                **status(),
+                **CountingStore.counts,
+                "seconds": time.perf_counter() - started,
+                "cpu_seconds": time.process_time() - cpu,
+                "logged_peak_rss_mib": record.get("peak_rss_mib"),
+            }
+        )
+    )
 
 
 @dataclass(slots=True)
@@ -129,7 +139,9 @@ class StageMeasure:
     writes: int = 0
     write_bytes: int = 0
     max_args_bytes: int = 0  # what the driver ships to one task (pickled)
-    per_task: list = field(default_factory=list)  # (folder, VmHWM MiB, reads, read bytes, CPU s, its done record's peak RSS)
+    per_task: list = field(
+        default_factory=list
+    )  # (folder, VmHWM MiB, reads, read bytes, CPU s, its done record's peak RSS)
 
     def brief(self) -> dict:
         """Tasks run, the stage's wall seconds and its largest task's peak RSS in MiB."""
@@ -172,9 +184,13 @@ def _measure(stage: str, task: Task, m: StageMeasure) -> None:
     with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
         pickle.dump((task.fn, _resolved(task.args)), f)
         args_path, args_bytes = f.name, f.tell()
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.measure import task_child; task_child(sys.argv[1])"
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.measure import task_child; task_child(sys.argv[1])"
+    )
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", code, args_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, args_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     anon = 0.0
     while child.poll() is None:
         anon = max(anon, status(child.pid).get("RssAnon", 0.0))
@@ -196,8 +212,16 @@ def _measure(stage: str, task: Task, m: StageMeasure) -> None:
         m.writes += r["writes"]
         m.write_bytes += r["write_bytes"]
         m.max_args_bytes = max(m.max_args_bytes, args_bytes)
-        m.per_task.append((task.folder, round(r["VmHWM"], 1), r["reads"], r["read_bytes"], round(r["cpu_seconds"], 2),
-                           r.get("logged_peak_rss_mib")))
+        m.per_task.append(
+            (
+                task.folder,
+                round(r["VmHWM"], 1),
+                r["reads"],
+                r["read_bytes"],
+                round(r["cpu_seconds"], 2),
+                r.get("logged_peak_rss_mib"),
+            )
+        )
 
 
 def _resolved(args: tuple) -> tuple:

@@ -9,6 +9,7 @@ shipped `sample` recipe over it (TinyLlama's rules, exact + MinHash dedupe, down
 settings scaled to it, on an embedded Ray with 2 workers. A thread polls /proc every 50 ms: each Ray worker's
 resident memory is charged to the task it runs (its process title, `ray::process/...`), the driver's is its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,9 @@ def poll_tasks(peaks: dict[str, int], stop: threading.Event) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="A real multi-million-document build with every task's peak memory.")
-    parser.add_argument("--work", type=Path, required=True, help="scratch folder for the corpus and the build (the build is redone)")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="scratch folder for the corpus and the build (the build is redone)"
+    )
     parser.add_argument("--size-mb", type=float, default=1000, help="text in the corpus")
     parser.add_argument("--workers", type=int, default=2, help="tasks at a time")
     args = parser.parse_args()
@@ -67,12 +70,21 @@ def main() -> None:
     summary = write_corpus(corpus, CorpusShape(size_mb=args.size_mb, natural_chars=300, code_chars=400, file_mb=20.0))
     documents = sum(summary["documents"].values())
     recipe = args.work / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "extends": str(REPO / "manifests/recipes/sample.yaml"),
-        "sources": [{"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")}, {"name": "starcoderdata", "root": str(corpus / "starcoderdata")}],
-        "dedupe": {"partitions": max(4, documents // 800_000)},  # the rows per partition of the full corpus at 1,024
-        "mix": {"shard_tokens": 10_000_000},
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "extends": str(REPO / "manifests/recipes/sample.yaml"),
+                "sources": [
+                    {"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")},
+                    {"name": "starcoderdata", "root": str(corpus / "starcoderdata")},
+                ],
+                "dedupe": {
+                    "partitions": max(4, documents // 800_000)
+                },  # the rows per partition of the full corpus at 1,024
+                "mix": {"shard_tokens": 10_000_000},
+            }
+        )
+    )
     shutil.rmtree(args.work / "out", ignore_errors=True)
     import ray
 
@@ -94,9 +106,15 @@ def main() -> None:
         ray.shutdown()
     seconds = time.perf_counter() - started
     manifest = load(args.work / "out")
-    result = {"size_mb": args.size_mb, "documents_read": sum(s.documents_read for s in manifest.sources), "files": len(manifest.inputs),
-              "seconds": round(seconds, 1), "driver_peak_mib": round(status()["VmHWM"]), "task_peak_mib": {k: round(v / 2**20) for k, v in peaks.items()},
-              "stages": {k: {"tasks": v["tasks"], "seconds": v["seconds"]} for k, v in manifest.stages.items()}}
+    result = {
+        "size_mb": args.size_mb,
+        "documents_read": sum(s.documents_read for s in manifest.sources),
+        "files": len(manifest.inputs),
+        "seconds": round(seconds, 1),
+        "driver_peak_mib": round(status()["VmHWM"]),
+        "task_peak_mib": {k: round(v / 2**20) for k, v in peaks.items()},
+        "stages": {k: {"tasks": v["tasks"], "seconds": v["seconds"]} for k, v in manifest.stages.items()},
+    }
     (args.work / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

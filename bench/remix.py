@@ -8,6 +8,7 @@ the shipped `sample` recipe (TinyLlama's rules, downsample 7:3) over the corpus 
 (real text recombined, SlimPajama / StarCoderData layouts, 2 MB files). The new files are a second such corpus
 (another seed) of a tenth of the size, added under new names where the recipe's patterns match them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,14 @@ SOURCES = {"slimpajama": "SlimPajama-627B", "starcoderdata": "starcoderdata"}
 
 def recipe(folder: Path, corpus: Path, weights: tuple[int, int]) -> Path:
     path = folder / f"recipe-{weights[0]}-{weights[1]}.yaml"
-    sources = [{"name": name, "root": str(corpus / sub), "weight": w} for (name, sub), w in zip(SOURCES.items(), weights)]
-    path.write_text(yaml.safe_dump({"extends": str(Path(__file__).resolve().parents[1] / "manifests/recipes/sample.yaml"), "sources": sources}))
+    sources = [
+        {"name": name, "root": str(corpus / sub), "weight": w} for (name, sub), w in zip(SOURCES.items(), weights)
+    ]
+    path.write_text(
+        yaml.safe_dump(
+            {"extends": str(Path(__file__).resolve().parents[1] / "manifests/recipes/sample.yaml"), "sources": sources}
+        )
+    )
     return path
 
 
@@ -40,8 +47,12 @@ def build_from(recipe_path: Path, out: Path, workers: int) -> tuple[float, dict]
 
 
 def shard_bytes(out: Path, manifest: Manifest) -> dict[str, bytes]:
-    return {path.split("/", 1)[1]: (out / path).read_bytes()
-            for split in manifest.splits.values() for s in split.shards for path in (s.bin, s.idx)}
+    return {
+        path.split("/", 1)[1]: (out / path).read_bytes()
+        for split in manifest.splits.values()
+        for s in split.shards
+        for path in (s.bin, s.idx)
+    }
 
 
 def add_new_dumps(corpus: Path, scratch: Path, size_mb: float) -> int:
@@ -59,7 +70,9 @@ def add_new_dumps(corpus: Path, scratch: Path, size_mb: float) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Cost of a new mix and of new input files against a fresh build.")
-    parser.add_argument("--work", type=Path, required=True, help="scratch folder for the corpus and the builds (emptied first)")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="scratch folder for the corpus and the builds (emptied first)"
+    )
     parser.add_argument("--size-mb", type=float, default=100, help="text in the sample corpus")
     parser.add_argument("--workers", type=int, default=2, help="tasks at a time")
     args = parser.parse_args()
@@ -72,15 +85,32 @@ def main() -> None:
     rows.append(("fresh build 7:3", fresh73, m, None))
     remix, m = build_from(r64, args.work / "out", args.workers)
     fresh64, f = build_from(r64, args.work / "fresh64", args.workers)
-    rows.append(("weights 6:4, same output", remix, m, shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh64", f)))
+    rows.append(
+        (
+            "weights 6:4, same output",
+            remix,
+            m,
+            shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh64", f),
+        )
+    )
     rows.append(("fresh build 6:4", fresh64, f, None))
     files_before = len(m["inputs"])
     added = add_new_dumps(corpus, args.work / "new", args.size_mb / 10)
     grown, m = build_from(r64, args.work / "out", args.workers)
     fresh_all, f = build_from(r64, args.work / "fresh-all", args.workers)
-    rows.append((f"+{added} input files ({added / files_before:.0%}), same output", grown, m, shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh-all", f)))
+    rows.append(
+        (
+            f"+{added} input files ({added / files_before:.0%}), same output",
+            grown,
+            m,
+            shard_bytes(args.work / "out", m) == shard_bytes(args.work / "fresh-all", f),
+        )
+    )
     rows.append(("fresh build over all files", fresh_all, f, None))
-    print(f"\n{args.size_mb:.0f} MB corpus (+{args.size_mb / 10:.0f} MB added), {files_before} input files, {args.workers} workers")
+    print(
+        f"\n{args.size_mb:.0f} MB corpus (+{args.size_mb / 10:.0f} MB added), {files_before} input files, "
+        f"{args.workers} workers"
+    )
     print(f"{'build':<42} {'seconds':>8} {'of fresh':>9} {'stages that ran':<40} equal to fresh")
     fresh = {"weights": fresh64, "+": fresh_all}
     for name, seconds, manifest, equal in rows:

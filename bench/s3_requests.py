@@ -7,6 +7,7 @@ each request given to the stage in whose time window it was made (the build log'
 Prints, per corpus size, the requests of each stage by HTTP method and per input file: the figures that must
 stay a small constant per file as the corpus grows (no request per document, none per file x partition).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,36 @@ def measure(work: Path, size_mb: float, workers: int) -> dict:
     try:
         server.upload(corpus, "s3://tokenmill/sample")
         recipe = sample_recipe(CORPUS, work / f"recipe-{size_mb:g}")
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **server.env(proxy.endpoint), "PYTHONPATH": str(REPO)}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))},
+            **server.env(proxy.endpoint),
+            "PYTHONPATH": str(REPO),
+        }
         out = f"s3://tokenmill/out-{size_mb:g}"
         started = time.time()
-        subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(recipe), "--out", out, "--workers", str(workers), "--no-report"],
-                       env=env, check=True, capture_output=True, text=True, timeout=1800)
-        events = [json.loads(line) for line in server.fs.cat_file(f"{out.removeprefix('s3://')}/{BUILD_LOG}").decode().splitlines()]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "build",
+                str(recipe),
+                "--out",
+                out,
+                "--workers",
+                str(workers),
+                "--no-report",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        events = [
+            json.loads(line)
+            for line in server.fs.cat_file(f"{out.removeprefix('s3://')}/{BUILD_LOG}").decode().splitlines()
+        ]
         manifest = parse(server.fs.cat_file(f"{out.removeprefix('s3://')}/{MANIFEST}"), f"{out}/{MANIFEST}")
     finally:
         proxy.stop()
@@ -72,12 +97,18 @@ def measure(work: Path, size_mb: float, workers: int) -> dict:
             continue
         i = bisect.bisect_left(times, when)
         by_stage[ends[i][1] if i < len(ends) else "finalize"][method] += 1
-    return {"size_mb": size_mb, "files": len(manifest.inputs), "documents": sum(s.documents_read for s in manifest.sources),
-            "stages": {stage: dict(c) for stage, c in by_stage.items()}}
+    return {
+        "size_mb": size_mb,
+        "files": len(manifest.inputs),
+        "documents": sum(s.documents_read for s in manifest.sources),
+        "stages": {stage: dict(c) for stage, c in by_stage.items()},
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="S3 requests per build stage, counted at a proxy in front of a real S3 API server.")
+    parser = argparse.ArgumentParser(
+        description="S3 requests per build stage, counted at a proxy in front of a real S3 API server."
+    )
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for the corpora (emptied first)")
     parser.add_argument("--size-mb", type=float, nargs="+", default=[10, 20], help="corpus sizes to compare")
     parser.add_argument("--workers", type=int, default=2, help="tasks at a time")

@@ -9,6 +9,7 @@
   is the shipped sample recipe reading it from there).
 - `free_port`: a TCP port free on 127.0.0.1 now (the tests' Ray heads and nodes take theirs from here too).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -48,8 +49,13 @@ class S3Server:
         self._server.start()
         self.port = self._server.get_host_and_port()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.fs = fsspec.filesystem("s3", key="testing", secret="testing", skip_instance_cache=True,
-                                    client_kwargs={"endpoint_url": self.endpoint})
+        self.fs = fsspec.filesystem(
+            "s3",
+            key="testing",
+            secret="testing",
+            skip_instance_cache=True,
+            client_kwargs={"endpoint_url": self.endpoint},
+        )
 
     def env(self, endpoint: str | None = None) -> dict[str, str]:
         """What a process needs to use this server (or a proxy in front of it) as S3."""
@@ -69,9 +75,21 @@ class S3Server:
 
 # ------------------------------------------------------------------------------------------------ flaky store
 
-SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request '
-            b"rate.</Message><RequestId>TOKENMILLFAULT</RequestId><HostId>tokenmill-fault-proxy</HostId></Error>")
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect", "te", "trailer", "upgrade", "content-length"}
+SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request '
+    b"rate.</Message><RequestId>TOKENMILLFAULT</RequestId><HostId>tokenmill-fault-proxy</HostId></Error>"
+)
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "expect",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+}
 
 
 class FaultProxy:
@@ -161,7 +179,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         upstream = http.client.HTTPConnection("127.0.0.1", self.proxy.upstream_port, timeout=120)
         try:
-            upstream.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None, headers=headers)
+            upstream.request(
+                self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None, headers=headers
+            )
             response = upstream.getresponse()
             data = response.read()
         finally:

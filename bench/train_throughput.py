@@ -8,13 +8,15 @@ the same windows (the same initial weights too, but for torchtitan's), back to b
 
 `gpu` tokenizes Python sources found on the machine (standard library, then site-packages) with the mistral
 sentencepiece model into a multi-shard manifest (manifests/documents.py; the GPU machine has no Ray for `tokenmill
-build`), measures a bf16 matmul peak and the attention kernels, runs each tokenmill variant through `torchrun -m trainer.train` and the
+build`), measures a bf16 matmul peak and the attention kernels, runs each tokenmill variant through `torchrun -m
+trainer.train` and the
 baseline in its own process, and prints one table: tokens/s/GPU sustained after warm-up, MFU against the 989
 TFLOP/s datasheet peak and against the measured matmul peak, peak memory, share of time waiting for data, and
 the mean loss of the last logged steps. TinyLlama-1.1B, context 2048, bf16 compute. With `--batch-tokens`
 every run (the baseline too) takes optimizer steps of that many tokens, accumulating over micro-batches; the
 same windows then make up each step whatever the micro-batch, so all runs' losses are comparable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,12 +107,19 @@ def corpus(work: Path, tokens: int, tokenizer: Path | None) -> Path:
     model = tokenizer or Path(str(importlib.resources.files("mistral_common") / "data/tokenizer.model.v1"))
     encoder = Tokenizer.from_bytes(model.read_bytes(), add_bos=False, add_eos=True)
     ids, lengths = encoder.encode([text for _, text in docs], num_threads=os.cpu_count())
-    manifest = write_documents(work / "corpus", {"train": Documents([path for path, _ in docs], ids, lengths)},
-                               tokenizer=encoder.manifest_entry(str(model)), shard_tokens=tokens // 4,
-                               bytes_read=sum(len(text) for _, text in docs))
+    manifest = write_documents(
+        work / "corpus",
+        {"train": Documents([path for path, _ in docs], ids, lengths)},
+        tokenizer=encoder.manifest_entry(str(model)),
+        shard_tokens=tokens // 4,
+        bytes_read=sum(len(text) for _, text in docs),
+    )
     train = load(manifest).splits["train"]
-    print(f"corpus: {train.tokens:,} tokens, {train.documents:,} files, {len(train.shards)} shards in "
-          f"{time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"corpus: {train.tokens:,} tokens, {train.documents:,} files, {len(train.shards)} shards in "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     return manifest
 
 
@@ -153,9 +162,16 @@ def kernels() -> dict:
 
     def step(gqa: bool) -> None:
         keys, values = (k, v) if gqa else (k.repeat_interleave(8, 1), v.repeat_interleave(8, 1))
-        torch.nn.functional.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa).sum().backward()
+        torch.nn.functional.scaled_dot_product_attention(
+            q, keys, values, is_causal=True, enable_gqa=gqa
+        ).sum().backward()
 
-    backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    backends = {
+        "default": None,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    }
     for name, backend in backends.items():
         for gqa in (False, True):
             key = f"{name}{'+enable_gqa' if gqa else '+repeat'}"
@@ -168,9 +184,13 @@ def kernels() -> dict:
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        causal = create_block_mask(lambda b, h, q_index, k_index: q_index >= k_index, None, None, 2048, 2048, device="cuda")
+        causal = create_block_mask(
+            lambda b, h, q_index, k_index: q_index >= k_index, None, None, 2048, 2048, device="cuda"
+        )
         flex = torch.compile(flex_attention, fullgraph=True)
-        result["attention_ms"]["flex+enable_gqa"] = 1e3 * _median_seconds(lambda: flex(q, k, v, block_mask=causal, enable_gqa=True).sum().backward())
+        result["attention_ms"]["flex+enable_gqa"] = 1e3 * _median_seconds(
+            lambda: flex(q, k, v, block_mask=causal, enable_gqa=True).sum().backward()
+        )
     except Exception as e:  # noqa: BLE001 - an image without a working Triton still gets the other figures
         result["attention_ms"]["flex+enable_gqa"] = str(e).splitlines()[0][:100]
     return result
@@ -192,10 +212,19 @@ def fa4_attention(q, k, v) -> dict:
         found["fa4"] = 1e3 * _median_seconds(lambda: flash_attention(qt, kt, vt).sum().backward())
         grad = torch.randn_like(qt)
         refs = [x.detach().float().requires_grad_() for x in (qt, kt, vt)]
-        ref = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in refs), is_causal=True, enable_gqa=True).transpose(1, 2)
+        ref = F.scaled_dot_product_attention(
+            *(x.transpose(1, 2) for x in refs), is_causal=True, enable_gqa=True
+        ).transpose(1, 2)
         ref_grads = torch.autograd.grad(ref, refs, grad.float())
-        for name, fn in (("fa4", flash_attention), ("sdpa", lambda a, b, c: F.scaled_dot_product_attention(
-                a.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2), is_causal=True, enable_gqa=True).transpose(1, 2))):
+        for name, fn in (
+            ("fa4", flash_attention),
+            (
+                "sdpa",
+                lambda a, b, c: F.scaled_dot_product_attention(
+                    a.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2), is_causal=True, enable_gqa=True
+                ).transpose(1, 2),
+            ),
+        ):
             ins = [x.detach().clone().requires_grad_() for x in (qt, kt, vt)]
             out = fn(*ins)
             grads = torch.autograd.grad(out, ins, grad)
@@ -216,15 +245,28 @@ def linear_rates(micro_batch: int = 16) -> dict:
     with torch.device("meta"):
         model = Llama(PRESETS[PRESET])
     block = model.layers[0]
-    linears = {"qkv": block.attn.qkv, "o": block.attn.o, "gate_up": block.mlp.gate_up, "down": block.mlp.down, "output": model.output}
+    linears = {
+        "qkv": block.attn.qkv,
+        "o": block.attn.o,
+        "gate_up": block.mlp.gate_up,
+        "down": block.mlp.down,
+        "output": model.output,
+    }
     rates = {}
     for name, linear in linears.items():
         fan_out, fan_in = linear.weight.shape
         rows = LOSS_CHUNK_ROWS if name == "output" else micro_batch * CONTEXT
-        x, grad = torch.randn(rows, fan_in, device="cuda", dtype=torch.bfloat16), torch.randn(rows, fan_out, device="cuda", dtype=torch.bfloat16)
+        x, grad = (
+            torch.randn(rows, fan_in, device="cuda", dtype=torch.bfloat16),
+            torch.randn(rows, fan_out, device="cuda", dtype=torch.bfloat16),
+        )
         weight = torch.randn(fan_out, fan_in, device="cuda", dtype=torch.bfloat16)
         flops = 2 * rows * fan_in * fan_out
-        matmuls = {"forward": lambda: x @ weight.t(), "input grad": lambda: grad @ weight, "weight grad": lambda: grad.t() @ x}
+        matmuls = {
+            "forward": lambda: x @ weight.t(),
+            "input grad": lambda: grad @ weight,
+            "weight grad": lambda: grad.t() @ x,
+        }
         rates[name] = {kind: round(flops / _median_seconds(fn, 20) / 1e12) for kind, fn in matmuls.items()}
     return rates
 
@@ -256,21 +298,52 @@ def summarize(records: list[dict], warmup: int, tokens_per_step: int, nproc: int
 def trainer_args(name: str, manifest: Path, out: Path, args) -> list[str]:
     micro_batch, extra = VARIANTS[name][:2]
     return [
-        "--manifest", str(manifest), "--preset", PRESET, "--out", str(out), "--steps", str(args.steps),
-        "--micro-batch", str(micro_batch), "--batch-tokens", str(batch_tokens(micro_batch, args)),
-        "--warmup-steps", str(args.lr_warmup), "--log-every", str(args.log_every), "--save-every", "0", "--seed", str(args.seed), *extra,
+        "--manifest",
+        str(manifest),
+        "--preset",
+        PRESET,
+        "--out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--micro-batch",
+        str(micro_batch),
+        "--batch-tokens",
+        str(batch_tokens(micro_batch, args)),
+        "--warmup-steps",
+        str(args.lr_warmup),
+        "--log-every",
+        str(args.log_every),
+        "--save-every",
+        "0",
+        "--seed",
+        str(args.seed),
+        *extra,
     ]
 
 
 def run_tokenmill(name: str, manifest: Path, work: Path, args) -> dict:
     out = work / f"run-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "trainer.train"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(args.nproc),
+        "-m",
+        "trainer.train",
+    ]
     env = VARIANTS[name][2] if len(VARIANTS[name]) > 2 else {}
     _run_logged(torchrun + trainer_args(name, manifest, out, args), work / f"run-{name}.log", args.timeout, env)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     micro_batch, tokens = VARIANTS[name][0], batch_tokens(VARIANTS[name][0], args)
-    return {"micro_batch": micro_batch, "accumulation": tokens // (micro_batch * CONTEXT * args.nproc), **summarize([r for r in records if r["kind"] == "train"], args.warmup, tokens, args.nproc)}
+    return {
+        "micro_batch": micro_batch,
+        "accumulation": tokens // (micro_batch * CONTEXT * args.nproc),
+        **summarize([r for r in records if r["kind"] == "train"], args.warmup, tokens, args.nproc),
+    }
 
 
 def profile(args) -> dict:
@@ -290,7 +363,16 @@ def profile(args) -> dict:
     cfg = train.parse_config(trainer_args(args.variant, args.manifest, args.work / "profile", args))
     rt = train.init_distributed()
     _, runner, optimizer = train.build_model_and_optimizer(PRESETS[PRESET], cfg, rt)
-    loader = open_loader(load(args.manifest), "train", context=CONTEXT, batch=cfg.micro_batch, seed=cfg.seed, rank=0, world_size=1, device=rt.device)
+    loader = open_loader(
+        load(args.manifest),
+        "train",
+        context=CONTEXT,
+        batch=cfg.micro_batch,
+        seed=cfg.seed,
+        rank=0,
+        world_size=1,
+        device=rt.device,
+    )
     accumulation = cfg.accumulation(1)
     steps = max(2, -(-3 // accumulation))  # at least one step boundary inside the trace
     for _ in range(max(2, 8 // accumulation)):
@@ -314,8 +396,12 @@ def profile(args) -> dict:
         family = next((f for f, fragments in KERNEL_FAMILIES if any(x in kernel.lower() for x in fragments)), "other")
         families[family] = families.get(family, 0.0) + ms
     return {
-        "variant": args.variant, "accumulation": accumulation, "wall_ms_per_step": 1e3 * wall / steps, "gpu_ms_per_step": sum(kernels.values()),
-        "ms_per_step_by_family": families, "top_kernels_ms_per_step": sorted(kernels.items(), key=lambda k: -k[1])[:40],
+        "variant": args.variant,
+        "accumulation": accumulation,
+        "wall_ms_per_step": 1e3 * wall / steps,
+        "gpu_ms_per_step": sum(kernels.values()),
+        "ms_per_step_by_family": families,
+        "top_kernels_ms_per_step": sorted(kernels.items(), key=lambda k: -k[1])[:40],
         **idle_gaps(intervals, steps),
     }
 
@@ -328,7 +414,14 @@ def idle_gaps(intervals: list[tuple[float, float, str]], steps: int, shown: int 
     gaps = []
     for start, stop, name in intervals[1:]:
         if start > end:
-            gaps.append({"at_ms": round((end - first) / 1e3, 2), "idle_ms": round((start - end) / 1e3, 3), "after": before[:70], "before": name[:70]})
+            gaps.append(
+                {
+                    "at_ms": round((end - first) / 1e3, 2),
+                    "idle_ms": round((start - end) / 1e3, 3),
+                    "after": before[:70],
+                    "before": name[:70],
+                }
+            )
         if stop > end:
             end, before = stop, name
     return {
@@ -338,13 +431,20 @@ def idle_gaps(intervals: list[tuple[float, float, str]], steps: int, shown: int 
 
 
 def _run_logged(command: list[str], log: Path, timeout: int, extra_env: dict | None = None) -> None:
-    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     started = time.perf_counter()
     with open(log, "w") as f:
         done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=timeout)
     print(f"  {log.name}: exit {done.returncode} after {time.perf_counter() - started:.0f} s", flush=True)
     if done.returncode:
-        raise RuntimeError(f"{' '.join(command[:8])} ... exited {done.returncode}; last lines of {log}:\n" + "".join(log.read_text().splitlines(True)[-25:]))
+        raise RuntimeError(
+            f"{' '.join(command[:8])} ... exited {done.returncode}; last lines of {log}:\n"
+            + "".join(log.read_text().splitlines(True)[-25:])
+        )
 
 
 def hf_baseline(args) -> dict:
@@ -368,9 +468,26 @@ def hf_baseline(args) -> dict:
     with torch.device("cuda"):
         model = transformers.LlamaForCausalLM(config)
     model.load_state_dict(hf_state_dict(build(cfg, args.seed), torch.float32))
-    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps, warmup_steps=args.lr_warmup, micro_batch=args.micro_batch, batch_tokens=batch_tokens(args.micro_batch, args))
+    train_cfg = TrainConfig(
+        manifest=args.manifest,
+        preset=PRESET,
+        out=args.work,
+        steps=args.steps,
+        warmup_steps=args.lr_warmup,
+        micro_batch=args.micro_batch,
+        batch_tokens=batch_tokens(args.micro_batch, args),
+    )
     optimizer = build_optimizer(model, train_cfg, fused=True)
-    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cuda"))
+    loader = open_loader(
+        load(args.manifest),
+        "train",
+        context=cfg.context,
+        batch=args.micro_batch,
+        seed=args.seed,
+        rank=0,
+        world_size=1,
+        device=torch.device("cuda"),
+    )
 
     @torch.compile
     def loss_of(inputs, targets):
@@ -380,7 +497,11 @@ def hf_baseline(args) -> dict:
 
     records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, args.log_every)
     loader.close()
-    return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summarize(records, args.warmup, train_cfg.batch_tokens, 1)}
+    return {
+        "micro_batch": args.micro_batch,
+        "accumulation": train_cfg.accumulation(1),
+        **summarize(records, args.warmup, train_cfg.batch_tokens, 1),
+    }
 
 
 def _titan_on_older_torch() -> None:
@@ -393,8 +514,9 @@ def _titan_on_older_torch() -> None:
         fsdp.DataParallelMeshDims = type("DataParallelMeshDims", (), {})
 
 
-def titan_model(attention: str, *, layers: int, dim: int, heads: int, kv_heads: int, ffn: int, vocab: int,
-                context: int):
+def titan_model(
+    attention: str, *, layers: int, dim: int, heads: int, kv_heads: int, ffn: int, vocab: int, context: int
+):
     """torchtitan 0.3.0's Llama3 model (its fused QKV, per-layer depth-scaled init) at the given shape: its own
     1B/8B recipes with TinyLlama's sizes, RoPE theta 10,000 unscaled, untied output. On the meta device."""
     import torch
@@ -410,12 +532,18 @@ def titan_model(attention: str, *, layers: int, dim: int, heads: int, kv_heads: 
     )
 
     config = Llama3Model.Config(
-        dim=dim, vocab_size=vocab,
+        dim=dim,
+        vocab_size=vocab,
         tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim, param_init=_EMBEDDING_INIT),
         norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM_INIT),
         lm_head=Linear.Config(in_features=dim, out_features=vocab, param_init=_output_linear_init(dim)),
         layers=_build_llama3_layers(
-            n_layers=layers, dim=dim, n_heads=heads, n_kv_heads=kv_heads, hidden_dim=ffn, attn_backend=attention,
+            n_layers=layers,
+            dim=dim,
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            hidden_dim=ffn,
+            attn_backend=attention,
             rope=ComplexRoPE.Config(dim=dim // heads, max_seq_len=context, theta=10000.0),
         ),
     )
@@ -435,9 +563,15 @@ def titan_parallelize(model, *, compile: bool):
 
     parallelism = ParallelismConfig(spmd_backend="partial_dtensor")
     training = TrainingConfig(mixed_precision_param="bfloat16", mixed_precision_reduce="float32")
-    return parallelize_llama(model, parallel_dims=ParallelDims.from_config(parallelism, 1), training=training,
-                             parallelism=parallelism, compile_config=CompileConfig(enable=compile), ac_config=None,
-                             dump_folder=str(REPO / "runs"))
+    return parallelize_llama(
+        model,
+        parallel_dims=ParallelDims.from_config(parallelism, 1),
+        training=training,
+        parallelism=parallelism,
+        compile_config=CompileConfig(enable=compile),
+        ac_config=None,
+        dump_folder=str(REPO / "runs"),
+    )
 
 
 def titan_baseline(args) -> dict:
@@ -458,20 +592,43 @@ def titan_baseline(args) -> dict:
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     cfg = PRESETS[PRESET]
-    model = titan_model(args.titan_attention, layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads,
-                        kv_heads=cfg.n_kv_heads, ffn=cfg.ffn_dim, vocab=cfg.vocab_size, context=cfg.context)
+    model = titan_model(
+        args.titan_attention,
+        layers=cfg.n_layers,
+        dim=cfg.dim,
+        heads=cfg.n_heads,
+        kv_heads=cfg.n_kv_heads,
+        ffn=cfg.ffn_dim,
+        vocab=cfg.vocab_size,
+        context=cfg.context,
+    )
     model = titan_parallelize(model, compile=True)
     model.to_empty(device="cuda")
     with torch.no_grad():
         model.init_states(buffer_device=torch.device("cuda"))
-    train_cfg = TrainConfig(manifest=args.manifest, preset=PRESET, out=args.work, steps=args.steps,
-                            warmup_steps=args.lr_warmup, micro_batch=args.micro_batch,
-                            batch_tokens=batch_tokens(args.micro_batch, args))
+    train_cfg = TrainConfig(
+        manifest=args.manifest,
+        preset=PRESET,
+        out=args.work,
+        steps=args.steps,
+        warmup_steps=args.lr_warmup,
+        micro_batch=args.micro_batch,
+        batch_tokens=batch_tokens(args.micro_batch, args),
+    )
     optimizer = build_optimizer(model, train_cfg, fused=True)
-    loader = open_loader(load(args.manifest), "train", context=cfg.context, batch=args.micro_batch, seed=args.seed,
-                         rank=0, world_size=1, device=torch.device("cuda"))
+    loader = open_loader(
+        load(args.manifest),
+        "train",
+        context=cfg.context,
+        batch=args.micro_batch,
+        seed=args.seed,
+        rank=0,
+        world_size=1,
+        device=torch.device("cuda"),
+    )
     positions = torch.arange(cfg.context, device="cuda")[None].expand(args.micro_batch, -1)
     masks = model.get_attention_masks(positions)  # one document per window: causal, as tokenmill and HF train
+
     def loss(logits, targets):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
@@ -520,8 +677,22 @@ def _hf_loop(model, optimizer, loader, loss_of, train_cfg, log_every: int) -> li
         if step % log_every == 0:
             loss_value, elapsed = (loss_sum / log_every).item(), time.perf_counter() - started
             grad_norm = (norm_sum / log_every).item()
-            records.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "interval_s": elapsed, "interval_steps": log_every, "data_wait": waited / elapsed, "mem_gib": torch.cuda.max_memory_allocated() / 2**30})
-            print(f"  hf step {step}: loss {loss_value:.4f}, gnorm {grad_norm:.3f}, {log_every * train_cfg.batch_tokens / elapsed:,.0f} tok/s", flush=True)
+            records.append(
+                {
+                    "step": step,
+                    "loss": loss_value,
+                    "grad_norm": grad_norm,
+                    "interval_s": elapsed,
+                    "interval_steps": log_every,
+                    "data_wait": waited / elapsed,
+                    "mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+                }
+            )
+            print(
+                f"  hf step {step}: loss {loss_value:.4f}, gnorm {grad_norm:.3f}, "
+                f"{log_every * train_cfg.batch_tokens / elapsed:,.0f} tok/s",
+                flush=True,
+            )
             loss_sum, norm_sum, waited, started = None, None, 0.0, time.perf_counter()
     return records
 
@@ -530,7 +701,9 @@ def in_subprocess(mode: str, args, extra: list[str]) -> dict:
     """Run one measurement in a fresh process (its own GPU memory and compile state); it writes JSON."""
     result = args.work / f"{mode}.json"
     result.unlink(missing_ok=True)
-    _run_logged([sys.executable, __file__, mode, "--json", str(result), *extra], args.work / f"{mode}.log", args.timeout)
+    _run_logged(
+        [sys.executable, __file__, mode, "--json", str(result), *extra], args.work / f"{mode}.log", args.timeout
+    )
     return json.loads(result.read_text())
 
 
@@ -577,12 +750,33 @@ def gpu(args) -> None:
         peak = in_subprocess("kernels", args, [])
     print(f"matmul peak: {peak['matmul_flops'] / 1e12:.0f} TFLOP/s bf16 on {peak['device']}", flush=True)
     for name, rates in peak["linear_tflops"].items():
-        print(f"  {name:<8} matmuls, TFLOP/s: " + ", ".join(f"{kind} {rate}" for kind, rate in rates.items()), flush=True)
+        print(
+            f"  {name:<8} matmuls, TFLOP/s: " + ", ".join(f"{kind} {rate}" for kind, rate in rates.items()), flush=True
+        )
     for key, value in peak["attention_ms"].items():
         print(f"  attention fwd+bwd {key:<24} {value if isinstance(value, str) else f'{value:.2f} ms'}", flush=True)
-    common = ["--work", str(args.work), "--manifest", str(manifest), "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
-              "--seed", str(args.seed), "--lr-warmup", str(args.lr_warmup), "--batch-tokens", str(args.batch_tokens), "--log-every", str(args.log_every)]
+    common = [
+        "--work",
+        str(args.work),
+        "--manifest",
+        str(manifest),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--seed",
+        str(args.seed),
+        "--lr-warmup",
+        str(args.lr_warmup),
+        "--batch-tokens",
+        str(args.batch_tokens),
+        "--log-every",
+        str(args.log_every),
+    ]
     rows = {}
+
     def row_name(name: str) -> str:  # a variant named twice runs twice (run-to-run spread): "name#2"
         return next(n for n in (name, *(f"{name}#{i}" for i in range(2, 100))) if n not in rows)
 
@@ -604,28 +798,42 @@ def gpu(args) -> None:
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     report(rows, peak["matmul_flops"], args)
     for name in filter(None, args.profile.split(",")):  # last: a profile cut short by the time limit costs no row
-        results.setdefault("profiles", {})[name] = _attempt(lambda: in_subprocess("profile", args, common + ["--variant", name]))
+        results.setdefault("profiles", {})[name] = _attempt(
+            lambda: in_subprocess("profile", args, common + ["--variant", name])
+        )
         print(json.dumps({f"profile:{name}": results["profiles"][name]}), flush=True)
         (args.work / "results.json").write_text(json.dumps(results, indent=2))
 
 
 def report(rows: dict[str, dict], peak: float, args) -> None:
-    step_tokens = f"{args.batch_tokens:,} tokens per optimizer step" if args.batch_tokens else "one micro-batch per optimizer step"
-    print(f"\nTinyLlama-1.1B, context 2048, {args.nproc} GPU, {step_tokens}, {args.steps} steps, "
-          f"sustained over steps {args.warmup + 1}-{args.steps}; hf micro-batch {args.micro_batch}; matmul peak {peak / 1e12:.0f} TFLOP/s")
+    step_tokens = (
+        f"{args.batch_tokens:,} tokens per optimizer step"
+        if args.batch_tokens
+        else "one micro-batch per optimizer step"
+    )
+    print(
+        f"\nTinyLlama-1.1B, context 2048, {args.nproc} GPU, {step_tokens}, {args.steps} steps, "
+        f"sustained over steps {args.warmup + 1}-{args.steps}; hf micro-batch {args.micro_batch}; matmul peak "
+        f"{peak / 1e12:.0f} TFLOP/s"
+    )
     print(table(rows, peak), flush=True)
     titan = [r for name, r in rows.items() if name.startswith("torchtitan:") and "error" not in r]
     hf = [r for name, r in rows.items() if name.startswith("hf+compile") and "error" not in r]
-    bases = {"hf+compile (its first run)": hf[0] if hf else None,
-             "torchtitan (its best row)": max(titan, key=lambda r: r["tokens_per_s_per_gpu"], default=None)}
+    bases = {
+        "hf+compile (its first run)": hf[0] if hf else None,
+        "torchtitan (its best row)": max(titan, key=lambda r: r["tokens_per_s_per_gpu"], default=None),
+    }
     for base_name, base in bases.items():
         if base is None or "error" in base:
             continue
         for name, r in rows.items():
             if name.startswith("tokenmill:") and "error" not in r:
                 ratio = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
-                print(f"{name}: {ratio:.3f}x {base_name}; loss over the last {args.log_every} steps "
-                      f"{r['final_loss']:.4f} vs {base['final_loss']:.4f}", flush=True)
+                print(
+                    f"{name}: {ratio:.3f}x {base_name}; loss over the last {args.log_every} steps "
+                    f"{r['final_loss']:.4f} vs {base['final_loss']:.4f}",
+                    flush=True,
+                )
 
 
 def _attempt(measure) -> dict:
@@ -644,7 +852,16 @@ def reader(args) -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = load(corpus(args.work, args.tokens, args.tokenizer))
-    loader = open_loader(manifest, "train", context=CONTEXT, batch=args.micro_batch, seed=args.seed, rank=0, world_size=1, device=torch.device("cpu"))
+    loader = open_loader(
+        manifest,
+        "train",
+        context=CONTEXT,
+        batch=args.micro_batch,
+        seed=args.seed,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+    )
     next(loader)
     started, batches = time.perf_counter(), 0
     while time.perf_counter() - started < args.seconds:
@@ -653,8 +870,11 @@ def reader(args) -> None:
     elapsed = time.perf_counter() - started
     loader.close()
     windows = batches * args.micro_batch
-    print(f"reader: {len(manifest.shards('train'))} shards, {len(loader.windows):,} windows of {CONTEXT + 1} tokens, batch {args.micro_batch}: "
-          f"{windows / elapsed:,.0f} windows/s, {windows * CONTEXT / elapsed / 1e6:,.1f} M tokens/s over {elapsed:.1f} s")
+    print(
+        f"reader: {len(manifest.shards('train'))} shards, {len(loader.windows):,} windows of {CONTEXT + 1} tokens, "
+        f"batch {args.micro_batch}: "
+        f"{windows / elapsed:,.0f} windows/s, {windows * CONTEXT / elapsed / 1e6:,.1f} M tokens/s over {elapsed:.1f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -663,19 +883,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tm-bench"))
     parser.add_argument("--tokens", type=int, default=20_000_000, help="corpus size to build")
     parser.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
-    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True, help="measure the matmul peak and attention kernels first (26 s on an H200)")
+    parser.add_argument(
+        "--kernels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the matmul peak and attention kernels first (26 s on an H200)",
+    )
     parser.add_argument("--baseline", type=int, default=1, help="runs of Hugging Face + torch.compile (0: none)")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=0,
-                        help="the same as --baseline 0")
+    parser.add_argument(
+        "--no-baseline", dest="baseline", action="store_const", const=0, help="the same as --baseline 0"
+    )
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the sustained figures (compilation, allocator)")
-    parser.add_argument("--lr-warmup", type=int, default=10, help="LR warm-up steps, so the loss moves within a short run")
-    parser.add_argument("--micro-batch", type=int, default=8, help="hf baseline and reader (tokenmill variants set their own)")
-    parser.add_argument("--batch-tokens", type=int, default=0, help="tokens per optimizer step, every run (0: one micro-batch, no accumulation)")
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="steps left out of the sustained figures (compilation, allocator)"
+    )
+    parser.add_argument(
+        "--lr-warmup", type=int, default=10, help="LR warm-up steps, so the loss moves within a short run"
+    )
+    parser.add_argument(
+        "--micro-batch", type=int, default=8, help="hf baseline and reader (tokenmill variants set their own)"
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=0,
+        help="tokens per optimizer step, every run (0: one micro-batch, no accumulation)",
+    )
     parser.add_argument("--log-every", type=int, default=10, help="optimizer steps per logged interval")
-    parser.add_argument("--titan", default="",
-                        help="torchtitan 0.3.0 baselines to run: comma-separated attention:micro-batch "
-                        "(attention: flex or varlen)")
+    parser.add_argument(
+        "--titan",
+        default="",
+        help="torchtitan 0.3.0 baselines to run: comma-separated attention:micro-batch (attention: flex or varlen)",
+    )
     parser.add_argument("--titan-attention", default="flex", help="titan: torchtitan's attention backend")
     parser.add_argument("--profile", default="", help="variants to profile first (comma-separated)")
     parser.add_argument("--variant", default="default", help="profile: the variant")
@@ -683,7 +922,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--seconds", type=float, default=10.0, help="reader: how long to read")
     parser.add_argument("--timeout", type=int, default=420, help="seconds allowed to each run")
-    parser.add_argument("--tokenizer", type=Path, help="sentencepiece model (default: mistral-common's, where installed)")
+    parser.add_argument(
+        "--tokenizer", type=Path, help="sentencepiece model (default: mistral-common's, where installed)"
+    )
     parser.add_argument("--manifest", type=Path, help="hf: the corpus manifest")
     parser.add_argument("--json", type=Path, help="kernels / hf / profile: where to write the result")
     args = parser.parse_args(argv)

@@ -11,12 +11,28 @@ One module per part of it, each the only owner of its fact:
 
 `manifests/recipes/` holds the shipped recipes, found by name from an installed wheel.
 """
+
 from manifests.check import ShardProblem, check_file, check_shard
 from manifests.keys import Origin, doc_key, origin_of, split_key
 from manifests.manifest import FORMAT, FORMAT_VERSION, Manifest, ManifestError, ShardRef, load
 from manifests.shards import ShardFormatError, ShardIndex, open_tokens, read_index
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "Manifest", "ManifestError", "Origin", "ShardFormatError", "ShardIndex", "ShardProblem",
-    "ShardRef", "check_file", "check_shard", "doc_key", "load", "open_tokens", "origin_of", "read_index", "split_key",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Manifest",
+    "ManifestError",
+    "Origin",
+    "ShardFormatError",
+    "ShardIndex",
+    "ShardProblem",
+    "ShardRef",
+    "check_file",
+    "check_shard",
+    "doc_key",
+    "load",
+    "open_tokens",
+    "origin_of",
+    "read_index",
+    "split_key",
 ]

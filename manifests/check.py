@@ -1,5 +1,6 @@
 """The one check of a shard against its manifest entry (sizes, counts, checksums), used by `verify`, the
 statistics report, `stage-in` and the trainer."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ def check_file(path: Path, *, size: int | None, sha256: str | None) -> str | Non
     return None
 
 
-def check_shard(entry: ShardEntry, root: Path, *, checksums: bool = True,
-                index_checksum: bool = True) -> list[ShardProblem]:
+def check_shard(
+    entry: ShardEntry, root: Path, *, checksums: bool = True, index_checksum: bool = True
+) -> list[ShardProblem]:
     """Problems of one shard (`entry` from a manifest's `splits.*.shards`, paths relative to `root`).
 
     Always: both files present with the manifest's sizes, the index header's document and token counts. With
@@ -39,8 +41,10 @@ def check_shard(entry: ShardEntry, root: Path, *, checksums: bool = True,
     over a TinyLlama-sized corpus, which the trainer's ranks share out); with `checksums`, the `.bin`'s sha256."""
     bin_path, idx_path = root / entry.bin, root / entry.idx
     problems = []
-    files = ((idx_path, "idx", entry.idx_bytes, entry.idx_sha256, index_checksum),
-             (bin_path, "bin", entry.bin_bytes, entry.bin_sha256, checksums))
+    files = (
+        (idx_path, "idx", entry.idx_bytes, entry.idx_sha256, index_checksum),
+        (bin_path, "bin", entry.bin_bytes, entry.bin_sha256, checksums),
+    )
     for path, part, size, sha256, hashed in files:
         problem = check_file(path, size=size, sha256=sha256 if hashed else None)
         if problem:

@@ -3,6 +3,7 @@
 that composes them (`pipeline/build/recipe.py`, which adds the section's path to `field`), and the trainer's
 presets and flags (`trainer/config.py`, `trainer/train.py`). It lives in `manifests` because that is the one
 package both `stages` and `trainer` may import."""
+
 from __future__ import annotations
 
 

@@ -6,6 +6,7 @@ tokenized documents (the tests' text fixtures, the trainer's GPU benchmark, whos
 Each document is one input file of its own (its origin key is that file's line 0); a split's documents are
 packed in order into shards of at least `shard_tokens` tokens (the last shard of a split holds the rest).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -43,8 +44,15 @@ class Documents:
     lengths: np.ndarray  # tokens per document
 
 
-def write_documents(out_dir: Path, splits: dict[str, Documents], *, tokenizer: TokenizerEntry, shard_tokens: int,
-                    source: str = "text", bytes_read: int = 0) -> Path:
+def write_documents(
+    out_dir: Path,
+    splits: dict[str, Documents],
+    *,
+    tokenizer: TokenizerEntry,
+    shard_tokens: int,
+    source: str = "text",
+    bytes_read: int = 0,
+) -> Path:
     """Write each split's documents as shards under `out_dir` and, last, out_dir/manifest.json, with one source
     `source` that read `bytes_read` bytes of text. Returns the manifest's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +69,9 @@ def write_documents(out_dir: Path, splits: dict[str, Documents], *, tokenizer: T
     return path
 
 
-def _write_shards(out_dir: Path, split: str, docs: Documents, keys: np.ndarray, dtype: np.dtype, shard_tokens: int,
-                  source: str) -> list[ShardEntry]:
+def _write_shards(
+    out_dir: Path, split: str, docs: Documents, keys: np.ndarray, dtype: np.dtype, shard_tokens: int, source: str
+) -> list[ShardEntry]:
     lengths = np.asarray(docs.lengths, np.int64)
     starts = np.cumsum(lengths) - lengths
     tokens = np.asarray(docs.tokens, dtype)
@@ -77,16 +86,34 @@ def _write_shards(out_dir: Path, split: str, docs: Documents, keys: np.ndarray, 
             taken += int(lengths[end])
             end += 1
         part = slice(first, end)
-        entries.append(write_shard(write, f"{split}-{len(entries):05d}", tokens[starts[first] : starts[first] + taken],
-                                   lengths[part], np.zeros(end - first, np.uint16), keys[part], [source]))
+        entries.append(
+            write_shard(
+                write,
+                f"{split}-{len(entries):05d}",
+                tokens[starts[first] : starts[first] + taken],
+                lengths[part],
+                np.zeros(end - first, np.uint16),
+                keys[part],
+                [source],
+            )
+        )
         first = end
     return entries
 
 
-def _manifest(tokenizer: TokenizerEntry, dtype: np.dtype, inputs: list[InputEntry], shards: dict[str, list[ShardEntry]],
-              source: str, bytes_read: int) -> Manifest:
-    recipe = {"name": "token-documents", "sources": [{"name": source, "kind": "text"}],
-              "tokenizer": {"model": tokenizer.uri, "add_bos": tokenizer.add_bos, "add_eos": tokenizer.add_eos}}
+def _manifest(
+    tokenizer: TokenizerEntry,
+    dtype: np.dtype,
+    inputs: list[InputEntry],
+    shards: dict[str, list[ShardEntry]],
+    source: str,
+    bytes_read: int,
+) -> Manifest:
+    recipe = {
+        "name": "token-documents",
+        "sources": [{"name": source, "kind": "text"}],
+        "tokenizer": {"model": tokenizer.uri, "add_bos": tokenizer.add_bos, "add_eos": tokenizer.add_eos},
+    }
     splits = splits_of(shards, [source])
     documents = sum(s.documents for s in splits.values())
     tokens = sum(s.tokens for s in splits.values())
@@ -100,9 +127,22 @@ def _manifest(tokenizer: TokenizerEntry, dtype: np.dtype, inputs: list[InputEntr
         tokenizer=tokenizer,
         dtype=dtype_name(dtype),
         inputs=inputs,
-        sources=[SourceEntry(name=source, id=0, uris=["memory"], weight=1.0, files=len(inputs),
-                             documents_read=documents, bytes_read=bytes_read, dropped={}, documents_kept=documents,
-                             tokens_kept=tokens, epochs=1.0, subsets={})],
+        sources=[
+            SourceEntry(
+                name=source,
+                id=0,
+                uris=["memory"],
+                weight=1.0,
+                files=len(inputs),
+                documents_read=documents,
+                bytes_read=bytes_read,
+                dropped={},
+                documents_kept=documents,
+                tokens_kept=tokens,
+                epochs=1.0,
+                subsets={},
+            )
+        ],
         splits=splits,
         mix=MixEntry(policy="natural", target={source: 1.0}, achieved={split: {source: 1.0} for split in splits}),
         stages={},

@@ -2,6 +2,7 @@
 mix order (`stages.mix.hash_order`), the trainer's shuffle of windows (`trainer.data.permute`) and the
 benchmark's synthetic keys (`bench/build_scale.py`). It lives in `manifests` because that is the one package
 both `stages` and `trainer` may import (the trainer reads builds through `manifests` only)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ One uint64 per document: the input's index in the high 32 bits, the line (JSONL,
 0-based) in the low 32 bits. Keys order documents canonically (validation inputs first, then training, each
 in listing order), which is what makes dedupe's survivor choice (the smallest key) deterministic.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ The manifest is validated against `manifest.schema.json` (package data of this p
 Shard, tokenizer and quarantine paths are relative to the manifest's folder and may not leave it. The JSON
 holds exactly the dataclasses' fields, keys sorted: `to_dict(parse(raw)) == json.loads(raw)`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,10 @@ def _schema() -> dict:
 
 def validate(manifest: dict, name: str = "manifest") -> None:
     if manifest.get("format") == FORMAT and manifest.get("format_version") not in (None, FORMAT_VERSION):
-        raise ManifestError(f"{name}: format_version {manifest.get('format_version')}, this tokenmill reads {FORMAT_VERSION}; upgrade tokenmill or rebuild")
+        raise ManifestError(
+            f"{name}: format_version {manifest.get('format_version')}, this tokenmill reads {FORMAT_VERSION}; upgrade "
+            "tokenmill or rebuild"
+        )
     try:
         jsonschema.validate(manifest, _schema())
     except jsonschema.ValidationError as e:
@@ -47,7 +51,10 @@ def validate(manifest: dict, name: str = "manifest") -> None:
         for shard in info["shards"]:
             for key in ("bin", "idx"):
                 check_relative(shard[key], f"{name}: splits.{split} shard {key}")
-    for field_name, path in (("tokenizer.path", manifest["tokenizer"].get("path")), ("quarantine.path", manifest["quarantine"]["path"])):
+    for field_name, path in (
+        ("tokenizer.path", manifest["tokenizer"].get("path")),
+        ("quarantine.path", manifest["quarantine"]["path"]),
+    ):
         if path:  # optional: a manifest written without a tokenizer copy or quarantine file leaves them empty
             check_relative(path, f"{name}: {field_name}")
 
@@ -55,7 +62,9 @@ def validate(manifest: dict, name: str = "manifest") -> None:
 def check_relative(path: str, what: str) -> None:
     p = PurePosixPath(path)
     if p.is_absolute() or ".." in p.parts or "\\" in path or (len(path) > 1 and path[1] == ":"):
-        raise ManifestError(f"{what}: path {path!r} leaves the manifest's folder; shard paths must be relative and inside it")
+        raise ManifestError(
+            f"{what}: path {path!r} leaves the manifest's folder; shard paths must be relative and inside it"
+        )
 
 
 @dataclass(slots=True)
@@ -264,10 +273,14 @@ def from_dict(data: dict[str, Any], path: str = "") -> Manifest:
             **{k: v for k, v in data.items() if k not in _NESTED},
             tokenizer=TokenizerEntry(**data["tokenizer"]),
             inputs=[InputEntry(**i) for i in data["inputs"]],
-            sources=[SourceEntry(**{**s, "subsets": {k: Funnel(**f) for k, f in s["subsets"].items()}})
-                     for s in data["sources"]],
-            splits={name: Split(**{**s, "shards": [ShardEntry(**e) for e in s["shards"]]})
-                    for name, s in data["splits"].items()},
+            sources=[
+                SourceEntry(**{**s, "subsets": {k: Funnel(**f) for k, f in s["subsets"].items()}})
+                for s in data["sources"]
+            ],
+            splits={
+                name: Split(**{**s, "shards": [ShardEntry(**e) for e in s["shards"]]})
+                for name, s in data["splits"].items()
+            },
             mix=MixEntry(**data["mix"]),
             quarantine=QuarantineEntry(**data["quarantine"]),
             provenance=Provenance(**data["provenance"]) if "provenance" in data else None,
@@ -315,15 +328,17 @@ def read_raw(url: str | Path) -> tuple[str, bytes]:
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
-        raise ManifestError(f"{url}: cannot open ({e}); s3:// needs `pip install tokenmill[s3]`, "
-                            "gs:// `tokenmill[gcs]`") from None
+        raise ManifestError(
+            f"{url}: cannot open ({e}); s3:// needs `pip install tokenmill[s3]`, gs:// `tokenmill[gcs]`"
+        ) from None
     if fs.isdir(path):
         path, url = posixpath.join(path, MANIFEST), posixpath.join(url, MANIFEST)
     try:
         return url, fs.cat_file(path)
     except FileNotFoundError:
-        raise ManifestError(f"{url}: no such manifest; run `tokenmill build RECIPE --out DIR` first, "
-                            f"and give its {MANIFEST}") from None
+        raise ManifestError(
+            f"{url}: no such manifest; run `tokenmill build RECIPE --out DIR` first, and give its {MANIFEST}"
+        ) from None
 
 
 def load(url: str | Path) -> Manifest:

@@ -14,6 +14,7 @@ build already mixed the sources into every shard).
 The manifest stays the one source of truth: each shard is checked against its entry (sizes, the index's
 sha256, counts) before its index is converted, and nothing here is read back by tokenmill.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,9 @@ def encode_index(dtype_name: str, doc_lengths: np.ndarray) -> bytes:
     pointers = np.concatenate(([0], np.cumsum(lengths[:-1]))) * dtype.itemsize if len(lengths) else lengths
     documents = np.arange(len(lengths) + 1, dtype=np.int64)
     header = MAGIC + struct.pack("<QBQQ", VERSION, code, len(lengths), len(documents))
-    return b"".join((header, lengths.astype("<i4").tobytes(), pointers.astype("<i8").tobytes(), documents.astype("<i8").tobytes()))
+    return b"".join(
+        (header, lengths.astype("<i4").tobytes(), pointers.astype("<i8").tobytes(), documents.astype("<i8").tobytes())
+    )
 
 
 def export(manifest: Manifest, out: Path) -> dict[str, Path]:
@@ -53,7 +56,9 @@ def export(manifest: Manifest, out: Path) -> dict[str, Path]:
         for shard in manifest.shards(split):
             problems = shard.check(checksums=False)
             if problems:
-                raise ManifestError(f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild")
+                raise ManifestError(
+                    f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild"
+                )
             prefix = (out / shard.entry.bin).with_suffix("")
             prefix.parent.mkdir(parents=True, exist_ok=True)
             index = read_index(shard.idx_path)

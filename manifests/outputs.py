@@ -1,5 +1,6 @@
 """The names of the files a build writes into its output folder, relative to it: every module, test and benchmark
 that writes or reads one of them takes its name from here."""
+
 from __future__ import annotations
 
 MANIFEST = "manifest.json"  # written last: when it exists, the build is complete

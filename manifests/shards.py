@@ -7,6 +7,7 @@
 Header: magic b"TMILLIDX", uint32 version, uint8 dtype code, 3 pad bytes, uint64 documents, uint64 tokens
 (only the first 8+4+1+3+8 = 24 bytes carry fields; the last 8 bytes hold the token count).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,17 +96,23 @@ class ShardIndex:
 def decode_header(data: bytes, size: int, name: str = "<idx>") -> IndexHeader:
     """The header at the start of `data`, checked, and checked against the index file's `size` in bytes."""
     if len(data) < HEADER_BYTES:
-        raise ShardFormatError(f"{name}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header; rebuild the shard")
+        raise ShardFormatError(
+            f"{name}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header; rebuild the shard"
+        )
     magic, version, code, n_docs, n_tokens = _HEADER.unpack_from(data)
     if magic != IDX_MAGIC:
         raise ShardFormatError(f"{name}: not a tokenmill index (magic {magic!r}, expected {IDX_MAGIC!r})")
     if version != IDX_VERSION:
-        raise ShardFormatError(f"{name}: index version {version}, this tokenmill reads version {IDX_VERSION}; upgrade tokenmill or rebuild")
+        raise ShardFormatError(
+            f"{name}: index version {version}, this tokenmill reads version {IDX_VERSION}; upgrade tokenmill or rebuild"
+        )
     if code not in DTYPE_CODES:
         raise ShardFormatError(f"{name}: unknown dtype code {code}")
     expected = HEADER_BYTES + n_docs * (8 + 2 + 8)
     if size != expected:
-        raise ShardFormatError(f"{name}: {size} bytes, header promises {expected} for {n_docs} documents; the file is truncated or corrupt")
+        raise ShardFormatError(
+            f"{name}: {size} bytes, header promises {expected} for {n_docs} documents; the file is truncated or corrupt"
+        )
     return IndexHeader(DTYPE_CODES[code], n_docs, n_tokens)
 
 
@@ -119,7 +126,9 @@ def decode_index(data: bytes, name: str = "<idx>") -> ShardIndex:
     off += 2 * n_docs
     origins = np.frombuffer(data, dtype="<u8", count=n_docs, offset=off)
     if n_docs and int(doc_ends[-1]) != n_tokens:
-        raise ShardFormatError(f"{name}: last document ends at {int(doc_ends[-1])}, header says {n_tokens} tokens; corrupt index")
+        raise ShardFormatError(
+            f"{name}: last document ends at {int(doc_ends[-1])}, header says {n_tokens} tokens; corrupt index"
+        )
     if n_docs and np.any(np.diff(doc_ends.astype(np.int64)) < 0):
         raise ShardFormatError(f"{name}: document offsets are not increasing; corrupt index")
     return ShardIndex(header.dtype, doc_ends, source_ids, origins)
@@ -197,7 +206,10 @@ def open_tokens(bin_path: str | Path, index: ShardIndex | IndexHeader) -> np.nda
     size = bin_path.stat().st_size
     expected = index.tokens * index.dtype.itemsize
     if size != expected:
-        raise ShardFormatError(f"{bin_path}: {size} bytes, its index promises {expected} ({index.tokens} tokens); the shard is truncated or was changed")
+        raise ShardFormatError(
+            f"{bin_path}: {size} bytes, its index promises {expected} ({index.tokens} tokens); the shard is truncated "
+            "or was changed"
+        )
     if index.tokens == 0:
         return np.zeros(0, dtype=index.dtype)
     return np.memmap(bin_path, dtype=index.dtype, mode="r")

@@ -1,4 +1,5 @@
 """`tokenmill` command line: one subcommand per user task; each module owns its own arguments."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,16 @@ from pathlib import Path
 
 # subcommand -> (module, function taking argv, one-line help)
 COMMANDS = {
-    "sample": ("pipeline.sample_corpus", "main", "write the offline sample corpus in SlimPajama / StarCoderData layouts"),
-    "recipe": ("pipeline.build.recipe_commands", "main", "show a recipe as a build reads it, or copy it into an editable, self-contained file"),
+    "sample": (
+        "pipeline.sample_corpus",
+        "main",
+        "write the offline sample corpus in SlimPajama / StarCoderData layouts",
+    ),
+    "recipe": (
+        "pipeline.build.recipe_commands",
+        "main",
+        "show a recipe as a build reads it, or copy it into an editable, self-contained file",
+    ),
     "build": ("pipeline.build.driver", "main", "build mixed token shards + manifest from a recipe (Ray)"),
     "verify": ("pipeline.ops.verify", "main", "check sizes, token counts and checksums of every shard of a manifest"),
     "inspect": ("pipeline.ops.verify", "inspect_main", "decode one document of a manifest back to text"),
@@ -22,9 +31,17 @@ COMMANDS = {
     "work": ("pipeline.work.commands", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
     "sweep": ("pipeline.sweep.run", "main", "train proxy models on mixtures of a processed corpus and propose the mix"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
-    "export": ("trainer.options", "export_main", "export a checkpoint to Hugging Face safetensors, or a manifest's shards for Megatron-LM"),
+    "export": (
+        "trainer.options",
+        "export_main",
+        "export a checkpoint to Hugging Face safetensors, or a manifest's shards for Megatron-LM",
+    ),
     "bench": ("pipeline.cli", "bench_main", "corpus build throughput against datatrove (from a checkout)"),
-    "completion": ("pipeline.completion", "main", "print a shell completion script: source <(tokenmill completion bash)"),
+    "completion": (
+        "pipeline.completion",
+        "main",
+        "print a shell completion script: source <(tokenmill completion bash)",
+    ),
 }
 
 
@@ -34,8 +51,11 @@ REPO = Path(__file__).resolve().parent.parent
 def bench_main(argv: list[str]) -> int:
     """`tokenmill bench`: bench/build_throughput.py, which lives in the repository, not in the wheel."""
     if not (REPO / "bench" / "build_throughput.py").is_file():
-        print(f"tokenmill bench: {REPO / 'bench'} is missing; the benchmark runs from a checkout of the repository "
-              "(pip install -e .), not from an installed wheel", file=sys.stderr)
+        print(
+            f"tokenmill bench: {REPO / 'bench'} is missing; the benchmark runs from a checkout of the repository "
+            "(pip install -e .), not from an installed wheel",
+            file=sys.stderr,
+        )
         return 2
     sys.path.insert(0, str(REPO))
     return importlib.import_module("bench.build_throughput").main(argv)
@@ -45,12 +65,18 @@ def add_folder_argument(parser: argparse.ArgumentParser, name: str, metavar: str
     """A command's folder argument `name`, taken as a positional argument or as `--out`, the name every other
     command gives its output; `folder_argument` reads it back."""
     parser.add_argument(name, type=Path, nargs="?", metavar=metavar, help=help)
-    parser.add_argument("--out", type=Path, dest=f"{name}_option", metavar=metavar,
-                        help="the same folder, named like every other command's output")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        dest=f"{name}_option",
+        metavar=metavar,
+        help="the same folder, named like every other command's output",
+    )
 
 
-def folder_argument(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, what: str,
-                    example: str) -> Path:
+def folder_argument(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, what: str, example: str
+) -> Path:
     """The folder `add_folder_argument` took, given exactly once (else the usage error shows `example`)."""
     positional, option = getattr(args, name), getattr(args, f"{name}_option")
     if (positional is None) == (option is None):
@@ -87,8 +113,10 @@ def url_refusal(name: str, rest: list[str]) -> str | None:
         if missing:
             return f"{value}: {missing}"
         if name in LOCAL_COMMANDS:
-            return (f"{value}: `tokenmill {name}` reads local files; copy the build to local disk first: "
-                    f"tokenmill stage-in MANIFEST_URL --out DIR")
+            return (
+                f"{value}: `tokenmill {name}` reads local files; copy the build to local disk first: "
+                f"tokenmill stage-in MANIFEST_URL --out DIR"
+            )
     return None
 
 
@@ -120,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
     except KeyboardInterrupt:
-        print(f"\ntokenmill {name}: interrupted; what finished is kept: run the same command again to go on", file=sys.stderr)
+        print(
+            f"\ntokenmill {name}: interrupted; what finished is kept: run the same command again to go on",
+            file=sys.stderr,
+        )
         return 130
 
 

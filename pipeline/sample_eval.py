@@ -68,7 +68,8 @@ def natural_items(count: int) -> list[dict]:
 
 
 def code_items(count: int) -> list[dict]:
-    """`count` standard-library functions with a docstring and CODE_LINES lines, in path order from CODE_MODULES_FROM."""
+    """`count` standard-library functions with a docstring and CODE_LINES lines, in path order from
+    CODE_MODULES_FROM."""
     items = []
     for rel, path in _stdlib_sources({"site-packages", "__pycache__", "test", "tests", "idle_test"}):
         if rel < CODE_MODULES_FROM:

@@ -282,7 +282,8 @@ def read_eval_set(config: EvalSetConfig) -> EvalSet:
                 seen = sorted({k for _, r in records[:100] for k in r})
                 fail(
                     url,
-                    f"has no record with field {missing[0]!r} (fields there: {', '.join(seen)}); fix `fields` of this set",
+                    f"has no record with field {missing[0]!r} (fields there: {', '.join(seen)}); fix `fields` of this "
+                    "set",
                 )
             for where, r in records:
                 text = "\n".join(t for t in (_as_text(_field(r, f)) for f in config.fields) if t)
@@ -660,7 +661,12 @@ def match(index: Index, unit: str, units: np.ndarray, offsets: np.ndarray) -> li
         short = table.short_ids[pos] == pair_item
         span[short] = np.diff(table.short_offsets)[pos[short]]
     return [
-        Match(int(pair_doc[i]), int(index.item_set[pair_item[i]]), int(pair_item[i]), int(firsts[first_hit[i]]),
-              int(span[i]))
+        Match(
+            int(pair_doc[i]),
+            int(index.item_set[pair_item[i]]),
+            int(pair_item[i]),
+            int(firsts[first_hit[i]]),
+            int(span[i]),
+        )
         for i in keep
     ]

@@ -24,6 +24,7 @@ A file's task peaks at 64 x slots bytes per document of that file (keys, rows an
 one edge per (duplicate document, slot it matched in). `verify_clusters` holds its clusters' signatures
 (512 B a member: 256 values, low 16 bits) and compares each member with at most MAX_CENTERS kept documents.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -104,7 +105,9 @@ def pack_signatures(ordinals: np.ndarray, sigs: np.ndarray) -> bytes:
 MAX_CENTERS = 256  # a cluster member is compared with at most this many kept documents of its cluster
 
 
-def verify_clusters(sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, threshold: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def verify_clusters(
+    sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, threshold: float, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-cluster each LSH cluster by estimated Jaccard, greedily in key order. `sigs` holds the clusters' rows
     back to back, each cluster's survivor first (`starts`: where each cluster begins, plus the end). A member
     whose similarity with a kept document of its cluster (the survivor, or an earlier member kept before it)
@@ -122,7 +125,17 @@ def verify_clusters(sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, thr
     removed = np.zeros(len(rows), dtype=bool)
     if len(rows):
         need = int(np.ceil(threshold * width - 1e-9))
-        _verify_kernel(np.ascontiguousarray(sigs), rows, np.asarray(starts, np.int64), np.asarray(exact, bool), need, MAX_CENTERS, center, matches, removed)
+        _verify_kernel(
+            np.ascontiguousarray(sigs),
+            rows,
+            np.asarray(starts, np.int64),
+            np.asarray(exact, bool),
+            need,
+            MAX_CENTERS,
+            center,
+            matches,
+            removed,
+        )
     return center, matches / max(width, 1), removed
 
 

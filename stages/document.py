@@ -1,4 +1,5 @@
 """The unit every stage works on: a batch of documents from one input file, as parallel lists."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -95,4 +96,3 @@ def drop_step(reason: str) -> str:
     if reason.startswith(DECONTAMINATED):
         return "decontamination"
     return {EXACT_DUPLICATE: "exact duplicates", NEAR_DUPLICATE: "near duplicates"}.get(reason, "filters")
-

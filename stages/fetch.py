@@ -8,6 +8,7 @@ retries the task instead of silently dropping a file.
 Every document's text comes out NFC-normalized; ordinals are 1-based line numbers (JSONL) or 0-based row
 numbers (parquet).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -35,7 +36,14 @@ PREVIEW_BYTES = 200  # how much of an offending record a BadRecord keeps for a p
 UNKNOWN_SUBSET = "unknown"
 UNSUPPORTED_COMPRESSION = (".bz2", ".xz", ".lz4", ".zip", ".7z", ".br")
 _MISSING = object()
-_JSON_TYPE_NAMES = {int: "a number", float: "a number", bool: "a boolean", list: "an array", dict: "an object", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
 
 # (ordinal, subset, text) of one good document, or a BadRecord
 _Item = tuple[int, str, str] | BadRecord
@@ -61,23 +69,32 @@ class SourceConfig:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError("name", "use letters, digits, '-' and '_'")
         if self.kind not in ("jsonl", "parquet"):
-            raise ConfigError("kind", f"{self.kind!r} is not a source kind; use 'jsonl' (SlimPajama layout) or 'parquet' (StarCoderData layout)")
+            raise ConfigError(
+                "kind",
+                f"{self.kind!r} is not a source kind; use 'jsonl' (SlimPajama layout) or 'parquet' (StarCoderData "
+                "layout)",
+            )
         if not self.root:
             raise ConfigError("root", "give the folder or URL that holds the source's files")
         if not self.train:
             raise ConfigError("train", "give at least one glob pattern of training files")
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight > 0:
-            raise ConfigError("weight", f"{self.weight!r} is not a positive number; weights are the target token ratio, e.g. 7 and 3")
+            raise ConfigError(
+                "weight", f"{self.weight!r} is not a positive number; weights are the target token ratio, e.g. 7 and 3"
+            )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError("validation_fraction", f"{self.validation_fraction} is outside [0, 1)")
         if self.validation and self.validation_fraction:
-            raise ConfigError("validation_fraction", "set either `validation` patterns or `validation_fraction`, not both")
+            raise ConfigError(
+                "validation_fraction", "set either `validation` patterns or `validation_fraction`, not both"
+            )
         if self.max_document_bytes <= 0:
             raise ConfigError("max_document_bytes", "must be positive")
 
 
-def read_documents(fs: fsspec.AbstractFileSystem, path: str, rel_path: str, source: SourceConfig,
-                   batch_documents: int) -> Iterator[DocBatch | BadRecord]:
+def read_documents(
+    fs: fsspec.AbstractFileSystem, path: str, rel_path: str, source: SourceConfig, batch_documents: int
+) -> Iterator[DocBatch | BadRecord]:
     """The documents of one input file in batches of `batch_documents`, with a BadRecord for every record
     that cannot be a document. `path` is what `fs` opens; `rel_path` (relative to the source root) is what
     batches and bad records are labelled with."""
@@ -133,7 +150,10 @@ def _text_problem(text: str, max_bytes: int) -> tuple[str, str] | None:
     if len(text) * 4 > max_bytes:  # UTF-8 takes at most 4 bytes a character: most texts need no encode
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
         if size > max_bytes:
-            return "oversized_document", f"{size} bytes > max_document_bytes {max_bytes}; raise sources[].max_document_bytes to keep it"
+            return (
+                "oversized_document",
+                f"{size} bytes > max_document_bytes {max_bytes}; raise sources[].max_document_bytes to keep it",
+            )
     return None
 
 
@@ -236,7 +256,11 @@ def _lookup(record: dict, keys: list[str]):
 def _jsonl_items(fs: fsspec.AbstractFileSystem, path: str, rel_path: str, source: SourceConfig) -> Iterator[_Item]:
     bad = partial(BadRecord, source.name, rel_path)
     if path.endswith(UNSUPPORTED_COMPRESSION):
-        yield bad("file", "unreadable_file", f"compression {os.path.splitext(path)[1]} is not supported; recompress as .jsonl.zst or .jsonl.gz")
+        yield bad(
+            "file",
+            "unreadable_file",
+            f"compression {os.path.splitext(path)[1]} is not supported; recompress as .jsonl.zst or .jsonl.gz",
+        )
         return
     f, failure = _open(fs, path, bad)
     if failure:
@@ -252,8 +276,12 @@ def _jsonl_items(fs: fsspec.AbstractFileSystem, path: str, rel_path: str, source
                     yield item
         except _StreamBroken as broken:
             kept = f"the {line_no} complete lines before it were read" if line_no else "no complete line came before it"
-            yield bad(f"byte {broken.offset}", broken.reason, f"{broken.error} at decompressed byte {broken.offset}; "
-                      f"{kept}; fetch the file again", _preview(broken.partial_line))
+            yield bad(
+                f"byte {broken.offset}",
+                broken.reason,
+                f"{broken.error} at decompressed byte {broken.offset}; {kept}; fetch the file again",
+                _preview(broken.partial_line),
+            )
             return
     if line_no == 0:
         yield bad("file", "empty_file", "the file holds no lines; remove it or fetch it again")
@@ -272,7 +300,13 @@ class _JsonlFields:
     @classmethod
     def of(cls, source: SourceConfig, rel_path: str) -> "_JsonlFields":
         subset_keys = source.subset_field.split(".") if source.subset_field else []
-        return cls(source.text_field, source.text_field.split("."), subset_keys, _first_folder(rel_path), source.max_document_bytes)
+        return cls(
+            source.text_field,
+            source.text_field.split("."),
+            subset_keys,
+            _first_folder(rel_path),
+            source.max_document_bytes,
+        )
 
 
 def _jsonl_item(line_no: int, line: bytes, fields: _JsonlFields, bad: partial) -> _Item | None:
@@ -289,12 +323,21 @@ def _jsonl_item(line_no: int, line: bytes, fields: _JsonlFields, bad: partial) -
             return bad(where, "invalid_utf8", f"{u}; only this line is skipped", _preview(line))
         return bad(where, "invalid_json", str(e), _preview(line))
     if type(record) is not dict:
-        return bad(where, "invalid_json", f"a JSONL line must be a JSON object, got {_json_type(record)}", _preview(line))
+        return bad(
+            where, "invalid_json", f"a JSONL line must be a JSON object, got {_json_type(record)}", _preview(line)
+        )
     text = _lookup(record, fields.text_keys)
     if text is _MISSING:
-        return bad(where, "missing_text", f"no `{fields.text_field}` key; set sources[].text_field to the text key", _preview(line))
+        return bad(
+            where,
+            "missing_text",
+            f"no `{fields.text_field}` key; set sources[].text_field to the text key",
+            _preview(line),
+        )
     if type(text) is not str:
-        return bad(where, "non_string_text", f"`{fields.text_field}` is {_json_type(text)}, not a string", _preview(line))
+        return bad(
+            where, "non_string_text", f"`{fields.text_field}` is {_json_type(text)}, not a string", _preview(line)
+        )
     problem = _text_problem(text, fields.max_bytes)
     if problem:
         return bad(where, *problem, _preview(line))
@@ -338,10 +381,21 @@ def _head(f) -> bytes:
 
 def _text_column_problem(schema: pa.Schema, column: str) -> tuple[str, str] | None:
     if column not in schema.names:
-        return "missing_text_column", f"no column `{column}` (columns: {', '.join(schema.names)}); set sources[].text_field"
+        return (
+            "missing_text_column",
+            f"no column `{column}` (columns: {', '.join(schema.names)}); set sources[].text_field",
+        )
     kind = schema.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
-        return "non_string_text", f"column `{column}` is {kind}, not a string column; set sources[].text_field to the text column"
+    if not (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    ):
+        return (
+            "non_string_text",
+            f"column `{column}` is {kind}, not a string column; set sources[].text_field to the text column",
+        )
     return None
 
 
@@ -371,8 +425,12 @@ def _parquet_rows(parquet: pq.ParquetFile, source: SourceConfig, rel_path: str, 
         except Exception as e:
             if not _is_corrupt_data(e):
                 raise
-            yield bad(f"row {row}", "unreadable_file", f"{e}; rows {row} to {group_end - 1} (row group {group}) could not "
-                      "be read, the other row groups were; fetch the file again")
+            yield bad(
+                f"row {row}",
+                "unreadable_file",
+                f"{e}; rows {row} to {group_end - 1} (row group {group}) could not "
+                "be read, the other row groups were; fetch the file again",
+            )
         group_start = group_end
 
 

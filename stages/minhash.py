@@ -1,7 +1,8 @@
 """MinHash signatures with SlimPajama's settings, computed by a numba kernel on Unicode code points.
 
 SlimPajama's near-duplicate rule: normalize the text (`stages.normalize`: lowercase, delete
-`string.punctuation`, collapse whitespace runs to one space, strip), take the character n-grams of the result (13-grams, about one per
+`string.punctuation`, collapse whitespace runs to one space, strip), take the character n-grams of the result (13-grams,
+about one per
 character) as the document's set, and compare sets with MinHash-LSH (9 bands x 13 rows, Jaccard ~0.8).
 That banding misses 7% of the pairs at Jaccard 0.9 (P(candidate) = 1 - (1 - J^13)^9). tokenmill's own preset
 ("verified", the default) bands the first 96 values of a 256-value signature as 16 bands x 6 rows (misses
@@ -17,6 +18,7 @@ bits). The permutations are datasketch's "legacy" scheme bit for bit (the only s
 minimum over shingles. So a signature here equals `datasketch.MinHash(num_perm, seed=seed,
 scheme="legacy", hashfunc=<shingle_hash>)` after `update_batch(<shingles>)`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -66,7 +68,9 @@ class MinHashConfig:
     bands: int | None = None
     rows: int | None = None
     permutations: int | None = None  # the signature's width; band keys use its first bands x rows values
-    threshold: float | None = None  # verify: keep a removed document whose estimated Jaccard with its survivor is below this
+    threshold: float | None = (
+        None  # verify: keep a removed document whose estimated Jaccard with its survivor is below this
+    )
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -81,7 +85,10 @@ class MinHashConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1")
         if self.permutations < self.bands * self.rows:
-            raise ConfigError("permutations", f"{self.permutations} is fewer than bands x rows = {self.bands * self.rows}; give at least that many")
+            raise ConfigError(
+                "permutations",
+                f"{self.permutations} is fewer than bands x rows = {self.bands * self.rows}; give at least that many",
+            )
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError("threshold", f"{self.threshold} is not between 0 (no verification) and 1")
 

@@ -20,6 +20,7 @@ reads "source" for it and its shards are what they always were. With `MixConfig.
 takes exactly that many tokens in the weights' ratio (`budget_factors`: a proxy corpus for a mixture sweep, cut
 from the processed corpus), and the validation split is taken whole (`natural`), the same for every mixture.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,9 @@ MIX_POLICIES = ("natural", "downsample", "upsample")
 class MixConfig:
     policy: str = "natural"
     shard_tokens: int = 50_000_000  # at most this many tokens per shard, give or take a document
-    shards_per_group: int = 8  # a mix group (one task) writes this many shards: its memory holds one group's document table
+    shards_per_group: int = (
+        8  # a mix group (one task) writes this many shards: its memory holds one group's document table
+    )
     seed: int = 1234
     budget_tokens: int = 0  # > 0: the train split takes exactly this many tokens in the weights' ratio (proxy corpora)
 

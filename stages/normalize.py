@@ -4,6 +4,7 @@ collapse whitespace runs (every code point `str.isspace` accepts) to one space, 
 The short-document filter deletes the same punctuation and whitespace (`stages.filter`); the MinHash kernel
 (`stages.minhash`) normalises on code points with the lookup tables below; `normalize` and `shingles` are the
 same rule in plain Python, for the sample corpus, the benchmarks and the tests to compare against."""
+
 from __future__ import annotations
 
 import string

@@ -1,4 +1,5 @@
 """Tokenize: sentencepiece batch encoding into one flat token array per batch, BOS/EOS as the recipe says."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,6 @@ class TokenizerTrainConfig:
             raise ConfigError("sample_documents", f"{self.sample_documents} is too few to train on; give at least 200")
 
 
-
 @dataclass(kw_only=True, slots=True)
 class TokenizerConfig:
     model: str = ""  # path / fsspec URL of a sentencepiece .model, or pkg://package/path/in/package
@@ -41,7 +41,9 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         if not self.model and self.train is None:
-            raise ConfigError("model", "give a sentencepiece .model path (e.g. Llama-2's tokenizer.model) or a `train:` section")
+            raise ConfigError(
+                "model", "give a sentencepiece .model path (e.g. Llama-2's tokenizer.model) or a `train:` section"
+            )
 
 
 class TokenizerError(ValueError):
@@ -53,7 +55,7 @@ def read_model_bytes(uri: str) -> bytes:
     (how the demo reaches the model shipped in mistral-common without a network)."""
     try:
         if uri.startswith("pkg://"):
-            package, _, inner = uri[len("pkg://"):].partition("/")
+            package, _, inner = uri[len("pkg://") :].partition("/")
             return (importlib.resources.files(package) / inner).read_bytes()
         with fsspec.open(uri, "rb") as f:
             return f.read()
@@ -61,7 +63,10 @@ def read_model_bytes(uri: str) -> bytes:
         hint = missing_for_url(uri) or (f"{e.name} is not installed: {install_hint(e.name)}" if e.name else str(e))
         raise TokenizerError(f"tokenizer.model {uri!r} cannot be opened: {hint}") from None
     except Exception as e:  # any failure to fetch a user-given URI (no network, no such file, access denied)
-        raise TokenizerError(f"tokenizer.model {uri!r} cannot be read ({type(e).__name__}: {e}); check the path or URL and the network, or point the recipe at a local copy") from None
+        raise TokenizerError(
+            f"tokenizer.model {uri!r} cannot be read ({type(e).__name__}: {e}); check the path or URL and the network, "
+            "or point the recipe at a local copy"
+        ) from None
 
 
 @dataclass(slots=True)
@@ -106,8 +111,16 @@ class Tokenizer:
     def manifest_entry(self, uri: str, path: str | None = None) -> TokenizerEntry:
         """This tokenizer as a manifest records it: where its model came from (`uri`), and `path`, its copy
         beside the manifest when there is one."""
-        return TokenizerEntry(uri=uri, sha256=self.sha256(), vocab_size=self.vocab_size, bos_id=self.bos_id,
-                              eos_id=self.eos_id, add_bos=self.add_bos, add_eos=self.add_eos, path=path)
+        return TokenizerEntry(
+            uri=uri,
+            sha256=self.sha256(),
+            vocab_size=self.vocab_size,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
+            add_bos=self.add_bos,
+            add_eos=self.add_eos,
+            path=path,
+        )
 
     def encode(self, texts: list[str], num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(tokens of all documents back to back, tokens per document), specials included."""

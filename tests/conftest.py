@@ -1,4 +1,5 @@
 """Fixtures shared by every test: the offline sample corpus and the real sentencepiece model."""
+
 from __future__ import annotations
 
 import importlib.resources

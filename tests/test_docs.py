@@ -1,5 +1,6 @@
 """The docs stay true: every repo path a document, a docstring, a comment or a printed message names exists, and
 ARCHITECTURE.md's module map and stage table are the code's (the stage registry's order, names and words)."""
+
 from __future__ import annotations
 
 import re
@@ -11,15 +12,22 @@ from pipeline.build.registry import STAGES
 ROOT = Path(__file__).resolve().parents[1]
 TOP = ("pipeline", "stages", "trainer", "manifests", "tests", "infra", "bench", "docs", ".ci")
 # a path into the repo: one of its top folders, then path segments, ending in a file name with a suffix
-PATH = re.compile(rf"(?<![\w./-])((?:{'|'.join(re.escape(t) for t in TOP)})/[\w./-]*\w\.(?:py|md|yaml|yml|sh|json|png|toml|txt|cfg))")
+PATH = re.compile(
+    rf"(?<![\w./-])((?:{'|'.join(re.escape(t) for t in TOP)})/[\w./-]*\w\.(?:py|md|yaml|yml|sh|json|png|toml|txt|cfg))"
+)
 TEMPLATE = re.compile(r"[<>{}*]|NNNNN|NAME")  # a pattern such as tests/<package>/test_<module>.py names no one file
 
 
 def tracked_text_files() -> list[Path]:
     names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     # the tests' own .py files are left out: their literals name made-up projects' files on purpose
-    return [ROOT / n for n in names if Path(n).suffix in (".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".json", "")
-            and (ROOT / n).is_file() and not (n.startswith("tests/") and n.endswith(".py"))]
+    return [
+        ROOT / n
+        for n in names
+        if Path(n).suffix in (".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".json", "")
+        and (ROOT / n).is_file()
+        and not (n.startswith("tests/") and n.endswith(".py"))
+    ]
 
 
 def test_every_repo_path_named_anywhere_exists():
@@ -53,7 +61,11 @@ def test_the_stage_table_is_the_registry():
 def test_the_module_map_names_every_module_and_no_other():
     section = architecture_section("Layout")
     named = set(re.findall(r"\b((?:pipeline|stages|trainer|manifests)/[\w/]+\.py)\b", section))
-    modules = {p.relative_to(ROOT).as_posix() for top in ("pipeline", "stages", "trainer", "manifests")
-               for p in (ROOT / top).rglob("*.py") if p.name != "__init__.py"}
+    modules = {
+        p.relative_to(ROOT).as_posix()
+        for top in ("pipeline", "stages", "trainer", "manifests")
+        for p in (ROOT / top).rglob("*.py")
+        if p.name != "__init__.py"
+    }
     assert sorted(modules - named) == [], "modules missing from ARCHITECTURE.md's Layout"
     assert sorted(named - modules) == [], "ARCHITECTURE.md's Layout names modules that do not exist"

@@ -1,5 +1,7 @@
 """The test layout tests/README.md describes: every source module has its own tests/<package>/<room>/test_<module>.py
-(mirroring the module's folder) or one line in tests/README.md naming the tests that cover it, and every test file a line names exists."""
+(mirroring the module's folder) or one line in tests/README.md naming the tests that cover it, and every test file a
+line names exists."""
+
 from __future__ import annotations
 
 import re
@@ -16,11 +18,22 @@ def readme_lines() -> dict[str, str]:
 
 
 def test_every_source_module_has_its_test_file_or_a_line_in_tests_readme():
-    modules = sorted(p.relative_to(ROOT).as_posix() for package in PACKAGES for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py")
+    modules = sorted(
+        p.relative_to(ROOT).as_posix()
+        for package in PACKAGES
+        for p in (ROOT / package).rglob("*.py")
+        if p.name != "__init__.py"
+    )
     assert len(modules) > 30
     lines = readme_lines()
-    untested = [m for m in modules if not (ROOT / "tests" / Path(m).parent / f"test_{Path(m).name}").is_file() and m not in lines]
-    assert not untested, f"add tests/<package>/test_<module>.py, or a line in tests/README.md naming the tests that cover {untested}"
+    untested = [
+        m
+        for m in modules
+        if not (ROOT / "tests" / Path(m).parent / f"test_{Path(m).name}").is_file() and m not in lines
+    ]
+    assert not untested, (
+        f"add tests/<package>/test_<module>.py, or a line in tests/README.md naming the tests that cover {untested}"
+    )
     stale = sorted(set(lines) - set(modules))
     assert not stale, f"tests/README.md names modules that no longer exist: {stale}"
 

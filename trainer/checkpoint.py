@@ -8,6 +8,7 @@ Loading never unpickles an arbitrary object, so a checkpoint from elsewhere cann
 unpickles `.metadata` with plain pickle and the planner loads byte items with `weights_only=False`, so here
 `.metadata` is unpickled with an allow-list of DCP's own metadata classes, and tensors, byte items (the
 optimizer's hyperparameters) and RNG files with `torch.load(weights_only=True)`."""
+
 from __future__ import annotations
 
 import io
@@ -36,10 +37,24 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 _NAME = re.compile(r"^step-(\d{6,})$")
 # Every global a `.metadata` written by dcp.save refers to (plus the dtypes, checked apart): constructors of
 # plain records, a tuple subclass, a path, and a lookup of a layout by name. Nothing here runs code of the file.
-_METADATA_GLOBALS = {("torch.distributed.checkpoint.metadata", name) for name in (
-    "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata", "ChunkStorageMetadata",
-    "BytesStorageMetadata", "_MEM_FORMAT_ENCODING",
-)} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+}
 
 
 class CheckpointError(ValueError):
@@ -50,7 +65,9 @@ def name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def save(out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, *, meta: dict, keep_last: int) -> Path:
+def save(
+    out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, *, meta: dict, keep_last: int
+) -> Path:
     """Collective: every rank calls it. Returns the checkpoint's folder."""
     rank = dist.get_rank()
     final, tmp = out / name(step), out / f".{name(step)}.tmp"
@@ -89,7 +106,9 @@ def resolve(path: Path, *, what: str = "--resume") -> Path:
         raise CheckpointError(f"{what} {path}: does not exist")
     found = all_checkpoints(path)
     if not found:
-        raise CheckpointError(f"{what} {path}: neither a checkpoint (no meta.json) nor a folder holding step-* checkpoints")
+        raise CheckpointError(
+            f"{what} {path}: neither a checkpoint (no meta.json) nor a folder holding step-* checkpoints"
+        )
     return found[-1]
 
 
@@ -106,12 +125,18 @@ def read_metadata(path: Path) -> Metadata:
     except OSError as e:
         raise CheckpointError(f"{file}: cannot be read ({e}); is {path} a whole checkpoint?") from e
     except Exception as e:  # the file is untrusted: whatever it makes the unpickler do wrong, it is refused
-        raise CheckpointError(f"{file}: {e}; refusing to load this checkpoint (damaged, or not written by dcp.save)") from e
+        raise CheckpointError(
+            f"{file}: {e}; refusing to load this checkpoint (damaged, or not written by dcp.save)"
+        ) from e
     if not isinstance(metadata, Metadata):
-        raise CheckpointError(f"{file}: holds a {type(metadata).__name__}, not DCP metadata; refusing to load this checkpoint")
+        raise CheckpointError(
+            f"{file}: holds a {type(metadata).__name__}, not DCP metadata; refusing to load this checkpoint"
+        )
     for info in (metadata.storage_data or {}).values():
         if Path(info.relative_path).name != info.relative_path:  # data files sit beside .metadata, nowhere else
-            raise CheckpointError(f"{file}: names data file {info.relative_path!r} outside the checkpoint's folder; refusing to load it")
+            raise CheckpointError(
+                f"{file}: names data file {info.relative_path!r} outside the checkpoint's folder; refusing to load it"
+            )
     return metadata
 
 
@@ -131,7 +156,10 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None
         return
     rng_file = path / f"rng-rank{rank:05d}.pt"
     if not rng_file.exists():
-        raise CheckpointError(f"{rng_file}: missing, although the checkpoint holds {saved_ranks} RNG files; it is damaged, resume an earlier one")
+        raise CheckpointError(
+            f"{rng_file}: missing, although the checkpoint holds {saved_ranks} RNG files; it is damaged, resume an "
+            "earlier one"
+        )
     _set_rng_state(torch.load(rng_file, weights_only=True))
 
 
@@ -188,7 +216,9 @@ def _check_weight_names(path: Path, model_state: dict, metadata: Metadata) -> No
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        if (module, name) in _METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refers to {module}.{name}, which is not part of a checkpoint's metadata")
 
@@ -216,7 +246,9 @@ class _Planner(DefaultLoadPlanner):
             loaded = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
             file = self.metadata.storage_data[read_item.storage_index].relative_path
-            raise CheckpointError(f"{file}: item {read_item.dest_index.fqn} is not plain data ({e}); refusing to load this checkpoint") from e
+            raise CheckpointError(
+                f"{file}: item {read_item.dest_index.fqn} is not plain data ({e}); refusing to load this checkpoint"
+            ) from e
         set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
 
 

@@ -1,4 +1,5 @@
 """Model presets and the training configuration: two small dataclasses, validated on construction."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ class ModelConfig:
         if self.dim % self.n_heads:
             raise ConfigError(f"preset {self.name}", f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ConfigError(f"preset {self.name}", f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+            raise ConfigError(
+                f"preset {self.name}", f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"preset {self.name}", f"head_dim {self.head_dim} must be even for RoPE")
         for field_name in ("n_layers", "ffn_dim", "vocab_size", "context"):
@@ -61,7 +64,16 @@ PRESETS: dict[str, ModelConfig] = {
     preset.name: preset
     for preset in (
         # TinyLlama-1.1B (Zhang et al. 2024): Llama-2's architecture and tokenizer at 1.1B parameters.
-        ModelConfig(name="tinyllama-1.1b", dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632, vocab_size=32000, context=2048),
+        ModelConfig(
+            name="tinyllama-1.1b",
+            dim=2048,
+            n_layers=22,
+            n_heads=32,
+            n_kv_heads=4,
+            ffn_dim=5632,
+            vocab_size=32000,
+            context=2048,
+        ),
         # For CPU tests: every feature of the big one (GQA, SwiGLU, RoPE) at a size that trains in seconds.
         ModelConfig(name="tiny", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=32000, context=64),
         # For mixture sweeps on the CPU over a corpus with a small trained tokenizer (`tokenizer.train: {vocab_size:
@@ -97,12 +109,28 @@ class TrainConfig:
     """Everything `trainer.train` needs besides the model preset. Defaults are TinyLlama's, but for the batch and
     the warm-up, which are the preset's (PRESET_TRAINING)."""
 
-    manifest: Path | None = _opt(None, "the build's manifest.json; required, unless --resume names a checkpoint (then the checkpoint's)")
-    preset: str | None = _opt(None, f"model size: one of {', '.join(PRESETS)}; required, unless --resume names a checkpoint (then the checkpoint's)")
-    out: Path | None = _opt(None, "folder for checkpoints and metrics.jsonl; default: the run folder that --resume continues")
-    resume: Path | None = _opt(None, "continue from a step-* checkpoint or a run folder (its newest); every option not given again is the checkpoint's")
+    manifest: Path | None = _opt(
+        None, "the build's manifest.json; required, unless --resume names a checkpoint (then the checkpoint's)"
+    )
+    preset: str | None = _opt(
+        None,
+        f"model size: one of {', '.join(PRESETS)}; required, unless --resume names a checkpoint (then the "
+        "checkpoint's)",
+    )
+    out: Path | None = _opt(
+        None, "folder for checkpoints and metrics.jsonl; default: the run folder that --resume continues"
+    )
+    resume: Path | None = _opt(
+        None,
+        "continue from a step-* checkpoint or a run folder (its newest); every option not given again is the "
+        "checkpoint's",
+    )
     steps: int = _opt(1000, "optimizer steps of the whole run")
-    batch_tokens: int | None = _opt(None, "global batch per optimizer step, in tokens (kept across a resume on another number of ranks); default: the preset's")
+    batch_tokens: int | None = _opt(
+        None,
+        "global batch per optimizer step, in tokens (kept across a resume on another number of ranks); default: the "
+        "preset's",
+    )
     micro_batch: int = _opt(8, "windows per rank per forward/backward; the rest of the batch is gradient accumulation")
     lr: float = _opt(4e-4, "peak learning rate (AdamW)")
     min_lr: float = _opt(4e-5, "learning rate at the end of the cosine schedule")
@@ -122,26 +150,46 @@ class TrainConfig:
     compile: bool = _opt(True, "torch.compile each block (CUDA only; CPU runs stay eager)")
     ac_every: int = _opt(0, "activation checkpointing of every k-th block; 0: none, 1: all")
     fp8: bool = _opt(False, "FP8 matmuls in the blocks (trainer/float8.py); compare its loss curve with bf16 first")
-    kernels: str = _opt("torch", "the blocks' RMSNorms and residual adds: torch (compiled PyTorch, also the CPU "
-                        "path), liger (liger-kernel's fused add + RMSNorm, CUDA only) or liger+ce (and its fused "
-                        "linear cross-entropy)")
-    fp32_residual: bool = _opt(False, "keep the residual stream between blocks in fp32 (as Hugging Face under autocast and Megatron's fp32_residual_connection); the blocks still compute in bf16")
+    kernels: str = _opt(
+        "torch",
+        "the blocks' RMSNorms and residual adds: torch (compiled PyTorch, also the CPU "
+        "path), liger (liger-kernel's fused add + RMSNorm, CUDA only) or liger+ce (and its fused "
+        "linear cross-entropy)",
+    )
+    fp32_residual: bool = _opt(
+        False,
+        "keep the residual stream between blocks in fp32 (as Hugging Face under autocast and Megatron's "
+        "fp32_residual_connection); the blocks still compute in bf16",
+    )
     # FSDP (several devices; one device runs a replica and gathers nothing): keeping each block's gathered bf16
     # weights from forward to backward gathers once per step instead of twice, at the cost of the bf16 model in
     # memory (2.2 GB at 1.1B): +1.7% on one H100 (BENCHMARKS.md).
-    reshard_after_forward: bool = _opt(False, "FSDP: free each block's gathered weights after forward (for models whose gathered weights do not fit beside the activations)")
-    verify_checksums: bool = _opt(False, "check every shard's sha256 against the manifest before training (sizes are always checked)")
-    allow_manifest_change: bool = _opt(False, "with --resume: continue although the manifest's shards differ from the checkpoint's, saying what changed")
+    reshard_after_forward: bool = _opt(
+        False,
+        "FSDP: free each block's gathered weights after forward (for models whose gathered weights do not fit beside "
+        "the activations)",
+    )
+    verify_checksums: bool = _opt(
+        False, "check every shard's sha256 against the manifest before training (sizes are always checked)"
+    )
+    allow_manifest_change: bool = _opt(
+        False,
+        "with --resume: continue although the manifest's shards differ from the checkpoint's, saying what changed",
+    )
     prefetch: int = _opt(4, "batches the background reader keeps ready")
 
     def __post_init__(self) -> None:
         for name in ("manifest", "preset"):
             if getattr(self, name) is None:
-                raise ConfigError(f"--{name}", "required, unless --resume names a checkpoint (it then defaults to the checkpoint's)")
+                raise ConfigError(
+                    f"--{name}", "required, unless --resume names a checkpoint (it then defaults to the checkpoint's)"
+                )
         self.manifest = Path(self.manifest)
         self.resume = Path(self.resume) if self.resume is not None else None
         if self.out is None and self.resume is None:
-            raise ConfigError("--out", "required (where checkpoints and metrics go), unless --resume names the run to continue")
+            raise ConfigError(
+                "--out", "required (where checkpoints and metrics go), unless --resume names the run to continue"
+            )
         if self.out is None:
             self.out = self.resume.parent if (self.resume / "meta.json").exists() else self.resume
         self.out = Path(self.out)
@@ -170,23 +218,32 @@ class TrainConfig:
         context = preset(self.preset).context
         if self.batch_tokens % context:
             lower = self.batch_tokens // context * context
-            raise ConfigError(f"--batch-tokens {self.batch_tokens}", f"not a whole number of {context}-token windows; use {_either([lower, lower + context] if lower else [context])}")
+            raise ConfigError(
+                f"--batch-tokens {self.batch_tokens}",
+                f"not a whole number of {context}-token windows; use "
+                f"{_either([lower, lower + context] if lower else [context])}",
+            )
         windows = self.batch_tokens // context
         if windows % world_size:
             ranks = [n for n in range(1, windows + 1) if windows % n == 0]
             raise ConfigError(
-                f"--batch-tokens {self.batch_tokens}", f"{windows} windows of {context} tokens, which {world_size} ranks cannot share "
-                f"({windows} / {world_size} is not whole); keep this global batch on {_either(ranks)} ranks, or in a new run use a "
-                f"multiple of {context * world_size} tokens: {max(1, windows // world_size) * context * world_size}"
+                f"--batch-tokens {self.batch_tokens}",
+                f"{windows} windows of {context} tokens, which {world_size} ranks cannot share "
+                f"({windows} / {world_size} is not whole); keep this global batch on {_either(ranks)} ranks, or in a "
+                "new run use a "
+                f"multiple of {context * world_size} tokens: {max(1, windows // world_size) * context * world_size}",
             )
         per_rank = windows // world_size
         if per_rank % self.micro_batch:
             per_micro_step = self.micro_batch * context * world_size
             lower = max(per_micro_step, self.batch_tokens // per_micro_step * per_micro_step)
             raise ConfigError(
-                f"--batch-tokens {self.batch_tokens}", f"{windows} windows of {context} tokens = {per_rank} per rank on {world_size} ranks, "
-                f"which --micro-batch {self.micro_batch} does not divide: use --micro-batch {_either([m for m in range(1, per_rank + 1) if per_rank % m == 0])} "
-                f"(the same global batch), or in a new run a multiple of {per_micro_step} tokens: use {lower} or {lower + per_micro_step}"
+                f"--batch-tokens {self.batch_tokens}",
+                f"{windows} windows of {context} tokens = {per_rank} per rank on {world_size} ranks, "
+                f"which --micro-batch {self.micro_batch} does not divide: use --micro-batch "
+                f"{_either([m for m in range(1, per_rank + 1) if per_rank % m == 0])} "
+                f"(the same global batch), or in a new run a multiple of {per_micro_step} tokens: use {lower} or "
+                f"{lower + per_micro_step}",
             )
         return per_rank // self.micro_batch
 

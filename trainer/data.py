@@ -1,9 +1,11 @@
 """Training windows from a manifest's memory-mapped shards: tokenmill's reader, public for any PyTorch loop.
 
     from trainer.data import WindowDataset
-    dataset = WindowDataset("runs/x/manifest.json", "train", context=2048, seed=1234)  # rank, world size: torch.distributed's
+    dataset = WindowDataset("runs/x/manifest.json", "train", context=2048, seed=1234)  # rank, world size:
+    torch.distributed's
     for inputs, targets in torch.utils.data.DataLoader(dataset, batch_size=8): ...
-    state = dataset.state_dict()  # save it with the model; `load_state_dict(state)` continues after the last window read
+    state = dataset.state_dict()  # save it with the model; `load_state_dict(state)` continues after the last window
+    read
 
 (README.md's "Training with another framework" shows it in a plain loop, the one tests/support/plain_loop.py runs.)
 
@@ -24,6 +26,7 @@ Epoch ends: nothing is dropped, for any W. The last N mod W windows of an epoch 
 the first windows of the next epoch's permutation, so a batch at the boundary holds windows of both epochs
 (and, with a tiny N, possibly the same window once from each).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +68,9 @@ def check_shards(manifest: Manifest, split: str, *, checksums: bool, rank: int =
         mine = i % world_size == rank
         problems = shard.check(checksums=checksums and mine, index_checksum=mine)
         if problems:
-            raise DataError(f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild")
+            raise DataError(
+                f"{problems[0]} (manifest {manifest.path}); re-copy the shard (`tokenmill stage-in`) or rebuild"
+            )
 
 
 class TokenWindows:
@@ -78,12 +83,18 @@ class TokenWindows:
         for shard in manifest.shards(split):
             index = read_index_header(shard.idx_path)
             if index.dtype.name != manifest.dtype:
-                raise DataError(f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.dtype}; rebuild")
+                raise DataError(
+                    f"{shard.idx_path}: tokens are {index.dtype.name}, manifest {manifest.path} says {manifest.dtype}; "
+                    "rebuild"
+                )
             self.tokens.append(open_tokens(shard.bin_path, index))
             counts.append(max(0, (index.tokens - 1) // context))
         self.first_window = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
         if len(self) == 0:
-            raise ManifestError(f"{manifest.path}: split {split!r} has no window of {context + 1} tokens; build more data or use a shorter context")
+            raise ManifestError(
+                f"{manifest.path}: split {split!r} has no window of {context + 1} tokens; build more data or use a "
+                "shorter context"
+            )
 
     def __len__(self) -> int:
         return int(self.first_window[-1])
@@ -154,7 +165,16 @@ class WindowDataset(IterableDataset):
     position lives in the worker: only torchdata's StatefulDataLoader brings it back. Several workers would read
     the same windows and are refused."""
 
-    def __init__(self, manifest: Manifest | str | Path, split: str = "train", *, context: int, seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest | str | Path,
+        split: str = "train",
+        *,
+        context: int,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         super().__init__()
         if rank is None or world_size is None:
             group = dist.is_available() and dist.is_initialized()
@@ -193,7 +213,10 @@ class WindowDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         if info is not None and info.num_workers > 1:
-            raise DataError(f"DataLoader(num_workers={info.num_workers}): each worker would read the same windows; use num_workers=0 or 1 (reading is a memmap slice, no decoding to spread)")
+            raise DataError(
+                f"DataLoader(num_workers={info.num_workers}): each worker would read the same windows; use "
+                "num_workers=0 or 1 (reading is a memmap slice, no decoding to spread)"
+            )
         while True:
             for row in torch.from_numpy(self.read(self.consumed, _READ_AHEAD)):
                 self.consumed += self.world_size
@@ -203,15 +226,27 @@ class WindowDataset(IterableDataset):
         epoch, position = divmod(self.consumed, len(self.windows))
         shards = shard_list(self.manifest, self.split)
         return {
-            "version": STATE_VERSION, "seed": self.seed, "context": self.windows.context, "epoch": epoch, "position": position,
-            "fingerprint": shard_list_sha256(shards), "shards": shards,
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "context": self.windows.context,
+            "epoch": epoch,
+            "position": position,
+            "fingerprint": shard_list_sha256(shards),
+            "shards": shards,
         }
 
     def load_state_dict(self, state: dict, *, allow_manifest_change: bool = False) -> None:
         """Continue where `state` was saved, from any world size (`check_state` says what is refused). A
         version-1 state (tokenmill before elastic resume) continues exactly, except that at its epoch's end the
         N mod W windows version 1 would have dropped are read."""
-        state = check_state(state, self.manifest, self.split, seed=self.seed, context=self.windows.context, allow_manifest_change=allow_manifest_change)
+        state = check_state(
+            state,
+            self.manifest,
+            self.split,
+            seed=self.seed,
+            context=self.windows.context,
+            allow_manifest_change=allow_manifest_change,
+        )
         n = len(self.windows)
         self.consumed = state["epoch"] * n + state["position"] if state["position"] < n else (state["epoch"] + 1) * n
 
@@ -229,19 +264,27 @@ def shard_list_sha256(shards: list[list[str]]) -> str:
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
-def check_state(state: dict, manifest: Manifest, split: str, *, seed: int, context: int, allow_manifest_change: bool = False) -> dict:
+def check_state(
+    state: dict, manifest: Manifest, split: str, *, seed: int, context: int, allow_manifest_change: bool = False
+) -> dict:
     """`state` (any version this reader wrote) as the current version, if a reader of `manifest`'s `split` with
     this seed and context can continue it: another seed or context is refused, and shards other than the
     state's unless `allow_manifest_change`. Reads the manifest only, no shard."""
     state = _upgrade(state)
     if state["seed"] != seed:
-        raise DataError(f"the checkpoint's data seed is {state['seed']}, this run's is {seed}; resume with --seed {state['seed']}")
+        raise DataError(
+            f"the checkpoint's data seed is {state['seed']}, this run's is {seed}; resume with --seed {state['seed']}"
+        )
     if state["context"] not in (None, context):
-        raise DataError(f"the checkpoint's windows are {state['context']} tokens, this run's {context}; resume with the checkpoint's model preset")
+        raise DataError(
+            f"the checkpoint's windows are {state['context']} tokens, this run's {context}; resume with the "
+            "checkpoint's model preset"
+        )
     change = manifest_change(state, manifest, split)
     if change and not allow_manifest_change:
         raise DataError(
-            f"{change}; the data order depends on the shards, so resume with the checkpoint's manifest, or accept the change "
+            f"{change}; the data order depends on the shards, so resume with the checkpoint's manifest, or accept the "
+            "change "
             "(`tokenmill train --allow-manifest-change`, allow_manifest_change=True): the current epoch then continues "
             "in the new shards' order, which can repeat or skip windows until the epoch ends"
         )
@@ -273,8 +316,18 @@ def _upgrade(state: dict) -> dict:
     if version == STATE_VERSION:
         return state
     if version == 1:  # positions per rank of `world_size` ranks; no shards or context recorded
-        return {"version": STATE_VERSION, "seed": state["seed"], "context": None, "epoch": state["epoch"], "position": state["position"] * state["world_size"], "fingerprint": None}
-    raise DataError(f"data state version {version}, this tokenmill reads versions 1 and {STATE_VERSION}; resume with the tokenmill that wrote it")
+        return {
+            "version": STATE_VERSION,
+            "seed": state["seed"],
+            "context": None,
+            "epoch": state["epoch"],
+            "position": state["position"] * state["world_size"],
+            "fingerprint": None,
+        }
+    raise DataError(
+        f"data state version {version}, this tokenmill reads versions 1 and {STATE_VERSION}; resume with the tokenmill "
+        "that wrote it"
+    )
 
 
 class WindowLoader:
@@ -305,7 +358,9 @@ class WindowLoader:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._produce, args=(self.dataset.consumed,), daemon=True, name="window-prefetch")
+            self._thread = threading.Thread(
+                target=self._produce, args=(self.dataset.consumed,), daemon=True, name="window-prefetch"
+            )
             self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
@@ -336,6 +391,17 @@ class WindowLoader:
             self._thread.join()
 
 
-def open_loader(manifest: Manifest, split: str, *, context: int, batch: int, seed: int, rank: int, world_size: int, device: torch.device, prefetch: int = 4) -> WindowLoader:
+def open_loader(
+    manifest: Manifest,
+    split: str,
+    *,
+    context: int,
+    batch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    prefetch: int = 4,
+) -> WindowLoader:
     dataset = WindowDataset(manifest, split, context=context, seed=seed, rank=rank, world_size=world_size)
     return WindowLoader(dataset, batch=batch, device=device, prefetch=prefetch)

@@ -6,6 +6,7 @@ The model's RoPE already uses Hugging Face's "rotate half" layout, so export ren
 fused QKV and gate/up matrices into their rows; nothing is permuted within a head. Runs in one process on the
 CPU; the checkpoint may come from any number of ranks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,11 @@ from trainer.config import ModelConfig
 from trainer.model import Llama, build
 from trainer.options import EXPORT_DTYPES, export_parser
 
-_TOP_LEVEL = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+_TOP_LEVEL = {
+    "embed.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 _IN_BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn.o.weight": "self_attn.o_proj.weight",
@@ -129,11 +134,16 @@ def run_tokenizer(meta: dict, manifest_path: Path | None) -> tuple[Path, bool]:
     try:
         manifest = load_manifest(manifest_path)
     except ManifestError as e:
-        raise checkpoint.CheckpointError(f"the tokenizer comes from the run's manifest: {e}; pass --manifest PATH where the build is now") from None
+        raise checkpoint.CheckpointError(
+            f"the tokenizer comes from the run's manifest: {e}; pass --manifest PATH where the build is now"
+        ) from None
     path = manifest.tokenizer_path()
     problem = check_file(path, size=None, sha256=meta["tokenizer"]["sha256"]) if path else "not copied into the build"
     if problem:
-        raise checkpoint.CheckpointError(f"{path or manifest_path}: the run's tokenizer is {problem}; pass --manifest of the build the run trained on")
+        raise checkpoint.CheckpointError(
+            f"{path or manifest_path}: the run's tokenizer is {problem}; pass --manifest of the build the run trained "
+            "on"
+        )
     return path, manifest.tokenizer.add_bos
 
 
@@ -152,8 +162,18 @@ def write_tokenizer(tokenizer: tuple[Path, bool], out: Path, ids: dict, *, conte
     proto = _sentencepiece_settings(model_file)
     shutil.copyfile(model_file, out / "tokenizer.model")
     sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
-    special = {"bos_token": sp.id_to_piece(ids["bos_id"]), "eos_token": sp.id_to_piece(ids["eos_id"]), "unk_token": sp.id_to_piece(proto.trainer_spec.unk_id)}
-    settings = {**special, "tokenizer_class": "LlamaTokenizer", "add_bos_token": add_bos, "add_eos_token": False, "model_max_length": context}
+    special = {
+        "bos_token": sp.id_to_piece(ids["bos_id"]),
+        "eos_token": sp.id_to_piece(ids["eos_id"]),
+        "unk_token": sp.id_to_piece(proto.trainer_spec.unk_id),
+    }
+    settings = {
+        **special,
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": add_bos,
+        "add_eos_token": False,
+        "model_max_length": context,
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(settings))
     converted = transformers.AutoTokenizer.from_pretrained(out)  # vocabulary and merges from tokenizer.model
     # sentencepiece merges the pair whose piece scores highest; the conversion ranks merges by piece id, which
@@ -162,14 +182,23 @@ def write_tokenizer(tokenizer: tuple[Path, bool], out: Path, ids: dict, *, conte
     spec = json.loads(converted._tokenizer.to_str())
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
     merged_id = [sp.piece_to_id(a + b) for a, b in merges]
-    spec["model"]["merges"] = [list(m) for _, m in sorted(zip(merged_id, merges, strict=True), key=lambda pair: (-sp.get_score(pair[0]), pair[0]))]
+    spec["model"]["merges"] = [
+        list(m)
+        for _, m in sorted(zip(merged_id, merges, strict=True), key=lambda pair: (-sp.get_score(pair[0]), pair[0]))
+    ]
     converted._tokenizer = tokenizers.Tokenizer.from_str(json.dumps(spec))
-    converted._tokenizer.normalizer = tokenizers.normalizers.Sequence([tokenizers.normalizers.Prepend("▁"), tokenizers.normalizers.Replace(" ", "▁")])
-    converted._tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(_SENTENCEPIECE_WORDS), behavior="isolated")
+    converted._tokenizer.normalizer = tokenizers.normalizers.Sequence(
+        [tokenizers.normalizers.Prepend("▁"), tokenizers.normalizers.Replace(" ", "▁")]
+    )
+    converted._tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split(
+        tokenizers.Regex(_SENTENCEPIECE_WORDS), behavior="isolated"
+    )
     converted.save_pretrained(out)
     saved = json.loads((out / "tokenizer_config.json").read_text())
     # Loaded as LlamaTokenizer, transformers would rebuild the conversion's pre-tokenizer over tokenizer.json's.
-    (out / "tokenizer_config.json").write_text(json.dumps({**saved, **settings, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({**saved, **settings, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n"
+    )
 
 
 def _import_hf():
@@ -177,7 +206,9 @@ def _import_hf():
         import tokenizers
         import transformers
     except ImportError:
-        raise checkpoint.CheckpointError("--hf writes the tokenizer for transformers, which is not installed: pip install 'tokenmill[hf]'") from None
+        raise checkpoint.CheckpointError(
+            "--hf writes the tokenizer for transformers, which is not installed: pip install 'tokenmill[hf]'"
+        ) from None
     return transformers, tokenizers
 
 
@@ -197,7 +228,10 @@ def _sentencepiece_settings(model_file: Path):
     }
     differ = [f"{name} {got!r} (not {want!r})" for name, (got, want) in expected.items() if got != want]
     if differ:
-        raise checkpoint.CheckpointError(f"{model_file}: a sentencepiece model with {', '.join(differ)}; export writes tokenizers for Llama-style models only")
+        raise checkpoint.CheckpointError(
+            f"{model_file}: a sentencepiece model with {', '.join(differ)}; export writes tokenizers for Llama-style "
+            "models only"
+        )
     return proto
 
 
@@ -210,7 +244,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`tokenmill export` once its arguments are parsed (trainer.options.export_main parses them before torch loads)."""
     if args.megatron:
         if args.checkpoint is not None:
-            parser.error(f"--megatron exports a manifest, not the checkpoint {args.checkpoint}: tokenmill export --megatron MANIFEST OUT")
+            parser.error(
+                f"--megatron exports a manifest, not the checkpoint {args.checkpoint}: tokenmill export --megatron "
+                "MANIFEST OUT"
+            )
         return _export_megatron(*args.megatron)
     if args.checkpoint is None:
         parser.error("--hf: name the checkpoint to export: tokenmill export CHECKPOINT --hf OUT")
@@ -235,6 +272,11 @@ def _export_megatron(manifest_path: Path, out: Path) -> int:
         return 2
     for split, path in written.items():
         folders = sorted({str((out / shard.entry.bin).parent) for shard in manifest.shards(split)})
-        print(f"{split}: {len(manifest.shards(split))} Megatron datasets under {', '.join(folders)}; their blend: {path}")
-    print(f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (README.md: Training with another framework)")
+        print(
+            f"{split}: {len(manifest.shards(split))} Megatron datasets under {', '.join(folders)}; their blend: {path}"
+        )
+    print(
+        f"Megatron-LM: --train-data-path $(cat {written.get('train', out / 'train.data-path')}) (README.md: Training "
+        "with another framework)"
+    )
     return 0

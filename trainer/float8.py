@@ -4,6 +4,7 @@ its absolute max lands on the format's largest value, products accumulated in fp
 The embedding, the output projection, attention and norms stay bf16; parameters, gradients and optimizer
 state keep their dtypes, so checkpoints are the same with or without it. Compare its loss curve with bf16 on
 the same data before trusting it (bench/train_throughput.py does)."""
+
 from __future__ import annotations
 
 import torch

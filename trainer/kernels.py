@@ -47,7 +47,8 @@ def check_kernels(kernels: str, device_type: str) -> None:
     if missing:
         raise ConfigError(
             f"--kernels {kernels}",
-            f"{' and '.join(missing)} not installed; pip install 'tokenmill[gpu]' (liger-kernel), or use --kernels torch",
+            f"{' and '.join(missing)} not installed; pip install 'tokenmill[gpu]' (liger-kernel), or use --kernels "
+            "torch",
         )
 
 

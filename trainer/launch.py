@@ -14,6 +14,7 @@ otherwise the first failed rank's. For several machines, run torchrun yourself w
 arguments but --nproc), as infra/slurm/train.sbatch and infra/k8s/train.yaml do: there the store has to be
 reachable from the other machines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,20 +48,33 @@ def loopback_store() -> tuple[dist.TCPStore, int]:
     listener.listen()
     port = listener.getsockname()[1]
     # detach: the store owns the socket from here on
-    return dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach()), port
+    return dist.TCPStore(
+        "127.0.0.1", port, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach()
+    ), port
 
 
 def rank_environment(rank: int, nproc: int, port: int, base: dict[str, str]) -> dict[str, str]:
     """What torchrun gives its workers on one machine, pointed at the loopback store. The interface and thread
     settings are defaults: a user's own value wins (OMP_NUM_THREADS=1 is torchrun's default for several ranks,
     so that a run started either way computes the same)."""
-    defaults = {"GLOO_SOCKET_IFNAME": LOOPBACK_INTERFACE, "NCCL_SOCKET_IFNAME": LOOPBACK_INTERFACE, "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    defaults = {
+        "GLOO_SOCKET_IFNAME": LOOPBACK_INTERFACE,
+        "NCCL_SOCKET_IFNAME": LOOPBACK_INTERFACE,
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    }
     if nproc > 1:
         defaults["OMP_NUM_THREADS"] = "1"
     return {
-        **defaults, **base,
-        "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+        **defaults,
+        **base,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "GROUP_RANK": "0",
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
     }
 
 
@@ -97,7 +111,9 @@ def main(argv: list[str]) -> int:
     store, port = loopback_store()
     # A session of each rank's own: a terminal's Ctrl-C or a group kill reaches the ranks once, through us.
     ranks = [
-        subprocess.Popen(rank_command(train_argv), env=rank_environment(rank, nproc, port, dict(os.environ)), start_new_session=True)
+        subprocess.Popen(
+            rank_command(train_argv), env=rank_environment(rank, nproc, port, dict(os.environ)), start_new_session=True
+        )
         for rank in range(nproc)
     ]
     code = supervise(ranks, signals)
@@ -131,14 +147,20 @@ def supervise(ranks: list[subprocess.Popen], signals: list[int]) -> int:
             deadline = deadline or time.monotonic() + SHUTDOWN_TIMEOUT_S
         if failed is None and (failed := _first_failed(ranks)) is not None:
             others = "; stopping the other ranks" if any(rank.poll() is None for rank in ranks) else ""
-            print(f"tokenmill train: rank {failed} exited with {_exit_status(ranks[failed].returncode)}{others}", file=sys.stderr, flush=True)
+            print(
+                f"tokenmill train: rank {failed} exited with {_exit_status(ranks[failed].returncode)}{others}",
+                file=sys.stderr,
+                flush=True,
+            )
             _signal_running(ranks, signal.SIGTERM)
             deadline = deadline or time.monotonic() + SHUTDOWN_TIMEOUT_S
         if deadline is not None and time.monotonic() > deadline and any(rank.poll() is None for rank in ranks):
             # said before the kill, so that the exit status 137 that follows does not read as a crash
             print(
                 f"tokenmill train: ranks still running {SHUTDOWN_TIMEOUT_S:g} s after the stop are killed (SIGKILL); "
-                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT sets how long to wait", file=sys.stderr, flush=True,
+                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT sets how long to wait",
+                file=sys.stderr,
+                flush=True,
             )
             _signal_running(ranks, signal.SIGKILL)
             deadline = float("inf")

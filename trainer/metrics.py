@@ -1,5 +1,6 @@
 """What a run reports: JSON lines always (OUT/metrics.jsonl), TensorBoard when it is installed, and one console
 line per log step. Throughput is tokens/s per GPU; MFU is against the detected GPU's datasheet bf16 peak."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,10 @@ def datasheet_peak(device: torch.device) -> tuple[str, float | None]:
 def memory_gib(device: torch.device) -> dict[str, float]:
     """Peak memory of this process: allocated and reserved on the GPU, resident set on the CPU."""
     if device.type == "cuda":
-        return {"mem_gib": torch.cuda.max_memory_allocated(device) / 2**30, "mem_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+        return {
+            "mem_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "mem_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+        }
     return {"mem_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 

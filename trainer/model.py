@@ -8,6 +8,7 @@ fused matrices (`attn.qkv`, `mlp.gate_up`) into Hugging Face's separate projecti
 `Llama.forward(tokens)` returns logits; `Llama.forward(tokens, targets)` returns the mean cross-entropy through
 `linear_cross_entropy`, which never materialises the logits of the whole batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -211,7 +212,13 @@ class Attention(nn.Module):
         # projection below is then a view, and its gradient needs no transposing copy either.
         # enable_gqa: query heads share K/V heads inside the kernel, no repeated copies (9% faster forward +
         # backward than repeating them, measured on an H100 with cuDNN attention: BENCHMARKS.md).
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
         return self.o(y.transpose(1, 2).reshape(batch, time, -1))
 
 
@@ -367,7 +374,9 @@ def cross_entropy_chunk(logits: torch.Tensor, targets: torch.Tensor, scale: floa
     return loss_sum, grad.to(logits.dtype)
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_math=cross_entropy_chunk) -> torch.Tensor:
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_math=cross_entropy_chunk
+) -> torch.Tensor:
     """mean(cross_entropy(h @ weight.T, targets)), LOSS_CHUNK_ROWS rows of logits at a time, softmax in fp32.
 
     With gradients enabled, the gradients of h and weight are computed in the same pass over the chunks (the
@@ -392,7 +401,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for start in range(0, rows, LOSS_CHUNK_ROWS):
             h_chunk = h[start : start + LOSS_CHUNK_ROWS]
-            chunk_loss, grad_logits = chunk_math(h_chunk @ weight.t(), targets[start : start + LOSS_CHUNK_ROWS], 1.0 / rows)
+            chunk_loss, grad_logits = chunk_math(
+                h_chunk @ weight.t(), targets[start : start + LOSS_CHUNK_ROWS], 1.0 / rows
+            )
             loss_sum += chunk_loss
             grad_h[start : start + LOSS_CHUNK_ROWS] = grad_logits @ weight
             grad_w += (grad_logits.t() @ h_chunk).float()

@@ -1,5 +1,6 @@
 """AdamW with decoupled weight decay on matrices only, and the learning-rate schedule as a pure function of the
 step (so the schedule's checkpointed state is just the step number)."""
+
 from __future__ import annotations
 
 import math

@@ -2,6 +2,7 @@
 device a replica in the compute dtype (`trainer.replica`) and on several FSDP2 (`fully_shard` per block and
 finally the root), torch.compile per block of whichever module runs the micro-batches. Each step is one
 function."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,18 @@ from trainer.model import Llama, cross_entropy_chunk
 from trainer.replica import Replica
 
 
-def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, compile: bool, ac_every: int, reshard_after_forward: bool, fp8: bool,
-                fp32_residual: bool, kernels: str = "torch") -> tuple[Llama, Replica | None]:
+def parallelize(
+    model: Llama,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype,
+    compile: bool,
+    ac_every: int,
+    reshard_after_forward: bool,
+    fp8: bool,
+    fp32_residual: bool,
+    kernels: str = "torch",
+) -> tuple[Llama, Replica | None]:
     """Returns (the model, its replica): the model holds the parameters (optimizer, checkpoints); micro-batches
     run on the replica's module on one device, on the FSDP-sharded model itself on several (replica None)."""
     check_kernels(kernels, mesh.device_type)
@@ -36,7 +47,13 @@ def parallelize(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, com
         return model, replica
     if compile:
         apply_compile(model)
-    apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward, cast_block_inputs=not fp32_residual)
+    apply_fsdp(
+        model,
+        mesh,
+        param_dtype=param_dtype,
+        reshard_after_forward=reshard_after_forward,
+        cast_block_inputs=not fp32_residual,
+    )
     return model, None
 
 
@@ -76,12 +93,21 @@ def apply_compile(model: Llama) -> None:
     model.cross_entropy_chunk = torch.compile(cross_entropy_chunk, fullgraph=True)
 
 
-def apply_fsdp(model: Llama, mesh: DeviceMesh, *, param_dtype: torch.dtype, reshard_after_forward: bool, cast_block_inputs: bool = True) -> None:
+def apply_fsdp(
+    model: Llama,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype,
+    reshard_after_forward: bool,
+    cast_block_inputs: bool = True,
+) -> None:
     """One FSDP unit per block (its all-gather overlaps the previous block's compute), then the root for the
     embedding, final norm and output. Parameters are gathered in `param_dtype`, gradients reduced in fp32; the
     blocks' inputs are cast to `param_dtype` unless `cast_block_inputs` is off (an fp32 residual stream)."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    block_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=cast_block_inputs)
+    block_policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=cast_block_inputs
+    )
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
     # The root's weights (embedding, norm, output) are the first needed in backward: keep them gathered.

@@ -11,6 +11,7 @@ a hook adds to the fp32 ones after each backward.
 
 The fp32 gradients stay allocated between steps (the matmuls write into them): zero them with
 `optimizer.zero_grad(set_to_none=False)`; a step whose gradients were freed is refused."""
+
 from __future__ import annotations
 
 import copy

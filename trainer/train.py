@@ -8,6 +8,7 @@ gradients; CPU runs use gloo and fp32. SIGTERM or SIGINT saves a checkpoint and 
 step stopped half-way is dropped (the checkpoint is the step before, and the resume runs it again).
 The file reads top to bottom: arguments, process group, checks, model, optimizer, data, resume, loop.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,7 +69,13 @@ class Runtime:
 
 def init_distributed() -> Runtime:
     """The process group torchrun describes in the environment (a single process without torchrun)."""
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+    for key, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ):
         os.environ.setdefault(key, value)
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -82,20 +89,26 @@ def init_distributed() -> Runtime:
     return Runtime(dist.get_rank(), dist.get_world_size(), device, stop_group)
 
 
-def check_data(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, *, checksums: bool, rank: int = 0, world_size: int = 1) -> None:
-    """The preset's vocabulary covers the tokenizer's; the shards are the manifest's (sizes; sha256 with `checksums`)."""
+def check_data(
+    cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, *, checksums: bool, rank: int = 0, world_size: int = 1
+) -> None:
+    """The preset's vocabulary covers the tokenizer's; the shards are the manifest's (sizes; sha256 with
+    `checksums`)."""
     if model_cfg.vocab_size < manifest.tokenizer.vocab_size:
         raise ConfigError(
-            f"preset {model_cfg.name}", f"a vocabulary of {model_cfg.vocab_size}, smaller than the tokenizer's "
+            f"preset {model_cfg.name}",
+            f"a vocabulary of {model_cfg.vocab_size}, smaller than the tokenizer's "
             f"{manifest.tokenizer.vocab_size} in {manifest.path}; use a preset whose vocab_size is at least "
-            f"{manifest.tokenizer.vocab_size}"
+            f"{manifest.tokenizer.vocab_size}",
         )
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.eval_every else [])
     for split in splits:
         check_shards(manifest, split, checksums=checksums, rank=rank, world_size=world_size)
 
 
-def build_model_and_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime) -> tuple[Llama, Llama, torch.optim.Optimizer]:
+def build_model_and_optimizer(
+    model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime
+) -> tuple[Llama, Llama, torch.optim.Optimizer]:
     """(model, runner, optimizer). The model holds the parameters (the optimizer's, the checkpoints'); the
     runner runs the micro-batches: on several devices the FSDP-sharded model itself, on one a replica in the
     compute dtype that follows the model's steps and loads (`trainer.parallelize`). Initialised on the CPU from
@@ -151,7 +164,16 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.T
     return norm
 
 
-def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLoader, accumulation: int, grad_clip: float, *, keep_gathered: bool = True, stop=None):
+def train_step(
+    model: Llama,
+    optimizer: torch.optim.Optimizer,
+    batches: WindowLoader,
+    accumulation: int,
+    grad_clip: float,
+    *,
+    keep_gathered: bool = True,
+    stop=None,
+):
     """One optimizer step over `accumulation` micro-batches of `model` (the FSDP model, or a replica's module).
     Returns (mean loss, grad norm) as device tensors (no host sync) and the seconds spent waiting for data; loss
     and grad norm are None when `stop()` (a collective) asked to stop between micro-batches: then nothing was
@@ -166,7 +188,9 @@ def train_step(model: Llama, optimizer: torch.optim.Optimizer, batches: WindowLo
     return loss_sum, grad_norm, waited
 
 
-def accumulate_gradients(model: Llama, batches, accumulation: int, *, keep_gathered: bool = True, stop=None) -> tuple[torch.Tensor | None, float]:
+def accumulate_gradients(
+    model: Llama, batches, accumulation: int, *, keep_gathered: bool = True, stop=None
+) -> tuple[torch.Tensor | None, float]:
     """Forward and backward over `accumulation` micro-batches, gradients summed. Returns the mean loss (a device
     tensor; None if `stop()` asked to stop before a micro-batch after the first) and the seconds spent waiting
     for data.
@@ -256,11 +280,20 @@ class Interval:
         tokens_per_s = self.steps * cfg.batch_tokens / rt.world_size / elapsed
         peak_name, peak = datasheet_peak(rt.device)
         record = {
-            "kind": "train", "step": step, "steps": cfg.steps, "loss": loss_value, "lr": lr,
-            "grad_norm": (self.grad_norm / self.steps).item(), "tokens_per_s_per_gpu": tokens_per_s,
+            "kind": "train",
+            "step": step,
+            "steps": cfg.steps,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": (self.grad_norm / self.steps).item(),
+            "tokens_per_s_per_gpu": tokens_per_s,
             "mfu": tokens_per_s * model_cfg.flops_per_token() / peak if peak else None,
-            "peak_name": peak_name, "peak_flops": peak, "data_wait": self.waited / elapsed,
-            "interval_steps": self.steps, "interval_s": elapsed, **memory_gib(rt.device),
+            "peak_name": peak_name,
+            "peak_flops": peak,
+            "data_wait": self.waited / elapsed,
+            "interval_steps": self.steps,
+            "interval_s": elapsed,
+            **memory_gib(rt.device),
         }
         self.reset()
         return record
@@ -275,18 +308,42 @@ def check_resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest) -
     path = checkpoint.resolve(cfg.resume)
     meta = checkpoint.read_meta(path)
     if meta["model"]["name"] != model_cfg.name:
-        raise ConfigError(f"--resume {path}", f"written for preset {meta['model']['name']}, this run is {model_cfg.name}; use --preset {meta['model']['name']} (or leave --preset out)")
+        raise ConfigError(
+            f"--resume {path}",
+            f"written for preset {meta['model']['name']}, this run is {model_cfg.name}; use --preset "
+            f"{meta['model']['name']} (or leave --preset out)",
+        )
     if meta["model"] != dataclasses.asdict(model_cfg):
-        differ = ", ".join(f"{k} {v} vs {getattr(model_cfg, k)}" for k, v in meta["model"].items() if getattr(model_cfg, k, None) != v)
-        raise ConfigError(f"--resume {path}", f"its {model_cfg.name} model differs from this tokenmill's {model_cfg.name} preset ({differ}); resume it with the tokenmill that wrote it")
+        differ = ", ".join(
+            f"{k} {v} vs {getattr(model_cfg, k)}" for k, v in meta["model"].items() if getattr(model_cfg, k, None) != v
+        )
+        raise ConfigError(
+            f"--resume {path}",
+            f"its {model_cfg.name} model differs from this tokenmill's {model_cfg.name} preset ({differ}); resume it "
+            "with the tokenmill that wrote it",
+        )
     if meta["step"] >= cfg.steps:
-        raise ConfigError(f"--resume {path}", f"already at step {meta['step']} of --steps {cfg.steps}, nothing to train; give a larger --steps to train on")
+        raise ConfigError(
+            f"--resume {path}",
+            f"already at step {meta['step']} of --steps {cfg.steps}, nothing to train; give a larger --steps to train "
+            "on",
+        )
     if meta["train"]["batch_tokens"] != cfg.batch_tokens:
         raise ConfigError(
-            f"--resume {path}", f"written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run keeps "
-            f"its global batch (its steps, schedule and data position count in it): resume with --batch-tokens {meta['train']['batch_tokens']}"
+            f"--resume {path}",
+            f"written with --batch-tokens {meta['train']['batch_tokens']}, this run has {cfg.batch_tokens}; a run "
+            "keeps "
+            "its global batch (its steps, schedule and data position count in it): resume with --batch-tokens "
+            f"{meta['train']['batch_tokens']}",
         )
-    check_state(meta["data"], manifest, cfg.train_split, seed=cfg.seed, context=model_cfg.context, allow_manifest_change=cfg.allow_manifest_change)
+    check_state(
+        meta["data"],
+        manifest,
+        cfg.train_split,
+        seed=cfg.seed,
+        context=model_cfg.context,
+        allow_manifest_change=cfg.allow_manifest_change,
+    )
     return path, meta, manifest_change(meta["data"], manifest, cfg.train_split)
 
 
@@ -297,12 +354,28 @@ def check_out(cfg: TrainConfig) -> None:
         return
     found = checkpoint.all_checkpoints(cfg.out)
     if found:
-        raise ConfigError(f"--out {cfg.out}", f"holds checkpoints up to step {checkpoint.read_meta(found[-1])['step']}; use --resume {cfg.out} to continue that run, or a new --out")
+        raise ConfigError(
+            f"--out {cfg.out}",
+            f"holds checkpoints up to step {checkpoint.read_meta(found[-1])['step']}; use --resume {cfg.out} to "
+            "continue that run, or a new --out",
+        )
     if (cfg.out / "metrics.jsonl").exists():
-        raise ConfigError(f"--out {cfg.out}", "holds the metrics.jsonl of an earlier run (which saved no checkpoint); use a new --out, or delete that folder")
+        raise ConfigError(
+            f"--out {cfg.out}",
+            "holds the metrics.jsonl of an earlier run (which saved no checkpoint); use a new --out, or delete that "
+            "folder",
+        )
 
 
-def resume(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, model: Llama, optimizer: torch.optim.Optimizer, loader: WindowLoader, rt: Runtime) -> int:
+def resume(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    manifest: Manifest,
+    model: Llama,
+    optimizer: torch.optim.Optimizer,
+    loader: WindowLoader,
+    rt: Runtime,
+) -> int:
     """Restore a checkpoint written on any number of ranks in place; returns the step it was written after."""
     path, meta, change = check_resume(cfg, model_cfg, manifest)
     loader.load_state_dict(meta["data"], allow_manifest_change=cfg.allow_manifest_change)
@@ -316,12 +389,17 @@ def run_metadata(cfg: TrainConfig, model_cfg: ModelConfig, manifest: Manifest, r
     """What every checkpoint of this run records besides its step and data position."""
     tokenizer = {k: getattr(manifest.tokenizer, k) for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id")}
     return {
-        "world_size": rt.world_size, "model": dataclasses.asdict(model_cfg), "manifest": str(cfg.manifest.resolve()), "tokenizer": tokenizer,
+        "world_size": rt.world_size,
+        "model": dataclasses.asdict(model_cfg),
+        "manifest": str(cfg.manifest.resolve()),
+        "tokenizer": tokenizer,
         "train": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
     }
 
 
-def save(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, reason: str, rt: Runtime) -> Path:
+def save(
+    cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, reason: str, rt: Runtime
+) -> Path:
     meta = {**run_meta, "reason": reason, "data": loader.state_dict()}
     path = checkpoint.save(cfg.out, step, model, optimizer, meta=meta, keep_last=cfg.keep_last)
     say(rt, f"saved {path} ({reason})")
@@ -334,18 +412,29 @@ def say(rt: Runtime, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def plan(cfg: TrainConfig, model_cfg: ModelConfig, rt: Runtime, accumulation: int, start: int, windows: int) -> list[str]:
+def plan(
+    cfg: TrainConfig, model_cfg: ModelConfig, rt: Runtime, accumulation: int, start: int, windows: int
+) -> list[str]:
     """The start line, and warnings for a plan that cannot train as the user expects."""
     data_tokens, planned = windows * model_cfg.context, (cfg.steps - start) * cfg.batch_tokens
     lines = [
-        f"{rt.world_size} rank{'s' if rt.world_size > 1 else ''} ({rt.device.type}), {model_cfg.name} ({model_cfg.num_params() / 1e6:,.1f}M parameters), "
-        f"{cfg.batch_tokens:,} tokens a step ({rt.world_size} x micro-batch {cfg.micro_batch} x {model_cfg.context} tokens x {accumulation} accumulation), "
-        f"steps {start + 1}-{cfg.steps}: {planned:,} tokens, {planned / data_tokens:.2f} epochs of {cfg.train_split}'s {data_tokens:,}; output {cfg.out}"
+        f"{rt.world_size} rank{'s' if rt.world_size > 1 else ''} ({rt.device.type}), {model_cfg.name} "
+        f"({model_cfg.num_params() / 1e6:,.1f}M parameters), "
+        f"{cfg.batch_tokens:,} tokens a step ({rt.world_size} x micro-batch {cfg.micro_batch} x {model_cfg.context} "
+        f"tokens x {accumulation} accumulation), "
+        f"steps {start + 1}-{cfg.steps}: {planned:,} tokens, {planned / data_tokens:.2f} epochs of {cfg.train_split}'s "
+        f"{data_tokens:,}; output {cfg.out}"
     ]
     if cfg.batch_tokens > data_tokens:
-        lines.append(f"warning: one step ({cfg.batch_tokens:,} tokens) is more than all of split {cfg.train_split} ({data_tokens:,}): every step repeats data; use a smaller --batch-tokens")
+        lines.append(
+            f"warning: one step ({cfg.batch_tokens:,} tokens) is more than all of split {cfg.train_split} "
+            f"({data_tokens:,}): every step repeats data; use a smaller --batch-tokens"
+        )
     if cfg.warmup_steps >= cfg.steps:
-        lines.append(f"warning: --warmup-steps {cfg.warmup_steps} is not shorter than the run (--steps {cfg.steps}): the learning rate never reaches --lr {cfg.lr}")
+        lines.append(
+            f"warning: --warmup-steps {cfg.warmup_steps} is not shorter than the run (--steps {cfg.steps}): the "
+            f"learning rate never reaches --lr {cfg.lr}"
+        )
     return lines
 
 
@@ -384,8 +473,24 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, runner, optimizer = build_model_and_optimizer(model_cfg, cfg, rt)
-    loader = open_loader(manifest, cfg.train_split, context=model_cfg.context, batch=cfg.micro_batch, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, device=rt.device, prefetch=cfg.prefetch)
-    val_data = WindowDataset(manifest, cfg.val_split, context=model_cfg.context, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size) if cfg.eval_every else None
+    loader = open_loader(
+        manifest,
+        cfg.train_split,
+        context=model_cfg.context,
+        batch=cfg.micro_batch,
+        seed=cfg.seed,
+        rank=rt.rank,
+        world_size=rt.world_size,
+        device=rt.device,
+        prefetch=cfg.prefetch,
+    )
+    val_data = (
+        WindowDataset(
+            manifest, cfg.val_split, context=model_cfg.context, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size
+        )
+        if cfg.eval_every
+        else None
+    )
     start = resume(cfg, model_cfg, manifest, model, optimizer, loader, rt) if cfg.resume else 0
     run_meta = run_metadata(cfg, model_cfg, manifest, rt)
     logger, preemption, interval = MetricsLogger(cfg.out, enabled=rt.rank == 0), Preemption(rt), Interval()
@@ -397,10 +502,28 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
             step_start = loader.dataset.consumed
-            loss, grad_norm, waited = train_step(runner, optimizer, loader, accumulation, cfg.grad_clip, keep_gathered=not cfg.reshard_after_forward, stop=preemption.requested)
+            loss, grad_norm, waited = train_step(
+                runner,
+                optimizer,
+                loader,
+                accumulation,
+                cfg.grad_clip,
+                keep_gathered=not cfg.reshard_after_forward,
+                stop=preemption.requested,
+            )
             if loss is None:
                 drop_step(model, loader, step_start)
-                return stop_for_signal(cfg, step - 1, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was stopped between micro-batches and is dropped")
+                return stop_for_signal(
+                    cfg,
+                    step - 1,
+                    model,
+                    optimizer,
+                    loader,
+                    run_meta,
+                    rt,
+                    preemption,
+                    f"step {step} was stopped between micro-batches and is dropped",
+                )
             interval.add(loss, grad_norm, waited)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last = interval.record(step, lr, cfg, model_cfg, rt)
@@ -410,10 +533,14 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
                     last_eval = {"kind": "eval", "step": step, **evaluate(runner, val_data, cfg, rt)}
                     logger.log(last_eval)
             if preemption.requested():
-                return stop_for_signal(cfg, step, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was complete")
+                return stop_for_signal(
+                    cfg, step, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was complete"
+                )
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    save(cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic", rt)
+                    save(
+                        cfg, step, model, optimizer, loader, run_meta, "final" if step == cfg.steps else "periodic", rt
+                    )
     finally:
         loader.close()
         logger.close()

@@ -13,6 +13,7 @@ exactly the outputs whose inputs and settings are unchanged: an interrupted buil
 removed or replaced input file re-runs its own processing and every stage after it, never re-using an
 output made from other files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,12 +117,16 @@ def processed_corpus(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokeniz
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
-    resolved_folder, resolved, clusters, cuts = _dedupe(recipe, processed, dedupe_key, group_folders, group_records, runner)
+    resolved_folder, resolved, clusters, cuts = _dedupe(
+        recipe, processed, dedupe_key, group_folders, group_records, runner
+    )
     keys = {"dedupe": dedupe_key}
     if recipe.dedupe.minhash.verify:
         keys["verify"] = stage.verify_key(dedupe_key, recipe)
         folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
-        resolved_folder, resolved = verified_of(recipe.dedupe, keys["verify"], cuts, clusters, folders_ref, len(processed), runner)
+        resolved_folder, resolved = verified_of(
+            recipe.dedupe, keys["verify"], cuts, clusters, folders_ref, len(processed), runner
+        )
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
@@ -142,8 +147,10 @@ def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenize
     (record,) = runner.run(stage.DECONTAMINATE, [task])
     index = decontam.load_index(runner.work, folder, record, recipe.decontaminate)
     items = sum(s["items"] for s in record["sets"])
-    runner.log.say(f"decontaminate: {record['ngrams']:,} n-grams of {items:,} items in {len(record['sets'])} eval sets, "
-                   f"index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)")
+    runner.log.say(
+        f"decontaminate: {record['ngrams']:,} n-grams of {items:,} items in {len(record['sets'])} eval sets, "
+        f"index {index.nbytes / 2**20:.1f} MiB (one shared copy for the process tasks)"
+    )
     return folder, record, runner.share(index)
 
 
@@ -159,32 +166,64 @@ def _say_what_changed(out: Store, made_from: dict, runner: Runner, recipe: Recip
     now = {s["name"]: (s["sha256"], s["rule"], s["action"]) for s in made_from["sets"]}
     if before == now:
         return
-    changes = [f"added {', '.join(sorted(set(now) - set(before)))}" if set(now) - set(before) else "",
-               f"removed {', '.join(sorted(set(before) - set(now)))}" if set(before) - set(now) else "",
-               f"changed {', '.join(sorted(n for n in set(now) & set(before) if now[n] != before[n]))}"
-               if any(now[n] != before[n] for n in set(now) & set(before)) else ""]
-    runner.log.event("decontaminate_changed", added=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)))
+    changes = [
+        f"added {', '.join(sorted(set(now) - set(before)))}" if set(now) - set(before) else "",
+        f"removed {', '.join(sorted(set(before) - set(now)))}" if set(before) - set(now) else "",
+        f"changed {', '.join(sorted(n for n in set(now) & set(before) if now[n] != before[n]))}"
+        if any(now[n] != before[n] for n in set(now) & set(before))
+        else "",
+    ]
+    runner.log.event(
+        "decontaminate_changed", added=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now))
+    )
     after = ", ".join(s.name for s in stage.stages_of(recipe) if s is not stage.DECONTAMINATE)
-    runner.log.say(f"decontaminate: eval sets {'; '.join(c for c in changes if c)} since the build in {out.url()}: the "
-                   f"index is built for them, every input file is processed again (its text matched against them) and "
-                   f"every stage after re-runs: {after}")
+    runner.log.say(
+        f"decontaminate: eval sets {'; '.join(c for c in changes if c)} since the build in {out.url()}: the "
+        f"index is built for them, every input file is processed again (its text matched against them) and "
+        f"every stage after re-runs: {after}"
+    )
 
 
-def _process(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, index_folder: str = "",
-             index_ref=None) -> tuple[list[Processed], list[dict]]:
+def _process(
+    recipe: Recipe,
+    inputs: list[InputFile],
+    tokenizer: Tokenizer,
+    runner: Runner,
+    index_folder: str = "",
+    index_ref=None,
+) -> tuple[list[Processed], list[dict]]:
     """Every input file's process output, as the later stages plan from it (its funnels are summed by the key
     groups), and when the recipe decontaminates what the eval sets matched in each file ({"source", "path",
     "decontamination"}) for the report."""
     tokenizer_ref = runner.share(tokenizer)
     index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
     folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
-    records = runner.run(stage.PROCESS, [
-        stage.PROCESS.task(folder, folder, i, runner.work, tokenizer_ref, recipe.dedupe, recipe.batch_documents,
-                           index_ref, input_bytes=i.size, input=i.url)
-        for i, folder in zip(inputs, folders)
-    ], keep=_planning_facts)
-    processed = [Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"]) for i, folder, r in zip(inputs, folders, records)]
-    return processed, [{k: r[k] for k in ("source", "path", "decontamination")} for r in records if "decontamination" in r]
+    records = runner.run(
+        stage.PROCESS,
+        [
+            stage.PROCESS.task(
+                folder,
+                folder,
+                i,
+                runner.work,
+                tokenizer_ref,
+                recipe.dedupe,
+                recipe.batch_documents,
+                index_ref,
+                input_bytes=i.size,
+                input=i.url,
+            )
+            for i, folder in zip(inputs, folders)
+        ],
+        keep=_planning_facts,
+    )
+    processed = [
+        Processed(i.file_index, folder, r["source"], r["documents"], r["subsets"])
+        for i, folder, r in zip(inputs, folders, records)
+    ]
+    return processed, [
+        {k: r[k] for k in ("source", "path", "decontamination")} for r in records if "decontamination" in r
+    ]
 
 
 def _planning_facts(record: dict) -> dict:
@@ -195,23 +234,42 @@ def _planning_facts(record: dict) -> dict:
 def _combine_keys(recipe: Recipe, groups: list[list[Processed]], runner: Runner) -> tuple[list[str], list[dict]]:
     partitions = recipe.dedupe.partitions
     folders = [stage.KEYS.folder(stage.key_group_key(g, partitions)) for g in groups]
-    records = runner.run(stage.KEYS, [stage.KEYS.task(folder, folder, g, partitions, runner.work)
-                                      for folder, g in zip(folders, groups)])
+    records = runner.run(
+        stage.KEYS, [stage.KEYS.task(folder, folder, g, partitions, runner.work) for folder, g in zip(folders, groups)]
+    )
     return folders, records
 
 
-def _dedupe(recipe: Recipe, processed: list[Processed], key: str, group_folders: list[str], group_records: list[dict],
-            runner: Runner) -> tuple[str, dict, list[list[Part]], list[int]]:
+def _dedupe(
+    recipe: Recipe,
+    processed: list[Processed],
+    key: str,
+    group_folders: list[str],
+    group_records: list[dict],
+    runner: Runner,
+) -> tuple[str, dict, list[list[Part]], list[int]]:
     """The dedupe partitions, then their edges' connected components (`pipeline/tasks/components.py`); returns
     the resolve folder, its record, with verify where each partition's clusters are, and the node ranges."""
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
     cuts = components.component_ranges(processed)
     folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
-    records = runner.run(stage.DEDUPE, [
-        stage.DEDUPE.task(folder, folder, p, [dedupe.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
-                                              for g, r in zip(group_folders, group_records)], runner.work, cuts)
-        for p, folder in enumerate(folders)
-    ])
+    records = runner.run(
+        stage.DEDUPE,
+        [
+            stage.DEDUPE.task(
+                folder,
+                folder,
+                p,
+                [
+                    dedupe.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
+                    for g, r in zip(group_folders, group_records)
+                ],
+                runner.work,
+                cuts,
+            )
+            for p, folder in enumerate(folders)
+        ],
+    )
     edges = [slices(folders, records, "edges.bin", "range_offsets", k) for k in range(len(cuts) - 1)]
     return (*components_of(recipe.dedupe, key, cuts, edges, len(processed), runner), cuts)
 
@@ -221,8 +279,9 @@ def slices(folders: list[str], records: list[dict], name: str, offsets: str, i: 
     return [Part(f"{folder}/{name}", *record[offsets][i : i + 2]) for folder, record in zip(folders, records)]
 
 
-def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int,
-                  runner: Runner) -> tuple[str, dict, list[list[Part]]]:
+def components_of(
+    dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int, runner: Runner
+) -> tuple[str, dict, list[list[Part]]]:
     """Rounds of propagate + answer (one task per node range each) until a round changes no label, then the
     removals per range, the cluster sizes per range and the resolve format written from them. Returns the
     resolve folder, its record and, with verify, each partition's clusters (one slice per range)."""
@@ -233,13 +292,23 @@ def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges:
     while True:
         asking = [stage.PROPAGATE.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
         first = first or asking  # round 0's folders keep each range's edges and exact copies
-        asked = runner.run(stage.PROPAGATE, [
-            stage.PROPAGATE.task(f, f, rnd, cuts, edges[k] if rnd == 0 else first[k], state[k], answers[k], exact_slot, work)
-            for k, f in zip(ranges, asking)])
+        asked = runner.run(
+            stage.PROPAGATE,
+            [
+                stage.PROPAGATE.task(
+                    f, f, rnd, cuts, edges[k] if rnd == 0 else first[k], state[k], answers[k], exact_slot, work
+                )
+                for k, f in zip(ranges, asking)
+            ],
+        )
         state = [stage.ANSWER.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
-        answered = runner.run(stage.ANSWER, [
-            stage.ANSWER.task(f, f, rnd, asking[j], slices(asking, asked, components.ASKS, "ask_offsets", j), work)
-            for j, f in zip(ranges, state)])
+        answered = runner.run(
+            stage.ANSWER,
+            [
+                stage.ANSWER.task(f, f, rnd, asking[j], slices(asking, asked, components.ASKS, "ask_offsets", j), work)
+                for j, f in zip(ranges, state)
+            ],
+        )
         if not sum(r["changed"] for r in asked + answered):
             break
         answers = [slices(state, answered, components.ANSWERS, "answer_offsets", k) for k in ranges]
@@ -247,41 +316,78 @@ def components_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], edges:
     runner.log.event("components", rounds=rnd + 1, ranges=len(ranges))
     verify = dedupe_config.partitions if dedupe_config.minhash.verify else None
     folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
-    removed = runner.run(stage.REMOVALS, [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work)
-                                          for k, f in zip(ranges, folders)])
+    removed = runner.run(
+        stage.REMOVALS,
+        [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work) for k, f in zip(ranges, folders)],
+    )
     folder, record = _write_resolved(stage.RESOLVE, key, ckey, folders, removed, n_files, runner)
     clusters = [slices(folders, removed, components.CLUSTER_ROWS, "cluster_offsets", p) for p in range(verify or 0)]
     return folder, record, clusters
 
 
-def _write_resolved(writer: stage.Stage, key: str, ckey: str, folders: list[str], removed: list[dict], n_files: int,
-                    runner: Runner, extra: dict | None = None) -> tuple[str, dict]:
+def _write_resolved(
+    writer: stage.Stage,
+    key: str,
+    ckey: str,
+    folders: list[str],
+    removed: list[dict],
+    n_files: int,
+    runner: Runner,
+    extra: dict | None = None,
+) -> tuple[str, dict]:
     """The cluster sizes per survivor range, then one task streaming the ranges' removals into the resolve format."""
     ranges = range(len(folders))
     sizes = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
-    runner.run(stage.SIZES, [stage.SIZES.task(f, f, slices(folders, removed, components.COUNTS, "count_offsets", j), runner.work)
-                             for j, f in zip(ranges, sizes)])
+    runner.run(
+        stage.SIZES,
+        [
+            stage.SIZES.task(f, f, slices(folders, removed, components.COUNTS, "count_offsets", j), runner.work)
+            for j, f in zip(ranges, sizes)
+        ],
+    )
     folder = writer.folder(key)
     (record,) = runner.run(writer, [writer.task(folder, folder, folders, sizes, n_files, runner.work, extra)])
     return folder, record
 
 
-def verified_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], clusters: list[list[Part]], process_folders,
-                n_files: int, runner: Runner) -> tuple[str, dict]:
+def verified_of(
+    dedupe_config: DedupeConfig,
+    key: str,
+    cuts: list[int],
+    clusters: list[list[Part]],
+    process_folders,
+    n_files: int,
+    runner: Runner,
+) -> tuple[str, dict]:
     """Each partition's clusters re-clustered by their signatures' estimated Jaccard; what stays removed gathered
     per node range, the cluster sizes per range, and one writer's resolve format: the folder the count and mix
     tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray ref)."""
     work, ranges, threshold = runner.work, range(len(cuts) - 1), dedupe_config.minhash.threshold
     folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(dedupe_config.partitions)]
-    verified = runner.run(stage.VERIFY, [stage.VERIFY.task(f, f, p, clusters[p], process_folders, threshold, work, cuts)
-                                         for p, f in enumerate(folders)])
+    verified = runner.run(
+        stage.VERIFY,
+        [
+            stage.VERIFY.task(f, f, p, clusters[p], process_folders, threshold, work, cuts)
+            for p, f in enumerate(folders)
+        ],
+    )
     ckey = stage.components_key(key, cuts)
     range_folders = [stage.VERDICTS.folder(ckey, stage.range_part(k)) for k in ranges]
-    removed = runner.run(stage.VERDICTS, [stage.VERDICTS.task(f, f, slices(folders, verified, dedupe.VERDICTS, "range_offsets", k), cuts, work)
-                                          for k, f in zip(ranges, range_folders)])
+    removed = runner.run(
+        stage.VERDICTS,
+        [
+            stage.VERDICTS.task(f, f, slices(folders, verified, dedupe.VERDICTS, "range_offsets", k), cuts, work)
+            for k, f in zip(ranges, range_folders)
+        ],
+    )
     bins = dedupe.SIMILARITY_BINS
     histogram = {"edges": np.linspace(0, 1, bins + 1).round(2).tolist()}
-    histogram.update({name: [int(sum(r["similarity"][name][b] for r in verified)) for b in range(bins)] for name in ("removed", "kept")})
+    histogram.update(
+        {
+            name: [int(sum(r["similarity"][name][b] for r in verified)) for b in range(bins)]
+            for name in ("removed", "kept")
+        }
+    )
     extra = {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram}
     return _write_resolved(stage.VERIFIED, key, ckey, range_folders, removed, n_files, runner, extra)
 
@@ -289,22 +395,42 @@ def verified_of(dedupe_config: DedupeConfig, key: str, cuts: list[int], clusters
 def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:
     # a count task also lists its group's first duplicates per source, subset and step, PER_STEP of each
     folders = [stage.COUNT.folder(stage.count_key(g, resolved_folder)) for g in group_folders]
-    return runner.run(stage.COUNT, [stage.COUNT.task(folder, folder, g, resolved_folder, runner.work)
-                                    for folder, g in zip(folders, groups)])
+    return runner.run(
+        stage.COUNT,
+        [stage.COUNT.task(folder, folder, g, resolved_folder, runner.work) for folder, g in zip(folders, groups)],
+    )
 
 
-def _duplicate_samples(recipe: Recipe, inputs: list[InputFile], processed: list[Processed], counts: list[dict],
-                       runner: Runner) -> str:
+def _duplicate_samples(
+    recipe: Recipe, inputs: list[InputFile], processed: list[Processed], counts: list[dict], runner: Runner
+) -> str:
     """A few removed duplicates per source, subset and step, chosen from the count tasks' candidates, their text
     read back from at most SAMPLE_FILES input files by one task; returns its folder."""
     chosen = samples.choose([samples.DuplicateCandidate(**c) for r in counts for c in r["duplicate_candidates"]])
-    named = sorted({split_key(key)[0] for c in chosen for key in (c.doc, c.kept)})  # read or, for an exact copy's kept twin, named
+    named = sorted(
+        {split_key(key)[0] for c in chosen for key in (c.doc, c.kept)}
+    )  # read or, for an exact copy's kept twin, named
     folder = stage.SAMPLES.folder(stage.samples_key(chosen, {f: processed[f].folder for f in named}))
-    (record,) = runner.run(stage.SAMPLES, [stage.SAMPLES.task(folder, folder, chosen, {f: inputs[f] for f in named}, recipe.dedupe.minhash,
-                                                              recipe.batch_documents, runner.work)])
+    (record,) = runner.run(
+        stage.SAMPLES,
+        [
+            stage.SAMPLES.task(
+                folder,
+                folder,
+                chosen,
+                {f: inputs[f] for f in named},
+                recipe.dedupe.minhash,
+                recipe.batch_documents,
+                runner.work,
+            )
+        ],
+    )
     for url, error in record["unreadable"].items():
         runner.log.event("samples_skipped", file=url, error=error)
-        runner.log.say(f"warning: the duplicates sampled from {url} are left out of dropped_samples.jsonl: it could not be read ({error})")
+        runner.log.say(
+            f"warning: the duplicates sampled from {url} are left out of dropped_samples.jsonl: it could not be read "
+            f"({error})"
+        )
     return folder
 
 
@@ -394,7 +520,9 @@ def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], w
         factors = mix_stage.repeat_factors(totals, weights, mix.policy)
     planned = sum(factors[sid] * t for sid, t in totals.items())
     groups, first_shard = [], 0
-    for number, slices in enumerate(mix_stage.slice_streams(streams, mix_stage.group_count(planned, mix.shard_tokens, mix.shards_per_group))):
+    for number, slices in enumerate(
+        mix_stage.slice_streams(streams, mix_stage.group_count(planned, mix.shard_tokens, mix.shards_per_group))
+    ):
         shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
         files = {f: folders[f] for s in slices for f, _ in s.files}
         subsets = {s.source_id: {f: subset_ids[s.source_id][f] for f, _ in s.files} for s in slices if s.source_id in subset_ids}
@@ -405,15 +533,29 @@ def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], w
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill build", description="Build mixed token shards + manifest from a recipe on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill build", description="Build mixed token shards + manifest from a recipe on Ray."
+    )
     parser.add_argument("recipe", help="recipe YAML, e.g. manifests/recipes/tinyllama.yaml")
     parser.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://, ...)")
-    parser.add_argument("--work", default=None, help="work store for task outputs, shareable by several outputs (e.g. one per mix); default OUT/work")
-    parser.add_argument("--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray")
+    parser.add_argument(
+        "--work",
+        default=None,
+        help="work store for task outputs, shareable by several outputs (e.g. one per mix); default OUT/work",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="tasks at a time (default: all CPUs of the local Ray / cluster)"
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (e.g. auto); default: an embedded local Ray"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the statistics report at the end")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (inputs, tasks per stage, what is re-used and why, "
-                        "the cost at the measured rate, where it writes) and stop: nothing is written, no task runs")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (inputs, tasks per stage, what is re-used and why, "
+        "the cost at the measured rate, where it writes) and stop: nothing is written, no task runs",
+    )
     args = parser.parse_args(argv)
     refused = None
     if args.workers is not None and args.workers < 1:
@@ -438,7 +580,11 @@ def main(argv: list[str]) -> int:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except (BuildError, OSError) as e:  # a task that kept failing, a full disk, a store that went away
-        print(f"tokenmill build: {type(e).__name__}: {e}\n  finished tasks are kept: fix the cause and run the same command again to resume", file=sys.stderr)
+        print(
+            f"tokenmill build: {type(e).__name__}: {e}\n  finished tasks are kept: fix the cause and run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
         return 2
     report = None
     if not args.no_report and "://" not in manifest_url.replace("file://", ""):

@@ -1,5 +1,6 @@
 """The end of a build: manifest.json (written last), quarantine.jsonl, build_stats.json and the console summary,
 all assembled from the stages' done records and outputs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,15 @@ class StageResults:
     domain_tokens: dict[str, dict[int, int]] = field(default_factory=dict)  # per split and domain id: tokens kept
 
 
-def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out: Store, work: Store, results: StageResults,
-             wall: float) -> Manifest:
+def finalize(
+    recipe: Recipe,
+    inputs: list[InputFile],
+    tokenizer: Tokenizer,
+    out: Store,
+    work: Store,
+    results: StageResults,
+    wall: float,
+) -> Manifest:
     """Writes the tokenizer copy, quarantine, build stats and, last, the manifest; returns the manifest."""
     subsets = _subset_table(results.funnels, results.kept)
     timings = {stage: dict(t) for stage, t in results.timings.items()}
@@ -80,7 +88,10 @@ def finalize(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, out:
     elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
         out.fs.rm(out.path(DECONTAMINATION_NAME))
     decontaminated = decontamination.sample_lines if decontamination else b""
-    out.write_bytes(DROPPED_SAMPLES, dropped_samples.file_bytes(results.filter_samples, work, results.samples_folder, decontaminated))
+    out.write_bytes(
+        DROPPED_SAMPLES,
+        dropped_samples.file_bytes(results.filter_samples, work, results.samples_folder, decontaminated),
+    )
     out.write_json(BUILD_STATS, _build_stats(work, results, subsets, timings, wall))
     manifest = _manifest(recipe, inputs, tokenizer, results, subsets, timings, quarantine)
     if decontamination is not None:
@@ -103,8 +114,15 @@ def _remove_earlier_shards(out: Store, current: str) -> None:
             out.fs.rm(path, recursive=True)
 
 
-def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, results: StageResults, subsets: dict, timings: dict,
-              quarantine: QuarantineEntry) -> Manifest:
+def _manifest(
+    recipe: Recipe,
+    inputs: list[InputFile],
+    tokenizer: Tokenizer,
+    results: StageResults,
+    subsets: dict,
+    timings: dict,
+    quarantine: QuarantineEntry,
+) -> Manifest:
     names = [s.name for s in recipe.sources]
     domains = recipe.domain_list() if recipe.domains else None
     splits = manifest_io.splits_of(results.shards, names, [d.name for d in domains] if domains else None)
@@ -116,8 +134,9 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         recipe=recipe.to_dict(),
         recipe_sha256=recipe.sha256(),
-        tokenizer=tokenizer.manifest_entry(recipe.tokenizer.model or f"trained:{TOKENIZER_MODEL}",
-                                           path=TOKENIZER_MODEL),
+        tokenizer=tokenizer.manifest_entry(
+            recipe.tokenizer.model or f"trained:{TOKENIZER_MODEL}", path=TOKENIZER_MODEL
+        ),
         dtype=dtype_name(tokenizer.dtype),
         inputs=[InputEntry(source=i.source.name, split=i.split, path=i.rel_path) for i in inputs],
         sources=_source_entries(recipe, inputs, subsets, results.factors.get("train", {})),
@@ -125,8 +144,10 @@ def _manifest(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, res
         mix=MixEntry(
             policy=recipe.mix.policy,
             target={s.name: s.weight / total_weight for s in recipe.sources},
-            achieved={split: {n: (v.tokens_by_source[n] / v.tokens if v.tokens else 0.0) for n in names}
-                      for split, v in splits.items()},
+            achieved={
+                split: {n: (v.tokens_by_source[n] / v.tokens if v.tokens else 0.0) for n in names}
+                for split, v in splits.items()
+            },
         ),
         stages=timings,
         quarantine=quarantine,
@@ -165,9 +186,12 @@ def _build_stats(work: Store, results: StageResults, subsets: dict, timings: dic
         "version": 1,
         "histogram_edges": {"chars": LENGTH_EDGES, "tokens": LENGTH_EDGES},
         "subsets": subsets,
-        "duplicates": {"exact_removed": results.resolved["exact_removed"], "near_removed": results.resolved["near_removed"],
-                       "cluster_sizes": {str(int(v)): int(c) for v, c in zip(values, counts)},
-                       **({"similarity": results.resolved["similarity"]} if "similarity" in results.resolved else {})},
+        "duplicates": {
+            "exact_removed": results.resolved["exact_removed"],
+            "near_removed": results.resolved["near_removed"],
+            "cluster_sizes": {str(int(v)): int(c) for v, c in zip(values, counts)},
+            **({"similarity": results.resolved["similarity"]} if "similarity" in results.resolved else {}),
+        },
         "stages": timings,
         "workers": results.workers,
         "wall_seconds": round(wall, 3),
@@ -180,7 +204,17 @@ def _subset_table(funnels: list[dict], kept: dict[str, dict]) -> dict[str, dict]
     for r in funnels:
         for subset, f in r["funnels"].items():
             key = f"{r['source']}/{subset}"
-            row = table.setdefault(key, {"source": r["source"], "subset": subset, "documents_read": 0, "bytes_read": 0, "chars_read": 0, "dropped": {}})
+            row = table.setdefault(
+                key,
+                {
+                    "source": r["source"],
+                    "subset": subset,
+                    "documents_read": 0,
+                    "bytes_read": 0,
+                    "chars_read": 0,
+                    "dropped": {},
+                },
+            )
             for name in ("documents_read", "bytes_read", "chars_read"):
                 row[name] += f[name]
             for reason, n in f["dropped"].items():
@@ -212,8 +246,9 @@ def _merge_quarantine(work: Store, out: Store, results: StageResults) -> Quarant
     return QuarantineEntry(path=QUARANTINE, records=records, by_reason=dict(sorted(by_reason.items())))
 
 
-def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict],
-                    train_factors: dict[int, float]) -> list[SourceEntry]:
+def _source_entries(
+    recipe: Recipe, inputs: list[InputFile], subsets: dict[str, dict], train_factors: dict[int, float]
+) -> list[SourceEntry]:
     entries = []
     for sid, source in enumerate(recipe.sources):
         rows = {k.split("/", 1)[1]: v for k, v in subsets.items() if v["source"] == source.name}
@@ -221,21 +256,25 @@ def _source_entries(recipe: Recipe, inputs: list[InputFile], subsets: dict[str, 
         for row in rows.values():
             for reason, n in row["dropped"].items():
                 dropped[reason] = dropped.get(reason, 0) + n
-        entries.append(SourceEntry(
-            name=source.name,
-            id=sid,
-            uris=[f"{source.root.rstrip('/')}/{p}" for p in source.validation + source.train],
-            weight=source.weight,
-            files=sum(1 for i in inputs if i.source.name == source.name),
-            documents_read=sum(r["documents_read"] for r in rows.values()),
-            bytes_read=sum(r["bytes_read"] for r in rows.values()),
-            dropped=dict(sorted(dropped.items())),
-            documents_kept=sum(r["documents_kept"] for r in rows.values()),
-            tokens_kept=sum(r["tokens_kept"] for r in rows.values()),
-            epochs=train_factors.get(sid, 0.0),
-            subsets={name: Funnel(**{f.name: row[f.name] for f in dataclasses.fields(Funnel)})
-                     for name, row in rows.items()},
-        ))
+        entries.append(
+            SourceEntry(
+                name=source.name,
+                id=sid,
+                uris=[f"{source.root.rstrip('/')}/{p}" for p in source.validation + source.train],
+                weight=source.weight,
+                files=sum(1 for i in inputs if i.source.name == source.name),
+                documents_read=sum(r["documents_read"] for r in rows.values()),
+                bytes_read=sum(r["bytes_read"] for r in rows.values()),
+                dropped=dict(sorted(dropped.items())),
+                documents_kept=sum(r["documents_kept"] for r in rows.values()),
+                tokens_kept=sum(r["tokens_kept"] for r in rows.values()),
+                epochs=train_factors.get(sid, 0.0),
+                subsets={
+                    name: Funnel(**{f.name: row[f.name] for f in dataclasses.fields(Funnel)})
+                    for name, row in rows.items()
+                },
+            )
+        )
     return entries
 
 
@@ -251,13 +290,17 @@ def print_summary(manifest_url: str, report: str | None, seconds: float) -> None
         if made and made.get("seconds") and made.get("text_bytes"):
             rate += f" (made at {text_speed(made['text_bytes'], made['seconds'])} by the build of {made['created_at']})"
     else:
-        rate = f"process stage {text_speed(text_mb * 1e6, process['seconds'])} ({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
+        rate = (
+            f"process stage {text_speed(text_mb * 1e6, process['seconds'])} "
+            f"({text_mb / seconds:.2f} MB/s over the whole build, start-up included)"
+        )
     print(f"\nbuilt {manifest.recipe['name']} in {seconds:.1f}s: {text_mb:.1f} MB of input text, {rate}")
     for split, info in manifest.splits.items():
         mix = ", ".join(f"{k} {v:.1%}" for k, v in manifest.mix.achieved[split].items())
         print(f"  {split:<10} {len(info.shards)} shards  {info.documents:>8,} docs  {info.tokens:>12,} tokens  ({mix})")
-    folders = sorted({f"{base}/{shard.bin.rsplit('/', 1)[0]}/" for info in manifest.splits.values()
-                      for shard in info.shards})
+    folders = sorted(
+        {f"{base}/{shard.bin.rsplit('/', 1)[0]}/" for info in manifest.splits.values() for shard in info.shards}
+    )
     print(f"  shards     {', '.join(folders)}")
     print(f"  manifest   {manifest_url}")
     print(f"  quarantine {base}/{manifest.quarantine.path}  ({manifest.quarantine.records} bad records)")

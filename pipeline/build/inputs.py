@@ -1,4 +1,5 @@
 """The build's input files: one listing pass per source pattern, in the canonical order, each with its identity."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -27,7 +28,13 @@ class InputFile:
 
     def identity(self) -> dict:
         """What this file is, independent of where it sits in the listing: its process output is keyed by it."""
-        return {"source": self.source.name, "split": self.split, "path": self.rel_path, "size": self.size, "version": self.version}
+        return {
+            "source": self.source.name,
+            "split": self.split,
+            "path": self.rel_path,
+            "size": self.size,
+            "version": self.version,
+        }
 
     def documents(self, batch_documents: int) -> Iterator[DocBatch | BadRecord]:
         """The file's documents in batches, and its bad records (`stages.fetch.read_documents`), from any store."""
@@ -49,17 +56,26 @@ def _list_source(source: SourceConfig, split: str, patterns: list[str]) -> list[
         fs, root = fsspec.core.url_to_fs(source.root)
     except (ImportError, ValueError) as e:
         why = missing_for_url(source.root) or str(e)
-        raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be opened: {why}") from None
+        raise RecipeError(
+            f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be opened: {why}"
+        ) from None
     root = root.rstrip("/")
     found: dict[str, dict] = {}
     try:
         for pattern in patterns:
-            found.update({p: info for p, info in fs.glob(f"{root}/{pattern}", detail=True).items() if info.get("type") == "file"})
+            found.update(
+                {p: info for p, info in fs.glob(f"{root}/{pattern}", detail=True).items() if info.get("type") == "file"}
+            )
     except Exception as e:  # host unreachable, access denied (each store raises its own kind): nothing can be built
-        raise RecipeError(f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be listed ({type(e).__name__}: {e}); check the address, the network and the credentials") from None
+        raise RecipeError(
+            f"recipe field `sources[{source.name}].root`: {source.root!r} cannot be listed ({type(e).__name__}: {e}); "
+            "check the address, the network and the credentials"
+        ) from None
     if patterns and not found:
-        raise RecipeError(f"recipe field `sources[{source.name}].{split}`: no file under {source.root!r} matches {patterns}; "
-                          + (_missing_root(source.root) or "check the root and the patterns"))
+        raise RecipeError(
+            f"recipe field `sources[{source.name}].{split}`: no file under {source.root!r} matches {patterns}; "
+            + (_missing_root(source.root) or "check the root and the patterns")
+        )
     return [(fs.unstrip_protocol(p), p[len(root) + 1 :], found[p]) for p in sorted(found)]
 
 
@@ -87,6 +103,14 @@ def list_inputs(recipe: Recipe) -> list[InputFile]:
         listed["train"] += [(source, *f) for f in _list_source(source, "train", source.train)]
     ordered = [(split, *item) for split in ("validation", "train") for item in listed[split]]
     return [
-        InputFile(file_index=i, source=source, url=url, rel_path=rel, split=split, size=int(info.get("size") or 0), version=_version(info))
+        InputFile(
+            file_index=i,
+            source=source,
+            url=url,
+            rel_path=rel,
+            split=split,
+            size=int(info.get("size") or 0),
+            version=_version(info),
+        )
         for i, (split, source, url, rel, info) in enumerate(ordered)
     ]

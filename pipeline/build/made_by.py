@@ -5,6 +5,7 @@ no process speed. The build that made those outputs recorded its timings in its 
 records which task folders each live manifest used (`tokenmill work`): a manifest that used every task folder
 this build's stage used made (or itself re-used) exactly these outputs, so its timings of that stage are
 carried into this build's as `made_by`, with when that build was made. The report shows those."""
+
 from __future__ import annotations
 
 import json
@@ -48,4 +49,8 @@ def _stage_timing(manifest_url: str, name: str) -> dict | None:
         return stage["made_by"]
     if stage.get("skipped") == stage.get("tasks"):  # re-used there too, by a build no longer known
         return None
-    return {**{k: stage[k] for k in _CARRIED if k in stage}, "created_at": manifest.get("created_at"), "manifest": manifest_url}
+    return {
+        **{k: stage[k] for k in _CARRIED if k in stage},
+        "created_at": manifest.get("created_at"),
+        "manifest": manifest_url,
+    }

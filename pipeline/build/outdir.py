@@ -1,5 +1,6 @@
 """Whether a build may write into `--out`: a new or empty folder, or one an earlier build wrote. A folder that holds
 anything else is refused, never written into: a user's own `build_stats.json` is not overwritten."""
+
 from __future__ import annotations
 
 import re
@@ -47,5 +48,7 @@ def out_refusal(out_url: str) -> str | None:
     if not foreign:
         return None
     shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-    return (f"--out {out_url}: holds files a build did not write ({shown}), which a build would overwrite or mix with "
-            "its own; give a new or empty folder, or an earlier build's output")
+    return (
+        f"--out {out_url}: holds files a build did not write ({shown}), which a build would overwrite or mix with "
+        "its own; give a new or empty folder, or an earlier build's output"
+    )

@@ -7,6 +7,7 @@ task folders are named exactly as the driver names them (the registry's key func
 of the stages before it, so a stage whose inputs are not all made yet is planned as "runs" with its task count
 where the recipe alone gives it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,9 @@ class _Planner:
         self.plan = Plan(recipe.name, inputs, out.url(), work.url())
         self.changed: str | None = None  # the first stage with outputs to make: every later stage is made from it
 
-    def stage(self, which: stage.Stage, folders: list[str] | None, tasks: int | None = None,
-              why_new: str = "") -> list[dict | None] | None:
+    def stage(
+        self, which: stage.Stage, folders: list[str] | None, tasks: int | None = None, why_new: str = ""
+    ) -> list[dict | None] | None:
         """Adds the stage's row; returns its done records when every one of them exists (None otherwise)."""
         if folders is None:
             why = f"made from the {self.changed} outputs, which are made first" if self.changed else why_new
@@ -86,22 +88,41 @@ class _Planner:
         processed = self._process()
         groups = dedupe.key_groups(processed, slots) if processed else None
         key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe) if processed else None
-        group_folders = [stage.KEYS.folder(stage.key_group_key(g, recipe.dedupe.partitions)) for g in groups] if groups is not None else None
+        group_folders = (
+            [stage.KEYS.folder(stage.key_group_key(g, recipe.dedupe.partitions)) for g in groups]
+            if groups is not None
+            else None
+        )
         group_records = self.stage(stage.KEYS, group_folders)
-        parts = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)] if group_records is not None else None
+        parts = (
+            [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
+            if group_records is not None
+            else None
+        )
         self.stage(stage.DEDUPE, parts, partitions)
-        resolved = self.stage(stage.RESOLVE, [stage.RESOLVE.folder(key)] if parts is not None and not self.changed else None, 1)
+        resolved = self.stage(
+            stage.RESOLVE, [stage.RESOLVE.folder(key)] if parts is not None and not self.changed else None, 1
+        )
         resolved_folder = stage.RESOLVE.folder(key) if resolved is not None else None
         deduplicated = key
         if recipe.dedupe.minhash.verify:
             deduplicated = stage.verify_key(key, recipe) if key else None
             ready = resolved_folder is not None
-            vparts = [stage.VERIFY.folder(deduplicated, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)]
+            vparts = [
+                stage.VERIFY.folder(deduplicated, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)
+            ]
             self.stage(stage.VERIFY, vparts if ready else None, recipe.dedupe.partitions)
-            verified = self.stage(stage.VERIFIED, [stage.VERIFIED.folder(deduplicated)] if ready and not self.changed else None, 1)
+            verified = self.stage(
+                stage.VERIFIED, [stage.VERIFIED.folder(deduplicated)] if ready and not self.changed else None, 1
+            )
             resolved_folder = stage.VERIFIED.folder(deduplicated) if verified is not None else None
-        counts = self.stage(stage.COUNT, [stage.COUNT.folder(stage.count_key(g, resolved_folder)) for g in group_folders]
-                            if resolved_folder is not None else None, len(groups) if groups is not None else None)
+        counts = self.stage(
+            stage.COUNT,
+            [stage.COUNT.folder(stage.count_key(g, resolved_folder)) for g in group_folders]
+            if resolved_folder is not None
+            else None,
+            len(groups) if groups is not None else None,
+        )
         self._samples(processed, counts)
         self._mix(processed, counts, deduplicated)
         return self.plan
@@ -110,18 +131,28 @@ class _Planner:
         if self.tokenizer is None:  # trained on the inputs first: its sha256 names every process output
             if self.recipe.decontaminate is not None:
                 self.plan.stages.append(StagePlan(stage.DECONTAMINATE.name, 1, 0, "after the tokenizer is trained"))
-            self.stage(stage.PROCESS, None, len(self.inputs), "the tokenizer is trained on the inputs first, then every stage runs")
+            self.stage(
+                stage.PROCESS,
+                None,
+                len(self.inputs),
+                "the tokenizer is trained on the inputs first, then every stage runs",
+            )
             self.plan.process_bytes_left = sum(i.size for i in self.inputs)
             return None
         index_key = self._decontaminate()
-        folders = [stage.PROCESS.folder(stage.process_key(i, self.tokenizer, self.recipe, index_key)) for i in self.inputs]
+        folders = [
+            stage.PROCESS.folder(stage.process_key(i, self.tokenizer, self.recipe, index_key)) for i in self.inputs
+        ]
         records = [self.work.done(f) for f in folders]
         self._measure(records)
         self.plan.process_bytes_left = sum(i.size for i, r in zip(self.inputs, records) if r is None)
         done = self.stage(stage.PROCESS, folders, why_new=self._why_process(records))
         if done is None:
             return None
-        return [Processed(i.file_index, f, r["source"], r["documents"], r["subsets"]) for i, f, r in zip(self.inputs, folders, done)]
+        return [
+            Processed(i.file_index, f, r["source"], r["documents"], r["subsets"])
+            for i, f, r in zip(self.inputs, folders, done)
+        ]
 
     def _decontaminate(self) -> str:
         """The eval sets' index row (one task), and its key, which names every process output; "" without eval
@@ -131,11 +162,16 @@ class _Planner:
             return ""
         from pipeline.tasks import decontaminate
 
-        made_from = decontaminate.index_made_from(self.recipe.decontaminate, decontaminate.eval_sets(self.recipe.decontaminate),
-                                                  self.tokenizer)
+        made_from = decontaminate.index_made_from(
+            self.recipe.decontaminate, decontaminate.eval_sets(self.recipe.decontaminate), self.tokenizer
+        )
         key = stage.decontaminate_key(made_from)
         done = self.work.done(stage.DECONTAMINATE.folder(key)) is not None
-        why = "re-used: made earlier from the same eval sets and rule" if done else "no index of these eval sets and rule yet"
+        why = (
+            "re-used: made earlier from the same eval sets and rule"
+            if done
+            else "no index of these eval sets and rule yet"
+        )
         self.plan.stages.append(StagePlan(stage.DECONTAMINATE.name, 1, int(done), why))
         return key
 
@@ -145,7 +181,9 @@ class _Planner:
             return
         chosen = samples.choose([samples.DuplicateCandidate(**c) for r in counts for c in r["duplicate_candidates"]])
         named = sorted({split_key(k)[0] for c in chosen for k in (c.doc, c.kept)})
-        self.stage(stage.SAMPLES, [stage.SAMPLES.folder(stage.samples_key(chosen, {f: processed[f].folder for f in named}))])
+        self.stage(
+            stage.SAMPLES, [stage.SAMPLES.folder(stage.samples_key(chosen, {f: processed[f].folder for f in named}))]
+        )
 
     def _mix(self, processed: list[Processed] | None, counts: list[dict] | None, deduplicated: str | None) -> None:
         from pipeline.build.driver import plan_mix
@@ -190,7 +228,9 @@ class _Planner:
             now = {k: v for k, v in dataclasses.asdict(s).items() if k not in ("weight", "train", "validation")}
             if s.name in sources and {k: sources[s.name].get(k) for k in now} != now:
                 reasons.append(f"other settings of source {s.name}")
-        now_decontaminate = dataclasses.asdict(self.recipe.decontaminate) if self.recipe.decontaminate is not None else None
+        now_decontaminate = (
+            dataclasses.asdict(self.recipe.decontaminate) if self.recipe.decontaminate is not None else None
+        )
         if was.get("decontaminate") != now_decontaminate:
             reasons.append("other eval sets or decontamination settings")
         changed = "input files rewritten since the earlier build (their size or version differ)"
@@ -199,8 +239,10 @@ class _Planner:
     def _why_mix(self) -> str:
         was = (self.earlier or {}).get("recipe", {})
         weights = [[s.get("name"), s.get("weight")] for s in was.get("sources", [])]
-        if self.earlier and (was.get("mix") != dataclasses.asdict(self.recipe.mix)
-                             or weights != [[s.name, s.weight] for s in self.recipe.sources]):
+        if self.earlier and (
+            was.get("mix") != dataclasses.asdict(self.recipe.mix)
+            or weights != [[s.name, s.weight] for s in self.recipe.sources]
+        ):
             return "another mix: the weights or the mix settings changed"
         return "no output made from these inputs and settings yet"
 
@@ -219,7 +261,9 @@ def plan_build(recipe: Recipe, out_url: str, work_url: str | None = None) -> Pla
     inputs = list_inputs(recipe)
     out = Store.at(out_url)
     if tokenizer is None and out.exists(TOKENIZER_MODEL):  # trained by an earlier run of this build
-        tokenizer = Tokenizer.from_bytes(out.read_bytes(TOKENIZER_MODEL), recipe.tokenizer.add_bos, recipe.tokenizer.add_eos)
+        tokenizer = Tokenizer.from_bytes(
+            out.read_bytes(TOKENIZER_MODEL), recipe.tokenizer.add_bos, recipe.tokenizer.add_eos
+        )
     work = Store.at(work_url) if work_url else out.child("work")
     return _Planner(recipe, inputs, tokenizer, out, work).run()
 
@@ -237,10 +281,13 @@ def describe(plan: Plan, workers: int | None) -> list[str]:
         left = f"{s.tasks - s.reused:>7,}" if s.tasks is not None else f"{'all':>7}"
         lines.append(f"  {s.name:<16} {tasks} {s.reused:>8,} {left}  {s.why}")
     lines.append(_estimate(plan, workers))
-    lines += ["writes:", f"  output   {plan.out}  (manifest.json, quarantine.jsonl, dropped_samples.jsonl, build_stats.json, "
-              "tokenizer.model, build.log.jsonl, report/)",
-              f"  shards   {plan.shards + '/' if plan.shards else 'OUT/shards-<mix>/ (named once the dedupe is known)'}",
-              f"  work     {plan.work}"]
+    lines += [
+        "writes:",
+        f"  output   {plan.out}  (manifest.json, quarantine.jsonl, dropped_samples.jsonl, build_stats.json, "
+        "tokenizer.model, build.log.jsonl, report/)",
+        f"  shards   {plan.shards + '/' if plan.shards else 'OUT/shards-<mix>/ (named once the dedupe is known)'}",
+        f"  work     {plan.work}",
+    ]
     return lines
 
 
@@ -249,12 +296,17 @@ def _estimate(plan: Plan, workers: int | None) -> str:
     if not left:
         return "cost: no input file to process; the later stages read the work store's outputs"
     if plan.rate is None:
-        return f"cost: {human_bytes(left)} of input to process; no rate measured yet (no process task has finished here)"
+        return (
+            f"cost: {human_bytes(left)} of input to process; no rate measured yet (no process task has finished here)"
+        )
     rate, where = plan.rate
     core_s = left / rate
     workers = workers or os.cpu_count() or 1
-    return (f"cost: {human_bytes(left)} of input to process at {rate / 1e6:.2f} MB/s per task ({where}): "
-            f"~{_duration(core_s)} of task time, ~{_duration(core_s / workers)} on {workers} workers; later stages not estimated")
+    return (
+        f"cost: {human_bytes(left)} of input to process at {rate / 1e6:.2f} MB/s per task ({where}): "
+        f"~{_duration(core_s)} of task time, ~{_duration(core_s / workers)} on {workers} workers; later stages not "
+        "estimated"
+    )
 
 
 def _duration(seconds: float) -> str:

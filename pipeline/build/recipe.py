@@ -6,6 +6,7 @@ checks every value's type against the field's declaration first, and turns a sta
 "recipe field `section.field`: ...; fix". A recipe may `extends:` another file; the child's keys are merged
 over the parent's (lists replace, mappings merge; `sources` merge by `name`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -94,7 +95,11 @@ def _merge(base: Any, over: Any) -> Any:
         for k, v in over.items():
             out[k] = _merge(base[k], v) if k in base else v
         return out
-    if isinstance(base, list) and isinstance(over, list) and all(isinstance(x, dict) and "name" in x for x in base + over):
+    if (
+        isinstance(base, list)
+        and isinstance(over, list)
+        and all(isinstance(x, dict) and "name" in x for x in base + over)
+    ):
         merged = {x["name"]: x for x in base}
         for x in over:
             merged[x["name"]] = _merge(merged[x["name"]], x) if x["name"] in merged else x
@@ -122,7 +127,10 @@ def locate_recipe(arg: str | Path) -> tuple[Path, Path | None]:
         return Path(text).resolve(), None
     packaged = _packaged_dir() / f"{text}.yaml"
     if not packaged.is_file():
-        raise RecipeError(f"recipe {text!r}: no such file, and no packaged recipe of that name; packaged: {', '.join(packaged_recipes())}")
+        raise RecipeError(
+            f"recipe {text!r}: no such file, and no packaged recipe of that name; packaged: "
+            f"{', '.join(packaged_recipes())}"
+        )
     return packaged, Path.cwd() / "manifests" / "recipes"
 
 
@@ -149,8 +157,10 @@ def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to: Path 
     if parent:
         parent_path = (path.parent / str(parent)).resolve()
         if not parent_path.is_file():
-            raise RecipeError(f"{path}: `extends: {parent}` names {parent_path}, which does not exist; fix the path (relative to "
-                              "the recipe's folder), or start from a self-contained copy: tokenmill recipe copy NAME FILE")
+            raise RecipeError(
+                f"{path}: `extends: {parent}` names {parent_path}, which does not exist; fix the path (relative to "
+                "the recipe's folder), or start from a self-contained copy: tokenmill recipe copy NAME FILE"
+            )
         base = read_recipe_yaml(parent_path, seen + (path,), relative_to)
         data = _merge(base, data)
     folder = relative_to or path.parent
@@ -193,7 +203,11 @@ def _type_problem(value: Any, declared: Any) -> str | None:
         return None if isinstance(value, str) else f"{value!r} is not a string; quote it"
     if origin is list:
         if not isinstance(value, list):
-            return f"{value!r} is not a list; write it as [{value!r}]" if isinstance(value, str) else f"{value!r} is not a list"
+            return (
+                f"{value!r} is not a list; write it as [{value!r}]"
+                if isinstance(value, str)
+                else f"{value!r} is not a list"
+            )
         return next((p for p in (_type_problem(v, args[0]) for v in value) if p), None) if args else None
     if origin is dict:
         return None if isinstance(value, dict) else f"{value!r} is not a mapping"
@@ -203,7 +217,11 @@ def _type_problem(value: Any, declared: Any) -> str | None:
 def _describe(declared: Any) -> str:
     names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "empty"}
     args = typing.get_args(declared)
-    return " or ".join(_describe(a) for a in args) if args else names.get(declared, getattr(declared, "__name__", str(declared)))
+    return (
+        " or ".join(_describe(a) for a in args)
+        if args
+        else names.get(declared, getattr(declared, "__name__", str(declared)))
+    )
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -221,9 +239,17 @@ def _build(cls: type, data: Any, where: str) -> Any:
         problem = _type_problem(value, hints[key])
         if problem:
             raise RecipeError(f"recipe field `{where}.{key}`: {problem}")
-        nested = hints[key] if hints[key] in _NESTED else next((a for a in typing.get_args(hints[key]) if a in _NESTED), None)
+        nested = (
+            hints[key]
+            if hints[key] in _NESTED
+            else next((a for a in typing.get_args(hints[key]) if a in _NESTED), None)
+        )
         kwargs[key] = _build(nested, value, f"{where}.{key}") if nested is not None and value is not None else value
-    missing = [f.name for f in known.values() if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in known.values()
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise RecipeError(f"recipe field `{where}.{missing[0]}` is missing; give it")
     try:
@@ -292,7 +318,9 @@ def _decontaminate(data: Any) -> DecontaminateConfig | None:
         raise RecipeError(f"recipe field `decontaminate`: expected a mapping (sets: [...], ngram: 13), got {data!r}")
     sets = data.get("sets")
     if not isinstance(sets, list):
-        raise RecipeError("recipe field `decontaminate.sets`: give a list of eval sets (`- name:, files: [], fields: []`)")
+        raise RecipeError(
+            "recipe field `decontaminate.sets`: give a list of eval sets (`- name:, files: [], fields: []`)"
+        )
     built = [_build(EvalSetConfig, s, f"decontaminate.sets[{_source_label(s, i)}]") for i, s in enumerate(sets)]
     return _build(DecontaminateConfig, {**data, "sets": built}, "decontaminate")
 

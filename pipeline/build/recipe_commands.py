@@ -1,5 +1,6 @@
 """`tokenmill recipe show|copy`: a recipe as a build reads it, `extends:` merged and every path resolved; `copy`
 writes it as a self-contained file to edit (another mix, other roots), its paths relative to the new file."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,23 @@ def _text(data: dict, header: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill recipe", description="Show a recipe as a build reads it, or copy it into an "
-                                     "editable, self-contained file (`extends:` merged, paths relative to the copy).")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill recipe",
+        description="Show a recipe as a build reads it, or copy it into an "
+        "editable, self-contained file (`extends:` merged, paths relative to the copy).",
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="show|copy")
-    show = actions.add_parser("show", help="print the recipe with `extends:` merged and every path absolute",
-                              description="Print the recipe with `extends:` merged and every path absolute.")
+    show = actions.add_parser(
+        "show",
+        help="print the recipe with `extends:` merged and every path absolute",
+        description="Print the recipe with `extends:` merged and every path absolute.",
+    )
     show.add_argument("recipe", help=f"a recipe file, or a packaged recipe's name ({', '.join(packaged_recipes())})")
-    copy = actions.add_parser("copy", help="write a self-contained copy to edit, its paths relative to the new file",
-                              description="Write a self-contained copy to edit (`extends:` merged, paths relative to the new file).")
+    copy = actions.add_parser(
+        "copy",
+        help="write a self-contained copy to edit, its paths relative to the new file",
+        description="Write a self-contained copy to edit (`extends:` merged, paths relative to the new file).",
+    )
     copy.add_argument("recipe", help=f"a recipe file, or a packaged recipe's name ({', '.join(packaged_recipes())})")
     copy.add_argument("file", type=Path, help="the new recipe file, e.g. mix-6-4.yaml; refused if it exists")
     args = parser.parse_args(argv)
@@ -70,8 +80,10 @@ def main(argv: list[str]) -> int:
         print(f"tokenmill recipe copy: {args.file.parent} is not a folder; create it first", file=sys.stderr)
         return 2
     folder = args.file.resolve().parent
-    header = (f"# From `tokenmill recipe copy {args.recipe}`: self-contained (no `extends:`), paths relative to this file.\n"
-              f"# Edit what you change (e.g. the sources' weights), then: tokenmill build {args.file} --out DIR\n")
+    header = (
+        f"# From `tokenmill recipe copy {args.recipe}`: self-contained (no `extends:`), paths relative to this file.\n"
+        f"# Edit what you change (e.g. the sources' weights), then: tokenmill build {args.file} --out DIR\n"
+    )
     args.file.write_text(_text(relative_to(data, folder), header))
     print(f"wrote {args.file}: edit it, then `tokenmill build {args.file} --out DIR`")
     return 0

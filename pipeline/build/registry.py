@@ -10,6 +10,7 @@ the report orders its timings by them. Adding a stage is one entry here plus its
 Every task folder is `<stage>/<key>[/<part>]`, where the key is a fingerprint of everything the output was
 made from, so a relaunch re-uses exactly the outputs whose inputs and settings are unchanged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,7 @@ def process_key(inp: InputFile, tokenizer: Tokenizer, recipe: Recipe, index_key:
     """The file itself, its source's read and filter settings, the tokenizer, the dedupe key settings and, when
     the recipe decontaminates, the index's key (a recipe without eval sets keys its files as before)."""
     source = {k: v for k, v in dataclasses.asdict(inp.source).items() if k not in _NOT_PROCESS_SETTINGS}
-    tokenize = {"sha256": tokenizer.sha256(), "add_bos": recipe.tokenizer.add_bos,
-                "add_eos": recipe.tokenizer.add_eos}
+    tokenize = {"sha256": tokenizer.sha256(), "add_bos": recipe.tokenizer.add_bos, "add_eos": recipe.tokenizer.add_eos}
     made_from = {"input": inp.identity(), "source": source, "tokenizer": tokenize, "dedupe": _dedupe_settings(recipe)}
     if index_key:
         made_from["decontaminate"] = index_key
@@ -137,40 +137,113 @@ def mix_group_part(split: str, group: int) -> str:
     return f"{split}-{group:05d}"
 
 
-DECONTAMINATE = Stage("decontaminate", decontaminate.build_index_task, decontaminate_key,
-                      "the eval sets' n-gram index, built once per their content (bytes and rule)", decontaminate_only=True)
-PROCESS = Stage("process", process.process_file, process_key,
-                "parse, filter, [decontaminate,] compute dedupe keys and tokenize one input file (the only stage that "
-                "reads text)")
-KEYS = Stage("keys", dedupe.combine_keys, key_group_key,
-             "one key group's dedupe keys, read once per file and written in partition order")
-DEDUPE = Stage("dedupe", dedupe.dedupe_partition, dedupe_key,
-               "one key partition: equal keys become edges to the group's smallest document")
-PROPAGATE = Stage("propagate", components.propagate, components_key,
-                  "one node range's cluster labels lowered by the last answers; its asks to the ranges it points into")
-ANSWER = Stage("answer", components.answer, components_key,
-               "one node range's labels lowered by the proposals it got; the labels each asking range asked for")
-REMOVALS = Stage("removals", components.removals, components_key,
-                 "one node range's removed documents, their survivors, and its members per survivor")
+DECONTAMINATE = Stage(
+    "decontaminate",
+    decontaminate.build_index_task,
+    decontaminate_key,
+    "the eval sets' n-gram index, built once per their content (bytes and rule)",
+    decontaminate_only=True,
+)
+PROCESS = Stage(
+    "process",
+    process.process_file,
+    process_key,
+    "parse, filter, [decontaminate,] compute dedupe keys and tokenize one input file (the only stage that reads text)",
+)
+KEYS = Stage(
+    "keys",
+    dedupe.combine_keys,
+    key_group_key,
+    "one key group's dedupe keys, read once per file and written in partition order",
+)
+DEDUPE = Stage(
+    "dedupe",
+    dedupe.dedupe_partition,
+    dedupe_key,
+    "one key partition: equal keys become edges to the group's smallest document",
+)
+PROPAGATE = Stage(
+    "propagate",
+    components.propagate,
+    components_key,
+    "one node range's cluster labels lowered by the last answers; its asks to the ranges it points into",
+)
+ANSWER = Stage(
+    "answer",
+    components.answer,
+    components_key,
+    "one node range's labels lowered by the proposals it got; the labels each asking range asked for",
+)
+REMOVALS = Stage(
+    "removals",
+    components.removals,
+    components_key,
+    "one node range's removed documents, their survivors, and its members per survivor",
+)
 SIZES = Stage("sizes", components.sizes, components_key, "one survivor range's cluster sizes")
-RESOLVE = Stage("resolve", components.write_resolved, dedupe_key,
-                "the removals streamed into one sorted list with an index by input file; each cluster's earliest "
-                "document survives")
-VERIFY = Stage("verify", dedupe.verify_partition, verify_key,
-               "one partition of clusters re-clustered by the members' estimated Jaccard", verify_only=True)
-VERDICTS = Stage("verdicts", components.verdicts, verify_key,
-                 "one node range's verified removals, from every verify task", verify_only=True)
-VERIFIED = Stage("verified", components.write_resolved, verify_key,
-                 "the verified removals streamed into the resolve format", verify_only=True)
-COUNT = Stage("count", count.count_kept, count_key,
-              "one key group's kept documents and tokens per file, and its first removed documents")
-SAMPLES = Stage("samples", samples.read_duplicates, samples_key,
-                "a few removed duplicates' text read back, beside the documents kept in their place")
-MIX = Stage("mix", mix.mix_group, mix_written_key,
-            "one mix group: every source's same token range, mixed in the recipe's ratio into shards")
+RESOLVE = Stage(
+    "resolve",
+    components.write_resolved,
+    dedupe_key,
+    "the removals streamed into one sorted list with an index by input file; each cluster's earliest document survives",
+)
+VERIFY = Stage(
+    "verify",
+    dedupe.verify_partition,
+    verify_key,
+    "one partition of clusters re-clustered by the members' estimated Jaccard",
+    verify_only=True,
+)
+VERDICTS = Stage(
+    "verdicts",
+    components.verdicts,
+    verify_key,
+    "one node range's verified removals, from every verify task",
+    verify_only=True,
+)
+VERIFIED = Stage(
+    "verified",
+    components.write_resolved,
+    verify_key,
+    "the verified removals streamed into the resolve format",
+    verify_only=True,
+)
+COUNT = Stage(
+    "count",
+    count.count_kept,
+    count_key,
+    "one key group's kept documents and tokens per file, and its first removed documents",
+)
+SAMPLES = Stage(
+    "samples",
+    samples.read_duplicates,
+    samples_key,
+    "a few removed duplicates' text read back, beside the documents kept in their place",
+)
+MIX = Stage(
+    "mix",
+    mix.mix_group,
+    mix_written_key,
+    "one mix group: every source's same token range, mixed in the recipe's ratio into shards",
+)
 
-STAGES: tuple[Stage, ...] = (DECONTAMINATE, PROCESS, KEYS, DEDUPE, PROPAGATE, ANSWER, REMOVALS, SIZES, RESOLVE, VERIFY, VERDICTS,
-                             VERIFIED, COUNT, SAMPLES, MIX)
+STAGES: tuple[Stage, ...] = (
+    DECONTAMINATE,
+    PROCESS,
+    KEYS,
+    DEDUPE,
+    PROPAGATE,
+    ANSWER,
+    REMOVALS,
+    SIZES,
+    RESOLVE,
+    VERIFY,
+    VERDICTS,
+    VERIFIED,
+    COUNT,
+    SAMPLES,
+    MIX,
+)
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 

@@ -1,4 +1,5 @@
 """The build's tokenizer: the recipe's sentencepiece model, or one trained on the build's own filtered text."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -35,7 +36,9 @@ def open_tokenizer(recipe: Recipe, inputs: list[InputFile], out: Store) -> Token
     cfg = recipe.tokenizer
     if out.exists(TOKENIZER_MODEL):  # trained by an earlier run of this build
         return Tokenizer.from_bytes(out.read_bytes(TOKENIZER_MODEL), cfg.add_bos, cfg.add_eos)
-    model = train_model(_training_texts(inputs, recipe), cfg.train.vocab_size, cfg.train.model_type, cfg.train.sample_documents)
+    model = train_model(
+        _training_texts(inputs, recipe), cfg.train.vocab_size, cfg.train.model_type, cfg.train.sample_documents
+    )
     out.write_bytes(TOKENIZER_MODEL, model)
     return Tokenizer.from_bytes(model, cfg.add_bos, cfg.add_eos)
 

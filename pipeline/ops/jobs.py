@@ -13,6 +13,7 @@ can check (its inputs, its tokenizer file) fails the job with the error in its l
 The cluster is `--address`, else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else http://127.0.0.1:8265, as
 `ray job` finds it (Ray's client lets the two variables win over an explicit address, as `ray job` does).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ NOT_SHIPPED = (".venv", "runs", "data", ".git")
 WORKING_DIR_EXCLUDES = [f"/{name}/" for name in NOT_SHIPPED]
 STAGING_PREFIX = ".tokenmill-submit-"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray job`'s default too: the dashboard of a head on this machine
-ADDRESS_HELP = ("the Ray dashboard of the cluster, e.g. http://head:8265 (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
-                f"else {DEFAULT_ADDRESS}, the head infra/local/start-head.sh starts; as with `ray job`, those variables win when set)")
+ADDRESS_HELP = (
+    "the Ray dashboard of the cluster, e.g. http://head:8265 (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
+    f"else {DEFAULT_ADDRESS}, the head infra/local/start-head.sh starts; as with `ray job`, those variables win when "
+    "set)"
+)
 
 
 def runtime_env() -> dict:
@@ -65,7 +69,11 @@ def shipped_path(value: str, staging: Path) -> str:
     """A recipe path as the job must see it: inside the shipped project, relative to the staging folder (so
     it resolves in the job's unpacked copy); a URL, or a local path outside what ships, as it is."""
     path = Path(value)
-    if "://" in value or not path.is_relative_to(PROJECT_ROOT) or path.relative_to(PROJECT_ROOT).parts[0] in NOT_SHIPPED:
+    if (
+        "://" in value
+        or not path.is_relative_to(PROJECT_ROOT)
+        or path.relative_to(PROJECT_ROOT).parts[0] in NOT_SHIPPED
+    ):
         return value
     return os.path.relpath(path, staging)
 
@@ -118,11 +126,14 @@ def connect(address: str) -> JobSubmissionClient:
         # Ray sends its token only when told to (RAY_AUTH_MODE=token), never by default to an explicit address.
         raise ConnectionError(
             f"the Ray cluster at {address} requires its authentication token: `export RAY_AUTH_MODE=token` and provide "
-            f"the token in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (Ray: {str(e).splitlines()[0]})"
+            "the token in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (Ray: "
+            f"{str(e).splitlines()[0]})"
         ) from None
     except ConnectionError as e:
-        raise ConnectionError(f"cannot reach the Ray dashboard at {address} ({e}); start a head (infra/local/start-head.sh), "
-                              "or give --address (or RAY_ADDRESS) of a running one") from None
+        raise ConnectionError(
+            f"cannot reach the Ray dashboard at {address} ({e}); start a head (infra/local/start-head.sh), "
+            "or give --address (or RAY_ADDRESS) of a running one"
+        ) from None
 
 
 def explain(error: Exception, address: str) -> str:
@@ -130,9 +141,11 @@ def explain(error: Exception, address: str) -> str:
     text = " ".join(str(error).split())
     if "No available agent" in text:
         # the head's dashboard agent never started: seen when its port (52365 unless told) is another Ray's
-        return (f"the Ray head at {address} has no job agent running (Ray: No available agent to submit job): its port is "
-                "likely taken by another Ray on that machine (the head's logs/dashboard_agent.log says); restart the head "
-                "with infra/local/start-head.sh, which picks free ports for every server")
+        return (
+            f"the Ray head at {address} has no job agent running (Ray: No available agent to submit job): its port is "
+            "likely taken by another Ray on that machine (the head's logs/dashboard_agent.log says); restart the head "
+            "with infra/local/start-head.sh, which picks free ports for every server"
+        )
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -143,11 +156,20 @@ def wait_until_done(client: JobSubmissionClient, job_id: str, poll_s: float = 0.
 
 
 def submit_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill submit", description="Submit `tokenmill build` to a Ray cluster through the Jobs API; prints the job id.")
-    parser.add_argument("recipe", type=Path, help="recipe YAML file, or a packaged recipe's name (sample, tinyllama, web-quality)")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill submit",
+        description="Submit `tokenmill build` to a Ray cluster through the Jobs API; prints the job id.",
+    )
+    parser.add_argument(
+        "recipe", type=Path, help="recipe YAML file, or a packaged recipe's name (sample, tinyllama, web-quality)"
+    )
     parser.add_argument("--address", default=None, help=ADDRESS_HELP)
-    parser.add_argument("--out", required=True, help="output folder of the build: s3://..., gs://..., or a path every node sees")
-    parser.add_argument("--workers", type=int, default=None, help="build tasks at a time (default: all CPUs of the cluster)")
+    parser.add_argument(
+        "--out", required=True, help="output folder of the build: s3://..., gs://..., or a path every node sees"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="build tasks at a time (default: all CPUs of the cluster)"
+    )
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers {args.workers}: give at least 1")
@@ -171,7 +193,10 @@ def list_jobs(client: JobSubmissionClient) -> int:
     jobs = sorted(client.list_jobs(), key=lambda job: job.start_time or 0)
     print(f"{'JOB_ID':<32} {'STATUS':<10} {'STARTED':<19} ENTRYPOINT")
     for job in jobs:
-        print(f"{job.submission_id or job.job_id:<32} {job.status.value:<10} {_started(job.start_time):<19} {job.entrypoint}")
+        print(
+            f"{job.submission_id or job.job_id:<32} {job.status.value:<10} {_started(job.start_time):<19} "
+            f"{job.entrypoint}"
+        )
     return 0
 
 
@@ -211,19 +236,28 @@ def stop_job(client: JobSubmissionClient, job_id: str) -> int:
 
 
 def _jobs_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokenmill jobs", description="List, inspect, follow and stop jobs on a Ray cluster.")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill jobs", description="List, inspect, follow and stop jobs on a Ray cluster."
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="list|status|logs|stop")
     for name, help_ in (
         ("list", "every job of the cluster, oldest first"),
-        ("status", "a job's status and Ray's message (the error, for a failed job); exit status 1 if it failed or was stopped"),
+        (
+            "status",
+            "a job's status and Ray's message (the error, for a failed job); exit status 1 if it failed or was stopped",
+        ),
         ("logs", "a job's logs (the build's progress lines and errors)"),
         ("stop", "stop a running job and wait until it has stopped"),
     ):
         action = actions.add_parser(name, help=help_, description=help_)
         if name != "list":
-            action.add_argument("job_id", metavar="JOB_ID", help="as printed by `tokenmill submit` or `tokenmill jobs list`")
+            action.add_argument(
+                "job_id", metavar="JOB_ID", help="as printed by `tokenmill submit` or `tokenmill jobs list`"
+            )
         if name == "logs":
-            action.add_argument("--follow", action="store_true", help="stream until the job ends; exit status 0 only if it succeeded")
+            action.add_argument(
+                "--follow", action="store_true", help="stream until the job ends; exit status 0 only if it succeeded"
+            )
         action.add_argument("--address", default=None, help=ADDRESS_HELP)
     return parser
 
@@ -239,6 +273,9 @@ def jobs_main(argv: list[str]) -> int:
         if args.action == "logs":
             return show_logs(client, args.job_id, args.follow)
         return stop_job(client, args.job_id)
-    except (ConnectionError, RuntimeError) as e:  # Ray's client raises RuntimeError for HTTP errors, e.g. unknown job ids
+    except (
+        ConnectionError,
+        RuntimeError,
+    ) as e:  # Ray's client raises RuntimeError for HTTP errors, e.g. unknown job ids
         print(f"tokenmill jobs {args.action}: {e}", file=sys.stderr)
         return 2

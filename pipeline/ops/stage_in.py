@@ -6,6 +6,7 @@ Files are copied in parallel threads, each to a temporary name, checked against 
 only then renamed; the manifest is written last, so a local manifest means a complete, verified copy.
 Running it again resumes: files whose sha256 already matches are kept, the rest are copied.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,10 @@ def copy_verified(fs: fsspec.AbstractFileSystem, source: str, local: Path, liste
                 size += len(block)
     except FileNotFoundError:
         partial.unlink(missing_ok=True)
-        raise StageInError(f"{fs.unstrip_protocol(source)}: listed in the manifest but missing; the build's output is incomplete, rebuild it") from None
+        raise StageInError(
+            f"{fs.unstrip_protocol(source)}: listed in the manifest but missing; the build's output is incomplete, "
+            "rebuild it"
+        ) from None
     if digest.hexdigest() != listed.sha256:
         partial.unlink()
         raise StageInError(
@@ -101,7 +105,9 @@ def stage_file(fs: fsspec.AbstractFileSystem, source_dir: str, local_dir: Path, 
     return copy_verified(fs, posixpath.join(source_dir, listed.path), local, listed)
 
 
-def _record(done: Future, listed: ListedFile, result: StageInResult, failures: list[str], log: Callable[[str], None]) -> None:
+def _record(
+    done: Future, listed: ListedFile, result: StageInResult, failures: list[str], log: Callable[[str], None]
+) -> None:
     try:
         copied = done.result()
     except (StageInError, OSError) as e:
@@ -138,7 +144,9 @@ def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable
             for done in finished:
                 _record(done, running.pop(done), result, failures, log)
     if failures:
-        raise StageInError(f"{len(failures)} of {len(files)} files not staged from {manifest_url}:\n  " + "\n  ".join(sorted(failures)))
+        raise StageInError(
+            f"{len(failures)} of {len(files)} files not staged from {manifest_url}:\n  " + "\n  ".join(sorted(failures))
+        )
     partial = result.manifest_path.with_name(f".{result.manifest_path.name}.part")
     partial.write_bytes(raw)
     os.replace(partial, result.manifest_path)
@@ -146,13 +154,25 @@ def stage_in(manifest_url: str, local_dir: Path, threads: int = 8, log: Callable
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill stage-in", description="Copy and verify a build's shards to local disk for training (parallel, resumable).")
-    parser.add_argument("manifest", metavar="MANIFEST_URI", help="the build's manifest.json: a path or an fsspec URL (s3://, gs://, file://, ...)")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill stage-in",
+        description="Copy and verify a build's shards to local disk for training (parallel, resumable).",
+    )
+    parser.add_argument(
+        "manifest",
+        metavar="MANIFEST_URI",
+        help="the build's manifest.json: a path or an fsspec URL (s3://, gs://, file://, ...)",
+    )
     add_folder_argument(parser, "local_dir", "LOCAL_DIR", "local folder, e.g. on NVMe; created if missing")
     parser.add_argument("--threads", type=int, default=8, help="files copied at a time (default 8)")
     args = parser.parse_args(argv)
-    args.local_dir = folder_argument(parser, args, "local_dir", "local folder",
-                                     "tokenmill stage-in MANIFEST_URI --out LOCAL_DIR (or MANIFEST_URI LOCAL_DIR)")
+    args.local_dir = folder_argument(
+        parser,
+        args,
+        "local_dir",
+        "local folder",
+        "tokenmill stage-in MANIFEST_URI --out LOCAL_DIR (or MANIFEST_URI LOCAL_DIR)",
+    )
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: give at least 1")
     try:
@@ -165,7 +185,8 @@ def main(argv: list[str]) -> int:
         return 1
     print(
         f"staged {len(result.copied) + len(result.already_present)} files into {args.local_dir}: "
-        f"{len(result.copied)} copied ({result.bytes_copied / 1e6:.1f} MB), {len(result.already_present)} already there and intact"
+        f"{len(result.copied)} copied ({result.bytes_copied / 1e6:.1f} MB), {len(result.already_present)} already "
+        "there and intact"
     )
     print(f"train with: tokenmill train --manifest {result.manifest_path} ...")
     return 0

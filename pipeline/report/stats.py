@@ -6,6 +6,7 @@ counts and log2 length histograms, so memory stays flat however many documents t
 the documents before the mix (characters, drops, duplicate clusters) comes from the build's merged per-task
 partial results in `build_stats.json`, never from the text itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,10 +58,14 @@ def read_build_stats(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise StatsError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}; delete it to report from the shards alone") from None
+        raise StatsError(
+            f"{path}: not valid JSON (line {e.lineno}): {e.msg}; delete it to report from the shards alone"
+        ) from None
     if data.get("format") != BUILD_STATS_FORMAT or data.get("version") != 1:
-        raise StatsError(f"{path}: format {data.get('format')!r} version {data.get('version')!r}, this tokenmill reads "
-                         f"{BUILD_STATS_FORMAT!r} version 1; rebuild, or delete it to report from the shards alone")
+        raise StatsError(
+            f"{path}: format {data.get('format')!r} version {data.get('version')!r}, this tokenmill reads "
+            f"{BUILD_STATS_FORMAT!r} version 1; rebuild, or delete it to report from the shards alone"
+        )
     for kind in ("chars", "tokens"):
         if data["histogram_edges"][kind] != LENGTH_EDGES:
             raise StatsError(f"{path}: histogram_edges.{kind} are not the log2 edges [0, 1, 2, 4, ..., 2**31]; rebuild")
@@ -84,7 +89,9 @@ def read_dropped_samples(path: Path) -> list[dict]:
             key = (sample["source"], sample["reason"])
             text = sample["text"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise StatsError(f"{path}:{number}: not a dropped-sample record; delete the file to report without examples") from None
+            raise StatsError(
+                f"{path}:{number}: not a dropped-sample record; delete the file to report without examples"
+            ) from None
         if taken.setdefault(key, 0) < SAMPLES_SHOWN:
             taken[key] += 1
             cut = {"text": _cut(text)} | ({"kept_text": _cut(sample["kept_text"])} if "kept_text" in sample else {})
@@ -106,8 +113,17 @@ def read_decontamination(root: Path, entry: dict | None) -> dict | None:
 
 
 def _shard_error_row(ref: ShardRef, problem: str) -> dict:
-    return {"split": ref.split, "documents": 0, "tokens": 0, "bin_bytes": 0, "idx_bytes": 0,
-            "documents_by_source": {}, "tokens_by_source": {}, "idx_status": problem, "bin_status": "not checked"}
+    return {
+        "split": ref.split,
+        "documents": 0,
+        "tokens": 0,
+        "bin_bytes": 0,
+        "idx_bytes": 0,
+        "documents_by_source": {},
+        "tokens_by_source": {},
+        "idx_status": problem,
+        "bin_status": "not checked",
+    }
 
 
 def _status(problems: list, part: str, hashed: bool) -> str:
@@ -138,8 +154,11 @@ def scan_shard(ref: ShardRef, names: dict[int, str], verify_bins: bool,
     shown = sorted(set(names) | {i for i in range(width) if docs[i]})
     docs, tokens = (np.pad(a, (0, max(shown, default=-1) + 1 - width)) for a in (docs, tokens))
     row = {
-        "split": ref.split, "documents": index.documents, "tokens": index.tokens,
-        "bin_bytes": ref.entry.bin_bytes, "idx_bytes": ref.entry.idx_bytes,
+        "split": ref.split,
+        "documents": index.documents,
+        "tokens": index.tokens,
+        "bin_bytes": ref.entry.bin_bytes,
+        "idx_bytes": ref.entry.idx_bytes,
         "documents_by_source": {names.get(i, f"source#{i}"): int(docs[i]) for i in shown},
         "tokens_by_source": {names.get(i, f"source#{i}"): int(tokens[i]) for i in shown},
         "idx_status": "ok",
@@ -181,13 +200,22 @@ def subset_rows(manifest: Manifest, build: dict | None) -> dict[str, dict]:
     if build is not None:
         records = build["subsets"].values()
     else:
-        records = [{"source": s.name, "subset": name, **asdict(counts)}
-                   for s in manifest.sources for name, counts in s.subsets.items()]
+        records = [
+            {"source": s.name, "subset": name, **asdict(counts)}
+            for s in manifest.sources
+            for name, counts in s.subsets.items()
+        ]
     fields = ("documents_read", "bytes_read", "chars_read", "documents_kept", "chars_kept", "tokens_kept")
     rows = {}
     for r in sorted(records, key=lambda r: (r["source"], r["subset"])):
         dropped = dict(r.get("dropped", {}))
-        row = {"source": r["source"], "subset": r["subset"], "dropped": dropped, "dropped_by_step": dropped_by_step(dropped), **{f: int(r.get(f, 0)) for f in fields}}
+        row = {
+            "source": r["source"],
+            "subset": r["subset"],
+            "dropped": dropped,
+            "dropped_by_step": dropped_by_step(dropped),
+            **{f: int(r.get(f, 0)) for f in fields},
+        }
         row["records_read"] = row["documents_read"] + row["dropped_by_step"]["bad input"]
         row["fertility"] = row["tokens_kept"] / row["chars_kept"] if row["chars_kept"] else None
         row["kept_share"] = row["documents_kept"] / row["documents_read"] if row["documents_read"] else None
@@ -216,13 +244,21 @@ def source_rows(manifest: Manifest, splits: dict, subsets: dict[str, dict]) -> d
         chars_kept = sum(r["chars_kept"] for r in mine)
         tokens_by_split = {split: t["tokens_by_source"].get(name, 0) for split, t in splits.items()}
         rows[name] = {
-            "id": s.id, "weight": s.weight, "uris": s.uris, "files": s.files, "epochs": s.epochs,
-            "documents_read": s.documents_read, "bytes_read": s.bytes_read,
+            "id": s.id,
+            "weight": s.weight,
+            "uris": s.uris,
+            "files": s.files,
+            "epochs": s.epochs,
+            "documents_read": s.documents_read,
+            "bytes_read": s.bytes_read,
             "records_read": s.documents_read + dropped_by_step(s.dropped)["bad input"],
-            "dropped": dict(s.dropped), "dropped_by_step": dropped_by_step(s.dropped),
-            "documents_kept": s.documents_kept, "tokens_kept": s.tokens_kept,
+            "dropped": dict(s.dropped),
+            "dropped_by_step": dropped_by_step(s.dropped),
+            "documents_kept": s.documents_kept,
+            "tokens_kept": s.tokens_kept,
             "kept_share": s.documents_kept / s.documents_read if s.documents_read else None,
-            "chars_read": sum(r["chars_read"] for r in mine), "chars_kept": chars_kept,
+            "chars_read": sum(r["chars_read"] for r in mine),
+            "chars_kept": chars_kept,
             # fertility from the build's own kept counts, so both sides of the ratio describe the same documents
             "fertility": sum(r["tokens_kept"] for r in mine) / chars_kept if chars_kept else None,
             "documents_in_shards": sum(t["documents_by_source"].get(name, 0) for t in splits.values()),
@@ -240,8 +276,10 @@ def mix_stats(manifest: Manifest, splits: dict) -> dict:
     return {
         "policy": manifest.mix.policy,
         "target": {name: w / total for name, w in target.items()} if total else {},
-        "achieved": {split: {name: n / t["tokens"] for name, n in t["tokens_by_source"].items()} if t["tokens"] else {}
-                     for split, t in splits.items()},
+        "achieved": {
+            split: {name: n / t["tokens"] for name, n in t["tokens_by_source"].items()} if t["tokens"] else {}
+            for split, t in splits.items()
+        },
     }
 
 
@@ -249,7 +287,9 @@ def build_record(manifest: Manifest, build: dict | None) -> dict:
     """Wall time and throughput per stage: the build's stage records, else the manifest's `stages`."""
     stages = build["stages"] if build is not None else manifest.stages
     # in the order the stages run; a stage this code no longer has (an older build's) after them
-    order = sorted(stages, key=lambda name: (STAGE_NAMES.index(name) if name in STAGE_NAMES else len(STAGE_NAMES), name))
+    order = sorted(
+        stages, key=lambda name: (STAGE_NAMES.index(name) if name in STAGE_NAMES else len(STAGE_NAMES), name)
+    )
     rows = {}
     for name in order:
         st = stages[name]
@@ -258,15 +298,19 @@ def build_record(manifest: Manifest, build: dict | None) -> dict:
             st = {**st, **made}
         seconds = float(st.get("seconds", 0.0))
         rows[name] = {
-            "seconds": seconds, "tasks": int(st.get("tasks", 0)),
-            "input_bytes": int(st.get("input_bytes", 0)), "documents": int(st.get("documents", 0)),
+            "seconds": seconds,
+            "tasks": int(st.get("tasks", 0)),
+            "input_bytes": int(st.get("input_bytes", 0)),
+            "documents": int(st.get("documents", 0)),
             # the one speed (pipeline.work.progress.text_speed): MB of input text per second, of the process stage,
             # the only one that reads all the text
             "text_mb_per_s": st["text_bytes"] / seconds / 1e6 if seconds and st.get("text_bytes") else None,
             "documents_per_s": st.get("documents", 0) / seconds if seconds and st.get("documents") else None,
-            "reused": int(stages[name].get("skipped", 0)), "made_at": made.get("created_at") if made else None,
+            "reused": int(stages[name].get("skipped", 0)),
+            "made_at": made.get("created_at") if made else None,
             # the largest task's peak RSS and what it read: the node size the stage needs (None for older builds)
-            "cpu_seconds": st.get("cpu_seconds"), "peak_rss_mib": st.get("peak_rss_mib"),
+            "cpu_seconds": st.get("cpu_seconds"),
+            "peak_rss_mib": st.get("peak_rss_mib"),
             "largest_task": (st.get("largest_task") or {}).get("input"),
         }
     return {
@@ -285,7 +329,9 @@ def provenance(manifest: Manifest) -> dict:
         "tool_version": manifest.tool_version,
         "created_at": manifest.created_at,
         "dtype": manifest.dtype,
-        "tokenizer": {k: tokenizer[k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id", "add_bos", "add_eos")},
+        "tokenizer": {
+            k: tokenizer[k] for k in ("uri", "sha256", "vocab_size", "bos_id", "eos_id", "add_bos", "add_eos")
+        },
         "input_uris": {s.name: s.uris for s in sorted(manifest.sources, key=lambda s: s.id)},
         "input_files": len(manifest.inputs),
         "quarantine": asdict(manifest.quarantine),
@@ -296,7 +342,7 @@ def distributions(hists: dict[str, np.ndarray], build: dict | None) -> dict:
     """Log2 histograms of document length: tokens as the shards hold them (after the mix), characters of the
     kept documents per source (from the build), and the sizes of near-duplicate clusters."""
     chars: dict[str, np.ndarray] = {}
-    for record in (build["subsets"].values() if build else ()):
+    for record in build["subsets"].values() if build else ():
         if record["documents_kept"]:
             chars[record["source"]] = chars.get(record["source"], 0) + np.asarray(record["char_hist"], dtype=np.int64)
     clusters = build["duplicates"]["cluster_sizes"] if build else {}
@@ -307,7 +353,9 @@ def distributions(hists: dict[str, np.ndarray], build: dict | None) -> dict:
         "duplicate_clusters": {k: clusters[k] for k in sorted(clusters, key=int)},
         "exact_removed": build["duplicates"]["exact_removed"] if build else None,
         "near_removed": build["duplicates"]["near_removed"] if build else None,
-        "removed_similarity": build["duplicates"].get("similarity") if build else None,  # with verification: cluster members by similarity
+        "removed_similarity": build["duplicates"].get("similarity")
+        if build
+        else None,  # with verification: cluster members by similarity
     }
 
 
@@ -341,12 +389,25 @@ def token_budget(sources: dict, subsets: dict, splits: dict, budget: int) -> dic
         unique = max(source["tokens_kept"] - validation.get(name, 0), 0)
         unique_share[name] = unique / source["tokens_kept"] if source["tokens_kept"] else 0.0
         tokens = budget * (source["train_share"] or 0.0)
-        rows["sources"][name] = {"tokens": tokens, "unique_tokens": unique, "epochs": tokens / unique if unique else None}
+        rows["sources"][name] = {
+            "tokens": tokens,
+            "unique_tokens": unique,
+            "epochs": tokens / unique if unique else None,
+        }
     for key, row in subsets.items():
         unique = round(row["tokens_kept"] * unique_share.get(row["source"], 0.0))
         tokens = budget * (row["train_share"] or 0.0)
-        rows["subsets"][key] = {"tokens": tokens, "unique_tokens": unique, "epochs": tokens / unique if unique else None}
-    return {"tokens": budget, "train_tokens": train_tokens, "passes": budget / train_tokens if train_tokens else None, **rows}
+        rows["subsets"][key] = {
+            "tokens": tokens,
+            "unique_tokens": unique,
+            "epochs": tokens / unique if unique else None,
+        }
+    return {
+        "tokens": budget,
+        "train_tokens": train_tokens,
+        "passes": budget / train_tokens if train_tokens else None,
+        **rows,
+    }
 
 
 def warnings(splits: dict) -> list[str]:
@@ -354,8 +415,11 @@ def warnings(splits: dict) -> list[str]:
     found = []
     validation = splits.get("validation", {}).get("documents", 0)
     if validation < MIN_VALIDATION_DOCUMENTS:
-        found.append(f"the validation split holds {validation} documents, fewer than {MIN_VALIDATION_DOCUMENTS}: its loss is too noisy "
-                     "to compare runs by; add validation files or raise the sources' validation_fraction")
+        found.append(
+            f"the validation split holds {validation} documents, fewer than {MIN_VALIDATION_DOCUMENTS}: its loss is "
+            "too noisy "
+            "to compare runs by; add validation files or raise the sources' validation_fraction"
+        )
     return found
 
 
@@ -370,11 +434,16 @@ def _nonzero(value: object) -> object:
 
 
 def _differences(what: str, recount: dict, recorded: dict, keys: tuple[str, ...]) -> list[str]:
-    return [f"{what}: {key} {recount[key]} recounted, {recorded[key]} in the manifest"
-            for key in keys if _nonzero(recount[key]) != _nonzero(recorded[key])]
+    return [
+        f"{what}: {key} {recount[key]} recounted, {recorded[key]} in the manifest"
+        for key in keys
+        if _nonzero(recount[key]) != _nonzero(recorded[key])
+    ]
 
 
-def checks(manifest: Manifest, shards: dict, splits: dict, sources: dict, subsets: dict, build: dict | None) -> dict[str, dict]:
+def checks(
+    manifest: Manifest, shards: dict, splits: dict, sources: dict, subsets: dict, build: dict | None
+) -> dict[str, dict]:
     """What a person should be able to trust before reading the numbers: checksums, and recounts that agree."""
     counted = ("documents", "tokens", "tokens_by_source")
     hashed = sum(r["bin_status"] == "ok" for r in shards.values())
@@ -382,26 +451,56 @@ def checks(manifest: Manifest, shards: dict, splits: dict, sources: dict, subset
     unaccounted = {name: s["funnel"][FUNNEL_STEPS[-1]]["left"] - s["documents_kept"] for name, s in sources.items()}
     result = {
         "shard indexes match their sha256": _check(
-            [f"{b}: index {r['idx_status']}" for b, r in shards.items() if r["idx_status"] != "ok"], f"{len(shards)} of {len(shards)}"),
+            [f"{b}: index {r['idx_status']}" for b, r in shards.items() if r["idx_status"] != "ok"],
+            f"{len(shards)} of {len(shards)}",
+        ),
         "shard token files match the manifest": _check(
             [f"{b}: {r['bin_status']}" for b, r in shards.items() if r["bin_status"] not in ("ok", "size ok")],
-            f"{hashed} of {len(shards)} by sha256" + ("" if hashed == len(shards) else ", the rest by size")),
+            f"{hashed} of {len(shards)} by sha256" + ("" if hashed == len(shards) else ", the rest by size"),
+        ),
         "shard recounts equal the manifest": _check(
             [p for b, r in shards.items() for p in _differences(b, r, entries[b], counted)],
-            f"documents, tokens and tokens per source of {len(shards)} shards"),
+            f"documents, tokens and tokens per source of {len(shards)} shards",
+        ),
         "split totals equal the manifest": _check(
-            [p for split, t in splits.items() for p in _differences(f"split {split}", t, asdict(manifest.splits[split]), counted)],
-            ", ".join(splits)),
+            [
+                p
+                for split, t in splits.items()
+                for p in _differences(f"split {split}", t, asdict(manifest.splits[split]), counted)
+            ],
+            ", ".join(splits),
+        ),
         "shards hold only the manifest's sources": _check(
-            sorted({n for t in splits.values() for n, docs in t["documents_by_source"].items() if docs and n not in sources}), ", ".join(sources)),
+            sorted(
+                {
+                    n
+                    for t in splits.values()
+                    for n, docs in t["documents_by_source"].items()
+                    if docs and n not in sources
+                }
+            ),
+            ", ".join(sources),
+        ),
         "documents read = filtered + duplicates + kept": _check(
-            [f"{name}: {n:+} documents read but neither dropped nor kept" for name, n in unaccounted.items() if n], ", ".join(sources)),
+            [f"{name}: {n:+} documents read but neither dropped nor kept" for name, n in unaccounted.items() if n],
+            ", ".join(sources),
+        ),
     }
     if build is not None:
-        kept = {name: {k: sum(r[k] for r in subsets.values() if r["source"] == name) for k in ("documents_kept", "tokens_kept")} for name in sources}
+        kept = {
+            name: {
+                k: sum(r[k] for r in subsets.values() if r["source"] == name) for k in ("documents_kept", "tokens_kept")
+            }
+            for name in sources
+        }
         result[f"{BUILD_STATS} agrees with the manifest"] = _check(
-            [p for name, s in sources.items() for p in _differences(name, kept[name], s, ("documents_kept", "tokens_kept"))],
-            "kept documents and tokens per source")
+            [
+                p
+                for name, s in sources.items()
+                for p in _differences(name, kept[name], s, ("documents_kept", "tokens_kept"))
+            ],
+            "kept documents and tokens per source",
+        )
     return result
 
 
@@ -413,13 +512,17 @@ def headline(sources: dict, splits: dict, shards: dict, build: dict, check_rows:
         "tokens": sum(t["tokens"] for t in splits.values()),
         "documents": sum(t["documents"] for t in splits.values()),
         "tokens_by_split": {split: t["tokens"] for split, t in splits.items()},
-        "documents_read": read, "bytes_read": bytes_read,
+        "documents_read": read,
+        "bytes_read": bytes_read,
         "documents_kept": sum(s["documents_kept"] for s in sources.values()),
         "kept_share": sum(s["documents_kept"] for s in sources.values()) / read if read else None,
-        "shards": len(shards), "bytes_on_disk": sum(r["bin_bytes"] + r["idx_bytes"] for r in shards.values()),
-        "wall_seconds": wall, "workers": build["workers"],
+        "shards": len(shards),
+        "bytes_on_disk": sum(r["bin_bytes"] + r["idx_bytes"] for r in shards.values()),
+        "wall_seconds": wall,
+        "workers": build["workers"],
         "text_mb_per_s": build["stages"].get("process", {}).get("text_mb_per_s"),
-        "checks_passed": sum(c["ok"] for c in check_rows.values()), "checks": len(check_rows),
+        "checks_passed": sum(c["ok"] for c in check_rows.values()),
+        "checks": len(check_rows),
     }
 
 
@@ -434,20 +537,36 @@ def compute_stats(manifest_path: Path, *, verify_bins: bool = True, budget: int 
     check_rows = checks(manifest, shard_rows, splits, sources, subsets, build)
     training_shares(sources, subsets, splits)
     return {
-        "format": FORMAT, "version": FORMAT_VERSION, "has_build_stats": build is not None,
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "has_build_stats": build is not None,
         "headline": headline(sources, splits, shard_rows, build_rec, check_rows),
-        "sources": sources, "subsets": subsets, "drop_reasons": drop_reasons(sources, subsets), "splits": splits,
-        "mix": mix_stats(manifest, splits), "budget": token_budget(sources, subsets, splits, budget), "warnings": warnings(splits),
+        "sources": sources,
+        "subsets": subsets,
+        "drop_reasons": drop_reasons(sources, subsets),
+        "splits": splits,
+        "mix": mix_stats(manifest, splits),
+        "budget": token_budget(sources, subsets, splits, budget),
+        "warnings": warnings(splits),
         "distributions": distributions(hists, build),
         "quarantine": asdict(manifest.quarantine),
         "dropped_samples": read_dropped_samples(manifest.root / DROPPED_SAMPLES),
         "decontamination": read_decontamination(manifest.root, manifest.decontamination),
-        "shards": shard_rows, "build": build_rec, "provenance": provenance(manifest), "checks": check_rows,
+        "shards": shard_rows,
+        "build": build_rec,
+        "provenance": provenance(manifest),
+        "checks": check_rows,
     }
 
 
-def write_report(manifest_path: Path, out_dir: Path, compare: Path | None = None, *, verify_bins: bool = True,
-                 budget: int = DEFAULT_BUDGET_TOKENS) -> Path:
+def write_report(
+    manifest_path: Path,
+    out_dir: Path,
+    compare: Path | None = None,
+    *,
+    verify_bins: bool = True,
+    budget: int = DEFAULT_BUDGET_TOKENS,
+) -> Path:
     """Write report.html, stats.json and summary.md into `out_dir`; returns the report.html path.
     `compare`: a second manifest shown side by side. `verify_bins=False` checks token files by size only
     (the build passes it: it hashed them a moment ago). `budget`: training tokens of the token-budget view."""
@@ -476,21 +595,43 @@ def parse_tokens(text: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill stats", description="Dataset statistics report of a built corpus: report.html, stats.json, summary.md.")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill stats",
+        description="Dataset statistics report of a built corpus: report.html, stats.json, summary.md.",
+    )
     parser.add_argument("manifest", type=Path, help="manifest.json of a build")
-    parser.add_argument("--out", type=Path, help="folder for report.html, stats.json and summary.md (default: report/ beside the manifest)")
-    parser.add_argument("--compare", type=Path, metavar="MANIFEST2", help="a second build's manifest, shown side by side")
-    parser.add_argument("--sizes-only", action="store_true", help="check shard token files by size, skip their sha256 (reading every byte of a large corpus takes a while)")
-    parser.add_argument("--screenshot", type=Path, metavar="PNG", help="also save a picture of the whole report page (needs chromium)")
-    parser.add_argument("--budget", type=parse_tokens, default=DEFAULT_BUDGET_TOKENS, metavar="TOKENS",
-                        help="training tokens of the token-budget view, e.g. 3T, 500B, 2e9 (default 3T, TinyLlama's)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for report.html, stats.json and summary.md (default: report/ beside the manifest)",
+    )
+    parser.add_argument(
+        "--compare", type=Path, metavar="MANIFEST2", help="a second build's manifest, shown side by side"
+    )
+    parser.add_argument(
+        "--sizes-only",
+        action="store_true",
+        help="check shard token files by size, skip their sha256 (reading every byte of a large corpus takes a while)",
+    )
+    parser.add_argument(
+        "--screenshot", type=Path, metavar="PNG", help="also save a picture of the whole report page (needs chromium)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=parse_tokens,
+        default=DEFAULT_BUDGET_TOKENS,
+        metavar="TOKENS",
+        help="training tokens of the token-budget view, e.g. 3T, 500B, 2e9 (default 3T, TinyLlama's)",
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = (args.manifest if args.manifest.is_dir() else args.manifest.parent) / "report"
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: is a file; give a folder for report.html, stats.json and summary.md")
     try:
-        html_path = write_report(args.manifest, args.out, args.compare, verify_bins=not args.sizes_only, budget=args.budget)
+        html_path = write_report(
+            args.manifest, args.out, args.compare, verify_bins=not args.sizes_only, budget=args.budget
+        )
         if args.screenshot:
             screenshot(html_path, args.screenshot)
     except (ManifestError, StatsError, ReportError, OSError) as e:

@@ -22,6 +22,7 @@ task that streams the parts, in range order, into the resolve format: removed.bi
 survivors.bin, removed_index.bin and cluster_sizes.npy, byte-identical to the single-task resolve's). With
 verify, each verify task reads its partition's clusters straight from the removals parts.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,8 +73,16 @@ def _array(work: Store, path: str, width: int = 1) -> np.ndarray:
     return data.reshape(-1, width) if width > 1 else data
 
 
-def propagate(folder: str, rnd: int, cuts: list[int], edges: list[Part] | str, state: str | None, answers: list[Part],
-              exact_slot: int | None, work: Store) -> dict:
+def propagate(
+    folder: str,
+    rnd: int,
+    cuts: list[int],
+    edges: list[Part] | str,
+    state: str | None,
+    answers: list[Part],
+    exact_slot: int | None,
+    work: Store,
+) -> dict:
     """Round `rnd` of one node range: labels lowered by the answers, then the asks (see the module)."""
     started = time.perf_counter()
     if rnd == 0:  # its documents' edges from every dedupe partition, as (document, survivor) pairs
@@ -112,10 +121,15 @@ def propagate(folder: str, rnd: int, cuts: list[int], edges: list[Part] | str, s
     _write(work, f"{folder}/{NODES}", nodes)
     _write(work, f"{folder}/{LABELS}", labels)
     _write(work, f"{folder}/{ASKS}", asks)
-    record = {"round": rnd, "nodes": int(len(nodes)), "edges": int(len(pairs)), "asks": int(len(asks)),
-              "changed": changed,
-              "ask_offsets": np.searchsorted(asks[:, 0], np.asarray(cuts, np.uint64)).tolist(),
-              "seconds": time.perf_counter() - started}
+    record = {
+        "round": rnd,
+        "nodes": int(len(nodes)),
+        "edges": int(len(pairs)),
+        "asks": int(len(asks)),
+        "changed": changed,
+        "ask_offsets": np.searchsorted(asks[:, 0], np.asarray(cuts, np.uint64)).tolist(),
+        "seconds": time.perf_counter() - started,
+    }
     work.mark_done(folder, record)
     return record
 
@@ -138,9 +152,14 @@ def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> 
     _write(work, f"{folder}/{NODES}", all_nodes)
     _write(work, f"{folder}/{LABELS}", new)
     _write(work, f"{folder}/{ANSWERS}", np.concatenate(replies) if replies else np.zeros((0, 2), np.uint64))
-    record = {"round": rnd, "nodes": int(len(all_nodes)), "asks": int(len(every)), "changed": changed,
-              "answer_offsets": np.cumsum([0] + [len(g) for g in got]).tolist(),
-              "seconds": time.perf_counter() - started}
+    record = {
+        "round": rnd,
+        "nodes": int(len(all_nodes)),
+        "asks": int(len(every)),
+        "changed": changed,
+        "answer_offsets": np.cumsum([0] + [len(g) for g in got]).tolist(),
+        "seconds": time.perf_counter() - started,
+    }
     work.mark_done(folder, record)
     return record
 
@@ -166,13 +185,24 @@ def verdicts(folder: str, parts: list[Part], cuts: list[int], work: Store) -> di
     return _write_removals(folder, rows[:, 0], rows[:, 1], rows[:, 2], cuts, None, work, started)
 
 
-def _write_removals(folder: str, members: np.ndarray, survivors: np.ndarray, exact: np.ndarray, cuts: list[int],
-                    partitions: int | None, work: Store, started: float) -> dict:
+def _write_removals(
+    folder: str,
+    members: np.ndarray,
+    survivors: np.ndarray,
+    exact: np.ndarray,
+    cuts: list[int],
+    partitions: int | None,
+    work: Store,
+    started: float,
+) -> dict:
     _write(work, f"{folder}/{REMOVED_ROWS}", np.column_stack((members, survivors, exact)))
     survivor, count = np.unique(survivors, return_counts=True)
     _write(work, f"{folder}/{COUNTS}", np.column_stack((survivor, count.astype(np.uint64))))
-    record = {"removed": int(len(members)), "exact_removed": int(exact.sum()),
-              "count_offsets": np.searchsorted(survivor, np.asarray(cuts, np.uint64)).tolist()}
+    record = {
+        "removed": int(len(members)),
+        "exact_removed": int(exact.sum()),
+        "count_offsets": np.searchsorted(survivor, np.asarray(cuts, np.uint64)).tolist(),
+    }
     if partitions:
         partition = survivors % np.uint64(partitions)
         order = np.lexsort((members, survivors, partition))
@@ -197,15 +227,24 @@ def sizes(folder: str, counts: list[Part], work: Store) -> dict:
     return record
 
 
-def write_resolved(folder: str, removal_folders: list[str], size_folders: list[str], n_files: int, work: Store,
-                   extra: dict | None = None) -> dict:
+def write_resolved(
+    folder: str,
+    removal_folders: list[str],
+    size_folders: list[str],
+    n_files: int,
+    work: Store,
+    extra: dict | None = None,
+) -> dict:
     """The resolve format, streamed from the parts in range order (each part is one range's, sorted; the ranges
     are consecutive keys): one part in memory at a time. `extra`: more for the done record (verify's histogram)."""
     started = time.perf_counter()
     per_file = np.zeros(n_files, np.int64)
     removed = exact_removed = 0
-    with (work.writer(f"{folder}/{REMOVED}") as keys, work.writer(f"{folder}/{REMOVED_EXACT}") as exact,
-          work.writer(f"{folder}/{SURVIVORS}") as kept):
+    with (
+        work.writer(f"{folder}/{REMOVED}") as keys,
+        work.writer(f"{folder}/{REMOVED_EXACT}") as exact,
+        work.writer(f"{folder}/{SURVIVORS}") as kept,
+    ):
         for part in removal_folders:
             rows = _array(work, f"{part}/{REMOVED_ROWS}", 3)
             keys.write(np.ascontiguousarray(rows[:, 0]).tobytes())
@@ -218,11 +257,19 @@ def write_resolved(folder: str, removal_folders: list[str], size_folders: list[s
     work.write_bytes(f"{folder}/{REMOVED_INDEX}", index.tobytes())
     clusters = sum(int(work.done(s)["clusters"]) for s in size_folders)
     with work.writer(f"{folder}/{CLUSTER_SIZES}") as out:  # as np.save writes an int64 vector of that length
-        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)),
-                                                   "fortran_order": False, "shape": (clusters,)})
+        np.lib.format.write_array_header_1_0(
+            out,
+            {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)), "fortran_order": False, "shape": (clusters,)},
+        )
         for s in size_folders:
             out.write(work.read_bytes(f"{s}/{SIZES}"))
-    record = {"removed": removed, "exact_removed": exact_removed, "near_removed": removed - exact_removed,
-              "clusters": clusters, **(extra or {}), "seconds": time.perf_counter() - started}
+    record = {
+        "removed": removed,
+        "exact_removed": exact_removed,
+        "near_removed": removed - exact_removed,
+        "clusters": clusters,
+        **(extra or {}),
+        "seconds": time.perf_counter() - started,
+    }
     work.mark_done(folder, record)
     return record

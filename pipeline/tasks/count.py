@@ -6,6 +6,7 @@ documents and tokens of each split (what the driver plans the mix groups from), 
 (what the report shows) and the group's first removed documents per source, subset and dedupe step (from which
 the driver chooses the duplicates' samples).
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,14 @@ def kept_docs(work: Store, folder: str, file_index: int, removed: RemovedDocs) -
     keys = doc_keys(file_index, columns["ordinal"])
     lengths = columns["length"].astype(np.int64) if len(keys) else np.zeros(0, np.int64)
     gone, exact_keys = removed.keys, removed.keys[removed.exact]
-    return KeptDocs(columns, keys, np.cumsum(lengths) - lengths, lengths,
-                     ~np.isin(keys, gone, assume_unique=True), np.isin(keys, exact_keys, assume_unique=True))
+    return KeptDocs(
+        columns,
+        keys,
+        np.cumsum(lengths) - lengths,
+        lengths,
+        ~np.isin(keys, gone, assume_unique=True),
+        np.isin(keys, exact_keys, assume_unique=True),
+    )
 
 
 def count_kept(folder: str, files: list[Processed], resolved: str, work: Store) -> dict:
@@ -80,8 +87,18 @@ def _add_subset_stats(out: dict, f: Processed, d: KeptDocs) -> None:
     for sid, name in enumerate(f.subsets):
         here = d.columns["subset"] == sid
         empty = [0] * BUCKETS
-        s = out.setdefault(f"{f.source}/{name}", {EXACT_DUPLICATE: 0, NEAR_DUPLICATE: 0, "documents_kept": 0, "chars_kept": 0,
-                                                   "tokens_kept": 0, "char_hist": empty, "token_hist": empty})
+        s = out.setdefault(
+            f"{f.source}/{name}",
+            {
+                EXACT_DUPLICATE: 0,
+                NEAR_DUPLICATE: 0,
+                "documents_kept": 0,
+                "chars_kept": 0,
+                "tokens_kept": 0,
+                "char_hist": empty,
+                "token_hist": empty,
+            },
+        )
         gone, kept = here & ~d.keep, here & d.keep
         s[EXACT_DUPLICATE] += int((gone & d.exact).sum())
         s[NEAR_DUPLICATE] += int((gone & ~d.exact).sum())

@@ -12,6 +12,7 @@ signatures (sig.bin: three range reads per file touched) and re-clusters them by
 (REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES) into its own folder, which the count and mix tasks then
 read instead. The work grows with the removals, not the corpus: a signature row (512 B) per cluster member.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,7 +35,12 @@ KEY_GROUP_ROWS = 10_000_000  # rows a key group task holds at most (~240 MB), un
 EDGE_BATCH = 1_000_000  # edges the resolve task reads before reducing them to (document, survivor) pairs
 # the resolve task's outputs: removed keys (sorted uint64), whether each was an exact copy (uint8), the offset of
 # each input file's first removed key (uint64, one more than files), cluster sizes (npy)
-REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES = "removed.bin", "removed_exact.bin", "removed_index.bin", "cluster_sizes.npy"
+REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES = (
+    "removed.bin",
+    "removed_exact.bin",
+    "removed_index.bin",
+    "cluster_sizes.npy",
+)
 SURVIVORS = "survivors.bin"  # uint64 per removed key: the document kept in its place (its cluster's survivor)
 # rows (survivor, member, exact) of every removal, sorted by (survivor % partitions, survivor, member), and the row
 # offset of each partition (one more than partitions): a verify task reads its whole clusters with one range read
@@ -80,10 +86,17 @@ def combine_keys(folder: str, files: list[Processed], partitions: int, work: Sto
         reason = json.loads(line)["reason"]
         by_reason[reason] = by_reason.get(reason, 0) + 1
     funnels = [{"source": f.source, "funnels": work.done(f.folder)["funnels"]} for f in files]
-    record = {"key_offsets": offsets, "files": len(files), "quarantined": len(lines), "by_reason": dict(sorted(by_reason.items())),
-              "source_funnels": sum_funnels(funnels), "filter_samples": [{k: v for k, v in asdict(s).items() if v is not None}
-                                                                   for s in samples.filter_samples(funnels)],
-              "seconds": time.perf_counter() - started}
+    record = {
+        "key_offsets": offsets,
+        "files": len(files),
+        "quarantined": len(lines),
+        "by_reason": dict(sorted(by_reason.items())),
+        "source_funnels": sum_funnels(funnels),
+        "filter_samples": [
+            {k: v for k, v in asdict(s).items() if v is not None} for s in samples.filter_samples(funnels)
+        ],
+        "seconds": time.perf_counter() - started,
+    }
     work.mark_done(folder, record)
     return record
 
@@ -94,8 +107,9 @@ def sum_funnels(funnels: list[dict]) -> list[dict]:
     totals: dict[str, dict[str, dict]] = {}
     for r in funnels:
         for subset, f in r["funnels"].items():
-            row = totals.setdefault(r["source"], {}).setdefault(subset, {"documents_read": 0, "bytes_read": 0, "chars_read": 0,
-                                                                         "documents_passed": 0, "dropped": {}})
+            row = totals.setdefault(r["source"], {}).setdefault(
+                subset, {"documents_read": 0, "bytes_read": 0, "chars_read": 0, "documents_passed": 0, "dropped": {}}
+            )
             for name in ("documents_read", "bytes_read", "chars_read", "documents_passed"):
                 row[name] += f.get(name, 0)
             for reason, n in f["dropped"].items():
@@ -134,12 +148,16 @@ def read_all(work: Store, paths: list[str], starts: list[int], ends: list[int]) 
 
 def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
     """The rows of every part, concatenated (one range read each)."""
-    data = read_all(work, [p.path for p in parts], [p.start * 8 * width for p in parts], [p.end * 8 * width for p in parts])
+    data = read_all(
+        work, [p.path for p in parts], [p.start * 8 * width for p in parts], [p.end * 8 * width for p in parts]
+    )
     rows = [np.frombuffer(d, np.uint64) for d in data]
     return (np.concatenate(rows) if rows else np.zeros(0, np.uint64)).reshape(-1, width)
 
 
-def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: Store, cuts: list[int] | None = None) -> dict:
+def dedupe_partition(
+    folder: str, partition: int, slices: list[KeySlice], work: Store, cuts: list[int] | None = None
+) -> dict:
     """Gather one partition's (slot, key, doc_key) rows from every key group and find duplicate groups. The
     edges are written sorted by document, with the row offset of each node range of `cuts` (doc keys, one more
     than ranges) in the record: a components task reads its range's edges of every partition, one range read each."""
@@ -148,14 +166,21 @@ def dedupe_partition(folder: str, partition: int, slices: list[KeySlice], work: 
     edges = dedupe_stage.duplicate_edges(gathered)
     edges = edges[np.lexsort((edges[:, 2], edges[:, 1], edges[:, 0]))]
     work.write_bytes(f"{folder}/edges.bin", np.ascontiguousarray(edges, np.uint64).tobytes())
-    record = {"partition": partition, "rows": int(len(gathered)), "edges": int(len(edges)), "seconds": time.perf_counter() - started}
+    record = {
+        "partition": partition,
+        "rows": int(len(gathered)),
+        "edges": int(len(edges)),
+        "seconds": time.perf_counter() - started,
+    }
     if cuts is not None:
         record["range_offsets"] = np.searchsorted(edges[:, 0], np.asarray(cuts, np.uint64)).tolist()
     work.mark_done(folder, record)
     return record
 
 
-def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, work: Store, dedupe: DedupeConfig) -> dict:
+def resolve_duplicates(
+    folder: str, partition_folders: list[str], n_files: int, work: Store, dedupe: DedupeConfig
+) -> dict:
     """Connected components over every partition's edges: memory grows with the duplicates, not the corpus."""
     started = time.perf_counter()
     result = dedupe_stage.resolve_clusters(_edge_pairs(work, partition_folders), exact_slot=0 if dedupe.exact else None)
@@ -176,8 +201,15 @@ def resolve_duplicates(folder: str, partition_folders: list[str], n_files: int, 
     return record
 
 
-def _write_removed(work: Store, folder: str, removed: np.ndarray, exact: np.ndarray, survivors: np.ndarray,
-                   cluster_sizes: np.ndarray, n_files: int) -> None:
+def _write_removed(
+    work: Store,
+    folder: str,
+    removed: np.ndarray,
+    exact: np.ndarray,
+    survivors: np.ndarray,
+    cluster_sizes: np.ndarray,
+    n_files: int,
+) -> None:
     """The resolve format, written by resolve and by the verified merge: the removed keys (sorted, uint64), their
     exact flags (uint8) and survivors (uint64), the offset of each input file's first removed key, cluster sizes."""
     work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
@@ -226,17 +258,27 @@ def removed_of(work: Store, resolved: str, file_indices: list[int], survivors: b
     out = {}
     for run in _runs(sorted(set(file_indices))):
         first, last = run[0], run[-1]
-        index = np.frombuffer(work.read_range(f"{resolved}/{REMOVED_INDEX}", first * 8, (last + 2) * 8), np.uint64).astype(np.int64)
+        index = np.frombuffer(
+            work.read_range(f"{resolved}/{REMOVED_INDEX}", first * 8, (last + 2) * 8), np.uint64
+        ).astype(np.int64)
         keys = np.frombuffer(work.read_range(f"{resolved}/{REMOVED}", index[0] * 8, index[-1] * 8), np.uint64)
-        exact = np.frombuffer(work.read_range(f"{resolved}/{REMOVED_EXACT}", index[0], index[-1]), np.uint8).astype(bool)
-        kept = np.frombuffer(work.read_range(f"{resolved}/{SURVIVORS}", index[0] * 8, index[-1] * 8), np.uint64) if survivors else None
+        exact = np.frombuffer(work.read_range(f"{resolved}/{REMOVED_EXACT}", index[0], index[-1]), np.uint8).astype(
+            bool
+        )
+        kept = (
+            np.frombuffer(work.read_range(f"{resolved}/{SURVIVORS}", index[0] * 8, index[-1] * 8), np.uint64)
+            if survivors
+            else None
+        )
         for i, f in enumerate(run):
             a, b = index[i] - index[0], index[i + 1] - index[0]
             out[f] = RemovedDocs(keys[a:b], exact[a:b], kept[a:b] if survivors else None)
     return out
 
 
-def _write_clusters(work: Store, folder: str, removed: np.ndarray, exact: np.ndarray, survivors: np.ndarray, partitions: int) -> None:
+def _write_clusters(
+    work: Store, folder: str, removed: np.ndarray, exact: np.ndarray, survivors: np.ndarray, partitions: int
+) -> None:
     partition = survivors % np.uint64(partitions)
     order = np.lexsort((removed, survivors, partition))
     rows = np.column_stack((survivors[order], removed[order], exact[order].astype(np.uint64)))
@@ -247,12 +289,21 @@ def _write_clusters(work: Store, folder: str, removed: np.ndarray, exact: np.nda
 
 def resolved_clusters(work: Store, resolved: str, partition: int) -> list[Part]:
     """Where a partition's clusters are in the single-task resolve's output (CLUSTERS, by CLUSTERS_INDEX)."""
-    start, end = np.frombuffer(work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64).tolist()
+    start, end = np.frombuffer(
+        work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64
+    ).tolist()
     return [Part(f"{resolved}/{CLUSTERS}", start, end)]
 
 
-def verify_partition(folder: str, partition: int, clusters: list[Part], process_folders: list[str], threshold: float, work: Store,
-                     cuts: list[int] | None = None) -> dict:
+def verify_partition(
+    folder: str,
+    partition: int,
+    clusters: list[Part],
+    process_folders: list[str],
+    threshold: float,
+    work: Store,
+    cuts: list[int] | None = None,
+) -> dict:
     """One partition's clusters (whole, by survivor) re-clustered by their signatures' estimated Jaccard; writes
     every member's verdict, survivor (the kept document it was compared with last) and similarity. `clusters`:
     its rows (survivor, member, exact) in one or more parts (each range's, `pipeline.tasks.components.removals`)."""
@@ -266,19 +317,35 @@ def verify_partition(folder: str, partition: int, clusters: list[Part], process_
     starts = np.r_[first + np.arange(len(first)), len(keys)]
     wanted = np.unique(keys)
     sigs = _signature_rows(work, process_folders, wanted)
-    center, similarity, removed = dedupe_stage.verify_clusters(sigs, starts, exact, threshold, rows=np.searchsorted(wanted, keys))
+    center, similarity, removed = dedupe_stage.verify_clusters(
+        sigs, starts, exact, threshold, rows=np.searchsorted(wanted, keys)
+    )
     member = np.ones(len(keys), bool)
     member[starts[:-1]] = False
     buffer = io.BytesIO()
-    np.savez(buffer, keys=keys[member], exact=exact[member], survivors=keys[center][member], similarity=similarity[member].astype(np.float32),
-             stays=removed[member])
+    np.savez(
+        buffer,
+        keys=keys[member],
+        exact=exact[member],
+        survivors=keys[center][member],
+        similarity=similarity[member].astype(np.float32),
+        stays=removed[member],
+    )
     work.write_bytes(f"{folder}/{VERIFIED}", buffer.getvalue())
-    record = {"partition": partition, "clusters": int(len(first)), "candidates": int(member.sum()), "kept": int((member & ~removed).sum()),
-              "files_read": int(len(np.unique(file_indices(wanted)))), "seconds": time.perf_counter() - started}
+    record = {
+        "partition": partition,
+        "clusters": int(len(first)),
+        "candidates": int(member.sum()),
+        "kept": int((member & ~removed).sum()),
+        "files_read": int(len(np.unique(file_indices(wanted)))),
+        "seconds": time.perf_counter() - started,
+    }
     if cuts is not None:  # what stays removed as rows (member, survivor, exact) by member, sliced by node range
         stays = member & removed
         order = np.argsort(keys[stays], kind="stable")
-        verdicts = np.column_stack((keys[stays][order], keys[center][stays][order], exact[stays][order].astype(np.uint64)))
+        verdicts = np.column_stack(
+            (keys[stays][order], keys[center][stays][order], exact[stays][order].astype(np.uint64))
+        )
         work.write_bytes(f"{folder}/{VERDICTS}", np.ascontiguousarray(verdicts, np.uint64).tobytes())
         record["range_offsets"] = np.searchsorted(verdicts[:, 0], np.asarray(cuts, np.uint64)).tolist()
         record["similarity"] = _similarity_histogram(similarity[member], removed[member])
@@ -291,7 +358,10 @@ def merge_verified(folder: str, verify_folders: list[str], n_files: int, work: S
     sizes), and the similarity histogram of near removals (kept and removed) for the report."""
     started = time.perf_counter()
     parts = [dict(np.load(io.BytesIO(work.read_bytes(f"{v}/{VERIFIED}")))) for v in verify_folders]
-    cat = {name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in ("keys", "exact", "survivors", "similarity", "stays")}
+    cat = {
+        name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0)
+        for name in ("keys", "exact", "survivors", "similarity", "stays")
+    }
     histogram = _similarity_histogram(cat["similarity"], cat["stays"].astype(bool))
     order = np.argsort(cat["keys"], kind="stable")
     cat = {name: values[order][cat["stays"][order].astype(bool)] for name, values in cat.items()}
@@ -315,9 +385,11 @@ def merge_verified(folder: str, verify_folders: list[str], n_files: int, work: S
 def _similarity_histogram(similarity: np.ndarray, removed: np.ndarray) -> dict:
     """Counts of cluster members by estimated Jaccard with the document compared last, removed and kept."""
     bins = np.clip((similarity * SIMILARITY_BINS).astype(np.int64), 0, SIMILARITY_BINS - 1)
-    return {"edges": np.linspace(0, 1, SIMILARITY_BINS + 1).round(2).tolist(),
-            "removed": np.bincount(bins[removed], minlength=SIMILARITY_BINS).tolist(),
-            "kept": np.bincount(bins[~removed], minlength=SIMILARITY_BINS).tolist()}
+    return {
+        "edges": np.linspace(0, 1, SIMILARITY_BINS + 1).round(2).tolist(),
+        "removed": np.bincount(bins[removed], minlength=SIMILARITY_BINS).tolist(),
+        "kept": np.bincount(bins[~removed], minlength=SIMILARITY_BINS).tolist(),
+    }
 
 
 def _signature_rows(work: Store, process_folders: list[str], wanted: np.ndarray) -> np.ndarray:
@@ -328,13 +400,20 @@ def _signature_rows(work: Store, process_folders: list[str], wanted: np.ndarray)
     for f in np.unique(files):
         path = f"{process_folders[f]}/{SIGNATURES}"
         n, width = np.frombuffer(work.read_range(path, 0, dedupe_stage.SIG_HEADER), np.uint64).astype(np.int64)
-        sig_ordinals = np.frombuffer(work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64)
+        sig_ordinals = np.frombuffer(
+            work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64
+        )
         mine = np.flatnonzero(files == f)
         at = np.searchsorted(sig_ordinals, ordinals(wanted[mine]))
         if np.any(at >= n) or not np.array_equal(sig_ordinals[np.minimum(at, n - 1)], ordinals(wanted[mine])):
-            raise RuntimeError(f"{path}: lacks signatures of documents its keys.bin named; delete {process_folders[f]} and rerun the build")
+            raise RuntimeError(
+                f"{path}: lacks signatures of documents its keys.bin named; delete {process_folders[f]} and rerun the "
+                "build"
+            )
         start = dedupe_stage.SIG_HEADER + 8 * n + 2 * width * int(at.min())
-        span = np.frombuffer(work.read_range(path, start, start + 2 * width * (int(at.max()) + 1 - int(at.min()))), np.uint16).reshape(-1, width)
+        span = np.frombuffer(
+            work.read_range(path, start, start + 2 * width * (int(at.max()) + 1 - int(at.min()))), np.uint16
+        ).reshape(-1, width)
         out = np.zeros((len(wanted), width), np.uint16) if out is None else out
         out[mine] = span[at - at.min()]
     return out if out is not None else np.zeros((0, 0), np.uint16)

@@ -2,6 +2,7 @@
 or tokens. Bucket 0 holds the length 0, bucket i the lengths in [2**(i-1), 2**i), the last one also every
 longer length. The count task fills them per subset, finalize writes the edges into build_stats.json, and the
 report checks those edges and buckets the shards' document lengths the same way."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 A mix group task reads only its group's files' document tables (through `pipeline.tasks.count.kept_docs`) and the
 token ranges of its documents: every task's memory is one group's document table plus one shard.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,16 +57,27 @@ def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Sto
     origin = np.empty(len(plan.lengths), np.uint64)
     for sid, cols in located.items():
         at = plan.source_ids == sid
-        file_of[at], start_of[at], origin[at] = cols["file"][plan.positions[at]], cols["start"][plan.positions[at]], cols["key"][plan.positions[at]]
+        file_of[at], start_of[at], origin[at] = (
+            cols["file"][plan.positions[at]],
+            cols["start"][plan.positions[at]],
+            cols["key"][plan.positions[at]],
+        )
     dtype = dtype_named(dtype_name)
     entries = []
     with ExitStack() as stack:
-        # one local scratch file for the whole group when the work dir is an object store: one open file, not one per input
-        scratch = None if work.is_local else stack.enter_context(tempfile.NamedTemporaryFile(prefix="tokenmill-", suffix=".bin"))
+        # one local scratch file for the whole group when the work dir is an object store: one open file, not one per
+        # input
+        scratch = (
+            None
+            if work.is_local
+            else stack.enter_context(tempfile.NamedTemporaryFile(prefix="tokenmill-", suffix=".bin"))
+        )
         paths = {}
         for f in np.unique(file_of).tolist():
             mine = file_of == f
-            paths[f], start_of[mine] = _open_runs(work, group.folders[f], dtype, start_of[mine], plan.lengths[mine], scratch)
+            paths[f], start_of[mine] = _open_runs(
+                work, group.folders[f], dtype, start_of[mine], plan.lengths[mine], scratch
+            )
         if scratch:
             scratch.flush()
         for k, part in enumerate(plan.shard_slices()):
@@ -108,7 +120,9 @@ def _group_documents(group: MixGroup, resolved: str, work: Store) -> tuple[list[
     return sources, located
 
 
-def _open_runs(work: Store, folder: str, dtype: np.dtype, starts: np.ndarray, lengths: np.ndarray, scratch) -> tuple[str, np.ndarray]:
+def _open_runs(
+    work: Store, folder: str, dtype: np.dtype, starts: np.ndarray, lengths: np.ndarray, scratch
+) -> tuple[str, np.ndarray]:
     """A local file holding one input file's tokens of the documents (starts, lengths), and where each document
     starts in it: the work dir's file itself, or the group's scratch file, to which just the runs of needed tokens
     are appended (a gap under GAP_BYTES is read through), streamed from the object store in reads of at most
@@ -127,8 +141,11 @@ def _open_runs(work: Store, folder: str, dtype: np.dtype, starts: np.ndarray, le
     run_at = np.cumsum(run_hi - run_lo) - (run_hi - run_lo)  # where each run starts in the copy
     local = np.empty(len(starts), np.int64)
     local[order] = scratch.tell() // dtype.itemsize + run_at[run] + lo - run_lo[run]
-    pieces = [(start, min(start + COPY_CHUNK, b)) for a, b in zip((run_lo * dtype.itemsize).tolist(), (run_hi * dtype.itemsize).tolist())
-              for start in range(a, b, COPY_CHUNK)]
+    pieces = [
+        (start, min(start + COPY_CHUNK, b))
+        for a, b in zip((run_lo * dtype.itemsize).tolist(), (run_hi * dtype.itemsize).tolist())
+        for start in range(a, b, COPY_CHUNK)
+    ]
     batch, held = [], 0
     for piece in pieces + [None]:  # requested in concurrent batches of at most COPY_CHUNK bytes: a per-document
         if piece is None or (batch and held + piece[1] - piece[0] > COPY_CHUNK):  # split's small runs not one by one

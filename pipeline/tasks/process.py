@@ -8,6 +8,7 @@ A process output holds nothing that depends on its file's position in the listin
 their line or row): it stays valid when other input files come or go. Later stages add the file's position
 (`manifests.keys.doc_keys`) when they read it.
 """
+
 from __future__ import annotations
 
 import io
@@ -85,7 +86,9 @@ def _split_of(batch: DocBatch, source: SourceConfig, file_split: str) -> np.ndar
     if not source.validation_fraction:
         return np.full(len(batch), SPLITS.index(file_split), np.uint8)
     cut = int(source.validation_fraction * 2**64)
-    return np.fromiter((xxhash.xxh3_64_intdigest(batch.doc_id(i).encode()) < cut for i in range(len(batch))), np.uint8, len(batch))
+    return np.fromiter(
+        (xxhash.xxh3_64_intdigest(batch.doc_id(i).encode()) < cut for i in range(len(batch))), np.uint8, len(batch)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +136,17 @@ def _count_read(batch: DocBatch, out: _FileOutputs) -> None:
         funnel.bytes_read += size
 
 
-def _process_batch(batch: DocBatch, task: InputFile, filters, tokenizer: Tokenizer, dedupe: DedupeConfig, out: _FileOutputs) -> None:
+def _process_batch(
+    batch: DocBatch, task: InputFile, filters, tokenizer: Tokenizer, dedupe: DedupeConfig, out: _FileOutputs
+) -> None:
     _count_read(batch, out)
     kept, dropped = apply_filters(batch, filters)
     for index, reason in dropped:
         out.funnels[batch.subsets[index]].dropped[reason] += 1
         if reason not in out.dropped_samples:
-            out.dropped_samples[reason] = FilterSample(batch.subsets[index], batch.doc_id(index), batch.texts[index][:SAMPLE_CHARS])
+            out.dropped_samples[reason] = FilterSample(
+                batch.subsets[index], batch.doc_id(index), batch.texts[index][:SAMPLE_CHARS]
+            )
     if out.matcher is not None:
         kept = _without(kept, out.matcher.on_words(kept), out)
     if not len(kept):
@@ -177,15 +184,24 @@ def _without(batch: DocBatch, drop: dict[int, str], out: _FileOutputs) -> DocBat
     return batch.select([i not in drop for i in range(len(batch))]) if drop else batch
 
 
-def process_file(folder: str, task: InputFile, work: Store, tokenizer: Tokenizer, dedupe: DedupeConfig,
-                 batch_documents: int, index: Index | None = None) -> dict:
+def process_file(
+    folder: str,
+    task: InputFile,
+    work: Store,
+    tokenizer: Tokenizer,
+    dedupe: DedupeConfig,
+    batch_documents: int,
+    index: Index | None = None,
+) -> dict:
     """fetch -> filter -> [decontaminate] -> dedupe keys -> tokenize for one input file, fused: the text is parsed
     once. `index`: the eval sets' n-grams (`pipeline.tasks.decontaminate`), when the recipe has them."""
     started = time.perf_counter()
     filters = build_filters(task.source)
     out = _FileOutputs(matcher=Matcher(index) if index is not None else None)
     # A bad JSONL line has no readable subset; a bad parquet row still has its language folder.
-    bad_subset = task.rel_path.split("/")[0] if task.source.kind == "parquet" and not task.source.subset_field else FILE_SUBSET
+    bad_subset = (
+        task.rel_path.split("/")[0] if task.source.kind == "parquet" and not task.source.subset_field else FILE_SUBSET
+    )
     for item in task.documents(batch_documents):
         if isinstance(item, BadRecord):
             out.add_bad(item, bad_subset)
@@ -198,7 +214,9 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
-def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutputs, dedupe: DedupeConfig, dtype, seconds: float) -> dict:
+def _write_file_outputs(
+    task: InputFile, work: Store, name: str, out: _FileOutputs, dedupe: DedupeConfig, dtype, seconds: float
+) -> dict:
     tokens = _concat(out.tokens, dtype)
     columns = {k: np.concatenate(v) for k, v in out.columns.items()}
     n_slots = len(dedupe_stage.key_slots(dedupe))
@@ -212,10 +230,15 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
     np.savez(buffer, **columns) if columns else np.savez(buffer, ordinal=ordinals)
     work.write_bytes(f"{name}/{TOKENS}", tokens.tobytes())
     work.write_bytes(f"{name}/{DOCS}", buffer.getvalue())
-    work.write_bytes(f"{name}/{KEYS}", offsets.tobytes() + b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions))
+    work.write_bytes(
+        f"{name}/{KEYS}",
+        offsets.tobytes() + b"".join(np.ascontiguousarray(p, dtype=np.uint64).tobytes() for p in partitions),
+    )
     work.write_bytes(f"{name}/{QUARANTINE}", "".join(line + "\n" for line in out.quarantine).encode())
     if dedupe.minhash.verify:
-        signatures = np.concatenate(out.signatures) if out.signatures else np.zeros((0, dedupe.minhash.permutations), np.uint16)
+        signatures = (
+            np.concatenate(out.signatures) if out.signatures else np.zeros((0, dedupe.minhash.permutations), np.uint16)
+        )
         work.write_bytes(f"{name}/{SIGNATURES}", dedupe_stage.pack_signatures(ordinals, signatures))
     record = {
         "source": task.source.name,
@@ -231,6 +254,9 @@ def _write_file_outputs(task: InputFile, work: Store, name: str, out: _FileOutpu
     if out.matcher is not None:
         record["decontamination"] = out.matcher.as_json()
     for reason, sample in out.dropped_samples.items():  # in the funnels: the driver keeps those of every file
-        record["funnels"][sample.subset].setdefault("dropped_samples", {})[reason] = {"doc": sample.doc, "text": sample.text}
+        record["funnels"][sample.subset].setdefault("dropped_samples", {})[reason] = {
+            "doc": sample.doc,
+            "text": sample.text,
+        }
     work.mark_done(name, record)
     return record

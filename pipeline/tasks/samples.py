@@ -26,6 +26,7 @@ A line of dropped_samples.jsonl (one schema for both kinds):
   decontaminated:<set>, step decontamination) has the matched span's context as "text" and adds "match" (the span),
   "eval_set", "item" (file#line or row of the eval item) and "item_text" (its start).
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,25 @@ class DroppedSample:
     similarity: float | None = None  # a near duplicate's: estimated Jaccard with the kept document
 
     def json_line(self) -> str:
-        line = {"source": self.source, "subset": self.subset, "reason": self.reason, "step": drop_step(self.reason), "doc": self.doc, "text": self.text}
-        line.update({k: v for k, v in (("kept_doc", self.kept_doc), ("kept_text", self.kept_text), ("similarity", self.similarity)) if v is not None})
+        line = {
+            "source": self.source,
+            "subset": self.subset,
+            "reason": self.reason,
+            "step": drop_step(self.reason),
+            "doc": self.doc,
+            "text": self.text,
+        }
+        line.update(
+            {
+                k: v
+                for k, v in (
+                    ("kept_doc", self.kept_doc),
+                    ("kept_text", self.kept_text),
+                    ("similarity", self.similarity),
+                )
+                if v is not None
+            }
+        )
         return json.dumps(line, sort_keys=True) + "\n"
 
 
@@ -78,7 +96,11 @@ def filter_samples(funnels: list[dict]) -> list[DroppedSample]:
             for reason, sample in met:
                 if taken[r["source"], reason] < PER_STEP:
                     taken[r["source"], reason] += 1
-                    samples.append(DroppedSample(source=r["source"], subset=subset, reason=reason, doc=sample["doc"], text=sample["text"]))
+                    samples.append(
+                        DroppedSample(
+                            source=r["source"], subset=subset, reason=reason, doc=sample["doc"], text=sample["text"]
+                        )
+                    )
     return samples
 
 
@@ -94,7 +116,9 @@ def first_filter_samples(groups: list[list[dict]]) -> list[DroppedSample]:
     return samples
 
 
-def file_bytes(filter_samples: list[DroppedSample], work: Store, samples_folder: str, decontaminated: bytes = b"") -> bytes:
+def file_bytes(
+    filter_samples: list[DroppedSample], work: Store, samples_folder: str, decontaminated: bytes = b""
+) -> bytes:
     """dropped_samples.jsonl: the filters' samples, the decontaminated documents' (`decontaminated`: lines made by
     `pipeline.tasks.decontaminate.decontamination_outputs`), then the duplicates' as the samples task wrote them."""
     filtered = "".join(s.json_line() for s in filter_samples).encode()
@@ -121,8 +145,15 @@ class DuplicateCandidate:
         return {split_key(key)[0] for key in self.keys_to_read()}
 
 
-def candidates_of_file(source: str, subsets: list[str], keys: np.ndarray, subset_ids: np.ndarray, exact: np.ndarray, kept: np.ndarray,
-                       taken: dict[tuple[str, str, str], int]) -> list[DuplicateCandidate]:
+def candidates_of_file(
+    source: str,
+    subsets: list[str],
+    keys: np.ndarray,
+    subset_ids: np.ndarray,
+    exact: np.ndarray,
+    kept: np.ndarray,
+    taken: dict[tuple[str, str, str], int],
+) -> list[DuplicateCandidate]:
     """A file's first removed documents (`keys`, in key order, with their subset ids, exact flags and kept
     documents) per subset and step, until `taken` (per source, subset and reason, over the count task's files)
     reaches PER_STEP."""
@@ -150,7 +181,9 @@ def choose(candidates: list[DuplicateCandidate]) -> list[DuplicateCandidate]:
     for _ in range(PER_STEP):
         for step in sorted(by_step):
             left = by_step[step]
-            pick = next((c for c in left if c.files() <= files), None) or next((c for c in left if len(files | c.files()) <= SAMPLE_FILES), None)
+            pick = next((c for c in left if c.files() <= files), None) or next(
+                (c for c in left if len(files | c.files()) <= SAMPLE_FILES), None
+            )
             if pick is not None:
                 left.remove(pick)
                 files |= pick.files()
@@ -171,8 +204,14 @@ class _ReadBack:
     signature: np.ndarray | None  # for a document of a near pair
 
 
-def read_duplicates(folder: str, chosen: list[DuplicateCandidate], files: dict[int, InputFile], minhash: MinHashConfig,
-                    batch_documents: int, work: Store) -> dict:
+def read_duplicates(
+    folder: str,
+    chosen: list[DuplicateCandidate],
+    files: dict[int, InputFile],
+    minhash: MinHashConfig,
+    batch_documents: int,
+    work: Store,
+) -> dict:
     """The chosen duplicates' samples, their text read back from `files` (every file a chosen key names)."""
     started = time.perf_counter()
     wanted: dict[int, set[int]] = defaultdict(set)
@@ -189,13 +228,20 @@ def read_duplicates(folder: str, chosen: list[DuplicateCandidate], files: dict[i
             unreadable[files[f].url] = f"{type(e).__name__}: {e}"
     samples = [s for s in (_sample(c, found, files) for c in chosen) if s is not None]
     work.write_bytes(f"{folder}/{TASK_OUTPUT}", "".join(s.json_line() for s in samples).encode())
-    record = {"samples": len(samples), "missing": len(chosen) - len(samples), "files_read": len(wanted) - len(unreadable),
-              "unreadable": unreadable, "seconds": time.perf_counter() - started}
+    record = {
+        "samples": len(samples),
+        "missing": len(chosen) - len(samples),
+        "files_read": len(wanted) - len(unreadable),
+        "unreadable": unreadable,
+        "seconds": time.perf_counter() - started,
+    }
     work.mark_done(folder, record)
     return record
 
 
-def _read_back(inp: InputFile, ordinals: set[int], near: set[int], minhash: MinHashConfig, batch_documents: int) -> dict[int, _ReadBack]:
+def _read_back(
+    inp: InputFile, ordinals: set[int], near: set[int], minhash: MinHashConfig, batch_documents: int
+) -> dict[int, _ReadBack]:
     """The wanted documents of one file, read up to the last of them (documents come in line or row order)."""
     found = {}
     last = max(ordinals)

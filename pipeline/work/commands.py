@@ -1,9 +1,11 @@
 """`tokenmill work ls|prune WORK`: what a work store holds, which builds use it, and removing what none uses.
 
 A work store (OUT/work, or any folder given to `tokenmill build --work`) holds task outputs keyed by what they
-were made from; each build records which task folders it used in `uses/` (`pipeline.work.store.uses_record`). An output is
+were made from; each build records which task folders it used in `uses/` (`pipeline.work.store.uses_record`). An output
+is
 in use while a manifest that recorded it still exists and is the one that recorded it (same `created_at`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,13 +71,21 @@ def _open(url: str) -> Store:
     if not any(store.exists(stage) for stage in STAGE_NAMES) and store.exists("work"):
         store = store.child("work")
     if not any(store.exists(stage) for stage in STAGE_NAMES):
-        raise FileNotFoundError(f"{url}: no work store here (no {'/, '.join(STAGE_NAMES)}/ folders); give OUT/work or the --work of a build")
+        raise FileNotFoundError(
+            f"{url}: no work store here (no {'/, '.join(STAGE_NAMES)}/ folders); give OUT/work or the --work of a build"
+        )
     return store
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenmill work", description="List or prune a build work store (task outputs re-used across builds).")
-    parser.add_argument("action", choices=("ls", "prune"), help="ls: what the store holds per stage and who uses it; prune: remove what no manifest uses")
+    parser = argparse.ArgumentParser(
+        prog="tokenmill work", description="List or prune a build work store (task outputs re-used across builds)."
+    )
+    parser.add_argument(
+        "action",
+        choices=("ls", "prune"),
+        help="ls: what the store holds per stage and who uses it; prune: remove what no manifest uses",
+    )
     parser.add_argument("work", help="the work store (OUT/work, a --work URL) or an output folder holding one")
     parser.add_argument("--all", action="store_true", help="ls: one line per task output instead of one per stage")
     parser.add_argument("--dry-run", action="store_true", help="prune: say what would be removed, remove nothing")
@@ -88,7 +98,10 @@ def main(argv: list[str]) -> int:
     if args.action == "prune":
         removed = prune(work, args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
-        print(f"{verb} {len(removed)} task outputs no manifest uses ({human_bytes(sum(e.bytes for e in removed))}) from {work.url()}")
+        print(
+            f"{verb} {len(removed)} task outputs no manifest uses ({human_bytes(sum(e.bytes for e in removed))}) from "
+            f"{work.url()}"
+        )
         return 0
     found = entries(work)
     if args.all:
@@ -99,5 +112,8 @@ def main(argv: list[str]) -> int:
     for stage in STAGE_NAMES:
         mine = [e for e in found if e.folder.startswith(f"{stage}/")]
         users = sorted({m for e in mine for m in e.used_by})
-        print(f"{stage:<8} {len(mine):>8} {sum(not e.used_by for e in mine):>7} {human_bytes(sum(e.bytes for e in mine)):>10}   {', '.join(users) or '-'}")
+        print(
+            f"{stage:<8} {len(mine):>8} {sum(not e.used_by for e in mine):>7} "
+            f"{human_bytes(sum(e.bytes for e in mine)):>10}   {', '.join(users) or '-'}"
+        )
     return 0

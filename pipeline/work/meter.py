@@ -8,6 +8,7 @@ and the figure says so (`peak_rss_sampled`). `resource.getrusage`'s ru_maxrss ca
 worker it is the largest task so far, not this one. CPU: `time.process_time()` (user + system of every thread
 of the worker) over the task.
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """Progress on the console (one line per update) and structured events in `build.log.jsonl`."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,9 @@ class EventLog:
 
     def event(self, kind: str, **fields) -> None:
         if self._file:
-            self._file.write(json.dumps({"time": round(time.time(), 3), "event": kind, **fields}, sort_keys=True) + "\n")
+            self._file.write(
+                json.dumps({"time": round(time.time(), 3), "event": kind, **fields}, sort_keys=True) + "\n"
+            )
             if self.remote and (kind == "stage_done" or time.monotonic() - self._uploaded >= self.upload_every):
                 self.upload()
 
@@ -124,7 +127,10 @@ class StageProgress:
         if n == self.total:
             self.log.say(f"[{self.stage}] re-used all {n} task outputs: inputs and settings unchanged")
         elif n:
-            self.log.say(f"[{self.stage}] re-used {n} of {self.total} task outputs; running the {self.total - n} whose inputs or settings are new")
+            self.log.say(
+                f"[{self.stage}] re-used {n} of {self.total} task outputs; running the {self.total - n} whose inputs "
+                "or settings are new"
+            )
 
     def advance(self, documents: int = 0, nbytes: int = 0, force: bool = False, text_bytes: int = 0) -> None:
         self.done += 1

@@ -1,9 +1,11 @@
 """Ray placement: start or join Ray, and run a stage's tasks with at most `workers` in flight.
 
-A task is a stage's plain function (`pipeline.build.registry`) plus its arguments; the runner skips every task whose done
+A task is a stage's plain function (`pipeline.build.registry`) plus its arguments; the runner skips every task whose
+done
 record exists (its folder is keyed by what it is made from, so an existing record is a valid output) and
 wraps the rest in 1-CPU Ray tasks that Ray retries on `OSError` (a store that went away for a moment).
 """
+
 from __future__ import annotations
 
 import os
@@ -65,7 +67,10 @@ class Runner:
         with ThreadPoolExecutor(DONE_READERS) as pool:  # 60k records one after another: ~15 minutes on S3
             records: list[dict | None] = list(pool.map(self.work.done, [t.folder for t in tasks]))
         keep = keep or (lambda record: record)
-        measured = [{k: r[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in r} if r else None for r in records]
+        measured = [
+            {k: r[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in r} if r else None
+            for r in records
+        ]
         records = [keep(r) if r else None for r in records]
         if stage in self.reuse_only and None in records:
             raise MissingOutputs(stage, records.count(None), len(tasks))
@@ -77,8 +82,14 @@ class Runner:
             measured[i] = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in record}
             retries += record.get("retries", 0)
             meter_fields = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds") if k in record}
-            self.log.event("task_done", stage=stage, task=tasks[i].folder, seconds=round(record.get("seconds", 0), 3),
-                           retries=record.get("retries", 0), **meter_fields)
+            self.log.event(
+                "task_done",
+                stage=stage,
+                task=tasks[i].folder,
+                seconds=round(record.get("seconds", 0), 3),
+                retries=record.get("retries", 0),
+                **meter_fields,
+            )
             text_bytes = sum(f.get("bytes_read", 0) for f in record.get("funnels", {}).values())  # process tasks only
             progress.advance(record.get("documents", 0), tasks[i].input_bytes, text_bytes=text_bytes)
         timing = {
@@ -121,7 +132,9 @@ class Runner:
                 # an OSError (disk full, store unreachable) names its path, which is all a person needs; anything
                 # else is a bug and keeps Ray's remote traceback
                 cause = getattr(e, "cause", None)
-                raise BuildError(f"[{stage}] task {tasks[i].folder} failed: {cause if isinstance(cause, OSError) else e}") from e
+                raise BuildError(
+                    f"[{stage}] task {tasks[i].folder} failed: {cause if isinstance(cause, OSError) else e}"
+                ) from e
 
 
 def _largest(tasks: list[Task], records: list[dict]) -> dict:
@@ -132,16 +145,25 @@ def _largest(tasks: list[Task], records: list[dict]) -> dict:
         return {}
     peak, i = max(measured)
     task = tasks[i]
-    return {"peak_rss_mib": peak, "largest_task": {"task": task.folder, "input": task.input or task.folder,
-                                                   "input_bytes": task.input_bytes, "peak_rss_mib": peak,
-                                                   "cpu_seconds": records[i].get("cpu_seconds", 0.0)}}
+    return {
+        "peak_rss_mib": peak,
+        "largest_task": {
+            "task": task.folder,
+            "input": task.input or task.folder,
+            "input_bytes": task.input_bytes,
+            "peak_rss_mib": peak,
+            "cpu_seconds": records[i].get("cpu_seconds", 0.0),
+        },
+    }
 
 
 def _merge_timings(earlier: dict | None, later: dict) -> dict:
     if earlier is None:
         return later
-    merged = {k: round(earlier.get(k, 0) + v, 3) if isinstance(v, (int, float)) and k != "peak_rss_mib" else v
-              for k, v in later.items()}
+    merged = {
+        k: round(earlier.get(k, 0) + v, 3) if isinstance(v, (int, float)) and k != "peak_rss_mib" else v
+        for k, v in later.items()
+    }
     if earlier.get("peak_rss_mib", -1) >= later.get("peak_rss_mib", -1):
         merged.update({k: earlier[k] for k in ("peak_rss_mib", "largest_task") if k in earlier})
     return merged
@@ -176,5 +198,7 @@ def start_ray(address: str | None, workers: int | None) -> int:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         else:
             # Embedded, private to this process: no dashboard.
-            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+            ray.init(
+                num_cpus=workers or os.cpu_count(), include_dashboard=False, logging_level="WARNING", log_to_driver=True
+            )
     return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))

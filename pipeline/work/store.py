@@ -1,7 +1,8 @@
 """The work store: where every task writes, atomic writes with retries, and done records.
 
 Every task writes its outputs into its own folder of the work dir and then, last, a `_DONE.json` record. A
-folder is named by the fingerprint of everything its output was made from (`pipeline.build.registry`), so a relaunch skips
+folder is named by the fingerprint of everything its output was made from (`pipeline.build.registry`), so a relaunch
+skips
 exactly the tasks whose inputs and settings are unchanged, and a changed input set can never reuse an output
 made from other inputs. A crash or Ctrl-C loses at most the tasks in flight. Writes go to a temporary name
 and are renamed into place (on object stores a single PUT is already atomic), so a reader never sees half a file.
@@ -13,6 +14,7 @@ The client's own retries (s3fs's and botocore's) are off for these requests, so 
 ours and counted; `Store.fs`, for callers that list or remove, keeps them. What fails after its last try
 surfaces as an `OSError` naming the operation and the path, which the runner has Ray retry as a task.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -96,7 +98,10 @@ def _without_own_retries(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSy
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     if not set(protocols) & set(_OBJECT_STORES_WITH_OWN_RETRIES):
         return fs
-    configured = {**fsspec.config.conf.get(protocols[0], {}).get("config_kwargs", {}), **fs.storage_options.get("config_kwargs", {})}
+    configured = {
+        **fsspec.config.conf.get(protocols[0], {}).get("config_kwargs", {}),
+        **fs.storage_options.get("config_kwargs", {}),
+    }
     quiet = type(fs)(**{**fs.storage_options, "config_kwargs": {**configured, **_NO_BOTOCORE_RETRIES}})
     if hasattr(quiet, "retries"):
         quiet.retries = 1
@@ -152,7 +157,9 @@ class Store:
             except transient as e:
                 if attempt == ATTEMPTS:
                     code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
-                    raise OSError(code, f"{what} failed {ATTEMPTS} times, last: {type(e).__name__}: {e}", self.url(rel)) from e
+                    raise OSError(
+                        code, f"{what} failed {ATTEMPTS} times, last: {type(e).__name__}: {e}", self.url(rel)
+                    ) from e
                 _retries += 1
                 time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (attempt - 1))))
         raise AssertionError("unreachable")
@@ -233,7 +240,9 @@ class Store:
     def read_range(self, rel: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
-        return self._retried(f"read of bytes {start}-{end}", rel, lambda: self._io.cat_file(self.path(rel), start=start, end=end))
+        return self._retried(
+            f"read of bytes {start}-{end}", rel, lambda: self._io.cat_file(self.path(rel), start=start, end=end)
+        )
 
     def read_batch(self, rel: str, starts: list[int], ends: list[int]) -> list[bytes]:
         """Byte ranges [start, end) of one file, requested concurrently on an object store (fsspec `cat_ranges`:
@@ -241,8 +250,11 @@ class Store:
         if self.is_local or len(starts) < 2:
             return [self.read_range(rel, a, b) for a, b in zip(starts, ends)]
         path = self.path(rel)
-        return self._retried(f"read of {len(starts)} ranges", rel,
-                             lambda: self._io.cat_ranges([path] * len(starts), list(starts), list(ends), on_error="raise"))
+        return self._retried(
+            f"read of {len(starts)} ranges",
+            rel,
+            lambda: self._io.cat_ranges([path] * len(starts), list(starts), list(ends), on_error="raise"),
+        )
 
     def read_ranges(self, rel: str, starts: list[int], ends: list[int], max_gap: int = 1 << 20) -> list[bytes]:
         """Byte ranges [start, end) of one file, in the order given. Ranges less than `max_gap` apart are read

@@ -2,6 +2,7 @@
 in front of it (faults off until a test turns them on), a 3-node Ray cluster on 127.0.0.1 whose every process
 reaches S3 through that proxy, and the reference: the same recipe built by one local process into a local
 folder."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -33,8 +34,11 @@ def s3_reference(object_store: ObjectStore, tmp_path_factory: pytest.TempPathFac
     local folder, with the store's faults off: what every cluster build must equal, byte for byte."""
     folder = tmp_path_factory.mktemp("s3-reference")
     recipe = sample_recipe(CORPUS, folder)
-    run = Run.start(tokenmill("build", str(recipe), "--out", str(folder / "out"), "--workers", "1", "--no-report"), folder / "build.stderr",
-                    env=build_env(object_store))
+    run = Run.start(
+        tokenmill("build", str(recipe), "--out", str(folder / "out"), "--workers", "1", "--no-report"),
+        folder / "build.stderr",
+        env=build_env(object_store),
+    )
     assert run.wait(timeout=600) == 0, run.stderr()[-3000:]  # wait() also stops whatever of the run is left
     return folder / "out"
 

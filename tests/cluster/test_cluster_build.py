@@ -1,6 +1,7 @@
 """Builds on a real 3-node Ray cluster with inputs and `--out` on a real S3 API server: no task can rely on a
 shared local disk, and the shards must equal a single local process's, byte for byte. Then the same with one
 worker node killed mid-build, and with a flaky object store (503 SlowDown, connections reset mid-body)."""
+
 from __future__ import annotations
 
 import time
@@ -50,7 +51,9 @@ def test_a_worker_node_killed_mid_build_changes_nothing(object_store, cluster, c
     out = f"{BUCKET}/node-killed"
     run = cluster_build("node-killed")
     seen: dict[str, set[str]] = {}
-    nodes_running_tasks(cluster, run, seen, until=lambda: any(t.startswith("process/") for t in cluster.task_titles()["w2"]))
+    nodes_running_tasks(
+        cluster, run, seen, until=lambda: any(t.startswith("process/") for t in cluster.task_titles()["w2"])
+    )
     assert run.running(), f"the build ended before node w2 ran a task:\n{run.stderr()[-3000:]}"
     lost = {t for t in cluster.task_titles()["w2"] if t.startswith("process/")}
     killed = cluster.kill_node("w2")  # its ray start, raylet, agents and the worker running a process task
@@ -78,7 +81,10 @@ def test_a_flaky_object_store_is_retried_and_the_retries_are_counted(object_stor
     # every failed request of a task's or the driver's work and output store is retried and counted; the
     # input stream, the listing and the final writes after the last stage retry uncounted (s3fs's own retries)
     assert 0 < counted <= sum(injected.values()), (stages, injected)
-    print(f"\nflaky store: {sum(injected.values())} faults {injected} in {requests} requests, {counted} retries counted {({k: s['retries'] for k, s in stages.items()})}")
+    print(
+        f"\nflaky store: {sum(injected.values())} faults {injected} in {requests} requests, {counted} retries counted "
+        f"{ ({k: s['retries'] for k, s in stages.items()}) }"
+    )
     log = events(object_store.server.fs, out)
     per_stage: dict[str, int] = {}  # the clustering's stages run in rounds: one stage_done each
     for e in log:

@@ -1,6 +1,7 @@
 """`pipeline.work.store.Store` on a real S3 API (moto) through the fault proxy: every request retried with backoff
 and counted, a request that keeps failing surfaces as an `OSError` naming the path (the runner has Ray retry
 those), never as a `TypeError` from an error object returned in place of bytes (fsspec's `cat_ranges`)."""
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,9 @@ def test_reads_and_writes_through_a_flaky_store_are_exact_and_their_retries_coun
     starts = [0, 10, 5000, 300_000, 700_000, 1_000_000]
     ends = [10, 4000, 9000, 310_000, 900_000, len(DATA)]
     for _ in range(3):
-        assert store.read_ranges("a/tokens.bin", starts, ends, max_gap=1000) == [DATA[s:e] for s, e in zip(starts, ends)]
+        assert store.read_ranges("a/tokens.bin", starts, ends, max_gap=1000) == [
+            DATA[s:e] for s, e in zip(starts, ends)
+        ]
         assert store.read_bytes("a/tokens.bin") == DATA
         store.write_bytes("a/copy.bin", DATA[:1000])
     assert store.exists("a/copy.bin") and not store.exists("a/missing.bin")
@@ -50,9 +53,16 @@ def test_reads_and_writes_through_a_flaky_store_are_exact_and_their_retries_coun
 def test_a_store_that_keeps_failing_raises_an_oserror_naming_the_path(store, object_store):
     store.write_bytes("a/tokens.bin", DATA)
     object_store.proxy.faults(slowdown=1.0)
-    for read in (lambda: store.read_ranges("a/tokens.bin", [0, 100], [10, 200]), lambda: store.read_bytes("a/tokens.bin"),
-                 lambda: store.write_bytes("a/out.bin", b"x")):
-        with pytest.raises(OSError, match=f"failed {work_store.ATTEMPTS} times, last: .*(SlowDown|reduce your request rate|Service Unavailable)") as failed:
+    for read in (
+        lambda: store.read_ranges("a/tokens.bin", [0, 100], [10, 200]),
+        lambda: store.read_bytes("a/tokens.bin"),
+        lambda: store.write_bytes("a/out.bin", b"x"),
+    ):
+        with pytest.raises(
+            OSError,
+            match=f"failed {work_store.ATTEMPTS} times, last: "
+            ".*(SlowDown|reduce your request rate|Service Unavailable)",
+        ) as failed:
             read()
         assert failed.value.filename.startswith(f"s3://{BUCKET}/store-")
 

@@ -1,5 +1,6 @@
 """infra/aws/cluster.yaml: validated by Ray's own cluster-launcher code (defaults merged and checked against
 Ray's config schema, as `ray up` does before it calls AWS), plus what a tokenmill build cluster needs."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -60,8 +61,17 @@ def test_nodes_run_the_ray_of_this_project_and_install_it():
     assert f'"{remote}[s3]"' in install and "s3" in project_extras()
     assert set(NOT_SHIPPED) <= set(config["rsync_exclude"])
     # what the install on the nodes builds from reaches them: no exclude drops a tracked file of the package
-    package = subprocess.run(["git", "ls-files", "pyproject.toml", "pipeline", "stages", "trainer", "manifests"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    package = subprocess.run(
+        ["git", "ls-files", "pyproject.toml", "pipeline", "stages", "trainer", "manifests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert {"pyproject.toml", "manifests/manifest.schema.json", "manifests/recipes/sample.yaml"} <= set(package)
-    names = [pattern.removeprefix("**/") for pattern in config["rsync_exclude"]]  # rsync matches them per path component
-    assert not [path for path in package if any(fnmatch.fnmatch(part, name) for part in path.split("/") for name in names)]
+    names = [
+        pattern.removeprefix("**/") for pattern in config["rsync_exclude"]
+    ]  # rsync matches them per path component
+    assert not [
+        path for path in package if any(fnmatch.fnmatch(part, name) for part in path.split("/") for name in names)
+    ]

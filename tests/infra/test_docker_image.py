@@ -1,5 +1,7 @@
 """infra/docker/Dockerfile and its .dockerignore: well-formed instructions, the Ray the project runs, the
-project installed (not editable: package data from site-packages) with extras that exist, and a build context without the virtualenv or data."""
+project installed (not editable: package data from site-packages) with extras that exist, and a build context without
+the virtualenv or data."""
+
 from __future__ import annotations
 
 import re
@@ -44,5 +46,9 @@ def test_installs_the_project_not_editable_with_existing_extras():
 
 
 def test_build_context_leaves_out_what_jobs_leave_out():
-    ignored = {line.strip() for line in (ROOT / DOCKERIGNORE).read_text().splitlines() if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / DOCKERIGNORE).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert set(NOT_SHIPPED) | {"ckpt"} <= ignored

@@ -1,6 +1,7 @@
 """infra/k8s/train.yaml: an Indexed Job + headless Service for multi-node torchrun. Checks that the pieces
 fit together (names, ranks, GPUs, volumes) and that the commands are a stage-in and a trainer run the project
 accepts."""
+
 from __future__ import annotations
 
 from pipeline import __version__

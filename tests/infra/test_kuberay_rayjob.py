@@ -1,5 +1,6 @@
 """infra/kuberay/rayjob-build.yaml: the RayJob's structure (KubeRay's ray.io/v1 fields that it relies on) and
 its entrypoint, which must be a `tokenmill build` the project accepts."""
+
 from __future__ import annotations
 
 import shlex
@@ -20,7 +21,11 @@ def rayjob() -> dict:
 
 def containers(job: dict) -> list[dict]:
     cluster = job["spec"]["rayClusterSpec"]
-    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]] + [job["spec"]["submitterPodTemplate"]]
+    pods = (
+        [cluster["headGroupSpec"]["template"]]
+        + [g["template"] for g in cluster["workerGroupSpecs"]]
+        + [job["spec"]["submitterPodTemplate"]]
+    )
     return [c for pod in pods for c in pod["spec"]["containers"]]
 
 

@@ -1,4 +1,5 @@
 """manifests/documents.py: token documents -> shards + a manifest that every reader loads."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ def documents(lengths: list[int], first: int = 0) -> Documents:
 
 def test_documents_are_packed_in_order_into_shards_of_at_least_shard_tokens(tmp_path, tokenizer_entry):
     train, validation = documents([3, 4, 5, 6, 7]), documents([2, 2], first=100)
-    path = write_documents(tmp_path, {"validation": validation, "train": train}, tokenizer=tokenizer_entry,
-                           shard_tokens=8, bytes_read=123)
+    path = write_documents(
+        tmp_path, {"validation": validation, "train": train}, tokenizer=tokenizer_entry, shard_tokens=8, bytes_read=123
+    )
     manifest = load(path)
     assert [s.entry.documents for s in manifest.shards("train")] == [3, 2]  # 3+4+5 >= 8, then 6+7
     assert manifest.splits["train"].tokens == 25 and manifest.splits["validation"].documents == 2

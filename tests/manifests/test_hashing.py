@@ -1,4 +1,5 @@
 """splitmix64 against the published reference sequence (Vigna's splitmix64.c seeded with 0)."""
+
 from __future__ import annotations
 
 import numpy as np

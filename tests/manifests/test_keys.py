@@ -1,4 +1,5 @@
 """manifests/keys.py: a document's origin key, one at a time and vectorised, and where it points."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """manifests/manifest.py: the typed manifest and its JSON (a round trip changes no byte), and the one loader's
 refusals, each naming the manifest and what is wrong."""
+
 from __future__ import annotations
 
 import json
@@ -47,16 +48,29 @@ def test_the_loader_takes_a_folder_or_any_fsspec_url(written):
     assert load(f"memory://{root}") == load(written)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: "{not json", "not valid JSON (line 1)"),
-    (lambda d: {**d, "format_version": 2}, "format_version 2, this tokenmill reads 1; upgrade tokenmill or rebuild"),
-    (lambda d: {**d, "dtype": "int8"}, "field `dtype`"),
-    (lambda d: {k: v for k, v in d.items() if k != "splits"}, "field `(top level)`: 'splits' is a required property"),
-    (lambda d: {**d, "quarantine": {**d["quarantine"], "path": "../q.jsonl"}},
-     "quarantine.path: path '../q.jsonl' leaves"),
-    (lambda d: {**d, "sources": [{**d["sources"][0], "subsets": {"a": {"documents": 1}}}]},
-     "rebuild with this tokenmill"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: "{not json", "not valid JSON (line 1)"),
+        (
+            lambda d: {**d, "format_version": 2},
+            "format_version 2, this tokenmill reads 1; upgrade tokenmill or rebuild",
+        ),
+        (lambda d: {**d, "dtype": "int8"}, "field `dtype`"),
+        (
+            lambda d: {k: v for k, v in d.items() if k != "splits"},
+            "field `(top level)`: 'splits' is a required property",
+        ),
+        (
+            lambda d: {**d, "quarantine": {**d["quarantine"], "path": "../q.jsonl"}},
+            "quarantine.path: path '../q.jsonl' leaves",
+        ),
+        (
+            lambda d: {**d, "sources": [{**d["sources"][0], "subsets": {"a": {"documents": 1}}}]},
+            "rebuild with this tokenmill",
+        ),
+    ],
+)
 def test_the_loader_refuses_with_the_manifest_and_the_field_named(written, change, message):
     changed = change(json.loads(written.read_text()))
     written.write_text(changed if isinstance(changed, str) else json.dumps(changed))

@@ -1,4 +1,5 @@
 """manifests/shards.py: the one shard writer and reader, and the token dtypes by name."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,15 @@ def test_a_written_shard_reads_back_document_by_document(tmp_path, vocab_size):
     lengths = np.array([3, 1, 4])
     tokens = np.arange(8, dtype=dtype) + (vocab_size - 8)
     written = {}
-    entry = write_shard(written.__setitem__, "train/train-00007", tokens, lengths, np.array([1, 0, 1], np.uint16),
-                        np.array([5, 1 << 32, 7], np.uint64), ["a", "b"])
+    entry = write_shard(
+        written.__setitem__,
+        "train/train-00007",
+        tokens,
+        lengths,
+        np.array([1, 0, 1], np.uint16),
+        np.array([5, 1 << 32, 7], np.uint64),
+        ["a", "b"],
+    )
     assert sorted(written) == ["train/train-00007.bin", "train/train-00007.idx"]
     assert entry.bin_sha256 == hashlib.sha256(written[entry.bin]).hexdigest()
     assert entry.idx_bytes == len(written[entry.idx])
@@ -35,8 +43,15 @@ def test_a_written_shard_reads_back_document_by_document(tmp_path, vocab_size):
 
 def test_reading_a_shard_whose_tokens_were_cut_short_is_refused(tmp_path):
     written = {}
-    entry = write_shard(written.__setitem__, "s", np.arange(6, dtype="<u2"), np.array([2, 4]), np.zeros(2, np.uint16),
-                        np.arange(2, dtype=np.uint64), ["a"])
+    entry = write_shard(
+        written.__setitem__,
+        "s",
+        np.arange(6, dtype="<u2"),
+        np.array([2, 4]),
+        np.zeros(2, np.uint16),
+        np.arange(2, dtype=np.uint64),
+        ["a"],
+    )
     (tmp_path / entry.bin).write_bytes(written[entry.bin][:-2])
     (tmp_path / entry.idx).write_bytes(written[entry.idx])
     with pytest.raises(ShardFormatError, match="truncated"):

@@ -1,6 +1,7 @@
 """`tokenmill bench` (pipeline/cli.py) runs bench/build_throughput.py; its memory mode runs the build's own
 task functions, one process each, into the very folders a build would use: a build over the same work dir
 afterwards re-uses every one of them."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,10 @@ def test_memory_mode_measures_every_build_task_where_the_build_would_run_it(samp
         runner = measure_build_tasks(recipe, run, workers=1)
         for stage in TASK_KINDS:
             measured = runner.measures[stage].brief()
-            assert measured["tasks"] == len(runner.folders[stage]) > 0 and 50 < measured["peak_rss_mib"] < 10_000, (stage, measured)
+            assert measured["tasks"] == len(runner.folders[stage]) > 0 and 50 < measured["peak_rss_mib"] < 10_000, (
+                stage,
+                measured,
+            )
             assert all(runner.work.done(folder) for folder in runner.folders[stage]), stage
         build(recipe, str(run), workers=1, console=False)  # its work dir is run/work, where the tasks ran
     finally:
@@ -39,6 +43,8 @@ def test_memory_mode_measures_every_build_task_where_the_build_would_run_it(samp
 
 
 def test_process_memory_runs_one_process_task_and_stops(sample_corpus, tmp_path):
-    runner = measure_build_tasks(bench_recipe(sample_corpus, "sample", 2), tmp_path / "run", 1, only={"process": {2}}, stop_after="process")
+    runner = measure_build_tasks(
+        bench_recipe(sample_corpus, "sample", 2), tmp_path / "run", 1, only={"process": {2}}, stop_after="process"
+    )
     assert list(runner.measures) == ["process"] and runner.measures["process"].tasks == 1
     assert [n for n, folder in enumerate(runner.folders["process"]) if runner.work.done(folder)] == [2]

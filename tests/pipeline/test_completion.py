@@ -1,5 +1,6 @@
 """`tokenmill completion bash|zsh` (issue 31, item 11): a script generated from the commands table and each
 command's own parser, sourced in a real bash and asked what it completes."""
+
 from __future__ import annotations
 
 import shutil
@@ -25,8 +26,10 @@ def script(tmp_path_factory) -> str:
 def complete(script: str, line: str) -> list[str]:
     """What bash completes for the command line `line` (its last word being completed), through the script."""
     words = line.split(" ")
-    program = (f"source {script}; COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
-               "_tokenmill; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    program = (
+        f"source {script}; COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
+        "_tokenmill; printf '%s\\n' \"${COMPREPLY[@]}\""
+    )
     done = subprocess.run(["bash", "-c", program], cwd="/", capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [w for w in done.stdout.splitlines() if w]
@@ -40,7 +43,9 @@ def test_bash_completes_every_command_and_each_commands_options(script):
     for name, words in table.items():
         if not words.subcommands:
             assert set(complete(script, f"tokenmill {name} --")) == set(words.options), name
-    assert "--dry-run" in complete(script, "tokenmill build --d") and "--nproc" in complete(script, "tokenmill train --np")
+    assert "--dry-run" in complete(script, "tokenmill build --d") and "--nproc" in complete(
+        script, "tokenmill train --np"
+    )
     assert set(complete(script, "tokenmill jobs ")) >= {"list", "status", "logs", "stop"}
     assert complete(script, "tokenmill jobs logs --f") == ["--follow"]
     assert set(complete(script, "tokenmill work ")) >= {"ls", "prune"}
@@ -48,7 +53,13 @@ def test_bash_completes_every_command_and_each_commands_options(script):
 
 
 def test_every_option_of_every_command_is_in_the_script():
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "completion", "zsh"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "completion", "zsh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "bashcompinit" in done.stdout
     for name, words in command_words().items():
         assert name in done.stdout

@@ -1,5 +1,6 @@
 """The offline sample corpus: published layouts, what PLANTED.json says is really in the files (read back with
 the fetch stage), small at --size-mb 1, byte-identical for the same arguments."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,15 @@ from stages.fetch import read_documents
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, jaccard, shingles
 
 RECIPE = Path(__file__).resolve().parents[2] / "manifests" / "recipes" / "sample.yaml"
-STARCODER_SCHEMA = pa.schema([("max_stars_repo_path", pa.string()), ("max_stars_repo_name", pa.string()),
-                              ("max_stars_count", pa.int64()), ("id", pa.string()), ("content", pa.string())])
+STARCODER_SCHEMA = pa.schema(
+    [
+        ("max_stars_repo_path", pa.string()),
+        ("max_stars_repo_name", pa.string()),
+        ("max_stars_count", pa.int64()),
+        ("id", pa.string()),
+        ("content", pa.string()),
+    ]
+)
 
 
 def recipe_over(corpus: Path) -> Recipe:
@@ -66,8 +74,16 @@ def contents(sample_corpus) -> dict:
 
 def test_layout_matches_the_published_datasets_and_the_recipe(sample_corpus):
     planted = read_planted(sample_corpus)
-    slimpajama = sorted(p.relative_to(sample_corpus / SLIMPAJAMA_DIR).as_posix() for p in (sample_corpus / SLIMPAJAMA_DIR).rglob("*") if p.is_file())
-    starcoder = sorted(p.relative_to(sample_corpus / STARCODER_DIR).as_posix() for p in (sample_corpus / STARCODER_DIR).rglob("*") if p.is_file())
+    slimpajama = sorted(
+        p.relative_to(sample_corpus / SLIMPAJAMA_DIR).as_posix()
+        for p in (sample_corpus / SLIMPAJAMA_DIR).rglob("*")
+        if p.is_file()
+    )
+    starcoder = sorted(
+        p.relative_to(sample_corpus / STARCODER_DIR).as_posix()
+        for p in (sample_corpus / STARCODER_DIR).rglob("*")
+        if p.is_file()
+    )
     assert slimpajama == planted["files"]["slimpajama"] and starcoder == planted["files"]["starcoderdata"]
     for rel in slimpajama:
         assert re.fullmatch(r"(train|validation)/chunk[12]/example_\1_\d+\.jsonl\.zst", rel), rel
@@ -80,32 +96,43 @@ def test_layout_matches_the_published_datasets_and_the_recipe(sample_corpus):
     # every file is one the sample recipe's patterns pick up
     fs = fsspec.filesystem("file")
     for source in recipe_over(sample_corpus).sources:
-        matched = {Path(p).relative_to(source.root).as_posix() for pattern in source.train + source.validation
-                   for p in fs.glob(f"{source.root}/{pattern}")}
+        matched = {
+            Path(p).relative_to(source.root).as_posix()
+            for pattern in source.train + source.validation
+            for p in fs.glob(f"{source.root}/{pattern}")
+        }
         assert matched == set(planted["files"][source.name])
-
 
 
 def test_sample_recipe_reads_the_corpus_wherever_it_is_written(sample_corpus, tmp_path):
     """The recipe the tests and benchmarks build: the shipped one, its roots in a folder or a bucket."""
     local = load_recipe(sample_recipe(sample_corpus, tmp_path / "local"))
-    assert [(s.name, s.root) for s in local.sources] == [("slimpajama", str(sample_corpus / SLIMPAJAMA_DIR)),
-                                                         ("starcoderdata", str(sample_corpus / STARCODER_DIR))]
+    assert [(s.name, s.root) for s in local.sources] == [
+        ("slimpajama", str(sample_corpus / SLIMPAJAMA_DIR)),
+        ("starcoderdata", str(sample_corpus / STARCODER_DIR)),
+    ]
     assert local.mix == dataclasses.replace(recipe_over(sample_corpus).mix, shard_tokens=60_000)  # the rest as shipped
     remote = load_recipe(sample_recipe("s3://bucket/sample", tmp_path / "remote", mix={"shard_tokens": 1000}))
     assert [s.root for s in remote.sources] == [f"s3://bucket/sample/{d}" for d in (SLIMPAJAMA_DIR, STARCODER_DIR)]
     assert remote.mix.shard_tokens == 1000
+
 
 def test_parquet_columns_are_starcoderdata_s(sample_corpus):
     for path in sorted((sample_corpus / STARCODER_DIR / "python").glob("train-*.parquet")):
         table = pq.read_table(path)
         assert table.schema.remove_metadata() == STARCODER_SCHEMA
         # duplicates planted in StarCoderData come from mirrors and forks, as they do on GitHub
-        assert set(table.column("max_stars_repo_name").to_pylist()) <= {"python/cpython", "python-mirror/cpython", "python-fork/cpython"}
+        assert set(table.column("max_stars_repo_name").to_pylist()) <= {
+            "python/cpython",
+            "python-mirror/cpython",
+            "python-fork/cpython",
+        }
         assert all(p.startswith("Lib/") and p.endswith(".py") for p in table.column("max_stars_repo_path").to_pylist())
     missing = pq.read_table(sample_corpus / STARCODER_DIR / "python" / "missing-content-0000.parquet")
     assert missing.column_names == STARCODER_SCHEMA.names[:-1] and missing.num_rows > 0
-    readable = sorted((sample_corpus / STARCODER_DIR / "python").glob("train-*.parquet")) + [sample_corpus / STARCODER_DIR / "python" / "missing-content-0000.parquet"]
+    readable = sorted((sample_corpus / STARCODER_DIR / "python").glob("train-*.parquet")) + [
+        sample_corpus / STARCODER_DIR / "python" / "missing-content-0000.parquet"
+    ]
     ids = [i for path in readable for i in pq.read_table(path).column("id").to_pylist()]
     assert len(ids) == len(set(ids))
 
@@ -182,7 +209,10 @@ def test_rewriting_replaces_an_earlier_sample_but_not_foreign_data(tmp_path):
     write_sample_corpus(tmp_path / "s", size_mb=2.5)
     write_sample_corpus(tmp_path / "s", size_mb=0.5)
     listed = read_planted(tmp_path / "s")["files"]
-    on_disk = sorted(p.relative_to(tmp_path / "s" / SLIMPAJAMA_DIR).as_posix() for p in (tmp_path / "s" / SLIMPAJAMA_DIR).rglob("*.zst"))
+    on_disk = sorted(
+        p.relative_to(tmp_path / "s" / SLIMPAJAMA_DIR).as_posix()
+        for p in (tmp_path / "s" / SLIMPAJAMA_DIR).rglob("*.zst")
+    )
     assert on_disk == listed["slimpajama"]
 
     (tmp_path / "foreign" / SLIMPAJAMA_DIR).mkdir(parents=True)
@@ -207,14 +237,18 @@ def test_public_text_sources_are_what_the_sample_and_the_bench_draw_from():
 
 
 def test_bench_uses_only_the_public_api_of_the_sample():
-    """bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in __all__."""
+    """bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in
+    __all__."""
     import ast
 
     from pipeline import sample_corpus as sample
 
     bench = Path(__file__).resolve().parents[2] / "bench" / "build_throughput.py"
-    used = {node.attr for node in ast.walk(ast.parse(bench.read_text()))
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sample"}
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(bench.read_text()))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sample"
+    }
     assert used and used <= set(sample.__all__), sorted(used - set(sample.__all__))
 
 

@@ -1,6 +1,7 @@
 """The undisturbed reference runs every fault test compares against, each run once per session as the real
 command (`tokenmill build`, then `tokenmill train` on what it built), with the TCP ports of all their processes
 recorded while they run."""
+
 from __future__ import annotations
 
 import shutil
@@ -58,5 +59,7 @@ def build_copy(reference_build: ReferenceBuild, tmp_path: Path) -> Path:
 def reference_training(reference_build: ReferenceBuild, tmp_path_factory: pytest.TempPathFactory) -> ReferenceTraining:
     """TRAIN_STEPS uninterrupted steps of the tiny model on 2 CPU ranks over the reference build's shards."""
     out = tmp_path_factory.mktemp("training") / "run"
-    listening = run_listening(Run.start(train_command(reference_build.out / MANIFEST, out), out.parent / "train.stderr"))
+    listening = run_listening(
+        Run.start(train_command(reference_build.out / MANIFEST, out), out.parent / "train.stderr")
+    )
     return ReferenceTraining(out, listening)

@@ -1,6 +1,7 @@
 """Every kind of bad input, each in a file of its own between good documents, through one real `tokenmill build`:
 each bad record is counted under its reason and quarantined with its file and line/row, and every good
 document, including those next to bad ones, reaches the shards."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,10 @@ class GoodText:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.vocabulary = ["".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(self.rng.randint(3, 9))) for _ in range(3000)]
+        self.vocabulary = [
+            "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(self.rng.randint(3, 9)))
+            for _ in range(3000)
+        ]
 
     def text(self) -> str:
         return " ".join(self.rng.choice(self.vocabulary) for _ in range(120))
@@ -82,12 +86,21 @@ def write_corpus(root: Path) -> tuple[dict[str, list[int]], list[tuple[str, str,
     rows = [*good.rows(1), b" \t\n ", b"before\x00after" + b" padding" * 40, b"caf\xe9 latin-1", *good.rows(1)]
     pq.write_table(pa.table({"content": pa.array(rows, pa.binary())}), code / "rows.parquet")
     goods["code/python/rows.parquet"] = [0, 4]
-    bads += [("code", "python/rows.parquet", f"row {i}", r) for i, r in ((1, "empty_text"), (2, "nul_bytes"), (3, "invalid_utf8"))]
+    bads += [
+        ("code", "python/rows.parquet", f"row {i}", r)
+        for i, r in ((1, "empty_text"), (2, "nul_bytes"), (3, "invalid_utf8"))
+    ]
     pq.write_table(pa.table({"text": pa.array(good.rows(2))}), code / "missing-column.parquet")
     (code / "not-parquet.parquet").write_bytes(b"this is a text file with a .parquet name\n" * 20)
     (code / "empty.parquet").write_bytes(b"")
-    bads += [("code", f"python/{name}.parquet", "file", reason) for name, reason in
-             (("missing-column", "missing_text_column"), ("not-parquet", "not_parquet"), ("empty", "empty_file"))]
+    bads += [
+        ("code", f"python/{name}.parquet", "file", reason)
+        for name, reason in (
+            ("missing-column", "missing_text_column"),
+            ("not-parquet", "not_parquet"),
+            ("empty", "empty_file"),
+        )
+    ]
     return goods, bads
 
 
@@ -96,7 +109,13 @@ def write_recipe(root: Path, tokenizer_model: Path) -> Path:
         "name": "bad-input",
         "sources": [
             {"name": "web", "kind": "jsonl", "root": str(root / "web"), "train": ["*.jsonl.zst"]},
-            {"name": "code", "kind": "parquet", "root": str(root / "code"), "train": ["python/*.parquet"], "text_field": "content"},
+            {
+                "name": "code",
+                "kind": "parquet",
+                "root": str(root / "code"),
+                "train": ["python/*.parquet"],
+                "text_field": "content",
+            },
         ],
         "tokenizer": {"model": str(tokenizer_model)},
         "dedupe": {"partitions": 2},
@@ -116,7 +135,10 @@ def test_every_bad_input_kind_is_counted_and_quarantined_and_no_good_document_is
     manifest = load(out)
 
     quarantined = [json.loads(line) for line in (out / QUARANTINE).read_text().splitlines()]
-    found = sorted((q["source"], q["path"], "byte" if q["location"].startswith("byte ") else q["location"], q["reason"]) for q in quarantined)
+    found = sorted(
+        (q["source"], q["path"], "byte" if q["location"].startswith("byte ") else q["location"], q["reason"])
+        for q in quarantined
+    )
     assert found == sorted(bads)
     assert all(q["error"] for q in quarantined)
     for source in manifest.sources:

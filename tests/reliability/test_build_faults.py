@@ -1,6 +1,7 @@
 """Faults during a corpus build: workers and the driver killed with SIGKILL, and a disk that fills up. Every
 build here is the real `tokenmill build` command over the 1.5 MB sample, compared byte for byte with the
 undisturbed reference build."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,12 @@ def assert_same_output(out: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["process", "dedupe", "propagate"])  # process = fetch, filter, dedupe keys and tokenize
-def test_a_worker_killed_mid_task_is_retried_and_the_shards_are_identical(stage, reference_build, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "stage", ["process", "dedupe", "propagate"]
+)  # process = fetch, filter, dedupe keys and tokenize
+def test_a_worker_killed_mid_task_is_retried_and_the_shards_are_identical(
+    stage, reference_build, tmp_path, monkeypatch
+):
     if stage == "propagate":  # the clustering over 3 node ranges (the reference's is one): the same output
         monkeypatch.setenv("TOKENMILL_COMPONENT_DOCUMENTS", "2000")
     run = start_build(reference_build.recipe, tmp_path / "out", "--workers", "2")
@@ -74,7 +79,9 @@ def test_the_driver_killed_mid_build_resumes_without_redoing_a_finished_task(ref
     # raylet, GCS and workers share the driver's fate; Ray's two agents exit ~60 s later (after the GCS
     # reconnect timeout) and are killed by first.stop() rather than waited for
     deadline = time.monotonic() + 20
-    while (left := [t for pid, t in tree.items() if alive(pid) and t not in RAY_AGENTS]) and time.monotonic() < deadline:
+    while (
+        left := [t for pid, t in tree.items() if alive(pid) and t not in RAY_AGENTS]
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == [], f"processes of the killed build still running: {left}"
     first.stop()
@@ -95,7 +102,9 @@ def small_disk(tmp_path):
     """A tmpfs of our own (needs root): the real ENOSPC of a real filesystem, resizable with a remount."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tokenmill-test", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tokenmill-test", str(mount)], capture_output=True, text=True
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
     yield mount
@@ -121,7 +130,9 @@ def test_a_full_disk_is_named_leaves_no_manifest_and_the_next_run_completes(refe
         resize(small_disk, int(full * share))
         run = start_build(reference_build.recipe, out, "--workers", "2")
         assert run.wait() == 2, run.stderr()[-3000:]
-        assert re.search(rf"^tokenmill build: \w+: .*No space left on device: '{re.escape(str(out))}/[^']+'$", run.stderr(), re.M), run.stderr()[-3000:]
+        assert re.search(
+            rf"^tokenmill build: \w+: .*No space left on device: '{re.escape(str(out))}/[^']+'$", run.stderr(), re.M
+        ), run.stderr()[-3000:]
         assert not (out / MANIFEST).exists()
         assert not list(out.rglob("*.tmp-*")), "a failed write left its temporary file behind"
         progress.append(len(done_tasks(out)))

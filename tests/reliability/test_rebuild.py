@@ -1,6 +1,7 @@
 """A build planned before it runs (`build --dry-run`) and a build run again (issue 31, items 6 and 7): the plan
 names every stage's tasks, what is re-used and why, the cost at the measured rate and where it writes, in under
 5 s, writing nothing; a re-used build's report shows the timings of the build that made its outputs."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def dry_run(recipe: Path, out: Path, *more: str) -> tuple[list[str], float]:
     started = time.perf_counter()
-    done = subprocess.run(tokenmill("build", str(recipe), "--out", str(out), "--dry-run", *more), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        tokenmill("build", str(recipe), "--out", str(out), "--dry-run", *more),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines(), time.perf_counter() - started
 
@@ -50,7 +56,9 @@ def test_the_plan_of_a_finished_build_reuses_every_stage_and_writes_nothing(refe
     table = rows(lines)
     assert list(table) == [s.name for s in stages_of(recipe)]  # the registry's stages, in its order
     assert all(r[0] == r[1] and r[2] == "0" and "re-used" in r[3] for r in table.values()), table
-    assert [line for line in lines if line.startswith("  shards ")] == [f"  shards   file://{out}/{Path(plan.shards).name}/"]
+    assert [line for line in lines if line.startswith("  shards ")] == [
+        f"  shards   file://{out}/{Path(plan.shards).name}/"
+    ]
     assert Path(plan.shards.removeprefix("file://")).is_dir()  # the folder the finished build wrote
     for source in recipe.sources:
         mine = [i for i in plan.inputs if i.source.name == source.name]
@@ -98,12 +106,20 @@ def test_a_rebuild_that_reuses_everything_reports_the_timings_of_the_build_that_
     out = tmp_path / "out"
     shutil.copytree(reference_build.out, out)
     first = json.loads((reference_build.out / "manifest.json").read_text())
-    done = subprocess.run(tokenmill("build", str(reference_build.recipe), "--out", str(out), "--workers", "2"), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        tokenmill("build", str(reference_build.recipe), "--out", str(out), "--workers", "2"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     stats = json.loads((out / "report" / "stats.json").read_text())
-    assert stages.pop("mix")["skipped"] == 0 and "made_by" not in json.loads((out / "manifest.json").read_text())["stages"]["mix"]
+    assert (
+        stages.pop("mix")["skipped"] == 0
+        and "made_by" not in json.loads((out / "manifest.json").read_text())["stages"]["mix"]
+    )
     for name, timing in stages.items():
         assert timing["skipped"] == timing["tasks"], name  # nothing ran again
         if timing["tasks"]:

@@ -1,5 +1,6 @@
 """Recipes with wrong values: `tokenmill build` refuses them before any work starts (no Ray, no work dir), exits 2
 and names the field in one line, never a traceback."""
+
 from __future__ import annotations
 
 import socket
@@ -36,8 +37,19 @@ def test_a_wrong_recipe_value_is_refused_naming_the_field(case, sample_corpus, t
     source_fields, sections, field = CASES[case]
     slimpajama = {"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")}
     slimpajama.update({k: v() if callable(v) else v for k, v in source_fields.items()})
-    recipe = sample_recipe(sample_corpus, tmp_path, sources=[slimpajama, {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata")}], **sections)
-    done = subprocess.run(tokenmill("build", str(recipe), "--out", str(tmp_path / "out")), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    recipe = sample_recipe(
+        sample_corpus,
+        tmp_path,
+        sources=[slimpajama, {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata")}],
+        **sections,
+    )
+    done = subprocess.run(
+        tokenmill("build", str(recipe), "--out", str(tmp_path / "out")),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert f"recipe field `{field}`" in done.stderr
     assert "Traceback" not in done.stderr

@@ -1,6 +1,7 @@
 """Security defaults: what the project starts listens on 127.0.0.1 only, unless the user asks for more. Every TCP
 socket in LISTEN state of every process of the real command is recorded while it runs (conftest.py). The local
 head of infra/local/start-head.sh is checked the same way by tests/pipeline/ops/test_jobs.py."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 changed since the manifest, and a checkpoint carrying a pickle payload. The runs are the real `tokenmill train`
 (torchrun, 2 gloo ranks on the CPU, the tiny preset) over the reference build's shards, compared with the
 reference run's losses, bit for bit."""
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,9 @@ from trainer import checkpoint
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_rank_saves_exits_0_and_the_resume_gives_the_uninterrupted_losses(reference_build, reference_training, tmp_path):
+def test_sigterm_to_one_rank_saves_exits_0_and_the_resume_gives_the_uninterrupted_losses(
+    reference_build, reference_training, tmp_path
+):
     """One node's preemption notice: any rank's SIGTERM stops all ranks at the same step boundary."""
     out = tmp_path / "run"
     command = train_command(reference_build.out / MANIFEST, out)
@@ -50,7 +53,9 @@ def test_sigterm_to_one_rank_saves_exits_0_and_the_resume_gives_the_uninterrupte
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resumes_from_it(reference_build, reference_training, tmp_path):
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resumes_from_it(
+    reference_build, reference_training, tmp_path
+):
     """A machine lost while it writes step 6's checkpoint: step 3's stays whole and is the one resumed."""
     out = tmp_path / "run"
     command = train_command(reference_build.out / MANIFEST, out)
@@ -96,7 +101,9 @@ def test_loading_a_checkpoint_never_unpickles_arbitrary_objects(loader, referenc
     (ckpt / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
     if loader == "resume":
         # one step more than the checkpoint holds: a resume with nothing left to train is refused before loading
-        command = train_command(reference_build.out / MANIFEST, tmp_path / "run", "--resume", str(ckpt), "--steps", str(TRAIN_STEPS + 1))
+        command = train_command(
+            reference_build.out / MANIFEST, tmp_path / "run", "--resume", str(ckpt), "--steps", str(TRAIN_STEPS + 1)
+        )
     else:
         command = tokenmill("export", str(ckpt), "--hf", str(tmp_path / "hf"))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,5 +1,6 @@
 """`tokenmill verify` on a copy of the reference build: a flipped byte in any shard or index, a truncated file, and
 a manifest whose paths leave its folder are refused (exit 1), naming the file."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ def verify(manifest: Path, capsys) -> tuple[int, str]:
 
 def shard_files(root: Path) -> list[Path]:
     manifest = load(root)
-    return [root / path for info in manifest.splits.values() for shard in info.shards for path in (shard.bin, shard.idx)]
+    return [
+        root / path for info in manifest.splits.values() for shard in info.shards for path in (shard.bin, shard.idx)
+    ]
 
 
 def test_a_flipped_byte_in_any_shard_or_index_is_found_and_named(build_copy, capsys):
@@ -67,7 +70,9 @@ def test_a_manifest_whose_paths_leave_its_folder_is_refused(build_copy, field, e
     """The file the path points to exists and is intact, so only the path check can refuse it."""
     manifest_path = build_copy / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    inside = {"tokenizer.path": TOKENIZER_MODEL, "quarantine.path": QUARANTINE}.get(field) or manifest["splits"]["train"]["shards"][0][field]
+    inside = {"tokenizer.path": TOKENIZER_MODEL, "quarantine.path": QUARANTINE}.get(field) or manifest["splits"][
+        "train"
+    ]["shards"][0][field]
     outside = build_copy.parent / Path(inside).name
     shutil.copy(build_copy / inside, outside)
     _point_outside(manifest, field, f"../{outside.name}" if escape == "relative" else str(outside))

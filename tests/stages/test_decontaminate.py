@@ -60,7 +60,8 @@ def index_of(items: list[str], **rule) -> tuple:
 @pytest.mark.parametrize("rule", [{}, {"ngram": 8}, {"min_share": 0.5}])
 def test_matches_equal_a_plain_python_reference_on_real_text(kjv, rule):
     chapters = list(kjv.values())
-    # items: verse pairs of later chapters, a few short single verses (whole-string items), and some shorter than min_words
+    # items: verse pairs of later chapters, a few short single verses (whole-string items), and some shorter than
+    # min_words
     items = [" ".join(v[i : i + 2]) for v in chapters[500:520] for i in range(0, len(v) - 1, 5)]
     items += [v[0] for v in chapters[520:560]]
     # documents: chapters, and chapters with items spliced in (case and punctuation changed, a line break inside)

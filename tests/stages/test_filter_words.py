@@ -1,5 +1,6 @@
 """The word tokenizer the datatrove quality filters get (`stages.filter.word_tokenizer`): the same words and
 sentence spans as datatrove's own spaCy tokenizer, so the same keep/drop decisions, on real text."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,8 +24,15 @@ from tests.support.sources import source
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 EDGE_CASES = [
-    "", " ", "\n\n", " leading and trailing ", "a\u00a0b \u2009c\u3000d", "tabs\tand\r\nCRLF  double  spaces",
-    "e.g. U.S.A. isn't won't can't (1999)...", "emoji 🙂 中文 العربية", "https://example.com/a?b=c x@y.org",
+    "",
+    " ",
+    "\n\n",
+    " leading and trailing ",
+    "a\u00a0b \u2009c\u3000d",
+    "tabs\tand\r\nCRLF  double  spaces",
+    "e.g. U.S.A. isn't won't can't (1999)...",
+    "emoji 🙂 中文 العربية",
+    "https://example.com/a?b=c x@y.org",
     "Hello, world! How are you? Fine.\n\nNext paragraph... and so on",
 ]
 
@@ -56,7 +64,9 @@ def test_words_do_not_depend_on_what_the_process_saw_before():
     text = "IS_ALPHA is a string spaCy chokes on inside a memory zone"
     answers = {tuple(word_tokenizer("en").word_tokenize(text + " " * i)) for i in range(3)}
     assert answers == {tuple(text.split())}
-    assert {tuple(word_tokenizer("en").span_tokenize(text + "!" * i)) for i in range(3)} == {((0, len(text) + i),) for i in range(3)}
+    assert {tuple(word_tokenizer("en").span_tokenize(text + "!" * i)) for i in range(3)} == {
+        ((0, len(text) + i),) for i in range(3)
+    }
 
 
 def test_a_fresh_pipeline_after_too_many_strings_gives_the_same_words(texts, monkeypatch):
@@ -73,8 +83,12 @@ def test_a_fresh_pipeline_after_too_many_strings_gives_the_same_words(texts, mon
 def test_quality_filters_decide_as_datatrove_does(texts):
     """Each filter through the recipe (our tokenizer) against datatrove's class with its own tokenizer."""
     documents = [t for t in texts if len(t) > 500]
-    for name, cls in (("gopher_repetition", GopherRepetitionFilter), ("gopher_quality", GopherQualityFilter),
-                      ("c4", C4QualityFilter), ("fineweb", FineWebQualityFilter)):
+    for name, cls in (
+        ("gopher_repetition", GopherRepetitionFilter),
+        ("gopher_quality", GopherQualityFilter),
+        ("c4", C4QualityFilter),
+        ("fineweb", FineWebQualityFilter),
+    ):
         (ours,) = build_filters(source({name: {}}))
         theirs = cls()
         decisions = [ours.keep(t, "") for t in documents]

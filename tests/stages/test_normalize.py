@@ -1,4 +1,5 @@
 """The one normalisation and shingler against SlimPajama's own code, short texts included."""
+
 from __future__ import annotations
 
 import re

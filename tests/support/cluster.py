@@ -7,6 +7,7 @@
   in its environment, so a node (or the whole cluster) is stopped by PID: never `ray stop`, which would take
   down every other Ray on the machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,10 +55,18 @@ class RayCluster:
         self.marker = uuid.uuid4().hex
         base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
         # token authentication, the token of this cluster alone (as infra/local/start-head.sh does)
-        self.env = {**base, **env, "TOKENMILL_TEST_CLUSTER": self.marker, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
-                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every server on 127.0.0.1 (see ray_node.py)
-                    # a killed node is declared dead after ~3 s instead of ~30 s
-                    "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+        self.env = {
+            **base,
+            **env,
+            "TOKENMILL_TEST_CLUSTER": self.marker,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every server on 127.0.0.1 (see ray_node.py)
+            # a killed node is declared dead after ~3 s instead of ~30 s
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_timeout_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
+        }
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: dict[str, subprocess.Popen] = {}
@@ -65,24 +74,61 @@ class RayCluster:
         self.workers = workers
 
     def start(self, timeout: float = 120) -> None:
-        self._start("head", ["--head", "--port", str(self.port), "--include-dashboard", "false",
-                             "--ray-client-server-port", str(free_port())])
+        self._start(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(self.port),
+                "--include-dashboard",
+                "false",
+                "--ray-client-server-port",
+                str(free_port()),
+            ],
+        )
         self._wait_for(lambda: self._listening(self.port), "the head's GCS port", timeout)
         for n in range(1, self.workers + 1):
             self._start(f"w{n}", ["--address", self.address])
-        self._wait_for(lambda: self.registered_nodes() == self.workers + 1, f"{self.workers + 1} nodes registered", timeout)
+        self._wait_for(
+            lambda: self.registered_nodes() == self.workers + 1, f"{self.workers + 1} nodes registered", timeout
+        )
 
     def _start(self, name: str, args: list[str]) -> None:
         temp = self.root / name
         temp.mkdir()
-        command = [*RAY_NODE, "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(temp),
-                   "--object-store-memory", str(100 * 2**20), "--disable-usage-stats", "--block",
-                   "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-                   "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+        command = [
+            *RAY_NODE,
+            "start",
+            *args,
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "1",
+            "--temp-dir",
+            str(temp),
+            "--object-store-memory",
+            str(100 * 2**20),
+            "--disable-usage-stats",
+            "--block",
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+        ]
         log = open(self.root / f"{name}.log", "w")
         self._logs.append(log)
-        self.nodes[name] = subprocess.Popen(command, cwd=ROOT, env={**self.env, "TOKENMILL_TEST_NODE": name},
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.nodes[name] = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**self.env, "TOKENMILL_TEST_NODE": name},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def _wait_for(self, condition, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -122,8 +168,12 @@ class RayCluster:
 
     def task_titles(self) -> dict[str, set[str]]:
         """Per node, the Ray task names its worker processes run now (`process/...`, `shard/...`)."""
-        return {node: {t.removeprefix("ray::") for pid in self.pids(node, "ray::")
-                       if (t := process_title(pid)) != "ray::IDLE"} for node in self.nodes}
+        return {
+            node: {
+                t.removeprefix("ray::") for pid in self.pids(node, "ray::") if (t := process_title(pid)) != "ray::IDLE"
+            }
+            for node in self.nodes
+        }
 
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL every process of node `name` (its `ray start`, raylet, agents and workers), by PID."""
@@ -161,7 +211,6 @@ class RayCluster:
 # ------------------------------------------------------------------------------------------------ builds
 
 
-
 @dataclass(frozen=True, slots=True)
 class ObjectStore:
     server: S3Server
@@ -180,7 +229,11 @@ def build_env(store: ObjectStore, *extra: dict[str, str]) -> dict[str, str]:
 def start_cluster_build(recipe: Path, out: str, cluster: RayCluster, store: ObjectStore, log: Path) -> Run:
     """`tokenmill build RECIPE --out OUT --address <cluster>` as a process of its own (a driver off the cluster)."""
     auth = {k: cluster.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    return Run.start([*tokenmill("build", str(recipe), "--out", out, "--address", cluster.address, "--no-report")], log, env=build_env(store, auth))
+    return Run.start(
+        [*tokenmill("build", str(recipe), "--out", out, "--address", cluster.address, "--no-report")],
+        log,
+        env=build_env(store, auth),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ outputs

@@ -3,6 +3,7 @@ find their processes through /proc (Ray names each worker after the task it runs
 kill them, list the TCP ports they listen on, and compare what builds wrote.
 
 Only processes these helpers started are ever signalled: a run's own process tree, found from its pid."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -153,7 +154,9 @@ class Run:
     @classmethod
     def start(cls, command: list[str], log: Path, env: dict | None = None) -> "Run":
         with open(log, "w") as stderr:
-            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=True
+            )
         return cls(process, log)
 
     @property
@@ -199,19 +202,25 @@ class Run:
                     os.kill(pid, signal.SIGKILL)
                     return pid, name
             time.sleep(0.0005)
-        raise AssertionError(f"no process titled {prefix}* appeared before the run ended; stderr:\n{self.stderr()[-3000:]}")
+        raise AssertionError(
+            f"no process titled {prefix}* appeared before the run ended; stderr:\n{self.stderr()[-3000:]}"
+        )
 
 
 def start_build(recipe: Path, out: Path, *args: str) -> Run:
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Run.start(tokenmill("build", str(recipe), "--out", str(out), "--no-report", *args), out.parent / f"{out.name}.stderr")
+    return Run.start(
+        tokenmill("build", str(recipe), "--out", str(out), "--no-report", *args), out.parent / f"{out.name}.stderr"
+    )
 
 
 def wait_for(condition, what: str, run: Run, timeout: float = 120, every: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if not run.running() or time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen (run ended or {timeout}s passed); stderr:\n{run.stderr()[-3000:]}")
+            raise AssertionError(
+                f"{what} did not happen (run ended or {timeout}s passed); stderr:\n{run.stderr()[-3000:]}"
+            )
         time.sleep(every)
 
 
@@ -239,7 +248,9 @@ def stable_manifest(out: Path) -> dict:
 def stable(manifest: dict) -> dict:
     """`manifest` without what legitimately differs between runs (see `stable_manifest`)."""
     data = {k: v for k, v in manifest.items() if k != "created_at"}
-    data["stages"] = {name: {k: v for k, v in stage.items() if k not in RUN_DEPENDENT} for name, stage in data["stages"].items()}
+    data["stages"] = {
+        name: {k: v for k, v in stage.items() if k not in RUN_DEPENDENT} for name, stage in data["stages"].items()
+    }
     if "provenance" in data:
         data["provenance"] = {k: v for k, v in data["provenance"].items() if k not in ("work", "reused")}
     return data
@@ -261,13 +272,33 @@ def tasks_run(out: Path, since_line: int = 0) -> list[str]:
 TRAIN_STEPS = 10
 # 2 ranks x micro-batch 2 x 64 tokens = one 256-token step; a checkpoint every 3 steps and at the end
 TRAIN_ARGS = [
-    "--preset", "tiny", "--steps", str(TRAIN_STEPS), "--batch-tokens", "256", "--micro-batch", "2", "--lr", "1e-2",
-    "--min-lr", "1e-3", "--warmup-steps", "2", "--log-every", "1", "--save-every", "3", "--keep-last", "3",
+    "--preset",
+    "tiny",
+    "--steps",
+    str(TRAIN_STEPS),
+    "--batch-tokens",
+    "256",
+    "--micro-batch",
+    "2",
+    "--lr",
+    "1e-2",
+    "--min-lr",
+    "1e-3",
+    "--warmup-steps",
+    "2",
+    "--log-every",
+    "1",
+    "--save-every",
+    "3",
+    "--keep-last",
+    "3",
 ]
 
 
 def train_command(manifest: Path, out: Path, *extra: str, nproc: int = 2) -> list[str]:
-    return tokenmill("train", "--nproc", str(nproc), "--manifest", str(manifest), "--out", str(out), *TRAIN_ARGS, *extra)
+    return tokenmill(
+        "train", "--nproc", str(nproc), "--manifest", str(manifest), "--out", str(out), *TRAIN_ARGS, *extra
+    )
 
 
 def losses(out: Path) -> dict[int, float]:

@@ -1,5 +1,6 @@
 """Helpers for the checks of `infra/`: the project root, YAML documents, and the options a CLI accepts (read
 from its real `--help`, so a launcher cannot pass a flag the program does not know)."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,9 @@ TOUCHED: set[str] = set()  # infra files ("infra/...") that a test of this sessi
 
 
 def infra_files() -> list[str]:
-    return sorted(p.relative_to(ROOT).as_posix() for p in INFRA.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(
+        p.relative_to(ROOT).as_posix() for p in INFRA.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
 
 
 def _infra_path(path, cwd=None) -> str | None:
@@ -58,7 +61,9 @@ def yaml_documents(relpath: str) -> list[dict]:
 
 def cli_options(*module_and_args: str) -> set[str]:
     """The long options in `python -m MODULE [ARGS] --help`."""
-    done = subprocess.run([sys.executable, "-m", *module_and_args, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", *module_and_args, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, f"`{' '.join(module_and_args)} --help` failed:\n{done.stderr}"
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", done.stdout))
 

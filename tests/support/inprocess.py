@@ -1,5 +1,6 @@
 """A build Runner that runs each task in the calling process: the build's own tasks, records, rounds and stage
 bookkeeping, without Ray's placement (which the builds on a real Ray test)."""
+
 from __future__ import annotations
 
 from pipeline.work.progress import EventLog

@@ -1,8 +1,10 @@
-"""A plain PyTorch loop on tokenmill's public reader, as README.md's "Training with another framework" shows it: DDP over a tiny model,
+"""A plain PyTorch loop on tokenmill's public reader, as README.md's "Training with another framework" shows it: DDP
+over a tiny model,
 a DataLoader over `WindowDataset`, rank and world size from the process group. Rank 0 saves the model, the
 optimizer and the reader's state after step SAVE_AT (one copy: the reader's state is every rank's); given that
 file the loop resumes from it. Every rank writes OUT/rank{r}.npz: the inputs of each step it ran, and the losses.
 Run by test_reader.py: torchrun --nproc-per-node 2 plain_loop.py MANIFEST OUT [CHECKPOINT]"""
+
 from __future__ import annotations
 
 import sys
@@ -40,7 +42,15 @@ def main(manifest: str, out: str, resume: str | None = None) -> None:
         inputs_read.append(inputs.numpy())
         losses.append(loss.item())
         if step == SAVE_AT and dist.get_rank() == 0:
-            torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "data": dataset.state_dict()}, f"{out}/checkpoint.pt")
+            torch.save(
+                {
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "data": dataset.state_dict(),
+                },
+                f"{out}/checkpoint.pt",
+            )
     np.savez(f"{out}/rank{dist.get_rank()}.npz", inputs=np.stack(inputs_read), losses=np.array(losses))
     dist.destroy_process_group()
 

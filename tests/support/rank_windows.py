@@ -3,6 +3,7 @@ loader, checks they are the windows its index sequence names, and saves its firs
 OUT/rank{r}.npy for the test to compare across ranks.
 
 usage: torchrun --nproc-per-node N rank_windows.py MANIFEST OUT"""
+
 from __future__ import annotations
 
 import sys
@@ -19,7 +20,16 @@ from trainer.data import open_loader
 def main(manifest_path: str, out: str) -> None:
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    loader = open_loader(load(manifest_path), "train", context=64, batch=4, seed=11, rank=rank, world_size=world_size, device=torch.device("cpu"))
+    loader = open_loader(
+        load(manifest_path),
+        "train",
+        context=64,
+        batch=4,
+        seed=11,
+        rank=rank,
+        world_size=world_size,
+        device=torch.device("cpu"),
+    )
     batches = 25
     read = np.concatenate([next(loader)[0].numpy() for _ in range(batches)])
     loader.close()

@@ -1,6 +1,7 @@
 """A Ray head of our own, started with infra/local/start-head.sh on 127.0.0.1 with free ports, its own short temp
 dir and its own authentication token, and stopped by PID (never `ray stop`: other Ray instances on the machine
 are not ours)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,12 +33,27 @@ class Head:
         self.dashboard_port = free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         command = [
-            "bash", str(PROJECT_ROOT / "infra/local/start-head.sh"), "--port", str(free_port()), "--dashboard-port", str(self.dashboard_port),
-            "--num-cpus", "2", "--temp-dir", str(root / "ray"), "--block",
-            "--", "--dashboard-agent-listen-port", str(agent_port or free_port()), "--ray-client-server-port", str(free_port()),
+            "bash",
+            str(PROJECT_ROOT / "infra/local/start-head.sh"),
+            "--port",
+            str(free_port()),
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            str(root / "ray"),
+            "--block",
+            "--",
+            "--dashboard-agent-listen-port",
+            str(agent_port or free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
         ]
         self.log = open(root / "head.log", "w")
-        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def wait_until_up(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
@@ -50,7 +66,14 @@ class Head:
         raise AssertionError(f"no dashboard on {self.address} after {timeout_s}s")
 
     def tokenmill(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
 
     def jobs(self, *args: str) -> subprocess.CompletedProcess:
         return self.tokenmill("jobs", *args, "--address", self.address)
@@ -85,7 +108,10 @@ class Head:
         pids = []
         for proc in Path("/proc").iterdir():
             try:
-                if proc.name.isdigit() and f"TOKENMILL_TEST_HEAD={self.marker}".encode() in (proc / "environ").read_bytes():
+                if (
+                    proc.name.isdigit()
+                    and f"TOKENMILL_TEST_HEAD={self.marker}".encode() in (proc / "environ").read_bytes()
+                ):
                     pids.append(int(proc.name))
             except OSError:  # gone meanwhile, or not ours to read
                 continue

@@ -5,13 +5,16 @@ Run with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment, so that every R
 node under that setting, and turns `--node-ip-address 127.0.0.1` into the machine's network address: those two
 decisions are switched off here, in this process only.
 """
+
 import sys
 
 import ray._private.ray_constants as ray_constants
 import ray._private.services as services
 from ray.scripts.scripts import main
 
-ray_constants.ENABLE_RAY_CLUSTER = True  # only the CLI reads it after this point: the raylet's children read the variable
+ray_constants.ENABLE_RAY_CLUSTER = (
+    True  # only the CLI reads it after this point: the raylet's children read the variable
+)
 services.resolve_ip_for_localhost = lambda host: host
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A small but real build for the tests that read one (stage-in, the SLURM training job): stdlib docstrings
 tokenized with the mistral sentencepiece model into shards written with the shard format's own writer, and a
 manifest that validates against the schema."""
+
 from __future__ import annotations
 
 import ast
@@ -26,7 +27,11 @@ def _docstrings(count: int) -> list[str]:
     texts = []
     for path in sorted(stdlib.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        texts += [d for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (d := ast.get_docstring(node))]
+        texts += [
+            d
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (d := ast.get_docstring(node))
+        ]
         if len(texts) >= count:
             return texts[:count]
     return texts
@@ -36,8 +41,15 @@ def _write_shard(out: Path, name: str, docs: list[list[int]], eos: int) -> dict:
     lengths = np.array([len(doc) + 1 for doc in docs], np.int64)
     tokens = np.array([t for doc in docs for t in doc + [eos]], dtype="<u2")
     (out / name).parent.mkdir(parents=True, exist_ok=True)
-    entry = write_shard(lambda rel, data: (out / rel).write_bytes(data), name, tokens, lengths,
-                        np.zeros(len(docs), "<u2"), np.arange(len(docs), dtype="<u8"), ["docstrings"])
+    entry = write_shard(
+        lambda rel, data: (out / rel).write_bytes(data),
+        name,
+        tokens,
+        lengths,
+        np.zeros(len(docs), "<u2"),
+        np.arange(len(docs), dtype="<u8"),
+        ["docstrings"],
+    )
     return asdict(entry)
 
 
@@ -55,19 +67,53 @@ def write_small_build(out: Path) -> Path:
             entries.append(_write_shard(out, f"{split}/{split}-{n:05d}", docs[start : start + 20], sp.eos_id()))
             start += 20
         tokens = sum(e["tokens"] for e in entries)
-        splits[split] = {"documents": sum(e["documents"] for e in entries), "tokens": tokens, "tokens_by_source": {"docstrings": tokens}, "shards": entries}
+        splits[split] = {
+            "documents": sum(e["documents"] for e in entries),
+            "tokens": tokens,
+            "tokens_by_source": {"docstrings": tokens},
+            "shards": entries,
+        }
     manifest = {
-        "format": manifest_io.FORMAT, "format_version": manifest_io.FORMAT_VERSION, "tool_version": "0.1.0",
+        "format": manifest_io.FORMAT,
+        "format_version": manifest_io.FORMAT_VERSION,
+        "tool_version": "0.1.0",
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "recipe": {"name": "stage-in-test"}, "recipe_sha256": hashlib.sha256(b"stage-in-test").hexdigest(),
-        "tokenizer": {"uri": "pkg://mistral_common/data/tokenizer.model.v1", "path": TOKENIZER_MODEL, "sha256": hashlib.sha256(model).hexdigest(),
-                      "vocab_size": sp.vocab_size(), "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "add_bos": False, "add_eos": True},
+        "recipe": {"name": "stage-in-test"},
+        "recipe_sha256": hashlib.sha256(b"stage-in-test").hexdigest(),
+        "tokenizer": {
+            "uri": "pkg://mistral_common/data/tokenizer.model.v1",
+            "path": TOKENIZER_MODEL,
+            "sha256": hashlib.sha256(model).hexdigest(),
+            "vocab_size": sp.vocab_size(),
+            "bos_id": sp.bos_id(),
+            "eos_id": sp.eos_id(),
+            "add_bos": False,
+            "add_eos": True,
+        },
         "dtype": "uint16",
         "inputs": [{"source": "docstrings", "split": "train", "path": "stdlib"}],
-        "sources": [{"name": "docstrings", "id": 0, "uris": ["stdlib"], "weight": 1.0, "files": 1, "documents_read": start, "bytes_read": 0,
-                     "dropped": {}, "documents_kept": start, "tokens_kept": sum(s["tokens"] for s in splits.values()), "epochs": 1.0, "subsets": {}}],
+        "sources": [
+            {
+                "name": "docstrings",
+                "id": 0,
+                "uris": ["stdlib"],
+                "weight": 1.0,
+                "files": 1,
+                "documents_read": start,
+                "bytes_read": 0,
+                "dropped": {},
+                "documents_kept": start,
+                "tokens_kept": sum(s["tokens"] for s in splits.values()),
+                "epochs": 1.0,
+                "subsets": {},
+            }
+        ],
         "splits": splits,
-        "mix": {"policy": "natural", "target": {"docstrings": 1.0}, "achieved": {s: {"docstrings": 1.0} for s in splits}},
+        "mix": {
+            "policy": "natural",
+            "target": {"docstrings": 1.0},
+            "achieved": {s: {"docstrings": 1.0} for s in splits},
+        },
         "stages": {},
         "quarantine": {"path": QUARANTINE, "records": 0, "by_reason": {}},
     }

@@ -1,4 +1,5 @@
 """A source config for the filter tests: a JSONL web source with the filters under test."""
+
 from __future__ import annotations
 
 from stages.fetch import SourceConfig

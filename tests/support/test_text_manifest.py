@@ -1,5 +1,6 @@
 """tests/support/text_manifest.py: text -> shards + manifest without Ray, through the build's tokenizer and the
 contract's writer."""
+
 from __future__ import annotations
 
 import sysconfig

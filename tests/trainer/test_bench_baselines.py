@@ -66,6 +66,11 @@ def test_torchtitan_imports_where_torch_lacks_DataParallelMeshDims():
         "import train_throughput as t; t.titan_model('flex', layers=1, dim=64, heads=4, kv_heads=2, ffn=176,"
         " vocab=32000, context=64); import torchtitan.models.llama3.parallelize; print('imported')"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]

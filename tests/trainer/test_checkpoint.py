@@ -1,6 +1,7 @@
 """trainer/checkpoint.py: a checkpoint written by `save` loads back whole (weights, optimizer state and
 hyperparameters, RNG), and loading never unpickles an arbitrary object: a `.metadata` or a byte item that names
 code is refused, naming the file, and the code does not run. One real gloo rank in this process."""
+
 from __future__ import annotations
 
 import pickle
@@ -55,7 +56,9 @@ def test_save_then_load_restores_weights_optimizer_and_rng(one_rank, tmp_path):
     for (name, expected), got in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(got, expected), name
     # byte items (the param groups' hyperparameters) came back through weights_only loading
-    assert [(g["lr"], g["betas"], g["weight_decay"]) for g in fresh_optimizer.param_groups] == [(g["lr"], g["betas"], g["weight_decay"]) for g in optimizer.param_groups]
+    assert [(g["lr"], g["betas"], g["weight_decay"]) for g in fresh_optimizer.param_groups] == [
+        (g["lr"], g["betas"], g["weight_decay"]) for g in optimizer.param_groups
+    ]
     for param, fresh_param in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(fresh_optimizer.state[fresh_param]["exp_avg"], optimizer.state[param]["exp_avg"])
 
@@ -69,7 +72,10 @@ def test_a_metadata_pickle_naming_code_is_refused_and_never_runs(loader, one_ran
     path = saved(tmp_path)
     marker = tmp_path / "payload-ran"
     (path / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
-    with pytest.raises(CheckpointError, match=rf"^{path / '.metadata'}: refers to \w+\.open, which is not part of a checkpoint's metadata"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{path / '.metadata'}: refers to \w+\.open, which is not part of a checkpoint's metadata",
+    ):
         if loader == "resume":
             checkpoint.load(path, *trained(2, 0.5, tmp_path))
         else:
@@ -94,7 +100,9 @@ def test_metadata_naming_a_data_file_outside_its_folder_is_refused(one_rank, tmp
     metadata = checkpoint.read_metadata(path)
     next(iter(metadata.storage_data.values())).relative_path = "../elsewhere.distcp"
     (path / ".metadata").write_bytes(pickle.dumps(metadata))
-    with pytest.raises(CheckpointError, match=r"names data file '\.\./elsewhere\.distcp' outside the checkpoint's folder"):
+    with pytest.raises(
+        CheckpointError, match=r"names data file '\.\./elsewhere\.distcp' outside the checkpoint's folder"
+    ):
         checkpoint.load(path, *trained(2, 0.5, tmp_path))
 
 
@@ -115,8 +123,13 @@ def test_a_checkpoint_of_another_weight_layout_is_refused_naming_the_weights(one
     unfused = {name.replace("attn.qkv", "attn.q"): tensor for name, tensor in model_state.items()}
     path = tmp_path / "unfused"
     dcp.save({"model": unfused, "optim": optim_state}, checkpoint_id=path)
-    expected = r"has no weights named layers\.0\.attn\.qkv\.weight, layers\.1\.attn\.qkv\.weight but holds layers\.0\.attn\.q\.weight"
-    with pytest.raises(CheckpointError, match=rf"^{path}: {expected}.*resume or export it with the tokenmill that wrote it"):
+    expected = (
+        r"has no weights named layers\.0\.attn\.qkv\.weight, layers\.1\.attn\.qkv\.weight "
+        r"but holds layers\.0\.attn\.q\.weight"
+    )
+    with pytest.raises(
+        CheckpointError, match=rf"^{path}: {expected}.*resume or export it with the tokenmill that wrote it"
+    ):
         checkpoint.load_model_weights(path, build(PRESETS["tiny"], seed=3))
     with pytest.raises(CheckpointError, match=expected):
         checkpoint.load(path, *trained(2, 0.5, tmp_path))

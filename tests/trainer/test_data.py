@@ -96,7 +96,9 @@ def test_epochs_reshuffle_and_cover_every_window(sample_manifest):
 
 
 @pytest.mark.parametrize("new_world_size", [1, 2, 3, 4])
-def test_a_state_continues_on_any_world_size_across_the_epoch_end_with_no_window_repeated_or_skipped(sample_manifest, new_world_size):
+def test_a_state_continues_on_any_world_size_across_the_epoch_end_with_no_window_repeated_or_skipped(
+    sample_manifest, new_world_size
+):
     manifest = load(sample_manifest)
     n = len(_dataset(manifest).windows)
     before = [_dataset(manifest, rank=r, world_size=2) for r in range(2)]
@@ -120,7 +122,10 @@ def test_the_trainers_prefetching_loader_continues_the_same_stream_on_another_wo
         for loader in loaders:
             if state:
                 loader.load_state_dict(state)
-        per_rank = [[torch.cat([x, y[:, -1:]], 1).numpy() for x, y in (next(loader) for _ in range(batches))] for loader in loaders]
+        per_rank = [
+            [torch.cat([x, y[:, -1:]], 1).numpy() for x, y in (next(loader) for _ in range(batches))]
+            for loader in loaders
+        ]
         states = [loader.state_dict() for loader in loaders]
         for loader in loaders:
             loader.close()
@@ -143,7 +148,9 @@ def test_a_version_1_state_continues_at_the_same_window(sample_manifest, new_wor
     for dataset in datasets:
         dataset.load_state_dict(state)
     n = len(datasets[0].windows)
-    assert np.array_equal(np.stack(_read(datasets, 2)), datasets[0].windows.gather(_stream(7, n, 2)[n + 20 : n + 20 + 2 * new_world_size]))
+    assert np.array_equal(
+        np.stack(_read(datasets, 2)), datasets[0].windows.gather(_stream(7, n, 2)[n + 20 : n + 20 + 2 * new_world_size])
+    )
 
 
 def test_refuses_another_seed_or_context(sample_manifest):
@@ -169,7 +176,9 @@ def test_a_changed_manifest_is_refused_unless_allowed_and_the_change_is_named(sa
             (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / path).symlink_to(sample_manifest.parent / path)
     dataset = _dataset(load(changed))
-    with pytest.raises(DataError, match=rf"1 removed \({removed.bin}\); 1 changed \({shards[0].bin}\).*--allow-manifest-change"):
+    with pytest.raises(
+        DataError, match=rf"1 removed \({removed.bin}\); 1 changed \({shards[0].bin}\).*--allow-manifest-change"
+    ):
         dataset.load_state_dict(state)
     dataset.load_state_dict(state, allow_manifest_change=True)
     assert (dataset.state_dict()["epoch"], dataset.state_dict()["position"]) == (0, 123)

@@ -2,6 +2,7 @@
 at it and at the loopback interface, and the supervision of real processes: a failed rank stops the others and
 gives its exit status, signals reach every rank, and a rank that ignores the stop is killed after the grace.
 (`tokenmill train` end to end: tests/trainer/test_train.py, tests/reliability/.)"""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,9 @@ time.sleep(120)
 
 def rank(on_term: str = "lambda *_: sys.exit(0)") -> subprocess.Popen:
     """A process that stays up until SIGTERM (and then does `on_term`); returned once its handler is set."""
-    process = subprocess.Popen([sys.executable, "-c", WAIT_FOR_STOP.format(on_term=on_term)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", WAIT_FOR_STOP.format(on_term=on_term)], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline() == "ready\n"
     return process
 
@@ -42,8 +45,15 @@ def test_the_store_listens_on_loopback_only_and_serves_the_ranks():
 def test_ranks_are_pointed_at_the_loopback_store_and_a_users_interface_wins():
     user = {"PATH": "/usr/bin", "MASTER_ADDR": "10.0.0.1", "RANK": "7", "NCCL_SOCKET_IFNAME": "ib0"}
     env = launch.rank_environment(1, 4, 29511, user)
-    assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} == {
-        "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511",
+    assert {
+        k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    } == {
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "4",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29511",
     }
     assert env["TORCHELASTIC_USE_AGENT_STORE"] == "True"  # every rank a client of the launcher's store, none a server
     assert env["GLOO_SOCKET_IFNAME"] == "lo" and env["NCCL_SOCKET_IFNAME"] == "ib0" and env["PATH"] == "/usr/bin"
@@ -68,13 +78,17 @@ def test_a_rank_that_ignores_the_stop_is_killed_after_the_grace_and_that_is_said
     stubborn = rank(on_term="signal.SIG_IGN")
     assert launch.supervise([stubborn], signals=[signal.SIGTERM]) == 128 + signal.SIGKILL
     assert stubborn.returncode == -signal.SIGKILL
-    assert capsys.readouterr().err.startswith("tokenmill train: ranks still running 0.5 s after the stop are killed (SIGKILL); TORCH_ELASTIC_SHUTDOWN_TIMEOUT")
+    assert capsys.readouterr().err.startswith(
+        "tokenmill train: ranks still running 0.5 s after the stop are killed (SIGKILL); TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+    )
 
 
 def _imports_after(argv: list[str]) -> subprocess.CompletedProcess:
     """`tokenmill ARGV` in a fresh interpreter; prints whether torch was imported by the time it ended."""
-    code = ("import sys\nfrom pipeline.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
+    code = (
+        "import sys\nfrom pipeline.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)"
+    )
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
 
 
@@ -102,8 +116,22 @@ def test_nproc_defaults_to_one_process_per_gpu_or_one(tmp_path):
 def test_the_console_line_names_the_unit_of_a_cpu_run_and_gives_an_eta():
     from trainer.metrics import console_line
 
-    record = {"kind": "train", "step": 10, "steps": 110, "loss": 9.1, "lr": 3e-4, "grad_norm": 0.7, "tokens_per_s_per_gpu": 1069.0,
-              "mfu": None, "peak_name": "cpu", "peak_flops": None, "data_wait": 0.01, "mem_gib": 0.6, "interval_steps": 10, "interval_s": 20.0}
+    record = {
+        "kind": "train",
+        "step": 10,
+        "steps": 110,
+        "loss": 9.1,
+        "lr": 3e-4,
+        "grad_norm": 0.7,
+        "tokens_per_s_per_gpu": 1069.0,
+        "mfu": None,
+        "peak_name": "cpu",
+        "peak_flops": None,
+        "data_wait": 0.01,
+        "mem_gib": 0.6,
+        "interval_steps": 10,
+        "interval_s": 20.0,
+    }
     line = console_line(record)
     assert "1,069 tok/s/process" in line and "tok/s/gpu" not in line and line.endswith("ETA 3m20s")
     gpu = console_line({**record, "peak_name": "NVIDIA H100 80GB HBM3", "mfu": 0.4, "peak_flops": 989e12, "step": 110})
@@ -115,9 +143,35 @@ def test_train_without_nproc_runs_one_process_on_a_cpu(sample_manifest, tmp_path
     console names tokens/s per process and the time left."""
     if torch.cuda.is_available():
         pytest.skip("on a GPU machine the default is one process per GPU")
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--manifest", str(sample_manifest), "--preset", "tiny",
-                           "--out", str(tmp_path / "run"), "--steps", "3", "--batch-tokens", "512", "--micro-batch", "2",
-                           "--warmup-steps", "1", "--log-every", "1", "--save-every", "0", "--no-compile"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "train",
+            "--manifest",
+            str(sample_manifest),
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "3",
+            "--batch-tokens",
+            "512",
+            "--micro-batch",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--log-every",
+            "1",
+            "--save-every",
+            "0",
+            "--no-compile",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 rank (cpu)" in done.stderr and "tok/s/process" in done.stderr and "ETA " in done.stderr

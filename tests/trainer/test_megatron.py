@@ -1,6 +1,7 @@
 """`tokenmill export --megatron` (manifests/megatron.py): megatron-core's own IndexedDataset opens every shard of
 the sample build and returns every document's tokens as tokenmill's index and memmap give them, and the
 data-path files parse as Megatron's blend with one weight (the tokens) per shard."""
+
 from __future__ import annotations
 
 import numpy as np

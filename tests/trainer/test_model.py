@@ -101,7 +101,9 @@ def test_flops_per_token_is_what_a_training_step_computes():
 
 
 def test_preset_vocabulary_smaller_than_the_tokenizer_is_refused(sample_manifest, tmp_path):
-    small = ModelConfig(name="small-vocab", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=1000, context=64)
+    small = ModelConfig(
+        name="small-vocab", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=1000, context=64
+    )
     cfg = TrainConfig(manifest=sample_manifest, preset="tiny", out=tmp_path)
     with pytest.raises(ConfigError, match="vocabulary of 1000, smaller than the tokenizer's 32000"):
         check_data(cfg, small, load(sample_manifest), checksums=False)

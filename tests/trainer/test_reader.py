@@ -1,6 +1,7 @@
 """The public reader (`trainer.data.WindowDataset`) in a plain PyTorch loop on 2 gloo ranks under torchrun:
 the ranks read disjoint windows, and a loop resumed from the reader's saved state reads exactly the windows,
 and computes exactly the losses, of the loop that went on."""
+
 from __future__ import annotations
 
 import subprocess
@@ -14,7 +15,18 @@ SUPPORT = Path(__file__).parents[1] / "support"  # scripts the tests run under t
 
 def plain_loop(manifest: Path, out: Path, *resume: str) -> list[dict]:
     out.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SUPPORT / "plain_loop.py"), str(manifest), str(out), *resume]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(SUPPORT / "plain_loop.py"),
+        str(manifest),
+        str(out),
+        *resume,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return [dict(np.load(out / f"rank{rank}.npz")) for rank in range(2)]

@@ -1,4 +1,5 @@
 """End to end on the CPU: real torchrun, 2 processes, gloo, the tiny preset, a real manifest."""
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,30 @@ SUPPORT = Path(__file__).parents[1] / "support"  # scripts the tests run under t
 STEPS = 40
 # 2 ranks x micro-batch 2 x 64 tokens = 256 tokens per micro-step: 2 micro-steps of gradient accumulation.
 TRAIN_ARGS = [
-    "--preset", "tiny", "--steps", str(STEPS), "--batch-tokens", "512", "--micro-batch", "2",
-    "--lr", "1e-2", "--min-lr", "1e-3", "--warmup-steps", "5", "--log-every", "1",
-    "--save-every", "20", "--keep-last", "2", "--eval-every", "20", "--eval-windows", "8",
+    "--preset",
+    "tiny",
+    "--steps",
+    str(STEPS),
+    "--batch-tokens",
+    "512",
+    "--micro-batch",
+    "2",
+    "--lr",
+    "1e-2",
+    "--min-lr",
+    "1e-3",
+    "--warmup-steps",
+    "5",
+    "--log-every",
+    "1",
+    "--save-every",
+    "20",
+    "--keep-last",
+    "2",
+    "--eval-every",
+    "20",
+    "--eval-windows",
+    "8",
 ]
 
 
@@ -64,7 +86,12 @@ def losses(out: Path) -> dict[int, float]:
 def uninterrupted(sample_manifest, tmp_path_factory) -> Path:
     """One run of all STEPS, started the by-hand way: torchrun -m trainer.train."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    done = subprocess.run(torchrun("-m", "trainer.train", "--manifest", str(sample_manifest), "--out", str(out), *TRAIN_ARGS), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        torchrun("-m", "trainer.train", "--manifest", str(sample_manifest), "--out", str(out), *TRAIN_ARGS),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -88,7 +115,12 @@ def test_loss_falls_and_metrics_are_recorded(uninterrupted):
 
 
 def test_ranks_read_disjoint_windows(sample_manifest, tmp_path):
-    done = subprocess.run(torchrun(str(SUPPORT / "rank_windows.py"), str(sample_manifest), str(tmp_path)), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        torchrun(str(SUPPORT / "rank_windows.py"), str(sample_manifest), str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
     assert len(rank0) == len(rank1) > 100
@@ -120,17 +152,43 @@ def test_sigterm_saves_and_exits_0_and_resume_gives_the_uninterrupted_losses(sam
     assert losses(out) == expected  # every step, bit for bit
 
 
-def test_sigterm_in_a_long_step_saves_within_a_micro_batch_and_the_resume_runs_that_step_again(sample_manifest, tmp_path):
+def test_sigterm_in_a_long_step_saves_within_a_micro_batch_and_the_resume_runs_that_step_again(
+    sample_manifest, tmp_path
+):
     """A step of 40 micro-batches: the signal is not left waiting for its end."""
-    args = ["--preset", "tiny", "--steps", "2", "--batch-tokens", str(2 * 64 * 40), "--micro-batch", "1", "--warmup-steps", "1", "--log-every", "1", "--save-every", "0"]
-    full = subprocess.run(tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(tmp_path / "full"), *args), capture_output=True, text=True, timeout=300)
+    args = [
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-tokens",
+        str(2 * 64 * 40),
+        "--micro-batch",
+        "1",
+        "--warmup-steps",
+        "1",
+        "--log-every",
+        "1",
+        "--save-every",
+        "0",
+    ]
+    full = subprocess.run(
+        tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(tmp_path / "full"), *args),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert full.returncode == 0, full.stderr[-3000:]
     assert "done: steps 1-2" in full.stderr and "no checkpoint (--save-every 0)" in full.stderr
     step_s = records(tmp_path / "full")[-1]["interval_s"]
 
     out = tmp_path / "run"
     with open(tmp_path / "log", "w") as log:
-        launcher = subprocess.Popen(tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(out), *args), stdout=log, stderr=subprocess.STDOUT)
+        launcher = subprocess.Popen(
+            tokenmill("train", "--nproc", "2", "--manifest", str(sample_manifest), "--out", str(out), *args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 300
         while not records(out) and launcher.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -140,7 +198,10 @@ def test_sigterm_in_a_long_step_saves_within_a_micro_batch_and_the_resume_runs_t
     meta = checkpoint.read_meta(checkpoint.all_checkpoints(out)[-1])
     assert (meta["step"], meta["reason"], meta["data"]["position"]) == (1, "preempted", 40 * 2)
     log = (tmp_path / "log").read_text()
-    assert f"SIGTERM: step 2 was stopped between micro-batches and is dropped; continue with --resume {out / 'step-000001'}" in log
+    assert (
+        "SIGTERM: step 2 was stopped between micro-batches and is dropped; continue with --resume "
+        f"{out / 'step-000001'}" in log
+    )
 
     resumed = subprocess.run(tokenmill("train", "--resume", str(out)), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -148,10 +209,32 @@ def test_sigterm_in_a_long_step_saves_within_a_micro_batch_and_the_resume_runs_t
 
 
 def test_one_process_trains_on_a_replica_and_resumes_bit_for_bit(sample_manifest, tmp_path):
-    args = ["--preset", "tiny", "--steps", "6", "--batch-tokens", "256", "--micro-batch", "1", "--lr", "1e-2", "--warmup-steps", "2", "--log-every", "1", "--save-every", "3"]
+    args = [
+        "--preset",
+        "tiny",
+        "--steps",
+        "6",
+        "--batch-tokens",
+        "256",
+        "--micro-batch",
+        "1",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--save-every",
+        "3",
+    ]
 
     def train(out: Path, *extra: str) -> dict[int, float]:
-        done = subprocess.run(tokenmill("train", "--nproc", "1", "--manifest", str(sample_manifest), "--out", str(out), *args, *extra), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            tokenmill("train", "--nproc", "1", "--manifest", str(sample_manifest), "--out", str(out), *args, *extra),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return losses(out)
 
@@ -165,7 +248,8 @@ def test_one_process_trains_on_a_replica_and_resumes_bit_for_bit(sample_manifest
 # position are the same) but sums their losses and gradients in another order: FSDP reduce-scatters W partial
 # sums, one rank accumulates its micro-batches. fp32 rounding then differs in the last bits, and Adam carries
 # that forward. Measured over these 20 steps: at most 1.4e-7 relative (two fp32 ulps of a loss near 5), not
-# growing; TOLERANCE leaves 70x room for other CPUs' kernels. A window read twice or skipped puts another window in a step:
+# growing; TOLERANCE leaves 70x room for other CPUs' kernels. A window read twice or skipped puts another window in a
+# step:
 # that is 1/8 of the step's loss, orders of magnitude above it.
 TOLERANCE = 1e-5
 WINDOWS_PER_STEP = 512 // 64
@@ -211,34 +295,80 @@ def test_a_one_rank_checkpoint_resumes_on_two_ranks(sample_manifest, uninterrupt
 def test_a_two_rank_checkpoint_resumes_on_four_ranks(sample_manifest, uninterrupted, tmp_path):
     resume_on(4, uninterrupted / "step-000020", tmp_path / "four")
     assert_continues(tmp_path / "four", 20, losses(uninterrupted))
-    assert records(tmp_path / "four", "eval")[-1]["val_loss"] == pytest.approx(records(uninterrupted, "eval")[-1]["val_loss"], rel=TOLERANCE)
+    assert records(tmp_path / "four", "eval")[-1]["val_loss"] == pytest.approx(
+        records(uninterrupted, "eval")[-1]["val_loss"], rel=TOLERANCE
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--nproc", "3"], "512 = 8 windows of 64 tokens, which 3 ranks cannot share .* keep this global batch on 1, 2, 4 or 8 ranks"),
-    (["--nproc", "4", "--micro-batch", "4"], "= 2 per rank on 4 ranks, which --micro-batch 4 does not divide: use --micro-batch 1 or 2"),
-    (["--nproc", "2", "--batch-tokens", "1024"], "written with --batch-tokens 512, this run has 1024; .* resume with --batch-tokens 512"),
-])
-def test_a_resume_that_cannot_keep_the_global_batch_is_refused_once_with_the_arithmetic(sample_manifest, uninterrupted, tmp_path, change, message):
-    command = tokenmill("train", "--manifest", str(sample_manifest), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path), *TRAIN_ARGS, *change)
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            ["--nproc", "3"],
+            "512 = 8 windows of 64 tokens, which 3 ranks cannot share .* keep this global batch on 1, 2, 4 or 8 ranks",
+        ),
+        (
+            ["--nproc", "4", "--micro-batch", "4"],
+            "= 2 per rank on 4 ranks, which --micro-batch 4 does not divide: use --micro-batch 1 or 2",
+        ),
+        (
+            ["--nproc", "2", "--batch-tokens", "1024"],
+            "written with --batch-tokens 512, this run has 1024; .* resume with --batch-tokens 512",
+        ),
+    ],
+)
+def test_a_resume_that_cannot_keep_the_global_batch_is_refused_once_with_the_arithmetic(
+    sample_manifest, uninterrupted, tmp_path, change, message
+):
+    command = tokenmill(
+        "train",
+        "--manifest",
+        str(sample_manifest),
+        "--resume",
+        str(uninterrupted / "step-000020"),
+        "--out",
+        str(tmp_path),
+        *TRAIN_ARGS,
+        *change,
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
     assert re.search(message, done.stderr), done.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--nproc", "2", "--out", "{run}", *TRAIN_ARGS], "--out {run}: holds checkpoints up to step 40; use --resume {run} to continue that run, or a new --out"),
-    (["--resume", "{run}"], "--resume {run}/step-000040: already at step 40 of --steps 40, nothing to train; give a larger --steps"),
-    (["--resume", "{run}", "--preset", "tinyllama-1.1b", "--out", "{tmp}"], "--resume {run}/step-000040: written for preset tiny, this run is tinyllama-1.1b; use --preset tiny"),
-])
-def test_mistakes_with_an_earlier_run_are_refused_once_before_any_rank_starts(sample_manifest, uninterrupted, tmp_path, args, message):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--nproc", "2", "--out", "{run}", *TRAIN_ARGS],
+            "--out {run}: holds checkpoints up to step 40; use --resume {run} to continue that run, or a new --out",
+        ),
+        (
+            ["--resume", "{run}"],
+            "--resume {run}/step-000040: already at step 40 of --steps 40, nothing to train; give a larger --steps",
+        ),
+        (
+            ["--resume", "{run}", "--preset", "tinyllama-1.1b", "--out", "{tmp}"],
+            "--resume {run}/step-000040: written for preset tiny, this run is tinyllama-1.1b; use --preset tiny",
+        ),
+    ],
+)
+def test_mistakes_with_an_earlier_run_are_refused_once_before_any_rank_starts(
+    sample_manifest, uninterrupted, tmp_path, args, message
+):
     args = [a.format(run=uninterrupted, tmp=tmp_path) for a in args]
-    done = subprocess.run(tokenmill("train", "--manifest", str(sample_manifest), *args), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and done.stderr.startswith(f"tokenmill train: {message.format(run=uninterrupted)}"), done.stderr
+    done = subprocess.run(
+        tokenmill("train", "--manifest", str(sample_manifest), *args), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and done.stderr.startswith(f"tokenmill train: {message.format(run=uninterrupted)}"), (
+        done.stderr
+    )
     assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "metrics.jsonl").exists(), done.stderr
 
 
-def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_changed(sample_manifest, uninterrupted, tmp_path):
+def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_changed(
+    sample_manifest, uninterrupted, tmp_path
+):
     changed = tmp_path / "build"
     changed.mkdir()
     for entry in sample_manifest.parent.iterdir():
@@ -247,19 +377,43 @@ def test_a_resume_against_other_shards_is_refused_unless_allowed_and_says_what_c
     manifest = load_manifest(sample_manifest)
     removed = manifest.splits["train"].shards.pop().bin
     write_local(manifest, changed / MANIFEST)
-    command = tokenmill("train", "--nproc", "2", "--manifest", str(changed / MANIFEST), "--resume", str(uninterrupted / "step-000020"), "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--steps", "21")
+    command = tokenmill(
+        "train",
+        "--nproc",
+        "2",
+        "--manifest",
+        str(changed / MANIFEST),
+        "--resume",
+        str(uninterrupted / "step-000020"),
+        "--out",
+        str(tmp_path / "run"),
+        *TRAIN_ARGS,
+        "--steps",
+        "21",
+    )
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr[-3000:]
     assert f"1 removed ({removed})" in refused.stderr and "--allow-manifest-change" in refused.stderr
     allowed = subprocess.run(command + ["--allow-manifest-change"], capture_output=True, text=True, timeout=300)
     assert allowed.returncode == 0, allowed.stderr[-3000:]
-    assert allowed.stderr.count(f"--allow-manifest-change: the shards of split 'train' in {changed / MANIFEST} changed since the checkpoint: 1 removed ({removed})") == 1
+    assert (
+        allowed.stderr.count(
+            f"--allow-manifest-change: the shards of split 'train' in {changed / MANIFEST} changed since the "
+            f"checkpoint: 1 removed ({removed})"
+        )
+        == 1
+    )
     assert sorted(losses(tmp_path / "run")) == [21]
 
 
 def test_export_loads_in_transformers_with_the_same_logits_and_tokenizer(sample_manifest, uninterrupted, tmp_path):
     transformers = pytest.importorskip("transformers")
-    done = subprocess.run(tokenmill("export", str(uninterrupted), "--hf", str(tmp_path / "hf")), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        tokenmill("export", str(uninterrupted), "--hf", str(tmp_path / "hf")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     umask = os.umask(0)
     os.umask(umask)
@@ -279,7 +433,10 @@ def test_export_loads_in_transformers_with_the_same_logits_and_tokenizer(sample_
     texts = ["", " x", "a  b   c", "tail  ", "\n    indented\ttab", "Ünïcödé 日本語 🙂"]
     for shard in manifest.shards("train"):
         index, stream = read_shard(shard.bin_path, shard.idx_path)
-        texts += [sp.decode(stream[slice(*index.doc_span(i))][:-1].tolist()) for i in range(0, index.documents, max(1, index.documents // 20))]
+        texts += [
+            sp.decode(stream[slice(*index.doc_span(i))][:-1].tolist())
+            for i in range(0, index.documents, max(1, index.documents // 20))
+        ]
     assert sum("    " in text for text in texts) > 5  # code among them
     assert [tokenizer(text)["input_ids"] for text in texts] == [sp.encode(text) for text in texts]
     assert tokenizer.eos_token_id == manifest.tokenizer.eos_id
@@ -307,7 +464,16 @@ def fsdp_on_one_rank(mesh, param_dtype):
 
 def replica_on_one_rank(mesh, param_dtype, *, fp8=False):
     """What the trainer runs on one device: (model, the replica's module, optimizer)."""
-    model, replica = parallelize(build(PRESETS["tiny"], seed=1), mesh, param_dtype=param_dtype, compile=False, ac_every=0, reshard_after_forward=False, fp8=fp8, fp32_residual=False)
+    model, replica = parallelize(
+        build(PRESETS["tiny"], seed=1),
+        mesh,
+        param_dtype=param_dtype,
+        compile=False,
+        ac_every=0,
+        reshard_after_forward=False,
+        fp8=fp8,
+        fp32_residual=False,
+    )
     optimizer = build_optimizer(model, CFG, fused=False)
     replica.follow(optimizer)
     return model, replica.module, optimizer
@@ -333,9 +499,21 @@ def test_fsdp_accumulated_step_equals_one_big_batch_and_reduces_once(one_rank, p
         between = []  # (weights still gathered, some gradient already reduced) before each later micro-batch
 
         def record():
-            between.append((not any(isinstance(p, DTensor) for p in model.parameters()), any(isinstance(p.grad, DTensor) for p in model.parameters())))
+            between.append(
+                (
+                    not any(isinstance(p, DTensor) for p in model.parameters()),
+                    any(isinstance(p.grad, DTensor) for p in model.parameters()),
+                )
+            )
 
-        loss, grad_norm, _ = train_step(runner, optimizer, micro_batches(accumulation, record), accumulation, CFG.grad_clip, keep_gathered=keep_gathered)
+        loss, grad_norm, _ = train_step(
+            runner,
+            optimizer,
+            micro_batches(accumulation, record),
+            accumulation,
+            CFG.grad_clip,
+            keep_gathered=keep_gathered,
+        )
         return loss, grad_norm, [p.full_tensor() for p in model.parameters()], between
 
     big_loss, big_norm, big_params, _ = one_step(1)
@@ -356,7 +534,9 @@ def test_replica_step_matches_fsdp_and_accumulates_into_the_fp32_gradients(one_r
 
     _, _, _, fsdp_loss, fsdp_norm = one_step(fsdp_on_one_rank, 4)
     model, runner, optimizer, loss, grad_norm = one_step(replica_on_one_rank, 4)
-    torch.testing.assert_close(loss, fsdp_loss, rtol=1e-6, atol=0)  # the same function, RoPE tables rounded as FSDP rounds them
+    torch.testing.assert_close(
+        loss, fsdp_loss, rtol=1e-6, atol=0
+    )  # the same function, RoPE tables rounded as FSDP rounds them
     # The replica's block matrices sum the micro-batches in fp32 inside the matmul, FSDP rounds each to bf16 first.
     bf16 = param_dtype == torch.bfloat16
     torch.testing.assert_close(grad_norm, fsdp_norm, rtol=1e-5 if bf16 else 1e-6, atol=0)
@@ -398,7 +578,9 @@ def test_fp32_residual_stream_is_closer_to_fp32_and_the_same_on_the_replica_and_
 
     def final_stream(model):
         seen = {}
-        block_input = model.layers[1].register_forward_pre_hook(lambda m, args: seen.update(block_input_dtype=args[0].dtype))
+        block_input = model.layers[1].register_forward_pre_hook(
+            lambda m, args: seen.update(block_input_dtype=args[0].dtype)
+        )
         stream = model.norm.register_forward_hook(lambda m, args, out: seen.update(stream=args[0].float()))
         with torch.no_grad():
             model(tokens[:, :-1])
@@ -406,8 +588,16 @@ def test_fp32_residual_stream_is_closer_to_fp32_and_the_same_on_the_replica_and_
         return seen
 
     def replica(fp32_residual: bool):
-        model, replica = parallelize(build(cfg, seed=1), one_rank, param_dtype=torch.bfloat16, compile=False, ac_every=0,
-                                     reshard_after_forward=False, fp8=False, fp32_residual=fp32_residual)
+        model, replica = parallelize(
+            build(cfg, seed=1),
+            one_rank,
+            param_dtype=torch.bfloat16,
+            compile=False,
+            ac_every=0,
+            reshard_after_forward=False,
+            fp8=False,
+            fp32_residual=fp32_residual,
+        )
         optimizer = build_optimizer(model, CFG, fused=False)
         replica.follow(optimizer)
         return replica.module, optimizer
@@ -425,7 +615,9 @@ def test_fp32_residual_stream_is_closer_to_fp32_and_the_same_on_the_replica_and_
     apply_fsdp(sharded, one_rank, param_dtype=torch.bfloat16, reshard_after_forward=False, cast_block_inputs=False)
     seen = []
     sharded.layers[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
-    fsdp_loss, fsdp_norm, _ = train_step(sharded, build_optimizer(sharded, CFG, fused=False), micro_batches(2), 2, CFG.grad_clip)
+    fsdp_loss, fsdp_norm, _ = train_step(
+        sharded, build_optimizer(sharded, CFG, fused=False), micro_batches(2), 2, CFG.grad_clip
+    )
     assert seen == [torch.float32, torch.float32]
     runner, optimizer = replica(True)
     loss, grad_norm, _ = train_step(runner, optimizer, micro_batches(2), 2, CFG.grad_clip)

@@ -1,4 +1,5 @@
 """Fixtures of the build's tests: the embedded Ray that the driver and remix tests build on."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The corpus build end to end on a real embedded Ray, over the real sample corpus."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def natural(local_ray, sample_corpus, tmp_path_factory):
     """Every kept document once (natural mix), so the round trip can account for all of them; one shard per
     mix group, so every group boundary is crossed."""
     folder = tmp_path_factory.mktemp("natural")
-    path = sample_recipe(sample_corpus, folder, mix={"policy": "natural", "shard_tokens": 50_000, "shards_per_group": 1})
+    path = sample_recipe(
+        sample_corpus, folder, mix={"policy": "natural", "shard_tokens": 50_000, "shards_per_group": 1}
+    )
     build(load_recipe(path), str(folder / "out"), workers=2, console=False)
     return folder / "out"
 
@@ -182,7 +185,18 @@ def _done_records(out: Path) -> int:
 @pytest.mark.slow
 def test_a_build_killed_mid_stage_resumes_to_identical_bytes(downsampled, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "build", str(downsampled.parent / "recipe.yaml"), "--out", str(out), "--workers", "1", "--no-report"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "build",
+        str(downsampled.parent / "recipe.yaml"),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no-report",
+    ]
     first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _done_records(out) < 2 and first.poll() is None and time.time() < deadline:
@@ -202,11 +216,20 @@ def test_a_build_killed_mid_stage_resumes_to_identical_bytes(downsampled, tmp_pa
 
 
 def test_a_recipe_that_matches_no_input_is_refused_before_any_work(local_ray, sample_corpus, tmp_path):
-    path = sample_recipe(sample_corpus, tmp_path, sources=[
-        {"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")},
-        {"name": "starcoderdata", "root": str(tmp_path / "nowhere")},
-    ])
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(path), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    path = sample_recipe(
+        sample_corpus,
+        tmp_path,
+        sources=[
+            {"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")},
+            {"name": "starcoderdata", "root": str(tmp_path / "nowhere")},
+        ],
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "build", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "sources[starcoderdata].train" in result.stderr and "no file" in result.stderr
     assert not (tmp_path / "out" / "work").exists()
@@ -214,7 +237,10 @@ def test_a_recipe_that_matches_no_input_is_refused_before_any_work(local_ray, sa
 
 def _new_dump(kjv_chapters, path: Path) -> None:
     """A new SlimPajama-layout file of KJV chapters that are in no other file."""
-    lines = [json.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) for text in list(kjv_chapters.values())[-40:]]
+    lines = [
+        json.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaBook"}})
+        for text in list(kjv_chapters.values())[-40:]
+    ]
     with fsspec.open(str(path), "wt", compression="zstd") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -228,7 +254,9 @@ def _halve(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_added_removed_or_replaced_input_gives_exactly_a_fresh_builds_output(local_ray, sample_corpus, kjv_chapters, tmp_path, capsys):
+def test_an_added_removed_or_replaced_input_gives_exactly_a_fresh_builds_output(
+    local_ray, sample_corpus, kjv_chapters, tmp_path, capsys
+):
     import shutil
 
     corpus = tmp_path / "corpus"
@@ -252,7 +280,9 @@ def test_an_added_removed_or_replaced_input_gives_exactly_a_fresh_builds_output(
         process = load(out).stages["process"]
         assert process["tasks"] - process["skipped"] == new_files, name  # only the new or changed file was processed
         said = next(line for line in console.splitlines() if line.startswith("[process] re-used"))
-        assert f" {process['skipped']} " in said and (new_files == 0 or f"running the {new_files} whose inputs or settings are new" in said), said
+        assert f" {process['skipped']} " in said and (
+            new_files == 0 or f"running the {new_files} whose inputs or settings are new" in said
+        ), said
         stages = load(out).stages
         assert stages["mix"]["skipped"] == 0 and stages["resolve"]["skipped"] == 0, name
         assert shard_bytes(out) == shard_bytes(fresh), name

@@ -79,7 +79,10 @@ def test_extends_merges_sources_by_name(tmp_path):
 def test_a_packaged_recipe_is_found_by_name_and_reads_as_if_in_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sample = load_recipe("sample")
-    assert [s.root for s in sample.sources] == [str(tmp_path / "data/sample/SlimPajama-627B"), str(tmp_path / "data/sample/starcoderdata")]
+    assert [s.root for s in sample.sources] == [
+        str(tmp_path / "data/sample/SlimPajama-627B"),
+        str(tmp_path / "data/sample/starcoderdata"),
+    ]
     assert sample.mix == load_recipe(RECIPES / "sample.yaml").mix  # the same file as the checkout's
     with pytest.raises(RecipeError, match="no packaged recipe of that name; packaged: sample, tinyllama, web-quality"):
         load_recipe("sampel")

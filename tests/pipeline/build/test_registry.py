@@ -1,5 +1,6 @@
 """The stage registry: which stages a recipe runs, where each writes, and what each key is made from (a key
 that changes too little re-uses a stale output; one that changes too much re-runs work for nothing)."""
+
 from __future__ import annotations
 
 import inspect
@@ -27,8 +28,12 @@ def test_every_stage_writes_under_its_own_top_folder():
 
 def test_the_process_key_changes_with_what_processing_reads_and_not_with_the_mix():
     base = load_recipe("sample")
-    reweighted = load_recipe("sample", {"sources": [{"name": "slimpajama", "weight": 0.6}, {"name": "starcoderdata", "weight": 0.4}]})
-    refiltered = load_recipe("sample", {"sources": [{"name": "slimpajama", "filters": {"short_document": {"min_chars": 500}}}]})
+    reweighted = load_recipe(
+        "sample", {"sources": [{"name": "slimpajama", "weight": 0.6}, {"name": "starcoderdata", "weight": 0.4}]}
+    )
+    refiltered = load_recipe(
+        "sample", {"sources": [{"name": "slimpajama", "filters": {"short_document": {"min_chars": 500}}}]}
+    )
 
     def key(recipe):
         return registry.process_key(_first_input(recipe), _Tokenizer(), recipe)
@@ -49,5 +54,12 @@ def _first_input(recipe):
     from pipeline.build.inputs import InputFile
 
     rel_path = "train/chunk1/example_train_0.jsonl.zst"
-    return InputFile(file_index=0, source=recipe.sources[0], url=f"/corpus/{rel_path}", rel_path=rel_path,
-                     split="train", size=1, version="v1")
+    return InputFile(
+        file_index=0,
+        source=recipe.sources[0],
+        url=f"/corpus/{rel_path}",
+        rel_path=rel_path,
+        split="train",
+        size=1,
+        version="v1",
+    )

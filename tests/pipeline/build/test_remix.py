@@ -1,5 +1,6 @@
 """A new mix, a new setting, another output: each re-runs exactly the stages whose inputs changed, and gives
 exactly what a fresh build of the changed recipe gives (real Ray, real files)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,12 +42,19 @@ def test_each_change_reruns_exactly_the_stages_that_depend_on_it(local_ray, samp
     out = tmp_path / "out"
     build(load_recipe(sample_recipe(sample_corpus, tmp_path / "r0", **base)), str(out), workers=2, console=False)
     first_shards = load(out).splits["train"].shards[0].bin.split("/")[0]
-    sources = [{"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")}, {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata")}]
+    sources = [
+        {"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B")},
+        {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata")},
+    ]
     code_files = len(list((sample_corpus / "starcoderdata").rglob("*.parquet")))
     changes = {  # change: (stages that run, process tasks that run)
         "weights 6:4": ({"sources": [{**sources[0], "weight": 6}, {**sources[1], "weight": 4}]}, {"mix"}, 0),
         "shard size": ({"mix": {"shard_tokens": 40_000, "shards_per_group": 2}}, {"mix"}, 0),
-        "a filter of one source": ({"sources": [sources[0], {**sources[1], "filters": {"code": {}}}]}, set(ALL), code_files),
+        "a filter of one source": (
+            {"sources": [sources[0], {**sources[1], "filters": {"code": {}}}]},
+            set(ALL),
+            code_files,
+        ),
         "BOS added": ({"tokenizer": {"add_bos": True}}, set(ALL), "all"),
         "MinHash bands": ({"dedupe": {"minhash": {"bands": 8}}}, set(ALL), "all"),
     }
@@ -59,16 +67,28 @@ def test_each_change_reruns_exactly_the_stages_that_depend_on_it(local_ray, samp
         _same_as_fresh(recipe, out, tmp_path / f"fresh{i}")
     # the earlier builds' shard folders are gone: every shard file in the output is one the manifest lists
     listed = {path for info in load(out).splits.values() for s in info.shards for path in (s.bin, s.idx)}
-    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".bin", ".idx") and "work" not in p.relative_to(out).parts}
+    on_disk = {
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if p.suffix in (".bin", ".idx") and "work" not in p.relative_to(out).parts
+    }
     assert on_disk == listed and not (out / first_shards).exists()
 
 
 @pytest.mark.slow
 def test_two_outputs_share_one_work_store(local_ray, sample_corpus, tmp_path):
     work = tmp_path / "work"
-    build(load_recipe(sample_recipe(sample_corpus, tmp_path / "a")), str(tmp_path / "mix73"), workers=2, console=False, work_url=str(work))
-    sources = [{"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B"), "weight": 6},
-               {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata"), "weight": 4}]
+    build(
+        load_recipe(sample_recipe(sample_corpus, tmp_path / "a")),
+        str(tmp_path / "mix73"),
+        workers=2,
+        console=False,
+        work_url=str(work),
+    )
+    sources = [
+        {"name": "slimpajama", "root": str(sample_corpus / "SlimPajama-627B"), "weight": 6},
+        {"name": "starcoderdata", "root": str(sample_corpus / "starcoderdata"), "weight": 4},
+    ]
     recipe = sample_recipe(sample_corpus, tmp_path / "b", sources=sources)
     build(load_recipe(recipe), str(tmp_path / "mix64"), workers=2, console=False, work_url=str(work))
     assert _ran(tmp_path / "mix64") == {"mix"}
@@ -84,5 +104,7 @@ def test_two_outputs_share_one_work_store(local_ray, sample_corpus, tmp_path):
     assert mix73_only and all(f.startswith("mix/") for f in mix73_only)
     (tmp_path / "mix73" / MANIFEST).unlink()
     assert main(["prune", str(work)]) == 0
-    assert sorted(e.folder for e in entries(Store.at(str(work)))) == sorted(e.folder for e in listed if e.folder not in mix73_only)
+    assert sorted(e.folder for e in entries(Store.at(str(work)))) == sorted(
+        e.folder for e in listed if e.folder not in mix73_only
+    )
     assert main(["ls", str(tmp_path / "nowhere")]) == 2

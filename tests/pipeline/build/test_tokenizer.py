@@ -1,5 +1,6 @@
 """pipeline/build/tokenizer.py: the recipe's sentencepiece model as it is, or one trained on the build's own filtered
 text, written beside the manifest and re-used by the next run of the build."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,8 +3,10 @@ that listens on 127.0.0.1 only, runs a real build of the sample corpus submitted
 Ray's own `ray job submit`, fails a broken recipe with the recipe error in its logs, and stops a running job.
 
 The head is started with infra/local/start-head.sh on 127.0.0.1 with free ports, its own short temp dir and
-its own authentication token, and stopped by PID at the end (`tests/support/ray_head.py`). The CLI runs in subprocesses, as a user runs it, with the token in its environment.
+its own authentication token, and stopped by PID at the end (`tests/support/ray_head.py`). The CLI runs in subprocesses,
+as a user runs it, with the token in its environment.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,7 +69,10 @@ def test_entrypoint_runs_the_build_and_joins_the_cluster(tmp_path):
     assert command[0] == "python"  # the job's own python (start-head.sh puts the project's .venv first on PATH)
     assert command[command.index("--address") + 1] == "auto" and command[command.index("--workers") + 1] == "8"
     done = subprocess.run([sys.executable, *command[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr.strip() == f"tokenmill build: RecipeError: recipe file {recipe} does not exist"
+    assert (
+        done.returncode == 2
+        and done.stderr.strip() == f"tokenmill build: RecipeError: recipe file {recipe} does not exist"
+    )
     assert not (tmp_path / "out a").exists()
     assert "--workers" not in shlex.split(build_entrypoint("r.yaml", "o", None))  # the cluster's CPUs, then
 
@@ -102,8 +107,15 @@ def test_the_job_ships_the_project_without_local_bulk():
     """What `tokenmill submit` uploads from this checkout: the code, the schema and the recipes; never the
     virtualenv, build outputs, local corpora or git history (whether or not this checkout has them)."""
     shipped = shipped_files(runtime_env(), include_gitignore=True)  # Ray's default
-    assert {"pyproject.toml", "pipeline/cli.py", "stages/fetch.py", "trainer/train.py", "manifests/manifest.schema.json",
-            "manifests/recipes/sample.yaml", "infra/local/start-head.sh"} <= shipped
+    assert {
+        "pyproject.toml",
+        "pipeline/cli.py",
+        "stages/fetch.py",
+        "trainer/train.py",
+        "manifests/manifest.schema.json",
+        "manifests/recipes/sample.yaml",
+        "infra/local/start-head.sh",
+    } <= shipped
     assert not [name for name in shipped if name.split("/")[0] in {".venv", "runs", "data", ".git"}]
 
 
@@ -113,7 +125,12 @@ def test_local_bulk_stays_home_without_gitignore_or_rays_defaults(tmp_path, monk
     from pipeline.ops import jobs
 
     project = {"pipeline/cli.py", "pipeline/data/keep.py", "manifests/recipes/sample.yaml"}
-    bulk = {".venv/lib/libtorch.so", "runs/demo/train/00000.bin", "data/sample/SlimPajama-627B/chunk1.jsonl.zst", ".git/HEAD"}
+    bulk = {
+        ".venv/lib/libtorch.so",
+        "runs/demo/train/00000.bin",
+        "data/sample/SlimPajama-627B/chunk1.jsonl.zst",
+        ".git/HEAD",
+    }
     for rel in project | bulk:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel)
@@ -134,10 +151,17 @@ def test_a_project_recipe_travels_flattened_and_means_the_same(staging, name):
 
 def test_paths_into_the_shipped_project_stay_relative_and_others_become_absolute(staging):
     flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(SAMPLE_RECIPE, staging)).read_text())
-    assert [s["root"] for s in flat["sources"]] == [str(PROJECT_ROOT / "data/sample/SlimPajama-627B"), str(PROJECT_ROOT / "data/sample/starcoderdata")]
+    assert [s["root"] for s in flat["sources"]] == [
+        str(PROJECT_ROOT / "data/sample/SlimPajama-627B"),
+        str(PROJECT_ROOT / "data/sample/starcoderdata"),
+    ]
     assert flat["tokenizer"]["model"] == "pkg://mistral_common/data/tokenizer.model.v1"
-    flat = yaml.safe_load((PROJECT_ROOT / recipe_for_job(PROJECT_ROOT / "manifests/recipes/tinyllama.yaml", staging)).read_text())
-    assert flat["tokenizer"]["model"] == "hf://TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/tokenizer.model"  # a URL travels as it is
+    flat = yaml.safe_load(
+        (PROJECT_ROOT / recipe_for_job(PROJECT_ROOT / "manifests/recipes/tinyllama.yaml", staging)).read_text()
+    )
+    assert (
+        flat["tokenizer"]["model"] == "hf://TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/tokenizer.model"
+    )  # a URL travels as it is
     assert flat["sources"][0]["root"] == "hf://datasets/cerebras/SlimPajama-627B"
 
 
@@ -221,7 +245,9 @@ def test_a_submitted_build_succeeds_and_writes_its_manifest(head, sample_corpus)
     followed = head.jobs("logs", "--follow", job_id)
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
     assert f"job {job_id} SUCCEEDED" in followed.stderr
-    assert re.search(r"^\[process\] (\d+)/\1 tasks", followed.stdout, re.M)  # the build's progress reaches the job's logs
+    assert re.search(
+        r"^\[process\] (\d+)/\1 tasks", followed.stdout, re.M
+    )  # the build's progress reaches the job's logs
     assert str(out / MANIFEST) in followed.stdout
     assert head.jobs("status", job_id).stdout.splitlines()[0] == f"{job_id}: SUCCEEDED"
     listed = [line for line in head.jobs("list").stdout.splitlines() if line.startswith(job_id)]
@@ -229,12 +255,18 @@ def test_a_submitted_build_succeeds_and_writes_its_manifest(head, sample_corpus)
 
     built = manifest_io.load(out / MANIFEST)
     assert built.recipe["name"] == "tinyllama-sample"
-    assert [s["root"] for s in built.recipe["sources"]] == [str(sample_corpus / "SlimPajama-627B"), str(sample_corpus / "starcoderdata")]
+    assert [s["root"] for s in built.recipe["sources"]] == [
+        str(sample_corpus / "SlimPajama-627B"),
+        str(sample_corpus / "starcoderdata"),
+    ]
     assert set(built.splits) == {"train", "validation"}
     for split in built.splits:
         assert built.splits[split].tokens > 0
         for shard in built.shards(split):
-            assert sha256_file(shard.bin_path) == shard.entry.bin_sha256 and sha256_file(shard.idx_path) == shard.entry.idx_sha256
+            assert (
+                sha256_file(shard.bin_path) == shard.entry.bin_sha256
+                and sha256_file(shard.idx_path) == shard.entry.idx_sha256
+            )
 
     staged = head.tokenmill("stage-in", f"file://{out / MANIFEST}", str(head.root / "nvme"))
     assert staged.returncode == 0, staged.stderr
@@ -259,14 +291,23 @@ def test_a_recipe_the_cluster_cannot_build_fails_the_job_with_the_error_in_its_l
 def ray_job_submit(head: Head, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Ray's own CLI, from this virtualenv."""
     env = {**head.env, "PATH": f"{Path(sys.executable).parent}:{head.env['PATH']}"}
-    return subprocess.run(["ray", "job", "submit", "--address", head.address, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["ray", "job", "submit", "--address", head.address, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_rays_own_job_cli_runs_the_build_too(head, sample_corpus):
     recipe = write_sample_recipe(head.root / "recipes" / "by-ray-cli.yaml", sample_corpus)
     out = head.root / "by-ray-cli"
-    done = ray_job_submit(head, "--working-dir", ".", "--", "tokenmill", "build", str(recipe), "--out", str(out), cwd=PROJECT_ROOT)
+    done = ray_job_submit(
+        head, "--working-dir", ".", "--", "tokenmill", "build", str(recipe), "--out", str(out), cwd=PROJECT_ROOT
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     assert manifest_io.load(out).splits["train"].tokens > 0
 
@@ -275,7 +316,9 @@ def test_rays_own_job_cli_runs_the_build_too(head, sample_corpus):
 def test_stop_stops_a_running_job(head):
     job_id = f"tokenmill-test-{uuid.uuid4().hex[:8]}"
     sleeper = "import time; print('waiting to be stopped', flush=True); time.sleep(600)"
-    submitted = ray_job_submit(head, "--submission-id", job_id, "--no-wait", "--", "python", "-c", sleeper, cwd=head.root)
+    submitted = ray_job_submit(
+        head, "--submission-id", job_id, "--no-wait", "--", "python", "-c", sleeper, cwd=head.root
+    )
     assert submitted.returncode == 0, submitted.stderr
     deadline = time.monotonic() + 120
     while (status := head.jobs("status", job_id).stdout.splitlines()[0]) != f"{job_id}: RUNNING":
@@ -303,7 +346,9 @@ def test_submit_to_a_head_whose_job_agent_could_not_start_says_why(sample_corpus
         try:
             head.wait_until_up()
             recipe = write_sample_recipe(tmp_path / "recipe.yaml", sample_corpus)
-            done = head.tokenmill("submit", str(recipe), "--address", head.address, "--out", str(tmp_path / "out"), timeout_s=300)
+            done = head.tokenmill(
+                "submit", str(recipe), "--address", head.address, "--out", str(tmp_path / "out"), timeout_s=300
+            )
         finally:
             head.stop()
             shutil.rmtree(root, ignore_errors=True)

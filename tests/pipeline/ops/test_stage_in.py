@@ -3,6 +3,7 @@
 The build under test is small but real: stdlib docstrings tokenized with the mistral sentencepiece model into
 shards written with the shard format's own writer, and a manifest that validates against the schema.
 """
+
 from __future__ import annotations
 
 import json
@@ -129,10 +130,13 @@ def test_a_missing_shard_is_named(small_build, tmp_path):
         stage_in(str(partial / MANIFEST), tmp_path / "nvme", log=lambda line: None)
 
 
-@pytest.mark.parametrize(("where", "message"), [
-    ("shard", "splits.train shard bin: path 'train/../../../etc/passwd' leaves the manifest's folder"),
-    ("tokenizer", "tokenizer.path: path '/etc/passwd' leaves the manifest's folder"),
-])
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("shard", "splits.train shard bin: path 'train/../../../etc/passwd' leaves the manifest's folder"),
+        ("tokenizer", "tokenizer.path: path '/etc/passwd' leaves the manifest's folder"),
+    ],
+)
 def test_paths_that_leave_the_manifest_folder_are_refused(small_build, tmp_path, where, message):
     data = json.loads(small_build.read_text())
     if where == "shard":

@@ -1,5 +1,6 @@
 """`tokenmill stats`: stats.json against a recount of the shards, report.html read back from headless Chromium.
 Everything runs on real builds of the offline sample corpus (`sample.yaml`, and `web-quality.yaml` to compare)."""
+
 from __future__ import annotations
 
 import html
@@ -51,9 +52,11 @@ def build_sample(corpus: Path, recipe: str, out: Path) -> Path:
     out.mkdir(parents=True)
     local = out / "recipe.yaml"
     # smaller shards than the recipe's, so that the train split has several
-    local.write_text(f"extends: {RECIPES / recipe}\nmix: {{shard_tokens: 100000}}\nsources:\n"
-                     f"  - {{name: slimpajama, root: {corpus / 'SlimPajama-627B'}}}\n"
-                     f"  - {{name: starcoderdata, root: {corpus / 'starcoderdata'}}}\n")
+    local.write_text(
+        f"extends: {RECIPES / recipe}\nmix: {{shard_tokens: 100000}}\nsources:\n"
+        f"  - {{name: slimpajama, root: {corpus / 'SlimPajama-627B'}}}\n"
+        f"  - {{name: starcoderdata, root: {corpus / 'starcoderdata'}}}\n"
+    )
     return Path(build(load_recipe(local), str(out / "build"), workers=2, console=False).removeprefix("file://"))
 
 
@@ -94,13 +97,19 @@ def recount_shards(manifest_path: Path) -> dict:
             ends = np.flatnonzero(np.asarray(tokens) == m.tokenizer.eos_id) + 1
             lengths = np.diff(ends, prepend=0)
             assert len(ends) == index.documents
-            row = {"documents": len(ends), "tokens": len(tokens), "tokens_by_source": dict.fromkeys(names.values(), 0),
-                   "documents_by_source": dict.fromkeys(names.values(), 0)}
+            row = {
+                "documents": len(ends),
+                "tokens": len(tokens),
+                "tokens_by_source": dict.fromkeys(names.values(), 0),
+                "documents_by_source": dict.fromkeys(names.values(), 0),
+            }
             for length, source_id in zip(lengths.tolist(), index.source_ids.tolist()):
                 name = names[source_id]
                 row["tokens_by_source"][name] += length
                 row["documents_by_source"][name] += 1
-                bucket = next(i for i in range(len(LENGTH_EDGES) - 1) if LENGTH_EDGES[i] <= length < LENGTH_EDGES[i + 1])
+                bucket = next(
+                    i for i in range(len(LENGTH_EDGES) - 1) if LENGTH_EDGES[i] <= length < LENGTH_EDGES[i + 1]
+                )
                 hist.setdefault(name, [0] * (len(LENGTH_EDGES) - 1))[bucket] += 1
             shards[ref.entry.bin] = row
     return {"shards": shards, "hist": hist}
@@ -128,7 +137,10 @@ def test_stats_json_equals_what_the_shards_hold(corpus, report):
     assert stats["headline"]["tokens"] == sum(tokens_by_source.values())
     assert all(c["ok"] for c in stats["checks"].values()), stats["checks"]
     assert len(recount["shards"]) > 2
-    assert stats["checks"]["shard token files match the manifest"]["detail"] == f"{len(recount['shards'])} of {len(recount['shards'])} by sha256"
+    assert (
+        stats["checks"]["shard token files match the manifest"]["detail"]
+        == f"{len(recount['shards'])} of {len(recount['shards'])} by sha256"
+    )
 
 
 class DomReader(HTMLParser):
@@ -153,7 +165,12 @@ class DomReader(HTMLParser):
             return
         record = None
         if "data-key" in a:
-            record = {"key": tuple(json.loads(a["data-key"])), "value": json.loads(a["data-value"]), "classes": a["class"].split(), "text": ""}
+            record = {
+                "key": tuple(json.loads(a["data-key"])),
+                "value": json.loads(a["data-value"]),
+                "classes": a["class"].split(),
+                "text": "",
+            }
             self.values.append(record)
         if tag == "figure":
             self.figures[a["data-figure"]] = False
@@ -194,8 +211,12 @@ def manifest_value(manifest: dict, key: tuple) -> object:
         "sources": {s["name"]: s for s in manifest["sources"]},
         "shards": {e["bin"]: e for split in manifest["splits"].values() for e in split["shards"]},
         "quarantine": manifest["quarantine"],
-        "provenance": {**manifest, "recipe": manifest["recipe"]["name"], "input_files": len(manifest["inputs"]),
-                       "input_uris": {s["name"]: s["uris"] for s in manifest["sources"]}},
+        "provenance": {
+            **manifest,
+            "recipe": manifest["recipe"]["name"],
+            "input_files": len(manifest["inputs"]),
+            "input_uris": {s["name"]: s["uris"] for s in manifest["sources"]},
+        },
     }
     value = tables[kind]
     for part in rest:
@@ -238,7 +259,9 @@ def test_report_in_chromium_shows_every_section_and_the_manifest_numbers(corpus,
         assert all(("splits", split, "tokens_by_source", name) in keys for name in info["tokens_by_source"])
         assert all(("shards", e["bin"], "tokens") in keys for e in info["shards"])
     for source in manifest["sources"]:
-        assert {("sources", source["name"], k) for k in ("documents_read", "bytes_read", "documents_kept", "tokens_kept")} <= keys
+        assert {
+            ("sources", source["name"], k) for k in ("documents_read", "bytes_read", "documents_kept", "tokens_kept")
+        } <= keys
         assert all(("sources", source["name"], "dropped", r) in keys for r in source["dropped"])
     assert from_manifest > 40
 
@@ -285,7 +308,9 @@ def test_without_build_stats_the_report_comes_from_the_manifest_and_shards(corpu
     assert sorted(stats["subsets"]) == sorted(f"{s.name}/{sub}" for s in manifest.sources for sub in s.subsets)
     assert all(c["ok"] for c in stats["checks"].values()) and len(stats["checks"]) == 6
     assert stats["distributions"]["tokens_in_shards"] == recount_shards(manifest_path)["hist"]
-    assert html_path.read_text().count("Not available: the build left no build_stats.json") == 3  # characters, fertility, duplicates
+    assert (
+        html_path.read_text().count("Not available: the build left no build_stats.json") == 3
+    )  # characters, fertility, duplicates
 
 
 def test_damaged_shards_fail_their_checks(corpus, tmp_path, capsys):
@@ -336,22 +361,29 @@ def test_the_funnel_the_stages_and_the_warnings(report):
         assert row["records_read"] == row["documents_read"] + row["dropped_by_step"]["bad input"]
     for source in stats["sources"].values():  # the chart's first bar is the table's first column
         assert source["funnel"]["records read"]["left"] == source["records_read"]
-    assert list(stats["build"]["stages"]) == [s.name for s in stages_of(load_recipe("sample"))]  # the sample's preset verifies nothing
+    assert list(stats["build"]["stages"]) == [
+        s.name for s in stages_of(load_recipe("sample"))
+    ]  # the sample's preset verifies nothing
     process = stats["build"]["stages"]["process"]
     assert stats["headline"]["text_mb_per_s"] == process["text_mb_per_s"] > 0
     assert all(s["text_mb_per_s"] is None for name, s in stats["build"]["stages"].items() if name != "process")
     validation = stats["splits"]["validation"]["documents"]
     assert validation < 100 and stats["warnings"] == [
         f"the validation split holds {validation} documents, fewer than 100: its loss is too noisy to compare runs by; "
-        "add validation files or raise the sources' validation_fraction"]
+        "add validation files or raise the sources' validation_fraction"
+    ]
     page = report.read_text()
-    assert "⚠ the validation split holds" in page and "bad records in no subset" in page and "MB/s of input text" in page
+    assert (
+        "⚠ the validation split holds" in page and "bad records in no subset" in page and "MB/s of input text" in page
+    )
 
 
 def test_subset_shares_and_the_token_budget(corpus, report, tmp_path):
     stats = json.loads((report.parent / "stats.json").read_text())
     train = stats["splits"]["train"]["tokens"]
-    assert sum(r["train_share"] for r in stats["subsets"].values()) == pytest.approx(1.0, rel=1e-4)  # rounded token counts
+    assert sum(r["train_share"] for r in stats["subsets"].values()) == pytest.approx(
+        1.0, rel=1e-4
+    )  # rounded token counts
     for name, source in stats["sources"].items():
         mine = [r for r in stats["subsets"].values() if r["source"] == name]
         assert sum(r["train_tokens"] for r in mine) == pytest.approx(source["train_tokens"], abs=len(mine))
@@ -368,7 +400,13 @@ def test_subset_shares_and_the_token_budget(corpus, report, tmp_path):
 
 
 def test_token_counts_read_as_people_write_them():
-    assert [parse_tokens(t) for t in ("3T", "500B", "1.5M", "2e9", "3000")] == [3 * 10**12, 5 * 10**11, 1_500_000, 2 * 10**9, 3000]
+    assert [parse_tokens(t) for t in ("3T", "500B", "1.5M", "2e9", "3000")] == [
+        3 * 10**12,
+        5 * 10**11,
+        1_500_000,
+        2 * 10**9,
+        3000,
+    ]
     for bad in ("lots", "0", "-1T", "inf"):
         with pytest.raises(Exception, match="token count"):
             parse_tokens(bad)
@@ -386,8 +424,12 @@ def test_examples_of_what_each_filter_removed(corpus, report):
     written = [w for w in written if w["step"] == "filters"]
     filtered = {(s.name, r) for s in manifest_io.load(corpus).sources for r in s.dropped if drop_step(r) == "filters"}
     assert filtered and {(w["source"], w["reason"]) for w in written} == filtered
-    assert all(len(w["text"]) <= 300 and w["doc"].startswith(f"{w['source']}/") and "kept_doc" not in w for w in written)
-    shown = [s for s in json.loads((report.parent / "stats.json").read_text())["dropped_samples"] if s["step"] == "filters"]
+    assert all(
+        len(w["text"]) <= 300 and w["doc"].startswith(f"{w['source']}/") and "kept_doc" not in w for w in written
+    )
+    shown = [
+        s for s in json.loads((report.parent / "stats.json").read_text())["dropped_samples"] if s["step"] == "filters"
+    ]
     assert {(s["source"], s["reason"]) for s in shown} == filtered
     page = report.read_text()
     assert 'data-table="dropped-samples"' in page
@@ -399,7 +441,9 @@ def input_text(corpus: Path, doc: str) -> str:
     name, _, rest = doc.partition("/")
     path, _, ordinal = rest.rpartition("#")
     if name == "starcoderdata":
-        return pq.read_table(corpus / "starcoderdata" / path, columns=["content"]).column("content")[int(ordinal)].as_py()
+        return (
+            pq.read_table(corpus / "starcoderdata" / path, columns=["content"]).column("content")[int(ordinal)].as_py()
+        )
     with open(corpus / "SlimPajama-627B" / path, "rb") as f:
         lines = zstandard.ZstdDecompressor().stream_reader(f).read().split(b"\n")
     return json.loads(lines[int(ordinal) - 1])["text"]
@@ -409,16 +453,22 @@ def test_examples_of_what_each_dedupe_step_removed_are_the_input_texts(sample_co
     written = [json.loads(line) for line in (corpus.parent / DROPPED_SAMPLES).read_text().splitlines()]
     duplicates = [w for w in written if w["reason"] in (EXACT_DUPLICATE, NEAR_DUPLICATE)]
     # both sources have planted exact and near copies, each in another file than its original
-    assert {(w["source"], w["step"]) for w in duplicates} == {(s, step) for s in ("slimpajama", "starcoderdata") for step in ("exact duplicates", "near duplicates")}
+    assert {(w["source"], w["step"]) for w in duplicates} == {
+        (s, step) for s in ("slimpajama", "starcoderdata") for step in ("exact duplicates", "near duplicates")
+    }
     for w in duplicates:
         assert w["text"] == input_text(sample_corpus, w["doc"])[:300] and w["doc"] != w["kept_doc"]
         if w["step"] == "exact duplicates":
-            assert input_text(sample_corpus, w["kept_doc"]) == input_text(sample_corpus, w["doc"]) and "kept_text" not in w
+            assert (
+                input_text(sample_corpus, w["kept_doc"]) == input_text(sample_corpus, w["doc"]) and "kept_text" not in w
+            )
         else:
             assert w["kept_text"] == input_text(sample_corpus, w["kept_doc"])[:300] and 0.5 < w["similarity"] <= 1
     planted = json.loads((sample_corpus / "PLANTED.json").read_text())["pairs"]
     pairs = {kind: {(copy, original) for original, copy in planted[kind]} for kind in planted}
-    assert {(w["doc"], w["kept_doc"]) for w in duplicates if w["step"] == "exact duplicates"} & pairs["exact_duplicates"]
+    assert {(w["doc"], w["kept_doc"]) for w in duplicates if w["step"] == "exact duplicates"} & pairs[
+        "exact_duplicates"
+    ]
     assert {(w["doc"], w["kept_doc"]) for w in duplicates if w["step"] == "near duplicates"} & pairs["near_duplicates"]
     shown = [s for s in json.loads((report.parent / "stats.json").read_text())["dropped_samples"] if "kept_doc" in s]
     assert {(s["source"], s["step"]) for s in shown} == {(w["source"], w["step"]) for w in duplicates}
@@ -442,23 +492,44 @@ def write_markup_corpus(root: Path, chapters: list[str]) -> tuple[list[str], lis
 def test_duplicates_with_markup_are_sampled_escaped_the_same_bytes_every_build_and_not_redone(tmp_path, kjv_chapters):
     a, b = write_markup_corpus(tmp_path / "in", [kjv_chapters[("Genesis", n)] for n in (1, 2, 3, 4)])
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"name: markup\nsources:\n  - {{name: web, kind: jsonl, root: {tmp_path / 'in'}, train: ['*.jsonl']}}\n"
-                      "tokenizer: {model: 'pkg://mistral_common/data/tokenizer.model.v1'}\ndedupe: {partitions: 2}\nmix: {shard_tokens: 100000}\n")
-    built = [Path(build(load_recipe(recipe), str(tmp_path / out), workers=workers, console=False).removeprefix("file://"))
-             for out, workers in (("one", 2), ("two", 1), ("one", 2))]  # the third resumes the first
+    recipe.write_text(
+        f"name: markup\nsources:\n  - {{name: web, kind: jsonl, root: {tmp_path / 'in'}, train: ['*.jsonl']}}\n"
+        "tokenizer: {model: 'pkg://mistral_common/data/tokenizer.model.v1'}\ndedupe: {partitions: 2}\nmix: "
+        "{shard_tokens: 100000}\n"
+    )
+    built = [
+        Path(build(load_recipe(recipe), str(tmp_path / out), workers=workers, console=False).removeprefix("file://"))
+        for out, workers in (("one", 2), ("two", 1), ("one", 2))
+    ]  # the third resumes the first
     written = [json.loads(line) for line in (built[0].parent / DROPPED_SAMPLES).read_text().splitlines()]
     exact, near = written
-    assert exact == {"source": "web", "subset": "unknown", "reason": EXACT_DUPLICATE, "step": "exact duplicates", "doc": "web/b.jsonl#1",
-                     "text": a[0][:300], "kept_doc": "web/a.jsonl#1"}
-    assert (near["doc"], near["text"], near["kept_doc"], near["kept_text"]) == ("web/b.jsonl#2", b[1][:300], "web/a.jsonl#2", a[1][:300])
+    assert exact == {
+        "source": "web",
+        "subset": "unknown",
+        "reason": EXACT_DUPLICATE,
+        "step": "exact duplicates",
+        "doc": "web/b.jsonl#1",
+        "text": a[0][:300],
+        "kept_doc": "web/a.jsonl#1",
+    }
+    assert (near["doc"], near["text"], near["kept_doc"], near["kept_text"]) == (
+        "web/b.jsonl#2",
+        b[1][:300],
+        "web/a.jsonl#2",
+        a[1][:300],
+    )
     assert 0.78 <= near["similarity"] < 1
     assert (built[1].parent / DROPPED_SAMPLES).read_bytes() == (built[0].parent / DROPPED_SAMPLES).read_bytes()
     assert json.loads(built[2].read_text())["stages"]["samples"]["skipped"] == 1
     report = write_report(built[0], tmp_path / "report")
     stages = [n for n in STAGE_NAMES if n != "decontaminate"]  # no eval sets here
-    assert list(json.loads((report.parent / "stats.json").read_text())["build"]["stages"]) == stages  # verified, in order
+    assert (
+        list(json.loads((report.parent / "stats.json").read_text())["build"]["stages"]) == stages
+    )  # verified, in order
     page = report.read_text()
-    assert "<script>alert(" not in page and "&lt;script&gt;alert(&#x27;0&#x27;)&lt;/script&gt; Tom &amp; Jerry 0" in page
+    assert (
+        "<script>alert(" not in page and "&lt;script&gt;alert(&#x27;0&#x27;)&lt;/script&gt; Tom &amp; Jerry 0" in page
+    )
     assert "&lt;script&gt;alert(&#x27;1&#x27;)&lt;/script&gt; Tom &amp; Jerry 1" in page
     # In the browser the markup is text in the examples' cells, not an element (last: skipped without chromium).
     dom = chromium_dump_dom(report, tmp_path)

@@ -1,6 +1,7 @@
 """The distributed duplicate clustering (`pipeline/tasks/components.py`, run by the driver's `components_of`) gives
 the single-task resolve's files byte for byte, on planted clusters: a long chain across files, a giant cluster
 of boilerplate joined to others, exact copies, random small clusters; over one node range and over many."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,13 @@ from stages.minhash import MinHashConfig
 from tests.support.inprocess import InProcessRunner
 
 FILES, PER_FILE, PARTITIONS, SLOTS = 12, 2_000, 3, 6
-RESOLVE_FILES = (dedupe_tasks.REMOVED, dedupe_tasks.REMOVED_EXACT, dedupe_tasks.REMOVED_INDEX, dedupe_tasks.SURVIVORS,
-                 dedupe_tasks.CLUSTER_SIZES)
+RESOLVE_FILES = (
+    dedupe_tasks.REMOVED,
+    dedupe_tasks.REMOVED_EXACT,
+    dedupe_tasks.REMOVED_INDEX,
+    dedupe_tasks.SURVIVORS,
+    dedupe_tasks.CLUSTER_SIZES,
+)
 
 
 def planted_rows(seed: int) -> np.ndarray:
@@ -32,6 +38,7 @@ def planted_rows(seed: int) -> np.ndarray:
     giant = rng.choice(len(docs), 4_000, replace=False)  # boilerplate: one band shared by 4,000 documents
     groups.append((2, giant.tolist()))
     groups += [(3, [int(giant[i]), int(x)]) for i, x in enumerate(rng.choice(len(docs), 50))]  # joined to others
+
     def some(low: int, high: int) -> list[int]:
         return rng.choice(len(docs), int(rng.integers(low, high)), replace=False).tolist()
 
@@ -64,14 +71,17 @@ def test_distributed_clustering_writes_the_single_resolve_files(tmp_path, docume
     single = dedupe_tasks.resolve_duplicates("single", folders, FILES, work, cfg)
 
     runner = InProcessRunner(work)
-    edges = [[dedupe_tasks.Part(f"{f}/edges.bin", *r["range_offsets"][k : k + 2]) for f, r in zip(folders, records)]
-             for k in range(len(cuts) - 1)]
+    edges = [
+        [dedupe_tasks.Part(f"{f}/edges.bin", *r["range_offsets"][k : k + 2]) for f, r in zip(folders, records)]
+        for k in range(len(cuts) - 1)
+    ]
     folder, record, clusters = components_of(cfg, "k", cuts, edges, FILES, runner)
 
     assert len(cuts) - 1 == {10**9: 1, 5_000: FILES // 2, 2_000: FILES}[documents_per_range]
     assert single["removed"] > 7_000 and single["exact_removed"] > 500
-    assert {k: record[k] for k in ("removed", "exact_removed", "near_removed", "clusters")} == \
-        {k: single[k] for k in ("removed", "exact_removed", "near_removed", "clusters")}
+    assert {k: record[k] for k in ("removed", "exact_removed", "near_removed", "clusters")} == {
+        k: single[k] for k in ("removed", "exact_removed", "near_removed", "clusters")
+    }
     for name in RESOLVE_FILES:
         assert work.read_bytes(f"{folder}/{name}") == work.read_bytes(f"single/{name}"), name
     for p in range(PARTITIONS):  # what each verify task reads: the same rows, from the ranges' parts

@@ -127,8 +127,6 @@ def test_planted_items_are_found_and_dropped_and_none_is_left_in_the_shards(buil
     assert '<section id="decontamination">' in page and "decontamination-samples" in page
 
 
-
-
 def _grams(text: str, n: int = 13) -> set[tuple[str, ...]]:
     words = normalize(text).split()
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
@@ -160,7 +158,8 @@ def test_the_clean_corpus_gives_no_false_match(builds, planted):
     found = decontamination(out)
     flagged = {name: {doc for doc, _ in s["flagged_docs"]} for name, s in found.items()}
     print(
-        f"clean corpus: {documents} documents; flagged { ({n: len(f) for n, f in flagged.items()}) } (true 13-gram overlaps)"
+        f"clean corpus: {documents} documents; flagged { ({n: len(f) for n, f in flagged.items()}) } (true 13-gram "
+        "overlaps)"
     )
     for name in expected:
         assert flagged[name] - expected[name] == set(), "false matches"
@@ -195,7 +194,8 @@ def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, plante
     manifest = json.loads((out / "manifest.json").read_text())
     assert ran.count("process") == len(manifest["inputs"]) and ran.count("decontaminate") == 1
     assert [s["name"] for s in manifest["decontamination"]["sets"]] == ["natural", "code", "extra"]
-    # the new set's items were never planted: the same shards (in a folder of their own: what they were made from changed)
+    # the new set's items were never planted: the same shards (in a folder of their own: what they were made from
+    # changed)
     assert sorted(shard_bytes(out).values()) == sorted(shard_bytes(builds["drop2"]).values())
 
 

@@ -1,5 +1,6 @@
 """The dedupe tasks run as the build runs them (process outputs -> keys -> partitions -> resolve -> verify ->
 merge) on a local work store, over KJV chapters with planted exact and near copies and a weak link."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -19,8 +20,13 @@ from stages.dedupe import DedupeConfig, document_keys_and_signatures, key_slots
 from stages.minhash import MinHashConfig
 from tests.support.inprocess import InProcessRunner
 
-RESOLVE_FILES = (dedupe_tasks.REMOVED, dedupe_tasks.REMOVED_EXACT, dedupe_tasks.REMOVED_INDEX, dedupe_tasks.SURVIVORS,
-                 dedupe_tasks.CLUSTER_SIZES)
+RESOLVE_FILES = (
+    dedupe_tasks.REMOVED,
+    dedupe_tasks.REMOVED_EXACT,
+    dedupe_tasks.REMOVED_INDEX,
+    dedupe_tasks.SURVIVORS,
+    dedupe_tasks.CLUSTER_SIZES,
+)
 
 
 def near_copy(text: str) -> str:
@@ -42,13 +48,19 @@ def write_process_output(work: Store, folder: str, texts: list[str], cfg: Dedupe
 
 def run_dedupe(work: Store, files: list[list[str]], cfg: DedupeConfig) -> tuple[dict, dict]:
     """Every dedupe task of a build over `files` (file i = file_index i); returns the resolve and merge records."""
-    processed = [tasks.Processed(i, write_process_output(work, f"process/f{i}", texts, cfg), "s", len(texts), []) for i, texts in enumerate(files)]
+    processed = [
+        tasks.Processed(i, write_process_output(work, f"process/f{i}", texts, cfg), "s", len(texts), [])
+        for i, texts in enumerate(files)
+    ]
     groups = [[p] for p in processed]  # one file per key group
     group_folders = [f"keys/g{g}" for g in range(len(groups))]
     records = [dedupe_tasks.combine_keys(folder, g, cfg.partitions, work) for folder, g in zip(group_folders, groups)]
     partitions = [f"dedupe/p{p}" for p in range(cfg.partitions)]
     for p, folder in enumerate(partitions):
-        slices = [dedupe_tasks.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1]) for g, r in zip(group_folders, records)]
+        slices = [
+            dedupe_tasks.KeySlice(g, r["key_offsets"][p], r["key_offsets"][p + 1])
+            for g, r in zip(group_folders, records)
+        ]
         dedupe_tasks.dedupe_partition(folder, p, slices, work)
     resolved = dedupe_tasks.resolve_duplicates("dedupe/resolved", partitions, len(files), work, cfg)
     verify = [f"verify/p{p}" for p in range(cfg.partitions)]
@@ -72,14 +84,20 @@ def assert_the_distributed_path_writes_the_same(work, processed, partitions, cfg
             rows = np.frombuffer(work.read_bytes(f"{p}/edges.bin"), np.uint64).reshape(-1, 3)
             rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
             work.write_bytes(f"{p}/sorted.bin", rows.tobytes())
-            edges[k].append(dedupe_tasks.Part(f"{p}/sorted.bin", *np.searchsorted(rows[:, 0], np.asarray(cuts[k : k + 2], np.uint64)).tolist()))
+            edges[k].append(
+                dedupe_tasks.Part(
+                    f"{p}/sorted.bin", *np.searchsorted(rows[:, 0], np.asarray(cuts[k : k + 2], np.uint64)).tolist()
+                )
+            )
     folder, record, clusters = components_of(cfg, "d", cuts, edges, len(processed), runner)
     for name in RESOLVE_FILES:
         assert work.read_bytes(f"{folder}/{name}") == work.read_bytes(f"dedupe/resolved/{name}"), name
     folder, record = verified_of(cfg, "v", cuts, clusters, [p.folder for p in processed], len(processed), runner)
     for name in RESOLVE_FILES:
         assert work.read_bytes(f"{folder}/{name}") == work.read_bytes(f"verify/verified/{name}"), name
-    assert {k: record[k] for k in merged if k not in ("seconds", "retries")} == {k: merged[k] for k in merged if k not in ("seconds", "retries")}
+    assert {k: record[k] for k in merged if k not in ("seconds", "retries")} == {
+        k: merged[k] for k in merged if k not in ("seconds", "retries")
+    }
 
 
 @pytest.mark.parametrize("partitions", [1, 3])
@@ -89,12 +107,21 @@ def test_verify_keeps_the_weak_link_and_writes_the_resolve_format(tmp_path, kjv_
     words = a.split(" ")
     # 70% of A, then other text: estimated Jaccard ~0.48 with A, yet it shares a band with A (found by trial)
     weak = " ".join(words[: int(len(words) * 0.7)] + kjv_chapters[("Genesis", 6)].split(" ")[: int(len(words) * 0.3)])
-    files = [[a, kjv_chapters[("Exodus", 1)]], [near_copy(a), kjv_chapters[("Exodus", 2)], a], [kjv_chapters[("Exodus", 3)], weak]]
+    files = [
+        [a, kjv_chapters[("Exodus", 1)]],
+        [near_copy(a), kjv_chapters[("Exodus", 2)], a],
+        [kjv_chapters[("Exodus", 3)], weak],
+    ]
     work = Store.at(str(tmp_path))
     resolved, merged = run_dedupe(work, files, cfg)
     a_key, near_key, exact_key, weak_key = doc_key(0, 1), doc_key(1, 1), doc_key(1, 3), doc_key(2, 2)
     assert (resolved["removed"], resolved["exact_removed"]) == (3, 1)  # LSH alone: the weak link too
-    assert (merged["removed"], merged["exact_removed"], merged["near_removed"], merged["kept_by_verify"]) == (2, 1, 1, 1)
+    assert (merged["removed"], merged["exact_removed"], merged["near_removed"], merged["kept_by_verify"]) == (
+        2,
+        1,
+        1,
+        1,
+    )
     assert work.exists(f"dedupe/resolved/{dedupe_tasks.CLUSTERS}")
     removed = dedupe_tasks.removed_of(work, "verify/verified", [0, 1, 2], survivors=True)
     assert [removed[f].keys.tolist() for f in range(3)] == [[], [near_key, exact_key], []]

@@ -1,5 +1,6 @@
 """The log2 length buckets: each length in the bucket its edges say, the longest in the last, and the
 histogram of a count task the count of each bucket."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """pipeline/work/progress.py: StageProgress (no ETA from the first tasks alone, the speed in one unit) and EventLog
 (build.log.jsonl in a local folder, appended line by line, and on a store without local files: a spool uploaded
 at every finished stage and at close, continuing an earlier run's log)."""
+
 from __future__ import annotations
 
 import json
