@@ -233,8 +233,9 @@ class Manifest:
         return self.root / self.tokenizer.path if self.tokenizer.path else None
 
 
-def splits_of(shards: dict[str, list[ShardEntry]], source_names: list[str],
-              domain_names: list[str] | None = None) -> dict[str, Split]:
+def splits_of(
+    shards: dict[str, list[ShardEntry]], source_names: list[str], domain_names: list[str] | None = None
+) -> dict[str, Split]:
     """A manifest's splits from each split's shard entries: the totals are sums over the shards (per domain too,
     for a build with domains)."""
     return {
@@ -243,7 +244,9 @@ def splits_of(shards: dict[str, list[ShardEntry]], source_names: list[str],
             tokens=sum(e.tokens for e in entries),
             tokens_by_source={name: sum(e.tokens_by_source[name] for e in entries) for name in source_names},
             shards=entries,
-            tokens_by_domain={name: sum(e.tokens_by_domain[name] for e in entries) for name in domain_names} if domain_names else None,
+            tokens_by_domain={name: sum(e.tokens_by_domain[name] for e in entries) for name in domain_names}
+            if domain_names
+            else None,
         )
         for split, entries in shards.items()
     }

@@ -151,9 +151,16 @@ class ShardEntry:
     tokens_by_domain: dict[str, int] | None = None  # a build with domains: its index holds domain ids
 
 
-def write_shard(write: Callable[[str, bytes], None], stem: str, tokens: np.ndarray, lengths: np.ndarray,
-                source_ids: np.ndarray, origins: np.ndarray, source_names: list[str],
-                domains: list[tuple[str, str]] | None = None) -> ShardEntry:
+def write_shard(
+    write: Callable[[str, bytes], None],
+    stem: str,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    source_ids: np.ndarray,
+    origins: np.ndarray,
+    source_names: list[str],
+    domains: list[tuple[str, str]] | None = None,
+) -> ShardEntry:
     """Write shard `stem` (e.g. "train/train-00000"): `tokens` (documents of `lengths` tokens back to back, in
     the token dtype) as STEM.bin and its index as STEM.idx, each through `write(relative path, bytes)`.
     Returns its manifest entry. `domains`: (name, source) of each id in `source_ids` for a build with domains

@@ -28,7 +28,11 @@ COMMANDS = {
     "jobs": ("pipeline.ops.jobs", "jobs_main", "list / status / logs / stop Ray jobs"),
     "decontam-check": ("pipeline.ops.decontam_check", "main", "check a built corpus against eval sets, no rebuild"),
     "stage-in": ("pipeline.ops.stage_in", "main", "copy and verify a manifest's shards to local disk for training"),
-    "work": ("pipeline.work.commands", "main", "list or prune a build work store (task outputs re-used across builds and mixes)"),
+    "work": (
+        "pipeline.work.commands",
+        "main",
+        "list or prune a build work store (task outputs re-used across builds and mixes)",
+    ),
     "sweep": ("pipeline.sweep.run", "main", "train proxy models on mixtures of a processed corpus and propose the mix"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
     "export": (

@@ -47,8 +47,9 @@ class MixConfig:
 
     def __post_init__(self) -> None:
         if self.budget_tokens < 0:
-            raise ConfigError("budget_tokens", "must be 0 (no budget: the policy decides) or a positive number of "
-                              "tokens")
+            raise ConfigError(
+                "budget_tokens", "must be 0 (no budget: the policy decides) or a positive number of tokens"
+            )
         if self.policy not in MIX_POLICIES:
             raise ConfigError("policy", f"{self.policy!r} is not one of {', '.join(MIX_POLICIES)}")
         if self.shard_tokens < 1:
@@ -72,8 +73,9 @@ class DomainConfig:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError("name", f"{self.name!r}: use letters, digits, '-' and '_'")
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight >= 0:
-            raise ConfigError("weight", f"{self.weight!r} is not a number >= 0; weights are the target token ratio, "
-                                        "e.g. 7 and 3")
+            raise ConfigError(
+                "weight", f"{self.weight!r} is not a number >= 0; weights are the target token ratio, e.g. 7 and 3"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,22 +103,29 @@ def resolve_domains(sources: list[tuple[str, float]], domains: list[DomainConfig
         if names.count(d.name) > 1:
             raise ConfigError(f"{d.name}.name", "domain names must be unique")
         if d.source not in source_names:
-            raise ConfigError(f"{d.name}.source",
-                              f"{d.source!r} is not a source of the recipe; sources: {', '.join(source_names)}")
+            raise ConfigError(
+                f"{d.name}.source", f"{d.source!r} is not a source of the recipe; sources: {', '.join(source_names)}"
+            )
         if not d.subsets and d.source in rest:
-            raise ConfigError(f"{d.name}.subsets",
-                              f"domain {rest[d.source]!r} already takes the rest of {d.source}; name this one's subsets")
+            raise ConfigError(
+                f"{d.name}.subsets",
+                f"domain {rest[d.source]!r} already takes the rest of {d.source}; name this one's subsets",
+            )
         if not d.subsets:
             rest[d.source] = d.name
         for subset in d.subsets:
             if (d.source, subset) in named:
-                raise ConfigError(f"{d.name}.subsets",
-                                  f"{d.source}/{subset} is already in domain {named[d.source, subset]!r}")
+                raise ConfigError(
+                    f"{d.name}.subsets", f"{d.source}/{subset} is already in domain {named[d.source, subset]!r}"
+                )
             named[d.source, subset] = d.name
     uncovered = [name for name in source_names if name not in {d.source for d in domains}]
     if uncovered:
-        raise ConfigError("domains", f"source {uncovered[0]!r} is in no domain; add "
-                                     f"`- {{name: {uncovered[0]}, source: {uncovered[0]}}}` (all its subsets)")
+        raise ConfigError(
+            "domains",
+            f"source {uncovered[0]!r} is in no domain; add "
+            f"`- {{name: {uncovered[0]}, source: {uncovered[0]}}}` (all its subsets)",
+        )
     if not sum(d.weight for d in domains) > 0:
         raise ConfigError("domains", "the domains' weights sum to 0; give at least one a positive weight")
     return [Domain(i, d.name, d.source, tuple(d.subsets) or None, float(d.weight)) for i, d in enumerate(domains)]

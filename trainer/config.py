@@ -75,10 +75,14 @@ PRESETS: dict[str, ModelConfig] = {
             context=2048,
         ),
         # For CPU tests: every feature of the big one (GQA, SwiGLU, RoPE) at a size that trains in seconds.
-        ModelConfig(name="tiny", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=32000, context=64),
+        ModelConfig(
+            name="tiny", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=32000, context=64
+        ),
         # For mixture sweeps on the CPU over a corpus with a small trained tokenizer (`tokenizer.train: {vocab_size:
         # 2048}`): `tiny` with a 2k vocabulary, whose output layer no longer costs 15x the blocks.
-        ModelConfig(name="tiny-2k", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=2048, context=64),
+        ModelConfig(
+            name="tiny-2k", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=2048, context=64
+        ),
     )
 }
 

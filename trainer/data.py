@@ -46,8 +46,16 @@ from manifests.manifest import load as load_manifest
 from manifests.shards import open_tokens, read_index, read_index_header
 
 __all__ = [
-    "DataError", "TokenWindows", "WindowDataset", "WindowDomains",
-    "WindowLoader", "check_shards", "check_state", "manifest_change", "open_loader", "permute",
+    "DataError",
+    "TokenWindows",
+    "WindowDataset",
+    "WindowDomains",
+    "WindowLoader",
+    "check_shards",
+    "check_state",
+    "manifest_change",
+    "open_loader",
+    "permute",
 ]
 
 # 1: (seed, world_size, epoch, windows read per rank in the epoch), each epoch's last N mod W windows dropped.

@@ -73,7 +73,9 @@ class MetricsLogger:
 def console_line(record: dict) -> str:
     if record.get("kind") == "eval":
         by_domain = record.get("val_loss_by_domain", {})
-        domains = " | " + ", ".join(f"{name} {loss:.4f}" for name, loss in by_domain.items()) if len(by_domain) > 1 else ""
+        domains = (
+            " | " + ", ".join(f"{name} {loss:.4f}" for name, loss in by_domain.items()) if len(by_domain) > 1 else ""
+        )
         loss = f"validation loss {record['val_loss']:.4f} over {record['val_windows']} windows"
         return f"step {record['step']} | {loss}{domains}"
     parts = [

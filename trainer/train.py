@@ -244,7 +244,8 @@ def evaluate(model: Llama, dataset: WindowDataset, cfg: TrainConfig, rt: Runtime
     sums, counts = sums.tolist(), counts.tolist()
     present = [(name, i) for i, name in enumerate(names) if counts[i]]
     return {
-        "val_loss": sum(sums) / sum(counts), "val_windows": per_rank * rt.world_size,
+        "val_loss": sum(sums) / sum(counts),
+        "val_windows": per_rank * rt.world_size,
         "val_loss_by_domain": {name: sums[i] / counts[i] for name, i in present},
         "val_tokens_by_domain": {name: int(counts[i]) for name, i in present},
     }
@@ -545,11 +546,18 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
         loader.close()
         logger.close()
     newest = checkpoint.all_checkpoints(cfg.out)
-    say(rt, (
-        f"done: steps {start + 1}-{cfg.steps} in {time.perf_counter() - started:,.0f} s, loss {last['loss']:.4f}; "
-        + (f"{eval_summary(last_eval)}; " if last_eval else "")
-        + (f"newest checkpoint {newest[-1]}; a Hugging Face model: tokenmill export {cfg.out} --hf DIR" if newest else f"no checkpoint (--save-every 0); metrics in {cfg.out / 'metrics.jsonl'}")
-    ))
+    say(
+        rt,
+        (
+            f"done: steps {start + 1}-{cfg.steps} in {time.perf_counter() - started:,.0f} s, loss {last['loss']:.4f}; "
+            + (f"{eval_summary(last_eval)}; " if last_eval else "")
+            + (
+                f"newest checkpoint {newest[-1]}; a Hugging Face model: tokenmill export {cfg.out} --hf DIR"
+                if newest
+                else f"no checkpoint (--save-every 0); metrics in {cfg.out / 'metrics.jsonl'}"
+            )
+        ),
+    )
     return 0
 
 
@@ -559,7 +567,17 @@ def eval_summary(record: dict) -> str:
     return f"validation loss {record['val_loss']:.4f} ({by_domain})"
 
 
-def stop_for_signal(cfg: TrainConfig, step: int, model: Llama, optimizer, loader: WindowLoader, run_meta: dict, rt: Runtime, preemption: Preemption, why: str) -> int:
+def stop_for_signal(
+    cfg: TrainConfig,
+    step: int,
+    model: Llama,
+    optimizer,
+    loader: WindowLoader,
+    run_meta: dict,
+    rt: Runtime,
+    preemption: Preemption,
+    why: str,
+) -> int:
     """Save after `step` for a signal and say where; the run then exits 0, to be continued with --resume."""
     path = save(cfg, step, model, optimizer, loader, run_meta, "preempted", rt)
     say(rt, f"{preemption.signalled or 'a signal to another rank'}: {why}; continue with --resume {path}")

@@ -50,8 +50,15 @@ from stages.mix import MixConfig
 from stages.tokenize import Tokenizer
 
 
-def build(recipe: Recipe, out_url: str, workers: int | None = None, address: str | None = None, console: bool = True,
-          work_url: str | None = None, reuse_only: frozenset[str] = frozenset()) -> str:
+def build(
+    recipe: Recipe,
+    out_url: str,
+    workers: int | None = None,
+    address: str | None = None,
+    console: bool = True,
+    work_url: str | None = None,
+    reuse_only: frozenset[str] = frozenset(),
+) -> str:
     """Run (or resume) a build; returns the manifest's URL. `work_url` (default OUT/work) may be shared by
     several outputs: each re-uses every task output whose inputs and settings match, whoever made it.
     `reuse_only`: stages that must not run a task (`MissingOutputs` if one would)."""
@@ -94,23 +101,51 @@ class ProcessedCorpus:
     keys: dict[str, str]
 
 
-def run_stages(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store,
-               eval_sets: list[EvalSet] = ()) -> StageResults:
+def run_stages(
+    recipe: Recipe,
+    inputs: list[InputFile],
+    tokenizer: Tokenizer,
+    runner: Runner,
+    out: Store,
+    eval_sets: list[EvalSet] = (),
+) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
     c = processed_corpus(recipe, inputs, tokenizer, runner, out, eval_sets)
-    shards, factors, totals = _mix(recipe, c.processed, c.counts, c.resolved_folder, c.keys["mix"], tokenizer, runner, out)
+    shards, factors, totals = _mix(
+        recipe, c.processed, c.counts, c.resolved_folder, c.keys["mix"], tokenizer, runner, out
+    )
     funnels = [f for r in c.group_records for f in r["source_funnels"]]
     filter_samples = samples.first_filter_samples([r["filter_samples"] for r in c.group_records])
-    return StageResults(funnels=funnels, filter_samples=filter_samples, kept=count.merge_subset_stats(c.counts),
-                        resolved_folder=c.resolved_folder, resolved=c.resolved, key_groups=c.group_folders,
-                        key_group_records=c.group_records, samples_folder=c.samples_folder, factors=factors,
-                        shards=shards, shards_folder=shards_folder(c.keys["mix"]), keys=c.keys, used=runner.used,
-                        timings=runner.timings, workers=runner.workers, decontamination=c.index,
-                        decontaminated=c.decontaminated, domain_tokens=totals)
+    return StageResults(
+        funnels=funnels,
+        filter_samples=filter_samples,
+        kept=count.merge_subset_stats(c.counts),
+        resolved_folder=c.resolved_folder,
+        resolved=c.resolved,
+        key_groups=c.group_folders,
+        key_group_records=c.group_records,
+        samples_folder=c.samples_folder,
+        factors=factors,
+        shards=shards,
+        shards_folder=shards_folder(c.keys["mix"]),
+        keys=c.keys,
+        used=runner.used,
+        timings=runner.timings,
+        workers=runner.workers,
+        decontamination=c.index,
+        decontaminated=c.decontaminated,
+        domain_tokens=totals,
+    )
 
 
-def processed_corpus(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokenizer, runner: Runner, out: Store,
-                     eval_sets: list[EvalSet] = ()) -> ProcessedCorpus:
+def processed_corpus(
+    recipe: Recipe,
+    inputs: list[InputFile],
+    tokenizer: Tokenizer,
+    runner: Runner,
+    out: Store,
+    eval_sets: list[EvalSet] = (),
+) -> ProcessedCorpus:
     """The stages before the mix, in the registry's order (decontaminate, process ... count, samples)."""
     index_folder, index_record, index_ref = _decontaminate(recipe, eval_sets, tokenizer, runner, out)
     processed, decontaminated = _process(recipe, inputs, tokenizer, runner, index_folder, index_ref)
@@ -131,8 +166,18 @@ def processed_corpus(recipe: Recipe, inputs: list[InputFile], tokenizer: Tokeniz
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
     index = (index_folder, index_record) if index_folder else None
-    return ProcessedCorpus(processed, decontaminated, index, group_folders, group_records, resolved_folder, resolved,
-                           counts, samples_folder, keys)
+    return ProcessedCorpus(
+        processed,
+        decontaminated,
+        index,
+        group_folders,
+        group_records,
+        resolved_folder,
+        resolved,
+        counts,
+        samples_folder,
+        keys,
+    )
 
 
 def _decontaminate(recipe: Recipe, eval_sets: list[EvalSet], tokenizer: Tokenizer, runner: Runner, out: Store):
@@ -453,8 +498,9 @@ def plan_mix(recipe: Recipe, processed: list[Processed], counts: list[dict], sha
     return groups
 
 
-def domain_members(domains: list[mix_stage.Domain], processed: list[Processed],
-                   kept: dict[int, list[list[int]]]) -> tuple[dict[int, dict[int, list[int]]], dict[int, dict[int, list[int]]]]:
+def domain_members(
+    domains: list[mix_stage.Domain], processed: list[Processed], kept: dict[int, list[list[int]]]
+) -> tuple[dict[int, dict[int, list[int]]], dict[int, dict[int, list[int]]]]:
     """Per domain id: each file of its source and the subset column values of that file it takes; and the same
     for the domains that must filter by subset (not every document of their files is theirs). A subset whose
     kept documents no domain takes is refused (the build would silently drop them)."""
@@ -463,8 +509,11 @@ def domain_members(domains: list[mix_stage.Domain], processed: list[Processed],
         of = mix_stage.subset_domains(domains, p.source, p.subsets)
         for j, d in enumerate(of):
             if d is None and any(split[j] for split in kept[p.file_index]):
-                raise RecipeError(f"recipe field `domains`: subset {p.subsets[j]!r} of source {p.source!r} has kept documents but is in no domain; "
-                                  f"name it in a domain, or give {p.source} a domain without `subsets` (it takes the rest)")
+                raise RecipeError(
+                    f"recipe field `domains`: subset {p.subsets[j]!r} of source {p.source!r} has kept documents "
+                    "but is in no domain; "
+                    f"name it in a domain, or give {p.source} a domain without `subsets` (it takes the rest)"
+                )
         for d in domains:
             if d.source == p.source:
                 members[d.id][p.file_index] = [j for j, owner in enumerate(of) if owner == d.id]
@@ -477,12 +526,22 @@ def domain_tokens(recipe: Recipe, processed: list[Processed], counts: list[dict]
     kept = {int(f): c for record in counts for f, c in record["subset_tokens"].items()}
     domains = recipe.domain_list()
     members, _ = domain_members(domains, processed, kept)
-    return {split: {d.name: sum(kept[f][n][j] for f, subsets in members[d.id].items() for j in subsets) for d in domains}
-            for n, split in enumerate(SPLITS)}
+    return {
+        split: {d.name: sum(kept[f][n][j] for f, subsets in members[d.id].items() for j in subsets) for d in domains}
+        for n, split in enumerate(SPLITS)
+    }
 
 
-def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolved_folder: str, key: str, tokenizer: Tokenizer,
-         runner: Runner, out: Store) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]], dict[str, dict[int, int]]]:
+def _mix(
+    recipe: Recipe,
+    processed: list[Processed],
+    counts: list[dict],
+    resolved_folder: str,
+    key: str,
+    tokenizer: Tokenizer,
+    runner: Runner,
+    out: Store,
+) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]], dict[str, dict[int, int]]]:
     """Run the mix groups; returns each split's shard entries, each split's repeat factor per domain (source, for
     a recipe without domains) and each split's kept tokens per domain."""
     groups = plan_mix(recipe, processed, counts, shards_folder(key))
@@ -495,19 +554,40 @@ def _mix(recipe: Recipe, processed: list[Processed], counts: list[dict], resolve
     written_to = stage.mix_written_key(key, out.url())
     source_names = [s.name for s in recipe.sources]
     domains = [(d.name, d.source) for d in recipe.domain_list()] if recipe.domains else None
-    records = runner.run(stage.MIX, [
-        stage.MIX.task(folder, folder, g, resolved_folder, runner.work, out, dtype_name(tokenizer.dtype), source_names, recipe.mix.seed,
-                       *([domains] if domains else []))
-        for g in groups for folder in [stage.MIX.folder(written_to, stage.mix_group_part(g.split, g.number))]
-    ])
+    records = runner.run(
+        stage.MIX,
+        [
+            stage.MIX.task(
+                folder,
+                folder,
+                g,
+                resolved_folder,
+                runner.work,
+                out,
+                dtype_name(tokenizer.dtype),
+                source_names,
+                recipe.mix.seed,
+                *([domains] if domains else []),
+            )
+            for g in groups
+            for folder in [stage.MIX.folder(written_to, stage.mix_group_part(g.split, g.number))]
+        ],
+    )
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
         shards.setdefault(g.split, []).extend(ShardEntry(**e) for e in record["entries"])
     return shards, factors, totals
 
 
-def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], weights: dict[int, float], mix: MixConfig,
-                folders: dict[int, str], shards_folder: str, subset_ids: dict[int, dict[int, list[int]]]) -> list[MixGroup]:
+def _plan_split(
+    split: str,
+    streams: dict[int, tuple[np.ndarray, np.ndarray]],
+    weights: dict[int, float],
+    mix: MixConfig,
+    folders: dict[int, str],
+    shards_folder: str,
+    subset_ids: dict[int, dict[int, list[int]]],
+) -> list[MixGroup]:
     """The split's mix groups: each domain's stream cut into the same number of token ranges, the policy's
     repeat factors (with a token budget: the budget's for train, everything for validation), and each group's
     shards numbered after the previous groups'."""
@@ -515,7 +595,11 @@ def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], w
     if not any(totals.values()):
         return []
     if mix.budget_tokens:
-        factors = mix_stage.budget_factors(totals, weights, mix.budget_tokens) if split == "train" else {d: 1.0 for d in totals}
+        factors = (
+            mix_stage.budget_factors(totals, weights, mix.budget_tokens)
+            if split == "train"
+            else {d: 1.0 for d in totals}
+        )
     else:
         factors = mix_stage.repeat_factors(totals, weights, mix.policy)
     planned = sum(factors[sid] * t for sid, t in totals.items())
@@ -525,9 +609,24 @@ def _plan_split(split: str, streams: dict[int, tuple[np.ndarray, np.ndarray]], w
     ):
         shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
         files = {f: folders[f] for s in slices for f, _ in s.files}
-        subsets = {s.source_id: {f: subset_ids[s.source_id][f] for f, _ in s.files} for s in slices if s.source_id in subset_ids}
-        groups.append(MixGroup(split=split, number=number, slices=slices, factors=factors, first_shard=first_shard, shards=shards,
-                               folders=files, shards_folder=shards_folder, subset_ids=subsets))
+        subsets = {
+            s.source_id: {f: subset_ids[s.source_id][f] for f, _ in s.files}
+            for s in slices
+            if s.source_id in subset_ids
+        }
+        groups.append(
+            MixGroup(
+                split=split,
+                number=number,
+                slices=slices,
+                factors=factors,
+                first_shard=first_shard,
+                shards=shards,
+                folders=files,
+                shards_folder=shards_folder,
+                subset_ids=subsets,
+            )
+        )
         first_shard += shards
     return groups
 

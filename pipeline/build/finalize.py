@@ -162,16 +162,25 @@ def _add_domains(manifest: Manifest, domains: list, results: StageResults) -> No
     sources' targets and epochs are their domains' sums."""
     total_weight = sum(d.weight for d in domains)
     kept, factors = results.domain_tokens.get("train", {}), results.factors.get("train", {})
-    manifest.domains = [DomainEntry(
-        name=d.name, id=d.id, source=d.source, subsets=list(d.subsets or []), weight=d.weight,
-        tokens_kept={split: per.get(d.id, 0) for split, per in results.domain_tokens.items()},
-        epochs=factors.get(d.id, 0.0),
-    ) for d in domains]
+    manifest.domains = [
+        DomainEntry(
+            name=d.name,
+            id=d.id,
+            source=d.source,
+            subsets=list(d.subsets or []),
+            weight=d.weight,
+            tokens_kept={split: per.get(d.id, 0) for split, per in results.domain_tokens.items()},
+            epochs=factors.get(d.id, 0.0),
+        )
+        for d in domains
+    ]
     mix = manifest.mix
     mix.target = {s: sum(d.weight for d in domains if d.source == s) / total_weight for s in mix.target}
     mix.target_by_domain = {d.name: d.weight / total_weight for d in domains}
-    mix.achieved_by_domain = {split: {n: (t / v.tokens if v.tokens else 0.0) for n, t in v.tokens_by_domain.items()}
-                              for split, v in manifest.splits.items()}
+    mix.achieved_by_domain = {
+        split: {n: (t / v.tokens if v.tokens else 0.0) for n, t in v.tokens_by_domain.items()}
+        for split, v in manifest.splits.items()
+    }
     for source in manifest.sources:
         mine = [d for d in domains if d.source == source.name]
         tokens = sum(kept.get(d.id, 0) for d in mine)

@@ -305,8 +305,9 @@ def _domains(data: Any) -> list[DomainConfig]:
     if data is None:
         return []
     if not isinstance(data, list):
-        raise RecipeError("recipe field `domains`: give a list of domains "
-                          "(`- {name: ..., source: ..., subsets: [...], weight: ...}`)")
+        raise RecipeError(
+            "recipe field `domains`: give a list of domains (`- {name: ..., source: ..., subsets: [...], weight: ...}`)"
+        )
     return [_build(DomainConfig, d, f"domains[{_source_label(d, i)}]") for i, d in enumerate(data)]
 
 

@@ -77,8 +77,14 @@ def verify_key(dedupe: str, recipe: Recipe) -> str:
 def count_key(key_group_folder: str, resolved_folder: str) -> str:
     """The group's keys, the removals that count reads, how many removed documents it lists per step, and the
     version of its record (2: kept tokens per subset of each file too, what domain weights plan from)."""
-    return fingerprint({"keys": key_group_folder, "resolved": resolved_folder, "samples": samples.PER_STEP,
-                        "record": count.RECORD_VERSION})
+    return fingerprint(
+        {
+            "keys": key_group_folder,
+            "resolved": resolved_folder,
+            "samples": samples.PER_STEP,
+            "record": count.RECORD_VERSION,
+        }
+    )
 
 
 def samples_key(chosen: list[samples.DuplicateCandidate], folders: dict[int, str]) -> str:

@@ -131,8 +131,9 @@ def _status(problems: list, part: str, hashed: bool) -> str:
     return "; ".join(mine) if mine else ("ok" if hashed else "size ok")
 
 
-def scan_shard(ref: ShardRef, names: dict[int, str], verify_bins: bool,
-               id_sources: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+def scan_shard(
+    ref: ShardRef, names: dict[int, str], verify_bins: bool, id_sources: np.ndarray | None = None
+) -> tuple[dict, dict[str, np.ndarray]]:
     """One shard's recount from its index: documents and tokens per source, the log2 histogram of document
     lengths per source, and its check against the manifest (`manifests.check_shard`). `id_sources`: for a
     build with domains, the source id of each domain id the index holds."""

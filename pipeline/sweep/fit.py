@@ -101,7 +101,9 @@ class Proposal:
     objective: float
     base_objective: float
     gain_median: float  # base objective - proposed objective, over bootstrap refits
-    gain_spread: float  # 1.4826 x their median absolute deviation: a standard deviation that one wild refit cannot inflate
+    gain_spread: (
+        float  # 1.4826 x their median absolute deviation: a standard deviation that one wild refit cannot inflate
+    )
     gain_interval: tuple[float, float]  # 5% and 95% quantiles
     predicted_spread: np.ndarray  # (domains,) the same robust spread of the proposal's predicted losses
     base_predicted_spread: np.ndarray
@@ -119,8 +121,8 @@ def propose(
     """The mixture minimising `coefficients` . predicted losses with every weight under its cap: candidates drawn
     from the distribution the sweep's mixtures came from (the law is trusted where proxies were trained, not in
     the simplex's far corners), those over a cap left out, the best TOP_AVERAGED averaged (a mean of mixtures
-    under the caps is under them too). The gain over the base and its spread come from refits on bootstrap resamples of the
-    proxies."""
+    under the caps is under them too). The gain over the base and its spread come from refits on bootstrap
+    resamples of the proxies."""
     rng = np.random.default_rng(seed)
     laws = fit_all(weights, losses)
     alpha = np.maximum(concentration * len(base) * base, 1e-3)
@@ -163,4 +165,3 @@ def _spread(x: np.ndarray) -> np.ndarray | float:
     """1.4826 x the median absolute deviation along the first axis (a standard deviation for normal data)."""
     spread = 1.4826 * np.median(np.abs(x - np.median(x, axis=0)), axis=0)
     return float(spread) if np.ndim(spread) == 0 else spread
-

@@ -258,7 +258,7 @@ def render(res: dict) -> str:
     body = "".join(f'<section id="{i}"><h2>{t}</h2>{inner}</section>' for i, t, inner in sections)
     head = (
         f'<h1>Mixture sweep: {html.escape(res["base_recipe"])}</h1><div class="meta">work store '
-        f'{html.escape(res["work"])} · '
+        f"{html.escape(res['work'])} · "
         f"objective: {html.escape(res['objective']['kind'])} validation loss</div>"
     )
     return (

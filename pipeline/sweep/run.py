@@ -369,7 +369,11 @@ def results(p: Plan, records: list[dict], runs: list[str]) -> dict:
             "base_predicted_spread": dict(zip(p.domains, proposal.base_predicted_spread.tolist())),
             "objective": proposal.objective,
             "base_objective": proposal.base_objective,
-            "gain": {"median": proposal.gain_median, "spread": proposal.gain_spread, "interval_90": list(proposal.gain_interval)},
+            "gain": {
+                "median": proposal.gain_median,
+                "spread": proposal.gain_spread,
+                "interval_90": list(proposal.gain_interval),
+            },
         },
         "proxy": {
             "preset": p.sweep.proxy.preset,

@@ -65,20 +65,38 @@ def count_kept(folder: str, files: list[Processed], resolved: str, work: Store) 
     for f in files:
         d = kept_docs(work, f.folder, f.file_index, removed[f.file_index])
         split = d.columns["split"] if len(d.keys) else np.zeros(0, np.uint8)
-        per_file[str(f.file_index)] = [[int((d.keep & (split == n)).sum()), int(d.lengths[d.keep & (split == n)].sum())] for n in range(len(SPLITS))]
+        per_file[str(f.file_index)] = [
+            [int((d.keep & (split == n)).sum()), int(d.lengths[d.keep & (split == n)].sum())]
+            for n in range(len(SPLITS))
+        ]
         subset = d.columns["subset"] if len(d.keys) else np.zeros(0, np.int64)
         per_subset[str(f.file_index)] = [
-            np.bincount(subset[here], weights=d.lengths[here], minlength=len(f.subsets)).round().astype(np.int64).tolist()
+            np.bincount(subset[here], weights=d.lengths[here], minlength=len(f.subsets))
+            .round()
+            .astype(np.int64)
+            .tolist()
             for here in (d.keep & (split == n) for n in range(len(SPLITS)))
         ]
         _add_subset_stats(subsets, f, d)
         gone = ~d.keep  # in key order, as the removed keys and their survivors are
         if gone.any():
-            candidates += samples.candidates_of_file(f.source, f.subsets, d.keys[gone], d.columns["subset"][gone], d.exact[gone],
-                                                             removed[f.file_index].survivors, taken)
-    record = {"files": per_file, "subset_tokens": per_subset,
-              "subsets": subsets, "duplicate_candidates": [asdict(c) for c in candidates],
-              "documents": sum(c[0] for v in per_file.values() for c in v), "seconds": time.perf_counter() - started}
+            candidates += samples.candidates_of_file(
+                f.source,
+                f.subsets,
+                d.keys[gone],
+                d.columns["subset"][gone],
+                d.exact[gone],
+                removed[f.file_index].survivors,
+                taken,
+            )
+    record = {
+        "files": per_file,
+        "subset_tokens": per_subset,
+        "subsets": subsets,
+        "duplicate_candidates": [asdict(c) for c in candidates],
+        "documents": sum(c[0] for v in per_file.values() for c in v),
+        "seconds": time.perf_counter() - started,
+    }
     work.mark_done(folder, record)
     return record
 

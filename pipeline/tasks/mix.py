@@ -45,8 +45,17 @@ class MixGroup:
     subset_ids: dict[int, dict[int, list[int]]] = field(default_factory=dict)
 
 
-def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Store, dtype_name: str, source_names: list[str], seed: int,
-              domains: list[tuple[str, str]] | None = None) -> dict:
+def mix_group(
+    folder: str,
+    group: MixGroup,
+    resolved: str,
+    work: Store,
+    out: Store,
+    dtype_name: str,
+    source_names: list[str],
+    seed: int,
+    domains: list[tuple[str, str]] | None = None,
+) -> dict:
     """Choose, order and write one group's shards; the done record holds their manifest entries. `domains`:
     (name, source) of each domain id when the recipe has domains (the shards' index then holds domain ids)."""
     started = time.perf_counter()
@@ -82,14 +91,29 @@ def mix_group(folder: str, group: MixGroup, resolved: str, work: Store, out: Sto
             scratch.flush()
         for k, part in enumerate(plan.shard_slices()):
             stem = shard_stem(group.shards_folder, group.split, group.first_shard + k)
-            entries.append(_write_shard(out, stem, paths, file_of[part], start_of[part], plan.lengths[part], plan.source_ids[part],
-                                        origin[part], dtype, source_names, domains))
+            entries.append(
+                _write_shard(
+                    out,
+                    stem,
+                    paths,
+                    file_of[part],
+                    start_of[part],
+                    plan.lengths[part],
+                    plan.source_ids[part],
+                    origin[part],
+                    dtype,
+                    source_names,
+                    domains,
+                )
+            )
     record = {"entries": entries, "documents": int(len(plan.lengths)), "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
 
 
-def _group_documents(group: MixGroup, resolved: str, work: Store) -> tuple[list[mix_stage.SourceDocs], dict[int, dict[str, np.ndarray]]]:
+def _group_documents(
+    group: MixGroup, resolved: str, work: Store
+) -> tuple[list[mix_stage.SourceDocs], dict[int, dict[str, np.ndarray]]]:
     """Per domain: the group's documents (canonical order) and where their tokens are. Each file's document
     table is read once, whichever domains take documents from it."""
     split_no = SPLITS.index(group.split)
@@ -114,7 +138,11 @@ def _group_documents(group: MixGroup, resolved: str, work: Store) -> tuple[list[
             cols[n]["file"].append(np.full(int(inside.sum()), file_index, np.int64))
     sources, located = [], {}
     for piece, c in zip(group.slices, cols):
-        joined = {k: np.concatenate(v) for k, v in c.items()} if c else {k: np.zeros(0, np.int64) for k in ("key", "length", "start", "file")}
+        joined = (
+            {k: np.concatenate(v) for k, v in c.items()}
+            if c
+            else {k: np.zeros(0, np.int64) for k in ("key", "length", "start", "file")}
+        )
         sources.append(mix_stage.SourceDocs(piece.source_id, joined["key"].astype(np.uint64), joined["length"]))
         located[piece.source_id] = joined
     return sources, located
@@ -158,9 +186,19 @@ def _open_runs(
     return scratch.name, local
 
 
-def _write_shard(out: Store, stem: str, paths: dict[int, str], files: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                 source_ids: np.ndarray, origins: np.ndarray, dtype: np.dtype, source_names: list[str],
-                 domains: list[tuple[str, str]] | None = None) -> dict:
+def _write_shard(
+    out: Store,
+    stem: str,
+    paths: dict[int, str],
+    files: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    source_ids: np.ndarray,
+    origins: np.ndarray,
+    dtype: np.dtype,
+    source_names: list[str],
+    domains: list[tuple[str, str]] | None = None,
+) -> dict:
     data = np.empty(int(lengths.sum()), dtype)
     at = np.cumsum(lengths) - lengths
     # file by file, each mapped only while its documents are copied: the task holds one open file and the token

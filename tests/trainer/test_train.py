@@ -109,8 +109,14 @@ def test_loss_falls_and_metrics_are_recorded(uninterrupted):
     # per domain (here the sources: the build has no domains): every target token counted for its document's
     for e in evals:
         by_domain, tokens = e["val_loss_by_domain"], e["val_tokens_by_domain"]
-        assert by_domain and set(by_domain) <= {"slimpajama", "starcoderdata"} and sum(tokens.values()) == e["val_windows"] * 64
-        assert sum(by_domain[d] * tokens[d] for d in by_domain) / sum(tokens.values()) == pytest.approx(e["val_loss"], rel=1e-9)
+        assert (
+            by_domain
+            and set(by_domain) <= {"slimpajama", "starcoderdata"}
+            and sum(tokens.values()) == e["val_windows"] * 64
+        )
+        assert sum(by_domain[d] * tokens[d] for d in by_domain) / sum(tokens.values()) == pytest.approx(
+            e["val_loss"], rel=1e-9
+        )
     assert [p.name for p in checkpoint.all_checkpoints(uninterrupted)] == ["step-000020", "step-000040"]
 
 

@@ -28,8 +28,16 @@ NAMES = [d["name"] for d in DOMAINS]
 # about 3 minutes for the whole module on two idle cores (8 proxies of ~15 s, 2 at a time, twice 2-3 more after
 # the kill); the limit is for a machine shared with other work
 pytestmark = pytest.mark.timeout(2400)
-PROXY = {"budget_tokens": 100_000, "preset": "tiny-2k", "steps": 50, "batch_tokens": 2048, "micro_batch": 32,
-         "lr": 0.01, "warmup_steps": 5, "eval_windows": 256}
+PROXY = {
+    "budget_tokens": 100_000,
+    "preset": "tiny-2k",
+    "steps": 50,
+    "batch_tokens": 2048,
+    "micro_batch": 32,
+    "lr": 0.01,
+    "warmup_steps": 5,
+    "eval_windows": 256,
+}
 FILES = ("ratios.csv", "metrics.csv", "sweep.json", "recommended.yaml", "report/report.html")
 
 
@@ -105,7 +113,9 @@ def test_the_sweep_writes_the_csvs_the_report_and_the_recipe(swept, base):
         manifest = json.loads((proxy / "manifest.json").read_text())
         assert {s for s, t in manifest["stages"].items() if t["skipped"] < t["tasks"]} == {"mix"}
         # the budget to within one document per domain and mix group (the one that crosses each domain's share)
-        largest = max(int(read_index(proxy / e["idx"]).doc_lengths().max()) for e in manifest["splits"]["train"]["shards"])
+        largest = max(
+            int(read_index(proxy / e["idx"]).doc_lengths().max()) for e in manifest["splits"]["train"]["shards"]
+        )
         assert abs(manifest["splits"]["train"]["tokens"] - PROXY["budget_tokens"]) <= len(NAMES) * largest
         validation.add(
             json.dumps([(s["bin_sha256"], s["idx_sha256"]) for s in manifest["splits"]["validation"]["shards"]])
@@ -162,7 +172,9 @@ def test_a_killed_sweep_trains_only_the_missing_proxies_and_ends_with_the_same_f
     first.wait()
     before = finished()  # 6, or 7 if the other proxy in flight finished in the same moment
     assert 6 <= before < 8 and not (out / "sweep.json").exists()
-    done_before = {r.name: (r / "_DONE.json").read_bytes() for r in (out / "runs").iterdir() if not r.name.startswith(".")}
+    done_before = {
+        r.name: (r / "_DONE.json").read_bytes() for r in (out / "runs").iterdir() if not r.name.startswith(".")
+    }
     second = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert second.returncode == 0, second.stderr[-3000:]
     # a Ray worker of the killed sweep may still finish its proxy before the new sweep looks: at least `before`
