@@ -85,11 +85,11 @@ def worker(out: Path, with_index: bool) -> dict:
     from pipeline.build.inputs import list_inputs
     from pipeline.build.recipe import load_recipe
     from pipeline.build.tokenizer import recipe_tokenizer
+    from pipeline.sample_corpus import sample_recipe
     from pipeline.tasks.decontaminate import INDEX
     from pipeline.tasks.process import process_file
     from pipeline.work.store import Store
     from stages.decontaminate import DecontaminateConfig, EvalSetConfig, Index, match, unit_sequences
-    from tests.support.faults import sample_recipe
 
     recipe = load_recipe(sample_recipe(out / "corpus", out / ("with" if with_index else "without")))
     tokenizer = recipe_tokenizer(recipe)

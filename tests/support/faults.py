@@ -234,8 +234,17 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 
 # what legitimately differs between two runs of one build: when, how fast, how much an earlier run had done, and
-# how often the object store had to be asked twice
-RUN_DEPENDENT = ("seconds", "task_seconds", "skipped", "retries", "cpu_seconds", "peak_rss_mib", "largest_task")
+# how often the object store had to be asked twice, and the timings of the earlier run that made what it re-used
+RUN_DEPENDENT = (
+    "seconds",
+    "task_seconds",
+    "skipped",
+    "retries",
+    "cpu_seconds",
+    "peak_rss_mib",
+    "largest_task",
+    "made_by",
+)
 
 
 def stable_manifest(out: Path) -> dict:

@@ -18,6 +18,7 @@ from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.ops.decontam_check import check
 from pipeline.report.stats import write_report
+from pipeline.sample_corpus import sample_recipe
 from pipeline.sample_eval import CODE_VARIANTS, NATURAL_VARIANTS, plant_eval_items
 from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.document import DocBatch
@@ -25,7 +26,6 @@ from stages.fetch import read_documents
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, normalize
 from tests.support.faults import (
     alive,
-    sample_recipe,
     shard_bytes,
     stable_manifest,
     start_build,
