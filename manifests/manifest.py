@@ -121,6 +121,7 @@ class Split:
     tokens: int
     tokens_by_source: dict[str, int]
     shards: list[ShardEntry]
+    tokens_by_domain: dict[str, int] | None = None  # a build with domains
 
 
 @dataclass(slots=True)
@@ -128,6 +129,21 @@ class MixEntry:
     policy: str
     target: dict[str, float]  # share by source
     achieved: dict[str, dict[str, float]]  # share by source, per split
+    target_by_domain: dict[str, float] | None = None  # a build with domains
+    achieved_by_domain: dict[str, dict[str, float]] | None = None
+
+
+@dataclass(slots=True)
+class DomainEntry:
+    """A build whose recipe weights domains: one of them. Its id is what the shards' indexes hold."""
+
+    name: str
+    id: int
+    source: str
+    subsets: list[str]  # empty: the source's subsets no other domain names
+    weight: float
+    tokens_kept: dict[str, int]  # per split, after filter + dedupe
+    epochs: float  # train tokens in the shards over tokens kept
 
 
 @dataclass(slots=True)
@@ -181,6 +197,7 @@ class Manifest:
     stages: dict[str, dict[str, Any]]  # per stage: timings and task counts
     quarantine: QuarantineEntry
     provenance: Provenance | None = None  # absent from the JSON when None
+    domains: list[DomainEntry] | None = None  # only a build with domains: the ids in its shards' indexes
     decontamination: dict[str, Any] | None = None  # the eval sets the build matched: name, sha256, rule, counts
     path: str = field(default="", compare=False, metadata={"json": False})  # where it was loaded from or written to
 
@@ -193,6 +210,20 @@ class Manifest:
     def source_names(self) -> list[str]:
         return [s.name for s in sorted(self.sources, key=lambda s: s.id)]
 
+    @property
+    def domain_names(self) -> list[str]:
+        """What the shards' index ids name: the domains of a build with domains, else the sources."""
+        if self.domains:
+            return [d.name for d in sorted(self.domains, key=lambda d: d.id)]
+        return self.source_names
+
+    def id_sources(self) -> list[int]:
+        """The source id of each index id (the identity for a build without domains)."""
+        ids = {s.name: s.id for s in self.sources}
+        if not self.domains:
+            return sorted(ids.values())
+        return [ids[d.source] for d in sorted(self.domains, key=lambda d: d.id)]
+
     def shards(self, split: str) -> list[ShardRef]:
         if split not in self.splits:
             raise ManifestError(f"{self.path}: no split {split!r}; it has {', '.join(self.splits) or 'none'}")
@@ -202,14 +233,20 @@ class Manifest:
         return self.root / self.tokenizer.path if self.tokenizer.path else None
 
 
-def splits_of(shards: dict[str, list[ShardEntry]], source_names: list[str]) -> dict[str, Split]:
-    """A manifest's splits from each split's shard entries: the totals are sums over the shards."""
+def splits_of(
+    shards: dict[str, list[ShardEntry]], source_names: list[str], domain_names: list[str] | None = None
+) -> dict[str, Split]:
+    """A manifest's splits from each split's shard entries: the totals are sums over the shards (per domain too,
+    for a build with domains)."""
     return {
         split: Split(
             documents=sum(e.documents for e in entries),
             tokens=sum(e.tokens for e in entries),
             tokens_by_source={name: sum(e.tokens_by_source[name] for e in entries) for name in source_names},
             shards=entries,
+            tokens_by_domain={name: sum(e.tokens_by_domain[name] for e in entries) for name in domain_names}
+            if domain_names
+            else None,
         )
         for split, entries in shards.items()
     }
@@ -250,13 +287,14 @@ def from_dict(data: dict[str, Any], path: str = "") -> Manifest:
             mix=MixEntry(**data["mix"]),
             quarantine=QuarantineEntry(**data["quarantine"]),
             provenance=Provenance(**data["provenance"]) if "provenance" in data else None,
+            domains=[DomainEntry(**d) for d in data["domains"]] if "domains" in data else None,
             path=path,
         )
     except TypeError as e:  # a field the schema leaves open (a subset's funnel) that this tokenmill does not know
         raise ManifestError(f"{path or 'manifest'}: {e}; rebuild with this tokenmill") from None
 
 
-_NESTED = ("tokenizer", "inputs", "sources", "splits", "mix", "quarantine", "provenance")
+_NESTED = ("tokenizer", "inputs", "sources", "splits", "mix", "quarantine", "provenance", "domains")
 
 
 def dumps(manifest: Manifest, name: str = "manifest") -> str:

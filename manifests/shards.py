@@ -148,6 +148,7 @@ class ShardEntry:
     documents: int
     tokens: int
     tokens_by_source: dict[str, int]
+    tokens_by_domain: dict[str, int] | None = None  # a build with domains: its index holds domain ids
 
 
 def write_shard(
@@ -158,16 +159,25 @@ def write_shard(
     source_ids: np.ndarray,
     origins: np.ndarray,
     source_names: list[str],
+    domains: list[tuple[str, str]] | None = None,
 ) -> ShardEntry:
     """Write shard `stem` (e.g. "train/train-00000"): `tokens` (documents of `lengths` tokens back to back, in
     the token dtype) as STEM.bin and its index as STEM.idx, each through `write(relative path, bytes)`.
-    Returns its manifest entry."""
+    Returns its manifest entry. `domains`: (name, source) of each id in `source_ids` for a build with domains
+    (the ids are then domain ids; the entry counts tokens per domain too)."""
     index = encode_index(tokens.dtype, np.cumsum(lengths).astype(np.uint64), source_ids, origins)
     data = tokens.tobytes()
     write(f"{stem}.bin", data)
     write(f"{stem}.idx", index)
-    by_source = np.bincount(source_ids, weights=lengths, minlength=len(source_names))
+    by_domain = None
+    if domains is None:
+        by_source = np.bincount(source_ids, weights=lengths, minlength=len(source_names))
+    else:
+        counts = np.bincount(source_ids, weights=lengths, minlength=len(domains)).round().astype(np.int64)
+        by_domain = {name: int(counts[i]) for i, (name, _) in enumerate(domains)}
+        by_source = [sum(int(counts[i]) for i, (_, source) in enumerate(domains) if source == s) for s in source_names]
     return ShardEntry(
+        tokens_by_domain=by_domain,
         bin=f"{stem}.bin",
         idx=f"{stem}.idx",
         bin_sha256=hashlib.sha256(data).hexdigest(),

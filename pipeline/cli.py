@@ -33,6 +33,7 @@ COMMANDS = {
         "main",
         "list or prune a build work store (task outputs re-used across builds and mixes)",
     ),
+    "sweep": ("pipeline.sweep.run", "main", "train proxy models on mixtures of a processed corpus and propose the mix"),
     "train": ("trainer.launch", "main", "train from a manifest (FSDP2, one process per GPU)"),
     "export": (
         "trainer.options",

@@ -13,12 +13,18 @@ group. Sources are then interleaved by "virtual time": a document is placed at (
 + half its length) / its source's share, so every prefix of the group's stream, and so every shard, holds each
 source's share to within about one document. The group's stream is cut into its planned number of shards of
 near-equal tokens (`MixConfig.shard_tokens` at most, give or take a document).
+
+Streams are per *domain*: a source's subset or a named group of subsets (`DomainConfig`). A recipe without
+`domains` has one domain per source (all its subsets, the source's weight, id = source id), so everything above
+reads "source" for it and its shards are what they always were. With `MixConfig.budget_tokens` the train split
+takes exactly that many tokens in the weights' ratio (`budget_factors`: a proxy corpus for a mixture sweep, cut
+from the processed corpus), and the validation split is taken whole (`natural`), the same for every mixture.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
@@ -37,14 +43,107 @@ class MixConfig:
         8  # a mix group (one task) writes this many shards: its memory holds one group's document table
     )
     seed: int = 1234
+    budget_tokens: int = 0  # > 0: the train split takes exactly this many tokens in the weights' ratio (proxy corpora)
 
     def __post_init__(self) -> None:
+        if self.budget_tokens < 0:
+            raise ConfigError(
+                "budget_tokens", "must be 0 (no budget: the policy decides) or a positive number of tokens"
+            )
         if self.policy not in MIX_POLICIES:
             raise ConfigError("policy", f"{self.policy!r} is not one of {', '.join(MIX_POLICIES)}")
         if self.shard_tokens < 1:
             raise ConfigError("shard_tokens", "must be positive")
         if self.shards_per_group < 1:
             raise ConfigError("shards_per_group", "must be at least 1")
+
+
+@dataclass(kw_only=True, slots=True)
+class DomainConfig:
+    """A recipe's `domains:` entry: some subsets of one source (`subsets: []`, the default, takes the source's
+    subsets that no other domain names), mixed at `weight` like a source. A weight may be 0 (the domain is left
+    out of the shards); the weights together must be positive."""
+
+    name: str
+    source: str
+    subsets: list[str] = field(default_factory=list)
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError("name", f"{self.name!r}: use letters, digits, '-' and '_'")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight >= 0:
+            raise ConfigError(
+                "weight", f"{self.weight!r} is not a number >= 0; weights are the target token ratio, e.g. 7 and 3"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """One stream of the mix: its id (in the shards' index, where a build without domains writes the source id),
+    its source and the subsets it takes (None: all the source's subsets no other domain of it names)."""
+
+    id: int
+    name: str
+    source: str
+    subsets: tuple[str, ...] | None
+    weight: float
+
+
+def resolve_domains(sources: list[tuple[str, float]], domains: list[DomainConfig]) -> list[Domain]:
+    """The mix's streams: one per source (its weight, all its subsets) when `domains` is empty, else the domains
+    in the order given. Raises ConfigError naming the domain setting that cannot work."""
+    if not domains:
+        return [Domain(i, name, name, None, float(weight)) for i, (name, weight) in enumerate(sources)]
+    names = [d.name for d in domains]
+    source_names = [name for name, _ in sources]
+    named: dict[tuple[str, str], str] = {}
+    rest: dict[str, str] = {}
+    for d in domains:
+        if names.count(d.name) > 1:
+            raise ConfigError(f"{d.name}.name", "domain names must be unique")
+        if d.source not in source_names:
+            raise ConfigError(
+                f"{d.name}.source", f"{d.source!r} is not a source of the recipe; sources: {', '.join(source_names)}"
+            )
+        if not d.subsets and d.source in rest:
+            raise ConfigError(
+                f"{d.name}.subsets",
+                f"domain {rest[d.source]!r} already takes the rest of {d.source}; name this one's subsets",
+            )
+        if not d.subsets:
+            rest[d.source] = d.name
+        for subset in d.subsets:
+            if (d.source, subset) in named:
+                raise ConfigError(
+                    f"{d.name}.subsets", f"{d.source}/{subset} is already in domain {named[d.source, subset]!r}"
+                )
+            named[d.source, subset] = d.name
+    uncovered = [name for name in source_names if name not in {d.source for d in domains}]
+    if uncovered:
+        raise ConfigError(
+            "domains",
+            f"source {uncovered[0]!r} is in no domain; add "
+            f"`- {{name: {uncovered[0]}, source: {uncovered[0]}}}` (all its subsets)",
+        )
+    if not sum(d.weight for d in domains) > 0:
+        raise ConfigError("domains", "the domains' weights sum to 0; give at least one a positive weight")
+    return [Domain(i, d.name, d.source, tuple(d.subsets) or None, float(d.weight)) for i, d in enumerate(domains)]
+
+
+def subset_domains(domains: list[Domain], source: str, subsets: list[str]) -> list[int | None]:
+    """For one file of `source` whose documents' subset column indexes `subsets`: each subset's domain id, or
+    None for a subset that no domain takes."""
+    mine = [d for d in domains if d.source == source]
+    rest = next((d.id for d in mine if d.subsets is None), None)
+    return [next((d.id for d in mine if d.subsets and name in d.subsets), rest) for name in subsets]
+
+
+def budget_factors(totals: dict[int, int], weights: dict[int, float], budget: int) -> dict[int, float]:
+    """Per domain: the factor that takes `budget` x its share of tokens (> 1 repeats it; 0 for a domain with
+    no tokens or no weight)."""
+    total_weight = sum(weights[d] for d in totals)
+    return {d: budget * weights[d] / total_weight / totals[d] if totals[d] else 0.0 for d in totals}
 
 
 @dataclass(slots=True)
@@ -79,7 +178,7 @@ class Plan:
 def repeat_factors(totals: dict[int, int], weights: dict[int, float], policy: str) -> dict[int, float]:
     """Per source: the tokens the split takes over the tokens it has (1 natural, < 1 cut, > 1 repeated)."""
     share = {sid: weights[sid] / sum(weights[s] for s in totals) for sid in totals}
-    present = [sid for sid in totals if totals[sid] > 0]
+    present = [sid for sid in totals if totals[sid] > 0 and share[sid] > 0]  # a 0-weight domain takes nothing
     if policy == "natural" or not present:
         return {sid: 1.0 for sid in totals}
     scale = [totals[sid] / share[sid] for sid in present]

@@ -78,6 +78,11 @@ PRESETS: dict[str, ModelConfig] = {
         ModelConfig(
             name="tiny", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=32000, context=64
         ),
+        # For mixture sweeps on the CPU over a corpus with a small trained tokenizer (`tokenizer.train: {vocab_size:
+        # 2048}`): `tiny` with a 2k vocabulary, whose output layer no longer costs 15x the blocks.
+        ModelConfig(
+            name="tiny-2k", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=2048, context=64
+        ),
     )
 }
 
@@ -94,6 +99,7 @@ def preset(name: str) -> ModelConfig:
 PRESET_TRAINING: dict[str, dict[str, int]] = {
     "tinyllama-1.1b": {"batch_tokens": 2048 * 1024, "warmup_steps": 2000},
     "tiny": {"batch_tokens": 64 * 64, "warmup_steps": 20},
+    "tiny-2k": {"batch_tokens": 64 * 64, "warmup_steps": 20},
 }
 
 

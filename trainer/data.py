@@ -43,12 +43,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from manifests import Manifest, ManifestError
 from manifests.hashing import splitmix64_finalizer
 from manifests.manifest import load as load_manifest
-from manifests.shards import open_tokens, read_index_header
+from manifests.shards import open_tokens, read_index, read_index_header
 
 __all__ = [
     "DataError",
     "TokenWindows",
     "WindowDataset",
+    "WindowDomains",
     "WindowLoader",
     "check_shards",
     "check_state",
@@ -114,6 +115,31 @@ class TokenWindows:
         for row, (shard, start) in enumerate(zip(shards, starts)):
             batch[row] = self.tokens[shard][start : start + self.context + 1]
         return batch
+
+
+class WindowDomains:
+    """The id (a domain's, or a source's for a build without domains: `Manifest.domain_names`) of the document
+    that each target token of a split's windows belongs to. Reads every shard's whole index (18 bytes a
+    document): meant for the validation split, which evaluation reports per domain."""
+
+    def __init__(self, manifest: Manifest, split: str, windows: TokenWindows) -> None:
+        self.windows = windows
+        self.ends, self.ids = [], []
+        for shard in manifest.shards(split):
+            index = read_index(shard.idx_path)
+            self.ends.append(index.doc_ends.astype(np.int64))
+            self.ids.append(index.source_ids.astype(np.int64))
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        """A (len(indices), context) int64 array: the id of each target token (window positions 1..context)."""
+        context = self.windows.context
+        shards = np.searchsorted(self.windows.first_window, indices, side="right") - 1
+        starts = (indices - self.windows.first_window[shards]) * context
+        out = np.empty((len(indices), context), dtype=np.int64)
+        for row, (shard, start) in enumerate(zip(shards, starts)):
+            positions = start + 1 + np.arange(context)
+            out[row] = self.ids[shard][np.searchsorted(self.ends[shard], positions, side="right")]
+        return out
 
 
 def permute(x: np.ndarray, n: int, keys: np.ndarray) -> np.ndarray:
@@ -184,6 +210,13 @@ class WindowDataset(IterableDataset):
     def read(self, consumed: int, count: int) -> np.ndarray:
         """Those windows' tokens, a (count, context + 1) int64 array. Reads, changes no state."""
         return self.windows.gather(self.indices(consumed, count))
+
+    def read_domains(self, consumed: int, count: int) -> np.ndarray:
+        """The domain id of each target token of the same windows as `read`, a (count, context) int64 array
+        (the shards' indexes are read whole the first time: meant for a validation split)."""
+        if getattr(self, "_domains", None) is None:
+            self._domains = WindowDomains(self.manifest, self.split, self.windows)
+        return self._domains.gather(self.indices(consumed, count))
 
     def __iter__(self):
         info = get_worker_info()

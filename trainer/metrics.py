@@ -59,6 +59,8 @@ class MetricsLogger:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self.tensorboard.add_scalar(key, value, record["step"])
+            for name, value in record.get("val_loss_by_domain", {}).items():
+                self.tensorboard.add_scalar(f"val_loss/{name}", value, record["step"])
         print(console_line(record), file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -70,7 +72,12 @@ class MetricsLogger:
 
 def console_line(record: dict) -> str:
     if record.get("kind") == "eval":
-        return f"step {record['step']} | validation loss {record['val_loss']:.4f} over {record['val_windows']} windows"
+        by_domain = record.get("val_loss_by_domain", {})
+        domains = (
+            " | " + ", ".join(f"{name} {loss:.4f}" for name, loss in by_domain.items()) if len(by_domain) > 1 else ""
+        )
+        loss = f"validation loss {record['val_loss']:.4f} over {record['val_windows']} windows"
+        return f"step {record['step']} | {loss}{domains}"
     parts = [
         f"step {record['step']}/{record['steps']}",
         f"loss {record['loss']:.4f}",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
@@ -216,17 +217,38 @@ def accumulate_gradients(
     return loss_sum, waited
 
 
+EVAL_LOGIT_ELEMENTS = 1 << 28  # logits evaluated at once (1 GiB in fp32): a few windows at TinyLlama's context
+
+
 @torch.no_grad()
-def evaluate(model: Llama, dataset: WindowDataset, cfg: TrainConfig, rt: Runtime) -> float:
+def evaluate(model: Llama, dataset: WindowDataset, cfg: TrainConfig, rt: Runtime) -> dict:
     """Mean loss over the same validation windows every time: the validation stream's first `eval_windows`
-    (rounded down to a multiple of the rank count, at least one a rank), the same windows on any rank count."""
+    (rounded down to a multiple of the rank count, at least one a rank), the same windows on any rank count;
+    and the mean loss of the tokens of each domain (each source, for a build without domains) in them, each
+    token counted for the document it belongs to. Returns the eval record's fields."""
     per_rank = max(1, cfg.eval_windows // rt.world_size)
-    total = torch.zeros((), device=rt.device)
-    for batch in torch.from_numpy(dataset.read(0, per_rank)).split(cfg.micro_batch):
-        batch = batch.to(rt.device)
-        total += model(batch[:, :-1], batch[:, 1:]) * len(batch)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.item() / (per_rank * rt.world_size)
+    names = dataset.manifest.domain_names
+    windows = torch.from_numpy(dataset.read(0, per_rank))
+    labels = torch.from_numpy(dataset.read_domains(0, per_rank)).clamp_(max=len(names))  # an unknown id: its own bucket
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=rt.device)
+    counts = torch.zeros(len(names) + 1, dtype=torch.float64, device=rt.device)
+    rows = max(1, min(cfg.micro_batch, EVAL_LOGIT_ELEMENTS // (windows.shape[1] * model.cfg.vocab_size)))
+    for batch, label in zip(windows.split(rows), labels.split(rows)):
+        batch, label = batch.to(rt.device), label.to(rt.device).flatten()
+        logits = model(batch[:, :-1])
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="none")
+        sums.index_add_(0, label, losses.double())
+        counts.index_add_(0, label, torch.ones_like(losses, dtype=torch.float64))
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    sums, counts = sums.tolist(), counts.tolist()
+    present = [(name, i) for i, name in enumerate(names) if counts[i]]
+    return {
+        "val_loss": sum(sums) / sum(counts),
+        "val_windows": per_rank * rt.world_size,
+        "val_loss_by_domain": {name: sums[i] / counts[i] for name, i in present},
+        "val_tokens_by_domain": {name: int(counts[i]) for name, i in present},
+    }
 
 
 class Interval:
@@ -475,7 +497,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
     logger, preemption, interval = MetricsLogger(cfg.out, enabled=rt.rank == 0), Preemption(rt), Interval()
     for line in plan(cfg, model_cfg, rt, accumulation, start, len(loader.windows)):
         say(rt, line)
-    started, last = time.perf_counter(), None
+    started, last, last_eval = time.perf_counter(), None, None
     try:
         for step in range(start + 1, cfg.steps + 1):
             lr = lr_at(step, cfg)
@@ -509,14 +531,8 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
                 logger.log(last)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with interval.paused():
-                    logger.log(
-                        {
-                            "kind": "eval",
-                            "step": step,
-                            "val_loss": evaluate(runner, val_data, cfg, rt),
-                            "val_windows": cfg.eval_windows,
-                        }
-                    )
+                    last_eval = {"kind": "eval", "step": step, **evaluate(runner, val_data, cfg, rt)}
+                    logger.log(last_eval)
             if preemption.requested():
                 return stop_for_signal(
                     cfg, step, model, optimizer, loader, run_meta, rt, preemption, f"step {step} was complete"
@@ -534,6 +550,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
         rt,
         (
             f"done: steps {start + 1}-{cfg.steps} in {time.perf_counter() - started:,.0f} s, loss {last['loss']:.4f}; "
+            + (f"{eval_summary(last_eval)}; " if last_eval else "")
             + (
                 f"newest checkpoint {newest[-1]}; a Hugging Face model: tokenmill export {cfg.out} --hf DIR"
                 if newest
@@ -542,6 +559,12 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
         ),
     )
     return 0
+
+
+def eval_summary(record: dict) -> str:
+    """The last evaluation in the run's closing line: the validation loss, and per domain."""
+    by_domain = ", ".join(f"{name} {loss:.4f}" for name, loss in record["val_loss_by_domain"].items())
+    return f"validation loss {record['val_loss']:.4f} ({by_domain})"
 
 
 def stop_for_signal(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +57,11 @@ def build(
     address: str | None = None,
     console: bool = True,
     work_url: str | None = None,
+    reuse_only: frozenset[str] = frozenset(),
 ) -> str:
     """Run (or resume) a build; returns the manifest's URL. `work_url` (default OUT/work) may be shared by
-    several outputs: each re-uses every task output whose inputs and settings match, whoever made it."""
+    several outputs: each re-uses every task output whose inputs and settings match, whoever made it.
+    `reuse_only`: stages that must not run a task (`MissingOutputs` if one would)."""
     started = time.perf_counter()
     validate_filters(recipe)
     # eval sets are read and checked before any work: a missing file, a field no record has, an empty set
@@ -73,13 +76,29 @@ def build(
     try:
         workers = start_ray(address, workers)
         log.say(f"tokenmill build {recipe.name}: {len(inputs)} input files, {workers} workers, work dir {work.url()}")
-        runner = Runner(work, workers, log)
+        runner = Runner(work, workers, log, reuse_only=reuse_only)
         results = run_stages(recipe, inputs, tokenizer, runner, out, eval_sets)
         manifest = finalize(recipe, inputs, tokenizer, out, work, results, time.perf_counter() - started)
         log.say(f"manifest: {manifest.path}  ({sum(s.tokens for s in manifest.splits.values()):,} tokens)")
     finally:
         log.close()  # a failed build's log too: it names the tasks that finished
     return out.url(MANIFEST)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedCorpus:
+    """The processed corpus, every stage before the mix: what any mix of it (a build, a sweep's proxies) plans from."""
+
+    processed: list[Processed]
+    decontaminated: list[dict]
+    index: tuple[str, dict] | None  # the decontamination index task's folder and done record
+    group_folders: list[str]
+    group_records: list[dict]
+    resolved_folder: str
+    resolved: dict
+    counts: list[dict]
+    samples_folder: str
+    keys: dict[str, str]
 
 
 def run_stages(
@@ -91,6 +110,43 @@ def run_stages(
     eval_sets: list[EvalSet] = (),
 ) -> StageResults:
     """Every stage of `pipeline.build.registry`, in its order, each planned from the ones before."""
+    c = processed_corpus(recipe, inputs, tokenizer, runner, out, eval_sets)
+    shards, factors, totals = _mix(
+        recipe, c.processed, c.counts, c.resolved_folder, c.keys["mix"], tokenizer, runner, out
+    )
+    funnels = [f for r in c.group_records for f in r["source_funnels"]]
+    filter_samples = samples.first_filter_samples([r["filter_samples"] for r in c.group_records])
+    return StageResults(
+        funnels=funnels,
+        filter_samples=filter_samples,
+        kept=count.merge_subset_stats(c.counts),
+        resolved_folder=c.resolved_folder,
+        resolved=c.resolved,
+        key_groups=c.group_folders,
+        key_group_records=c.group_records,
+        samples_folder=c.samples_folder,
+        factors=factors,
+        shards=shards,
+        shards_folder=shards_folder(c.keys["mix"]),
+        keys=c.keys,
+        used=runner.used,
+        timings=runner.timings,
+        workers=runner.workers,
+        decontamination=c.index,
+        decontaminated=c.decontaminated,
+        domain_tokens=totals,
+    )
+
+
+def processed_corpus(
+    recipe: Recipe,
+    inputs: list[InputFile],
+    tokenizer: Tokenizer,
+    runner: Runner,
+    out: Store,
+    eval_sets: list[EvalSet] = (),
+) -> ProcessedCorpus:
+    """The stages before the mix, in the registry's order (decontaminate, process ... count, samples)."""
     index_folder, index_record, index_ref = _decontaminate(recipe, eval_sets, tokenizer, runner, out)
     processed, decontaminated = _process(recipe, inputs, tokenizer, runner, index_folder, index_ref)
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
@@ -109,27 +165,18 @@ def run_stages(
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
     keys["mix"] = stage.mix_key(keys.get("verify", dedupe_key), recipe)
-    shards, factors = _mix(recipe, processed, counts, resolved_folder, keys["mix"], tokenizer, runner, out)
-    funnels = [f for r in group_records for f in r["source_funnels"]]
-    filter_samples = samples.first_filter_samples([r["filter_samples"] for r in group_records])
-    return StageResults(
-        funnels=funnels,
-        filter_samples=filter_samples,
-        kept=count.merge_subset_stats(counts),
-        resolved_folder=resolved_folder,
-        resolved=resolved,
-        key_groups=group_folders,
-        key_group_records=group_records,
-        samples_folder=samples_folder,
-        factors=factors,
-        shards=shards,
-        shards_folder=shards_folder(keys["mix"]),
-        keys=keys,
-        used=runner.used,
-        timings=runner.timings,
-        workers=runner.workers,
-        decontamination=(index_folder, index_record) if index_folder else None,
-        decontaminated=decontaminated,
+    index = (index_folder, index_record) if index_folder else None
+    return ProcessedCorpus(
+        processed,
+        decontaminated,
+        index,
+        group_folders,
+        group_records,
+        resolved_folder,
+        resolved,
+        counts,
+        samples_folder,
+        keys,
     )
 
 
@@ -433,19 +480,56 @@ def _duplicate_samples(
 
 
 def plan_mix(recipe: Recipe, processed: list[Processed], counts: list[dict], shards_folder: str) -> list[MixGroup]:
-    """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables)."""
-    kept = {int(f): c for record in counts for f, c in record["files"].items()}
-    source_ids = {s.name: i for i, s in enumerate(recipe.sources)}
-    weights = {i: s.weight for i, s in enumerate(recipe.sources)}
+    """The mix groups of every split, planned from the count tasks' per-file kept tokens (no document tables):
+    one stream per domain (per source for a recipe without domains)."""
+    kept = {int(f): c for record in counts for f, c in record["subset_tokens"].items()}
+    domains = recipe.domain_list()
+    members, subset_ids = domain_members(domains, processed, kept)
+    weights = {d.id: d.weight for d in domains}
     folders = {p.file_index: p.folder for p in processed}
     groups = []
     for split_no, split in enumerate(SPLITS):
         streams = {}
-        for sid in weights:
-            mine = [p.file_index for p in processed if source_ids[p.source] == sid]
-            streams[sid] = (np.asarray(mine, np.int64), np.asarray([kept[f][split_no][1] for f in mine], np.int64))
-        groups += _plan_split(split, streams, weights, recipe.mix, folders, shards_folder)
+        for d in domains:
+            files = sorted(members[d.id])
+            tokens = [sum(kept[f][split_no][j] for j in members[d.id][f]) for f in files]
+            streams[d.id] = (np.asarray(files, np.int64), np.asarray(tokens, np.int64))
+        groups += _plan_split(split, streams, weights, recipe.mix, folders, shards_folder, subset_ids)
     return groups
+
+
+def domain_members(
+    domains: list[mix_stage.Domain], processed: list[Processed], kept: dict[int, list[list[int]]]
+) -> tuple[dict[int, dict[int, list[int]]], dict[int, dict[int, list[int]]]]:
+    """Per domain id: each file of its source and the subset column values of that file it takes; and the same
+    for the domains that must filter by subset (not every document of their files is theirs). A subset whose
+    kept documents no domain takes is refused (the build would silently drop them)."""
+    members: dict[int, dict[int, list[int]]] = {d.id: {} for d in domains}
+    for p in processed:
+        of = mix_stage.subset_domains(domains, p.source, p.subsets)
+        for j, d in enumerate(of):
+            if d is None and any(split[j] for split in kept[p.file_index]):
+                raise RecipeError(
+                    f"recipe field `domains`: subset {p.subsets[j]!r} of source {p.source!r} has kept documents "
+                    "but is in no domain; "
+                    f"name it in a domain, or give {p.source} a domain without `subsets` (it takes the rest)"
+                )
+        for d in domains:
+            if d.source == p.source:
+                members[d.id][p.file_index] = [j for j, owner in enumerate(of) if owner == d.id]
+    whole = {d.id for d in domains if d.subsets is None and sum(e.source == d.source for e in domains) == 1}
+    return members, {d: files for d, files in members.items() if d not in whole}
+
+
+def domain_tokens(recipe: Recipe, processed: list[Processed], counts: list[dict]) -> dict[str, dict[str, int]]:
+    """Per split, each domain's kept tokens (each source's, for a recipe without domains)."""
+    kept = {int(f): c for record in counts for f, c in record["subset_tokens"].items()}
+    domains = recipe.domain_list()
+    members, _ = domain_members(domains, processed, kept)
+    return {
+        split: {d.name: sum(kept[f][n][j] for f, subsets in members[d.id].items() for j in subsets) for d in domains}
+        for n, split in enumerate(SPLITS)
+    }
 
 
 def _mix(
@@ -457,12 +541,19 @@ def _mix(
     tokenizer: Tokenizer,
     runner: Runner,
     out: Store,
-) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]]]:
-    """Run the mix groups; returns each split's shard entries and each split's repeat factor per source."""
+) -> tuple[dict[str, list[dict]], dict[str, dict[int, float]], dict[str, dict[int, int]]]:
+    """Run the mix groups; returns each split's shard entries, each split's repeat factor per domain (source, for
+    a recipe without domains) and each split's kept tokens per domain."""
     groups = plan_mix(recipe, processed, counts, shards_folder(key))
     factors = {g.split: g.factors for g in groups}
+    totals = {g.split: {} for g in groups}
+    for g in groups:
+        for piece in g.slices:
+            totals[g.split][piece.source_id] = totals[g.split].get(piece.source_id, 0) + piece.tokens
+    totals = {split: {d: round(t) for d, t in per.items()} for split, per in totals.items()}
     written_to = stage.mix_written_key(key, out.url())
     source_names = [s.name for s in recipe.sources]
+    domains = [(d.name, d.source) for d in recipe.domain_list()] if recipe.domains else None
     records = runner.run(
         stage.MIX,
         [
@@ -476,6 +567,7 @@ def _mix(
                 dtype_name(tokenizer.dtype),
                 source_names,
                 recipe.mix.seed,
+                *([domains] if domains else []),
             )
             for g in groups
             for folder in [stage.MIX.folder(written_to, stage.mix_group_part(g.split, g.number))]
@@ -484,7 +576,7 @@ def _mix(
     shards: dict[str, list[dict]] = {}
     for g, record in zip(groups, records):
         shards.setdefault(g.split, []).extend(ShardEntry(**e) for e in record["entries"])
-    return shards, factors
+    return shards, factors, totals
 
 
 def _plan_split(
@@ -494,13 +586,22 @@ def _plan_split(
     mix: MixConfig,
     folders: dict[int, str],
     shards_folder: str,
+    subset_ids: dict[int, dict[int, list[int]]],
 ) -> list[MixGroup]:
-    """The split's mix groups: each source's stream cut into the same number of token ranges, the policy's
-    repeat factors, and each group's shards numbered after the previous groups'."""
+    """The split's mix groups: each domain's stream cut into the same number of token ranges, the policy's
+    repeat factors (with a token budget: the budget's for train, everything for validation), and each group's
+    shards numbered after the previous groups'."""
     totals = {sid: int(tokens.sum()) for sid, (_, tokens) in streams.items()}
     if not any(totals.values()):
         return []
-    factors = mix_stage.repeat_factors(totals, weights, mix.policy)
+    if mix.budget_tokens:
+        factors = (
+            mix_stage.budget_factors(totals, weights, mix.budget_tokens)
+            if split == "train"
+            else {d: 1.0 for d in totals}
+        )
+    else:
+        factors = mix_stage.repeat_factors(totals, weights, mix.policy)
     planned = sum(factors[sid] * t for sid, t in totals.items())
     groups, first_shard = [], 0
     for number, slices in enumerate(
@@ -508,6 +609,11 @@ def _plan_split(
     ):
         shards = mix_stage.shard_count(sum(factors[s.source_id] * s.tokens for s in slices), mix.shard_tokens)
         files = {f: folders[f] for s in slices for f, _ in s.files}
+        subsets = {
+            s.source_id: {f: subset_ids[s.source_id][f] for f, _ in s.files}
+            for s in slices
+            if s.source_id in subset_ids
+        }
         groups.append(
             MixGroup(
                 split=split,
@@ -518,6 +624,7 @@ def _plan_split(
                 shards=shards,
                 folders=files,
                 shards_folder=shards_folder,
+                subset_ids=subsets,
             )
         )
         first_shard += shards

@@ -6,12 +6,21 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from manifests import manifest as manifest_io
-from manifests.manifest import Funnel, InputEntry, Manifest, MixEntry, Provenance, QuarantineEntry, SourceEntry
+from manifests.manifest import (
+    DomainEntry,
+    Funnel,
+    InputEntry,
+    Manifest,
+    MixEntry,
+    Provenance,
+    QuarantineEntry,
+    SourceEntry,
+)
 from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES, MANIFEST, QUARANTINE, SHARDS_PREFIX, TOKENIZER_MODEL
 from manifests.shards import ShardEntry, dtype_name
 from pipeline import __version__
@@ -43,7 +52,7 @@ class StageResults:
     key_groups: list[str]  # their folders hold the quarantine records of their files
     key_group_records: list[dict]
     samples_folder: str  # the duplicates' samples of dropped_samples.jsonl
-    factors: dict[str, dict[int, float]]  # per split and source id: tokens taken / tokens kept
+    factors: dict[str, dict[int, float]]  # per split and domain id (source id without domains): taken / kept tokens
     shards: dict[str, list[ShardEntry]]  # split -> manifest entries of its shards, in order
     shards_folder: str  # the output folder holding this mix's shards
     keys: dict[str, str]  # the dedupe and mix work keys: what the shards were made from
@@ -52,6 +61,7 @@ class StageResults:
     workers: int
     decontamination: tuple[str, dict] | None = None  # the index task's folder and done record, when decontaminating
     decontaminated: list[dict] = ()  # then per input file with matches: {"source", "path", "decontamination"}
+    domain_tokens: dict[str, dict[int, int]] = field(default_factory=dict)  # per split and domain id: tokens kept
 
 
 def finalize(
@@ -114,9 +124,10 @@ def _manifest(
     quarantine: QuarantineEntry,
 ) -> Manifest:
     names = [s.name for s in recipe.sources]
-    splits = manifest_io.splits_of(results.shards, names)
+    domains = recipe.domain_list() if recipe.domains else None
+    splits = manifest_io.splits_of(results.shards, names, [d.name for d in domains] if domains else None)
     total_weight = sum(s.weight for s in recipe.sources)
-    return Manifest(
+    manifest = Manifest(
         format=manifest_io.FORMAT,
         format_version=manifest_io.FORMAT_VERSION,
         tool_version=__version__,
@@ -141,6 +152,39 @@ def _manifest(
         stages=timings,
         quarantine=quarantine,
     )
+    if domains:
+        _add_domains(manifest, domains, results)
+    return manifest
+
+
+def _add_domains(manifest: Manifest, domains: list, results: StageResults) -> None:
+    """A build with domains: each domain's kept tokens and epochs (train), its target and achieved shares; the
+    sources' targets and epochs are their domains' sums."""
+    total_weight = sum(d.weight for d in domains)
+    kept, factors = results.domain_tokens.get("train", {}), results.factors.get("train", {})
+    manifest.domains = [
+        DomainEntry(
+            name=d.name,
+            id=d.id,
+            source=d.source,
+            subsets=list(d.subsets or []),
+            weight=d.weight,
+            tokens_kept={split: per.get(d.id, 0) for split, per in results.domain_tokens.items()},
+            epochs=factors.get(d.id, 0.0),
+        )
+        for d in domains
+    ]
+    mix = manifest.mix
+    mix.target = {s: sum(d.weight for d in domains if d.source == s) / total_weight for s in mix.target}
+    mix.target_by_domain = {d.name: d.weight / total_weight for d in domains}
+    mix.achieved_by_domain = {
+        split: {n: (t / v.tokens if v.tokens else 0.0) for n, t in v.tokens_by_domain.items()}
+        for split, v in manifest.splits.items()
+    }
+    for source in manifest.sources:
+        mine = [d for d in domains if d.source == source.name]
+        tokens = sum(kept.get(d.id, 0) for d in mine)
+        source.epochs = sum(factors.get(d.id, 0.0) * kept.get(d.id, 0) for d in mine) / tokens if tokens else 0.0
 
 
 def _build_stats(work: Store, results: StageResults, subsets: dict, timings: dict, wall: float) -> dict:

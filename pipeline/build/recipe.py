@@ -27,7 +27,7 @@ from stages.dedupe import DedupeConfig
 from stages.fetch import SourceConfig
 from stages.filter import build_filters
 from stages.minhash import MinHashConfig
-from stages.mix import MixConfig
+from stages.mix import Domain, DomainConfig, MixConfig, resolve_domains
 from stages.tokenize import TokenizerConfig, TokenizerTrainConfig
 
 
@@ -48,6 +48,7 @@ class Recipe:
     mix: MixConfig = field(default_factory=MixConfig)
     decontaminate: DecontaminateConfig | None = None  # eval sets whose items must not be in the shards
     batch_documents: int = 1024  # documents per batch inside a task
+    domains: list[DomainConfig] = field(default_factory=list)  # empty: one domain per source, the source weights
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -57,6 +58,14 @@ class Recipe:
             _fail("sources", f"source names must be unique, got {names}")
         if self.batch_documents < 1:
             _fail("batch_documents", "must be positive")
+        try:
+            self.domain_list()
+        except ConfigError as e:
+            _fail(f"domains[{e.field}]" if e.field != "domains" else "domains", e.message)
+
+    def domain_list(self) -> list[Domain]:
+        """The mix's streams: the domains, or one per source (`stages.mix.resolve_domains`)."""
+        return resolve_domains([(s.name, s.weight) for s in self.sources], self.domains)
 
     def source(self, name: str) -> SourceConfig:
         for s in self.sources:
@@ -65,9 +74,15 @@ class Recipe:
         raise KeyError(name)
 
     def to_dict(self) -> dict:
+        """The recipe as the manifest records it. Settings added later are left out at their defaults, so a recipe
+        that does not use them has the hash and the manifest it had before they existed."""
         data = dataclasses.asdict(self)
         if self.decontaminate is None:  # a recipe without the section hashes as it did before the section existed
             del data["decontaminate"]
+        if not self.domains:
+            del data["domains"]
+        if not self.mix.budget_tokens:
+            del data["mix"]["budget_tokens"]
         return data
 
     def sha256(self) -> str:
@@ -282,7 +297,18 @@ def recipe_from_dict(data: dict) -> Recipe:
         mix=_build(MixConfig, data.get("mix") or {}, "mix"),
         decontaminate=_decontaminate(data.get("decontaminate")),
         batch_documents=data.get("batch_documents", 1024),
+        domains=_domains(data.get("domains")),
     )
+
+
+def _domains(data: Any) -> list[DomainConfig]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise RecipeError(
+            "recipe field `domains`: give a list of domains (`- {name: ..., source: ..., subsets: [...], weight: ...}`)"
+        )
+    return [_build(DomainConfig, d, f"domains[{_source_label(d, i)}]") for i, d in enumerate(data)]
 
 
 def _decontaminate(data: Any) -> DecontaminateConfig | None:

@@ -75,8 +75,16 @@ def verify_key(dedupe: str, recipe: Recipe) -> str:
 
 
 def count_key(key_group_folder: str, resolved_folder: str) -> str:
-    """The group's keys, the removals that count reads, and how many removed documents it lists per step."""
-    return fingerprint({"keys": key_group_folder, "resolved": resolved_folder, "samples": samples.PER_STEP})
+    """The group's keys, the removals that count reads, how many removed documents it lists per step, and the
+    version of its record (2: kept tokens per subset of each file too, what domain weights plan from)."""
+    return fingerprint(
+        {
+            "keys": key_group_folder,
+            "resolved": resolved_folder,
+            "samples": samples.PER_STEP,
+            "record": count.RECORD_VERSION,
+        }
+    )
 
 
 def samples_key(chosen: list[samples.DuplicateCandidate], folders: dict[int, str]) -> str:
@@ -86,9 +94,14 @@ def samples_key(chosen: list[samples.DuplicateCandidate], folders: dict[int, str
 
 def mix_key(deduplicated: str, recipe: Recipe) -> str:
     """The deduplicated corpus (the verify key when there is one) and the mix settings: policy, seed, shard
-    size and each source's weight. It names the output's shard folder too."""
+    size, token budget, each source's weight and the domains. It names the output's shard folder too. A setting
+    added later enters only when used, so that the shards of a recipe without it keep their folder."""
     weights = [[s.name, s.weight] for s in recipe.sources]
-    return fingerprint({"dedupe": deduplicated, "mix": dataclasses.asdict(recipe.mix), "weights": weights})
+    mix = {k: v for k, v in dataclasses.asdict(recipe.mix).items() if k != "budget_tokens" or v}
+    key = {"dedupe": deduplicated, "mix": mix, "weights": weights}
+    if recipe.domains:
+        key["domains"] = [[d.name, d.source, list(d.subsets or []), d.weight] for d in recipe.domain_list()]
+    return fingerprint(key)
 
 
 def mix_written_key(mix: str, out_url: str) -> str:

@@ -131,14 +131,20 @@ def _status(problems: list, part: str, hashed: bool) -> str:
     return "; ".join(mine) if mine else ("ok" if hashed else "size ok")
 
 
-def scan_shard(ref: ShardRef, names: dict[int, str], verify_bins: bool) -> tuple[dict, dict[str, np.ndarray]]:
+def scan_shard(
+    ref: ShardRef, names: dict[int, str], verify_bins: bool, id_sources: np.ndarray | None = None
+) -> tuple[dict, dict[str, np.ndarray]]:
     """One shard's recount from its index: documents and tokens per source, the log2 histogram of document
-    lengths per source, and its check against the manifest (`manifests.check_shard`)."""
+    lengths per source, and its check against the manifest (`manifests.check_shard`). `id_sources`: for a
+    build with domains, the source id of each domain id the index holds."""
     problems = ref.check(checksums=verify_bins)
     if any(p.part == "idx" for p in problems):
         return _shard_error_row(ref, _status(problems, "idx", True)), {}
     index = read_index(ref.idx_path)
     ids = index.source_ids.astype(np.int64)
+    if id_sources is not None and len(ids):
+        known = ids < len(id_sources)  # an id the manifest does not know stays visible (as source#N)
+        ids = np.where(known, id_sources[np.minimum(ids, len(id_sources) - 1)], ids + len(names))
     lengths = index.doc_lengths()
     width = int(ids.max()) + 1 if len(ids) else 0
     docs = np.bincount(ids, minlength=width)
@@ -171,11 +177,12 @@ def scan_shards(manifest: Manifest, verify_bins: bool) -> tuple[dict, dict, dict
     """Every shard's recount (by its .bin path), the per-split totals of those recounts, and the token-length
     histogram per source."""
     names = {s.id: s.name for s in manifest.sources}
+    id_sources = np.asarray(manifest.id_sources(), np.int64) if manifest.domains else None
     rows, splits, hists = {}, {}, {}
     for split in manifest.splits:
         total = {"documents": 0, "tokens": 0, "documents_by_source": {}, "tokens_by_source": {}, "shards": 0}
         for ref in manifest.shards(split):
-            row, shard_hists = scan_shard(ref, names, verify_bins)
+            row, shard_hists = scan_shard(ref, names, verify_bins, id_sources)
             rows[ref.entry.bin] = row
             total["shards"] += 1
             total["documents"] += row["documents"]

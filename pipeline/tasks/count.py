@@ -24,6 +24,8 @@ from pipeline.tasks.process import DOCS, Processed
 from pipeline.work.store import Store
 from stages.document import EXACT_DUPLICATE, NEAR_DUPLICATE
 
+RECORD_VERSION = 2  # 2: `subset_tokens`, the kept tokens per split and subset of each file
+
 
 @dataclass(slots=True)
 class KeptDocs:
@@ -53,18 +55,27 @@ def kept_docs(work: Store, folder: str, file_index: int, removed: RemovedDocs) -
 
 
 def count_kept(folder: str, files: list[Processed], resolved: str, work: Store) -> dict:
-    """Per file: [documents, tokens] kept in each split; per "source/subset": duplicates removed and what was
+    """Per file: [documents, tokens] kept in each split, and the tokens kept per split and subset (index =
+    the file's subset column); per "source/subset": duplicates removed and what was
     kept, with length histograms; the first removed documents per source, subset and step, from which the
     driver chooses the duplicates' samples (`pipeline.tasks.samples`)."""
     started = time.perf_counter()
     removed = removed_of(work, resolved, [f.file_index for f in files], survivors=True)
-    per_file, subsets, candidates, taken = {}, {}, [], {}
+    per_file, per_subset, subsets, candidates, taken = {}, {}, {}, [], {}
     for f in files:
         d = kept_docs(work, f.folder, f.file_index, removed[f.file_index])
         split = d.columns["split"] if len(d.keys) else np.zeros(0, np.uint8)
         per_file[str(f.file_index)] = [
             [int((d.keep & (split == n)).sum()), int(d.lengths[d.keep & (split == n)].sum())]
             for n in range(len(SPLITS))
+        ]
+        subset = d.columns["subset"] if len(d.keys) else np.zeros(0, np.int64)
+        per_subset[str(f.file_index)] = [
+            np.bincount(subset[here], weights=d.lengths[here], minlength=len(f.subsets))
+            .round()
+            .astype(np.int64)
+            .tolist()
+            for here in (d.keep & (split == n) for n in range(len(SPLITS)))
         ]
         _add_subset_stats(subsets, f, d)
         gone = ~d.keep  # in key order, as the removed keys and their survivors are
@@ -80,6 +91,7 @@ def count_kept(folder: str, files: list[Processed], resolved: str, work: Store) 
             )
     record = {
         "files": per_file,
+        "subset_tokens": per_subset,
         "subsets": subsets,
         "duplicate_candidates": [asdict(c) for c in candidates],
         "documents": sum(c[0] for v in per_file.values() for c in v),

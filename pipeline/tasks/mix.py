@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -30,16 +30,19 @@ GAP_BYTES = 64 << 10  # a gap this small between two needed token ranges is read
 
 @dataclass(frozen=True, slots=True)
 class MixGroup:
-    """What one mix group task needs: its slices of the split's source streams and where its shards go."""
+    """What one mix group task needs: its slices of the split's domain streams and where its shards go."""
 
     split: str
     number: int  # the group's number within its split
-    slices: list[mix_stage.StreamSlice]
-    factors: dict[int, float]  # per source id: tokens taken / tokens there (the split's policy)
+    slices: list[mix_stage.StreamSlice]  # one per domain (the id a build without domains gives its source)
+    factors: dict[int, float]  # per domain id: tokens taken / tokens there (the split's policy or budget)
     first_shard: int
     shards: int
     folders: dict[int, str]  # process folder of each file the slices name
     shards_folder: str  # in the output: `manifests.outputs.shards_folder`
+    # per domain id, per file: the subset column values the domain takes from that file; a domain not listed
+    # takes all of its files' documents (every domain of a build without domains)
+    subset_ids: dict[int, dict[int, list[int]]] = field(default_factory=dict)
 
 
 def mix_group(
@@ -51,8 +54,10 @@ def mix_group(
     dtype_name: str,
     source_names: list[str],
     seed: int,
+    domains: list[tuple[str, str]] | None = None,
 ) -> dict:
-    """Choose, order and write one group's shards; the done record holds their manifest entries."""
+    """Choose, order and write one group's shards; the done record holds their manifest entries. `domains`:
+    (name, source) of each domain id when the recipe has domains (the shards' index then holds domain ids)."""
     started = time.perf_counter()
     sources, located = _group_documents(group, resolved, work)
     plan = mix_stage.plan_group(sources, group.factors, seed, group.shards)
@@ -98,6 +103,7 @@ def mix_group(
                     origin[part],
                     dtype,
                     source_names,
+                    domains,
                 )
             )
     record = {"entries": entries, "documents": int(len(plan.lengths)), "seconds": time.perf_counter() - started}
@@ -108,24 +114,33 @@ def mix_group(
 def _group_documents(
     group: MixGroup, resolved: str, work: Store
 ) -> tuple[list[mix_stage.SourceDocs], dict[int, dict[str, np.ndarray]]]:
-    """Per source: the group's documents (canonical order) and where their tokens are."""
+    """Per domain: the group's documents (canonical order) and where their tokens are. Each file's document
+    table is read once, whichever domains take documents from it."""
     split_no = SPLITS.index(group.split)
     removed = removed_of(work, resolved, [f for s in group.slices for f, _ in s.files])
-    sources, located = [], {}
-    for piece in group.slices:
-        cols = defaultdict(list)
+    slices_of = defaultdict(list)
+    for n, piece in enumerate(group.slices):
         for file_index, offset in piece.files:
-            d = kept_docs(work, group.folders[file_index], file_index, removed[file_index])
-            mine = d.keep & (d.columns["split"] == split_no) if len(d.keys) else np.zeros(0, bool)
+            slices_of[file_index].append((n, offset))
+    cols = [defaultdict(list) for _ in group.slices]
+    for file_index in sorted(slices_of):  # canonical order: each slice's files come in it too
+        d = kept_docs(work, group.folders[file_index], file_index, removed[file_index])
+        in_split = d.keep & (d.columns["split"] == split_no) if len(d.keys) else np.zeros(0, bool)
+        for n, offset in slices_of[file_index]:
+            piece = group.slices[n]
+            taken = group.subset_ids.get(piece.source_id, {}).get(file_index)
+            mine = in_split & np.isin(d.columns["subset"], taken) if taken is not None and len(d.keys) else in_split
             inside = np.zeros(len(mine), bool)
             inside[mine] = mix_stage.in_slice(offset, d.lengths[mine], piece)
-            cols["key"].append(d.keys[inside])
-            cols["length"].append(d.lengths[inside])
-            cols["start"].append(d.starts[inside])
-            cols["file"].append(np.full(int(inside.sum()), file_index, np.int64))
+            cols[n]["key"].append(d.keys[inside])
+            cols[n]["length"].append(d.lengths[inside])
+            cols[n]["start"].append(d.starts[inside])
+            cols[n]["file"].append(np.full(int(inside.sum()), file_index, np.int64))
+    sources, located = [], {}
+    for piece, c in zip(group.slices, cols):
         joined = (
-            {k: np.concatenate(v) for k, v in cols.items()}
-            if cols
+            {k: np.concatenate(v) for k, v in c.items()}
+            if c
             else {k: np.zeros(0, np.int64) for k in ("key", "length", "start", "file")}
         )
         sources.append(mix_stage.SourceDocs(piece.source_id, joined["key"].astype(np.uint64), joined["length"]))
@@ -182,6 +197,7 @@ def _write_shard(
     origins: np.ndarray,
     dtype: np.dtype,
     source_names: list[str],
+    domains: list[tuple[str, str]] | None = None,
 ) -> dict:
     data = np.empty(int(lengths.sum()), dtype)
     at = np.cumsum(lengths) - lengths
@@ -195,4 +211,4 @@ def _write_shard(
         for i in order[a:b].tolist():
             data[at[i] : at[i] + lengths[i]] = tokens[starts[i] : starts[i] + lengths[i]]
         del tokens
-    return asdict(write_shard(out.write_bytes, stem, data, lengths, source_ids, origins, source_names))
+    return asdict(write_shard(out.write_bytes, stem, data, lengths, source_ids, origins, source_names, domains))

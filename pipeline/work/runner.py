@@ -28,6 +28,14 @@ class BuildError(RuntimeError):
     pass
 
 
+class MissingOutputs(BuildError):
+    """A stage the build may only re-use (`Runner.reuse_only`) lacks outputs in the work store."""
+
+    def __init__(self, stage: str, missing: int, tasks: int) -> None:
+        super().__init__(f"the work store lacks {missing} of the {tasks} outputs of stage `{stage}`")
+        self.stage, self.missing, self.tasks = stage, missing, tasks
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     folder: str  # its folder in the work layout; also its Ray task name (`ray::process/...` in ps and the dashboard)
@@ -47,6 +55,8 @@ class Runner:
     log: EventLog
     timings: dict[str, dict] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
+    # stages whose outputs must all be in the work store already (a sweep's proxy builds run the mix only)
+    reuse_only: frozenset[str] = frozenset()
 
     def run(self, of: Stage, tasks: list[Task], keep: Callable[[dict], dict] | None = None) -> list[dict]:
         """Each task's done record, in task order: read back for finished tasks, returned by the others; with
@@ -62,6 +72,8 @@ class Runner:
             for r in records
         ]
         records = [keep(r) if r else None for r in records]
+        if stage in self.reuse_only and None in records:
+            raise MissingOutputs(stage, records.count(None), len(tasks))
         progress.skip(sum(r is not None for r in records))
         started = time.perf_counter()
         retries = store.take_retries()  # the driver's own store requests (done records) count too

@@ -106,6 +106,17 @@ def test_loss_falls_and_metrics_are_recorded(uninterrupted):
     evals = records(uninterrupted, "eval")
     assert [r["step"] for r in evals] == [20, 40]
     assert evals[-1]["val_loss"] < math.log(32000) - 2.0
+    # per domain (here the sources: the build has no domains): every target token counted for its document's
+    for e in evals:
+        by_domain, tokens = e["val_loss_by_domain"], e["val_tokens_by_domain"]
+        assert (
+            by_domain
+            and set(by_domain) <= {"slimpajama", "starcoderdata"}
+            and sum(tokens.values()) == e["val_windows"] * 64
+        )
+        assert sum(by_domain[d] * tokens[d] for d in by_domain) / sum(tokens.values()) == pytest.approx(
+            e["val_loss"], rel=1e-9
+        )
     assert [p.name for p in checkpoint.all_checkpoints(uninterrupted)] == ["step-000020", "step-000040"]
 
 
