@@ -12,15 +12,15 @@ import time
 
 import numpy as np
 import pytest
-import ray
 
 from manifests.shards import read_index
 from pipeline.build.driver import build, domain_members
 from pipeline.build.recipe import RecipeError, load_recipe
 from pipeline.ops.verify import verify
+from pipeline.sample_corpus import sample_recipe
 from pipeline.tasks.process import Processed
 from stages.mix import DomainConfig, resolve_domains
-from tests.support.faults import sample_recipe, shard_bytes, stable_manifest
+from tests.support.faults import shard_bytes, stable_manifest
 
 DOMAINS = [
     {"name": "book", "source": "slimpajama", "subsets": ["RedPajamaBook"], "weight": 3},
@@ -28,13 +28,6 @@ DOMAINS = [
     {"name": "python", "source": "starcoderdata", "weight": 4},
 ]
 SHARES = {"book": 0.3, "docs": 0.3, "python": 0.4}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
-from tests.support.faults import SAMPLE_RECIPE
+from pipeline.sample_corpus import sample_recipe
 
 CODE_BYTES = 300_000  # per language
 CODE_FILE = (1_000, 12_000)  # bytes of one file: no bare markers, no generated tables
@@ -71,24 +70,16 @@ def write_recipe(corpus: Path, folder: Path, tokenizer: Path | None = None, **se
     larger validation share so that each domain's validation loss is measured on a few thousand tokens), and a
     VOCAB-token sentencepiece model trained on it; with `tokenizer`, that model as a file (the sweep's recipe:
     the same processed corpus, since a process output is keyed by the tokenizer's sha256)."""
-    data = {
-        "extends": str(SAMPLE_RECIPE),
-        "name": "four-domains",
-        "sources": [
-            {"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")},
-            {
-                "name": "starcoderdata",
-                "root": str(corpus / "starcoderdata"),
-                "train": ["*/*.parquet"],
-                "validation_fraction": 0.1,
-            },
-        ],
-        "domains": DOMAINS,
-        "tokenizer": {"model": str(tokenizer)} if tokenizer else {"model": "", "train": {"vocab_size": VOCAB}},
-        "mix": {"shard_tokens": 60_000},
-        **sections,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    sources = [
+        {"name": "slimpajama", "root": str(corpus / "SlimPajama-627B")},
+        {
+            "name": "starcoderdata",
+            "root": str(corpus / "starcoderdata"),
+            "train": ["*/*.parquet"],
+            "validation_fraction": 0.1,
+        },
+    ]
+    tokenize = {"model": str(tokenizer)} if tokenizer else {"model": "", "train": {"vocab_size": VOCAB}}
+    return sample_recipe(
+        corpus, folder, name="four-domains", sources=sources, domains=DOMAINS, tokenizer=tokenize, **sections
+    )
