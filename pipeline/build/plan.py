@@ -20,7 +20,7 @@ from pipeline.build import registry as stage
 from pipeline.build.inputs import InputFile, list_inputs
 from pipeline.build.recipe import Recipe, validate_filters
 from pipeline.build.tokenizer import recipe_tokenizer
-from pipeline.tasks import dedupe, samples
+from pipeline.tasks import components, dedupe, samples
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import human_bytes
 from pipeline.work.store import Store
@@ -100,6 +100,13 @@ class _Planner:
             else None
         )
         self.stage(stage.DEDUPE, parts, partitions)
+        cuts = components.component_ranges(processed) if processed else None
+        ranges = range(len(cuts) - 1) if cuts else range(0)
+        ckey = stage.components_key(key, cuts) if cuts else None
+        self._rounds(ckey, ranges)
+        for per_range in (stage.REMOVALS, stage.SIZES):
+            folders = [per_range.folder(ckey, stage.range_part(k)) for k in ranges] if not self.changed else None
+            self.stage(per_range, folders, len(ranges) if cuts else None)
         resolved = self.stage(
             stage.RESOLVE, [stage.RESOLVE.folder(key)] if parts is not None and not self.changed else None, 1
         )
@@ -112,6 +119,9 @@ class _Planner:
                 stage.VERIFY.folder(deduplicated, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)
             ]
             self.stage(stage.VERIFY, vparts if ready else None, recipe.dedupe.partitions)
+            vkey = stage.components_key(deduplicated, cuts) if ready else None
+            verdicts = [stage.VERDICTS.folder(vkey, stage.range_part(k)) for k in ranges]
+            self.stage(stage.VERDICTS, verdicts if ready and not self.changed else None, len(ranges) if cuts else None)
             verified = self.stage(
                 stage.VERIFIED, [stage.VERIFIED.folder(deduplicated)] if ready and not self.changed else None, 1
             )
@@ -126,6 +136,25 @@ class _Planner:
         self._samples(processed, counts)
         self._mix(processed, counts, deduplicated)
         return self.plan
+
+    def _rounds(self, ckey: str | None, ranges: range) -> None:
+        """The propagate and answer rounds: re-used when every round up to the one that changed no label is done."""
+        if ckey is None or self.changed:
+            self.stage(stage.PROPAGATE, None)
+            self.stage(stage.ANSWER, None)
+            return
+        folders: dict[stage.Stage, list[str]] = {stage.PROPAGATE: [], stage.ANSWER: []}
+        rnd = 0
+        while True:
+            records = []
+            for which in folders:
+                folders[which] += [which.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+                records += [self.work.done(which.folder(ckey, stage.range_part(k, rnd))) for k in ranges]
+            if any(r is None for r in records) or not sum(r["changed"] for r in records):
+                break  # an unfinished round (it and the rest run), or the last one
+            rnd += 1
+        for which, names in folders.items():
+            self.stage(which, names)
 
     def _process(self) -> list[Processed] | None:
         if self.tokenizer is None:  # trained on the inputs first: its sha256 names every process output

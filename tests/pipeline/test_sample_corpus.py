@@ -259,9 +259,9 @@ def test_writing_the_same_sample_again_keeps_every_file_and_its_identity(tmp_pat
 
     write_sample_corpus(tmp_path, size_mb=1.5, seed=0)
     files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    before = [i.identity() for i in list_inputs(sample_recipe(tmp_path))]
+    before = [i.identity() for i in list_inputs(recipe_over(tmp_path))]
     write_sample_corpus(tmp_path, size_mb=1.5, seed=0)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == files
-    assert [i.identity() for i in list_inputs(sample_recipe(tmp_path))] == before
+    assert [i.identity() for i in list_inputs(recipe_over(tmp_path))] == before
     write_sample_corpus(tmp_path, size_mb=1.5, seed=1)  # another sample replaces the files, leaving none of the first
     assert {p for p in tmp_path.rglob("*") if p.is_file()} <= set(files) | {tmp_path / "PLANTED.json"}

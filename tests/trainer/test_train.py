@@ -311,7 +311,7 @@ def test_a_two_rank_checkpoint_resumes_on_four_ranks(sample_manifest, uninterrup
     [
         (
             ["--nproc", "3"],
-            "512 = 8 windows of 64 tokens, which 3 ranks cannot share .* keep this global batch on 1, 2, 4 or 8 ranks",
+            "512: 8 windows of 64 tokens, which 3 ranks cannot share .* keep this global batch on 1, 2, 4 or 8 ranks",
         ),
         (
             ["--nproc", "4", "--micro-batch", "4"],
