@@ -349,6 +349,7 @@ def test_no_subcommand_prints_a_traceback_on_a_missing_extra_or_a_damaged_input(
         "bench": ["bench", "--no-such-option"],
         "completion": ["completion", "fish"],
         "decontam-check": ["decontam-check", manifest, str(tmp_path / "no-such-evalset.jsonl")],
+        "sweep": ["sweep", str(broken)],
     }
     assert set(damaged) == set(COMMANDS)
     missing = {"sample": "bible", "build": "s3fs", "stats": "s3fs", "export": "s3fs"}
