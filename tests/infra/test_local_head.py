@@ -1,4 +1,4 @@
-"""infra/local/start-head.sh: a real head it starts (on 127.0.0.1 only, stopped by PID), its `ray start` command
+"""Infra/local/start-head.sh: a real head it starts (on 127.0.0.1 only, stopped by PID), its `ray start` command
 (--dry-run), and its refusals. tests/pipeline/ops/test_jobs.py starts the head of its job-submission test with
 it too."""
 
@@ -47,7 +47,7 @@ def without_picked_ports(command: str) -> str:
 
 
 def test_every_other_server_gets_a_port_that_is_free_now():
-    """Issue 31, item 9: beside another Ray the dashboard agent's fixed 52365 was taken and `submit` failed
+    """Beside another Ray the dashboard agent's fixed 52365 was taken and `submit` failed
     obscurely; every server's port is picked free, distinct, and one given after `--` is kept."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -237,7 +237,7 @@ def test_public_text_sources_are_what_the_sample_and_the_bench_draw_from():
 
 
 def test_bench_uses_only_the_public_api_of_the_sample():
-    """bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in
+    """Bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in
     __all__."""
     import ast
 
@@ -253,7 +253,7 @@ def test_bench_uses_only_the_public_api_of_the_sample():
 
 
 def test_writing_the_same_sample_again_keeps_every_file_and_its_identity(tmp_path):
-    """Issue 31, item 8: `tokenmill sample` after `make demo` rewrote identical files with new mtimes, so every
+    """`tokenmill sample` after `make demo` rewrote identical files with new mtimes, so every
     input got a new identity and the next build re-ran every process task. Identical bytes are left alone."""
     from pipeline.build.inputs import list_inputs
 

@@ -156,7 +156,7 @@ def test_stats_refuses_an_out_that_is_a_file_and_a_budget_it_cannot_read(tmp_pat
     )
 
 
-# ------------------------------------------------------------------------------- issue 31: a newcomer, second pass
+# ------------------------------------------------------------------------------- what a newcomer meets
 
 
 def without(module: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -182,7 +182,7 @@ URL_COMMANDS = [
 
 @pytest.mark.parametrize("argv", URL_COMMANDS, ids=lambda argv: " ".join(argv[:2]))
 def test_an_s3_url_without_the_s3_extra_names_the_extra(tmp_path, argv):
-    """Issue 31, item 1: `pip install .` without [s3], then any command given an s3:// URL."""
+    """`pip install .` without [s3], then any command given an s3:// URL."""
     done = without("s3fs", *argv, cwd=tmp_path)
     one_line_error(done, 2, "s3://", "s3fs", "pip install 'tokenmill[s3]'")
     assert list(tmp_path.iterdir()) == []  # nothing written

@@ -1,4 +1,4 @@
-"""trainer/launch.py: the rendezvous store of a one-machine run listens on 127.0.0.1 only, the ranks are pointed
+"""Trainer/launch.py: the rendezvous store of a one-machine run listens on 127.0.0.1 only, the ranks are pointed
 at it and at the loopback interface, and the supervision of real processes: a failed rank stops the others and
 gives its exit status, signals reach every rank, and a rank that ignores the stop is killed after the grace.
 (`tokenmill train` end to end: tests/trainer/test_train.py, tests/reliability/.)"""
@@ -93,7 +93,7 @@ def _imports_after(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_train_and_export_help_answer_without_importing_torch():
-    """Issue 31, item 10: `train --help` and `export --help` took 3-5 s of imports; help needs no torch."""
+    """`train --help` and `export --help` took 3-5 s of imports; help needs no torch."""
     import time
 
     for command in ("train", "export"):

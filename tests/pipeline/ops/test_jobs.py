@@ -336,7 +336,7 @@ def test_stop_stops_a_running_job(head):
 
 @pytest.mark.slow
 def test_submit_to_a_head_whose_job_agent_could_not_start_says_why(sample_corpus, tmp_path):
-    """Issue 31, item 9: a head beside another Ray whose dashboard agent port was taken answered `submit` after
+    """A head beside another Ray whose dashboard agent port was taken answered `submit` after
     ~11 s with only "500: No available agent to submit job". Reproduced with the agent's port held by us."""
     root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
     with socket.socket() as taken:
