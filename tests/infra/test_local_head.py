@@ -1,4 +1,4 @@
-"""Infra/local/start-head.sh: a real head it starts (on 127.0.0.1 only, stopped by PID), its `ray start` command
+"""infra/local/start-head.sh: a real head it starts (on 127.0.0.1 only, stopped by PID), its `ray start` command
 (--dry-run), and its refusals. tests/pipeline/ops/test_jobs.py starts the head of its job-submission test with
 it too."""
 

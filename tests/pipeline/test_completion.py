@@ -1,4 +1,4 @@
-"""`tokenmill completion bash|zsh` : a script generated from the commands table and each
+"""`tokenmill completion bash|zsh`: a script generated from the commands table and each
 command's own parser, sourced in a real bash and asked what it completes."""
 
 from __future__ import annotations

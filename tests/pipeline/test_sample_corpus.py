@@ -237,7 +237,7 @@ def test_public_text_sources_are_what_the_sample_and_the_bench_draw_from():
 
 
 def test_bench_uses_only_the_public_api_of_the_sample():
-    """Bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in
+    """bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in
     __all__."""
     import ast
 

@@ -1,4 +1,4 @@
-"""A build planned before it runs (`build --dry-run`) and a build run again : the plan
+"""A build planned before it runs (`build --dry-run`) and a build run again: the plan
 names every stage's tasks, what is re-used and why, the cost at the measured rate and where it writes, in under
 5 s, writing nothing; a re-used build's report shows the timings of the build that made its outputs."""
 

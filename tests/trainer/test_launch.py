@@ -1,4 +1,4 @@
-"""Trainer/launch.py: the rendezvous store of a one-machine run listens on 127.0.0.1 only, the ranks are pointed
+"""trainer/launch.py: the rendezvous store of a one-machine run listens on 127.0.0.1 only, the ranks are pointed
 at it and at the loopback interface, and the supervision of real processes: a failed rank stops the others and
 gives its exit status, signals reach every rank, and a rank that ignores the stop is killed after the grace.
 (`tokenmill train` end to end: tests/trainer/test_train.py, tests/reliability/.)"""
