@@ -140,19 +140,29 @@ def _resolved(value: Any, folder: Path) -> Any:
     return value
 
 
+def read_yaml_mapping(path: Path, kind: str, error: type[ValueError]) -> dict:
+    """The mapping a YAML file of settings holds (`kind` names the file in messages: recipe, sweep); otherwise
+    `error` with one line naming the file, and for a syntax error its line and column."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{kind} file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise error(f"{path}{where}: not valid YAML ({problem}); fix the {kind} file there") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: a {kind} is a YAML mapping of settings, got {type(data).__name__}")
+    return data
+
+
 def read_recipe_yaml(path: Path, seen: tuple[Path, ...] = (), relative_to: Path | None = None) -> dict:
     """The recipe at `path` with its `extends` chain merged in and relative roots and tokenizer paths made
     absolute against `relative_to` (default: the folder of the file that names them)."""
     if path in seen:
         raise RecipeError(f"{path}: `extends` loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RecipeError(f"recipe file {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "recipe", RecipeError)
     parent = data.pop("extends", None)
     if parent:
         parent_path = (path.parent / str(parent)).resolve()

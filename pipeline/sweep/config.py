@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from manifests.config import ConfigError
-from pipeline.build.recipe import RecipeError, _build, read_recipe_yaml, recipe_from_dict
+from pipeline.build.recipe import RecipeError, _build, read_recipe_yaml, read_yaml_mapping, recipe_from_dict
 
 DRAWS = ("dirichlet", "list")
 OBJECTIVES = ("mean", "weighted", "domain")
@@ -158,14 +156,7 @@ def _path(value: Any, folder: Path, name: str) -> str:
 def load_sweep(path: str | Path) -> Sweep:
     """The sweep file, its base recipe and its sections, each checked; raises SweepError (or RecipeError)."""
     path = Path(path).resolve()
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"sweep file {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise SweepError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"{path}: a sweep is a YAML mapping (recipe, work, mixtures, proxy, objective)")
+    data = read_yaml_mapping(path, "sweep", SweepError)
     unknown = sorted(set(data) - set(_KNOWN))
     if unknown:
         raise SweepError(f"sweep field `{unknown[0]}` is not a known setting; known: {', '.join(_KNOWN)}")
