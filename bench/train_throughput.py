@@ -455,12 +455,8 @@ def hf_baseline(args) -> dict:
     import torch.nn.functional as F
     import transformers
 
-    from manifests.manifest import load
-    from trainer.config import TrainConfig
-    from trainer.data import open_loader
     from trainer.export import hf_config, hf_state_dict
     from trainer.model import build
-    from trainer.optim import build_optimizer
 
     cfg = PRESETS[PRESET]
     config = transformers.LlamaConfig(**hf_config(cfg, bos_id=1, eos_id=2, dtype="float32"))
@@ -468,26 +464,6 @@ def hf_baseline(args) -> dict:
     with torch.device("cuda"):
         model = transformers.LlamaForCausalLM(config)
     model.load_state_dict(hf_state_dict(build(cfg, args.seed), torch.float32))
-    train_cfg = TrainConfig(
-        manifest=args.manifest,
-        preset=PRESET,
-        out=args.work,
-        steps=args.steps,
-        warmup_steps=args.lr_warmup,
-        micro_batch=args.micro_batch,
-        batch_tokens=batch_tokens(args.micro_batch, args),
-    )
-    optimizer = build_optimizer(model, train_cfg, fused=True)
-    loader = open_loader(
-        load(args.manifest),
-        "train",
-        context=cfg.context,
-        batch=args.micro_batch,
-        seed=args.seed,
-        rank=0,
-        world_size=1,
-        device=torch.device("cuda"),
-    )
 
     @torch.compile
     def loss_of(inputs, targets):
@@ -495,23 +471,29 @@ def hf_baseline(args) -> dict:
             logits = model(input_ids=inputs).logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
-    records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, args.log_every)
-    loader.close()
-    return {
-        "micro_batch": args.micro_batch,
-        "accumulation": train_cfg.accumulation(1),
-        **summarize(records, args.warmup, train_cfg.batch_tokens, 1),
-    }
+    return _baseline_training(model, loss_of, args)
 
 
 def _titan_on_older_torch() -> None:
-    """Before torchtitan is imported: torch 2.11 lacks `torch.distributed.fsdp.DataParallelMeshDims`, which
-    torchtitan 0.3.0's FSDP module imports for its full-DTensor mode only; its partial-DTensor mode, used here,
-    never passes one to fully_shard. A stand-in lets the module import."""
+    """Before torchtitan is imported, two stand-ins for what torch 2.11 lacks: `torch.distributed.fsdp.
+    DataParallelMeshDims`, which torchtitan 0.3.0's FSDP module imports for its full-DTensor mode only (its
+    partial-DTensor mode, used here, never passes one to fully_shard), and `create_block_mask`'s newer
+    `separate_full_blocks` option, which torchtitan's FlexAttention masks pass (it only keeps the mask's full
+    blocks apart from its partial ones; without it the mask is the same)."""
+    import inspect
+
     import torch.distributed.fsdp as fsdp
+    import torch.nn.attention.flex_attention as flex
 
     if not hasattr(fsdp, "DataParallelMeshDims"):
         fsdp.DataParallelMeshDims = type("DataParallelMeshDims", (), {})
+    create_block_mask = flex.create_block_mask
+    if "separate_full_blocks" not in inspect.signature(create_block_mask).parameters:  # a newer torch's option
+
+        def older_create_block_mask(*args, separate_full_blocks=None, **kwargs):
+            return create_block_mask(*args, **kwargs)
+
+        flex.create_block_mask = older_create_block_mask
 
 
 def titan_model(
@@ -583,11 +565,6 @@ def titan_baseline(args) -> dict:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from manifests.manifest import load
-    from trainer.config import TrainConfig
-    from trainer.data import open_loader
-    from trainer.optim import build_optimizer
-
     os.environ.setdefault("LOCAL_RANK", "0")
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
@@ -606,6 +583,40 @@ def titan_baseline(args) -> dict:
     model.to_empty(device="cuda")
     with torch.no_grad():
         model.init_states(buffer_device=torch.device("cuda"))
+    positions = torch.arange(cfg.context, device="cuda")[None].expand(args.micro_batch, -1)
+    masks = model.get_attention_masks(positions)  # one document per window: causal, as tokenmill and HF train
+
+    def loss(logits, targets):
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    cross_entropy = torch.compile(loss)
+
+    def loss_of(inputs, targets):
+        return cross_entropy(model(inputs, positions, masks), targets)
+
+    result = _baseline_training(model, loss_of, args)
+    dist.destroy_process_group()
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _baseline_training(model, loss_of, args) -> dict:
+    """A baseline trained as trainer.train trains: tokenmill's windows for the seed, fused AdamW with its
+    parameter groups, schedule and clipping; the sustained figures of the run."""
+    import torch
+
+    from manifests.manifest import load
+    from trainer.config import TrainConfig
+    from trainer.data import open_loader
+    from trainer.optim import build_optimizer
+
     train_cfg = TrainConfig(
         manifest=args.manifest,
         preset=PRESET,
@@ -619,37 +630,22 @@ def titan_baseline(args) -> dict:
     loader = open_loader(
         load(args.manifest),
         "train",
-        context=cfg.context,
+        context=PRESETS[PRESET].context,
         batch=args.micro_batch,
         seed=args.seed,
         rank=0,
         world_size=1,
         device=torch.device("cuda"),
     )
-    positions = torch.arange(cfg.context, device="cuda")[None].expand(args.micro_batch, -1)
-    masks = model.get_attention_masks(positions)  # one document per window: causal, as tokenmill and HF train
-
-    def loss(logits, targets):
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-    cross_entropy = torch.compile(loss)
-
-    def loss_of(inputs, targets):
-        return cross_entropy(model(inputs, positions, masks), targets)
-
-    records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, args.log_every)
-    loader.close()
-    dist.destroy_process_group()
-    summary = summarize(records, args.warmup, train_cfg.batch_tokens, 1)
-    return {"micro_batch": args.micro_batch, "accumulation": train_cfg.accumulation(1), **summary}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        records = _hf_loop(model, optimizer, loader, loss_of, train_cfg, args.log_every)
+    finally:
+        loader.close()
+    return {
+        "micro_batch": args.micro_batch,
+        "accumulation": train_cfg.accumulation(1),
+        **summarize(records, args.warmup, train_cfg.batch_tokens, 1),
+    }
 
 
 def _hf_loop(model, optimizer, loader, loss_of, train_cfg, log_every: int) -> list[dict]:
