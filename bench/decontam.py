@@ -2,6 +2,7 @@
 the sample corpus, without eval sets and with an index of ~2M word 13-grams, each run in a fresh process.
 
     PYTHONPATH=. python bench/decontam.py [--size-mb 9] [--ngrams 2000000] [--repeats 5] [--out DIR]
+    PYTHONPATH=. python bench/decontam.py --added-set [--size-mb 9] [--ngrams 2000000] [--workers 2] [--out DIR]
 
 Two indexes of real text, two cases: `outside`, functions and methods of the packages installed beside tokenmill
 (site-packages: text the sample never holds, as a real benchmark's items are mostly absent from a corpus), and
@@ -11,14 +12,21 @@ processed like any other, so the figures are the matching's own cost (with `drop
 tokenized and the stage gets cheaper, which would hide it). Every input file of the sample recipe is processed
 by `pipeline.tasks.process.process_file` one after the other in one process (what one Ray worker does, task
 after task), with the index loaded in that process (a build shares one copy through Ray's object store;
-counting it here is the worst case). The three modes (without, outside, inside) run in turn, --repeats times.
+counting it here is the worst case).
 
-Reported per case: the index's size and build time, the documents that matched, the process CPU seconds
-(`time.process_time`: the machine may be shared, wall time is not the cost) of every run, the extra CPU as the
-least of each mode and as the median and range of the per-repeat ratios against the neighbouring run without
-an index, the matching alone (a second pass over the filters' survivors, timed apart), and the peak RSS (VmHWM
-after the process loop) of every run. Each worker processes the first file once before it is timed (numba's
-cache loads, the tokenizer's start).
+CPU is process CPU (`time.process_time`: the machine may be shared, wall time is not the cost). A process with
+an index processes every file twice, without and with it, in turns, so that both are timed under the same load
+moment by moment: the extra CPU is the ratio of the two sums, per process (separate processes' totals vary more
+with the load than the difference measured). Peak RSS (VmHWM) is compared with processes that never load an
+index. The modes run in turn, --repeats times, each in a fresh process that first processes one file untimed
+(numba's cache loads, the tokenizer's start). Reported per case: the index's size and build time, the documents
+that matched, the CPU seconds and their ratio per process (median and range), the matching alone (a pass of its
+own over the filters' survivors) and the peak RSS.
+
+`--added-set` measures instead what adding an eval set to a built corpus costs: a build of the sample with
+`pipeline.sample_eval`'s two sets planted and matched, then the `outside` set added and the recipe built again
+into the same output (and work store), then the new recipe built fresh; wall seconds, the CPU seconds of the
+tasks that ran and of the driver, and which tasks ran.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +108,9 @@ def build(out: Path, size_mb: float, ngrams: int) -> dict[str, dict]:
 
 
 def worker(out: Path, case: str) -> dict:
-    """One process's run over every input file; prints its figures as JSON."""
+    """One process's run over every input file, its figures as a dict. With an index (`case` not WITHOUT) every file
+    is processed twice, without and with the index, in turns (the first of a pair alternates), so both are timed
+    under the same load moment by moment; a run without one processes each file once (the baseline's peak RSS)."""
     from pipeline.build.inputs import list_inputs
     from pipeline.build.recipe import load_recipe
     from pipeline.build.tokenizer import recipe_tokenizer
@@ -117,66 +128,144 @@ def worker(out: Path, case: str) -> dict:
         record = json.loads((out / "work" / f"index-{case}" / "_DONE.json").read_text())
         arrays = np.load(io.BytesIO((out / "work" / f"index-{case}" / INDEX).read_bytes()))
         index = Index.from_arrays(_config(out, case).rules(), {k: arrays[k] for k in arrays.files}, record["sets"])
-    # one file processed first, untimed: numba's cache loads and the tokenizer's start are once per worker
-    warm_up = Store.at(tempfile.mkdtemp(prefix=f"warm-up-{case}-", dir=out))
-    process_file("process/0", inputs[0], warm_up, tokenizer, recipe.dedupe, recipe.batch_documents, index)
-    work = Store.at(tempfile.mkdtemp(prefix=f"process-{case}-", dir=out))
-    cpu, wall = time.process_time(), time.perf_counter()
-    matched = 0
-    for i, inp in enumerate(inputs):
-        record = process_file(f"process/{i}", inp, work, tokenizer, recipe.dedupe, recipe.batch_documents, index)
-        matched += sum(s["documents"] for s in record.get("decontamination", {}).values())
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    match_cpu = None
-    if index is not None:  # the matching alone, in a second pass over what the filters kept (not part of `cpu`)
-        from pipeline.tasks.decontaminate import Matcher
-        from stages.document import DocBatch
-        from stages.filter import apply_filters, build_filters
+    indexes = [None] if index is None else [None, index]
+    stores = [Store.at(tempfile.mkdtemp(prefix=f"{case}-{i}-", dir=out)) for i in range(len(indexes))]
 
-        batches = [
-            apply_filters(b, build_filters(inp.source))[0]
-            for inp in inputs
-            for b in inp.documents(recipe.batch_documents)
-            if isinstance(b, DocBatch)
-        ]
-        matcher, match_cpu = Matcher(index), time.process_time()
-        for batch in batches:
-            matcher.on_words(batch)
-        match_cpu = time.process_time() - match_cpu
-    return {
+    def process(i: int, which) -> dict:
+        folder, store = f"process/{i}", stores[indexes.index(which) if which is not None else 0]
+        return process_file(folder, inputs[i], store, tokenizer, recipe.dedupe, recipe.batch_documents, which)
+
+    for which in indexes:  # file 0 once each, untimed: numba's cache loads and the tokenizer's start
+        process(0, which)
+    cpu, matched = [0.0, 0.0], 0
+    for i in range(len(inputs)):
+        for which in indexes if i % 2 == 0 else indexes[::-1]:
+            started = time.process_time()
+            record = process(i, which)
+            cpu[which is not None] += time.process_time() - started
+            matched += sum(s["documents"] for s in record.get("decontamination", {}).values())
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    figures = {
         "case": case,
-        "cpu_seconds": cpu,
-        "match_cpu_seconds": match_cpu,
-        "wall_seconds": wall,
-        "matched_documents": matched,
+        "cpu_seconds_without": cpu[0],
         "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024,
         "files": len(inputs),
-        "text_mb": sum(i.size for i in inputs) / 1e6,
+        "input_mb": sum(i.size for i in inputs) / 1e6,
+    }
+    if index is None:
+        return figures
+    from pipeline.tasks.decontaminate import Matcher
+    from stages.document import DocBatch
+    from stages.filter import apply_filters, build_filters
+
+    # the matching alone, in a pass of its own over what the filters kept
+    batches = [
+        apply_filters(b, build_filters(inp.source))[0]
+        for inp in inputs
+        for b in inp.documents(recipe.batch_documents)
+        if isinstance(b, DocBatch)
+    ]
+    matcher, match_cpu = Matcher(index), time.process_time()
+    for batch in batches:
+        matcher.on_words(batch)
+    match_cpu = time.process_time() - match_cpu
+    return {
+        **figures,
+        "cpu_seconds_with": cpu[1],
+        "extra_cpu_share": cpu[1] / cpu[0] - 1,
+        "match_cpu_seconds": match_cpu,
+        "matched_documents": matched,
+    }
+
+
+def _timed(recipe: Path, out: Path, workers: int) -> tuple[dict, dict]:
+    """One build of `recipe` into `out` on a fresh embedded Ray (`bench.measure.timed_build`): its wall time, the
+    CPU seconds of the tasks that ran (their done records) and of the driver process, and what ran; and the
+    manifest."""
+    from bench.measure import timed_build
+    from manifests.outputs import BUILD_LOG
+    from pipeline.build.recipe import load_recipe
+
+    log = out / BUILD_LOG
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    cpu = time.process_time()
+    seconds, manifest = timed_build(load_recipe(recipe), out, workers)
+    driver_cpu = time.process_time() - cpu
+    events = [json.loads(line) for line in log.read_text().splitlines()[before:]]
+    ran = [e for e in events if e["event"] == "task_done"]
+    return {
+        "wall_seconds": round(seconds, 2),
+        "task_cpu_seconds": round(sum(e.get("cpu_seconds", 0) for e in ran), 2),
+        "driver_cpu_seconds": round(driver_cpu, 2),
+        "tasks_run": dict(Counter(e["stage"] for e in ran)),
+        "tasks": {stage: t["tasks"] for stage, t in manifest["stages"].items()},
+        "decontaminate_changed": [e for e in events if e["event"] == "decontaminate_changed"],
+    }, manifest
+
+
+def added_set(out: Path, size_mb: float, ngrams: int, workers: int) -> dict:
+    """What adding an eval set to a built corpus costs against a fresh build of the new recipe: the sample with
+    `pipeline.sample_eval`'s two sets planted is built with them (drop), then the `outside` set (about `ngrams`
+    n-grams) is added and the recipe built again into the same output (the same work store), then into a new one."""
+    from pipeline.sample_corpus import sample_recipe, write_sample_corpus
+    from pipeline.sample_eval import plant_eval_items
+
+    write_sample_corpus(out / "corpus", size_mb=size_mb, seed=0)
+    plant_eval_items(out / "corpus", out / "eval")
+    (out / "eval" / "outside.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in eval_items("outside", ngrams))
+    )
+    sets = [
+        {"name": "natural", "files": [str(out / "eval" / "natural.jsonl")], "fields": ["question", "answer"]},
+        {"name": "code", "files": [str(out / "eval" / "code.jsonl")], "fields": ["prompt", "solution"]},
+    ]
+    added = [*sets, {"name": "outside", "files": [str(out / "eval" / "outside.jsonl")]}]
+    before = sample_recipe(out / "corpus", out / "before", decontaminate={"sets": sets})
+    after = sample_recipe(out / "corpus", out / "after", decontaminate={"sets": added})
+    first, first_manifest = _timed(before, out / "built", workers)
+    again, again_manifest = _timed(after, out / "built", workers)
+    fresh, fresh_manifest = _timed(after, out / "fresh", workers)
+    return {
+        "first_build": first,
+        "set_added": again,
+        "fresh_build": fresh,
+        "shards_equal_to_fresh": _checksums(again_manifest) == _checksums(fresh_manifest),
+        "shards_changed_by_the_set": _checksums(again_manifest) != _checksums(first_manifest),
+    }
+
+
+def _checksums(manifest: dict) -> dict[str, list[str]]:
+    """Per split, its shards' checksums in order (their folder is named by what they were made from)."""
+    return {
+        split: [(s["bin_sha256"], s["idx_sha256"]) for s in entry["shards"]]
+        for split, entry in manifest["splits"].items()
     }
 
 
 def _case_summary(case: str, runs: list[dict], index: dict) -> dict:
-    """One case's figures against the runs without an index: each repeat's runs are neighbours in time, so the
-    ratio of each pair is less exposed to the machine's load than the ratio of the least CPU of each mode."""
+    """One case's figures: its runs' paired CPU ratios, and its peak RSS against the runs without an index."""
     mine = [r for r in runs if r["case"] == case]
     base = [r for r in runs if r["case"] == WITHOUT]
-    ratios = sorted(m["cpu_seconds"] / b["cpu_seconds"] - 1 for m, b in zip(mine, base))
-    least = min(r["cpu_seconds"] for r in base)
-    match_cpu = min(r["match_cpu_seconds"] for r in mine)
+    ratios = sorted(r["extra_cpu_share"] for r in mine)
     return {
         "ngrams": index["ngrams"],
         "items": index["sets"][0]["items"],
         "index_mib": index["index_bytes"] / 2**20,
         "index_build_seconds": index["build_seconds"],
         "matched_documents": mine[0]["matched_documents"],
-        "cpu_seconds": [round(r["cpu_seconds"], 3) for r in mine],
-        "extra_cpu_share_of_least": min(r["cpu_seconds"] for r in mine) / least - 1,
-        "extra_cpu_share_paired": {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]},
-        "match_cpu_seconds": match_cpu,
-        "match_share_of_process_cpu": match_cpu / least,
+        "cpu_seconds_without": [round(r["cpu_seconds_without"], 3) for r in mine],
+        "cpu_seconds_with": [round(r["cpu_seconds_with"], 3) for r in mine],
+        "extra_cpu_share": {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]},
+        "match_cpu_seconds": [round(r["match_cpu_seconds"], 3) for r in mine],
+        "match_share_of_process_cpu": statistics.median(
+            r["match_cpu_seconds"] / r["cpu_seconds_without"] for r in mine
+        ),
         "peak_rss_mib": [r["peak_rss_mib"] for r in mine],
-        "extra_peak_rss_mib": max(r["peak_rss_mib"] for r in mine) - max(r["peak_rss_mib"] for r in base),
+        "extra_peak_rss_mib": {
+            "median": statistics.median(r["peak_rss_mib"] for r in mine)
+            - statistics.median(r["peak_rss_mib"] for r in base),
+            "max": max(r["peak_rss_mib"] for r in mine) - min(r["peak_rss_mib"] for r in base),
+        },
     }
 
 
@@ -186,11 +275,20 @@ def main() -> None:
     parser.add_argument("--ngrams", type=int, default=2_000_000, help="word 13-grams in each case's index")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each mode, alternated")
     parser.add_argument("--out", type=Path, default=None, help="the working folder (a new temporary one by default)")
+    parser.add_argument(
+        "--added-set",
+        action="store_true",
+        help="measure instead an eval set added to a built corpus (rebuilt into the same output) against a fresh build",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="tasks at a time, with --added-set")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="decontam-bench-"))
     if args.worker:
         print(json.dumps(worker(out, args.worker)))
+        return
+    if args.added_set:
+        print(json.dumps(added_set(out, args.size_mb, args.ngrams, args.workers), indent=1))
         return
     indexes = build(out, args.size_mb, args.ngrams)
     for case, index in indexes.items():
@@ -213,9 +311,8 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
     base = [r for r in runs if r["case"] == WITHOUT]
     summary = {
-        "text_mb": base[0]["text_mb"],
+        "input_mb": base[0]["input_mb"],
         "files": base[0]["files"],
-        "cpu_without": [round(r["cpu_seconds"], 3) for r in base],
         "peak_rss_without_mib": [r["peak_rss_mib"] for r in base],
         **{case: _case_summary(case, runs, indexes[case]) for case in CASES},
     }

@@ -229,7 +229,9 @@ def python_sources(skip_dirs: set[str], root: Path | None = None) -> list[Python
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in skip_dirs]
         found += [
-            PythonSource(Path(folder, f).relative_to(root).as_posix(), Path(folder, f)) for f in files if f.endswith(".py")
+            PythonSource(Path(folder, f).relative_to(root).as_posix(), Path(folder, f))
+            for f in files
+            if f.endswith(".py")
         ]
     return sorted(found, key=lambda s: s.rel)
 

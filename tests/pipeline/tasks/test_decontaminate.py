@@ -1,12 +1,15 @@
 """Decontamination end to end on a real embedded Ray: eval items planted in the sample corpus (`pipeline.sample_eval`)
 are found and dropped, the clean corpus gives no false match against a plain-Python reference, the output does
-not depend on the number of workers, a worker killed mid-process changes nothing, and an eval set added to a
-built corpus re-runs what depends on it."""
+not depend on the number of workers, inputs and eval sets on S3 (a real S3 API) give the same output, a rebuild
+re-uses every task, a worker or the driver killed mid-process changes nothing (the driver's rerun redoes no
+finished task), and an eval set added to a built corpus re-runs what depends on it."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import fsspec
 import pytest
 import ray
 
+from bench.s3_store import BUCKET, FaultProxy, S3Server
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.ops.decontam_check import check
@@ -24,25 +28,30 @@ from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.document import DocBatch
 from stages.fetch import read_documents
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, normalize
+from tests.support.cluster import ObjectStore, build_env
 from tests.support.faults import (
+    Run,
     alive,
+    done_tasks,
     shard_bytes,
     stable_manifest,
     start_build,
     tasks_run,
     tokenmill,
+    wait_for,
 )
 
 NATURAL_FIELDS, CODE_FIELDS = ["question", "answer"], ["prompt", "solution"]
 
 
-def eval_sets(eval_dir: Path, action: str = "drop", extra: bool = False) -> dict:
+def eval_sets(eval_dir: Path | str, action: str = "drop", extra: bool = False) -> dict:
+    """The recipe's `decontaminate:` section over the sets in `eval_dir` (a folder or an s3:// URL)."""
     sets = [
-        {"name": "natural", "files": [str(eval_dir / "natural.jsonl")], "fields": NATURAL_FIELDS},
-        {"name": "code", "files": [str(eval_dir / "code.jsonl")], "fields": CODE_FIELDS},
+        {"name": "natural", "files": [f"{eval_dir}/natural.jsonl"], "fields": NATURAL_FIELDS},
+        {"name": "code", "files": [f"{eval_dir}/code*.jsonl"], "fields": CODE_FIELDS},  # a glob
     ]
     if extra:
-        sets.append({"name": "extra", "files": [str(eval_dir / "extra.txt")]})
+        sets.append({"name": "extra", "files": [f"{eval_dir}/extra.txt"]})
     return {"sets": sets, "action": action}
 
 
@@ -178,6 +187,53 @@ def test_one_or_two_workers_give_the_same_bytes(builds):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def assert_same_decontaminated_output(out: Path, reference: Path) -> None:
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert stable_manifest(out) == stable_manifest(reference)
+    assert (out / "decontamination.json").read_bytes() == (reference / "decontamination.json").read_bytes()
+
+
+def test_inputs_and_eval_sets_on_s3_give_the_local_build_s_output(builds, planted, tmp_path):
+    """The planted corpus and both eval sets in a bucket of a real S3 API (moto, reached through
+    AWS_ENDPOINT_URL as S3 is), the build a `tokenmill build` process of its own with 2 workers: the same items
+    found, the same shards and the same report as the build from local files."""
+    server = S3Server()
+    store = ObjectStore(server, FaultProxy(server.port))  # faults off: a plain relay
+    try:
+        server.upload(planted / "corpus", f"s3://{BUCKET}/planted")
+        server.upload(planted / "eval", f"s3://{BUCKET}/eval")
+        recipe = sample_recipe(f"s3://{BUCKET}/planted", tmp_path, decontaminate=eval_sets(f"s3://{BUCKET}/eval"))
+        run = Run.start(
+            tokenmill("build", str(recipe), "--out", str(tmp_path / "out"), "--workers", "2", "--no-report"),
+            tmp_path / "build.stderr",
+            env=build_env(store),
+        )
+        assert run.wait(timeout=600) == 0, run.stderr()[-3000:]
+    finally:
+        store.proxy.stop()
+        server.stop()
+    out, reference = tmp_path / "out", builds["drop2"]
+    assert shard_bytes(out) == shard_bytes(reference)
+    found, expected = decontamination(out), decontamination(reference)
+    assert found["natural"]["files"] == [f"s3://{BUCKET}/eval/natural.jsonl"]
+    assert found["code"]["files"] == [f"s3://{BUCKET}/eval/code.jsonl"]
+    for name in ("natural", "code"):
+        assert found[name]["documents"] > 0 and found[name]["dropped"] == expected[name]["dropped"]
+        assert found[name]["sha256"] == expected[name]["sha256"]
+        assert found[name]["matched_items"] == expected[name]["matched_items"]
+    manifest, local = (json.loads((o / "manifest.json").read_text()) for o in (out, reference))
+    assert [s["dropped"] for s in manifest["sources"]] == [s["dropped"] for s in local["sources"]]
+
+
+def test_a_rebuild_with_the_same_eval_sets_re_uses_every_task(builds, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(builds["drop2"], out)
+    log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+    build(load_recipe(builds["drop2"].parent / "recipe.yaml"), str(out), workers=2, console=False)
+    assert tasks_run(out, since_line=log_lines) == []
+    assert_same_decontaminated_output(out, builds["drop2"])
+
+
 def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, planted, tmp_path):
     extra = planted / "eval" / "extra.txt"
     natural = [json.loads(line) for line in (planted / "eval" / "natural.jsonl").read_text().splitlines()]
@@ -218,8 +274,22 @@ def test_a_worker_killed_mid_process_is_retried_and_the_output_is_identical(buil
     pid, task = run.kill_first("ray::process/")
     assert run.wait() == 0, run.stderr()[-3000:]
     assert not alive(pid) and task.removeprefix("ray::") in tasks_run(tmp_path / "out")
-    assert shard_bytes(tmp_path / "out") == shard_bytes(builds["drop2"])
-    assert stable_manifest(tmp_path / "out") == stable_manifest(builds["drop2"])
-    assert (tmp_path / "out" / "decontamination.json").read_bytes() == (
-        builds["drop2"] / "decontamination.json"
-    ).read_bytes()
+    assert_same_decontaminated_output(tmp_path / "out", builds["drop2"])
+
+
+@pytest.mark.slow
+def test_the_driver_killed_mid_process_resumes_without_redoing_the_index_or_a_finished_task(builds, tmp_path):
+    out, recipe = tmp_path / "out", builds["drop2"].parent / "recipe.yaml"
+    first = start_build(recipe, out, "--workers", "1")
+    wait_for(lambda: sum(t.startswith("process/") for t in done_tasks(out)) >= 3, "3 finished process tasks", first)
+    os.kill(first.pid, signal.SIGKILL)  # the driver alone, as kill -9 would
+    first.process.wait()
+    first.stop()  # what is left of its Ray processes, by PID
+    finished = done_tasks(out)
+    assert any(t.startswith("decontaminate/") for t in finished) and not (out / "manifest.json").exists()
+    log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+    second = start_build(recipe, out, "--workers", "2")
+    assert second.wait() == 0, second.stderr()[-3000:]
+    redone = tasks_run(out, since_line=log_lines)
+    assert redone and set(redone).isdisjoint(finished), "a task that had finished ran again"
+    assert_same_decontaminated_output(out, builds["drop2"])
