@@ -157,11 +157,12 @@ class Matcher:
             return {}
         w = words(batch.texts)
         found = match(self.index, "words", w.hashes, w.offsets)
-        spans = {
-            m: (int(w.starts[w.offsets[m.doc] + m.first]), int(w.ends[w.offsets[m.doc] + m.first + m.size - 1]))
-            for m in found
-        }
-        return self._record(batch, found, lambda m: _span(batch.texts[m.doc], *spans[m]))
+
+        def sample(m: Match) -> dict:  # called for the few matches kept as samples
+            first = w.offsets[m.doc] + m.first
+            return _span(batch.texts[m.doc], int(w.starts[first]), int(w.ends[first + m.size - 1]))
+
+        return self._record(batch, found, sample)
 
     def on_tokens(self, batch: DocBatch, tokens: list[np.ndarray], tokenizer: Tokenizer) -> dict[int, str]:
         """The batch's documents to drop (position -> drop reason), by the token rule, over their token ids."""
