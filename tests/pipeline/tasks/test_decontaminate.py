@@ -193,6 +193,11 @@ def assert_same_decontaminated_output(out: Path, reference: Path) -> None:
     assert (out / "decontamination.json").read_bytes() == (reference / "decontamination.json").read_bytes()
 
 
+def shards_by_name(out: Path) -> dict[str, bytes]:
+    """`shard_bytes` by split and file name, without the folder named by what they were made from."""
+    return {path.split("/", 1)[1]: data for path, data in shard_bytes(out).items()}
+
+
 def test_inputs_and_eval_sets_on_s3_give_the_local_build_s_output(builds, planted, tmp_path):
     """The planted corpus and both eval sets in a bucket of a real S3 API (moto, reached through
     AWS_ENDPOINT_URL as S3 is), the build a `tokenmill build` process of its own with 2 workers: the same items
@@ -213,7 +218,8 @@ def test_inputs_and_eval_sets_on_s3_give_the_local_build_s_output(builds, plante
         store.proxy.stop()
         server.stop()
     out, reference = tmp_path / "out", builds["drop2"]
-    assert shard_bytes(out) == shard_bytes(reference)
+    # the same shards, in a folder of their own (what they are made from names the inputs' URLs)
+    assert shards_by_name(out) == shards_by_name(reference)
     found, expected = decontamination(out), decontamination(reference)
     assert found["natural"]["files"] == [f"s3://{BUCKET}/eval/natural.jsonl"]
     assert found["code"]["files"] == [f"s3://{BUCKET}/eval/code.jsonl"]
@@ -226,12 +232,16 @@ def test_inputs_and_eval_sets_on_s3_give_the_local_build_s_output(builds, plante
 
 
 def test_a_rebuild_with_the_same_eval_sets_re_uses_every_task(builds, tmp_path):
+    """A copy of the build (its work dir too) built again: the index and every process task re-used, only the mix
+    runs (its shards are written where OUT now is); built once more into the same OUT, no task runs."""
     out = tmp_path / "out"
     shutil.copytree(builds["drop2"], out)
-    log_lines = len((out / "build.log.jsonl").read_text().splitlines())
-    build(load_recipe(builds["drop2"].parent / "recipe.yaml"), str(out), workers=2, console=False)
-    assert tasks_run(out, since_line=log_lines) == []
-    assert_same_decontaminated_output(out, builds["drop2"])
+    recipe = load_recipe(builds["drop2"].parent / "recipe.yaml")
+    for expected in ({"mix"}, set()):
+        log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+        build(recipe, str(out), workers=2, console=False)
+        assert {task.split("/")[0] for task in tasks_run(out, since_line=log_lines)} == expected
+        assert_same_decontaminated_output(out, builds["drop2"])
 
 
 def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, planted, tmp_path):
@@ -252,7 +262,7 @@ def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, plante
     assert [s["name"] for s in manifest["decontamination"]["sets"]] == ["natural", "code", "extra"]
     # the new set's items were never planted: the same shards (in a folder of their own: what they were made from
     # changed)
-    assert sorted(shard_bytes(out).values()) == sorted(shard_bytes(builds["drop2"]).values())
+    assert shards_by_name(out) == shards_by_name(builds["drop2"])
 
 
 def test_a_missing_eval_file_is_refused_in_one_line_before_any_work(planted, tmp_path):
