@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from manifests.outputs import DECONTAMINATION
 from pipeline.work.store import Store
 from stages.decontaminate import (
     DecontaminateConfig,
@@ -232,7 +233,6 @@ def _span(text: str, start: int, end: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the build's outputs
 
-DECONTAMINATION_NAME = "decontamination.json"  # beside the manifest: per set, every matched item and flagged document
 SAMPLES_PER_SET = 5  # dropped_samples.jsonl lines per source and eval set
 
 
@@ -321,4 +321,4 @@ def decontamination_outputs(work: Store, funnels: list[dict], folder: str, recor
         "index_bytes": record["index_bytes"],
         "sets": sets,
     }
-    return Outputs({"path": DECONTAMINATION_NAME, "sets": summary}, report, "".join(lines).encode())
+    return Outputs({"path": DECONTAMINATION, "sets": summary}, report, "".join(lines).encode())

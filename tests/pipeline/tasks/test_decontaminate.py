@@ -18,6 +18,7 @@ import pytest
 import ray
 
 from bench.s3_store import BUCKET, FaultProxy, S3Server
+from manifests.outputs import BUILD_LOG, DECONTAMINATION
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.ops.decontam_check import check
@@ -88,7 +89,7 @@ def builds(local_ray, planted, sample_corpus, tmp_path_factory) -> dict[str, Pat
 
 
 def decontamination(out: Path) -> dict:
-    return {s["name"]: s for s in json.loads((out / "decontamination.json").read_text())["sets"]}
+    return {s["name"]: s for s in json.loads((out / DECONTAMINATION).read_text())["sets"]}
 
 
 def test_planted_items_are_found_and_dropped_and_none_is_left_in_the_shards(builds, planted):
@@ -183,14 +184,14 @@ def test_one_or_two_workers_give_the_same_bytes(builds):
     a, b = builds["drop2"], builds["drop1"]
     assert shard_bytes(a) == shard_bytes(b)
     assert stable_manifest(a) == stable_manifest(b)
-    for name in ("decontamination.json", "dropped_samples.jsonl", "quarantine.jsonl"):
+    for name in (DECONTAMINATION, "dropped_samples.jsonl", "quarantine.jsonl"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 def assert_same_decontaminated_output(out: Path, reference: Path) -> None:
     assert shard_bytes(out) == shard_bytes(reference)
     assert stable_manifest(out) == stable_manifest(reference)
-    assert (out / "decontamination.json").read_bytes() == (reference / "decontamination.json").read_bytes()
+    assert (out / DECONTAMINATION).read_bytes() == (reference / DECONTAMINATION).read_bytes()
 
 
 def shards_by_name(out: Path) -> dict[str, bytes]:
@@ -238,7 +239,7 @@ def test_a_rebuild_with_the_same_eval_sets_re_uses_every_task(builds, tmp_path):
     shutil.copytree(builds["drop2"], out)
     recipe = load_recipe(builds["drop2"].parent / "recipe.yaml")
     for expected in ({"mix"}, set()):
-        log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+        log_lines = len((out / BUILD_LOG).read_text().splitlines())
         build(recipe, str(out), workers=2, console=False)
         assert {task.split("/")[0] for task in tasks_run(out, since_line=log_lines)} == expected
         assert_same_decontaminated_output(out, builds["drop2"])
@@ -249,11 +250,15 @@ def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, plante
     natural = [json.loads(line) for line in (planted / "eval" / "natural.jsonl").read_text().splitlines()]
     extra.write_text("".join(f"{i['question']} {i['answer']}\n" for i in natural[-5:]))  # never planted
     out = tmp_path / "out"
-    shutil.copytree(builds["drop2"], out)
-    log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+    shutil.copytree(builds["drop2"], out)  # an earlier build's output, decontamination.json included
+    log_lines = len((out / BUILD_LOG).read_text().splitlines())
     recipe = sample_recipe(planted / "corpus", tmp_path, decontaminate=eval_sets(planted / "eval", extra=True))
-    build(load_recipe(recipe), str(out), workers=2, console=False)
-    events = [json.loads(line) for line in (out / "build.log.jsonl").read_text().splitlines()[log_lines:]]
+    run = start_build(recipe, out, "--workers", "2")  # the command, for what its console says
+    assert run.wait() == 0, run.stderr()[-3000:]
+    said = [line for line in run.stderr().splitlines() if line.startswith("decontaminate: eval sets")]
+    assert len(said) == 1 and "added extra since the build in" in said[0], run.stderr()[-3000:]
+    assert "every input file is processed again" in said[0] and "re-runs: process, keys, dedupe" in said[0]
+    events = [json.loads(line) for line in (out / BUILD_LOG).read_text().splitlines()[log_lines:]]
     changed = [e for e in events if e["event"] == "decontaminate_changed"]
     assert changed and changed[0]["added"] == ["extra"] and changed[0]["removed"] == []
     ran = [e["task"].split("/")[0] for e in events if e["event"] == "task_done"]
@@ -297,7 +302,7 @@ def test_the_driver_killed_mid_process_resumes_without_redoing_the_index_or_a_fi
     first.stop()  # what is left of its Ray processes, by PID
     finished = done_tasks(out)
     assert any(t.startswith("decontaminate/") for t in finished) and not (out / "manifest.json").exists()
-    log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+    log_lines = len((out / BUILD_LOG).read_text().splitlines())
     second = start_build(recipe, out, "--workers", "2")
     assert second.wait() == 0, second.stderr()[-3000:]
     redone = tasks_run(out, since_line=log_lines)
