@@ -5,7 +5,8 @@ the sample corpus, without eval sets and with an index of ~2M word 13-grams, eac
     PYTHONPATH=. python bench/decontam.py --added-set [--size-mb 9] [--ngrams 2000000] [--workers 2] [--out DIR]
 
 Two indexes of real text, two cases: `outside`, functions and methods of the packages installed beside tokenmill
-(site-packages: text the sample never holds, as a real benchmark's items are mostly absent from a corpus), and
+(site-packages: text the sample holds only where a package copied the standard library, as a real benchmark's
+items are mostly absent from a corpus), and
 `inside`, King James verses two at a time and standard-library functions and methods (much of it is in the
 sample: a worst case, most documents match). Each set's action is `flag`: a matched document is kept and
 processed like any other, so the figures are the matching's own cost (with `drop`, matched documents are not
@@ -72,7 +73,7 @@ def _take(texts, ngrams: int, items: list[str]) -> list[str]:
 
 def eval_items(case: str, ngrams: int) -> list[str]:
     """`inside`: King James verse pairs, then standard-library functions and methods (text the sample holds);
-    `outside`: functions and methods of the packages installed beside tokenmill (text it never holds)."""
+    `outside`: functions and methods of the packages installed beside tokenmill (text it mostly does not hold)."""
     from pipeline.sample_corpus import kjv_verses, python_functions, python_sources
 
     if case == "inside":
