@@ -8,6 +8,7 @@ BUILD_STATS = "build_stats.json"
 QUARANTINE = "quarantine.jsonl"  # one JSON object per bad input record
 BUILD_LOG = "build.log.jsonl"
 DROPPED_SAMPLES = "dropped_samples.jsonl"  # a few filtered and duplicate documents, with their text, for the report
+DECONTAMINATION = "decontamination.json"  # with eval sets: per set, every matched item and flagged document
 TOKENIZER_MODEL = "tokenizer.model"  # a copy of the build's sentencepiece model
 SHARDS_PREFIX = "shards-"  # OUT/shards-<mix key>/<split>/<split>-NNNNN.bin: one folder per mix of an output
 

@@ -18,7 +18,9 @@ Public API (`__all__`): `write_sample_corpus` and `main` (the command); `sample_
 the shipped sample recipe's sources pointed at a sample corpus written elsewhere (a folder, a relative path or
 an object-store URL), and that recipe written to a file; the offline text it draws from,
 `kjv_verses`, `stdlib_docstrings` and `stdlib_code_files`, which `bench/corpus.py` also draws its
-larger generated corpora from; `replace_words`, the near-duplicate edit both plant; and the layout and
+larger generated corpora from; `python_sources` and `python_functions`, the .py files and functions of the
+standard library (or another folder) that the sample, its eval sets (`pipeline.sample_eval`) and the
+decontamination bench draw from; `replace_words`, the near-duplicate edit both plant; and the layout and
 text-shape constants both share. Everything prefixed `_` is
 internal to this module.
 """
@@ -37,7 +39,7 @@ import random
 import sys
 import sysconfig
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby, islice
 from pathlib import Path
@@ -59,6 +61,8 @@ __all__ = [
     "kjv_verses",
     "stdlib_docstrings",
     "stdlib_code_files",
+    "python_sources",
+    "python_functions",
     # the layout and the shape of the text, shared with the bench's generated corpus
     "SLIMPAJAMA",
     "STARCODER",
@@ -209,14 +213,57 @@ def _stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _stdlib_sources(skip_dirs: set[str]) -> list[tuple[str, Path]]:
-    """(path relative to the stdlib, file) of every .py file, sorted by path so the sample is deterministic."""
-    root = _stdlib_root()
+@dataclass(frozen=True, slots=True)
+class PythonSource:
+    """A .py file found under a root folder (the standard library, site-packages)."""
+
+    rel: str  # its path under the root, e.g. "json/decoder.py": sorting by it makes every use deterministic
+    path: Path
+
+
+def python_sources(skip_dirs: set[str], root: Path | None = None) -> list[PythonSource]:
+    """Every .py file under `root` (the standard library by default) outside folders named in `skip_dirs`,
+    sorted by path so the sample and the eval sets drawn from it are deterministic."""
+    root = root or _stdlib_root()
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in skip_dirs]
-        found += [(Path(folder, f).relative_to(root).as_posix(), Path(folder, f)) for f in files if f.endswith(".py")]
-    return sorted(found)
+        found += [
+            PythonSource(Path(folder, f).relative_to(root).as_posix(), Path(folder, f))
+            for f in files
+            if f.endswith(".py")
+        ]
+    return sorted(found, key=lambda s: s.rel)
+
+
+@dataclass(frozen=True, slots=True)
+class PythonFunction:
+    """A function or method of a parsed module, with the module's source lines to cut its text from."""
+
+    module: str  # `PythonSource.rel`
+    node: ast.FunctionDef | ast.AsyncFunctionDef
+    lines: list[str]
+
+    def text(self, first: int | None = None, end: int | None = None) -> str:
+        """Its source lines [first, end) (1-based, like the node's line numbers); all of it by default."""
+        return "\n".join(self.lines[(first or self.node.lineno) - 1 : end or self.node.end_lineno])
+
+
+def python_functions(sources: Iterable[PythonSource], methods: bool = False) -> Iterator[PythonFunction]:
+    """The module-level functions (and with `methods`, then the methods of its module-level classes) of each of
+    `sources` that parses, in their order then source order: the code items of the sample's eval sets and of
+    the decontamination bench."""
+    for source in sources:
+        text = source.path.read_text(errors="replace")
+        try:
+            tree = _parse(text)
+        except (SyntaxError, ValueError):  # test fixtures: deliberately broken or Python 2 code
+            continue
+        nodes = tree.body + ([n for c in tree.body if isinstance(c, ast.ClassDef) for n in c.body] if methods else [])
+        lines = text.splitlines()
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield PythonFunction(source.rel, node, lines)
 
 
 def stdlib_code_files() -> Iterator[tuple[str, str]]:
@@ -224,12 +271,12 @@ def stdlib_code_files() -> Iterator[tuple[str, str]]:
     (test folders, caches and generated codec tables left out): the code text of the sample, and of the
     bench's generated corpus."""
     low, high = CODE_FILE_BYTES
-    for rel, path in _stdlib_sources(CODE_SKIP_DIRS):
-        if not low <= path.stat().st_size <= high:
+    for source in python_sources(CODE_SKIP_DIRS):
+        if not low <= source.path.stat().st_size <= high:
             continue
-        text = path.read_bytes().decode("utf-8", "replace")
+        text = source.path.read_bytes().decode("utf-8", "replace")
         if _usable(text):
-            yield rel, text
+            yield source.rel, text
 
 
 def _usable(text: str) -> bool:
@@ -291,7 +338,7 @@ def _module_name(rel: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
-def _parse(source: bytes) -> ast.Module:
+def _parse(source: str | bytes) -> ast.Module:
     # ast.parse allocates a node per token and the cyclic GC keeps rescanning them: pausing it saves ~20%
     was_enabled = gc.isenabled()
     gc.disable()
@@ -309,14 +356,14 @@ def stdlib_docstrings(
     its docstring), ...]) in source order, the module's own docstring first. Modules in `skip_modules` (paths
     as yielded), in DOCSTRING_SKIP_DIRS, or that do not parse are left out; docstrings that fetch would
     quarantine (NUL, lone surrogates) too. The docstring text of the sample, and of the bench's corpus."""
-    for rel, path in _stdlib_sources(DOCSTRING_SKIP_DIRS):
-        if rel in skip_modules:
+    for source in python_sources(DOCSTRING_SKIP_DIRS):
+        if source.rel in skip_modules:
             continue
         try:
-            tree = _parse(path.read_bytes())
+            tree = _parse(source.path.read_bytes())
         except (SyntaxError, ValueError):  # test fixtures: deliberately broken or Python 2 code
             continue
-        yield rel, list(_docstrings(tree, _module_name(rel)))
+        yield source.rel, list(_docstrings(tree, _module_name(source.rel)))
 
 
 def _docstring_passages(skip_modules: set[str]) -> Iterator[str]:

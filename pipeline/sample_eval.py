@@ -32,8 +32,9 @@ from pipeline.sample_corpus import (
     STARCODER,
     STARCODER_DIR,
     ZSTD_LEVEL,
-    _stdlib_sources,
     kjv_verses,
+    python_functions,
+    python_sources,
 )
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE
 
@@ -71,32 +72,25 @@ def code_items(count: int) -> list[dict]:
     """`count` standard-library functions with a docstring and CODE_LINES lines, in path order from
     CODE_MODULES_FROM."""
     items = []
-    for rel, path in _stdlib_sources({"site-packages", "__pycache__", "test", "tests", "idle_test"}):
-        if rel < CODE_MODULES_FROM:
+    sources = python_sources({"site-packages", "__pycache__", "test", "tests", "idle_test"})
+    for function in python_functions(s for s in sources if s.rel >= CODE_MODULES_FROM):
+        node = function.node
+        if not isinstance(node, ast.FunctionDef):
             continue
-        source = path.read_text(errors="replace")
-        try:
-            tree = ast.parse(source)
-        except (SyntaxError, ValueError):
+        if ast.get_docstring(node) is None or not CODE_LINES[0] <= node.end_lineno - node.lineno + 1 <= CODE_LINES[1]:
             continue
-        lines = source.splitlines()
-        for node in tree.body:
-            if not isinstance(node, ast.FunctionDef) or ast.get_docstring(node) is None:
-                continue
-            if not CODE_LINES[0] <= node.end_lineno - node.lineno + 1 <= CODE_LINES[1]:
-                continue
-            body_start = node.body[0].end_lineno  # the docstring's last line
-            if body_start >= node.end_lineno:
-                continue
-            items.append(
-                {
-                    "id": f"{rel}:{node.name}",
-                    "prompt": "\n".join(lines[node.lineno - 1 : body_start]),
-                    "solution": "\n".join(lines[body_start : node.end_lineno]),
-                }
-            )
-            if len(items) == count:
-                return items
+        body_start = node.body[0].end_lineno  # the docstring's last line
+        if body_start >= node.end_lineno:
+            continue
+        items.append(
+            {
+                "id": f"{function.module}:{node.name}",
+                "prompt": function.text(end=body_start),
+                "solution": function.text(first=body_start + 1),
+            }
+        )
+        if len(items) == count:
+            return items
     raise ValueError(f"only {len(items)} code items available, {count} asked")
 
 

@@ -10,8 +10,9 @@ without normalization.
 Each n-gram is a 64-bit hash: every word gets FNV-1a over its code points finished by MurmurHash3's fmix64, and a
 window of k words a polynomial rolling hash of those (mod 2^64, odd base) finished by fmix64 with a seed per k.
 The index is the sorted array of every item's n-gram hashes (with the item each belongs to) plus a bitset of
-their top bits, so a document's n-grams are checked in a numba kernel: one bit test each, a binary search only
-for the few that pass (2M n-grams: 16 MB of hashes, 8 MB of item numbers, 4 MB of bits). A whole-string item
+their top bits, so a document's n-grams are checked in a numba kernel: one bit test each, and only for the few
+that pass a binary search among the ~8 keys that share the hash's top bits (2M n-grams: 16 MB of hashes, 8 MB of
+item numbers, 4 MB of bits, 2 MB of bucket starts). A whole-string item
 is keyed by its first `min_words` units and verified at a hit, so a document is hashed at two window sizes at
 most per unit kind (n and min_words), whatever the items' lengths. At 2M n-grams and
 ~1e9 document n-grams the chance of one false match by hash collision is ~1e-4.
@@ -368,11 +369,14 @@ def _unit_hashes(values):
 
 
 @njit(cache=True, nogil=True)
-def _hits(units, offsets, lengths, keys, bits, shift, out_doc, out_first, out_len, out_lo, out_hi):
+def _hits(
+    units, offsets, lengths, keys, bits, shift, buckets, bucket_shift, out_doc, out_first, out_len, out_lo, out_hi
+):
     """Every window of `units` (documents at `offsets`) of each size in `lengths` whose hash is in `keys`
-    (sorted); `bits` is a bitset of the keys' top bits (a key's bit: hash >> shift) tested first. Writes
-    (document, first unit, size, first and end key of its hash) per hit; returns the number of hits (more than
-    out_doc's size: only that many were written)."""
+    (sorted); `bits` is a bitset of the keys' top bits (a key's bit: hash >> shift) tested first, and a hash
+    that passes is searched for only among the keys that share its top bits (`buckets`, by hash >> bucket_shift).
+    Writes (document, first unit, size, first and end key of its hash) per hit; returns the number of hits (more
+    than out_doc's size: only that many were written)."""
     n = 0
     buf = np.empty(max(1, np.max(np.diff(offsets)) if offsets.shape[0] > 1 else 1), np.uint64)
     for d in range(offsets.shape[0] - 1):
@@ -384,15 +388,17 @@ def _hits(units, offsets, lengths, keys, bits, shift, out_doc, out_first, out_le
                 top = h >> shift
                 if not (bits[top >> np.uint64(6)] >> (top & np.uint64(63))) & _ONE:
                     continue
-                p = np.searchsorted(keys, h)
-                if p < keys.shape[0] and keys[p] == h:
+                bucket = h >> bucket_shift
+                lo, hi = buckets[bucket], buckets[bucket + 1]
+                p = lo + np.searchsorted(keys[lo:hi], h)
+                if p < hi and keys[p] == h:
                     if n < out_doc.shape[0]:
                         out_doc[n] = d
                         out_first[n] = j
                         out_len[n] = k
                         out_lo[n] = p  # the hash's first key: it names the hash
                         q = p + 1
-                        while q < keys.shape[0] and keys[q] == h:  # a hash several items share: one key each
+                        while q < hi and keys[q] == h:  # a hash several items share: one key each
                             q += 1
                         out_hi[n] = q
                     n += 1
@@ -460,6 +466,16 @@ class Table:
     short_ids: np.ndarray  # int64, sorted item numbers
     short_offsets: np.ndarray  # int64, len(short_ids) + 1
     short_units: np.ndarray  # uint64, their units back to back
+    # keys[buckets[b]:buckets[b + 1]] are the keys whose top bits (key >> bucket_shift) are b: a hash is searched
+    # for among ~8 keys, not all (derived from `keys` here, not stored in the index file)
+    buckets: np.ndarray = field(init=False)
+    bucket_shift: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        bucket_bits = int(min(20, max(8, math.ceil(math.log2(max(1, len(self.keys)))) - 3)))
+        self.bucket_shift = 64 - bucket_bits
+        tops = np.arange(1 << bucket_bits, dtype=np.uint64) << np.uint64(self.bucket_shift)
+        self.buckets = np.append(np.searchsorted(self.keys, tops), len(self.keys)).astype(np.int64)
 
     @classmethod
     def of(cls, keys: np.ndarray, items: np.ndarray, lengths: list[int], short: dict[int, np.ndarray]) -> "Table":
@@ -481,7 +497,7 @@ class Table:
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.items.nbytes + self.bits.nbytes + self.short_units.nbytes
+        return self.keys.nbytes + self.items.nbytes + self.bits.nbytes + self.buckets.nbytes + self.short_units.nbytes
 
     def whole(self, items: np.ndarray, docs: np.ndarray, firsts: np.ndarray, units: np.ndarray, offsets: np.ndarray):
         """False where a hit on a whole-string item's first units is not followed by the rest of the item."""
@@ -618,7 +634,17 @@ def _scan(table: Table, units: np.ndarray, offsets: np.ndarray):
             np.empty(capacity, np.int64),
             np.empty(capacity, np.int64),
         )
-        n = _hits(units, offsets, table.lengths, table.keys, table.bits, np.uint64(table.shift), *out)
+        n = _hits(
+            units,
+            offsets,
+            table.lengths,
+            table.keys,
+            table.bits,
+            np.uint64(table.shift),
+            table.buckets,
+            np.uint64(table.bucket_shift),
+            *out,
+        )
         if n <= capacity:
             return tuple(a[:n] for a in out)
         capacity = n
@@ -660,13 +686,5 @@ def match(index: Index, unit: str, units: np.ndarray, offsets: np.ndarray) -> li
         pos = np.minimum(np.searchsorted(table.short_ids, pair_item), len(table.short_ids) - 1)
         short = table.short_ids[pos] == pair_item
         span[short] = np.diff(table.short_offsets)[pos[short]]
-    return [
-        Match(
-            int(pair_doc[i]),
-            int(index.item_set[pair_item[i]]),
-            int(pair_item[i]),
-            int(firsts[first_hit[i]]),
-            int(span[i]),
-        )
-        for i in keep
-    ]
+    columns = (pair_doc[keep], index.item_set[pair_item[keep]], pair_item[keep], firsts[first_hit[keep]], span[keep])
+    return [Match(*row) for row in zip(*(c.tolist() for c in columns))]  # Python ints, not numpy scalars

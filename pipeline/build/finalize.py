@@ -21,7 +21,15 @@ from manifests.manifest import (
     QuarantineEntry,
     SourceEntry,
 )
-from manifests.outputs import BUILD_STATS, DROPPED_SAMPLES, MANIFEST, QUARANTINE, SHARDS_PREFIX, TOKENIZER_MODEL
+from manifests.outputs import (
+    BUILD_STATS,
+    DECONTAMINATION,
+    DROPPED_SAMPLES,
+    MANIFEST,
+    QUARANTINE,
+    SHARDS_PREFIX,
+    TOKENIZER_MODEL,
+)
 from manifests.shards import ShardEntry, dtype_name
 from pipeline import __version__
 from pipeline.build.inputs import InputFile
@@ -29,7 +37,7 @@ from pipeline.build.made_by import add_made_by
 from pipeline.build.recipe import Recipe
 from pipeline.tasks import process as tasks
 from pipeline.tasks import samples as dropped_samples
-from pipeline.tasks.decontaminate import DECONTAMINATION_NAME, decontamination_outputs
+from pipeline.tasks.decontaminate import decontamination_outputs
 from pipeline.tasks.dedupe import CLUSTER_SIZES
 from pipeline.tasks.lengths import BUCKETS, LENGTH_EDGES
 from pipeline.work.progress import text_speed
@@ -84,9 +92,9 @@ def finalize(
     if results.decontamination:
         decontamination = decontamination_outputs(work, results.decontaminated, *results.decontamination)
     if decontamination is not None:
-        out.write_json(DECONTAMINATION_NAME, decontamination.report)
-    elif out.exists(DECONTAMINATION_NAME):  # an earlier build's into this output, with eval sets this one has not
-        out.fs.rm(out.path(DECONTAMINATION_NAME))
+        out.write_json(DECONTAMINATION, decontamination.report)
+    elif out.exists(DECONTAMINATION):  # an earlier build's into this output, with eval sets this one has not
+        out.fs.rm(out.path(DECONTAMINATION))
     decontaminated = decontamination.sample_lines if decontamination else b""
     out.write_bytes(
         DROPPED_SAMPLES,

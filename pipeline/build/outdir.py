@@ -8,6 +8,7 @@ import re
 from manifests.outputs import (
     BUILD_LOG,
     BUILD_STATS,
+    DECONTAMINATION,
     DROPPED_SAMPLES,
     MANIFEST,
     QUARANTINE,
@@ -17,7 +18,17 @@ from manifests.outputs import (
 from pipeline.work.store import Store
 
 # what a build writes into its output folder (pipeline.build.finalize, the event log, the report, the work store)
-BUILD_FILES = (MANIFEST, QUARANTINE, DROPPED_SAMPLES, BUILD_STATS, TOKENIZER_MODEL, BUILD_LOG, "report", "work")
+BUILD_FILES = (
+    MANIFEST,
+    QUARANTINE,
+    DROPPED_SAMPLES,
+    DECONTAMINATION,
+    BUILD_STATS,
+    TOKENIZER_MODEL,
+    BUILD_LOG,
+    "report",
+    "work",
+)
 # written by every build before anything else: a folder holding neither was not made by a build
 BUILD_TRACES = (MANIFEST, BUILD_LOG)
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")  # Store.write_bytes's temporary names, left by a crash

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from manifests.outputs import DECONTAMINATION
 from pipeline.work.store import Store
 from stages.decontaminate import (
     DecontaminateConfig,
@@ -157,11 +158,12 @@ class Matcher:
             return {}
         w = words(batch.texts)
         found = match(self.index, "words", w.hashes, w.offsets)
-        spans = {
-            m: (int(w.starts[w.offsets[m.doc] + m.first]), int(w.ends[w.offsets[m.doc] + m.first + m.size - 1]))
-            for m in found
-        }
-        return self._record(batch, found, lambda m: _span(batch.texts[m.doc], *spans[m]))
+
+        def sample(m: Match) -> dict:  # called for the few matches kept as samples
+            first = w.offsets[m.doc] + m.first
+            return _span(batch.texts[m.doc], int(w.starts[first]), int(w.ends[first + m.size - 1]))
+
+        return self._record(batch, found, sample)
 
     def on_tokens(self, batch: DocBatch, tokens: list[np.ndarray], tokenizer: Tokenizer) -> dict[int, str]:
         """The batch's documents to drop (position -> drop reason), by the token rule, over their token ids."""
@@ -231,7 +233,6 @@ def _span(text: str, start: int, end: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the build's outputs
 
-DECONTAMINATION_NAME = "decontamination.json"  # beside the manifest: per set, every matched item and flagged document
 SAMPLES_PER_SET = 5  # dropped_samples.jsonl lines per source and eval set
 
 
@@ -320,4 +321,4 @@ def decontamination_outputs(work: Store, funnels: list[dict], folder: str, recor
         "index_bytes": record["index_bytes"],
         "sets": sets,
     }
-    return Outputs({"path": DECONTAMINATION_NAME, "sets": summary}, report, "".join(lines).encode())
+    return Outputs({"path": DECONTAMINATION, "sets": summary}, report, "".join(lines).encode())

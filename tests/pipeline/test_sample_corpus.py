@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sysconfig
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -236,20 +237,47 @@ def test_public_text_sources_are_what_the_sample_and_the_bench_draw_from():
     assert all("\x00" not in text and text.strip() for _, text in code)
 
 
-def test_bench_uses_only_the_public_api_of_the_sample():
+def test_bench_and_the_eval_sets_use_only_the_public_api_of_the_sample():
     """bench/build_throughput.py imports `pipeline.sample_corpus` as `sample`: every `sample.X` it uses is in
-    __all__."""
+    __all__; and every name the benchmarks and `pipeline.sample_eval` import from it is too."""
     import ast
 
     from pipeline import sample_corpus as sample
 
-    bench = Path(__file__).resolve().parents[2] / "bench" / "build_throughput.py"
+    root = Path(__file__).resolve().parents[2]
     used = {
         node.attr
-        for node in ast.walk(ast.parse(bench.read_text()))
+        for node in ast.walk(ast.parse((root / "bench" / "build_throughput.py").read_text()))
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sample"
     }
     assert used and used <= set(sample.__all__), sorted(used - set(sample.__all__))
+    imported = {
+        (path.name, alias.name)
+        for path in [*sorted((root / "bench").glob("*.py")), root / "pipeline" / "sample_eval.py"]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == "pipeline.sample_corpus"
+        for alias in node.names
+    }
+    assert {name for _, name in imported} >= {"python_functions", "python_sources", "kjv_verses"}
+    assert [(f, name) for f, name in sorted(imported) if name not in sample.__all__] == []
+
+
+def test_python_functions_are_every_module_s_functions_in_path_order(tmp_path):
+    from pipeline.sample_corpus import python_functions, python_sources
+
+    (tmp_path / "b.py").write_text('def late():\n    """Doc."""\n    return 1\n')
+    (tmp_path / "a.py").write_text("class K:\n    def method(self):\n        pass\n\n\nasync def top():\n    pass\n")
+    (tmp_path / "skipped").mkdir()
+    (tmp_path / "skipped" / "c.py").write_text("def hidden():\n    pass\n")
+    (tmp_path / "broken.py").write_text("def (:\n")
+    sources = python_sources({"skipped"}, tmp_path)
+    assert [s.rel for s in sources] == ["a.py", "b.py", "broken.py"]
+    assert [(f.module, f.node.name) for f in python_functions(sources)] == [("a.py", "top"), ("b.py", "late")]
+    functions = list(python_functions(sources, methods=True))
+    assert [f.node.name for f in functions] == ["top", "method", "late"]
+    assert functions[2].text() == 'def late():\n    """Doc."""\n    return 1'
+    assert functions[2].text(first=3) == "    return 1" and functions[2].text(end=2) == 'def late():\n    """Doc."""'
+    assert next(iter(python_sources(set()))).path.is_relative_to(Path(sysconfig.get_paths()["stdlib"]))
 
 
 def test_writing_the_same_sample_again_keeps_every_file_and_its_identity(tmp_path):

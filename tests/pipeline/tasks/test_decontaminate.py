@@ -1,12 +1,15 @@
 """Decontamination end to end on a real embedded Ray: eval items planted in the sample corpus (`pipeline.sample_eval`)
 are found and dropped, the clean corpus gives no false match against a plain-Python reference, the output does
-not depend on the number of workers, a worker killed mid-process changes nothing, and an eval set added to a
-built corpus re-runs what depends on it."""
+not depend on the number of workers, inputs and eval sets on S3 (a real S3 API) give the same output, a rebuild
+re-uses every task, a worker or the driver killed mid-process changes nothing (the driver's rerun redoes no
+finished task), and an eval set added to a built corpus re-runs what depends on it."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import fsspec
 import pytest
 import ray
 
+from bench.s3_store import BUCKET, FaultProxy, S3Server
+from manifests.outputs import BUILD_LOG, DECONTAMINATION
 from pipeline.build.driver import build
 from pipeline.build.recipe import load_recipe
 from pipeline.ops.decontam_check import check
@@ -24,25 +29,30 @@ from stages.decontaminate import DecontaminateConfig, EvalSetConfig
 from stages.document import DocBatch
 from stages.fetch import read_documents
 from stages.normalize import DELETE_PUNCTUATION_AND_SPACE, normalize
+from tests.support.cluster import ObjectStore, build_env
 from tests.support.faults import (
+    Run,
     alive,
+    done_tasks,
     shard_bytes,
     stable_manifest,
     start_build,
     tasks_run,
     tokenmill,
+    wait_for,
 )
 
 NATURAL_FIELDS, CODE_FIELDS = ["question", "answer"], ["prompt", "solution"]
 
 
-def eval_sets(eval_dir: Path, action: str = "drop", extra: bool = False) -> dict:
+def eval_sets(eval_dir: Path | str, action: str = "drop", extra: bool = False) -> dict:
+    """The recipe's `decontaminate:` section over the sets in `eval_dir` (a folder or an s3:// URL)."""
     sets = [
-        {"name": "natural", "files": [str(eval_dir / "natural.jsonl")], "fields": NATURAL_FIELDS},
-        {"name": "code", "files": [str(eval_dir / "code.jsonl")], "fields": CODE_FIELDS},
+        {"name": "natural", "files": [f"{eval_dir}/natural.jsonl"], "fields": NATURAL_FIELDS},
+        {"name": "code", "files": [f"{eval_dir}/code*.jsonl"], "fields": CODE_FIELDS},  # a glob
     ]
     if extra:
-        sets.append({"name": "extra", "files": [str(eval_dir / "extra.txt")]})
+        sets.append({"name": "extra", "files": [f"{eval_dir}/extra.txt"]})
     return {"sets": sets, "action": action}
 
 
@@ -79,7 +89,7 @@ def builds(local_ray, planted, sample_corpus, tmp_path_factory) -> dict[str, Pat
 
 
 def decontamination(out: Path) -> dict:
-    return {s["name"]: s for s in json.loads((out / "decontamination.json").read_text())["sets"]}
+    return {s["name"]: s for s in json.loads((out / DECONTAMINATION).read_text())["sets"]}
 
 
 def test_planted_items_are_found_and_dropped_and_none_is_left_in_the_shards(builds, planted):
@@ -174,8 +184,65 @@ def test_one_or_two_workers_give_the_same_bytes(builds):
     a, b = builds["drop2"], builds["drop1"]
     assert shard_bytes(a) == shard_bytes(b)
     assert stable_manifest(a) == stable_manifest(b)
-    for name in ("decontamination.json", "dropped_samples.jsonl", "quarantine.jsonl"):
+    for name in (DECONTAMINATION, "dropped_samples.jsonl", "quarantine.jsonl"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def assert_same_decontaminated_output(out: Path, reference: Path) -> None:
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert stable_manifest(out) == stable_manifest(reference)
+    assert (out / DECONTAMINATION).read_bytes() == (reference / DECONTAMINATION).read_bytes()
+
+
+def shards_by_name(out: Path) -> dict[str, bytes]:
+    """`shard_bytes` by split and file name, without the folder named by what they were made from."""
+    return {path.split("/", 1)[1]: data for path, data in shard_bytes(out).items()}
+
+
+def test_inputs_and_eval_sets_on_s3_give_the_local_build_s_output(builds, planted, tmp_path):
+    """The planted corpus and both eval sets in a bucket of a real S3 API (moto, reached through
+    AWS_ENDPOINT_URL as S3 is), the build a `tokenmill build` process of its own with 2 workers: the same items
+    found, the same shards and the same report as the build from local files."""
+    server = S3Server()
+    store = ObjectStore(server, FaultProxy(server.port))  # faults off: a plain relay
+    try:
+        server.upload(planted / "corpus", f"s3://{BUCKET}/planted")
+        server.upload(planted / "eval", f"s3://{BUCKET}/eval")
+        recipe = sample_recipe(f"s3://{BUCKET}/planted", tmp_path, decontaminate=eval_sets(f"s3://{BUCKET}/eval"))
+        run = Run.start(
+            tokenmill("build", str(recipe), "--out", str(tmp_path / "out"), "--workers", "2", "--no-report"),
+            tmp_path / "build.stderr",
+            env=build_env(store),
+        )
+        assert run.wait(timeout=600) == 0, run.stderr()[-3000:]
+    finally:
+        store.proxy.stop()
+        server.stop()
+    out, reference = tmp_path / "out", builds["drop2"]
+    # the same shards, in a folder of their own (what they are made from names the inputs' URLs)
+    assert shards_by_name(out) == shards_by_name(reference)
+    found, expected = decontamination(out), decontamination(reference)
+    assert found["natural"]["files"] == [f"s3://{BUCKET}/eval/natural.jsonl"]
+    assert found["code"]["files"] == [f"s3://{BUCKET}/eval/code.jsonl"]
+    for name in ("natural", "code"):
+        assert found[name]["documents"] > 0 and found[name]["dropped"] == expected[name]["dropped"]
+        assert found[name]["sha256"] == expected[name]["sha256"]
+        assert found[name]["matched_items"] == expected[name]["matched_items"]
+    manifest, local = (json.loads((o / "manifest.json").read_text()) for o in (out, reference))
+    assert [s["dropped"] for s in manifest["sources"]] == [s["dropped"] for s in local["sources"]]
+
+
+def test_a_rebuild_with_the_same_eval_sets_re_uses_every_task(builds, tmp_path):
+    """A copy of the build (its work dir too) built again: the index and every process task re-used, only the mix
+    runs (its shards are written where OUT now is); built once more into the same OUT, no task runs."""
+    out = tmp_path / "out"
+    shutil.copytree(builds["drop2"], out)
+    recipe = load_recipe(builds["drop2"].parent / "recipe.yaml")
+    for expected in ({"mix"}, set()):
+        log_lines = len((out / BUILD_LOG).read_text().splitlines())
+        build(recipe, str(out), workers=2, console=False)
+        assert {task.split("/")[0] for task in tasks_run(out, since_line=log_lines)} == expected
+        assert_same_decontaminated_output(out, builds["drop2"])
 
 
 def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, planted, tmp_path):
@@ -183,11 +250,15 @@ def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, plante
     natural = [json.loads(line) for line in (planted / "eval" / "natural.jsonl").read_text().splitlines()]
     extra.write_text("".join(f"{i['question']} {i['answer']}\n" for i in natural[-5:]))  # never planted
     out = tmp_path / "out"
-    shutil.copytree(builds["drop2"], out)
-    log_lines = len((out / "build.log.jsonl").read_text().splitlines())
+    shutil.copytree(builds["drop2"], out)  # an earlier build's output, decontamination.json included
+    log_lines = len((out / BUILD_LOG).read_text().splitlines())
     recipe = sample_recipe(planted / "corpus", tmp_path, decontaminate=eval_sets(planted / "eval", extra=True))
-    build(load_recipe(recipe), str(out), workers=2, console=False)
-    events = [json.loads(line) for line in (out / "build.log.jsonl").read_text().splitlines()[log_lines:]]
+    run = start_build(recipe, out, "--workers", "2")  # the command, for what its console says
+    assert run.wait() == 0, run.stderr()[-3000:]
+    said = [line for line in run.stderr().splitlines() if line.startswith("decontaminate: eval sets")]
+    assert len(said) == 1 and "added extra since the build in" in said[0], run.stderr()[-3000:]
+    assert "every input file is processed again" in said[0] and "re-runs: process, keys, dedupe" in said[0]
+    events = [json.loads(line) for line in (out / BUILD_LOG).read_text().splitlines()[log_lines:]]
     changed = [e for e in events if e["event"] == "decontaminate_changed"]
     assert changed and changed[0]["added"] == ["extra"] and changed[0]["removed"] == []
     ran = [e["task"].split("/")[0] for e in events if e["event"] == "task_done"]
@@ -196,7 +267,7 @@ def test_an_added_eval_set_re_runs_what_depends_on_it_and_says_so(builds, plante
     assert [s["name"] for s in manifest["decontamination"]["sets"]] == ["natural", "code", "extra"]
     # the new set's items were never planted: the same shards (in a folder of their own: what they were made from
     # changed)
-    assert sorted(shard_bytes(out).values()) == sorted(shard_bytes(builds["drop2"]).values())
+    assert shards_by_name(out) == shards_by_name(builds["drop2"])
 
 
 def test_a_missing_eval_file_is_refused_in_one_line_before_any_work(planted, tmp_path):
@@ -218,8 +289,22 @@ def test_a_worker_killed_mid_process_is_retried_and_the_output_is_identical(buil
     pid, task = run.kill_first("ray::process/")
     assert run.wait() == 0, run.stderr()[-3000:]
     assert not alive(pid) and task.removeprefix("ray::") in tasks_run(tmp_path / "out")
-    assert shard_bytes(tmp_path / "out") == shard_bytes(builds["drop2"])
-    assert stable_manifest(tmp_path / "out") == stable_manifest(builds["drop2"])
-    assert (tmp_path / "out" / "decontamination.json").read_bytes() == (
-        builds["drop2"] / "decontamination.json"
-    ).read_bytes()
+    assert_same_decontaminated_output(tmp_path / "out", builds["drop2"])
+
+
+@pytest.mark.slow
+def test_the_driver_killed_mid_process_resumes_without_redoing_the_index_or_a_finished_task(builds, tmp_path):
+    out, recipe = tmp_path / "out", builds["drop2"].parent / "recipe.yaml"
+    first = start_build(recipe, out, "--workers", "1")
+    wait_for(lambda: sum(t.startswith("process/") for t in done_tasks(out)) >= 3, "3 finished process tasks", first)
+    os.kill(first.pid, signal.SIGKILL)  # the driver alone, as kill -9 would
+    first.process.wait()
+    first.stop()  # what is left of its Ray processes, by PID
+    finished = done_tasks(out)
+    assert any(t.startswith("decontaminate/") for t in finished) and not (out / "manifest.json").exists()
+    log_lines = len((out / BUILD_LOG).read_text().splitlines())
+    second = start_build(recipe, out, "--workers", "2")
+    assert second.wait() == 0, second.stderr()[-3000:]
+    redone = tasks_run(out, since_line=log_lines)
+    assert redone and set(redone).isdisjoint(finished), "a task that had finished ran again"
+    assert_same_decontaminated_output(out, builds["drop2"])
