@@ -242,7 +242,7 @@ def _process(
     "decontamination"}) for the report."""
     tokenizer_ref = runner.share(tokenizer)
     index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
-    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
+    folders = [stage.PROCESS.folder(k) for k in stage.process_keys(inputs, tokenizer, recipe, index_key)]
     records = runner.run(
         stage.PROCESS,
         [

@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,9 +56,6 @@ class Task:
     input: str = ""  # what it reads, in words (an input file's URL); its folder when empty
 
 
-DONE_READERS = 32  # done records looked up at a time: on an object store each is a GET of ~15 ms
-
-
 @dataclass(slots=True)
 class Runner:
     work: Store
@@ -81,20 +77,20 @@ class Runner:
         stage = of.name
         progress = StageProgress(stage, len(tasks), self.log)
         self.used += [t.folder for t in tasks]
-        looked_up = time.perf_counter()
-        with ThreadPoolExecutor(DONE_READERS) as pool:  # 60k records one after another: ~15 minutes on S3
-            records: list[dict | None] = list(pool.map(self.work.done, [t.folder for t in tasks]))
-        looked_up = time.perf_counter() - looked_up
-        for task, record in zip(tasks, records):
-            missing = [k for k in needs if record is not None and k not in record]
-            if missing:
-                raise OutdatedOutputs(self.work, task.folder, missing[0])
         keep = keep or (lambda record: record)
-        measured = [
-            {k: r[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in r} if r else None
-            for r in records
-        ]
-        records = [keep(r) if r else None for r in records]
+
+        def read_back(folder: str, record: dict) -> tuple[dict, dict]:
+            missing = [k for k in needs if k not in record]
+            if missing:
+                raise OutdatedOutputs(self.work, folder, missing[0])
+            return keep(record), _measured(record)
+
+        looked_up = time.perf_counter()
+        found = self.work.done_records([t.folder for t in tasks], read_back)
+        looked_up = time.perf_counter() - looked_up
+        records: list[dict | None] = [f[0] if f else None for f in found]
+        measured = [f[1] if f else None for f in found]
+        del found
         if stage in self.reuse_only and None in records:
             raise MissingOutputs(stage, records.count(None), len(tasks))
         progress.skip(sum(r is not None for r in records))
@@ -105,8 +101,7 @@ class Runner:
         waited = {"gap_seconds": round(started - self.idle_since, 3)} if pending else {}
         retries = store.take_retries()  # the driver's own store requests (done records) count too
         for i, record in self._run_pending(stage, tasks, pending):
-            records[i] = keep(record)
-            measured[i] = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in record}
+            records[i], measured[i] = keep(record), _measured(record)
             retries += record.get("retries", 0)
             meter_fields = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds") if k in record}
             self.log.event(
@@ -166,6 +161,11 @@ class Runner:
                 raise BuildError(
                     f"[{stage}] task {tasks[i].folder} failed: {cause if isinstance(cause, OSError) else e}"
                 ) from e
+
+
+def _measured(record: dict) -> dict:
+    """What the stage's timings sum of a done record."""
+    return {k: record[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in record}
 
 
 def _largest(tasks: list[Task], records: list[dict]) -> dict:
