@@ -352,7 +352,11 @@ def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_p
         if "propagate" in runner.measures
         else 0,
         "stages": {
-            stage: {**{k: getattr(m, k) for k in StageMeasure.__slots__}} for stage, m in runner.measures.items()
+            stage: {
+                **{k: getattr(m, k) for k in StageMeasure.__slots__},
+                **{k: v for k, v in runner.timings[stage].items() if k in ("gap_seconds", "done_lookup_seconds")},
+            }
+            for stage, m in runner.measures.items()
         },
         "driver": {
             "baseline_hwm": baseline["VmHWM"],
@@ -377,8 +381,8 @@ STAGES = tuple(
 def table(runs: list[dict]) -> str:
     lines = [
         "| documents | files | stage | tasks | peak RSS MiB (VmHWM) | peak anon MiB | task CPU s (wall) | reads | read "
-        "MB (largest task) | writes | shipped KB (largest) |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "MB (largest task) | writes | shipped KB (largest) | driver's gap s (done lookups) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for run in runs:
         for stage in STAGES:
@@ -390,16 +394,24 @@ def table(runs: list[dict]) -> str:
                 f"{m['peak_anon']:.0f} | "
                 f"{m['task_cpu']:.1f} ({m['task_seconds']:.1f}) | {m['reads']:,} | {m['read_bytes'] / 1e6:,.0f} "
                 f"({m['max_task_read_bytes'] / 1e6:,.0f}) | "
-                f"{m['writes']:,} | {m['max_args_bytes'] / 1e3:.1f} |"
+                f"{m['writes']:,} | {m['max_args_bytes'] / 1e3:.1f} | {_gap(m)} |"
             )
         d = run["driver"]
         lines.append(
             f"| {run['documents']:,} | {run['files']} | **driver** | 1 | {d['peak_hwm']:.0f} (start "
             f"{d['baseline_hwm']:.0f}, after stages "
             f"{d['after_stages_hwm']:.0f}) | | {d['cpu_seconds']:.1f} ({d['seconds']:.1f}) | {d['reads']:,} | "
-            f"{d['read_bytes'] / 1e6:,.1f} | {d['writes']:,} | |"
+            f"{d['read_bytes'] / 1e6:,.1f} | {d['writes']:,} | | |"
         )
     return "\n".join(lines)
+
+
+def _gap(measured: dict) -> str:
+    """The driver's longest wait before one of the stage's rounds ran its first task, and its done-record lookups
+    (the runs before these were measured have neither)."""
+    if "gap_seconds" not in measured:
+        return ""
+    return f"{measured['gap_seconds']:.1f} ({measured['done_lookup_seconds']:.1f})"
 
 
 # ------------------------------------------------------------------------------------------------ projection

@@ -40,7 +40,7 @@ from pipeline.tasks.dedupe import Part
 from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
-from pipeline.work.runner import BuildError, Runner, start_ray
+from pipeline.work.runner import BuildError, OutdatedOutputs, Runner, start_ray
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages import mix as mix_stage
@@ -242,7 +242,7 @@ def _process(
     "decontamination"}) for the report."""
     tokenizer_ref = runner.share(tokenizer)
     index_key = index_folder.rsplit("/", 1)[1] if index_folder else ""
-    folders = [stage.PROCESS.folder(stage.process_key(i, tokenizer, recipe, index_key)) for i in inputs]
+    folders = [stage.PROCESS.folder(k) for k in stage.process_keys(inputs, tokenizer, recipe, index_key)]
     records = runner.run(
         stage.PROCESS,
         [
@@ -314,6 +314,7 @@ def _dedupe(
             )
             for p, folder in enumerate(folders)
         ],
+        needs=("range_offsets",),  # a record from before the clustering stages has none
     )
     edges = [slices(folders, records, "edges.bin", "range_offsets", k) for k in range(len(cuts) - 1)]
     return (*components_of(recipe.dedupe, key, cuts, edges, len(processed), runner), cuts)
@@ -675,7 +676,7 @@ def main(argv: list[str]) -> int:
             print("\n".join(describe(plan_build(recipe, args.out, args.work), args.workers)))
             return 0
         manifest_url = build(recipe, args.out, args.workers, args.address, work_url=args.work)
-    except (RecipeError, EvalSetError, manifest_io.ManifestError) as e:
+    except (RecipeError, EvalSetError, manifest_io.ManifestError, OutdatedOutputs) as e:
         print(f"tokenmill build: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except (BuildError, OSError) as e:  # a task that kept failing, a full disk, a store that went away

@@ -170,7 +170,7 @@ class _Planner:
             return None
         index_key = self._decontaminate()
         folders = [
-            stage.PROCESS.folder(stage.process_key(i, self.tokenizer, self.recipe, index_key)) for i in self.inputs
+            stage.PROCESS.folder(k) for k in stage.process_keys(self.inputs, self.tokenizer, self.recipe, index_key)
         ]
         records = [self.work.done(f) for f in folders]
         self._measure(records)

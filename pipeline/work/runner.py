@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +35,18 @@ class MissingOutputs(BuildError):
         self.stage, self.missing, self.tasks = stage, missing, tasks
 
 
+class OutdatedOutputs(BuildError):
+    """The work store holds a stage's outputs whose done records an older tokenmill wrote, without a field this
+    one plans from: they cannot be re-used, and the build stops before it plans from them."""
+
+    def __init__(self, work: Store, folder: str, field: str) -> None:
+        stale = folder.rsplit("/", 1)[0] if folder.count("/") > 1 else folder  # the key's folder: all its parts
+        super().__init__(
+            f"{work.url(folder)} was made by an older tokenmill (its done record has no `{field}`): remove "
+            f"{work.url(stale)} so that its stage runs again, or build with a fresh --work"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     folder: str  # its folder in the work layout; also its Ray task name (`ray::process/...` in ps and the dashboard)
@@ -43,9 +54,6 @@ class Task:
     args: tuple
     input_bytes: int = 0
     input: str = ""  # what it reads, in words (an input file's URL); its folder when empty
-
-
-DONE_READERS = 32  # done records looked up at a time: on an object store each is a GET of ~15 ms
 
 
 @dataclass(slots=True)
@@ -57,29 +65,43 @@ class Runner:
     used: list[str] = field(default_factory=list)  # every task folder this build used, run or re-used
     # stages whose outputs must all be in the work store already (a sweep's proxy builds run the mix only)
     reuse_only: frozenset[str] = frozenset()
+    # when the last task finished (or the runner was made): the driver's wait before the next task starts here
+    idle_since: float = field(default_factory=time.perf_counter, repr=False)
 
-    def run(self, of: Stage, tasks: list[Task], keep: Callable[[dict], dict] | None = None) -> list[dict]:
+    def run(
+        self, of: Stage, tasks: list[Task], keep: Callable[[dict], dict] | None = None, needs: tuple[str, ...] = ()
+    ) -> list[dict]:
         """Each task's done record, in task order: read back for finished tasks, returned by the others; with
-        `keep`, only what it keeps of each (the driver then holds no more of a record than it needs)."""
+        `keep`, only what it keeps of each (the driver then holds no more of a record than it needs). `needs`:
+        fields the driver plans from, which a record read back must have (`OutdatedOutputs` if not)."""
         stage = of.name
         progress = StageProgress(stage, len(tasks), self.log)
         self.used += [t.folder for t in tasks]
-        with ThreadPoolExecutor(DONE_READERS) as pool:  # 60k records one after another: ~15 minutes on S3
-            records: list[dict | None] = list(pool.map(self.work.done, [t.folder for t in tasks]))
         keep = keep or (lambda record: record)
-        measured = [
-            {k: r[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in r} if r else None
-            for r in records
-        ]
-        records = [keep(r) if r else None for r in records]
+
+        def read_back(folder: str, record: dict) -> tuple[dict, dict]:
+            missing = [k for k in needs if k not in record]
+            if missing:
+                raise OutdatedOutputs(self.work, folder, missing[0])
+            return keep(record), _measured(record)
+
+        looked_up = time.perf_counter()
+        found = self.work.done_records([t.folder for t in tasks], read_back)
+        looked_up = time.perf_counter() - looked_up
+        records: list[dict | None] = [f[0] if f else None for f in found]
+        measured = [f[1] if f else None for f in found]
+        del found
         if stage in self.reuse_only and None in records:
             raise MissingOutputs(stage, records.count(None), len(tasks))
         progress.skip(sum(r is not None for r in records))
+        pending = [i for i, r in enumerate(records) if r is None]
         started = time.perf_counter()
+        # the driver's own time between the last task it saw finish and this stage's first: planning this stage,
+        # looking up its done records (a stage whose tasks are all re-used adds to the next stage's)
+        waited = {"gap_seconds": round(started - self.idle_since, 3)} if pending else {}
         retries = store.take_retries()  # the driver's own store requests (done records) count too
-        for i, record in self._run_pending(stage, tasks, [i for i, r in enumerate(records) if r is None]):
-            records[i] = keep(record)
-            measured[i] = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in record}
+        for i, record in self._run_pending(stage, tasks, pending):
+            records[i], measured[i] = keep(record), _measured(record)
             retries += record.get("retries", 0)
             meter_fields = {k: record[k] for k in ("peak_rss_mib", "cpu_seconds") if k in record}
             self.log.event(
@@ -92,7 +114,11 @@ class Runner:
             )
             text_bytes = sum(f.get("bytes_read", 0) for f in record.get("funnels", {}).values())  # process tasks only
             progress.advance(record.get("documents", 0), tasks[i].input_bytes, text_bytes=text_bytes)
+        if pending:
+            self.idle_since = time.perf_counter()
         timing = {
+            **waited,
+            "done_lookup_seconds": round(looked_up, 3),
             "seconds": round(time.perf_counter() - started, 3),
             "task_seconds": round(sum(r.get("seconds", 0) for r in measured), 3),
             "tasks": len(tasks),
@@ -137,6 +163,11 @@ class Runner:
                 ) from e
 
 
+def _measured(record: dict) -> dict:
+    """What the stage's timings sum of a done record."""
+    return {k: record[k] for k in ("peak_rss_mib", "cpu_seconds", "seconds", "documents") if k in record}
+
+
 def _largest(tasks: list[Task], records: list[dict]) -> dict:
     """The stage's task of the largest peak RSS (re-used ones too: their records keep what they measured), with
     its input: which node size the stage needs, and for which input."""
@@ -157,13 +188,19 @@ def _largest(tasks: list[Task], records: list[dict]) -> dict:
     }
 
 
+_LARGEST = ("peak_rss_mib", "gap_seconds")  # a stage's rounds: not summed
+
+
 def _merge_timings(earlier: dict | None, later: dict) -> dict:
+    """A stage run in rounds: their sums, the largest task's peak and the longest wait before a round."""
     if earlier is None:
         return later
     merged = {
-        k: round(earlier.get(k, 0) + v, 3) if isinstance(v, (int, float)) and k != "peak_rss_mib" else v
+        k: round(earlier.get(k, 0) + v, 3) if isinstance(v, (int, float)) and k not in _LARGEST else v
         for k, v in later.items()
     }
+    if "gap_seconds" in earlier or "gap_seconds" in later:
+        merged["gap_seconds"] = max(earlier.get("gap_seconds", 0), later.get("gap_seconds", 0))
     if earlier.get("peak_rss_mib", -1) >= later.get("peak_rss_mib", -1):
         merged.update({k: earlier[k] for k in ("peak_rss_mib", "largest_task") if k in earlier})
     return merged

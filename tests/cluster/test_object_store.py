@@ -73,3 +73,24 @@ def test_a_missing_object_is_not_retried(store, object_store):
     with pytest.raises(FileNotFoundError):
         store.read_range("nothing.bin", 0, 10)
     assert work_store.take_retries() == 0 and object_store.proxy.requests < work_store.ATTEMPTS  # tried once each
+
+
+def test_done_records_come_back_in_task_order_each_read_as_found_on_s3_and_on_disk(store, object_store, tmp_path):
+    """`Store.done_records` (the runner's look-up of a stage's finished tasks): readers over runs of folders on an
+    object store, one after another on a local disk; the same answer from both, through a flaky store."""
+    folders = [f"process/{i:04d}" for i in range(300)]  # runs of 3 for 32 readers: several runs each
+    local = Store.at(str(tmp_path / "work"))
+    for i, folder in enumerate(folders):
+        if i % 7:  # every 7th task has not finished
+            for where in (store, local):
+                where.mark_done(folder, {"documents": i, "funnels": {"x": "y" * 100}})
+    expected = [None if i % 7 == 0 else (folder, i) for i, folder in enumerate(folders)]
+    object_store.proxy.faults(slowdown=0.1)
+    for where in (store, local):
+        assert where.done_records(folders, lambda folder, record: (folder, record["documents"])) == expected
+
+    def refuse(folder, record):
+        raise KeyError(folder)
+
+    with pytest.raises(KeyError, match="process/0001"):  # what the reader raises reaches the caller
+        store.done_records(folders[:2], refuse)

@@ -238,6 +238,8 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 RUN_DEPENDENT = (
     "seconds",
     "task_seconds",
+    "gap_seconds",
+    "done_lookup_seconds",
     "skipped",
     "retries",
     "cpu_seconds",

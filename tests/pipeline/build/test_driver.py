@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,6 +177,56 @@ def test_every_task_records_its_peak_memory_and_cpu_and_each_stage_its_largest_t
     shown = build_record(manifest, json.loads((downsampled / "build_stats.json").read_text()))["stages"]
     assert shown["process"]["peak_rss_mib"] == manifest["stages"]["process"]["peak_rss_mib"]
     assert shown["process"]["largest_task"] == largest["input"]
+
+
+def test_each_stage_logs_the_drivers_wait_before_its_first_task(downsampled):
+    """stage_done: the driver's seconds from the last task it saw finish to the stage's first task (planning the
+    stage, looking up its done records, which that wait includes); a stage whose tasks were all re-used has none."""
+    log = [json.loads(line) for line in (downsampled / "build.log.jsonl").read_text().splitlines()]
+    stages = [e for e in log if e["event"] == "stage_done"]
+    ran = [e for e in stages if e["skipped"] < e["tasks"]]
+    assert len(ran) == len(stages) > 5
+    assert all(e["gap_seconds"] + 0.002 >= e["done_lookup_seconds"] >= 0 for e in ran), ran
+    manifest = json.loads((downsampled / "manifest.json").read_text())
+    rounds = [e["gap_seconds"] for e in ran if e["stage"] == "propagate"]
+    assert manifest["stages"]["propagate"]["gap_seconds"] == max(rounds)  # the longest wait, not their sum
+
+
+def test_a_work_store_from_before_the_clustering_stages_is_refused_in_one_line(downsampled, tmp_path):
+    """Dedupe done records written before the clustering stages carry no range offsets: resuming over them stops
+    with one line naming their folder and the fix, exit 2, no traceback, before any later stage runs."""
+    out, work = tmp_path / "out", tmp_path / "work"  # an earlier build's --work
+    for stage in ("process", "keys", "dedupe"):
+        shutil.copytree(downsampled / "work" / stage, work / stage)
+    (stale,) = (work / "dedupe").iterdir()
+    for done in stale.glob(f"*/{DONE}"):
+        record = json.loads(done.read_text())
+        del record["range_offsets"]
+        done.write_text(json.dumps(record))
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "build",
+        str(downsampled.parent / "recipe.yaml"),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--workers",
+        "1",
+        "--no-report",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("tokenmill build: OutdatedOutputs: ") and "`range_offsets`" in error, error
+    assert f"remove file://{stale} so that its stage runs again, or build with a fresh --work" in error, error
+    assert not (work / "propagate").exists() and not (out / MANIFEST).exists()
+    shutil.rmtree(stale)  # the fix the line names
+    assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
+    assert shard_bytes(out) == shard_bytes(downsampled)
 
 
 def _done_records(out: Path) -> int:
