@@ -8,6 +8,7 @@ wraps the rest in 1-CPU Ray tasks that Ray retries on `OSError` (a store that we
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
@@ -145,10 +146,10 @@ class Runner:
 
         remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(_call)
         in_flight: dict = {}
-        pending = list(pending)
+        pending = collections.deque(pending)  # a stage of 60k tasks: popping the front of a list is quadratic
         while pending or in_flight:
             while pending and len(in_flight) < self.workers:
-                i = pending.pop(0)
+                i = pending.popleft()
                 in_flight[remote.options(name=tasks[i].folder).remote(tasks[i].fn, *tasks[i].args)] = i
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             i = in_flight.pop(ready[0])
