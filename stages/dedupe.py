@@ -9,9 +9,11 @@ The flow, in which no process ever holds all keys or signatures:
 1. per input file: `document_keys(texts, cfg)` -> `partition_rows(keys, doc_keys, cfg.partitions)`;
 2. per partition p: concatenate partition p's rows of every file -> `duplicate_edges(rows)`;
 3. once: concatenate all edges -> `resolve_clusters(edges, exact_slot=...)`;
-4. when `minhash.verify`: per partition of the clusters (by survivor), `verify_clusters(...)` re-clusters each
-   LSH cluster by the stored signatures' (`pack_signatures`, written by step 1) estimated Jaccard: a member is
-   removed only for a kept document at `minhash.threshold` or above. Its work grows with the removals.
+4. when `minhash.verify`: `verify_clusters(...)` re-clusters each LSH cluster by the stored signatures'
+   (`pack_signatures`, written by step 1) estimated Jaccard: a member is removed only for a kept document at
+   `minhash.threshold` or above. The build gives the same verdicts without holding a cluster whole: each member
+   against its survivor (`equal_values`), the kept documents from the members the survivor does not remove
+   (`kept_centers`), then the members after a kept document against those (`best_kept`).
 
 Memory. A row is (slot, key, doc_key), 3 x uint64 = 24 bytes; a document gives one row per slot, and the rows
 spread evenly over partitions (the keys are hashes), so a partition holds documents x slots / partitions rows.
@@ -21,8 +23,8 @@ when half the documents are duplicates), i.e. 80 x slots / partitions bytes per 
 10 slots and 256 partitions 3.1 bytes per document, about 1.9 GB for SlimPajama's ~590M documents.
 A file's task peaks at 64 x slots bytes per document of that file (keys, rows and their sort; measured).
 `resolve_clusters` needs about 100 bytes per edge beyond the edges themselves (24 bytes each), and there is
-one edge per (duplicate document, slot it matched in). `verify_clusters` holds its clusters' signatures
-(512 B a member: 256 values, low 16 bits) and compares each member with at most MAX_CENTERS kept documents.
+one edge per (duplicate document, slot it matched in). A signature is 512 B (256 values, low 16 bits); a
+member is compared with at most MAX_CENTERS kept documents of its cluster.
 """
 
 from __future__ import annotations

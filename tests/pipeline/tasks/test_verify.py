@@ -5,11 +5,14 @@ signatures (a cluster keeping more documents than a member is compared with, mem
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from manifests.keys import doc_key
 from pipeline.build.driver import RangeRemovals, verified_of
+from pipeline.sample_corpus import sample_recipe
 from pipeline.tasks import components, verify
 from pipeline.tasks import dedupe as dedupe_tasks
 from pipeline.tasks.components import component_ranges
@@ -18,6 +21,7 @@ from pipeline.work.store import Store
 from stages.dedupe import MAX_CENTERS, DedupeConfig, matches_needed, pack_signatures
 from stages.minhash import MinHashConfig
 from tests.pipeline.tasks.test_dedupe import RESOLVE_FILES, run_dedupe
+from tests.support.faults import shard_bytes, stable_manifest, start_build
 from tests.support.inprocess import InProcessRunner
 from tests.support.verify_reference import verify_whole_clusters
 
@@ -117,3 +121,26 @@ def test_planted_signatures_give_the_whole_cluster_verdicts(tmp_path, monkeypatc
     kept = sum(work.done(f)["kept"] for f in runner.used if f.startswith("centers/"))
     assert kept >= MAX_CENTERS - 1  # the giant cluster's kept documents beyond the survivor, capped, and others'
     assert runner.timings["verify"]["tasks"] == len(cuts) - 1
+
+
+@pytest.mark.slow
+def test_a_verified_build_over_many_node_ranges_equals_one_over_one(sample_corpus, tmp_path, monkeypatch):
+    """Real Ray, the CLI, the sample corpus with `preset: verified`: verification spread over a node range per
+    input file writes the shards, manifest and verified removals of the one-range build."""
+    recipe = sample_recipe(sample_corpus, tmp_path, dedupe={"partitions": 4, "minhash": {"preset": "verified"}})
+    outs = {}
+    for documents in ("5000000", "1"):
+        monkeypatch.setenv("TOKENMILL_COMPONENT_DOCUMENTS", documents)
+        outs[documents] = tmp_path / f"out-{documents}"
+        run = start_build(recipe, outs[documents], "--workers", "2")
+        assert run.wait() == 0, run.stderr()[-3000:]
+    one, many = outs["5000000"], outs["1"]
+    assert shard_bytes(many) == shard_bytes(one)
+    ranges = {out: len(list((out / "work" / "verify").glob("*/range-*"))) for out in (one, many)}
+    assert ranges[one] == 1 and ranges[many] >= 8
+    without_stages = [{k: v for k, v in stable_manifest(out).items() if k != "stages"} for out in (one, many)]
+    assert without_stages[0] == without_stages[1]
+    (verified,) = (one / "work" / "verified").iterdir()
+    for name in RESOLVE_FILES:
+        assert (many / "work" / "verified" / verified.name / name).read_bytes() == (verified / name).read_bytes()
+    assert json.loads((verified / "_DONE.json").read_text())["removed"] > 0
