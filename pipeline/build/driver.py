@@ -422,66 +422,33 @@ def verified_of(
     and mix tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray
     ref)."""
     work, ranges = runner.work, range(len(cuts) - 1)
-    width, threshold = dedupe_config.minhash.permutations, dedupe_config.minhash.threshold
+    check = verify.Verification(dedupe_config.minhash.permutations, dedupe_config.minhash.threshold, cuts)
     ckey = stage.components_key(key, cuts)
 
     def folders(s: stage.Stage) -> list[str]:
         return [s.folder(ckey, stage.range_part(k)) for k in ranges]
 
+    def run(s: stage.Stage, inputs) -> list[dict]:  # inputs(k): node range k's task's inputs
+        return runner.run(s, [s.task(f, f, *inputs(k), check, work) for k, f in zip(ranges, folders(s))])
+
     sent, checked, kept, judged = (folders(s) for s in (stage.SIGNATURES, stage.VERIFY, stage.CENTERS, stage.VERDICTS))
-    sent_records = runner.run(
-        stage.SIGNATURES,
-        [stage.SIGNATURES.task(f, f, removals.asking(j), process_folders, width, work) for j, f in zip(ranges, sent)],
-    )
-    checked_records = runner.run(
+    sent_records = run(stage.SIGNATURES, lambda j: (removals.asking(j), process_folders))
+    checked_records = run(
         stage.VERIFY,
-        [
-            stage.VERIFY.task(
-                f,
-                f,
-                removals.folders[r],
-                slices(sent, sent_records, verify.SENT, "sent_offsets", r),
-                process_folders,
-                cuts,
-                width,
-                threshold,
-                work,
-            )
-            for r, f in zip(ranges, checked)
-        ],
+        lambda r: (removals.folders[r], slices(sent, sent_records, verify.SENT, "sent_offsets", r), process_folders),
     )
-    kept_records = runner.run(
+    kept_records = run(
         stage.CENTERS,
-        [
-            stage.CENTERS.task(
-                f,
-                f,
-                slices(checked, checked_records, verify.CANDIDATES, "candidate_offsets", j),
-                removals.asking(j),
-                width,
-                threshold,
-                work,
-            )
-            for j, f in zip(ranges, kept)
-        ],
+        lambda j: (slices(checked, checked_records, verify.CANDIDATES, "candidate_offsets", j), removals.asking(j)),
     )
-    removed = runner.run(
+    removed = run(
         stage.VERDICTS,
-        [
-            stage.VERDICTS.task(
-                f,
-                f,
-                removals.folders[r],
-                checked[r],
-                slices(kept, kept_records, verify.CENTERS, "center_offsets", r),
-                process_folders,
-                cuts,
-                width,
-                threshold,
-                work,
-            )
-            for r, f in zip(ranges, judged)
-        ],
+        lambda r: (
+            removals.folders[r],
+            checked[r],
+            slices(kept, kept_records, verify.CENTERS, "center_offsets", r),
+            process_folders,
+        ),
     )
     histogram = {"edges": np.linspace(0, 1, verify.SIMILARITY_BINS + 1).round(2).tolist()}
     histogram.update(

@@ -21,6 +21,7 @@ spread over its members' ranges; the exchanges are one range read per (range, ra
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +38,20 @@ SIGNATURE_BATCH = 250_000
 SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0.02
 
 
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What every verify task is given besides its own inputs (each file's process folder comes apart: the
+    build hands the tasks one shared copy of that list)."""
+
+    width: int  # signature values a document (`minhash.permutations`)
+    threshold: float  # estimated Jaccard a removal needs (`minhash.threshold`)
+    cuts: list[int]  # the node ranges' bounds as doc keys (`pipeline.tasks.components.component_ranges`)
+
+    @property
+    def needed(self) -> int:
+        return dedupe_stage.matches_needed(self.threshold, self.width)
+
+
 def keyed(width: int) -> np.dtype:
     """A document's signature with its key (SENT)."""
     return np.dtype([("key", "<u8"), ("sig", "<u2", (width,))])
@@ -47,12 +62,15 @@ def clustered(width: int) -> np.dtype:
     return np.dtype([("survivor", "<u8"), ("member", "<u8"), ("sig", "<u2", (width,))])
 
 
-def send_signatures(folder: str, asks: list[Part], process_folders: list[str], width: int, work: Store) -> dict:
+def send_signatures(
+    folder: str, asks: list[Part], process_folders: list[str], check: Verification, work: Store
+) -> dict:
     """Survivor range j: its survivors' signatures, per asking range (`asks`: each range's removals' counts of
     members per survivor, in j) the rows of the survivors it asked for, in key order."""
     started = time.perf_counter()
     asked = _asked(work, asks)
     wanted = np.unique(np.concatenate(asked)) if asked else np.zeros(0, np.uint64)
+    width = check.width
     sigs = signature_rows(work, process_folders, wanted, width)
     offsets = [0]
     with work.writer(f"{folder}/{SENT}") as out:
@@ -71,9 +89,7 @@ def verify_range(
     removals: str,
     sent: list[Part],
     process_folders: list[str],
-    cuts: list[int],
-    width: int,
-    threshold: float,
+    check: Verification,
     work: Store,
 ) -> dict:
     """Member range r: its removals (`removals`' rows by member) compared with their survivors (`sent`: one
@@ -82,14 +98,14 @@ def verify_range(
     started = time.perf_counter()
     rows = array(work, f"{removals}/{REMOVED_ROWS}", 3)
     members, survivors, exact = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
+    width = check.width
     got = read_records(work, sent, keyed(width))  # slices of consecutive survivor ranges, each sorted: in order
     at = np.searchsorted(got["key"], survivors)
-    need = dedupe_stage.matches_needed(threshold, width)
     matches, picked = np.zeros(len(members), np.int64), []
     for batch in _file_batches(members):
         sigs = signature_rows(work, process_folders, members[batch], width)
         matches[batch] = dedupe_stage.equal_values(sigs, got["sig"][at[batch]])
-        candidate = ~exact[batch] & (matches[batch] < need)
+        candidate = ~exact[batch] & (matches[batch] < check.needed)
         chosen = np.empty(int(candidate.sum()), clustered(width))
         chosen["survivor"], chosen["member"] = survivors[batch][candidate], members[batch][candidate]
         chosen["sig"] = sigs[candidate]
@@ -104,25 +120,25 @@ def verify_range(
     record = {
         "members": int(len(members)),
         "candidates": int(len(out) - len(lead)),
-        "candidate_offsets": np.searchsorted(out["survivor"], np.asarray(cuts, np.uint64)).tolist(),
+        "candidate_offsets": np.searchsorted(out["survivor"], np.asarray(check.cuts, np.uint64)).tolist(),
         "seconds": time.perf_counter() - started,
     }
     work.mark_done(folder, record)
     return record
 
 
-def find_centers(
-    folder: str, candidates: list[Part], asks: list[Part], width: int, threshold: float, work: Store
-) -> dict:
+def find_centers(folder: str, candidates: list[Part], asks: list[Part], check: Verification, work: Store) -> dict:
     """Survivor range j: its clusters' kept documents beyond the survivor, from every range's candidates of its
     clusters; per asking range (`asks` as for `send_signatures`) those of the clusters it asked about."""
     started = time.perf_counter()
-    rows = read_records(work, candidates, clustered(width))
+    rows = read_records(work, candidates, clustered(check.width))
     rows = rows[np.lexsort((rows["member"], rows["survivor"]))]
     if len(rows):  # a survivor leads its candidates in every range that has some: once is enough
         rows = rows[np.r_[True, (rows["member"][1:] != rows["member"][:-1])]]
     starts = np.r_[np.flatnonzero(rows["member"] == rows["survivor"]), len(rows)]
-    centers = rows[dedupe_stage.kept_centers(rows["sig"], starts, threshold) & (rows["member"] != rows["survivor"])]
+    centers = rows[
+        dedupe_stage.kept_centers(rows["sig"], starts, check.threshold) & (rows["member"] != rows["survivor"])
+    ]
     offsets = [0]
     with work.writer(f"{folder}/{CENTERS}") as out:
         for asked in _asked(work, asks) if len(centers) else []:  # none beyond the survivors: nothing to send
@@ -146,9 +162,7 @@ def verdicts(
     verified: str,
     centers: list[Part],
     process_folders: list[str],
-    cuts: list[int],
-    width: int,
-    threshold: float,
+    check: Verification,
     work: Store,
 ) -> dict:
     """Member range r: each member's verdict (removed for its survivor or for a kept document before it, or
@@ -158,6 +172,7 @@ def verdicts(
     rows = array(work, f"{removals}/{REMOVED_ROWS}", 3)
     members, survivors, exact = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
     matches = np.frombuffer(work.read_bytes(f"{verified}/{MATCHES}"), np.uint16).astype(np.int64)
+    width = check.width
     kept = read_records(work, centers, clustered(width))  # by (survivor, member): survivor ranges in order
     first = np.searchsorted(kept["survivor"], survivors)
     # a kept document is compared with the members after it: per member, those of its cluster before it (the
@@ -182,9 +197,9 @@ def verdicts(
         matches[which] = best_m
         removed_for[which[best >= 0]] = kept["member"][best[best >= 0]]
     similarity = matches / max(width, 1)
-    stays = exact | (matches >= dedupe_stage.matches_needed(threshold, width))
+    stays = exact | (matches >= check.needed)
     record = write_removals(
-        folder, members[stays], removed_for[stays], exact[stays].astype(np.uint64), cuts, work, started
+        folder, members[stays], removed_for[stays], exact[stays].astype(np.uint64), check.cuts, work, started
     )
     record["compared_again"] = int(len(compared))
     record["similarity"] = similarity_histogram(similarity, stays)
