@@ -14,12 +14,17 @@ one removes, so the work splits in four stages, by the components' node ranges (
 - verdicts (member range r): its members whose cluster keeps a document before them compared with those
   (`stages.dedupe.best_kept`), their signatures read again from its own files; what stays removed written as
   `removals` writes a range's, for the sizes and the streamed writer (`pipeline.tasks.components`).
-Each input file's signatures are read by two tasks (its range's verify and verdicts) and a giant cluster is
-spread over its members' ranges; the exchanges are one range read per (range, range).
+Each input file's signatures are read by at most three tasks (its range's signatures, verify and verdicts) and
+a giant cluster is spread over its members' ranges; the exchanges are one range read per (range, range), the
+largest in pieces of SIGNATURE_BATCH rows. A range's signatures that a task needs in another order than they
+come (a survivor range's to send, a member range's survivors') wait in a local file (`LocalRows`), not in
+memory: what a task holds does not grow with its range.
 """
 
 from __future__ import annotations
 
+import mmap
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -33,8 +38,9 @@ from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 
 SENT, MATCHES, CANDIDATES, CENTERS = "signatures.bin", "matches.bin", "candidates.bin", "centers.bin"
-# members whose signatures a task holds at once (whole files at a time): 250,000 x 512 B = 128 MB at 256 values
-SIGNATURE_BATCH = 250_000
+# signatures a task holds at once (a batch of whole files' members, or of rows read or gathered): 100,000 x
+# 512 B = 51 MB at 256 values
+SIGNATURE_BATCH = 100_000
 SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0.02
 
 
@@ -50,6 +56,40 @@ class Verification:
     @property
     def needed(self) -> int:
         return dedupe_stage.matches_needed(self.threshold, self.width)
+
+
+class LocalRows:
+    """Signature rows in a local temporary file, not in memory: appended in order, then gathered by position a
+    batch at a time, each batch's pages given back after use (the page cache keeps them for the next)."""
+
+    def __init__(self, width: int):
+        self.dtype = np.dtype((np.uint16, (width,)))
+        self.rows = 0
+        self._file = tempfile.TemporaryFile()
+
+    def __enter__(self) -> LocalRows:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._file.close()
+
+    def append(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, np.uint16).tobytes())
+        self.rows += len(rows)
+
+    def gather(self, at: np.ndarray) -> np.ndarray:
+        """The rows at positions `at`, in that order."""
+        out = np.empty((len(at),) + self.dtype.shape, np.uint16)
+        if not len(at):
+            return out
+        self._file.flush()
+        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            for i in range(0, len(at), SIGNATURE_BATCH // 8):  # a few thousand pages touched at a time
+                view = np.frombuffer(mapped, self.dtype, self.rows)
+                out[i : i + SIGNATURE_BATCH // 8] = view[at[i : i + SIGNATURE_BATCH // 8]]
+                del view
+                mapped.madvise(mmap.MADV_DONTNEED)
+        return out
 
 
 def keyed(width: int) -> np.dtype:
@@ -70,15 +110,17 @@ def send_signatures(
     started = time.perf_counter()
     asked = _asked(work, asks)
     wanted = np.unique(np.concatenate(asked)) if asked else np.zeros(0, np.uint64)
-    width = check.width
-    sigs = signature_rows(work, process_folders, wanted, width)
-    offsets = [0]
-    with work.writer(f"{folder}/{SENT}") as out:
+    width, offsets = check.width, [0]
+    with LocalRows(width) as sigs, work.writer(f"{folder}/{SENT}") as out:
+        for batch in _file_batches(wanted):
+            sigs.append(signature_rows(work, process_folders, wanted[batch], width))
         for survivors in asked:
-            rows = np.empty(len(survivors), keyed(width))
-            rows["key"], rows["sig"] = survivors, sigs[np.searchsorted(wanted, survivors)]
-            out.write(rows.tobytes())
-            offsets.append(offsets[-1] + len(rows))
+            for i in range(0, len(survivors), SIGNATURE_BATCH):
+                rows = np.empty(len(survivors[i : i + SIGNATURE_BATCH]), keyed(width))
+                rows["key"] = survivors[i : i + SIGNATURE_BATCH]
+                rows["sig"] = sigs.gather(np.searchsorted(wanted, rows["key"]))
+                out.write(rows.tobytes())
+            offsets.append(offsets[-1] + len(survivors))
     record = {"survivors": int(len(wanted)), "sent_offsets": offsets, "seconds": time.perf_counter() - started}
     work.mark_done(folder, record)
     return record
@@ -99,21 +141,28 @@ def verify_range(
     rows = array(work, f"{removals}/{REMOVED_ROWS}", 3)
     members, survivors, exact = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
     width = check.width
-    got = read_records(work, sent, keyed(width))  # slices of consecutive survivor ranges, each sorted: in order
-    at = np.searchsorted(got["key"], survivors)
-    matches, picked = np.zeros(len(members), np.int64), []
-    for batch in _file_batches(members):
-        sigs = signature_rows(work, process_folders, members[batch], width)
-        matches[batch] = dedupe_stage.equal_values(sigs, got["sig"][at[batch]])
-        candidate = ~exact[batch] & (matches[batch] < check.needed)
-        chosen = np.empty(int(candidate.sum()), clustered(width))
-        chosen["survivor"], chosen["member"] = survivors[batch][candidate], members[batch][candidate]
-        chosen["sig"] = sigs[candidate]
-        picked.append(chosen)
-    work.write_bytes(f"{folder}/{MATCHES}", matches.astype(np.uint16).tobytes())
-    firsts = np.unique(np.concatenate([r["survivor"] for r in picked])) if picked else np.zeros(0, np.uint64)
-    lead = np.empty(len(firsts), clustered(width))  # each cluster's survivor leads its candidates
-    lead["survivor"], lead["member"], lead["sig"] = firsts, firsts, got["sig"][np.searchsorted(got["key"], firsts)]
+    wanted = np.unique(survivors)  # what the survivor ranges sent, in key order (slices of consecutive ranges)
+    with LocalRows(width) as got:
+        for group in _pieces(sent):
+            for part, rows in zip(group, read_each(work, group, keyed(width))):
+                if not np.array_equal(rows["key"], wanted[got.rows : got.rows + len(rows)]):
+                    raise RuntimeError(f"{part.path}: holds other survivors than {folder}'s removals ask for; rerun")
+                got.append(rows["sig"])
+        at = np.searchsorted(wanted, survivors)
+        matches, picked = np.zeros(len(members), np.int64), []
+        for batch in _file_batches(members):
+            sigs = signature_rows(work, process_folders, members[batch], width)
+            matches[batch] = dedupe_stage.equal_values(sigs, got.gather(at[batch]))
+            candidate = ~exact[batch] & (matches[batch] < check.needed)
+            chosen = np.empty(int(candidate.sum()), clustered(width))
+            chosen["survivor"], chosen["member"] = survivors[batch][candidate], members[batch][candidate]
+            chosen["sig"] = sigs[candidate]
+            picked.append(chosen)
+        work.write_bytes(f"{folder}/{MATCHES}", matches.astype(np.uint16).tobytes())
+        firsts = np.unique(np.concatenate([r["survivor"] for r in picked])) if picked else np.zeros(0, np.uint64)
+        lead = np.empty(len(firsts), clustered(width))  # each cluster's survivor leads its candidates
+        lead["survivor"], lead["member"] = firsts, firsts
+        lead["sig"] = got.gather(np.searchsorted(wanted, firsts))
     out = np.concatenate([lead, *picked])
     out = out[np.lexsort((out["member"], out["survivor"]))]
     work.write_bytes(f"{folder}/{CANDIDATES}", out.tobytes())
@@ -220,6 +269,20 @@ def similarity_histogram(similarity: np.ndarray, removed: np.ndarray) -> dict:
 def _asked(work: Store, asks: list[Part]) -> list[np.ndarray]:
     """Per asking range, the survivors its members point to (the first column of its counts slice)."""
     return [rows[:, 0] for rows in read_each(work, asks, np.dtype((np.uint64, (2,))))]
+
+
+def _pieces(parts: list[Part]) -> list[list[Part]]:
+    """The parts cut into pieces of at most SIGNATURE_BATCH rows (one range read each), in order, in groups of
+    at most SIGNATURE_BATCH rows (read at once)."""
+    groups, rows = [[]], 0
+    for p in parts:
+        for a in range(p.start, p.end, SIGNATURE_BATCH):
+            piece = Part(p.path, a, min(a + SIGNATURE_BATCH, p.end))
+            if rows + piece.end - piece.start > SIGNATURE_BATCH:
+                groups, rows = groups + [[]], 0
+            groups[-1].append(piece)
+            rows += piece.end - piece.start
+    return groups
 
 
 def _file_batches(keys: np.ndarray) -> list[slice]:
