@@ -69,7 +69,7 @@ def _write(work: Store, path: str, rows: np.ndarray) -> None:
     work.write_bytes(path, np.ascontiguousarray(rows, np.uint64).tobytes())
 
 
-def array(work: Store, path: str, width: int = 1) -> np.ndarray:
+def _array(work: Store, path: str, width: int = 1) -> np.ndarray:
     data = np.frombuffer(work.read_bytes(path), np.uint64)
     return data.reshape(-1, width) if width > 1 else data
 
@@ -97,8 +97,8 @@ def propagate(
         labels = pairs[first, 1]  # the pairs are sorted: each document's first is its smallest out-neighbor
         changed = int(len(nodes))
     else:
-        pairs = array(work, f"{edges}/{EDGES}", 2)
-        nodes, labels = array(work, f"{state}/{NODES}"), array(work, f"{state}/{LABELS}")
+        pairs = _array(work, f"{edges}/{EDGES}", 2)
+        nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
         asked = read_parts(work, answers, 2)  # (node, its label): one row per node this range asked about
         order = np.argsort(asked[:, 0], kind="stable")
         known, known_label = asked[order, 0], asked[order, 1]
@@ -139,7 +139,7 @@ def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> 
     """Round `rnd` of one node range: its nodes' labels lowered by the proposals it got, and each asking range's
     answers (per node asked about, its label), in the asking ranges' order."""
     started = time.perf_counter()
-    nodes, labels = array(work, f"{state}/{NODES}"), array(work, f"{state}/{LABELS}")
+    nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
     data = read_all(work, [a.path for a in asks], [a.start * 16 for a in asks], [a.end * 16 for a in asks])
     got = [np.frombuffer(d, np.uint64).reshape(-1, 2) for d in data]
     every = np.concatenate(got) if got else np.zeros((0, 2), np.uint64)
@@ -169,35 +169,27 @@ def removals(folder: str, state: str, exact_of: str, cuts: list[int], work: Stor
     """One range's removed documents (rows member, survivor, exact, by member) and its members' count per
     survivor (rows survivor, count, by survivor, offsets per survivor range)."""
     started = time.perf_counter()
-    nodes, labels = array(work, f"{state}/{NODES}"), array(work, f"{state}/{LABELS}")
+    nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
     removed = labels != nodes
     members, survivors = nodes[removed], labels[removed]
-    exact = np.isin(members, array(work, f"{exact_of}/{EXACT}")).astype(np.uint64)
-    record = write_removals(folder, members, survivors, exact, cuts, work, started)
+    exact = np.isin(members, _array(work, f"{exact_of}/{EXACT}")).astype(np.uint64)
+    _write(work, f"{folder}/{REMOVED_ROWS}", np.column_stack((members, survivors, exact)))
+    record = {
+        "removed": int(len(members)),
+        "exact_removed": int(exact.sum()),
+        "count_offsets": write_counts(work, folder, survivors, cuts),
+        "seconds": time.perf_counter() - started,
+    }
     work.mark_done(folder, record)
     return record
 
 
-def write_removals(
-    folder: str,
-    members: np.ndarray,
-    survivors: np.ndarray,
-    exact: np.ndarray,
-    cuts: list[int],
-    work: Store,
-    started: float,
-) -> dict:
-    """A range's removals (by member) and counts of members per survivor (what the sizes tasks read); returns
-    the done record's fields, for the caller to complete and mark."""
-    _write(work, f"{folder}/{REMOVED_ROWS}", np.column_stack((members, survivors, exact)))
+def write_counts(work: Store, folder: str, survivors: np.ndarray, cuts: list[int]) -> list[int]:
+    """A range's members per survivor (COUNTS: rows survivor, count, by survivor), what the sizes tasks read;
+    returns the offset of each survivor range's rows (`cuts`)."""
     survivor, count = np.unique(survivors, return_counts=True)
     _write(work, f"{folder}/{COUNTS}", np.column_stack((survivor, count.astype(np.uint64))))
-    return {
-        "removed": int(len(members)),
-        "exact_removed": int(exact.sum()),
-        "count_offsets": np.searchsorted(survivor, np.asarray(cuts, np.uint64)).tolist(),
-        "seconds": time.perf_counter() - started,
-    }
+    return np.searchsorted(survivor, np.asarray(cuts, np.uint64)).tolist()
 
 
 def sizes(folder: str, counts: list[Part], work: Store) -> dict:
@@ -231,7 +223,7 @@ def write_resolved(
         work.writer(f"{folder}/{SURVIVORS}") as kept,
     ):
         for part in removal_folders:
-            rows = array(work, f"{part}/{REMOVED_ROWS}", 3)
+            rows = _array(work, f"{part}/{REMOVED_ROWS}", 3)
             keys.write(np.ascontiguousarray(rows[:, 0]).tobytes())
             kept.write(np.ascontiguousarray(rows[:, 1]).tobytes())
             exact.write(rows[:, 2].astype(np.uint8).tobytes())

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from manifests.keys import file_indices, ordinals
-from pipeline.tasks.components import REMOVED_ROWS, array, write_removals
-from pipeline.tasks.dedupe import Part, read_each, read_records
+from pipeline.tasks.components import REMOVED_ROWS, write_counts
+from pipeline.tasks.dedupe import Part, read_each, read_parts, read_records
 from pipeline.tasks.process import SIGNATURES
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
@@ -138,7 +138,7 @@ def verify_range(
     slice per survivor range); per member the equal values (MATCHES), and the candidates (neither an exact copy
     nor removed by the survivor) with their survivors, sorted, sliced by survivor range (CANDIDATES)."""
     started = time.perf_counter()
-    rows = array(work, f"{removals}/{REMOVED_ROWS}", 3)
+    rows = read_parts(work, [_all_rows(work, removals)], 3)
     members, survivors, exact = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
     width = check.width
     wanted = np.unique(survivors)  # what the survivor ranges sent, in key order (slices of consecutive ranges)
@@ -215,17 +215,51 @@ def verdicts(
     work: Store,
 ) -> dict:
     """Member range r: each member's verdict (removed for its survivor or for a kept document before it, or
-    kept), what stays removed written as a range's removals (member, the kept document it is removed for,
-    exact), and the similarity histogram (each member's estimated Jaccard with the document compared last)."""
+    kept), what stays removed written as `removals` writes a range's (member, the kept document it is removed
+    for, exact), and the similarity histogram (each member's estimated Jaccard with the document compared
+    last). Its removals are taken SIGNATURE_BATCH at a time."""
     started = time.perf_counter()
-    rows = array(work, f"{removals}/{REMOVED_ROWS}", 3)
-    members, survivors, exact = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
-    matches = np.frombuffer(work.read_bytes(f"{verified}/{MATCHES}"), np.uint16).astype(np.int64)
-    width = check.width
-    kept = read_records(work, centers, clustered(width))  # by (survivor, member): survivor ranges in order
+    kept = read_records(work, centers, clustered(check.width))  # by (survivor, member): survivor ranges in order
+    histogram = similarity_histogram(np.zeros(0), np.zeros(0, bool))
+    stayed, exact_removed, compared_again = [], 0, 0
+    with work.writer(f"{folder}/{REMOVED_ROWS}") as out:
+        for part in [p for group in _pieces([_all_rows(work, removals)]) for p in group]:
+            rows = read_parts(work, [part], 3)
+            matches = np.frombuffer(
+                work.read_range(f"{verified}/{MATCHES}", 2 * part.start, 2 * part.end), np.uint16
+            ).astype(np.int64)
+            removed_for, compared = _compared_with_kept(work, process_folders, rows, matches, kept, check.width)
+            stays = rows[:, 2].astype(bool) | (matches >= check.needed)
+            out.write(np.column_stack((rows[stays, 0], removed_for[stays], rows[stays, 2])).tobytes())
+            part_histogram = similarity_histogram(matches / max(check.width, 1), stays)
+            for name in ("removed", "kept"):
+                histogram[name] = [a + b for a, b in zip(histogram[name], part_histogram[name])]
+            stayed.append(removed_for[stays])
+            exact_removed += int(rows[stays, 2].sum())
+            compared_again += compared
+    survivors = np.concatenate(stayed) if stayed else np.zeros(0, np.uint64)
+    record = {
+        "removed": int(len(survivors)),
+        "exact_removed": exact_removed,
+        "count_offsets": write_counts(work, folder, survivors, check.cuts),
+        "compared_again": compared_again,
+        "similarity": histogram,
+        "seconds": time.perf_counter() - started,
+    }
+    work.mark_done(folder, record)
+    return record
+
+
+def _compared_with_kept(
+    work: Store, process_folders: list[str], rows: np.ndarray, matches: np.ndarray, kept: np.ndarray, width: int
+) -> tuple[np.ndarray, int]:
+    """Removals `rows` (member, survivor, exact) compared with the kept documents of their clusters before them
+    (`kept`: by survivor, member); updates `matches` and returns each one's document removed for (its survivor
+    unless a kept document matches better) and how many were compared."""
+    members, survivors = rows[:, 0], rows[:, 1]
     first = np.searchsorted(kept["survivor"], survivors)
-    # a kept document is compared with the members after it: per member, those of its cluster before it (the
-    # position of (survivor, member) among the kept documents' (survivor, member), less its cluster's first)
+    # per member, the kept documents of its cluster before it: the position of (survivor, member) among the
+    # kept documents' (survivor, member), less its cluster's first
     is_kept = np.r_[np.ones(len(kept), np.int64), np.zeros(len(members), np.int64)]
     order = np.lexsort((is_kept, np.r_[kept["member"], members], np.r_[kept["survivor"], survivors]))
     below = np.cumsum(is_kept[order]) - is_kept[order]
@@ -245,15 +279,12 @@ def verdicts(
         )
         matches[which] = best_m
         removed_for[which[best >= 0]] = kept["member"][best[best >= 0]]
-    similarity = matches / max(width, 1)
-    stays = exact | (matches >= check.needed)
-    record = write_removals(
-        folder, members[stays], removed_for[stays], exact[stays].astype(np.uint64), check.cuts, work, started
-    )
-    record["compared_again"] = int(len(compared))
-    record["similarity"] = similarity_histogram(similarity, stays)
-    work.mark_done(folder, record)
-    return record
+    return removed_for, int(len(compared))
+
+
+def _all_rows(work: Store, removals: str) -> Part:
+    """A range's removals (REMOVED_ROWS, by member), whole."""
+    return Part(f"{removals}/{REMOVED_ROWS}", 0, int(work.done(removals)["removed"]))
 
 
 def similarity_histogram(similarity: np.ndarray, removed: np.ndarray) -> dict:

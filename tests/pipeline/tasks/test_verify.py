@@ -109,7 +109,10 @@ def test_planted_signatures_give_the_whole_cluster_verdicts(tmp_path, monkeypatc
     for k in range(len(cuts) - 1):  # each node range's removals, as the removals tasks write them
         mine = rows[(rows[:, 0] >= cuts[k]) & (rows[:, 0] < cuts[k + 1])]
         parts.append(f"removals/range-{k}")
-        records.append(components.write_removals(parts[-1], mine[:, 0], mine[:, 1], mine[:, 2], cuts, work, 0.0))
+        work.write_bytes(f"{parts[-1]}/{components.REMOVED_ROWS}", np.ascontiguousarray(mine).tobytes())
+        records.append(
+            {"removed": len(mine), "count_offsets": components.write_counts(work, parts[-1], mine[:, 1], cuts)}
+        )
         work.mark_done(parts[-1], records[-1])
     runner = InProcessRunner(work)
     folder, record = verified_of(CFG, "v", cuts, RangeRemovals(parts, records), folders, files, runner)
