@@ -177,7 +177,7 @@ def removals(folder: str, state: str, exact_of: str, cuts: list[int], work: Stor
     record = {
         "removed": int(len(members)),
         "exact_removed": int(exact.sum()),
-        "count_offsets": write_counts(work, folder, survivors, cuts),
+        "count_offsets": write_counts(work, folder, survivors.copy(), cuts),
         "seconds": time.perf_counter() - started,
     }
     work.mark_done(folder, record)
@@ -186,10 +186,14 @@ def removals(folder: str, state: str, exact_of: str, cuts: list[int], work: Stor
 
 def write_counts(work: Store, folder: str, survivors: np.ndarray, cuts: list[int]) -> list[int]:
     """A range's members per survivor (COUNTS: rows survivor, count, by survivor), what the sizes tasks read;
-    returns the offset of each survivor range's rows (`cuts`)."""
-    survivor, count = np.unique(survivors, return_counts=True)
-    _write(work, f"{folder}/{COUNTS}", np.column_stack((survivor, count.astype(np.uint64))))
-    return np.searchsorted(survivor, np.asarray(cuts, np.uint64)).tolist()
+    returns the offset of each survivor range's rows (`cuts`). Sorts `survivors` in place (~20 B a member)."""
+    survivors.sort()
+    first = np.flatnonzero(np.r_[True, survivors[1:] != survivors[:-1]]) if len(survivors) else np.zeros(0, np.int64)
+    rows = np.empty((len(first), 2), np.uint64)
+    rows[:, 0] = survivors[first]
+    rows[:, 1] = np.diff(np.r_[first, len(survivors)])
+    work.write_bytes(f"{folder}/{COUNTS}", rows.tobytes())
+    return np.searchsorted(rows[:, 0], np.asarray(cuts, np.uint64)).tolist()
 
 
 def sizes(folder: str, counts: list[Part], work: Store) -> dict:

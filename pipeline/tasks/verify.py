@@ -221,9 +221,10 @@ def verdicts(
     started = time.perf_counter()
     kept = read_records(work, centers, clustered(check.width))  # by (survivor, member): survivor ranges in order
     histogram = similarity_histogram(np.zeros(0), np.zeros(0, bool))
-    stayed, exact_removed, compared_again = [], 0, 0
+    every = _all_rows(work, removals)
+    stayed, removed, exact_removed, compared_again = np.empty(every.end, np.uint64), 0, 0, 0
     with work.writer(f"{folder}/{REMOVED_ROWS}") as out:
-        for part in [p for group in _pieces([_all_rows(work, removals)]) for p in group]:
+        for part in [p for group in _pieces([every]) for p in group]:
             rows = read_parts(work, [part], 3)
             matches = np.frombuffer(
                 work.read_range(f"{verified}/{MATCHES}", 2 * part.start, 2 * part.end), np.uint16
@@ -234,14 +235,14 @@ def verdicts(
             part_histogram = similarity_histogram(matches / max(check.width, 1), stays)
             for name in ("removed", "kept"):
                 histogram[name] = [a + b for a, b in zip(histogram[name], part_histogram[name])]
-            stayed.append(removed_for[stays])
+            stayed[removed : removed + int(stays.sum())] = removed_for[stays]
+            removed += int(stays.sum())
             exact_removed += int(rows[stays, 2].sum())
             compared_again += compared
-    survivors = np.concatenate(stayed) if stayed else np.zeros(0, np.uint64)
     record = {
-        "removed": int(len(survivors)),
+        "removed": removed,
         "exact_removed": exact_removed,
-        "count_offsets": write_counts(work, folder, survivors, check.cuts),
+        "count_offsets": write_counts(work, folder, stayed[:removed], check.cuts),
         "compared_again": compared_again,
         "similarity": histogram,
         "seconds": time.perf_counter() - started,
