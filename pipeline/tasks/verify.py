@@ -46,8 +46,8 @@ SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0
 
 @dataclass(frozen=True, slots=True)
 class Verification:
-    """What every verify task is given besides its own inputs (each file's process folder comes apart: the
-    build hands the tasks one shared copy of that list)."""
+    """What every verify task is given besides its own inputs (each file's process folder is passed apart: the
+    build shares one copy of that list with every task)."""
 
     width: int  # signature values a document (`minhash.permutations`)
     threshold: float  # estimated Jaccard a removal needs (`minhash.threshold`)
