@@ -565,7 +565,9 @@ def project_raw(runs: list[dict]) -> str:
         "removals": ranges,
         "sizes": 2 * ranges,
         "resolve": 1,
-        "verify": partitions,
+        "signatures": ranges,
+        "verify": ranges,
+        "centers": ranges,
         "verdicts": ranges,
         "verified": 1,
         "count": groups,
@@ -579,8 +581,12 @@ def project_raw(runs: list[dict]) -> str:
         "removals": 3 * ranges,
         "sizes": 2 * ranges * ranges,
         "resolve": 4 * ranges,
-        "verify": partitions * (ranges + 3 * files),
-        "verdicts": partitions * ranges,
+        # each file's sig.bin: 3 reads by its range's verify task, and by the signatures and verdicts tasks when
+        # it holds a survivor asked for or a member compared again (at most); one slice per (range, range) else
+        "signatures": ranges * ranges + 3 * files,
+        "verify": ranges * (ranges + 1) + 3 * files,
+        "centers": 2 * ranges * ranges,
+        "verdicts": ranges * (ranges + 2) + 3 * files,
         "verified": 4 * ranges,
         "count": files + 3 * groups,
         "mix": 2 * (files + tasks["mix"]) + 3 * tasks["mix"],
@@ -605,7 +611,7 @@ def project_raw(runs: list[dict]) -> str:
         a, b = small["stages"][stage]["peak_hwm"], big["stages"][stage]["peak_hwm"]
         projected = b
         if (
-            stage in ("propagate", "answer", "removals", "verdicts")
+            stage in ("propagate", "answer", "removals", "signatures", "verify", "centers", "verdicts")
             and per_range[big["documents"]] > per_range[small["documents"]]
         ):
             slope = (b - a) / (per_range[big["documents"]] - per_range[small["documents"]])

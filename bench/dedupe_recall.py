@@ -1,7 +1,6 @@
 """Near-duplicate recall and precision against planted truth, for SlimPajama's MinHash setting and tokenmill's.
 
     PYTHONPATH=. .venv/bin/python bench/dedupe_recall.py --work runs/perf/dedupe --pairs 1200 --chains 60 --repeat 3
-    PYTHONPATH=. .venv/bin/python bench/dedupe_recall.py --work runs/perf/dedupe-memory --verify-memory 200000
 
 The corpus is real text in the SlimPajama (jsonl.zst, `meta.redpajama_set_name`) and StarCoderData (parquet,
 `content`, python/) layouts: KJV chapters and Python standard-library docstring passages as natural language,
@@ -91,45 +90,6 @@ def process_cpu(work: Path, rounds: int) -> dict[str, list[float]]:
     return {preset: [round(s / mb, 4) for s in values] for preset, values in seconds.items()}
 
 
-def verify_memory(work: Path, removals: int) -> dict:
-    """Peak RSS of one verify task holding `removals` cluster members (a third as many survivors) of 20 files of
-    50,000 documents with random signatures: run in this process after its imports and the kernel's compile."""
-    import resource
-
-    from pipeline.tasks import dedupe as dedupe_tasks
-    from pipeline.work.store import Store
-    from stages.dedupe import pack_signatures, verify_clusters
-
-    files, per_file, rng = 20, 50_000, np.random.default_rng(0)
-    store = Store.at(str(work / "verify-memory"))
-    for f in range(files):
-        sigs = rng.integers(0, 1 << 16, (per_file, 256), dtype=np.uint16)
-        store.write_bytes(f"process/f{f}/sig.bin", pack_signatures(np.arange(1, per_file + 1, dtype=np.uint64), sigs))
-    keys = np.unique(
-        (rng.integers(0, files, 3 * removals).astype(np.uint64) << np.uint64(32))
-        | rng.integers(1, per_file + 1, 3 * removals).astype(np.uint64)
-    )
-    rng.shuffle(keys)
-    survivors, members = keys[: removals // 3], keys[removals // 3 : removals // 3 + removals]
-    chosen = survivors[rng.integers(0, len(survivors), removals)]
-    rows = np.column_stack((np.minimum(chosen, members), np.maximum(chosen, members), np.zeros(removals, np.uint64)))
-    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
-    store.write_bytes(f"resolved/{dedupe_tasks.CLUSTERS}", rows.tobytes())
-    store.write_bytes(f"resolved/{dedupe_tasks.CLUSTERS_INDEX}", np.array([0, removals], np.uint64).tobytes())
-    verify_clusters(np.zeros((2, 256), np.uint16), np.array([0, 2]), np.zeros(2, bool), 0.78)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
-    dedupe_tasks.verify_partition("verify/p0", 0, "resolved", [f"process/f{f}" for f in range(files)], 0.78, store)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    shutil.rmtree(work / "verify-memory", ignore_errors=True)
-    return {
-        "removals": removals,
-        "seconds": round(time.perf_counter() - started, 2),
-        "peak_mib": round((peak - base) / 1024),
-        "bytes_per_removal": round((peak - base) * 1024 / removals),
-    }
-
-
 def removals(out: Path, manifest: Manifest) -> tuple[list[tuple[str, str]], list[bool]]:
     """(removed document, its survivor) as "source/path#ordinal" keys, and whether each was an exact copy."""
     from pipeline.build.registry import RESOLVE, VERIFIED
@@ -216,17 +176,8 @@ def main() -> None:
         "--repeat", type=int, default=1, help="builds per setting, alternating (process cost: the median)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--verify-memory",
-        type=int,
-        default=0,
-        help="instead: peak memory of one verify task holding this many removals",
-    )
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
-    if args.verify_memory:
-        print(verify_memory(args.work, args.verify_memory))
-        return
     started = time.perf_counter()
     by_key, planted = write_recall_corpus(args.work / "corpus", args.pairs, args.chains, args.seed)
     text_mb = sum(len(d["text"].encode()) for d in by_key.values()) / 1e6

@@ -9,9 +9,11 @@ The flow, in which no process ever holds all keys or signatures:
 1. per input file: `document_keys(texts, cfg)` -> `partition_rows(keys, doc_keys, cfg.partitions)`;
 2. per partition p: concatenate partition p's rows of every file -> `duplicate_edges(rows)`;
 3. once: concatenate all edges -> `resolve_clusters(edges, exact_slot=...)`;
-4. when `minhash.verify`: per partition of the clusters (by survivor), `verify_clusters(...)` re-clusters each
-   LSH cluster by the stored signatures' (`pack_signatures`, written by step 1) estimated Jaccard: a member is
-   removed only for a kept document at `minhash.threshold` or above. Its work grows with the removals.
+4. when `minhash.verify`: `verify_clusters(...)` re-clusters each LSH cluster by the stored signatures'
+   (`pack_signatures`, written by step 1) estimated Jaccard: a member is removed only for a kept document at
+   `minhash.threshold` or above. The build gives the same verdicts without holding a cluster whole: each member
+   against its survivor (`equal_values`), the kept documents from the members the survivor does not remove
+   (`kept_centers`), then the members after a kept document against those (`best_kept`).
 
 Memory. A row is (slot, key, doc_key), 3 x uint64 = 24 bytes; a document gives one row per slot, and the rows
 spread evenly over partitions (the keys are hashes), so a partition holds documents x slots / partitions rows.
@@ -21,8 +23,8 @@ when half the documents are duplicates), i.e. 80 x slots / partitions bytes per 
 10 slots and 256 partitions 3.1 bytes per document, about 1.9 GB for SlimPajama's ~590M documents.
 A file's task peaks at 64 x slots bytes per document of that file (keys, rows and their sort; measured).
 `resolve_clusters` needs about 100 bytes per edge beyond the edges themselves (24 bytes each), and there is
-one edge per (duplicate document, slot it matched in). `verify_clusters` holds its clusters' signatures
-(512 B a member: 256 values, low 16 bits) and compares each member with at most MAX_CENTERS kept documents.
+one edge per (duplicate document, slot it matched in). A signature is 512 B (256 values, low 16 bits); a
+member is compared with at most MAX_CENTERS kept documents of its cluster.
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ def pack_signatures(ordinals: np.ndarray, sigs: np.ndarray) -> bytes:
 MAX_CENTERS = 256  # a cluster member is compared with at most this many kept documents of its cluster
 
 
+def matches_needed(threshold: float, width: int) -> int:
+    """Equal signature values (of `width`) a removal needs: estimated Jaccard at `threshold` or above."""
+    return int(np.ceil(threshold * width - 1e-9))
+
+
 def verify_clusters(
     sigs: np.ndarray, starts: np.ndarray, exact: np.ndarray, threshold: float, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,7 +131,7 @@ def verify_clusters(
     matches = np.full(len(rows), width, dtype=np.int64)
     removed = np.zeros(len(rows), dtype=bool)
     if len(rows):
-        need = int(np.ceil(threshold * width - 1e-9))
+        need = matches_needed(threshold, width)
         _verify_kernel(
             np.ascontiguousarray(sigs),
             rows,
@@ -164,6 +171,50 @@ def _verify_kernel(sigs, rows, starts, exact, need, max_centers, center, matches
             elif n_centers < max_centers:  # past the cap a member is kept and compared with no later one
                 centers[n_centers] = i
                 n_centers += 1
+
+
+def equal_values(a: np.ndarray, b: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    """Per row, how many values of signature rows `a` and `b` (same shape) are equal, `batch` rows at a time."""
+    out = np.zeros(len(a), np.int64)
+    for i in range(0, len(a), batch):
+        out[i : i + batch] = np.count_nonzero(a[i : i + batch] == b[i : i + batch], axis=1)
+    return out
+
+
+def kept_centers(sigs: np.ndarray, starts: np.ndarray, threshold: float) -> np.ndarray:
+    """The kept documents every member of its cluster is compared with, as `verify_clusters` finds them, from
+    each cluster's survivor and only its members that the survivor does not remove (`sigs`: those, each
+    cluster's survivor first, `starts` as for `verify_clusters`, no exact copies). A member the survivor removes
+    is removed whatever else is kept, so it never joins the kept documents: these are the same. Returns per
+    position whether it is one of its cluster's first MAX_CENTERS kept documents (the survivor is)."""
+    _, _, removed = verify_clusters(sigs, starts, np.zeros(len(sigs), bool), threshold)
+    kept = (~removed).astype(np.int64)
+    cluster = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    rank = np.cumsum(kept) - np.concatenate(([0], np.cumsum(kept)))[np.asarray(starts[:-1], np.int64)][cluster]
+    return ~removed & (rank <= MAX_CENTERS)
+
+
+@njit(cache=True, nogil=True)
+def best_kept(sigs, first, last, center_sigs, survivor_matches):
+    """Per member i (its signature `sigs[i]`), the kept document of its cluster it is removed for or compared
+    with last, as `verify_clusters` chooses it: its survivor, matching `survivor_matches[i]` values, then the
+    kept documents `center_sigs[first[i]:last[i]]` (those before it in key order), the first with the most
+    equal values. Returns per member the index of that kept document (-1: the survivor) and its equal values."""
+    width = sigs.shape[1]
+    best = np.full(sigs.shape[0], -1, np.int64)
+    best_m = survivor_matches.astype(np.int64)
+    for i in range(sigs.shape[0]):
+        if best_m[i] == width:
+            continue
+        for c in range(first[i], last[i]):
+            m = 0
+            for v in range(width):
+                m += sigs[i, v] == center_sigs[c, v]
+            if m > best_m[i]:
+                best[i], best_m[i] = c, m
+            if m == width:
+                break
+    return best, best_m
 
 
 def partition_rows(keys: np.ndarray, doc_keys: np.ndarray, partitions: int) -> list[np.ndarray]:

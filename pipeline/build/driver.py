@@ -1,8 +1,10 @@
 """`tokenmill build RECIPE --out DIR`: the corpus build, read top to bottom.
 
     list inputs -> process (one task per input file: fetch, filter, dedupe keys, tokenize)
-                -> keys -> dedupe -> propagate/answer rounds -> removals -> sizes -> resolve [-> verify -> verified]
-                   (duplicates: `pipeline/tasks/dedupe.py`, clusters: `pipeline/tasks/components.py`)
+                -> keys -> dedupe -> propagate/answer rounds -> removals -> sizes -> resolve
+                   [-> signatures -> verify -> centers -> verdicts -> sizes -> verified]
+                   (duplicates: `pipeline/tasks/dedupe.py`, clusters: `pipeline/tasks/components.py`,
+                   verification: `pipeline/tasks/verify.py`)
                 -> count -> samples -> plan the mix -> mix (one task per mix group, writing its shards)
                 -> manifest.json + quarantine + build stats + report   (`pipeline/build/finalize.py`)
 
@@ -34,7 +36,7 @@ from pipeline.build.inputs import SPLITS, InputFile, list_inputs
 from pipeline.build.outdir import out_refusal
 from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_filters
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
-from pipeline.tasks import components, count, dedupe, samples
+from pipeline.tasks import components, count, dedupe, samples, verify
 from pipeline.tasks import decontaminate as decontam
 from pipeline.tasks.dedupe import Part
 from pipeline.tasks.mix import MixGroup
@@ -152,7 +154,7 @@ def processed_corpus(
     dedupe_key = stage.dedupe_key([p.folder.rsplit("/", 1)[1] for p in processed], recipe)
     groups = dedupe.key_groups(processed, len(dedupe_stage.key_slots(recipe.dedupe)))
     group_folders, group_records = _combine_keys(recipe, groups, runner)
-    resolved_folder, resolved, clusters, cuts = _dedupe(
+    resolved_folder, resolved, removals, cuts = _dedupe(
         recipe, processed, dedupe_key, group_folders, group_records, runner
     )
     keys = {"dedupe": dedupe_key}
@@ -160,7 +162,7 @@ def processed_corpus(
         keys["verify"] = stage.verify_key(dedupe_key, recipe)
         folders_ref = runner.share([p.folder for p in processed])  # a cluster's documents may be in any file
         resolved_folder, resolved = verified_of(
-            recipe.dedupe, keys["verify"], cuts, clusters, folders_ref, len(processed), runner
+            recipe.dedupe, keys["verify"], cuts, removals, folders_ref, len(processed), runner
         )
     counts = _count(groups, group_folders, resolved_folder, runner)
     samples_folder = _duplicate_samples(recipe, inputs, processed, counts, runner)
@@ -292,9 +294,9 @@ def _dedupe(
     group_folders: list[str],
     group_records: list[dict],
     runner: Runner,
-) -> tuple[str, dict, list[list[Part]], list[int]]:
+) -> tuple[str, dict, RangeRemovals, list[int]]:
     """The dedupe partitions, then their edges' connected components (`pipeline/tasks/components.py`); returns
-    the resolve folder, its record, with verify where each partition's clusters are, and the node ranges."""
+    the resolve folder, its record, the node ranges' removals and the node ranges."""
     partitions = recipe.dedupe.partitions if dedupe_stage.key_slots(recipe.dedupe) else 0
     cuts = components.component_ranges(processed)
     folders = [stage.DEDUPE.folder(key, stage.partition_part(p)) for p in range(partitions)]
@@ -325,12 +327,24 @@ def slices(folders: list[str], records: list[dict], name: str, offsets: str, i: 
     return [Part(f"{folder}/{name}", *record[offsets][i : i + 2]) for folder, record in zip(folders, records)]
 
 
+@dataclass(frozen=True, slots=True)
+class RangeRemovals:
+    """The node ranges' removals tasks: their folders and done records, in range order."""
+
+    folders: list[str]
+    records: list[dict]
+
+    def asking(self, j: int) -> list[Part]:
+        """Each range's members per survivor of range j (rows survivor, count): which of j's survivors it asks."""
+        return slices(self.folders, self.records, components.COUNTS, "count_offsets", j)
+
+
 def components_of(
     dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int, runner: Runner
-) -> tuple[str, dict, list[list[Part]]]:
+) -> tuple[str, dict, RangeRemovals]:
     """Rounds of propagate + answer (one task per node range each) until a round changes no label, then the
     removals per range, the cluster sizes per range and the resolve format written from them. Returns the
-    resolve folder, its record and, with verify, each partition's clusters (one slice per range)."""
+    resolve folder, its record and the ranges' removals."""
     ranges, work = range(len(cuts) - 1), runner.work
     ckey = stage.components_key(key, cuts)
     exact_slot = 0 if dedupe_config.exact else None
@@ -360,15 +374,13 @@ def components_of(
         answers = [slices(state, answered, components.ANSWERS, "answer_offsets", k) for k in ranges]
         rnd += 1
     runner.log.event("components", rounds=rnd + 1, ranges=len(ranges))
-    verify = dedupe_config.partitions if dedupe_config.minhash.verify else None
     folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
     removed = runner.run(
         stage.REMOVALS,
-        [stage.REMOVALS.task(f, f, state[k], first[k], cuts, verify, work) for k, f in zip(ranges, folders)],
+        [stage.REMOVALS.task(f, f, state[k], first[k], cuts, work) for k, f in zip(ranges, folders)],
     )
     folder, record = _write_resolved(stage.RESOLVE, key, ckey, folders, removed, n_files, runner)
-    clusters = [slices(folders, removed, components.CLUSTER_ROWS, "cluster_offsets", p) for p in range(verify or 0)]
-    return folder, record, clusters
+    return folder, record, RangeRemovals(folders, removed)
 
 
 def _write_resolved(
@@ -400,42 +412,54 @@ def verified_of(
     dedupe_config: DedupeConfig,
     key: str,
     cuts: list[int],
-    clusters: list[list[Part]],
+    removals: RangeRemovals,
     process_folders,
     n_files: int,
     runner: Runner,
 ) -> tuple[str, dict]:
-    """Each partition's clusters re-clustered by their signatures' estimated Jaccard; what stays removed gathered
-    per node range, the cluster sizes per range, and one writer's resolve format: the folder the count and mix
-    tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray ref)."""
-    work, ranges, threshold = runner.work, range(len(cuts) - 1), dedupe_config.minhash.threshold
-    folders = [stage.VERIFY.folder(key, stage.partition_part(p)) for p in range(dedupe_config.partitions)]
-    verified = runner.run(
-        stage.VERIFY,
-        [
-            stage.VERIFY.task(f, f, p, clusters[p], process_folders, threshold, work, cuts)
-            for p, f in enumerate(folders)
-        ],
-    )
+    """Each range's removals checked against their clusters' kept documents by estimated Jaccard
+    (`pipeline/tasks/verify.py`: signatures, verify, centers and verdicts, one task per node range each); what
+    stays removed per range, the cluster sizes per range and one writer's resolve format: the folder the count
+    and mix tasks read instead of the resolve task's. `process_folders`: every file's process folder (or a Ray
+    ref)."""
+    work, ranges = runner.work, range(len(cuts) - 1)
+    check = verify.Verification(dedupe_config.minhash.permutations, dedupe_config.minhash.threshold, cuts)
     ckey = stage.components_key(key, cuts)
-    range_folders = [stage.VERDICTS.folder(ckey, stage.range_part(k)) for k in ranges]
-    removed = runner.run(
-        stage.VERDICTS,
-        [
-            stage.VERDICTS.task(f, f, slices(folders, verified, dedupe.VERDICTS, "range_offsets", k), cuts, work)
-            for k, f in zip(ranges, range_folders)
-        ],
+
+    def folders(s: stage.Stage) -> list[str]:
+        return [s.folder(ckey, stage.range_part(k)) for k in ranges]
+
+    def run(s: stage.Stage, inputs) -> list[dict]:  # inputs(k): node range k's task's inputs
+        return runner.run(s, [s.task(f, f, *inputs(k), check, work) for k, f in zip(ranges, folders(s))])
+
+    sent, checked, kept, judged = (folders(s) for s in (stage.SIGNATURES, stage.VERIFY, stage.CENTERS, stage.VERDICTS))
+    sent_records = run(stage.SIGNATURES, lambda j: (removals.asking(j), process_folders))
+    checked_records = run(
+        stage.VERIFY,
+        lambda r: (removals.folders[r], slices(sent, sent_records, verify.SENT, "sent_offsets", r), process_folders),
     )
-    bins = dedupe.SIMILARITY_BINS
-    histogram = {"edges": np.linspace(0, 1, bins + 1).round(2).tolist()}
+    kept_records = run(
+        stage.CENTERS,
+        lambda j: (slices(checked, checked_records, verify.CANDIDATES, "candidate_offsets", j), removals.asking(j)),
+    )
+    removed = run(
+        stage.VERDICTS,
+        lambda r: (
+            removals.folders[r],
+            checked[r],
+            slices(kept, kept_records, verify.CENTERS, "center_offsets", r),
+            process_folders,
+        ),
+    )
+    histogram = {"edges": np.linspace(0, 1, verify.SIMILARITY_BINS + 1).round(2).tolist()}
     histogram.update(
         {
-            name: [int(sum(r["similarity"][name][b] for r in verified)) for b in range(bins)]
+            name: [int(sum(r["similarity"][name][b] for r in removed)) for b in range(verify.SIMILARITY_BINS)]
             for name in ("removed", "kept")
         }
     )
     extra = {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram}
-    return _write_resolved(stage.VERIFIED, key, ckey, range_folders, removed, n_files, runner, extra)
+    return _write_resolved(stage.VERIFIED, key, ckey, judged, removed, n_files, runner, extra)
 
 
 def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:

@@ -115,13 +115,10 @@ class _Planner:
         if recipe.dedupe.minhash.verify:
             deduplicated = stage.verify_key(key, recipe) if key else None
             ready = resolved_folder is not None
-            vparts = [
-                stage.VERIFY.folder(deduplicated, stage.partition_part(p)) for p in range(recipe.dedupe.partitions)
-            ]
-            self.stage(stage.VERIFY, vparts if ready else None, recipe.dedupe.partitions)
             vkey = stage.components_key(deduplicated, cuts) if ready else None
-            verdicts = [stage.VERDICTS.folder(vkey, stage.range_part(k)) for k in ranges]
-            self.stage(stage.VERDICTS, verdicts if ready and not self.changed else None, len(ranges) if cuts else None)
+            for per_range in (stage.SIGNATURES, stage.VERIFY, stage.CENTERS, stage.VERDICTS):
+                folders = [per_range.folder(vkey, stage.range_part(k)) for k in ranges]
+                self.stage(per_range, folders if ready and not self.changed else None, len(ranges) if cuts else None)
             verified = self.stage(
                 stage.VERIFIED, [stage.VERIFIED.folder(deduplicated)] if ready and not self.changed else None, 1
             )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pipeline.build.inputs import InputFile
 from pipeline.build.recipe import Recipe
-from pipeline.tasks import components, count, decontaminate, dedupe, mix, process, samples
+from pipeline.tasks import components, count, decontaminate, dedupe, mix, process, samples, verify
 from pipeline.work.runner import Task
 from pipeline.work.store import fingerprint
 from stages.tokenize import Tokenizer
@@ -88,7 +88,8 @@ def components_key(dedupe: str, cuts: list[int]) -> str:
 
 
 def verify_key(dedupe: str, recipe: Recipe) -> str:
-    """The resolved clusters and the verify threshold: a new threshold re-runs verify, count and mix only."""
+    """The resolved clusters and the verify threshold: a new threshold re-runs the verify stages, count and mix
+    only. Their tasks are per node range: `components_key(verify_key, ranges)` names their folders."""
     return fingerprint({"dedupe": dedupe, "threshold": recipe.dedupe.minhash.threshold})
 
 
@@ -211,18 +212,32 @@ RESOLVE = Stage(
     dedupe_key,
     "the removals streamed into one sorted list with an index by input file; each cluster's earliest document survives",
 )
+SIGNATURES = Stage(
+    "signatures",
+    verify.send_signatures,
+    verify_key,
+    "one survivor range's survivors' signatures, read once from its files, sent to the ranges whose removals ask",
+    verify_only=True,
+)
 VERIFY = Stage(
     "verify",
-    dedupe.verify_partition,
+    verify.verify_range,
     verify_key,
-    "one partition of clusters re-clustered by the members' estimated Jaccard",
+    "one node range's removals compared with their survivors; the candidates sent to their survivors' ranges",
+    verify_only=True,
+)
+CENTERS = Stage(
+    "centers",
+    verify.find_centers,
+    verify_key,
+    "one survivor range's clusters' kept documents, from their candidates; sent to the ranges whose removals ask",
     verify_only=True,
 )
 VERDICTS = Stage(
     "verdicts",
-    components.verdicts,
+    verify.verdicts,
     verify_key,
-    "one node range's verified removals, from every verify task",
+    "one node range's removals compared with the kept documents before them; what stays removed",
     verify_only=True,
 )
 VERIFIED = Stage(
@@ -261,7 +276,9 @@ STAGES: tuple[Stage, ...] = (
     REMOVALS,
     SIZES,
     RESOLVE,
+    SIGNATURES,
     VERIFY,
+    CENTERS,
     VERDICTS,
     VERIFIED,
     COUNT,

@@ -20,7 +20,8 @@ Then `removals` (per range: its removed documents, their survivors and exact fla
 its members here), `sizes` (per survivor range: the cluster sizes, in survivor order) and `write_resolved` (one
 task that streams the parts, in range order, into the resolve format: removed.bin, removed_exact.bin,
 survivors.bin, removed_index.bin and cluster_sizes.npy, byte-identical to the single-task resolve's). With
-verify, each verify task reads its partition's clusters straight from the removals parts.
+verify, `pipeline.tasks.verify` checks each range's removals and writes what stays removed as a range's removals,
+and the same sizes and writer give the verified folder.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from pipeline.work.store import Store
 COMPONENT_DOCUMENTS = int(os.environ.get("TOKENMILL_COMPONENT_DOCUMENTS", 5_000_000))
 EDGES, EXACT, NODES, LABELS = "edges.bin", "exact.bin", "nodes.bin", "labels.bin"
 ASKS, ANSWERS, SIZES = "asks.bin", "answers.bin", "sizes.bin"
-REMOVED_ROWS, COUNTS, CLUSTER_ROWS = "removed.bin", "counts.bin", "clusters.bin"
+REMOVED_ROWS, COUNTS = "removed.bin", "counts.bin"
 
 
 def component_ranges(processed: list[Processed], documents: int = COMPONENT_DOCUMENTS) -> list[int]:
@@ -64,8 +65,8 @@ def component_ranges(processed: list[Processed], documents: int = COMPONENT_DOCU
     return cuts + [doc_key(len(processed), 0)]
 
 
-def _write(work: Store, path: str, array: np.ndarray) -> None:
-    work.write_bytes(path, np.ascontiguousarray(array, np.uint64).tobytes())
+def _write(work: Store, path: str, rows: np.ndarray) -> None:
+    work.write_bytes(path, np.ascontiguousarray(rows, np.uint64).tobytes())
 
 
 def _array(work: Store, path: str, width: int = 1) -> np.ndarray:
@@ -164,55 +165,35 @@ def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> 
     return record
 
 
-def removals(folder: str, state: str, exact_of: str, cuts: list[int], partitions: int | None, work: Store) -> dict:
-    """One range's removed documents (rows member, survivor, exact, by member), its members' count per survivor
-    (rows survivor, count, by survivor, offsets per survivor range), and with verify (`partitions`) the rows
-    (survivor, member, exact) by (survivor % partitions, survivor, member), offsets per partition."""
+def removals(folder: str, state: str, exact_of: str, cuts: list[int], work: Store) -> dict:
+    """One range's removed documents (rows member, survivor, exact, by member) and its members' count per
+    survivor (rows survivor, count, by survivor, offsets per survivor range)."""
     started = time.perf_counter()
     nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
     removed = labels != nodes
     members, survivors = nodes[removed], labels[removed]
     exact = np.isin(members, _array(work, f"{exact_of}/{EXACT}")).astype(np.uint64)
-    return _write_removals(folder, members, survivors, exact, cuts, partitions, work, started)
-
-
-def verdicts(folder: str, parts: list[Part], cuts: list[int], work: Store) -> dict:
-    """One node range's verified removals (its slice of every verify task's verdicts), written as `removals`
-    writes a range's: the sizes and the resolve writer then give the verified folder in the resolve format."""
-    started = time.perf_counter()
-    rows = read_parts(work, parts, 3)
-    rows = rows[np.argsort(rows[:, 0], kind="stable")]
-    return _write_removals(folder, rows[:, 0], rows[:, 1], rows[:, 2], cuts, None, work, started)
-
-
-def _write_removals(
-    folder: str,
-    members: np.ndarray,
-    survivors: np.ndarray,
-    exact: np.ndarray,
-    cuts: list[int],
-    partitions: int | None,
-    work: Store,
-    started: float,
-) -> dict:
     _write(work, f"{folder}/{REMOVED_ROWS}", np.column_stack((members, survivors, exact)))
-    survivor, count = np.unique(survivors, return_counts=True)
-    _write(work, f"{folder}/{COUNTS}", np.column_stack((survivor, count.astype(np.uint64))))
     record = {
         "removed": int(len(members)),
         "exact_removed": int(exact.sum()),
-        "count_offsets": np.searchsorted(survivor, np.asarray(cuts, np.uint64)).tolist(),
+        "count_offsets": write_counts(work, folder, survivors.copy(), cuts),
+        "seconds": time.perf_counter() - started,
     }
-    if partitions:
-        partition = survivors % np.uint64(partitions)
-        order = np.lexsort((members, survivors, partition))
-        rows = np.column_stack((survivors[order], members[order], exact[order]))
-        _write(work, f"{folder}/{CLUSTER_ROWS}", rows)
-        bounds = np.arange(partitions + 1, dtype=np.uint64)
-        record["cluster_offsets"] = np.searchsorted(partition[order], bounds).tolist()
-    record["seconds"] = time.perf_counter() - started
     work.mark_done(folder, record)
     return record
+
+
+def write_counts(work: Store, folder: str, survivors: np.ndarray, cuts: list[int]) -> list[int]:
+    """A range's members per survivor (COUNTS: rows survivor, count, by survivor), what the sizes tasks read;
+    returns the offset of each survivor range's rows (`cuts`). Sorts `survivors` in place (~20 B a member)."""
+    survivors.sort()
+    first = np.flatnonzero(np.r_[True, survivors[1:] != survivors[:-1]]) if len(survivors) else np.zeros(0, np.int64)
+    rows = np.empty((len(first), 2), np.uint64)
+    rows[:, 0] = survivors[first]
+    rows[:, 1] = np.diff(np.r_[first, len(survivors)])
+    work.write_bytes(f"{folder}/{COUNTS}", rows.tobytes())
+    return np.searchsorted(rows[:, 0], np.asarray(cuts, np.uint64)).tolist()
 
 
 def sizes(folder: str, counts: list[Part], work: Store) -> dict:

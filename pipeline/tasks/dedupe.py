@@ -2,15 +2,11 @@
 
 Requests stay a small constant per input file: a key group task reads each of its files' keys.bin and
 quarantine once and writes one object with its rows in partition order; a partition task then makes one range
-read per key group (not one per input file). The resolve task writes the removed documents' keys sorted, with
-an index by input file, so a later task reads only the slice of the files it handles.
-
-With `dedupe.minhash.verify`, the resolve task also writes each cluster's rows partitioned by survivor
-(CLUSTERS, CLUSTERS_INDEX); a verify task per partition reads its slice (one range read), its clusters'
-signatures (sig.bin: three range reads per file touched) and re-clusters them by estimated Jaccard
-(`stages.dedupe.verify_clusters`); one merge task writes the verified result in the resolve task's format
-(REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES) into its own folder, which the count and mix tasks then
-read instead. The work grows with the removals, not the corpus: a signature row (512 B) per cluster member.
+read per key group (not one per input file). The resolve format (REMOVED, REMOVED_EXACT, REMOVED_INDEX,
+SURVIVORS, CLUSTER_SIZES) holds the removed documents' keys sorted, with an index by input file, so a later task
+reads only the slice of the files it handles; the build writes it from the node ranges' removals
+(`pipeline.tasks.components`), verified or not (`pipeline.tasks.verify`), and `resolve_duplicates` writes it in
+one task, which the tests compare the build's against.
 """
 
 from __future__ import annotations
@@ -23,9 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from manifests.keys import file_indices, file_starts, ordinals
+from manifests.keys import file_starts
 from pipeline.tasks import samples
-from pipeline.tasks.process import QUARANTINE, SIGNATURES, Processed
+from pipeline.tasks.process import QUARANTINE, Processed
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages.dedupe import DedupeConfig
@@ -42,12 +38,6 @@ REMOVED, REMOVED_EXACT, REMOVED_INDEX, CLUSTER_SIZES = (
     "cluster_sizes.npy",
 )
 SURVIVORS = "survivors.bin"  # uint64 per removed key: the document kept in its place (its cluster's survivor)
-# rows (survivor, member, exact) of every removal, sorted by (survivor % partitions, survivor, member), and the row
-# offset of each partition (one more than partitions): a verify task reads its whole clusters with one range read
-CLUSTERS, CLUSTERS_INDEX = "clusters.bin", "clusters_index.bin"
-VERIFIED = "verified.npz"  # a verify task's output: keys, exact, survivors of what stays removed; similarity, kept
-VERDICTS = "verdicts.bin"  # and of what stays removed, rows (member, survivor, exact) by member
-SIMILARITY_BINS = 50  # the similarity histogram: estimated Jaccard in bins of 0.02
 
 
 def key_groups(processed: list[Processed], slots: int) -> list[list[Processed]]:
@@ -146,13 +136,22 @@ def read_all(work: Store, paths: list[str], starts: list[int], ends: list[int]) 
         return list(pool.map(work.read_range, paths, starts, ends))
 
 
-def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
+def read_each(work: Store, parts: list[Part], dtype: np.dtype) -> list[np.ndarray]:
+    """The rows (records of `dtype`) of each part (one range read each)."""
+    size = dtype.itemsize
+    data = read_all(work, [p.path for p in parts], [p.start * size for p in parts], [p.end * size for p in parts])
+    return [np.frombuffer(d, dtype) for d in data]
+
+
+def read_records(work: Store, parts: list[Part], dtype: np.dtype) -> np.ndarray:
     """The rows of every part, concatenated (one range read each)."""
-    data = read_all(
-        work, [p.path for p in parts], [p.start * 8 * width for p in parts], [p.end * 8 * width for p in parts]
-    )
-    rows = [np.frombuffer(d, np.uint64) for d in data]
-    return (np.concatenate(rows) if rows else np.zeros(0, np.uint64)).reshape(-1, width)
+    rows = read_each(work, parts, dtype)
+    return np.concatenate(rows) if rows else np.zeros(0, dtype)
+
+
+def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
+    """The uint64 rows of `width` values of every part, concatenated (one range read each)."""
+    return read_records(work, parts, np.dtype((np.uint64, (width,)))).reshape(-1, width)
 
 
 def dedupe_partition(
@@ -187,9 +186,7 @@ def resolve_duplicates(
     order = np.argsort(result.removed, kind="stable")
     removed, exact = result.removed[order].astype(np.uint64), result.removed_exact[order].astype(np.uint8)
     survivors = result.survivors[order].astype(np.uint64)
-    _write_removed(work, folder, removed, exact, survivors, result.cluster_sizes, n_files)
-    if dedupe.minhash.verify:
-        _write_clusters(work, folder, removed, exact, survivors, dedupe.partitions)
+    write_removed(work, folder, removed, exact, survivors, result.cluster_sizes, n_files)
     record = {
         "removed": int(len(removed)),
         "exact_removed": int(exact.sum()),
@@ -201,7 +198,7 @@ def resolve_duplicates(
     return record
 
 
-def _write_removed(
+def write_removed(
     work: Store,
     folder: str,
     removed: np.ndarray,
@@ -210,7 +207,7 @@ def _write_removed(
     cluster_sizes: np.ndarray,
     n_files: int,
 ) -> None:
-    """The resolve format, written by resolve and by the verified merge: the removed keys (sorted, uint64), their
+    """The resolve format: the removed keys (sorted, uint64), their
     exact flags (uint8) and survivors (uint64), the offset of each input file's first removed key, cluster sizes."""
     work.write_bytes(f"{folder}/{REMOVED}", removed.tobytes())
     work.write_bytes(f"{folder}/{REMOVED_EXACT}", exact.tobytes())
@@ -274,149 +271,6 @@ def removed_of(work: Store, resolved: str, file_indices: list[int], survivors: b
             a, b = index[i] - index[0], index[i + 1] - index[0]
             out[f] = RemovedDocs(keys[a:b], exact[a:b], kept[a:b] if survivors else None)
     return out
-
-
-def _write_clusters(
-    work: Store, folder: str, removed: np.ndarray, exact: np.ndarray, survivors: np.ndarray, partitions: int
-) -> None:
-    partition = survivors % np.uint64(partitions)
-    order = np.lexsort((removed, survivors, partition))
-    rows = np.column_stack((survivors[order], removed[order], exact[order].astype(np.uint64)))
-    index = np.searchsorted(partition[order], np.arange(partitions + 1, dtype=np.uint64)).astype(np.uint64)
-    work.write_bytes(f"{folder}/{CLUSTERS}", np.ascontiguousarray(rows, np.uint64).tobytes())
-    work.write_bytes(f"{folder}/{CLUSTERS_INDEX}", index.tobytes())
-
-
-def resolved_clusters(work: Store, resolved: str, partition: int) -> list[Part]:
-    """Where a partition's clusters are in the single-task resolve's output (CLUSTERS, by CLUSTERS_INDEX)."""
-    start, end = np.frombuffer(
-        work.read_range(f"{resolved}/{CLUSTERS_INDEX}", partition * 8, (partition + 2) * 8), np.uint64
-    ).tolist()
-    return [Part(f"{resolved}/{CLUSTERS}", start, end)]
-
-
-def verify_partition(
-    folder: str,
-    partition: int,
-    clusters: list[Part],
-    process_folders: list[str],
-    threshold: float,
-    work: Store,
-    cuts: list[int] | None = None,
-) -> dict:
-    """One partition's clusters (whole, by survivor) re-clustered by their signatures' estimated Jaccard; writes
-    every member's verdict, survivor (the kept document it was compared with last) and similarity. `clusters`:
-    its rows (survivor, member, exact) in one or more parts (each range's, `pipeline.tasks.components.removals`)."""
-    started = time.perf_counter()
-    rows = read_parts(work, clusters, 3)
-    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]  # a cluster's members may come from several parts
-    first = np.flatnonzero(np.r_[True, rows[1:, 0] != rows[:-1, 0]]) if len(rows) else np.zeros(0, np.int64)
-    # each cluster as [survivor, members...] in key order
-    keys = np.insert(rows[:, 1], first, rows[first, 0])
-    exact = np.insert(rows[:, 2].astype(bool), first, False)
-    starts = np.r_[first + np.arange(len(first)), len(keys)]
-    wanted = np.unique(keys)
-    sigs = _signature_rows(work, process_folders, wanted)
-    center, similarity, removed = dedupe_stage.verify_clusters(
-        sigs, starts, exact, threshold, rows=np.searchsorted(wanted, keys)
-    )
-    member = np.ones(len(keys), bool)
-    member[starts[:-1]] = False
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        keys=keys[member],
-        exact=exact[member],
-        survivors=keys[center][member],
-        similarity=similarity[member].astype(np.float32),
-        stays=removed[member],
-    )
-    work.write_bytes(f"{folder}/{VERIFIED}", buffer.getvalue())
-    record = {
-        "partition": partition,
-        "clusters": int(len(first)),
-        "candidates": int(member.sum()),
-        "kept": int((member & ~removed).sum()),
-        "files_read": int(len(np.unique(file_indices(wanted)))),
-        "seconds": time.perf_counter() - started,
-    }
-    if cuts is not None:  # what stays removed as rows (member, survivor, exact) by member, sliced by node range
-        stays = member & removed
-        order = np.argsort(keys[stays], kind="stable")
-        verdicts = np.column_stack(
-            (keys[stays][order], keys[center][stays][order], exact[stays][order].astype(np.uint64))
-        )
-        work.write_bytes(f"{folder}/{VERDICTS}", np.ascontiguousarray(verdicts, np.uint64).tobytes())
-        record["range_offsets"] = np.searchsorted(verdicts[:, 0], np.asarray(cuts, np.uint64)).tolist()
-        record["similarity"] = _similarity_histogram(similarity[member], removed[member])
-    work.mark_done(folder, record)
-    return record
-
-
-def merge_verified(folder: str, verify_folders: list[str], n_files: int, work: Store) -> dict:
-    """The verified removals in the resolve task's format (sorted keys, exact flags, index by input file, cluster
-    sizes), and the similarity histogram of near removals (kept and removed) for the report."""
-    started = time.perf_counter()
-    parts = [dict(np.load(io.BytesIO(work.read_bytes(f"{v}/{VERIFIED}")))) for v in verify_folders]
-    cat = {
-        name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0)
-        for name in ("keys", "exact", "survivors", "similarity", "stays")
-    }
-    histogram = _similarity_histogram(cat["similarity"], cat["stays"].astype(bool))
-    order = np.argsort(cat["keys"], kind="stable")
-    cat = {name: values[order][cat["stays"][order].astype(bool)] for name, values in cat.items()}
-    removed, exact = cat["keys"].astype(np.uint64), cat["exact"].astype(np.uint8)
-    survivors = cat["survivors"].astype(np.uint64)
-    survivor_of, members = np.unique(survivors, return_counts=True)
-    _write_removed(work, folder, removed, exact, survivors, (members + 1).astype(np.int64), n_files)
-    record = {
-        "removed": int(len(removed)),
-        "exact_removed": int(exact.sum()),
-        "near_removed": int(len(removed) - exact.sum()),
-        "clusters": int(len(members)),
-        "kept_by_verify": int(sum(histogram["kept"])),
-        "similarity": histogram,
-        "seconds": time.perf_counter() - started,
-    }
-    work.mark_done(folder, record)
-    return record
-
-
-def _similarity_histogram(similarity: np.ndarray, removed: np.ndarray) -> dict:
-    """Counts of cluster members by estimated Jaccard with the document compared last, removed and kept."""
-    bins = np.clip((similarity * SIMILARITY_BINS).astype(np.int64), 0, SIMILARITY_BINS - 1)
-    return {
-        "edges": np.linspace(0, 1, SIMILARITY_BINS + 1).round(2).tolist(),
-        "removed": np.bincount(bins[removed], minlength=SIMILARITY_BINS).tolist(),
-        "kept": np.bincount(bins[~removed], minlength=SIMILARITY_BINS).tolist(),
-    }
-
-
-def _signature_rows(work: Store, process_folders: list[str], wanted: np.ndarray) -> np.ndarray:
-    """The compact signatures of the documents `wanted` (sorted doc keys), in that order. Per input file three
-    range reads: the header, its ordinals, and the span of rows from the first wanted to the last."""
-    files = file_indices(wanted).astype(np.int64)
-    out = None
-    for f in np.unique(files):
-        path = f"{process_folders[f]}/{SIGNATURES}"
-        n, width = np.frombuffer(work.read_range(path, 0, dedupe_stage.SIG_HEADER), np.uint64).astype(np.int64)
-        sig_ordinals = np.frombuffer(
-            work.read_range(path, dedupe_stage.SIG_HEADER, dedupe_stage.SIG_HEADER + 8 * n), np.uint64
-        )
-        mine = np.flatnonzero(files == f)
-        at = np.searchsorted(sig_ordinals, ordinals(wanted[mine]))
-        if np.any(at >= n) or not np.array_equal(sig_ordinals[np.minimum(at, n - 1)], ordinals(wanted[mine])):
-            raise RuntimeError(
-                f"{path}: lacks signatures of documents its keys.bin named; delete {process_folders[f]} and rerun the "
-                "build"
-            )
-        start = dedupe_stage.SIG_HEADER + 8 * n + 2 * width * int(at.min())
-        span = np.frombuffer(
-            work.read_range(path, start, start + 2 * width * (int(at.max()) + 1 - int(at.min()))), np.uint16
-        ).reshape(-1, width)
-        out = np.zeros((len(wanted), width), np.uint16) if out is None else out
-        out[mine] = span[at - at.min()]
-    return out if out is not None else np.zeros((0, 0), np.uint16)
 
 
 def _runs(values: list[int]) -> list[list[int]]:

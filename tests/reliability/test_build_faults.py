@@ -54,8 +54,9 @@ def test_a_worker_killed_mid_task_is_retried_and_the_shards_are_identical(
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_verify_is_retried_and_the_shards_are_identical(sample_corpus, tmp_path):
-    """The verified preset's own stages (a verify task per partition, then their merge), which the sample recipe
-    does not run: a verify task killed mid-way runs again, and the output equals an undisturbed build's."""
+    """The verified preset's own stages (signatures, verify, centers, verdicts by node range, then the writer),
+    which the sample recipe does not run: a verify task killed mid-way runs again, and the output equals an
+    undisturbed build's."""
     recipe = sample_recipe(sample_corpus, tmp_path, dedupe={"partitions": 4, "minhash": {"preset": "verified"}})
     reference = start_build(recipe, tmp_path / "reference", "--workers", "2")
     assert reference.wait() == 0, reference.stderr()[-3000:]

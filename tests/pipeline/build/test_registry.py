@@ -13,7 +13,8 @@ def test_a_recipe_runs_the_optional_stages_only_when_it_asks_for_them():
     names = [s.name for s in registry.stages_of(load_recipe("sample"))]  # tinyllama's unverified preset
     clusters = ["propagate", "answer", "removals", "sizes", "resolve"]
     assert names == ["process", "keys", "dedupe", *clusters, "count", "samples", "mix"]
-    verified = ["process", "keys", "dedupe", *clusters, "verify", "verdicts", "verified", "count", "samples", "mix"]
+    verify = ["signatures", "verify", "centers", "verdicts", "verified"]
+    verified = ["process", "keys", "dedupe", *clusters, *verify, "count", "samples", "mix"]
     assert [s.name for s in registry.stages_of(load_recipe("web-quality"))] == verified
 
 

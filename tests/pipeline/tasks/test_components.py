@@ -75,7 +75,7 @@ def test_distributed_clustering_writes_the_single_resolve_files(tmp_path, docume
         [dedupe_tasks.Part(f"{f}/edges.bin", *r["range_offsets"][k : k + 2]) for f, r in zip(folders, records)]
         for k in range(len(cuts) - 1)
     ]
-    folder, record, clusters = components_of(cfg, "k", cuts, edges, FILES, runner)
+    folder, record, _ = components_of(cfg, "k", cuts, edges, FILES, runner)
 
     assert len(cuts) - 1 == {10**9: 1, 5_000: FILES // 2, 2_000: FILES}[documents_per_range]
     assert single["removed"] > 7_000 and single["exact_removed"] > 500
@@ -84,10 +84,6 @@ def test_distributed_clustering_writes_the_single_resolve_files(tmp_path, docume
     }
     for name in RESOLVE_FILES:
         assert work.read_bytes(f"{folder}/{name}") == work.read_bytes(f"single/{name}"), name
-    for p in range(PARTITIONS):  # what each verify task reads: the same rows, from the ranges' parts
-        rows = dedupe_tasks.read_parts(work, clusters[p], 3)
-        rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
-        assert np.array_equal(rows, dedupe_tasks.read_parts(work, dedupe_tasks.resolved_clusters(work, "single", p), 3))
     rounds = runner.timings["propagate"]["tasks"] // (len(cuts) - 1)
     assert 3 <= rounds <= 14  # the 300-document chain needs jumps (~log2), not 300 rounds
     largest = max(work.done(f)["edges"] for f in runner.used if f.startswith("propagate/") and "/round-000/" in f)

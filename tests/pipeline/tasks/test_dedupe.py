@@ -1,5 +1,6 @@
-"""The dedupe tasks run as the build runs them (process outputs -> keys -> partitions -> resolve -> verify ->
-merge) on a local work store, over KJV chapters with planted exact and near copies and a weak link."""
+"""The dedupe tasks run as the build runs them (process outputs -> keys -> partitions -> clusters by node range
+-> verification by node range) on a local work store, over KJV chapters with planted exact and near copies and
+weak links, against the single resolve task and the whole-cluster verification."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pipeline.report.page import similarity_chart
 from pipeline.tasks import dedupe as dedupe_tasks
 from pipeline.tasks import process as tasks
 from pipeline.tasks.components import component_ranges
+from pipeline.tasks.verify import SIMILARITY_BINS
 from pipeline.work.store import Store
 from stages import dedupe as dedupe_stage
 from stages.dedupe import DedupeConfig, document_keys_and_signatures, key_slots
 from stages.minhash import MinHashConfig
 from tests.support.inprocess import InProcessRunner
+from tests.support.verify_reference import verify_whole_clusters
 
 RESOLVE_FILES = (
     dedupe_tasks.REMOVED,
@@ -63,19 +66,19 @@ def run_dedupe(work: Store, files: list[list[str]], cfg: DedupeConfig) -> tuple[
         ]
         dedupe_tasks.dedupe_partition(folder, p, slices, work)
     resolved = dedupe_tasks.resolve_duplicates("dedupe/resolved", partitions, len(files), work, cfg)
-    verify = [f"verify/p{p}" for p in range(cfg.partitions)]
-    for p, folder in enumerate(verify):
-        clusters = dedupe_tasks.resolved_clusters(work, "dedupe/resolved", p)
-        dedupe_tasks.verify_partition(folder, p, clusters, [p.folder for p in processed], cfg.minhash.threshold, work)
-    merged = dedupe_tasks.merge_verified("verify/verified", verify, len(files), work)
-    assert_the_distributed_path_writes_the_same(work, processed, partitions, cfg, resolved, merged)
+    folders = [p.folder for p in processed]
+    merged = verify_whole_clusters(
+        work, "dedupe/resolved", "verify/verified", folders, cfg.minhash.permutations, cfg.minhash.threshold
+    )
+    for documents in (10**9, 1):  # one node range; one range per file (a cluster spread over several tasks)
+        assert_the_distributed_path_writes_the_same(work, processed, partitions, cfg, merged, documents)
     return resolved, merged
 
 
-def assert_the_distributed_path_writes_the_same(work, processed, partitions, cfg, resolved, merged) -> None:
-    """The build's path (edges by node range, components in rounds, verify verdicts per range, streamed writers;
-    one file per range here) writes what the single resolve and merge tasks write, byte for byte."""
-    cuts = component_ranges(processed, 1)
+def assert_the_distributed_path_writes_the_same(work, processed, partitions, cfg, merged, documents) -> None:
+    """The build's path (edges by node range, components in rounds, verification by node range, streamed
+    writers) writes what the single resolve task and the whole-cluster verification write, byte for byte."""
+    cuts = component_ranges(processed, documents)
     runner = InProcessRunner(work)
     edges = []
     for k in range(len(cuts) - 1):  # the partitions' edges (any order: the tasks sort) sliced by node range
@@ -89,15 +92,13 @@ def assert_the_distributed_path_writes_the_same(work, processed, partitions, cfg
                     f"{p}/sorted.bin", *np.searchsorted(rows[:, 0], np.asarray(cuts[k : k + 2], np.uint64)).tolist()
                 )
             )
-    folder, record, clusters = components_of(cfg, "d", cuts, edges, len(processed), runner)
+    folder, record, removals = components_of(cfg, "d", cuts, edges, len(processed), runner)
     for name in RESOLVE_FILES:
         assert work.read_bytes(f"{folder}/{name}") == work.read_bytes(f"dedupe/resolved/{name}"), name
-    folder, record = verified_of(cfg, "v", cuts, clusters, [p.folder for p in processed], len(processed), runner)
+    folder, record = verified_of(cfg, "v", cuts, removals, [p.folder for p in processed], len(processed), runner)
     for name in RESOLVE_FILES:
         assert work.read_bytes(f"{folder}/{name}") == work.read_bytes(f"verify/verified/{name}"), name
-    assert {k: record[k] for k in merged if k not in ("seconds", "retries")} == {
-        k: merged[k] for k in merged if k not in ("seconds", "retries")
-    }
+    assert {k: record[k] for k in merged} == merged
 
 
 @pytest.mark.parametrize("partitions", [1, 3])
@@ -122,7 +123,6 @@ def test_verify_keeps_the_weak_link_and_writes_the_resolve_format(tmp_path, kjv_
         1,
         1,
     )
-    assert work.exists(f"dedupe/resolved/{dedupe_tasks.CLUSTERS}")
     removed = dedupe_tasks.removed_of(work, "verify/verified", [0, 1, 2], survivors=True)
     assert [removed[f].keys.tolist() for f in range(3)] == [[], [near_key, exact_key], []]
     assert removed[1].exact.tolist() == [False, True]
@@ -130,9 +130,9 @@ def test_verify_keeps_the_weak_link_and_writes_the_resolve_format(tmp_path, kjv_
     sizes = np.load(tmp_path / "verify/verified" / dedupe_tasks.CLUSTER_SIZES)
     assert sizes.tolist() == [3]
     hist = merged["similarity"]
-    assert len(hist["edges"]) == len(hist["removed"]) + 1 == dedupe_tasks.SIMILARITY_BINS + 1
+    assert len(hist["edges"]) == len(hist["removed"]) + 1 == SIMILARITY_BINS + 1
     assert sum(hist["removed"]) == 2 and sum(hist["kept"]) == 1 and hist["removed"][-1] == 1  # the exact copy at 1.0
-    assert sum(hist["kept"][: int(0.78 * dedupe_tasks.SIMILARITY_BINS)]) == 1  # the weak link lies below the threshold
+    assert sum(hist["kept"][: int(0.78 * SIMILARITY_BINS)]) == 1  # the weak link lies below the threshold
     assert weak_key not in set(removed[2].keys.tolist())
     assert "kept by verification" in similarity_chart(hist)  # the report's histogram of what the threshold did
 
