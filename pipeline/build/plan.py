@@ -58,16 +58,27 @@ class _Planner:
         self.plan = Plan(recipe.name, inputs, out.url(), work.url())
         self.changed: str | None = None  # the first stage with outputs to make: every later stage is made from it
 
+    def _done(self, folders: list[str]) -> list[dict | None]:
+        """The done records of these task folders (None where unfinished), read as the driver reads them."""
+        return self.work.done_records(folders, lambda _, record: record)
+
     def stage(
-        self, which: stage.Stage, folders: list[str] | None, tasks: int | None = None, why_new: str = ""
+        self,
+        which: stage.Stage,
+        folders: list[str] | None,
+        tasks: int | None = None,
+        why_new: str = "",
+        records: list[dict | None] | None = None,
     ) -> list[dict | None] | None:
-        """Adds the stage's row; returns its done records when every one of them exists (None otherwise)."""
+        """Adds the stage's row; returns its done records (`records`, where the caller has read them already)
+        when every one of them exists (None otherwise)."""
         if folders is None:
             why = f"made from the {self.changed} outputs, which are made first" if self.changed else why_new
             self.plan.stages.append(StagePlan(which.name, tasks, 0, why or "runs"))
             self.changed = self.changed or which.name
             return None
-        records = [self.work.done(f) for f in folders]
+        if records is None:
+            records = self._done(folders)
         reused = sum(r is not None for r in records)
         if reused == len(records):
             why = "re-used: made earlier from the same inputs and settings" if records else "nothing to do"
@@ -169,10 +180,10 @@ class _Planner:
         folders = [
             stage.PROCESS.folder(k) for k in stage.process_keys(self.inputs, self.tokenizer, self.recipe, index_key)
         ]
-        records = [self.work.done(f) for f in folders]
+        records = self._done(folders)
         self._measure(records)
         self.plan.process_bytes_left = sum(i.size for i, r in zip(self.inputs, records) if r is None)
-        done = self.stage(stage.PROCESS, folders, why_new=self._why_process(records))
+        done = self.stage(stage.PROCESS, folders, why_new=self._why_process(records), records=records)
         if done is None:
             return None
         return [
