@@ -188,9 +188,10 @@ class Run:
     def stderr(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def kill_first(self, prefix: str, timeout: float = 120) -> tuple[int, str]:
-        """SIGKILL the first process of this run whose title starts with `prefix`, the moment it appears; returns
-        (pid, title). Polls titles every ~0.5 ms: a dedupe task of the sample lives for a few milliseconds."""
+    def kill_first(self, prefix: str | tuple[str, ...], timeout: float = 120) -> tuple[int, str]:
+        """SIGKILL the first process of this run whose title starts with `prefix` (or one of several), the moment
+        it appears; returns (pid, title). Polls titles every ~0.5 ms: a dedupe task of the sample lives for a few
+        milliseconds."""
         deadline = time.monotonic() + timeout
         pids, refreshed = [], 0.0
         while self.running() and time.monotonic() < deadline:
