@@ -39,8 +39,8 @@ from pipeline.tasks.dedupe import (
     REMOVED_INDEX,
     SURVIVORS,
     Part,
-    read_all,
     read_parts,
+    read_windows,
 )
 from pipeline.tasks.process import Processed
 from pipeline.work.store import Store
@@ -87,36 +87,40 @@ def propagate(
     """Round `rnd` of one node range: labels lowered by the answers, then the asks (see the module)."""
     started = time.perf_counter()
     if rnd == 0:  # its documents' edges from every dedupe partition, as (document, survivor) pairs
-        raw = read_parts(work, edges, 3)
-        exact = np.unique(raw[raw[:, 2] == exact_slot, 0]) if exact_slot is not None else np.zeros(0, np.uint64)
-        pairs = np.unique(raw[:, :2], axis=0) if len(raw) else np.zeros((0, 2), np.uint64)
-        del raw
+        pairs, exact = _first_edges(work, edges, exact_slot)
         _write(work, f"{folder}/{EDGES}", pairs)
         _write(work, f"{folder}/{EXACT}", exact)
         nodes, first = np.unique(pairs[:, 0], return_index=True)
         labels = pairs[first, 1]  # the pairs are sorted: each document's first is its smallest out-neighbor
+        source = np.searchsorted(nodes, pairs[:, 0])
         changed = int(len(nodes))
     else:
         pairs = _array(work, f"{edges}/{EDGES}", 2)
         nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
-        asked = read_parts(work, answers, 2)  # (node, its label): one row per node this range asked about
-        order = np.argsort(asked[:, 0], kind="stable")
-        known, known_label = asked[order, 0], asked[order, 1]
+        source = np.searchsorted(nodes, pairs[:, 0])
+        # (node, its label), one row per node this range asked about, sorted by node as the asks were (each
+        # answering range's replies in range order)
+        asked = read_parts(work, answers, 2)
+        known, known_label = asked[:, 0], asked[:, 1]
         new = labels.copy()
         # every out-neighbor was asked about; a label node only if the label was set before the last asks
-        for source, target in ((np.searchsorted(nodes, pairs[:, 0]), pairs[:, 1]), (np.arange(len(nodes)), labels)):
+        for rows, target in ((source, pairs[:, 1]), (np.arange(len(nodes)), labels)):
             at = np.minimum(np.searchsorted(known, target), max(len(known) - 1, 0))
             mine = (known[at] == target) if len(known) else np.zeros(len(target), bool)
-            np.minimum.at(new, source[mine], known_label[at[mine]])
+            np.minimum.at(new, rows[mine], known_label[at[mine]])
+        del asked, known, known_label, at, mine
         changed = int(np.count_nonzero(new < labels))
         labels = new
-    # targets: every out-neighbor (proposed its source's label) and every label node (asked for the jump)
-    at = np.searchsorted(nodes, pairs[:, 0])
+    # targets: every out-neighbor (proposed its source's label) and every label node (asked for the jump); one
+    # array sorted at a time, as the range's largest arrays are these
     pointing = labels != nodes
     targets = np.concatenate([pairs[:, 1], labels[pointing]])
-    proposals = np.concatenate([labels[at], labels[pointing]])
+    proposals = np.concatenate([labels[source], labels[pointing]])
+    del source, pointing
     order = np.lexsort((proposals, targets))
-    targets, proposals = targets[order], proposals[order]
+    targets = targets[order]
+    proposals = proposals[order]
+    del order
     first = np.r_[True, targets[1:] != targets[:-1]] if len(targets) else np.zeros(0, bool)
     asks = np.column_stack((targets[first], proposals[first]))
     _write(work, f"{folder}/{NODES}", nodes)
@@ -135,30 +139,47 @@ def propagate(
     return record
 
 
+def _first_edges(work: Store, edges: list[Part], exact_slot: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A range's (document, neighbor) pairs, unique and sorted, and its exact copies, from every partition's edge
+    rows (document, neighbor, slot). The slot column is dropped as each part comes (16 B a row held, not 24 twice),
+    and the pairs are made unique by one indirect sort (np.unique over rows copies them twice more)."""
+    bounds = np.cumsum([0] + [p.end - p.start for p in edges])
+    pairs = np.empty((int(bounds[-1]), 2), np.uint64)
+    exact = []
+    for i, rows in enumerate(read_windows(work, edges, np.dtype((np.uint64, (3,))))):
+        pairs[bounds[i] : bounds[i + 1]] = rows[:, :2]
+        if exact_slot is not None:
+            exact.append(rows[rows[:, 2] == exact_slot, 0])
+    rows = None  # drops the last part's bytes before the sort
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    keep = np.ones(len(pairs), bool)
+    keep[1:] = (pairs[1:, 0] != pairs[:-1, 0]) | (pairs[1:, 1] != pairs[:-1, 1])
+    return pairs[keep], np.unique(np.concatenate(exact)) if exact else np.zeros(0, np.uint64)
+
+
 def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> dict:
     """Round `rnd` of one node range: its nodes' labels lowered by the proposals it got, and each asking range's
     answers (per node asked about, its label), in the asking ranges' order."""
     started = time.perf_counter()
     nodes, labels = _array(work, f"{state}/{NODES}"), _array(work, f"{state}/{LABELS}")
-    data = read_all(work, [a.path for a in asks], [a.start * 16 for a in asks], [a.end * 16 for a in asks])
-    got = [np.frombuffer(d, np.uint64).reshape(-1, 2) for d in data]
-    every = np.concatenate(got) if got else np.zeros((0, 2), np.uint64)
+    every = read_parts(work, asks, 2)  # each asking range's asks, in range order
     all_nodes = np.union1d(nodes, every[:, 0])
     new = all_nodes.copy()
     new[np.searchsorted(all_nodes, nodes)] = labels
     before = new.copy()
-    np.minimum.at(new, np.searchsorted(all_nodes, every[:, 0]), every[:, 1])
+    asked = np.searchsorted(all_nodes, every[:, 0])
+    np.minimum.at(new, asked, every[:, 1])
     changed = int(np.count_nonzero(new < before))
-    replies = [np.column_stack((g[:, 0], new[np.searchsorted(all_nodes, g[:, 0])])) for g in got]
+    del before
     _write(work, f"{folder}/{NODES}", all_nodes)
     _write(work, f"{folder}/{LABELS}", new)
-    _write(work, f"{folder}/{ANSWERS}", np.concatenate(replies) if replies else np.zeros((0, 2), np.uint64))
+    _write(work, f"{folder}/{ANSWERS}", np.column_stack((every[:, 0], new[asked])))
     record = {
         "round": rnd,
         "nodes": int(len(all_nodes)),
         "asks": int(len(every)),
         "changed": changed,
-        "answer_offsets": np.cumsum([0] + [len(g) for g in got]).tolist(),
+        "answer_offsets": np.cumsum([0] + [a.end - a.start for a in asks]).tolist(),
         "seconds": time.perf_counter() - started,
     }
     work.mark_done(folder, record)

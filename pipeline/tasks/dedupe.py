@@ -14,7 +14,9 @@ from __future__ import annotations
 import io
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -126,6 +128,7 @@ class Part:
 
 
 READERS = 16  # range reads in flight in one task: a partition reads one slice per key group, a range one per range
+WINDOW_BYTES = 16 << 20  # what `read_windows` holds in flight beyond the part being used
 
 
 def read_all(work: Store, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
@@ -143,10 +146,33 @@ def read_each(work: Store, parts: list[Part], dtype: np.dtype) -> list[np.ndarra
     return [np.frombuffer(d, dtype) for d in data]
 
 
+def read_windows(work: Store, parts: list[Part], dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The rows of each part in order (one range read each): up to READERS reads and WINDOW_BYTES in flight (at
+    least one part), so a caller that keeps what it needs of each part never holds every part's bytes at once."""
+    size = dtype.itemsize
+    with ThreadPoolExecutor(READERS) as pool:
+        flying: deque[tuple[Future, int]] = deque()
+        held = 0
+        for part in parts:
+            nbytes = (part.end - part.start) * size
+            while flying and (len(flying) == READERS or held + nbytes > WINDOW_BYTES):
+                done, n = flying.popleft()
+                held -= n
+                yield np.frombuffer(done.result(), dtype)
+            flying.append((pool.submit(work.read_range, part.path, part.start * size, part.end * size), nbytes))
+            held += nbytes
+        for done, _ in flying:
+            yield np.frombuffer(done.result(), dtype)
+
+
 def read_records(work: Store, parts: list[Part], dtype: np.dtype) -> np.ndarray:
-    """The rows of every part, concatenated (one range read each)."""
-    rows = read_each(work, parts, dtype)
-    return np.concatenate(rows) if rows else np.zeros(0, dtype)
+    """The rows of every part, concatenated (one range read each), each part copied into place as it comes: the
+    rows are held once, not as bytes and again as their concatenation."""
+    bounds = np.cumsum([0] + [p.end - p.start for p in parts])
+    rows = np.empty(int(bounds[-1]), dtype)
+    for i, part in enumerate(read_windows(work, parts, dtype)):
+        rows[bounds[i] : bounds[i + 1]] = part
+    return rows
 
 
 def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
