@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from pipeline.build.recipe import Recipe, RecipeError, load_recipe, validate_fil
 from pipeline.build.tokenizer import open_tokenizer, recipe_tokenizer
 from pipeline.tasks import components, count, dedupe, samples, verify
 from pipeline.tasks import decontaminate as decontam
-from pipeline.tasks.dedupe import Part
+from pipeline.tasks.dedupe import Slices
 from pipeline.tasks.mix import MixGroup
 from pipeline.tasks.process import Processed
 from pipeline.work.progress import EventLog
@@ -316,15 +316,35 @@ def _dedupe(
             )
             for p, folder in enumerate(folders)
         ],
+        keep=offsets_as_arrays,
         needs=("range_offsets",),  # a record from before the clustering stages has none
     )
-    edges = [slices(folders, records, "edges.bin", "range_offsets", k) for k in range(len(cuts) - 1)]
+    edges = SlicedFile.of(folders, records, "edges.bin", "range_offsets")
     return (*components_of(recipe.dedupe, key, cuts, edges, len(processed), runner), cuts)
 
 
-def slices(folders: list[str], records: list[dict], name: str, offsets: str, i: int) -> list[Part]:
-    """Slice i of file `name` of every task (its done record's `offsets`): what one task reads from each."""
-    return [Part(f"{folder}/{name}", *record[offsets][i : i + 2]) for folder, record in zip(folders, records)]
+def offsets_as_arrays(record: dict) -> dict:
+    """A done record with its `*_offsets` lists as int64 arrays: the driver keeps tasks x ranges of them (~8 B
+    each, not a Python int's ~36)."""
+    return {k: np.asarray(v, np.int64) if k.endswith("_offsets") else v for k, v in record.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class SlicedFile:
+    """File `name` of every task of a stage, cut by each done record's `offsets` (tasks x (slices + 1)): slice i
+    of every task's file is what a later task i reads."""
+
+    paths: list[str]
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, folders: list[str], records: list[dict], name: str, offsets: str) -> SlicedFile:
+        return cls([f"{folder}/{name}" for folder in folders], np.array([r[offsets] for r in records], np.int64))
+
+    def __getitem__(self, i: int) -> Slices:
+        if not self.paths:
+            return Slices([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return Slices(self.paths, self.offsets[:, i], self.offsets[:, i + 1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,14 +353,19 @@ class RangeRemovals:
 
     folders: list[str]
     records: list[dict]
+    counts: SlicedFile = field(init=False)
 
-    def asking(self, j: int) -> list[Part]:
+    def __post_init__(self) -> None:
+        counts = SlicedFile.of(self.folders, self.records, components.COUNTS, "count_offsets")
+        object.__setattr__(self, "counts", counts)
+
+    def asking(self, j: int) -> Slices:
         """Each range's members per survivor of range j (rows survivor, count): which of j's survivors it asks."""
-        return slices(self.folders, self.records, components.COUNTS, "count_offsets", j)
+        return self.counts[j]
 
 
 def components_of(
-    dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: list[list[Part]], n_files: int, runner: Runner
+    dedupe_config: DedupeConfig, key: str, cuts: list[int], edges: SlicedFile, n_files: int, runner: Runner
 ) -> tuple[str, dict, RangeRemovals]:
     """Rounds of propagate + answer (one task per node range each) until a round changes no label, then the
     removals per range, the cluster sizes per range and the resolve format written from them. Returns the
@@ -360,51 +385,46 @@ def components_of(
                 )
                 for k, f in zip(ranges, asking)
             ],
+            keep=offsets_as_arrays,
         )
         state = [stage.ANSWER.folder(ckey, stage.range_part(k, rnd)) for k in ranges]
+        asks = SlicedFile.of(asking, asked, components.ASKS, "ask_offsets")
         answered = runner.run(
             stage.ANSWER,
-            [
-                stage.ANSWER.task(f, f, rnd, asking[j], slices(asking, asked, components.ASKS, "ask_offsets", j), work)
-                for j, f in zip(ranges, state)
-            ],
+            [stage.ANSWER.task(f, f, rnd, asking[j], asks[j], work) for j, f in zip(ranges, state)],
+            keep=offsets_as_arrays,
         )
         if not sum(r["changed"] for r in asked + answered):
             break
-        answers = [slices(state, answered, components.ANSWERS, "answer_offsets", k) for k in ranges]
+        answers = SlicedFile.of(state, answered, components.ANSWERS, "answer_offsets")
         rnd += 1
     runner.log.event("components", rounds=rnd + 1, ranges=len(ranges))
     folders = [stage.REMOVALS.folder(ckey, stage.range_part(k)) for k in ranges]
     removed = runner.run(
         stage.REMOVALS,
         [stage.REMOVALS.task(f, f, state[k], first[k], cuts, work) for k, f in zip(ranges, folders)],
+        keep=offsets_as_arrays,
     )
-    folder, record = _write_resolved(stage.RESOLVE, key, ckey, folders, removed, n_files, runner)
-    return folder, record, RangeRemovals(folders, removed)
+    removals = RangeRemovals(folders, removed)
+    folder, record = _write_resolved(stage.RESOLVE, key, ckey, removals, n_files, runner)
+    return folder, record, removals
 
 
 def _write_resolved(
     writer: stage.Stage,
     key: str,
     ckey: str,
-    folders: list[str],
-    removed: list[dict],
+    removals: RangeRemovals,
     n_files: int,
     runner: Runner,
     extra: dict | None = None,
 ) -> tuple[str, dict]:
     """The cluster sizes per survivor range, then one task streaming the ranges' removals into the resolve format."""
-    ranges = range(len(folders))
+    ranges = range(len(removals.folders))
     sizes = [stage.SIZES.folder(ckey, stage.range_part(j)) for j in ranges]
-    runner.run(
-        stage.SIZES,
-        [
-            stage.SIZES.task(f, f, slices(folders, removed, components.COUNTS, "count_offsets", j), runner.work)
-            for j, f in zip(ranges, sizes)
-        ],
-    )
+    runner.run(stage.SIZES, [stage.SIZES.task(f, f, removals.asking(j), runner.work) for j, f in zip(ranges, sizes)])
     folder = writer.folder(key)
-    (record,) = runner.run(writer, [writer.task(folder, folder, folders, sizes, n_files, runner.work, extra)])
+    (record,) = runner.run(writer, [writer.task(folder, folder, removals.folders, sizes, n_files, runner.work, extra)])
     return folder, record
 
 
@@ -430,27 +450,17 @@ def verified_of(
         return [s.folder(ckey, stage.range_part(k)) for k in ranges]
 
     def run(s: stage.Stage, inputs) -> list[dict]:  # inputs(k): node range k's task's inputs
-        return runner.run(s, [s.task(f, f, *inputs(k), check, work) for k, f in zip(ranges, folders(s))])
+        tasks = [s.task(f, f, *inputs(k), check, work) for k, f in zip(ranges, folders(s))]
+        return runner.run(s, tasks, keep=offsets_as_arrays)
 
     sent, checked, kept, judged = (folders(s) for s in (stage.SIGNATURES, stage.VERIFY, stage.CENTERS, stage.VERDICTS))
     sent_records = run(stage.SIGNATURES, lambda j: (removals.asking(j), process_folders))
-    checked_records = run(
-        stage.VERIFY,
-        lambda r: (removals.folders[r], slices(sent, sent_records, verify.SENT, "sent_offsets", r), process_folders),
-    )
-    kept_records = run(
-        stage.CENTERS,
-        lambda j: (slices(checked, checked_records, verify.CANDIDATES, "candidate_offsets", j), removals.asking(j)),
-    )
-    removed = run(
-        stage.VERDICTS,
-        lambda r: (
-            removals.folders[r],
-            checked[r],
-            slices(kept, kept_records, verify.CENTERS, "center_offsets", r),
-            process_folders,
-        ),
-    )
+    sent_parts = SlicedFile.of(sent, sent_records, verify.SENT, "sent_offsets")
+    checked_records = run(stage.VERIFY, lambda r: (removals.folders[r], sent_parts[r], process_folders))
+    candidates = SlicedFile.of(checked, checked_records, verify.CANDIDATES, "candidate_offsets")
+    kept_records = run(stage.CENTERS, lambda j: (candidates[j], removals.asking(j)))
+    kept_parts = SlicedFile.of(kept, kept_records, verify.CENTERS, "center_offsets")
+    removed = run(stage.VERDICTS, lambda r: (removals.folders[r], checked[r], kept_parts[r], process_folders))
     histogram = {"edges": np.linspace(0, 1, verify.SIMILARITY_BINS + 1).round(2).tolist()}
     histogram.update(
         {
@@ -459,7 +469,7 @@ def verified_of(
         }
     )
     extra = {"kept_by_verify": sum(histogram["kept"]), "similarity": histogram}
-    return _write_resolved(stage.VERIFIED, key, ckey, judged, removed, n_files, runner, extra)
+    return _write_resolved(stage.VERIFIED, key, ckey, RangeRemovals(judged, removed), n_files, runner, extra)
 
 
 def _count(groups: list[list[Processed]], group_folders: list[str], resolved_folder: str, runner: Runner) -> list[dict]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 
 import numpy as np
 
@@ -45,10 +46,12 @@ from pipeline.tasks.dedupe import (
 from pipeline.tasks.process import Processed
 from pipeline.work.store import Store
 
-# documents per node range (consecutive whole files). A range's task holds at most ~100 B per clustered document
-# of its range (labels, out-edges, the asks and answers and their sorts); TOKENMILL_COMPONENT_DOCUMENTS overrides
+# documents per node range (consecutive whole files). A range's task grows with its documents (~60 B a document
+# at a third removed: labels, out-edges, the asks and answers and their sorts) and the exchanges between ranges
+# with ranges^2 (one slice per pair of ranges a round); 1.5M keeps a range's tasks within ~1.2x of a 1M-document
+# build's (~250 MiB) at ~1,700 ranges for a 2.5B-document crawl snapshot. TOKENMILL_COMPONENT_DOCUMENTS overrides
 # it (tests cut the small sample into several ranges with it)
-COMPONENT_DOCUMENTS = int(os.environ.get("TOKENMILL_COMPONENT_DOCUMENTS", 5_000_000))
+COMPONENT_DOCUMENTS = int(os.environ.get("TOKENMILL_COMPONENT_DOCUMENTS", 1_500_000))
 EDGES, EXACT, NODES, LABELS = "edges.bin", "exact.bin", "nodes.bin", "labels.bin"
 ASKS, ANSWERS, SIZES = "asks.bin", "answers.bin", "sizes.bin"
 REMOVED_ROWS, COUNTS = "removed.bin", "counts.bin"
@@ -78,9 +81,9 @@ def propagate(
     folder: str,
     rnd: int,
     cuts: list[int],
-    edges: list[Part] | str,
+    edges: Collection[Part] | str,
     state: str | None,
-    answers: list[Part],
+    answers: Collection[Part],
     exact_slot: int | None,
     work: Store,
 ) -> dict:
@@ -139,7 +142,7 @@ def propagate(
     return record
 
 
-def _first_edges(work: Store, edges: list[Part], exact_slot: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _first_edges(work: Store, edges: Collection[Part], exact_slot: int | None) -> tuple[np.ndarray, np.ndarray]:
     """A range's (document, neighbor) pairs, unique and sorted, and its exact copies, from every partition's edge
     rows (document, neighbor, slot). The slot column is dropped as each part comes (16 B a row held, not 24 twice),
     and the pairs are made unique by one indirect sort (np.unique over rows copies them twice more)."""
@@ -157,7 +160,7 @@ def _first_edges(work: Store, edges: list[Part], exact_slot: int | None) -> tupl
     return pairs[keep], np.unique(np.concatenate(exact)) if exact else np.zeros(0, np.uint64)
 
 
-def answer(folder: str, rnd: int, state: str, asks: list[Part], work: Store) -> dict:
+def answer(folder: str, rnd: int, state: str, asks: Collection[Part], work: Store) -> dict:
     """Round `rnd` of one node range: its nodes' labels lowered by the proposals it got, and each asking range's
     answers (per node asked about, its label), in the asking ranges' order."""
     started = time.perf_counter()
@@ -217,7 +220,7 @@ def write_counts(work: Store, folder: str, survivors: np.ndarray, cuts: list[int
     return np.searchsorted(rows[:, 0], np.asarray(cuts, np.uint64)).tolist()
 
 
-def sizes(folder: str, counts: list[Part], work: Store) -> dict:
+def sizes(folder: str, counts: Collection[Part], work: Store) -> dict:
     """One survivor range's cluster sizes (its members in every range, plus itself), in survivor order."""
     started = time.perf_counter()
     rows = read_parts(work, counts, 2)

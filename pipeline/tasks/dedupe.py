@@ -15,7 +15,7 @@ import io
 import json
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -127,6 +127,24 @@ class Part:
     end: int
 
 
+@dataclass(frozen=True, slots=True)
+class Slices:
+    """One slice of each task's output file of a stage, as columns: a reader of parts takes it as it takes a list of
+    Part. The driver plans later tasks x earlier tasks of them (node ranges x partitions: millions at a crawl
+    snapshot); as two column views of one offsets matrix and one shared list of paths they cost ~16 B each, where
+    Part objects cost ~120."""
+
+    paths: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Part]:
+        return (Part(path, int(a), int(b)) for path, a, b in zip(self.paths, self.starts, self.ends))
+
+
 READERS = 16  # range reads in flight in one task: a partition reads one slice per key group, a range one per range
 WINDOW_BYTES = 16 << 20  # what `read_windows` holds in flight beyond the part being used
 
@@ -139,14 +157,14 @@ def read_all(work: Store, paths: list[str], starts: list[int], ends: list[int]) 
         return list(pool.map(work.read_range, paths, starts, ends))
 
 
-def read_each(work: Store, parts: list[Part], dtype: np.dtype) -> list[np.ndarray]:
+def read_each(work: Store, parts: Collection[Part], dtype: np.dtype) -> list[np.ndarray]:
     """The rows (records of `dtype`) of each part (one range read each)."""
     size = dtype.itemsize
     data = read_all(work, [p.path for p in parts], [p.start * size for p in parts], [p.end * size for p in parts])
     return [np.frombuffer(d, dtype) for d in data]
 
 
-def read_windows(work: Store, parts: list[Part], dtype: np.dtype) -> Iterator[np.ndarray]:
+def read_windows(work: Store, parts: Collection[Part], dtype: np.dtype) -> Iterator[np.ndarray]:
     """The rows of each part in order (one range read each): up to READERS reads and WINDOW_BYTES in flight (at
     least one part), so a caller that keeps what it needs of each part never holds every part's bytes at once."""
     size = dtype.itemsize
@@ -165,7 +183,7 @@ def read_windows(work: Store, parts: list[Part], dtype: np.dtype) -> Iterator[np
             yield np.frombuffer(done.result(), dtype)
 
 
-def read_records(work: Store, parts: list[Part], dtype: np.dtype) -> np.ndarray:
+def read_records(work: Store, parts: Collection[Part], dtype: np.dtype) -> np.ndarray:
     """The rows of every part, concatenated (one range read each), each part copied into place as it comes: the
     rows are held once, not as bytes and again as their concatenation."""
     bounds = np.cumsum([0] + [p.end - p.start for p in parts])
@@ -175,7 +193,7 @@ def read_records(work: Store, parts: list[Part], dtype: np.dtype) -> np.ndarray:
     return rows
 
 
-def read_parts(work: Store, parts: list[Part], width: int) -> np.ndarray:
+def read_parts(work: Store, parts: Collection[Part], width: int) -> np.ndarray:
     """The uint64 rows of `width` values of every part, concatenated (one range read each)."""
     return read_records(work, parts, np.dtype((np.uint64, (width,)))).reshape(-1, width)
 

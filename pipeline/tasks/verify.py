@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +104,7 @@ def clustered(width: int) -> np.dtype:
 
 
 def send_signatures(
-    folder: str, asks: list[Part], process_folders: list[str], check: Verification, work: Store
+    folder: str, asks: Collection[Part], process_folders: list[str], check: Verification, work: Store
 ) -> dict:
     """Survivor range j: its survivors' signatures, per asking range (`asks`: each range's removals' counts of
     members per survivor, in j) the rows of the survivors it asked for, in key order."""
@@ -129,7 +130,7 @@ def send_signatures(
 def verify_range(
     folder: str,
     removals: str,
-    sent: list[Part],
+    sent: Collection[Part],
     process_folders: list[str],
     check: Verification,
     work: Store,
@@ -176,7 +177,9 @@ def verify_range(
     return record
 
 
-def find_centers(folder: str, candidates: list[Part], asks: list[Part], check: Verification, work: Store) -> dict:
+def find_centers(
+    folder: str, candidates: Collection[Part], asks: Collection[Part], check: Verification, work: Store
+) -> dict:
     """Survivor range j: its clusters' kept documents beyond the survivor, from every range's candidates of its
     clusters; per asking range (`asks` as for `send_signatures`) those of the clusters it asked about."""
     started = time.perf_counter()
@@ -209,7 +212,7 @@ def verdicts(
     folder: str,
     removals: str,
     verified: str,
-    centers: list[Part],
+    centers: Collection[Part],
     process_folders: list[str],
     check: Verification,
     work: Store,
@@ -298,12 +301,12 @@ def similarity_histogram(similarity: np.ndarray, removed: np.ndarray) -> dict:
     }
 
 
-def _asked(work: Store, asks: list[Part]) -> list[np.ndarray]:
+def _asked(work: Store, asks: Collection[Part]) -> list[np.ndarray]:
     """Per asking range, the survivors its members point to (the first column of its counts slice)."""
     return [rows[:, 0] for rows in read_each(work, asks, np.dtype((np.uint64, (2,))))]
 
 
-def _pieces(parts: list[Part]) -> list[list[Part]]:
+def _pieces(parts: Collection[Part]) -> list[list[Part]]:
     """The parts cut into pieces of at most SIGNATURE_BATCH rows (one range read each), in order, in groups of
     at most SIGNATURE_BATCH rows (read at once)."""
     groups, rows = [[]], 0
