@@ -324,10 +324,14 @@ def _tokenizer() -> Tokenizer:
 # ------------------------------------------------------------------------------------------------ measuring
 
 
-def driver(work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_partition: int, workers: int) -> dict:
+def driver(
+    work_dir: str, out_dir: str, documents: int, shape: Shape, rows_per_partition: int, workers: int, latency_ms: float
+) -> dict:
     """The build's driver after the process stage, for real: run_stages (whose process tasks are all done) and
-    finalize, in this (fresh) process. Ray is replaced by the bench runner; `ray.put` by the identity."""
+    finalize, in this (fresh) process. Ray is replaced by the bench runner; `ray.put` by the identity. Each of the
+    driver's own store requests waits `latency_ms` first."""
     sys.modules["ray"] = types.SimpleNamespace(put=lambda value: value)
+    CountingStore.latency = latency_ms / 1000
     recipe, tokenizer = bench_recipe(documents, shape, rows_per_partition), _tokenizer()
     inputs = [inp for inp, _, _ in plan_files(recipe, documents, shape)]
     work, out = CountingStore.at(work_dir), CountingStore.at(out_dir)
@@ -658,7 +662,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--giant-fraction", type=float, default=Shape().giant_fraction, help="raw: copies of the giant clusters"
     )
     p.add_argument("--rows-per-partition", type=int, default=FULL_ROWS_PER_PARTITION)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="tasks run at a time")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="each of the driver's own store requests waits this long first (an object store's round trip; the "
+        "tasks read the disk as it is)",
+    )
     p.add_argument("--json", default=None, help="append each size's raw results to this JSON-lines file")
     p.add_argument("--keep", action="store_true", help="keep each size's work and output folders")
     p.add_argument(
@@ -687,7 +698,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import build_scale
 
         print(
-            json.dumps(build_scale.driver(*args.driver, args.driver_docs, shape, args.rows_per_partition, args.workers))
+            json.dumps(
+                build_scale.driver(
+                    *args.driver, args.driver_docs, shape, args.rows_per_partition, args.workers, args.latency_ms
+                )
+            )
         )
         return 0
     if args.project:
@@ -727,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.rows_per_partition),
                 "--workers",
                 str(args.workers),
+                "--latency-ms",
+                str(args.latency_ms),
                 "--giant-fraction",
                 str(args.giant_fraction),
                 *(["--raw"] if args.raw else []),
@@ -743,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
             print(done.stderr[-5000:], file=sys.stderr)
             return 1
         run = json.loads(done.stdout.strip().splitlines()[-1])
-        run.update(fabricate_seconds=seconds, work_bytes=disk, shape=asdict(shape))
+        run.update(fabricate_seconds=seconds, work_bytes=disk, shape=asdict(shape), latency_ms=args.latency_ms)
         runs.append(run)
         print(table([run]), flush=True)
         if args.json:

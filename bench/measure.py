@@ -64,6 +64,9 @@ class CountingStore(Store):
     """A Store that counts its requests and bytes (per process) and takes the object-store code paths."""
 
     counts = {"reads": 0, "read_bytes": 0, "writes": 0, "write_bytes": 0, "lists": 0}
+    # seconds each request waits first, as an object store's round trip would (set in the driver's process only:
+    # the driver's waits between stages at an object store's latency, its tasks at the disk's speed)
+    latency = 0.0
 
     def __reduce__(self):  # Store's own pickles as a plain Store: a task's copy must count too
         return CountingStore, (self.fs, self.root)
@@ -82,23 +85,27 @@ class CountingStore(Store):
         return False
 
     def read_bytes(self, rel: str) -> bytes:
+        time.sleep(self.latency)
         self.counts["reads"] += 1  # a request, found or not (a done record looked up before its task ran)
         data = super().read_bytes(rel)
         self.counts["read_bytes"] += len(data)
         return data
 
     def read_range(self, rel: str, start: int, end: int) -> bytes:
+        time.sleep(self.latency if end > start else 0)
         data = super().read_range(rel, start, end)
         self.counts["reads"] += int(end > start)
         self.counts["read_bytes"] += len(data)
         return data
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        time.sleep(self.latency)
         super().write_bytes(rel, data)
         self.counts["writes"] += 1
         self.counts["write_bytes"] += len(data)
 
     def exists(self, rel: str) -> bool:
+        time.sleep(self.latency)
         self.counts["lists"] += 1
         return super().exists(rel)
 
