@@ -46,11 +46,11 @@ from pipeline.tasks.dedupe import (
 from pipeline.tasks.process import Processed
 from pipeline.work.store import Store
 
-# documents per node range (consecutive whole files). A range's task grows with its documents (~60 B a document
-# at a third removed: labels, out-edges, the asks and answers and their sorts) and the exchanges between ranges
-# with ranges^2 (one slice per pair of ranges a round); 1.5M keeps a range's tasks within ~1.2x of a 1M-document
-# build's (~250 MiB) at ~1,700 ranges for a 2.5B-document crawl snapshot. TOKENMILL_COMPONENT_DOCUMENTS overrides
-# it (tests cut the small sample into several ranges with it)
+# documents per node range (consecutive whole files). A range's tasks grow with its documents (labels, out-edges,
+# the asks and answers and their sorts: propagate 216 MiB at a 1M-document range, 263 at 1.5M) and the
+# exchanges between ranges with ranges^2 (one slice per pair of ranges a round): 1.5M keeps every task within
+# 1.25x of a 1M-document build's at ~1,700 ranges for a 2.5B-document crawl snapshot (BENCHMARKS.md, "Raw web
+# crawl scale"). TOKENMILL_COMPONENT_DOCUMENTS overrides it (tests cut the small sample into several ranges with it)
 COMPONENT_DOCUMENTS = int(os.environ.get("TOKENMILL_COMPONENT_DOCUMENTS", 1_500_000))
 EDGES, EXACT, NODES, LABELS = "edges.bin", "exact.bin", "nodes.bin", "labels.bin"
 ASKS, ANSWERS, SIZES = "asks.bin", "answers.bin", "sizes.bin"

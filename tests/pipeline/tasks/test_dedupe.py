@@ -174,3 +174,23 @@ def test_edges_reduced_to_pairs_give_the_same_clusters_and_exact_verdicts(monkey
     assert np.array_equal(want.removed, got.removed)
     assert np.array_equal(want.removed_exact, got.removed_exact)
     assert np.array_equal(want.cluster_sizes, got.cluster_sizes)
+
+
+def test_parts_are_read_in_order_a_window_at_a_time_from_lists_and_slices(tmp_path, monkeypatch):
+    """Many parts of uneven sizes (empty ones too), a window smaller than one part: the rows of every part come
+    back whole and in the order given, whether the parts are a list of Part or the driver's column Slices."""
+    monkeypatch.setattr(dedupe_tasks, "WINDOW_BYTES", 100)
+    work = Store.at(str(tmp_path))
+    rng = np.random.default_rng(0)
+    files = [rng.integers(0, 2**63, size=(int(n), 3), dtype=np.uint64) for n in (5, 0, 40, 1, 17, 3)]
+    for i, rows in enumerate(files):
+        work.write_bytes(f"t{i}/rows.bin", rows.tobytes())
+    parts = [dedupe_tasks.Part(f"t{i}/rows.bin", len(r) // 3, len(r)) for i, r in enumerate(files)]
+    want = np.concatenate([r[len(r) // 3 :] for r in files])
+    slices = dedupe_tasks.Slices(
+        [p.path for p in parts], np.array([p.start for p in parts]), np.array([p.end for p in parts])
+    )
+    for given in (parts, slices):
+        assert np.array_equal(dedupe_tasks.read_parts(work, given, 3), want)
+        windows = list(dedupe_tasks.read_windows(work, given, np.dtype((np.uint64, (3,)))))
+        assert [len(w) for w in windows] == [p.end - p.start for p in parts]
