@@ -88,14 +88,28 @@ class RayCluster:
         )
         self._wait_for(lambda: self._listening(self.port), "the head's GCS port", timeout)
         for n in range(1, self.workers + 1):
-            self._start(f"w{n}", ["--address", self.address])
-        self._wait_for(
-            lambda: self.registered_nodes() == self.workers + 1, f"{self.workers + 1} nodes registered", timeout
-        )
+            self._start_worker(f"w{n}", n + 1, timeout)
+
+    def _start_worker(self, name: str, nodes: int, timeout: float) -> None:
+        """One worker node, registered (`nodes` in all) before the next starts. Ray gives a new node a fixed 30 s
+        to appear in the GCS; on a loaded 2-core machine that can pass ("timed out during startup": the node
+        exits) while the GCS is busy: such a node is started once more."""
+        for attempt in (1, 2):
+            self._start(name, ["--address", self.address])
+            try:
+                self._wait_for(lambda: self.registered_nodes() >= nodes, f"{nodes} nodes registered", timeout)
+                return
+            except AssertionError:
+                if attempt == 2 or "timed out during startup" not in self.log(name):
+                    raise
+                self.nodes.pop(name).wait()
+                for pid in self.pids(name):  # whatever of the failed node's processes is left
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     def _start(self, name: str, args: list[str]) -> None:
         temp = self.root / name
-        temp.mkdir()
+        temp.mkdir(exist_ok=True)  # a node started again keeps its folder
         command = [
             *RAY_NODE,
             "start",
